@@ -1,0 +1,215 @@
+"""The camera contract every backend implements, and the registry of backends by name.
+
+Template-method style (as python-microscope does it): the public methods check the state, log and
+count; a backend implements only the ``_do_*`` methods. A camera is a context manager: ``with``
+opens it and guarantees ``stop`` and ``close`` on the way out, whatever happened.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from acquisition.frame import Frame, FrameRing
+from mimlsort.errors import BackendUnavailable, ConfigError, StateError
+from mimlsort.settings import from_mapping
+
+log = logging.getLogger(__name__)
+
+
+class CameraState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    ACQUIRING = "acquiring"
+
+
+@dataclass(frozen=True, slots=True)
+class CameraInfo:
+    """What an open camera delivers. ``camera_clock`` is False when timestamps are host times."""
+
+    backend: str
+    model: str
+    serial: str
+    width: int
+    height: int
+    dtype: str  # numpy dtype name of a frame: "uint8" or "uint16"
+    bit_depth: int
+    fps: float  # nominal frame rate (0 when unknown)
+    pixel_size_um: float  # µm per pixel in the object plane (0 when unknown)
+    camera_clock: bool
+    id_modulus: int = 0  # frame counter range, 0 when it does not wrap
+    frame_count: int = -1  # frames a finite source holds, -1 for a live camera
+
+    def make_ring(self, capacity: int) -> FrameRing:
+        return FrameRing(capacity, self.height, self.width, np.dtype(self.dtype), id_modulus=self.id_modulus)
+
+
+@dataclass(frozen=True, slots=True)
+class GrabResult:
+    """Metadata of one frame a backend wrote into the buffer it was given."""
+
+    frame_id: int
+    timestamp_ns: int  # camera clock if ``CameraInfo.camera_clock`` else host monotonic ns
+
+
+class Camera(ABC):
+    """Base class of every camera backend.
+
+    Subclasses set ``Settings`` (a frozen dataclass) and implement ``_do_open`` (returning a
+    :class:`CameraInfo`), ``_do_start``, ``_do_grab``, ``_do_stop`` and ``_do_close``.
+    ``_do_grab`` writes one frame into the array it is given and returns its metadata, or ``None``
+    when no frame arrived within the timeout. Finite sources set ``self.exhausted = True`` when
+    they have no more frames.
+    """
+
+    backend: ClassVar[str] = "?"
+    Settings: ClassVar[type]
+
+    def __init__(self, settings: Any = None):
+        if settings is None:
+            settings = self.Settings()
+        elif not isinstance(settings, self.Settings):
+            settings = from_mapping(self.Settings, settings, f"camera.{self.backend}")
+        self.settings = settings
+        self.state = CameraState.CLOSED
+        self.exhausted = False
+        self.failed_buffers = 0  # grabs the camera reported as failed/incomplete
+        self.timeouts = 0  # grabs that timed out
+        self.delivered = 0
+        self._info: CameraInfo | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def info(self) -> CameraInfo:
+        if self._info is None:
+            raise StateError(f"{self.backend} camera is not open")
+        return self._info
+
+    def open(self) -> CameraInfo:
+        if self.state is not CameraState.CLOSED:
+            raise StateError(f"{self.backend} camera is already open")
+        self._info = self._do_open()
+        self.state = CameraState.OPEN
+        log.info("opened %s camera %s (%dx%d %s)", self.backend, self._info.model, self._info.width, self._info.height, self._info.dtype)
+        return self._info
+
+    def start(self) -> None:
+        if self.state is not CameraState.OPEN:
+            raise StateError(f"{self.backend} camera must be open and idle to start (is {self.state.value})")
+        self._do_start()
+        self.state = CameraState.ACQUIRING
+
+    def stop(self) -> None:
+        if self.state is CameraState.ACQUIRING:
+            try:
+                self._do_stop()
+            finally:
+                self.state = CameraState.OPEN
+
+    def close(self) -> None:
+        if self.state is CameraState.CLOSED:
+            return
+        try:
+            self.stop()
+        finally:
+            try:
+                self._do_close()
+            finally:
+                self.state = CameraState.CLOSED
+
+    def __enter__(self) -> "Camera":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- frames ----------------------------------------------------------------------------------
+    def grab_into(self, ring: FrameRing, timeout_s: float = 1.0) -> bool:
+        """Grab one frame straight into the ring's next slot; False on timeout or end of stream."""
+        if self.state is not CameraState.ACQUIRING:
+            raise StateError(f"{self.backend} camera is not acquiring")
+        res = self._do_grab(ring.next_slot(), timeout_s)
+        if res is None:
+            if not self.exhausted:
+                self.timeouts += 1
+            return False
+        ring.commit(res.frame_id, res.timestamp_ns)
+        self.delivered += 1
+        return True
+
+    def read(self, timeout_s: float = 1.0) -> Frame | None:
+        """One frame in a new array (convenience for tests and single-image tools)."""
+        if self.state is not CameraState.ACQUIRING:
+            raise StateError(f"{self.backend} camera is not acquiring")
+        info = self.info
+        out = np.empty((info.height, info.width), dtype=info.dtype)
+        res = self._do_grab(out, timeout_s)
+        if res is None:
+            if not self.exhausted:
+                self.timeouts += 1
+            return None
+        self.delivered += 1
+        return Frame(out, res.frame_id, res.timestamp_ns, time.monotonic_ns(), info.camera_clock)
+
+    def apply(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply setting changes to an open camera; returns the values actually in effect.
+
+        The default supports none; backends with live-adjustable features override it.
+        """
+        if changes:
+            raise ConfigError(f"camera.{self.backend}.{next(iter(changes))}", "cannot be changed on an open camera")
+        return {}
+
+    # -- backend hooks ---------------------------------------------------------------------------
+    @abstractmethod
+    def _do_open(self) -> CameraInfo: ...
+
+    def _do_start(self) -> None:
+        pass
+
+    @abstractmethod
+    def _do_grab(self, out: np.ndarray, timeout_s: float) -> GrabResult | None: ...
+
+    def _do_stop(self) -> None:
+        pass
+
+    def _do_close(self) -> None:
+        pass
+
+
+#: backend name -> "module:Class"; modules are imported only when the backend is asked for, so a
+#: missing vendor SDK affects only its own backend.
+BACKENDS: dict[str, str] = {
+    "synthetic": "acquisition.synthetic:SyntheticCamera",
+    "replay": "acquisition.replay:ReplayCamera",
+    "basler": "acquisition.basler:BaslerCamera",
+    "genicam": "acquisition.genicam:GenicamCamera",
+    "ximea": "acquisition.ximea:XimeaCamera",
+}
+
+
+def camera_class(name: str) -> type[Camera]:
+    """The camera class registered under ``name``."""
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise ConfigError("camera.backend", f"unknown backend {name!r} (known: {', '.join(BACKENDS)})") from None
+    module, _, cls = target.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        raise BackendUnavailable(f"camera backend {name!r} is not available: {err}") from err
+    return getattr(mod, cls)
+
+
+def make_camera(name: str, settings: Any = None) -> Camera:
+    """A closed camera of backend ``name`` configured from a settings object or mapping."""
+    return camera_class(name)(settings)

@@ -1,0 +1,1 @@
+"""Composition: config, pipeline, sorting policy, event storage, CLI, daemon, GUI."""

@@ -1,0 +1,1 @@
+"""Sort trigger outputs and fire-time scheduling."""

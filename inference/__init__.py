@@ -1,0 +1,1 @@
+"""Inference: the MIML model contract (ONNX + spec), preprocessing and the ONNX Runtime classifier."""

@@ -1,0 +1,1 @@
+"""Tracking: background, numba segmentation/measurement kernels, the tracker, feature definitions, geometry."""

@@ -1,0 +1,46 @@
+"""What the tracker emits: one :class:`CellEvent` per cell that finished its passage."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Quality(enum.IntFlag):
+    """Quality flags of an event (a bitmask, stored as an integer in files)."""
+
+    OK = 0
+    DOUBLET = 1  # two touching cells segmented as one blob (area/shape outliers, or a merge seen)
+    BORDER = 2  # the blob touched the ROI border while it was measured
+    INCOMPLETE = 4  # the passage was not seen whole (entered mid-constriction, lost, run ended)
+    LOW_CONTRAST = 8  # the cell barely stands out of the background
+    STUCK = 16  # the cell stopped in the channel for longer than the stuck limit
+
+
+@dataclass(frozen=True, slots=True)
+class CellEvent:
+    """One cell's passage through the constriction.
+
+    ``features`` maps names from :mod:`tracking.features` to values in their units.
+    ``first_crop``/``last_crop`` are fixed-size crops (same dtype as the frames) centred on the
+    cell at the frames of constriction entry and exit, padded with the background at the border.
+    """
+
+    index: int  # running number of the event in the run
+    track_id: int
+    features: Mapping[str, float]
+    first_crop: np.ndarray
+    last_crop: np.ndarray
+    crop_pixel_size_um: float
+    entry_frame: int  # frame_id of the first frame with the centroid inside the constriction
+    exit_frame: int  # frame_id of the first frame with the centroid past the constriction
+    exit_host_ns: int  # host monotonic time of the exit frame's arrival (drives sort timing)
+    quality: Quality = Quality.OK
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.quality == Quality.OK

@@ -1,0 +1,77 @@
+"""Channel geometry and calibration: where the constriction is, where the channel walls are.
+
+Positions are in pixels of the ROI (x along the flow, cells move towards +x; y across the
+channel). Settings may give them in µm; :meth:`GeometrySettings.resolve` turns them into a
+:class:`ChannelGeometry` in pixels, detecting from the background image whatever is left ``None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mimlsort.settings import require
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelGeometry:
+    """Resolved geometry in ROI pixels."""
+
+    pixel_size_um: float
+    constriction_x0: float  # px, start of the constriction (upstream edge)
+    constriction_x1: float  # px, end of the constriction (downstream edge)
+    channel_y0: float  # px, upper wall of the channel (inside edge)
+    channel_y1: float  # px, lower wall
+    width: int  # ROI width px
+    height: int  # ROI height px
+
+    def __post_init__(self):
+        require(self.pixel_size_um > 0, "geometry.pixel_size_um", f"must be > 0, got {self.pixel_size_um}")
+        require(0 <= self.constriction_x0 < self.constriction_x1 <= self.width, "geometry.constriction",
+                f"x-range must satisfy 0 <= start < end <= {self.width}, got {self.constriction_x0}..{self.constriction_x1}")
+        require(0 <= self.channel_y0 < self.channel_y1 <= self.height, "geometry.channel",
+                f"y-range must satisfy 0 <= top < bottom <= {self.height}, got {self.channel_y0}..{self.channel_y1}")
+
+    @property
+    def constriction_length_um(self) -> float:
+        return (self.constriction_x1 - self.constriction_x0) * self.pixel_size_um
+
+
+@dataclass(frozen=True, slots=True)
+class GeometrySettings:
+    """Geometry as configured. ``None`` means: detect it from the background image."""
+
+    constriction_start_um: float | None = None
+    constriction_end_um: float | None = None
+    channel_top_um: float | None = None
+    channel_bottom_um: float | None = None
+
+    def __post_init__(self):
+        for name in ("constriction_start_um", "constriction_end_um", "channel_top_um", "channel_bottom_um"):
+            v = getattr(self, name)
+            require(v is None or v >= 0, name, f"must be >= 0, got {v}")
+        if self.constriction_start_um is not None and self.constriction_end_um is not None:
+            require(self.constriction_start_um < self.constriction_end_um, "constriction_end_um",
+                    f"must be > constriction_start_um ({self.constriction_start_um}), got {self.constriction_end_um}")
+
+    def resolve(self, background: np.ndarray, pixel_size_um: float) -> ChannelGeometry:
+        """Geometry in pixels; missing values are detected from ``background``."""
+        from tracking.detect import detect_geometry  # detection only when needed
+
+        h, w = background.shape
+        need = None in (self.constriction_start_um, self.constriction_end_um, self.channel_top_um, self.channel_bottom_um)
+        auto = detect_geometry(background, pixel_size_um) if need else None
+
+        def pick(um: float | None, auto_px: float) -> float:
+            return auto_px if um is None else um / pixel_size_um
+
+        return ChannelGeometry(
+            pixel_size_um=pixel_size_um,
+            constriction_x0=pick(self.constriction_start_um, auto.constriction_x0 if auto else 0.0),
+            constriction_x1=pick(self.constriction_end_um, auto.constriction_x1 if auto else 0.0),
+            channel_y0=pick(self.channel_top_um, auto.channel_y0 if auto else 0.0),
+            channel_y1=pick(self.channel_bottom_um, auto.channel_y1 if auto else 0.0),
+            width=w,
+            height=h,
+        )
