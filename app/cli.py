@@ -1,0 +1,226 @@
+"""The ``mimlsort`` command line.
+
+Each subcommand imports what it needs when it runs, so ``mimlsort --help`` is instant and a
+missing optional extra affects only the commands that use it. Errors of the MimlsortError family
+are printed as one clear line and exit with status 2; everything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mimlsort.errors import MimlsortError
+
+
+def _roi(text: str) -> tuple[int, int]:
+    try:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ROI must look like 256x96, got {text!r}") from None
+
+
+def _synthetic_settings(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from acquisition.synthetic import SyntheticSettings
+
+    s = SyntheticSettings()
+    changes = {}
+    for arg, key in (("seconds", "duration_s"), ("fps", "fps"), ("pixel_size", "pixel_size_um"),
+                     ("cells_per_second", "cells_per_second"), ("seed", "seed")):
+        v = getattr(args, arg, None)
+        if v is not None:
+            changes[key] = v
+    if getattr(args, "roi", None):
+        changes["width"], changes["height"] = args.roi
+    return replace(s, **changes)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from acquisition.recording import RawRecorder
+    from acquisition.synthetic import SyntheticCamera
+
+    settings = _synthetic_settings(args)
+    with SyntheticCamera(settings) as cam:
+        info = cam.info
+        ring = info.make_ring(1024)
+        reader = ring.reader("recorder")
+        with RawRecorder(args.out, info.width, info.height, info.dtype, pixel_size_um=info.pixel_size_um,
+                         fps=info.fps, metadata={"experiment:sample": "mimlsort synthetic channel"}) as rec:
+            cam.start()
+            while cam.grab_into(ring):
+                if reader.pending >= 256:
+                    rec.write_from_ring(reader, 256)
+            rec.write_from_ring(reader, ring.capacity)
+            cam.stop()
+        if args.truth:
+            cam.write_truth_csv(args.truth)
+        print(f"wrote {rec.frames_written} frames ({info.width}x{info.height}) to {args.out}; "
+              f"{len(cam.truth)} cells" + (f", truth in {args.truth}" if args.truth else ""))
+    return 0
+
+
+def _tracker_settings(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from tracking.tracker import TrackerSettings
+
+    s = TrackerSettings()
+    if getattr(args, "threshold", None) is not None:
+        s = replace(s, threshold=args.threshold)
+    return s
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from acquisition.replay import ReplayCamera, ReplaySettings
+    from app.offline import track_camera, write_events_csv
+
+    with ReplayCamera(ReplaySettings(path=str(args.recording), pixel_size_um=args.pixel_size, fps=args.fps)) as cam:
+        res = track_camera(cam, _tracker_settings(args))
+    write_events_csv(res.events, args.out)
+    complete = sum(1 for e in res.events if e.ok)
+    print(f"{res.frames} frames -> {len(res.events)} cells ({complete} complete, unflagged) -> {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate a channel, track it, and compare what was measured per class with the truth."""
+    import numpy as np
+
+    from acquisition.synthetic import SyntheticCamera
+    from app.offline import track_camera, write_events_csv
+    from app.validate import match_events
+
+    settings = _synthetic_settings(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with SyntheticCamera(settings) as cam:
+        res = track_camera(cam)
+        truth = list(cam.truth)
+        cam.write_truth_csv(out / "truth.csv")
+    write_events_csv(res.events, out / "cells.csv")
+    frame_ms = 1000.0 / settings.fps
+    m = match_events(res.events, truth, run_ms=res.frames * frame_ms, frame_ms=frame_ms)
+    print(f"simulated {settings.duration_s:g} s at {settings.fps:g} fps ({res.frames} frames, "
+          f"{settings.width}x{settings.height} px, {settings.pixel_size_um} µm/px): {len(truth)} objects, "
+          f"{len(res.events)} events")
+    print(f"{'class':>10} {'cells':>6} {'found':>6} {'DI meas':>8} {'DI true':>8} {'transit ms':>10} "
+          f"{'v_max mm/s':>10}")
+    for cls in sorted({t.cls for t in truth if t.kind == 'cell'}):
+        pairs = [(e, t) for e, t in m.pairs if t.cls == cls and t.kind == "cell"]
+        n_true = sum(1 for t in truth if t.cls == cls and t.kind == "cell" and m.is_complete(t))
+        if not pairs:
+            print(f"{cls:>10} {n_true:>6} {0:>6}")
+            continue
+        di_m = np.mean([e.features["di"] for e, _ in pairs])
+        di_t = np.mean([t.di_max for _, t in pairs])
+        tt = np.mean([e.features["transit_time_ms"] for e, _ in pairs])
+        vm = np.mean([e.features["v_max_mm_s"] for e, _ in pairs])
+        print(f"{cls:>10} {n_true:>6} {len(pairs):>6} {di_m:>8.3f} {di_t:>8.3f} {tt:>10.3f} {vm:>10.2f}")
+    print(f"files: {out / 'cells.csv'}, {out / 'truth.csv'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "tracking":
+        from tracking.bench import bench_tracking
+
+        res = bench_tracking(n_frames=args.frames or 20000)
+    elif args.what == "recording":
+        from acquisition.recording import bench_recording
+
+        res = bench_recording(n_frames=args.frames or 20000)
+    elif args.what == "inference":
+        from inference.bench import bench_inference
+
+        res = bench_inference()
+    else:  # argparse restricts choices
+        raise AssertionError(args.what)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        width = max(len(k) for k in res)
+        for k, v in res.items():
+            print(f"{k:>{width}}  {v}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from app.config import default_config_text, load_config
+
+    if args.check:
+        load_config(args.check)
+        print(f"{args.check}: valid")
+    else:
+        print(default_config_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mimlsort", description="Real-time MIML cell tracking, classification and sorting")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def sim_args(sp: argparse.ArgumentParser, seconds: float) -> None:
+        sp.add_argument("--seconds", type=float, default=seconds, help="simulated duration")
+        sp.add_argument("--fps", type=float, help="frame rate")
+        sp.add_argument("--roi", type=_roi, help="ROI as WxH pixels, e.g. 256x96")
+        sp.add_argument("--pixel-size", type=float, help="µm per pixel")
+        sp.add_argument("--cells-per-second", type=float)
+        sp.add_argument("--seed", type=int)
+
+    sp = sub.add_parser("simulate", help="record a simulated channel to .rtdc with its ground truth")
+    sp.add_argument("--out", required=True, help="raw recording (.rtdc)")
+    sp.add_argument("--truth", help="CSV of the true values of every simulated object")
+    sim_args(sp, 2.0)
+    sp.set_defaults(func=cmd_simulate)
+
+    sp = sub.add_parser("track", help="track a recording: one CSV row per cell")
+    sp.add_argument("recording", type=Path)
+    sp.add_argument("--out", required=True, type=Path)
+    sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say")
+    sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say")
+    sp.add_argument("--threshold", type=float, help="segmentation threshold (grey levels)")
+    sp.set_defaults(func=cmd_track)
+
+    sp = sub.add_parser("demo", help="simulate a channel, track it, print a per-class summary against the truth")
+    sp.add_argument("--out", default="out/demo", help="folder for cells.csv and truth.csv")
+    sim_args(sp, 2.0)
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("config", help="print the commented default configuration, or check a file")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--default", action="store_true", help="print the default configuration (the default action)")
+    g.add_argument("--check", type=Path, metavar="RUN.toml", help="validate a configuration file")
+    sp.set_defaults(func=cmd_config)
+
+    sp = sub.add_parser("bench", help="measure speed (see BENCHMARKS.md)")
+    sp.add_argument("what", choices=["tracking", "recording", "inference"])
+    sp.add_argument("--frames", type=int)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MimlsortError as e:
+        print(f"mimlsort {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mimlsort {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The linking kernel on hand-made blob tables (no segmentation involved)."""
+
+import numpy as np
+import pytest
+
+from tracking import link as L
+from tracking.blobs import B_AREA, B_HULL_AREA, B_MAJOR, B_MINOR, B_X, B_XMAX, B_XMIN, B_Y, B_YMAX, B_YMIN, N_BLOB_FIELDS
+
+
+class Harness:
+    def __init__(self, kernels, x0=100.0, x1=150.0, width=256, height=64, tracks=8, hist=128, crop=16):
+        self.link = L.link_batch if kernels == "numba" else L.link_batch.py_func
+        self.flush_k = L.flush_tracks if kernels == "numba" else L.flush_tracks.py_func
+        self.pi = np.array([2, crop, 0], np.int64)
+        self.pf = np.array([x0, x1, x1 + 20, 3.0, 40.0, 6.0, 1.0, 3.0], np.float64)
+        self.si = np.zeros((tracks, L.N_SI), np.int64)
+        self.sf = np.zeros((tracks, L.N_SF), np.float64)
+        self.hist = np.zeros((tracks, hist, L.N_H_EXTRA + N_BLOB_FIELDS))
+        self.crops = np.zeros((tracks, 2, crop, crop), np.uint8)
+        self.done_i = np.zeros((2 * tracks, L.N_SI), np.int64)
+        self.done_hist = np.zeros((2 * tracks, hist, L.N_H_EXTRA + N_BLOB_FIELDS))
+        self.done_crops = np.zeros((2 * tracks, 2, crop, crop), np.uint8)
+        self.done_n = np.zeros(2 * tracks, np.int64)
+        self.counters = np.zeros(L.N_C, np.int64)
+        self.images = np.zeros((1, height, width), np.uint8)
+        self.fill = np.zeros((height, width), np.uint8)
+        self.done = []
+
+    def run(self, frames):
+        """frames: list of lists of (x, y) blob centres; frame i at t = i ms."""
+        n = len(frames)
+        blobs = np.zeros((n, 8, N_BLOB_FIELDS))
+        counts = np.zeros(n, np.int32)
+        for i, fr in enumerate(frames):
+            counts[i] = len(fr)
+            for j, (x, y) in enumerate(fr):
+                blobs[i, j, B_X], blobs[i, j, B_Y] = x, y
+                blobs[i, j, B_XMIN], blobs[i, j, B_XMAX] = x - 5, x + 5
+                blobs[i, j, B_YMIN], blobs[i, j, B_YMAX] = y - 5, y + 5
+                blobs[i, j, B_AREA] = blobs[i, j, B_HULL_AREA] = 80.0
+                blobs[i, j, B_MAJOR], blobs[i, j, B_MINOR] = 6.0, 4.0
+        ids = np.arange(n, dtype=np.int64)
+        processed, n_done = self.link(self.images, np.zeros(n, np.int64), ids, ids.astype(np.float64), ids * 10,
+                                      self.fill, blobs, counts, self.pi, self.pf, self.si, self.sf, self.hist,
+                                      self.crops, self.done_i, self.done_hist, self.done_crops, self.done_n,
+                                      self.counters)
+        assert processed == n
+        self._take(n_done)
+
+    def flush(self):
+        self._take(self.flush_k(self.si, self.hist, self.crops, self.done_i, self.done_hist, self.done_crops,
+                                self.done_n, self.counters))
+
+    def _take(self, n_done):
+        for d in range(n_done):
+            h = self.done_hist[d, : self.done_n[d]].copy()
+            self.done.append((self.done_i[d].copy(), h))
+
+
+@pytest.fixture(params=["numba", "python"])
+def harness(request):
+    return Harness(request.param)
+
+
+def test_two_cells_at_different_speeds_keep_their_identity(harness):
+    # cell A: 10 px/ms starting at x=20; cell B starts later at x=10, 6 px/ms, other y
+    frames = []
+    for i in range(40):
+        fr = []
+        xa = 20 + 10 * i
+        if xa < 250:
+            fr.append((xa, 30.0))
+        xb = 10 + 6 * (i - 5)
+        if i >= 5 and xb < 250:
+            fr.append((xb, 34.0))
+        frames.append(fr)
+    harness.run(frames)
+    harness.flush()
+    assert len(harness.done) == 2
+    by_y = sorted(harness.done, key=lambda d: d[1][0, L.N_H_EXTRA + B_Y])
+    for (info, h), speed in zip(by_y, (10, 6)):
+        x = h[:, L.N_H_EXTRA + B_X]
+        t = h[:, L.H_T]
+        assert np.allclose(np.diff(x) / np.diff(t), speed)  # never jumped to the other cell
+        assert info[L.SI_HAS_FIRST] == 1 and info[L.SI_HAS_LAST] == 1
+        assert info[L.SI_ENTRY_FRAME] >= 0 and info[L.SI_EXIT_FRAME] > info[L.SI_ENTRY_FRAME]
+        # emitted at the emission line (x1 + 20 = 170), not at the ROI end
+        assert x[-1] >= 170 and x[-2] < 170
+    assert harness.counters[L.C_EMITTED] == 2
+
+
+def test_entry_frame_is_first_frame_inside(harness):
+    frames = [[(50 + 7 * i, 30.0)] for i in range(30)]
+    harness.run(frames)
+    info, h = harness.done[0]
+    first_inside = next(i for i in range(30) if 50 + 7 * i >= 100)
+    first_past = next(i for i in range(30) if 50 + 7 * i >= 150)
+    assert info[L.SI_ENTRY_FRAME] == first_inside
+    assert info[L.SI_EXIT_FRAME] == first_past
+
+
+def test_track_never_reaching_constriction_is_lost_not_emitted(harness):
+    frames = [[(10 + 2 * i, 30.0)] for i in range(10)] + [[] for _ in range(5)]
+    harness.run(frames)
+    assert harness.done == []
+    assert harness.counters[L.C_LOST] == 1
+
+
+def test_merge_marks_doublet(harness):
+    # two cells converge into one blob: the lost track's prediction falls inside the merged blob
+    frames = []
+    for i in range(20):
+        if i < 10:
+            frames.append([(60 + 5 * i, 28.0), (70 + 5 * i, 32.0)])
+        else:
+            frames.append([(65 + 5 * i, 30.0)])
+    harness.run(frames)
+    harness.flush()
+    assert harness.counters[L.C_MERGES] >= 1
+    assert any(info[L.SI_FLAGS] & L.Q_DOUBLET for info, _ in harness.done)

@@ -1,0 +1,337 @@
+"""numba kernel that links blobs into tracks across a batch of frames.
+
+Per frame it greedily matches blobs to the predicted positions of live tracks, appends each matched
+blob to its track's history and keeps the crops at constriction entry and at the last frame inside
+the constriction. When a track is finished (it passed the emission line downstream of the
+constriction, or it was lost) its history, crops and metadata are copied into the *done* buffers
+for Python to turn into a :class:`~tracking.events.CellEvent`. A track that was emitted at the
+emission line stays alive (state ``ABSORB``) so the same cell further downstream does not start a
+new track.
+
+Everything is in ROI pixels and milliseconds since the run's first frame. All arrays are
+preallocated by :class:`tracking.tracker.Tracker`; the kernel never allocates per frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from tracking.blobs import (
+    B_AREA,
+    B_BORDER,
+    B_X,
+    B_XMAX,
+    B_XMIN,
+    B_Y,
+    B_YMAX,
+    B_YMIN,
+)
+
+# track states
+FREE = 0
+ACTIVE = 1
+ABSORB = 2  # already emitted; still swallows its blob until it leaves
+
+# integer track state columns
+SI_STATE = 0
+SI_ID = 1
+SI_NHIST = 2
+SI_MISSES = 3
+SI_FLAGS = 4  # Quality bits found while linking
+SI_ENTRY_FRAME = 5  # frame id of the first frame inside the constriction (-1: not yet)
+SI_EXIT_FRAME = 6  # frame id of the first frame past the constriction (-1: not yet)
+SI_EXIT_HOST = 7  # host ns of that frame
+SI_HAS_FIRST = 8
+SI_HAS_LAST = 9
+SI_EMIT_FRAME = 10  # frame id at which it was emitted
+SI_EMIT_HOST = 11
+N_SI = 12
+
+# float track state columns
+SF_X = 0
+SF_Y = 1
+SF_VX = 2  # px per ms, smoothed
+SF_T = 3  # ms of last observation
+SF_AREA = 4
+N_SF = 5
+
+# history columns (one row per observation)
+H_T = 0  # ms since run start
+H_FRAME = 1
+N_H_EXTRA = 2  # followed by the N_BLOB_FIELDS blob columns
+
+# integer parameter indices
+PI_MAX_GAP = 0
+PI_CROP = 1
+PI_NEXT_ID = 2  # running track id (read-write)
+N_PI = 3
+
+# float parameter indices
+PF_X0 = 0
+PF_X1 = 1
+PF_EMIT_X = 2
+PF_GATE_BACK = 3  # px a blob may lie behind the prediction
+PF_GATE_FWD = 4  # px a blob may lie ahead of the prediction
+PF_GATE_Y = 5
+PF_V_INIT = 6  # px/ms assumed for a brand-new track
+PF_MAX_AREA_JUMP = 7  # area ratio beyond which a match is a merge/split
+N_PF = 8
+
+# counters
+C_FRAMES = 0
+C_BLOBS = 1
+C_TRACKS = 2
+C_EMITTED = 3
+C_LOST = 4  # tracks that ended without ever reaching the constriction
+C_TRACK_OVERFLOW = 5  # blobs that found no free track slot
+C_HIST_OVERFLOW = 6
+C_MERGES = 7
+N_C = 8
+
+Q_DOUBLET = 1
+Q_BORDER = 2
+Q_INCOMPLETE = 4
+Q_STUCK = 16
+
+
+@njit(nogil=True, cache=True)
+def _copy_crop(img, cx, cy, half, fill, out):
+    h, w = img.shape
+    size = out.shape[0]
+    x0 = int(np.floor(cx + 0.5)) - half
+    y0 = int(np.floor(cy + 0.5)) - half
+    for j in range(size):
+        yy = y0 + j
+        for i in range(size):
+            xx = x0 + i
+            if 0 <= yy < h and 0 <= xx < w:
+                out[j, i] = img[yy, xx]
+            else:
+                yc = min(max(yy, 0), h - 1)
+                xc = min(max(xx, 0), w - 1)
+                out[j, i] = fill[yc, xc]
+
+
+@njit(nogil=True, cache=True)
+def _finish(k, si, hist, crops, done_i, done_hist, done_crops, done_n, n_done):
+    """Copy track k to the done buffers; returns the new n_done (or -1 if the buffers are full)."""
+    if n_done >= done_i.shape[0]:
+        return -1
+    nh = si[k, SI_NHIST]
+    for q in range(nh):
+        for c in range(hist.shape[2]):
+            done_hist[n_done, q, c] = hist[k, q, c]
+    done_n[n_done] = nh
+    for c in range(N_SI):
+        done_i[n_done, c] = si[k, c]
+    done_crops[n_done, 0] = crops[k, 0]
+    done_crops[n_done, 1] = crops[k, 1]
+    return n_done + 1
+
+
+@njit(nogil=True, cache=True)
+def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
+               pi, pf, si, sf, hist, crops, done_i, done_hist, done_crops, done_n, counters):
+    """Link the blobs of ``len(slots)`` frames. Returns ``(frames_processed, n_done)``.
+
+    Stops early (frames_processed < len(slots)) when the done buffers are full, so the caller
+    harvests them and calls again with the remaining frames.
+    """
+    n_frames = slots.shape[0]
+    max_tracks = si.shape[0]
+    max_hist = hist.shape[1]
+    nbf = blobs.shape[2]
+    half = pi[PI_CROP] // 2
+    x0 = pf[PF_X0]
+    x1 = pf[PF_X1]
+    n_done = 0
+    max_blobs = blobs.shape[1]
+    taken = np.zeros(max_blobs, dtype=np.int64)
+    matched = np.zeros(max_tracks, dtype=np.int64)
+    for f in range(n_frames):
+        # a frame may finish at most every live track: stop while there is room for all of them
+        live = 0
+        for k in range(max_tracks):
+            if si[k, SI_STATE] != FREE:
+                live += 1
+        if n_done + live > done_i.shape[0]:
+            return f, n_done
+        img = images[slots[f]]
+        t = times_ms[f]
+        nb = counts[f]
+        counters[C_FRAMES] += 1
+        counters[C_BLOBS] += nb
+        for b in range(nb):
+            taken[b] = -1
+        for k in range(max_tracks):
+            matched[k] = 0
+        # greedy global nearest-prediction matching
+        while True:
+            best = 1e300
+            bk = -1
+            bb = -1
+            for k in range(max_tracks):
+                if si[k, SI_STATE] == FREE or matched[k]:
+                    continue
+                dt = t - sf[k, SF_T]
+                px = sf[k, SF_X] + sf[k, SF_VX] * dt
+                py = sf[k, SF_Y]
+                for b in range(nb):
+                    if taken[b] >= 0:
+                        continue
+                    dx = blobs[f, b, B_X] - px
+                    dy = blobs[f, b, B_Y] - py
+                    if dx < -pf[PF_GATE_BACK] or dx > pf[PF_GATE_FWD] or abs(dy) > pf[PF_GATE_Y]:
+                        continue
+                    # cells only move downstream: penalise going back
+                    if blobs[f, b, B_X] < sf[k, SF_X] - pf[PF_GATE_BACK]:
+                        continue
+                    cost = dx * dx + 4.0 * dy * dy
+                    if cost < best:
+                        best = cost
+                        bk = k
+                        bb = b
+            if bk < 0:
+                break
+            taken[bb] = bk
+            matched[bk] = 1
+        # update matched tracks, age unmatched ones
+        for k in range(max_tracks):
+            st = si[k, SI_STATE]
+            if st == FREE:
+                continue
+            if matched[k] == 0:
+                # a lost track whose prediction lies inside a blob another track took: merge (doublet)
+                dt = t - sf[k, SF_T]
+                px = sf[k, SF_X] + sf[k, SF_VX] * dt
+                py = sf[k, SF_Y]
+                for b in range(nb):
+                    o = taken[b]
+                    if o >= 0 and blobs[f, b, B_XMIN] <= px <= blobs[f, b, B_XMAX] and blobs[f, b, B_YMIN] <= py <= blobs[f, b, B_YMAX]:
+                        si[k, SI_FLAGS] |= Q_DOUBLET
+                        si[o, SI_FLAGS] |= Q_DOUBLET
+                        si[k, SI_MISSES] = pi[PI_MAX_GAP]  # ends now
+                        counters[C_MERGES] += 1
+                        break
+                si[k, SI_MISSES] += 1
+                if si[k, SI_MISSES] > pi[PI_MAX_GAP]:
+                    if st == ACTIVE:
+                        if si[k, SI_ENTRY_FRAME] < 0 and si[k, SI_EXIT_FRAME] < 0:
+                            counters[C_LOST] += 1
+                        else:
+                            si[k, SI_EMIT_FRAME] = frame_ids[f]
+                            si[k, SI_EMIT_HOST] = host_ns[f]
+                            n_done = _finish(k, si, hist, crops, done_i, done_hist, done_crops, done_n, n_done)
+                            counters[C_EMITTED] += 1
+                    si[k, SI_STATE] = FREE
+                continue
+            b = -1
+            for q in range(nb):
+                if taken[q] == k:
+                    b = q
+            si[k, SI_MISSES] = 0
+            bx = blobs[f, b, B_X]
+            dt = t - sf[k, SF_T]
+            if dt > 0:
+                v = (bx - sf[k, SF_X]) / dt
+                if si[k, SI_NHIST] <= 1:
+                    sf[k, SF_VX] = v
+                else:
+                    sf[k, SF_VX] = 0.5 * sf[k, SF_VX] + 0.5 * v
+            prev_x = sf[k, SF_X]
+            sf[k, SF_X] = bx
+            sf[k, SF_Y] = blobs[f, b, B_Y]
+            sf[k, SF_T] = t
+            sf[k, SF_AREA] = blobs[f, b, B_AREA]
+            if st != ACTIVE:
+                continue
+            nh = si[k, SI_NHIST]
+            if nh < max_hist:
+                hist[k, nh, H_T] = t
+                hist[k, nh, H_FRAME] = frame_ids[f]
+                for c in range(nbf):
+                    hist[k, nh, N_H_EXTRA + c] = blobs[f, b, c]
+                si[k, SI_NHIST] = nh + 1
+            else:
+                si[k, SI_FLAGS] |= Q_STUCK
+                counters[C_HIST_OVERFLOW] += 1
+            if blobs[f, b, B_BORDER] > 0.5 and x0 - half <= bx <= x1 + half:
+                si[k, SI_FLAGS] |= Q_BORDER
+            inside = x0 <= bx < x1
+            if inside:
+                if si[k, SI_HAS_FIRST] == 0 and si[k, SI_NHIST] > 1 and prev_x < x0:
+                    _copy_crop(img, bx, blobs[f, b, B_Y], half, fill, crops[k, 0])
+                    si[k, SI_HAS_FIRST] = 1
+                    si[k, SI_ENTRY_FRAME] = frame_ids[f]
+                elif si[k, SI_ENTRY_FRAME] < 0:
+                    si[k, SI_ENTRY_FRAME] = frame_ids[f]  # first seen inside: incomplete
+                _copy_crop(img, bx, blobs[f, b, B_Y], half, fill, crops[k, 1])
+                si[k, SI_HAS_LAST] = 1
+            elif bx >= x1 and si[k, SI_EXIT_FRAME] < 0:
+                si[k, SI_EXIT_FRAME] = frame_ids[f]
+                si[k, SI_EXIT_HOST] = host_ns[f]
+            if bx >= pf[PF_EMIT_X] and si[k, SI_EXIT_FRAME] >= 0:
+                si[k, SI_EMIT_FRAME] = frame_ids[f]
+                si[k, SI_EMIT_HOST] = host_ns[f]
+                n_done = _finish(k, si, hist, crops, done_i, done_hist, done_crops, done_n, n_done)
+                counters[C_EMITTED] += 1
+                si[k, SI_STATE] = ABSORB
+        # unmatched blobs start new tracks
+        for b in range(nb):
+            if taken[b] >= 0:
+                continue
+            slot = -1
+            for k in range(max_tracks):
+                if si[k, SI_STATE] == FREE:
+                    slot = k
+                    break
+            if slot < 0:
+                counters[C_TRACK_OVERFLOW] += 1
+                continue
+            k = slot
+            for c in range(N_SI):
+                si[k, c] = 0
+            si[k, SI_STATE] = ACTIVE
+            si[k, SI_ID] = pi[PI_NEXT_ID]
+            pi[PI_NEXT_ID] += 1
+            si[k, SI_ENTRY_FRAME] = -1
+            si[k, SI_EXIT_FRAME] = -1
+            si[k, SI_EMIT_FRAME] = -1
+            bx = blobs[f, b, B_X]
+            sf[k, SF_X] = bx
+            sf[k, SF_Y] = blobs[f, b, B_Y]
+            sf[k, SF_VX] = pf[PF_V_INIT]
+            sf[k, SF_T] = t
+            sf[k, SF_AREA] = blobs[f, b, B_AREA]
+            hist[k, 0, H_T] = t
+            hist[k, 0, H_FRAME] = frame_ids[f]
+            for c in range(nbf):
+                hist[k, 0, N_H_EXTRA + c] = blobs[f, b, c]
+            si[k, SI_NHIST] = 1
+            if blobs[f, b, B_BORDER] > 0.5 and x0 - half <= bx <= x1 + half:
+                si[k, SI_FLAGS] |= Q_BORDER
+            if x0 <= bx < x1:
+                si[k, SI_ENTRY_FRAME] = frame_ids[f]
+                _copy_crop(img, bx, blobs[f, b, B_Y], half, fill, crops[k, 1])
+                si[k, SI_HAS_LAST] = 1
+            elif bx >= x1:
+                # first seen downstream: nothing to measure, just absorb it
+                si[k, SI_STATE] = ABSORB
+            counters[C_TRACKS] += 1
+    return n_frames, n_done
+
+
+@njit(nogil=True, cache=True)
+def flush_tracks(si, hist, crops, done_i, done_hist, done_crops, done_n, counters):
+    """End every live track (run end): ACTIVE ones that reached the constriction are emitted."""
+    n_done = 0
+    for k in range(si.shape[0]):
+        if si[k, SI_STATE] == ACTIVE and (si[k, SI_ENTRY_FRAME] >= 0 or si[k, SI_EXIT_FRAME] >= 0):
+            if n_done < done_i.shape[0]:
+                n_done = _finish(k, si, hist, crops, done_i, done_hist, done_crops, done_n, n_done)
+                counters[C_EMITTED] += 1
+        elif si[k, SI_STATE] == ACTIVE:
+            counters[C_LOST] += 1
+        si[k, SI_STATE] = FREE
+    return n_done
