@@ -1,0 +1,217 @@
+"""Sort decisions: a pure function of (event, class probabilities, settings, neighbours).
+
+A cell is a *target* when its most likely class is a target class with probability ≥ threshold,
+it passes every feature gate and no rejected quality flag is set. The sort mode then decides
+about coincidences with the cells around it (``neighbours``: other cells whose constriction exit
+lies within the coincidence window):
+
+* ``purity`` — fire only if no non-target cell is within the window (it would be sorted along);
+* ``yield`` — fire for every target, whatever is around it;
+* ``single-cell`` — fire only if no other cell at all is within the window.
+
+Every decision carries its reason, so a run can be audited afterwards.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mimlsort.settings import require
+from tracking.events import CellEvent, Quality
+from tracking.features import FEATURES
+
+
+class Reason(str, enum.Enum):
+    FIRED = "fired"
+    SORTING_OFF = "sorting off"
+    NOT_TARGET = "not a target class"
+    BELOW_THRESHOLD = "below threshold"
+    OUTSIDE_GATE = "outside gate"
+    QUALITY = "quality gate"
+    COINCIDENCE = "aborted by coincidence"
+    NOT_ISOLATED = "not isolated"
+    LATE = "late"
+    TRIGGER_UNAVAILABLE = "trigger unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class RangeGate:
+    feature: str = "di"
+    min: float = -math.inf
+    max: float = math.inf
+
+    def __post_init__(self):
+        require(self.feature in FEATURES, "feature", f"unknown feature {self.feature!r}")
+        require(self.min <= self.max, "max", f"must be >= min ({self.min}), got {self.max}")
+
+    def contains(self, feats) -> bool:
+        v = feats.get(self.feature, math.nan)
+        return self.min <= v <= self.max  # NaN is outside
+
+
+@dataclass(frozen=True, slots=True)
+class PolygonGate:
+    """A polygon on two features, as drawn on a scatter plot (vertices in the features' units)."""
+
+    x: str = "transit_time_ms"
+    y: str = "di"
+    points: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self):
+        for k in ("x", "y"):
+            require(getattr(self, k) in FEATURES, k, f"unknown feature {getattr(self, k)!r}")
+        require(len(self.points) >= 3, "points", f"a polygon needs >= 3 vertices, got {len(self.points)}")
+
+    def contains(self, feats) -> bool:
+        px, py = feats.get(self.x, math.nan), feats.get(self.y, math.nan)
+        if math.isnan(px) or math.isnan(py):
+            return False
+        inside = False
+        pts = self.points
+        j = len(pts) - 1
+        for i in range(len(pts)):  # even-odd ray casting
+            xi, yi = pts[i]
+            xj, yj = pts[j]
+            if (yi > py) != (yj > py) and px < (xj - xi) * (py - yi) / (yj - yi) + xi:
+                inside = not inside
+            j = i
+        return inside
+
+
+_FLAGS = {q.name: q for q in Quality if q.name and q is not Quality.OK}
+
+
+@dataclass(frozen=True, slots=True)
+class SortSettings:
+    enabled: bool = True  # false: decide and record, never fire
+    target_classes: tuple[str, ...] = ("hct116",)  # classes to sort out
+    threshold: float = 0.5  # minimum probability of the target class
+    mode: str = "purity"  # purity | yield | single-cell
+    window_ms: float = 0.5  # coincidence window around a target's constriction exit
+    window_um: float = 0.0  # if > 0: window as a distance, converted with the cell's speed after exit
+    reject_flags: tuple[str, ...] = ("DOUBLET", "BORDER", "INCOMPLETE", "STUCK")  # quality flags that never sort
+    range_gates: tuple[RangeGate, ...] = ()
+    polygon_gates: tuple[PolygonGate, ...] = ()
+
+    def __post_init__(self):
+        require(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}")
+        require(self.mode in ("purity", "yield", "single-cell"), "mode",
+                f"must be purity, yield or single-cell, got {self.mode!r}")
+        require(self.window_ms >= 0, "window_ms", f"must be >= 0, got {self.window_ms}")
+        require(self.window_um >= 0, "window_um", f"must be >= 0, got {self.window_um}")
+        for f in self.reject_flags:
+            require(f in _FLAGS, "reject_flags", f"unknown flag {f!r} (known: {', '.join(_FLAGS)})")
+
+    def window_for(self, event: CellEvent) -> float:
+        """Coincidence window in ms for this cell."""
+        if self.window_um > 0:
+            v = event.features.get("v_after_mm_s", math.nan)  # mm/s == µm/ms
+            if v > 0:
+                return self.window_um / v
+        return self.window_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    """Another cell near a candidate: its exit time (ms, run clock) and whether it is a target."""
+
+    exit_time_ms: float
+    is_target: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    event_index: int
+    fire: bool
+    reason: Reason
+    predicted: str  # most likely class
+    probability: float  # of the most likely class
+    is_target: bool
+    detail: str = ""
+
+
+class SortPolicy:
+    """Decides per cell; holds only settings and class names (no run state)."""
+
+    def __init__(self, settings: SortSettings, class_names: Sequence[str]):
+        unknown = [c for c in settings.target_classes if c not in class_names]
+        require(not unknown, "sorting.target_classes",
+                f"{unknown} not among the model's classes {list(class_names)}")
+        self.settings = settings
+        self.class_names = tuple(class_names)
+        self._target_idx = np.array([self.class_names.index(c) for c in settings.target_classes], dtype=np.int64)
+        self._reject = Quality(0)
+        for f in settings.reject_flags:
+            self._reject |= _FLAGS[f]
+
+    def target(self, event: CellEvent, probs: np.ndarray) -> tuple[bool, Reason, str]:
+        """Whether the cell alone qualifies as a target, and if not, why."""
+        k = int(np.argmax(probs))
+        if k not in self._target_idx:
+            return False, Reason.NOT_TARGET, self.class_names[k]
+        if probs[k] < self.settings.threshold:
+            return False, Reason.BELOW_THRESHOLD, f"p={probs[k]:.3f} < {self.settings.threshold}"
+        bad = event.quality & self._reject
+        if bad:
+            return False, Reason.QUALITY, str(Quality(bad).name)
+        for g in (*self.settings.range_gates, *self.settings.polygon_gates):
+            if not g.contains(event.features):
+                return False, Reason.OUTSIDE_GATE, repr(g)
+        return True, Reason.FIRED, ""
+
+    def decide(self, event: CellEvent, probs: np.ndarray, neighbours: Sequence[Neighbour] = ()) -> Decision:
+        s = self.settings
+        k = int(np.argmax(probs))
+        is_target, reason, detail = self.target(event, probs)
+        fire = is_target
+        if is_target:
+            window = s.window_for(event)
+            t = event.features.get("exit_time_ms", math.nan)
+            near = [n for n in neighbours if abs(n.exit_time_ms - t) <= window]
+            if s.mode == "purity" and any(not n.is_target for n in near):
+                fire, reason = False, Reason.COINCIDENCE
+                detail = f"{sum(not n.is_target for n in near)} non-target cell(s) within {window:.3g} ms"
+            elif s.mode == "single-cell" and near:
+                fire, reason = False, Reason.NOT_ISOLATED
+                detail = f"{len(near)} cell(s) within {window:.3g} ms"
+            if fire and not s.enabled:
+                fire, reason = False, Reason.SORTING_OFF
+        return Decision(event.index, fire, reason, self.class_names[k], float(probs[k]), is_target, detail)
+
+
+@dataclass
+class SortCounters:
+    """Run counters, owned by the thread that decides."""
+
+    class_names: tuple[str, ...]
+    seen: int = 0
+    fired: int = 0
+    per_class: dict[str, int] = field(default_factory=dict)
+    not_fired: dict[str, int] = field(default_factory=dict)
+    _p_target_fired: float = 0.0  # Σ P(target) over fired cells
+    _p_target_all: float = 0.0  # Σ P(target) over all cells
+
+    def add(self, decision: Decision, p_target: float) -> None:
+        self.seen += 1
+        self.per_class[decision.predicted] = self.per_class.get(decision.predicted, 0) + 1
+        self._p_target_all += p_target
+        if decision.fire:
+            self.fired += 1
+            self._p_target_fired += p_target
+        else:
+            self.not_fired[decision.reason.value] = self.not_fired.get(decision.reason.value, 0) + 1
+
+    @property
+    def purity_estimate(self) -> float:
+        """Expected fraction of targets among fired cells, from the classifier's probabilities."""
+        return self._p_target_fired / self.fired if self.fired else math.nan
+
+    @property
+    def recovery_estimate(self) -> float:
+        """Expected fraction of all targets that were fired."""
+        return self._p_target_fired / self._p_target_all if self._p_target_all > 0 else math.nan

@@ -1,0 +1,91 @@
+import math
+
+import numpy as np
+import pytest
+
+from app.sorting import (Decision, Neighbour, PolygonGate, RangeGate, Reason, SortCounters, SortPolicy,
+                         SortSettings)
+from mimlsort.errors import ConfigError
+from mimlsort.settings import from_mapping
+from tracking.events import CellEvent, Quality
+
+CLASSES = ("hct116", "wbc")
+
+
+def ev(index=0, exit_ms=10.0, quality=Quality.OK, **feats):
+    f = {"exit_time_ms": exit_ms, "di": 0.7, "transit_time_ms": 1.0, "v_after_mm_s": 10.0, **feats}
+    z = np.zeros((4, 4), np.uint8)
+    return CellEvent(index, index, f, z, z, 0.5, 1, 2, 0, quality)
+
+
+TARGET = np.array([0.9, 0.1], np.float32)
+OTHER = np.array([0.2, 0.8], np.float32)
+
+
+def policy(**kw):
+    return SortPolicy(SortSettings(**kw), CLASSES)
+
+
+def test_target_fires_and_non_target_does_not():
+    p = policy()
+    assert p.decide(ev(), TARGET).reason is Reason.FIRED
+    d = p.decide(ev(), OTHER)
+    assert not d.fire and d.reason is Reason.NOT_TARGET and d.predicted == "wbc"
+
+
+def test_threshold_quality_and_gates():
+    assert policy(threshold=0.95).decide(ev(), TARGET).reason is Reason.BELOW_THRESHOLD
+    assert policy().decide(ev(quality=Quality.DOUBLET), TARGET).reason is Reason.QUALITY
+    assert policy(reject_flags=()).decide(ev(quality=Quality.DOUBLET), TARGET).fire
+    gate = RangeGate("di", 0.75, 1.0)
+    assert policy(range_gates=(gate,)).decide(ev(), TARGET).reason is Reason.OUTSIDE_GATE
+    square = PolygonGate("transit_time_ms", "di", ((0.5, 0.5), (1.5, 0.5), (1.5, 0.9), (0.5, 0.9)))
+    assert policy(polygon_gates=(square,)).decide(ev(), TARGET).fire
+    assert policy(polygon_gates=(square,)).decide(ev(transit_time_ms=2.0), TARGET).reason is Reason.OUTSIDE_GATE
+    assert policy(polygon_gates=(square,)).decide(ev(di=math.nan), TARGET).reason is Reason.OUTSIDE_GATE
+
+
+@pytest.mark.parametrize("mode, neighbours, fire, reason", [
+    ("purity", [Neighbour(10.3, False)], False, Reason.COINCIDENCE),     # non-target inside window
+    ("purity", [Neighbour(10.3, True)], True, Reason.FIRED),             # another target is fine
+    ("purity", [Neighbour(10.6, False)], True, Reason.FIRED),            # non-target just outside 0.5 ms
+    ("purity", [Neighbour(9.5, False)], False, Reason.COINCIDENCE),      # window is symmetric (edge inclusive)
+    ("yield", [Neighbour(10.1, False)], True, Reason.FIRED),
+    ("single-cell", [Neighbour(10.2, True)], False, Reason.NOT_ISOLATED),
+    ("single-cell", [Neighbour(11.0, True)], True, Reason.FIRED),
+])
+def test_coincidence_modes(mode, neighbours, fire, reason):
+    d = policy(mode=mode, window_ms=0.5).decide(ev(exit_ms=10.0), TARGET, neighbours)
+    assert (d.fire, d.reason) == (fire, reason)
+
+
+def test_window_in_um_uses_speed_after_exit():
+    # 10 µm at 10 mm/s (= 10 µm/ms) is 1 ms: a non-target 0.8 ms away now aborts
+    p = policy(window_um=10.0, window_ms=0.1)
+    assert p.decide(ev(exit_ms=10.0), TARGET, [Neighbour(10.8, False)]).reason is Reason.COINCIDENCE
+    assert p.decide(ev(exit_ms=10.0, v_after_mm_s=40.0), TARGET, [Neighbour(10.8, False)]).fire
+
+
+def test_sorting_off_records_but_never_fires():
+    d = policy(enabled=False).decide(ev(), TARGET)
+    assert not d.fire and d.reason is Reason.SORTING_OFF and d.is_target
+
+
+def test_settings_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"^sorting\.threshold: must be in \[0, 1\], got 1.5"):
+        from_mapping(SortSettings, {"threshold": 1.5}, "sorting")
+    with pytest.raises(ConfigError, match="sorting.target_classes"):
+        SortPolicy(SortSettings(target_classes=("t4",)), CLASSES)
+    with pytest.raises(ConfigError, match=r"sorting\.polygon_gates\[0\]\.points"):
+        from_mapping(SortSettings, {"polygon_gates": [{"points": [[0, 0], [1, 1]]}]}, "sorting")
+
+
+def test_counters_estimate_purity_and_recovery():
+    c = SortCounters(CLASSES)
+    c.add(Decision(0, True, Reason.FIRED, "hct116", 0.9, True), 0.9)
+    c.add(Decision(1, True, Reason.FIRED, "hct116", 0.7, True), 0.7)
+    c.add(Decision(2, False, Reason.NOT_TARGET, "wbc", 0.6, False), 0.4)
+    assert c.fired == 2 and c.seen == 3
+    assert c.purity_estimate == pytest.approx(0.8)
+    assert c.recovery_estimate == pytest.approx(1.6 / 2.0)
+    assert c.not_fired == {"not a target class": 1}
