@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,train,gui]'
+	$(BIN)/python -m pip install -q -e '.[dev,train,gui,basler,genicam,serial,visa]'
 	touch $(STAMP)
 
 venv: $(STAMP)

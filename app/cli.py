@@ -9,6 +9,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -127,21 +128,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``mimlsort bench WHAT`` -> "module:function"; the function takes keyword options (only those it
+#: declares are passed) and returns a flat dict of figures.
+BENCHES: dict[str, str] = {
+    "tracking": "tracking.bench:bench_tracking",
+    "recording": "acquisition.recording:bench_recording",
+    "inference": "inference.bench:bench_inference",
+    "sorting": "app.bench:bench_sorting",
+    "pipeline": "app.bench:bench_pipeline",
+    "camera": "acquisition.bench:bench_camera",
+    "gui": "app.gui.bench:bench_gui",
+}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "tracking":
-        from tracking.bench import bench_tracking
+    import inspect
 
-        res = bench_tracking(n_frames=args.frames or 20000)
-    elif args.what == "recording":
-        from acquisition.recording import bench_recording
-
-        res = bench_recording(n_frames=args.frames or 20000)
-    elif args.what == "inference":
-        from inference.bench import bench_inference
-
-        res = bench_inference()
-    else:  # argparse restricts choices
-        raise AssertionError(args.what)
+    module, _, name = BENCHES[args.what].partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    params = inspect.signature(fn).parameters
+    options = {"n_frames": args.frames, "backend": args.backend, "seconds": args.seconds, "model": args.model,
+               "provider": args.provider}
+    kwargs = {k: v for k, v in options.items() if v is not None and k in params}
+    res = fn(**kwargs)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -201,11 +210,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_config)
 
     sp = sub.add_parser("bench", help="measure speed (see BENCHMARKS.md)")
-    sp.add_argument("what", choices=["tracking", "recording", "inference"])
-    sp.add_argument("--frames", type=int)
+    sp.add_argument("what", choices=sorted(BENCHES))
+    sp.add_argument("--frames", type=int, help="frames to process (where the benchmark takes frames)")
+    sp.add_argument("--seconds", type=float, help="duration (where the benchmark runs for a time)")
+    sp.add_argument("--backend", help="camera backend (bench camera)")
+    sp.add_argument("--model", help="model file(s), comma-separated (bench inference/sorting/pipeline)")
+    sp.add_argument("--provider", help="ONNX Runtime provider: auto, cpu, cuda, tensorrt (bench inference)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_bench)
+
+    for name in _EXTENSIONS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # that part of the CLI is not there (yet)
+                continue
+            raise
+        mod.register(sub)
     return p
+
+
+#: modules that add subcommands with ``register(subparsers)``; they import heavy things only when
+#: their command runs, so ``mimlsort --help`` stays instant.
+_EXTENSIONS = ("app.cli_train", "app.cli_run", "app.cli_report", "app.cli_cameras", "app.cli_hardware", "app.cli_gui")
 
 
 def main(argv: list[str] | None = None) -> int:
