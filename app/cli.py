@@ -90,44 +90,6 @@ def cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate a channel, track it, and compare what was measured per class with the truth."""
-    import numpy as np
-
-    from acquisition.synthetic import SyntheticCamera
-    from app.offline import track_camera, write_events_csv
-    from app.validate import match_events
-
-    settings = _synthetic_settings(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with SyntheticCamera(settings) as cam:
-        res = track_camera(cam)
-        truth = list(cam.truth)
-        cam.write_truth_csv(out / "truth.csv")
-    write_events_csv(res.events, out / "cells.csv")
-    frame_ms = 1000.0 / settings.fps
-    m = match_events(res.events, truth, run_ms=res.frames * frame_ms, frame_ms=frame_ms)
-    print(f"simulated {settings.duration_s:g} s at {settings.fps:g} fps ({res.frames} frames, "
-          f"{settings.width}x{settings.height} px, {settings.pixel_size_um} µm/px): {len(truth)} objects, "
-          f"{len(res.events)} events")
-    print(f"{'class':>10} {'cells':>6} {'found':>6} {'DI meas':>8} {'DI true':>8} {'transit ms':>10} "
-          f"{'v_max mm/s':>10}")
-    for cls in sorted({t.cls for t in truth if t.kind == 'cell'}):
-        pairs = [(e, t) for e, t in m.pairs if t.cls == cls and t.kind == "cell"]
-        n_true = sum(1 for t in truth if t.cls == cls and t.kind == "cell" and m.is_complete(t))
-        if not pairs:
-            print(f"{cls:>10} {n_true:>6} {0:>6}")
-            continue
-        di_m = np.mean([e.features["di"] for e, _ in pairs])
-        di_t = np.mean([t.di_max for _, t in pairs])
-        tt = np.mean([e.features["transit_time_ms"] for e, _ in pairs])
-        vm = np.mean([e.features["v_max_mm_s"] for e, _ in pairs])
-        print(f"{cls:>10} {n_true:>6} {len(pairs):>6} {di_m:>8.3f} {di_t:>8.3f} {tt:>10.3f} {vm:>10.2f}")
-    print(f"files: {out / 'cells.csv'}, {out / 'truth.csv'}")
-    return 0
-
-
 #: ``mimlsort bench WHAT`` -> "module:function"; the function takes keyword options (only those it
 #: declares are passed) and returns a flat dict of figures.
 BENCHES: dict[str, str] = {
@@ -197,11 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say")
     sp.add_argument("--threshold", type=float, help="segmentation threshold (grey levels)")
     sp.set_defaults(func=cmd_track)
-
-    sp = sub.add_parser("demo", help="simulate a channel, track it, print a per-class summary against the truth")
-    sp.add_argument("--out", default="out/demo", help="folder for cells.csv and truth.csv")
-    sim_args(sp, 2.0)
-    sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("config", help="print the commented default configuration, or check a file")
     g = sp.add_mutually_exclusive_group()

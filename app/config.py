@@ -1,51 +1,164 @@
 """The run configuration: one TOML file → frozen, validated dataclasses.
 
-Each package owns the settings of its part (``SyntheticSettings``, ``TrackerSettings`` …); this
-module only composes them. ``default_config_text()`` prints every key with its default and the
-comment written beside the field in its settings class, so the commented default can never drift
-from the code.
+Each package owns the settings of its part (``SyntheticSettings``, ``TrackerSettings``,
+``SortSettings``, ``TimingSettings`` …); this module only composes them. Vendor backends (cameras,
+trigger devices) keep their tables as plain data here and are validated against the backend's own
+``Settings`` class when that backend is selected, so a missing vendor SDK never breaks loading a
+configuration that does not use it. ``default_config_text()`` prints every key with its default and
+the comment written beside the field in its settings class, so the commented default can never
+drift from the code. The GUI saves the same file the daemon reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
 from acquisition.replay import ReplaySettings
 from acquisition.synthetic import SyntheticSettings
-from mimlsort.errors import ConfigError
+from app.pipeline import AutoStop
+from app.sorting import SortSettings
+from hardware.timing import TimingSettings
+from mimlsort.errors import ConfigError, MimlsortError
 from mimlsort.settings import from_mapping, require, to_mapping
 from tracking.tracker import TrackerSettings
+
+#: vendor camera backends whose tables are validated only when selected
+_VENDOR_CAMERAS = ("basler", "genicam", "ximea")
+
+
+def _backend_settings(kind: str, name: str, table: dict, key: str):
+    """Validate ``table`` against backend ``name``'s own Settings class (imported on demand)."""
+    if kind == "camera":
+        from acquisition.camera import camera_class
+
+        cls = camera_class(name)
+    else:
+        from hardware.trigger import trigger_class
+
+        cls = trigger_class(name)
+    try:
+        return from_mapping(cls.Settings, table, key)
+    except ConfigError:
+        raise
 
 
 @dataclass(frozen=True, slots=True)
 class CameraConfig:
     backend: str = "synthetic"  # synthetic | replay | basler | genicam | ximea
-    ring_capacity: int = 4096  # frames held in the ring (per reader headroom before frames are missed)
+    ring_capacity: int = 4096  # frames held in the ring (headroom before a slow reader misses frames)
+    pixel_size_um: float = 0.0  # µm per pixel in the object plane; 0: what the camera/recording says
     synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
+    basler: dict = field(default_factory=dict)  # see `mimlsort config --default` with backend = "basler"
+    genicam: dict = field(default_factory=dict)
+    ximea: dict = field(default_factory=dict)
 
     def __post_init__(self):
         from acquisition.camera import BACKENDS
 
         require(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         require(self.ring_capacity >= 64, "ring_capacity", f"must be >= 64, got {self.ring_capacity}")
+        require(self.pixel_size_um >= 0, "pixel_size_um", f"must be >= 0, got {self.pixel_size_um}")
+        if self.backend in _VENDOR_CAMERAS:
+            try:
+                _backend_settings("camera", self.backend, getattr(self, self.backend), self.backend)
+            except ConfigError:
+                raise
+            except MimlsortError:  # SDK missing: validated when the camera is opened
+                pass
 
     def backend_settings(self):
-        return getattr(self, self.backend, None)
+        """The selected backend's settings object (vendor tables validated now)."""
+        v = getattr(self, self.backend)
+        return _backend_settings("camera", self.backend, v, f"camera.{self.backend}") if isinstance(v, dict) else v
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    path: str = "demo"  # ONNX model file; "demo": the bundled demonstration model; "none": track only
+    provider: str = "auto"  # auto (TensorRT > CUDA > CPU, whichever is installed) | cpu | cuda | tensorrt
+    intra_op_threads: int = 1  # ONNX Runtime threads per inference (1 leaves the other core to tracking)
+
+    def __post_init__(self):
+        require(self.provider in ("auto", "cpu", "cuda", "tensorrt"), "provider",
+                f"must be auto, cpu, cuda or tensorrt, got {self.provider!r}")
+        require(self.intra_op_threads >= 1, "intra_op_threads", f"must be >= 1, got {self.intra_op_threads}")
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerConfig:
+    backend: str = "log"  # null | log | serial | visa | camera-line | nidaqmx
+    timing: TimingSettings = field(default_factory=TimingSettings)
+    null: dict = field(default_factory=dict)
+    log: dict = field(default_factory=dict)
+    serial: dict = field(default_factory=dict)
+    visa: dict = field(default_factory=dict)
+    camera_line: dict = field(default_factory=dict)
+    nidaqmx: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from hardware.trigger import TRIGGERS
+
+        require(self.backend in TRIGGERS, "backend", f"must be one of {', '.join(TRIGGERS)}, got {self.backend!r}")
+        try:
+            self.backend_settings()
+        except ConfigError as e:
+            raise ConfigError(e.key.removeprefix("trigger."), e.problem) from None
+        except MimlsortError:  # driver missing: reported when the trigger is opened
+            pass
+
+    @property
+    def table(self) -> dict:
+        return getattr(self, self.backend.replace("-", "_"))
+
+    def backend_settings(self):
+        return _backend_settings("trigger", self.backend, self.table, f"trigger.{self.backend.replace('-', '_')}")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    folder: str = "out/runs"  # where event files (.rtdc), raw recordings and reports go
+    sample: str = "sample"  # sample name, stored in the file and used in file names
+    record_raw: bool = False  # also record every raw frame (.rtdc); may lag, drops are counted
+    write_events: bool = True  # write the event file (.rtdc)
+    report: bool = True  # write the sample report when the run ends
+
+    def __post_init__(self):
+        require(bool(self.folder), "folder", "must not be empty")
+        require(bool(self.sample) and "/" not in self.sample, "sample", f"must be a plain name, got {self.sample!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    status_interval_s: float = 1.0  # one status line per interval
+    http_port: int = 0  # > 0: serve status JSON at http://127.0.0.1:PORT/status (loopback only)
+    log_file: str = "mimlsort.log"  # inside the output folder; "" for none
+
+    def __post_init__(self):
+        require(self.status_interval_s > 0, "status_interval_s", f"must be > 0, got {self.status_interval_s}")
+        require(0 <= self.http_port <= 65535, "http_port", f"must be in [0, 65535], got {self.http_port}")
 
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)
     tracking: TrackerSettings = field(default_factory=TrackerSettings)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sorting: SortSettings = field(default_factory=SortSettings)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    autostop: AutoStop = field(default_factory=AutoStop)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -55,16 +168,26 @@ def load_config(path: str | Path) -> RunConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("", f"{path}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("", f"{path}: cannot be read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"{path}: not valid TOML: {e}") from None
+    return config_from_mapping(data, source=str(path))
+
+
+def config_from_mapping(data: dict, source: str = "") -> RunConfig:
     try:
         return from_mapping(RunConfig, data)
     except ConfigError as e:
-        raise ConfigError(e.key, f"{e.problem} (in {path})") from None
+        raise ConfigError(e.key, f"{e.problem} (in {source})" if source else e.problem) from None
+
+
+def config_to_toml(cfg: RunConfig) -> str:
+    return tomli_w.dumps(to_mapping(cfg))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(tomli_w.dumps(to_mapping(cfg)), encoding="utf-8")
+    Path(path).write_text(config_to_toml(cfg), encoding="utf-8")
 
 
 _COMMENT = re.compile(r"^\s+(\w+)\s*:[^=#]*(?:=[^#]*)?#\s*(.+)$")
@@ -83,10 +206,25 @@ def _field_comments(cls: type) -> dict[str, str]:
     return out
 
 
+def _vendor_defaults(table: str, name: str) -> Any:
+    """Default settings object of a vendor backend for the commented default (None if unavailable)."""
+    try:
+        if table == "camera":
+            from acquisition.camera import camera_class
+
+            return camera_class(name).Settings()
+        from hardware.trigger import trigger_class
+
+        return trigger_class(name.replace("_", "-")).Settings()
+    except (MimlsortError, ImportError, AttributeError, TypeError):
+        return None
+
+
 def default_config_text() -> str:
     """The default configuration as commented TOML."""
     lines = ["# mimlsort run configuration (TOML). Every key is optional; shown are the defaults.",
-             "# Lengths in µm, times in ms unless the key says otherwise.", ""]
+             "# Lengths in µm, times in ms unless the key says otherwise.",
+             "# Vendor tables ([camera.basler], [trigger.serial] …) are checked when that backend is selected.", ""]
 
     def emit(obj, table: str) -> None:
         comments = _field_comments(type(obj))
@@ -96,12 +234,26 @@ def default_config_text() -> str:
             lines.append(f"[{table}]")
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
+            sub = f"{table}.{f.name}" if table else f.name
             if dataclasses.is_dataclass(v):
-                subtables.append((v, f"{table}.{f.name}" if table else f.name))
+                subtables.append((v, sub))
+                continue
+            if isinstance(v, dict) and table in ("camera", "trigger") and not v:
+                d = _vendor_defaults(table, f.name)
+                if d is not None:
+                    subtables.append((d, sub))
                 continue
             c = comments.get(f.name, "")
             if v is None:
                 lines.append(f"# {f.name} = ...  # {c or 'unset'} ({hints[f.name]})".rstrip())
+                continue
+            if isinstance(v, tuple) and v and dataclasses.is_dataclass(v[0]):
+                for item in v:
+                    lines.append(f"[[{sub}]]")
+                    lines.extend(tomli_w.dumps(to_mapping(item)).strip().splitlines())
+                continue
+            if isinstance(v, tuple) and not v and "gates" in f.name:
+                lines.append(f"# [[{sub}]] ...  # {c}".rstrip())
                 continue
             val = tomli_w.dumps({"x": to_mapping(v)}).strip()[4:]
             lines.append(f"{f.name} = {val}" + (f"  # {c}" if c else ""))
@@ -111,3 +263,8 @@ def default_config_text() -> str:
 
     emit(RunConfig(), "")
     return "\n".join(lines)
+
+
+def bundled_model_path() -> Path:
+    """The demonstration model shipped in the package (simulated cells only)."""
+    return Path(importlib.import_module("inference").__file__).parent / "models" / "miml-mini-demo.onnx"

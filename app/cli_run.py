@@ -1,0 +1,137 @@
+"""Subcommands that run the pipeline: ``run`` (the daemon), ``replay``, ``reanalyze``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _load(args: argparse.Namespace):
+    from app.config import RunConfig, load_config
+
+    return load_config(args.config) if getattr(args, "config", None) else RunConfig()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from app.daemon import run_daemon
+    from app.session import with_changes
+
+    cfg = _load(args)
+    changes = {}
+    if args.seconds is not None:
+        changes["seconds"] = args.seconds
+    if args.events is not None:
+        changes["events"] = args.events
+    if changes:
+        cfg = with_changes(cfg, autostop=changes)
+    if args.http_port is not None:
+        cfg = with_changes(cfg, daemon={"http_port": args.http_port})
+    code, _run = run_daemon(cfg, folder=args.out_dir)
+    return code
+
+
+class _Progress:
+    """A tqdm bar fed from status snapshots (frames of a finite source)."""
+
+    def __init__(self, total: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total if total > 0 else None, unit="frame", unit_scale=True, file=sys.stderr,
+                        dynamic_ncols=True, mininterval=0.5)
+        self.n = 0
+
+    def __call__(self, st) -> None:
+        if st.frames_processed > self.n:
+            self.bar.update(st.frames_processed - self.n)
+            self.n = st.frames_processed
+        self.bar.set_postfix(cells=st.cells, missed=st.frames_missed, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from app.daemon import run_daemon
+    from app.session import with_changes
+
+    cfg = _load(args)
+    camera = {"backend": "replay", "replay.path": str(args.recording), "replay.realtime": bool(args.realtime)}
+    if args.pixel_size:
+        camera["pixel_size_um"] = args.pixel_size
+    if args.fps:
+        camera["replay.fps"] = args.fps
+    cfg = with_changes(cfg, camera=camera, output={"record_raw": False, "sample": args.recording.stem or "replay"})
+    if args.model:
+        cfg = with_changes(cfg, model={"path": args.model})
+    # a replay decides what would have been sorted; it fires nothing unless a trigger is asked for
+    if not args.trigger:
+        cfg = with_changes(cfg, trigger={"backend": "null"})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from acquisition.replay import ReplayCamera
+
+    with ReplayCamera(cfg.camera.backend_settings()) as probe:
+        total = probe.info.frame_count
+    bar = _Progress(total)
+    try:
+        code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not args.realtime, progress=bar)
+    finally:
+        bar.close()
+    st = run.status()
+    print(f"{st.frames_processed} frames -> {st.cells} cells -> {out}", file=sys.stderr)
+    return code
+
+
+def cmd_reanalyze(args: argparse.Namespace) -> int:
+    from app.reanalyze import reanalyze
+
+    res = reanalyze(args.input, args.out, model=args.model, threshold=args.threshold)
+    print(res.summary())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return run_demo(seconds=args.seconds, out=Path(args.out), seed=args.seed, realtime=not args.max_speed)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("run", help="the headless capture daemon: run a configuration until it ends or is stopped",
+                        description="Exit codes: 0 completed or stopped by SIGINT/SIGTERM, 1 errored, "
+                                    "2 bad configuration.")
+    sp.add_argument("--config", type=Path, metavar="RUN.toml", help="run configuration (default: built-in defaults)")
+    sp.add_argument("--out-dir", type=Path, help="output folder (default: output.folder of the configuration)")
+    sp.add_argument("--seconds", type=float, help="auto-stop after this many seconds")
+    sp.add_argument("--events", type=int, help="auto-stop after this many cells")
+    sp.add_argument("--http-port", type=int, help="serve status JSON on 127.0.0.1:PORT/status")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("replay", help="run a recorded video through the same pipeline into an event file")
+    sp.add_argument("recording", type=Path, help=".rtdc, TIFF, AVI or an image folder")
+    sp.add_argument("--out", required=True, type=Path, help="event file (.rtdc)")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--realtime", action="store_true", help="play at the recorded frame rate (frames may be missed)")
+    g.add_argument("--max-speed", action="store_true", help="as fast as possible, every frame tracked (default)")
+    sp.add_argument("--model", help="ONNX model ('demo' = bundled, 'none' = track only)")
+    sp.add_argument("--config", type=Path, metavar="RUN.toml", help="tracking/sorting settings")
+    sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say")
+    sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say")
+    sp.add_argument("--trigger", action="store_true", help="fire the configured trigger (default: decide only)")
+    sp.set_defaults(func=cmd_replay)
+
+    sp = sub.add_parser("reanalyze", help="segment and classify the event images of an existing RT-DC file")
+    sp.add_argument("input", type=Path, help="RT-DC file with event images (ShapeIn, CytoShot, dcnum)")
+    sp.add_argument("--out", required=True, type=Path, help="new event file (.rtdc)")
+    sp.add_argument("--model", help="ONNX model whose features a single image provides")
+    sp.add_argument("--threshold", type=float, default=6.0, help="segmentation threshold (grey levels)")
+    sp.set_defaults(func=cmd_reanalyze)
+
+    sp = sub.add_parser("demo", help="the quick start: synthetic camera through the full pipeline with the bundled "
+                                     "model and the log trigger; event file, report and a check against the truth")
+    sp.add_argument("--seconds", type=float, default=3.0, help="simulated duration")
+    sp.add_argument("--out", default="out/demo", help="output folder")
+    sp.add_argument("--seed", type=int, help="simulation seed")
+    sp.add_argument("--max-speed", action="store_true", help="simulate as fast as possible instead of in real time")
+    sp.set_defaults(func=cmd_demo)

@@ -1,0 +1,147 @@
+"""The headless capture daemon: run a configuration until it ends, is stopped, or fails.
+
+* logs to stderr and to a log file in the output folder; one status line per interval;
+* SIGINT/SIGTERM stop the run gracefully (files closed complete); a second signal is ignored while
+  the files close, so a double Ctrl-C cannot leave a half-written file;
+* optional status as JSON over HTTP, bound to 127.0.0.1 only (``GET /status``);
+* the exit code says how the run ended (:data:`EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+from app.config import RunConfig
+from app.pipeline import FinishReason, Status
+from app.session import Run, build_run
+
+log = logging.getLogger(__name__)
+
+#: how a run ended -> process exit status
+EXIT_CODES = {
+    FinishReason.COMPLETED: 0,  # the source ended or an auto-stop limit was reached
+    FinishReason.ERRORED: 1,  # a worker failed (camera gone, disk full, …); see the log
+    FinishReason.CANCELED: 0,  # stopped by a signal: a normal way to end a capture
+}
+EXIT_BAD_CONFIG = 2  # the configuration or the command line is wrong (cli)
+
+
+class StatusServer:
+    """Serves the latest status snapshot as JSON on 127.0.0.1 (never another interface)."""
+
+    def __init__(self, port: int, snapshot: Callable[[], dict]):
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                if self.path.rstrip("/") not in ("", "/status"):
+                    self.send_error(404, "try /status")
+                    return
+                body = json.dumps(outer._snapshot()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt, *args):  # keep the console for status lines
+                log.debug("http: " + fmt, *args)
+
+        self._snapshot = snapshot
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="mimlsort-http", daemon=True)
+
+    def __enter__(self) -> "StatusServer":
+        self._thread.start()
+        log.info("status at http://127.0.0.1:%d/status", self.port)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _file_handler(path: Path) -> logging.Handler:
+    h = logging.FileHandler(path, encoding="utf-8")
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    h.setLevel(logging.INFO)
+    return h
+
+
+def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
+               out=sys.stderr, lossless: bool = False, progress: Callable[[Status], None] | None = None) -> tuple[int, Run]:
+    """Run ``cfg`` to its end; returns (exit code, the finished run)."""
+    folder = Path(folder or cfg.output.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    handler = _file_handler(folder / cfg.daemon.log_file) if cfg.daemon.log_file else None
+    if handler is not None:
+        root.addHandler(handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+    run = build_run(cfg, folder=folder, events_path=events_path, lossless=lossless)
+    signals = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+    previous = {}
+
+    def on_signal(signum, _frame):
+        if run.pipeline.finish_reason is None:
+            log.info("%s: stopping the run", signals.get(signum, signum))
+            run.pipeline.stop(FinishReason.CANCELED, f"stopped by {signals.get(signum, signum)}")
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        for s in signals:
+            previous[s] = signal.signal(s, on_signal)
+    latest: dict = {}
+    try:
+        run.start()
+        log.info("run started; events -> %s", run.events_path)
+        server = StatusServer(cfg.daemon.http_port, lambda: latest) if cfg.daemon.http_port else None
+        if server is not None:
+            server.__enter__()
+        try:
+            next_line = time.monotonic() + cfg.daemon.status_interval_s
+            while not run.pipeline.wait(timeout=0.05):
+                now = time.monotonic()
+                st = run.status()
+                latest = st.to_dict()
+                if progress is not None:
+                    progress(st)
+                elif now >= next_line:
+                    print(st.line(), file=out, flush=True)
+                    next_line = now + cfg.daemon.status_interval_s
+            st = run.status()
+            latest = st.to_dict()
+        finally:
+            if server is not None:
+                server.__exit__(None, None, None)
+    finally:
+        run.pipeline.stop()
+        run.pipeline.wait()
+        run.close()
+        if in_main:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        if handler is not None:
+            root.removeHandler(handler)
+            handler.close()
+    st = run.status()
+    if progress is None:
+        print(st.line(), file=out, flush=True)
+    reason = st.finish_reason or FinishReason.COMPLETED
+    print(f"run {reason.value}" + (f": {st.message}" if st.message else "") +
+          (f"; events in {run.events_path}" if run.events_path else ""), file=out, flush=True)
+    code = EXIT_CODES[reason]
+    if run.close_errors and code == 0:
+        code = 1
+    return code, run

@@ -1,0 +1,536 @@
+"""The live pipeline: camera → ring → tracker → classifier → sort policy → trigger, storage beside.
+
+Threads, one owner each:
+
+* ``camera`` grabs straight into the :class:`~acquisition.frame.FrameRing` and never waits on anyone;
+* ``sort`` reads the ring in batches, tracks, classifies the finished cells, decides and fires, then
+  hands the records to storage through a queue (records are small and never dropped; the sort
+  path never waits on storage);
+* ``storage`` hands records to the sink (the ``.rtdc`` event writer) — it may lag, the sort path
+  does not notice;
+* ``recorder`` (optional) writes raw frames; it may fall behind, its ``missed`` counter says so.
+
+The GUI and status readers take :meth:`Pipeline.status` (an immutable snapshot),
+:meth:`Pipeline.recent` (the latest records) and ``ring.newest()`` (preview); none of them touches a
+worker's state.
+
+Decision latency is measured from the host arrival of the frame that completed a cell's event (the
+frame in which the cell crossed the emission line past the constriction) to the moment the fire
+command was handed to the trigger device (or the decision was taken, when nothing is fired).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from acquisition.camera import Camera, CameraState
+from acquisition.frame import FrameRing
+from app.records import CellRecord
+from app.sorting import Decision, Neighbour, Reason, SortCounters, SortPolicy
+from mimlsort.errors import MimlsortError, StateError
+from mimlsort.settings import require
+from tracking.events import CellEvent
+from tracking.tracker import Tracker, TrackerSettings
+
+log = logging.getLogger(__name__)
+
+
+class RunState(enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FINISHED = "finished"
+
+
+class FinishReason(enum.Enum):
+    COMPLETED = "completed"  # the source ended or an auto-stop limit was reached
+    CANCELED = "canceled"  # stopped by the operator / a signal
+    ERRORED = "errored"  # a worker failed; see the message
+
+
+@dataclass(frozen=True, slots=True)
+class AutoStop:
+    events: int = 0  # stop after this many cells (0: no limit)
+    seconds: float = 0.0  # stop after this many seconds of acquisition (0: no limit)
+
+    def __post_init__(self):
+        require(self.events >= 0, "events", f"must be >= 0, got {self.events}")
+        require(self.seconds >= 0, "seconds", f"must be >= 0, got {self.seconds}")
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """An immutable snapshot of a run, cheap to take at any time."""
+
+    state: RunState
+    finish_reason: FinishReason | None
+    message: str
+    elapsed_s: float
+    frames_in: int
+    fps_in: float
+    frames_processed: int
+    fps_processed: float
+    missed: dict[str, int]  # per ring reader: frames skipped because it fell behind
+    overrun: dict[str, int]
+    camera_dropped: int  # frame-id gaps and skipped images the camera reported
+    failed_buffers: int
+    cells: int
+    cells_per_s: float
+    class_counts: dict[str, int]
+    fired: int
+    not_fired: dict[str, int]
+    late: int
+    trigger_failed: int
+    purity_estimate: float
+    recovery_estimate: float
+    latency_p50_us: float
+    latency_p99_us: float
+    latency_max_us: float
+    storage_queue: int
+    file_bytes: int
+    frames_recorded: int
+    trigger_ok: bool
+    errors: tuple[str, ...] = ()
+
+    @property
+    def frames_missed(self) -> int:
+        return sum(self.missed.values()) + sum(self.overrun.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for k in self.__dataclass_fields__:
+            v = getattr(self, k)
+            if isinstance(v, enum.Enum):
+                v = v.value
+            elif isinstance(v, float) and not math.isfinite(v):
+                v = None
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[k] = v
+        return out
+
+    def line(self) -> str:
+        """One status line for logs and the daemon's console."""
+        cls = " ".join(f"{k}={v}" for k, v in sorted(self.class_counts.items()))
+        lat = f"{self.latency_p50_us:.0f}/{self.latency_p99_us:.0f}us" if self.latency_p50_us == self.latency_p50_us else "-"
+        return (f"{self.state.value} {self.elapsed_s:6.1f}s in {self.fps_in:7.0f}fps proc {self.fps_processed:7.0f}fps "
+                f"missed {self.frames_missed} camdrop {self.camera_dropped} cells {self.cells} ({self.cells_per_s:.0f}/s) "
+                f"{cls} fired {self.fired} late {self.late} lat p50/p99 {lat} queue {self.storage_queue} "
+                f"file {self.file_bytes / 1e6:.1f}MB")
+
+
+@dataclass
+class _Rate:
+    """Rate over the last few samples of (time, count)."""
+
+    samples: deque = field(default_factory=lambda: deque(maxlen=8))
+
+    def update(self, now: float, count: int) -> float:
+        if not self.samples or now - self.samples[-1][0] > 0.05:
+            self.samples.append((now, count))
+        (t0, c0), (t1, c1) = self.samples[0], (now, count)
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class Pipeline:
+    """One run. Build it, ``start()``, then ``stop()``/``wait()``; or use it as a context manager.
+
+    ``classifier`` needs ``classes`` and ``classify(events) -> float32[N, K]``; ``trigger`` is a
+    :class:`hardware.trigger.Trigger` (``fire(FireRequest) -> FireRecord``, ``drain_acks()``);
+    ``timing`` a :class:`hardware.timing.TimingSettings`; ``sink`` gets lists of
+    :class:`~app.records.CellRecord` on the storage thread (``sink.write``; optional ``sink.add_acks``,
+    ``sink.log``, ``sink.bytes_written``). ``recorder`` is a raw-frame recorder with
+    ``write_from_ring(reader, n)``. Each of them may be ``None``.
+    """
+
+    def __init__(self, camera: Camera, tracker_settings: TrackerSettings | None = None, *, classifier=None,
+                 policy: SortPolicy | None = None, trigger=None, timing=None, sink=None, recorder=None,
+                 autostop: AutoStop = AutoStop(), ring_capacity: int = 4096, pixel_size_um: float | None = None,
+                 kernels: str = "numba", recent_capacity: int = 4096, tracker: Tracker | None = None,
+                 lossless: bool = False, on_finish: Callable[["Pipeline"], None] | None = None):
+        self.camera = camera
+        self.tracker_settings = tracker_settings or (tracker.settings if tracker else TrackerSettings())
+        self.classifier = classifier
+        self.policy = policy
+        self.trigger = trigger
+        self.timing = timing
+        self.sink = sink
+        self.recorder = recorder
+        self.autostop = autostop
+        self.ring_capacity = ring_capacity
+        self.pixel_size_um = pixel_size_um
+        self.kernels = kernels
+        self.lossless = lossless
+        self.on_finish = on_finish
+        self.state = RunState.IDLE
+        self.finish_reason: FinishReason | None = None
+        self.message = ""
+        self.ring: FrameRing | None = None
+        self.tracker: Tracker | None = tracker
+        self._stop = threading.Event()
+        self._camera_done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._t_start = 0.0
+        self._t_end = 0.0
+        self._frames_processed = 0
+        self._cells = 0
+        self._latencies: deque = deque(maxlen=8192)
+        self._late = 0
+        self._trigger_failed = 0
+        self._trigger_ok = True
+        self._counters = SortCounters(tuple(classifier.classes) if classifier else ())
+        self._neighbours: deque = deque(maxlen=256)  # (exit_time_ms, is_target) of decided cells
+        self._recent: deque = deque(maxlen=recent_capacity)
+        self._rate_in = _Rate()
+        self._rate_proc = _Rate()
+        self._rate_cells = _Rate()
+        self._errors: list[str] = []
+        self._frames_recorded = 0
+        self._sort_hold = 0  # oldest ring sequence number the sort thread may still read
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.state is not RunState.IDLE:
+            raise StateError(f"pipeline is {self.state.value}; a pipeline runs once")
+        self.state = RunState.STARTING
+        try:
+            if self.camera.state is CameraState.CLOSED:
+                self.camera.open()
+            info = self.camera.info
+            self.ring = info.make_ring(self.ring_capacity)
+            self.ring.camera_clock = info.camera_clock
+            self._sort_reader = self.ring.reader("sort")
+            self._rec_reader = self.ring.reader("recorder") if self.recorder is not None else None
+            self.camera.start()
+        except BaseException:
+            self.state = RunState.FINISHED
+            self.finish_reason = FinishReason.ERRORED
+            self.camera.close()
+            raise
+        self._t_start = time.monotonic()
+        workers = [("camera", self._camera_loop), ("sort", self._sort_loop), ("storage", self._storage_loop)]
+        if self.recorder is not None:
+            workers.append(("recorder", self._recorder_loop))
+        for name, fn in workers:
+            self._threads.append(threading.Thread(target=self._guard, args=(name, fn), name=f"mimlsort-{name}",
+                                                  daemon=True))
+        self.state = RunState.RUNNING
+        for th in self._threads:
+            th.start()
+        log.info("run started: %s camera, %s", self.camera.backend,
+                 f"model classes {list(self.classifier.classes)}" if self.classifier else "no model")
+
+    def stop(self, reason: FinishReason = FinishReason.CANCELED, message: str = "") -> None:
+        """Ask every worker to stop at its next batch boundary (idempotent; the first reason wins)."""
+        with self._lock:
+            if self.finish_reason is None:
+                self.finish_reason = reason
+                self.message = message
+                if message:
+                    (log.error if reason is FinishReason.ERRORED else log.info)("run stopping: %s", message)
+            if self.state is RunState.RUNNING:
+                self.state = RunState.STOPPING
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the run has finished; True if it has."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for th in self._threads:
+            th.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if th.is_alive():
+                return False
+        with self._lock:
+            if self.state is RunState.FINISHED:
+                return True
+            self.state = RunState.FINISHED
+        self._t_end = time.monotonic()
+        try:
+            self.camera.close()
+        except Exception as e:  # closing must not hide how the run ended
+            log.warning("closing the camera failed: %s", e)
+        if self.finish_reason is None:
+            self.finish_reason = FinishReason.COMPLETED
+        if self.on_finish is not None:
+            self.on_finish(self)
+        return True
+
+    @property
+    def finished(self) -> bool:
+        return self.state is RunState.FINISHED
+
+    def __enter__(self) -> "Pipeline":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.stop(FinishReason.ERRORED, f"{exc_type.__name__}: {exc}")
+        else:
+            self.stop(FinishReason.CANCELED, "left the context")
+        self.wait()
+
+    def _guard(self, name: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as e:  # a worker failure ends the run; files are closed readable by their owners
+            log.exception("%s worker failed", name)
+            msg = f"{name}: {e}" if isinstance(e, MimlsortError) else f"{name}: {type(e).__name__}: {e}"
+            self._errors.append(msg)
+            self.stop(FinishReason.ERRORED, msg)
+
+    # -- live adjustments (any thread) -----------------------------------------------------------
+    def set_policy(self, policy: SortPolicy) -> None:
+        """Replace the sort policy; takes effect with the next decided cell."""
+        if self.classifier is not None and tuple(policy.class_names) != tuple(self.classifier.classes):
+            raise StateError(f"policy classes {policy.class_names} differ from the model's {self.classifier.classes}")
+        self.policy = policy
+
+    def recent(self, n: int | None = None) -> list[CellRecord]:
+        """The latest decided cells (newest last), for plots."""
+        items = list(self._recent)
+        return items if n is None else items[-n:]
+
+    def live_tracks(self) -> list[tuple[int, float, float]]:
+        """(track id, x px, y px) of the cells the tracker follows now (for overlays)."""
+        t = self.tracker
+        return t.live_tracks() if t is not None and hasattr(t, "live_tracks") else []
+
+    # -- workers ---------------------------------------------------------------------------------
+    def _camera_loop(self) -> None:
+        ring, cam = self.ring, self.camera
+        try:
+            # lossless (finite sources): never lap the sort reader, so every frame is tracked
+            limit = ring.capacity - ring.guard - 1
+            rec = self._rec_reader
+            while not self._stop.is_set():
+                if self.lossless:
+                    while (ring.written - min(self._sort_hold, rec.cursor if rec is not None else ring.written) >= limit
+                           and not self._stop.is_set()):
+                        time.sleep(50e-6)
+                if not cam.grab_into(ring, timeout_s=0.2) and cam.exhausted:
+                    break
+                if self.autostop.seconds and time.monotonic() - self._t_start >= self.autostop.seconds:
+                    self.stop(FinishReason.COMPLETED, f"auto-stop after {self.autostop.seconds:g} s")
+                    break
+        finally:
+            skipped = getattr(cam, "skipped", 0)
+            if skipped:
+                log.info("camera reported %d skipped images", skipped)
+            self._camera_done.set()
+
+    def _build_tracker(self) -> bool:
+        """Build the tracker from the first frames; False if the run ends before there are any."""
+        s = self.tracker_settings
+        reader, ring = self._sort_reader, self.ring
+        px = self.pixel_size_um or self.camera.info.pixel_size_um
+        while True:
+            done = self._camera_done.is_set()
+            if reader.pending >= s.background_frames or (done and reader.pending):
+                b = reader.read(s.background_frames if reader.pending >= s.background_frames else reader.pending)
+                self.tracker = Tracker.from_frames(ring.images[b.slots], px, s, t0_ns=int(b.timestamps_ns[0]),
+                                                   kernels=self.kernels)
+                self._track(b)
+                return True
+            if done or self._stop.is_set():
+                return False
+            time.sleep(0.001)
+
+    def _track(self, b) -> None:
+        self._sort_hold = b.seq0  # frames from here on are in use until released
+        events = self.tracker.process_batch(self.ring, b)
+        self._frames_processed += len(b)
+        self._sort_reader.release(b)
+        self._sort_hold = self._sort_reader.cursor
+        if events:
+            self._handle(events)
+
+    def _sort_loop(self) -> None:
+        s = self.tracker_settings
+        reader = self._sort_reader
+        try:
+            if self.tracker is None:
+                if not self._build_tracker():
+                    return
+            while True:
+                done = self._camera_done.is_set()
+                if not reader.pending:
+                    if done or self._stop.is_set():
+                        break
+                    reader.wait(0.05, poll_s=20e-6)
+                    continue
+                if self.lossless and reader.pending < s.batch_frames and not done and not self._stop.is_set():
+                    # fixed batch boundaries make replays reproducible (background updates per batch)
+                    time.sleep(100e-6)
+                    continue
+                self._track(reader.read(s.batch_frames))
+                if self.autostop.events and self._cells >= self.autostop.events:
+                    self.stop(FinishReason.COMPLETED, f"auto-stop after {self._cells} events")
+                    break
+            if self.finish_reason is not FinishReason.ERRORED:
+                tail = self.tracker.flush()
+                if tail:
+                    self._handle(tail, live=False)
+        finally:
+            self._queue.put(None)  # tells storage that no more records come
+            if not self._stop.is_set():
+                self.stop(FinishReason.COMPLETED, "the source ended")
+
+    def _handle(self, events: list[CellEvent], live: bool = True) -> None:
+        if self.classifier is not None:
+            probs = self.classifier.classify(events)
+        else:
+            probs = np.zeros((len(events), 0), np.float32)
+        policy = self.policy
+        records = []
+        decisions: list[Decision | None] = [None] * len(events)
+        if policy is not None and probs.shape[1]:
+            # targets first, so cells finishing in the same batch see each other as neighbours
+            targets = [policy.target(ev, p)[0] for ev, p in zip(events, probs)]
+            pending = self.tracker.predicted_exits_ms() if live else []
+            for i, (ev, p) in enumerate(zip(events, probs)):
+                t = ev.features.get("exit_time_ms", math.nan)
+                window = policy.settings.window_for(ev)
+                near = [Neighbour(te, tg) for te, tg in self._neighbours if abs(te - t) <= window]
+                near += [Neighbour(events[j].features.get("exit_time_ms", math.nan), targets[j])
+                         for j in range(len(events)) if j != i
+                         and abs(events[j].features.get("exit_time_ms", math.nan) - t) <= window]
+                near += [Neighbour(te, False) for te in pending if abs(te - t) <= window]  # class not known yet
+                decisions[i] = policy.decide(ev, p, near)
+            for ev, tg in zip(events, targets):
+                self._neighbours.append((ev.features.get("exit_time_ms", math.nan), tg))
+        target_idx = ([self.classifier.classes.index(c) for c in policy.settings.target_classes]
+                      if policy is not None and self.classifier is not None else [])
+        for ev, p, decision in zip(events, probs, decisions):
+            fire = None
+            if decision is not None:
+                if decision.fire and live:
+                    decision, fire = self._fire(ev, decision)
+                elif decision.fire:  # cells flushed at the end of a run are past the junction
+                    decision = Decision(decision.event_index, False, Reason.LATE, decision.predicted,
+                                        decision.probability, decision.is_target, "decided after the run ended")
+                    self._late += 1
+                self._counters.add(decision, float(p[target_idx].sum()) if target_idx else 0.0)
+            emit_host = ev.extra.get("emit_host_ns", 0) if ev.extra else 0
+            if emit_host and live:
+                self._latencies.append((time.monotonic_ns() - emit_host) / 1000.0)
+            records.append(CellRecord(ev, p, decision, fire))
+        self._cells += len(events)
+        self._recent.extend(records)
+        self._queue.put(records)
+
+    def _fire(self, ev: CellEvent, decision: Decision) -> tuple[Decision, Any]:
+        """Send the pulse for a cell the policy wants; the decision says if it could not be."""
+        if self.trigger is None:
+            return decision, None
+        from hardware.timing import fire_time_ns
+        from hardware.trigger import FireRequest
+
+        timing = self.timing
+        v = ev.features.get("v_after_mm_s", math.nan)
+        at = fire_time_ns(ev.exit_host_ns, v, timing) if timing is not None else time.monotonic_ns()
+        width = timing.pulse_width_us if timing is not None else 100.0
+        rec = self.trigger.fire(FireRequest(ev.index, at, width))
+        if getattr(rec, "late", False):
+            self._late += 1
+            return Decision(decision.event_index, False, Reason.LATE, decision.predicted, decision.probability,
+                            decision.is_target, "fire time already past"), rec
+        if not getattr(rec, "ok", True):
+            self._trigger_failed += 1
+            if self._trigger_ok:
+                log.error("trigger unavailable: %s", getattr(rec, "error", "?"))
+                self._errors.append(f"trigger: {getattr(rec, 'error', 'unavailable')}")
+            self._trigger_ok = False
+            return Decision(decision.event_index, False, Reason.TRIGGER_UNAVAILABLE, decision.predicted,
+                            decision.probability, decision.is_target, getattr(rec, "error", "")), rec
+        self._trigger_ok = True
+        return decision, rec
+
+    def _storage_loop(self) -> None:
+        sink = self.sink
+        while True:
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                item = ()
+            if item is None:
+                break
+            if sink is None:
+                continue
+            if item:
+                sink.write(item)
+            elif hasattr(sink, "flush_if_due"):
+                sink.flush_if_due()
+            if self.trigger is not None and hasattr(sink, "add_acks") and hasattr(self.trigger, "drain_acks"):
+                acks = self.trigger.drain_acks()
+                if acks:
+                    sink.add_acks(acks)
+        if sink is not None and self.trigger is not None and hasattr(sink, "add_acks") and hasattr(self.trigger, "drain_acks"):
+            acks = self.trigger.drain_acks()
+            if acks:
+                sink.add_acks(acks)
+
+    def _recorder_loop(self) -> None:
+        rec, reader = self.recorder, self._rec_reader
+        while True:
+            if reader.pending:
+                self._frames_recorded += rec.write_from_ring(reader, 512)
+            elif self._camera_done.is_set() or self._stop.is_set():
+                break
+            else:
+                reader.wait(0.05, poll_s=200e-6)
+
+    # -- status ----------------------------------------------------------------------------------
+    def status(self) -> Status:
+        now = time.monotonic()
+        ring = self.ring
+        frames_in = ring.written if ring is not None else 0
+        lat = np.fromiter(list(self._latencies), float) if self._latencies else np.zeros(0)
+        c = self._counters
+        end = self._t_end or now
+        sink = self.sink
+        return Status(
+            state=self.state,
+            finish_reason=self.finish_reason,
+            message=self.message,
+            elapsed_s=end - self._t_start if self._t_start else 0.0,
+            frames_in=frames_in,
+            fps_in=self._rate_in.update(now, frames_in),
+            frames_processed=self._frames_processed,
+            fps_processed=self._rate_proc.update(now, self._frames_processed),
+            missed={r.name: r.missed + max(0, r.pending - (ring.capacity - ring.guard)) for r in ring.readers}
+            if ring else {},  # frames a reader has not read yet but already lost count as missed now
+            overrun={r.name: r.overrun for r in ring.readers} if ring else {},
+            camera_dropped=(ring.camera_dropped if ring else 0) + int(getattr(self.camera, "skipped", 0)),
+            failed_buffers=self.camera.failed_buffers,
+            cells=self._cells,
+            cells_per_s=self._rate_cells.update(now, self._cells),
+            class_counts=dict(c.per_class),
+            fired=c.fired,
+            not_fired=dict(c.not_fired),
+            late=self._late,
+            trigger_failed=self._trigger_failed,
+            purity_estimate=c.purity_estimate,
+            recovery_estimate=c.recovery_estimate,
+            latency_p50_us=float(np.percentile(lat, 50)) if lat.size else math.nan,
+            latency_p99_us=float(np.percentile(lat, 99)) if lat.size else math.nan,
+            latency_max_us=float(lat.max()) if lat.size else math.nan,
+            storage_queue=self._queue.qsize(),
+            file_bytes=int(getattr(sink, "bytes_written", 0) or 0) if sink is not None else 0,
+            frames_recorded=self._frames_recorded,
+            trigger_ok=self._trigger_ok and (getattr(self.trigger, "available", True) if self.trigger else True),
+            errors=tuple(self._errors),
+        )

@@ -1,0 +1,163 @@
+"""Segment (and, where the model allows, classify) the event images of existing RT-DC files.
+
+ShapeIn, CytoShot and dcnum store one image per event, not a cell's passage through a
+constriction, so the mechanical MIML features that need tracking (transit time, v_max, DIR) do not
+exist for them. Reanalysis measures what one image gives — `deform`, `area_um`, DI of the moment
+ellipse, brightness — for the blob nearest the recorded position, and classifies only with a model
+whose features are all among those; any other model is refused with the list of missing features.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mimlsort.errors import DataFormatError, ModelError
+
+log = logging.getLogger(__name__)
+
+#: features a single event image provides
+SINGLE_IMAGE_FEATURES = ("di", "deform", "area_um", "bright_avg", "bright_sd", "diameter_um")
+
+
+@dataclass(frozen=True, slots=True)
+class ReanalysisResult:
+    path: Path
+    events_in: int
+    events_out: int
+    not_found: int
+    model: str
+
+    def summary(self) -> str:
+        return (f"{self.events_in} event images -> {self.events_out} cells measured "
+                f"({self.not_found} without a blob near the recorded position)"
+                + (f", classified with {self.model}" if self.model else "") + f" -> {self.path}")
+
+
+def _read_input(path: Path):
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers the filters dclab/dcnum write with)
+
+    try:
+        fh = h5py.File(path, "r")
+    except (OSError, FileNotFoundError) as e:
+        raise DataFormatError(f"{path}: cannot be opened as an RT-DC (HDF5) file: {e}") from None
+    ev = fh.get("events")
+    if ev is None or "image" not in ev:
+        fh.close()
+        raise DataFormatError(f"{path}: has no events/image to reanalyze")
+    return fh
+
+
+def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, threshold: float = 6.0) -> ReanalysisResult:
+    from app.records import CellRecord
+    from app.storage import EventWriter, RunMeta
+    from tracking.events import CellEvent, Quality, Snapshot
+    from tracking.shapes import measure
+
+    src, dst = Path(src), Path(dst)
+    clf = None
+    if model and model != "none":
+        from app.session import resolve_model_path
+        from inference.classifier import Classifier
+
+        clf = Classifier(resolve_model_path(model), provider="cpu")
+        missing = [f for f in clf.spec.feature_names if f not in SINGLE_IMAGE_FEATURES]
+        if missing:
+            raise ModelError(f"{model}: needs features {missing} that single event images do not provide "
+                             f"(available: {', '.join(SINGLE_IMAGE_FEATURES)}); use `mimlsort replay` on "
+                             f"every-frame recordings for MIML models")
+    with _read_input(src) as fh:
+        ev = fh["events"]
+        images = ev["image"]
+        n = images.shape[0]
+        attrs = dict(fh.attrs)
+        px = float(attrs.get("imaging:pixel size", 0) or 0)
+        if not px:
+            raise DataFormatError(f"{src}: no 'imaging:pixel size' in the metadata")
+        fps = float(attrs.get("imaging:frame rate", 0) or 0)
+        bgs = ev["image_bg"] if "image_bg" in ev else None
+        if bgs is None:
+            k = min(n, 64)
+            bg_all = np.median(images[:k], axis=0).astype(images.dtype)
+        pos_x = ev["pos_x"][:] if "pos_x" in ev else None
+        pos_y = ev["pos_y"][:] if "pos_y" in ev else None
+        frames = ev["frame"][:] if "frame" in ev else np.arange(n)
+        h, w = images.shape[1:]
+        crop = max(8, int(round(40.0 / px)) // 2 * 2)
+        records = []
+        not_found = 0
+        for i in range(n):
+            try:
+                img = np.asarray(images[i])
+                bg = np.asarray(bgs[i]) if bgs is not None else bg_all
+            except (OSError, ValueError) as e:
+                raise DataFormatError(f"{src}: event {i}: image cannot be read: {e}") from None
+            shapes = measure(img, bg, px, threshold=threshold)
+            if not shapes:
+                not_found += 1
+                continue
+            if pos_x is not None and pos_y is not None:
+                d = [math.hypot(s.x_um - pos_x[i], s.y_um - pos_y[i]) for s in shapes]
+                s = shapes[int(np.argmin(d))]
+                if min(d) > 10.0:
+                    not_found += 1
+                    continue
+            else:
+                s = max(shapes, key=lambda q: q.area_um)
+            feats = {k: math.nan for k in ("transit_time_ms", "v_max_mm_s", "dir_per_ms")}
+            feats.update({"di": s.di, "deform": s.deform, "area_um": s.area_um, "bright_avg": s.bright_avg,
+                          "bright_sd": getattr(s, "bright_sd", math.nan),
+                          "diameter_um": 2.0 * math.sqrt(s.area_um / math.pi),
+                          "pos_y_um": s.y_um, "entry_time_ms": math.nan,
+                          "exit_time_ms": float(ev["time"][i]) * 1e3 if "time" in ev else math.nan})
+            cx, cy = s.x_um / px, s.y_um / px
+            c = _crop(img, bg, cx, cy, crop)
+            mask = _mask_near(img, bg, threshold, int(round(cx)), int(round(cy)))
+            snap = Snapshot(image=img, background=bg, mask=mask, frame_id=int(frames[i]), pos_x_px=cx, pos_y_px=cy)
+            event = CellEvent(len(records), i, feats, c, c, px, int(frames[i]), int(frames[i]), 0,
+                              Quality.INCOMPLETE, snapshot=snap)
+            records.append(event)
+        probs = clf.classify(records) if clf is not None and records else np.zeros((len(records), 0), np.float32)
+        from app.config import config_to_toml, RunConfig
+
+        meta = RunMeta(pixel_size_um=px, fps=fps, roi=(w, h), sample=str(attrs.get("experiment:sample", src.stem)),
+                       class_names=tuple(clf.classes) if clf is not None else (),
+                       model_spec_json=clf.spec.to_json() if clf is not None else "", model_sha256="",
+                       model_name=str(model or ""), config_toml=config_to_toml(RunConfig()),
+                       camera=f"reanalysis of {src.name}", software="mimlsort reanalyze", camera_clock=False)
+        with EventWriter(dst, meta=meta) as wr:
+            wr.log(f"reanalysis of {src} ({n} event images), threshold {threshold}")
+            wr.write([CellRecord(e, p, None, None) for e, p in zip(records, probs)])
+    return ReanalysisResult(dst, n, len(records), not_found, str(model or ""))
+
+
+def _crop(img: np.ndarray, bg: np.ndarray, cx: float, cy: float, size: int) -> np.ndarray:
+    h, w = img.shape
+    out = np.empty((size, size), img.dtype)
+    x0, y0 = int(round(cx)) - size // 2, int(round(cy)) - size // 2
+    ys = np.clip(np.arange(y0, y0 + size), 0, h - 1)
+    xs = np.clip(np.arange(x0, x0 + size), 0, w - 1)
+    inside = ((np.arange(y0, y0 + size) >= 0) & (np.arange(y0, y0 + size) < h))[:, None] & \
+             ((np.arange(x0, x0 + size) >= 0) & (np.arange(x0, x0 + size) < w))[None, :]
+    out[:] = np.where(inside, img[np.ix_(ys, xs)], bg[np.ix_(ys, xs)])
+    return out
+
+
+def _mask_near(img: np.ndarray, bg: np.ndarray, threshold: float, cx: int, cy: int) -> np.ndarray:
+    import cv2
+
+    fg = (np.abs(img.astype(np.int32) - bg.astype(np.int32)) > threshold).astype(np.uint8)
+    n, labels = cv2.connectedComponents(fg, connectivity=8)
+    cy = min(max(cy, 0), img.shape[0] - 1)
+    cx = min(max(cx, 0), img.shape[1] - 1)
+    lab = labels[cy, cx]
+    if lab == 0 and n > 1:  # centroid outside a concave blob: take the nearest labelled pixel
+        ys, xs = np.nonzero(labels)
+        k = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
+        lab = labels[ys[k], xs[k]]
+    return labels == lab if lab else np.zeros(img.shape, bool)

@@ -1,0 +1,232 @@
+"""Build a run from a configuration: camera, tracker settings, model, policy, trigger, files.
+
+The GUI, the daemon and replay all come through :func:`build_run`, so they run the same pipeline.
+A :class:`Run` owns the resources it opened (event file, raw recording, trigger) and closes them
+when the pipeline finishes, whatever the reason, so files are always left readable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.config import RunConfig, bundled_model_path, config_to_toml
+from app.pipeline import Pipeline, Status
+from mimlsort import __version__
+from mimlsort.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_path(path: str) -> Path | None:
+    """``"demo"`` → the bundled model, ``"none"``/``""`` → no model, else the file (must exist)."""
+    if path in ("", "none"):
+        return None
+    p = bundled_model_path() if path == "demo" else Path(path).expanduser()
+    if not p.is_file():
+        hint = " (run `make model` to rebuild the bundled model)" if path == "demo" else ""
+        raise ConfigError("model.path", f"no model file at {p}{hint}")
+    return p
+
+
+def open_classifier(cfg: RunConfig):
+    """The configured classifier, or None when the configuration asks for tracking only."""
+    path = resolve_model_path(cfg.model.path)
+    if path is None:
+        return None
+    from inference.classifier import Classifier
+
+    return Classifier(path, provider=cfg.model.provider, intra_op_threads=cfg.model.intra_op_threads)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_stem(cfg: RunConfig) -> str:
+    """``<sample>_<YYYYmmdd-HHMMSS>``: one name for the event file, raw recording and report."""
+    return f"{cfg.output.sample}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class Run:
+    """A pipeline with the resources it owns."""
+
+    config: RunConfig
+    pipeline: Pipeline
+    folder: Path
+    events_path: Path | None
+    raw_path: Path | None
+    classifier: Any = None
+    writer: Any = None
+    recorder: Any = None
+    trigger: Any = None
+    closed: bool = False
+    close_errors: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        try:
+            self.pipeline.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.pipeline.wait(timeout)
+
+    def status(self) -> Status:
+        return self.pipeline.status()
+
+    def close(self) -> None:
+        """Close files and devices (idempotent); called when the pipeline finishes."""
+        if self.closed:
+            return
+        self.closed = True
+        st = self.pipeline.status() if self.pipeline.ring is not None else None
+        for name, res in (("event file", self.writer), ("raw recording", self.recorder), ("trigger", self.trigger)):
+            if res is None:
+                continue
+            try:
+                if name == "event file" and st is not None:
+                    if hasattr(res, "note_counters"):
+                        res.note_counters(_counters(st))
+                    if hasattr(res, "log"):
+                        res.log(f"run finished: {st.finish_reason.value if st.finish_reason else '?'} "
+                                f"{st.message}".rstrip())
+                        res.log(st.line())
+                if name == "raw recording" and st is not None and hasattr(res, "note_missed"):
+                    res.note_missed(st.missed.get("recorder", 0) + st.overrun.get("recorder", 0))
+                res.close()
+            except Exception as e:  # every resource gets its chance to close
+                log.error("closing the %s failed: %s", name, e)
+                self.close_errors.append(f"{name}: {e}")
+
+    def __enter__(self) -> "Run":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            from app.pipeline import FinishReason
+
+            self.pipeline.stop(FinishReason.ERRORED, f"{exc_type.__name__}: {exc}")
+        else:
+            self.pipeline.stop()
+        self.pipeline.wait()
+        self.close()
+
+
+def _counters(st: Status) -> dict[str, int]:
+    out = {"frames_in": st.frames_in, "frames_processed": st.frames_processed, "camera_dropped": st.camera_dropped,
+           "failed_buffers": st.failed_buffers, "cells": st.cells, "fired": st.fired, "late": st.late,
+           "trigger_failed": st.trigger_failed, "frames_recorded": st.frames_recorded}
+    for k, v in st.missed.items():
+        out[f"missed_{k}"] = v
+    for k, v in st.overrun.items():
+        out[f"overrun_{k}"] = v
+    return out
+
+
+def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
+              camera=None, trigger: bool = True, lossless: bool = False, kernels: str = "numba") -> Run:
+    """Everything a run needs, opened and ready to start.
+
+    ``lossless`` makes the camera wait for the tracker (finite sources only: replay, a synthetic
+    run with a duration), so a replay gives the same events every time.
+    """
+    from acquisition.camera import make_camera
+    from app.sorting import SortPolicy
+
+    folder = Path(folder or cfg.output.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = run_stem(cfg)
+    classifier = open_classifier(cfg)
+    policy = SortPolicy(cfg.sorting, classifier.classes) if classifier is not None else None
+    cam = camera or make_camera(cfg.camera.backend, cfg.camera.backend_settings())
+    opened: list[Any] = []
+    try:
+        if cam.state.value == "closed":
+            cam.open()
+        info = cam.info
+        px = cfg.camera.pixel_size_um or info.pixel_size_um
+        if not px:
+            raise ConfigError("camera.pixel_size_um", f"the {info.backend} camera does not say its pixel size: set it")
+        trig = None
+        if trigger and classifier is not None:
+            from hardware.trigger import make_trigger
+
+            trig = make_trigger(cfg.trigger.backend, cfg.trigger.backend_settings(), camera=cam)
+            trig.open()
+            opened.append(trig)
+        writer = None
+        ev_path = None
+        if cfg.output.write_events or events_path is not None:
+            from app.storage import EventWriter, RunMeta
+
+            ev_path = Path(events_path) if events_path is not None else folder / f"{stem}.rtdc"
+            spec_json = classifier.spec.to_json() if classifier is not None else ""
+            model_path = resolve_model_path(cfg.model.path)
+            meta = RunMeta(
+                pixel_size_um=px, fps=info.fps, roi=(info.width, info.height), sample=cfg.output.sample,
+                class_names=tuple(classifier.classes) if classifier is not None else (),
+                model_spec_json=spec_json, model_sha256=file_sha256(model_path) if model_path else "",
+                model_name=model_path.name if model_path else "", config_toml=config_to_toml(cfg),
+                camera=f"{info.backend} {info.model} {info.serial}".strip(), software=f"mimlsort {__version__}",
+                camera_clock=info.camera_clock,
+            )
+            writer = EventWriter(ev_path, meta=meta)
+            opened.append(writer)
+        recorder = None
+        raw_path = None
+        if cfg.output.record_raw:
+            from acquisition.recording import RawRecorder
+
+            raw_path = folder / f"{stem}_raw.rtdc"
+            recorder = RawRecorder(raw_path, info.width, info.height, info.dtype, pixel_size_um=px, fps=info.fps,
+                                   metadata={"experiment:sample": cfg.output.sample})
+            recorder.__enter__()
+            opened.append(recorder)
+    except BaseException:
+        for res in reversed(opened):
+            try:
+                res.close()
+            except Exception:
+                pass
+        cam.close()
+        raise
+    pipeline = Pipeline(cam, cfg.tracking, classifier=classifier, policy=policy, trigger=trig,
+                        timing=cfg.trigger.timing, sink=writer, recorder=recorder, autostop=cfg.autostop,
+                        ring_capacity=cfg.camera.ring_capacity, pixel_size_um=px, kernels=kernels, lossless=lossless)
+    run = Run(cfg, pipeline, folder, ev_path, raw_path, classifier, writer, recorder, trig)
+    pipeline.on_finish = lambda _p: run.close()
+    return run
+
+
+def with_changes(cfg: RunConfig, **sections: dict) -> RunConfig:
+    """A copy of ``cfg`` with some keys of some sections replaced (validated again)."""
+    from mimlsort.settings import to_mapping
+
+    from app.config import config_from_mapping
+
+    data = to_mapping(cfg)
+    for sec, changes in sections.items():
+        node = data.setdefault(sec, {})
+        for k, v in changes.items():
+            parts = k.split(".")
+            cur = node
+            for p in parts[:-1]:
+                cur = cur.setdefault(p, {})
+            cur[parts[-1]] = v
+    return config_from_mapping(data)
+
