@@ -177,16 +177,24 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             ev_path = Path(events_path) if events_path is not None else folder / f"{stem}.rtdc"
             spec_json = classifier.spec.to_json() if classifier is not None else ""
             model_path = resolve_model_path(cfg.model.path)
+            geo = {}
+            if cfg.camera.backend == "synthetic":
+                sy = cfg.camera.synthetic
+                geo = {"channel_width_um": sy.channel_width_um, "constriction_width_um": sy.constriction_gap_um,
+                       "constriction_length_um": sy.constriction_length_um,
+                       "flash_duration_us": sy.exposure_us}
             meta = RunMeta(
-                pixel_size_um=px, fps=info.fps, roi=(info.width, info.height), sample=cfg.output.sample,
+                pixel_size_um=px, fps=info.fps or 1.0, roi=(info.width, info.height), sample=cfg.output.sample,
                 class_names=tuple(classifier.classes) if classifier is not None else (),
                 model_spec_json=spec_json, model_sha256=file_sha256(model_path) if model_path else "",
                 model_name=model_path.name if model_path else "", config_toml=config_to_toml(cfg),
-                camera=f"{info.backend} {info.model} {info.serial}".strip(), software=f"mimlsort {__version__}",
-                camera_clock=info.camera_clock,
+                camera=f"{info.backend} {info.model} {info.serial}".strip(), bit_depth=info.bit_depth,
+                target_event_count=cfg.autostop.events, target_duration_s=cfg.autostop.seconds, **geo,
             )
             writer = EventWriter(ev_path, meta=meta)
             opened.append(writer)
+            if not info.camera_clock:
+                writer.log(f"{info.backend} camera has no clock of its own: frame times are host arrival times")
         recorder = None
         raw_path = None
         if cfg.output.record_raw:

@@ -1,0 +1,189 @@
+"""The headless daemon and replay as a user runs them: real processes, real signals, real files
+that dclab opens."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.config import bundled_model_path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "demo" if bundled_model_path().is_file() else "none"
+
+
+def write_config(path: Path, folder: Path, *, seconds: float = 0.0, model: str = MODEL, extra: str = "") -> Path:
+    path.write_text(f"""
+[camera]
+backend = "synthetic"
+[camera.synthetic]
+duration_s = {seconds}
+realtime = true
+cells_per_second = 80.0
+seed = 5
+[model]
+path = "{model}"
+[trigger]
+backend = "null"
+[output]
+folder = "{folder}"
+sample = "daemon-test"
+[daemon]
+status_interval_s = 0.5
+{extra}
+""")
+    return path
+
+
+def mimlsort(*args: str, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def wait_for_events(folder: Path, timeout: float = 60.0) -> Path:
+    """The event file, once its first flush holds events."""
+    from app.storage import read_events
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = sorted(folder.glob("*.rtdc"))
+        if files:
+            try:
+                feats, _ = read_events(files[0])
+                if feats and len(next(iter(feats.values()))) > 0:
+                    return files[0]
+            except Exception:  # not flushed yet
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"no events flushed in {folder} within {timeout} s")
+
+
+def dclab_violations(path: Path) -> list[str]:
+    from dclab.rtdc_dataset.check import check_dataset
+
+    viol, _alerts, _info = check_dataset(path)
+    return viol
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_gracefully_with_complete_file(tmp_path, sig):
+    import dclab
+
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out")
+    p = mimlsort("run", "--config", str(cfg))
+    try:
+        path = wait_for_events(tmp_path / "out")
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert "canceled" in err and "stopped by" in err
+    assert dclab_violations(path) == []
+    with dclab.new_dataset(path) as ds:
+        assert len(ds) > 0
+        assert np.isfinite(ds["deform"][:]).mean() > 0.8  # NaN only for passages not seen whole
+    log = (tmp_path / "out" / "mimlsort.log").read_text()
+    assert log.count("run started;") == 1 and f"stopped by {sig.name}" in log
+
+
+def test_sigkill_leaves_a_readable_file(tmp_path):
+    import dclab
+
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out")
+    p = mimlsort("run", "--config", str(cfg))
+    try:
+        path = wait_for_events(tmp_path / "out")
+        time.sleep(1.5)  # more events, at least one more flush
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=30)
+    finally:
+        p.kill()
+    with dclab.new_dataset(path) as ds:
+        n = len(ds)
+        assert n > 0
+        assert ds["deform"].shape[0] == n and ds["image"].shape[0] == n
+
+
+def test_bad_configuration_exits_2_naming_the_key(tmp_path):
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", extra="[sorting]\nthreshold = 1.5\n")
+    p = mimlsort("run", "--config", str(cfg))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 2
+    assert "sorting.threshold" in err and "1.5" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_status_over_http_on_loopback_and_autostop(tmp_path):
+    from app.config import load_config
+    from app.daemon import run_daemon
+    from app.session import with_changes
+
+    port = _free_port()
+    cfg = load_config(write_config(tmp_path / "run.toml", tmp_path / "out"))
+    cfg = with_changes(cfg, daemon={"http_port": port}, autostop={"seconds": 3.0})
+    seen: list[dict] = []
+
+    def poll():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(seen) < 3:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
+                    seen.append(json.loads(r.read()))
+            except OSError:
+                pass
+            time.sleep(0.3)
+
+    th = threading.Thread(target=poll)
+    th.start()
+    with open(os.devnull, "w") as devnull:
+        code, run = run_daemon(cfg, out=devnull)
+    th.join()
+    assert code == 0 and run.status().finish_reason.value == "completed"
+    assert seen, "no status was served"
+    assert {"state", "fps_in", "cells", "missed", "latency_p99_us"} <= set(seen[-1])
+    assert seen[-1]["state"] in ("running", "stopping", "finished")
+
+
+def _simulate(tmp_path: Path) -> Path:
+    rec = tmp_path / "rec.rtdc"
+    p = mimlsort("simulate", "--out", str(rec), "--seconds", "0.6", "--seed", "8", "--cells-per-second", "60")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    return rec
+
+
+def test_replay_is_deterministic(tmp_path):
+    from app.storage import read_events
+
+    rec = _simulate(tmp_path)
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"events{k}.rtdc"
+        p = mimlsort("replay", str(rec), "--out", str(out), "--model", MODEL, "--max-speed")
+        _o, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+        outs.append(read_events(out)[0])
+    a, b = outs
+    assert len(a["deform"]) > 0
+    varying = {"exit_host_ns", "decision_detail"} | {k for k in a if k.startswith("fire_")}  # host clock
+    assert {"exit_frame", "deform", "di", "transit_time_ms", "probabilities", "fired", "reason"} <= set(a)
+    for key in sorted(set(a) - varying):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
