@@ -220,6 +220,13 @@ def _vendor_defaults(table: str, name: str) -> Any:
         return None
 
 
+def _toml_value(v: Any) -> str:
+    """One TOML value (tables inline, so they stay on the key's line)."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return tomli_w.dumps({"x": v}).strip()[4:]
+
+
 def default_config_text() -> str:
     """The default configuration as commented TOML."""
     lines = ["# mimlsort run configuration (TOML). Every key is optional; shown are the defaults.",
@@ -230,6 +237,7 @@ def default_config_text() -> str:
         comments = _field_comments(type(obj))
         hints = typing.get_type_hints(type(obj))
         subtables = []
+        arrays = []  # arrays of tables go after the table's own keys (TOML scoping)
         if table:
             lines.append(f"[{table}]")
         for f in dataclasses.fields(obj):
@@ -248,15 +256,19 @@ def default_config_text() -> str:
                 lines.append(f"# {f.name} = ...  # {c or 'unset'} ({hints[f.name]})".rstrip())
                 continue
             if isinstance(v, tuple) and v and dataclasses.is_dataclass(v[0]):
-                for item in v:
-                    lines.append(f"[[{sub}]]")
-                    lines.extend(tomli_w.dumps(to_mapping(item)).strip().splitlines())
+                arrays.append((sub, v, comments.get(f.name, "")))
                 continue
             if isinstance(v, tuple) and not v and "gates" in f.name:
                 lines.append(f"# [[{sub}]] ...  # {c}".rstrip())
                 continue
-            val = tomli_w.dumps({"x": to_mapping(v)}).strip()[4:]
+            val = _toml_value(to_mapping(v))
             lines.append(f"{f.name} = {val}" + (f"  # {c}" if c else ""))
+        for sub, items, c in arrays:
+            if c:
+                lines.append(f"# {sub}: {c}")
+            for item in items:
+                lines.append(f"[[{sub}]]")
+                lines.extend(tomli_w.dumps(to_mapping(item)).strip().splitlines())
         lines.append("")
         for v, t in subtables:
             emit(v, t)

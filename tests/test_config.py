@@ -1,0 +1,84 @@
+"""The run configuration: the commented default loads back to the defaults, errors name the key,
+vendor tables are checked against their backend's own settings, the GUI/daemon round trip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.config import RunConfig, config_from_mapping, default_config_text, load_config, save_config
+from mimlsort.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_text_is_valid_toml_and_loads_back_to_the_defaults(tmp_path):
+    p = tmp_path / "default.toml"
+    p.write_text(default_config_text())
+    cfg = load_config(p)
+    d = RunConfig()
+    for section in ("tracking", "model", "sorting", "output", "autostop", "daemon"):
+        assert getattr(cfg, section) == getattr(d, section), section
+    assert cfg.camera.synthetic == d.camera.synthetic and cfg.trigger.timing == d.trigger.timing
+    text = p.read_text()
+    assert "# frame rate" in text  # comments come from the settings classes
+    for table in ("[camera.basler]", "[camera.genicam]", "[trigger.serial]", "[trigger.visa]"):
+        assert table in text, table
+
+
+def test_cli_prints_the_default_and_checks_files(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "app.cli", "config", "--default"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "[sorting]" in out.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[tracking]\nmin_area_um = -3\n")
+    out = subprocess.run([sys.executable, "-m", "app.cli", "config", "--check", str(bad)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "tracking.min_area_um" in out.stderr and str(bad) in out.stderr
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"sorting": {"threshold": 1.5}}, "sorting.threshold"),
+    ({"camera": {"backend": "nikon"}}, "camera.backend"),
+    ({"camera": {"synthetic": {"fps": -1}}}, "camera.synthetic.fps"),
+    ({"trigger": {"backend": "serial", "serial": {"baudrate": "fast"}}}, "trigger.serial.baudrate"),
+    ({"trigger": {"timing": {"pulse_width_us": 0}}}, "trigger.timing.pulse_width_us"),
+    ({"model": {"provider": "gpu"}}, "model.provider"),
+    ({"autostop": {"events": -1}}, "autostop.events"),
+    ({"daemon": {"http_port": 70000}}, "daemon.http_port"),
+    ({"bogus": {}}, "bogus"),
+])
+def test_errors_name_the_key(data, key):
+    with pytest.raises(ConfigError) as e:
+        config_from_mapping(data)
+    assert str(e.value).startswith(key), str(e.value)
+
+
+def test_vendor_camera_table_checked_when_selected():
+    with pytest.raises(ConfigError, match=r"^camera\.basler\.no_such_feature"):
+        config_from_mapping({"camera": {"backend": "basler", "basler": {"no_such_feature": 1}}})
+    # not selected: kept as data, not checked
+    cfg = config_from_mapping({"camera": {"basler": {"no_such_feature": 1}}})
+    assert cfg.camera.basler == {"no_such_feature": 1}
+
+
+def test_save_and_load_round_trip(tmp_path):
+    cfg = config_from_mapping({"sorting": {"threshold": 0.8, "mode": "yield",
+                                           "polygon_gates": [{"x": "transit_time_ms", "y": "di",
+                                                              "points": [[0, 0], [1, 0], [1, 1]]}]},
+                               "output": {"sample": "blood-1"}, "trigger": {"backend": "serial"}})
+    p = tmp_path / "run.toml"
+    save_config(cfg, p)
+    assert load_config(p) == cfg
+
+
+def test_unreadable_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[camera\nbackend=1")
+    with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
+        load_config(bad)
