@@ -52,8 +52,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         info = cam.info
         ring = info.make_ring(1024)
         reader = ring.reader("recorder")
+        meta = {"experiment:sample": "mimlsort synthetic channel", "imaging:flash device": "simulated",
+                "imaging:flash duration": settings.exposure_us, "setup:channel width": settings.channel_width_um,
+                "setup:flow rate": 0.04, "setup:medium": "other", "setup:chip region": "channel"}
         with RawRecorder(args.out, info.width, info.height, info.dtype, pixel_size_um=info.pixel_size_um,
-                         fps=info.fps, metadata={"experiment:sample": "mimlsort synthetic channel"}) as rec:
+                         fps=info.fps, metadata=meta, overwrite=True) as rec:
             cam.start()
             while cam.grab_into(ring):
                 if reader.pending >= 256:

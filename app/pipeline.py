@@ -491,6 +491,8 @@ class Pipeline:
             elif self._camera_done.is_set() or self._stop.is_set():
                 break
             else:
+                if hasattr(rec, "maybe_flush"):  # a stalled camera must not keep frames unflushed
+                    rec.maybe_flush()
                 reader.wait(0.05, poll_s=200e-6)
 
     # -- status ----------------------------------------------------------------------------------

@@ -1,0 +1,616 @@
+"""The ``replay`` camera: recordings played back frame by frame, with their frame ids and times.
+
+Sources (chosen by what the path is):
+
+- ``.rtdc`` / ``.h5`` / ``.hdf5``: RT-DC files, ``events/image`` with ``events/frame`` and
+  ``events/time`` (every-frame recordings of mimlsort, dcnum and CytoShot). Event files of
+  ShapeIn/dcnum hold one image per *event*; several events of one frame repeat that frame's image,
+  so consecutive events with the same frame id are played once (``skip_duplicate_frames``).
+- ``.tif`` / ``.tiff``: multi-page TIFF, one page per frame.
+- a folder: one image per file (png, tif, bmp, jpg), in natural name order (``img2`` before
+  ``img10``). When every name ends in a number, those numbers are the frame ids (so gaps show as
+  drops); otherwise frames are numbered from 0.
+- anything else OpenCV's video reader opens (AVI, MKV, MP4 …); colour video becomes grey.
+
+Frames are uint8 or uint16. Pixel size and frame rate come from the file when it says (RT-DC
+metadata; a video container's frame rate; an RT-DC file's frame ids and times), else from the
+settings, else opening fails with a ConfigError that says what to pass. Frame times are the
+recording's: RT-DC ``time`` (plus mimlsort's ``user:time offset ns``), otherwise ``frame id / fps``;
+``CameraInfo.camera_clock`` is True because they are the source's clock, not the host's.
+
+Every problem with the content (unreadable file, truncated data, a frame of another size or
+dtype) is a DataFormatError that names the file and the frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from acquisition.camera import Camera, CameraInfo, GrabResult
+from mimlsort.errors import ConfigError, DataFormatError
+from mimlsort.settings import require
+
+log = logging.getLogger(__name__)
+
+RTDC_SUFFIXES = (".rtdc", ".h5", ".hdf5")
+TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+
+#: frames read from the file per block (one HDF5 read / one TIFF call), then handed out one by one
+BLOCK_FRAMES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySettings:
+    """``start_frame``/``stop_frame`` index frames in play order (after duplicate skipping), stop
+    exclusive. ``realtime`` paces frames at the recorded times divided by ``speed``; otherwise they
+    come as fast as they are asked for. ``loop`` starts over at the end, with frame ids and times
+    continuing to increase (so that trackers and rings see one continuous stream)."""
+
+    path: str = ""  # recording: .rtdc, multi-page .tif, video (.avi …) or a folder of images
+    pixel_size_um: float | None = None  # µm per pixel, used when the recording does not say
+    fps: float | None = None  # frame rate, used when the recording does not say
+    loop: bool = False  # start over at the end (ids and times keep increasing)
+    realtime: bool = False  # pace frames at their recorded times instead of as fast as asked for
+    speed: float = 1.0  # realtime: playback speed factor (2 = twice as fast)
+    start_frame: int = 0  # first frame to play (index in play order)
+    stop_frame: int | None = None  # play up to this frame (exclusive); unset: to the end
+    skip_duplicate_frames: bool = True  # .rtdc event files: play a frame shared by several events once
+
+    def __post_init__(self) -> None:
+        require(self.pixel_size_um is None or self.pixel_size_um > 0, "pixel_size_um",
+                f"must be > 0, got {self.pixel_size_um}")
+        require(self.fps is None or self.fps > 0, "fps", f"must be > 0, got {self.fps}")
+        require(self.speed > 0, "speed", f"must be > 0, got {self.speed}")
+        require(self.start_frame >= 0, "start_frame", f"must be >= 0, got {self.start_frame}")
+        require(self.stop_frame is None or self.stop_frame > self.start_frame, "stop_frame",
+                f"must be > start_frame ({self.start_frame}), got {self.stop_frame}")
+
+
+# -- sources ----------------------------------------------------------------------------------------
+class _Source:
+    """One recording, random access by play index in blocks.
+
+    Subclasses set ``n``, ``height``, ``width``, ``dtype`` and optionally ``fps``,
+    ``pixel_size_um``, ``bit_depth``, ``frame_ids`` (int64[n]) and ``times_ns`` (int64[n]), and
+    implement :meth:`read_block`.
+    """
+
+    kind = "?"
+    sequential = False  # True when only forward reading is efficient (video)
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.n = 0
+        self.height = self.width = 0
+        self.dtype = np.dtype(np.uint8)
+        self.bit_depth = 0
+        self.fps: float | None = None
+        self.pixel_size_um: float | None = None
+        self.frame_ids: np.ndarray | None = None
+        self.times_ns: np.ndarray | None = None
+        self.model = ""
+
+    def read_block(self, i0: int, out: np.ndarray) -> int:
+        """Fill ``out`` (k, H, W) with frames ``i0 .. i0+k-1`` in play order; returns how many it
+        filled: fewer where the source learns its true end while reading (then ``n`` is reduced
+        to it), or stops before a damaged frame (the next read starting there raises)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def error(self, frame: int | str, problem: str) -> DataFormatError:
+        return DataFormatError(f"{self.path}: frame {frame}: {problem}")
+
+    def check_frame(self, index: int, img: np.ndarray) -> np.ndarray:
+        """``img`` as a 2-D array of the recording's dtype and shape, or a DataFormatError."""
+        img = _to_grey(img, lambda p: self.error(index, p))
+        if img.shape != (self.height, self.width):
+            raise self.error(index, f"size {img.shape[1]}x{img.shape[0]} differs from the first frame's "
+                                    f"{self.width}x{self.height} (WxH)")
+        if img.dtype != self.dtype:
+            raise self.error(index, f"dtype {img.dtype} differs from the first frame's {self.dtype}")
+        return img
+
+
+def _to_grey(img: np.ndarray | None, err) -> np.ndarray:
+    if img is None:
+        raise err("cannot be decoded (corrupt or truncated)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise err(f"dtype {img.dtype} is not supported (uint8 or uint16)")
+    if img.ndim == 3:
+        if img.shape[2] == 1:
+            return img[:, :, 0]
+        if img.shape[2] in (3, 4):
+            b = img[:, :, 0]
+            # grey stored as colour (most codecs and many TIFF/PNG writers): take one channel
+            # unchanged rather than re-weighting it, so grey content stays bit-exact
+            if np.array_equal(b, img[:, :, 1]) and np.array_equal(b, img[:, :, 2]):
+                return np.ascontiguousarray(b)
+            import cv2
+
+            code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+            return cv2.cvtColor(img, code)
+    if img.ndim != 2:
+        raise err(f"shape {img.shape} is not an image")
+    return img
+
+
+class _RtdcSource(_Source):
+    kind = "rtdc"
+
+    def __init__(self, path: Path, skip_duplicates: bool):
+        super().__init__(path)
+        import hdf5plugin  # noqa: F401  (registers the Zstd/LZ4 filters before h5py reads)
+        import h5py
+
+        try:
+            self.h5 = h5py.File(path, "r")
+        except OSError as err:
+            raise DataFormatError(f"{path}: not a readable HDF5/.rtdc file ({err})") from err
+        try:
+            self._setup(skip_duplicates)
+        except BaseException:
+            self.h5.close()
+            raise
+
+    def _setup(self, skip_duplicates: bool) -> None:
+        import h5py
+
+        path, h5 = self.path, self.h5
+        ev = h5.get("events")
+        img = ev.get("image") if isinstance(ev, h5py.Group) else None
+        if not isinstance(img, h5py.Dataset):
+            raise DataFormatError(f"{path}: no events/image dataset (the file holds no frames to replay)")
+        if img.ndim != 3:
+            raise DataFormatError(f"{path}: events/image has shape {img.shape}, expected (frames, height, width)")
+        if img.dtype.kind != "u" or img.dtype.itemsize not in (1, 2):
+            raise DataFormatError(f"{path}: events/image has dtype {img.dtype}; replay reads uint8 or uint16")
+        self.img = img
+        n_all, self.height, self.width = (int(v) for v in img.shape)
+        self.dtype = np.dtype(np.uint8 if img.dtype.itemsize == 1 else np.uint16)  # native byte order
+        attrs = h5.attrs
+
+        def scalar(name: str) -> np.ndarray | None:
+            ds = ev.get(name)
+            if ds is None:
+                return None
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.shape[0] != n_all:
+                raise DataFormatError(f"{path}: events/{name} has shape {getattr(ds, 'shape', None)}, "
+                                      f"expected ({n_all},) like events/image")
+            try:
+                a = ds[:]
+            except OSError as err:
+                raise DataFormatError(f"{path}: events/{name} cannot be read ({err})") from err
+            if a.dtype.kind in "iu":
+                return a.astype(np.int64)  # integer ids stay exact (no float round trip)
+            if a.dtype.kind != "f":
+                raise DataFormatError(f"{path}: events/{name} has dtype {a.dtype}, expected numbers")
+            a = a.astype(np.float64)
+            bad = np.flatnonzero(~np.isfinite(a))
+            if bad.size:
+                raise DataFormatError(f"{path}: frame {int(bad[0])}: events/{name} is {a[bad[0]]}")
+            return a
+
+        frames = scalar("frame")
+        times = scalar("time")
+        if frames is not None and frames.dtype.kind == "f":
+            bad = np.flatnonzero(frames != np.round(frames))
+            if bad.size:
+                raise DataFormatError(f"{path}: frame {int(bad[0])}: events/frame is {frames[bad[0]]}, not a whole number")
+        fps = _attr_float(attrs, "imaging:frame rate")
+        if fps is None and frames is not None and times is not None and n_all >= 2:
+            # CytoShot files may lack the frame rate; their frame ids and times say it
+            df = float(frames[-1] - frames[0])
+            dt = float(times[-1] - times[0])
+            if df > 0 and dt > 0:
+                fps = float(df / dt)
+                log.info("%s: no imaging:frame rate; %.6g fps from events/frame and events/time", path, fps)
+        self.fps = fps
+        self.pixel_size_um = _attr_float(attrs, "imaging:pixel size")
+        keep = np.arange(n_all)
+        if skip_duplicates and frames is not None and n_all > 1:
+            keep = keep[np.concatenate(([True], frames[1:] != frames[:-1]))]
+        self.rows = keep
+        self.n = int(keep.size)
+        if frames is not None:
+            self.frame_ids = frames[keep].astype(np.int64)
+        if times is not None:
+            offset = int(attrs.get("user:time offset ns", 0))
+            # round, not truncate: float seconds * 1e9 lands within 1e-3 ns of the stored integer
+            self.times_ns = offset + np.round(times[keep].astype(np.float64) * 1e9).astype(np.int64)
+        bd = attrs.get("user:bit depth")
+        self.bit_depth = int(bd) if bd is not None else 8 * self.dtype.itemsize
+        self.model = str(_attr_str(attrs, "setup:software version") or "rtdc")
+        self._contiguous = bool(self.n == 0 or (keep[-1] - keep[0] + 1 == self.n))
+
+    def read_block(self, i0: int, out: np.ndarray) -> int:
+        k = out.shape[0]
+        rows = self.rows[i0:i0 + k]
+        try:
+            if self._contiguous:
+                self.img.read_direct(out, np.s_[int(rows[0]):int(rows[-1]) + 1], np.s_[0:k])
+            else:
+                out[:] = self.img[rows]
+        except (OSError, ValueError) as err:
+            # frame by frame: hand out the good frames before the damaged one, and name it
+            for j, r in enumerate(rows):
+                try:
+                    self.img.read_direct(out, np.s_[int(r):int(r) + 1], np.s_[j:j + 1])
+                except (OSError, ValueError) as err2:
+                    if j:
+                        return j
+                    raise self.error(i0, f"events/image cannot be read (corrupt or truncated file: {err2})") from err2
+            raise self.error(f"{i0}..{i0 + k - 1}", f"events/image cannot be read ({err})") from err
+        return k
+
+    def close(self) -> None:
+        self.h5.close()
+
+
+def _attr_float(attrs: Any, key: str) -> float | None:
+    v = attrs.get(key)
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None
+
+
+def _attr_str(attrs: Any, key: str) -> str | None:
+    v = attrs.get(key)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return None if v is None else str(v)
+
+
+class _TiffSource(_Source):
+    kind = "tiff"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        import cv2
+
+        self.cv2 = cv2
+        try:
+            self.n = int(cv2.imcount(str(path), cv2.IMREAD_UNCHANGED))
+        except cv2.error as err:
+            raise DataFormatError(f"{path}: not a readable TIFF ({err})") from err
+        if self.n <= 0:
+            raise DataFormatError(f"{path}: not a readable TIFF (no pages)")
+        first = self._pages(0, 1)[0]
+        first = _to_grey(first, lambda p: self.error(0, p))
+        self.height, self.width = first.shape
+        self.dtype = np.dtype(first.dtype)
+        self.bit_depth = 8 * self.dtype.itemsize
+        self.model = "tiff"
+
+    def _pages(self, i0: int, k: int) -> list[np.ndarray]:
+        cv2 = self.cv2
+        try:
+            ok, pages = cv2.imreadmulti(str(self.path), start=i0, count=k, flags=cv2.IMREAD_UNCHANGED)
+        except cv2.error as err:
+            raise self.error(f"{i0}..{i0 + k - 1}", f"cannot be decoded ({err})") from err
+        pages = list(pages) if ok else []
+        if len(pages) < k:
+            raise self.error(i0 + len(pages), f"cannot be decoded (corrupt or truncated; the file lists {self.n} pages)")
+        return pages
+
+    def read_block(self, i0: int, out: np.ndarray) -> int:
+        for j, page in enumerate(self._pages(i0, out.shape[0])):
+            out[j] = self.check_frame(i0 + j, page)
+        return out.shape[0]
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+class _FolderSource(_Source):
+    kind = "folder"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        import cv2
+
+        self.cv2 = cv2
+        files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise DataFormatError(f"{path}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        files.sort(key=lambda p: _natural_key(p.name))
+        self.files = files
+        self.n = len(files)
+        first = self._load(0)
+        self.height, self.width = first.shape
+        self.dtype = np.dtype(first.dtype)
+        self.bit_depth = 8 * self.dtype.itemsize
+        self.model = "image folder"
+        numbers = [re.search(r"(\d+)$", p.stem) for p in files]
+        if all(numbers):
+            ids = np.array([int(m.group(1)) for m in numbers], dtype=np.int64)
+            if self.n == 1 or np.all(np.diff(ids) > 0):
+                self.frame_ids = ids
+
+    def error(self, frame: int | str, problem: str) -> DataFormatError:
+        name = self.files[frame].name if isinstance(frame, int) and 0 <= frame < len(self.files) else "?"
+        return DataFormatError(f"{self.path}: frame {frame} ({name}): {problem}")
+
+    def _load(self, i: int) -> np.ndarray:
+        cv2 = self.cv2
+        try:
+            img = cv2.imread(str(self.files[i]), cv2.IMREAD_UNCHANGED)
+        except cv2.error as err:
+            raise self.error(i, f"cannot be decoded ({err})") from err
+        return _to_grey(img, lambda p: self.error(i, p))
+
+    def read_block(self, i0: int, out: np.ndarray) -> int:
+        for j in range(out.shape[0]):
+            out[j] = self.check_frame(i0 + j, self._load(i0 + j))
+        return out.shape[0]
+
+
+class _VideoSource(_Source):
+    kind = "video"
+    sequential = True
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        import cv2
+
+        self.cv2 = cv2
+        self.cap = cv2.VideoCapture(str(path))
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise DataFormatError(f"{path}: not a recording replay can read (no RT-DC, TIFF, image folder, "
+                                  "or video OpenCV opens)")
+        try:
+            n = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            fps = self.cap.get(cv2.CAP_PROP_FPS)
+            ok, img = self.cap.read()
+            if not ok:
+                raise self.error(0, "cannot be decoded (empty, corrupt or truncated video)")
+            first = _to_grey(img, lambda p: self.error(0, p))
+        except BaseException:
+            self.cap.release()
+            raise
+        self.height, self.width = first.shape
+        self.dtype = np.dtype(first.dtype)
+        self.bit_depth = 8 * self.dtype.itemsize
+        self.n = int(n) if n and n > 0 else 0
+        if self.n <= 0:
+            self.cap.release()
+            raise DataFormatError(f"{path}: the video does not say how many frames it holds")
+        self.fps = float(fps) if fps and math.isfinite(fps) and fps > 0 else None
+        self.model = "video " + (self.cap.getBackendName() or "")
+        self._next = 1  # index of the frame the next cap.read() returns
+
+    def _seek(self, i: int) -> bool:
+        """Position so that the next read returns frame ``i``; False if the video ends before."""
+        cv2 = self.cv2
+        if i == self._next:
+            return True
+        if i < self._next:
+            # rewinding by frame index is unreliable for inter-frame codecs: reopen and skip
+            self.cap.release()
+            self.cap = cv2.VideoCapture(str(self.path))
+            self._next = 0
+        while self._next < i:
+            if not self.cap.grab():
+                self._ended(self._next)
+                return False
+            self._next += 1
+        return True
+
+    def _ended(self, i: int) -> None:
+        """Reading frame ``i`` failed: a corrupt frame, a truncated file, or the true end of a
+        video whose header only estimated its length (MKV, MP4 count from duration x fps)."""
+        if self.cap.grab():  # a later frame decodes: frame i itself is bad
+            raise self.error(i, "cannot be decoded (corrupt frame)")
+        short = self.n - i
+        if short > max(3, self.n // 100):
+            raise self.error(i, f"cannot be decoded: the video ends here but says it holds {self.n} frames "
+                                "(truncated or corrupt file)")
+        if short > 0:
+            log.warning("%s: the video ends after %d frames; its header estimated %d", self.path, i, self.n)
+        self.n = i
+
+    def read_block(self, i0: int, out: np.ndarray) -> int:
+        if not self._seek(i0):
+            return 0
+        for j in range(out.shape[0]):
+            ok, img = self.cap.read()
+            if not ok:
+                self._ended(i0 + j)
+                return j
+            out[j] = self.check_frame(i0 + j, img)
+            self._next += 1
+        return out.shape[0]
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def open_source(path: str | os.PathLike, skip_duplicates: bool = True) -> _Source:
+    """The reader for the recording at ``path``, chosen by what it is."""
+    p = Path(path)
+    if not str(path):
+        raise ConfigError("camera.replay.path", "no recording given")
+    if not p.exists():
+        raise ConfigError("camera.replay.path", f"{p} does not exist")
+    if p.is_dir():
+        return _FolderSource(p)
+    suffix = p.suffix.lower()
+    if suffix in RTDC_SUFFIXES:
+        return _RtdcSource(p, skip_duplicates)
+    if suffix in TIFF_SUFFIXES:
+        return _TiffSource(p)
+    return _VideoSource(p)
+
+
+# -- camera ---------------------------------------------------------------------------------------------
+class ReplayCamera(Camera):
+    """Plays a recording as a camera (see the module docstring for what it reads)."""
+
+    backend = "replay"
+    Settings = ReplaySettings
+
+    def __init__(self, settings: Any = None):
+        super().__init__(settings)
+        self._src: _Source | None = None
+        self._block = np.empty((0, 0, 0), np.uint8)
+        self._block_i0 = -1
+        self.position = 0  # play index of the next frame (within start..stop)
+        self.loops = 0
+
+    # -- open / close ----------------------------------------------------------------------------
+    def _do_open(self) -> CameraInfo:
+        s = self.settings
+        src = open_source(s.path, s.skip_duplicate_frames)
+        try:
+            info = self._configure(src)
+        except BaseException:
+            src.close()
+            raise
+        self._src = src
+        return info
+
+    def _configure(self, src: _Source) -> CameraInfo:
+        s = self.settings
+        fps = _pick(src.fps, s.fps, "fps", src.path)
+        px = _pick(src.pixel_size_um, s.pixel_size_um, "pixel_size_um", src.path)
+        missing = [key for key, v in (("pixel_size_um", px), ("fps", fps)) if v is None]
+        if missing:
+            what = {"pixel_size_um": ("pixel size", "--pixel-size"), "fps": ("frame rate", "--fps")}
+            raise ConfigError(f"camera.replay.{missing[0]}",
+                              f"{src.path} does not say its {' or '.join(what[m][0] for m in missing)}; "
+                              f"set {' and '.join(missing)} in the replay settings "
+                              f"({' and '.join(what[m][1] for m in missing)} on the command line)")
+        stop = src.n if s.stop_frame is None else min(s.stop_frame, src.n)
+        start = min(s.start_frame, stop)
+        if s.start_frame > src.n:
+            raise ConfigError("camera.replay.start_frame", f"{src.path} holds {src.n} frames, start_frame is {s.start_frame}")
+        self._start, self._stop = start, stop
+        ids = src.frame_ids if src.frame_ids is not None else np.arange(src.n, dtype=np.int64)
+        if src.times_ns is not None:
+            times = src.times_ns
+        else:
+            # frame id / fps: a recording's drops (id gaps) keep their place in time
+            times = np.round(ids.astype(np.float64) * (1e9 / fps)).astype(np.int64)
+        self._ids, self._times = ids, times
+        self._fps = fps
+        self._set_stop(stop)
+        self.position = start
+        self.loops = 0
+        self._block = np.empty((min(BLOCK_FRAMES, max(1, stop - start)), src.height, src.width), src.dtype)
+        self._block_i0 = -1
+        self._block_n = 0
+        log.info("replay %s (%s): %d frames %dx%d %s, %.6g fps, %.6g µm/px", src.path, src.kind, stop - start,
+                 src.width, src.height, src.dtype, fps, px)
+        return CameraInfo(
+            backend=self.backend,
+            model=src.model or src.kind,
+            serial=str(src.path),
+            width=src.width,
+            height=src.height,
+            dtype=src.dtype.name,
+            bit_depth=src.bit_depth or 8 * src.dtype.itemsize,
+            fps=float(fps),
+            pixel_size_um=float(px),
+            camera_clock=True,
+            id_modulus=0,
+            frame_count=-1 if s.loop else stop - start,
+        )
+
+    def _set_stop(self, stop: int) -> None:
+        self._stop = stop
+        start = self._start
+        if stop > start:
+            # a loop continues ids and times one frame period after the last frame
+            self._id_span = int(self._ids[stop - 1] - self._ids[start]) + 1
+            self._t_span = int(self._times[stop - 1] - self._times[start]) + int(round(1e9 / self._fps))
+        else:
+            self._id_span = self._t_span = 0
+
+    def _do_start(self) -> None:
+        self.exhausted = self._stop <= self._start
+        self._wall0: int | None = None
+
+    def _do_close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
+
+    # -- frames ----------------------------------------------------------------------------------
+    def _do_grab(self, out: np.ndarray, timeout_s: float) -> GrabResult | None:
+        while True:
+            if self.exhausted:
+                return None
+            if self.position >= self._stop:
+                if not self.settings.loop or self._stop <= self._start:
+                    self.exhausted = True
+                    return None
+                self.position = self._start
+                self.loops += 1
+            i = self.position
+            if self._block_i0 <= i < self._block_i0 + self._block_n or self._fill_block(i):
+                break
+            # the source ended before it said it would (video): _fill_block moved the stop here
+        frame_id = int(self._ids[i]) + self.loops * self._id_span
+        t_ns = int(self._times[i]) + self.loops * self._t_span
+        if self.settings.realtime and not self._pace(t_ns, timeout_s):
+            return None
+        out[...] = self._block[i - self._block_i0]
+        self.position = i + 1
+        return GrabResult(frame_id, t_ns)
+
+    def _fill_block(self, i: int) -> bool:
+        k = min(self._block.shape[0], self._stop - i)
+        got = self._src.read_block(i, self._block[:k])
+        self._block_i0, self._block_n = i, got
+        if self._src.n < self._stop:
+            self._set_stop(max(self._start, self._src.n))
+        elif got == 0:  # a source must either deliver, end, or raise: never spin here
+            raise self._src.error(i, "cannot be read")
+        return got > 0
+
+    def _pace(self, t_ns: int, timeout_s: float) -> bool:
+        """Wait until the frame's recorded time (scaled by ``speed``) has come; False if that is
+        further away than ``timeout_s`` (the grab then times out, as a camera's would)."""
+        now = time.monotonic_ns()
+        if self._wall0 is None:
+            self._wall0 = now - int((t_ns - self._times[self._start]) / self.settings.speed)
+        due = self._wall0 + int((t_ns - self._times[self._start]) / self.settings.speed)
+        wait = (due - now) / 1e9
+        if wait > timeout_s:
+            time.sleep(max(0.0, timeout_s))
+            return False
+        if wait > 0:
+            time.sleep(wait)
+        return True
+
+    def rewind(self) -> None:
+        """Play again from ``start_frame`` (ids and times restart too)."""
+        self.position = self._start
+        self.loops = 0
+        self.exhausted = self._stop <= self._start
+        self._wall0 = None
+
+
+def _pick(from_file: float | None, from_settings: float | None, key: str, path: Path) -> float | None:
+    if from_file is not None:
+        if from_settings is not None and not math.isclose(from_file, from_settings, rel_tol=1e-6):
+            log.warning("%s says %s = %g; the setting %g is ignored", path, key, from_file, from_settings)
+        return float(from_file)
+    return None if from_settings is None else float(from_settings)

@@ -1,0 +1,386 @@
+"""The replay camera on real RT-DC files and on TIFF, PNG-folder, AVI and .rtdc fixtures written
+here: ids, times, pixels, options, and a clear error for every kind of bad input."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from acquisition.camera import make_camera
+from acquisition.frame import FrameRing
+from acquisition.replay import ReplayCamera, ReplaySettings
+from mimlsort.errors import ConfigError, DataFormatError
+
+h5py = pytest.importorskip("h5py")
+import hdf5plugin  # noqa: E402  (registers the filters the real files use)
+
+REPO = Path(__file__).resolve().parents[1]
+RTDC_DIR = REPO.parent / "shared" / "data" / "rtdc"
+REAL = sorted(RTDC_DIR.glob("*.rtdc")) if RTDC_DIR.is_dir() else []
+needs_real = pytest.mark.skipif(not REAL, reason=f"real RT-DC data not found at {RTDC_DIR}")
+
+
+def frames_of(settings, timeout_s=0.1):
+    with ReplayCamera(settings) as cam:
+        cam.start()
+        out = []
+        while (f := cam.read(timeout_s)) is not None:
+            out.append(f)
+        assert cam.exhausted
+        return cam.info, out
+
+
+def stack(n, h=20, w=30, dtype=np.uint8, seed=0):
+    hi = 65536 if np.dtype(dtype) == np.uint16 else 256
+    return np.random.default_rng(seed).integers(0, hi, (n, h, w)).astype(dtype)
+
+
+def write_rtdc(path, images, frame=None, time=None, attrs=None, **ds_kw):
+    with h5py.File(path, "w") as f:
+        ev = f.create_group("events")
+        ev.create_dataset("image", data=images, **ds_kw)
+        if frame is not None:
+            ev.create_dataset("frame", data=frame)
+        if time is not None:
+            ev.create_dataset("time", data=time)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+
+
+# -- real RT-DC recordings -----------------------------------------------------------------------
+@needs_real
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
+def test_real_rtdc_files_replay_every_distinct_frame_with_ids_and_times(path):
+    with h5py.File(path) as f:
+        ev = f["events"]
+        images = ev["image"][:]
+        frame = ev["frame"][:].astype(np.int64) if "frame" in ev else None
+        time = ev["time"][:] if "time" in ev else None
+        attrs = dict(f.attrs)
+    keep = np.arange(len(images))
+    if frame is not None and len(frame) > 1:
+        keep = keep[np.r_[True, frame[1:] != frame[:-1]]]
+    info, frames = frames_of(ReplaySettings(path=str(path)))
+    assert info.frame_count == len(keep) == len(frames)
+    assert (info.height, info.width) == images.shape[1:]
+    assert info.pixel_size_um == pytest.approx(float(attrs["imaging:pixel size"]))
+    if "imaging:frame rate" in attrs:
+        assert info.fps == pytest.approx(float(attrs["imaging:frame rate"]))
+    for f, row in zip(frames, keep):
+        np.testing.assert_array_equal(f.image, images[row])
+        if frame is not None:
+            assert f.frame_id == frame[row]
+        if time is not None:
+            assert f.timestamp_ns == round(float(time[row]) * 1e9)
+        else:
+            assert f.timestamp_ns == round(f.frame_id * 1e9 / info.fps)
+    ids = [f.frame_id for f in frames]
+    assert ids == sorted(set(ids))
+
+
+@needs_real
+def test_events_of_one_frame_play_once_unless_asked_otherwise():
+    path = RTDC_DIR / "dcnum_thresh_example.rtdc"
+    with h5py.File(path) as f:
+        n_events = len(f["events/frame"])
+        n_frames = len(np.unique(f["events/frame"][:]))
+    assert n_frames < n_events
+    assert frames_of(ReplaySettings(path=str(path)))[0].frame_count == n_frames
+    info, frames = frames_of(ReplaySettings(path=str(path), skip_duplicate_frames=False))
+    assert info.frame_count == len(frames) == n_events
+
+
+@needs_real
+def test_frame_rate_is_derived_from_frames_and_times_when_the_metadata_lacks_it():
+    path = RTDC_DIR / "cytoshot-test-data.rtdc"
+    with h5py.File(path) as f:
+        assert "imaging:frame rate" not in f.attrs
+        frame, time = f["events/frame"][:], f["events/time"][:]
+    info, _ = frames_of(ReplaySettings(path=str(path)))
+    assert info.fps == pytest.approx((frame[-1] - frame[0]) / (time[-1] - time[0]))
+
+
+@needs_real
+def test_an_empty_recording_opens_and_ends_at_once():
+    info, frames = frames_of(ReplaySettings(path=str(RTDC_DIR / "M001_data.rtdc")))
+    assert info.frame_count == 0 and frames == []
+
+
+@needs_real
+def test_replay_feeds_a_ring_which_counts_the_gaps_between_recorded_frames():
+    path = RTDC_DIR / "2020-10_image_bg.rtdc"
+    with h5py.File(path) as f:
+        frame = f["events/frame"][:].astype(np.int64)
+    cam = make_camera("replay", {"path": str(path)})
+    with cam:
+        ring = cam.info.make_ring(8)
+        reader = ring.reader("t")
+        cam.start()
+        while cam.grab_into(ring, timeout_s=0.1):
+            pass
+    assert ring.camera_dropped == int(np.sum(np.diff(frame) - 1))
+    assert reader.read(10).frame_ids.tolist() == frame.tolist()
+    assert cam.delivered == len(frame) and cam.timeouts == 0
+
+
+# -- fixtures written here -----------------------------------------------------------------------
+def test_multipage_tiff_uint16_is_bit_exact_and_needs_pixel_size_and_fps(tmp_path):
+    path = tmp_path / "stack.tif"
+    imgs = stack(7, dtype=np.uint16)
+    assert cv2.imwritemulti(str(path), list(imgs))
+    with pytest.raises(ConfigError, match=r"camera\.replay\.pixel_size_um.*pixel size or frame rate.*--pixel-size and --fps"):
+        ReplayCamera(ReplaySettings(path=str(path))).open()
+    with pytest.raises(ConfigError, match=r"frame rate; set fps"):
+        ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=0.5)).open()
+    info, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0))
+    assert (info.dtype, info.bit_depth, info.frame_count) == ("uint16", 16, 7)
+    assert [f.frame_id for f in frames] == list(range(7))
+    assert [f.timestamp_ns for f in frames] == [i * 5_000_000 for i in range(7)]
+    for f, img in zip(frames, imgs):
+        np.testing.assert_array_equal(f.image, img)
+
+
+def test_tiff_pages_of_another_size_or_an_unsupported_dtype_are_named(tmp_path):
+    path = tmp_path / "mixed.tif"
+    imgs = list(stack(3, seed=15))
+    imgs[2] = imgs[2][:10]
+    assert cv2.imwritemulti(str(path), imgs)
+    with ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0)) as cam:
+        cam.start()
+        with pytest.raises(DataFormatError, match=r"mixed\.tif: frame 2: size 30x10 differs"):
+            cam.read()
+    path = tmp_path / "float.tif"
+    assert cv2.imwritemulti(str(path), list(stack(2, seed=16).astype(np.float32)))
+    with pytest.raises(DataFormatError, match=r"float\.tif: frame 0: dtype float32 is not supported"):
+        ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0)).open()
+
+
+def test_png_folder_plays_in_natural_order_with_ids_from_the_names(tmp_path):
+    imgs = stack(4, seed=1)
+    numbers = [2, 9, 10, 12]  # 3..8 and 11 were not saved: the ids keep those gaps
+    for n, img in zip(numbers, imgs):
+        assert cv2.imwrite(str(tmp_path / f"frame_{n}.png"), img)
+    (tmp_path / "notes.txt").write_text("not an image")
+    info, frames = frames_of(ReplaySettings(path=str(tmp_path), pixel_size_um=1.0, fps=100.0))
+    assert info.frame_count == 4
+    assert [f.frame_id for f in frames] == numbers
+    for f, img in zip(frames, imgs):
+        np.testing.assert_array_equal(f.image, img)
+
+
+def test_image_folder_without_numbered_names_counts_from_zero(tmp_path):
+    imgs = stack(3, seed=2)
+    for name, img in zip(["a.bmp", "b.bmp", "c.bmp"], imgs):
+        assert cv2.imwrite(str(tmp_path / name), img)
+    _, frames = frames_of(ReplaySettings(path=str(tmp_path), pixel_size_um=1.0, fps=100.0))
+    assert [f.frame_id for f in frames] == [0, 1, 2]
+    np.testing.assert_array_equal(frames[2].image, imgs[2])
+
+
+def test_grey_stored_as_colour_comes_back_grey_and_exact(tmp_path):
+    imgs = stack(2, seed=3)
+    for i, img in enumerate(imgs):
+        assert cv2.imwrite(str(tmp_path / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
+    _, frames = frames_of(ReplaySettings(path=str(tmp_path), pixel_size_um=1.0, fps=100.0))
+    assert frames[1].image.shape == (20, 30)
+    np.testing.assert_array_equal(frames[1].image, imgs[1])
+
+
+def test_a_frame_of_another_size_names_the_file_and_frame(tmp_path):
+    imgs = stack(3, seed=4)
+    for i, img in enumerate(imgs):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), img if i != 2 else img[:, :20])
+    with ReplayCamera(ReplaySettings(path=str(tmp_path), pixel_size_um=1.0, fps=100.0)) as cam:
+        cam.start()
+        with pytest.raises(DataFormatError, match=r"frame 2 \(img2\.png\): size 20x20 differs .* 30x20"):
+            cam.read()
+
+
+def test_a_corrupt_image_file_names_the_file_and_frame(tmp_path):
+    imgs = stack(3, seed=5)
+    for i, img in enumerate(imgs):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), img)
+    (tmp_path / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+    with ReplayCamera(ReplaySettings(path=str(tmp_path), pixel_size_um=1.0, fps=100.0)) as cam:
+        cam.start()
+        with pytest.raises(DataFormatError, match=r"frame 1 \(img1\.png\): cannot be decoded"):
+            cam.read()
+
+
+def write_avi(path, imgs, fourcc, fps=250.0):
+    h, w = imgs.shape[1:]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h), isColor=False)
+    if not writer.isOpened():
+        pytest.skip(f"OpenCV here cannot write {fourcc} AVI")
+    for img in imgs:
+        writer.write(img)
+    writer.release()
+
+
+def test_ffv1_avi_is_lossless_and_says_its_frame_rate(tmp_path):
+    path = tmp_path / "rec.avi"
+    imgs = stack(12, h=32, w=48, seed=6)
+    write_avi(path, imgs, "FFV1")
+    info, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.34))
+    assert (info.fps, info.frame_count, info.width, info.height) == (250.0, 12, 48, 32)
+    assert [f.frame_id for f in frames] == list(range(12))
+    assert frames[3].timestamp_ns == 12_000_000
+    for f, img in zip(frames, imgs):
+        np.testing.assert_array_equal(f.image, img)
+
+
+def test_mjpg_avi_replays_every_frame_close_to_the_original(tmp_path):
+    path = tmp_path / "rec.avi"
+    yy, xx = np.mgrid[0:32, 0:48]
+    imgs = np.stack([((xx * 4 + yy * 2 + 9 * i) % 200 + 20).astype(np.uint8) for i in range(6)])
+    write_avi(path, imgs, "MJPG")
+    _, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.34))
+    assert len(frames) == 6 and frames[0].image.shape == (32, 48) and frames[0].image.dtype == np.uint8
+    for f, img in zip(frames, imgs):
+        assert np.mean(np.abs(f.image.astype(int) - img)) < 6  # lossy, but the same picture
+
+
+def test_a_truncated_video_names_the_frame_where_it_breaks(tmp_path):
+    path = tmp_path / "rec.avi"
+    write_avi(path, stack(60, h=32, w=48, seed=7), "FFV1")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    with ReplayCamera(ReplaySettings(path=str(cut), pixel_size_um=0.34)) as cam:
+        cam.start()
+        with pytest.raises(DataFormatError, match=r"cut\.avi: frame \d+: .*says it holds 60 frames"):
+            while cam.read() is not None:
+                pass
+
+
+def test_something_that_is_no_recording_is_a_data_format_error(tmp_path):
+    path = tmp_path / "noise.avi"
+    path.write_bytes(b"RIFF" + bytes(range(256)) * 4)
+    with pytest.raises(DataFormatError, match="noise.avi"):
+        ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=1.0, fps=1.0)).open()
+    with pytest.raises(ConfigError, match=r"camera\.replay\.path: .*does not exist"):
+        ReplayCamera(ReplaySettings(path=str(tmp_path / "missing.rtdc"))).open()
+    with pytest.raises(ConfigError, match=r"camera\.replay\.path: no recording"):
+        ReplayCamera().open()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataFormatError, match="holds no images"):
+        ReplayCamera(ReplaySettings(path=str(tmp_path / "empty"), pixel_size_um=1.0, fps=1.0)).open()
+
+
+# -- .rtdc fixtures and their failure modes ------------------------------------------------------
+RTDC_ATTRS = {"imaging:pixel size": 0.25, "imaging:frame rate": 1000.0}
+
+
+def test_rtdc_options_start_stop_and_loop_continue_ids_and_times(tmp_path):
+    path = tmp_path / "r.rtdc"
+    imgs = stack(10, seed=8)
+    write_rtdc(path, imgs, frame=np.arange(100, 110), time=np.arange(10) / 1000.0, attrs=RTDC_ATTRS)
+    info, frames = frames_of(ReplaySettings(path=str(path), start_frame=2, stop_frame=5))
+    assert info.frame_count == 3 and [f.frame_id for f in frames] == [102, 103, 104]
+    np.testing.assert_array_equal(frames[0].image, imgs[2])
+    with ReplayCamera(ReplaySettings(path=str(path), start_frame=7, loop=True)) as cam:
+        assert cam.info.frame_count == -1
+        cam.start()
+        got = [cam.read() for _ in range(7)]
+    assert [f.frame_id for f in got] == [107, 108, 109, 110, 111, 112, 113]
+    assert [f.timestamp_ns for f in got] == [t * 1_000_000 for t in (7, 8, 9, 10, 11, 12, 13)]
+    np.testing.assert_array_equal(got[3].image, imgs[7])
+    with pytest.raises(ConfigError, match="start_frame"):
+        ReplayCamera(ReplaySettings(path=str(path), start_frame=11)).open()
+
+
+def test_realtime_pacing_makes_a_grab_wait_for_the_next_frame_time(tmp_path):
+    path = tmp_path / "slow.rtdc"
+    write_rtdc(path, stack(3, seed=9), frame=np.arange(3), time=np.array([0.0, 30.0, 60.0]), attrs=RTDC_ATTRS)
+    with ReplayCamera(ReplaySettings(path=str(path), realtime=True)) as cam:
+        cam.start()
+        assert cam.read(timeout_s=0.01).frame_id == 0
+        assert cam.read(timeout_s=0.01) is None  # the next frame is due 30 s later
+        assert cam.timeouts == 1 and not cam.exhausted
+    with ReplayCamera(ReplaySettings(path=str(path), realtime=True, speed=1e6)) as cam:
+        cam.start()
+        assert [cam.read(timeout_s=1.0).frame_id for _ in range(3)] == [0, 1, 2]
+
+
+def test_rtdc_without_frame_or_time_numbers_frames_and_times_them_by_fps(tmp_path):
+    path = tmp_path / "bare.rtdc"
+    write_rtdc(path, stack(4, seed=10), attrs=RTDC_ATTRS)
+    _, frames = frames_of(ReplaySettings(path=str(path)))
+    assert [(f.frame_id, f.timestamp_ns) for f in frames] == [(i, i * 1_000_000) for i in range(4)]
+
+
+def test_file_values_win_over_settings(tmp_path):
+    path = tmp_path / "r.rtdc"
+    write_rtdc(path, stack(2, seed=11), attrs=RTDC_ATTRS)
+    info, _ = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.9, fps=50.0))
+    assert (info.pixel_size_um, info.fps) == (0.25, 1000.0)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: write_rtdc(p, stack(3).astype(np.float32), attrs=RTDC_ATTRS), "dtype float32"),
+        (lambda p: write_rtdc(p, stack(1)[0], attrs=RTDC_ATTRS), r"shape \(20, 30\)"),
+        (lambda p: write_rtdc(p, stack(3), frame=np.arange(2), attrs=RTDC_ATTRS), r"events/frame has shape \(2,\)"),
+        (lambda p: write_rtdc(p, stack(3), frame=np.array([1.0, 2.5, 3.0]), attrs=RTDC_ATTRS),
+         r"frame 1: events/frame is 2\.5"),
+        (lambda p: write_rtdc(p, stack(3), time=np.array([0.0, np.nan, 1.0]), attrs=RTDC_ATTRS),
+         "frame 1: events/time is nan"),
+        (lambda p: h5py.File(p, "w").close(), "no events/image"),
+        (lambda p: p.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100), "not a readable HDF5"),
+    ],
+    ids=["float-images", "2d-images", "short-frame", "fractional-frame", "nan-time", "no-images", "garbage"],
+)
+def test_bad_rtdc_files_give_data_format_errors(tmp_path, make, message):
+    path = tmp_path / "bad.rtdc"
+    make(path)
+    with pytest.raises(DataFormatError, match=message) as err:
+        ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=1.0, fps=1.0)).open()
+    assert "bad.rtdc" in str(err.value)
+
+
+def test_a_truncated_rtdc_file_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "r.rtdc"
+    write_rtdc(path, stack(50, seed=12), frame=np.arange(50), attrs=RTDC_ATTRS)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(DataFormatError, match=r"r\.rtdc: not a readable"):
+        ReplayCamera(ReplaySettings(path=str(path))).open()
+
+
+def test_a_corrupt_compressed_chunk_names_the_first_frame_it_breaks(tmp_path):
+    path = tmp_path / "z.rtdc"
+    imgs = stack(40, seed=13)
+    # as the recorder writes Zstd: with a checksum (without, Zstd decodes damage to wrong pixels)
+    write_rtdc(path, imgs, frame=np.arange(40), attrs=RTDC_ATTRS, chunks=(8, 20, 30), fletcher32=True,
+               **hdf5plugin.Zstd())
+    with h5py.File(path) as f:
+        chunk = f["events/image"].id.get_chunk_info(2)  # frames 16..23
+    assert chunk.chunk_offset == (16, 0, 0)
+    with open(path, "r+b") as fh:
+        fh.seek(chunk.byte_offset + chunk.size // 2)
+        fh.write(b"\xff" * 16)
+    with ReplayCamera(ReplaySettings(path=str(path))) as cam:
+        cam.start()
+        for i in range(16):
+            np.testing.assert_array_equal(cam.read().image, imgs[i])
+        with pytest.raises(DataFormatError, match=r"z\.rtdc: frame 16: events/image cannot be read"):
+            cam.read()
+
+
+def test_settings_from_a_table_are_validated_with_their_key_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"^camera\.replay\.speed: must be > 0"):
+        make_camera("replay", {"path": "x.rtdc", "speed": 0.0})
+    with pytest.raises(ConfigError, match=r"^camera\.replay\.stop_frame:"):
+        make_camera("replay", {"path": "x.rtdc", "start_frame": 5, "stop_frame": 5})
+    with pytest.raises(ConfigError, match=r"^camera\.replay\.colour: unknown key"):
+        make_camera("replay", {"path": "x.rtdc", "colour": True})
+    ring = FrameRing(4, 20, 30)
+    path = tmp_path / "r.rtdc"
+    write_rtdc(path, stack(2, seed=14), attrs=RTDC_ATTRS)
+    cam = make_camera("replay", {"path": str(path), "loop": False})
+    with cam:
+        cam.start()
+        assert cam.grab_into(ring) and cam.grab_into(ring)
+        assert not cam.grab_into(ring) and cam.exhausted and cam.timeouts == 0
