@@ -291,6 +291,9 @@ class Pipeline:
             msg = f"{name}: {e}" if isinstance(e, MimlsortError) else f"{name}: {type(e).__name__}: {e}"
             self._errors.append(msg)
             self.stop(FinishReason.ERRORED, msg)
+        finally:
+            if name == "camera":  # only now: a failed camera must be ERRORED before the sort loop ends
+                self._camera_done.set()
 
     # -- live adjustments (any thread) -----------------------------------------------------------
     def set_policy(self, policy: SortPolicy) -> None:
@@ -330,7 +333,6 @@ class Pipeline:
             skipped = getattr(cam, "skipped", 0)
             if skipped:
                 log.info("camera reported %d skipped images", skipped)
-            self._camera_done.set()
 
     def _build_tracker(self) -> bool:
         """Build the tracker from the first frames; False if the run ends before there are any."""

@@ -1,0 +1,535 @@
+"""Basler cameras through pypylon, and the pylon camera emulator through its own transport layer.
+
+Grabbing: pylon's grab engine fills its own buffers; ``RetrieveResult`` waits with the GIL released
+and the frame is copied into the ring slot the caller gives (24 kB at 256x96: far below the cost of
+one Python call), then the pylon buffer goes straight back to the engine.
+
+The default grab strategy is ``latest`` (``GrabStrategy_LatestImages`` with an output queue of
+``buffers``): like a real sensor, the camera never waits for the host; when the grab thread falls
+behind, pylon drops the oldest queued frames and says how many (``GetNumberOfSkippedImages``).
+``one_by_one`` makes the pylon *emulator* wait for the host instead, which hides drops.
+
+Drops are counted once: the frame id is the camera's ``BlockID`` unwrapped to a 64-bit counter,
+so skipped images, failed buffers and frames the camera lost all appear as frame-id gaps in the
+ring's ``camera_dropped``. ``skipped_images`` and ``failed_buffers`` say which part was which; they
+are not added again (``skipped``, the drops a pipeline adds to the ring's count, stays 0 here).
+
+Timestamps: GigE ticks are scaled by ``GevTimestampTickFrequency``, USB3 counts ns; the emulator
+reports ``TimeStamp`` 0, so it runs on host time and ``clock_note`` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
+from acquisition.genicam import MONO_FORMATS, DeviceEntry, PixelFormat, fit_value
+from mimlsort.errors import BackendUnavailable, ConfigError, DataFormatError, DeviceError, StateError
+from mimlsort.settings import require
+
+log = logging.getLogger(__name__)
+
+EMULATOR = "BaslerCamEmu"
+_NO_BLOCK_ID = 2**64 - 1  # pylon's BlockID where the transport layer has none
+#: transport layers that find devices without broadcasting on the network
+_LOCAL_TLS = ("BaslerUsb", EMULATOR)
+
+
+def _pylon(emulator: bool = False):
+    """Import pypylon lazily; the emulator transport layer is enabled through PYLON_CAMEMU."""
+    if emulator:
+        # pylon reads PYLON_CAMEMU when the emulator transport layer enumerates, not at import
+        os.environ.setdefault("PYLON_CAMEMU", "1")
+    try:
+        with warnings.catch_warnings():
+            # SWIG's "builtin type SwigPyPacked has no __module__" DeprecationWarning, raised as an
+            # error under -W error inside the extension's init, crashes the interpreter
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from pypylon import genicam, pylon
+    except ImportError as err:
+        raise BackendUnavailable("the basler backend needs pypylon: install mimlsort[basler]") from err
+    return pylon, genicam
+
+
+def list_devices(network: bool = False, emulator: bool = True) -> list[DeviceEntry]:
+    """Basler devices on local transport layers (USB3, the emulator); GigE only with ``network``
+    (its discovery broadcasts on every interface)."""
+    pylon, _ = _pylon(emulator)
+    factory = pylon.TlFactory.GetInstance()
+    classes = [t.GetDeviceClass() for t in factory.EnumerateTls()]
+    if emulator and EMULATOR not in classes:
+        classes.append(EMULATOR)
+    out: list[DeviceEntry] = []
+    for dc in classes:
+        if dc == EMULATOR and not emulator:
+            continue
+        if dc not in _LOCAL_TLS and not network:
+            continue
+        tl = factory.CreateTl(dc)
+        if tl is None:
+            continue
+        try:
+            for d in tl.EnumerateDevices():
+                out.append(DeviceEntry("basler", d.GetSerialNumber(), d.GetModelName(), d.GetUserDefinedName(), dc,
+                                       "pylon camera emulator" if dc == EMULATOR else d.GetFullName()))
+        finally:
+            factory.ReleaseTl(tl)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BaslerSettings:
+    serial: str = ""  # open the camera with this serial number ("" = any)
+    user_name: str = ""  # ... or with this DeviceUserID
+    index: int = -1  # ... or the n-th of the cameras that match (-1: the first)
+    transport: str = ""  # "" = all (GigE discovery broadcasts), BaslerUsb, BaslerGigE, BaslerCamEmu (emulator)
+    width: int = 0  # ROI width in pixels (0: keep the camera's)
+    height: int = 0  # ROI height in pixels (0: keep the camera's)
+    offset_x: int = 0  # ROI offset in pixels
+    offset_y: int = 0  # ROI offset in pixels
+    pixel_format: PixelFormat = "Mono8"  # Mono10/12/16 arrive as uint16 with the bit depth recorded
+    exposure_us: float = 0.0  # exposure time in µs (0: keep the camera's; the emulator needs >= 100)
+    fps: float = 0.0  # acquisition frame rate limit (0: free run as fast as the exposure allows)
+    trigger: str = "off"  # "off" (free run) or the FrameStart TriggerSource: "Line1", "Software", ...
+    pixel_size_um: float = 0.0  # µm per pixel in the object plane (0: unknown, give it to the tracker)
+    buffers: int = 64  # pylon grab buffers (MaxNumBuffer); the output queue of "latest" holds buffers - 2
+    strategy: Literal["latest", "one_by_one"] = "latest"  # latest: the camera never waits for the host
+    timestamps: Literal["auto", "camera", "host", "frame_counter"] = "auto"  # auto|camera|host|frame_counter (id/fps: playback)
+    reconnect_attempts: int = 3  # tries to reopen a camera that disappeared before the run ends ERRORED
+    reconnect_delay_s: float = 1.0  # pause before each reconnect attempt
+    features: dict[str, Any] = field(default_factory=dict)  # further GenICam features set at open, name = value
+
+    def __post_init__(self):
+        require(self.index >= -1, "index", f"must be >= -1, got {self.index}")
+        for k in ("width", "height", "offset_x", "offset_y"):
+            require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
+        require(self.exposure_us >= 0, "exposure_us", f"must be >= 0, got {self.exposure_us}")
+        require(self.fps >= 0, "fps", f"must be >= 0, got {self.fps}")
+        require(self.pixel_size_um >= 0, "pixel_size_um", f"must be >= 0, got {self.pixel_size_um}")
+        require(self.buffers >= 4, "buffers", f"must be >= 4, got {self.buffers}")
+        require(self.reconnect_attempts >= 0, "reconnect_attempts", f"must be >= 0, got {self.reconnect_attempts}")
+        require(self.reconnect_delay_s >= 0, "reconnect_delay_s", f"must be >= 0, got {self.reconnect_delay_s}")
+
+
+_FEATURE_OF = {"width": "Width", "height": "Height", "offset_x": "OffsetX", "offset_y": "OffsetY",
+               "pixel_format": "PixelFormat"}
+
+
+class BaslerCamera(Camera):
+    """A Basler camera (or the pylon emulator) through pypylon's InstantCamera."""
+
+    backend = "basler"
+    Settings = BaslerSettings
+
+    def __init__(self, settings: Any = None):
+        super().__init__(settings)
+        # pylon's GetNumberOfSkippedImages: frames its output queue dropped. Their block ids are
+        # missing, so they are already part of the ring's camera_dropped; ``skipped`` (what a
+        # pipeline adds to the ring's count) stays 0 on this backend.
+        self.skipped_images = 0
+        self.skipped = 0
+        self.reconnects = 0
+        self.discarded_at_stop = 0  # frames still queued when acquisition stopped
+        self.grab_errors = 0  # retrievals pylon failed without the camera being gone
+        self.last_error = ""  # description of the last failed buffer or grab error
+        self.clock_note = ""
+        self.statistics_at_stop: dict[str, int] = {}
+        self._cam = None
+        self._serial = ""
+        self._device_class = ""
+        self._ts_scale = 0.0  # ns per camera tick; 0: host clock; < 0: -ns per frame id (frame_counter)
+        self._wrap = 0  # BlockID cycle length (GigE: 65535, ids 1..65535), 0: 64-bit
+        self._last_raw: int | None = None
+        self._last_fid: int | None = None
+
+    # -- features --------------------------------------------------------------------------------
+    def _node(self, name: str):
+        if self._cam is None:
+            raise StateError("basler camera is not open")
+        p = self._cam.GetNodeMap().GetNode(name)
+        if not p.IsValid():
+            raise ConfigError(f"camera.basler.{name}", "unknown feature on this camera")
+        return p
+
+    def has_feature(self, name: str) -> bool:
+        return self._cam is not None and self._cam.GetNodeMap().GetNode(name).IsValid()
+
+    def get_feature(self, name: str) -> Any:
+        p = self._node(name)
+        if not p.IsReadable():
+            raise ConfigError(f"camera.basler.{name}", "feature is not readable now")
+        return p.Value if hasattr(p, "Value") else p.ToString()
+
+    def set_feature(self, name: str, value: Any = None) -> Any:
+        """Write a feature (a command is executed); returns the value in effect afterwards."""
+        if self._cam is None:
+            raise StateError("basler camera is not open")
+        pylon, genicam = self._sdk
+        p = self._node(name)
+        key = f"camera.basler.{name}"
+        if not p.IsWritable():
+            raise ConfigError(key, "feature is not writable now" + (" (stop acquisition first)" if self.state is CameraState.ACQUIRING else ""))
+        if isinstance(p, pylon.CommandParameter):
+            p.Execute()
+            return None
+        if isinstance(p, pylon.IntegerParameter):
+            v = fit_value("int", key, value, lo=p.Min, hi=p.Max, inc=p.Inc)
+        elif isinstance(p, pylon.FloatParameter):
+            v = fit_value("float", key, value, lo=p.Min, hi=p.Max)
+        elif isinstance(p, pylon.EnumParameter):
+            v = fit_value("enum", key, value, symbolics=tuple(p.Symbolics))
+        elif isinstance(p, pylon.BooleanParameter):
+            v = fit_value("bool", key, value)
+        elif isinstance(p, pylon.StringParameter):
+            v = fit_value("str", key, value)
+        else:
+            raise ConfigError(key, f"cannot set a {type(p).__name__}")
+        try:
+            p.Value = v
+        except genicam.GenericException as err:
+            raise DeviceError(f"basler camera {self._serial}: {name} = {v!r} refused: {err}") from err
+        return p.Value
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _devices(self, serial: str):
+        pylon, _ = _pylon(self.settings.transport == EMULATOR)
+        factory = pylon.TlFactory.GetInstance()
+        if self.settings.transport:
+            tl = factory.CreateTl(self.settings.transport)
+            if tl is None:
+                raise BackendUnavailable(f"pylon transport layer {self.settings.transport!r} is not installed")
+            devices = list(tl.EnumerateDevices())
+            factory.ReleaseTl(tl)
+        else:
+            devices = list(factory.EnumerateDevices())
+        s = self.settings
+        matches = [d for d in devices
+                   if (not serial or d.GetSerialNumber() == serial)
+                   and (not s.user_name or d.GetUserDefinedName() == s.user_name)]
+        want = ", ".join(f"{k}={v!r}" for k, v in (("serial", serial), ("user_name", s.user_name)) if v) or "any"
+        if not matches:
+            found = ", ".join(d.GetSerialNumber() for d in devices) or "none"
+            raise DeviceError(f"no Basler camera matches {want} on {s.transport or 'any transport'} (found: {found})")
+        i = max(s.index, 0) if serial == s.serial else 0  # a reconnect names the camera by its serial
+        if i >= len(matches):
+            raise DeviceError(f"camera.basler.index: {s.index} but only {len(matches)} camera(s) match {want}")
+        return factory, matches[i]
+
+    def _connect(self, serial: str) -> None:
+        pylon, genicam = _pylon(self.settings.transport == EMULATOR)
+        factory, dev = self._devices(serial)
+        try:
+            cam = pylon.InstantCamera(factory.CreateDevice(dev))
+            cam.Open()
+        except genicam.GenericException as err:
+            raise DeviceError(f"cannot open Basler camera {dev.GetSerialNumber()}: {err}") from err
+        self._cam = cam
+        self._sdk = (pylon, genicam)  # the grab loop must not re-import per frame
+        self._serial = dev.GetSerialNumber()
+        self._device_class = dev.GetDeviceClass()
+
+    def _disconnect(self) -> None:
+        cam, self._cam = self._cam, None
+        if cam is None:
+            return
+        try:
+            if cam.IsGrabbing():
+                cam.StopGrabbing()
+            cam.Close()
+        finally:
+            cam.DestroyDevice()
+
+    def _configure(self) -> None:
+        s = self.settings
+        for name in ("OffsetX", "OffsetY"):  # offsets to 0 first so any width/height fits
+            self.set_feature(name, 0)
+        self.set_feature("PixelFormat", s.pixel_format)
+        if s.width:
+            self.set_feature("Width", s.width)
+        if s.height:
+            self.set_feature("Height", s.height)
+        if s.offset_x:
+            self.set_feature("OffsetX", s.offset_x)
+        if s.offset_y:
+            self.set_feature("OffsetY", s.offset_y)
+        if s.exposure_us:
+            self._set_exposure(s.exposure_us)
+        self._set_trigger(s.trigger)
+        self._set_fps(s.fps)
+        for name, v in s.features.items():
+            self.set_feature(name, v)
+        self._cam.MaxNumBuffer.Value = s.buffers
+        if s.strategy == "latest":
+            self._cam.OutputQueueSize.Value = s.buffers - 2  # leaves the engine buffers to fill meanwhile
+
+    def _first(self, *names: str) -> str:
+        for n in names:
+            if self.has_feature(n):
+                return n
+        raise ConfigError(f"camera.basler.{names[0]}", "this camera has none of " + ", ".join(names))
+
+    def _set_exposure(self, us: float) -> float:
+        # GigE (SFNC 1) cameras, the emulator among them, expose both names; there only the *Abs
+        # node drives the sensor, so it comes first
+        if self.has_feature("ExposureAuto") and self._node("ExposureAuto").IsWritable():
+            self.set_feature("ExposureAuto", "Off")
+        return float(self.set_feature(self._first("ExposureTimeAbs", "ExposureTime"), us))
+
+    def _set_fps(self, fps: float) -> float:
+        enable = self.has_feature("AcquisitionFrameRateEnable")
+        if not fps:
+            if enable:
+                self.set_feature("AcquisitionFrameRateEnable", False)
+            return 0.0
+        if enable:
+            self.set_feature("AcquisitionFrameRateEnable", True)
+        return float(self.set_feature(self._first("AcquisitionFrameRateAbs", "AcquisitionFrameRate"), fps))
+
+    def _set_trigger(self, trigger: str) -> str:
+        self.set_feature("TriggerSelector", "FrameStart")
+        if trigger.lower() == "off":
+            self.set_feature("TriggerMode", "Off")
+            return "off"
+        self.set_feature("TriggerSource", trigger)
+        self.set_feature("TriggerMode", "On")
+        return str(self.get_feature("TriggerSource"))
+
+    def software_trigger(self, timeout_s: float = 1.0) -> None:
+        """Fire one FrameStart software trigger (trigger = "Software") once the camera is ready for it."""
+        pylon, _ = self._sdk
+        if not self._cam.WaitForFrameTriggerReady(int(timeout_s * 1000), pylon.TimeoutHandling_Return):
+            raise DeviceError(f"basler camera {self._serial}: not ready for a frame trigger within {timeout_s:g} s")
+        self._cam.ExecuteSoftwareTrigger()
+
+    def _clock(self) -> tuple[float, bool, str]:
+        mode = self.settings.timestamps
+        if mode == "host":
+            return 0.0, False, "host monotonic time (camera.basler.timestamps = host)"
+        if mode == "frame_counter":
+            # a played-back image sequence has its own time base: frame k was taken at k / fps,
+            # however fast or unevenly the emulator delivers it
+            if not self.settings.fps:
+                raise ConfigError("camera.basler.fps", "timestamps = frame_counter needs the frame rate")
+            return -1e9 / self.settings.fps, True, f"nominal: frame id / {self.settings.fps:g} fps"
+        scale, why = 0.0, ""
+        if self._device_class == EMULATOR:
+            why = "the pylon camera emulator reports TimeStamp 0"
+        elif self.has_feature("GevTimestampTickFrequency"):
+            scale = 1e9 / float(self.get_feature("GevTimestampTickFrequency"))
+        elif self._device_class == "BaslerUsb":
+            scale = 1.0  # USB3 Vision timestamps count nanoseconds
+        else:
+            why = f"no known timestamp unit on {self._device_class}"
+        if scale:
+            return scale, True, "camera clock"
+        if mode == "camera":
+            raise DeviceError(f"basler camera {self._serial}: camera timestamps requested but {why}")
+        return 0.0, False, f"host monotonic time: {why}"
+
+    def _make_info(self) -> CameraInfo:
+        fmt = str(self.get_feature("PixelFormat"))
+        if fmt not in MONO_FORMATS:
+            raise ConfigError("camera.basler.pixel_format", f"camera delivers {fmt}, not one of {', '.join(MONO_FORMATS)}")
+        dtype, bits = MONO_FORMATS[fmt]
+        fps = 0.0
+        for name in ("ResultingFrameRate", "ResultingFrameRateAbs"):
+            if self.has_feature(name):
+                fps = float(self.get_feature(name))
+                break
+        self._ts_scale, clock, self.clock_note = self._clock()
+        # GigE Vision's 16-bit block id runs 1..65535 (0 is reserved) unless extended ids are on
+        extended = self.has_feature("GevGVSPExtendedIDMode") and self.get_feature("GevGVSPExtendedIDMode") == "On"
+        self._wrap = 65535 if self._device_class == "BaslerGigE" and not extended else 0
+        return CameraInfo(
+            backend=self.backend, model=self._cam.GetDeviceInfo().GetModelName(), serial=self._serial,
+            width=int(self.get_feature("Width")), height=int(self.get_feature("Height")),
+            dtype=dtype, bit_depth=bits, fps=fps, pixel_size_um=self.settings.pixel_size_um,
+            camera_clock=clock, id_modulus=0,  # ids are unwrapped here (see _frame_id)
+        )
+
+    def _do_open(self) -> CameraInfo:
+        self._connect(self.settings.serial)
+        try:
+            self._configure()
+            return self._make_info()
+        except BaseException:
+            self._disconnect()
+            raise
+
+    def _start_grabbing(self) -> None:
+        pylon, _ = _pylon()
+        strategy = pylon.GrabStrategy_LatestImages if self.settings.strategy == "latest" else pylon.GrabStrategy_OneByOne
+        self._last_raw = None
+        self._cam.StartGrabbing(strategy)
+
+    def _do_start(self) -> None:
+        self._start_grabbing()
+
+    def _do_stop(self) -> None:
+        cam = self._cam
+        if cam is None or not cam.IsGrabbing():
+            return
+        pylon, genicam = _pylon()
+        try:
+            # stop the sensor, then count what is still queued, so the camera's own statistics
+            # (read before StopGrabbing cancels the queued buffers) add up with our counters
+            cam.AcquisitionStop.Execute()
+            while True:
+                r = cam.RetrieveResult(20, pylon.TimeoutHandling_Return)
+                if not r.IsValid():
+                    break
+                self.skipped_images += r.GetNumberOfSkippedImages()
+                self.discarded_at_stop += 1
+                r.Release()
+            self.statistics_at_stop = self.statistics()
+        except genicam.GenericException as err:  # a camera that is gone cannot be drained
+            log.warning("basler camera %s: could not drain at stop: %s", self._serial, err)
+        finally:
+            cam.StopGrabbing()
+
+    def _do_close(self) -> None:
+        self._disconnect()
+
+    def statistics(self) -> dict[str, int]:
+        """The stream grabber's own counters (total, failed buffers, underruns) where it has them."""
+        if self._cam is None:
+            return dict(self.statistics_at_stop)
+        nm = self._cam.GetStreamGrabberNodeMap()
+        out = {}
+        for name in ("Statistic_Total_Buffer_Count", "Statistic_Failed_Buffer_Count", "Statistic_Buffer_Underrun_Count"):
+            node = nm.GetNode(name)
+            if node is not None:
+                try:
+                    out[name.removeprefix("Statistic_").lower()] = int(node.GetValue())
+                except Exception:  # not every transport layer implements every counter
+                    pass
+        return out
+
+    # -- frames ----------------------------------------------------------------------------------
+    def _frame_id(self, raw: int) -> int:
+        last_raw, last = self._last_raw, self._last_fid
+        self._last_raw = raw
+        if last is None:
+            fid = raw
+        elif last_raw is None:  # first frame after a start or a reconnect: ids restarted
+            fid = last + 1
+        else:
+            delta = raw - last_raw
+            if self._wrap:
+                delta %= self._wrap
+            fid = last + (delta if delta > 0 else 1)  # a counter that went back restarted
+        self._last_fid = fid
+        return fid
+
+    def _do_grab(self, out: np.ndarray, timeout_s: float) -> GrabResult | None:
+        # the hot path (one good frame) makes one wait and no clock reads but the host timestamp;
+        # failed buffers and grab errors retry within one more timeout at most
+        pylon, genicam = self._sdk
+        cam = self._cam
+        wait_ms = int(timeout_s * 1000)
+        deadline = 0.0
+        while True:
+            try:
+                r = cam.RetrieveResult(wait_ms, pylon.TimeoutHandling_Return)
+            except genicam.GenericException as err:
+                if cam.IsCameraDeviceRemoved() or not cam.IsGrabbing():
+                    self._reconnect(str(err))
+                    return None
+                # "signals an available result but the retrieval fails": with LatestImages the
+                # grab engine may drop the signalled result to make room (a slow grab thread);
+                # that frame shows up as a frame-id gap, the error is counted here
+                self.grab_errors += 1
+                self.last_error = str(err)
+            else:
+                if not r.IsValid():
+                    if cam.IsCameraDeviceRemoved():  # costs ~1 ms: only on the timeout path
+                        self._reconnect("device removed")
+                    return None
+                try:
+                    n = r.GetNumberOfSkippedImages()
+                    if n:
+                        self.skipped_images += n
+                    if r.GrabSucceeded():
+                        raw = r.BlockID
+                        if raw >= _NO_BLOCK_ID:  # a transport without block ids: count frames instead
+                            raw = (self._last_raw + 1 + n) if self._last_raw is not None else 0
+                        ts = r.TimeStamp
+                        with r.GetArrayZeroCopy() as a:
+                            if a.shape != out.shape or a.dtype != out.dtype:
+                                raise DataFormatError(f"basler camera {self._serial}: frame {raw} is {a.shape} "
+                                                      f"{a.dtype}, expected {out.shape} {out.dtype}")
+                            np.copyto(out, a)
+                        fid = self._frame_id(raw)
+                        scale = self._ts_scale
+                        if scale > 0:
+                            return GrabResult(fid, int(ts * scale))
+                        if scale < 0:  # frame_counter clock
+                            return GrabResult(fid, int(-fid * scale))
+                        return GrabResult(fid, time.monotonic_ns())
+                    self.failed_buffers += 1
+                    self.last_error = r.GetErrorDescription()
+                finally:
+                    r.Release()
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + timeout_s
+            if now >= deadline:
+                return None
+            wait_ms = int((deadline - now) * 1000)
+
+    def _reconnect(self, why: str) -> None:
+        s = self.settings
+        last = why
+        for attempt in range(1, s.reconnect_attempts + 1):
+            log.warning("basler camera %s lost (%s): reconnect attempt %d of %d", self._serial, why, attempt, s.reconnect_attempts)
+            try:
+                self._disconnect()
+            except Exception as e:  # the device is gone: tearing down may fail too
+                log.debug("teardown after loss: %s", e)
+            time.sleep(s.reconnect_delay_s)
+            try:
+                self._connect(self._serial)
+                self._configure()
+                info = self._make_info()
+                if (info.width, info.height, info.dtype) != (self.info.width, self.info.height, self.info.dtype):
+                    raise DeviceError(f"reopened camera delivers {info.width}x{info.height} {info.dtype}")
+                self._start_grabbing()
+                self.reconnects += 1
+                return
+            except Exception as e:  # keep trying; the last error is reported
+                last = str(e)
+        raise DeviceError(f"basler camera {self._serial} is gone ({why}); "
+                          f"{s.reconnect_attempts} reconnect attempt(s) failed" + (f" (last: {last})" if s.reconnect_attempts else ""))
+
+    # -- settings as data ------------------------------------------------------------------------
+    def apply(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply settings keys (exposure_us, fps, trigger; geometry while idle) or raw feature names;
+        returns the values in effect, keyed as given."""
+        if self.state is CameraState.CLOSED:
+            raise StateError("basler camera is not open")
+        out: dict[str, Any] = {}
+        geometry = False
+        for key, value in changes.items():
+            if key == "exposure_us":
+                out[key] = self._set_exposure(value)
+            elif key == "fps":
+                out[key] = self._set_fps(value)
+            elif key == "trigger":
+                out[key] = self._set_trigger(str(value))
+            elif key in _FEATURE_OF:
+                if self.state is CameraState.ACQUIRING:
+                    raise StateError(f"camera.basler.{key}: stop acquisition before changing the frame geometry")
+                out[key] = self.set_feature(_FEATURE_OF[key], value)
+                geometry = True
+            else:
+                out[key] = self.set_feature(key, value)
+        if geometry:
+            self._info = self._make_info()
+        return out

@@ -1,0 +1,242 @@
+"""Ximea cameras through the vendor's xiAPI Python module (``from ximea import xiapi``).
+
+The module ships with Ximea's software package (it loads ``libm3api``); the PyPI wrappers need that
+library too, so without the vendor package this backend raises BackendUnavailable naming it.
+Written against the documented xiAPI: ``xiapi.Camera``, ``xiapi.Image``, ``open_device_by_SN``,
+``set_exposure``, ``set_imgdataformat``, ``start_acquisition``, ``get_image(img, timeout_ms)``,
+``img.get_image_data_numpy()``, ``img.acq_nframe`` / ``img.nframe`` and ``img.tsSec`` /
+``img.tsUSec``.
+
+``acq_nframe`` counts every frame the sensor exposed since acquisition start (32-bit), so its gaps
+are frames the camera or transport lost; ``tsSec``/``tsUSec`` is the camera clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
+from acquisition.genicam import DeviceEntry
+from mimlsort.errors import BackendUnavailable, ConfigError, DataFormatError, DeviceError, StateError
+from mimlsort.settings import require
+
+log = logging.getLogger(__name__)
+
+#: pixel format -> (xiAPI image data format, numpy dtype, bit depth)
+_FORMATS = {"Mono8": ("XI_MONO8", "uint8", 8), "Mono16": ("XI_MONO16", "uint16", 0)}
+
+
+def _xiapi():
+    try:
+        from ximea import xiapi
+    except (ImportError, OSError) as err:  # OSError: the wrapper is there but libm3api is not
+        # no pip extra: the wrapper is useless without the vendor's driver and libm3api
+        raise BackendUnavailable("the ximea backend needs Ximea's xiAPI Python package (ximea.xiapi, which loads "
+                                 "libm3api): install the Ximea software package (XIMEA Linux/Windows installer) "
+                                 "with its Python support") from err
+    return xiapi
+
+
+def list_devices() -> list[DeviceEntry]:
+    xiapi = _xiapi()
+    cam = xiapi.Camera()
+    out = []
+    for i in range(cam.get_number_devices()):
+        c = xiapi.Camera(dev_id=i)
+        c.open_device()
+        try:
+            out.append(DeviceEntry("ximea", c.get_device_sn().decode(), c.get_device_name().decode(), "", "xiAPI"))
+        finally:
+            c.close_device()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class XimeaSettings:
+    serial: str = ""  # open the camera with this serial number ("" = by index)
+    index: int = 0  # device index when no serial is given
+    width: int = 0  # ROI width in pixels (0: keep the camera's)
+    height: int = 0  # ROI height in pixels (0: keep the camera's)
+    offset_x: int = 0  # ROI offset in pixels
+    offset_y: int = 0  # ROI offset in pixels
+    pixel_format: str = "Mono8"  # Mono8, or Mono16 (uint16; bit depth read from the camera)
+    exposure_us: float = 0.0  # exposure time in µs (0: keep the camera's)
+    fps: float = 0.0  # frame rate limit (0: free run)
+    trigger: str = "off"  # off, software, or a GPI edge: "rising", "falling"
+    pixel_size_um: float = 0.0  # µm per pixel in the object plane (0: unknown)
+    buffers_mb: int = 0  # acquisition buffer size in MiB (0: the driver's default)
+    reconnect_attempts: int = 3  # tries to reopen a camera that disappeared before the run ends ERRORED
+    reconnect_delay_s: float = 1.0  # pause before each reconnect attempt
+
+    def __post_init__(self):
+        require(self.index >= 0, "index", f"must be >= 0, got {self.index}")
+        for k in ("width", "height", "offset_x", "offset_y", "buffers_mb"):
+            require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
+        require(self.pixel_format in _FORMATS, "pixel_format", f"must be one of {', '.join(_FORMATS)}, got {self.pixel_format!r}")
+        require(self.exposure_us >= 0, "exposure_us", f"must be >= 0, got {self.exposure_us}")
+        require(self.fps >= 0, "fps", f"must be >= 0, got {self.fps}")
+        require(self.trigger in ("off", "software", "rising", "falling"), "trigger",
+                f"must be off, software, rising or falling, got {self.trigger!r}")
+        require(self.reconnect_attempts >= 0, "reconnect_attempts", f"must be >= 0, got {self.reconnect_attempts}")
+        require(self.reconnect_delay_s >= 0, "reconnect_delay_s", f"must be >= 0, got {self.reconnect_delay_s}")
+
+
+class XimeaCamera(Camera):
+    """A Ximea camera through xiAPI."""
+
+    backend = "ximea"
+    Settings = XimeaSettings
+
+    def __init__(self, settings: Any = None):
+        super().__init__(settings)
+        self.skipped = 0  # drops not visible as frame-id gaps (acq_nframe shows them all: stays 0)
+        self.reconnects = 0
+        self.clock_note = "camera clock (tsSec/tsUSec)"
+        self._cam = None
+        self._img = None
+        self._serial = ""
+
+    def _connect(self, serial: str) -> None:
+        xiapi = _xiapi()
+        cam = xiapi.Camera() if serial else xiapi.Camera(dev_id=self.settings.index)
+        try:
+            if serial:
+                cam.open_device_by_SN(serial)
+            else:
+                cam.open_device()
+        except xiapi.Xi_error as err:
+            raise DeviceError(f"cannot open Ximea camera {serial or f'#{self.settings.index}'}: {err}") from err
+        self._cam = cam
+        self._img = xiapi.Image()
+        self._xi = xiapi  # the grab loop must not re-import per frame
+        self._serial = cam.get_device_sn().decode() if isinstance(cam.get_device_sn(), bytes) else str(cam.get_device_sn())
+
+    def _configure(self) -> None:
+        s, cam = self.settings, self._cam
+        cam.set_imgdataformat(_FORMATS[s.pixel_format][0])
+        if s.width:
+            cam.set_width(s.width)
+        if s.height:
+            cam.set_height(s.height)
+        if s.offset_x:
+            cam.set_offsetX(s.offset_x)
+        if s.offset_y:
+            cam.set_offsetY(s.offset_y)
+        if s.exposure_us:
+            cam.set_exposure(int(round(s.exposure_us)))
+        if s.fps:
+            cam.set_acq_timing_mode("XI_ACQ_TIMING_MODE_FRAME_RATE_LIMIT")
+            cam.set_framerate(s.fps)
+        self._set_trigger(s.trigger)
+        if s.buffers_mb:
+            cam.set_acq_buffer_size(s.buffers_mb * 1024 * 1024)
+
+    def _set_trigger(self, trigger: str) -> str:
+        src = {"off": "XI_TRG_OFF", "software": "XI_TRG_SOFTWARE", "rising": "XI_TRG_EDGE_RISING",
+               "falling": "XI_TRG_EDGE_FALLING"}[trigger]
+        self._cam.set_trigger_source(src)
+        return trigger
+
+    def _make_info(self) -> CameraInfo:
+        cam = self._cam
+        _, dtype, bits = _FORMATS[self.settings.pixel_format]
+        if not bits:
+            bits = int(cam.get_sensor_bit_depth().split("_")[-1]) if isinstance(cam.get_sensor_bit_depth(), str) else 16
+        name = cam.get_device_name()
+        return CameraInfo(
+            backend=self.backend, model=name.decode() if isinstance(name, bytes) else str(name), serial=self._serial,
+            width=int(cam.get_width()), height=int(cam.get_height()), dtype=dtype, bit_depth=bits,
+            fps=float(cam.get_framerate()) if self.settings.fps else 0.0, pixel_size_um=self.settings.pixel_size_um,
+            camera_clock=True, id_modulus=2**32,
+        )
+
+    def _do_open(self) -> CameraInfo:
+        self._connect(self.settings.serial)
+        try:
+            self._configure()
+            return self._make_info()
+        except BaseException:
+            self._cam.close_device()
+            self._cam = None
+            raise
+
+    def _do_start(self) -> None:
+        self._cam.start_acquisition()
+
+    def _do_stop(self) -> None:
+        self._cam.stop_acquisition()
+
+    def _do_close(self) -> None:
+        cam, self._cam = self._cam, None
+        if cam is not None:
+            cam.close_device()
+
+    def software_trigger(self) -> None:
+        self._cam.set_trigger_software(1)
+
+    def _do_grab(self, out: np.ndarray, timeout_s: float) -> GrabResult | None:
+        xiapi = self._xi
+        img = self._img
+        try:
+            self._cam.get_image(img, timeout=max(1, int(timeout_s * 1000)))
+        except xiapi.Xi_error as err:
+            if getattr(err, "status", None) == 10:  # XI_TIMEOUT
+                return None
+            self._reconnect(str(err))
+            return None
+        data = img.get_image_data_numpy()
+        if data.shape != out.shape:
+            raise DataFormatError(f"ximea camera {self._serial}: frame {img.acq_nframe} is {data.shape}, expected {out.shape}")
+        np.copyto(out, data)
+        return GrabResult(int(img.acq_nframe), int(img.tsSec) * 1_000_000_000 + int(img.tsUSec) * 1000)
+
+    def _reconnect(self, why: str) -> None:
+        s = self.settings
+        for attempt in range(1, s.reconnect_attempts + 1):
+            log.warning("ximea camera %s lost (%s): reconnect attempt %d of %d", self._serial, why, attempt, s.reconnect_attempts)
+            try:
+                self._do_close()
+            except Exception as e:  # the device is gone: closing may fail too
+                log.debug("teardown after loss: %s", e)
+            time.sleep(s.reconnect_delay_s)
+            try:
+                self._connect(self._serial)
+                self._configure()
+                self._cam.start_acquisition()
+                self.reconnects += 1
+                return
+            except Exception as e:  # keep trying
+                why = f"{why}; {e}"
+        raise DeviceError(f"ximea camera {self._serial} is gone ({why}); {s.reconnect_attempts} reconnect attempt(s) failed")
+
+    def apply(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply exposure_us / fps / trigger (live) or geometry (idle); returns the values in effect."""
+        if self.state is CameraState.CLOSED:
+            raise StateError("ximea camera is not open")
+        cam, out = self._cam, {}
+        for key, value in changes.items():
+            if key == "exposure_us":
+                cam.set_exposure(int(round(value)))
+                out[key] = float(cam.get_exposure())
+            elif key == "fps":
+                cam.set_acq_timing_mode("XI_ACQ_TIMING_MODE_FRAME_RATE_LIMIT")
+                cam.set_framerate(float(value))
+                out[key] = float(cam.get_framerate())
+            elif key == "trigger":
+                out[key] = self._set_trigger(str(value))
+            elif key in ("width", "height", "offset_x", "offset_y"):
+                if self.state is CameraState.ACQUIRING:
+                    raise StateError(f"camera.ximea.{key}: stop acquisition before changing the frame geometry")
+                name = {"width": "width", "height": "height", "offset_x": "offsetX", "offset_y": "offsetY"}[key]
+                getattr(cam, f"set_{name}")(int(value))
+                out[key] = int(getattr(cam, f"get_{name}")())
+                self._info = self._make_info()
+            else:
+                raise ConfigError(f"camera.ximea.{key}", "unknown setting (known: exposure_us, fps, trigger, width, "
+                                  "height, offset_x, offset_y)")
+        return out

@@ -1,0 +1,275 @@
+"""The basler backend on pylon's own camera emulator (transport layer ``BaslerCamEmu``, no network
+discovery): settings as data, generic features, fault injection with the emulator's forced failed
+buffers and its device-removal callback, drop accounting against the emulator's own statistics,
+and end to end: a simulated channel played by the emulator from PNG files, tracked, and compared
+with the simulator's truth."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PYLON_CAMEMU", "1")  # before pypylon is imported anywhere
+if importlib.util.find_spec("pypylon") is None:  # not importorskip: see acquisition.basler._pylon
+    pytest.skip("pypylon not installed (mimlsort[basler])", allow_module_level=True)
+
+from acquisition.basler import EMULATOR, BaslerCamera, list_devices  # noqa: E402
+from acquisition.camera import CameraState  # noqa: E402
+from acquisition.frame import FrameRing  # noqa: E402
+from mimlsort.errors import ConfigError, DeviceError, StateError  # noqa: E402
+
+SERIAL = "0815-0000"
+
+
+def emu(**kw) -> BaslerCamera:
+    s = {"transport": EMULATOR, "width": 256, "height": 96, "exposure_us": 100.0, "fps": 2000.0, "buffers": 16}
+    s.update(kw)
+    return BaslerCamera(s)
+
+
+def test_settings_are_validated_with_their_key():
+    with pytest.raises(ConfigError, match=r"camera\.basler\.buffers"):
+        BaslerCamera({"buffers": 2})
+    with pytest.raises(ConfigError, match=r"camera\.basler\.no_such"):
+        BaslerCamera({"no_such": 1})
+    with pytest.raises(ConfigError, match=r"camera\.basler\.strategy"):
+        BaslerCamera({"strategy": "fastest"})
+
+
+def test_devices_are_listed_without_network_discovery():
+    found = list_devices(network=False)
+    emulated = [d for d in found if d.transport == EMULATOR]
+    assert [d.serial for d in emulated][:1] == [SERIAL]
+    assert all(d.transport != "BaslerGigE" for d in found)
+
+
+def test_cli_lists_the_emulator(capsys):
+    from app.cli import main
+
+    assert main(["cameras", "--backend", "basler"]) == 0
+    out = capsys.readouterr().out
+    assert SERIAL in out and EMULATOR in out
+
+
+def test_device_selection_by_serial_and_index():
+    with emu(serial=SERIAL) as cam:
+        assert cam.info.serial == SERIAL
+    with pytest.raises(DeviceError, match="nope"):
+        emu(serial="nope").open()
+    with pytest.raises(DeviceError, match="index"):
+        emu(index=7).open()
+
+
+@pytest.mark.parametrize("fmt, dtype, bits", [("Mono8", "uint8", 8), ("Mono12", "uint16", 12)])
+def test_roi_offsets_and_pixel_formats(fmt, dtype, bits):
+    with emu(pixel_format=fmt, width=128, height=64, offset_x=32, offset_y=16) as cam:
+        info = cam.info
+        assert (info.width, info.height, info.dtype, info.bit_depth) == (128, 64, dtype, bits)
+        assert (cam.get_feature("OffsetX"), cam.get_feature("OffsetY")) == (32, 16)
+        cam.start()
+        f = cam.read(timeout_s=2.0)
+        cam.stop()
+    assert f.image.shape == (64, 128) and f.image.dtype == np.dtype(dtype)
+    assert 0 < int(f.image.max()) < 2**bits
+
+
+def test_emulator_runs_on_host_time_and_says_so():
+    with emu() as cam:
+        assert cam.info.camera_clock is False
+        assert "emulator" in cam.clock_note
+        cam.start()
+        t0 = time.monotonic_ns()
+        f = cam.read(timeout_s=2.0)
+        cam.stop()
+    assert abs(f.timestamp_ns - t0) < 5e9  # host monotonic, not the emulator's TimeStamp 0
+    with pytest.raises(DeviceError, match="TimeStamp 0"):
+        emu(timestamps="camera").open()
+
+
+def test_frame_counter_clock_follows_the_frame_ids():
+    with emu(timestamps="frame_counter", fps=1000.0) as cam:
+        assert cam.info.camera_clock is True
+        ring = cam.info.make_ring(16)
+        cam.start()
+        for _ in range(5):
+            assert cam.grab_into(ring, timeout_s=2.0)
+        cam.stop()
+    np.testing.assert_array_equal(ring.timestamps_ns[:5], ring.frame_ids[:5] * 1_000_000)
+
+
+def test_apply_clamps_and_reports_what_is_in_effect():
+    with emu() as cam:
+        got = cam.apply({"exposure_us": 50.0, "fps": 1e6, "Gain": 3})
+        assert got["exposure_us"] == cam.get_feature("ExposureTimeAbs") >= 100.0  # the emulator's minimum
+        assert got["fps"] == cam.get_feature("AcquisitionFrameRateAbs") < 1e6
+        assert got["Gain"] == pytest.approx(cam.get_feature("Gain"))
+        assert cam.apply({"width": 200}) == {"width": 200} and cam.info.width == 200
+        with pytest.raises(ConfigError, match=r"camera\.basler\.NoSuchFeature"):
+            cam.apply({"NoSuchFeature": 1})
+        with pytest.raises(ConfigError, match="Mono8"):
+            cam.apply({"pixel_format": "Mono7"})
+        cam.start()
+        with pytest.raises(StateError, match="width"):
+            cam.apply({"width": 128})
+        assert cam.apply({"exposure_us": 200.0})["exposure_us"] == 200.0  # live features stay adjustable
+        cam.stop()
+
+
+def test_generic_features_drive_a_camera_output_line():
+    with emu() as cam:
+        cam.set_feature("LineSelector", "Line2")
+        assert cam.set_feature("LineMode", "Output") == "Output"
+        assert cam.set_feature("LineSource", "UserOutput1") == "UserOutput1"
+        cam.set_feature("UserOutputSelector", "UserOutput1")
+        assert cam.set_feature("UserOutputValue", True) is True
+        assert cam.get_feature("UserOutputValue") is True
+        with pytest.raises(ConfigError, match="LineMode"):
+            cam.set_feature("LineMode", "Sideways")
+
+
+def test_forced_failed_buffers_are_counted_and_show_as_frame_id_gaps():
+    with emu(fps=1000.0, strategy="one_by_one") as cam:
+        cam.set_feature("ForceFailedBufferCount", 3)
+        ring = cam.info.make_ring(64)
+        cam.start()
+        assert cam.grab_into(ring, timeout_s=2.0)
+        cam.set_feature("ForceFailedBuffer")
+        for _ in range(20):
+            assert cam.grab_into(ring, timeout_s=2.0)
+        cam.stop()
+        stats = cam.statistics_at_stop
+    assert cam.failed_buffers == 3 == stats["failed_buffer_count"]
+    assert ring.camera_dropped == 3  # their block ids are missing from the ring
+    assert "incomplete" in cam.last_error
+
+
+def test_every_lost_frame_is_accounted_against_the_emulator_statistics():
+    """A grab thread too slow for the camera (camera-side skipped frames) and a ring reader too
+    slow for the ring (ring-side missed frames): together with what the reader got, they add up
+    to the frames the emulator produced."""
+    with emu(fps=5000.0, buffers=8, strategy="latest") as cam:
+        ring = FrameRing(16, 96, 256, np.uint8)
+        reader = ring.reader("slow", from_start=True)
+        cam.start()
+        for k in range(60):
+            assert cam.grab_into(ring, timeout_s=2.0)
+            time.sleep(0.002)  # far slower than 5,000 fps: pylon's queue overflows
+            if k % 20 == 19:
+                reader.release(reader.read(4))  # and the reader keeps only a little of it
+        cam.set_feature("AcquisitionStop")  # stop the sensor, then take what it already sent
+        while cam.grab_into(ring, timeout_s=0.2):
+            pass
+        cam.stop()
+        total = cam.statistics_at_stop["total_buffer_count"]
+    reader.release(reader.read(ring.capacity))
+    first_id = int(ring.newest().frame_id) - (ring.written - 1) - ring.camera_dropped
+    assert cam.skipped_images > 0 and reader.missed > 0
+    assert ring.camera_dropped == cam.skipped_images + cam.failed_buffers
+    assert cam.skipped == 0  # nothing for a pipeline to add: the block-id gaps hold them all
+    assert reader.consumed + reader.missed == ring.written
+    assert reader.consumed + reader.missed + ring.camera_dropped + first_id + cam.discarded_at_stop == total
+
+
+def test_block_ids_are_unwrapped_and_restarts_are_not_drops():
+    cam = BaslerCamera()
+    ring = FrameRing(8, 2, 2, np.uint8)
+    cam._wrap = 65535  # GigE Vision: 16-bit ids 1..65535, 0 reserved
+    for raw in (65533, 65535, 1, 2):  # 65534 lost; 65535 -> 1 is no gap
+        ring.push(np.zeros((2, 2), np.uint8), cam._frame_id(raw), 0)
+    assert ring.camera_dropped == 1
+    cam._last_raw = None  # what a start or a reconnect does: the camera restarts its counter
+    ring.push(np.zeros((2, 2), np.uint8), cam._frame_id(0), 0)
+    assert ring.camera_dropped == 1
+    assert list(ring.frame_ids[:5]) == [65533, 65535, 65536, 65537, 65538]
+
+
+def test_reconnects_after_the_device_is_removed():
+    with emu(trigger="Software", reconnect_attempts=2, reconnect_delay_s=0.0) as cam:
+        cam.start()
+        cam.software_trigger()
+        f1 = cam.read(timeout_s=2.0)
+        cam.set_feature("FirePnPCallback")  # the emulator's device-removal notification
+        assert cam.read(timeout_s=0.2) is None  # the wait times out, finds the device gone, reconnects
+        assert cam.reconnects == 1 and cam.state is CameraState.ACQUIRING
+        cam.software_trigger()
+        f2 = cam.read(timeout_s=2.0)
+        cam.stop()
+    assert f1 is not None and f2 is not None and f2.frame_id > f1.frame_id
+
+
+def test_a_camera_that_stays_gone_raises_device_error(monkeypatch):
+    with emu(trigger="Software", reconnect_attempts=2, reconnect_delay_s=0.0) as cam:
+        cam.start()
+        cam.set_feature("FirePnPCallback")
+        monkeypatch.setenv("PYLON_CAMEMU", "0")  # and the emulator enumerates no device any more
+        with pytest.raises(DeviceError, match="gone .* 2 reconnect attempt"):
+            cam.read(timeout_s=0.2)
+    assert cam.state is CameraState.CLOSED and cam.reconnects == 0
+
+
+def test_simulated_channel_played_by_the_emulator_is_tracked_to_the_truth(tmp_path, request):
+    synthetic = pytest.importorskip("acquisition.synthetic", reason="acquisition.synthetic not written yet")
+    offline = pytest.importorskip("app.offline", reason="app.offline not written yet")
+    validate = pytest.importorskip("app.validate", reason="app.validate not written yet")
+    pytest.importorskip("cv2")
+    from acquisition.bench import write_pngs
+
+    fps, n = 2000.0, 1000
+    settings = synthetic.SyntheticSettings(width=256, height=96, fps=fps, duration_s=n / fps, seed=3,
+                                           cells_per_second=80.0)
+    frames = np.empty((n, 96, 256), np.uint8)
+    with synthetic.SyntheticCamera(settings) as sim:
+        sim.start()
+        for k in range(n):
+            frames[k] = sim.read(timeout_s=1.0).image
+        sim.stop()
+    with synthetic.SyntheticCamera(settings) as sim:  # the same seed: the same frames and truth
+        direct = offline.track_camera(sim)
+        truth = list(sim.truth)
+    shm = Path("/dev/shm")
+    folder = write_pngs(frames, Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path / "frames")
+    request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
+    cam = emu(fps=fps, timestamps="frame_counter", strategy="one_by_one", pixel_size_um=settings.pixel_size_um,
+              features={"TestImageSelector": "Off", "ImageFilename": str(folder), "ImageFileMode": "On"})
+    with cam:
+        res = offline.track_camera(cam, max_frames=n)
+    assert res.frames == n and cam.failed_buffers == 0
+    frame_ms = 1000.0 / fps
+    m = validate.match_events(res.events, truth, run_ms=n * frame_ms, frame_ms=frame_ms)
+    assert m.complete_truth >= 5
+    assert m.detection_rate >= 0.9 and m.swaps == 0
+    # the same pixels at the same times: the emulator path measures what the direct path measures
+    assert len(res.events) == len(direct.events)
+    np.testing.assert_allclose([e.features["di"] for e in res.events], [e.features["di"] for e in direct.events])
+
+
+def test_bench_accounts_for_every_frame():
+    pytest.importorskip("tracking.tracker")
+    from acquisition.bench import bench_camera
+
+    r = bench_camera("basler", seconds=0.5, images=300)
+    assert r["frames_delivered"] > 0 and r["frames_tracked"] + r["ring_missed"] == r["frames_delivered"]
+    assert r["unexplained"] == 0 and r["ring_unexplained"] == 0
+
+
+def test_a_lost_camera_ends_the_pipeline_errored(monkeypatch):
+    pipeline = pytest.importorskip("app.pipeline", reason="app.pipeline not written yet")
+    cam = emu(trigger="Software", reconnect_attempts=1, reconnect_delay_s=0.0, pixel_size_um=0.5)
+    run = pipeline.Pipeline(cam, pixel_size_um=0.5)
+    run.start()
+    try:
+        cam.set_feature("FirePnPCallback")  # removal: the camera loop's next timeout finds it
+        monkeypatch.setenv("PYLON_CAMEMU", "0")
+        assert run.wait(10.0)
+    finally:
+        run.stop()
+        run.wait(10.0)
+    assert run.finish_reason is pipeline.FinishReason.ERRORED
+    assert "gone" in run.message and cam.state is CameraState.CLOSED

@@ -1,0 +1,123 @@
+"""The genicam backend through harvesters and a real GenTL producer: ``viky.cti`` from the genicam
+wheel (Mono8, width/height 100-800, <= 200 fps, no offsets, no timestamps)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("harvesters") is None:  # not importorskip: see acquisition.genicam._quiet_import
+    pytest.skip("harvesters not installed (mimlsort[genicam])", allow_module_level=True)
+
+from acquisition.camera import CameraState  # noqa: E402
+from acquisition.genicam import GenicamCamera, fit_value, list_devices, viky_cti  # noqa: E402
+from mimlsort.errors import BackendUnavailable, ConfigError, DeviceError, StateError  # noqa: E402
+
+CTI = viky_cti()
+if CTI is None:
+    pytest.skip("the genicam wheel ships no viky.cti here", allow_module_level=True)
+
+
+def viky(**kw) -> GenicamCamera:
+    s = {"cti": CTI, "serial": "1", "width": 256, "height": 128, "fps": 200.0}
+    s.update(kw)
+    return GenicamCamera(s)
+
+
+def test_fit_value_clamps_snaps_and_rejects():
+    assert fit_value("int", "k", 257, lo=100, hi=800, inc=4) == 256
+    assert fit_value("int", "k", 5000, lo=100, hi=802, inc=4) == 800  # onto the grid, not past the max
+    assert fit_value("float", "k", 1e6, lo=1.0, hi=200.0) == 200.0
+    assert fit_value("bool", "k", 1) is True
+    with pytest.raises(ConfigError, match="Mono8"):
+        fit_value("enum", "k", "Mono7", symbolics=("Mono8", "RGBa8"))
+    with pytest.raises(ConfigError, match="number"):
+        fit_value("float", "k", "fast")
+
+
+def test_producer_lists_its_devices():
+    found = list_devices(CTI)
+    assert sorted(d.serial for d in found) == ["0", "1", "2"]
+    assert all(d.backend == "genicam" and "Viky" in d.model for d in found)
+
+
+def test_cti_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENICAM_GENTL64_PATH", str(tmp_path))
+    with pytest.raises(BackendUnavailable, match="no GenTL producer"):  # named, empty: no fallback to viky
+        list_devices()
+    monkeypatch.setenv("GENICAM_GENTL64_PATH", str(__import__("pathlib").Path(CTI).parent))
+    assert len(list_devices()) == 3
+
+
+def test_selection_by_serial_and_errors():
+    with viky(serial="2") as cam:
+        assert cam.info.serial == "2"
+    with pytest.raises(DeviceError, match="found serials"):
+        viky(serial="9").open()
+    with pytest.raises(ConfigError, match="no such GenTL producer"):
+        viky(cti="/nonexistent/x.cti").open()
+
+
+def test_frames_carry_the_producer_frame_ids():
+    with viky() as cam:
+        info = cam.info
+        assert (info.width, info.height, info.dtype, info.bit_depth) == (256, 128, "uint8", 8)
+        assert info.camera_clock is False and "host" in cam.clock_note
+        ring = info.make_ring(16)
+        cam.start()
+        for _ in range(6):
+            assert cam.grab_into(ring, timeout_s=2.0)
+        cam.stop()
+    ids = ring.frame_ids[:6]
+    np.testing.assert_array_equal(np.diff(ids), 1)
+    assert ring.camera_dropped == 0 and cam.failed_buffers == 0
+    assert ring.images[:6].std() > 0
+
+
+def test_apply_clamps_to_the_producer_limits():
+    with viky() as cam:
+        got = cam.apply({"fps": 1000.0, "width": 900, "AcquisitionFrameRate": 50.0})
+        assert got["fps"] == 200.0 and got["width"] == 800 and got["AcquisitionFrameRate"] == 50.0
+        assert cam.info.width == 800
+        with pytest.raises(ConfigError, match=r"camera\.genicam\.NoSuchFeature"):
+            cam.apply({"NoSuchFeature": 1})
+        with pytest.raises(ConfigError, match="pixel_format"):
+            viky(pixel_format="Mono7")
+        cam.start()
+        with pytest.raises(StateError, match="height"):
+            cam.apply({"height": 200})
+        cam.stop()
+        assert cam.get_feature("PixelFormat") == "Mono8"
+
+
+def test_timeout_returns_none_and_is_counted():
+    with viky(fps=1.0) as cam:
+        cam.start()
+        cam.read(timeout_s=2.0)  # the next frame is a second away
+        assert cam.read(timeout_s=0.05) is None
+        assert cam.timeouts == 1 and cam.state is CameraState.ACQUIRING
+        cam.stop()
+
+
+def test_offsets_on_a_camera_without_them_are_ignored_with_a_warning(caplog):
+    with viky(offset_x=8) as cam:
+        assert cam.info.width == 256
+    assert "OffsetX" in caplog.text
+
+
+def test_cli_lists_the_producer_devices(capsys):
+    from app.cli import main
+
+    assert main(["cameras", "--backend", "genicam", "--cti", CTI]) == 0
+    out = capsys.readouterr().out
+    assert out.count("genicam") == 3 and "serial=1" in out
+
+
+def test_camera_timestamps_where_the_device_has_none_fail_loudly():
+    with viky(timestamps="camera") as cam:
+        assert cam.info.camera_clock is True
+        cam.start()
+        with pytest.raises(DeviceError, match="timestamps = .host"):
+            cam.read(timeout_s=2.0)
