@@ -93,7 +93,7 @@ def bench_sorting(seconds: float = 5.0, fps: float = 10_000.0, cells_per_second:
                                    "synthetic.duration_s": seconds, "synthetic.cells_per_second": cells_per_second},
                            model={"path": model or "demo"},
                            sorting={"mode": "yield", "threshold": 0.0, "reject_flags": []},
-                           trigger={"backend": "serial", "serial.port": port},
+                           trigger={"backend": "serial", "serial.port": port, "serial.compensate_transmission": False},
                            output={"folder": tmp, "sample": "bench"}, daemon={"log_file": ""})
         res = {"offered_fps": fps, "offered_cells_per_s": cells_per_second, "trigger": f"serial {port}"}
         res.update(_run(cfg, Path(tmp), timeout_s=seconds * 4 + 60))

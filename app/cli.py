@@ -100,6 +100,7 @@ BENCHES: dict[str, str] = {
     "recording": "acquisition.recording:bench_recording",
     "inference": "inference.bench:bench_inference",
     "sorting": "app.bench:bench_sorting",
+    "trigger": "hardware.bench:bench_serial_jitter",
     "pipeline": "app.bench:bench_pipeline",
     "camera": "acquisition.bench:bench_camera",
     "gui": "app.gui.bench:bench_gui",

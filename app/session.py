@@ -166,7 +166,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
         if trigger and classifier is not None:
             from hardware.trigger import make_trigger
 
-            trig = make_trigger(cfg.trigger.backend, cfg.trigger.backend_settings(), camera=cam)
+            trig = make_trigger(cfg.trigger.backend, cfg.trigger.backend_settings(), cfg.trigger.timing, camera=cam)
             trig.open()
             opened.append(trig)
         writer = None

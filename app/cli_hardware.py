@@ -1,0 +1,173 @@
+"""``mimlsort trigger``: list sort-trigger outputs and test-fire one (wiring checks at the setup).
+
+    mimlsort trigger list
+    mimlsort trigger test --device serial --set port=/dev/ttyACM0 --count 5 --width 1000
+    mimlsort trigger test --device serial --emulate          # against the device emulator
+    mimlsort trigger test --device visa --set resource=USB0::0x0957::0x2C07::MY123::INSTR
+    mimlsort trigger test --device camera-line --camera basler --set line=Line2
+
+Only argparse/stdlib at import time; everything else is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _value(text: str):
+    """A --set value as TOML would read it: true/false, integer, float, else a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _settings(pairs: list[str]) -> dict:
+    from mimlsort.errors import ConfigError
+
+    out = {}
+    for p in pairs or []:
+        key, sep, val = p.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", f"expected KEY=VALUE, got {p!r}")
+        out[key.strip()] = _value(val.strip())
+    return out
+
+
+def cmd_trigger_list(args: argparse.Namespace) -> int:
+    import importlib
+
+    from hardware.trigger import TRIGGERS
+
+    sdk = {"serial": ("serial", "install mimlsort[serial]"), "visa": ("pyvisa", "install mimlsort[visa]"),
+           "nidaqmx": ("nidaqmx", "install NI-DAQmx and `pip install nidaqmx`")}
+    print("backends:")
+    for name, target in TRIGGERS.items():
+        state = "ready"
+        if name in sdk:
+            module, hint = sdk[name]
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                state = f"needs {module}: {hint}"
+        print(f"  {name:<12} {target:<44} {state}")
+    try:
+        from serial.tools import list_ports
+
+        ports = list(list_ports.comports())
+        print("serial ports:" if ports else "serial ports: none found")
+        for p in ports:
+            print(f"  {p.device:<20} {p.description}")
+    except ImportError:
+        pass
+    try:
+        import pyvisa
+
+        rm = pyvisa.ResourceManager()
+        try:
+            res = rm.list_resources()
+        finally:
+            rm.close()
+        print("VISA resources:" if res else "VISA resources: none found")
+        for r in res:
+            print(f"  {r}")
+    except Exception as err:  # no VISA library is a normal state on many machines
+        print(f"VISA resources: not available ({err.__class__.__name__})")
+    return 0
+
+
+def cmd_trigger_test(args: argparse.Namespace) -> int:
+    import contextlib
+    import time
+
+    from hardware.timing import TimingSettings
+    from hardware.trigger import make_trigger
+    from mimlsort.errors import ConfigError
+
+    settings = _settings(args.set)
+    timing = TimingSettings(pulse_width_us=args.width, min_lead_us=min(300.0, args.delay / 2))
+    if args.config is not None:  # the trigger a run configuration would use, --set on top
+        from dataclasses import replace
+
+        from app.config import load_config
+
+        cfg = load_config(args.config).trigger
+        args.device = args.device or cfg.backend
+        if args.device == cfg.backend:
+            settings = {**cfg.table, **settings}
+        timing = replace(cfg.timing, pulse_width_us=args.width, min_lead_us=min(cfg.timing.min_lead_us, args.delay / 2))
+    if not args.device:
+        raise ConfigError("--device", "name a trigger backend (or give --config RUN.toml)")
+    resources = {}
+    with contextlib.ExitStack() as stack:
+        if args.emulate:
+            if args.device != "serial":
+                raise ConfigError("--emulate", "only the serial trigger has an emulator")
+            import tempfile
+
+            from hardware.bench import _emulator_module
+
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mimlsort-trigger-"))
+            emu = stack.enter_context(_emulator_module().emulated_port(Path(tmp) / "device.tsv"))
+            settings = {"compensate_transmission": False, **settings, "port": emu.port}
+            print(f"device emulator on {emu.port}")
+        if args.device == "camera-line":
+            from acquisition.camera import make_camera
+
+            resources = {"camera": stack.enter_context(make_camera(args.camera))}
+        trig = stack.enter_context(make_trigger(args.device, settings or None, timing, **resources))
+        print(f"opened {trig.device}")
+        records = []
+        for i in range(args.count):
+            if i:
+                time.sleep(args.interval)
+            rec = trig.test_fire(args.width, args.delay)
+            records.append(rec)
+            state = "sent" if rec.ok else ("LATE" if rec.late else "FAILED")
+            print(f"pulse {i + 1}/{args.count}: {state}  delay {rec.delay_us:.0f} µs  width {rec.width_us:g} µs"
+                  + (f"  ({rec.error})" if rec.error else ""))
+        acks = []
+        if trig.acks:
+            deadline = time.monotonic() + args.delay / 1e6 + args.width / 1e6 + 1.0
+            while len(acks) < sum(r.ok for r in records) and time.monotonic() < deadline:
+                acks += trig.drain_acks()
+                time.sleep(0.01)
+            clock = getattr(trig, "clock", None) if getattr(trig.settings, "mode", "") == "clock" else None
+            for a, rec in zip(acks, [r for r in records if r.ok]):
+                line = f"ack: device time {a.device_time_us} µs"
+                if clock is not None:  # the edge on the host clock, against the requested time
+                    line += f" (edge {(clock.to_host_ns(a.device_time_us) - rec.scheduled_ns) / 1000:+.0f} µs from requested)"
+                print(line)
+        if hasattr(trig, "device_status") and trig.available:
+            print(f"device status: {trig.device_status()}")
+        st = trig.status()
+        print(f"status: fired {st.fired}, late {st.late}, failed {st.failed}, acked {st.acked}, "
+              f"device errors {st.device_errors}, late on the device {st.device_late}"
+              + (f", last error: {st.error}" if st.error else ""))
+    ok = all(r.ok for r in records) and st.device_errors == 0 and (not trig.acks or len(acks) == len(records))
+    return 0 if ok else 1
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("trigger", help="sort-trigger outputs: list them, test-fire one")
+    sub = p.add_subparsers(dest="trigger_command", required=True)
+    sp = sub.add_parser("list", help="trigger backends, serial ports and VISA resources on this machine")
+    sp.set_defaults(func=cmd_trigger_list)
+    sp = sub.add_parser("test", help="open a trigger and fire test pulses")
+    sp.add_argument("--device", help="backend: null, log, serial, visa, camera-line, nidaqmx (default: --config's)")
+    sp.add_argument("--config", type=Path, metavar="RUN.toml", help="take the trigger and its settings from a run config")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="backend setting, repeatable (e.g. port=/dev/ttyACM0, resource=USB0::…::INSTR)")
+    sp.add_argument("--count", type=int, default=1, help="pulses to fire")
+    sp.add_argument("--interval", type=float, default=0.5, help="seconds between pulses")
+    sp.add_argument("--width", type=float, default=1000.0, help="pulse width (µs)")
+    sp.add_argument("--delay", type=float, default=2000.0, help="delay from command to pulse (µs)")
+    sp.add_argument("--camera", default="basler", help="camera backend whose output line fires (camera-line)")
+    sp.add_argument("--emulate", action="store_true", help="serial: talk to the device emulator on a pseudo-terminal")
+    sp.set_defaults(func=cmd_trigger_test)

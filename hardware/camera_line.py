@@ -1,0 +1,106 @@
+"""``camera-line``: the acquisition camera's own digital output as the sort pulse (GenICam SFNC).
+
+The line is configured once (``LineSelector`` → ``LineMode = Output`` → ``LineSource =
+UserOutputN``) and each pulse toggles ``UserOutputValue`` of ``UserOutputSelector = UserOutputN``
+from a host scheduler thread: a camera cannot delay a user output by itself, so the pulse carries
+the host's timing jitter plus one feature write (≈ 0.1–1 ms over GigE/USB3). Use it where that
+is good enough or no other output exists.
+
+The camera backend provides ``set_feature(name, value)`` (and ideally ``get_feature(name)``, so
+the configuration is read back). Feature names follow SFNC; Basler's older cameras number user
+outputs from 1 (``UserOutput1``), SFNC cameras from 0 (``UserOutput0``) — set ``user_output``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hardware.scheduler import PulseScheduler
+from hardware.trigger import Trigger
+from mimlsort.errors import DeviceError
+from mimlsort.settings import require
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CameraLineSettings:
+    line: str = "Line2"  # the output-capable line (opto-isolated out on most Basler ace: Line2)
+    user_output: str = "UserOutput1"
+    invert: bool = False  # LineInverter: active-low actuators
+    reselect: bool = False  # select line/user output before every edge (if other code moves the selectors)
+    spin_us: float = 0.0  # busy-wait the last µs before an edge (host-timing precision vs CPU)
+
+    def __post_init__(self):
+        require(bool(self.line), "line", "must name a line, e.g. Line2")
+        require(bool(self.user_output), "user_output", "must name a user output, e.g. UserOutput1")
+        require(0 <= self.spin_us <= 2000, "spin_us", f"must be in [0, 2000], got {self.spin_us}")
+
+
+class CameraLineTrigger(Trigger):
+    backend = "camera-line"
+    Settings = CameraLineSettings
+    acks = True  # the scheduler acknowledges each rising edge with its host time
+    width_range_us = (100.0, 1_000_000.0)  # below ~100 µs two feature writes cannot make the pulse
+
+    def __init__(self, settings=None, timing=None, *, set_feature: Callable[[str, Any], None] | None = None,
+                 get_feature: Callable[[str], Any] | None = None, camera: Any = None):
+        super().__init__(settings, timing)
+        # the camera backend offers feature access as methods; explicit callables take precedence
+        self._set = set_feature or getattr(camera, "set_feature", None)
+        self._get = get_feature or getattr(camera, "get_feature", None)
+        self._lock = threading.Lock()
+        self._scheduler: PulseScheduler | None = None
+
+    def _do_open(self) -> str:
+        s = self.settings
+        if self._set is None:
+            raise DeviceError("trigger.camera-line: the camera backend offers no set_feature for its output "
+                              "lines (basler and genicam do; open the camera first)")
+        line = [("LineMode", "Output"), ("LineSource", s.user_output)]
+        if s.invert:  # not every camera has LineInverter; only touch it when asked to
+            line.append(("LineInverter", True))
+        wanted = [("LineSelector", s.line), *line, ("UserOutputSelector", s.user_output), ("UserOutputValue", False)]
+        for name, value in wanted:
+            try:
+                self._set(name, value)
+            except Exception as err:
+                raise DeviceError(f"trigger.camera-line: the camera refused {name} = {value!r}: {err}") from err
+        if self._get is not None:
+            self._set("LineSelector", s.line)
+            for name, value in line:
+                got = self._get(name)
+                if got != value:
+                    raise DeviceError(f"trigger.camera-line: {name} reads back {got!r} after setting {value!r}")
+            self._set("UserOutputSelector", s.user_output)
+        self._scheduler = PulseScheduler(self._output, self._on_edge, self._on_error, spin_us=s.spin_us,
+                                         name="trigger-camera-line")
+        self._scheduler.start()
+        return f"camera-line:{s.line}/{s.user_output}"
+
+    def _output(self, level: bool) -> None:
+        with self._lock:
+            if self.settings.reselect:
+                self._set("UserOutputSelector", self.settings.user_output)
+            self._set("UserOutputValue", level)
+
+    def _on_edge(self, event_index: int, host_ns: int) -> None:
+        self._ack(event_index, host_ns // 1000, host_ns)
+
+    def _on_error(self, err: Exception) -> None:
+        self._set_unavailable(f"camera output failed: {type(err).__name__}: {err}")
+
+    def _do_fire(self, event_index: int, fire_at_ns: int, width_us: float) -> tuple[int, float]:
+        self._scheduler.schedule(event_index, fire_at_ns, width_us)
+        now = time.monotonic_ns()
+        return now, (fire_at_ns - now) / 1000.0
+
+    def _do_close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.stop()  # leaves the line low
+            self._scheduler = None

@@ -1,0 +1,82 @@
+"""Outputs for dry runs: ``null`` counts only, ``log`` writes every pulse with its times."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from hardware.trigger import Trigger
+from mimlsort.errors import DeviceError
+
+pulse_log = logging.getLogger("mimlsort.pulses")
+
+
+@dataclass(frozen=True, slots=True)
+class NullSettings:
+    pass
+
+
+class NullTrigger(Trigger):
+    """Accepts every pulse and does nothing: the run decides and records as if it sorted."""
+
+    backend = "null"
+    Settings = NullSettings
+
+    def _do_open(self) -> str:
+        return "null"
+
+    def _do_fire(self, event_index: int, fire_at_ns: int, width_us: float) -> tuple[int, float]:
+        now = time.monotonic_ns()
+        return now, (fire_at_ns - now) / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    path: str = ""  # tab-separated pulse log; "" logs to the "mimlsort.pulses" logger at INFO
+    flush_s: float = 1.0  # the file is flushed at least this often while pulses come
+
+
+class LogTrigger(Trigger):
+    """Writes one line per pulse: event index, fire time, time sent, delay and width."""
+
+    backend = "log"
+    Settings = LogSettings
+    HEADER = "event_index\tscheduled_ns\tsent_ns\tdelay_us\twidth_us\n"
+
+    def __init__(self, settings=None, timing=None):
+        super().__init__(settings, timing)
+        self._file: IO[str] | None = None
+        self._last_flush = 0.0
+
+    def _do_open(self) -> str:
+        if not self.settings.path:
+            return "log:mimlsort.pulses"
+        path = Path(self.settings.path)
+        try:
+            self._file = path.open("w", encoding="utf-8")
+        except OSError as err:
+            raise DeviceError(f"trigger.log.path: cannot write {path}: {err}") from err
+        self._file.write(self.HEADER)
+        return f"log:{path}"
+
+    def _do_fire(self, event_index: int, fire_at_ns: int, width_us: float) -> tuple[int, float]:
+        now = time.monotonic_ns()
+        delay_us = (fire_at_ns - now) / 1000.0
+        line = f"{event_index}\t{fire_at_ns}\t{now}\t{delay_us:.1f}\t{width_us:g}"
+        if self._file is None:
+            pulse_log.info(line)
+        else:
+            self._file.write(line + "\n")
+            t = time.monotonic()
+            if t - self._last_flush >= self.settings.flush_s:
+                self._file.flush()
+                self._last_flush = t
+        return now, delay_us
+
+    def _do_close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

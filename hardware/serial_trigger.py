@@ -1,0 +1,310 @@
+"""``serial``: a microcontroller that times each pulse itself (hardware/firmware/PROTOCOL.md).
+
+The host writes ``FIRE <id> <delay_us> <width_us>`` and returns at once; the device counts the
+delay on its own clock from the moment the line arrived, so the host's scheduling jitter after
+the write does not reach the pulse. A reader thread collects ``ACK``/``ERR`` lines. The delay
+sent is the time left to the fire time minus the line's transmission time at the configured baud
+rate and the configured link latency.
+
+``mode = "clock"`` sends ``FIREAT <id> <device_us> <width_us>`` instead: the fire time on the
+device's own clock, which the host relates to its clock through ``TIME`` round trips
+(:class:`hardware.timing.DeviceClock`). Then neither a host stall between deciding and writing
+nor the transport's jitter (a full-speed USB serial bridge delivers in 1 ms frames) moves the
+pulse, as long as the command arrives before its time; the price is the clock map's error (half
+the shortest round trip, plus drift between syncs).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from hardware.timing import DeviceClock
+from hardware.trigger import Trigger
+from mimlsort.errors import BackendUnavailable, DeviceError
+from mimlsort.settings import require
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+U32 = 1 << 32
+MAX_DELAY_US = 10_000_000
+
+
+def _serial():
+    try:
+        import serial
+    except ImportError as err:
+        raise BackendUnavailable("the serial trigger needs pyserial: install mimlsort[serial]") from err
+    return serial
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSettings:
+    port: str = ""  # e.g. /dev/ttyACM0, COM3
+    baudrate: int = 115200
+    handshake_timeout_s: float = 3.0  # boards reset when the port opens; the bootloader takes ~2 s
+    write_timeout_s: float = 0.05  # a device that stops reading makes fire() fail, not hang
+    link_latency_us: float = 0.0  # constant transport latency subtracted from every delay (USB frame)
+    compensate_transmission: bool = True  # subtract bytes × 10 / baud from the delay (real UARTs)
+    mode: str = "delay"  # delay: FIRE <delay>; clock: FIREAT <device time>, clocks related through TIME
+    sync_interval_s: float = 0.25  # clock mode: a TIME round trip at most this often
+
+    def __post_init__(self):
+        require(self.baudrate > 0, "baudrate", f"must be > 0, got {self.baudrate}")
+        require(self.handshake_timeout_s > 0, "handshake_timeout_s", f"must be > 0, got {self.handshake_timeout_s}")
+        require(self.write_timeout_s > 0, "write_timeout_s", f"must be > 0, got {self.write_timeout_s}")
+        require(math.isfinite(self.link_latency_us) and self.link_latency_us >= 0, "link_latency_us",
+                f"must be >= 0, got {self.link_latency_us}")
+        require(self.mode in ("delay", "clock"), "mode", f"must be delay or clock, got {self.mode!r}")
+        require(self.sync_interval_s > 0, "sync_interval_s", f"must be > 0, got {self.sync_interval_s}")
+
+
+class SerialTrigger(Trigger):
+    backend = "serial"
+    Settings = SerialSettings
+    acks = True
+    width_range_us = (1.0, 1_000_000.0)
+
+    def __init__(self, settings=None, timing=None):
+        super().__init__(settings, timing)
+        self._port = None
+        self._fd: int | None = None
+        self._reader: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._write_lock = threading.Lock()
+        self._replies: queue.Queue[str] = queue.Queue()
+        self._ids: dict[int, int] = {}  # protocol id (mod 2**32) -> event index, while unacknowledged
+        self._byte_us = 10e6 / self.settings.baudrate if self.settings.compensate_transmission else 0.0
+        self.firmware = ""
+        self.clock = DeviceClock()  # clock mode: host ns <-> the device's micros()
+        self._clock_lock = threading.Lock()  # the reader thread adds samples, the sort thread maps
+        self._time_sent: collections.deque[int] = collections.deque()  # send times of TIMEs in flight
+        self._next_sync_ns = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _do_open(self) -> str:
+        s = self.settings
+        serial = _serial()
+        if not s.port:
+            raise DeviceError("trigger.serial.port: no port given (e.g. /dev/ttyACM0 or COM3)")
+        try:
+            port = serial.Serial(s.port, s.baudrate, timeout=0.05, write_timeout=s.write_timeout_s)
+        except (serial.SerialException, OSError, ValueError) as err:
+            raise DeviceError(f"trigger.serial.port: cannot open {s.port}: {err}") from err
+        try:
+            port.reset_input_buffer()
+            self.firmware = self._handshake(port)
+            port.write(b"ARM\n")
+            if not self._expect(port, "OK ARM", 1.0):
+                raise DeviceError(f"{s.port}: the device did not confirm ARM within 1 s")
+            if s.mode == "clock":
+                self._initial_sync(port)
+        except (serial.SerialException, OSError) as err:
+            port.close()
+            raise DeviceError(f"trigger.serial.port: {s.port} failed during the handshake: {err}") from err
+        except BaseException:
+            port.close()
+            raise
+        self._ids.clear()
+        self._port = port
+        self._fd = port.fd if isinstance(getattr(port, "fd", None), int) else None
+        self._stopping.clear()
+        self._reader = threading.Thread(target=self._read_loop, name=f"trigger-serial-{s.port}", daemon=True)
+        self._reader.start()
+        return f"serial:{s.port} ({self.firmware})"
+
+    def _handshake(self, port) -> str:
+        deadline = time.monotonic() + self.settings.handshake_timeout_s
+        while time.monotonic() < deadline:
+            port.write(b"ID\n")
+            line = self._expect(port, "ID ", min(0.25, max(0.0, deadline - time.monotonic())))
+            if line:
+                words = line.split()
+                if len(words) < 3 or words[1] != "mimlsort-trigger":
+                    raise DeviceError(f"{self.settings.port}: not a mimlsort trigger (it says {line!r})")
+                if words[2] != str(PROTOCOL):
+                    raise DeviceError(f"{self.settings.port}: the device speaks protocol {words[2]}, this host "
+                                      f"speaks {PROTOCOL}; load hardware/firmware/mimlsort_trigger onto it")
+                return " ".join(words[1:])
+        raise DeviceError(f"{self.settings.port}: no answer to ID within {self.settings.handshake_timeout_s:g} s — "
+                          "is the mimlsort_trigger sketch loaded and the port right?")
+
+    def _initial_sync(self, port, rounds: int = 16) -> None:
+        self.clock = DeviceClock()
+        self._time_sent.clear()
+        for _ in range(rounds):
+            t0 = time.monotonic_ns()
+            port.write(b"TIME\n")
+            line = self._expect(port, "TIME ", 1.0)
+            t1 = time.monotonic_ns()
+            words = line.split()
+            if len(words) != 2 or not words[1].isdigit():
+                raise DeviceError(f"{self.settings.port}: no answer to TIME — mode = \"clock\" needs firmware "
+                                  "that knows TIME/FIREAT (hardware/firmware/mimlsort_trigger)")
+            self.clock.add(t0, int(words[1]), t1)
+        self._next_sync_ns = time.monotonic_ns() + round(self.settings.sync_interval_s * 1e9)
+
+    @staticmethod
+    def _expect(port, prefix: str, timeout_s: float) -> str:
+        """Read lines until one starts with ``prefix`` (returned) or the timeout passes ("")."""
+        deadline = time.monotonic() + timeout_s
+        buf = b""
+        while time.monotonic() < deadline:
+            buf += port.read(max(1, port.in_waiting))
+            while b"\n" in buf:
+                raw, buf = buf.split(b"\n", 1)
+                line = raw.decode("ascii", "replace").strip()
+                if line.startswith(prefix):
+                    return line
+                if line:
+                    log.debug("serial trigger handshake: ignoring %r", line)
+        return ""
+
+    def _do_close(self) -> None:
+        self._stopping.set()
+        port, self._port, self._fd = self._port, None, None
+        if port is None:
+            return
+        try:
+            if self.available:
+                with self._write_lock:
+                    port.write(b"DISARM\n")
+        except Exception as err:  # closing a broken port is best effort
+            log.debug("serial trigger: DISARM on close failed: %s", err)
+        try:
+            port.cancel_read()
+        except Exception:
+            pass
+        if self._reader is not None:
+            self._reader.join(2.0)
+            self._reader = None
+        port.close()
+
+    # -- the sort path ---------------------------------------------------------------------------
+    def _do_fire(self, event_index: int, fire_at_ns: int, width_us: float) -> tuple[int, float]:
+        ident = event_index % U32
+        width = max(1, round(width_us))
+        now = time.monotonic_ns()
+        if self.settings.mode == "clock":
+            with self._clock_lock:
+                due = self.clock.to_device_us(fire_at_ns)
+            cmd = f"FIREAT {ident} {due} {width}\n"
+            delay = (fire_at_ns - now) / 1000.0  # what the device will count, for the record
+            if now >= self._next_sync_ns:  # piggyback a clock sample on this write
+                cmd += "TIME\n"
+                self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
+                self._time_sent.append(now)
+        else:
+            left_us = (fire_at_ns - now) / 1000.0 - self.settings.link_latency_us
+            delay = max(0, min(MAX_DELAY_US, int(left_us)))
+            cmd = f"FIRE {ident} {delay} {width}\n"
+            if self._byte_us:  # the device starts counting when the last byte is in
+                delay = max(0, int(left_us - len(cmd) * self._byte_us))
+                cmd = f"FIRE {ident} {delay} {width}\n"
+            delay = float(delay)
+        self._ids[ident] = event_index
+        data = cmd.encode()
+        with self._write_lock:
+            if self._fd is None:
+                self._port.write(data)
+            else:
+                # POSIX: one non-blocking write(2); pyserial's write adds a select(2) per call,
+                # a second syscall and GIL round trip on the sort path
+                try:
+                    n = os.write(self._fd, data)
+                except BlockingIOError:
+                    n = 0
+                if n < len(data):  # the device is not reading: wait at most write_timeout_s
+                    self._port.write(data[n:])
+        return time.monotonic_ns(), delay
+
+    def _do_poll(self) -> None:
+        """Clock mode: keep the clocks related while no cells are fired."""
+        now = time.monotonic_ns()
+        if self.settings.mode == "clock" and now >= self._next_sync_ns and self._port is not None:
+            self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
+            with self._write_lock:
+                self._time_sent.append(time.monotonic_ns())
+                self._port.write(b"TIME\n")
+
+    def _forget(self, event_indices: list[int]) -> None:
+        for idx in event_indices:
+            self._ids.pop(idx % U32, None)
+
+    # -- device replies --------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        port = self._port
+        buf = b""
+        try:
+            while not self._stopping.is_set():
+                data = port.read(max(1, port.in_waiting))
+                if not data:
+                    continue
+                host_ns = time.monotonic_ns()
+                buf += data
+                while b"\n" in buf:
+                    raw, buf = buf.split(b"\n", 1)
+                    self._handle(raw.decode("ascii", "replace").strip(), host_ns)
+        except Exception as err:  # the port went away under us
+            if not self._stopping.is_set():
+                self._set_unavailable(f"serial port {self.settings.port} lost: {err}")
+
+    def _handle(self, line: str, host_ns: int) -> None:
+        words = line.split(maxsplit=3)
+        if not words:
+            return
+        if words[0] == "ACK" and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+            ident = int(words[1])
+            self._ack(self._ids.pop(ident, ident), int(words[2]), host_ns)
+        elif words[0] == "ERR":
+            text = line[4:]
+            rest = line.split(maxsplit=2)
+            if len(rest) == 3 and rest[2].startswith("id="):
+                ident_txt = rest[2][3:].split(maxsplit=1)[0]
+                if ident_txt.isdigit() and rest[1] in ("3", "4"):  # that pulse will never come
+                    idx = self._ids.pop(int(ident_txt), int(ident_txt))
+                    with self._pending_lock:
+                        self._pending.pop(idx, None)
+                    self.failed += 1
+            if len(rest) > 1 and rest[1] == "6":  # fired, but later than the device's own tolerance
+                self.device_late += 1
+                log.warning("serial trigger %s: %s", self.device, text)
+            else:
+                self._device_error(f"device error {text}")
+        elif words[0] == "TIME" and len(words) == 2 and words[1].isdigit() and self._time_sent:
+            t0 = self._time_sent.popleft()
+            with self._clock_lock:
+                self.clock.add(t0, int(words[1]), host_ns)
+        elif words[0] == "READY":
+            # the board rebooted (brown-out, watchdog, someone opened the port): it is disarmed now
+            self._set_unavailable(f"{self.settings.port}: the device restarted; reconnect to re-arm it")
+        else:
+            self._replies.put(line)
+
+    def query(self, command: str, prefix: str, timeout_s: float = 1.0) -> str:
+        """Send a command that has a reply (STATUS, ID) and return the reply line."""
+        while not self._replies.empty():
+            self._replies.get_nowait()
+        with self._write_lock:
+            self._port.write(command.encode() + b"\n")
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._replies.get(timeout=left)
+            except queue.Empty:
+                break
+            if line.startswith(prefix):
+                return line
+        raise DeviceError(f"{self.settings.port}: no {prefix.strip()} reply within {timeout_s:g} s")
+
+    def device_status(self) -> dict[str, int]:
+        """The device's own STATUS: armed, queued, fired, errors, device_us."""
+        words = self.query("STATUS", "STATUS ").split()
+        return dict(zip(("armed", "queued", "fired", "errors", "device_us"), map(int, words[1:6])))

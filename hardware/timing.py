@@ -1,0 +1,260 @@
+"""When to fire: the fire time of a cell on the host clock, and the camera-clock → host-clock map.
+
+All times are integers in nanoseconds of the host's ``time.monotonic_ns()`` clock unless a name
+says otherwise. The tracker measures a cell's exit from the constriction on the camera's clock
+(when the camera has one); :class:`ClockMap` maps it to the host clock, and :func:`fire_time_ns`
+adds the travel time to the sort junction and the operator's offset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mimlsort.errors import StateError
+from mimlsort.settings import require
+
+
+@dataclass(frozen=True, slots=True)
+class TimingSettings:
+    distance_to_junction_um: float = 200.0  # from the constriction exit to the sort junction
+    offset_us: float = 0.0  # added to every fire time (calibrates actuator and camera latency)
+    pulse_width_us: float = 1000.0  # width of the sort pulse
+    min_lead_us: float = 300.0  # a fire time closer than this to "now" is late and not fired
+    default_velocity_mm_s: float = 10.0  # used when the cell's own velocity is unknown
+    max_delay_us: float = 5_000_000.0  # a fire time further ahead than this is refused (clock error)
+
+    def __post_init__(self):
+        require(math.isfinite(self.distance_to_junction_um) and self.distance_to_junction_um >= 0,
+                "distance_to_junction_um", f"must be >= 0, got {self.distance_to_junction_um}")
+        require(math.isfinite(self.offset_us), "offset_us", f"must be finite, got {self.offset_us}")
+        require(0 < self.pulse_width_us <= 1_000_000, "pulse_width_us",
+                f"must be in (0, 1000000] µs, got {self.pulse_width_us}")
+        require(self.min_lead_us >= 0, "min_lead_us", f"must be >= 0, got {self.min_lead_us}")
+        require(math.isfinite(self.default_velocity_mm_s) and self.default_velocity_mm_s > 0,
+                "default_velocity_mm_s", f"must be > 0, got {self.default_velocity_mm_s}")
+        require(self.min_lead_us < self.max_delay_us <= 2_000_000_000, "max_delay_us",
+                f"must be in (min_lead_us, 2e9] µs, got {self.max_delay_us}")
+
+
+def travel_ns(velocity_mm_s: float, settings: TimingSettings) -> int:
+    """Time the cell needs from the constriction exit to the junction; unknown speeds use the default."""
+    v = velocity_mm_s
+    if not (v > 0 and math.isfinite(v)):  # NaN, 0, negative, inf: the cell's speed is not known
+        v = settings.default_velocity_mm_s
+    # µm / (mm/s) = µm / (µm/ms) = ms  ->  × 1e6 ns
+    return round(settings.distance_to_junction_um / v * 1e6)
+
+
+def fire_time_ns(exit_host_ns: int, velocity_mm_s: float, settings: TimingSettings) -> int:
+    """Host monotonic time at which to fire for a cell that left the constriction at ``exit_host_ns``."""
+    return int(exit_host_ns) + travel_ns(velocity_mm_s, settings) + round(settings.offset_us * 1000.0)
+
+
+class ClockMap:
+    """Fits ``host = slope * camera + offset`` over the most recent frames, robust to late arrivals.
+
+    A frame's host time is its camera time plus a transfer latency that is never negative and
+    varies (USB/GigE bursts, a busy GIL). An ordinary least-squares line would carry the mean
+    latency *and* be tilted by late outliers; instead the map fits the lower envelope: the window
+    is cut into ``segments`` runs of frames in time order, the sample with the smallest residual
+    of each run is kept, and a line is fitted through those points (twice, so the residuals of the
+    second pass are taken against the first fit's slope). The constant part of the latency that
+    remains (exposure to readout) is calibrated with :attr:`TimingSettings.offset_us`.
+
+    Feed it from the thread that owns the frames (``add``/``add_many`` per batch); ``to_host_ns``
+    refits lazily when samples arrived since the last fit. Not thread-safe by design: one owner.
+    """
+
+    def __init__(self, window: int = 512, segments: int = 8):
+        require(window >= 2, "window", f"must be >= 2, got {window}")
+        require(2 <= segments <= window, "segments", f"must be in [2, window], got {segments}")
+        self.window = window
+        self.segments = segments
+        self._cam = np.zeros(window, np.int64)
+        self._host = np.zeros(window, np.int64)
+        self._n = 0  # samples held (≤ window)
+        self._head = 0  # next slot to write
+        self._dirty = False
+        self._slope = 1.0
+        self._offset = 0.0  # host - slope * (camera - ref), in ns
+        self._ref = 0  # camera time the fit is centred on (keeps float64 precise for ns clocks)
+        self.resets = 0  # times the camera clock went backwards and the window was restarted
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def add(self, camera_ns: int, host_ns: int) -> None:
+        if self._n and camera_ns <= self._cam[(self._head - 1) % self.window]:
+            # the camera clock restarted (camera reopened, timestamp latch reset): old pairs are void
+            self.reset()
+            self.resets += 1
+        self._cam[self._head] = camera_ns
+        self._host[self._head] = host_ns
+        self._head = (self._head + 1) % self.window
+        self._n = min(self._n + 1, self.window)
+        self._dirty = True
+
+    def add_many(self, camera_ns: np.ndarray, host_ns: np.ndarray) -> None:
+        """A batch of (camera, host) pairs in frame order (vectorised; per batch, not per frame)."""
+        cam = np.asarray(camera_ns, np.int64)
+        host = np.asarray(host_ns, np.int64)
+        if cam.shape != host.shape or cam.ndim != 1:
+            raise ValueError(f"camera_ns and host_ns must be 1-d and alike, got {cam.shape} and {host.shape}")
+        if cam.size == 0:
+            return
+        last = self._cam[(self._head - 1) % self.window] if self._n else None
+        if (last is not None and cam[0] <= last) or (cam.size > 1 and np.any(np.diff(cam) <= 0)):
+            for c, h in zip(cam.tolist(), host.tolist()):  # a clock restart inside: the careful path
+                self.add(c, h)
+            return
+        k = min(cam.size, self.window)  # older samples of a long batch would be overwritten anyway
+        idx = (self._head + np.arange(k)) % self.window
+        self._cam[idx] = cam[-k:]
+        self._host[idx] = host[-k:]
+        self._head = int((self._head + k) % self.window)
+        self._n = min(self._n + k, self.window)
+        self._dirty = True
+
+    def reset(self) -> None:
+        self._n = 0
+        self._head = 0
+        self._dirty = False
+        self._slope, self._offset, self._ref = 1.0, 0.0, 0
+
+    def _samples(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._n < self.window:
+            return self._cam[: self._n], self._host[: self._n]
+        order = np.r_[self._head : self.window, 0 : self._head]
+        return self._cam[order], self._host[order]
+
+    def _fit(self) -> None:
+        cam, host = self._samples()
+        ref = int(cam[-1])
+        x = (cam - ref).astype(np.float64)
+        y = (host - ref).astype(np.float64)
+        if len(x) == 1:
+            self._slope, self._offset, self._ref = 1.0, float(y[0] - x[0]), ref
+            self._dirty = False
+            return
+        slope = self._slope if self._n > 2 else 1.0
+        segs = min(self.segments, len(x))
+        bounds = np.linspace(0, len(x), segs + 1).astype(np.int64)
+        for _ in range(2):
+            r = y - slope * x
+            idx = np.array([lo + int(np.argmin(r[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
+            xs, ys = x[idx], y[idx]
+            if np.ptp(xs) <= 0:
+                break
+            slope, _ = np.polyfit(xs, ys, 1)
+        self._slope, self._ref = float(slope), ref
+        self._offset = float(np.mean(ys - slope * xs))
+        self._dirty = False
+
+    @property
+    def slope(self) -> float:
+        if self._dirty:
+            self._fit()
+        return self._slope
+
+    def to_host_ns(self, camera_ns: int) -> int:
+        """The host monotonic time of camera time ``camera_ns``."""
+        if self._n == 0:
+            raise StateError("ClockMap has no samples yet: add (camera, host) pairs from frames first")
+        if self._dirty:
+            self._fit()
+        return self._ref + round(self._slope * (camera_ns - self._ref) + self._offset)
+
+    def latency_us(self) -> tuple[float, float]:
+        """Median and 99th percentile of host arrival minus mapped time over the window (µs)."""
+        if self._n == 0:
+            return math.nan, math.nan
+        if self._dirty:
+            self._fit()
+        cam, host = self._samples()
+        mapped = self._ref + self._slope * (cam - self._ref).astype(np.float64) + self._offset
+        lat = (host - mapped) / 1000.0
+        return float(np.median(lat)), float(np.percentile(lat, 99))
+
+
+class DeviceClock:
+    """Maps host monotonic ns to a device's wrapping µs counter, from request/reply round trips.
+
+    NTP-style: the host notes when it sent ``TIME`` (``t0``) and when the reply arrived (``t1``);
+    the device read its clock somewhere in between, so the midpoint is off by at most half the
+    round trip. Each of ``segments`` runs of samples contributes its shortest round trip, and
+    the rate is fitted only once those span ``min_span_s`` (a resonator-clocked board runs up to
+    0.5 % fast or slow; a short baseline would estimate that worse than assuming it nominal).
+    """
+
+    def __init__(self, window: int = 64, segments: int = 8, bits: int = 32, min_span_s: float = 2.0):
+        require(window >= 2, "window", f"must be >= 2, got {window}")
+        self.window = window
+        self.segments = segments
+        self.modulus = 1 << bits
+        self.min_span_ns = round(min_span_s * 1e9)
+        self._d: list[int] = []  # unwrapped device µs
+        self._mid: list[int] = []  # host ns at the round trip's midpoint
+        self._rtt: list[int] = []
+        self._wraps = 0
+        self._last_raw: int | None = None
+        self._fit: tuple[float, float, int, int] | None = None  # (ns per µs, offset ns, d_ref, error bound ns)
+
+    @property
+    def n(self) -> int:
+        return len(self._d)
+
+    def add(self, t0_ns: int, device_us: int, t1_ns: int) -> None:
+        if self._last_raw is not None and device_us < self._last_raw - self.modulus // 2:
+            self._wraps += 1  # the counter wrapped (every 71.6 min for 32-bit µs)
+        self._last_raw = device_us
+        self._d.append(device_us + self._wraps * self.modulus)
+        self._mid.append((t0_ns + t1_ns) // 2)
+        self._rtt.append(t1_ns - t0_ns)
+        if len(self._d) > self.window:
+            del self._d[0], self._mid[0], self._rtt[0]
+        self._fit = None
+
+    def _refit(self) -> tuple[float, float, int, int]:
+        d = np.asarray(self._d, np.int64)
+        mid = np.asarray(self._mid, np.int64)
+        rtt = np.asarray(self._rtt, np.int64)
+        bounds = np.linspace(0, len(d), min(self.segments, len(d)) + 1).astype(np.int64)
+        idx = np.array([lo + int(np.argmin(rtt[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
+        ref = int(d[-1])
+        x = (d[idx] - ref).astype(np.float64)
+        y = mid[idx].astype(np.float64)
+        if len(idx) >= 2 and (mid[idx].max() - mid[idx].min()) >= self.min_span_ns:
+            rate, offset = np.polyfit(x, y, 1)
+            bound = int(rtt[idx].max() // 2)
+        else:
+            best = int(np.argmin(rtt))  # nominal rate: the single most certain sample sets the offset
+            rate, offset = 1000.0, float(mid[best] - 1000.0 * (d[best] - ref))
+            bound = int(rtt[best] // 2)
+        self._fit = (float(rate), float(offset), ref, bound)
+        return self._fit
+
+    @property
+    def error_bound_ns(self) -> int:
+        """Half the round trip of the samples the map rests on (exact bound when rates are equal)."""
+        return (self._fit or self._refit())[3]
+
+    def to_device_us(self, host_ns: int) -> int:
+        """The device's counter value (wrapped) at host time ``host_ns``."""
+        if not self._d:
+            raise StateError("DeviceClock has no TIME samples yet")
+        rate, offset, ref, _ = self._fit or self._refit()
+        return (ref + round((host_ns - offset) / rate)) % self.modulus
+
+    def to_host_ns(self, device_us: int) -> int:
+        """The host time of device counter value ``device_us`` (taken as the nearest to the last sample)."""
+        if not self._d:
+            raise StateError("DeviceClock has no TIME samples yet")
+        rate, offset, ref, _ = self._fit or self._refit()
+        delta = (device_us - ref) % self.modulus
+        if delta >= self.modulus // 2:
+            delta -= self.modulus
+        return round(offset + rate * delta)

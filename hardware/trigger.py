@@ -1,0 +1,332 @@
+"""The sort-trigger contract every output implements, its records, and the registry of backends.
+
+Template-method style, like :mod:`acquisition.camera`: the public methods check state, time,
+count and log; a backend implements ``_do_open``, ``_do_fire`` and ``_do_close`` (and optionally
+``_do_poll`` for device state read by ``status()``, ``_forget`` for acks that never came). A
+trigger is a context manager.
+
+The one rule of the sort path: :meth:`Trigger.fire` never raises and never waits on anything
+but the write itself. A device that fails mid-run turns into records with ``ok=False`` and the
+error, ``available`` goes False, the error is logged once and shown by :meth:`Trigger.status`;
+the run goes on deciding (the pipeline records those cells as "trigger unavailable").
+:meth:`Trigger.reconnect` tries to bring the device back.
+
+Times are host ``time.monotonic_ns()``; delays and widths are µs.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import inspect
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from hardware.timing import TimingSettings, fire_time_ns
+from mimlsort.errors import BackendUnavailable, ConfigError, StateError
+from mimlsort.settings import from_mapping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FireRequest:
+    """Fire a pulse of ``width_us`` at host time ``fire_at_ns`` for cell ``event_index``.
+
+    Not validated on construction (it is built per cell on the sort path); :meth:`Trigger.fire`
+    turns a bad request into a failed record.
+    """
+
+    event_index: int
+    fire_at_ns: int
+    width_us: float
+
+    @classmethod
+    def for_cell(cls, event_index: int, exit_host_ns: int, velocity_mm_s: float,
+                 timing: TimingSettings) -> "FireRequest":
+        """The request for a cell that left the constriction at ``exit_host_ns`` (host clock)."""
+        return cls(event_index, fire_time_ns(exit_host_ns, velocity_mm_s, timing), timing.pulse_width_us)
+
+
+@dataclass(frozen=True, slots=True)
+class FireRecord:
+    """What happened to one request: the audit trail stored with the cell.
+
+    ``scheduled_ns`` is the requested fire time, ``sent_ns`` when the command left the host (0
+    if it never did), ``delay_us`` the delay handed to the device (device-timed outputs) or to
+    the host scheduler. ``late``: the fire time was closer than ``min_lead_us`` to now, nothing
+    was sent. ``ok``: the command was handed over; the device's confirmation arrives later as an
+    :class:`Ack`.
+    """
+
+    event_index: int
+    scheduled_ns: int
+    sent_ns: int
+    delay_us: float
+    width_us: float
+    late: bool
+    ok: bool
+    error: str
+    device: str
+
+    @property
+    def unavailable(self) -> bool:
+        """Not sent because the device failed, now or before (decision reason "trigger unavailable")."""
+        return not self.ok and self.error.startswith("unavailable")
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The device says it fired the pulse of ``event_index`` at ``device_time_us`` (its own clock;
+    host µs for host-timed outputs); ``host_ns`` is when the host learned of it."""
+
+    event_index: int
+    device_time_us: int
+    host_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerStatus:
+    device: str
+    open: bool
+    available: bool
+    error: str  # the last error ("" when none)
+    fired: int  # requests handed to the device
+    late: int  # requests not fired because they came too late
+    failed: int  # requests refused or lost to a device error
+    acked: int  # acks received
+    unacked: int  # fired requests whose ack did not come within ack_timeout_s after the pulse
+    device_errors: int  # errors the device reported asynchronously
+    device_late: int  # pulses the device output later than its own tolerance (still fired)
+
+
+class Trigger(ABC):
+    """Base class of every sort output.
+
+    Subclasses set ``backend``, ``Settings`` (a frozen dataclass) and implement ``_do_open``
+    (returning a device description), ``_do_fire(event_index, fire_at_ns, width_us)`` returning
+    ``(sent_ns, delay_us)`` and raising on a device error, and ``_do_close``. Backends whose
+    device confirms pulses set ``acks = True`` and call :meth:`_ack` (from any thread).
+    """
+
+    backend: ClassVar[str] = "?"
+    Settings: ClassVar[type]
+    acks: ClassVar[bool] = False
+    ack_timeout_s: ClassVar[float] = 1.0
+    #: shortest and longest pulse the output can make (µs)
+    width_range_us: ClassVar[tuple[float, float]] = (1.0, 1_000_000.0)
+
+    def __init__(self, settings: Any = None, timing: TimingSettings | None = None):
+        if settings is None:
+            settings = self.Settings()
+        elif not isinstance(settings, self.Settings):
+            settings = from_mapping(self.Settings, settings, f"trigger.{self.backend}")
+        self.settings = settings
+        self.timing = timing or TimingSettings()
+        self.is_open = False
+        self.available = False
+        self.device = self.backend
+        self.error = ""
+        self.fired = 0
+        self.late = 0
+        self.failed = 0
+        self.acked = 0
+        self.unacked = 0
+        self.device_errors = 0
+        self.device_late = 0
+        self._acks: collections.deque[Ack] = collections.deque()
+        self._pending: dict[int, int] = {}  # event_index -> time by which its ack must have come
+        self._pending_lock = threading.Lock()
+        self._min_lead_ns = round(self.timing.min_lead_us * 1000)
+        self._max_delay_ns = round(self.timing.max_delay_us * 1000)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def open(self) -> "Trigger":
+        if self.is_open:
+            raise StateError(f"{self.backend} trigger is already open")
+        self.device = self._do_open() or self.backend
+        self.is_open = True
+        self.available = True
+        self.error = ""
+        log.info("opened %s trigger %s", self.backend, self.device)
+        return self
+
+    def close(self) -> None:
+        if not self.is_open:
+            return
+        try:
+            self._do_close()
+        finally:
+            self.is_open = False
+            self.available = False
+            log.info("closed %s trigger %s (fired %d, late %d, failed %d)", self.backend, self.device,
+                     self.fired, self.late, self.failed)
+
+    def __enter__(self) -> "Trigger":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def reconnect(self) -> bool:
+        """Close the device quietly and open it again; True when it is available again."""
+        if self.is_open:
+            try:
+                self._do_close()
+            except Exception as err:  # the device is already broken; closing is best effort
+                log.debug("%s trigger: close before reconnect failed: %s", self.backend, err)
+        self.is_open = self.available = False
+        try:
+            self.open()
+        except Exception as err:
+            self._set_unavailable(f"reconnect failed: {err}")
+            return False
+        with self._pending_lock:
+            self._pending.clear()
+        return True
+
+    # -- the sort path ---------------------------------------------------------------------------
+    def fire(self, request: FireRequest) -> FireRecord:
+        """Hand one pulse to the device. Never raises; see the module docstring."""
+        idx, at, width = request.event_index, request.fire_at_ns, request.width_us
+        if not self.available:
+            self.failed += 1
+            why = self.error or ("trigger is not open" if not self.is_open else "trigger unavailable")
+            return FireRecord(idx, at, 0, 0.0, width, False, False, f"unavailable: {why}", self.device)
+        lead = at - time.monotonic_ns()
+        if lead < self._min_lead_ns:
+            self.late += 1
+            return FireRecord(idx, at, 0, lead / 1000.0, width, True, False,
+                              f"late: fire time {lead / 1000.0:.0f} µs ahead < min_lead_us "
+                              f"{self.timing.min_lead_us:g}", self.device)
+        lo, hi = self.width_range_us
+        if not (lo <= width <= hi) or lead > self._max_delay_ns:
+            self.failed += 1
+            why = (f"width {width} µs outside [{lo:g}, {hi:g}]" if not (lo <= width <= hi)
+                   else f"fire time {lead / 1e9:.3f} s ahead > max_delay_us {self.timing.max_delay_us:g}")
+            return FireRecord(idx, at, 0, lead / 1000.0, width, False, False, f"refused: {why}", self.device)
+        try:
+            sent_ns, delay_us = self._do_fire(idx, at, width)
+        except Exception as err:  # whatever the device or its driver raised: the run must go on
+            self.failed += 1
+            self._set_unavailable(f"{type(err).__name__}: {err}")
+            return FireRecord(idx, at, 0, lead / 1000.0, width, False, False, f"unavailable: {self.error}",
+                              self.device)
+        self.fired += 1
+        if self.acks:
+            with self._pending_lock:
+                self._pending[idx] = at + round(width * 1000) + round(self.ack_timeout_s * 1e9)
+        return FireRecord(idx, at, sent_ns, delay_us, width, False, True, "", self.device)
+
+    def drain_acks(self) -> list[Ack]:
+        """The acks that arrived since the last call; also counts overdue ones as ``unacked``."""
+        out = []
+        while self._acks:
+            out.append(self._acks.popleft())
+        if self.acks:
+            now = time.monotonic_ns()
+            with self._pending_lock:
+                for a in out:
+                    self._pending.pop(a.event_index, None)
+                overdue = [k for k, deadline in self._pending.items() if deadline < now]
+                for k in overdue:
+                    del self._pending[k]
+                self.unacked += len(overdue)
+            if overdue:
+                self._forget(overdue)
+                log.warning("%s trigger: no ack for %d pulse(s), e.g. cell %d", self.backend, len(overdue), overdue[0])
+        return out
+
+    def test_fire(self, width_us: float | None = None, delay_us: float | None = None) -> FireRecord:
+        """Fire one pulse now (plus ``delay_us``, default 2 × min lead) for checking the wiring."""
+        if not self.is_open:
+            raise StateError(f"{self.backend} trigger is not open")
+        delay = delay_us if delay_us is not None else max(2 * self.timing.min_lead_us, 1000.0)
+        req = FireRequest(-1, time.monotonic_ns() + round(delay * 1000), width_us or self.timing.pulse_width_us)
+        return self.fire(req)
+
+    def status(self) -> TriggerStatus:
+        """A snapshot for the operator; polls the device's error state where the backend can."""
+        if self.available:
+            try:
+                self._do_poll()
+            except Exception as err:
+                self._set_unavailable(f"{type(err).__name__}: {err}")
+        return TriggerStatus(self.device, self.is_open, self.available, self.error, self.fired, self.late,
+                             self.failed, self.acked, self.unacked, self.device_errors, self.device_late)
+
+    # -- for backends ----------------------------------------------------------------------------
+    def _ack(self, event_index: int, device_time_us: int, host_ns: int | None = None) -> None:
+        self.acked += 1
+        self._acks.append(Ack(event_index, device_time_us, host_ns if host_ns is not None else time.monotonic_ns()))
+
+    def _device_error(self, message: str, level: int = logging.ERROR) -> None:
+        """The device reported an error it recovered from (the trigger stays available)."""
+        self.device_errors += 1
+        self.error = message
+        log.log(level, "%s trigger %s reports: %s", self.backend, self.device, message)
+
+    def _set_unavailable(self, message: str) -> None:
+        was = self.available
+        self.available = False
+        self.error = message
+        if was:
+            log.error("%s trigger %s is unavailable: %s — cells are no longer sorted", self.backend, self.device,
+                      message)
+
+    # -- backend hooks ---------------------------------------------------------------------------
+    @abstractmethod
+    def _do_open(self) -> str: ...
+
+    @abstractmethod
+    def _do_fire(self, event_index: int, fire_at_ns: int, width_us: float) -> tuple[int, float]: ...
+
+    def _do_close(self) -> None:
+        pass
+
+    def _do_poll(self) -> None:
+        pass
+
+    def _forget(self, event_indices: list[int]) -> None:
+        """These pulses' acks are overdue: drop whatever the backend keeps for them."""
+
+
+#: backend name -> "module:Class"; a backend's module (and its SDK) is imported only when asked for.
+TRIGGERS: dict[str, str] = {
+    "null": "hardware.dryrun:NullTrigger",
+    "log": "hardware.dryrun:LogTrigger",
+    "serial": "hardware.serial_trigger:SerialTrigger",
+    "visa": "hardware.visa_trigger:VisaTrigger",
+    "camera-line": "hardware.camera_line:CameraLineTrigger",
+    "nidaqmx": "hardware.nidaq:NidaqTrigger",
+}
+
+
+def trigger_class(name: str) -> type[Trigger]:
+    try:
+        target = TRIGGERS[name]
+    except KeyError:
+        raise ConfigError("trigger.backend", f"unknown backend {name!r} (known: {', '.join(TRIGGERS)})") from None
+    module, _, cls = target.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        raise BackendUnavailable(f"trigger backend {name!r} is not available: {err}") from err
+    return getattr(mod, cls)
+
+
+def make_trigger(name: str, settings: Any = None, timing: TimingSettings | None = None, **resources: Any) -> Trigger:
+    """A closed trigger of backend ``name``.
+
+    ``resources`` are objects a backend may need besides its settings (``camera-line``: the open
+    ``camera``, or its ``set_feature``/``get_feature``); each backend gets only those it declares,
+    so a caller can offer the same resources whatever backend is configured.
+    """
+    cls = trigger_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return cls(settings, timing, **{k: v for k, v in resources.items() if takes_any or k in params})

@@ -1,0 +1,216 @@
+"""``visa``: a function generator over SCPI (pyvisa) fires a pulse or sine burst per cell.
+
+The burst is configured once at open (bus trigger, one burst per trigger) and checked through
+the instrument's error queue. Per cell the host writes ``:TRIG1:DEL <s>;*TRG``: the instrument's
+trigger delay times the pulse (``timed_by = "device"``), so only the transport's jitter reaches
+it. ``timed_by = "host"`` sends a bare ``*TRG`` at the fire time from a scheduler thread, for
+instruments without a trigger delay. The SCPI follows the Keysight 33500 series; most current
+generators (Rigol DG, Siglent SDG in SCPI mode, Tektronix AFG31000) accept the same tree or need
+only the command strings below changed.
+
+The error queue is read after configuring, on ``test_fire`` and from ``status()`` (at most once
+per ``poll_interval_s``) — never on the sort path, where a query would add a round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from hardware.scheduler import PulseScheduler
+from hardware.trigger import FireRecord, Trigger
+from mimlsort.errors import BackendUnavailable, DeviceError
+from mimlsort.settings import require
+
+log = logging.getLogger(__name__)
+
+
+def _pyvisa():
+    try:
+        import pyvisa
+    except ImportError as err:
+        raise BackendUnavailable("the visa trigger needs pyvisa: install mimlsort[visa]") from err
+    return pyvisa
+
+
+@dataclass(frozen=True, slots=True)
+class VisaSettings:
+    resource: str = ""  # e.g. USB0::0x0957::0x2C07::MY12345678::INSTR or TCPIP0::10.0.0.5::inst0::INSTR
+    library: str = ""  # VISA library: "" = pyvisa's default, "@py" = pyvisa-py, "x.yaml@sim" = pyvisa-sim
+    channel: int = 1
+    waveform: str = "pulse"  # pulse: one rectangular pulse; sine: a burst of sine cycles (SAW actuators)
+    frequency_hz: float = 1_000_000.0  # sine carrier; the cycle count is width × frequency
+    high_v: float = 5.0
+    low_v: float = 0.0
+    timed_by: str = "device"  # device: trigger delay on the instrument; host: *TRG at the fire time
+    reset: bool = True  # *RST;*CLS before configuring
+    timeout_ms: int = 500
+    poll_interval_s: float = 1.0
+
+    def __post_init__(self):
+        require(self.channel in (1, 2, 3, 4), "channel", f"must be 1..4, got {self.channel}")
+        require(self.waveform in ("pulse", "sine"), "waveform", f"must be pulse or sine, got {self.waveform!r}")
+        require(self.frequency_hz > 0, "frequency_hz", f"must be > 0, got {self.frequency_hz}")
+        require(self.high_v > self.low_v, "high_v", f"must be > low_v ({self.low_v}), got {self.high_v}")
+        require(self.timed_by in ("device", "host"), "timed_by", f"must be device or host, got {self.timed_by!r}")
+        require(self.timeout_ms > 0, "timeout_ms", f"must be > 0, got {self.timeout_ms}")
+        require(self.poll_interval_s >= 0, "poll_interval_s", f"must be >= 0, got {self.poll_interval_s}")
+
+
+class VisaTrigger(Trigger):
+    backend = "visa"
+    Settings = VisaSettings
+    width_range_us = (0.02, 1_000_000.0)
+
+    def __init__(self, settings=None, timing=None):
+        super().__init__(settings, timing)
+        self._rm = None
+        self._inst = None
+        self._lock = threading.Lock()  # one SCPI conversation at a time (sort, status, scheduler threads)
+        self._width_us = math.nan  # width the instrument is configured for
+        self._last_poll = 0.0
+        self._scheduler: PulseScheduler | None = None
+        self.acks = self.settings.timed_by == "host"
+        self.idn = ""
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _do_open(self) -> str:
+        s = self.settings
+        pyvisa = _pyvisa()
+        if not s.resource:
+            raise DeviceError("trigger.visa.resource: no resource given (e.g. USB0::...::INSTR)")
+        try:
+            self._rm = pyvisa.ResourceManager(s.library) if s.library else pyvisa.ResourceManager()
+        except (ValueError, OSError) as err:
+            raise BackendUnavailable(f"trigger.visa.library: no VISA implementation ({err}); install NI-VISA, "
+                                     "or pyvisa-py and set library = \"@py\"") from err
+        try:
+            self._inst = self._rm.open_resource(s.resource, timeout=s.timeout_ms, write_termination="\n",
+                                                read_termination="\n")
+            self.idn = self._inst.query("*IDN?").strip()
+            self._configure(self.timing.pulse_width_us)
+        except DeviceError:
+            self._close_session()
+            raise
+        except Exception as err:  # pyvisa.errors.VisaIOError and friends
+            self._close_session()
+            raise DeviceError(f"trigger.visa.resource: {s.resource}: {err}") from err
+        if s.timed_by == "host":
+            self._scheduler = PulseScheduler(self._trg, self._on_edge, self._on_error, name="trigger-visa")
+            self._scheduler.start()
+        return f"visa:{s.resource} ({self.idn})"
+
+    def _width_commands(self, width_us: float) -> list[str]:
+        s, ch, w = self.settings, self.settings.channel, width_us * 1e-6
+        if s.waveform == "pulse":
+            per = f":SOUR{ch}:FUNC:PULS:PER {max(4 * w, 1e-6):.9f}"
+            wid = f":SOUR{ch}:FUNC:PULS:WIDT {w:.9f}"
+            # width < period must hold after each command: the period moves first when it grows
+            return [per, wid] if not (width_us < self._width_us) else [wid, per]
+        return [f":SOUR{ch}:BURS:NCYC {max(1, round(w * s.frequency_hz))}"]
+
+    def _configure(self, width_us: float) -> None:
+        s, ch = self.settings, self.settings.channel
+        cmds = ["*RST", "*CLS"] if s.reset else ["*CLS"]
+        cmds += [f":OUTP{ch} 0"]
+        if s.waveform == "pulse":
+            cmds += [f":SOUR{ch}:FUNC PULS", *self._width_commands(width_us), f":SOUR{ch}:BURS:NCYC 1"]
+        else:
+            cmds += [f":SOUR{ch}:FUNC SIN", f":SOUR{ch}:FREQ {s.frequency_hz:.3f}", *self._width_commands(width_us)]
+        cmds += [f":SOUR{ch}:VOLT:HIGH {s.high_v:.4f}", f":SOUR{ch}:VOLT:LOW {s.low_v:.4f}",
+                 f":SOUR{ch}:BURS:MODE TRIG", f":SOUR{ch}:BURS:STAT 1", f":TRIG{ch}:SOUR BUS",
+                 f":TRIG{ch}:DEL {0.0:.9f}"]
+        for c in cmds:
+            self._inst.write(c)
+        errors = self._read_errors()
+        if errors:
+            raise DeviceError(f"{s.resource} rejected the burst configuration: {'; '.join(errors)}")
+        self._inst.write(f":OUTP{ch} 1")
+        self._width_us = width_us
+
+    def _close_session(self) -> None:
+        for obj in (self._inst, self._rm):
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception as err:  # closing a broken session is best effort
+                    log.debug("visa trigger: close failed: %s", err)
+        self._inst = self._rm = None
+
+    def _do_close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.stop()
+            self._scheduler = None
+        if self._inst is not None:
+            try:
+                with self._lock:
+                    self._inst.write(f":OUTP{self.settings.channel} 0")  # leave the actuator off
+            except Exception as err:
+                log.debug("visa trigger: output off on close failed: %s", err)
+        self._close_session()
+
+    # -- errors ----------------------------------------------------------------------------------
+    def _read_errors(self, limit: int = 20) -> list[str]:
+        out = []
+        for _ in range(limit):
+            reply = self._inst.query("SYST:ERR?").strip()
+            code = reply.split(",", 1)[0].strip()
+            if code.lstrip("+-").isdigit() and int(code) == 0:
+                break
+            out.append(reply)
+        return out
+
+    def check_errors(self) -> list[str]:
+        """Empty the instrument's error queue; every entry is also counted and logged."""
+        with self._lock:
+            errors = self._read_errors()
+        for e in errors:
+            self._device_error(f"instrument error {e}")
+        return errors
+
+    def _do_poll(self) -> None:
+        now = time.monotonic()
+        if now - self._last_poll >= self.settings.poll_interval_s:
+            self._last_poll = now
+            self.check_errors()
+
+    def test_fire(self, width_us: float | None = None, delay_us: float | None = None) -> FireRecord:
+        rec = super().test_fire(width_us, delay_us)
+        if rec.ok:
+            self.check_errors()
+        return rec
+
+    # -- the sort path ---------------------------------------------------------------------------
+    def _do_fire(self, event_index: int, fire_at_ns: int, width_us: float) -> tuple[int, float]:
+        ch = self.settings.channel
+        prefix = ""
+        if width_us != self._width_us:
+            prefix = ";".join(self._width_commands(width_us)) + ";"
+        if self._scheduler is not None:
+            with self._lock:
+                if prefix:
+                    self._inst.write(prefix[:-1])
+                    self._width_us = width_us
+            self._scheduler.schedule(event_index, fire_at_ns, width_us)
+            now = time.monotonic_ns()
+            return now, (fire_at_ns - now) / 1000.0
+        with self._lock:
+            delay_s = max(0.0, (fire_at_ns - time.monotonic_ns()) * 1e-9)
+            self._inst.write(f"{prefix}:TRIG{ch}:DEL {delay_s:.9f};*TRG")
+            sent = time.monotonic_ns()
+            self._width_us = width_us
+        return sent, round(delay_s * 1e6, 3)
+
+    def _trg(self, level: bool) -> None:
+        if level:  # the instrument makes the pulse itself; the scheduler's falling edge has nothing to do
+            with self._lock:
+                self._inst.write("*TRG")
+
+    def _on_edge(self, event_index: int, host_ns: int) -> None:
+        self._ack(event_index, host_ns // 1000, host_ns)
+
+    def _on_error(self, err: Exception) -> None:
+        self._set_unavailable(f"{type(err).__name__}: {err}")

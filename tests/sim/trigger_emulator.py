@@ -1,0 +1,307 @@
+"""A device emulator for the mimlsort trigger protocol (hardware/firmware/PROTOCOL.md).
+
+Runs as its own process on the device end of a pseudo-terminal, like the microcontroller does on
+the other end of a USB cable: it parses the commands without blocking, keeps a queue of pulses
+timed on its own clock, acknowledges each rising edge with its own timestamp, answers ID/STATUS
+and reports errors exactly as the sketch does. It records every command and pulse to a file
+(tab-separated, flushed per line so a killed emulator leaves a complete record):
+
+    cmd    <rx_ns> <line>
+    pulse  <id> <delay_us> <width_us> <rx_ns> <due_ns> <edge_ns> <end_ns>   (FIREAT: delay = due − arrival)
+    err    <rx_ns> <code> <text>
+
+``*_ns`` are the host's CLOCK_MONOTONIC (shared by all processes), so tests can compare them with
+the times the host trigger recorded.
+
+    python trigger_emulator.py --fd 5 --record pulses.tsv      # fd inherited from the parent
+    python trigger_emulator.py --port /dev/pts/7 --record pulses.tsv
+
+:func:`build_firmware` compiles the real sketch (hardware/firmware/mimlsort_trigger) for this
+PC against tests/sim/arduino_shim, and :func:`emulated_port` runs either on the device end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import heapq
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import tty
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PROTOCOL = 1
+FIRMWARE = "1.0.0-emulator"
+MAX_LINE = 63
+QUEUE = 64
+MAX_DELAY_US = 10_000_000
+MAX_WIDTH_US = 1_000_000
+LATE_US = 2000  # the firmware uses 50 µs; a Python process on a shared host needs more slack
+U32 = 1 << 32
+
+
+class Device:
+    def __init__(self, fd: int, record, late_us: int = LATE_US, queue: int = QUEUE):
+        self.fd = fd
+        self.record = record
+        self.late_us = late_us
+        self.queue_size = queue
+        self.boot_ns = time.monotonic_ns()
+        self.armed = False
+        self.fired = 0
+        self.errors = 0
+        self.high = False
+        self.end_ns = 0
+        self.queue: list[tuple[int, int, int, int, int, int]] = []  # (due, seq, id, delay, width, rx)
+        self.seq = 0
+        self.buf = bytearray()
+        self.discarding = False
+        self.running = True
+
+    def micros(self) -> int:
+        return ((time.monotonic_ns() - self.boot_ns) // 1000) % U32
+
+    def send(self, text: str) -> None:
+        try:
+            os.write(self.fd, (text + "\n").encode())
+        except BlockingIOError:  # nobody reads: a USB CDC device drops it the same way
+            pass
+        except OSError as err:
+            if err.errno != errno.EIO:  # EIO: no host has the port open
+                raise
+
+    def log(self, *fields) -> None:
+        self.record.write("\t".join(str(f) for f in fields) + "\n")
+        self.record.flush()
+
+    def error(self, rx_ns: int, code: int, text: str) -> None:
+        self.errors += 1
+        self.log("err", rx_ns, code, text)
+        self.send(f"ERR {code} {text}")
+
+    # -- parsing ---------------------------------------------------------------------------------
+    def feed(self, data: bytes, rx_ns: int) -> None:
+        for b in data:
+            if b == 0x0A:
+                if self.discarding:
+                    self.discarding = False
+                    self.error(rx_ns, 5, "line too long")
+                else:
+                    self.command(self.buf.decode("ascii", "replace"), rx_ns)
+                self.buf.clear()
+            elif b == 0x0D:
+                continue
+            elif self.discarding:
+                continue
+            elif len(self.buf) >= MAX_LINE:
+                self.discarding = True
+                self.buf.clear()
+            else:
+                self.buf.append(b)
+
+    def command(self, line: str, rx_ns: int) -> None:
+        self.log("cmd", rx_ns, line)
+        words = line.split()
+        if not words:
+            return
+        cmd, args = words[0], words[1:]
+        if cmd == "ID" and not args:
+            self.send(f"ID mimlsort-trigger {PROTOCOL} {FIRMWARE}")
+        elif cmd == "ARM" and not args:
+            self.armed = True
+            self.send("OK ARM")
+        elif cmd == "DISARM" and not args:
+            self.armed = False
+            self.queue.clear()
+            self.high = False
+            self.send("OK DISARM")
+        elif cmd == "STATUS" and not args:
+            self.send(f"STATUS {int(self.armed)} {len(self.queue)} {self.fired} {self.errors} {self.micros()}")
+        elif cmd == "TIME" and not args:
+            self.send(f"TIME {self.micros()}")
+        elif cmd in ("FIRE", "FIREAT"):
+            self.fire(args, rx_ns, absolute=cmd == "FIREAT")
+        elif cmd in ("ID", "ARM", "DISARM", "STATUS", "TIME"):
+            self.error(rx_ns, 2, "bad arguments")
+        else:
+            self.error(rx_ns, 1, "unknown command")
+
+    def fire(self, args: list[str], rx_ns: int, absolute: bool = False) -> None:
+        if len(args) != 3 or not all(a.isdigit() for a in args):
+            self.error(rx_ns, 2, "bad arguments")
+            return
+        ident, t_us, width = (int(a) for a in args)
+        if absolute:  # FIREAT: a due time on this device's clock; signed distance from now, as the sketch
+            rx_us = ((rx_ns - self.boot_ns) // 1000) % U32
+            ahead = (t_us - rx_us) % U32
+            ahead = ahead - U32 if ahead >= U32 // 2 else ahead
+            delay = ahead
+            bad = t_us >= U32 or abs(ahead) > MAX_DELAY_US
+        else:
+            delay = t_us
+            bad = delay > MAX_DELAY_US
+        if ident >= U32 or bad or not (1 <= width <= MAX_WIDTH_US):
+            self.error(rx_ns, 2, "bad arguments")
+            return
+        if not self.armed:
+            self.error(rx_ns, 4, f"id={ident} not armed")
+            return
+        if len(self.queue) >= self.queue_size:
+            self.error(rx_ns, 3, f"id={ident} queue full")
+            return
+        self.seq += 1
+        if absolute:  # due exactly at that count of the µs clock, as micros() on the board
+            due = self.boot_ns + (rx_ns - self.boot_ns) // 1000 * 1000 + delay * 1000
+        else:
+            due = rx_ns + delay * 1000
+        heapq.heappush(self.queue, (due, self.seq, ident, delay, width, rx_ns))
+
+    # -- the pulse engine ------------------------------------------------------------------------
+    def next_edge_ns(self) -> int | None:
+        t = self.queue[0][0] if self.queue else None
+        if self.high and (t is None or self.end_ns < t):
+            t = self.end_ns
+        return t
+
+    def service(self) -> None:
+        now = time.monotonic_ns()
+        while self.queue and self.queue[0][0] <= now:
+            due, _, ident, delay, width, rx = heapq.heappop(self.queue)
+            edge = time.monotonic_ns()
+            end = edge + width * 1000
+            self.end_ns = max(self.end_ns, end) if self.high else end
+            self.high = True
+            self.fired += 1
+            self.send(f"ACK {ident} {self.micros()}")
+            self.log("pulse", ident, delay, width, rx, due, edge, end)
+            late = (edge - due) // 1000
+            if late > self.late_us:
+                self.error(rx, 6, f"id={ident} late {late}")
+        if self.high and self.end_ns <= time.monotonic_ns():
+            self.high = False
+
+    def run(self) -> None:
+        self.send(f"READY mimlsort-trigger {PROTOCOL}")
+        while self.running:
+            t = self.next_edge_ns()
+            timeout = 0.2 if t is None else max(0.0, (t - time.monotonic_ns()) / 1e9)
+            try:
+                readable, _, _ = select.select([self.fd], [], [], timeout)
+            except InterruptedError:
+                continue
+            if readable:
+                rx_ns = time.monotonic_ns()
+                try:
+                    data = os.read(self.fd, 4096)
+                except OSError as err:
+                    if err.errno != errno.EIO:
+                        raise
+                    time.sleep(0.005)  # no host on the other end (yet): wait as a device would
+                    data = b""
+                if data:
+                    self.feed(data, rx_ns)
+            self.service()
+
+
+@dataclass
+class EmulatedPort:
+    """A running emulator: ``port`` is the tty path the host opens, like /dev/ttyACM0."""
+
+    port: str
+    process: subprocess.Popen
+    record: Path
+
+    def records(self, kind: str) -> list[list[str]]:
+        """The recorded lines of one kind (``cmd``, ``pulse``, ``err``), fields as strings."""
+        if not self.record.exists():
+            return []
+        rows = [line.rstrip("\n").split("\t") for line in self.record.read_text(encoding="utf-8").splitlines()]
+        return [r[1:] for r in rows if r and r[0] == kind]
+
+
+@contextlib.contextmanager
+def emulated_port(record: str | Path, *options: str, ready_timeout_s: float = 10.0,
+                  device: list[str] | None = None) -> Iterator[EmulatedPort]:
+    """A pseudo-terminal pair with the emulator process on the device end.
+
+    ``device`` replaces the emulator with another program taking the same ``--fd``/``--record``
+    arguments (the firmware built against tests/sim/arduino_shim). The caller gets the host
+    end's path; this process holds the host end open for the whole block, so the device never
+    sees a hang-up between a host's close and the next open.
+    """
+    record = Path(record)
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        program = device or [sys.executable, __file__]
+        proc = subprocess.Popen([*program, "--fd", str(master), "--record", str(record), *options],
+                                pass_fds=(master,), stdin=subprocess.DEVNULL)
+    finally:
+        os.close(master)
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while not record.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not record.exists():
+            raise RuntimeError(f"trigger emulator did not start (exit code {proc.poll()})")
+        yield EmulatedPort(os.ttyname(slave), proc, record)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        os.close(slave)
+
+
+FIRMWARE_SKETCH = Path(__file__).resolve().parents[2] / "hardware" / "firmware" / "mimlsort_trigger" / "mimlsort_trigger.ino"
+SHIM = Path(__file__).resolve().parent / "arduino_shim"
+
+
+def build_firmware(out: str | Path, compiler: str = "g++") -> Path:
+    """Compile the Arduino sketch into a PC program that speaks the protocol on ``--fd``."""
+    out = Path(out)
+    # a PC process wakes up tens of µs late: report lateness (ERR 6) only beyond 2 ms, as the emulator does
+    cmd = [compiler, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-DLATE_US={LATE_US}UL", "-I", str(SHIM), "-x", "c++",
+           str(FIRMWARE_SKETCH), "-x", "none", str(SHIM / "shim_main.cpp"), "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise RuntimeError(f"building the firmware failed:\n{res.stderr}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--fd", type=int, help="inherited file descriptor of the device end")
+    g.add_argument("--port", help="tty path of the device end")
+    p.add_argument("--record", required=True, help="file to record commands and pulses to")
+    p.add_argument("--late-us", type=int, default=LATE_US)
+    p.add_argument("--queue", type=int, default=QUEUE, help="pulse queue capacity")
+    args = p.parse_args(argv)
+    fd = args.fd if args.fd is not None else os.open(args.port, os.O_RDWR | os.O_NOCTTY)
+    os.set_blocking(fd, False)
+    tty.setraw(fd)  # no echo, no line editing: the device sees bytes as the host sent them
+    with open(args.record, "w", encoding="utf-8") as record:
+        dev = Device(fd, record, args.late_us, args.queue)
+
+        def stop(*_):
+            dev.running = False
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        dev.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

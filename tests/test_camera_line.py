@@ -1,0 +1,156 @@
+"""The camera-line trigger on the pylon camera emulator's real GenICam Line/UserOutput features.
+
+The test plays the camera backend's part with a small ``set_feature``/``get_feature`` adapter
+over the emulator's node map, and reads the line configuration back from the camera.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+os.environ.setdefault("PYLON_CAMEMU", "1")  # the emulator is only offered with this set
+pylon = pytest.importorskip("pypylon.pylon", reason="pypylon not installed (mimlsort[basler])")
+
+from hardware.timing import TimingSettings  # noqa: E402
+from hardware.trigger import FireRequest, make_trigger  # noqa: E402
+from mimlsort.errors import DeviceError  # noqa: E402
+
+MS = 1_000_000
+AHEAD = 300 * MS  # far enough ahead that even a heavily loaded host is never late
+
+
+class Features:
+    """What a camera backend hands the trigger: feature access by name, refusing once closed."""
+
+    def __init__(self, camera):
+        self.camera = camera
+        self.nodemap = camera.GetNodeMap()
+        self.writes: list[tuple[str, object, int]] = []
+        self.lock = threading.Lock()
+
+    def set(self, name, value):
+        with self.lock:
+            if not self.camera.IsOpen():
+                raise DeviceError(f"camera closed: cannot set {name}")
+            self.nodemap.GetNode(name).SetValue(value)
+            self.writes.append((name, value, time.monotonic_ns()))
+
+    def get(self, name):
+        with self.lock:
+            return self.nodemap.GetNode(name).GetValue()
+
+
+@pytest.fixture
+def camera():
+    tl = pylon.TlFactory.GetInstance().CreateTl("BaslerCamEmu")  # no GigE discovery leaves the machine
+    if tl is None:
+        pytest.skip("pylon camera emulator unavailable (PYLON_CAMEMU was not set before pylon started)")
+    devices = tl.EnumerateDevices()
+    if not devices:
+        pytest.skip("pylon camera emulator offers no device")
+    cam = pylon.InstantCamera(tl.CreateDevice(devices[0]))
+    cam.Open()
+    try:
+        yield cam
+    finally:
+        if cam.IsOpen():
+            cam.Close()
+        cam.DestroyDevice()
+
+
+def _trigger(feats, **kw):
+    return make_trigger("camera-line", {"line": "Line2", "user_output": "UserOutput1", **kw},
+                        TimingSettings(min_lead_us=1000.0, pulse_width_us=2000.0),
+                        set_feature=feats.set, get_feature=feats.get)
+
+
+def test_open_configures_the_line_as_user_output(camera):
+    feats = Features(camera)
+    with _trigger(feats):
+        nm = camera.GetNodeMap()
+        nm.GetNode("LineSelector").SetValue("Line2")
+        assert nm.GetNode("LineMode").GetValue() == "Output"
+        assert nm.GetNode("LineSource").GetValue() == "UserOutput1"
+        assert nm.GetNode("UserOutputSelector").GetValue() == "UserOutput1"
+        assert nm.GetNode("UserOutputValue").GetValue() is False
+        nm.GetNode("LineSelector").SetValue("Line1")
+        assert nm.GetNode("LineMode").GetValue() == "Input"  # other lines untouched
+
+
+def test_pulses_drive_user_output_value_at_the_fire_time(camera):
+    feats = Features(camera)
+    with _trigger(feats) as trig:
+        start = len(feats.writes)
+        t0 = time.monotonic_ns() + AHEAD
+        recs = [trig.fire(FireRequest(i, t0 + i * 10 * MS, 2000.0)) for i in range(3)]
+        assert all(r.ok for r in recs)
+        acks = []
+        deadline = time.monotonic() + 5
+        while len(acks) < 3 and time.monotonic() < deadline:
+            acks += trig.drain_acks()
+            time.sleep(0.005)
+        time.sleep(0.01)  # the last falling edge
+        assert feats.get("UserOutputValue") is False
+    edges = [(v, t) for n, v, t in feats.writes[start:] if n == "UserOutputValue"]
+    assert [v for v, _ in edges] == [True, False] * 3
+    for k, rec in enumerate(recs):
+        (_, up), (_, down) = edges[2 * k], edges[2 * k + 1]
+        assert up >= rec.scheduled_ns  # never early
+        assert down - up >= 2000 * 1000, (k, up - rec.scheduled_ns, down - rec.scheduled_ns)  # at least the width
+    assert [a.event_index for a in acks] == [0, 1, 2]
+
+
+def test_a_line_the_camera_lacks_is_refused_with_its_name(camera):
+    feats = Features(camera)
+    with pytest.raises(DeviceError, match="LineSelector = 'Line9'"):
+        _trigger(feats, line="Line9").open()
+
+
+def test_camera_lost_mid_run_makes_the_trigger_unavailable(camera):
+    feats = Features(camera)
+    trig = _trigger(feats)
+    with trig:
+        camera.Close()  # the camera backend closed/lost the camera
+        rec = trig.fire(FireRequest(0, time.monotonic_ns() + AHEAD, 2000.0))
+        assert rec.ok  # scheduled; the edge fails on the scheduler thread
+        deadline = time.monotonic() + 5
+        while trig.available and time.monotonic() < deadline:
+            time.sleep(0.005)
+        st = trig.status()
+        assert not st.available and "camera closed" in st.error
+        after = trig.fire(FireRequest(1, time.monotonic_ns() + AHEAD, 2000.0))
+        assert not after.ok and after.error.startswith("unavailable")
+
+
+def test_without_set_feature_it_says_what_it_needs():
+    with pytest.raises(DeviceError, match="set_feature"):
+        make_trigger("camera-line").open()
+
+
+def test_through_the_basler_backends_own_feature_access():
+    """What a run does: the trigger gets the open camera and uses its set_feature/get_feature."""
+    basler = pytest.importorskip("acquisition.basler", reason="the basler camera backend is not there yet")
+    cam = basler.BaslerCamera({"transport": basler.EMULATOR, "width": 256, "height": 96, "exposure_us": 100.0})
+    with cam:
+        with make_trigger("camera-line", {"line": "Line2", "user_output": "UserOutput1"},
+                          TimingSettings(min_lead_us=1000.0), camera=cam) as trig:
+            cam.set_feature("LineSelector", "Line2")
+            assert cam.get_feature("LineMode") == "Output" and cam.get_feature("LineSource") == "UserOutput1"
+            rec = trig.fire(FireRequest(0, time.monotonic_ns() + AHEAD, 2000.0))
+            acks = []
+            deadline = time.monotonic() + 5
+            while not acks and time.monotonic() < deadline:
+                acks += trig.drain_acks()
+                time.sleep(0.005)
+        assert rec.ok and [a.event_index for a in acks] == [0]
+        assert acks[0].host_ns >= rec.scheduled_ns
+        assert cam.get_feature("UserOutputValue") is False  # left low
+
+
+def test_make_trigger_hands_each_backend_only_what_it_takes():
+    t = make_trigger("null", None, None, camera=object(), set_feature=print)
+    assert t.backend == "null"

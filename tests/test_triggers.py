@@ -1,0 +1,295 @@
+"""Fire-time arithmetic, the camera→host clock map, the trigger contract, dry-run outputs, the
+host-timed pulse scheduler and the backend registry."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from hardware.dryrun import LogTrigger, NullTrigger
+from hardware.scheduler import PulseScheduler
+from hardware.timing import ClockMap, TimingSettings, fire_time_ns, travel_ns
+from hardware.trigger import TRIGGERS, FireRecord, FireRequest, Trigger, make_trigger, trigger_class
+from mimlsort.errors import BackendUnavailable, ConfigError, StateError
+from mimlsort.settings import from_mapping
+
+MS = 1_000_000  # ns
+AHEAD = 300 * MS  # far enough ahead that even a heavily loaded host is never late
+
+
+# -- timing ----------------------------------------------------------------------------------------
+def test_fire_time_adds_travel_and_offset():
+    s = TimingSettings(distance_to_junction_um=300.0, offset_us=-150.0)
+    # 300 µm at 12 mm/s (= 12 µm/ms) takes 25 ms
+    assert fire_time_ns(1_000 * MS, 12.0, s) == 1_000 * MS + 25 * MS - 150_000
+    assert travel_ns(12.0, s) == 25 * MS
+
+
+@pytest.mark.parametrize("v", [math.nan, 0.0, -3.0, math.inf])
+def test_unknown_velocity_uses_the_default(v):
+    s = TimingSettings(distance_to_junction_um=100.0, default_velocity_mm_s=5.0)
+    assert fire_time_ns(0, v, s) == 20 * MS
+
+
+def test_timing_settings_errors_carry_the_key_path():
+    with pytest.raises(ConfigError, match=r"^timing\.pulse_width_us: must be in"):
+        from_mapping(TimingSettings, {"pulse_width_us": 0}, "timing")
+    with pytest.raises(ConfigError, match=r"^timing\.default_velocity_mm_s"):
+        from_mapping(TimingSettings, {"default_velocity_mm_s": -1.0}, "timing")
+    with pytest.raises(ConfigError, match=r"^timing\.bogus: unknown key"):
+        from_mapping(TimingSettings, {"bogus": 1}, "timing")
+
+
+def _clock_samples(n, seed=0, t0=5_000_000_000_000, drift_ppm=80.0, offset_ns=-3_210_987_654):
+    """Camera frames at 2 kHz whose host arrival is the true host time + 150 µs + jitter, with
+    rare multi-ms stalls (a busy GIL, a USB burst)."""
+    rng = np.random.default_rng(seed)
+    cam = t0 + np.arange(n, dtype=np.int64) * 500_000
+    true_host = np.round(cam * (1 + drift_ppm * 1e-6)).astype(np.int64) + offset_ns
+    lat = 150_000 + rng.exponential(40_000, n)
+    stall = rng.random(n) < 0.03
+    lat[stall] += rng.uniform(1e6, 6e6, stall.sum())
+    return cam, true_host, true_host + lat.astype(np.int64)
+
+
+def test_clock_map_follows_the_lower_envelope_despite_stalls():
+    cam, true_host, host = _clock_samples(2000)
+    cm = ClockMap(window=512)
+    cm.add_many(cam, host)
+    later = int(cam[-1]) + 10 * MS  # a cell exit just after the last frame
+    expected = round(later * (1 + 80e-6)) - 3_210_987_654 + 150_000  # true time + the constant latency
+    err_us = abs(cm.to_host_ns(later) - expected) / 1000
+    assert err_us < 25, err_us
+    assert abs(cm.slope - (1 + 80e-6)) < 5e-6
+    # an ordinary least-squares line carries the mean latency and the stalls: the envelope is better
+    a, b = np.polyfit((cam[-512:] - cam[-1]).astype(float), (host[-512:] - cam[-1]).astype(float), 1)
+    ols_err_us = abs(cam[-1] + a * (later - cam[-1]) + b - expected) / 1000
+    assert err_us < ols_err_us
+    p50, p99 = cm.latency_us()
+    assert 0 <= p50 < p99
+
+
+def test_clock_map_batches_equal_frame_by_frame():
+    cam, _, host = _clock_samples(900, seed=2)
+    one, many = ClockMap(window=256), ClockMap(window=256)
+    for c, h in zip(cam.tolist(), host.tolist()):
+        one.add(c, h)
+    for lo in range(0, 900, 128):  # tracker-sized batches, the last one partial
+        many.add_many(cam[lo:lo + 128], host[lo:lo + 128])
+    t = int(cam[-1]) + 5 * MS
+    assert many.n == one.n == 256 and many.to_host_ns(t) == one.to_host_ns(t)
+    with pytest.raises(ValueError):
+        many.add_many(cam[:3], host[:2])
+
+
+def test_clock_map_restarts_when_the_camera_clock_goes_back():
+    cam, _, host = _clock_samples(100, seed=1)
+    cm = ClockMap(window=64)
+    cm.add_many(cam, host)
+    cm.add(1_000, 9_000_000)  # camera reopened: its counter starts again near zero
+    assert cm.resets == 1 and cm.n == 1
+    assert cm.to_host_ns(2_000) == 9_001_000
+
+
+def test_clock_map_without_samples_is_a_state_error():
+    with pytest.raises(StateError, match="no samples"):
+        ClockMap().to_host_ns(0)
+
+
+# -- the trigger contract on the outputs that need no hardware --------------------------------------
+@pytest.fixture(params=["null", "log"])
+def dry_trigger(request, tmp_path):
+    settings = {"path": str(tmp_path / "pulses.tsv")} if request.param == "log" else None
+    return make_trigger(request.param, settings, TimingSettings(min_lead_us=500.0))
+
+
+def test_contract_fire_late_refused_and_counters(dry_trigger):
+    t = dry_trigger
+    with t:
+        now = time.monotonic_ns()
+        ok = t.fire(FireRequest(1, now + AHEAD, 800.0))
+        late = t.fire(FireRequest(2, now + 100_000, 800.0))  # 100 µs ahead < 500 µs min lead
+        past = t.fire(FireRequest(3, now - 5 * MS, 800.0))
+        bad = t.fire(FireRequest(4, now + AHEAD, 0.0))
+        far = t.fire(FireRequest(5, now + 60_000 * MS, 800.0))  # a minute ahead: a clock error
+        assert isinstance(ok, FireRecord) and ok.ok and not ok.late and ok.error == ""
+        assert ok.sent_ns >= now and 0 < ok.delay_us <= AHEAD / 1000
+        assert late.late and not late.ok and late.sent_ns == 0 and "late" in late.error
+        assert past.late and past.delay_us < 0
+        assert not bad.ok and not bad.late and "width" in bad.error
+        assert not far.ok and "max_delay_us" in far.error
+        st = t.status()
+        assert (st.fired, st.late, st.failed) == (1, 2, 2)
+        assert st.available and st.open and t.drain_acks() == []
+        assert t.test_fire(delay_us=AHEAD / 1000).ok
+    assert not t.is_open and not t.available
+    after = t.fire(FireRequest(6, time.monotonic_ns() + AHEAD, 800.0))  # closed: no exception
+    assert not after.ok and "not open" in after.error
+
+
+def test_log_trigger_writes_every_pulse(tmp_path):
+    path = tmp_path / "pulses.tsv"
+    now = time.monotonic_ns()
+    with LogTrigger({"path": str(path)}) as t:
+        recs = [t.fire(FireRequest(i, now + AHEAD + i * MS, 100.0 + i)) for i in range(5)]
+        t.fire(FireRequest(99, now, 100.0))  # late: not a pulse, not logged
+    lines = path.read_text().splitlines()
+    assert lines[0].split("\t") == ["event_index", "scheduled_ns", "sent_ns", "delay_us", "width_us"]
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4]
+    for r, rec in zip(rows, recs):
+        assert int(r[1]) == rec.scheduled_ns and int(r[2]) == rec.sent_ns
+        assert float(r[4]) == rec.width_us
+
+
+def test_log_trigger_unwritable_path_is_a_device_error(tmp_path):
+    from mimlsort.errors import DeviceError
+
+    with pytest.raises(DeviceError, match="trigger.log.path"):
+        LogTrigger({"path": str(tmp_path / "missing" / "x.tsv")}).open()
+
+
+class _Flaky(Trigger):
+    """A backend whose device fails after two pulses (the contract's failure path)."""
+
+    backend = "flaky"
+    Settings = NullTrigger.Settings
+
+    def __init__(self, settings=None, timing=None):
+        super().__init__(settings, timing)
+        self.opens = 0
+
+    def _do_open(self):
+        self.opens += 1
+        return f"flaky#{self.opens}"
+
+    def _do_fire(self, event_index, fire_at_ns, width_us):
+        if self.fired >= 2 and self.opens == 1:
+            raise OSError(5, "Input/output error")
+        return time.monotonic_ns(), 0.0
+
+
+def test_device_failure_mid_run_never_raises_and_reconnect_restores(caplog):
+    t = _Flaky()
+    with t:
+        at = time.monotonic_ns() + AHEAD
+        recs = [t.fire(FireRequest(i, at, 100.0)) for i in range(5)]
+        assert [r.ok for r in recs] == [True, True, False, False, False]
+        assert "Input/output error" in recs[2].error and all(r.unavailable for r in recs[2:])
+        assert not any(r.unavailable for r in recs[:2])
+        st = t.status()
+        assert not st.available and "Input/output error" in st.error and st.failed == 3
+        assert sum("unavailable" in r.message for r in caplog.records) == 1  # told once, not per cell
+        assert t.reconnect() and t.available and t.device == "flaky#2"
+        assert t.fire(FireRequest(9, time.monotonic_ns() + AHEAD, 100.0)).ok
+
+
+def test_request_for_cell_uses_the_timing():
+    s = TimingSettings(distance_to_junction_um=250.0, pulse_width_us=300.0)
+    r = FireRequest.for_cell(7, 10 * MS, 10.0, s)
+    assert (r.event_index, r.fire_at_ns, r.width_us) == (7, 35 * MS, 300.0)
+
+
+# -- host-timed scheduler --------------------------------------------------------------------------
+def test_scheduler_orders_and_merges_pulses():
+    levels, edges, errors = [], [], []
+    done = threading.Event()
+
+    def output(level):
+        levels.append((level, time.monotonic_ns()))
+        if len(levels) == 4:
+            done.set()
+
+    sched = PulseScheduler(output, lambda i, t: edges.append((i, t)), errors.append)
+    sched.start()
+    t0 = time.monotonic_ns() + 20 * MS
+    sched.schedule(2, t0 + 40 * MS, 2000)  # queued out of order
+    sched.schedule(0, t0, 5000)
+    sched.schedule(1, t0 + 2 * MS, 5000)  # overlaps pulse 0: merged into one longer pulse
+    assert done.wait(5.0)
+    sched.stop()
+    assert errors == []
+    assert [e[0] for e in edges] == [0, 1, 2]
+    assert [lv for lv, _ in levels] == [True, False, True, False]
+    assert levels[0][1] >= t0 and levels[1][1] >= t0 + 7 * MS  # the merged pulse ends after the later one
+    assert levels[2][1] >= t0 + 40 * MS
+
+
+def test_scheduler_output_failure_is_reported_not_raised():
+    errors = []
+
+    def output(level):
+        raise RuntimeError("camera gone")
+
+    sched = PulseScheduler(output, lambda i, t: None, errors.append)
+    sched.start()
+    sched.schedule(0, time.monotonic_ns() + MS, 100)
+    deadline = time.monotonic() + 5
+    while not errors and time.monotonic() < deadline:
+        time.sleep(0.005)
+    sched.stop()
+    assert len(errors) == 1 and "camera gone" in str(errors[0])
+
+
+# -- registry --------------------------------------------------------------------------------------
+def test_registry_names_every_backend():
+    assert set(TRIGGERS) == {"null", "log", "serial", "visa", "camera-line", "nidaqmx"}
+    assert trigger_class("null") is NullTrigger
+    with pytest.raises(ConfigError, match=r"^trigger\.backend: unknown backend 'gpio'"):
+        make_trigger("gpio")
+
+
+def test_settings_from_a_table_are_checked_with_their_path():
+    with pytest.raises(ConfigError, match=r"^trigger\.serial\.baudrate: must be > 0"):
+        make_trigger("serial", {"port": "/dev/null", "baudrate": 0})
+    with pytest.raises(ConfigError, match=r"^trigger\.visa\.waveform"):
+        make_trigger("visa", {"waveform": "ramp"})
+
+
+def test_nidaqmx_without_the_driver_says_what_to_install():
+    try:
+        import nidaqmx  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendUnavailable, match="NI-DAQmx"):
+            make_trigger("nidaqmx").open()
+    else:
+        pytest.skip("nidaqmx is installed here; its missing-driver path is not reachable")
+
+
+# -- device clock (serial clock mode) --------------------------------------------------------------
+def test_device_clock_maps_within_half_the_best_round_trip_and_unwraps():
+    from hardware.timing import DeviceClock
+
+    rng = np.random.default_rng(3)
+    boot = 7_000_000_000_000
+    start_us = (1 << 32) - 300_000  # the device counter wraps during the samples
+    dc = DeviceClock(min_span_s=2.0)
+    for k in range(40):
+        t_dev = boot + k * 20 * MS  # when the device read its clock (host ns)
+        d = (start_us + (t_dev - boot) // 1000) % (1 << 32)
+        up, down = rng.integers(30_000, 900_000, 2)  # USB-like one-way latencies
+        dc.add(int(t_dev - up), int(d), int(t_dev + down))
+    target = boot + 39 * 20 * MS + 50 * MS
+    want = (start_us + (target - boot) // 1000) % (1 << 32)
+    got = dc.to_device_us(target)
+    diff = (got - want + (1 << 31)) % (1 << 32) - (1 << 31)
+    assert abs(diff) * 1000 <= dc.error_bound_ns + 1000
+    assert dc.error_bound_ns < 900_000  # the best round trip, not a typical one
+    assert abs(dc.to_host_ns(got) - target) <= 1000
+    with pytest.raises(StateError):
+        DeviceClock().to_device_us(0)
+
+
+def test_device_clock_fits_a_fast_device_clock_over_a_long_baseline():
+    from hardware.timing import DeviceClock
+
+    dc = DeviceClock(min_span_s=2.0)
+    for k in range(64):  # 6.3 s of samples, device 0.4 % fast (a ceramic resonator), 50 µs round trips
+        t = 10 * 10**9 + k * 100 * MS
+        dc.add(t - 25_000, round((t - 10 * 10**9) / 1000 * 1.004), t + 25_000)
+    t = 10 * 10**9 + 64 * 100 * MS + 20 * MS
+    assert abs(dc.to_device_us(t) - (t - 10 * 10**9) / 1000 * 1.004) < 5  # µs; a nominal rate would be ~26 ms off here

@@ -1,0 +1,118 @@
+"""The VISA trigger against a pyvisa-sim function generator (tests/sim/function_generator.yaml):
+burst configuration read back from the instrument, one trigger delay + *TRG per cell, the SCPI
+error queue, and the instrument's out-of-range rejection."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pyvisa", reason="pyvisa not installed (mimlsort[visa])")
+pytest.importorskip("pyvisa_sim", reason="pyvisa-sim not installed (mimlsort[visa])")
+
+from hardware.timing import TimingSettings  # noqa: E402
+from hardware.trigger import FireRequest, make_trigger  # noqa: E402
+from mimlsort.errors import DeviceError  # noqa: E402
+
+YAML = Path(__file__).parent / "sim" / "function_generator.yaml"
+RESOURCE = "USB0::0x0957::0x2C07::MY00000000::INSTR"
+MS = 1_000_000
+AHEAD = 300 * MS  # far enough ahead that even a heavily loaded host is never late
+
+
+def _trigger(**kw):
+    settings = {"resource": RESOURCE, "library": f"{YAML}@sim", "high_v": 3.3, "low_v": 0.0, **kw}
+    return make_trigger("visa", settings, TimingSettings(pulse_width_us=500.0, min_lead_us=1000.0))
+
+
+def _q(trig, cmd):
+    return trig._inst.query(cmd).strip()  # read the simulated instrument's state back
+
+
+def test_open_configures_a_bus_triggered_burst():
+    with _trigger() as trig:
+        assert "33522B" in trig.device
+        assert _q(trig, ":SOUR1:FUNC?") == "PULS"
+        assert float(_q(trig, ":SOUR1:FUNC:PULS:WIDT?")) == pytest.approx(500e-6)
+        assert float(_q(trig, ":SOUR1:FUNC:PULS:PER?")) > 500e-6
+        assert _q(trig, ":SOUR1:BURS:MODE?") == "TRIG"
+        assert _q(trig, ":SOUR1:BURS:STAT?") == "1"
+        assert _q(trig, ":SOUR1:BURS:NCYC?") == "1"
+        assert _q(trig, ":TRIG1:SOUR?") == "BUS"
+        assert float(_q(trig, ":SOUR1:VOLT:HIGH?")) == pytest.approx(3.3)
+        assert _q(trig, ":OUTP1?") == "1"
+        assert trig.check_errors() == []
+    assert not trig.is_open and trig._inst is None
+
+
+def test_each_fire_sets_the_trigger_delay_and_triggers():
+    with _trigger() as trig:
+        for i in range(5):
+            now = time.monotonic_ns()
+            rec = trig.fire(FireRequest(i, now + AHEAD + i * MS, 500.0))
+            assert rec.ok and not rec.late
+            delay_s = float(_q(trig, ":TRIG1:DEL?"))
+            assert delay_s == pytest.approx(rec.delay_us * 1e-6, abs=1e-9)
+            assert 0 < rec.delay_us * 1000 <= rec.scheduled_ns - now
+        # a different width reconfigures the pulse in the same write
+        rec = trig.fire(FireRequest(9, time.monotonic_ns() + AHEAD, 250.0))
+        assert rec.ok and float(_q(trig, ":SOUR1:FUNC:PULS:WIDT?")) == pytest.approx(250e-6)
+        st = trig.status()
+        assert st.available and st.fired == 6 and st.device_errors == 0
+
+
+def test_out_of_range_width_is_rejected_by_the_instrument_and_reported():
+    with _trigger(poll_interval_s=0.0) as trig:
+        rec = trig.fire(FireRequest(1, time.monotonic_ns() + AHEAD, 200_000.0))  # 0.2 s > the 0.1 s maximum
+        assert rec.ok  # the host cannot know; the instrument's error queue tells
+        st = trig.status()
+        assert st.device_errors == 1 and "-100" in st.error and st.available
+        assert float(_q(trig, ":SOUR1:FUNC:PULS:WIDT?")) == pytest.approx(500e-6)  # unchanged
+        assert trig.check_errors() == []  # the queue was emptied
+
+
+def test_configuration_out_of_range_fails_open_with_the_instruments_errors():
+    with pytest.raises(DeviceError, match="rejected the burst configuration.*-100"):
+        _trigger(high_v=8.0).open()
+
+
+def test_sine_burst_cycles_follow_the_width():
+    with _trigger(waveform="sine", frequency_hz=20_000_000.0, high_v=1.0, low_v=-1.0) as trig:
+        assert _q(trig, ":SOUR1:FUNC?") == "SIN"
+        assert int(_q(trig, ":SOUR1:BURS:NCYC?")) == 10_000  # 500 µs at 20 MHz
+        assert trig.fire(FireRequest(0, time.monotonic_ns() + AHEAD, 100.0)).ok
+        assert int(_q(trig, ":SOUR1:BURS:NCYC?")) == 2_000
+
+
+def test_host_timed_mode_acks_each_trigger():
+    with _trigger(timed_by="host") as trig:
+        t0 = time.monotonic_ns() + AHEAD
+        recs = [trig.fire(FireRequest(i, t0 + i * 3 * MS, 500.0)) for i in range(3)]
+        assert all(r.ok for r in recs)
+        acks = []
+        deadline = time.monotonic() + 5
+        while len(acks) < 3 and time.monotonic() < deadline:
+            acks += trig.drain_acks()
+            time.sleep(0.005)
+    assert [a.event_index for a in acks] == [0, 1, 2]
+    assert all(a.host_ns >= r.scheduled_ns for a, r in zip(acks, recs))
+
+
+def test_unknown_resource_is_a_device_error():
+    with pytest.raises(DeviceError, match=r"trigger\.visa\.resource"):
+        _trigger(resource="USB0::0x1234::0x5678::NOPE::INSTR").open()
+
+
+def test_session_lost_mid_run_gives_failed_records_not_exceptions():
+    with _trigger() as trig:
+        assert trig.fire(FireRequest(0, time.monotonic_ns() + AHEAD, 500.0)).ok
+        trig._inst.close()  # the instrument's session is gone (cable pulled, instrument rebooted)
+        rec = trig.fire(FireRequest(1, time.monotonic_ns() + AHEAD, 500.0))
+        assert not rec.ok and not rec.late and rec.error
+        after = trig.fire(FireRequest(2, time.monotonic_ns() + AHEAD, 500.0))
+        assert after.unavailable
+        st = trig.status()
+        assert not st.available and st.failed == 2 and st.fired == 1
+        assert trig.reconnect() and trig.fire(FireRequest(3, time.monotonic_ns() + AHEAD, 500.0)).ok
