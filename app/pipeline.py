@@ -201,6 +201,7 @@ class Pipeline:
         self._errors: list[str] = []
         self._frames_recorded = 0
         self._sort_hold = 0  # oldest ring sequence number the sort thread may still read
+        self._clock = None  # camera clock -> host clock fit, for cameras with their own clock
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -213,6 +214,10 @@ class Pipeline:
             info = self.camera.info
             self.ring = info.make_ring(self.ring_capacity)
             self.ring.camera_clock = info.camera_clock
+            if info.camera_clock:
+                from hardware.timing import ClockMap
+
+                self._clock = ClockMap()
             self._sort_reader = self.ring.reader("sort")
             self._rec_reader = self.ring.reader("recorder") if self.recorder is not None else None
             self.camera.start()
@@ -353,6 +358,8 @@ class Pipeline:
 
     def _track(self, b) -> None:
         self._sort_hold = b.seq0  # frames from here on are in use until released
+        if self._clock is not None and len(b):
+            self._clock.add_many(b.timestamps_ns, b.host_ns)
         events = self.tracker.process_batch(self.ring, b)
         self._frames_processed += len(b)
         self._sort_reader.release(b)
@@ -443,7 +450,7 @@ class Pipeline:
 
         timing = self.timing
         v = ev.features.get("v_after_mm_s", math.nan)
-        at = fire_time_ns(ev.exit_host_ns, v, timing) if timing is not None else time.monotonic_ns()
+        at = fire_time_ns(self._exit_host_ns(ev), v, timing) if timing is not None else time.monotonic_ns()
         width = timing.pulse_width_us if timing is not None else 100.0
         rec = self.trigger.fire(FireRequest(ev.index, at, width))
         if getattr(rec, "late", False):
@@ -460,6 +467,24 @@ class Pipeline:
                             decision.probability, decision.is_target, getattr(rec, "error", "")), rec
         self._trigger_ok = True
         return decision, rec
+
+    def _exit_host_ns(self, ev: CellEvent) -> int:
+        """Host time of the cell's sub-frame exit from the constriction.
+
+        With a camera clock, the exit time is mapped through the clock fit (free of transfer
+        jitter); with host timestamps it is already on the host clock. Falls back to the host
+        arrival of the exit frame.
+        """
+        t_ms = ev.features.get("exit_time_ms", math.nan)
+        t0 = self.tracker.t0_ns if self.tracker is not None else None
+        if t0 is None or not math.isfinite(t_ms):
+            return ev.exit_host_ns
+        cam_ns = int(t0 + t_ms * 1e6)
+        if self._clock is None:
+            return cam_ns
+        if self._clock.n < 16:
+            return ev.exit_host_ns
+        return self._clock.to_host_ns(cam_ns)
 
     def _storage_loop(self) -> None:
         sink = self.sink
