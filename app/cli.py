@@ -101,6 +101,7 @@ BENCHES: dict[str, str] = {
     "inference": "inference.bench:bench_inference",
     "sorting": "app.bench:bench_sorting",
     "trigger": "hardware.bench:bench_serial_jitter",
+    "storage": "app.storage:bench_storage",
     "pipeline": "app.bench:bench_pipeline",
     "camera": "acquisition.bench:bench_camera",
     "gui": "app.gui.bench:bench_gui",

@@ -129,7 +129,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                        class_names=tuple(clf.classes) if clf is not None else (),
                        model_spec_json=clf.spec.to_json() if clf is not None else "", model_sha256="",
                        model_name=str(model or ""), config_toml=config_to_toml(RunConfig()),
-                       camera=f"reanalysis of {src.name}", software="mimlsort reanalyze", camera_clock=False)
+                       camera=f"reanalysis of {src.name}", camera_clock=False)
         with EventWriter(dst, meta=meta) as wr:
             wr.log(f"reanalysis of {src} ({n} event images), threshold {threshold}")
             wr.write([CellRecord(e, p, None, None) for e, p in zip(records, probs)])

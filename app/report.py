@@ -1,0 +1,355 @@
+"""The sample report: what a run measured and sorted, for the operator, from its event file.
+
+:func:`summarize` computes the numbers (cells per class with Wilson 95 % intervals, quality flags,
+sorted counts and reasons, purity/recovery estimates, per-class feature medians);
+:func:`write_report` adds the figures (matplotlib, Agg, no pyplot state) and writes Markdown and
+HTML. Purity and recovery are *estimates from the classifier's probabilities* (no ground truth
+exists at the sorter): purity = mean P(target) over fired cells; recovery = Σ P(target) of fired
+cells / Σ P(target) of all cells.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.storage import StoredRun, read_events
+from mimlsort.errors import DataFormatError
+from tracking.events import Quality
+from tracking.features import FEATURES
+
+Z95 = 1.959963984540054
+
+#: features summarised per class and drawn as histograms
+REPORT_FEATURES: tuple[str, ...] = ("di", "transit_time_ms", "v_max_mm_s", "dir_per_ms", "area_um", "deform")
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n (NaNs for n = 0)."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = k / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z / d * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    name: str
+    count: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.count / self.total if self.total else math.nan
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        return wilson(self.count, self.total)
+
+
+@dataclass(frozen=True)
+class Summary:
+    path: Path
+    sample: str
+    run_index: int
+    started: str
+    complete: bool
+    cells: int
+    unflagged: int
+    duration_s: float
+    classes: tuple[Share, ...]  # predicted class among all classified cells
+    classes_unflagged: tuple[Share, ...]  # the same among unflagged cells
+    quality: tuple[Share, ...]  # each flag among all cells
+    target_classes: tuple[str, ...]
+    targets_from: str  # where the target classes came from
+    fired: Share
+    reasons: tuple[Share, ...]  # why cells were (not) fired, among cells with a decision
+    purity_estimate: float
+    recovery_estimate: float
+    predicted_purity: float  # fraction of fired cells whose predicted class is a target
+    medians: dict[str, dict[str, tuple[float, float, float]]]  # class -> feature -> (q25, median, q75)
+    counters: dict = field(default_factory=dict)
+    model: str = ""
+    acks: int = 0
+
+
+def _target_classes(run: StoredRun, f: dict, override) -> tuple[tuple[str, ...], str]:
+    classes = run.class_names
+    if override:
+        unknown = [c for c in override if c not in classes]
+        if unknown:
+            raise DataFormatError(f"{run.path}: target classes {unknown} are not among the model's {list(classes)}")
+        return tuple(override), "given"
+    if run.meta.config_toml:
+        try:
+            cfg = tomllib.loads(run.meta.config_toml)
+            t = cfg.get("sorting", {}).get("target_classes")
+            if t and all(c in classes for c in t):
+                return tuple(t), "configuration"
+        except tomllib.TOMLDecodeError:
+            pass
+    picked = sorted({classes[i] for i in f["predicted"][f["is_target"] == 1] if 0 <= i < len(classes)})
+    return tuple(picked), "cells marked as targets" if picked else "none"
+
+
+def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None = None,
+              data: tuple[dict, StoredRun] | None = None) -> Summary:
+    f, run = data if data is not None else read_events(events_path)
+    n = run.n_events
+    classes = run.class_names
+    q = f["quality"].astype(np.int64) if n else np.zeros(0, np.int64)
+    ok = q == 0
+    pred = f["predicted"] if n else np.zeros(0, np.int64)
+    classified = pred >= 0
+
+    def shares(mask) -> tuple[Share, ...]:
+        tot = int(mask.sum())
+        counts = Counter(int(i) for i in pred[mask])
+        return tuple(Share(c, counts.get(i, 0), tot) for i, c in enumerate(classes))
+
+    quality = tuple(Share(flag.name, int(np.count_nonzero(q & flag.value)), n) for flag in Quality if flag.value)
+    targets, source = _target_classes(run, f, target_classes)
+    decided = f["reason"] > 0 if n else np.zeros(0, bool)
+    fired = (f["fired"] == 1) if n else np.zeros(0, bool)
+    reason_counts = Counter(int(r) for r in f["reason"][decided]) if n else Counter()
+    reasons = tuple(Share(run.reasons[r] if r < len(run.reasons) else str(r), c, int(decided.sum()))
+                    for r, c in sorted(reason_counts.items(), key=lambda kv: -kv[1]))
+    idx = [classes.index(c) for c in targets]
+    p_t = f["probabilities"][:, idx].sum(axis=1) if (n and idx) else np.zeros(n)
+    purity = float(p_t[fired].mean()) if fired.any() and idx else math.nan
+    recovery = float(p_t[fired].sum() / p_t.sum()) if idx and p_t.sum() > 0 else math.nan
+    pred_purity = float(np.isin(pred[fired], idx).mean()) if fired.any() and idx else math.nan
+    medians: dict[str, dict[str, tuple[float, float, float]]] = {}
+    groups = [(c, (pred == i) & ok) for i, c in enumerate(classes)] or [("all", ok)]
+    for c, m in groups:
+        medians[c] = {}
+        for feat in REPORT_FEATURES:
+            v = f[feat][m] if feat in f else np.zeros(0)
+            v = v[np.isfinite(v)]
+            medians[c][feat] = tuple(float(x) for x in np.percentile(v, [25, 50, 75])) if v.size else (math.nan,) * 3
+    t = f["exit_time_ms"][np.isfinite(f["exit_time_ms"])] if n else np.zeros(0)
+    duration = float(t.max() - t.min()) / 1000.0 if t.size > 1 else math.nan
+    started = run.meta.started.isoformat(timespec="seconds") if run.meta.started else \
+        f"{run.attrs.get('experiment:date', '')} {run.attrs.get('experiment:time', '')}".strip()
+    return Summary(
+        path=Path(events_path), sample=run.meta.sample, run_index=run.meta.run_index, started=started,
+        complete=run.complete, cells=n, unflagged=int(ok.sum()), duration_s=duration,
+        classes=shares(classified), classes_unflagged=shares(classified & ok), quality=quality,
+        target_classes=targets, targets_from=source, fired=Share("fired", int(fired.sum()), n), reasons=reasons,
+        purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
+        counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def _label(feat: str) -> str:
+    d = FEATURES[feat]
+    return f"{feat} [{d.unit}]" if d.unit else feat
+
+
+def _colours(n: int):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def make_figures(f: dict, run: StoredRun, out_dir: Path) -> dict[str, Path]:
+    """Scatter plots (DI vs transit time, DI vs v_max) and histograms, coloured by class; PNG paths."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    classes = run.class_names
+    n = run.n_events
+    pred = f["predicted"] if n else np.zeros(0, np.int64)
+    groups = [(c, pred == i) for i, c in enumerate(classes)]
+    if (pred < 0).any() or not classes:
+        groups.append(("unclassified", pred < 0))
+    colours = _colours(len(groups))
+    fired = f["fired"] == 1 if n else np.zeros(0, bool)
+    out: dict[str, Path] = {}
+    for name, x in (("scatter_di_transit", "transit_time_ms"), ("scatter_di_vmax", "v_max_mm_s")):
+        fig = Figure(figsize=(6, 4.5), dpi=100)
+        ax = fig.add_subplot()
+        for (c, m), col in zip(groups, colours):
+            if m.any():
+                ax.scatter(f[x][m], f["di"][m], s=9, color=col, alpha=0.7, label=f"{c} ({int(m.sum())})",
+                           edgecolors="none")
+        if fired.any():
+            ax.scatter(f[x][fired], f["di"][fired], s=30, facecolors="none", edgecolors="k", linewidths=0.6,
+                       label=f"fired ({int(fired.sum())})")
+        ax.set_xlabel(_label(x))
+        ax.set_ylabel(_label("di"))
+        ax.set_title(f"{run.meta.sample}: DI vs {x}")
+        if n:
+            ax.legend(fontsize=8, markerscale=1.5)
+        fig.tight_layout()
+        out[name] = out_dir / f"{name}.png"
+        fig.savefig(out[name])
+    fig = Figure(figsize=(9, 6), dpi=100)
+    axes = fig.subplots(2, 3).ravel()
+    for ax, feat in zip(axes, REPORT_FEATURES):
+        v_all = f[feat][np.isfinite(f[feat])] if n else np.zeros(0)
+        bins = np.histogram_bin_edges(v_all, bins=30) if v_all.size > 1 else 10
+        for (c, m), col in zip(groups, colours):
+            v = f[feat][m]
+            v = v[np.isfinite(v)]
+            if v.size:
+                ax.hist(v, bins=bins, histtype="step", color=col, label=c, linewidth=1.2)
+        ax.set_xlabel(_label(feat), fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("cells")
+    axes[3].set_ylabel("cells")
+    if n:
+        axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    out["histograms"] = out_dir / "histograms.png"
+    fig.savefig(out["histograms"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# text
+
+
+def _pct(x: float) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f} %"
+
+
+def _ci(s: Share) -> str:
+    lo, hi = s.ci95
+    return "–" if math.isnan(lo) else f"{100 * lo:.1f}–{100 * hi:.1f} %"
+
+
+def _g(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:.4g}"
+
+
+def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """(title, header, rows, note) of every table, shared by the Markdown and HTML writers."""
+    t = []
+    t.append(("Run", ["", ""], [
+        ["file", str(s.path)], ["sample", s.sample], ["run index", str(s.run_index)], ["started", s.started],
+        ["model", s.model or "none"], ["cells", str(s.cells)], ["unflagged cells", str(s.unflagged)],
+        ["duration (first to last cell)", "–" if math.isnan(s.duration_s) else f"{s.duration_s:.2f} s"],
+        ["cells per second", "–" if math.isnan(s.duration_s) or s.duration_s <= 0 else f"{s.cells / s.duration_s:.1f}"],
+        ["file complete", "yes" if s.complete else "NO (the writer did not close it; events up to its last flush)"],
+    ], ""))
+    if s.classes:
+        rows = [[a.name, str(a.count), _pct(a.fraction), _ci(a), str(b.count), _pct(b.fraction), _ci(b)]
+                for a, b in zip(s.classes, s.classes_unflagged)]
+        t.append(("Cells per class", ["class", "cells", "share", "95 % CI", "unflagged", "share", "95 % CI"], rows,
+                  "Predicted class (most probable). Intervals: Wilson score, 95 %."))
+    t.append(("Quality flags", ["flag", "cells", "share", "95 % CI"],
+              [[q.name, str(q.count), _pct(q.fraction), _ci(q)] for q in s.quality], ""))
+    t.append(("Sorting", ["", ""], [
+        ["target classes", (", ".join(s.target_classes) or "none") + f" (from {s.targets_from})"],
+        ["fired", f"{s.fired.count} of {s.fired.total} ({_pct(s.fired.fraction)}, 95 % CI {_ci(s.fired)})"],
+        ["purity estimate", _pct(s.purity_estimate)], ["recovery estimate", _pct(s.recovery_estimate)],
+        ["fired cells predicted as target", _pct(s.predicted_purity)], ["device acknowledgements", str(s.acks)],
+    ], "Purity = mean P(target) over fired cells; recovery = ΣP(target) fired / ΣP(target) all "
+       "(estimates from the classifier's probabilities, not measured)."))
+    if s.reasons:
+        t.append(("Decisions", ["reason", "cells", "share"],
+                  [[r.name, str(r.count), _pct(r.fraction)] for r in s.reasons], ""))
+    feats = list(REPORT_FEATURES)
+    t.append(("Feature medians (unflagged cells, [25 %, 75 %])", ["class", *(_label(x) for x in feats)],
+              [[c, *(f"{_g(m[x][1])} [{_g(m[x][0])}, {_g(m[x][2])}]" for x in feats)]
+               for c, m in s.medians.items()], ""))
+    if s.counters:
+        t.append(("Run counters", ["counter", "value"], [[k, str(v)] for k, v in s.counters.items()], ""))
+    return t
+
+
+def to_markdown(s: Summary, figures: dict[str, Path]) -> str:
+    lines = [f"# Sample report: {s.sample} (run {s.run_index})", ""]
+    for title, header, rows, note in _tables(s):
+        lines += [f"## {title}", ""]
+        esc = lambda x: x.replace("|", "\\|")  # noqa: E731
+        lines.append("| " + " | ".join(esc(h) for h in header) + " |")
+        lines.append("|" + "---|" * len(header))
+        lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+        if note:
+            lines += ["", note]
+        lines.append("")
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{k}]({p.name})" for k, p in figures.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_html(s: Summary, figures: dict[str, Path]) -> str:
+    """A single self-contained HTML page (figures embedded), easy to mail or archive."""
+    e = html.escape
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+             f"<title>{e(s.sample)} – mimlsort report</title><style>"
+             "body{font-family:sans-serif;margin:2em;max-width:1100px}"
+             "table{border-collapse:collapse;margin-bottom:.5em}"
+             "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left;font-size:90%}"
+             "th{background:#eee}.note{color:#555;font-size:85%}img{max-width:100%}"
+             "</style></head><body>",
+             f"<h1>Sample report: {e(s.sample)} (run {s.run_index})</h1>"]
+    for title, header, rows, note in _tables(s):
+        parts.append(f"<h2>{e(title)}</h2><table>")
+        if any(header):
+            parts.append("<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+        if note:
+            parts.append(f"<p class='note'>{e(note)}</p>")
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for k, p in figures.items():
+            b64 = base64.b64encode(p.read_bytes()).decode("ascii")
+            parts.append(f"<p><img alt='{e(k)}' src='data:image/png;base64,{b64}'></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFiles:
+    summary: Summary
+    out_dir: Path
+    markdown: Path | None
+    html: Path | None
+    figures: dict[str, Path]
+
+
+def write_report(events_path: str | Path, out_dir: str | Path | None = None, *,
+                 formats: tuple[str, ...] = ("md", "html"),
+                 target_classes: tuple[str, ...] | None = None) -> ReportFiles:
+    """Summarise ``events_path``, draw the figures and write ``report.md``/``report.html`` to ``out_dir``
+    (default: ``<events>_report/`` beside the file)."""
+    bad = [x for x in formats if x not in ("md", "html")]
+    if bad:
+        raise DataFormatError(f"report formats must be md and/or html, got {bad}")
+    events_path = Path(events_path)
+    out_dir = Path(out_dir) if out_dir is not None else events_path.with_name(events_path.stem + "_report")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataFormatError(f"{out_dir}: cannot create the report folder: {err}") from err
+    data = read_events(events_path)
+    summary = summarize(events_path, target_classes=target_classes, data=data)
+    figures = make_figures(*data, out_dir)
+    md = ht = None
+    if "md" in formats:
+        md = out_dir / "report.md"
+        md.write_text(to_markdown(summary, figures), encoding="utf-8")
+    if "html" in formats:
+        ht = out_dir / "report.html"
+        ht.write_text(to_html(summary, figures), encoding="utf-8")
+    return ReportFiles(summary, out_dir, md, ht, figures)

@@ -1,0 +1,1123 @@
+"""Event files: one ``.rtdc`` (HDF5) per run that dclab, DCscope and Shape-Out open as they are.
+
+Layout (dclab's names wherever dclab defines the quantity, ours in our own group)::
+
+    /                      metadata attributes ``section:key`` (experiment, imaging, setup,
+                           online_filter, user) that dclab's checker requires
+    /events/<feature>      dclab features, one row per cell: index, index_online, frame, time,
+                           pos_x, pos_y, deform, area_um, bright_avg, bright_sd, ml_score_<xxx>,
+                           userdef0..9 (our features, mapping in ``user:userdefN``), and the event
+                           images ``image``/``mask`` and ``basinmap0``
+    /basin_events/image_bg each distinct background once (dclab internal basin, /basins/…), so
+                           dclab and DCscope show ``image_bg`` for every event
+    /logs/mimlsort-*       run log, configuration (TOML), model spec (JSON), counters, mappings
+    /mimlsort/events/<x>   the same rows again under our own names: every tracker feature, identity,
+                           quality, first/last crops, class probabilities, the sort decision (fired,
+                           reason code, detail) and the trigger's fire record
+    /mimlsort/acks         device acknowledgements (event_index, device_time_us, host_ns)
+    /mimlsort/config_toml, /mimlsort/model_spec_json   the exact texts (logs hold them wrapped)
+
+Crash safety: rows are buffered in memory and written at :meth:`EventWriter.flush` (at least once a
+second). Until the first events the file stays closed between flushes (consistent on disk); from the
+first flush with events on it is open in HDF5 SWMR mode, so a process killed at any moment leaves a
+file that dclab opens (it falls back to SWMR reading by itself) holding every row of the last
+completed flush. ``close()`` ends SWMR mode and writes the final counters and the
+``complete`` flag in a normal reopen, because SWMR forbids creating attributes.
+
+Why SWMR rather than plain flushes: between two flushes of a non-SWMR file HDF5 may evict dirty
+metadata in any order, so a kill can leave a file that does not open at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mimlsort import __version__
+from mimlsort.errors import DataFormatError, DeviceError
+from mimlsort.settings import require
+from tracking.features import FEATURES, MIML_FEATURES
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mimlsort-events"
+FORMAT_VERSION = 1
+
+#: dclab's limit for log lines (longer lines are an alert in dclab's checker)
+LOG_LINE_BYTES = 100
+
+#: our features that have a dclab name and meaning of their own (``rtdc=True`` in tracking.features)
+RTDC_FEATURES: tuple[str, ...] = tuple(n for n, d in FEATURES.items() if d.rtdc)
+
+#: what goes into dclab's ten ``userdef`` slots, in this order, so DCscope users can plot and gate
+#: on it; MIML's features first, then what an operator gates on (quality bits, whether it fired)
+USERDEF_PRIORITY: tuple[str, ...] = (*MIML_FEATURES, "diameter_um", "di_entry", "di_exit", "v_after_mm_s",
+                                     "quality", "fired")
+
+#: reason codes stored per event; 0 means that no sort policy ran for the cell
+REASON_CODES: tuple[str, ...] = ("no decision", "fired", "sorting off", "not a target class", "below threshold",
+                                 "outside gate", "quality gate", "aborted by coincidence", "not isolated", "late",
+                                 "trigger unavailable")
+
+_IMAGE_CHUNK_BYTES = 256 * 1024
+_ROW_CHUNK = 1024  # rows per chunk of scalar datasets (8 KiB for float64)
+_DETAIL_BYTES = 96
+_ERROR_BYTES = 96
+_DEVICE_BYTES = 32
+
+
+# ---------------------------------------------------------------------------------------------
+# run metadata
+
+
+@dataclass(frozen=True, slots=True)
+class RunMeta:
+    """What a run's file says about the run besides its events (dclab metadata and provenance)."""
+
+    pixel_size_um: float
+    fps: float
+    roi: tuple[int, int]  # camera ROI width, height in pixels
+    sample: str = "unnamed sample"
+    run_index: int = 1  # 1-based measurement number of the day/session (dclab "run index")
+    operator: str = ""
+    roi_position: tuple[int, int] = (0, 0)  # ROI offset on the sensor, px
+    bit_depth: int = 8  # bits per pixel of the camera; event images are stored as 8 bit
+    # what dclab's "image" holds: roi = the tracker's ROI frame at max DI (with mask, background);
+    # crop = the last crop; auto = roi if any event of the first batch has a ROI frame
+    event_images: str = "auto"
+    channel_width_um: float = 20.0
+    constriction_width_um: float | None = None
+    constriction_length_um: float | None = None
+    chip_region: str = "channel"  # channel | reservoir
+    chip_identifier: str = ""
+    flow_rate_ul_s: float = 0.04
+    flow_rate_sample_ul_s: float | None = None
+    flow_rate_sheath_ul_s: float | None = None
+    medium: str = "other"
+    temperature_c: float | None = None
+    flash_device: str = "LED"
+    flash_duration_us: float = 2.0  # exposure time for a continuously lit sample
+    setup_identifier: str = "mimlsort"
+    camera: str = ""  # backend and model, e.g. "basler acA720-520um"
+    camera_clock: bool = True  # frame times come from the camera's clock (False: host arrival times)
+    class_names: tuple[str, ...] = ()
+    feature_names: tuple[str, ...] = tuple(FEATURES)
+    model_name: str = ""
+    model_spec_json: str = ""
+    model_sha256: str = ""
+    config_toml: str = ""
+    software_version: str = f"mimlsort {__version__}"
+    started: datetime | None = None  # run start (aware or naive local time); None: when the file is opened
+    run_identifier: str = ""  # unique id of the run; empty: a new UUID
+    target_event_count: int = 0  # auto-stop limits, 0: none
+    target_duration_s: float = 0.0
+
+    def __post_init__(self):
+        require(self.pixel_size_um > 0, "pixel_size_um", f"must be > 0, got {self.pixel_size_um}")
+        require(self.fps > 0, "fps", f"must be > 0, got {self.fps}")
+        require(len(self.roi) == 2 and all(int(v) > 0 for v in self.roi), "roi",
+                f"must be (width, height) > 0, got {self.roi}")
+        require(len(self.roi_position) == 2 and all(int(v) >= 0 for v in self.roi_position), "roi_position",
+                f"must be (x, y) >= 0, got {self.roi_position}")
+        require(self.run_index >= 1, "run_index", f"must be >= 1, got {self.run_index}")
+        require(8 <= self.bit_depth <= 16, "bit_depth", f"must be in 8..16, got {self.bit_depth}")
+        require(self.event_images in ("auto", "roi", "crop", "none"), "event_images",
+                f"must be auto, roi, crop or none, got {self.event_images!r}")
+        require(self.channel_width_um > 0, "channel_width_um", f"must be > 0, got {self.channel_width_um}")
+        require(self.flow_rate_ul_s > 0, "flow_rate_ul_s", f"must be > 0, got {self.flow_rate_ul_s}")
+        require(self.flash_duration_us > 0, "flash_duration_us", f"must be > 0, got {self.flash_duration_us}")
+        require(self.chip_region in ("channel", "reservoir"), "chip_region",
+                f"must be channel or reservoir, got {self.chip_region!r}")
+        require(bool(self.sample.strip()), "sample", "must not be empty")
+        require(len(set(self.class_names)) == len(self.class_names), "class_names",
+                f"must be unique, got {list(self.class_names)}")
+        unknown = [f for f in self.feature_names if f not in FEATURES]
+        require(not unknown, "feature_names", f"unknown features {unknown} (known: {', '.join(FEATURES)})")
+        require(not self.model_sha256 or re.fullmatch(r"[0-9a-f]{64}", self.model_sha256) is not None,
+                "model_sha256", f"must be 64 lower-case hex digits, got {self.model_sha256!r}")
+        if self.model_spec_json:
+            try:
+                json.loads(self.model_spec_json)
+            except ValueError as err:
+                require(False, "model_spec_json", f"is not valid JSON: {err}")
+        if self.flow_rate_sample_ul_s is not None and self.flow_rate_sheath_ul_s is not None:
+            total = self.flow_rate_sample_ul_s + self.flow_rate_sheath_ul_s
+            require(math.isclose(total, self.flow_rate_ul_s, rel_tol=1e-6), "flow_rate_ul_s",
+                    f"must be sample + sheath = {total:g}, got {self.flow_rate_ul_s:g}")
+        require(self.target_event_count >= 0, "target_event_count", f"must be >= 0, got {self.target_event_count}")
+        require(self.target_duration_s >= 0, "target_duration_s", f"must be >= 0, got {self.target_duration_s}")
+
+    def to_json(self) -> str:
+        # the long texts live in their own datasets (attributes should stay small)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TEXT_FIELDS}
+        d["started"] = self.started.isoformat() if self.started else None
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str, **texts: str) -> "RunMeta":
+        d = {**json.loads(text), **texts}
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}  # files from newer versions may carry more
+        for k in ("roi", "roi_position", "class_names", "feature_names"):
+            if k in d:
+                d[k] = tuple(d[k])
+        if d.get("started"):
+            d["started"] = datetime.fromisoformat(d["started"])
+        return cls(**d)
+
+
+_TEXT_FIELDS = ("config_toml", "model_spec_json")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file (for ``RunMeta.model_sha256``)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def score_codes(class_names: Sequence[str]) -> dict[str, str]:
+    """Class name -> the three characters of its dclab ``ml_score_<xxx>`` feature (unique, stable).
+
+    dclab allows exactly three of ``[a-z0-9]``; the code is the name's first three such characters,
+    or, when that is taken or too short, its first two/one plus a running number.
+    """
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for i, name in enumerate(class_names):
+        base = re.sub(r"[^a-z0-9]", "", name.lower())
+        cands = [base[:3]] if len(base) >= 3 else []
+        cands += [f"{base[:2]}{d}" for d in range(10)] if len(base) >= 2 else []
+        cands += [f"{base[:1]}{d:02d}" for d in range(100)] if base else []
+        cands += [f"c{d:02d}" for d in range(i, 100)] + [f"{d:03d}" for d in range(1000)]
+        code = next(c for c in cands if len(c) == 3 and c not in used)
+        used.add(code)
+        out[name] = code
+    return out
+
+
+def userdef_mapping(feature_names: Iterable[str]) -> dict[str, str]:
+    """``userdefN`` -> what it holds (a feature name, ``quality`` or ``fired``)."""
+    have = set(feature_names) | {"quality", "fired"}
+    chosen = [n for n in USERDEF_PRIORITY if n in have]
+    chosen += [n for n in FEATURES if n in have and n not in chosen and n not in RTDC_FEATURES]
+    return {f"userdef{i}": n for i, n in enumerate(chosen[:10])}
+
+
+def _describe(name: str) -> str:
+    if name == "quality":
+        return "quality: bitmask of tracking.events.Quality (0 = OK)"
+    if name == "fired":
+        return "fired: 1 if the sort trigger fired for the cell"
+    d = FEATURES[name]
+    return f"{name} [{d.unit}]: {d.description}" if d.unit else f"{name}: {d.description}"
+
+
+def wrap_bytes(text: str, limit: int = LOG_LINE_BYTES) -> list[bytes]:
+    """Lines of ``text`` as UTF-8, each cut to at most ``limit`` bytes (never inside a character)."""
+    out = []
+    for line in text.splitlines() or [""]:
+        b = line.encode("utf-8")
+        while len(b) > limit:
+            cut = limit
+            while cut > 0 and (b[cut] & 0xC0) == 0x80:  # continuation byte: back up to a char start
+                cut -= 1
+            out.append(b[:cut])
+            b = b[cut:]
+        out.append(b)
+    return out
+
+
+def _fixed(text: str, n: int) -> bytes:
+    b = text.encode("utf-8")[:n]
+    return b.decode("utf-8", "ignore").encode("utf-8")  # a cut character would not decode
+
+
+# ---------------------------------------------------------------------------------------------
+# the writer
+
+
+def _snapshot(event) -> Any:
+    snap = getattr(event, "snapshot", None)
+    if snap is None and getattr(event, "extra", None):
+        snap = event.extra.get("snapshot")
+    return snap
+
+
+@dataclass
+class _Column:
+    """One appendable dataset: its path, per-row shape and dtype, and rows waiting for a flush."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    image: bool = False
+    pending: list = field(default_factory=list)
+
+
+class EventWriter:
+    """Writes :class:`~app.records.CellRecord` batches to an ``.rtdc`` file; a context manager.
+
+    ``write`` is called on the storage thread; ``log``, ``add_acks`` and ``note_counters`` may be
+    called from any thread (they only queue; the storage thread writes them at the next flush).
+    Flushes happen inside ``write`` once ``flush_interval_s`` has passed, on ``flush()`` and on
+    ``flush_if_due()`` (call it when the storage thread idles, so a run without cells still flushes).
+    """
+
+    def __init__(self, path: str | Path, *, meta: RunMeta, overwrite: bool = False, flush_interval_s: float = 1.0,
+                 max_buffered: int = 1024, compression: str | None = "zstd", compression_level: int = 1,
+                 min_free_bytes: int = 256 * 2**20):
+        require(flush_interval_s > 0, "flush_interval_s", f"must be > 0, got {flush_interval_s}")
+        require(max_buffered >= 1, "max_buffered", f"must be >= 1, got {max_buffered}")
+        require(compression in (None, "zstd", "gzip"), "compression",
+                f"must be zstd, gzip or None, got {compression!r}")
+        self.path = Path(path)
+        self.meta = meta
+        self.flush_interval_s = flush_interval_s
+        self.max_buffered = max_buffered
+        self.min_free_bytes = min_free_bytes
+        self._io_broken = False  # an HDF5 write failed: the handle cannot be trusted any more
+        self._compression = compression
+        self._level = compression_level
+        self._lock = threading.Lock()
+        self._pending_log: list[bytes] = []
+        self._pending_acks: list[tuple[int, float, int]] = []
+        self._counters: dict[str, Any] = {}
+        self._counters_dirty = False
+        self._columns: dict[str, _Column] = {}
+        self._ds: dict[str, Any] = {}
+        self._buffered = 0
+        self._written = 0
+        self._swmr = False
+        self._closed = False
+        self._failed: DeviceError | None = None
+        self._image_mode: str | None = None  # "snapshot" | "crop" | "none", fixed by the first event
+        self._image_shape: tuple[int, int] | None = None
+        self._crop_shape: tuple[int, int] | None = None
+        self._crop_dtype: np.dtype | None = None
+        self._crop_px = math.nan
+        self._last_bg: np.ndarray | None = None
+        self._bg_pending: list[np.ndarray] = []
+        self._bg_count = 0
+        self._no_snapshot = 0
+        self._bytes = 0
+        self._t0 = time.monotonic()
+        self._last_flush = self._t0
+        self.codes = score_codes(meta.class_names)
+        self.userdef = userdef_mapping(meta.feature_names)
+        self.started = meta.started or datetime.now().astimezone()
+        self.run_identifier = meta.run_identifier or str(uuid.uuid4())
+        self._h5 = self._create(overwrite)
+
+    # -- opening ---------------------------------------------------------------------------------
+    def _create(self, overwrite: bool):
+        import h5py
+        import hdf5plugin  # noqa: F401  (registers the Zstandard filter)
+
+        p = self.path
+        if p.suffix != ".rtdc":
+            raise DataFormatError(f"{p}: event files must end in .rtdc (dclab and DCscope go by the suffix)")
+        if not p.parent.is_dir():
+            raise DeviceError(f"{p}: cannot write the event file: folder {p.parent} does not exist")
+        if p.exists() and not overwrite:
+            raise DataFormatError(f"{p}: exists; refusing to overwrite a measurement (choose another name)")
+        try:
+            h5 = h5py.File(p, "w", libver="latest", locking=False)
+        except OSError as err:
+            raise DeviceError(f"{p}: cannot create the event file: {err}") from err
+        try:
+            self._write_header(h5)
+        except OSError as err:
+            raise DeviceError(f"{p}: cannot write the event file: {err}") from err
+        finally:
+            # closed until the first events: a killed non-SWMR file would not open at all
+            h5.close()
+        self._bytes = _size(p)
+        return None
+
+    def _write_header(self, h5) -> None:
+        m = self.meta
+        t = self.started
+        attrs = {
+            "experiment:date": t.strftime("%Y-%m-%d"),
+            "experiment:time": t.strftime("%H:%M:%S"),
+            "experiment:timestamp": float(t.timestamp()),
+            "experiment:event count": 0,
+            "experiment:run index": int(m.run_index),
+            "experiment:run identifier": self.run_identifier,
+            "experiment:sample": m.sample,
+            "imaging:flash device": m.flash_device,
+            "imaging:flash duration": float(m.flash_duration_us),
+            "imaging:frame rate": float(m.fps),
+            "imaging:pixel size": float(m.pixel_size_um),
+            "imaging:roi position x": int(m.roi_position[0]),
+            "imaging:roi position y": int(m.roi_position[1]),
+            "imaging:roi size x": int(m.roi[0]),
+            "imaging:roi size y": int(m.roi[1]),
+            "setup:channel width": float(m.channel_width_um),
+            "setup:chip region": m.chip_region,
+            "setup:flow rate": float(m.flow_rate_ul_s),
+            "setup:medium": m.medium,
+            "setup:software version": m.software_version,
+            "setup:identifier": m.setup_identifier,
+            "setup:module composition": "mimlsort " + (m.camera or "camera"),
+            "user:mimlsort format": f"{FORMAT} {FORMAT_VERSION}",
+            "user:operator": m.operator,
+            "user:camera": m.camera,
+            "user:camera roi": f"{m.roi[0]}x{m.roi[1]}",
+            "user:frame times": "camera clock" if m.camera_clock else "host arrival (camera has no clock)",
+            "user:event image": "pending",
+            "user:complete": 0,
+            "user:model": m.model_name,
+            "user:model sha256": m.model_sha256,
+        }
+        if m.flow_rate_sample_ul_s is not None:
+            attrs["setup:flow rate sample"] = float(m.flow_rate_sample_ul_s)
+        if m.flow_rate_sheath_ul_s is not None:
+            attrs["setup:flow rate sheath"] = float(m.flow_rate_sheath_ul_s)
+        if m.temperature_c is not None:
+            attrs["setup:temperature"] = float(m.temperature_c)
+        if m.chip_identifier:
+            attrs["setup:chip identifier"] = m.chip_identifier.lower()
+        if m.constriction_width_um is not None:
+            attrs["user:constriction width um"] = float(m.constriction_width_um)
+        if m.constriction_length_um is not None:
+            attrs["user:constriction length um"] = float(m.constriction_length_um)
+        if m.target_event_count:
+            attrs["online_filter:target event count"] = int(m.target_event_count)
+        if m.target_duration_s:
+            attrs["online_filter:target duration"] = float(m.target_duration_s) / 60.0
+        for cls, code in self.codes.items():
+            attrs[f"user:ml_score_{code}"] = cls
+        for slot, name in self.userdef.items():
+            attrs[f"user:{slot}"] = _describe(name)
+        for k, v in attrs.items():
+            if v != "":  # dclab warns about empty values
+                h5.attrs[k] = v
+
+        h5.create_group("events")  # dclab requires it, also while (or if) no cell has come
+        g = h5.create_group("mimlsort")
+        g.attrs["format"] = FORMAT
+        g.attrs["format_version"] = FORMAT_VERSION
+        from dataclasses import replace
+
+        g.attrs["run_meta"] = replace(m, started=self.started, run_identifier=self.run_identifier).to_json()
+        g.attrs["class_codes"] = json.dumps(self.codes)
+        g.attrs["userdef"] = json.dumps(self.userdef)
+        g.attrs["reasons"] = json.dumps(REASON_CODES)
+        g.attrs["features"] = json.dumps({n: [d.unit, d.description] for n, d in FEATURES.items()})
+        g.create_group("events")
+        _text_dataset(g, "config_toml", m.config_toml)
+        _text_dataset(g, "model_spec_json", m.model_spec_json)
+        acks = np.dtype([("event_index", "<i8"), ("device_time_us", "<f8"), ("host_ns", "<i8")])
+        g.create_dataset("acks", (0,), dtype=acks, maxshape=(None,), chunks=(256,))
+
+        logs = h5.create_group("logs")
+        for name in ("mimlsort-run", "mimlsort-counters"):
+            logs.create_dataset(name, (0,), dtype=f"S{LOG_LINE_BYTES}", maxshape=(None,), chunks=(256,))
+        self._static_log(logs, "mimlsort-config", m.config_toml or "# no configuration given")
+        self._static_log(logs, "mimlsort-model-spec", _pretty_json(m.model_spec_json) or "no model")
+        lines = [f"mimlsort event file (format {FORMAT_VERSION}); our features under /mimlsort/events",
+                 *(f"{slot} = {_describe(n)}" for slot, n in self.userdef.items()),
+                 *(f"ml_score_{code} = P({cls})" for cls, code in self.codes.items()),
+                 *(f"reason {i} = {r}" for i, r in enumerate(REASON_CODES))]
+        self._static_log(logs, "mimlsort-mapping", "\n".join(lines))
+
+    @staticmethod
+    def _static_log(group, name: str, text: str) -> None:
+        lines = wrap_bytes(text)
+        group.create_dataset(name, data=np.array(lines, dtype=f"S{LOG_LINE_BYTES}"))
+
+    # -- columns ---------------------------------------------------------------------------------
+    def _define_columns(self, batch: Sequence) -> None:
+        """Fix the file's datasets from the first batch (crop sizes are known only then)."""
+        ev = batch[0].event
+        mode = self.meta.event_images
+        if mode == "auto":
+            mode = "roi" if any(_snapshot(r.event) is not None for r in batch) else "crop"
+        cols: list[_Column] = []
+
+        def add(path, shape=(), dtype="<f8", image=False):
+            cols.append(_Column(path, tuple(shape), np.dtype(dtype), image))
+
+        for name, dt in (("index", "<u4"), ("index_online", "<u4"), ("frame", "<u8"), ("time", "<f8"),
+                         ("pos_x", "<f8"), ("pos_y", "<f8")):
+            add(f"events/{name}", (), dt)
+        for name in RTDC_FEATURES:
+            add(f"events/{name}")
+        for code in self.codes.values():
+            add(f"events/ml_score_{code}")
+        for slot in self.userdef:
+            add(f"events/{slot}")
+        w, h = self.meta.roi
+        if mode == "roi":
+            self._image_mode = "snapshot"
+            self._image_shape = (h, w)  # each snapshot is checked against it in _add_row
+            for name in ("image", "mask"):
+                add(f"events/{name}", (h, w), "u1", image=True)
+            # the background changes rarely: each distinct one is stored once in dclab's internal
+            # basin (/basin_events/image_bg) and basinmap0 maps every event to it, as dcnum does
+            add("events/basinmap0", (), "<i8")
+        elif mode == "crop" and ev.last_crop is not None and np.ndim(ev.last_crop) == 2:
+            # no ROI frame: the last crop is the event image, and the ROI keys say the crop's size
+            # (dclab requires them to match the images); the camera ROI stays in "user:camera roi"
+            self._image_mode = "crop"
+            self._image_shape = tuple(np.shape(ev.last_crop))
+            add("events/image", self._image_shape, "u1", image=True)
+        else:
+            self._image_mode = "none"
+
+        for name in FEATURES:
+            add(f"mimlsort/events/{name}")
+        for name, dt in (("event_index", "<i8"), ("track_id", "<i8"), ("entry_frame", "<i8"), ("exit_frame", "<i8"),
+                         ("exit_host_ns", "<i8"), ("quality", "<u2"), ("predicted", "<i2"), ("probability", "<f4"),
+                         ("is_target", "u1"), ("fired", "u1"), ("reason", "u1"), ("fire_scheduled_ns", "<i8"),
+                         ("fire_sent_ns", "<i8"), ("fire_delay_us", "<f8"), ("fire_width_us", "<f8"),
+                         ("fire_late", "u1"), ("fire_ok", "u1")):
+            add(f"mimlsort/events/{name}", (), dt)
+        add("mimlsort/events/decision_detail", (), f"S{_DETAIL_BYTES}")
+        add("mimlsort/events/fire_error", (), f"S{_ERROR_BYTES}")
+        add("mimlsort/events/fire_device", (), f"S{_DEVICE_BYTES}")
+        if self.meta.class_names:
+            add("mimlsort/events/probabilities", (len(self.meta.class_names),), "<f4")
+        crop = np.asarray(ev.first_crop)
+        if crop.ndim == 2 and crop.size:
+            self._crop_shape, self._crop_dtype = crop.shape, crop.dtype
+            self._crop_px = float(ev.crop_pixel_size_um)
+            add("mimlsort/events/first_crop", crop.shape, crop.dtype, image=True)
+            add("mimlsort/events/last_crop", crop.shape, crop.dtype, image=True)
+        self._columns = {c.path: c for c in cols}
+
+    def _create_datasets(self) -> None:
+        import hdf5plugin
+
+        h5 = self._h5
+        if self._compression == "zstd":
+            comp = dict(hdf5plugin.Zstd(clevel=self._level))
+        elif self._compression == "gzip":
+            comp = {"compression": "gzip", "compression_opts": min(self._level, 9)}
+        else:
+            comp = {}
+        self._ds = {}
+        for c in self._columns.values():
+            if c.image:
+                # ~256 KiB chunks compress well and keep HDF5's per-chunk cost low; the half-filled last
+                # chunk that each flush rewrites leaks its old copy, a few % of the data at 1 flush/s
+                rows = int(np.clip(_IMAGE_CHUNK_BYTES // max(1, int(np.prod(c.shape)) * c.dtype.itemsize), 1, 64))
+                ds = h5.create_dataset(c.path, (0, *c.shape), dtype=c.dtype, maxshape=(None, *c.shape),
+                                       chunks=(rows, *c.shape), **comp)
+                ds.attrs.create("CLASS", np.bytes_("IMAGE"))
+                self._ds[c.path] = ds
+                ds.attrs.create("IMAGE_VERSION", np.bytes_("1.2"))
+                ds.attrs.create("IMAGE_SUBCLASS", np.bytes_("IMAGE_GRAYSCALE"))
+                if c.path.endswith("_crop"):
+                    ds.attrs["pixel_size_um"] = self._crop_px
+            else:
+                # scalars stay uncompressed: their chunks are rewritten in place at every flush
+                rows = max(16, _ROW_CHUNK // max(1, int(np.prod(c.shape))))
+                self._ds[c.path] = h5.create_dataset(c.path, (0, *c.shape), dtype=c.dtype, maxshape=(None, *c.shape),
+                                                     chunks=(rows, *c.shape))
+        if self._image_mode == "snapshot":
+            h, w = self._image_shape
+            ds = h5.create_dataset("basin_events/image_bg", (0, h, w), dtype="u1", maxshape=(None, h, w),
+                                   chunks=(1, h, w), **comp)
+            for k, v in (("CLASS", "IMAGE"), ("IMAGE_VERSION", "1.2"), ("IMAGE_SUBCLASS", "IMAGE_GRAYSCALE")):
+                ds.attrs.create(k, np.bytes_(v))
+            self._ds["basin_events/image_bg"] = ds
+            basin = {"description": "distinct background images, mapped to events by basinmap0",
+                     "features": ["image_bg"], "format": "h5dataset", "identifier": None, "mapping": "basinmap0",
+                     "name": "mimlsort backgrounds", "paths": ["basin_events"], "perishable": False,
+                     "type": "internal"}
+            lines = json.dumps(basin, indent=2, sort_keys=True).encode("utf-8").split(b"\n")
+            h5.create_group("basins").create_dataset("mimlsort-image-bg", data=np.array(lines, dtype="S100"))
+        mode = {"snapshot": "ROI frame at maximum DI (image, mask; image_bg via the internal basin)",
+                "crop": "last crop (no ROI frame from the tracker); roi size = crop size",
+                "none": "none"}[self._image_mode or "none"]
+        h5.attrs["user:event image"] = mode
+        if self._image_mode == "crop":
+            h5.attrs["imaging:roi size x"] = int(self._image_shape[1])
+            h5.attrs["imaging:roi size y"] = int(self._image_shape[0])
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write(self, records: Sequence) -> None:
+        """Queue a batch of records; flushes when the interval has passed or the buffer is full."""
+        self._check_open()
+        if records:
+            if not self._columns:
+                self._define_columns(records)
+            for r in records:
+                self._add_row(r)
+        if self._buffered >= self.max_buffered or time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    def _add_row(self, rec) -> None:
+        ev = rec.event
+        cols = self._columns
+        n = self._written + self._buffered
+        f = ev.features
+        row: dict[str, Any] = {}
+        put = row.__setitem__  # the row is appended only once complete: a bad event leaves no partial row
+        snap = _snapshot(ev)
+        px = self.meta.pixel_size_um
+        probs = np.asarray(rec.probabilities, np.float32).reshape(-1)
+        k = len(self.meta.class_names)
+        if probs.size != k:
+            raise DataFormatError(f"{self.path}: event {ev.index}: {probs.size} probabilities for {k} classes "
+                                  f"{list(self.meta.class_names)}")
+        d = rec.decision
+        fire = rec.fire
+
+        put("events/index", n + 1)
+        put("events/index_online", ev.index + 1)
+        put("events/frame", int(getattr(snap, "frame_id", ev.exit_frame)) if snap is not None else int(ev.exit_frame))
+        put("events/time", f.get("exit_time_ms", math.nan) / 1000.0)
+        put("events/pos_x", float(snap.pos_x_px) * px if snap is not None else math.nan)
+        put("events/pos_y", float(snap.pos_y_px) * px if snap is not None else f.get("pos_y_um", math.nan))
+        for name in RTDC_FEATURES:
+            put(f"events/{name}", f.get(name, math.nan))
+        for cls, code in self.codes.items():
+            # dclab rejects scores outside [0, 1]; float32 softmax can overshoot by an ulp
+            put(f"events/ml_score_{code}", min(1.0, max(0.0, float(probs[self.meta.class_names.index(cls)]))))
+        extra = {"quality": int(ev.quality), "fired": int(bool(d is not None and d.fire))}
+        for slot, name in self.userdef.items():
+            put(f"events/{slot}", extra[name] if name in extra else f.get(name, math.nan))
+
+        if self._image_mode == "snapshot":
+            if snap is not None:
+                put("events/image", self._image(snap.image, ev))
+                put("events/mask", np.asarray(snap.mask, bool).view(np.uint8) * np.uint8(255))  # dclab: 0/255
+                bg = self._image(snap.background, ev)
+            else:  # a cell without a ROI frame in a file that has them: background, empty mask
+                self._no_snapshot += 1
+                bg = self._last_bg if self._last_bg is not None else np.zeros(self._image_shape, np.uint8)
+                put("events/image", bg)
+                put("events/mask", np.zeros(self._image_shape, np.uint8))
+            # bytes comparison is memcmp: ~5x faster than np.array_equal on a 24 KB frame
+            if self._last_bg is None or bg.tobytes() != self._last_bg.tobytes():
+                self._bg_pending.append(bg)
+                self._bg_count += 1
+                self._last_bg = bg
+            put("events/basinmap0", self._bg_count - 1)
+        elif self._image_mode == "crop":
+            put("events/image", self._image(ev.last_crop, ev))
+
+        for name in FEATURES:
+            put(f"mimlsort/events/{name}", f.get(name, math.nan))
+        put("mimlsort/events/event_index", ev.index)
+        put("mimlsort/events/track_id", ev.track_id)
+        put("mimlsort/events/entry_frame", ev.entry_frame)
+        put("mimlsort/events/exit_frame", ev.exit_frame)
+        put("mimlsort/events/exit_host_ns", ev.exit_host_ns)
+        put("mimlsort/events/quality", int(ev.quality))
+        if d is not None and d.predicted in self.meta.class_names:
+            put("mimlsort/events/predicted", self.meta.class_names.index(d.predicted))
+        elif probs.size:
+            put("mimlsort/events/predicted", int(np.argmax(probs)))
+        else:
+            put("mimlsort/events/predicted", -1)
+        put("mimlsort/events/probability", float(d.probability) if d is not None else
+            (float(probs.max()) if probs.size else math.nan))
+        put("mimlsort/events/is_target", int(bool(d is not None and d.is_target)))
+        put("mimlsort/events/fired", extra["fired"])
+        put("mimlsort/events/reason", _reason_code(d))
+        put("mimlsort/events/decision_detail", _fixed(d.detail if d is not None else "", _DETAIL_BYTES))
+        # -1: nothing scheduled/sent (FireRecord says 0 for "never sent")
+        put("mimlsort/events/fire_scheduled_ns", int(getattr(fire, "scheduled_ns", 0) or -1))
+        put("mimlsort/events/fire_sent_ns", int(getattr(fire, "sent_ns", 0) or -1))
+        put("mimlsort/events/fire_delay_us", _num(getattr(fire, "delay_us", None)))
+        put("mimlsort/events/fire_width_us", _num(getattr(fire, "width_us", None)))
+        put("mimlsort/events/fire_late", int(bool(getattr(fire, "late", False))))
+        put("mimlsort/events/fire_ok", int(bool(getattr(fire, "ok", False))))
+        put("mimlsort/events/fire_error", _fixed(str(getattr(fire, "error", "") or ""), _ERROR_BYTES))
+        put("mimlsort/events/fire_device", _fixed(str(getattr(fire, "device", "") or ""), _DEVICE_BYTES))
+        if k:
+            put("mimlsort/events/probabilities", probs)
+        if self._crop_shape is not None:
+            for name, crop in (("first_crop", ev.first_crop), ("last_crop", ev.last_crop)):
+                crop = np.asarray(crop)
+                if crop.shape != self._crop_shape:
+                    raise DataFormatError(f"{self.path}: event {ev.index}: {name} is {crop.shape}, "
+                                          f"earlier crops are {self._crop_shape}")
+                put(f"mimlsort/events/{name}", crop)
+        for path, v in row.items():
+            cols[path].pending.append(v)
+        self._buffered += 1
+
+    def _to8(self, img) -> np.ndarray:
+        a = np.asarray(img)
+        if a.dtype == np.uint8:
+            return a
+        shift = self.meta.bit_depth - 8
+        return np.clip(a.astype(np.int64) >> shift, 0, 255).astype(np.uint8)
+
+    def _image(self, img, ev) -> np.ndarray:
+        a = self._to8(img)
+        if a.shape != self._image_shape:
+            raise DataFormatError(f"{self.path}: event {ev.index}: image is {a.shape[::-1]} px (w x h), the file's "
+                                  f"event images are {self._image_shape[::-1]} (RunMeta.roi)")
+        return a
+
+    def log(self, line: str) -> None:
+        """Add a line to the run log (``/logs/mimlsort-run``); long lines are wrapped."""
+        with self._lock:
+            self._pending_log.extend(wrap_bytes(str(line)))
+
+    def add_acks(self, acks: Iterable) -> None:
+        """Device acknowledgements of fired triggers (``event_index``, ``device_time_us``, ``host_ns``)."""
+        rows = [(int(getattr(a, "event_index")), _num(getattr(a, "device_time_us", None)),
+                 int(getattr(a, "host_ns", -1) or -1)) for a in acks]
+        with self._lock:
+            self._pending_acks.extend(rows)
+
+    def note_counters(self, counters: Mapping[str, Any]) -> None:
+        """Run counters (drops, missed frames …); logged at the next flush, stored in full at close."""
+        with self._lock:
+            for k, v in counters.items():
+                if self._counters.get(k) != v:
+                    self._counters[k] = v
+                    self._counters_dirty = True
+
+    @property
+    def bytes_written(self) -> int:
+        """File size after the last flush."""
+        return self._bytes
+
+    @property
+    def events_written(self) -> int:
+        """Events in the file as of the last flush (what a reader sees now)."""
+        return self._written
+
+    def flush_if_due(self) -> bool:
+        """Flush if ``flush_interval_s`` has passed since the last flush; True if it flushed."""
+        if not self._closed and self._failed is None and \
+                time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+            return True
+        return False
+
+    def flush(self) -> None:
+        """Write everything queued and make it durable (readable after a crash)."""
+        self._check_open()
+        self._check_space()
+        try:
+            self._flush()
+        except (OSError, RuntimeError) as err:  # h5py reports a failed flush as RuntimeError
+            self._io_broken = True
+            self._failed = DeviceError(f"{self.path}: writing events failed ({err}); the file holds the "
+                                       f"{self._written} events of the last flush")
+            log.error("%s", self._failed)
+            raise self._failed from err
+
+    def _check_space(self) -> None:
+        """Stop before the disk is full: a clean stop leaves a complete file, a failed write does not."""
+        if not self.min_free_bytes:
+            return
+        import shutil
+
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return
+        if free < self.min_free_bytes:
+            self._failed = DeviceError(
+                f"{self.path}: disk nearly full ({free / 2**20:.0f} MiB free, need {self.min_free_bytes / 2**20:.0f} "
+                f"MiB); stopped writing, the file holds the {self._written} events of the last flush")
+            log.error("%s", self._failed)
+            raise self._failed
+
+    def _flush(self) -> None:
+        import h5py
+
+        if self._h5 is None:
+            self._h5 = h5py.File(self.path, "r+", libver="latest", locking=False)
+        h5 = self._h5
+        if self._columns and not self._swmr:
+            self._create_datasets()
+            h5.swmr_mode = True  # from here on a kill leaves a file readers can open
+            self._swmr = True
+        with self._lock:
+            lines, self._pending_log = self._pending_log, []
+            acks, self._pending_acks = self._pending_acks, []
+            if self._counters_dirty:
+                elapsed = time.monotonic() - self._t0
+                lines += wrap_bytes(f"t={elapsed:.1f}s " + " ".join(f"{k}={v}" for k, v in self._counters.items()))
+                counter_lines = lines[-1:]
+                self._counters_dirty = False
+            else:
+                counter_lines = []
+        if counter_lines:  # counters go to their own log; pop them from the run-log lines
+            lines = lines[: len(lines) - len(counter_lines)]
+            _append(h5["logs/mimlsort-counters"], np.array(counter_lines, dtype=f"S{LOG_LINE_BYTES}"))
+        if lines:
+            _append(h5["logs/mimlsort-run"], np.array(lines, dtype=f"S{LOG_LINE_BYTES}"))
+        if acks:
+            _append(h5["mimlsort/acks"], np.array(acks, dtype=h5["mimlsort/acks"].dtype))
+        if self._bg_pending:  # before the rows that refer to them
+            _append(self._ds["basin_events/image_bg"], np.stack(self._bg_pending))
+            self._bg_pending.clear()
+        n = self._buffered
+        if n:
+            for c in self._columns.values():
+                # h5py's group lookup costs ~0.4 ms: use the handles kept since creation
+                _append(self._ds[c.path], np.asarray(c.pending, dtype=c.dtype).reshape(n, *c.shape))
+                c.pending.clear()
+            self._written += n
+            self._buffered = 0
+            h5.attrs["experiment:event count"] = self._written  # modifying (not adding) is SWMR-safe
+        h5.flush()
+        if not self._swmr:  # no events yet: keep the file closed (consistent) between flushes
+            h5.close()
+            self._h5 = None
+        self._last_flush = time.monotonic()
+        self._bytes = _size(self.path)
+
+    def _check_open(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if self._closed:
+            from mimlsort.errors import StateError
+
+            raise StateError(f"{self.path}: event writer is closed")
+
+    # -- closing ---------------------------------------------------------------------------------
+    def close(self, *, error: str = "") -> None:
+        """Write what is queued, end SWMR mode and mark the file complete (idempotent)."""
+        if self._closed:
+            return
+        if error:
+            self.log(f"run ended with an error: {error}")
+        try:
+            if self._failed is None:
+                self.flush()
+        finally:
+            self._closed = True
+            try:
+                if self._h5 is not None:
+                    self._h5.close()
+            except Exception as err:  # noqa: BLE001 - after a failed write the handle may be unusable
+                log.warning("%s: closing after a write failure: %s", self.path, err)
+            self._h5 = None
+        if self._io_broken:
+            repair_event_file(self.path)
+            return
+        self._finalize(error or (str(self._failed) if self._failed is not None else ""))
+
+    def _finalize(self, error: str) -> None:
+        import h5py
+
+        try:
+            with h5py.File(self.path, "r+", libver="latest", locking=False) as h5:
+                with self._lock:
+                    counters = dict(self._counters)
+                if self._no_snapshot:
+                    counters["events_without_roi_frame"] = self._no_snapshot
+                h5.attrs["experiment:event count"] = self._written
+                if not self._columns:  # a run without cells: dclab still wants an events group
+                    h5.require_group("events")
+                    h5.attrs["user:event image"] = "none (no events)"
+                for k, v in counters.items():
+                    v = v.item() if isinstance(v, np.generic) else v
+                    if v != "":  # dclab warns about empty values
+                        h5.attrs[f"user:counter {k}"] = v if isinstance(v, (int, float, str)) else str(v)
+                g = h5["mimlsort"]
+                g.attrs["counters"] = json.dumps(counters, default=lambda o: o.item() if isinstance(o, np.generic)
+                                                 else str(o))
+                g.attrs["ended"] = datetime.now().astimezone().isoformat()
+                g.attrs["error"] = error
+                g.attrs["complete"] = True
+                h5.attrs["user:complete"] = 1
+                h5.attrs["user:duration s"] = round(time.monotonic() - self._t0, 3)
+            self._bytes = _size(self.path)
+        except OSError as err:
+            raise DeviceError(f"{self.path}: finishing the event file failed: {err}") from err
+
+    def __enter__(self) -> "EventWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(error=f"{exc_type.__name__}: {exc}" if exc_type else "")
+
+    def __call__(self, records: Sequence) -> None:
+        """So the writer can be a pipeline ``sink`` directly."""
+        self.write(records)
+
+
+def _reason_code(decision) -> int:
+    if decision is None:
+        return 0
+    value = getattr(decision.reason, "value", decision.reason)
+    try:
+        return REASON_CODES.index(value)
+    except ValueError:  # a reason newer than this table: keep it readable in the detail
+        return 0
+
+
+def _num(v) -> float:
+    return float(v) if v is not None else math.nan
+
+
+def _append(ds, data: np.ndarray) -> None:
+    n = ds.shape[0]
+    ds.resize(n + len(data), axis=0)
+    ds[n:] = data
+
+
+def _text_dataset(group, name: str, text: str) -> None:
+    import h5py
+
+    # a variable-length string is fine here: written once, before SWMR mode starts
+    group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
+
+
+def _pretty_json(text: str) -> str:
+    if not text:
+        return ""
+    return json.dumps(json.loads(text), indent=1, ensure_ascii=False)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def repair_event_file(path: str | Path) -> bool:
+    """Make a file whose last write failed (disk full) openable again; True if it changed it.
+
+    A write that failed for lack of space can leave the superblock's end-of-file address beyond
+    the real end of the file, and HDF5 then refuses to open it as truncated. The data of the last
+    successful flush all lie before the real end, so extending the file (sparsely: no disk space
+    needed on common file systems) to the recorded address makes it readable again.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(48)
+        size = os.stat(path).st_size
+    except OSError:
+        return False
+    # superblock version 2/3 (libver "latest"): 8 signature, version, offset size, length size,
+    # flags, then base, extension and end-of-file addresses
+    if len(head) < 36 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[9] != 8:
+        return False
+    eof = int.from_bytes(head[28:36], "little")
+    if eof <= size:
+        return False
+    try:
+        os.truncate(path, eof)
+    except OSError as err:
+        log.warning("%s: could not extend the file to its recorded end (%d bytes): %s", path, eof, err)
+        return False
+    log.warning("%s: extended from %d to its recorded end %d bytes after a failed write", path, size, eof)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# reading back
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """What :func:`read_events` found besides the per-event arrays."""
+
+    path: Path
+    meta: RunMeta
+    n_events: int
+    complete: bool  # closed properly (False: the writer was killed; rows are those of the last flush)
+    class_codes: dict[str, str]
+    userdef: dict[str, str]
+    reasons: tuple[str, ...]
+    counters: dict[str, Any]
+    acks: np.ndarray
+    error: str = ""
+    run_log: tuple[str, ...] = ()
+    attrs: dict[str, Any] = field(default_factory=dict)
+    crop_pixel_size_um: float = math.nan
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.meta.class_names
+
+
+_READ_DEFAULTS: dict[str, tuple[Any, Any]] = {
+    **{name: (np.float64, math.nan) for name in FEATURES},
+    **{name: (np.int64, 0) for name in ("event_index", "track_id", "entry_frame", "exit_frame", "exit_host_ns",
+                                        "quality", "is_target", "fired", "reason", "fire_late", "fire_ok")},
+    "predicted": (np.int64, -1), "probability": (np.float32, math.nan),
+    "fire_scheduled_ns": (np.int64, -1), "fire_sent_ns": (np.int64, -1),
+    "fire_delay_us": (np.float64, math.nan), "fire_width_us": (np.float64, math.nan),
+    "decision_detail": (object, ""), "fire_error": (object, ""), "fire_device": (object, ""),
+}
+
+
+def open_h5(path: str | Path):
+    """Open an event file for reading, also one whose writer was killed (SWMR flags still set)."""
+    import h5py
+    import hdf5plugin  # noqa: F401
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as err:
+        try:  # a writer that died in SWMR mode leaves the consistency flags set
+            return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+        except OSError:
+            raise DataFormatError(f"{path}: not a readable HDF5 event file: {err}") from err
+
+
+def read_events(path: str | Path, *, crops: bool = False) -> tuple[dict[str, np.ndarray], StoredRun]:
+    """Per-event arrays of a mimlsort event file and what the file says about its run.
+
+    The arrays have our names: every feature of ``tracking.features``, ``event_index``,
+    ``track_id``, ``entry_frame``, ``exit_frame``, ``exit_host_ns``, ``quality``, ``predicted``
+    (class index, -1: none), ``probability``, ``is_target``, ``fired``, ``reason`` (index into
+    ``StoredRun.reasons``), ``decision_detail``, the ``fire_*`` fields, ``probabilities`` (N, K)
+    and, with ``crops=True``, ``first_crop``/``last_crop``. A file whose writer was killed is read
+    up to the shortest dataset (a kill during a flush can leave some a little longer).
+    """
+    path = Path(path)
+    with open_h5(path) as h5:
+        g = h5.get("mimlsort")
+        if g is None or g.attrs.get("format") != FORMAT:
+            raise DataFormatError(f"{path}: not a mimlsort event file (no /mimlsort group); "
+                                  f"open other RT-DC files with dclab")
+        version = int(g.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise DataFormatError(f"{path}: event file format {version} is newer than this mimlsort "
+                                  f"reads ({FORMAT_VERSION}); update mimlsort")
+        try:
+            texts = {k: _s(g[k][()]) for k in _TEXT_FIELDS if k in g}
+            meta = RunMeta.from_json(_s(g.attrs["run_meta"]), **texts)
+        except (KeyError, ValueError, TypeError) as err:
+            raise DataFormatError(f"{path}: run metadata unreadable: {err}") from err
+        ev = g["events"]
+        names = [k for k in ev if crops or k not in ("first_crop", "last_crop")]
+        for k in names:
+            if getattr(ev[k], "refresh", None) and h5.swmr_mode:
+                ev[k].refresh()
+        lengths = [ev[k].shape[0] for k in names]
+        n = min(lengths) if lengths else 0
+        if lengths and len(set(lengths)) > 1:
+            log.warning("%s: datasets hold %d..%d rows (writer killed mid-flush); reading %d",
+                        path, n, max(lengths), n)
+        out: dict[str, np.ndarray] = {}
+        for k in names:
+            a = ev[k][:n]
+            if a.dtype.kind == "S":
+                a = np.array([b.decode("utf-8", "replace") for b in a], dtype=object)
+            out[k] = a
+        for k, (dtype, fill) in _READ_DEFAULTS.items():  # a run without cells has no datasets yet
+            if k not in out:
+                out[k] = np.full(n, fill, dtype=dtype)
+        if "probabilities" not in out:
+            out["probabilities"] = np.zeros((n, len(meta.class_names)), np.float32)
+        acks = g["acks"][:] if "acks" in g else np.zeros(0)
+        run_log = tuple(b.decode("utf-8", "replace") for b in h5["logs/mimlsort-run"][:]) \
+            if "logs/mimlsort-run" in h5 else ()
+        crop_px = float(ev["first_crop"].attrs.get("pixel_size_um", math.nan)) if "first_crop" in ev else math.nan
+        stored = StoredRun(
+            path=path, meta=meta, n_events=n, complete=bool(g.attrs.get("complete", False)),
+            class_codes=json.loads(_s(g.attrs.get("class_codes", "{}"))),
+            userdef=json.loads(_s(g.attrs.get("userdef", "{}"))),
+            reasons=tuple(json.loads(_s(g.attrs.get("reasons", "[]")))),
+            counters=json.loads(_s(g.attrs.get("counters", "{}"))),
+            acks=acks, error=_s(g.attrs.get("error", "")), run_log=run_log,
+            attrs={k: (_s(v) if isinstance(v, bytes) else v) for k, v in h5.attrs.items()},
+            crop_pixel_size_um=crop_px,
+        )
+    return out, stored
+
+
+def _s(v) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark (``mimlsort bench storage``)
+
+
+def bench_storage(seconds: float = 3.0, n_frames: int | None = None) -> dict:
+    """Write synthetic records (256x96 ROI frames, 48 px crops, 2 classes) as fast as possible.
+
+    Batches of 32 records; the writer flushes by itself once a second, as in a run. Reports
+    events/s, MB/s, bytes per event and the time of one ``write`` call (p50, and the maximum,
+    which includes a flush), so it is visible whether storage keeps up with >= 300 cells/s.
+    """
+    import tempfile
+
+    from app.records import CellRecord
+    from app.sorting import Decision, Reason
+    from tracking.events import CellEvent
+
+    @dataclass(frozen=True)
+    class _Snap:
+        image: np.ndarray
+        background: np.ndarray
+        mask: np.ndarray
+        frame_id: int
+        pos_x_px: float
+        pos_y_px: float
+
+    w_, h_ = 256, 96
+    rng = np.random.default_rng(0)
+    bg = (110 + 8 * np.sin(np.arange(w_) / 17.0)[None, :] + np.zeros((h_, 1))).astype(np.uint8)
+    yy, xx = np.mgrid[:h_, :w_]
+    pool = []
+    for i in range(64):
+        cx, cy = rng.uniform(60, 200), rng.uniform(35, 60)
+        mask = ((xx - cx) / 11) ** 2 + ((yy - cy) / 7) ** 2 <= 1
+        img = bg.copy()
+        img[mask] = (img[mask] * 0.7 + rng.normal(0, 3, mask.sum())).clip(0, 255).astype(np.uint8)
+        img = (img.astype(np.int16) + rng.integers(-2, 3, img.shape)).clip(0, 255).astype(np.uint8)
+        crop = np.ascontiguousarray(img[24:72, int(cx) - 24:int(cx) + 24])
+        feats = {n: float(rng.random()) for n in FEATURES}
+        p = np.array([rng.random(), 0], np.float32)
+        p[1] = 1 - p[0]
+        pool.append((feats, crop, _Snap(img, bg, mask, i, cx, cy), p))
+    meta = RunMeta(pixel_size_um=0.5, fps=10000, roi=(w_, h_), class_names=("a", "b"), sample="bench")
+    n_target = n_frames or 0
+    flushes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.rtdc"
+        with EventWriter(path, meta=meta) as w:
+            t0 = time.perf_counter()
+            n = 0
+            while (n < n_target) if n_target else (time.perf_counter() - t0 < seconds):
+                batch = []
+                for _ in range(32):
+                    feats, crop, snap, p = pool[n % len(pool)]
+                    ev = CellEvent(n, n, feats, crop, crop, 0.5, n, n + 5, n, 0, {"snapshot": snap})
+                    batch.append(CellRecord(ev, p, Decision(n, n % 3 == 0, Reason.FIRED, "a", float(p[0]), True)))
+                    n += 1
+                t1 = time.perf_counter()
+                w.write(batch)  # flushes by itself once a second, as in a run
+                flushes.append(time.perf_counter() - t1)
+            w.close()
+            dt = time.perf_counter() - t0
+            size = w.bytes_written
+    fl = np.array(flushes) * 1000
+    return {"events": n, "seconds": round(dt, 3), "events_per_s": round(n / dt, 1),
+            "mb_per_s": round(size / dt / 1e6, 2), "bytes_per_event": int(size / max(n, 1)),
+            "write_ms_p50": round(float(np.percentile(fl, 50)), 3),
+            "write_ms_max_incl_flush": round(float(fl.max()), 2),
+            "batch": 32}
