@@ -80,6 +80,12 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         if not px:
             raise DataFormatError(f"{src}: no 'imaging:pixel size' in the metadata")
         fps = float(attrs.get("imaging:frame rate", 0) or 0)
+        if not fps and "frame" in ev and "time" in ev and n > 1:  # CytoShot leaves the key out
+            df, dt = np.diff(ev["frame"][:].astype(float)), np.diff(ev["time"][:].astype(float))
+            ok = (df > 0) & (dt > 0)
+            fps = float(np.median(df[ok] / dt[ok])) if ok.any() else 0.0
+        if not fps:
+            raise DataFormatError(f"{src}: no 'imaging:frame rate' in the metadata and none derivable from frame/time")
         bgs = ev["image_bg"] if "image_bg" in ev else None
         if bgs is None:
             k = min(n, 64)
@@ -97,18 +103,19 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                 bg = np.asarray(bgs[i]) if bgs is not None else bg_all
             except (OSError, ValueError) as e:
                 raise DataFormatError(f"{src}: event {i}: image cannot be read: {e}") from None
-            shapes = measure(img, bg, px, threshold=threshold)
+            shapes, labels = measure(img, bg, px, threshold=threshold, return_labels=True)
             if not shapes:
                 not_found += 1
                 continue
             if pos_x is not None and pos_y is not None:
-                d = [math.hypot(s.x_um - pos_x[i], s.y_um - pos_y[i]) for s in shapes]
-                s = shapes[int(np.argmin(d))]
-                if min(d) > 10.0:
+                d = [math.hypot(q.x_um - pos_x[i], q.y_um - pos_y[i]) for q in shapes]
+                k = int(np.argmin(d))
+                if d[k] > 10.0:
                     not_found += 1
                     continue
             else:
-                s = max(shapes, key=lambda q: q.area_um)
+                k = 0  # the largest blob
+            s = shapes[k]
             feats = {k: math.nan for k in ("transit_time_ms", "v_max_mm_s", "dir_per_ms")}
             feats.update({"di": s.di, "deform": s.deform, "area_um": s.area_um, "bright_avg": s.bright_avg,
                           "bright_sd": getattr(s, "bright_sd", math.nan),
@@ -117,7 +124,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                           "exit_time_ms": float(ev["time"][i]) * 1e3 if "time" in ev else math.nan})
             cx, cy = s.x_um / px, s.y_um / px
             c = _crop(img, bg, cx, cy, crop)
-            mask = _mask_near(img, bg, threshold, int(round(cx)), int(round(cy)))
+            mask = labels == k + 1
             snap = Snapshot(image=img, background=bg, mask=mask, frame_id=int(frames[i]), pos_x_px=cx, pos_y_px=cy)
             event = CellEvent(len(records), i, feats, c, c, px, int(frames[i]), int(frames[i]), 0,
                               Quality.INCOMPLETE, snapshot=snap)
@@ -146,18 +153,3 @@ def _crop(img: np.ndarray, bg: np.ndarray, cx: float, cy: float, size: int) -> n
              ((np.arange(x0, x0 + size) >= 0) & (np.arange(x0, x0 + size) < w))[None, :]
     out[:] = np.where(inside, img[np.ix_(ys, xs)], bg[np.ix_(ys, xs)])
     return out
-
-
-def _mask_near(img: np.ndarray, bg: np.ndarray, threshold: float, cx: int, cy: int) -> np.ndarray:
-    import cv2
-
-    fg = (np.abs(img.astype(np.int32) - bg.astype(np.int32)) > threshold).astype(np.uint8)
-    n, labels = cv2.connectedComponents(fg, connectivity=8)
-    cy = min(max(cy, 0), img.shape[0] - 1)
-    cx = min(max(cx, 0), img.shape[1] - 1)
-    lab = labels[cy, cx]
-    if lab == 0 and n > 1:  # centroid outside a concave blob: take the nearest labelled pixel
-        ys, xs = np.nonzero(labels)
-        k = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
-        lab = labels[ys[k], xs[k]]
-    return labels == lab if lab else np.zeros(img.shape, bool)

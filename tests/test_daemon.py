@@ -52,7 +52,7 @@ def mimlsort(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def wait_for_events(folder: Path, timeout: float = 60.0) -> Path:
+def wait_for_events(folder: Path, timeout: float = 120.0) -> Path:
     """The event file, once its first flush holds events."""
     from app.storage import read_events
 
