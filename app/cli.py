@@ -102,6 +102,7 @@ BENCHES: dict[str, str] = {
     "sorting": "app.bench:bench_sorting",
     "trigger": "hardware.bench:bench_serial_jitter",
     "storage": "app.storage:bench_storage",
+    "synthetic": "acquisition.synthetic:bench_synthetic",
     "pipeline": "app.bench:bench_pipeline",
     "camera": "acquisition.bench:bench_camera",
     "gui": "app.gui.bench:bench_gui",

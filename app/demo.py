@@ -70,7 +70,7 @@ def run_demo(seconds: float = 3.0, out: Path = Path("out/demo"), seed: int | Non
         try:
             from app.report import write_report
 
-            report = write_report(run.events_path, out / "report")
+            report = write_report(run.events_path, out / "report").markdown
         except ImportError:
             report = None
     print(f"files: {run.events_path}" + (f", report {report}" if report else "") +
