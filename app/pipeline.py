@@ -220,6 +220,8 @@ class Pipeline:
                 self._clock = ClockMap()
             self._sort_reader = self.ring.reader("sort")
             self._rec_reader = self.ring.reader("recorder") if self.recorder is not None else None
+            if self.tracker is None and self.kernels == "numba":
+                self._warm_up(info.height, info.width, np.dtype(info.dtype))
             self.camera.start()
         except BaseException:
             self.state = RunState.FINISHED
@@ -338,6 +340,17 @@ class Pipeline:
             skipped = getattr(cam, "skipped", 0)
             if skipped:
                 log.info("camera reported %d skipped images", skipped)
+
+    def _warm_up(self, h: int, w: int, dtype: np.dtype) -> None:
+        """Load the compiled tracking kernels before the camera starts, so the first frames of a
+        run do not queue up behind compilation (or loading from numba's cache)."""
+        from tracking.geometry import ChannelGeometry
+
+        px = self.pixel_size_um or self.camera.info.pixel_size_um or 1.0
+        geo = ChannelGeometry(px, w * 0.4, w * 0.6, 0.0, float(h), w, h)
+        t = Tracker(self.tracker_settings, geo, np.zeros((h, w), dtype), kernels=self.kernels)
+        t.process_frames(np.zeros((4, h, w), dtype), fps=1000.0)
+        t.flush()
 
     def _build_tracker(self) -> bool:
         """Build the tracker from the first frames; False if the run ends before there are any."""
