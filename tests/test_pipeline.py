@@ -9,7 +9,6 @@ import sys
 import time
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from acquisition.synthetic import SyntheticCamera, SyntheticSettings
@@ -126,19 +125,21 @@ def test_worker_error_ends_run_errored(tmp_path):
 
 
 def test_live_policy_swap_and_recent_records():
+    from app.config import bundled_model_path
     from app.sorting import SortPolicy, SortSettings
+    from inference.classifier import Classifier
 
-    class Fixed:  # a classifier with a fixed answer keeps this test about the pipeline, not a model
-        classes = ("hct116", "wbc")
-
-        def classify(self, events):
-            return np.tile(np.array([[0.8, 0.2]], np.float32), (len(events), 1))
-
-    pol = SortPolicy(SortSettings(reject_flags=(), mode="yield"), Fixed.classes)
-    p = Pipeline(SyntheticCamera(FAST), classifier=Fixed(), policy=pol, sink=ListSink(), lossless=True)
-    p.set_policy(SortPolicy(SortSettings(enabled=False, reject_flags=()), Fixed.classes))
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    clf = Classifier(bundled_model_path(), provider="cpu")
+    pol = SortPolicy(SortSettings(reject_flags=(), mode="yield", threshold=0.0), clf.classes)
+    p = Pipeline(SyntheticCamera(FAST), classifier=clf, policy=pol, sink=ListSink(), lossless=True)
+    p.set_policy(SortPolicy(SortSettings(enabled=False, reject_flags=()), clf.classes))
     run_to_end(p)
     recs = p.recent()
     assert recs and all(r.decision is not None for r in recs)
     assert not any(r.decision.fire for r in recs)
-    assert p.status().class_counts.get("hct116", 0) == len(recs)
+    assert {r.decision.reason.value for r in recs} <= {"sorting off", "not a target class", "below threshold"}
+    assert sum(p.status().class_counts.values()) == len(recs)
+    with pytest.raises(Exception, match="classes"):
+        p.set_policy(SortPolicy(SortSettings(target_classes=("x",)), ("x", "y")))
