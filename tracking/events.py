@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mimlsort.errors import DataFormatError
+
 
 class Quality(enum.IntFlag):
     """Quality flags of an event (a bitmask, stored as an integer in files)."""
@@ -18,6 +20,27 @@ class Quality(enum.IntFlag):
     INCOMPLETE = 4  # the passage was not seen whole (entered mid-constriction, lost, run ended)
     LOW_CONTRAST = 8  # the cell barely stands out of the background
     STUCK = 16  # the cell stopped in the channel for longer than the stuck limit
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole ROI at one frame of a cell's passage (the frame of maximum DI in the
+    constriction), with the background and this cell's filled mask — what an RT-DC event file
+    stores as ``image``, ``image_bg`` and ``mask``."""
+
+    image: np.ndarray  # (H, W), the frames' dtype
+    background: np.ndarray  # (H, W), same dtype
+    mask: np.ndarray  # (H, W) bool, this cell only
+    frame_id: int
+    pos_x_px: float  # the cell's centroid in that frame
+    pos_y_px: float
+
+    def __post_init__(self):
+        if self.image.ndim != 2 or self.image.shape != self.background.shape or self.image.shape != self.mask.shape:
+            raise DataFormatError(f"snapshot of frame {self.frame_id}: arrays must share one (H, W) shape, got image {self.image.shape}, "
+                             f"background {self.background.shape}, mask {self.mask.shape}")
+        if self.mask.dtype != np.bool_:
+            raise DataFormatError(f"snapshot of frame {self.frame_id}: mask must be boolean, got {self.mask.dtype}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +63,7 @@ class CellEvent:
     exit_host_ns: int  # host monotonic time of the exit frame's arrival (drives sort timing)
     quality: Quality = Quality.OK
     extra: Mapping[str, object] = field(default_factory=dict)
+    snapshot: Snapshot | None = None  # full-ROI image, background and mask at the frame of max DI
 
     @property
     def ok(self) -> bool:

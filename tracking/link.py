@@ -8,6 +8,12 @@ for Python to turn into a :class:`~tracking.events.CellEvent`. A track that was 
 emission line stays alive (state ``ABSORB``) so the same cell further downstream does not start a
 new track.
 
+Two cells in single file may touch for a few frames (the leader elongates in the constriction
+mouth): a blob holding the predictions of two tracks is not given to either; both coast on their
+predictions (``MAX_MERGE_FRAMES`` at most) and pick up their own blobs when the cells part.
+Each history row keeps the ring slot of its frame so that the tracker can copy the frame of
+maximum DI back into the event (``CellEvent.snapshot``).
+
 Everything is in ROI pixels and milliseconds since the run's first frame. All arrays are
 preallocated by :class:`tracking.tracker.Tracker`; the kernel never allocates per frame.
 """
@@ -46,7 +52,8 @@ SI_HAS_FIRST = 8
 SI_HAS_LAST = 9
 SI_EMIT_FRAME = 10  # frame id at which it was emitted
 SI_EMIT_HOST = 11
-N_SI = 12
+SI_MERGED = 12  # consecutive frames coasted inside a blob shared with another track
+N_SI = 13
 
 # float track state columns
 SF_X = 0
@@ -59,7 +66,8 @@ N_SF = 5
 # history columns (one row per observation)
 H_T = 0  # ms since run start
 H_FRAME = 1
-N_H_EXTRA = 2  # followed by the N_BLOB_FIELDS blob columns
+H_SLOT = 2  # ring slot the frame was read from (event snapshots copy it back at harvest)
+N_H_EXTRA = 3  # followed by the N_BLOB_FIELDS blob columns
 
 # integer parameter indices
 PI_MAX_GAP = 0
@@ -88,6 +96,13 @@ C_TRACK_OVERFLOW = 5  # blobs that found no free track slot
 C_HIST_OVERFLOW = 6
 C_MERGES = 7
 N_C = 8
+
+# Two cells in single file touch for a few frames when the leader elongates in the constriction
+# mouth; their blobs merge. Both tracks then coast on their predictions (no observation recorded)
+# for up to this many frames, so neither grabs the other's blob when they part again.
+MAX_MERGE_FRAMES = 8
+MERGE_MARGIN_PX = 2.0
+_MERGED = -2  # taken[] marker of a blob shared by several tracks
 
 Q_DOUBLET = 1
 Q_BORDER = 2
@@ -166,6 +181,30 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
             taken[b] = -1
         for k in range(max_tracks):
             matched[k] = 0
+        # blobs holding the predictions of two or more tracks are merged cells: nobody takes them
+        for b in range(nb):
+            inside_n = 0
+            for k in range(max_tracks):
+                if si[k, SI_STATE] == FREE or si[k, SI_MERGED] >= MAX_MERGE_FRAMES:
+                    continue
+                dt = t - sf[k, SF_T]
+                px = sf[k, SF_X] + sf[k, SF_VX] * dt
+                py = sf[k, SF_Y]
+                if (blobs[f, b, B_XMIN] - MERGE_MARGIN_PX <= px <= blobs[f, b, B_XMAX] + MERGE_MARGIN_PX
+                        and blobs[f, b, B_YMIN] - MERGE_MARGIN_PX <= py <= blobs[f, b, B_YMAX] + MERGE_MARGIN_PX):
+                    inside_n += 1
+            if inside_n >= 2:
+                taken[b] = _MERGED
+                counters[C_MERGES] += 1
+                for k in range(max_tracks):
+                    if si[k, SI_STATE] == FREE or si[k, SI_MERGED] >= MAX_MERGE_FRAMES:
+                        continue
+                    dt = t - sf[k, SF_T]
+                    px = sf[k, SF_X] + sf[k, SF_VX] * dt
+                    py = sf[k, SF_Y]
+                    if (blobs[f, b, B_XMIN] - MERGE_MARGIN_PX <= px <= blobs[f, b, B_XMAX] + MERGE_MARGIN_PX
+                            and blobs[f, b, B_YMIN] - MERGE_MARGIN_PX <= py <= blobs[f, b, B_YMAX] + MERGE_MARGIN_PX):
+                        matched[k] = 2
         # greedy global nearest-prediction matching
         while True:
             best = 1e300
@@ -178,7 +217,7 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
                 px = sf[k, SF_X] + sf[k, SF_VX] * dt
                 py = sf[k, SF_Y]
                 for b in range(nb):
-                    if taken[b] >= 0:
+                    if taken[b] != -1:
                         continue
                     dx = blobs[f, b, B_X] - px
                     dy = blobs[f, b, B_Y] - py
@@ -201,6 +240,10 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
             st = si[k, SI_STATE]
             if st == FREE:
                 continue
+            if matched[k] == 2:
+                si[k, SI_MERGED] += 1  # coasting through a merge: no observation, no miss
+                continue
+            si[k, SI_MERGED] = 0
             if matched[k] == 0:
                 # a lost track whose prediction lies inside a blob another track took: merge (doublet)
                 dt = t - sf[k, SF_T]
@@ -250,6 +293,7 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
             if nh < max_hist:
                 hist[k, nh, H_T] = t
                 hist[k, nh, H_FRAME] = frame_ids[f]
+                hist[k, nh, H_SLOT] = slots[f]
                 for c in range(nbf):
                     hist[k, nh, N_H_EXTRA + c] = blobs[f, b, c]
                 si[k, SI_NHIST] = nh + 1
@@ -279,7 +323,7 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
                 si[k, SI_STATE] = ABSORB
         # unmatched blobs start new tracks
         for b in range(nb):
-            if taken[b] >= 0:
+            if taken[b] != -1:
                 continue
             slot = -1
             for k in range(max_tracks):
@@ -306,6 +350,7 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
             sf[k, SF_AREA] = blobs[f, b, B_AREA]
             hist[k, 0, H_T] = t
             hist[k, 0, H_FRAME] = frame_ids[f]
+            hist[k, 0, H_SLOT] = slots[f]
             for c in range(nbf):
                 hist[k, 0, N_H_EXTRA + c] = blobs[f, b, c]
             si[k, SI_NHIST] = 1

@@ -1,0 +1,78 @@
+"""Background model: median estimate, cell-robust running update, dtype handling."""
+
+import numpy as np
+import pytest
+
+from mimlsort.errors import ConfigError, DataFormatError
+from tracking.background import BackgroundModel
+
+
+def channel(h=32, w=64, level=150, dtype=np.uint8):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (level + (xx % 7) - 3 + (yy % 3)).astype(dtype)
+
+
+def with_cells(bg, n, rng, darkness=40):
+    """n frames with a dark 8x8 'cell' moving along x (each pixel covered in a few frames only)."""
+    frames = np.repeat(bg[None], n, axis=0).astype(np.int32)
+    for i in range(n):
+        x = (i * 5) % (bg.shape[1] - 8)
+        frames[i, 10:18, x:x + 8] -= darkness
+    frames += rng.integers(-1, 2, frames.shape)
+    return frames.clip(0, np.iinfo(bg.dtype).max).astype(bg.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_estimate_is_the_empty_channel(dtype):
+    bg = channel(dtype=dtype)
+    frames = with_cells(bg, 41, np.random.default_rng(0))
+    est = BackgroundModel.estimate(frames)
+    assert est.dtype == dtype and est.shape == bg.shape
+    # noise is ±1: the median is within 1 grey level everywhere, cells never show up
+    assert np.abs(est.astype(int) - bg.astype(int)).max() <= 1
+
+
+def test_estimate_rejects_bad_stacks():
+    with pytest.raises(DataFormatError, match="stack"):
+        BackgroundModel.estimate(np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataFormatError, match="integer"):
+        BackgroundModel.estimate(np.zeros((2, 4, 4), np.float32))
+
+
+@pytest.mark.parametrize("kernels", ["numba", "python"])
+def test_update_ignores_cells_but_follows_slow_drift(kernels):
+    bg = channel()
+    model = BackgroundModel.from_image(bg, kernels=kernels, alpha=1 / 16, stride=1, threshold=10)
+    rng = np.random.default_rng(1)
+    frames = with_cells(bg, 64, rng)
+    assert model.update(frames, np.arange(64)) == 64
+    # cell pixels differ by 40 > threshold: they never leak into the model
+    assert np.abs(model.image.astype(int) - bg.astype(int)).max() <= 1
+    # a slow global brightening by 4 grey levels (under the threshold) is learned
+    brighter = (frames.astype(int) + 4).clip(0, 255).astype(np.uint8)
+    for _ in range(4):
+        model.update(brighter, np.arange(64))
+    diff = model.image.astype(int) - bg.astype(int)
+    assert np.median(diff) == 4
+    assert model.fill is model.image and model.image.dtype == np.uint8
+
+
+def test_numba_and_python_updates_agree_and_stride_holds_across_batches():
+    bg = channel()
+    frames = with_cells(bg, 50, np.random.default_rng(2))
+    a = BackgroundModel.from_image(bg, kernels="numba", alpha=0.1, stride=4)
+    b = BackgroundModel.from_image(bg, kernels="python", alpha=0.1, stride=4)
+    used_a = sum(a.update(frames, np.arange(i, min(i + 7, 50))) for i in range(0, 50, 7))
+    used_b = b.update(frames, np.arange(50))
+    assert used_a == used_b == 13  # frames 0, 4, ..., 48 whatever the batching
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_allclose(a._acc, b._acc, rtol=1e-6)
+
+
+def test_settings_are_validated():
+    with pytest.raises(ConfigError, match="alpha"):
+        BackgroundModel(channel(), alpha=0.0)
+    with pytest.raises(ConfigError, match="kernels"):
+        BackgroundModel(channel(), kernels="cuda")
+    with pytest.raises(DataFormatError, match="2-D integer"):
+        BackgroundModel(np.zeros((4, 4), np.float64))

@@ -1,0 +1,73 @@
+"""Channel geometry detection from background images."""
+
+import numpy as np
+import pytest
+
+from mimlsort.errors import ConfigError
+from tracking.detect import detect_geometry
+from tracking.geometry import GeometrySettings
+
+
+def chip(h=80, w=240, x0=90.0, x1=170.0, half_wide=24.0, half_gap=6.0, lumen=170.0, wall=120.0, edge=70.0,
+         line=1.6, ss=4):
+    """Brightfield-like channel: bright lumen, darker walls, dark lines on the wall faces (supersampled)."""
+    off = (np.arange(ss) + 0.5) / ss - 0.5
+    ys = (np.arange(h)[:, None] + off).ravel()
+    xs = (np.arange(w)[:, None] + off).ravel()
+    X, Y = np.meshgrid(xs, ys)
+    yc = (h - 1) / 2
+    half = np.where((X >= x0) & (X < x1), half_gap, half_wide)
+    inside = np.abs(Y - yc) < half
+    # distance to the lumen boundary (horizontal faces and the vertical end faces)
+    d = np.abs(np.abs(Y - yc) - half)
+    face = (np.abs(Y - yc) >= half_gap) & (np.abs(Y - yc) <= half_wide)
+    d = np.where(face, np.minimum(d, np.minimum(np.abs(X - x0), np.abs(X - x1))), d)
+    img = np.where(inside, lumen, wall)
+    img = np.where(d < line / 2, edge, img)
+    img = img.reshape(h, ss, w, ss).mean(axis=(1, 3))
+    img = img * (1 + 0.05 * (np.arange(w) / w - 0.5))[None, :]
+    return np.round(img + np.random.default_rng(0).normal(0, 0.7, img.shape)).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("x0,x1", [(90.0, 170.0), (40.5, 75.25), (150.0, 235.0)])
+def test_constriction_and_walls_are_found(x0, x1):
+    bg = chip(x0=x0, x1=x1)
+    g = detect_geometry(bg, 0.5)
+    assert g.constriction_x0 == pytest.approx(x0, abs=0.6)
+    assert g.constriction_x1 == pytest.approx(x1, abs=0.6)
+    yc = (80 - 1) / 2
+    # the scanned rows end on the lumen side of the walls' dark lines (a pixel or so inside the faces)
+    assert g.channel_y0 == pytest.approx(yc - 24, abs=1.5)
+    assert g.channel_y1 == pytest.approx(yc + 24 + 1, abs=1.5)  # exclusive row bound
+    assert g.constriction_width_px == pytest.approx(12 - 1.6, abs=1.0)  # bright lumen between the lines
+
+
+def test_settings_resolve_detects_only_what_is_missing():
+    bg = chip()
+    px = 0.5
+    auto = GeometrySettings().resolve(bg, px)
+    assert auto.constriction_x0 == pytest.approx(90, abs=0.6)
+    fixed = GeometrySettings(constriction_start_um=30.0, constriction_end_um=60.0).resolve(bg, px)
+    assert (fixed.constriction_x0, fixed.constriction_x1) == (60.0, 120.0)
+    assert fixed.channel_y0 == pytest.approx(auto.channel_y0)
+
+
+def test_flat_image_names_the_wall_keys():
+    with pytest.raises(ConfigError, match="channel_top_um"):
+        detect_geometry(np.full((60, 200), 150, np.uint8), 0.5)
+
+
+def test_straight_channel_names_the_constriction_keys():
+    with pytest.raises(ConfigError, match="constriction_start_um"):
+        detect_geometry(chip(half_gap=24.0), 0.5)
+
+
+def test_simulator_background_is_detected():
+    synthetic = pytest.importorskip("acquisition.synthetic")
+    for kw in ({}, {"pixel_size_um": 0.6, "width": 320, "height": 80, "constriction_length_um": 30.0}):
+        s = synthetic.SyntheticSettings(**kw)
+        bg = np.round(synthetic.render_background(s)).clip(0, 255).astype(np.uint8)
+        g = detect_geometry(bg, s.pixel_size_um)
+        x0 = s.constriction_start_um / s.pixel_size_um - 0.5  # the simulator's pixel-edge convention
+        assert g.constriction_x0 == pytest.approx(x0, abs=0.6)
+        assert g.constriction_x1 == pytest.approx(x0 + s.constriction_length_um / s.pixel_size_um, abs=0.6)

@@ -1,0 +1,114 @@
+"""The tracker against the synthetic camera's truth, on a run the defaults were not tuned on
+(other seed, pixel size, frame rate and ROI than the defaults), plus event snapshots."""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+synthetic = pytest.importorskip("acquisition.synthetic")
+
+from app.validate import match_events  # noqa: E402
+from tracking.tracker import Tracker, TrackerSettings  # noqa: E402
+
+UNTUNED = dict(seed=2026, pixel_size_um=0.4, fps=5000.0, width=320, height=100, cells_per_second=70.0)
+N_FRAMES = 3000
+
+
+@pytest.fixture(scope="module")
+def run():
+    s = synthetic.SyntheticSettings(**UNTUNED)
+    frames, truth = synthetic.render_frames(s, N_FRAMES)
+    tracker = Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings())
+    events = tracker.process_frames(frames, fps=s.fps) + tracker.flush()
+    return s, frames, truth, tracker, events
+
+
+def test_untuned_run_meets_the_accuracy_targets(run):
+    s, frames, truth, tracker, events = run
+    frame_ms = 1e3 / s.fps
+    m = match_events(events, truth, run_ms=N_FRAMES * frame_ms, frame_ms=frame_ms)
+    err = m.errors()
+    print(f"complete passages {m.complete_truth}, detected {m.detection_rate:.3f}, swaps {m.swaps}, errors {err}")
+    assert m.complete_truth >= 25
+    assert m.detection_rate >= 0.99
+    assert m.swaps == 0
+    assert err["n"] >= 20
+    assert err["di_mae"] <= 0.01
+    assert err["transit_err_max_frames"] <= 1.0
+    assert err["v_max_rel_err_mean"] <= 0.03
+
+
+def test_snapshots_hold_the_frame_of_maximum_di(run):
+    s, frames, truth, tracker, events = run
+    g = tracker.geometry
+    with_snap = [e for e in events if e.snapshot is not None]
+    assert len(with_snap) >= 0.9 * sum(1 for e in events if e.exit_frame >= 0 and e.entry_frame >= 0)
+    for e in with_snap[:10]:
+        sn = e.snapshot
+        np.testing.assert_array_equal(sn.image, frames[sn.frame_id])  # frame i has id i here
+        assert sn.image.dtype == frames.dtype and sn.background.shape == sn.image.shape
+        assert g.constriction_x0 <= sn.pos_x_px < g.constriction_x1
+        assert sn.mask[int(round(sn.pos_y_px)), int(round(sn.pos_x_px))]
+        # one cell only: the mask is a single object no larger than the cell's filled area
+        ys, xs = np.nonzero(sn.mask)
+        assert abs(xs.mean() - sn.pos_x_px) < 1.0 and abs(ys.mean() - sn.pos_y_px) < 1.0
+        assert sn.mask.sum() < 0.5 * sn.mask.size
+
+
+def test_python_kernels_track_like_numba():
+    # pure Python is ~1000x slower: a small, crowded ROI and a few frames
+    s = synthetic.SyntheticSettings(seed=9, width=192, height=72, cells_per_second=150.0)
+    frames, _ = synthetic.render_frames(s, 160)
+    settings = replace(TrackerSettings(), snapshots=False)
+    a = Tracker.from_frames(frames, s.pixel_size_um, settings, kernels="numba")
+    b = Tracker(settings, a.geometry, a.background.image.copy(), kernels="python")
+    ea = a.process_frames(frames, fps=s.fps) + a.flush()
+    eb = b.process_frames(frames, fps=s.fps) + b.flush()
+    assert len(ea) == len(eb) >= 3
+    for x, y in zip(ea, eb):
+        assert (x.track_id, x.entry_frame, x.exit_frame, x.quality) == (y.track_id, y.entry_frame, y.exit_frame, y.quality)
+        for k, v in x.features.items():
+            assert (math.isnan(v) and math.isnan(y.features[k])) or v == pytest.approx(y.features[k], rel=1e-9, abs=1e-9)
+        np.testing.assert_array_equal(x.first_crop, y.first_crop)
+    np.testing.assert_array_equal(a.background.image, b.background.image)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_passage_kernel_matches_the_numpy_reference(seed):
+    from tracking import link as L
+    from tracking.blobs import B_AREA, B_BRIGHT_AVG, B_BRIGHT_SD, B_CONTRAST, B_HULL_AREA, B_HULL_PERIM, B_MAJOR, \
+        B_MINOR, B_X, B_Y, N_BLOB_FIELDS
+    from tracking.geometry import ChannelGeometry
+    from tracking.passage import FEATURE_ORDER, N_FEATURES, passage_kernel
+    from tracking.tracker import measure_passage
+    from tracking._pure import pure_python
+
+    rng = np.random.default_rng(seed)
+    g = ChannelGeometry(0.5, 80.0, 160.0, 10.0, 60.0, 256, 72)
+    s = TrackerSettings()
+    for n in (1, 2, 3, 4, 5, 9, 40):
+        for start in (5.0, 90.0, 170.0):  # upstream, inside, downstream at first sight
+            h = np.zeros((n, L.N_H_EXTRA + N_BLOB_FIELDS))
+            c = L.N_H_EXTRA
+            h[:, L.H_T] = np.cumsum(rng.uniform(0.2, 0.3, n))
+            h[:, c + B_X] = start + np.cumsum(rng.uniform(0.5, 12.0, n))
+            h[:, c + B_Y] = 35 + rng.normal(0, 0.3, n)
+            h[:, c + B_MAJOR] = rng.uniform(5, 30, n)
+            h[:, c + B_MINOR] = rng.uniform(3, 5, n)
+            h[:, c + B_AREA] = rng.uniform(100, 400, n)
+            h[:, c + B_HULL_AREA] = h[:, c + B_AREA] * rng.uniform(0.8, 1.2, n)
+            h[:, c + B_HULL_PERIM] = rng.uniform(40, 90, n)
+            h[:, c + B_BRIGHT_AVG] = rng.uniform(90, 110, n)
+            h[:, c + B_BRIGHT_SD] = rng.uniform(3, 9, n)
+            h[:, c + B_CONTRAST] = rng.uniform(2, 30, n)
+            ref, q_ref = measure_passage(h, g, s)
+            for kernel in (passage_kernel, pure_python(passage_kernel)):
+                out = np.zeros(N_FEATURES)
+                q, _ = kernel(h, g.constriction_x0, g.constriction_x1, g.pixel_size_um, s.doublet_solidity,
+                              s.low_contrast, s.stuck_ms, out)
+                assert int(q) == int(q_ref), (n, start)
+                for k, v in zip(FEATURE_ORDER, out):
+                    r = ref[k]
+                    assert (math.isnan(v) and math.isnan(r)) or v == pytest.approx(r, rel=1e-12, abs=1e-12), (k, n, start)
