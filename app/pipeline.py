@@ -314,8 +314,8 @@ class Pipeline:
         items = list(self._recent)
         return items if n is None else items[-n:]
 
-    def live_tracks(self) -> list[tuple[int, float, float]]:
-        """(track id, x px, y px) of the cells the tracker follows now (for overlays)."""
+    def live_tracks(self) -> list[tuple[int, float, float, float, float, float]]:
+        """(track id, x, y, a, b, angle) in px/rad of the cells the tracker follows now (overlays)."""
         t = self.tracker
         return t.live_tracks() if t is not None and hasattr(t, "live_tracks") else []
 

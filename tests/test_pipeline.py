@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from acquisition.synthetic import SyntheticCamera, SyntheticSettings
@@ -143,3 +144,20 @@ def test_live_policy_swap_and_recent_records():
     assert sum(p.status().class_counts.values()) == len(recs)
     with pytest.raises(Exception, match="classes"):
         p.set_policy(SortPolicy(SortSettings(target_classes=("x",)), ("x", "y")))
+
+
+def test_live_tracks_for_overlays():
+    from acquisition.synthetic import render_frames
+    from tracking.tracker import Tracker
+
+    frames, truth = render_frames(replace(FAST, cells_per_second=200.0), 600)
+    t = Tracker.from_frames(frames, FAST.pixel_size_um)
+    seen = 0
+    for a in range(0, 600, 50):
+        t.process_frames(frames[a:a + 50], np.arange(a, a + 50), fps=FAST.fps)
+        tracks = t.live_tracks()
+        seen += len(tracks)
+        for tid, x, y, ax, bx, ang in tracks:
+            assert 0 <= x < frames.shape[2] and 0 <= y < frames.shape[1]
+            assert ax >= bx >= 0 and -np.pi / 2 <= ang <= np.pi / 2
+    assert seen > 0

@@ -29,6 +29,7 @@ from tracking import link as L
 from tracking._pure import pure_python
 from tracking.background import BackgroundModel
 from tracking.blobs import (
+    B_ANGLE,
     B_AREA,
     B_BRIGHT_AVG,
     B_BRIGHT_SD,
@@ -281,12 +282,31 @@ class Tracker:
         return self._harvest(n_done)
 
     def predicted_exits_ms(self) -> list[float]:
-        """Predicted constriction exit times (ms, run clock) of the cells in view that have not
-        exited yet — the coincidence check needs cells whose class is not known yet."""
+        """Constriction exit times (ms, run clock) of the cells in view that have not been
+        emitted yet — predicted for cells still upstream, extrapolated back for cells between the
+        exit and the emission line. The coincidence check needs them: their class is not known yet."""
         si, sf = self._si, self._sf
         x1 = self.geometry.constriction_x1
-        live = (si[:, L.SI_STATE] == L.ACTIVE) & (si[:, L.SI_EXIT_FRAME] < 0) & (sf[:, L.SF_VX] > 0)
+        live = (si[:, L.SI_STATE] == L.ACTIVE) & (sf[:, L.SF_VX] > 0)
         return [float(sf[k, L.SF_T] + (x1 - sf[k, L.SF_X]) / sf[k, L.SF_VX]) for k in np.flatnonzero(live)]
+
+    def live_tracks(self) -> list[tuple[int, float, float, float, float, float]]:
+        """(track id, x, y, a, b, angle) in px/rad of the cells followed now, for overlays.
+
+        Read from another thread while the tracker runs: a snapshot that may be one frame old.
+        """
+        si = self._si.copy()
+        sf = self._sf.copy()
+        out = []
+        for k in np.flatnonzero(si[:, L.SI_STATE] != L.FREE):
+            n = int(si[k, L.SI_NHIST])
+            if si[k, L.SI_STATE] == L.ACTIVE and 0 < n <= self._hist.shape[1]:
+                row = self._hist[k, n - 1]
+                a, b, ang = float(row[_H + B_MAJOR]), float(row[_H + B_MINOR]), float(row[_H + B_ANGLE])
+            else:
+                a = b = ang = 0.0
+            out.append((int(si[k, L.SI_ID]), float(sf[k, L.SF_X]), float(sf[k, L.SF_Y]), a, b, ang))
+        return out
 
     @property
     def stats(self) -> TrackerStats:
