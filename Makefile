@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+export NUMBA_CACHE_DIR := $(CURDIR)/$(VENV)/numba-cache
 
-.PHONY: venv demo test bench model clean
+.PHONY: venv demo test bench model screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,14 +15,26 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# synthetic camera -> tracker -> bundled model -> sort policy -> log trigger, event file + report
 demo: $(STAMP)
-	$(BIN)/mimlsort demo --seconds 2 --out out/demo
+	$(BIN)/mimlsort demo --seconds 3 --out out/demo
 
 test: $(STAMP)
-	NUMBA_CACHE_DIR=$(CURDIR)/.venv/numba-cache $(BIN)/python -m pytest -q -p no:cacheprovider
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider
 
+# the figures in BENCHMARKS.md (run on a quiet machine)
 bench: $(STAMP)
-	$(BIN)/mimlsort bench tracking
+	for b in tracking synthetic recording inference storage trigger sorting pipeline camera; do \
+		$(BIN)/mimlsort bench $$b --json || exit 1; done
+	QT_QPA_PLATFORM=offscreen $(BIN)/mimlsort bench gui --seconds 10 --json
+
+# regenerate the bundled demonstration model (simulated cells only; ~15 min on one core)
+model: $(STAMP)
+	$(BIN)/mimlsort train --simulated --sim-seconds 60 --sim-seed 1 --arch miml-mini --epochs 40 --folds 5 \
+		--test-fraction 0.2 --seed 0 --out inference/models --name miml-mini-demo --no-progress
+
+screenshot: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/mimlsort gui --screenshot docs/screenshot.png --seconds 6
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -103,6 +103,7 @@ BENCHES: dict[str, str] = {
     "trigger": "hardware.bench:bench_serial_jitter",
     "storage": "app.storage:bench_storage",
     "synthetic": "acquisition.synthetic:bench_synthetic",
+    "sort-modes": "app.sortsim:bench_sort_modes",
     "pipeline": "app.bench:bench_pipeline",
     "camera": "acquisition.bench:bench_camera",
     "gui": "app.gui.bench:bench_gui",

@@ -37,7 +37,7 @@ import numpy as np
 from acquisition.camera import Camera, CameraState
 from acquisition.frame import FrameRing
 from app.records import CellRecord
-from app.sorting import Decision, Neighbour, Reason, SortCounters, SortPolicy
+from app.sorting import Decision, Reason, SortCounters, SortPolicy, coincidence_neighbours
 from mimlsort.errors import MimlsortError, StateError
 from mimlsort.settings import require
 from tracking.events import CellEvent
@@ -423,17 +423,12 @@ class Pipeline:
             # targets first, so cells finishing in the same batch see each other as neighbours
             targets = [policy.target(ev, p)[0] for ev, p in zip(events, probs)]
             pending = self.tracker.predicted_exits_ms() if live else []
+            batch = [(ev.features.get("exit_time_ms", math.nan), tg) for ev, tg in zip(events, targets)]
             for i, (ev, p) in enumerate(zip(events, probs)):
-                t = ev.features.get("exit_time_ms", math.nan)
-                window = policy.settings.window_for(ev)
-                near = [Neighbour(te, tg) for te, tg in self._neighbours if abs(te - t) <= window]
-                near += [Neighbour(events[j].features.get("exit_time_ms", math.nan), targets[j])
-                         for j in range(len(events)) if j != i
-                         and abs(events[j].features.get("exit_time_ms", math.nan) - t) <= window]
-                near += [Neighbour(te, False) for te in pending if abs(te - t) <= window]  # class not known yet
+                near = coincidence_neighbours(batch[i][0], policy.settings.window_for(ev), decided=self._neighbours,
+                                              batch=batch, self_index=i, pending=pending)
                 decisions[i] = policy.decide(ev, p, near)
-            for ev, tg in zip(events, targets):
-                self._neighbours.append((ev.features.get("exit_time_ms", math.nan), tg))
+            self._neighbours.extend(batch)
         target_idx = ([self.classifier.classes.index(c) for c in policy.settings.target_classes]
                       if policy is not None and self.classifier is not None else [])
         for ev, p, decision in zip(events, probs, decisions):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,6 +122,23 @@ class Neighbour:
 
     exit_time_ms: float
     is_target: bool
+
+
+def coincidence_neighbours(exit_ms: float, window_ms: float, *, decided: Iterable[tuple[float, bool]] = (),
+                           batch: Sequence[tuple[float, bool]] = (), self_index: int | None = None,
+                           pending: Iterable[float] = ()) -> list[Neighbour]:
+    """The cells a candidate exiting at ``exit_ms`` must be judged against (the pipeline's rule).
+
+    ``decided``: (exit ms, is target) of cells decided in earlier batches; ``batch``: the same for
+    the cells finishing in the candidate's own batch (``self_index`` is the candidate's place in it
+    and is skipped); ``pending``: predicted exits of cells still in view whose class is not known
+    yet — they count as non-targets, because a purity sort must not gamble on them. A neighbour is
+    near when ``|its exit − exit_ms| <= window_ms`` (edge inclusive); a NaN exit is never near.
+    """
+    near = [Neighbour(te, tg) for te, tg in decided if abs(te - exit_ms) <= window_ms]
+    near += [Neighbour(te, tg) for j, (te, tg) in enumerate(batch) if j != self_index and abs(te - exit_ms) <= window_ms]
+    near += [Neighbour(te, False) for te in pending if abs(te - exit_ms) <= window_ms]
+    return near
 
 
 @dataclass(frozen=True, slots=True)
