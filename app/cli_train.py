@@ -1,0 +1,259 @@
+"""``mimlsort train`` and ``mimlsort evaluate``: MIML models from labelled cells (extra `train`: torch).
+
+Data sources are named ``PATH`` or ``PATH=CLASS`` (see inference.training.data.dataset_from_path):
+a MIML authors' folder or CSV, our event table CSV, or our ``.rtdc`` event file of one population.
+``--simulated`` adds cells from the synthetic camera, tracked and labelled with their true class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+def _csv_list(text: str) -> tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _mix(text: str) -> dict[str, float]:
+    """``hct116=0.5,wbc=0.5`` → class fractions."""
+    out = {}
+    for part in _csv_list(text):
+        name, _, frac = part.partition("=")
+        try:
+            out[name.strip()] = float(frac) if frac else 1.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"class mix must look like a=0.5,b=0.5, got {text!r}") from None
+    return out
+
+
+def _add_sim_args(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("simulated data (--simulated)")
+    g.add_argument("--simulated", action="store_true", help="add cells from the synthetic camera, labelled with their true class")
+    g.add_argument("--sim-seconds", type=float, default=20.0, help="simulated seconds per run (default 20)")
+    g.add_argument("--sim-runs", type=int, default=1, help="independent simulated runs (seeds sim-seed, sim-seed+1, …)")
+    g.add_argument("--sim-seed", type=int, default=1, help="seed of the first simulated run (default 1)")
+    g.add_argument("--sim-classes", type=_mix, help="class mix, e.g. hct116=0.5,wbc=0.5 (default: the simulator's)")
+
+
+def _load_data(args: argparse.Namespace, *, role: str):
+    from mimlsort.errors import DataFormatError
+
+    parts = []
+    if args.data:
+        from inference.training.data import dataset_from_paths
+
+        parts.append(dataset_from_paths(args.data, only_ok=not args.all_events, feature_names=args.features,
+                                        pixel_size_um=args.pixel_size))
+    if args.simulated:
+        from app.simdata import SimulatedData, simulated_dataset
+
+        sim = SimulatedData(seconds=args.sim_seconds, runs=args.sim_runs, seed=args.sim_seed,
+                            class_mix=tuple(sorted(args.sim_classes.items())) if args.sim_classes else None,
+                            only_ok=not args.all_events)
+        parts.append(simulated_dataset(sim, progress=not args.no_progress))
+    if not parts:
+        raise DataFormatError(f"{role}: give data (PATH or PATH=CLASS) or --simulated")
+    if len(parts) == 1:
+        ds = parts[0]
+    else:
+        from inference.training.data import Dataset
+
+        ds = Dataset.concat(parts)
+    if args.features:
+        ds = ds.select_features(args.features)
+    return ds
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    # without torch this raises BackendUnavailable naming the extra (mimlsort[train]) before any data is read
+    from inference.training.train import train_model
+    from inference.training.evaluate import evaluate
+    from inference.training.export import update_spec
+
+    ds = _load_data(args, role="train")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    test = None
+    if args.test_fraction > 0:
+        tr, te = ds.split(args.test_fraction, seed=args.seed)
+        test, ds = ds.subset(te), _with_report(ds.subset(tr), ds)
+    arch = args.arch or (None if args.init_from else "miml-mini")
+    counts = ", ".join(f"{k} {v}" for k, v in ds.class_counts().items())
+    print(f"training {arch or 'from ' + str(args.init_from)} on {len(ds)} cells ({counts})"
+          + (f"; {len(test)} cells held out for testing" if test is not None else ""), file=sys.stderr)
+    command = "mimlsort " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("mimlsort") else ""
+    res = train_model(
+        ds, arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, folds=args.folds,
+        val_fraction=args.val_fraction, patience=args.patience, augment=not args.no_augment, device=args.device,
+        init_from=args.init_from, freeze_image_branch=args.freeze_image_branch, channels=args.channels,
+        image_size=args.image_size, out_dir=out, model_name=args.name, progress=not args.no_progress,
+        command=command or None,
+    )
+    lines = [f"model: {res.onnx_path}"]
+    if res.folds:
+        acc = np.array([m.accuracy for m in res.fold_metrics])
+        lines.append(f"cross-validation ({len(res.folds)} folds): accuracy {acc.mean():.4f} ± {acc.std():.4f}")
+    if test is not None:
+        ev = evaluate(res.onnx_path, test, out / "test", title=f"Held-out test of {res.onnx_path.name}")
+        m = ev.metrics
+        lines.append(f"held-out test ({m.n} cells): accuracy {m.accuracy:.4f}, macro F1 {m.macro_f1:.4f}, "
+                     f"ROC-AUC {m.macro_roc_auc:.4f}")
+        spec = res.spec.with_provenance(metrics={**res.spec.provenance.metrics, "test_n": m.n,
+                                                 "test_accuracy": m.accuracy, "test_macro_f1": m.macro_f1})
+        update_spec(res.onnx_path, spec)
+        report = out / "report.md"
+        text = report.read_text(encoding="utf-8")
+        report.write_text(text.rstrip() + "\n\n## Held-out test\n\n"
+                          f"{m.n} cells never used in training, cross-validation or early stopping "
+                          f"(grouped, stratified, seed {args.seed}), run through ONNX Runtime: accuracy "
+                          f"{m.accuracy:.4f}, macro F1 {m.macro_f1:.4f}, ROC-AUC {m.macro_roc_auc:.4f}. "
+                          "Full report: [test/report.md](test/report.md).\n", encoding="utf-8")
+    lines.append(f"report: {out / 'report.md'}")
+    print("\n".join(lines))
+    return 0
+
+
+def _with_report(sub, full):
+    """A subset keeps the import report of the whole data (its defects still apply)."""
+    object.__setattr__(sub, "report", full.report)
+    return sub
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from inference.training.data import kfold_splits
+    from inference.training.evaluate import compute_metrics, evaluate, predict_onnx
+    from mimlsort.errors import DataFormatError
+
+    ds = _load_data(args, role="evaluate")
+    folds = []
+    if args.folds >= 2:
+        try:
+            parts = kfold_splits(ds.labels, ds.groups, args.folds, args.seed)
+        except DataFormatError:
+            parts = []
+        if parts:
+            probs, classes = predict_onnx(args.model, ds)
+            remap = [classes.index(c) if c in classes else -1 for c in ds.class_names]
+            y = [remap[i] for i in ds.labels]
+            if -1 not in remap:
+                import numpy as np
+
+                y = np.asarray(y)
+                folds = [compute_metrics(y[te], probs[te], classes) for _, te in parts]
+    ev = evaluate(args.model, ds, args.out, folds=folds)
+    m = ev.metrics
+    print(f"{m.n} cells: accuracy {m.accuracy:.4f}, macro F1 {m.macro_f1:.4f}, ROC-AUC {m.macro_roc_auc:.4f}")
+    print(f"report: {ev.report_path}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """The paper's comparisons on simulated cells: baselines (fused vs image-only vs feature-only)
+    and transfer learning (new class pair, ~100 examples, fine-tuned vs from scratch)."""
+    import dataclasses
+
+    from inference.training import experiments as ex
+    from app.simdata import SimulatedData, simulated_dataset, stiffened_pair
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
+              device=args.device)
+    base = SimulatedData(seconds=args.sim_seconds, runs=args.sim_runs, seed=args.sim_seed)
+    parts = [f"# mimlsort experiment {args.what}", "", f"Command: `mimlsort {' '.join(sys.argv[1:])}`", ""]
+    if args.what == "baselines":
+        train = simulated_dataset(base, progress=not args.no_progress)
+        test = simulated_dataset(dataclasses.replace(base, seed=args.sim_seed + 1000, runs=1),
+                                 progress=not args.no_progress)
+        scores = ex.compare_architectures(train, test, out, archs=args.archs, **kw)
+        parts += [f"Trained on {len(train)} simulated cells ({train.class_counts()}); tested on {len(test)} cells "
+                  f"of another simulated run (seed {args.sim_seed + 1000}).", "", ex.architectures_markdown(scores)]
+    else:
+        source = simulated_dataset(base, progress=not args.no_progress)
+        target = simulated_dataset(dataclasses.replace(base, seed=args.sim_seed + 2000, synthetic=stiffened_pair()),
+                                   progress=not args.no_progress)
+        res = ex.transfer_experiment(source, target, n_few=args.few, seeds=tuple(range(args.draws)),
+                                     freeze_image_branch=args.freeze_image_branch, out_dir=out,
+                                     parent_epochs=args.epochs, few_epochs=args.epochs,
+                                     **{k: v for k, v in kw.items() if k not in ("epochs", "seed")})
+        parts += [f"Source pair {source.class_names} ({len(source)} cells); new pair {target.class_names} "
+                  f"({len(target)} cells).", "", res.to_markdown()]
+    text = "\n".join(parts) + "\n"
+    (out / "experiment.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+def register(subparsers) -> None:
+    sp = subparsers.add_parser(
+        "train", help="train a MIML model (extra: train)",
+        description="Train a MIML model on labelled cells; writes MODEL.onnx (+ .pt), report.md, roc.png, "
+                    "confusion.png and metrics.json into --out.")
+    sp.add_argument("data", nargs="*", help="PATH or PATH=CLASS: MIML authors' folder/CSV, event table CSV, .rtdc event file")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--name", default="model", help="model file name without .onnx (default: model)")
+    sp.add_argument("--arch", help="miml-mini (default; with --init-from: the parent's), miml-resnet18, image-only, feature-only")
+    sp.add_argument("--epochs", type=int, default=30)
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--lr", type=float, default=1e-3)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: none; default 5)")
+    sp.add_argument("--val-fraction", type=float, default=0.15, help="cells held back for early stopping")
+    sp.add_argument("--test-fraction", type=float, default=0.0,
+                    help="cells held out before anything else and evaluated at the end (default 0)")
+    sp.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs (0: off)")
+    sp.add_argument("--no-augment", action="store_true", help="no flips/rotations/brightness changes")
+    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
+    sp.add_argument("--init-from", help="fine-tune this model (.onnx with its .pt beside it, or .pt)")
+    sp.add_argument("--freeze-image-branch", action="store_true", help="with --init-from: train only features and head")
+    sp.add_argument("--channels", type=_csv_list, help="image channels, e.g. first,last (default) or last")
+    sp.add_argument("--image-size", type=int, help="model input side in pixels (default: the architecture's)")
+    sp.add_argument("--features", type=_csv_list, help="feature names in order (default: di,transit_time_ms,v_max_mm_s[,dir_per_ms])")
+    sp.add_argument("--all-events", action="store_true", help="keep events with quality flags")
+    sp.add_argument("--pixel-size", type=float, help="µm per pixel of CSV crops without a crop_pixel_size_um column")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_sim_args(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = subparsers.add_parser(
+        "evaluate", help="evaluate a model on labelled cells: metrics, ROC and confusion PNGs, Markdown report",
+        description="Run MODEL through ONNX Runtime on labelled data; writes report.md, roc.png, confusion.png, metrics.json.")
+    sp.add_argument("model", help="ONNX model")
+    sp.add_argument("data", nargs="*", help="PATH or PATH=CLASS (as for train)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--folds", type=int, default=5, help="per-fold table over k grouped parts of the data (0: none)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--features", type=_csv_list, help=argparse.SUPPRESS)
+    sp.add_argument("--all-events", action="store_true", help="keep events with quality flags")
+    sp.add_argument("--pixel-size", type=float, help="µm per pixel of CSV crops without a crop_pixel_size_um column")
+    sp.add_argument("--no-progress", action="store_true")
+    _add_sim_args(sp)
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = subparsers.add_parser(
+        "experiment", help="the MIML paper's comparisons on simulated cells (extra: train)",
+        description="baselines: fused MIML vs image-only vs feature-only on held-out simulated cells; "
+                    "transfer: fine-tuning on ~100 cells of a new class pair vs training from scratch.")
+    sp.add_argument("what", choices=("baselines", "transfer"))
+    sp.add_argument("--out", required=True, help="output folder (models, reports, experiment.md)")
+    sp.add_argument("--archs", type=_csv_list, default=("miml-mini", "image-only", "feature-only"))
+    sp.add_argument("--epochs", type=int, default=30)
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--few", type=int, default=100, help="transfer: examples of the new pair (default 100)")
+    sp.add_argument("--draws", type=int, default=3, help="transfer: independent draws of the few examples")
+    sp.add_argument("--freeze-image-branch", action="store_true", help="transfer: fine-tune features and head only")
+    sp.add_argument("--sim-seconds", type=float, default=20.0)
+    sp.add_argument("--sim-runs", type=int, default=1)
+    sp.add_argument("--sim-seed", type=int, default=1)
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_experiment)

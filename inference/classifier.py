@@ -1,0 +1,223 @@
+"""The run-time classifier: an ONNX Runtime session over a self-describing MIML model.
+
+``Classifier(model_path)`` reads the spec (embedded, or ``<model>.spec.json`` beside a spec-less
+model), checks it against the graph and against the features the tracker produces, picks an
+execution provider, warms the session up and then classifies tracker events. Inference never
+imports torch.
+
+Provider choice ``auto`` tries TensorRT → CUDA → CPU in that order among those the installed
+onnxruntime offers; a provider that is offered but fails to initialise (e.g. CUDA libraries missing)
+falls back to the next, and the reason for each provider not used is logged and kept in
+:attr:`Classifier.provider_notes`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mimlsort.errors import BackendUnavailable, ModelError, StateError
+
+from .preprocess import Preprocessor
+from .spec import INPUT_FEATURES, INPUT_IMAGE, OUTPUT, ModelSpec, TensorInfo, check_features, check_graph, read_spec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Classifier", "PROVIDERS", "bundled_model"]
+
+#: our provider names → ONNX Runtime's, in the order ``auto`` tries them
+PROVIDERS: dict[str, str] = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+_LATENCY_WINDOW = 10_000  # recent calls kept for the latency statistics
+
+
+def bundled_model() -> Path:
+    """The demonstration model shipped with mimlsort (simulated cells only, not for biological use)."""
+    return Path(__file__).resolve().parent / "models" / "miml-mini-demo.onnx"
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as err:  # a dependency, but onnxruntime-gpu users uninstall it first
+        raise BackendUnavailable("ONNX Runtime is missing: install onnxruntime (or mimlsort[gpu])") from err
+    return ort
+
+
+class Classifier:
+    """Classify cell events with an ONNX MIML model.
+
+    ``classes``/``spec`` describe the model; ``provider`` is the provider in use (``cpu``, ``cuda`` or
+    ``tensorrt``); ``classify(events)`` returns float32[N, K] probabilities in ``classes`` order.
+    ``last_latency_us`` is the wall time of the last ``classify`` call (preprocessing + inference);
+    :meth:`latency_stats` summarises recent calls. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, model_path: str | Path, provider: str = "auto", intra_op_threads: int = 1,
+                 warmup: bool = True, *, spec: ModelSpec | None = None, check_tracker_features: bool = True):
+        ort = _import_ort()
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: no such model file")
+        if provider not in ("auto", *PROVIDERS):
+            raise ModelError(f"provider: must be auto, {', '.join(PROVIDERS)}; got {provider!r}")
+        if intra_op_threads < 0:
+            raise ModelError(f"intra_op_threads: must be >= 0 (0 = ONNX Runtime's default), got {intra_op_threads}")
+        self.intra_op_threads = intra_op_threads
+        self.provider_notes: dict[str, str] = {}
+        self._session = self._make_session(ort, provider)
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self.spec = spec if spec is not None else read_spec(self.path, meta)
+        self.max_batch = check_graph(
+            self.spec, [TensorInfo.of(i) for i in self._session.get_inputs()],
+            [TensorInfo.of(o) for o in self._session.get_outputs()], str(self.path))
+        if check_tracker_features:
+            check_features(self.spec, source=str(self.path))
+        self.classes: tuple[str, ...] = self.spec.class_names
+        self.preprocess = Preprocessor(self.spec)
+        self._latencies = collections.deque(maxlen=_LATENCY_WINDOW)
+        self.last_latency_us = float("nan")
+        self.last_run_us = float("nan")
+        self.calls = 0
+        self.cells = 0
+        if warmup:
+            self.warmup()
+
+    # -- session and provider ---------------------------------------------------------------------
+
+    def _make_session(self, ort, provider: str):
+        available = ort.get_available_providers()
+        wanted = list(PROVIDERS) if provider == "auto" else [provider]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # ORT's own warnings are about its internals; our choice is logged below
+        last_err: Exception | None = None
+        for name in wanted:
+            ort_name = PROVIDERS[name]
+            if ort_name not in available:
+                extra = "mimlsort[gpu] (onnxruntime-gpu)" if name != "cpu" else "onnxruntime"
+                self.provider_notes[name] = f"not offered by this onnxruntime (offers {', '.join(available)}; install {extra})"
+                continue
+            # CPU is always listed last so that ops a GPU provider does not implement still run
+            providers = [ort_name] if name == "cpu" else [ort_name, PROVIDERS["cpu"]]
+            try:
+                sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+            except Exception as err:  # noqa: BLE001 - ORT raises its own exception types (Fail, InvalidGraph…)
+                msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+                if "Protobuf parsing failed" in msg or "INVALID_PROTOBUF" in msg or "InvalidProtobuf" in type(err).__name__:
+                    raise ModelError(f"{self.path}: not an ONNX model ({msg})") from None
+                self.provider_notes[name] = f"failed to start: {msg}"
+                last_err = err
+                continue
+            used = sess.get_providers()
+            if used[0] != ort_name:  # ORT falls back to CPU silently when a GPU provider cannot load
+                self.provider_notes[name] = f"offered but could not be loaded (the session fell back to {used[0]})"
+                continue
+            self.provider = name
+            for skipped, why in self.provider_notes.items():
+                log.info("%s: provider %s not used: %s", self.path.name, skipped, why)
+            log.info("%s: running on %s (%s), intra-op threads %d", self.path.name, name, ort_name, self.intra_op_threads)
+            return sess
+        why = "; ".join(f"{k}: {v}" for k, v in self.provider_notes.items())
+        if provider == "auto" or provider == "cpu":
+            raise ModelError(f"{self.path}: ONNX Runtime could not load the model ({why})") from last_err
+        raise BackendUnavailable(f"{self.path}: provider {provider!r} is unavailable ({why})")
+
+    @property
+    def provider_choice(self) -> str:
+        """One line: what runs the model and why the faster providers do not."""
+        notes = "; ".join(f"{k} {v}" for k, v in self.provider_notes.items())
+        return f"{self.provider}" + (f" ({notes})" if notes else "")
+
+    def warmup(self, runs: int = 3) -> None:
+        """Run a few zero batches so the first real cell does not pay for allocations and kernel choice."""
+        c, h, w = self.spec.image.shape
+        f = len(self.spec.features)
+        for n in (1, 1, 8)[:max(runs, 1)]:
+            self._run(np.zeros((n, c, h, w), np.float32), np.zeros((n, f), np.float32))
+
+    # -- inference -----------------------------------------------------------------------------------
+
+    def _run(self, image: np.ndarray, features: np.ndarray) -> np.ndarray:
+        sess = self._session
+        if sess is None:
+            raise StateError(f"{self.path.name}: the classifier is closed")
+        b = self.max_batch
+        if b is None or len(image) == b:
+            return sess.run([OUTPUT], {INPUT_IMAGE: image, INPUT_FEATURES: features})[0]
+        # a graph exported with a fixed batch size (often 1) still serves any batch: in pieces of
+        # that size, the last one padded with zeros
+        out = []
+        for s in range(0, len(image), b):
+            im, fe = image[s:s + b], features[s:s + b]
+            n = len(im)
+            if n < b:
+                im = np.concatenate([im, np.zeros((b - n, *im.shape[1:]), np.float32)])
+                fe = np.concatenate([fe, np.zeros((b - n, fe.shape[1]), np.float32)])
+            out.append(sess.run([OUTPUT], {INPUT_IMAGE: im, INPUT_FEATURES: fe})[0][:n])
+        return np.concatenate(out)
+
+    def run_arrays(self, image: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Probabilities float32[N, K] for inputs that are already preprocessed."""
+        image = np.ascontiguousarray(image, np.float32)
+        features = np.ascontiguousarray(features, np.float32)
+        c, h, w = self.spec.image.shape
+        if image.ndim != 4 or image.shape[1:] != (c, h, w) or features.shape != (len(image), len(self.spec.features)):
+            raise ModelError(f"{self.path.name}: inputs must be image [N, {c}, {h}, {w}] and features "
+                             f"[N, {len(self.spec.features)}], got {image.shape} and {features.shape}")
+        if len(image) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        t0 = time.perf_counter_ns()
+        out = self._run(image, features)
+        self.last_run_us = (time.perf_counter_ns() - t0) / 1e3
+        return np.asarray(out, np.float32)
+
+    def classify(self, events: Sequence) -> np.ndarray:
+        """Class probabilities float32[N, K] (``classes`` order) for tracker events (one or many)."""
+        if not isinstance(events, Sequence):
+            events = [events] if hasattr(events, "features") else list(events)
+        t0 = time.perf_counter_ns()
+        if len(events) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        image, feats = self.preprocess(events)
+        probs = self.run_arrays(image, feats)
+        dt = (time.perf_counter_ns() - t0) / 1e3
+        self.last_latency_us = dt
+        self._latencies.append(dt)
+        self.calls += 1
+        self.cells += len(events)
+        return probs
+
+    def latency_stats(self) -> dict[str, float]:
+        """p50/p99/max/mean of the recent ``classify`` calls in µs, and how many calls that is."""
+        if not self._latencies:
+            return {"calls": 0}
+        a = np.fromiter(self._latencies, np.float64)
+        return {"calls": len(a), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
+                "max_us": float(a.max()), "mean_us": float(a.mean())}
+
+    # -- resources -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._session = None
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.path.name!r}, arch={self.spec.arch!r}, classes={list(self.classes)}, provider={self.provider!r})"

@@ -1,0 +1,845 @@
+"""Training data: one sample per cell (first crop, last crop, features, label, group, source).
+
+Importers build a :class:`Dataset` from
+
+* our own tracker output: :class:`tracking.events.CellEvent` lists (:func:`dataset_from_events`;
+  one label for a whole run of one pure population, or one label per event), or a CSV of features
+  with paths to crop images (:func:`dataset_from_csv`);
+* the MIML authors' format: CSV ``cell ID,Cell Type,Max Velocity,Transition Time,Deformability``
+  with one row per crop PNG (:func:`dataset_from_miml_csv`, :func:`dataset_from_miml_dir`).
+
+Every importer attaches an :class:`ImportReport` and logs its problems — duplicate images (by pixel
+hash, with conflicting labels called out), sources that hold a single class, missing or unpaired
+crops. Nothing is silently dropped or fixed: what to do about a defect is the caller's decision.
+
+Splits are grouped (all samples of one group — by default one cell — land on the same side),
+stratified by class and seeded. This module needs no torch: the CLI can import and inspect data
+without the training extra.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mimlsort.errors import DataFormatError
+from tracking.features import FEATURES, MIML_FEATURES
+
+log = logging.getLogger(__name__)
+
+#: the MIML authors' CSV columns -> our feature names (their values are pre-scaled to 0..1)
+MIML_COLUMNS: dict[str, str] = {
+    "Deformability": "di",
+    "Transition Time": "transit_time_ms",
+    "Max Velocity": "v_max_mm_s",
+}
+MIML_ID_COLUMN = "cell ID"
+MIML_LABEL_COLUMN = "Cell Type"
+MIML_PROVENANCE = (
+    "MIML authors' CSV format: Deformability->di, Transition Time->transit_time_ms, "
+    "Max Velocity->v_max_mm_s; values were pre-scaled to 0-1 per recording batch by the authors "
+    "(not physical units), so a model trained on them needs features scaled the same way"
+)
+_FIRST_SUFFIX = "_firstcrop"
+_LAST_SUFFIX = "_lastcrop"
+
+
+# ---------------------------------------------------------------------------------------------
+# import report
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """One image (pixel hash) that occurs in more than one place."""
+
+    hash: str
+    members: tuple[tuple[str, str, str, str], ...]  # (sample id, "first"/"last", label, source)
+
+    @property
+    def conflicting_labels(self) -> bool:
+        return len({m[2] for m in self.members}) > 1
+
+    def describe(self) -> str:
+        where = "; ".join(f"{sid} {crop} crop [{label}] in {src}" for sid, crop, label, src in self.members)
+        kind = "identical image with DIFFERENT labels" if self.conflicting_labels else "identical image"
+        return f"{kind}: {where}"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What an importer found; :meth:`problems` lists every defect in words."""
+
+    n_rows: int
+    n_samples: int
+    class_counts: Mapping[str, int]
+    duplicates: tuple[Duplicate, ...] = ()
+    single_class_sources: tuple[tuple[str, str], ...] = ()  # (source, its only class)
+    missing: tuple[str, ...] = ()  # files named by the data that do not exist / could not be read
+    notes: tuple[str, ...] = ()  # other findings (unpaired crops, colour images, ...)
+    # True when each source is meant to be a train/validation split of mixed classes (the authors'
+    # CSVs); False for our runs, where one pure population per run is the normal way to label
+    sources_are_splits: bool = False
+    info: tuple[str, ...] = ()  # facts worth reporting that are not defects (e.g. what a simulation left out)
+
+    def problems(self) -> list[str]:
+        out = [d.describe() for d in self.duplicates]
+        out += [f"{src} holds only class {cls!r}: a split taken from it alone cannot train or "
+                f"evaluate a classifier" for src, cls in self.single_class_sources]
+        if len(self.class_counts) < 2 and self.sources_are_splits:
+            out.append(f"the data hold only {len(self.class_counts)} class(es): {dict(self.class_counts)}")
+        out += [f"missing: {m}" for m in self.missing]
+        out += list(self.notes)
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems()
+
+    def log(self, logger: logging.Logger = log) -> None:
+        for i in self.info:
+            logger.info("data import: %s", i)
+        for p in self.problems():
+            logger.warning("data import: %s", p)
+
+    def to_markdown(self) -> str:
+        lines = [f"- rows read: {self.n_rows}, samples (cells): {self.n_samples}",
+                 f"- classes: " + ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())]
+        probs = self.problems()
+        lines += [f"- {i}" for i in self.info]
+        lines += [f"- **problem**: {p}" for p in probs] if probs else ["- no problems found"]
+        return "\n".join(lines)
+
+
+def image_hash(img: np.ndarray) -> str:
+    """Hash of the pixels (and shape), so re-encoded copies of one image are found too."""
+    h = hashlib.sha1(str(img.shape).encode())
+    h.update(np.ascontiguousarray(img).tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# the data set
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    first_crop: np.ndarray
+    last_crop: np.ndarray
+    features: dict[str, float]
+    label: int
+    class_name: str
+    group: str
+    source: str
+    id: str
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """N cells: crops ``first``/``last`` (N, H, W), ``features`` (N, F) raw values in the units of
+    :mod:`tracking.features` (or as the source delivered them, see ``provenance``), integer
+    ``labels`` into ``class_names``, and per-sample ``groups``, ``sources`` and ``ids``."""
+
+    first: np.ndarray
+    last: np.ndarray
+    features: np.ndarray
+    feature_names: tuple[str, ...]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    groups: np.ndarray
+    sources: np.ndarray
+    ids: np.ndarray
+    crop_pixel_size_um: float | None = None
+    provenance: tuple[str, ...] = ()
+    report: ImportReport | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        n = len(self.labels)
+        if self.first.ndim != 3 or self.last.shape != self.first.shape:
+            raise DataFormatError(f"crops must be (N, H, W) arrays of one shape, got {self.first.shape} and {self.last.shape}")
+        if self.features.shape != (n, len(self.feature_names)):
+            raise DataFormatError(f"features must be (N={n}, F={len(self.feature_names)}), got {self.features.shape}")
+        for name, a in (("first", self.first), ("groups", self.groups), ("sources", self.sources), ("ids", self.ids)):
+            if len(a) != n:
+                raise DataFormatError(f"{name}: {len(a)} entries for {n} labels")
+        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise DataFormatError(f"labels must index class_names {self.class_names}")
+        if not np.all(np.isfinite(self.features)):
+            bad = np.flatnonzero(~np.all(np.isfinite(self.features), axis=1))[:5]
+            raise DataFormatError(f"non-finite feature values in samples {[str(self.ids[i]) for i in bad]}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Sample:
+        return Sample(
+            self.first[i], self.last[i], dict(zip(self.feature_names, map(float, self.features[i]))),
+            int(self.labels[i]), self.class_names[self.labels[i]], str(self.groups[i]), str(self.sources[i]),
+            str(self.ids[i]),
+        )
+
+    @property
+    def crop_shape(self) -> tuple[int, int]:
+        return tuple(self.first.shape[1:])
+
+    def class_counts(self) -> dict[str, int]:
+        c = np.bincount(self.labels, minlength=len(self.class_names))
+        return {name: int(c[i]) for i, name in enumerate(self.class_names)}
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "Dataset":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Dataset(
+            self.first[idx], self.last[idx], self.features[idx], self.feature_names, self.labels[idx],
+            self.class_names, self.groups[idx], self.sources[idx], self.ids[idx], self.crop_pixel_size_um,
+            self.provenance, None,
+        )
+
+    def select_features(self, names: Sequence[str]) -> "Dataset":
+        """The same samples with only the features ``names``, in that order."""
+        missing = [n for n in names if n not in self.feature_names]
+        if missing:
+            raise DataFormatError(f"features {missing} are not in the data (has {list(self.feature_names)})")
+        cols = [self.feature_names.index(n) for n in names]
+        return Dataset(
+            self.first, self.last, self.features[:, cols], tuple(names), self.labels, self.class_names,
+            self.groups, self.sources, self.ids, self.crop_pixel_size_um, self.provenance, self.report,
+        )
+
+    def hashes(self) -> list[tuple[str, str]]:
+        return [(image_hash(a), image_hash(b)) for a, b in zip(self.first, self.last)]
+
+    def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        return grouped_split(self.labels, self.groups, test_fraction, seed)
+
+    def kfold(self, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+        return kfold_splits(self.labels, self.groups, k, seed)
+
+    @staticmethod
+    def concat(datasets: Sequence["Dataset"]) -> "Dataset":
+        """One data set from several (class names united, labels remapped), re-checked as a whole."""
+        if not datasets:
+            raise DataFormatError("nothing to concatenate")
+        d0 = datasets[0]
+        for d in datasets[1:]:
+            if d.feature_names != d0.feature_names:
+                raise DataFormatError(f"feature names differ: {d0.feature_names} vs {d.feature_names}")
+            if d.crop_shape != d0.crop_shape:
+                raise DataFormatError(f"crop shapes differ: {d0.crop_shape} vs {d.crop_shape} (source {d.sources[:1]})")
+        classes = tuple(dict.fromkeys(c for d in datasets for c in d.class_names))
+        labels = np.concatenate([np.array([classes.index(c) for c in d.class_names], np.int64)[d.labels] for d in datasets])
+        sizes = {d.crop_pixel_size_um for d in datasets}
+        ds = Dataset(
+            np.concatenate([d.first for d in datasets]), np.concatenate([d.last for d in datasets]),
+            np.concatenate([d.features for d in datasets]), d0.feature_names, labels, classes,
+            np.concatenate([d.groups for d in datasets]), np.concatenate([d.sources for d in datasets]),
+            np.concatenate([d.ids for d in datasets]), sizes.pop() if len(sizes) == 1 else None,
+            tuple(dict.fromkeys(p for d in datasets for p in d.provenance)),
+        )
+        notes = tuple(n for d in datasets if d.report for n in d.report.notes)
+        info = tuple(n for d in datasets if d.report for n in d.report.info)
+        missing = tuple(m for d in datasets if d.report for m in d.report.missing)
+        rows = sum(d.report.n_rows if d.report else len(d) for d in datasets)
+        splits = any(d.report is not None and d.report.sources_are_splits for d in datasets)
+        return _with_report(ds, rows, missing, notes, splits, info)
+
+
+def check_dataset(
+    ds: Dataset, n_rows: int | None = None, missing: Sequence[str] = (), notes: Sequence[str] = (),
+    sources_are_splits: bool = False, info: Sequence[str] = (),
+) -> ImportReport:
+    """Find duplicate images in ``ds`` and, when its sources are meant to be mixed-class splits,
+    the sources that hold a single class."""
+    where: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
+    for i, (h1, h2) in enumerate(ds.hashes()):
+        cls = ds.class_names[ds.labels[i]]
+        where[h1].append((str(ds.ids[i]), "first", cls, str(ds.sources[i])))
+        if h2 != h1:
+            where[h2].append((str(ds.ids[i]), "last", cls, str(ds.sources[i])))
+    dups = tuple(Duplicate(h, tuple(m)) for h, m in where.items() if len(m) > 1)
+    by_source: dict[str, set[str]] = defaultdict(set)
+    for s, lab in zip(ds.sources, ds.labels):
+        by_source[str(s)].add(ds.class_names[lab])
+    single = ()
+    if sources_are_splits:
+        single = tuple((s, next(iter(c))) for s, c in by_source.items() if len(c) == 1)
+    return ImportReport(
+        n_rows if n_rows is not None else len(ds), len(ds), ds.class_counts(), dups, single, tuple(missing),
+        tuple(notes), sources_are_splits, tuple(info),
+    )
+
+
+def _with_report(
+    ds: Dataset, n_rows: int, missing: Sequence[str] = (), notes: Sequence[str] = (), sources_are_splits: bool = False,
+    info: Sequence[str] = (), log_report: bool = True,
+) -> Dataset:
+    rep = check_dataset(ds, n_rows, missing, notes, sources_are_splits, info)
+    if log_report:
+        rep.log()
+    object.__setattr__(ds, "report", rep)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# importers
+
+
+def _read_grey(path: Path, notes: list[str]) -> np.ndarray | None:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return None
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = img[:, :, :3]
+        if np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 0], img[:, :, 2]):
+            img = img[:, :, 0]  # grey stored as RGB (the authors' PNGs): lossless
+        else:
+            notes.append(f"{path}: colour image converted to grey")
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return np.ascontiguousarray(img)
+
+
+def _class_index(names: Iterable[str], class_names: Sequence[str] | None) -> tuple[tuple[str, ...], dict[str, int]]:
+    names = list(names)
+    if class_names is None:
+        class_names = tuple(sorted(set(names)))
+    else:
+        class_names = tuple(class_names)
+        unknown = sorted(set(names) - set(class_names))
+        if unknown:
+            raise DataFormatError(f"labels {unknown} are not among class_names {list(class_names)}")
+    return class_names, {c: i for i, c in enumerate(class_names)}
+
+
+def _stack(crops: list[np.ndarray], what: str, ids: Sequence[str]) -> np.ndarray:
+    shapes = Counter(c.shape for c in crops)
+    if len(shapes) > 1:
+        common = shapes.most_common(1)[0][0]
+        odd = [ids[i] for i, c in enumerate(crops) if c.shape != common][:5]
+        raise DataFormatError(f"{what}: crops differ in size ({dict(shapes)}); e.g. {odd} are not {common}")
+    return np.stack(crops)
+
+
+def dataset_from_miml_csv(
+    csv_path: str | Path,
+    image_dir: str | Path | None = None,
+    *,
+    source: str | None = None,
+    class_names: Sequence[str] | None = None,
+    log_report: bool = True,
+) -> Dataset:
+    """Import the MIML authors' format: one CSV row per crop PNG, two rows (first/last) per cell.
+
+    ``image_dir`` holds the PNGs named in ``cell ID`` (default: the CSV's folder). Rows of one cell
+    are paired by the name without its ``_Firstcrop``/``_Lastcrop`` suffix; a cell with only one crop
+    uses it for both (noted in the report). Features map to ``di``, ``transit_time_ms`` and
+    ``v_max_mm_s``, keeping the authors' 0–1 scaling (recorded in ``provenance``).
+    """
+    csv_path = Path(csv_path)
+    image_dir = Path(image_dir) if image_dir is not None else csv_path.parent
+    source = source or csv_path.name
+    if not csv_path.is_file():
+        raise DataFormatError(f"{csv_path}: no such file")
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        need = [MIML_ID_COLUMN, MIML_LABEL_COLUMN, *MIML_COLUMNS]
+        lacking = [c for c in need if c not in cols]
+        if lacking:
+            raise DataFormatError(f"{csv_path}: missing columns {lacking} (has {cols})")
+        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    feature_names = tuple(n for n in MIML_FEATURES if n in MIML_COLUMNS.values())
+    col_of = {v: k for k, v in MIML_COLUMNS.items()}
+
+    cells: dict[str, dict] = {}
+    notes: list[str] = []
+    missing: list[str] = []
+    for line, r in enumerate(rows, start=2):
+        name = r[MIML_ID_COLUMN]
+        stem, low = Path(name).stem, Path(name).stem.lower()
+        crop = "both"
+        if low.endswith(_FIRST_SUFFIX):
+            stem, crop = stem[: -len(_FIRST_SUFFIX)], "first"
+        elif low.endswith(_LAST_SUFFIX):
+            stem, crop = stem[: -len(_LAST_SUFFIX)], "last"
+        try:
+            feats = tuple(float(r[col_of[f]]) for f in feature_names)
+        except ValueError as err:
+            raise DataFormatError(f"{csv_path}:{line}: {err}") from None
+        cell = cells.setdefault(stem, {"label": r[MIML_LABEL_COLUMN], "features": feats, "line": line})
+        if cell["label"] != r[MIML_LABEL_COLUMN] or cell["features"] != feats:
+            notes.append(f"{csv_path}:{line}: rows of cell {stem} disagree on label or features; using line {cell['line']}")
+        img = _read_grey(image_dir / name, notes)
+        if img is None:
+            missing.append(str(image_dir / name))
+            continue
+        if crop == "both":
+            cell.setdefault("first", img)
+            cell.setdefault("last", img)
+        else:
+            if crop in cell:
+                notes.append(f"{csv_path}:{line}: cell {stem} has two {crop} crops; keeping the first")
+            cell.setdefault(crop, img)
+
+    ids, firsts, lasts, feats, labs = [], [], [], [], []
+    for stem, c in cells.items():
+        if "first" not in c and "last" not in c:
+            continue  # no image at all: listed under missing
+        if "first" not in c or "last" not in c:
+            have = "first" if "first" in c else "last"
+            notes.append(f"{source}: cell {stem} has only its {have} crop; used for both channels")
+        ids.append(stem)
+        firsts.append(c.get("first", c.get("last")))
+        lasts.append(c.get("last", c.get("first")))
+        feats.append(c["features"])
+        labs.append(c["label"])
+    if not ids:
+        raise DataFormatError(f"{csv_path}: no usable rows (images looked up in {image_dir})")
+    class_names, index = _class_index(labs, class_names)
+    n = len(ids)
+    ds = Dataset(
+        _stack(firsts, str(csv_path), ids), _stack(lasts, str(csv_path), ids), np.asarray(feats, np.float64),
+        feature_names, np.array([index[lab] for lab in labs], np.int64), class_names,
+        np.array(ids, dtype=object), np.array([source] * n, dtype=object), np.array(ids, dtype=object),
+        None, (MIML_PROVENANCE,),
+    )
+    return _with_report(ds, len(rows), missing, notes, sources_are_splits=True, log_report=log_report)
+
+
+def dataset_from_miml_dir(root: str | Path) -> Dataset:
+    """Import every ``<name>_data.csv`` in ``root`` with its image folder (``Train/``, ``Val/`` …).
+
+    The authors' train/val division is kept in ``sources`` only; splits for training are made
+    afresh, grouped by cell. Importing all CSVs together lets the report find duplicates across them.
+    """
+    root = Path(root)
+    parts = []
+    for csv_path in sorted(root.glob("*.csv")):
+        stem = csv_path.stem.removesuffix("_data")
+        folder = next((d for d in root.iterdir() if d.is_dir() and d.name.lower() == stem.lower()), root)
+        # the united data set's report (logged by concat) covers every part's defects once
+        parts.append(dataset_from_miml_csv(csv_path, folder, log_report=False))
+    if not parts:
+        raise DataFormatError(f"{root}: no CSV files")
+    if len(parts) == 1:
+        parts[0].report.log()
+        return parts[0]
+    return Dataset.concat(parts)
+
+
+def _default_features(available: Iterable[str]) -> tuple[str, ...]:
+    have = set(available)
+    names = tuple(n for n in MIML_FEATURES if n in have)
+    if len(names) < 3:
+        raise DataFormatError(f"events lack the MIML features {list(MIML_FEATURES[:3])} (have {sorted(have)})")
+    return names
+
+
+def dataset_from_events(
+    events: Sequence,
+    labels: str | Sequence[str],
+    *,
+    feature_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    source: str = "events",
+    only_ok: bool = False,
+) -> Dataset:
+    """A data set from :class:`tracking.events.CellEvent` objects.
+
+    ``labels`` is one class name for all events (a run of one pure population) or one per event.
+    ``feature_names`` default to the MIML features present in every event (di, transit time, max
+    velocity, and DIR when the tracker measured it). ``groups`` default to one group per event
+    (``source#index``); pass e.g. the run name for coarser grouping. ``only_ok`` drops events with
+    quality flags (counted in the report's notes).
+    """
+    events = list(events)
+    if isinstance(labels, str):
+        labels = [labels] * len(events)
+    labels = list(labels)
+    if len(labels) != len(events):
+        raise DataFormatError(f"{source}: {len(labels)} labels for {len(events)} events")
+    notes = []
+    if only_ok:
+        keep = [i for i, e in enumerate(events) if e.ok]
+        if len(keep) < len(events):
+            notes.append(f"{source}: {len(events) - len(keep)} events with quality flags left out")
+        events = [events[i] for i in keep]
+        labels = [labels[i] for i in keep]
+        if groups is not None:
+            groups = [groups[i] for i in keep]
+    if not events:
+        raise DataFormatError(f"{source}: no events")
+    if feature_names is None:
+        common = set(events[0].features)
+        for e in events[1:]:
+            common &= set(e.features)
+        feature_names = _default_features(common)
+    feature_names = tuple(feature_names)
+    unknown = [n for n in feature_names if n not in FEATURES]
+    if unknown:
+        raise DataFormatError(f"unknown feature names {unknown}")
+    feats = np.empty((len(events), len(feature_names)), np.float64)
+    for i, e in enumerate(events):
+        try:
+            feats[i] = [e.features[n] for n in feature_names]
+        except KeyError as err:
+            raise DataFormatError(f"{source}: event {e.index} lacks feature {err.args[0]!r}") from None
+    sizes = {float(e.crop_pixel_size_um) for e in events}
+    if len(sizes) > 1:
+        raise DataFormatError(f"{source}: events have different crop pixel sizes {sorted(sizes)}")
+    ids = [f"{source}#{e.index}" for e in events]
+    class_names, index = _class_index(labels, class_names)
+    n = len(events)
+    ds = Dataset(
+        _stack([np.asarray(e.first_crop) for e in events], source, ids),
+        _stack([np.asarray(e.last_crop) for e in events], source, ids),
+        feats, feature_names, np.array([index[lab] for lab in labels], np.int64), class_names,
+        np.array(list(groups) if groups is not None else ids, dtype=object), np.array([source] * n, dtype=object),
+        np.array(ids, dtype=object), sizes.pop(), (f"{source}: tracker events, features in physical units",),
+    )
+    return _with_report(ds, n, (), notes)
+
+
+def dataset_from_runs(runs: Mapping[str, tuple[Sequence, str]], **kwargs) -> Dataset:
+    """Several runs, each of one pure population: ``{run name: (events, class name)}``."""
+    return Dataset.concat([dataset_from_events(ev, lab, source=name, **kwargs) for name, (ev, lab) in runs.items()])
+
+
+def dataset_from_csv(
+    csv_path: str | Path,
+    *,
+    label: str | None = None,
+    label_column: str = "label",
+    feature_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    crop_pixel_size_um: float | None = None,
+) -> Dataset:
+    """Our own event table: columns named as in :mod:`tracking.features`, ``first_crop`` and
+    ``last_crop`` (image paths relative to the CSV), optional ``label`` (or pass ``label`` for a run
+    of one population), optional ``group``, ``id`` and ``crop_pixel_size_um`` (else the argument;
+    unknown pixel size means crops are used as they are, without physical rescaling)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataFormatError(f"{csv_path}: no such file")
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    for c in ("first_crop", "last_crop"):
+        if c not in cols:
+            raise DataFormatError(f"{csv_path}: missing column {c!r} (has {cols})")
+    if label is None and label_column not in cols:
+        raise DataFormatError(f"{csv_path}: no {label_column!r} column and no label given")
+    feature_names = tuple(feature_names) if feature_names else _default_features(c for c in cols if c in FEATURES)
+    notes, missing = [], []
+    sizes: set[float] = set()
+    ids, firsts, lasts, feats, labs, groups = [], [], [], [], [], []
+    for line, r in enumerate(rows, start=2):
+        imgs = []
+        for c in ("first_crop", "last_crop"):
+            p = csv_path.parent / r[c]
+            img = _read_grey(p, notes)
+            if img is None:
+                missing.append(f"{csv_path}:{line}: {p}")
+            imgs.append(img)
+        if imgs[0] is None or imgs[1] is None:
+            continue
+        try:
+            feats.append([float(r[n]) for n in feature_names])
+        except (KeyError, ValueError) as err:
+            raise DataFormatError(f"{csv_path}:{line}: feature value: {err}") from None
+        if r.get("crop_pixel_size_um"):
+            try:
+                sizes.add(float(r["crop_pixel_size_um"]))
+            except ValueError:
+                raise DataFormatError(f"{csv_path}:{line}: crop_pixel_size_um: not a number: {r['crop_pixel_size_um']!r}") from None
+        sid = r.get("id") or f"{csv_path.stem}#{line - 2}"
+        ids.append(sid)
+        firsts.append(imgs[0])
+        lasts.append(imgs[1])
+        labs.append(label if label is not None else r[label_column])
+        groups.append(r.get("group") or sid)
+    if not ids:
+        raise DataFormatError(f"{csv_path}: no usable rows")
+    if len(sizes) > 1:
+        raise DataFormatError(f"{csv_path}: rows have different crop_pixel_size_um {sorted(sizes)}")
+    if sizes:
+        px = sizes.pop()
+        if crop_pixel_size_um is not None and crop_pixel_size_um != px:
+            raise DataFormatError(f"{csv_path}: crop_pixel_size_um column says {px}, but {crop_pixel_size_um} was given")
+        crop_pixel_size_um = px
+    class_names, index = _class_index(labs, class_names)
+    n = len(ids)
+    ds = Dataset(
+        _stack(firsts, str(csv_path), ids), _stack(lasts, str(csv_path), ids), np.asarray(feats, np.float64),
+        feature_names, np.array([index[lab] for lab in labs], np.int64), class_names,
+        np.array(groups, dtype=object), np.array([csv_path.name] * n, dtype=object), np.array(ids, dtype=object),
+        crop_pixel_size_um, (f"{csv_path.name}: event table, features in physical units",),
+    )
+    return _with_report(ds, len(rows), missing, notes)
+
+
+def dataset_from_rtdc(
+    path: str | Path,
+    label: str,
+    *,
+    feature_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    only_ok: bool = True,
+) -> Dataset:
+    """Our own event file (``.rtdc`` written by app.storage.EventWriter) of one pure population.
+
+    Reads the rows under ``/mimlsort/events`` (our feature names, first/last crops, quality); the
+    crops' pixel size is the file's ``imaging:pixel size``. ``only_ok`` leaves out events with
+    quality flags (counted in the report). The file layout is read with h5py, so this needs no
+    part of the application.
+    """
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers the compression filters dclab-style files use)
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise DataFormatError(f"{path}: not a readable HDF5/.rtdc file ({err})") from None
+    with h5:
+        grp = h5.get("mimlsort/events")
+        if grp is None or "first_crop" not in grp or "last_crop" not in grp:
+            raise DataFormatError(f"{path}: no /mimlsort/events with first_crop and last_crop (not a mimlsort event file "
+                                  f"with crops); export crops or use the CSV/MIML export instead")
+        px = h5.attrs.get("imaging:pixel size")
+        cols = [n for n in FEATURES if n in grp]
+        names = tuple(feature_names) if feature_names else _default_features(
+            n for n in cols if np.isfinite(grp[n][:]).all())
+        missing = [n for n in names if n not in grp]
+        if missing:
+            raise DataFormatError(f"{path}: features {missing} are not in the file (has {cols})")
+        n = len(grp["first_crop"])
+        keep = np.ones(n, bool)
+        notes = []
+        if only_ok and "quality" in grp:
+            keep = grp["quality"][:] == 0
+            if (~keep).any():
+                notes.append(f"{path.name}: {int((~keep).sum())} events with quality flags left out")
+        idx = np.flatnonzero(keep)
+        if not len(idx):
+            raise DataFormatError(f"{path}: no usable events")
+        feats = np.stack([grp[name][:][idx] for name in names], axis=1).astype(np.float64)
+        first = grp["first_crop"][:][idx]
+        last = grp["last_crop"][:][idx]
+        ev_index = grp["event_index"][:][idx] if "event_index" in grp else idx
+    ids = [f"{path.stem}#{int(i)}" for i in ev_index]
+    class_names, index = _class_index([label], class_names)
+    ds = Dataset(
+        first, last, feats, names, np.full(len(idx), index[label], np.int64), class_names,
+        np.array(ids, dtype=object), np.array([path.name] * len(idx), dtype=object), np.array(ids, dtype=object),
+        float(px) if px else None, (f"{path.name}: mimlsort event file, features in physical units",),
+    )
+    return _with_report(ds, n, (), notes)
+
+
+def _is_miml_csv(path: Path) -> bool:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        header = [c.strip() for c in next(csv.reader(fh), [])]
+    return MIML_ID_COLUMN in header and MIML_LABEL_COLUMN in header
+
+
+def dataset_from_path(item: str | Path, *, only_ok: bool = True, feature_names: Sequence[str] | None = None,
+                      pixel_size_um: float | None = None) -> Dataset:
+    """One data source named on the command line: ``PATH`` or ``PATH=CLASS``.
+
+    * a folder with ``*_data.csv`` files: the MIML authors' format (labels from their CSV);
+    * a ``.csv`` with ``cell ID``/``Cell Type`` columns: one MIML authors' CSV (images beside it, or
+      in the folder named like the CSV without ``_data``);
+    * another ``.csv``: our event table (``first_crop``/``last_crop`` image paths, a ``label``
+      column, or ``=CLASS`` for a run of one population; crop pixel size from its
+      ``crop_pixel_size_um`` column or ``pixel_size_um``);
+    * ``.rtdc``: our event file of one population (``=CLASS`` required).
+    """
+    text = str(item)
+    label = None
+    path = Path(text)
+    if not path.exists() and "=" in text:
+        text, label = text.rsplit("=", 1)
+        path = Path(text)
+        if not label:
+            raise DataFormatError(f"{item}: empty class name after '='")
+    if not path.exists():
+        raise DataFormatError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if label is not None:
+            raise DataFormatError(f"{item}: a MIML authors' folder carries its own labels; drop '={label}'")
+        return dataset_from_miml_dir(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        if _is_miml_csv(path):
+            stem = path.stem.removesuffix("_data")
+            folder = next((d for d in path.parent.iterdir() if d.is_dir() and d.name.lower() == stem.lower()), path.parent)
+            return dataset_from_miml_csv(path, folder)
+        return dataset_from_csv(path, label=label, feature_names=feature_names, crop_pixel_size_um=pixel_size_um)
+    if suffix == ".rtdc":
+        if label is None:
+            raise DataFormatError(f"{path}: say which class the file holds: {path}=CLASS")
+        return dataset_from_rtdc(path, label, feature_names=feature_names, only_ok=only_ok)
+    raise DataFormatError(f"{path}: unknown data format (expected a MIML authors' folder, .csv or .rtdc)")
+
+
+def dataset_from_paths(items: Sequence[str | Path], **kwargs) -> Dataset:
+    """Every source of :func:`dataset_from_path`, concatenated (class names united)."""
+    parts = [dataset_from_path(i, **kwargs) for i in items]
+    if not parts:
+        raise DataFormatError("no data given")
+    return parts[0] if len(parts) == 1 else Dataset.concat(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# grouped, stratified splits
+
+
+def _groups_by_class(labels: np.ndarray, groups: np.ndarray) -> tuple[dict[int, list], dict]:
+    """Each group's class (its majority label) and the groups of each class, in first-seen order."""
+    members: dict = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    by_class: dict[int, list] = defaultdict(list)
+    for g, idx in members.items():
+        by_class[int(np.bincount(labels[idx]).argmax())].append(g)
+    return by_class, members
+
+
+def grouped_split(labels, groups, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, test indices): whole groups per side, about ``test_fraction`` of each class's
+    groups in test (at least one when the class has two or more groups)."""
+    labels, groups = np.asarray(labels), np.asarray(groups, dtype=object)
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    by_class, members = _groups_by_class(labels, groups)
+    test_groups = []
+    for c in sorted(by_class):
+        gs = list(by_class[c])
+        rng.shuffle(gs)
+        k = int(round(test_fraction * len(gs)))
+        if test_fraction > 0 and len(gs) >= 2:
+            k = min(max(k, 1), len(gs) - 1)
+        test_groups += gs[:k]
+    test = np.sort(np.concatenate([members[g] for g in test_groups]).astype(np.int64)) if test_groups else np.zeros(0, np.int64)
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    return train, test
+
+
+def kfold_splits(labels, groups, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (train, test) pairs; the test parts are disjoint, cover every sample, keep groups whole
+    and hold each class's groups in near-equal shares (dealt round-robin after a seeded shuffle)."""
+    labels, groups = np.asarray(labels), np.asarray(groups, dtype=object)
+    by_class, members = _groups_by_class(labels, groups)
+    if k < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}")
+    if k > len(members):
+        raise DataFormatError(f"{k}-fold cross-validation needs at least {k} groups (cells), got {len(members)}")
+    rng = np.random.default_rng(seed)
+    fold_of: dict = {}
+    sizes = np.zeros(k, np.int64)
+    for c in sorted(by_class):
+        gs = list(by_class[c])
+        rng.shuffle(gs)
+        # start each class at the folds that are smallest so far, so fold sizes stay balanced
+        order = np.argsort(sizes, kind="stable")
+        for j, g in enumerate(gs):
+            f = int(order[j % k])
+            fold_of[g] = f
+            sizes[f] += len(members[g])
+    folds = []
+    everything = np.arange(len(labels))
+    for f in range(k):
+        test = np.sort(np.concatenate([members[g] for g, ff in fold_of.items() if ff == f] or [np.zeros(0, np.int64)]).astype(np.int64))
+        folds.append((np.setdiff1d(everything, test), test))
+    return folds
+
+
+# ---------------------------------------------------------------------------------------------
+# spec glue: the one narrow door between training and inference.spec / inference.preprocess
+
+
+def spec_for_training(
+    dataset: Dataset,
+    fit_idx,
+    *,
+    arch: str,
+    channels: Sequence[str] | None = None,
+    image_size: int = 48,
+    parent=None,
+    refit_features: bool = True,
+    provenance=None,
+    feature_norm: str = "zscore",
+    pixel_norm: str = "fixed",
+):
+    """The :class:`inference.spec.ModelSpec` for training on ``dataset``, with the feature and
+    pixel normalisation fitted on the samples ``fit_idx`` only (never on validation or test cells).
+
+    The field of view is the whole crop: ``crop_size_um`` = crop side × the data's pixel size (both
+    unknown for data without a pixel size, e.g. the MIML authors' crops; then crops are resampled
+    as they come). With ``parent`` (fine-tuning), image layout and pixel normalisation are the
+    parent's, the classes the data's, and features are refitted only when ``refit_features``.
+    """
+    from dataclasses import replace
+
+    from inference.spec import FeatureSpec, ImageSpec, ModelSpec, PixelNorm, Provenance
+
+    fit_idx = np.asarray(fit_idx, np.int64)
+    if provenance is None:
+        provenance = Provenance()
+    elif isinstance(provenance, Mapping):
+        provenance = Provenance(**provenance)
+    x = dataset.features[fit_idx]
+
+    def unit(name: str) -> str:
+        if MIML_PROVENANCE in dataset.provenance:
+            return "0-1, scaled per batch by the MIML authors"
+        return FEATURES[name].unit if name in FEATURES else ""
+
+    def fitted_features():
+        return tuple(FeatureSpec.fit(n, x[:, i], feature_norm, unit=unit(n)) for i, n in enumerate(dataset.feature_names))
+
+    if parent is not None:
+        features = fitted_features() if refit_features else parent.features
+        if not refit_features and tuple(f.name for f in features) != tuple(dataset.feature_names):
+            raise DataFormatError(f"the data's features {list(dataset.feature_names)} are not the parent model's "
+                                  f"{[f.name for f in features]}")
+        return replace(parent, class_names=tuple(dataset.class_names), features=features, provenance=provenance)
+
+    channels = tuple(channels or ("first", "last"))
+    side = dataset.crop_shape[0]
+    px = dataset.crop_pixel_size_um
+    image = ImageSpec(image_size, image_size, channels, side * px if px else None, px)
+    if pixel_norm == "per_image":
+        pn = PixelNorm("per_image")
+    else:
+        pix = []
+        if "first" in channels:
+            pix.append(dataset.first[fit_idx])
+        if "last" in channels:
+            pix.append(dataset.last[fit_idx])
+        pix = np.concatenate(pix).astype(np.float64) if len(fit_idx) else np.zeros(1)
+        std = float(pix.std())
+        pn = PixelNorm("fixed", float(pix.mean()), std if std > 1e-6 else 1.0)
+    return ModelSpec(tuple(dataset.class_names), fitted_features(), image, arch, pn, provenance)
+
+
+def preprocess_dataset(spec, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The model inputs (image float32[N, C, H, W], features float32[N, F]) of every sample,
+    through :class:`inference.preprocess.Preprocessor` — the code the live classifier runs."""
+    from inference.preprocess import Preprocessor
+
+    ds = dataset.select_features(spec.feature_names)
+    return Preprocessor(spec).arrays(ds.first, ds.last, ds.features, dataset.crop_pixel_size_um)
