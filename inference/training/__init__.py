@@ -8,7 +8,7 @@ torch (training, export, the torch models) raise
 
 from __future__ import annotations
 
-import importlib
+from mimlsort.lazy import lazy_exports
 
 _LAZY = {
     # torch-free
@@ -44,13 +44,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
