@@ -23,14 +23,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
-from acquisition.genicam import MONO_FORMATS, DeviceEntry, PixelFormat, fit_value
+from acquisition.camera import Camera, CameraInfo, GrabResult
+from acquisition.vendor import (DeviceEntry, GenicamFeatures, PixelFormat, check_settings, quiet_import,
+                                reopen_with_retries, select_device)
 from mimlsort.errors import BackendUnavailable, ConfigError, DataFormatError, DeviceError, StateError
 from mimlsort.settings import require
 
@@ -48,14 +48,10 @@ def _pylon(emulator: bool = False):
         # pylon reads PYLON_CAMEMU when the emulator transport layer enumerates, not at import
         os.environ.setdefault("PYLON_CAMEMU", "1")
     try:
-        with warnings.catch_warnings():
-            # SWIG's "builtin type SwigPyPacked has no __module__" DeprecationWarning, raised as an
-            # error under -W error inside the extension's init, crashes the interpreter
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from pypylon import genicam, pylon
+        # SWIG's "builtin type SwigPyPacked has no __module__" DeprecationWarning (see quiet_import)
+        return quiet_import("pypylon.pylon"), quiet_import("pypylon.genicam")
     except ImportError as err:
         raise BackendUnavailable("the basler backend needs pypylon: install mimlsort[basler]") from err
-    return pylon, genicam
 
 
 def list_devices(network: bool = False, emulator: bool = True) -> list[DeviceEntry]:
@@ -108,21 +104,11 @@ class BaslerSettings:
 
     def __post_init__(self):
         require(self.index >= -1, "index", f"must be >= -1, got {self.index}")
-        for k in ("width", "height", "offset_x", "offset_y"):
-            require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
-        require(self.exposure_us >= 0, "exposure_us", f"must be >= 0, got {self.exposure_us}")
-        require(self.fps >= 0, "fps", f"must be >= 0, got {self.fps}")
-        require(self.pixel_size_um >= 0, "pixel_size_um", f"must be >= 0, got {self.pixel_size_um}")
+        check_settings(self)
         require(self.buffers >= 4, "buffers", f"must be >= 4, got {self.buffers}")
-        require(self.reconnect_attempts >= 0, "reconnect_attempts", f"must be >= 0, got {self.reconnect_attempts}")
-        require(self.reconnect_delay_s >= 0, "reconnect_delay_s", f"must be >= 0, got {self.reconnect_delay_s}")
 
 
-_FEATURE_OF = {"width": "Width", "height": "Height", "offset_x": "OffsetX", "offset_y": "OffsetY",
-               "pixel_format": "PixelFormat"}
-
-
-class BaslerCamera(Camera):
+class BaslerCamera(GenicamFeatures, Camera):
     """A Basler camera (or the pylon emulator) through pypylon's InstantCamera."""
 
     backend = "basler"
@@ -149,7 +135,7 @@ class BaslerCamera(Camera):
         self._last_raw: int | None = None
         self._last_fid: int | None = None
 
-    # -- features --------------------------------------------------------------------------------
+    # -- features (node access for GenicamFeatures) --------------------------------------------------
     def _node(self, name: str):
         if self._cam is None:
             raise StateError("basler camera is not open")
@@ -161,41 +147,40 @@ class BaslerCamera(Camera):
     def has_feature(self, name: str) -> bool:
         return self._cam is not None and self._cam.GetNodeMap().GetNode(name).IsValid()
 
-    def get_feature(self, name: str) -> Any:
-        p = self._node(name)
-        if not p.IsReadable():
-            raise ConfigError(f"camera.basler.{name}", "feature is not readable now")
+    def _node_kind(self, p: Any) -> str:
+        pylon, _ = self._sdk
+        for cls, kind in ((pylon.IntegerParameter, "int"), (pylon.FloatParameter, "float"),
+                          (pylon.EnumParameter, "enum"), (pylon.BooleanParameter, "bool"),
+                          (pylon.CommandParameter, "command"), (pylon.StringParameter, "str")):
+            if isinstance(p, cls):
+                return kind
+        return "other"
+
+    @staticmethod
+    def _node_access(p: Any) -> tuple[bool, bool]:
+        return p.IsReadable(), p.IsWritable()
+
+    @staticmethod
+    def _node_limits(p: Any, kind: str) -> dict[str, Any]:
+        if kind == "int":
+            return {"lo": p.Min, "hi": p.Max, "inc": p.Inc}
+        if kind == "float":
+            return {"lo": p.Min, "hi": p.Max}
+        if kind == "enum":
+            return {"symbolics": tuple(p.Symbolics)}
+        return {}
+
+    @staticmethod
+    def _read_node(p: Any) -> Any:
         return p.Value if hasattr(p, "Value") else p.ToString()
 
-    def set_feature(self, name: str, value: Any = None) -> Any:
-        """Write a feature (a command is executed); returns the value in effect afterwards."""
-        if self._cam is None:
-            raise StateError("basler camera is not open")
-        pylon, genicam = self._sdk
-        p = self._node(name)
-        key = f"camera.basler.{name}"
-        if not p.IsWritable():
-            raise ConfigError(key, "feature is not writable now" + (" (stop acquisition first)" if self.state is CameraState.ACQUIRING else ""))
-        if isinstance(p, pylon.CommandParameter):
-            p.Execute()
-            return None
-        if isinstance(p, pylon.IntegerParameter):
-            v = fit_value("int", key, value, lo=p.Min, hi=p.Max, inc=p.Inc)
-        elif isinstance(p, pylon.FloatParameter):
-            v = fit_value("float", key, value, lo=p.Min, hi=p.Max)
-        elif isinstance(p, pylon.EnumParameter):
-            v = fit_value("enum", key, value, symbolics=tuple(p.Symbolics))
-        elif isinstance(p, pylon.BooleanParameter):
-            v = fit_value("bool", key, value)
-        elif isinstance(p, pylon.StringParameter):
-            v = fit_value("str", key, value)
-        else:
-            raise ConfigError(key, f"cannot set a {type(p).__name__}")
-        try:
-            p.Value = v
-        except genicam.GenericException as err:
-            raise DeviceError(f"basler camera {self._serial}: {name} = {v!r} refused: {err}") from err
-        return p.Value
+    @staticmethod
+    def _write_node(p: Any, value: Any) -> None:
+        p.Value = value
+
+    @staticmethod
+    def _execute_node(p: Any) -> None:
+        p.Execute()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _devices(self, serial: str):
@@ -209,18 +194,10 @@ class BaslerCamera(Camera):
             factory.ReleaseTl(tl)
         else:
             devices = list(factory.EnumerateDevices())
-        s = self.settings
-        matches = [d for d in devices
-                   if (not serial or d.GetSerialNumber() == serial)
-                   and (not s.user_name or d.GetUserDefinedName() == s.user_name)]
-        want = ", ".join(f"{k}={v!r}" for k, v in (("serial", serial), ("user_name", s.user_name)) if v) or "any"
-        if not matches:
-            found = ", ".join(d.GetSerialNumber() for d in devices) or "none"
-            raise DeviceError(f"no Basler camera matches {want} on {s.transport or 'any transport'} (found: {found})")
-        i = max(s.index, 0) if serial == s.serial else 0  # a reconnect names the camera by its serial
-        if i >= len(matches):
-            raise DeviceError(f"camera.basler.index: {s.index} but only {len(matches)} camera(s) match {want}")
-        return factory, matches[i]
+        return factory, select_device(
+            devices, serial, self.settings, serial_of=lambda d: d.GetSerialNumber(),
+            name_of=lambda d: d.GetUserDefinedName(), backend=self.backend, what="Basler camera",
+            where=f" on {self.settings.transport or 'any transport'}")
 
     def _connect(self, serial: str) -> None:
         pylon, genicam = _pylon(self.settings.transport == EMULATOR)
@@ -232,6 +209,7 @@ class BaslerCamera(Camera):
             raise DeviceError(f"cannot open Basler camera {dev.GetSerialNumber()}: {err}") from err
         self._cam = cam
         self._sdk = (pylon, genicam)  # the grab loop must not re-import per frame
+        self._refused = genicam.GenericException
         self._serial = dev.GetSerialNumber()
         self._device_class = dev.GetDeviceClass()
 
@@ -248,17 +226,7 @@ class BaslerCamera(Camera):
 
     def _configure(self) -> None:
         s = self.settings
-        for name in ("OffsetX", "OffsetY"):  # offsets to 0 first so any width/height fits
-            self.set_feature(name, 0)
-        self.set_feature("PixelFormat", s.pixel_format)
-        if s.width:
-            self.set_feature("Width", s.width)
-        if s.height:
-            self.set_feature("Height", s.height)
-        if s.offset_x:
-            self.set_feature("OffsetX", s.offset_x)
-        if s.offset_y:
-            self.set_feature("OffsetY", s.offset_y)
+        self._set_roi(s, optional_offsets=False)
         if s.exposure_us:
             self._set_exposure(s.exposure_us)
         self._set_trigger(s.trigger)
@@ -278,7 +246,7 @@ class BaslerCamera(Camera):
     def _set_exposure(self, us: float) -> float:
         # GigE (SFNC 1) cameras, the emulator among them, expose both names; there only the *Abs
         # node drives the sensor, so it comes first
-        if self.has_feature("ExposureAuto") and self._node("ExposureAuto").IsWritable():
+        if self._writable("ExposureAuto"):
             self.set_feature("ExposureAuto", "Off")
         return float(self.set_feature(self._first("ExposureTimeAbs", "ExposureTime"), us))
 
@@ -294,12 +262,7 @@ class BaslerCamera(Camera):
 
     def _set_trigger(self, trigger: str) -> str:
         self.set_feature("TriggerSelector", "FrameStart")
-        if trigger.lower() == "off":
-            self.set_feature("TriggerMode", "Off")
-            return "off"
-        self.set_feature("TriggerSource", trigger)
-        self.set_feature("TriggerMode", "On")
-        return str(self.get_feature("TriggerSource"))
+        return self._set_frame_start_trigger(trigger)
 
     def software_trigger(self, timeout_s: float = 1.0) -> None:
         """Fire one FrameStart software trigger (trigger = "Software") once the camera is ready for it."""
@@ -334,15 +297,8 @@ class BaslerCamera(Camera):
         return 0.0, False, f"host monotonic time: {why}"
 
     def _make_info(self) -> CameraInfo:
-        fmt = str(self.get_feature("PixelFormat"))
-        if fmt not in MONO_FORMATS:
-            raise ConfigError("camera.basler.pixel_format", f"camera delivers {fmt}, not one of {', '.join(MONO_FORMATS)}")
-        dtype, bits = MONO_FORMATS[fmt]
-        fps = 0.0
-        for name in ("ResultingFrameRate", "ResultingFrameRateAbs"):
-            if self.has_feature(name):
-                fps = float(self.get_feature(name))
-                break
+        dtype, bits = self._mono_format()
+        fps = self._first_value("ResultingFrameRate", "ResultingFrameRateAbs")
         self._ts_scale, clock, self.clock_note = self._clock()
         # GigE Vision's 16-bit block id runs 1..65535 (0 is reserved) unless extended ids are on
         extended = self.has_feature("GevGVSPExtendedIDMode") and self.get_feature("GevGVSPExtendedIDMode") == "On"
@@ -354,23 +310,13 @@ class BaslerCamera(Camera):
             camera_clock=clock, id_modulus=0,  # ids are unwrapped here (see _frame_id)
         )
 
-    def _do_open(self) -> CameraInfo:
-        self._connect(self.settings.serial)
-        try:
-            self._configure()
-            return self._make_info()
-        except BaseException:
-            self._disconnect()
-            raise
-
     def _start_grabbing(self) -> None:
         pylon, _ = _pylon()
         strategy = pylon.GrabStrategy_LatestImages if self.settings.strategy == "latest" else pylon.GrabStrategy_OneByOne
         self._last_raw = None
         self._cam.StartGrabbing(strategy)
 
-    def _do_start(self) -> None:
-        self._start_grabbing()
+    _do_start = _restart = _start_grabbing
 
     def _do_stop(self) -> None:
         cam = self._cam
@@ -485,51 +431,9 @@ class BaslerCamera(Camera):
             wait_ms = int((deadline - now) * 1000)
 
     def _reconnect(self, why: str) -> None:
-        s = self.settings
-        last = why
-        for attempt in range(1, s.reconnect_attempts + 1):
-            log.warning("basler camera %s lost (%s): reconnect attempt %d of %d", self._serial, why, attempt, s.reconnect_attempts)
-            try:
-                self._disconnect()
-            except Exception as e:  # the device is gone: tearing down may fail too
-                log.debug("teardown after loss: %s", e)
-            time.sleep(s.reconnect_delay_s)
-            try:
-                self._connect(self._serial)
-                self._configure()
-                info = self._make_info()
-                if (info.width, info.height, info.dtype) != (self.info.width, self.info.height, self.info.dtype):
-                    raise DeviceError(f"reopened camera delivers {info.width}x{info.height} {info.dtype}")
-                self._start_grabbing()
-                self.reconnects += 1
-                return
-            except Exception as e:  # keep trying; the last error is reported
-                last = str(e)
+        errors = reopen_with_retries(self, why, self._disconnect, self._reopen, log)
+        if errors is None:
+            return
+        n = self.settings.reconnect_attempts
         raise DeviceError(f"basler camera {self._serial} is gone ({why}); "
-                          f"{s.reconnect_attempts} reconnect attempt(s) failed" + (f" (last: {last})" if s.reconnect_attempts else ""))
-
-    # -- settings as data ------------------------------------------------------------------------
-    def apply(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Apply settings keys (exposure_us, fps, trigger; geometry while idle) or raw feature names;
-        returns the values in effect, keyed as given."""
-        if self.state is CameraState.CLOSED:
-            raise StateError("basler camera is not open")
-        out: dict[str, Any] = {}
-        geometry = False
-        for key, value in changes.items():
-            if key == "exposure_us":
-                out[key] = self._set_exposure(value)
-            elif key == "fps":
-                out[key] = self._set_fps(value)
-            elif key == "trigger":
-                out[key] = self._set_trigger(str(value))
-            elif key in _FEATURE_OF:
-                if self.state is CameraState.ACQUIRING:
-                    raise StateError(f"camera.basler.{key}: stop acquisition before changing the frame geometry")
-                out[key] = self.set_feature(_FEATURE_OF[key], value)
-                geometry = True
-            else:
-                out[key] = self.set_feature(key, value)
-        if geometry:
-            self._info = self._make_info()
-        return out
+                          f"{n} reconnect attempt(s) failed" + (f" (last: {errors[-1]})" if n else ""))

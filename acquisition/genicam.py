@@ -8,109 +8,42 @@ the ring slot; the producer's frame id (``BUFFER_INFO_FRAMEID``, 64-bit in GenTL
 ``id_modulus`` covers producers that wrap it earlier. Incomplete buffers, which harvesters discards
 and re-queues itself, are counted through its ``INCOMPLETE_BUFFER`` callback.
 
-This module also holds the GenICam feature logic the pylon backend shares (both are GenApi node
-maps underneath): :func:`fit_value` turns a requested value into one the node accepts — clamped
-into range and onto the increment grid, so ``apply`` can report what is really in effect — and
-:class:`DeviceEntry`, one line of ``mimlsort cameras``.
+The feature logic it shares with the pylon backend (both are GenApi node maps underneath) is in
+:mod:`acquisition.vendor`; ``fit_value``, ``DeviceEntry`` and ``MONO_FORMATS`` are re-exported here.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
-import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
+from acquisition.camera import Camera, CameraInfo, GrabResult
+from acquisition.vendor import (  # noqa: F401 - re-exported: the GenICam names' historical home
+    MONO_FORMATS,
+    DeviceEntry,
+    GenicamFeatures,
+    PixelFormat,
+    check_settings,
+    fit_value,
+    quiet_import,
+    reopen_with_retries,
+    select_device,
+)
 from mimlsort.errors import BackendUnavailable, ConfigError, DataFormatError, DeviceError, StateError
 from mimlsort.settings import require
 
 log = logging.getLogger(__name__)
 
-#: GenICam pixel formats a backend delivers without conversion: name -> (numpy dtype, bit depth)
-MONO_FORMATS: dict[str, tuple[str, int]] = {
-    "Mono8": ("uint8", 8),
-    "Mono10": ("uint16", 10),
-    "Mono12": ("uint16", 12),
-    "Mono16": ("uint16", 16),
-}
-
-PixelFormat = Literal["Mono8", "Mono10", "Mono12", "Mono16"]
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceEntry:
-    """One camera a backend can open (a line of ``mimlsort cameras``)."""
-
-    backend: str
-    serial: str
-    model: str
-    user_name: str = ""
-    transport: str = ""
-    note: str = ""
-
-
-# -- GenICam feature values --------------------------------------------------------------------------
-
-def fit_value(kind: str, key: str, value: Any, *, lo: float | None = None, hi: float | None = None,
-              inc: float | None = None, symbolics: tuple[str, ...] = ()) -> Any:
-    """The value to write into a feature of ``kind`` for the request ``value``.
-
-    Numbers are clamped into ``[lo, hi]`` and integers snapped onto the ``inc`` grid from ``lo``,
-    so that the caller can report the value in effect instead of failing on the camera's limits;
-    an enumeration entry that does not exist, or a value of the wrong type, is a ConfigError at
-    ``key``.
-    """
-    if kind == "command":
-        return None
-    if kind == "bool":
-        if not isinstance(value, (bool, int)) or isinstance(value, float):
-            raise ConfigError(key, f"must be true or false, got {value!r}")
-        return bool(value)
-    if kind == "enum":
-        if not isinstance(value, str) or value not in symbolics:
-            raise ConfigError(key, f"must be one of {', '.join(symbolics)}, got {value!r}")
-        return value
-    if kind == "str":
-        return str(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(key, f"must be a number, got {value!r}")
-    v = float(value)
-    if lo is not None:
-        v = max(v, lo)
-    if hi is not None:
-        v = min(v, hi)
-    if kind == "int":
-        step = int(inc) if inc and inc > 1 else 1
-        base = int(lo) if lo is not None else 0
-        iv = base + int(round((v - base) / step)) * step
-        if hi is not None and iv > hi:
-            iv -= step
-        return int(iv)
-    return v
-
-
-# -- harvesters node access --------------------------------------------------------------------------
-def _quiet_import(name: str):
-    """Import a SWIG-built vendor module with its import-time DeprecationWarnings silenced: under
-    ``-W error`` they are raised inside the extension's init, which crashes the interpreter."""
-    import importlib
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return importlib.import_module(name)
-
-
 def _genapi():
     try:
-        return _quiet_import("genicam.genapi")
+        return quiet_import("genicam.genapi")
     except ImportError as err:
         raise BackendUnavailable("the genicam backend needs harvesters and genicam: install mimlsort[genicam]") from err
 
@@ -155,7 +88,7 @@ def viky_cti() -> str | None:
 
 def _harvester(producers: list[str]):
     try:
-        Harvester = _quiet_import("harvesters.core").Harvester
+        Harvester = quiet_import("harvesters.core").Harvester
     except ImportError as err:
         raise BackendUnavailable("the genicam backend needs harvesters: install mimlsort[genicam]") from err
     if not producers:
@@ -219,22 +152,12 @@ class GenicamSettings:
 
     def __post_init__(self):
         require(self.index >= -1, "index", f"must be >= -1, got {self.index}")
-        for k in ("width", "height", "offset_x", "offset_y"):
-            require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
-        require(self.exposure_us >= 0, "exposure_us", f"must be >= 0, got {self.exposure_us}")
-        require(self.fps >= 0, "fps", f"must be >= 0, got {self.fps}")
-        require(self.pixel_size_um >= 0, "pixel_size_um", f"must be >= 0, got {self.pixel_size_um}")
+        check_settings(self)
         require(self.buffers >= 2, "buffers", f"must be >= 2, got {self.buffers}")
         require(self.id_modulus >= 0, "id_modulus", f"must be >= 0, got {self.id_modulus}")
-        require(self.reconnect_attempts >= 0, "reconnect_attempts", f"must be >= 0, got {self.reconnect_attempts}")
-        require(self.reconnect_delay_s >= 0, "reconnect_delay_s", f"must be >= 0, got {self.reconnect_delay_s}")
 
 
-#: settings keys ``apply`` understands besides raw feature names
-_GEOMETRY = ("width", "height", "offset_x", "offset_y", "pixel_format")
-
-
-class GenicamCamera(Camera):
+class GenicamCamera(GenicamFeatures, Camera):
     """A GenICam camera through harvesters and a GenTL producer."""
 
     backend = "genicam"
@@ -262,52 +185,42 @@ class GenicamCamera(Camera):
     def has_feature(self, name: str) -> bool:
         return self._ia is not None and self._ia.remote_device.node_map.has_node(name)
 
-    def get_feature(self, name: str) -> Any:
-        node = self._node(name)
-        readable, _ = _access(node)
-        if not readable:
-            raise ConfigError(f"camera.genicam.{name}", "feature is not readable now")
-        kind = _node_kind(node)
-        return node.value if kind in ("int", "float", "enum", "bool", "str") else node.to_string()
+    @staticmethod
+    def _node_kind(node: Any) -> str:
+        return _node_kind(node)
 
-    def set_feature(self, name: str, value: Any = None) -> Any:
-        """Write a feature (a command is executed); returns the value in effect afterwards."""
-        node = self._node(name)
-        key = f"camera.genicam.{name}"
-        kind = _node_kind(node)
-        _, writable = _access(node)
-        if not writable:
-            raise ConfigError(key, "feature is not writable now" + (" (stop acquisition first)" if self.state is CameraState.ACQUIRING else ""))
-        if kind == "command":
-            node.execute()
-            return None
-        if kind in ("int", "float"):
-            v = fit_value(kind, key, value, lo=node.min, hi=node.max, inc=node.inc if kind == "int" else None)
-        elif kind == "enum":
-            v = fit_value(kind, key, value, symbolics=tuple(node.symbolics))
-        else:
-            v = fit_value(kind, key, value)
-        try:
-            node.value = v
-        except Exception as err:  # the producer refused a value inside the advertised range
-            raise DeviceError(f"genicam camera {self._serial}: {name} = {v!r} refused: {err}") from err
-        return node.value
+    @staticmethod
+    def _node_access(node: Any) -> tuple[bool, bool]:
+        return _access(node)
+
+    @staticmethod
+    def _node_limits(node: Any, kind: str) -> dict[str, Any]:
+        if kind == "int":
+            return {"lo": node.min, "hi": node.max, "inc": node.inc}
+        if kind == "float":
+            return {"lo": node.min, "hi": node.max}
+        if kind == "enum":
+            return {"symbolics": tuple(node.symbolics)}
+        return {}
+
+    @staticmethod
+    def _read_node(node: Any) -> Any:
+        return node.value if _node_kind(node) in ("int", "float", "enum", "bool", "str") else node.to_string()
+
+    @staticmethod
+    def _write_node(node: Any, value: Any) -> None:
+        node.value = value
+
+    @staticmethod
+    def _execute_node(node: Any) -> None:
+        node.execute()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _select(self, serial: str):
-        s = self.settings
-        infos = list(self._h.device_info_list)
-        matches = [d for d in infos
-                   if (not serial or _dev_attr(d, "serial_number") == serial)
-                   and (not s.user_name or _dev_attr(d, "user_defined_name") == s.user_name)]
-        want = ", ".join(f"{k}={v!r}" for k, v in (("serial", serial), ("user_name", s.user_name)) if v) or "any"
-        if not matches:
-            found = ", ".join(_dev_attr(d, "serial_number") for d in infos) or "none"
-            raise DeviceError(f"no GenICam device matches {want} (found serials: {found})")
-        i = max(s.index, 0) if serial == s.serial else 0  # a reconnect names the device by its serial
-        if i >= len(matches):
-            raise DeviceError(f"camera.genicam.index: {s.index} but only {len(matches)} device(s) match {want}")
-        return matches[i]
+        return select_device(
+            list(self._h.device_info_list), serial, self.settings,
+            serial_of=lambda d: _dev_attr(d, "serial_number"), name_of=lambda d: _dev_attr(d, "user_defined_name"),
+            backend=self.backend, what="GenICam device", found="found serials")
 
     def _connect(self, serial: str) -> None:
         s = self.settings
@@ -320,14 +233,14 @@ class GenicamCamera(Camera):
             self._h.reset()
             self._h = None
             raise
-        ImageAcquirer = _quiet_import("harvesters.core").ImageAcquirer
+        ImageAcquirer = quiet_import("harvesters.core").ImageAcquirer
 
         def count_incomplete() -> None:
             self.failed_buffers += 1
 
         self._ia.add_callback(ImageAcquirer.Events.INCOMPLETE_BUFFER, count_incomplete)
         self._ia.num_buffers = max(s.buffers, self._ia.min_num_buffers)
-        self._gentl_error = _quiet_import("genicam.gentl").GenericException
+        self._gentl_error = quiet_import("genicam.gentl").GenericException
 
     def _disconnect(self) -> None:
         ia, h = self._ia, self._h
@@ -343,20 +256,7 @@ class GenicamCamera(Camera):
 
     def _configure(self) -> None:
         s = self.settings
-        for name in ("OffsetX", "OffsetY"):  # offsets first to 0 so any width/height fits
-            if self.has_feature(name) and _access(self._node(name))[1]:
-                self.set_feature(name, 0)
-        self.set_feature("PixelFormat", s.pixel_format)
-        if s.width:
-            self.set_feature("Width", s.width)
-        if s.height:
-            self.set_feature("Height", s.height)
-        for name, v in (("OffsetX", s.offset_x), ("OffsetY", s.offset_y)):
-            if v:
-                if self.has_feature(name):
-                    self.set_feature(name, v)
-                else:
-                    log.warning("genicam camera %s has no %s: offset %d ignored", self._serial, name, v)
+        self._set_roi(s, optional_offsets=True)
         if s.exposure_us:
             self._set_exposure(s.exposure_us)
         self._set_trigger(s.trigger)
@@ -368,7 +268,7 @@ class GenicamCamera(Camera):
     def _set_exposure(self, us: float) -> float:
         for name in ("ExposureTime", "ExposureTimeAbs"):
             if self.has_feature(name):
-                if self.has_feature("ExposureAuto") and _access(self._node("ExposureAuto"))[1]:
+                if self._writable("ExposureAuto"):
                     self.set_feature("ExposureAuto", "Off")
                 return float(self.set_feature(name, us))
         raise ConfigError("camera.genicam.exposure_us", "this camera has no ExposureTime feature")
@@ -388,23 +288,12 @@ class GenicamCamera(Camera):
             return "off"
         if self.has_feature("TriggerSelector"):
             self.set_feature("TriggerSelector", "FrameStart")
-        if trigger.lower() == "off":
-            self.set_feature("TriggerMode", "Off")
-            return "off"
-        self.set_feature("TriggerSource", trigger)
-        self.set_feature("TriggerMode", "On")
-        return str(self.get_feature("TriggerSource"))
+        return self._set_frame_start_trigger(trigger)
 
     def _make_info(self) -> CameraInfo:
-        fmt = str(self.get_feature("PixelFormat"))
-        if fmt not in MONO_FORMATS:
-            raise ConfigError("camera.genicam.pixel_format", f"camera delivers {fmt}, not one of {', '.join(MONO_FORMATS)}")
-        dtype, bits = MONO_FORMATS[fmt]
-        fps = 0.0
-        for name in ("ResultingFrameRate", "ResultingFrameRateAbs", "AcquisitionFrameRate", "AcquisitionFrameRateAbs"):
-            if self.has_feature(name):
-                fps = float(self.get_feature(name))
-                break
+        dtype, bits = self._mono_format()
+        fps = self._first_value("ResultingFrameRate", "ResultingFrameRateAbs", "AcquisitionFrameRate",
+                                "AcquisitionFrameRateAbs")
         model = self.get_feature("DeviceModelName") if self.has_feature("DeviceModelName") else ""
         if not model:
             d = self._ia.device.module
@@ -421,18 +310,10 @@ class GenicamCamera(Camera):
             camera_clock=camera_clock, id_modulus=self.settings.id_modulus,
         )
 
-    def _do_open(self) -> CameraInfo:
-        self._connect(self.settings.serial)
-        try:
-            self._configure()
-            info = self._make_info()
-        except BaseException:
-            self._disconnect()
-            raise
-        return info
-
     def _do_start(self) -> None:
         self._ia.start()
+
+    _restart = _do_start
 
     def _do_stop(self) -> None:
         if self._ia is not None and self._ia.is_acquiring():
@@ -476,53 +357,9 @@ class GenicamCamera(Camera):
         return GrabResult(fid, ts)
 
     def _reconnect(self, err: Exception) -> None:
-        s = self.settings
-        last: Exception = err
-        for attempt in range(1, s.reconnect_attempts + 1):
-            log.warning("genicam camera %s lost (%s): reconnect attempt %d of %d", self._serial, err, attempt, s.reconnect_attempts)
-            try:
-                self._disconnect()
-            except Exception as e:  # the device is gone: tearing down may fail too
-                log.debug("teardown after loss: %s", e)
-            time.sleep(s.reconnect_delay_s)
-            try:
-                self._connect(self._serial)  # the same device, whatever selected it first
-                self._configure()
-                info = self._make_info()
-                if (info.width, info.height, info.dtype) != (self.info.width, self.info.height, self.info.dtype):
-                    raise DeviceError(f"reopened camera delivers {info.width}x{info.height} {info.dtype}")
-                self._ia.start()
-                self.reconnects += 1
-                return
-            except Exception as e:  # keep trying; the last error is reported
-                last = e
+        errors = reopen_with_retries(self, str(err), self._disconnect, self._reopen, log)
+        if errors is None:
+            return
+        last = errors[-1] if errors else err
         raise DeviceError(f"genicam camera {self._serial} is gone: {err}; "
-                          f"{s.reconnect_attempts} reconnect attempt(s) failed (last: {last})") from last
-
-    # -- settings as data ------------------------------------------------------------------------
-    def apply(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Apply settings keys (exposure_us, fps, trigger, geometry when idle) or raw feature names;
-        returns the values in effect, keyed as given."""
-        if self.state is CameraState.CLOSED:
-            raise StateError("genicam camera is not open")
-        out: dict[str, Any] = {}
-        geometry = False
-        for key, value in changes.items():
-            if key == "exposure_us":
-                out[key] = self._set_exposure(value)
-            elif key == "fps":
-                out[key] = self._set_fps(value)
-            elif key == "trigger":
-                out[key] = self._set_trigger(str(value))
-            elif key in _GEOMETRY:
-                if self.state is CameraState.ACQUIRING:
-                    raise StateError(f"camera.genicam.{key}: stop acquisition before changing the frame geometry")
-                name = {"width": "Width", "height": "Height", "offset_x": "OffsetX", "offset_y": "OffsetY",
-                        "pixel_format": "PixelFormat"}[key]
-                out[key] = self.set_feature(name, value)
-                geometry = True
-            else:
-                out[key] = self.set_feature(key, value)
-        if geometry:
-            self._info = self._make_info()
-        return out
+                          f"{self.settings.reconnect_attempts} reconnect attempt(s) failed (last: {last})") from last

@@ -14,14 +14,13 @@ are frames the camera or transport lost; ``tsSec``/``tsUSec`` is the camera cloc
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
-from acquisition.genicam import DeviceEntry
+from acquisition.vendor import DeviceEntry, check_settings, open_configured, reopen_with_retries
 from mimlsort.errors import BackendUnavailable, ConfigError, DataFormatError, DeviceError, StateError
 from mimlsort.settings import require
 
@@ -75,15 +74,11 @@ class XimeaSettings:
 
     def __post_init__(self):
         require(self.index >= 0, "index", f"must be >= 0, got {self.index}")
-        for k in ("width", "height", "offset_x", "offset_y", "buffers_mb"):
-            require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
+        check_settings(self)
+        require(self.buffers_mb >= 0, "buffers_mb", f"must be >= 0, got {self.buffers_mb}")
         require(self.pixel_format in _FORMATS, "pixel_format", f"must be one of {', '.join(_FORMATS)}, got {self.pixel_format!r}")
-        require(self.exposure_us >= 0, "exposure_us", f"must be >= 0, got {self.exposure_us}")
-        require(self.fps >= 0, "fps", f"must be >= 0, got {self.fps}")
         require(self.trigger in ("off", "software", "rising", "falling"), "trigger",
                 f"must be off, software, rising or falling, got {self.trigger!r}")
-        require(self.reconnect_attempts >= 0, "reconnect_attempts", f"must be >= 0, got {self.reconnect_attempts}")
-        require(self.reconnect_delay_s >= 0, "reconnect_delay_s", f"must be >= 0, got {self.reconnect_delay_s}")
 
 
 class XimeaCamera(Camera):
@@ -156,14 +151,7 @@ class XimeaCamera(Camera):
         )
 
     def _do_open(self) -> CameraInfo:
-        self._connect(self.settings.serial)
-        try:
-            self._configure()
-            return self._make_info()
-        except BaseException:
-            self._cam.close_device()
-            self._cam = None
-            raise
+        return open_configured(self)
 
     def _do_start(self) -> None:
         self._cam.start_acquisition()
@@ -171,10 +159,12 @@ class XimeaCamera(Camera):
     def _do_stop(self) -> None:
         self._cam.stop_acquisition()
 
-    def _do_close(self) -> None:
+    def _disconnect(self) -> None:
         cam, self._cam = self._cam, None
         if cam is not None:
             cam.close_device()
+
+    _do_close = _disconnect
 
     def software_trigger(self) -> None:
         self._cam.set_trigger_software(1)
@@ -196,23 +186,16 @@ class XimeaCamera(Camera):
         return GrabResult(int(img.acq_nframe), int(img.tsSec) * 1_000_000_000 + int(img.tsUSec) * 1000)
 
     def _reconnect(self, why: str) -> None:
-        s = self.settings
-        for attempt in range(1, s.reconnect_attempts + 1):
-            log.warning("ximea camera %s lost (%s): reconnect attempt %d of %d", self._serial, why, attempt, s.reconnect_attempts)
-            try:
-                self._do_close()
-            except Exception as e:  # the device is gone: closing may fail too
-                log.debug("teardown after loss: %s", e)
-            time.sleep(s.reconnect_delay_s)
-            try:
-                self._connect(self._serial)
-                self._configure()
-                self._cam.start_acquisition()
-                self.reconnects += 1
-                return
-            except Exception as e:  # keep trying
-                why = f"{why}; {e}"
-        raise DeviceError(f"ximea camera {self._serial} is gone ({why}); {s.reconnect_attempts} reconnect attempt(s) failed")
+        errors = reopen_with_retries(self, why, self._disconnect, self._reopen, log)
+        if errors is None:
+            return
+        why = "; ".join([why, *map(str, errors)])
+        raise DeviceError(f"ximea camera {self._serial} is gone ({why}); {self.settings.reconnect_attempts} reconnect attempt(s) failed")
+
+    def _reopen(self) -> None:
+        self._connect(self._serial)
+        self._configure()
+        self._cam.start_acquisition()
 
     def apply(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply exposure_us / fps / trigger (live) or geometry (idle); returns the values in effect."""

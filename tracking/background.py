@@ -10,6 +10,8 @@ step change larger than ``threshold`` is never learned (re-estimate the model fo
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -83,15 +85,9 @@ class BackgroundModel:
         return cls(image, kernels=kernels, **kw)
 
     @staticmethod
-    def estimate(stack: np.ndarray) -> np.ndarray:
-        """Per-pixel median of a ``(n, H, W)`` stack, rounded to the frames' dtype."""
-        stack = np.asarray(stack)
-        if stack.ndim != 3 or stack.shape[0] < 1:
-            raise DataFormatError(f"background needs a (n, H, W) frame stack, got shape {stack.shape}")
-        if stack.dtype.kind not in "ui":
-            raise DataFormatError(f"background needs integer frames, got {stack.dtype}")
-        med = np.median(stack, axis=0)
-        return np.floor(med + 0.5).astype(stack.dtype)
+    def estimate(stack: np.ndarray, *, kernels: str = "numba") -> np.ndarray:
+        """The empty channel from a ``(n, H, W)`` frame stack (:func:`estimate_background`)."""
+        return estimate_background(stack, kernels=kernels)
 
     def update(self, images: np.ndarray, slots: np.ndarray) -> int:
         """Learn from every ``stride``-th frame of ``images[slots]``; returns the frames used."""
@@ -104,3 +100,73 @@ class BackgroundModel:
             return 0
         return int(self._kernel(images, slots[start:], self.stride, np.float32(self.alpha),
                                 np.float32(self.threshold), self._acc, self.image))
+
+
+# -- the initial background -----------------------------------------------------------------------
+# A per-pixel median is the empty channel only where cells cover a pixel in fewer than half of the
+# frames. At 100 cells/s the first 16 ms of a run (cells entering an empty view slowly) and, at
+# 150 cells/s, the queue at the constriction mouth cover some pixels in more than half of them: the
+# median there is a cell, and since the running update never learns a step larger than the
+# threshold, the ghost stays for the whole run, merges with every cell passing it and made most of
+# them DOUBLETs. The empty channel is instead the *densest* value of a pixel: it only varies by
+# the camera noise, while moving cells of varying darkness and texture spread over tens of grey
+# levels. So the estimate is the median of the densest window, 2 noise sd wide, of each pixel's
+# values (noise from the frame-to-frame differences).
+
+
+@njit(nogil=True, cache=True)
+def background_mode_kernel(stack, width, out):
+    """``out[y, x]``: median of the values of ``stack[:, y, x]`` inside the ``width``-wide window
+    holding most of them (the first such window, from the dark end, on a tie), rounded."""
+    n, h, w = stack.shape
+    buf = np.empty(n, np.float64)
+    for y in range(h):
+        for x in range(w):
+            for i in range(n):
+                buf[i] = stack[i, y, x]
+            buf.sort()
+            v = buf
+            # two pointers: v[i:j] is the longest run starting at v[i] within the width
+            best = 0
+            start = 0
+            j = 0
+            for i in range(n):
+                if j < i:
+                    j = i
+                while j < n and v[j] <= v[i] + width:
+                    j += 1
+                if j - i > best:
+                    best = j - i
+                    start = i
+            mid = start + (best - 1) // 2
+            med = v[mid] if best % 2 else 0.5 * (v[mid] + v[mid + 1])
+            out[y, x] = np.floor(med + 0.5)
+
+
+def temporal_noise_sd(stack: np.ndarray) -> float:
+    """Camera noise sd (grey levels) from frame-to-frame differences, robust to moving cells:
+    a MAD first guess, then the RMS of the differences within 4 sd of it."""
+    if len(stack) < 2:
+        return 0.0
+    d = np.diff(stack.astype(np.int32 if stack.dtype.itemsize <= 2 else np.float64), axis=0).ravel()
+    a = np.abs(d)
+    s0 = max(1.4826 * float(np.median(a)) / math.sqrt(2.0), 0.5)
+    d = d[a <= 4.0 * math.sqrt(2.0) * s0].astype(np.float64)
+    return math.sqrt(float(np.mean(d * d)) / 2.0) if d.size else s0
+
+
+def estimate_background(stack: np.ndarray, *, kernels: str = "numba") -> np.ndarray:
+    """The empty channel from a ``(n, H, W)`` integer frame stack: per pixel, the median of its
+    densest 2-noise-sd window of values (see the comment above :func:`background_mode_kernel`).
+    Equals the per-pixel median where cells cover a pixel in less than about half of the frames,
+    and stays right where they cover it more often."""
+    stack = np.asarray(stack)
+    if stack.ndim != 3 or stack.shape[0] < 1:
+        raise DataFormatError(f"background needs a (n, H, W) frame stack, got shape {stack.shape}")
+    if stack.dtype.kind not in "ui":
+        raise DataFormatError(f"background needs integer frames, got {stack.dtype}")
+    width = max(2.0 * temporal_noise_sd(stack), 1.0)
+    kernel = pure_python(background_mode_kernel) if kernels == "python" else background_mode_kernel
+    out = np.empty(stack.shape[1:], stack.dtype)
+    kernel(np.ascontiguousarray(stack), width, out)
+    return out

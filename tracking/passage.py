@@ -15,6 +15,7 @@ from numba import njit
 
 from tracking.blobs import (
     B_AREA,
+    B_BORDER,
     B_BRIGHT_AVG,
     B_BRIGHT_SD,
     B_CONTRAST,
@@ -23,6 +24,7 @@ from tracking.blobs import (
     B_MAJOR,
     B_MINOR,
     B_X,
+    B_XMAX,
     B_Y,
 )
 from tracking.link import H_T, N_H_EXTRA
@@ -32,6 +34,11 @@ FEATURE_ORDER = ("di", "di_entry", "di_exit", "transit_time_ms", "v_max_mm_s", "
                  "dir_per_ms", "diameter_um", "deform", "area_um", "bright_avg", "bright_sd", "entry_time_ms",
                  "exit_time_ms", "pos_y_um")
 N_FEATURES = len(FEATURE_ORDER)
+
+#: upstream DI above which a passage is a doublet (TrackerSettings.doublet_di's default). A cell at
+#: rest in the wide channel is round (DI ~0.02, at most ~0.04 in the simulator); two touching
+#: cells make one blob of DI ~0.3 (equal sizes), ~0.1 when one is a third of the other's diameter.
+DOUBLET_DI = 0.12
 
 # quality bits (tracking.events.Quality)
 _Q_DOUBLET = 1
@@ -86,9 +93,15 @@ def _nanmedian3(a, b, c):
 
 
 @njit(nogil=True, cache=True)
-def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out):
+def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out, doublet_di=DOUBLET_DI):
     """Fill ``out`` (N_FEATURES, in FEATURE_ORDER) from history rows ``h``; returns
-    (quality bits, row of maximum DI in the constriction or -1)."""
+    (quality bits, row of maximum DI in the constriction or -1).
+
+    DOUBLET: the median DI of the rows whose blob lies wholly upstream of the constriction and
+    off the ROI border exceeds ``doublet_di``, or the upstream hull solidity is below
+    ``doublet_solidity``. Rows whose blob reaches into the constriction mouth are left out (the
+    squeeze starts when the front touches x0), as are border rows (a cell cut by the ROI edge is
+    elongated across it)."""
     n = h.shape[0]
     c = N_H_EXTRA
     nan = math.nan
@@ -170,6 +183,13 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out)
         sol = _median(buf, n_up)
         if sol < doublet_solidity:
             q |= _Q_DOUBLET
+    m = 0
+    for i in range(n_up):
+        if h[i, c + B_XMAX] < x0 and h[i, c + B_BORDER] < 0.5:
+            buf[m] = di[i]
+            m += 1
+    if m > 0 and _median(buf, m) > doublet_di:
+        q |= _Q_DOUBLET
     buf[:n] = h[:, c + B_CONTRAST]
     if _median(buf, n) < low_contrast:
         q |= _Q_LOW_CONTRAST

@@ -21,16 +21,18 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from acquisition.frame import FrameBatch, FrameRing
 from mimlsort.errors import ConfigError
 from mimlsort.settings import require
 from tracking import link as L
 from tracking._pure import pure_python
-from tracking.background import BackgroundModel
+from tracking.background import BackgroundModel, estimate_background
 from tracking.blobs import (
     B_ANGLE,
     B_AREA,
+    B_BORDER,
     B_BRIGHT_AVG,
     B_BRIGHT_SD,
     B_CONTRAST,
@@ -48,7 +50,7 @@ from tracking.blobs import (
 )
 from tracking.events import CellEvent, Quality, Snapshot
 from tracking.geometry import ChannelGeometry, GeometrySettings
-from tracking.passage import FEATURE_ORDER, N_FEATURES, passage_kernel
+from tracking.passage import DOUBLET_DI, FEATURE_ORDER, N_FEATURES, passage_kernel
 from tracking.segment import nearest_blob_mask, segment_batch
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class TrackerSettings:
     gate_y_um: float = 6.0
     initial_speed_mm_s: float = 5.0  # prediction for a cell seen once
     doublet_solidity: float = 0.90  # upstream hull solidity below this marks a doublet
+    doublet_di: float = DOUBLET_DI  # upstream DI above this marks a doublet (a cell at rest is round)
     low_contrast: float = 4.0  # mean |image - background| in the cell below this: low contrast
     stuck_ms: float = 50.0  # a cell that takes longer than this to cross the view is stuck
     batch_frames: int = 256  # frames per kernel call
@@ -90,6 +93,7 @@ class TrackerSettings:
         for name in ("emit_after_exit_um", "gate_back_um"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(0 < self.doublet_solidity <= 1, "doublet_solidity", f"must be in (0, 1], got {self.doublet_solidity}")
+        require(0 < self.doublet_di < 1, "doublet_di", f"must be in (0, 1), got {self.doublet_di}")
         for name in ("max_blobs", "max_tracks", "batch_frames", "background_frames"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         require(self.max_history >= 8, "max_history", f"must be >= 8, got {self.max_history}")
@@ -181,7 +185,7 @@ class Tracker:
                            self.settings.max_blobs, 0.0, 0.0, 0, 2, 0, 2, np.zeros(background.shape, bool))
         s = self.settings
         self._passage(np.zeros((3, _H + N_BLOB_FIELDS)), 0.0, 1.0, 1.0, s.doublet_solidity, s.low_contrast,
-                      s.stuck_ms, np.zeros(N_FEATURES))
+                      s.stuck_ms, np.zeros(N_FEATURES), s.doublet_di)
         # the link kernel on throw-away state: an empty frame changes nothing but the counters
         si = np.zeros_like(self._si)
         self._link(one, slot, slot, np.zeros(1), slot, self.background.fill, self._blobs[:1], np.zeros(1, np.int32),
@@ -193,10 +197,11 @@ class Tracker:
     @classmethod
     def from_frames(cls, frames: np.ndarray, pixel_size_um: float, settings: TrackerSettings | None = None,
                     *, t0_ns: int | None = None, kernels: str = "numba") -> "Tracker":
-        """Estimate the background from ``frames`` (a stack), resolve the geometry, build the tracker."""
+        """Estimate the background from the first ``background_frames`` of ``frames`` (a stack; see
+        :func:`estimate_background`), resolve the geometry, build the tracker."""
         settings = settings or TrackerSettings()
         stack = np.asarray(frames)[: max(settings.background_frames, 1)]
-        bg = BackgroundModel.estimate(stack)
+        bg = estimate_background(stack, kernels=kernels)
         geometry = settings.geometry.resolve(bg, pixel_size_um)
         return cls(settings, geometry, bg, t0_ns=t0_ns, kernels=kernels)
 
@@ -330,7 +335,7 @@ class Tracker:
         g, st = self.geometry, self.settings
         out = self._feat
         q, i_max = self._passage(h, g.constriction_x0, g.constriction_x1, g.pixel_size_um, st.doublet_solidity,
-                                 st.low_contrast, st.stuck_ms, out)
+                                 st.low_contrast, st.stuck_ms, out, st.doublet_di)
         feats = dict(zip(FEATURE_ORDER, out.tolist()))
         q = int(q) | (int(info[L.SI_FLAGS]) & _LINK_FLAGS)
         if not info[L.SI_HAS_FIRST] or not info[L.SI_HAS_LAST] or info[L.SI_EXIT_FRAME] < 0:
@@ -479,6 +484,10 @@ def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tu
             feats["dir_per_ms"] = float(np.sum(np.abs(np.diff(di[seg]))) / dt)
     q = int(quality)  # IntFlag arithmetic is slow; combine plain ints and convert once
     if i_in > 1 and _median(solidity[up][~np.isnan(solidity[up])]) < s.doublet_solidity:
+        q |= Quality.DOUBLET
+    # the rest shape: blob wholly upstream of the constriction mouth and off the ROI border
+    rest = (h[up, _H + B_XMAX] < g.constriction_x0) & (h[up, _H + B_BORDER] < 0.5)
+    if rest.any() and _median(di[up][rest]) > s.doublet_di:
         q |= Quality.DOUBLET
     if _median(h[:, _H + B_CONTRAST]) < s.low_contrast:
         q |= Quality.LOW_CONTRAST

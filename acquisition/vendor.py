@@ -1,0 +1,299 @@
+"""What the vendor camera backends (basler, genicam, ximea) share; no vendor SDK is imported here.
+
+* :class:`DeviceEntry`, one line of ``mimlsort cameras``; :data:`MONO_FORMATS`, the pixel formats a
+  backend delivers without conversion; :func:`quiet_import` for SWIG-built vendor modules.
+* :func:`check_settings`, the checks every vendor camera's settings share.
+* :func:`select_device` (by serial, user name and index), :func:`open_configured` and
+  :func:`reopen_with_retries`: finding and opening a camera, and the reconnect loop after a loss.
+* :class:`GenicamFeatures`, a mixin for cameras with a GenApi node map underneath (pylon and any
+  GenTL producer): feature get/set, where :func:`fit_value` clamps a requested value into range
+  and onto the increment grid so that ``apply`` reports what is really in effect; ``apply``
+  (settings as data, geometry only while idle); open and reopen around the backend's
+  connect/configure hooks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from acquisition.camera import CameraInfo, CameraState
+from mimlsort.errors import ConfigError, DeviceError, StateError
+from mimlsort.settings import require
+
+#: GenICam pixel formats a backend delivers without conversion: name -> (numpy dtype, bit depth)
+MONO_FORMATS: dict[str, tuple[str, int]] = {
+    "Mono8": ("uint8", 8),
+    "Mono10": ("uint16", 10),
+    "Mono12": ("uint16", 12),
+    "Mono16": ("uint16", 16),
+}
+
+PixelFormat = Literal["Mono8", "Mono10", "Mono12", "Mono16"]
+
+#: settings keys that change the frame geometry -> GenICam feature name
+GEOMETRY_FEATURES = {"width": "Width", "height": "Height", "offset_x": "OffsetX", "offset_y": "OffsetY",
+                     "pixel_format": "PixelFormat"}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEntry:
+    """One camera a backend can open (a line of ``mimlsort cameras``)."""
+
+    backend: str
+    serial: str
+    model: str
+    user_name: str = ""
+    transport: str = ""
+    note: str = ""
+
+
+def quiet_import(name: str):
+    """Import a SWIG-built vendor module with its import-time DeprecationWarnings silenced: under
+    ``-W error`` they are raised inside the extension's init, which crashes the interpreter."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return importlib.import_module(name)
+
+
+def check_settings(s: Any) -> None:
+    """The checks every vendor camera's settings share (frame geometry, exposure, frame rate,
+    pixel size, reconnects); each error carries the settings key."""
+    for k in ("width", "height", "offset_x", "offset_y", "exposure_us", "fps", "pixel_size_um"):
+        require(getattr(s, k) >= 0, k, f"must be >= 0, got {getattr(s, k)}")
+    require(s.reconnect_attempts >= 0, "reconnect_attempts", f"must be >= 0, got {s.reconnect_attempts}")
+    require(s.reconnect_delay_s >= 0, "reconnect_delay_s", f"must be >= 0, got {s.reconnect_delay_s}")
+
+
+def select_device(devices: list[Any], serial: str, s: Any, *, serial_of: Callable[[Any], str],
+                  name_of: Callable[[Any], str], backend: str, what: str, where: str = "",
+                  found: str = "found") -> Any:
+    """The device of ``devices`` that ``serial`` and the settings' ``user_name`` and ``index`` pick.
+
+    A reconnect passes the serial of the device it lost, which then alone decides. Errors name what
+    was asked and what is there: "no {what} matches ...{where} ({found}: serials)".
+    """
+    matches = [d for d in devices
+               if (not serial or serial_of(d) == serial) and (not s.user_name or name_of(d) == s.user_name)]
+    want = ", ".join(f"{k}={v!r}" for k, v in (("serial", serial), ("user_name", s.user_name)) if v) or "any"
+    if not matches:
+        serials = ", ".join(serial_of(d) for d in devices) or "none"
+        raise DeviceError(f"no {what} matches {want}{where} ({found}: {serials})")
+    i = max(s.index, 0) if serial == s.serial else 0
+    if i >= len(matches):
+        noun = what.split()[-1]
+        raise DeviceError(f"camera.{backend}.index: {s.index} but only {len(matches)} {noun}(s) match {want}")
+    return matches[i]
+
+
+def open_configured(cam: Any) -> CameraInfo:
+    """Connect ``cam`` to the camera its settings name, configure it and describe what it delivers;
+    a failure on the way disconnects again (the backend's ``_connect``, ``_configure``,
+    ``_make_info`` and ``_disconnect``)."""
+    cam._connect(cam.settings.serial)
+    try:
+        cam._configure()
+        return cam._make_info()
+    except BaseException:
+        cam._disconnect()
+        raise
+
+
+def reopen_with_retries(cam: Any, why: str, teardown: Callable[[], None], reopen: Callable[[], None],
+                        log: logging.Logger) -> list[Exception] | None:
+    """Tear down and reopen a lost camera up to ``reconnect_attempts`` times, ``reconnect_delay_s``
+    apart. None once ``reopen`` succeeded (``cam.reconnects`` counts it), else the error of every
+    attempt, for the backend to word its DeviceError."""
+    s = cam.settings
+    errors: list[Exception] = []
+    for attempt in range(1, s.reconnect_attempts + 1):
+        log.warning("%s camera %s lost (%s): reconnect attempt %d of %d", cam.backend, cam._serial, why, attempt,
+                    s.reconnect_attempts)
+        try:
+            teardown()
+        except Exception as e:  # the device is gone: tearing down may fail too
+            log.debug("teardown after loss: %s", e)
+        time.sleep(s.reconnect_delay_s)
+        try:
+            reopen()
+        except Exception as e:  # keep trying; the backend reports the errors
+            errors.append(e)
+        else:
+            cam.reconnects += 1
+            return None
+    return errors
+
+
+def fit_value(kind: str, key: str, value: Any, *, lo: float | None = None, hi: float | None = None,
+              inc: float | None = None, symbolics: tuple[str, ...] = ()) -> Any:
+    """The value to write into a feature of ``kind`` for the request ``value``.
+
+    Numbers are clamped into ``[lo, hi]`` and integers snapped onto the ``inc`` grid from ``lo``,
+    so that the caller can report the value in effect instead of failing on the camera's limits;
+    an enumeration entry that does not exist, or a value of the wrong type, is a ConfigError at
+    ``key``.
+    """
+    if kind == "command":
+        return None
+    if kind == "bool":
+        if not isinstance(value, (bool, int)) or isinstance(value, float):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return bool(value)
+    if kind == "enum":
+        if not isinstance(value, str) or value not in symbolics:
+            raise ConfigError(key, f"must be one of {', '.join(symbolics)}, got {value!r}")
+        return value
+    if kind == "str":
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    v = float(value)
+    if lo is not None:
+        v = max(v, lo)
+    if hi is not None:
+        v = min(v, hi)
+    if kind == "int":
+        step = int(inc) if inc and inc > 1 else 1
+        base = int(lo) if lo is not None else 0
+        iv = base + int(round((v - base) / step)) * step
+        if hi is not None and iv > hi:
+            iv -= step
+        return int(iv)
+    return v
+
+
+class GenicamFeatures:
+    """Mixin (before :class:`~acquisition.camera.Camera`) for a camera with a GenApi node map.
+
+    The backend supplies the node access — ``_node(name)`` (StateError when closed, ConfigError
+    for an unknown feature), ``has_feature``, ``_node_kind`` ("int", "float", "enum", "bool",
+    "str", "command" or "other"), ``_node_access`` (readable, writable), ``_node_limits``,
+    ``_read_node``, ``_write_node``, ``_execute_node`` and ``_refused`` (the SDK's exception for
+    a refused write) — and the lifecycle hooks ``_connect(serial)``, ``_disconnect``,
+    ``_configure``, ``_make_info``, ``_set_exposure``, ``_set_fps``, ``_set_trigger`` and
+    ``_restart`` (start acquiring again after a reconnect).
+    """
+
+    _refused: type[BaseException] = Exception
+
+    def _key(self, name: str) -> str:
+        return f"camera.{self.backend}.{name}"
+
+    def get_feature(self, name: str) -> Any:
+        node = self._node(name)
+        if not self._node_access(node)[0]:
+            raise ConfigError(self._key(name), "feature is not readable now")
+        return self._read_node(node)
+
+    def set_feature(self, name: str, value: Any = None) -> Any:
+        """Write a feature (a command is executed); returns the value in effect afterwards."""
+        node = self._node(name)
+        key = self._key(name)
+        kind = self._node_kind(node)
+        if not self._node_access(node)[1]:
+            raise ConfigError(key, "feature is not writable now" + (" (stop acquisition first)" if self.state is CameraState.ACQUIRING else ""))
+        if kind == "command":
+            self._execute_node(node)
+            return None
+        if kind == "other":  # categories, registers, ports: no value a setting could name
+            raise ConfigError(key, f"cannot set a {type(node).__name__}")
+        v = fit_value(kind, key, value, **self._node_limits(node, kind))
+        try:
+            self._write_node(node, v)
+        except self._refused as err:  # the device refused a value inside the advertised range
+            raise DeviceError(f"{self.backend} camera {self._serial}: {name} = {v!r} refused: {err}") from err
+        return self._read_node(node)
+
+    def _writable(self, name: str) -> bool:
+        return self.has_feature(name) and self._node_access(self._node(name))[1]
+
+    def _first_value(self, *names: str) -> float:
+        """The first of ``names`` the camera has, as a number; 0.0 where it has none."""
+        for name in names:
+            if self.has_feature(name):
+                return float(self.get_feature(name))
+        return 0.0
+
+    # -- configuration ---------------------------------------------------------------------------
+    def _set_roi(self, s: Any, optional_offsets: bool) -> None:
+        """Pixel format and ROI from the settings ``s``; ``optional_offsets``: a camera without
+        OffsetX/OffsetY ignores the offsets with a warning instead of failing."""
+        for name in ("OffsetX", "OffsetY"):  # offsets to 0 first so any width/height fits
+            if not optional_offsets or self._writable(name):
+                self.set_feature(name, 0)
+        self.set_feature("PixelFormat", s.pixel_format)
+        if s.width:
+            self.set_feature("Width", s.width)
+        if s.height:
+            self.set_feature("Height", s.height)
+        for name, v in (("OffsetX", s.offset_x), ("OffsetY", s.offset_y)):
+            if not v:
+                continue
+            if optional_offsets and not self.has_feature(name):
+                logging.getLogger(type(self).__module__).warning(
+                    "%s camera %s has no %s: offset %d ignored", self.backend, self._serial, name, v)
+            else:
+                self.set_feature(name, v)
+
+    def _set_frame_start_trigger(self, trigger: str) -> str:
+        """FrameStart triggered by ``trigger`` (a TriggerSource) or free running ("off"); the
+        backend has selected FrameStart."""
+        if trigger.lower() == "off":
+            self.set_feature("TriggerMode", "Off")
+            return "off"
+        self.set_feature("TriggerSource", trigger)
+        self.set_feature("TriggerMode", "On")
+        return str(self.get_feature("TriggerSource"))
+
+    def _mono_format(self) -> tuple[str, int]:
+        """(numpy dtype, bit depth) of the pixel format in effect; ConfigError if not monochrome."""
+        fmt = str(self.get_feature("PixelFormat"))
+        if fmt not in MONO_FORMATS:
+            raise ConfigError(self._key("pixel_format"), f"camera delivers {fmt}, not one of {', '.join(MONO_FORMATS)}")
+        return MONO_FORMATS[fmt]
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _do_open(self) -> CameraInfo:
+        return open_configured(self)
+
+    def _reopen(self) -> None:
+        """Open the lost camera again by its serial (whatever selected it first), with the frame
+        geometry the ring was built for, and acquire."""
+        self._connect(self._serial)
+        self._configure()
+        info = self._make_info()
+        if (info.width, info.height, info.dtype) != (self.info.width, self.info.height, self.info.dtype):
+            raise DeviceError(f"reopened camera delivers {info.width}x{info.height} {info.dtype}")
+        self._restart()
+
+    # -- settings as data ------------------------------------------------------------------------
+    def apply(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply settings keys (exposure_us, fps, trigger; geometry while idle) or raw feature names;
+        returns the values in effect, keyed as given."""
+        if self.state is CameraState.CLOSED:
+            raise StateError(f"{self.backend} camera is not open")
+        out: dict[str, Any] = {}
+        geometry = False
+        for key, value in changes.items():
+            if key == "exposure_us":
+                out[key] = self._set_exposure(value)
+            elif key == "fps":
+                out[key] = self._set_fps(value)
+            elif key == "trigger":
+                out[key] = self._set_trigger(str(value))
+            elif key in GEOMETRY_FEATURES:
+                if self.state is CameraState.ACQUIRING:
+                    raise StateError(f"{self._key(key)}: stop acquisition before changing the frame geometry")
+                out[key] = self.set_feature(GEOMETRY_FEATURES[key], value)
+                geometry = True
+            else:
+                out[key] = self.set_feature(key, value)
+        if geometry:
+            self._info = self._make_info()
+        return out
