@@ -44,29 +44,15 @@ def _synthetic_settings(args: argparse.Namespace):
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from acquisition.recording import RawRecorder
-    from acquisition.synthetic import SyntheticCamera
+    from acquisition.synthetic import write_truth_csv
+    from app.simdata import record_simulation
 
     settings = _synthetic_settings(args)
-    with SyntheticCamera(settings) as cam:
-        info = cam.info
-        ring = info.make_ring(1024)
-        reader = ring.reader("recorder")
-        meta = {"experiment:sample": "mimlsort synthetic channel", "imaging:flash device": "simulated",
-                "imaging:flash duration": settings.exposure_us, "setup:channel width": settings.channel_width_um,
-                "setup:flow rate": 0.04, "setup:medium": "other", "setup:chip region": "channel"}
-        with RawRecorder(args.out, info.width, info.height, info.dtype, pixel_size_um=info.pixel_size_um,
-                         fps=info.fps, metadata=meta, overwrite=True) as rec:
-            cam.start()
-            while cam.grab_into(ring):
-                if reader.pending >= 256:
-                    rec.write_from_ring(reader, 256)
-            rec.write_from_ring(reader, ring.capacity)
-            cam.stop()
-        if args.truth:
-            cam.write_truth_csv(args.truth)
-        print(f"wrote {rec.frames_written} frames ({info.width}x{info.height}) to {args.out}; "
-              f"{len(cam.truth)} cells" + (f", truth in {args.truth}" if args.truth else ""))
+    truth = record_simulation(settings, args.out)
+    if args.truth:
+        write_truth_csv(truth, args.truth)
+    print(f"wrote {round(settings.duration_s * settings.fps)} frames ({settings.width}x{settings.height}) to {args.out}; "
+          f"{len(truth)} objects" + (f", truth in {args.truth}" if args.truth else ""))
     return 0
 
 

@@ -424,6 +424,7 @@ class Pipeline:
             targets = [policy.target(ev, p)[0] for ev, p in zip(events, probs)]
             pending = self.tracker.predicted_exits_ms() if live else []
             batch = [(ev.features.get("exit_time_ms", math.nan), tg) for ev, tg in zip(events, targets)]
+            self._forget_neighbours(batch, max(policy.settings.window_for(ev) for ev in events))
             for i, (ev, p) in enumerate(zip(events, probs)):
                 near = coincidence_neighbours(batch[i][0], policy.settings.window_for(ev), decided=self._neighbours,
                                               batch=batch, self_index=i, pending=pending)
@@ -448,6 +449,16 @@ class Pipeline:
         self._cells += len(events)
         self._recent.extend(records)
         self._queue.put(records)
+
+    def _forget_neighbours(self, batch: list[tuple[float, bool]], window_ms: float) -> None:
+        """Drop decided cells that exited too long before this batch to matter (cells are decided
+        roughly in exit order), so the neighbour search stays a few entries long at any cell rate."""
+        exits = [t for t, _ in batch if t == t]
+        if not exits or not self._neighbours:
+            return
+        horizon = min(exits) - 2.0 * window_ms - 20.0  # 20 ms: slack for cells decided out of exit order
+        while self._neighbours and not (self._neighbours[0][0] >= horizon):  # NaN exits go too
+            self._neighbours.popleft()
 
     def _fire(self, ev: CellEvent, decision: Decision) -> tuple[Decision, Any]:
         """Send the pulse for a cell the policy wants; the decision says if it could not be."""

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from app.simdata import record_simulation
 from app.sorting import coincidence_neighbours  # noqa: F401  (re-exported: tests and audits use it)
 from app.sorting import Decision, Neighbour, Reason, SortPolicy
 from mimlsort.errors import StateError
@@ -105,30 +106,6 @@ class AuditingPolicy(SortPolicy):
 
 # ---------------------------------------------------------------------------------------------
 # the simulated recording
-
-
-def record_simulation(settings, path: str | Path) -> list:
-    """Render a finite synthetic run to a raw ``.rtdc`` (every frame, lossless); returns its truth."""
-    from acquisition.recording import RawRecorder
-    from acquisition.synthetic import SyntheticCamera
-
-    require(settings.duration_s > 0, "synthetic.duration_s", "a recording needs a finite run (duration_s > 0)")
-    with SyntheticCamera(settings) as cam:
-        info = cam.info
-        ring = info.make_ring(1024)
-        reader = ring.reader("recorder")
-        meta = {"experiment:sample": "mimlsort sort-mode simulation", "imaging:flash device": "simulated",
-                "imaging:flash duration": settings.exposure_us, "setup:channel width": settings.channel_width_um,
-                "setup:flow rate": 0.04, "setup:medium": "other", "setup:chip region": "channel"}
-        with RawRecorder(path, info.width, info.height, info.dtype, pixel_size_um=info.pixel_size_um, fps=info.fps,
-                         metadata=meta, overwrite=True) as rec:
-            cam.start()
-            while cam.grab_into(ring):
-                if reader.pending >= 256:
-                    rec.write_from_ring(reader, 256)
-            rec.write_from_ring(reader, ring.capacity)
-            cam.stop()
-        return list(cam.truth)
 
 
 # ---------------------------------------------------------------------------------------------
