@@ -72,6 +72,7 @@ _CHUNK = 4096  # frames per block of per-frame random values
 _WINDOW_S = 0.05  # objects are generated this many seconds at a time
 _DX = 0.25  # px, step of the position grid trajectories are integrated on
 _OVERSAMPLE = 8  # sub-frame samples for doublet truth
+_EMPTY2 = np.zeros((0, 0))  # "none" for the optional parts of a darkness map
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,11 +328,6 @@ def read_truth_csv(path: str | os.PathLike) -> list[TruthRecord]:
 
 # -- physics ------------------------------------------------------------------------------------
 
-def _smoothstep(z: np.ndarray) -> np.ndarray:
-    z = np.minimum(np.maximum(z, 0.0), 1.0)
-    return z * z * (3.0 - 2.0 * z)
-
-
 def _k(di):
     """a/R for a shape of deformation index ``di`` (area conserved): sqrt((1+DI)/(1-DI))."""
     return np.sqrt((1.0 + di) / (1.0 - di))
@@ -462,18 +458,18 @@ class _Scene:
     # -- trajectory in time: t(x) on a position grid ------------------------------------------------
     def _profile(self, x: np.ndarray, R: float, v_up: float, v_c: float) -> tuple[np.ndarray, np.ndarray]:
         """Squeeze progress s(x) (0 at rest, 1 on the plateau) and speed v(x) in px/ms."""
-        s = _smoothstep((x - (self.x0 - R)) / max(R + self.ramp, 1e-6))
-        after = _smoothstep((x - self.x1) / max(R, 1.0))
+        s = np.empty_like(x)
+        v = np.empty_like(x)
         v_down = self.v_down * v_up / self.v_up_mean  # per-object spread carried downstream
-        v = np.where(x <= self.x1, v_up + (v_c - v_up) * s, v_c + (v_down - v_c) * after)
+        rk.squeeze_profile(x, self.x0 - R, max(R + self.ramp, 1e-6), self.x1, max(R, 1.0), v_up, v_c, v_down, s, v)
         return s, v
 
     def _time_grid(self, birth_ms: float, x: np.ndarray, v: np.ndarray, stuck_at: float, stuck_ms: float,
                    front_px: np.ndarray, queue: bool) -> tuple[np.ndarray, np.ndarray]:
         """Times at the grid positions ``x`` and the part of them spent queueing behind the
         object ahead."""
-        vm = 0.5 * (v[1:] + v[:-1])
-        t = birth_ms + np.concatenate(([0.0], np.cumsum(np.diff(x) / vm)))
+        t = np.empty_like(x)
+        rk.time_grid(x, v, birth_ms, t)
         if stuck_ms > 0:
             t[x > stuck_at] += stuck_ms
         u = np.zeros_like(t)
@@ -500,10 +496,7 @@ class _Scene:
     def _passage_truth(self, x: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
         entry = float(np.interp(self.x0, x, t))
         exit_ = float(np.interp(self.x1, x, t))
-        xm = 0.5 * (x[1:] + x[:-1])
-        vm = np.diff(x) / np.diff(t)
-        inside = (xm >= self.x0) & (xm <= self.x1)
-        v_max = float(vm[inside].max()) * self.px if inside.any() else math.nan
+        v_max = rk.max_speed_between(x, t, self.x0, self.x1) * self.px
         return entry, exit_, v_max
 
     def _dir_truth(self, tf: np.ndarray, xf: np.ndarray, di: np.ndarray) -> float:
@@ -521,12 +514,15 @@ class _Scene:
         """Distance (px) moved during the exposure: speed from the step to the next frame."""
         if self.s.exposure_us == 0 or len(xf) < 2:
             return np.zeros_like(xf)
-        step = np.abs(np.diff(xf, append=2 * xf[-1] - xf[-2]))
-        return step * (self.s.exposure_us * 1e-3 / self.frame_ms)
+        step = np.empty_like(xf)
+        np.subtract(xf[1:], xf[:-1], out=step[:-1])
+        step[-1] = (2 * xf[-1] - xf[-2]) - xf[-1]
+        return np.abs(step, out=step) * (self.s.exposure_us * 1e-3 / self.frame_ms)
 
     def _y(self, x: np.ndarray, y_lane: float, y_gap: float, R: float) -> np.ndarray:
         funnel = 10.0 / self.px
-        z = _smoothstep((x - (self.x0 - R - funnel)) / funnel)
+        z = np.empty_like(x)
+        rk.smoothstep_ramp(x, self.x0 - R - funnel, funnel, z)
         return y_lane + (y_gap - y_lane) * z
 
     # -- objects -------------------------------------------------------------------------------------
@@ -545,9 +541,10 @@ class _Scene:
         appearance = self._appearance(c, R)
         x = self._x_grid(R, R)
         sq, v = self._profile(x, R, v_up, v_c)
-        di_pos = m["rest"] + (m["di"] - m["rest"]) * sq
+        di_pos, front = np.empty_like(x), np.empty_like(x)
+        rk.squeezed_shape(sq, m["rest"], m["di"] - m["rest"], R, di_pos, front)
         stuck_at = self.x0 - 0.5 * R
-        t, u = self._time_grid(birth_ms, x, v, stuck_at, stuck, R * _k(di_pos), queue=True)
+        t, u = self._time_grid(birth_ms, x, v, stuck_at, stuck, front, queue=True)
         queued = float(np.interp(self.x1, x, u) - np.interp(self.x0 - R, x, u))
         self.lane = _Lane(x, t, R)
         entry, exit_, v_max = self._passage_truth(x, t)
@@ -559,8 +556,7 @@ class _Scene:
         traj = np.empty((len(tf), rk.N_T))
         traj[:, 0] = xf
         traj[:, 1] = self._y(xf, y_lane, self.yc, R)
-        traj[:, 2] = R * _k(di_f)
-        traj[:, 3] = R / _k(di_f)
+        rk.semi_axes(di_f, R, traj)
         traj[:, 4] = self._blur(tf, xf)
         di_max = float(np.max(di_pos[x <= self.x1]))
         truth = TruthRecord(
@@ -583,7 +579,9 @@ class _Scene:
         touch = 0.95  # slight overlap: touching cells look like one blob with a waist
         x = self._x_grid(Rl + 2 * Rf, Rl)
         sq, v = self._profile(x, Rl, v_up, v_c)
-        t, u = self._time_grid(birth_ms, x, v, 0.0, 0.0, Rl * _k(ml["rest"] + (ml["di"] - ml["rest"]) * sq), queue=True)
+        front = np.empty_like(x)
+        rk.squeezed_shape(sq, ml["rest"], ml["di"] - ml["rest"], Rl, np.empty_like(x), front)
+        t, u = self._time_grid(birth_ms, x, v, 0.0, 0.0, front, queue=True)
         queued = float(np.interp(self.x1, x, u) - np.interp(self.x0 - Rl, x, u))
 
         def member(xc, m, R):
@@ -623,8 +621,7 @@ class _Scene:
             traj = np.empty((len(tf), rk.N_T))
             traj[:, 0] = xc
             traj[:, 1] = yy
-            traj[:, 2] = R * _k(di)
-            traj[:, 3] = R / _k(di)
+            rk.semi_axes(di, R, traj)
             traj[:, 4] = self._blur(tf, xc)
             sprites.append(_Sprite(f0, traj, *self._appearance(c, R)))
         truth = TruthRecord(
@@ -675,9 +672,10 @@ class _Scene:
             return v * math.exp(rng.normal(0.0, sd)) if sd > 0 else v
 
         R_um = R * self.px
-        g, u, v, inside = self.tex_g, self.tex_u, self.tex_v, self.tex_inside
+        g, inside = self.tex_g, self.tex_inside
         body = vary(c.darkness)
-        tex = np.full(u.shape, body)
+        # the random draws here, in their fixed order; the map is composed in one kernel pass
+        field_, f_mean, f_sd, f_contrast = _EMPTY2, 0.0, 0.0, 0.0
         # smooth cytoplasm texture: a sum of Gaussian bumps at the texture's correlation length
         # (separable: one small matrix product instead of a 2-D exponential per bump)
         if c.texture_contrast > 0:
@@ -686,10 +684,13 @@ class _Scene:
             cu, cv = rng.uniform(-1, 1, (2, k))
             amp = rng.normal(0, 1, k)
             field_ = _bumps(g, cu, cv, amp, sig)
-            sdv = field_[inside].std()
+            fin = field_[inside]
+            sdv = fin.std()
             if sdv > 0:
-                tex += (field_ - field_[inside].mean()) / sdv * vary(c.texture_contrast)
-        # nucleus: one or more overlapping soft discs
+                f_mean, f_sd, f_contrast = float(fin.mean()), float(sdv), vary(c.texture_contrast)
+        # nucleus: one or more overlapping soft discs (soft edge ~0.1 of the radius wide)
+        dv2 = du2 = _EMPTY2
+        rad = nuc_contrast = 0.0
         if c.nucleus_fraction > 0 and c.nucleus_contrast != 0:
             nr = min(vary(c.nucleus_fraction), 0.85)
             lobes = 1 + int(rng.poisson(c.nucleus_lobes - 1.0)) if c.nucleus_lobes > 1 else 1
@@ -698,16 +699,17 @@ class _Scene:
             ang = rng.uniform(0, 2 * math.pi)
             nu, nv = off * math.cos(ang), off * math.sin(ang)
             rad = nr if lobes == 1 else nr / math.sqrt(lobes) * 1.25
-            nuc = np.zeros(u.shape)
             phi = rng.uniform(0, 2 * math.pi)
+            ca = np.empty(lobes)
+            cb = np.empty(lobes)
             for j in range(lobes):
-                ca = nu + (0.0 if lobes == 1 else (nr - rad) * math.cos(phi + 2 * math.pi * j / lobes))
-                cb = nv + (0.0 if lobes == 1 else (nr - rad) * math.sin(phi + 2 * math.pi * j / lobes))
-                dist = np.sqrt((g[:, None] - cb) ** 2 + (g[None, :] - ca) ** 2)
-                # soft edge ~0.1 of the radius wide
-                np.maximum(nuc, np.clip((rad - dist) * 10.0 + 0.5, 0.0, 1.0), out=nuc)
-            tex += nuc * math.copysign(vary(abs(c.nucleus_contrast)), c.nucleus_contrast)
+                ca[j] = nu + (0.0 if lobes == 1 else (nr - rad) * math.cos(phi + 2 * math.pi * j / lobes))
+                cb[j] = nv + (0.0 if lobes == 1 else (nr - rad) * math.sin(phi + 2 * math.pi * j / lobes))
+            dv2 = (g[None, :] - cb[:, None]) ** 2
+            du2 = (g[None, :] - ca[:, None]) ** 2
+            nuc_contrast = math.copysign(vary(abs(c.nucleus_contrast)), c.nucleus_contrast)
         # granules: small dark dots, kept off the boundary
+        gran = _EMPTY2
         if c.granules > 0 and c.granule_contrast > 0:
             n = int(rng.poisson(vary(c.granules)))
             if n:
@@ -715,17 +717,23 @@ class _Scene:
                 rr = 0.8 * np.sqrt(rng.uniform(0, 1, n))
                 aa = rng.uniform(0, 2 * math.pi, n)
                 amp = c.granule_contrast * np.exp(rng.normal(0.0, sd, n))
-                tex += _bumps(g, rr * np.cos(aa), rr * np.sin(aa), amp, gs)
+                gran = _bumps(g, rr * np.cos(aa), rr * np.sin(aa), amp, gs)
+        tex = np.empty((_TEX, _TEX), np.float32)
         # never lighter than a third of the body: a cell shows no holes to the segmenter
-        tex = np.maximum(tex, body / 3.0)
-        return tex.astype(np.float32), vary(c.edge_darkness) if c.edge_darkness > 0 else 0.0, \
-            max(c.edge_width_um / self.px, 0.3)
+        rk.assemble_texture(tex, float(body), field_, f_mean, f_sd, f_contrast, dv2, du2, float(rad), nuc_contrast,
+                            gran, body / 3.0)
+        return tex, vary(c.edge_darkness) if c.edge_darkness > 0 else 0.0, max(c.edge_width_um / self.px, 0.3)
 
 
 def _bumps(g: np.ndarray, cu: np.ndarray, cv: np.ndarray, amp: np.ndarray, sig: float) -> np.ndarray:
     """Σ amp·exp(-((u-cu)²+(v-cv)²)/2σ²) on the grid g×g, as map[v, u]."""
-    gu = np.exp(-((g[None, :] - cu[:, None]) ** 2) / (2 * sig * sig))  # [k, u]
-    gv = np.exp(-((g[None, :] - cv[:, None]) ** 2) / (2 * sig * sig))  # [k, v]
+    two_sig2 = 2 * sig * sig
+    gu = np.empty((len(cu), len(g)))  # [k, u]
+    gv = np.empty((len(cv), len(g)))  # [k, v]
+    rk.gauss_exponents(g, cu, two_sig2, gu)
+    rk.gauss_exponents(g, cv, two_sig2, gv)
+    np.exp(gu, out=gu)
+    np.exp(gv, out=gv)
     return (gv * amp[:, None]).T @ gu
 
 
@@ -792,6 +800,7 @@ class SyntheticCamera(Camera):
         # compile (or load from the cache) before the first frame, not during it
         out = np.empty((s.height, s.width), np.uint8)
         rk.render_frame(out, self._bg, self._noise, 0, 1.0, self._sp_i, self._sp_f, 0, self._traj, self._tex, 0)
+        rk.compile_object_kernels()
         mod = (1 << s.id_bits) if s.id_bits else 0
         return CameraInfo(backend=self.backend, model="synthetic microfluidic channel", serial=f"seed-{s.seed}",
                           width=s.width, height=s.height, dtype="uint8", bit_depth=8, fps=s.fps,
@@ -918,19 +927,24 @@ class SyntheticCamera(Camera):
             st = np.zeros(_CHUNK, np.int8)
             st[u < s.drop_rate] = 1
             st[(u >= s.drop_rate) & (u < s.drop_rate + s.failed_rate)] = 2
-            self._status = st
-            self._offsets = rng.integers(0, _NOISE_LEN, _CHUNK)
+            offsets = rng.integers(0, _NOISE_LEN, _CHUNK)
             t = (c * _CHUNK + np.arange(_CHUNK)) / s.fps
-            self._gains = 1.0 + s.flicker * (0.6 * np.sin(2 * np.pi * 100.0 * t) + 0.4 * rng.uniform(-1, 1, _CHUNK))
+            gains = 1.0 + s.flicker * (0.6 * np.sin(2 * np.pi * 100.0 * t) + 0.4 * rng.uniform(-1, 1, _CHUNK))
+            # Python lists: indexing them per frame is cheaper than indexing arrays and converting
+            self._status = st.tolist()
+            self._offsets = offsets.tolist()
+            self._gains = gains.tolist()
             self._chunk = c
-        return int(self._status[idx - c * _CHUNK])
+            self._chunk0 = c * _CHUNK
+        return self._status[idx - self._chunk0]
 
     def _render(self, out: np.ndarray, idx: int) -> None:
+        """Draw frame ``idx`` (after :meth:`_frame_status` for it) into ``out``."""
         if idx >= self._next_change:
             self._advance(idx)
-        j = idx - self._chunk * _CHUNK
-        self._kernel(out, self._bg, self._noise, int(self._offsets[j]), float(self._gains[j]), self._sp_i,
-                     self._sp_f, self._n_sp, self._traj, self._tex, idx)
+        j = idx - self._chunk0
+        self._kernel(out, self._bg, self._noise, self._offsets[j], self._gains[j], self._sp_i, self._sp_f, self._n_sp,
+                     self._traj, self._tex, idx)
 
     def _advance(self, idx: int) -> None:
         """Bring the set of objects in view up to frame ``idx`` (per object, not per frame)."""
@@ -1016,14 +1030,21 @@ def render_frames(settings: SyntheticSettings, n_frames: int) -> tuple[np.ndarra
 
 
 def bench_synthetic(n_frames: int = 20000, cells_per_second: float | None = None, seed: int = 3,
-                    one_core: bool = True) -> dict:
-    """Frames/s of the synthetic camera grabbing straight into a ring (the live camera thread's job)."""
+                    one_core: bool = True, settings: dict | None = None) -> dict:
+    """Frames/s of the synthetic camera grabbing straight into a ring (the live camera thread's job).
+
+    ``settings``: other :class:`SyntheticSettings` values, e.g. the faster flow of the live
+    pipeline ``{"fps": 10000, "flow_speed_mm_s": 20, "constriction_speed_mm_s": 60,
+    "exit_speed_mm_s": 30}``.
+    """
     if one_core:
         try:
             os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         except (AttributeError, OSError):
             pass
     s = SyntheticSettings(seed=seed, duration_s=0.0)
+    if settings:
+        s = from_mapping(SyntheticSettings, {**to_mapping(s), **settings}, "bench.synthetic")
     if cells_per_second is not None:
         s = dataclasses.replace(s, cells_per_second=cells_per_second)
     with SyntheticCamera(s) as cam:
