@@ -123,13 +123,13 @@ class ClassSpec:
 #: cells (uniform size, smoother cytoplasm, smaller often lobed nucleus, crisper edge).
 DEFAULT_CLASSES: tuple[ClassSpec, ...] = (
     ClassSpec("hct116", fraction=0.5, diameter_um=14.2, diameter_sd_um=4.4, di=0.722, di_sd=0.085,
-              speed_factor=1.35, relax_ms=0.6, darkness=24.0, edge_darkness=3.5, edge_width_um=0.5,
-              texture_contrast=3.8, texture_scale_um=1.45, granules=22.0, granule_contrast=7.5,
-              nucleus_fraction=0.6, nucleus_contrast=4.2, nucleus_lobes=1.0, appearance_sd=0.2),
+              speed_factor=1.3, relax_ms=0.6, darkness=28.0, edge_darkness=3.0, edge_width_um=0.5,
+              texture_contrast=3.8, texture_scale_um=1.45, granules=22.0, granule_contrast=12.0,
+              nucleus_fraction=0.6, nucleus_contrast=10.0, nucleus_lobes=1.0, appearance_sd=0.2),
     ClassSpec("wbc", fraction=0.5, diameter_um=13.5, diameter_sd_um=1.5, di=0.660, di_sd=0.091,
-              speed_factor=1.0, relax_ms=1.6, darkness=20.5, edge_darkness=7.5, edge_width_um=0.7,
-              texture_contrast=2.1, texture_scale_um=3.4, granules=7.0, granule_contrast=5.2,
-              nucleus_fraction=0.45, nucleus_contrast=8.5, nucleus_lobes=2.4, appearance_sd=0.2),
+              speed_factor=1.0, relax_ms=2.0, darkness=17.0, edge_darkness=9.0, edge_width_um=0.7,
+              texture_contrast=2.1, texture_scale_um=3.4, granules=7.0, granule_contrast=5.0,
+              nucleus_fraction=0.45, nucleus_contrast=8.0, nucleus_lobes=2.4, appearance_sd=0.2),
 )
 
 
