@@ -65,7 +65,7 @@ class ClockMap:
     remains (exposure to readout) is calibrated with :attr:`TimingSettings.offset_us`.
 
     Feed it from the thread that owns the frames (``add``/``add_many`` per batch); ``to_host_ns``
-    refits lazily when samples arrived since the last fit. Not thread-safe by design: one owner.
+    refits lazily once an eighth of the window is new (and while it fills). Not thread-safe by design: one owner.
     """
 
     def __init__(self, window: int = 512, segments: int = 8):
@@ -78,6 +78,7 @@ class ClockMap:
         self._n = 0  # samples held (≤ window)
         self._head = 0  # next slot to write
         self._dirty = False
+        self._new = 0  # samples added since the last fit
         self._slope = 1.0
         self._offset = 0.0  # host - slope * (camera - ref), in ns
         self._ref = 0  # camera time the fit is centred on (keeps float64 precise for ns clocks)
@@ -96,7 +97,8 @@ class ClockMap:
         self._host[self._head] = host_ns
         self._head = (self._head + 1) % self.window
         self._n = min(self._n + 1, self.window)
-        self._dirty = True
+        self._new += 1
+        self._dirty = self._dirty or self._new >= max(1, self.window // 8) or self._n <= self.segments
 
     def add_many(self, camera_ns: np.ndarray, host_ns: np.ndarray) -> None:
         """A batch of (camera, host) pairs in frame order (vectorised; per batch, not per frame)."""
@@ -117,9 +119,13 @@ class ClockMap:
         self._host[idx] = host[-k:]
         self._head = int((self._head + k) % self.window)
         self._n = min(self._n + k, self.window)
-        self._dirty = True
+        self._new += k
+        # refit after a fresh share of the window, not per frame: the clocks drift by ppm, and a
+        # refit on the sort path per cell would cost more than the timing gains
+        self._dirty = self._dirty or self._new >= max(1, self.window // 8) or self._n <= self.segments
 
     def reset(self) -> None:
+        self._new = 0
         self._n = 0
         self._head = 0
         self._dirty = False
@@ -139,6 +145,7 @@ class ClockMap:
         if len(x) == 1:
             self._slope, self._offset, self._ref = 1.0, float(y[0] - x[0]), ref
             self._dirty = False
+            self._new = 0
             return
         slope = self._slope if self._n > 2 else 1.0
         segs = min(self.segments, len(x))
@@ -147,12 +154,15 @@ class ClockMap:
             r = y - slope * x
             idx = np.array([lo + int(np.argmin(r[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
             xs, ys = x[idx], y[idx]
-            if np.ptp(xs) <= 0:
+            xm = xs - xs.mean()
+            var = float(xm @ xm)
+            if var <= 0:
                 break
-            slope, _ = np.polyfit(xs, ys, 1)
+            slope = float(xm @ (ys - ys.mean())) / var  # least squares (np.polyfit costs ~0.5 ms here)
         self._slope, self._ref = float(slope), ref
         self._offset = float(np.mean(ys - slope * xs))
         self._dirty = False
+        self._new = 0
 
     @property
     def slope(self) -> float:
