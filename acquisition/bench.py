@@ -86,7 +86,7 @@ def write_pngs(frames: np.ndarray, folder: str | Path) -> Path:
     return folder
 
 
-def bench_camera(backend: str = "basler", seconds: float = 5.0, images: int = 2000) -> dict:
+def bench_camera(backend: str = "basler", seconds: float = 5.0, images: int = 2000, fps: float = 5_000.0) -> dict:
     """Run camera → ring → tracker for ``seconds``; figures and the loss accounting.
 
     The emulator cycles through ``images`` simulated frames (file writing dominates the setup)."""
@@ -101,7 +101,7 @@ def bench_camera(backend: str = "basler", seconds: float = 5.0, images: int = 20
         frames, _ = channel_frames(images)
         folder = write_pngs(frames, Path(tmp) / "frames")
         cam = BaslerCamera(dict(transport="BaslerCamEmu", width=WIDTH, height=HEIGHT, exposure_us=100.0,
-                                fps=5000.0, pixel_size_um=PIXEL_SIZE_UM, buffers=256,
+                                fps=fps, pixel_size_um=PIXEL_SIZE_UM, buffers=256,
                                 features={"TestImageSelector": "Off", "ImageFilename": str(folder),
                                           "ImageFileMode": "On"}))
         settings = TrackerSettings()
