@@ -8,7 +8,6 @@ opens it and guarantees ``stop`` and ``close`` on the way out, whatever happened
 from __future__ import annotations
 
 import enum
-import importlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -18,7 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from acquisition.frame import Frame, FrameRing
-from mimlsort.errors import BackendUnavailable, ConfigError, StateError
+from mimlsort.errors import ConfigError, StateError
+from mimlsort.lazy import load_backend
 from mimlsort.settings import from_mapping
 
 log = logging.getLogger(__name__)
@@ -198,16 +198,7 @@ BACKENDS: dict[str, str] = {
 
 def camera_class(name: str) -> type[Camera]:
     """The camera class registered under ``name``."""
-    try:
-        target = BACKENDS[name]
-    except KeyError:
-        raise ConfigError("camera.backend", f"unknown backend {name!r} (known: {', '.join(BACKENDS)})") from None
-    module, _, cls = target.partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        raise BackendUnavailable(f"camera backend {name!r} is not available: {err}") from err
-    return getattr(mod, cls)
+    return load_backend("camera", name, BACKENDS)
 
 
 def make_camera(name: str, settings: Any = None) -> Camera:

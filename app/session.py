@@ -16,7 +16,6 @@ from typing import Any
 
 from app.config import RunConfig, bundled_model_path, config_to_toml
 from app.pipeline import Pipeline, Status
-from mimlsort import __version__
 from mimlsort.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ Times are host ``time.monotonic_ns()``; delays and widths are µs.
 from __future__ import annotations
 
 import collections
-import importlib
 import inspect
 import logging
 import threading
@@ -27,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hardware.timing import TimingSettings, fire_time_ns
-from mimlsort.errors import BackendUnavailable, ConfigError, StateError
+from mimlsort.errors import StateError
+from mimlsort.lazy import load_backend
 from mimlsort.settings import from_mapping
 
 log = logging.getLogger(__name__)
@@ -307,16 +307,8 @@ TRIGGERS: dict[str, str] = {
 
 
 def trigger_class(name: str) -> type[Trigger]:
-    try:
-        target = TRIGGERS[name]
-    except KeyError:
-        raise ConfigError("trigger.backend", f"unknown backend {name!r} (known: {', '.join(TRIGGERS)})") from None
-    module, _, cls = target.partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        raise BackendUnavailable(f"trigger backend {name!r} is not available: {err}") from err
-    return getattr(mod, cls)
+    """The trigger class registered under ``name``."""
+    return load_backend("trigger", name, TRIGGERS)
 
 
 def make_trigger(name: str, settings: Any = None, timing: TimingSettings | None = None, **resources: Any) -> Trigger:

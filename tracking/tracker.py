@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
 from acquisition.frame import FrameBatch, FrameRing
 from mimlsort.errors import ConfigError

@@ -110,7 +110,7 @@ class ImportReport:
 
     def to_markdown(self) -> str:
         lines = [f"- rows read: {self.n_rows}, samples (cells): {self.n_samples}",
-                 f"- classes: " + ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())]
+                 "- classes: " + ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())]
         probs = self.problems()
         lines += [f"- {i}" for i in self.info]
         lines += [f"- **problem**: {p}" for p in probs] if probs else ["- no problems found"]
