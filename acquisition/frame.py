@@ -163,6 +163,7 @@ class RingReader:
         self.missed = 0  # frames skipped because this reader fell behind
         self.overrun = 0  # frames overwritten while this reader still held them
         self.consumed = 0
+        self.skipped = 0  # frames passed over on purpose (skip_pending), not lost
 
     @property
     def pending(self) -> int:
@@ -189,6 +190,15 @@ class RingReader:
         self.cursor += n
         self.consumed += n
         return batch
+
+    def skip_pending(self) -> int:
+        """Jump to the newest frame without reading what lies before it; returns how many frames
+        were passed over (also added to ``skipped``). For a live consumer that must not work
+        through a backlog it had no way to process, e.g. while it was being set up."""
+        n = max(0, self.ring._write_seq - self.cursor)
+        self.cursor += n
+        self.skipped += n
+        return n
 
     def release(self, batch: FrameBatch) -> int:
         """Say the reader is done with ``batch``; returns how many of its frames were overwritten

@@ -54,6 +54,7 @@ def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: flo
         "wall_s": round(wall, 2),
         "frames_in": st.frames_in,
         "frames_processed": st.frames_processed,
+        "startup_frames": st.startup_frames,  # the background estimate's frames, not tracked (live runs)
         "fps_in": round(st.frames_in / elapsed),
         "fps_processed": round(st.frames_processed / elapsed),
         "frames_missed": st.frames_missed,

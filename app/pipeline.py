@@ -21,6 +21,7 @@ command was handed to the trigger device (or the decision was taken, when nothin
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -103,6 +104,7 @@ class Status:
     frames_recorded: int
     trigger_ok: bool
     errors: tuple[str, ...] = ()
+    startup_frames: int = 0  # live runs: frames that went into the background estimate, not tracked
 
     @property
     def frames_missed(self) -> int:
@@ -142,6 +144,13 @@ class _Rate:
             self.samples.append((now, count))
         (t0, c0), (t1, c1) = self.samples[0], (now, count)
         return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _without_snapshot(rec: CellRecord) -> CellRecord:
+    ev = rec.event
+    if ev.snapshot is None:
+        return rec
+    return dataclasses.replace(rec, event=dataclasses.replace(ev, snapshot=None))
 
 
 class Pipeline:
@@ -200,6 +209,7 @@ class Pipeline:
         self._rate_cells = _Rate()
         self._errors: list[str] = []
         self._frames_recorded = 0
+        self._startup_skipped = 0  # live runs: frames of the background estimate, not tracked
         self._sort_hold = 0  # oldest ring sequence number the sort thread may still read
         self._clock = None  # camera clock -> host clock fit, for cameras with their own clock
 
@@ -310,7 +320,8 @@ class Pipeline:
         self.policy = policy
 
     def recent(self, n: int | None = None) -> list[CellRecord]:
-        """The latest decided cells (newest last), for plots."""
+        """The latest decided cells (newest last, without their ROI snapshot), for plots; they
+        appear once the storage thread has handed them to the event file."""
         items = list(self._recent)
         return items if n is None else items[-n:]
 
@@ -363,7 +374,17 @@ class Pipeline:
                 b = reader.read(s.background_frames if reader.pending >= s.background_frames else reader.pending)
                 self.tracker = Tracker.from_frames(ring.images[b.slots], px, s, t0_ns=int(b.timestamps_ns[0]),
                                                    kernels=self.kernels)
-                self._track(b)
+                if self.lossless:
+                    self._track(b)
+                else:
+                    # live: the cells in these frames could no longer be sorted in time, and working
+                    # through the backlog would make the first real-time decisions late too
+                    reader.release(b)
+                    self._sort_hold = reader.cursor
+                    n = len(b) + reader.skip_pending()
+                    self._startup_skipped = n
+                    log.info("tracking starts at frame %d: the %d frames before it went into the background "
+                             "estimate and are not tracked", reader.cursor, n)
                 return True
             if done or self._stop.is_set():
                 return False
@@ -447,7 +468,6 @@ class Pipeline:
                 self._latencies.append((time.monotonic_ns() - emit_host) / 1000.0)
             records.append(CellRecord(ev, p, decision, fire))
         self._cells += len(events)
-        self._recent.extend(records)
         self._queue.put(records)
 
     def _forget_neighbours(self, batch: list[tuple[float, bool]], window_ms: float) -> None:
@@ -514,11 +534,15 @@ class Pipeline:
                 item = ()
             if item is None:
                 break
+            if item:
+                if sink is not None:
+                    sink.write(item)
+                # kept for plots and summaries without their ROI images (~90 kB a cell): bounded
+                # in count and small per record, so memory stays flat at any cell rate
+                self._recent.extend(_without_snapshot(r) for r in item)
             if sink is None:
                 continue
-            if item:
-                sink.write(item)
-            elif hasattr(sink, "flush_if_due"):
+            if not item and hasattr(sink, "flush_if_due"):
                 sink.flush_if_due()
             if self.trigger is not None and hasattr(sink, "add_acks") and hasattr(self.trigger, "drain_acks"):
                 acks = self.trigger.drain_acks()
@@ -581,4 +605,5 @@ class Pipeline:
             frames_recorded=self._frames_recorded,
             trigger_ok=self._trigger_ok and (getattr(self.trigger, "available", True) if self.trigger else True),
             errors=tuple(self._errors),
+            startup_frames=self._startup_skipped,
         )

@@ -129,7 +129,8 @@ class Run:
 def _counters(st: Status) -> dict[str, int]:
     out = {"frames_in": st.frames_in, "frames_processed": st.frames_processed, "camera_dropped": st.camera_dropped,
            "failed_buffers": st.failed_buffers, "cells": st.cells, "fired": st.fired, "late": st.late,
-           "trigger_failed": st.trigger_failed, "frames_recorded": st.frames_recorded}
+           "trigger_failed": st.trigger_failed, "frames_recorded": st.frames_recorded,
+           "startup_frames": st.startup_frames}
     for k, v in st.missed.items():
         out[f"missed_{k}"] = v
     for k, v in st.overrun.items():
@@ -190,7 +191,12 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
                 camera=f"{info.backend} {info.model} {info.serial}".strip(), bit_depth=info.bit_depth,
                 target_event_count=cfg.autostop.events, target_duration_s=cfg.autostop.seconds, **geo,
             )
-            writer = EventWriter(ev_path, meta=meta)
+            if cfg.output.writer == "process":
+                from app.writer_process import EventWriterProcess
+
+                writer = EventWriterProcess(ev_path, meta=meta)
+            else:
+                writer = EventWriter(ev_path, meta=meta)
             opened.append(writer)
             if not info.camera_clock:
                 writer.log(f"{info.backend} camera has no clock of its own: frame times are host arrival times")

@@ -119,13 +119,30 @@ def background_mode_kernel(stack, width, out):
     """``out[y, x]``: median of the values of ``stack[:, y, x]`` inside the ``width``-wide window
     holding most of them (the first such window, from the dark end, on a tie), rounded."""
     n, h, w = stack.shape
-    buf = np.empty(n, np.float64)
+    rows = np.empty((w, n), np.int64)  # one image row, transposed: each pixel's values contiguous
+    counts = np.zeros(4096, np.int64)
     for y in range(h):
+        for i in range(n):
+            for x in range(w):
+                rows[x, i] = stack[i, y, x]
         for x in range(w):
-            for i in range(n):
-                buf[i] = stack[i, y, x]
-            buf.sort()
-            v = buf
+            v = rows[x]
+            lo = v[0]
+            hi = v[0]
+            for i in range(1, n):
+                lo = min(lo, v[i])
+                hi = max(hi, v[i])
+            if hi - lo < 4096:  # a pixel's values span a few tens of grey levels: counting sort
+                for i in range(n):
+                    counts[v[i] - lo] += 1
+                k = 0
+                for c in range(hi - lo + 1):
+                    for _ in range(counts[c]):
+                        v[k] = lo + c
+                        k += 1
+                    counts[c] = 0
+            else:
+                v.sort()
             # two pointers: v[i:j] is the longest run starting at v[i] within the width
             best = 0
             start = 0
@@ -148,6 +165,20 @@ def temporal_noise_sd(stack: np.ndarray) -> float:
     a MAD first guess, then the RMS of the differences within 4 sd of it."""
     if len(stack) < 2:
         return 0.0
+    if stack.dtype.kind in "ui" and stack.dtype.itemsize <= 2:
+        # the same statistics from a histogram of |d|: exact for integers and ~5x faster than
+        # the median of a few million values (this runs while the first frames of a run queue up)
+        a = np.abs(np.diff(stack.astype(np.int32), axis=0)).ravel()
+        counts = np.bincount(a)
+        cum = np.cumsum(counts)
+        m = a.size
+        lo = int(np.searchsorted(cum, (m - 1) // 2, side="right"))
+        hi = int(np.searchsorted(cum, m // 2, side="right"))
+        s0 = max(1.4826 * (0.5 * (lo + hi)) / math.sqrt(2.0), 0.5)
+        k = np.arange(counts.size, dtype=np.float64)
+        keep = k <= 4.0 * math.sqrt(2.0) * s0
+        n = float(counts[keep].sum())
+        return math.sqrt(float((counts[keep] * k[keep] ** 2).sum()) / n / 2.0) if n else s0
     d = np.diff(stack.astype(np.int32 if stack.dtype.itemsize <= 2 else np.float64), axis=0).ravel()
     a = np.abs(d)
     s0 = max(1.4826 * float(np.median(a)) / math.sqrt(2.0), 0.5)
