@@ -85,6 +85,13 @@ class Camera(ABC):
         self.delivered = 0
         self._info: CameraInfo | None = None
 
+    @property
+    def paced(self) -> bool:
+        """True when frames come at the rate they were taken (a camera; a simulation or replay in
+        real time), False when they come as fast as they are asked for: then nothing a consumer
+        does is ever late, and it need not skip a backlog."""
+        return True
+
     # -- lifecycle -------------------------------------------------------------------------------
     @property
     def info(self) -> CameraInfo:

@@ -466,6 +466,10 @@ class ReplayCamera(Camera):
     backend = "replay"
     Settings = ReplaySettings
 
+    @property
+    def paced(self) -> bool:
+        return bool(self.settings.realtime)
+
     def __init__(self, settings: Any = None):
         super().__init__(settings)
         self._src: _Source | None = None

@@ -783,6 +783,10 @@ class SyntheticCamera(Camera):
     backend = "synthetic"
     Settings = SyntheticSettings
 
+    @property
+    def paced(self) -> bool:
+        return bool(self.settings.realtime)
+
     def __init__(self, settings: SyntheticSettings | dict | None = None, *, kernels: str = "numba"):
         super().__init__(settings)
         if kernels not in ("numba", "python"):

@@ -3,9 +3,10 @@
 Threads, one owner each:
 
 * ``camera`` grabs straight into the :class:`~acquisition.frame.FrameRing` and never waits on anyone;
-* ``sort`` reads the ring in batches, tracks, classifies the finished cells, decides and fires, then
-  hands the records to storage through a queue (records are small and never dropped; the sort
-  path never waits on storage);
+* ``sort`` reads the ring in batches and tracks; the cells that finished go to
+* ``decide``, which classifies them, decides and fires (the model call releases the GIL, so
+  tracking goes on meanwhile), then hands the records to storage through a queue (records are
+  small and never dropped; the sort path never waits on storage);
 * ``storage`` hands records to the sink (the ``.rtdc`` event writer) — it may lag, the sort path
   does not notice;
 * ``recorder`` (optional) writes raw frames; it may fall behind, its ``missed`` counter says so.
@@ -191,7 +192,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._camera_done = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # records, to storage
+        self._decide_q: queue.SimpleQueue = queue.SimpleQueue()  # finished cells, to the decide thread
         self._lock = threading.Lock()
         self._t_start = 0.0
         self._t_end = 0.0
@@ -239,7 +241,8 @@ class Pipeline:
             self.camera.close()
             raise
         self._t_start = time.monotonic()
-        workers = [("camera", self._camera_loop), ("sort", self._sort_loop), ("storage", self._storage_loop)]
+        workers = [("camera", self._camera_loop), ("sort", self._sort_loop), ("decide", self._decide_loop),
+                   ("storage", self._storage_loop)]
         if self.recorder is not None:
             workers.append(("recorder", self._recorder_loop))
         for name, fn in workers:
@@ -374,7 +377,7 @@ class Pipeline:
                 b = reader.read(s.background_frames if reader.pending >= s.background_frames else reader.pending)
                 self.tracker = Tracker.from_frames(ring.images[b.slots], px, s, t0_ns=int(b.timestamps_ns[0]),
                                                    kernels=self.kernels)
-                if self.lossless:
+                if self.lossless or not self.camera.paced:
                     self._track(b)
                 else:
                     # live: the cells in these frames could no longer be sorted in time, and working
@@ -399,7 +402,9 @@ class Pipeline:
         self._sort_reader.release(b)
         self._sort_hold = self._sort_reader.cursor
         if events:
-            self._handle(events)
+            # the cells still in the channel, as the decision's coincidence check must see them now
+            pending = self.tracker.predicted_exits_ms() if self.policy is not None else []
+            self._decide_q.put((events, pending, True))
 
     def _sort_loop(self) -> None:
         s = self.tracker_settings
@@ -426,13 +431,26 @@ class Pipeline:
             if self.finish_reason is not FinishReason.ERRORED:
                 tail = self.tracker.flush()
                 if tail:
-                    self._handle(tail, live=False)
+                    self._decide_q.put((tail, [], False))
         finally:
-            self._queue.put(None)  # tells storage that no more records come
+            self._decide_q.put(None)  # tells the decide thread that no more cells come
             if not self._stop.is_set():
                 self.stop(FinishReason.COMPLETED, "the source ended")
 
-    def _handle(self, events: list[CellEvent], live: bool = True) -> None:
+    def _decide_loop(self) -> None:
+        """Classify, decide and fire, beside tracking: the model's call releases the GIL, so the
+        tracker goes on with the next frames meanwhile and a burst of cells does not hold it up."""
+        try:
+            while True:
+                item = self._decide_q.get()
+                if item is None:
+                    break
+                events, pending, live = item
+                self._handle(events, live=live, pending=pending)
+        finally:
+            self._queue.put(None)  # tells storage that no more records come
+
+    def _handle(self, events: list[CellEvent], live: bool = True, pending: list | None = None) -> None:
         if self.classifier is not None:
             probs = self.classifier.classify(events)
         else:
@@ -443,7 +461,7 @@ class Pipeline:
         if policy is not None and probs.shape[1]:
             # targets first, so cells finishing in the same batch see each other as neighbours
             targets = [policy.target(ev, p)[0] for ev, p in zip(events, probs)]
-            pending = self.tracker.predicted_exits_ms() if live else []
+            pending = (pending or []) if live else []
             batch = [(ev.features.get("exit_time_ms", math.nan), tg) for ev, tg in zip(events, targets)]
             self._forget_neighbours(batch, max(policy.settings.window_for(ev) for ev in events))
             for i, (ev, p) in enumerate(zip(events, probs)):
