@@ -147,6 +147,9 @@ class _Rate:
         return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
 
 
+_LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
+
+
 def _without_snapshot(rec: CellRecord) -> CellRecord:
     ev = rec.event
     if ev.snapshot is None:
@@ -191,6 +194,7 @@ class Pipeline:
         self.tracker: Tracker | None = tracker
         self._stop = threading.Event()
         self._camera_done = threading.Event()
+        self._storage_done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # records, to storage
         self._decide_q: queue.SimpleQueue = queue.SimpleQueue()  # finished cells, to the decide thread
@@ -447,6 +451,11 @@ class Pipeline:
                     break
                 events, pending, live = item
                 self._handle(events, live=live, pending=pending)
+                if self.lossless:
+                    # a finite source at full speed may outrun the event file: wait for it rather
+                    # than hold every record in memory (a live run never waits on storage)
+                    while self._queue.qsize() > _LOSSLESS_BACKLOG and not self._storage_done.is_set():
+                        time.sleep(0.001)
         finally:
             self._queue.put(None)  # tells storage that no more records come
 
@@ -544,6 +553,12 @@ class Pipeline:
         return self._clock.to_host_ns(cam_ns)
 
     def _storage_loop(self) -> None:
+        try:
+            self._storage_work()
+        finally:
+            self._storage_done.set()
+
+    def _storage_work(self) -> None:
         sink = self.sink
         while True:
             try:
