@@ -27,6 +27,7 @@ import enum
 import logging
 import math
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -147,6 +148,8 @@ class _Rate:
         return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
 
 
+#: the GIL switch interval while a pipeline runs (seconds; None leaves Python's 5 ms)
+SWITCH_INTERVAL_S = 2e-4
 _LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
 
 
@@ -172,7 +175,8 @@ class Pipeline:
                  policy: SortPolicy | None = None, trigger=None, timing=None, sink=None, recorder=None,
                  autostop: AutoStop = AutoStop(), ring_capacity: int = 4096, pixel_size_um: float | None = None,
                  kernels: str = "numba", recent_capacity: int = 4096, tracker: Tracker | None = None,
-                 lossless: bool = False, on_finish: Callable[["Pipeline"], None] | None = None):
+                 lossless: bool = False, on_finish: Callable[["Pipeline"], None] | None = None,
+                 switch_interval_s: float | None = SWITCH_INTERVAL_S):
         self.camera = camera
         self.tracker_settings = tracker_settings or (tracker.settings if tracker else TrackerSettings())
         self.classifier = classifier
@@ -187,6 +191,8 @@ class Pipeline:
         self.kernels = kernels
         self.lossless = lossless
         self.on_finish = on_finish
+        self.switch_interval_s = switch_interval_s
+        self._old_switch: float | None = None
         self.state = RunState.IDLE
         self.finish_reason: FinishReason | None = None
         self.message = ""
@@ -244,6 +250,12 @@ class Pipeline:
             self.finish_reason = FinishReason.ERRORED
             self.camera.close()
             raise
+        if self.switch_interval_s:
+            # a thread waiting for the GIL gets it at the latest after the switch interval (5 ms by
+            # default): Python stretches of other threads (event harvest, pickling records for the
+            # writer) must not hold a decision that long
+            self._old_switch = sys.getswitchinterval()
+            sys.setswitchinterval(self.switch_interval_s)
         self._t_start = time.monotonic()
         workers = [("camera", self._camera_loop), ("sort", self._sort_loop), ("decide", self._decide_loop),
                    ("storage", self._storage_loop)]
@@ -282,6 +294,8 @@ class Pipeline:
                 return True
             self.state = RunState.FINISHED
         self._t_end = time.monotonic()
+        if self._old_switch is not None:
+            sys.setswitchinterval(self._old_switch)
         try:
             self.camera.close()
         except Exception as e:  # closing must not hide how the run ended

@@ -2,7 +2,8 @@
 
 For each model and provider: p50/p99 of one ``Classifier.classify`` call with one event (what a
 cell waits for between leaving the constriction and its sort decision: preprocessing + inference),
-the same for the ONNX Runtime call alone, and cells per second at batch 32.
+the same for the ONNX Runtime call alone, p50 of the one-cell preprocessing alone, and cells per
+second at batch 32.
 
 Models: those given with ``--model`` (comma-separated), else the bundled ``miml-mini`` demo model
 and, when torch is installed, a freshly exported untrained ``miml-resnet18`` at 64×64 (weights do
@@ -85,11 +86,15 @@ def _bench_one(path: Path, provider: str, label: str, budget_s: float) -> dict:
             clf.classify(one)
         t1 = _time(lambda: clf.classify(one), budget_s, 200, 20000)
         tr = _time(lambda: clf.run_arrays(image, feats), budget_s / 2, 200, 20000)
+        im1 = np.empty(image.shape[1:], np.float32)
+        fe1 = np.empty(feats.shape[1:], np.float32)
+        tp = _time(lambda: clf.preprocess.fill(one[0], im1, fe1), budget_s / 4, 200, 20000)
         tb = _time(lambda: clf.classify(batch), budget_s, 10, 2000)
         out[f"{key}.b1_p50_ms"] = round(float(np.percentile(t1, 50)), 4)
         out[f"{key}.b1_p99_ms"] = round(float(np.percentile(t1, 99)), 4)
         out[f"{key}.b1_onnx_only_p50_ms"] = round(float(np.percentile(tr, 50)), 4)
         out[f"{key}.b1_onnx_only_p99_ms"] = round(float(np.percentile(tr, 99)), 4)
+        out[f"{key}.b1_preprocess_p50_ms"] = round(float(np.percentile(tp, 50)), 4)
         out[f"{key}.b32_cells_per_s"] = round(32 / (float(np.median(tb)) / 1e3), 1)
         out[f"{key}.runs_b1"] = len(t1)
     return out
