@@ -69,7 +69,33 @@ def test_numba_and_python_updates_agree_and_stride_holds_across_batches():
     np.testing.assert_allclose(a._acc, b._acc, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kernels", ["numba", "python"])
+def test_a_step_change_is_taken_over_after_relearn_frames_but_passing_cells_never(kernels):
+    bg = channel()
+    model = BackgroundModel.from_image(bg, kernels=kernels, alpha=1 / 16, stride=1, threshold=10, relearn=20)
+    rng = np.random.default_rng(3)
+    # cells passing over the same pixels for many frames are never taken over
+    frames = with_cells(bg, 64, rng)
+    model.update(frames, np.arange(64))
+    assert np.abs(model.image.astype(int) - bg.astype(int)).max() <= 1
+    # debris settles: a dark 4x4 patch from now on
+    settled = np.repeat(bg[None], 30, axis=0).astype(np.int32)
+    settled[:, 2:6, 40:44] -= 50
+    settled = settled.astype(np.uint8)
+    model.update(settled, np.arange(19))
+    assert (model.image[2:6, 40:44].astype(int) - bg[2:6, 40:44]).max() >= -1, "taken over too early"
+    model.update(settled, np.arange(19, 30))
+    assert np.array_equal(model.image[2:6, 40:44], settled[0, 2:6, 40:44]), "the step was not taken over"
+    assert np.abs(model.image.astype(int) - bg.astype(int))[:, :30].max() <= 1
+    # relearn=0: the old behaviour, never
+    never = BackgroundModel.from_image(bg, kernels=kernels, alpha=1 / 16, stride=1, threshold=10, relearn=0)
+    never.update(settled, np.arange(30))
+    assert np.abs(never.image.astype(int) - bg.astype(int)).max() <= 1
+
+
 def test_settings_are_validated():
+    with pytest.raises(ConfigError, match="relearn"):
+        BackgroundModel(channel(), relearn=-1)
     with pytest.raises(ConfigError, match="alpha"):
         BackgroundModel(channel(), alpha=0.0)
     with pytest.raises(ConfigError, match="kernels"):

@@ -178,8 +178,8 @@ class Tracker:
         slot = np.zeros(1, np.int64)
         self._segment(one, slot, self.background.image, self.settings.threshold, self.min_area_px, self.y0, self.y1,
                       self.settings.max_blobs, self._blobs, self._counts)
-        self.background._kernel(one, slot[:0], 1, np.float32(0.0), np.float32(1.0), self.background._acc.copy(),
-                                self.background.image.copy())
+        self.background._kernel(one, slot[:0], 1, np.float32(0.0), np.float32(1.0), 0, self.background._acc.copy(),
+                                self.background._count.copy(), self.background.image.copy())
         self._nearest_mask(background, background, float(self.settings.threshold), float(self.min_area_px),
                            self.settings.max_blobs, 0.0, 0.0, 0, 2, 0, 2, np.zeros(background.shape, bool))
         s = self.settings
