@@ -78,7 +78,8 @@ class FrameRing:
         self.capacity = int(capacity)
         self.guard = int(guard)
         self.id_modulus = int(id_modulus)
-        self.images = np.zeros((capacity, height, width), dtype=dtype)
+        self.images = np.empty((capacity, height, width), dtype=dtype)
+        self.images.fill(0)  # touch every page now: first-lap page faults would cost the grab thread
         self.frame_ids = np.zeros(capacity, dtype=np.int64)
         self.timestamps_ns = np.zeros(capacity, dtype=np.int64)
         self.host_ns = np.zeros(capacity, dtype=np.int64)
