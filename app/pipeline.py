@@ -422,7 +422,9 @@ class Pipeline:
         if events:
             # the cells still in the channel, as the decision's coincidence check must see them now
             pending = self.tracker.predicted_exits_ms() if self.policy is not None else []
-            self._decide_q.put((events, pending, True))
+            # exit times on the host clock, mapped here: the clock fit belongs to this thread
+            exits = [self._exit_host_ns(ev) for ev in events] if self.trigger is not None else None
+            self._decide_q.put((events, pending, True, exits))
 
     def _sort_loop(self) -> None:
         s = self.tracker_settings
@@ -449,7 +451,7 @@ class Pipeline:
             if self.finish_reason is not FinishReason.ERRORED:
                 tail = self.tracker.flush()
                 if tail:
-                    self._decide_q.put((tail, [], False))
+                    self._decide_q.put((tail, [], False, None))
         finally:
             self._decide_q.put(None)  # tells the decide thread that no more cells come
             if not self._stop.is_set():
@@ -463,8 +465,8 @@ class Pipeline:
                 item = self._decide_q.get()
                 if item is None:
                     break
-                events, pending, live = item
-                self._handle(events, live=live, pending=pending)
+                events, pending, live, exits = item
+                self._handle(events, live=live, pending=pending, exits=exits)
                 if self.lossless:
                     # a finite source at full speed may outrun the event file: wait for it rather
                     # than hold every record in memory (a live run never waits on storage)
@@ -473,7 +475,8 @@ class Pipeline:
         finally:
             self._queue.put(None)  # tells storage that no more records come
 
-    def _handle(self, events: list[CellEvent], live: bool = True, pending: list | None = None) -> None:
+    def _handle(self, events: list[CellEvent], live: bool = True, pending: list | None = None,
+                exits: list[int] | None = None) -> None:
         if self.classifier is not None:
             probs = self.classifier.classify(events)
         else:
@@ -494,11 +497,11 @@ class Pipeline:
             self._neighbours.extend(batch)
         target_idx = ([self.classifier.classes.index(c) for c in policy.settings.target_classes]
                       if policy is not None and self.classifier is not None else [])
-        for ev, p, decision in zip(events, probs, decisions):
+        for i, (ev, p, decision) in enumerate(zip(events, probs, decisions)):
             fire = None
             if decision is not None:
                 if decision.fire and live:
-                    decision, fire = self._fire(ev, decision)
+                    decision, fire = self._fire(ev, decision, exits[i] if exits is not None else None)
                 elif decision.fire:  # cells flushed at the end of a run are past the junction
                     decision = Decision(decision.event_index, False, Reason.LATE, decision.predicted,
                                         decision.probability, decision.is_target, "decided after the run ended")
@@ -521,7 +524,7 @@ class Pipeline:
         while self._neighbours and not (self._neighbours[0][0] >= horizon):  # NaN exits go too
             self._neighbours.popleft()
 
-    def _fire(self, ev: CellEvent, decision: Decision) -> tuple[Decision, Any]:
+    def _fire(self, ev: CellEvent, decision: Decision, exit_ns: int | None = None) -> tuple[Decision, Any]:
         """Send the pulse for a cell the policy wants; the decision says if it could not be."""
         if self.trigger is None:
             return decision, None
@@ -530,7 +533,9 @@ class Pipeline:
 
         timing = self.timing
         v = ev.features.get("v_after_mm_s", math.nan)
-        at = fire_time_ns(self._exit_host_ns(ev), v, timing) if timing is not None else time.monotonic_ns()
+        if exit_ns is None:
+            exit_ns = self._exit_host_ns(ev)
+        at = fire_time_ns(exit_ns, v, timing) if timing is not None else time.monotonic_ns()
         width = timing.pulse_width_us if timing is not None else 100.0
         rec = self.trigger.fire(FireRequest(ev.index, at, width))
         if getattr(rec, "late", False):
