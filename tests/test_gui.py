@@ -413,6 +413,15 @@ def test_switch_model_updates_classes_and_target(qtbot, window):
     assert "t4, t8, debris" in win.controls.model_info.text()
     win.controls.target.setCurrentIndex(1)
     assert win.config.sorting.target_classes == ("t8",)
+    # several targets: check a second class; the last check cannot be removed
+    from app.gui.qt import QtCore
+
+    tl = win.controls.target
+    tl.item(2).setCheckState(QtCore.Qt.CheckState.Checked)
+    assert win.config.sorting.target_classes == ("t8", "debris")
+    tl.item(1).setCheckState(QtCore.Qt.CheckState.Unchecked)
+    tl.item(2).setCheckState(QtCore.Qt.CheckState.Unchecked)
+    assert win.config.sorting.target_classes == ("debris",) and tl.checked() == ("debris",)
 
 
 def test_backend_switch_offers_that_backends_keys(qtbot, window):

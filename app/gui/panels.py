@@ -26,6 +26,71 @@ DEVICE_KEYS = ("path", "serial", "device", "device_id", "cti", "index")
 TRIGGER_DEVICE_KEYS = ("port", "resource", "device", "line", "channel", "path")
 
 
+class TargetList(QtWidgets.QListWidget):
+    """The model's classes with a check box each: the cells of every checked class are sorted.
+
+    ``changed`` fires when the operator checks or unchecks one (not when the list is reloaded).
+    """
+
+    changed = Signal()
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self._quiet = False
+        self.setMaximumHeight(84)
+        self.itemChanged.connect(self._item_changed)
+
+    def _item_changed(self, item) -> None:
+        if self._quiet:
+            return
+        if not self.checked():  # sorting needs a target: the last check stays
+            self._quiet = True
+            item.setCheckState(QtCore.Qt.CheckState.Checked)
+            self._quiet = False
+            return
+        self.changed.emit()
+
+    def set_names(self, names: Sequence[str]) -> None:
+        """Offer ``names``, keeping the checks of those still offered."""
+        keep = set(self.checked())
+        self._quiet = True
+        try:
+            self.clear()
+            for name in names:
+                it = QtWidgets.QListWidgetItem(str(name), self)
+                it.setFlags(it.flags() | QtCore.Qt.ItemFlag.ItemIsUserCheckable)
+                it.setCheckState(QtCore.Qt.CheckState.Checked if name in keep else QtCore.Qt.CheckState.Unchecked)
+        finally:
+            self._quiet = False
+
+    def checked(self) -> tuple[str, ...]:
+        return tuple(self.item(i).text() for i in range(self.count())
+                     if self.item(i).checkState() == QtCore.Qt.CheckState.Checked)
+
+    def set_checked(self, names: Sequence[str]) -> None:
+        """Check exactly ``names`` (added to the list if missing), without emitting ``changed``."""
+        self._quiet = True
+        try:
+            have = {self.item(i).text() for i in range(self.count())}
+            for name in names:
+                if name not in have:
+                    it = QtWidgets.QListWidgetItem(str(name), self)
+                    it.setFlags(it.flags() | QtCore.Qt.ItemFlag.ItemIsUserCheckable)
+            for i in range(self.count()):
+                it = self.item(i)
+                it.setCheckState(QtCore.Qt.CheckState.Checked if it.text() in names else QtCore.Qt.CheckState.Unchecked)
+        finally:
+            self._quiet = False
+
+    def itemText(self, i: int) -> str:  # noqa: N802 - the QComboBox name, for callers of either
+        return self.item(i).text()
+
+    def setCurrentIndex(self, i: int) -> None:  # noqa: N802
+        """Sort class ``i`` only (as the operator would by checking it alone)."""
+        self.set_checked((self.item(i).text(),))
+        self.changed.emit()
+
+
 def _cam(*keys: str) -> Callable[[Any], str | None]:
     def path(cfg: Any) -> str | None:
         backend = config_get(cfg, "camera.backend", "synthetic")
@@ -175,7 +240,7 @@ class ControlPanel(QtWidgets.QWidget):
         sort = QtWidgets.QGroupBox("Sorting")
         f = QtWidgets.QFormLayout(sort)
         self.sort_enabled = QtWidgets.QCheckBox("Sorting on (fire the trigger)")
-        self.target = QtWidgets.QComboBox()
+        self.target = TargetList()
         self.threshold = _spin(0, 1, 3, 0.05)
         self.mode = _combo(SORT_MODES)
         self.window = _spin(0, 1000, 3, 0.1, " ms")
@@ -184,7 +249,7 @@ class ControlPanel(QtWidgets.QWidget):
         self.trigger_device.setPlaceholderText("port / VISA resource / line")
         self.test_fire_btn = QtWidgets.QPushButton("Test fire")
         f.addRow(self.sort_enabled)
-        f.addRow("Target class", self.target)
+        f.addRow("Target classes", self.target)
         f.addRow("Threshold", self.threshold)
         f.addRow("Mode", self.mode)
         f.addRow("Coincidence window", self.window)
@@ -233,8 +298,10 @@ class ControlPanel(QtWidgets.QWidget):
     def _bind(self, widget: QtWidgets.QWidget, path: Callable[[Any], str | None], kind: str) -> None:
         b = Binding(widget, path, kind)
         self._bindings.append(b)
-        if kind in ("combo", "classes"):
+        if kind == "combo":
             widget.currentIndexChanged.connect(lambda *_, b=b: self._edited(b))
+        elif kind == "classes":
+            widget.changed.connect(lambda b=b: self._edited(b))
         elif kind == "text":
             widget.editingFinished.connect(lambda b=b: self._edited(b))
         elif kind in ("float", "int"):
@@ -247,7 +314,7 @@ class ControlPanel(QtWidgets.QWidget):
         if b.kind == "combo":
             return w.currentText()
         if b.kind == "classes":
-            return (w.currentText(),) if w.currentText() else ()
+            return w.checked()
         if b.kind == "text":
             return w.text().strip()
         if b.kind == "float":
@@ -258,8 +325,6 @@ class ControlPanel(QtWidgets.QWidget):
 
     def _edited(self, b: Binding) -> None:
         if self._loading or b.current is None:
-            return
-        if b.kind == "classes" and not b.widget.currentText():
             return
         self.changed.emit({b.current: self._value(b)})
 
@@ -282,12 +347,7 @@ class ControlPanel(QtWidgets.QWidget):
                         i = w.count() - 1
                     w.setCurrentIndex(i)
                 elif b.kind == "classes":
-                    name = v[0] if v else ""
-                    i = w.findText(name)
-                    if i < 0 and name:
-                        w.addItem(name)
-                        i = w.count() - 1
-                    w.setCurrentIndex(i)
+                    w.set_checked(tuple(v or ()))
                 elif b.kind == "text":
                     w.setText("" if v is None else str(v))
                 elif b.kind in ("float", "int"):
@@ -307,14 +367,10 @@ class ControlPanel(QtWidgets.QWidget):
 
     # -- model ------------------------------------------------------------------------------------
     def set_classes(self, names: Sequence[str]) -> None:
-        """Offer the model's classes as sort targets (keeps the current one if the model has it)."""
+        """Offer the model's classes as sort targets (keeps the checked ones the model has)."""
         self._loading = True
         try:
-            current = self.target.currentText()
-            self.target.clear()
-            self.target.addItems(list(names))
-            i = self.target.findText(current)
-            self.target.setCurrentIndex(i if i >= 0 else -1)
+            self.target.set_names(list(names))
         finally:
             self._loading = False
 
