@@ -89,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in ds.class_counts().items())
     print(f"training {arch or 'from ' + str(args.init_from)} on {len(ds)} cells ({counts})"
           + (f"; {len(test)} cells held out for testing" if test is not None else ""), file=sys.stderr)
-    command = "mimlsort " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("mimlsort") else ""
+    ours = sys.argv and (sys.argv[0].endswith("mimlsort") or sys.argv[0].endswith(("app/cli.py", "app\\cli.py")))
+    command = "mimlsort " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if ours else ""
     res = train_model(
         ds, arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, folds=args.folds,
         val_fraction=args.val_fraction, patience=args.patience, augment=not args.no_augment, device=args.device,
