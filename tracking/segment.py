@@ -22,6 +22,14 @@ Per frame:
    edge (+0.06 px on b otherwise); each pixel adds its own intra-pixel variance.
 
 ``blob_mask`` returns the filled mask of the blob nearest a point, for event snapshots.
+
+Speed (the kernel runs per frame on the sort thread): small helpers are inlined at numba's IR
+level (``inline="always"``: numba does not inline calls between separately compiled kernels,
+and a call per pixel or run costs more than its work); pixel loops run from an unsigned offset
+so they vectorise; sums of integers are integer sums. The output is bit-for-bit that of the
+straightforward per-pixel formulation (kept in the history of this file): every float sum
+keeps its order of terms, and no operation is replaced by a cheaper one that rounds
+differently.
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core.extending import overload
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from tracking._pure import pure_python
 from tracking.blobs import (
@@ -59,7 +69,7 @@ _R_YMAX = 2
 _N_R = 3
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _find(parent, i):
     while parent[i] != i:
         parent[i] = parent[parent[i]]
@@ -67,77 +77,185 @@ def _find(parent, i):
     return i
 
 
+# --- pixel passes of the run scan ------------------------------------------------------------
+# Each has a plain-Python version (what tracking._pure.pure_python runs) and a compiled one chosen
+# by type: for unsigned frames of the background's dtype the contrast is computed in the pixel
+# type itself (max - min), which LLVM vectorises 32 pixels to an AVX2 register; widening to int32
+# first runs at a quarter of that and is the per-row cost of an empty channel.
+
+
+def _ctz(x):
+    """Index of the lowest set bit of a nonzero uint64."""
+    x = int(x)
+    return (x & -x).bit_length() - 1
+
+
+@overload(_ctz, jit_options={"nogil": True}, inline="always")
+def _ctz_compiled(x):
+    def impl(x):
+        return np.int64(trailing_zeros(x))
+
+    return impl
+
+
+def _pack8(u):
+    """The 8 bytes (0 or 1) of a uint64 as the 8 low bits of a uint64, byte k -> bit k."""
+    u = u | (u >> np.uint64(7))
+    u = u | (u >> np.uint64(14))
+    u = u | (u >> np.uint64(28))
+    return u & np.uint64(0xFF)
+
+
+@overload(_pack8, jit_options={"nogil": True}, inline="always")
+def _pack8_compiled(u):
+    def impl(u):
+        # byte k (bit 8k) times bit 56 - 7k lands on bit 56 + k; no two products share a bit
+        return (u * np.uint64(0x0102040810204080)) >> np.uint64(56)
+
+    return impl
+
+
+def _row_peak(img, bg, y, dark):
+    """Largest contrast in row y (>= 0): max |image - background|, or max (background - image)."""
+    d = img[y].astype(np.int32) - bg[y].astype(np.int32)
+    return max(0, int((-d if dark else np.abs(d)).max()))
+
+
+def _row_mask(img, bg, y, dark, ti, mrow):
+    """mrow[x] = contrast of pixel (y, x) > ti (0/1), x < width; ti >= 0."""
+    d = img[y].astype(np.int32) - bg[y].astype(np.int32)
+    mrow[:img.shape[1]] = (-d > ti) if dark else (np.abs(d) > ti)
+
+
+def _same_unsigned(img, bg):
+    return (isinstance(img, types.Array) and isinstance(img.dtype, types.Integer) and not img.dtype.signed
+            and img.dtype == bg.dtype)
+
+
+@overload(_row_peak, jit_options={"nogil": True}, inline="always")
+def _row_peak_compiled(img, bg, y, dark):
+    if _same_unsigned(img, bg):
+        def impl(img, bg, y, dark):
+            m = img.dtype.type(0)
+            if dark:
+                for x in range(img.shape[1]):
+                    a = img[y, x]
+                    b = bg[y, x]
+                    m = max(m, img.dtype.type(b - min(a, b)))
+            else:
+                for x in range(img.shape[1]):
+                    a = img[y, x]
+                    b = bg[y, x]
+                    m = max(m, img.dtype.type(max(a, b) - min(a, b)))
+            return np.int64(m)
+
+        return impl
+
+    def generic(img, bg, y, dark):
+        m = np.int32(0)
+        for x in range(img.shape[1]):
+            d = np.int32(img[y, x]) - np.int32(bg[y, x])
+            m = max(m, np.int32(-d if dark else max(d, -d)))
+        return np.int64(m)
+
+    return generic
+
+
+@overload(_row_mask, jit_options={"nogil": True}, inline="always")
+def _row_mask_compiled(img, bg, y, dark, ti, mrow):
+    if _same_unsigned(img, bg):
+        def impl(img, bg, y, dark, ti, mrow):
+            t = img.dtype.type(min(ti, np.iinfo(img.dtype).max))
+            if dark:
+                for x in range(img.shape[1]):
+                    a = img[y, x]
+                    b = bg[y, x]
+                    mrow[x] = img.dtype.type(b - min(a, b)) > t
+            else:
+                for x in range(img.shape[1]):
+                    a = img[y, x]
+                    b = bg[y, x]
+                    mrow[x] = img.dtype.type(max(a, b) - min(a, b)) > t
+        return impl
+
+    def generic(img, bg, y, dark, ti, mrow):
+        for x in range(img.shape[1]):
+            d = np.int64(img[y, x]) - np.int64(bg[y, x])
+            mrow[x] = (-d if dark else max(d, -d)) > ti
+
+    return generic
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add_run(run_y, run_a, run_b, parent, nr, y, a, b):
+    if nr < run_y.shape[0]:
+        run_y[nr] = y
+        run_a[nr] = a
+        run_b[nr] = b
+        parent[nr] = nr
+        nr += 1
+    return nr
+
+
 @njit(nogil=True, cache=True)
 def _runs(img, bg, ti, mode, y0, y1, mrow, run_y, run_a, run_b, parent, row_first):
     """Threshold rows y0..y1 into runs and union 8-connected runs; returns the number of runs
-    (stops adding runs when the scratch is full). ``mode`` 0: |d| > ti; -1: -d > ti (dark only).
+    (stops adding runs when the scratch is full). ``mode`` 0: |d| > ti; -1: -d > ti (dark only);
+    ``ti`` >= 0.
 
-    Most of a frame is empty channel: a row is first reduced to its maximum contrast (one long
-    branch-free loop that vectorises) and skipped when that is below the threshold. Rows with
-    something in them are thresholded into ``mrow`` (uint8, length a multiple of 8, zero-padded),
-    again branch-free, and the run scan skips its empty 8-pixel words."""
+    Most of a frame is empty channel: a row is first reduced to its peak contrast (one
+    branch-free loop that vectorises) and skipped when that is not above the threshold. Rows with
+    something in them are thresholded into ``mrow`` (uint8 0/1, length a multiple of 64, zero
+    past the row), which is packed into one bit per pixel, 64 pixels a word; runs are read off
+    a word's 0→1 and 1→0 transitions (count trailing zeros): a few integer operations per run and
+    per 64 pixels instead of a branch per pixel, whose mispredictions were most of the cost."""
     w = img.shape[1]
-    cap = run_y.shape[0]
+    dark = mode != 0
     words = mrow.view(np.uint64)
-    nw = (w + 7) // 8
+    nck = (w + 63) // 64
     nr = 0
     prev_a = 0
     prev_b = 0
     for y in range(y0, y1):
         row_first[y - y0] = nr
         cur_a = nr
-        ir = img[y]
-        br = bg[y]
-        m = np.int32(0)
-        if mode == 0:
-            for x in range(w):
-                m = max(m, abs(np.int32(ir[x]) - np.int32(br[x])))
-        else:
-            for x in range(w):
-                m = max(m, np.int32(br[x]) - np.int32(ir[x]))
-        if m <= ti:
+        if _row_peak(img, bg, y, dark) <= ti:
             prev_a = nr  # an empty row: nothing below can join what is above
             prev_b = nr
             continue
-        if mode == 0:
-            for x in range(w):
-                d = np.int32(ir[x]) - np.int32(br[x])
-                mrow[x] = (d > ti) | (d < -ti)
-        else:
-            for x in range(w):
-                mrow[x] = (np.int32(br[x]) - np.int32(ir[x])) > ti
+        _row_mask(img, bg, y, dark, ti, mrow)
         in_run = False
         a = 0
-        for wi in range(nw):
-            if words[wi] == 0:
-                if in_run:
-                    if nr < cap:
-                        run_y[nr] = y
-                        run_a[nr] = a
-                        run_b[nr] = wi * 8 - 1
-                        parent[nr] = nr
-                        nr += 1
-                    in_run = False
+        carry = np.uint64(0)  # the previous chunk's last pixel, as bit 0
+        for c in range(nck):
+            fg = np.uint64(0)  # pixels 64 c .. 64 c + 63 as bits
+            for k in range(8):
+                fg |= _pack8(words[8 * c + k]) << np.uint64(8 * k)
+            if fg == 0 and not in_run:
+                carry = np.uint64(0)
                 continue
-            for x in range(wi * 8, wi * 8 + 8):
-                if mrow[x]:
-                    if not in_run:
-                        a = x
-                        in_run = True
-                elif in_run:
-                    if nr < cap:
-                        run_y[nr] = y
-                        run_a[nr] = a
-                        run_b[nr] = x - 1
-                        parent[nr] = nr
-                        nr += 1
-                    in_run = False
-        if in_run and nr < cap:
-            run_y[nr] = y
-            run_a[nr] = a
-            run_b[nr] = w - 1
-            parent[nr] = nr
-            nr += 1
+            before = (fg << np.uint64(1)) | carry  # bit k: pixel 64 c + k - 1
+            carry = fg >> np.uint64(63)
+            starts = fg & ~before
+            ends = before & ~fg  # bit k: a run ended at pixel 64 c + k - 1
+            base = 64 * c
+            if in_run:
+                if ends == 0:
+                    continue
+                nr = _add_run(run_y, run_a, run_b, parent, nr, y, a, base + _ctz(ends) - 1)
+                ends &= ends - np.uint64(1)
+                in_run = False
+            # starts and ends alternate: the k-th start of the chunk ends at its k-th end
+            while starts != 0:
+                a = base + _ctz(starts)
+                starts &= starts - np.uint64(1)
+                if ends == 0:
+                    in_run = True
+                    break
+                nr = _add_run(run_y, run_a, run_b, parent, nr, y, a, base + _ctz(ends) - 1)
+                ends &= ends - np.uint64(1)
+        if in_run:
+            nr = _add_run(run_y, run_a, run_b, parent, nr, y, a, w - 1)
         cur_b = nr
         # join with the previous row's runs: both lists are sorted by x, so one merge pass
         q = prev_a
@@ -164,7 +282,8 @@ def _runs(img, bg, ti, mode, y0, y1, mrow, run_y, run_a, run_b, parent, row_firs
 
 @njit(nogil=True, cache=True)
 def _hull(px, py, n, hx, hy):
-    """Convex hull (monotone chain) of n points sorted by (y, x); returns (area, perimeter)."""
+    """Convex hull (monotone chain) of n integer points sorted by (y, x); returns (area,
+    perimeter). Integer arithmetic: the orientation tests and the area are exact."""
     if n == 0:
         return 0.0, 0.0
     # lower chain then upper chain, in the (y, x) order the points come in
@@ -185,43 +304,39 @@ def _hull(px, py, n, hx, hy):
     k -= 1  # the first point is repeated at the end
     if k < 1:
         return 0.0, 0.0
-    area = 0.0
+    area = 0
     perim = 0.0
     for i in range(k):
         j = i + 1 if i + 1 < k else 0
         area += hx[i] * hy[j] - hx[j] * hy[i]
-        perim += math.sqrt((hx[j] - hx[i]) ** 2 + (hy[j] - hy[i]) ** 2)
-    return abs(area) * 0.5, perim
+        dx = hx[j] - hx[i]
+        dy = hy[j] - hy[i]
+        perim += math.sqrt(np.float64(dx * dx + dy * dy))
+    return abs(np.float64(area)) * 0.5, perim
 
 
-@njit(nogil=True, cache=True)
-def _span_moments(a, b, y, acc):
-    """Add the pixels x = a..b of row y, weight 1 each, to the moment sums."""
-    if b < a:
-        return
+# Pixel loops index from an unsigned offset: with a signed index numba wraps negative indices
+# around, and the select that takes blocks contiguous vector loads (6x slower on short rows).
+
+
+# --- moments -----------------------------------------------------------------------------------
+# The moment sums are float64 sums whose order is part of the result (a reordered sum differs in
+# the last bits), so they are kept as six scalar accumulators in registers and each pixel's six
+# terms come from these helpers; the brightness and contrast sums are integer sums (exact, and
+# equal to the float64 sum of the same integers while that is below 2**53).
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _span_terms(a, b, y):
+    """Moment terms of the pixels x = a..b (a <= b) of row y, weight 1 each."""
     n = b - a + 1.0
     sx = (a + b) * n * 0.5
     # sum of x² over a..b
     sxx = (b * (b + 1.0) * (2.0 * b + 1.0) - (a - 1.0) * a * (2.0 * a - 1.0)) / 6.0
-    acc[0] += n
-    acc[1] += sx
-    acc[2] += n * y
-    acc[3] += sxx + n / 12.0
-    acc[4] += n * (y * y + 1.0 / 12.0)
-    acc[5] += sx * y
+    return n, sx, n * y, sxx + n / 12.0, n * (y * y + 1.0 / 12.0), sx * y
 
 
-@njit(nogil=True, cache=True)
-def _add_weighted(x, y, wgt, acc):
-    acc[0] += wgt
-    acc[1] += wgt * x
-    acc[2] += wgt * y
-    acc[3] += wgt * (x * x + 1.0 / 12.0)
-    acc[4] += wgt * (y * y + 1.0 / 12.0)
-    acc[5] += wgt * x * y
-
-
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _deep(lo, hi, yb0, yb1, y):
     """Deep-interior x-range of row y: inside the spans of the row and both neighbours, one pixel
     in from each end (empty: a > b)."""
@@ -230,79 +345,182 @@ def _deep(lo, hi, yb0, yb1, y):
     return max(lo[y - 1], max(lo[y], lo[y + 1])) + 1, min(hi[y - 1], min(hi[y], hi[y + 1])) - 1
 
 
-@njit(nogil=True, cache=True)
-def _band_pixel(x, y, wg, shift, cx, cy, q11, q12, q22, acc):
-    # the shift's effect on the moments goes as wg*(1-wg): not worth its cost for the faint noise
-    # pixels around the blob, which are most of the band
-    if not shift or wg >= 1.0 or wg < 0.1:
-        _add_weighted(x, y, wg, acc)
-        return
-    # outward normal of the ellipse (p-c)^T Q (p-c) = const at this pixel
-    nx = q11 * (x - cx) + q12 * (y - cy)
-    ny = q12 * (x - cx) + q22 * (y - cy)
-    nn = math.sqrt(nx * nx + ny * ny)
-    if nn == 0.0:
-        _add_weighted(x, y, wg, acc)
-        return
-    inv = 1.0 / nn
-    nx *= inv
-    ny *= inv
-    ext = abs(nx) + abs(ny)  # the pixel's extent along the normal
-    s = 0.5 * (1.0 - wg) * ext
-    px = x - s * nx
-    py = y - s * ny
-    # covered part: a strip wg*ext thick along the normal, a pixel wide along the edge
-    vn = (wg * ext) ** 2 / 12.0
+@njit(nogil=True, cache=True, inline="always")
+def _row_sums(img, bg, y, a, b):
+    """Integer sums over pixels a..b of row y: v, v², d = v - bg, |d|."""
+    # int32 sums of one row's 16-bit values cannot overflow; v² is summed in int64
+    s_i = np.int32(0)
+    s_ii = 0
+    s_d = np.int32(0)
+    s_ad = np.int32(0)
+    ua = np.uint64(max(a, 0))
+    for i in range(b - a + 1):
+        x = ua + np.uint64(i)
+        v = np.int32(img[y, x])
+        d = v - np.int32(bg[y, x])
+        s_i += v
+        s_ii += np.int64(v) * np.int64(v)
+        s_d += d
+        s_ad += max(d, -d)
+    return np.int64(s_i), s_ii, np.int64(s_d), np.int64(s_ad)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _row_dsum(img, bg, y, a, b):
+    s = np.int32(0)
+    ua = np.uint64(max(a, 0))
+    for i in range(b - a + 1):
+        x = ua + np.uint64(i)
+        s += np.int32(img[y, x]) - np.int32(bg[y, x])
+    return np.int64(s)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _row_lower(img, bg, y, a, b, ip, ci):
+    """Sum and count of the polarity-signed contrasts ip*d <= ci over pixels a..b of row y."""
+    # int32 lanes vectorise twice as wide; a row's sum of 16-bit contrasts fits
+    s = np.int32(0)
+    n = np.int32(0)
+    ip32 = np.int32(ip)
+    c32 = np.int32(max(min(ci, 1 << 30), -(1 << 30)))
+    ua = np.uint64(max(a, 0))
+    for i in range(b - a + 1):
+        x = ua + np.uint64(i)
+        dd = ip32 * (np.int32(img[y, x]) - np.int32(bg[y, x]))
+        low = dd <= c32
+        s += dd if low else np.int32(0)
+        n += np.int32(1) if low else np.int32(0)
+    return np.int64(s), np.int64(n)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _band_row(lo, hi, yb0, yb1, y, w):
+    """Band geometry of row y: (has pixels, oa, ob, ia, ib). The band is oa..ob less the deep
+    interior ia..ib (weight 1; empty: ib < ia), from the spans of the row and its neighbours."""
+    la = 1 << 30
+    hb = -1
+    for yy in range(y - 1, y + 2):
+        if yb0 <= yy <= yb1 and lo[yy] <= hi[yy]:
+            la = min(la, lo[yy])
+            hb = max(hb, hi[yy])
+    ia = 0
+    ib = -1
+    if yb0 < y < yb1:
+        ia = max(lo[y - 1], max(lo[y], lo[y + 1])) + 1
+        ib = min(hi[y - 1], min(hi[y], hi[y + 1])) - 1
+    return hb >= 0, max(la - 1, 0), min(hb + 1, w - 1), ia, ib
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _band_collect(img, bg, y, xa, xb, ip, inv_c, tb, ne):
+    """Append the covered pixels (coverage > 0) of xa..xb in row y to the entry list (``tb`` rows
+    0-2: coverage, x, y); returns the new entry count."""
+    fy = np.float64(y)
+    ua = np.uint64(max(xa, 0))
+    for i in range(xb - xa + 1):
+        x = ua + np.uint64(i)
+        k = ip * (np.int64(img[y, x]) - np.int64(bg[y, x]))
+        wg = min(np.float64(k) * inv_c, 1.0)
+        tb[0, ne] = wg
+        tb[1, ne] = np.float64(xa + i)
+        tb[2, ne] = fy
+        ne += 1 if wg > 0.0 else 0
+    return ne
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _band_moments(img, bg, yb0, yb1, lo, hi, h, w, ip, inv_c, shift, cx, cy, q11, q12, q22, tb, rc):
+    """Moment sums of the deep interior (weight 1) and the coverage-weighted band around it, in
+    the order of rows, and within a row: interior, band left of it, band right of it (the order
+    of a float sum is part of its result). ``ip`` is the polarity (+1 bright, -1 dark).
+
+    A partly covered pixel's mass is moved inwards along the normal of the spans' ellipse
+    (``shift``; (p-c)^T Q (p-c) = const with Q = [[q11, q12], [q12, q22]]). Per pixel that is a
+    square root, divisions and a data-dependent choice — in a loop over short band rows mostly
+    branch mispredictions and scalar code. So rows are taken in groups: their covered pixels are
+    listed first (``tb`` rows 0-2: coverage, x, y), every listed pixel's terms computed by one
+    branch-free loop that vectorises (rows 3-7), and the sums are then taken in order. ``tb`` is
+    (8, >= W) scratch, ``rc`` (>= H + 3) the row ends of a group's list."""
+    m0 = 0.0
+    m1 = 0.0
+    m2 = 0.0
+    m3 = 0.0
+    m4 = 0.0
+    m5 = 0.0
+    cap = tb.shape[1]
     vt = 1.0 / 12.0
-    acc[0] += wg
-    acc[1] += wg * px
-    acc[2] += wg * py
-    acc[3] += wg * (px * px + vn * nx * nx + vt * ny * ny)
-    acc[4] += wg * (py * py + vn * ny * ny + vt * nx * nx)
-    acc[5] += wg * (px * py + (vn - vt) * nx * ny)
+    y_end = min(yb1 + 2, h)
+    g0 = max(yb0 - 1, 0)
+    while g0 < y_end:
+        # list the covered band pixels of rows g0.. while another full row would still fit
+        ne = 0
+        g1 = g0
+        while g1 < y_end and ne + w <= cap:
+            has, oa, ob, ia, ib = _band_row(lo, hi, yb0, yb1, g1, w)
+            if has:
+                if ib < ia:
+                    ia = ob + 1
+                    ib = ob
+                ne = _band_collect(img, bg, g1, oa, ia - 1, ip, inv_c, tb, ne)
+                ne = _band_collect(img, bg, g1, ib + 1, ob, ip, inv_c, tb, ne)
+            rc[g1 - g0] = ne
+            g1 += 1
+        # each pixel's terms, moved or not, by one branch-free loop that vectorises
+        for e in range(ne):
+            wg = tb[0, e]
+            fx = tb[1, e]
+            fy = tb[2, e]
+            # outward normal of the ellipse at this pixel
+            nx = q11 * (fx - cx) + q12 * (fy - cy)
+            ny = q12 * (fx - cx) + q22 * (fy - cy)
+            nn = math.sqrt(nx * nx + ny * ny)
+            inv = 1.0 / (nn if nn != 0.0 else 1.0)
+            nx *= inv
+            ny *= inv
+            ext = abs(nx) + abs(ny)  # the pixel's extent along the normal
+            s = 0.5 * (1.0 - wg) * ext
+            px = fx - s * nx
+            py = fy - s * ny
+            # covered part: a strip wg*ext thick along the normal, a pixel wide along the edge
+            e2 = wg * ext
+            vn = e2 * e2 / 12.0
+            # the shift's effect on the moments goes as wg*(1-wg): not worth its cost for the faint
+            # noise pixels around the blob, which are most of the band
+            moved = shift & (0.1 <= wg) & (wg < 1.0) & (nn != 0.0)
+            tb[3, e] = wg * px if moved else wg * fx
+            tb[4, e] = wg * py if moved else wg * fy
+            tb[5, e] = wg * (px * px + vn * nx * nx + vt * ny * ny) if moved else wg * (fx * fx + 1.0 / 12.0)
+            tb[6, e] = wg * (py * py + vn * ny * ny + vt * nx * nx) if moved else wg * (fy * fy + 1.0 / 12.0)
+            tb[7, e] = wg * (px * py + (vn - vt) * nx * ny) if moved else wg * fx * fy
+        # the sums, in order
+        e0 = 0
+        for y in range(g0, g1):
+            has, oa, ob, ia, ib = _band_row(lo, hi, yb0, yb1, y, w)
+            if has and ib >= ia:
+                t0, t1, t2, t3, t4, t5 = _span_terms(np.float64(ia), np.float64(ib), np.float64(y))
+                m0 += t0
+                m1 += t1
+                m2 += t2
+                m3 += t3
+                m4 += t4
+                m5 += t5
+            e1 = rc[y - g0]
+            ue = np.uint64(e0)
+            for i in range(e1 - e0):
+                e = ue + np.uint64(i)
+                m0 += tb[0, e]
+                m1 += tb[3, e]
+                m2 += tb[4, e]
+                m3 += tb[5, e]
+                m4 += tb[6, e]
+                m5 += tb[7, e]
+            e0 = e1
+        g0 = g1
+    return m0, m1, m2, m3, m4, m5
 
 
 @njit(nogil=True, cache=True)
-def _band_moments(img, bg, yb0, yb1, lo, hi, h, w, pol, inv_c, shift, cx, cy, q11, q12, q22, acc):
-    for q in range(6):
-        acc[q] = 0.0
-    for y in range(yb0 - 1, yb1 + 2):
-        if y < 0 or y >= h:
-            continue
-        # spans of this row and its neighbours (rows outside the blob have lo > hi)
-        la = 1 << 30
-        hb = -1
-        ia = 0
-        ib = -1
-        for yy in range(y - 1, y + 2):
-            if yb0 <= yy <= yb1 and lo[yy] <= hi[yy]:
-                la = min(la, lo[yy])
-                hb = max(hb, hi[yy])
-        if hb < 0:
-            continue
-        if yb0 < y < yb1:
-            ia = max(lo[y - 1], max(lo[y], lo[y + 1])) + 1
-            ib = min(hi[y - 1], min(hi[y], hi[y + 1])) - 1
-        oa = max(la - 1, 0)
-        ob = min(hb + 1, w - 1)
-        fy = np.float64(y)
-        if ib >= ia:
-            _span_moments(np.float64(ia), np.float64(ib), fy, acc)
-        else:
-            ia = ob + 1
-            ib = ob
-        for x in range(oa, ia):
-            wg = pol * (np.float64(img[y, x]) - np.float64(bg[y, x])) * inv_c
-            if wg > 0.0:
-                _band_pixel(np.float64(x), fy, min(wg, 1.0), shift, cx, cy, q11, q12, q22, acc)
-        for x in range(ib + 1, ob + 1):
-            wg = pol * (np.float64(img[y, x]) - np.float64(bg[y, x])) * inv_c
-            if wg > 0.0:
-                _band_pixel(np.float64(x), fy, min(wg, 1.0), shift, cx, cy, q11, q12, q22, acc)
-
-
-@njit(nogil=True, cache=True)
-def _measure_blob(img, bg, mode, yb0, yb1, lo, hi, h, w, sy0, sy1, hx_in, hy_in, hx, hy, acc, row):
+def _measure_blob(img, bg, mode, yb0, yb1, lo, hi, h, w, sy0, sy1, hx_in, hy_in, hx, hy, tb, rc, row):
     """Measure the blob whose filled spans are lo[y]..hi[y] for rows yb0..yb1 into ``row``.
 
     lo/hi are indexed by image row; rows without pixels have lo > hi. ``sy0``/``sy1`` are the
@@ -310,75 +528,87 @@ def _measure_blob(img, bg, mode, yb0, yb1, lo, hi, h, w, sy0, sy1, hx_in, hy_in,
     # one pass over the filled spans: brightness, contrast, polarity, the deep interior's contrast
     # (inside the spans of the row and of both neighbours, one pixel in from each end), and the
     # spans' own moments — a first ellipse that gives the boundary normals below
-    n = 0.0
-    s_i = 0.0
-    s_ii = 0.0
-    s_d = 0.0
-    s_ad = 0.0
-    n_in = 0.0
-    s_in = 0.0
-    for q in range(6):
-        acc[q] = 0.0
+    m0 = 0.0
+    m1 = 0.0
+    m2 = 0.0
+    m3 = 0.0
+    m4 = 0.0
+    m5 = 0.0
+    s_i = 0
+    s_ii = 0
+    s_d = 0
+    s_ad = 0
+    s_in = 0
+    n_in = 0
     for y in range(yb0, yb1 + 1):
-        if lo[y] > hi[y]:
+        a = lo[y]
+        b = hi[y]
+        if a > b:
             continue
-        _span_moments(np.float64(lo[y]), np.float64(hi[y]), np.float64(y), acc)
+        t0, t1, t2, t3, t4, t5 = _span_terms(np.float64(a), np.float64(b), np.float64(y))
+        m0 += t0
+        m1 += t1
+        m2 += t2
+        m3 += t3
+        m4 += t4
+        m5 += t5
+        r_i, r_ii, r_d, r_ad = _row_sums(img, bg, y, a, b)
+        s_i += r_i
+        s_ii += r_ii
+        s_d += r_d
+        s_ad += r_ad
         ia, ib = _deep(lo, hi, yb0, yb1, y)
-        for x in range(lo[y], hi[y] + 1):
-            v = np.float64(img[y, x])
-            d = v - np.float64(bg[y, x])
-            s_i += v
-            s_ii += v * v
-            s_d += d
-            s_ad += abs(d)
-            if ia <= x <= ib:
-                s_in += d
-                n_in += 1.0
-    n = acc[0]
+        ia = max(ia, a)
+        ib = min(ib, b)
+        if ib >= ia:
+            # the interior's sum from the row's: its ends outside the interior are a pixel or two
+            s_in += r_d - _row_dsum(img, bg, y, a, ia - 1) - _row_dsum(img, bg, y, ib + 1, b)
+            n_in += ib - ia + 1
+    n = m0
     if n == 0.0:
         return 0.0
-    pol = 1.0 if s_d >= 0.0 else -1.0
+    pol = 1.0 if s_d >= 0 else -1.0
     if mode != 0:
         pol = np.float64(mode)
-    c = pol * s_in / n_in if n_in >= 4.0 else pol * s_d / n
-    if n_in >= 4.0:
+    ip = 1 if pol > 0.0 else -1
+    c = pol * np.float64(s_in) / np.float64(n_in) if n_in >= 4 else pol * np.float64(s_d) / n
+    if n_in >= 4:
         # texture, nucleus, granules and a darker rim only ever add contrast to the body's: the
-        # mean of the interior's lower half is the body's own contrast, what edge pixels show
-        s_lo = 0.0
-        n_lo = 0.0
+        # mean of the interior's lower half is the body's own contrast, what edge pixels show.
+        # The contrasts are integers, so "<= c" is "<= floor(c)"
+        ci = np.int64(math.floor(c))
+        s_lo = 0
+        n_lo = 0
         for y in range(yb0 + 1, yb1):
             ia, ib = _deep(lo, hi, yb0, yb1, y)
-            for x in range(ia, ib + 1):
-                dd = pol * (np.float64(img[y, x]) - np.float64(bg[y, x]))
-                if dd <= c:
-                    s_lo += dd
-                    n_lo += 1.0
-        if n_lo >= 2.0:
-            c = s_lo / n_lo
+            r_lo, r_n = _row_lower(img, bg, y, ia, ib, ip, ci)
+            s_lo += r_lo
+            n_lo += r_n
+        if n_lo >= 2:
+            c = np.float64(s_lo) / np.float64(n_lo)
     if c < 1.0:
         c = 1.0
     inv_c = 1.0 / c
     # moments: deep interior weight 1, the band around the boundary coverage-weighted, each partial
     # pixel's mass moved to where its covered part lies (inwards along the normal of the spans'
     # ellipse), which removes the pixel-centre bias of the edge
-    m0 = acc[0]
-    cx = acc[1] / m0
-    cy = acc[2] / m0
-    mxx = acc[3] / m0 - cx * cx
-    myy = acc[4] / m0 - cy * cy
-    mxy = acc[5] / m0 - cx * cy
+    cx = m1 / m0
+    cy = m2 / m0
+    mxx = m3 / m0 - cx * cx
+    myy = m4 / m0 - cy * cy
+    mxy = m5 / m0 - cx * cy
     det = mxx * myy - mxy * mxy
     if det > 1e-12:
-        _band_moments(img, bg, yb0, yb1, lo, hi, h, w, pol, inv_c, True, cx, cy, myy / det, -mxy / det,
-                      mxx / det, acc)
+        m0, m1, m2, m3, m4, m5 = _band_moments(img, bg, yb0, yb1, lo, hi, h, w, ip, inv_c, True, cx, cy, myy / det,
+                                               -mxy / det, mxx / det, tb, rc)
     else:
-        _band_moments(img, bg, yb0, yb1, lo, hi, h, w, pol, inv_c, False, 0.0, 0.0, 0.0, 0.0, 0.0, acc)
-    m0 = acc[0]
-    cx = acc[1] / m0
-    cy = acc[2] / m0
-    mxx = acc[3] / m0 - cx * cx
-    myy = acc[4] / m0 - cy * cy
-    mxy = acc[5] / m0 - cx * cy
+        m0, m1, m2, m3, m4, m5 = _band_moments(img, bg, yb0, yb1, lo, hi, h, w, ip, inv_c, False, 0.0, 0.0, 0.0, 0.0,
+                                               0.0, tb, rc)
+    cx = m1 / m0
+    cy = m2 / m0
+    mxx = m3 / m0 - cx * cx
+    myy = m4 / m0 - cy * cy
+    mxy = m5 / m0 - cx * cy
     tr = 0.5 * (mxx + myy)
     dd = math.sqrt(max(0.25 * (mxx - myy) ** 2 + mxy * mxy, 0.0))
     l1 = tr + dd
@@ -408,7 +638,7 @@ def _measure_blob(img, bg, mode, yb0, yb1, lo, hi, h, w, sy0, sy1, hx_in, hy_in,
             hy_in[k] = y
             k += 1
     ha, hp = _hull(hx_in, hy_in, k, hx, hy)
-    mean = s_i / n
+    mean = np.float64(s_i) / n
     row[B_AREA] = n
     row[B_X] = cx
     row[B_Y] = cy
@@ -422,16 +652,16 @@ def _measure_blob(img, bg, mode, yb0, yb1, lo, hi, h, w, sy0, sy1, hx_in, hy_in,
     row[B_HULL_AREA] = ha
     row[B_HULL_PERIM] = hp
     row[B_BRIGHT_AVG] = mean
-    row[B_BRIGHT_SD] = math.sqrt(max(s_ii / n - mean * mean, 0.0))
+    row[B_BRIGHT_SD] = math.sqrt(max(np.float64(s_ii) / n - mean * mean, 0.0))
     border = xmin == 0 or xmax == w - 1 or ymin == 0 or ymax == h - 1 or ymin == sy0 or ymax == sy1 - 1
     row[B_BORDER] = 1.0 if border else 0.0
-    row[B_CONTRAST] = s_ad / n
+    row[B_CONTRAST] = np.float64(s_ad) / n
     return n
 
 
 @njit(nogil=True, cache=True)
 def _segment_frame(img, bg, seg, seg_bg, threshold, min_area_px, y0, y1, max_blobs, out, labels, mrow, run_y, run_a,
-                   run_b, parent, row_first, stats, lo, hi, hx_in, hy_in, hx, hy, acc):
+                   run_b, parent, row_first, stats, lo, hi, hx_in, hy_in, hx, hy, tb, rc):
     """Segment one image into ``out`` (max_blobs x N_BLOB_FIELDS); returns the blob count.
 
     Objects are where |seg - seg_bg| > threshold (``seg``/``seg_bg`` are ``img``/``bg`` except
@@ -440,7 +670,8 @@ def _segment_frame(img, bg, seg, seg_bg, threshold, min_area_px, y0, y1, max_blo
     it); pass a (1, 1) array to skip that."""
     h, w = img.shape
     # a negative threshold segments dark pixels only (RT-DC's "bin threshold -6" convention)
-    ti = np.int32(math.floor(abs(threshold)))
+    # (clamped: a threshold beyond any contrast segments nothing)
+    ti = np.int64(math.floor(min(abs(threshold), 2147483647.0)))
     mode = np.int32(-1) if threshold < 0 else np.int32(0)
     nr = _runs(seg, seg_bg, ti, mode, y0, y1, mrow, run_y, run_a, run_b, parent, row_first)
     # per root: pixel count and bounding box
@@ -483,7 +714,7 @@ def _segment_frame(img, bg, seg, seg_bg, threshold, min_area_px, y0, y1, max_blo
                 area += hi[y] - lo[y] + 1
         if area < min_area_px:
             continue
-        _measure_blob(img, bg, mode, ya, yb, lo, hi, h, w, y0, y1, hx_in, hy_in, hx, hy, acc, out[nb])
+        _measure_blob(img, bg, mode, ya, yb, lo, hi, h, w, y0, y1, hx_in, hy_in, hx, hy, tb, rc, out[nb])
         if write_labels:
             for y in range(ya, yb + 1):
                 for x in range(lo[y], hi[y] + 1):
@@ -493,33 +724,29 @@ def _segment_frame(img, bg, seg, seg_bg, threshold, min_area_px, y0, y1, max_blo
 
 
 @njit(nogil=True, cache=True)
+def _scratch(h, w, rows):
+    """The work arrays of :func:`_segment_frame` (``mrow`` .. ``rc``, in its order) for an (h, w)
+    image of which ``rows`` rows are scanned."""
+    cap = rows * ((w + 1) // 2) + 1  # at most one run per two pixels
+    return (np.zeros((w + 63) // 64 * 64, np.uint8), np.empty(cap, np.int32), np.empty(cap, np.int32),
+            np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(rows + 1, np.int32),
+            np.empty((_N_R, cap), np.int32), np.empty(h + 1, np.int32), np.empty(h + 1, np.int32),
+            np.empty(2 * h + 2, np.int64), np.empty(2 * h + 2, np.int64), np.empty(4 * h + 4, np.int64),
+            np.empty(4 * h + 4, np.int64), np.empty((8, 4 * w + 4), np.float64), np.empty(h + 3, np.int64))
+
+
+@njit(nogil=True, cache=True)
 def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts):
     n = slots.shape[0]
     h, w = bg.shape
     y0 = max(0, min(y0, h))
     y1 = max(y0, min(y1, h))
     mb = min(max_blobs, out.shape[1])
-    rows = max(y1 - y0, 1)
-    cap = rows * ((w + 1) // 2) + 1
-    run_y = np.empty(cap, np.int32)
-    run_a = np.empty(cap, np.int32)
-    run_b = np.empty(cap, np.int32)
-    parent = np.empty(cap, np.int32)
-    row_first = np.empty(rows + 1, np.int32)
-    stats = np.empty((_N_R, cap), np.int32)
-    lo = np.empty(h + 1, np.int32)
-    hi = np.empty(h + 1, np.int32)
-    hx_in = np.empty(2 * h + 2, np.float64)
-    hy_in = np.empty(2 * h + 2, np.float64)
-    hx = np.empty(4 * h + 4, np.float64)
-    hy = np.empty(4 * h + 4, np.float64)
-    acc = np.empty(6, np.float64)
+    sc = _scratch(h, w, max(y1 - y0, 1))
     labels = np.zeros((1, 1), np.int32)
-    mrow = np.zeros((w + 7) // 8 * 8, np.uint8)
     for f in range(n):
         img = images[slots[f]]
-        counts[f] = _segment_frame(img, bg, img, bg, threshold, min_area_px, y0, y1, mb, out[f], labels,
-                                   mrow, run_y, run_a, run_b, parent, row_first, stats, lo, hi, hx_in, hy_in, hx, hy, acc)
+        counts[f] = _segment_frame(img, bg, img, bg, threshold, min_area_px, y0, y1, mb, out[f], labels, *sc)
 
 
 segment_batch = _segment_batch
@@ -535,14 +762,8 @@ def segment_image(img, bg, threshold, min_area_px, y0, y1, max_blobs, out, label
     h, w = img.shape
     y0 = max(0, min(y0, h))
     y1 = max(y0, min(y1, h))
-    rows = max(y1 - y0, 1)
-    cap = rows * ((w + 1) // 2) + 1
     return _segment_frame(img, bg, img, bg, threshold, min_area_px, y0, y1, min(max_blobs, out.shape[0]), out, labels,
-                          np.zeros((w + 7) // 8 * 8, np.uint8), np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(cap, np.int32),
-                          np.empty(cap, np.int32), np.empty(rows + 1, np.int32), np.empty((_N_R, cap), np.int32),
-                          np.empty(h + 1, np.int32), np.empty(h + 1, np.int32), np.empty(2 * h + 2, np.float64),
-                          np.empty(2 * h + 2, np.float64), np.empty(4 * h + 4, np.float64),
-                          np.empty(4 * h + 4, np.float64), np.empty(6, np.float64))
+                          *_scratch(h, w, max(y1 - y0, 1)))
 
 
 @njit(nogil=True, cache=True)
@@ -551,24 +772,13 @@ def segment_mask(img, bg, mask, dark, min_area_px, max_blobs, out, labels):
     after a morphological closing): objects are the mask's components, measured on ``img``
     against ``bg`` (``dark``: the objects are darker than the background)."""
     h, w = img.shape
-    cap = h * ((w + 1) // 2) + 1
     zero = np.zeros_like(mask)
+    mb = min(max_blobs, out.shape[0])
     # polarity rides on the threshold's sign: dark-only tests seg_bg - seg > 0.5, so the mask goes
     # in as the "background" there; otherwise |seg - seg_bg| > 0.5
     if dark:
-        return _segment_frame(img, bg, zero, mask, -0.5, min_area_px, 0, h, min(max_blobs, out.shape[0]), out,
-                              labels, np.zeros((w + 7) // 8 * 8, np.uint8), np.empty(cap, np.int32),
-                              np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(cap, np.int32),
-                              np.empty(h + 1, np.int32), np.empty((_N_R, cap), np.int32), np.empty(h + 1, np.int32),
-                              np.empty(h + 1, np.int32), np.empty(2 * h + 2, np.float64),
-                              np.empty(2 * h + 2, np.float64), np.empty(4 * h + 4, np.float64),
-                              np.empty(4 * h + 4, np.float64), np.empty(6, np.float64))
-    return _segment_frame(img, bg, mask, zero, 0.5, min_area_px, 0, h, min(max_blobs, out.shape[0]), out, labels,
-                          np.zeros((w + 7) // 8 * 8, np.uint8), np.empty(cap, np.int32), np.empty(cap, np.int32),
-                          np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(h + 1, np.int32),
-                          np.empty((_N_R, cap), np.int32), np.empty(h + 1, np.int32), np.empty(h + 1, np.int32),
-                          np.empty(2 * h + 2, np.float64), np.empty(2 * h + 2, np.float64),
-                          np.empty(4 * h + 4, np.float64), np.empty(4 * h + 4, np.float64), np.empty(6, np.float64))
+        return _segment_frame(img, bg, zero, mask, -0.5, min_area_px, 0, h, mb, out, labels, *_scratch(h, w, h))
+    return _segment_frame(img, bg, mask, zero, 0.5, min_area_px, 0, h, mb, out, labels, *_scratch(h, w, h))
 
 
 @njit(nogil=True, cache=True)
