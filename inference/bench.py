@@ -90,11 +90,22 @@ def _bench_one(path: Path, provider: str, label: str, budget_s: float) -> dict:
         fe1 = np.empty(feats.shape[1:], np.float32)
         tp = _time(lambda: clf.preprocess.fill(one[0], im1, fe1), budget_s / 4, 200, 20000)
         tb = _time(lambda: clf.classify(batch), budget_s, 10, 2000)
+        # cells come one at a time with idle gaps: the model's weights and code are out of the
+        # caches by then, and that call is what a sorter sees (back to back above is the best case)
+        cold = []
+        for _ in range(100 if label.startswith("miml-mini") else 20):
+            time.sleep(0.002)
+            t0 = time.perf_counter_ns()
+            clf.classify(one)
+            cold.append(time.perf_counter_ns() - t0)
+        tc = np.asarray(cold, np.float64) / 1e6
         out[f"{key}.b1_p50_ms"] = round(float(np.percentile(t1, 50)), 4)
         out[f"{key}.b1_p99_ms"] = round(float(np.percentile(t1, 99)), 4)
         out[f"{key}.b1_onnx_only_p50_ms"] = round(float(np.percentile(tr, 50)), 4)
         out[f"{key}.b1_onnx_only_p99_ms"] = round(float(np.percentile(tr, 99)), 4)
         out[f"{key}.b1_preprocess_p50_ms"] = round(float(np.percentile(tp, 50)), 4)
+        out[f"{key}.b1_after_2ms_idle_p50_ms"] = round(float(np.percentile(tc, 50)), 4)
+        out[f"{key}.b1_after_2ms_idle_p99_ms"] = round(float(np.percentile(tc, 99)), 4)
         out[f"{key}.b32_cells_per_s"] = round(32 / (float(np.median(tb)) / 1e3), 1)
         out[f"{key}.runs_b1"] = len(t1)
     return out
