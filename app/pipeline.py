@@ -176,7 +176,7 @@ class Pipeline:
                  autostop: AutoStop = AutoStop(), ring_capacity: int = 4096, pixel_size_um: float | None = None,
                  kernels: str = "numba", recent_capacity: int = 4096, tracker: Tracker | None = None,
                  lossless: bool = False, on_finish: Callable[["Pipeline"], None] | None = None,
-                 switch_interval_s: float | None = SWITCH_INTERVAL_S):
+                 switch_interval_s: float | None = SWITCH_INTERVAL_S, decide_thread: bool = True):
         self.camera = camera
         self.tracker_settings = tracker_settings or (tracker.settings if tracker else TrackerSettings())
         self.classifier = classifier
@@ -192,6 +192,9 @@ class Pipeline:
         self.lossless = lossless
         self.on_finish = on_finish
         self.switch_interval_s = switch_interval_s
+        # False: the tracking thread classifies and decides itself (one thread hop less per cell;
+        # measured no better on 2 cores, and a burst of cells then holds up tracking)
+        self.decide_thread = decide_thread
         self._old_switch: float | None = None
         self.state = RunState.IDLE
         self.finish_reason: FinishReason | None = None
@@ -424,7 +427,10 @@ class Pipeline:
             pending = self.tracker.predicted_exits_ms() if self.policy is not None else []
             # exit times on the host clock, mapped here: the clock fit belongs to this thread
             exits = [self._exit_host_ns(ev) for ev in events] if self.trigger is not None else None
-            self._decide_q.put((events, pending, True, exits))
+            if self.decide_thread:
+                self._decide_q.put((events, pending, True, exits))
+            else:
+                self._handle(events, live=True, pending=pending, exits=exits)
 
     def _sort_loop(self) -> None:
         s = self.tracker_settings

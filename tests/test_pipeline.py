@@ -199,3 +199,21 @@ def test_a_paced_run_starts_tracking_at_the_newest_frame_and_counts_what_it_pass
     run_to_end(p2)
     st2 = p2.status()
     assert st2.startup_frames == 0 and st2.frames_processed == st2.frames_in
+
+
+def test_deciding_on_the_tracking_thread_gives_the_same_records():
+    # the decide thread is a scheduling choice: it must not change what is decided
+    from app.config import RunConfig
+    from app.sorting import SortPolicy
+    from inference.classifier import Classifier, bundled_model
+
+    out = []
+    for threaded in (True, False):
+        clf = Classifier(bundled_model())
+        sink = ListSink()
+        cam = SyntheticCamera(replace(FAST, duration_s=0.5))
+        p = Pipeline(cam, sink=sink, classifier=clf, policy=SortPolicy(RunConfig().sorting, clf.classes),
+                     lossless=True, decide_thread=threaded)
+        run_to_end(p)
+        out.append([(r.event.index, r.decision.reason, tuple(np.round(r.probabilities, 6))) for r in sink.records])
+    assert out[0] == out[1] and len(out[0]) > 0
