@@ -37,19 +37,16 @@ def update_kernel(images, slots, stride, alpha, threshold, relearn, acc, count, 
     for f in range(0, n, stride):
         img = images[slots[f]]
         for y in range(h):
+            # branch-free (selects, unconditional stores), so the row loop vectorises
             for x in range(w):
                 a = acc[y, x]
                 v = np.float32(img[y, x])
                 d = v - a
-                if abs(d) <= threshold:
-                    acc[y, x] = a + alpha * d
-                    count[y, x] = 0
-                elif relearn > 0:
-                    c = count[y, x] + 1
-                    if c >= relearn:
-                        acc[y, x] = v
-                        c = 0
-                    count[y, x] = c
+                inside = abs(d) <= threshold
+                c = np.int32(0) if inside or relearn <= 0 else count[y, x] + np.int32(1)
+                jump = c >= relearn and relearn > 0
+                acc[y, x] = v if jump else (a + alpha * d if inside else a)
+                count[y, x] = np.int32(0) if jump else c
         used += 1
     if used:
         for y in range(h):
