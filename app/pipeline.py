@@ -3,10 +3,11 @@
 Threads, one owner each:
 
 * ``camera`` grabs straight into the :class:`~acquisition.frame.FrameRing` and never waits on anyone;
-* ``sort`` reads the ring in batches and tracks; the cells that finished go to
-* ``decide``, which classifies them, decides and fires (the model call releases the GIL, so
-  tracking goes on meanwhile), then hands the records to storage through a queue (records are
-  small and never dropped; the sort path never waits on storage);
+* ``sort`` reads the ring in batches, tracks, classifies the cells that finished, decides and
+  fires, then hands the records to storage through a queue (records are small and never dropped;
+  the sort path never waits on storage). With ``decide_thread=True`` the cells go to a
+* ``decide`` thread for classification, decision and trigger instead (the model call releases the
+  GIL, so tracking goes on meanwhile);
 * ``storage`` hands records to the sink (the ``.rtdc`` event writer) — it may lag, the sort path
   does not notice;
 * ``recorder`` (optional) writes raw frames; it may fall behind, its ``missed`` counter says so.
@@ -176,7 +177,7 @@ class Pipeline:
                  autostop: AutoStop = AutoStop(), ring_capacity: int = 4096, pixel_size_um: float | None = None,
                  kernels: str = "numba", recent_capacity: int = 4096, tracker: Tracker | None = None,
                  lossless: bool = False, on_finish: Callable[["Pipeline"], None] | None = None,
-                 switch_interval_s: float | None = SWITCH_INTERVAL_S, decide_thread: bool = True):
+                 switch_interval_s: float | None = SWITCH_INTERVAL_S, decide_thread: bool = False):
         self.camera = camera
         self.tracker_settings = tracker_settings or (tracker.settings if tracker else TrackerSettings())
         self.classifier = classifier
@@ -192,8 +193,10 @@ class Pipeline:
         self.lossless = lossless
         self.on_finish = on_finish
         self.switch_interval_s = switch_interval_s
-        # False: the tracking thread classifies and decides itself (one thread hop less per cell;
-        # measured no better on 2 cores, and a burst of cells then holds up tracking)
+        # False (default): the tracking thread classifies and decides itself. A hop to the decide
+        # thread costs a wake-up (on this 2-core VM 0.2–0.4 ms at p50, an idle vCPU must be woken
+        # by the hypervisor) and measured slower: p50 2.2–2.4 vs 3.0–3.2 ms at 4 kHz and 100
+        # cells/s. True lets tracking go on while a burst of cells is classified (more cores).
         self.decide_thread = decide_thread
         self._old_switch: float | None = None
         self.state = RunState.IDLE
@@ -473,11 +476,6 @@ class Pipeline:
                     break
                 events, pending, live, exits = item
                 self._handle(events, live=live, pending=pending, exits=exits)
-                if self.lossless:
-                    # a finite source at full speed may outrun the event file: wait for it rather
-                    # than hold every record in memory (a live run never waits on storage)
-                    while self._queue.qsize() > _LOSSLESS_BACKLOG and not self._storage_done.is_set():
-                        time.sleep(0.001)
         finally:
             self._queue.put(None)  # tells storage that no more records come
 
@@ -519,6 +517,11 @@ class Pipeline:
             records.append(CellRecord(ev, p, decision, fire))
         self._cells += len(events)
         self._queue.put(records)
+        if self.lossless:
+            # a finite source at full speed may outrun the event file: wait for it rather than
+            # hold every record in memory (a live run never waits on storage)
+            while self._queue.qsize() > _LOSSLESS_BACKLOG and not self._storage_done.is_set():
+                time.sleep(0.001)
 
     def _forget_neighbours(self, batch: list[tuple[float, bool]], window_ms: float) -> None:
         """Drop decided cells that exited too long before this batch to matter (cells are decided
