@@ -261,6 +261,14 @@ def _snapshot(event) -> Any:
     return snap
 
 
+def _known_frame(ev) -> int:
+    """The cell's exit frame, else the frame it was emitted in, else its entry frame (never < 0)."""
+    for f in (ev.exit_frame, (ev.extra or {}).get("emit_frame", -1), ev.entry_frame):
+        if f is not None and int(f) >= 0:
+            return int(f)
+    return 0
+
+
 @dataclass
 class _Column:
     """One appendable dataset: its path, per-row shape and dtype, and rows waiting for a flush."""
@@ -586,7 +594,9 @@ class EventWriter:
 
         put("events/index", n + 1)
         put("events/index_online", ev.index + 1)
-        put("events/frame", int(getattr(snap, "frame_id", ev.exit_frame)) if snap is not None else int(ev.exit_frame))
+        # the frame of the stored image; without one, the best frame known (an exit not seen is -1)
+        frame = int(snap.frame_id) if snap is not None else _known_frame(ev)
+        put("events/frame", frame)
         put("events/time", f.get("exit_time_ms", math.nan) / 1000.0)
         put("events/pos_x", float(snap.pos_x_px) * px if snap is not None else math.nan)
         put("events/pos_y", float(snap.pos_y_px) * px if snap is not None else f.get("pos_y_um", math.nan))
@@ -774,9 +784,12 @@ class EventWriter:
             self._bg_pending.clear()
         n = self._buffered
         if n:
-            for c in self._columns.values():
+            # every column converted before any is appended: a bad value must not leave the
+            # file's columns at different lengths
+            arrays = [(c, np.asarray(c.pending, dtype=c.dtype).reshape(n, *c.shape)) for c in self._columns.values()]
+            for c, a in arrays:
                 # h5py's group lookup costs ~0.4 ms: use the handles kept since creation
-                _append(self._ds[c.path], np.asarray(c.pending, dtype=c.dtype).reshape(n, *c.shape))
+                _append(self._ds[c.path], a)
                 c.pending.clear()
             self._written += n
             self._buffered = 0

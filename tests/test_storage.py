@@ -591,3 +591,38 @@ def test_sha256_file(tmp_path):
     p = tmp_path / "m.onnx"
     p.write_bytes(b"model bytes" * 1000)
     assert sha256_file(p) == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_an_event_without_exit_frame_or_snapshot_gets_its_best_known_frame(tmp_path):
+    from dataclasses import replace
+
+    rec = make_records(1, snapshot=False)[0]
+    ev = replace(rec.event, exit_frame=-1, entry_frame=17, extra={"emit_frame": 23})
+    path = tmp_path / "noexit.rtdc"
+    with EventWriter(path, meta=make_meta(event_images="crop")) as w:
+        w.write([CellRecord(ev, rec.probabilities, rec.decision, rec.fire)])
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        assert int(f["events/frame"][0]) == 23
+
+
+def test_a_value_that_cannot_be_stored_leaves_the_columns_consistent(tmp_path):
+    from dataclasses import replace
+
+    path = tmp_path / "bad_value.rtdc"
+    good = make_records(4)
+    bad = make_records(1, start=4)[0]
+    feats = dict(bad.event.features, deform="not a number")
+    bad = CellRecord(replace(bad.event, features=feats), bad.probabilities, bad.decision, bad.fire)
+    w = EventWriter(path, meta=make_meta(), flush_interval_s=1000)
+    w.write(good)
+    w.flush()
+    w.write([bad])
+    with pytest.raises(Exception):
+        w.flush()
+    with pytest.raises(Exception):
+        w.close()
+    feats_read, run = read_events(path)
+    assert run.n_events == 4
+    assert {len(v) for v in feats_read.values()} == {4}
