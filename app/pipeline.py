@@ -3,11 +3,11 @@
 Threads, one owner each:
 
 * ``camera`` grabs straight into the :class:`~acquisition.frame.FrameRing` and never waits on anyone;
-* ``sort`` reads the ring in batches, tracks, classifies the cells that finished, decides and
-  fires, then hands the records to storage through a queue (records are small and never dropped;
-  the sort path never waits on storage). With ``decide_thread=True`` the cells go to a
-* ``decide`` thread for classification, decision and trigger instead (the model call releases the
-  GIL, so tracking goes on meanwhile);
+* ``sort`` reads the ring in batches and tracks; while it keeps up it also classifies the cells
+  that finished, decides and fires (a thread hop costs a wake-up); once it falls behind, the cells go to
+* ``decide``, which classifies, decides and fires (the model call releases the GIL, so tracking
+  goes on meanwhile). Either hands the records to storage through a queue (records are small and
+  never dropped; the sort path never waits on storage);
 * ``storage`` hands records to the sink (the ``.rtdc`` event writer) — it may lag, the sort path
   does not notice;
 * ``recorder`` (optional) writes raw frames; it may fall behind, its ``missed`` counter says so.
@@ -151,6 +151,8 @@ class _Rate:
 
 #: the GIL switch interval while a pipeline runs (seconds; None leaves Python's 5 ms)
 SWITCH_INTERVAL_S = 2e-4
+#: decide="auto": frames the tracking thread may have unread and still classify cells itself
+INLINE_MAX_PENDING = 16
 _LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
 
 
@@ -177,7 +179,7 @@ class Pipeline:
                  autostop: AutoStop = AutoStop(), ring_capacity: int = 4096, pixel_size_um: float | None = None,
                  kernels: str = "numba", recent_capacity: int = 4096, tracker: Tracker | None = None,
                  lossless: bool = False, on_finish: Callable[["Pipeline"], None] | None = None,
-                 switch_interval_s: float | None = SWITCH_INTERVAL_S, decide_thread: bool = False):
+                 switch_interval_s: float | None = SWITCH_INTERVAL_S, decide_thread: bool | str = "auto"):
         self.camera = camera
         self.tracker_settings = tracker_settings or (tracker.settings if tracker else TrackerSettings())
         self.classifier = classifier
@@ -193,11 +195,17 @@ class Pipeline:
         self.lossless = lossless
         self.on_finish = on_finish
         self.switch_interval_s = switch_interval_s
-        # False (default): the tracking thread classifies and decides itself. A hop to the decide
-        # thread costs a wake-up (on this 2-core VM 0.2–0.4 ms at p50, an idle vCPU must be woken
-        # by the hypervisor) and measured slower: p50 2.2–2.4 vs 3.0–3.2 ms at 4 kHz and 100
-        # cells/s. True lets tracking go on while a burst of cells is classified (more cores).
+        # Where cells are classified and decided. "auto" (default): on the tracking thread while it
+        # keeps up — a hop to another thread costs a wake-up (0.2–0.4 ms at p50 on this 2-core VM,
+        # where an idle vCPU is woken through the hypervisor) — and on the decide thread once it
+        # falls behind (> INLINE_MAX_PENDING frames unread) or cells are already queued there, so
+        # tracking goes on while a burst is classified. True: always the decide thread; False: never.
+        if decide_thread not in (True, False, "auto"):
+            raise StateError(f"decide_thread must be True, False or 'auto', got {decide_thread!r}")
         self.decide_thread = decide_thread
+        self._handle_lock = threading.Lock()  # _handle runs on one thread at a time, in cell order
+        self._n_queued = 0  # batches of cells handed to the decide thread
+        self._n_decided = 0  # of those, decided
         self._old_switch: float | None = None
         self.state = RunState.IDLE
         self.finish_reason: FinishReason | None = None
@@ -430,10 +438,7 @@ class Pipeline:
             pending = self.tracker.predicted_exits_ms() if self.policy is not None else []
             # exit times on the host clock, mapped here: the clock fit belongs to this thread
             exits = [self._exit_host_ns(ev) for ev in events] if self.trigger is not None else None
-            if self.decide_thread:
-                self._decide_q.put((events, pending, True, exits))
-            else:
-                self._handle(events, live=True, pending=pending, exits=exits)
+            self._dispatch((events, pending, True, exits))
 
     def _sort_loop(self) -> None:
         s = self.tracker_settings
@@ -460,11 +465,26 @@ class Pipeline:
             if self.finish_reason is not FinishReason.ERRORED:
                 tail = self.tracker.flush()
                 if tail:
+                    self._n_queued += 1
                     self._decide_q.put((tail, [], False, None))
         finally:
             self._decide_q.put(None)  # tells the decide thread that no more cells come
             if not self._stop.is_set():
                 self.stop(FinishReason.COMPLETED, "the source ended")
+
+    def _dispatch(self, item: tuple) -> None:
+        mode = self.decide_thread
+        if mode is not True and (mode is False or (self._sort_reader.pending <= INLINE_MAX_PENDING
+                                                    and self._n_queued == self._n_decided)):
+            # nothing handed to the decide thread is still undecided: deciding here keeps cell order
+            if self._handle_lock.acquire(blocking=mode is False):
+                try:
+                    self._handle(item[0], live=item[2], pending=item[1], exits=item[3])
+                finally:
+                    self._handle_lock.release()
+                return
+        self._n_queued += 1  # written by this thread only; _n_decided by the decide thread only
+        self._decide_q.put(item)
 
     def _decide_loop(self) -> None:
         """Classify, decide and fire, beside tracking: the model's call releases the GIL, so the
@@ -475,7 +495,9 @@ class Pipeline:
                 if item is None:
                     break
                 events, pending, live, exits = item
-                self._handle(events, live=live, pending=pending, exits=exits)
+                with self._handle_lock:
+                    self._handle(events, live=live, pending=pending, exits=exits)
+                self._n_decided += 1
         finally:
             self._queue.put(None)  # tells storage that no more records come
 

@@ -208,7 +208,7 @@ def test_deciding_on_the_tracking_thread_gives_the_same_records():
     from inference.classifier import Classifier, bundled_model
 
     out = []
-    for threaded in (True, False):
+    for threaded in (True, False, "auto"):
         clf = Classifier(bundled_model())
         sink = ListSink()
         cam = SyntheticCamera(replace(FAST, duration_s=0.5))
@@ -216,4 +216,4 @@ def test_deciding_on_the_tracking_thread_gives_the_same_records():
                      lossless=True, decide_thread=threaded)
         run_to_end(p)
         out.append([(r.event.index, r.decision.reason, tuple(np.round(r.probabilities, 6))) for r in sink.records])
-    assert out[0] == out[1] and len(out[0]) > 0
+    assert out[0] == out[1] == out[2] and len(out[0]) > 0
