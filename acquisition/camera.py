@@ -47,8 +47,9 @@ class CameraInfo:
     id_modulus: int = 0  # frame counter range, 0 when it does not wrap
     frame_count: int = -1  # frames a finite source holds, -1 for a live camera
 
-    def make_ring(self, capacity: int) -> FrameRing:
-        return FrameRing(capacity, self.height, self.width, np.dtype(self.dtype), id_modulus=self.id_modulus)
+    def make_ring(self, capacity: int, *, shared: bool = False) -> FrameRing:
+        return FrameRing(capacity, self.height, self.width, np.dtype(self.dtype), id_modulus=self.id_modulus,
+                         shared=shared)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ A reader that holds a batch while the producer laps it detects that afterwards i
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -70,6 +71,7 @@ class FrameRing:
         *,
         guard: int = 2,
         id_modulus: int = 0,
+        shared: bool = False,
     ):
         if capacity < 4:
             raise ConfigError("ring.capacity", f"must be >= 4, got {capacity}")
@@ -78,7 +80,18 @@ class FrameRing:
         self.capacity = int(capacity)
         self.guard = int(guard)
         self.id_modulus = int(id_modulus)
-        self.images = np.empty((capacity, height, width), dtype=dtype)
+        #: the file behind ``images`` when shared with another process (a tmpfs file other
+        #: processes map read-only; see :meth:`unlink_shared`), else None
+        self.shared_path: str | None = None
+        if shared:
+            import tempfile
+
+            folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            fd, self.shared_path = tempfile.mkstemp(prefix="mimlsort-ring-", dir=folder)
+            os.close(fd)
+            self.images = np.memmap(self.shared_path, dtype=dtype, mode="w+", shape=(capacity, height, width))
+        else:
+            self.images = np.empty((capacity, height, width), dtype=dtype)
         self.images.fill(0)  # touch every page now: first-lap page faults would cost the grab thread
         self.frame_ids = np.zeros(capacity, dtype=np.int64)
         self.timestamps_ns = np.zeros(capacity, dtype=np.int64)
@@ -88,6 +101,15 @@ class FrameRing:
         self._last_id: int | None = None
         self.camera_dropped = 0  # frames the camera counter skipped
         self._readers: list[RingReader] = []
+
+    def unlink_shared(self) -> None:
+        """Remove the shared file's name (idempotent); mappings already made stay valid."""
+        path, self.shared_path = self.shared_path, None
+        if path:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     # -- producer side ---------------------------------------------------------------------------
     @property

@@ -132,10 +132,13 @@ class OutputConfig:
     record_raw: bool = False  # also record every raw frame (.rtdc); may lag, drops are counted
     write_events: bool = True  # write the event file (.rtdc)
     report: bool = True  # write the sample report when the run ends
+    recorder: str = "process"  # raw frames: "process" (a child process reads the ring through shared memory, off the GIL) or "thread"
     writer: str = "process"  # "process": a child process writes the event file, so HDF5 (it holds the GIL) never stalls sorting; "thread": in-process
 
     def __post_init__(self):
         require(bool(self.folder), "folder", "must not be empty")
+        require(self.recorder in ("process", "thread"), "recorder",
+                f"must be 'process' or 'thread', got {self.recorder!r}")
         require(self.writer in ("process", "thread"), "writer", f"must be 'process' or 'thread', got {self.writer!r}")
         require(bool(self.sample) and "/" not in self.sample, "sample", f"must be a plain name, got {self.sample!r}")
 

@@ -248,7 +248,8 @@ class Pipeline:
             if self.camera.state is CameraState.CLOSED:
                 self.camera.open()
             info = self.camera.info
-            self.ring = info.make_ring(self.ring_capacity)
+            self.ring = info.make_ring(self.ring_capacity,
+                                       shared=bool(getattr(self.recorder, "needs_shared_ring", False)))
             self.ring.camera_clock = info.camera_clock
             if info.camera_clock:
                 from hardware.timing import ClockMap
@@ -310,6 +311,8 @@ class Pipeline:
         self._t_end = time.monotonic()
         if self._old_switch is not None:
             sys.setswitchinterval(self._old_switch)
+        if self.ring is not None:
+            self.ring.unlink_shared()
         try:
             self.camera.close()
         except Exception as e:  # closing must not hide how the run ended

@@ -206,8 +206,11 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             from acquisition.recording import RawRecorder
 
             raw_path = folder / f"{stem}_raw.rtdc"
-            recorder = RawRecorder(raw_path, info.width, info.height, info.dtype, pixel_size_um=px, fps=info.fps,
-                                   metadata={"experiment:sample": cfg.output.sample})
+            rec_cls = RawRecorder
+            if cfg.output.recorder == "process":
+                from acquisition.recorder_process import RawRecorderProcess as rec_cls
+            recorder = rec_cls(raw_path, info.width, info.height, info.dtype, pixel_size_um=px, fps=info.fps,
+                               metadata={"experiment:sample": cfg.output.sample})
             recorder.__enter__()
             opened.append(recorder)
     except BaseException:
