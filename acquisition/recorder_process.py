@@ -16,33 +16,20 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mimlsort.child import close_and_report, portable, reap, serve, spawn
 from mimlsort.errors import DeviceError
 
 log = logging.getLogger(__name__)
 
 REPLY_TIMEOUT_S = 60.0
-
-
-def _portable(err: BaseException) -> BaseException:
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(err))
-        return err
-    except Exception:
-        return DeviceError(f"{type(err).__name__}: {err}")
 
 
 def _child_main(conn) -> None:
@@ -53,7 +40,7 @@ def _child_main(conn) -> None:
         rec = RawRecorder(path, width, height, dtype, **kwargs)
         rec.__enter__()
     except BaseException as err:
-        conn.send(("error", _portable(err)))
+        conn.send(("error", portable(err)))
         return
     conn.send(("opened",))
     images = None
@@ -98,20 +85,12 @@ def _child_main(conn) -> None:
                         rec.maybe_flush()
             except BaseException as err:
                 failed = True
-                conn.send(("error", _portable(err)))
+                conn.send(("error", portable(err)))
                 if op == "copy":
                     conn.send(("copied",))  # the parent is waiting for it
             conn.send(("state", rec.frames_written, rec.dropped))
     finally:
-        err = None
-        try:
-            rec.close()
-        except BaseException as e:
-            err = _portable(e)
-        try:
-            conn.send(("closed", err, rec.frames_written, rec.dropped))
-        except (OSError, EOFError):
-            pass
+        close_and_report(conn, rec, lambda: (rec.frames_written, rec.dropped))
 
 
 class RawRecorderProcess:
@@ -131,12 +110,7 @@ class RawRecorderProcess:
         self._closed = False
         self._ring = None
         self._lock = threading.Lock()
-        ours, theirs = socket.socketpair()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self._proc = subprocess.Popen([sys.executable, "-m", "acquisition.recorder_process", str(theirs.fileno())],
-                                      pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
-        theirs.close()
-        self._conn = Connection(ours.detach())
+        self._proc, self._conn = spawn("acquisition.recorder_process")
         self._conn.send((str(self.path), int(width), int(height), np.dtype(dtype).str, dict(kwargs)))
         msg = self._wait(("opened", "error"))
         if msg is None or msg[0] != "opened":
@@ -261,26 +235,12 @@ class RawRecorderProcess:
             raise self._failed
 
     def _reap(self) -> None:
-        try:
-            self._proc.wait(10.0)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(5.0)
-        self._conn.close()
+        reap(self._proc, self._conn)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m acquisition.recorder_process FD``: serve the parent on the socket FD."""
-    argv = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the run and tells us to close
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s (recorder): %(message)s")
-    conn = Connection(int(argv[0]))
-    try:
-        _child_main(conn)
-    finally:
-        conn.close()
-    return 0
+    return serve(_child_main, "recorder", argv)
 
 
 if __name__ == "__main__":

@@ -21,18 +21,14 @@ Failure semantics are those of the in-process writer, and better on a crash:
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mimlsort.child import close_and_report, portable, reap, serve, spawn
 from mimlsort.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -43,17 +39,6 @@ CLOSE_TIMEOUT_S = 120.0
 _IDLE_POLL_S = 0.2  # the child flushes on its interval even when nothing arrives
 
 
-def _portable(err: BaseException) -> BaseException:
-    """The exception itself if it survives pickling, else a DeviceError with its text."""
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(err))
-        return err
-    except Exception:
-        return DeviceError(f"{type(err).__name__}: {err}")
-
-
 def _child_main(conn) -> None:
     """The child: an EventWriter driven by messages; replies only with state and errors."""
     from app.storage import EventWriter
@@ -62,7 +47,7 @@ def _child_main(conn) -> None:
     try:
         writer = EventWriter(path, meta=meta, **options)
     except BaseException as err:  # the parent re-raises it from its constructor
-        conn.send(("error", _portable(err)))
+        conn.send(("error", portable(err)))
         return
     conn.send(("opened", writer.run_identifier, writer.bytes_written, writer.events_written))
     failed = False
@@ -95,7 +80,7 @@ def _child_main(conn) -> None:
                     writer.note_counters(msg[1])
             except BaseException as err:
                 failed = True
-                conn.send(("error", _portable(err)))
+                conn.send(("error", portable(err)))
             now = (writer.bytes_written, writer.events_written)
             if now != last:
                 last = now
@@ -103,15 +88,7 @@ def _child_main(conn) -> None:
             if op == "flush":
                 conn.send(("flushed",) + now)
     finally:
-        err = None
-        try:
-            writer.close()
-        except BaseException as e:
-            err = _portable(e)
-        try:
-            conn.send(("closed", err, writer.bytes_written, writer.events_written))
-        except (OSError, EOFError):
-            pass
+        close_and_report(conn, writer, lambda: (writer.bytes_written, writer.events_written))
 
 
 class _Ack:
@@ -143,12 +120,7 @@ class EventWriterProcess:
         self.meta = meta
         # a fresh interpreter (not fork: that would copy the run's threads' locks mid-use; not
         # multiprocessing's spawn: that re-imports the caller's __main__ script)
-        ours, theirs = socket.socketpair()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self._proc = subprocess.Popen([sys.executable, "-m", "app.writer_process", str(theirs.fileno())],
-                                      pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
-        theirs.close()
-        self._conn = Connection(ours.detach())
+        self._proc, self._conn = spawn("app.writer_process")
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()  # status readers poll too
         self._bytes = 0
@@ -292,12 +264,7 @@ class EventWriterProcess:
             raise self._failed
 
     def _reap(self) -> None:
-        try:
-            self._proc.wait(10.0)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(5.0)
-        self._conn.close()
+        reap(self._proc, self._conn)
 
     def __enter__(self) -> "EventWriterProcess":
         return self
@@ -308,18 +275,7 @@ class EventWriterProcess:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m app.writer_process FD``: serve the parent on the socket FD."""
-    argv = sys.argv[1:] if argv is None else argv
-    # the parent handles Ctrl-C and SIGTERM (they reach the whole process group) and tells us to
-    # close; a parent that dies anyway closes the socket, and we close the file then
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s (writer): %(message)s")
-    conn = Connection(int(argv[0]))
-    try:
-        _child_main(conn)
-    finally:
-        conn.close()
-    return 0
+    return serve(_child_main, "writer", argv)
 
 
 if __name__ == "__main__":

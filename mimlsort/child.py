@@ -1,0 +1,78 @@
+"""Helper processes of a run (event writer, raw recorder): start, serve, reap.
+
+A child is a fresh interpreter running ``python -m MODULE FD`` on one end of a socket pair — not
+fork (the run's threads hold locks mid-use) and not multiprocessing's spawn (it re-imports the
+caller's ``__main__`` script). The child ignores SIGINT/SIGTERM: they reach the whole process
+group, and the parent, which handles them, tells it to close; a parent that dies anyway closes
+the socket, which the child takes as the signal to close its file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+from mimlsort.errors import DeviceError
+
+
+def portable(err: BaseException) -> BaseException:
+    """The exception itself if it survives pickling (to travel to the parent), else a DeviceError."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return DeviceError(f"{type(err).__name__}: {err}")
+
+
+def close_and_report(conn: Connection, resource, counters: Callable[[], tuple]) -> None:
+    """Close the child's file and tell the parent how that went: ("closed", error or None, *counters)."""
+    err = None
+    try:
+        resource.close()
+    except BaseException as e:
+        err = portable(e)
+    try:
+        conn.send(("closed", err, *counters()))
+    except (OSError, EOFError):
+        pass  # the parent is gone: the file is closed, nobody is left to tell
+
+
+def spawn(module: str) -> tuple[subprocess.Popen, Connection]:
+    """Start ``python -m module FD``; returns the process and the parent's end of the socket."""
+    ours, theirs = socket.socketpair()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen([sys.executable, "-m", module, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                            env=env, stdin=subprocess.DEVNULL)
+    theirs.close()
+    return proc, Connection(ours.detach())
+
+
+def reap(proc: subprocess.Popen, conn: Connection, timeout_s: float = 10.0) -> None:
+    """Wait for the child to end (kill it if it does not) and close the socket."""
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5.0)
+    conn.close()
+
+
+def serve(serve_fn: Callable[[Connection], None], label: str, argv: list[str] | None = None) -> int:
+    """The child's ``main``: serve the parent on the socket named by ``argv[0]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s %(levelname)s %(name)s ({label}): %(message)s")
+    conn = Connection(int(argv[0]))
+    try:
+        serve_fn(conn)
+    finally:
+        conn.close()
+    return 0
