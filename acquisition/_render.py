@@ -25,6 +25,8 @@ import numpy as np
 from numba import njit
 from numba.extending import register_jitable
 
+from mimlsort.realtime import monotonic_ns, publish_fence, sleep_ns
+
 # integer columns of the sprite table
 S_START = 0  # frame index of the sprite's first trajectory row
 S_N = 1  # number of trajectory rows (frames)
@@ -275,6 +277,83 @@ def render_frame(out, bg, noise, noise_off, gain, sp_i, sp_f, n_sp, traj, tex, f
                                         float(tf[t1 + iu]), float(tf[t1 + iu + one]), c_fu[c], c_omfu[c], fv, omfv,
                                         gain, rim_g, rim_w)
     return drawn
+
+
+
+# render_run's results (an int64 array the caller passes)
+R_PUBLISHED = 0  # frames written to the ring and published
+R_NEXT = 1  # index of the next frame the camera will take
+R_FAILED = 2  # frames lost to failed buffers (status 2)
+R_GAPS = 3  # frame-id gaps the published frames show (camera-side drops)
+R_LAST_ID = 4  # in: id of the ring's last frame (-1: none); out: the same after this call
+R_STOP = 5  # why the call returned: STOP_*
+N_R = 6
+STOP_DONE = 0  # reached ``stop_at``
+STOP_TIMEOUT = 1  # the next frame is due after the deadline
+STOP_LAGGED = 2  # the consumer fell ``max_lag`` frames behind: R_NEXT jumped ahead, frames lost
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def render_run(images, frame_ids, stamps, host_ns, seq, bg, noise, status, offsets, gains, chunk0, sp_i, sp_f,
+               n_sp, traj, tex, idx, stop_at, realtime, t0_host, period_ns, deadline, max_lag, id_mask, id_modulus,
+               ts, res):
+    """The synthetic camera's grab loop for frames ``idx`` .. ``stop_at - 1``, without the GIL:
+    pace each frame to ``t0_host + idx * period_ns`` (``realtime``), skip the frames ``status``
+    drops (1: id gap, 2: failed buffer), render the others straight into the ring's next slot,
+    write their metadata and publish each by incrementing ``seq[0]``. ``status``/``offsets``/
+    ``gains`` hold the per-frame values of the block starting at frame ``chunk0``. The same
+    frames, ids and timestamps as :meth:`SyntheticCamera._do_grab` frame by frame; results in ``res``."""
+    cap = images.shape[0]
+    last_id = res[R_LAST_ID]
+    published = 0
+    failed = 0
+    gaps = 0
+    stop = STOP_DONE
+    while idx < stop_at:
+        if realtime:
+            now = monotonic_ns(ts)
+            due = t0_host + np.int64(idx * period_ns)
+            if due > now:
+                if due > deadline:
+                    sleep_ns(ts, deadline - now)
+                    stop = STOP_TIMEOUT
+                    break
+                sleep_ns(ts, due - now)
+            elif now - due > max_lag * period_ns:
+                idx = np.int64((now - t0_host) / period_ns) - max_lag // 2
+                stop = STOP_LAGGED
+                break
+        j = idx - chunk0
+        st = status[j]
+        frame = idx
+        idx += 1
+        if st == 1:
+            continue
+        if st == 2:
+            failed += 1
+            continue
+        slot = seq[0] % cap
+        render_frame(images[slot], bg, noise, offsets[j], gains[j], sp_i, sp_f, n_sp, traj, tex, frame)
+        fid = frame & id_mask if id_mask else frame
+        frame_ids[slot] = fid
+        stamps[slot] = np.int64(round(frame * period_ns))
+        host_ns[slot] = monotonic_ns(ts)
+        if last_id >= 0:
+            d = fid - last_id
+            if id_modulus:
+                d %= id_modulus
+            if d > 1:
+                gaps += d - 1
+        last_id = fid
+        publish_fence()
+        seq[0] += 1
+        published += 1
+    res[R_PUBLISHED] = published
+    res[R_NEXT] = idx
+    res[R_FAILED] = failed
+    res[R_GAPS] = gaps
+    res[R_LAST_ID] = last_id
+    res[R_STOP] = stop
 
 
 @njit(nogil=True, cache=True)

@@ -153,6 +153,14 @@ class Camera(ABC):
         self.delivered += 1
         return True
 
+    def grab_many_into(self, ring: FrameRing, max_frames: int, timeout_s: float = 1.0) -> int:
+        """Grab up to ``max_frames`` frames into the ring, each published as soon as it is in;
+        returns how many (0 on timeout or end of stream, as :meth:`grab_into`).
+
+        One frame per call here; a backend that can grab a run of frames without the GIL
+        overrides it (the grab thread then takes the GIL per run, not per frame)."""
+        return 1 if max_frames > 0 and self.grab_into(ring, timeout_s) else 0
+
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         """One frame in a new array (convenience for tests and single-image tools)."""
         if self.state is not CameraState.ACQUIRING:

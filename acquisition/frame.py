@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mimlsort import realtime
 from mimlsort.errors import ConfigError, StateError
 
 
@@ -97,7 +98,8 @@ class FrameRing:
         self.timestamps_ns = np.zeros(capacity, dtype=np.int64)
         self.host_ns = np.zeros(capacity, dtype=np.int64)
         self.camera_clock = False
-        self._write_seq = 0  # frames published so far
+        # frames published so far, in an array so that kernels can publish and wait without the GIL
+        self._seq = np.zeros(1, np.int64)
         self._last_id: int | None = None
         self.camera_dropped = 0  # frames the camera counter skipped
         self._readers: list[RingReader] = []
@@ -117,9 +119,13 @@ class FrameRing:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
     @property
+    def _write_seq(self) -> int:
+        return int(self._seq[0])
+
+    @property
     def written(self) -> int:
         """Frames published since the ring was made."""
-        return self._write_seq
+        return int(self._seq[0])
 
     def next_slot(self) -> np.ndarray:
         """The array the next frame must be written into (zero-copy grab), then :meth:`commit`."""
@@ -134,7 +140,7 @@ class FrameRing:
         if self._last_id is not None:
             self.camera_dropped += self._gap(self._last_id, frame_id)
         self._last_id = frame_id
-        self._write_seq += 1  # publish last: readers never see a half-written slot
+        self._seq[0] += 1  # publish last: readers never see a half-written slot
 
     def push(self, image: np.ndarray, frame_id: int, timestamp_ns: int, host_ns: int | None = None) -> None:
         """Copy ``image`` into the next slot and publish it."""
@@ -187,6 +193,7 @@ class RingReader:
         self.overrun = 0  # frames overwritten while this reader still held them
         self.consumed = 0
         self.skipped = 0  # frames passed over on purpose (skip_pending), not lost
+        self._ts: np.ndarray | None = None  # the waiting kernel's timespec
 
     @property
     def pending(self) -> int:
@@ -232,7 +239,15 @@ class RingReader:
         return damaged
 
     def wait(self, timeout_s: float, poll_s: float = 50e-6) -> bool:
-        """Sleep-poll until a frame is pending or the timeout passes; True if one is pending."""
+        """Sleep-poll until a frame is pending or the timeout passes; True if one is pending.
+
+        The polling runs in a kernel without the GIL (where :mod:`mimlsort.realtime` is
+        available): at 10 kHz a Python poll would take the GIL back at every wake-up."""
+        if realtime.AVAILABLE:
+            if self._ts is None:
+                self._ts = realtime.scratch()
+            return realtime.wait_counter(self.ring._seq, self.cursor + 1, int(timeout_s * 1e9), int(poll_s * 1e9),
+                                           self._ts)
         deadline = time.monotonic() + timeout_s
         while self.pending <= 0:
             if time.monotonic() >= deadline:

@@ -62,14 +62,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from acquisition import _render as rk
-from acquisition.camera import Camera, CameraInfo, GrabResult
-from mimlsort.errors import ConfigError, DataFormatError
+from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
+from acquisition.frame import FrameRing
+from mimlsort import realtime
+from mimlsort.errors import ConfigError, DataFormatError, StateError
 from mimlsort.settings import from_mapping, require, to_mapping
 
 _TEX = 48  # darkness-map resolution (normalised ellipse coordinates), sampled bilinearly
 _NOISE_LEN = 1 << 20  # noise table entries (plus one frame)
+_SCENE_KEYS = ("cells_per_second", "debris_per_second", "doublet_fraction", "stuck_fraction")  # what objects are made of
 _CHUNK = 4096  # frames per block of per-frame random values
 _WINDOW_S = 0.05  # objects are generated this many seconds at a time
+# objects are generated this far ahead of the frame being taken: an object can show (its edge at
+# the ROI border) a few frames before its birth time, and generated later it would miss them
+_LOOKAHEAD_MS = 1000.0 * _WINDOW_S
 _DX = 0.25  # px, step of the position grid trajectories are integrated on
 _OVERSAMPLE = 8  # sub-frame samples for doublet truth
 _EMPTY2 = np.zeros((0, 0))  # "none" for the optional parts of a darkness map
@@ -144,6 +150,9 @@ class SyntheticSettings:
     pixel_size_um: float = 0.5  # µm per pixel in the object plane
     realtime: bool = False  # pace frames at fps on the host clock (live demo) instead of as fast as possible
     max_lag_frames: int = 512  # realtime: frames the camera buffers before a slow consumer loses frames
+    # generate every object of the run when the camera opens (needs duration_s > 0), not while it
+    # runs: a camera costs the host no scene generation, so a benchmark should not either
+    pregenerate: bool = False
     seed: int = 1  # random seed: the same seed gives the same frames and truth
     cells_per_second: float = 40.0  # mean cell arrival rate (Poisson)
     classes: tuple[ClassSpec, ...] = DEFAULT_CLASSES  # cell classes and their mix
@@ -180,6 +189,7 @@ class SyntheticSettings:
 
     def __post_init__(self):
         require(self.duration_s >= 0, "duration_s", f"must be >= 0 (0 = endless), got {self.duration_s}")
+        require(not self.pregenerate or self.duration_s > 0, "pregenerate", "needs a finite run (duration_s > 0)")
         require(0 < self.fps <= 1e6, "fps", f"must be in (0, 1e6], got {self.fps}")
         require(32 <= self.width <= 8192, "width", f"must be in [32, 8192] px, got {self.width}")
         require(16 <= self.height <= 8192, "height", f"must be in [16, 8192] px, got {self.height}")
@@ -801,6 +811,11 @@ class SyntheticCamera(Camera):
     def _do_open(self) -> CameraInfo:
         s = self.settings
         self._reset()
+        if s.pregenerate:
+            sc = self._scene
+            while sc.gen_until_ms < sc.end_ms:
+                self._pending.extend(sc.generate_window())
+            self._pending.sort(key=lambda o: o.first)  # stable: the order generating on the way gives
         # compile (or load from the cache) before the first frame, not during it
         out = np.empty((s.height, s.width), np.uint8)
         rk.render_frame(out, self._bg, self._noise, 0, 1.0, self._sp_i, self._sp_f, 0, self._traj, self._tex, 0)
@@ -853,6 +868,53 @@ class SyntheticCamera(Camera):
             fid = idx & ((1 << s.id_bits) - 1) if s.id_bits else idx
             return GrabResult(fid, int(round(idx * period_ns)))
 
+    def grab_many_into(self, ring: FrameRing, max_frames: int, timeout_s: float = 1.0) -> int:
+        """Frames in runs rendered and published by one kernel without the GIL (frame by frame
+        the grab loop's Python cost about doubles the camera's, and every frame takes the GIL).
+        The same frames, ids and timestamps as :meth:`grab_into`, frame for frame."""
+        if self._kernel is not rk.render_frame or not realtime.AVAILABLE:
+            return super().grab_many_into(ring, max_frames, timeout_s)
+        if self.state is not CameraState.ACQUIRING:
+            raise StateError(f"{self.backend} camera is not acquiring")
+        s = self.settings
+        period_ns = self._period_ns
+        deadline = time.monotonic_ns() + int(timeout_s * 1e9) if s.realtime else 0
+        id_mask = (1 << s.id_bits) - 1 if s.id_bits else 0
+        res = self._res
+        total = 0
+        while total < max_frames:
+            idx = self._next_idx
+            if self._n_total and idx >= self._n_total:
+                self.exhausted = True
+                break
+            self._frame_status(idx)
+            if idx >= self._next_change:
+                self._advance(idx)
+            # a run ends where the scene changes (objects enter or leave), the block of per-frame
+            # values ends, or the source does
+            stop_at = min(idx + max_frames - total, self._next_change, self._chunk0 + _CHUNK)
+            if self._n_total:
+                stop_at = min(stop_at, self._n_total)
+            st, offsets, gains = self._block
+            res[rk.R_LAST_ID] = -1 if ring._last_id is None else ring._last_id
+            rk.render_run(ring.images, ring.frame_ids, ring.timestamps_ns, ring.host_ns, ring._seq, self._bg, self._noise,
+                          st, offsets, gains, self._chunk0, self._sp_i, self._sp_f, self._n_sp, self._traj, self._tex,
+                          idx, stop_at, bool(s.realtime), self._t0_host, period_ns, deadline, s.max_lag_frames, id_mask,
+                          ring.id_modulus, self._ts, res)
+            n = int(res[rk.R_PUBLISHED])
+            if n:
+                ring._last_id = int(res[rk.R_LAST_ID])
+                ring.camera_dropped += int(res[rk.R_GAPS])
+            self._next_idx = int(res[rk.R_NEXT])
+            self.failed_buffers += int(res[rk.R_FAILED])
+            self.delivered += n
+            total += n
+            if res[rk.R_STOP] == rk.STOP_TIMEOUT:
+                break
+        if total == 0 and not self.exhausted:
+            self.timeouts += 1
+        return total
+
     def apply(self, changes: dict) -> dict:
         """Change the arrival rates, noise, flicker, faults or pacing of an open camera."""
         live = {"cells_per_second", "debris_per_second", "noise_sd", "flicker", "drop_rate", "failed_rate",
@@ -861,6 +923,9 @@ class SyntheticCamera(Camera):
             if k not in live:
                 raise ConfigError(f"camera.synthetic.{k}",
                                   f"cannot be changed on an open camera (live: {', '.join(sorted(live))})")
+            if self.settings.pregenerate and k in _SCENE_KEYS:
+                raise ConfigError(f"camera.synthetic.{k}", "cannot be changed: the scene was generated when the "
+                                  "camera opened (pregenerate = true)")
         # through the TOML path, so that wrong types are refused like in a configuration file
         new = from_mapping(SyntheticSettings, {**to_mapping(self.settings), **changes}, "camera.synthetic")
         old = self.settings
@@ -914,6 +979,8 @@ class SyntheticCamera(Camera):
         self._traj = np.zeros((1, rk.N_T), np.float64)
         self._tex = np.zeros((1, _TEX, _TEX), np.float32)
         self._n_sp = 0
+        self._res = np.zeros(rk.N_R, np.int64)
+        self._ts = realtime.scratch()
 
     def _make_noise(self, s: SyntheticSettings) -> np.ndarray:
         n = _NOISE_LEN + s.width * s.height
@@ -938,6 +1005,7 @@ class SyntheticCamera(Camera):
             self._status = st.tolist()
             self._offsets = offsets.tolist()
             self._gains = gains.tolist()
+            self._block = (st, offsets.astype(np.int64), gains.astype(np.float64))  # for render_run
             self._chunk = c
             self._chunk0 = c * _CHUNK
         return self._status[idx - self._chunk0]
@@ -954,7 +1022,7 @@ class SyntheticCamera(Camera):
         """Bring the set of objects in view up to frame ``idx`` (per object, not per frame)."""
         sc = self._scene
         t_ms = idx * sc.frame_ms
-        while sc.gen_until_ms <= t_ms + sc.frame_ms and sc.gen_until_ms < sc.end_ms:
+        while sc.gen_until_ms <= t_ms + _LOOKAHEAD_MS and sc.gen_until_ms < sc.end_ms:
             self._pending.extend(sc.generate_window())
             self._pending.sort(key=lambda o: o.first)
         changed = False
@@ -975,7 +1043,7 @@ class SyntheticCamera(Camera):
         if self._pending:
             nxt.append(self._pending[0].first)
         elif sc.gen_until_ms < sc.end_ms:
-            nxt.append(int(sc.gen_until_ms / sc.frame_ms))
+            nxt.append(int((sc.gen_until_ms - _LOOKAHEAD_MS) / sc.frame_ms))
         self._next_change = max(idx + 1, min(nxt)) if nxt else 1 << 62
 
     def _pack(self) -> None:

@@ -79,6 +79,7 @@ def bench_pipeline(seconds: float = 5.0, fps: float = 10_000.0, cells_per_second
     with tempfile.TemporaryDirectory(prefix="mimlsort-bench-") as tmp:
         cfg = with_changes(RunConfig(),
                            camera={"backend": "synthetic", "synthetic.fps": fps, "synthetic.realtime": True,
+                                   "synthetic.pregenerate": True,
                                    "synthetic.duration_s": seconds, "synthetic.cells_per_second": cells_per_second,
                                    **FAST_FLOW},
                            model={"path": model or "demo"}, trigger={"backend": "null"},

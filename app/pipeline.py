@@ -42,6 +42,7 @@ from acquisition.camera import Camera, CameraState
 from acquisition.frame import FrameRing
 from app.records import CellRecord
 from app.sorting import Decision, Reason, SortCounters, SortPolicy, coincidence_neighbours
+from mimlsort import realtime
 from mimlsort.errors import MimlsortError, StateError
 from mimlsort.settings import require
 from tracking.events import CellEvent
@@ -151,8 +152,11 @@ class _Rate:
 
 #: the GIL switch interval while a pipeline runs (seconds; None leaves Python's 5 ms)
 SWITCH_INTERVAL_S = 2e-4
+#: timer slack of the run's threads (ns)
+TIMER_SLACK_NS = 1000
 #: decide="auto": frames the tracking thread may have unread and still classify cells itself
 INLINE_MAX_PENDING = 16
+_GRAB_RUN = 64  # frames a camera may grab per call (those that can, without the GIL; each is published at once)
 _LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
 
 
@@ -339,6 +343,10 @@ class Pipeline:
         self.wait()
 
     def _guard(self, name: str, fn: Callable[[], None]) -> None:
+        realtime.name_thread(f"mimlsort-{name}")
+        # sleeps and timed waits end on time: Linux's default 50 µs slack would stretch a 20 µs
+        # poll of the ring fourfold
+        realtime.set_timer_slack_ns(TIMER_SLACK_NS)
         try:
             fn()
         except Exception as e:  # a worker failure ends the run; files are closed readable by their owners
@@ -376,11 +384,15 @@ class Pipeline:
             limit = ring.capacity - ring.guard - 1
             rec = self._rec_reader
             while not self._stop.is_set():
+                room = _GRAB_RUN
                 if self.lossless:
-                    while (ring.written - min(self._sort_hold, rec.cursor if rec is not None else ring.written) >= limit
-                           and not self._stop.is_set()):
+                    while True:
+                        room = limit - (ring.written - min(self._sort_hold, rec.cursor if rec is not None else ring.written))
+                        if room > 0 or self._stop.is_set():
+                            break
                         time.sleep(50e-6)
-                if not cam.grab_into(ring, timeout_s=0.2) and cam.exhausted:
+                    room = min(room, _GRAB_RUN)
+                if not cam.grab_many_into(ring, room, timeout_s=0.2) and cam.exhausted:
                     break
                 if self.autostop.seconds and time.monotonic() - self._t_start >= self.autostop.seconds:
                     self.stop(FinishReason.COMPLETED, f"auto-stop after {self.autostop.seconds:g} s")

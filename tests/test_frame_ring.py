@@ -1,3 +1,4 @@
+import time
 import threading
 
 import numpy as np
@@ -103,3 +104,24 @@ def test_concurrent_producer_and_reader_account_for_every_frame():
     assert len(ids) + r.missed + r.overrun == n_total
     # frames that were seen and not overrun carry their own pixels
     assert all(v == f % 256 for f, v in seen)
+
+
+def test_wait_returns_when_another_thread_publishes_and_times_out_otherwise():
+    ring = FrameRing(8, 4, 4)
+    r = ring.reader("sort")
+    t0 = time.monotonic()
+    assert r.wait(0.05, poll_s=20e-6) is False
+    waited = time.monotonic() - t0
+    assert 0.045 <= waited < 1.0  # timed out, not returned at once and not hung
+
+    def publish():
+        time.sleep(0.02)
+        ring.push(np.ones((4, 4), np.uint8), 0, 0)
+
+    th = threading.Thread(target=publish)
+    t0 = time.monotonic()
+    th.start()
+    assert r.wait(2.0, poll_s=20e-6) is True
+    assert time.monotonic() - t0 < 1.0
+    th.join()
+    assert r.pending == 1 and r.wait(0.0) is True
