@@ -230,6 +230,18 @@ class RingReader:
         self.skipped += n
         return n
 
+    def advance(self, n: int) -> int:
+        """Say the reader has read ``n`` frames from its cursor on in place (a kernel that reads
+        the ring itself); returns how many of them the producer overwrote meanwhile (also added
+        to ``overrun``)."""
+        seq0 = self.cursor
+        self.cursor += n
+        self.consumed += n
+        first_valid = self.ring._write_seq - self.ring.capacity
+        damaged = max(0, min(n, first_valid - seq0 + 1))
+        self.overrun += damaged
+        return damaged
+
     def release(self, batch: FrameBatch) -> int:
         """Say the reader is done with ``batch``; returns how many of its frames were overwritten
         by the producer meanwhile (also added to ``overrun``)."""

@@ -152,6 +152,10 @@ class _Rate:
 
 #: the GIL switch interval while a pipeline runs (seconds; None leaves Python's 5 ms)
 SWITCH_INTERVAL_S = 2e-4
+#: live runs: frames the tracking kernel takes before it returns to Python (status counters, clock fit)
+LIVE_MAX_FRAMES = 256
+#: live runs: how often the tracking kernel looks for the next frame (s)
+LIVE_POLL_S = 20e-6
 #: timer slack of the run's threads (ns)
 TIMER_SLACK_NS = 1000
 #: decide="auto": frames the tracking thread may have unread and still classify cells itself
@@ -448,6 +452,26 @@ class Pipeline:
         self._frames_processed += len(b)
         self._sort_reader.release(b)
         self._sort_hold = self._sort_reader.cursor
+        self._after_tracking(events)
+
+    def _track_live(self) -> tuple[int, bool]:
+        """Track frames as they come in the live kernel (see :mod:`tracking.live`) until cells
+        finish; returns (frames tracked, fell behind)."""
+        reader, ring = self._sort_reader, self.ring
+        seq0 = reader.cursor
+        overrun0 = reader.overrun
+        n, events, behind = self.tracker.track_live(ring, reader, max_frames=LIVE_MAX_FRAMES, timeout_s=0.05,
+                                                    poll_s=LIVE_POLL_S)
+        if n:
+            if self._clock is not None and reader.overrun == overrun0:  # lapped slots hold newer times
+                slots = np.arange(seq0, seq0 + n, dtype=np.int64) % ring.capacity
+                self._clock.add_many(ring.timestamps_ns[slots], ring.host_ns[slots])
+            self._frames_processed += n
+            self._sort_hold = reader.cursor
+        self._after_tracking(events)
+        return n, behind
+
+    def _after_tracking(self, events: list[CellEvent]) -> None:
         if events:
             # the cells still in the channel, as the decision's coincidence check must see them now
             pending = self.tracker.predicted_exits_ms() if self.policy is not None else []
@@ -462,8 +486,20 @@ class Pipeline:
             if self.tracker is None:
                 if not self._build_tracker():
                     return
+            live = self.lossless is False and self.tracker.kernels == "numba" and realtime.AVAILABLE
             while True:
                 done = self._camera_done.is_set()
+                if live:
+                    # the kernel waits for frames itself, without the GIL
+                    n, behind = self._track_live()
+                    if behind:
+                        self._track(reader.read(s.batch_frames))  # the batch way counts the frames lost
+                    elif n == 0 and not reader.pending and (done or self._stop.is_set()):
+                        break
+                    if self.autostop.events and self._cells >= self.autostop.events:
+                        self.stop(FinishReason.COMPLETED, f"auto-stop after {self._cells} events")
+                        break
+                    continue
                 if not reader.pending:
                     if done or self._stop.is_set():
                         break

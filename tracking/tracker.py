@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from acquisition.frame import FrameBatch, FrameRing
-from mimlsort.errors import ConfigError
+from acquisition.frame import FrameBatch, FrameRing, RingReader
+from mimlsort import realtime
+from mimlsort.errors import ConfigError, StateError
 from mimlsort.settings import require
 from tracking import link as L
+from tracking import live as LV
 from tracking._pure import pure_python
 from tracking.background import BackgroundModel, estimate_background
 from tracking.blobs import (
@@ -165,6 +167,7 @@ class Tracker:
         self._snap_images: np.ndarray | None = None  # the frames the last batch came from
         self._snap_ids: np.ndarray | None = None  # frame id held by each of their slots, when known
         self._snapshots_lost = 0
+        self._live: tuple | None = None  # track_live's out, phase and timespec arrays
         self.y0 = max(0, int(math.floor(g.channel_y0)))
         self.y1 = min(h, int(math.ceil(g.channel_y1)))
         self._warm_up(background)
@@ -185,6 +188,11 @@ class Tracker:
         s = self.settings
         self._passage(np.zeros((3, _H + N_BLOB_FIELDS)), 0.0, 1.0, 1.0, s.doublet_solidity, s.low_contrast,
                       s.stuck_ms, np.zeros(N_FEATURES), s.doublet_di)
+        if realtime.AVAILABLE:
+            # the live loop on an empty ring: returns at once (timeout 0), having changed nothing
+            h, w = background.shape
+            ring = FrameRing(4, h, w, background.dtype)
+            self.track_live(ring, ring.reader("warm-up"), timeout_s=0.0)
         # the link kernel on throw-away state: an empty frame changes nothing but the counters
         si = np.zeros_like(self._si)
         self._link(one, slot, slot, np.zeros(1), slot, self.background.fill, self._blobs[:1], np.zeros(1, np.int32),
@@ -259,6 +267,43 @@ class Tracker:
                     events.extend(self._harvest(int(n_done)))
                 done_f += int(processed)
         return events
+
+    def track_live(self, ring: FrameRing, reader: RingReader, max_frames: int = 256, timeout_s: float = 0.05,
+                   poll_s: float = 20e-6) -> tuple[int, list[CellEvent], bool]:
+        """Track the reader's frames as the camera publishes them, in one kernel without the GIL
+        (:mod:`tracking.live`), until cells finish, ``max_frames`` are tracked or none comes for
+        ``timeout_s``. Returns (frames tracked, finished events, fell behind); a reader that fell
+        behind must read its next batch with ``reader.read`` (which counts the frames it lost).
+        The events equal those of :meth:`process_batch` with batches of one frame."""
+        if self.kernels != "numba" or not realtime.AVAILABLE:
+            raise StateError("track_live needs the numba kernels on Linux; use process_batch")
+        if self.t0_ns is None:
+            if not reader.pending:
+                return 0, [], False
+            self.t0_ns = int(ring.timestamps_ns[reader.cursor % ring.capacity])
+        if not self._crop_dtype_set:
+            self._ensure_crop_dtype(ring.images.dtype)
+        if self._live is None:
+            self._live = (np.zeros(LV.N_O, np.int64), np.zeros(1, np.int64), realtime.scratch())
+        out, phase, ts = self._live
+        s, bgm = self.settings, self.background
+        phase[0] = bgm._phase
+        LV.track_ring(ring.images, ring.frame_ids, ring.timestamps_ns, ring.host_ns, ring._seq, ring.guard,
+                      reader.cursor, max_frames, int(timeout_s * 1e9), int(poll_s * 1e9), ts, self.t0_ns, phase,
+                      bgm.stride, np.float32(bgm.alpha), np.float32(bgm.threshold), bgm.relearn, bgm._acc, bgm._count,
+                      bgm.image, s.threshold, self.min_area_px, self.y0, self.y1, s.max_blobs, self._blobs,
+                      self._counts, self._pi, self._pf, self._si, self._sf, self._hist, self._crops, self._done_i,
+                      self._done_hist, self._done_crops, self._done_n, self._counters, out)
+        bgm._phase = int(phase[0])
+        n = int(out[LV.O_FRAMES])
+        if n:
+            reader.advance(n)
+        events: list[CellEvent] = []
+        if out[LV.O_DONE]:
+            self._snap_images = ring.images
+            self._snap_ids = ring.frame_ids
+            events = self._harvest(int(out[LV.O_DONE]))
+        return n, events, bool(out[LV.O_STOP] == LV.STOP_BEHIND)
 
     def process_batch(self, ring: FrameRing, batch: FrameBatch) -> list[CellEvent]:
         """Track a batch read from a ring reader."""
