@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import gc
 import logging
 import math
 import queue
@@ -187,7 +188,8 @@ class Pipeline:
                  autostop: AutoStop = AutoStop(), ring_capacity: int = 4096, pixel_size_um: float | None = None,
                  kernels: str = "numba", recent_capacity: int = 4096, tracker: Tracker | None = None,
                  lossless: bool = False, on_finish: Callable[["Pipeline"], None] | None = None,
-                 switch_interval_s: float | None = SWITCH_INTERVAL_S, decide_thread: bool | str = "auto"):
+                 switch_interval_s: float | None = SWITCH_INTERVAL_S, decide_thread: bool | str = "auto",
+                 freeze_gc: bool = True):
         self.camera = camera
         self.tracker_settings = tracker_settings or (tracker.settings if tracker else TrackerSettings())
         self.classifier = classifier
@@ -203,6 +205,7 @@ class Pipeline:
         self.lossless = lossless
         self.on_finish = on_finish
         self.switch_interval_s = switch_interval_s
+        self.freeze_gc = freeze_gc
         # Where cells are classified and decided. "auto" (default): on the tracking thread while it
         # keeps up — a hop to another thread costs a wake-up (0.2–0.4 ms at p50 on this 2-core VM,
         # where an idle vCPU is woken through the hypervisor) — and on the decide thread once it
@@ -221,6 +224,7 @@ class Pipeline:
         self.ring: FrameRing | None = None
         self.tracker: Tracker | None = tracker
         self._stop = threading.Event()
+        self._halt = np.zeros(1, np.int64)  # set with _stop and when the camera is done: the live kernel stops waiting
         self._camera_done = threading.Event()
         self._storage_done = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -267,6 +271,12 @@ class Pipeline:
             self._rec_reader = self.ring.reader("recorder") if self.recorder is not None else None
             if self.tracker is None and self.kernels == "numba":
                 self._warm_up(info.height, info.width, np.dtype(info.dtype))
+            if self.freeze_gc:
+                # what exists now (modules, model, numba, caches) stays out of every collection of
+                # the run: a full collection traversed all of it, 60 ms with the GIL held (and
+                # every decision waiting); the cells' own short-lived objects are still collected
+                gc.collect()
+                gc.freeze()
             self.camera.start()
         except BaseException:
             self.state = RunState.FINISHED
@@ -304,6 +314,7 @@ class Pipeline:
             if self.state is RunState.RUNNING:
                 self.state = RunState.STOPPING
         self._stop.set()
+        self._halt[0] = 1
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the run has finished; True if it has."""
@@ -319,6 +330,8 @@ class Pipeline:
         self._t_end = time.monotonic()
         if self._old_switch is not None:
             sys.setswitchinterval(self._old_switch)
+        if self.freeze_gc:
+            gc.unfreeze()
         if self.ring is not None:
             self.ring.unlink_shared()
         try:
@@ -361,6 +374,7 @@ class Pipeline:
         finally:
             if name == "camera":  # only now: a failed camera must be ERRORED before the sort loop ends
                 self._camera_done.set()
+                self._halt[0] = 1
 
     # -- live adjustments (any thread) -----------------------------------------------------------
     def set_policy(self, policy: SortPolicy) -> None:
@@ -461,7 +475,7 @@ class Pipeline:
         seq0 = reader.cursor
         overrun0 = reader.overrun
         n, events, behind = self.tracker.track_live(ring, reader, max_frames=LIVE_MAX_FRAMES, timeout_s=0.05,
-                                                    poll_s=LIVE_POLL_S)
+                                                    poll_s=LIVE_POLL_S, halt=self._halt)
         if n:
             if self._clock is not None and reader.overrun == overrun0:  # lapped slots hold newer times
                 slots = np.arange(seq0, seq0 + n, dtype=np.int64) % ring.capacity

@@ -70,9 +70,6 @@ def serve(serve_fn: Callable[[Connection], None], label: str, argv: list[str] | 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s %(levelname)s %(name)s ({label}): %(message)s")
-    nice = int(os.environ.get("MIMLSORT_CHILD_NICE", "0"))
-    if nice:
-        os.nice(nice)
     conn = Connection(int(argv[0]))
     try:
         serve_fn(conn)

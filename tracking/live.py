@@ -26,20 +26,22 @@ from tracking.segment import _scratch, _segment_frame
 O_FRAMES = 0  # frames tracked (taken from the reader's cursor on)
 O_DONE = 1  # finished tracks in the done buffers
 O_STOP = 2  # why it returned: STOP_*
-N_O = 3
+O_T_END = 3  # monotonic ns when the kernel finished (the GIL wait after it is the caller's)
+N_O = 4
 STOP_DONE = 0  # cells finished (harvest them) or max_frames tracked
-STOP_IDLE = 1  # no frame arrived within the timeout
+STOP_IDLE = 1  # no frame arrived within the timeout, or ``halt[0]`` was set while none was waiting
 STOP_BEHIND = 2  # the reader fell more than capacity - guard frames behind: read the batch way (counts the loss)
 
 
 @njit(nogil=True, cache=True)
 def track_ring(images, ring_ids, ring_stamps, ring_host, seq, guard, cursor, max_frames, timeout_ns, poll_ns, ts,
-               t0_ns, phase, stride, alpha, bg_threshold, relearn, acc, count, bg,
+               behind_ok, halt, t0_ns, phase, stride, alpha, bg_threshold, relearn, acc, count, bg,
                threshold, min_area_px, y0, y1, max_blobs, blobs, counts,
                pi, pf, si, sf, hist, crops, done_i, done_hist, done_crops, done_n, counters, out):
     """Track the ring's frames from sequence number ``cursor`` on as they are published
-    (``seq[0]``), until cells finish, ``max_frames`` are tracked, no frame comes for
-    ``timeout_ns`` or the reader falls behind; results in ``out``. ``phase`` (int64[1]) is the
+    (``seq[0]``), until cells finish (and at most ``behind_ok`` frames wait), ``max_frames`` are
+    tracked, no frame comes for ``timeout_ns`` (or one is awaited while ``halt[0]`` is set: the
+    source ended) or the reader falls behind; results in ``out``. ``phase`` (int64[1]) is the
     background model's frame phase (see :meth:`BackgroundModel.update`)."""
     cap = images.shape[0]
     h, w = bg.shape
@@ -58,8 +60,10 @@ def track_ring(images, ring_ids, ring_stamps, ring_host, seq, guard, cursor, max
     deadline = monotonic_ns(ts) + timeout_ns
     while n < max_frames:
         head = seq[0]
+        if n_done and head - cursor <= behind_ok:
+            break  # caught up with cells in hand (they finished while the camera was ahead)
         if head <= cursor:
-            if monotonic_ns(ts) >= deadline:
+            if halt[0] or monotonic_ns(ts) >= deadline:
                 stop = STOP_IDLE
                 break
             sleep_ns(ts, poll_ns)
@@ -77,14 +81,20 @@ def track_ring(images, ring_ids, ring_stamps, ring_host, seq, guard, cursor, max
         phase[0] = (phase[0] + 1) % stride
         img = images[slot]
         counts[0] = _segment_frame(img, bg, img, bg, threshold, min_area_px, sy0, sy1, mb, blobs[0], labels, *sc)
+        # finished tracks are appended to those of earlier frames of this call
         done, nd = link_batch(images, slot1, fid1, time1, host1, bg, blobs, counts, pi, pf, si, sf, hist, crops,
-                              done_i, done_hist, done_crops, done_n, counters)
+                              done_i[n_done:], done_hist[n_done:], done_crops[n_done:], done_n[n_done:], counters)
         cursor += 1
         n += 1
         deadline = monotonic_ns(ts) + timeout_ns
         if nd > 0:
-            n_done = nd
-            break
+            n_done += nd
+            # back to Python with them — unless the camera is ahead: then returning per cell (a
+            # GIL round trip and the harvest each) would keep it ahead, so go on while the done
+            # buffers can take every track of another frame
+            if seq[0] - cursor <= behind_ok or n_done + si.shape[0] > done_i.shape[0]:
+                break
     out[O_FRAMES] = n
     out[O_DONE] = n_done
     out[O_STOP] = stop
+    out[O_T_END] = monotonic_ns(ts)

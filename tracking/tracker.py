@@ -269,27 +269,31 @@ class Tracker:
         return events
 
     def track_live(self, ring: FrameRing, reader: RingReader, max_frames: int = 256, timeout_s: float = 0.05,
-                   poll_s: float = 20e-6) -> tuple[int, list[CellEvent], bool]:
+                   poll_s: float = 20e-6, behind_ok: int = 4,
+                   halt: np.ndarray | None = None) -> tuple[int, list[CellEvent], bool]:
         """Track the reader's frames as the camera publishes them, in one kernel without the GIL
-        (:mod:`tracking.live`), until cells finish, ``max_frames`` are tracked or none comes for
-        ``timeout_s``. Returns (frames tracked, finished events, fell behind); a reader that fell
+        (:mod:`tracking.live`), until cells finish (while no more than ``behind_ok`` frames wait;
+        further behind it goes on and returns several), ``max_frames`` are tracked or none comes
+        for ``timeout_s`` (``halt``, an int64[1] another thread sets, ends that wait early). Returns (frames tracked, finished events, fell behind); a reader that fell
         behind must read its next batch with ``reader.read`` (which counts the frames it lost).
         The events equal those of :meth:`process_batch` with batches of one frame."""
         if self.kernels != "numba" or not realtime.AVAILABLE:
             raise StateError("track_live needs the numba kernels on Linux; use process_batch")
-        if self.t0_ns is None:
-            if not reader.pending:
-                return 0, [], False
-            self.t0_ns = int(ring.timestamps_ns[reader.cursor % ring.capacity])
+        t0 = self.t0_ns
+        if t0 is None:
+            if reader.pending:
+                self.t0_ns = t0 = int(ring.timestamps_ns[reader.cursor % ring.capacity])
+            else:
+                t0 = 0  # no frame yet: the kernel only waits (the warm-up loads it this way)
         if not self._crop_dtype_set:
             self._ensure_crop_dtype(ring.images.dtype)
         if self._live is None:
-            self._live = (np.zeros(LV.N_O, np.int64), np.zeros(1, np.int64), realtime.scratch())
-        out, phase, ts = self._live
+            self._live = (np.zeros(LV.N_O, np.int64), np.zeros(1, np.int64), realtime.scratch(), np.zeros(1, np.int64))
+        out, phase, ts, no_halt = self._live
         s, bgm = self.settings, self.background
         phase[0] = bgm._phase
         LV.track_ring(ring.images, ring.frame_ids, ring.timestamps_ns, ring.host_ns, ring._seq, ring.guard,
-                      reader.cursor, max_frames, int(timeout_s * 1e9), int(poll_s * 1e9), ts, self.t0_ns, phase,
+                      reader.cursor, max_frames, int(timeout_s * 1e9), int(poll_s * 1e9), ts, behind_ok, no_halt if halt is None else halt, t0, phase,
                       bgm.stride, np.float32(bgm.alpha), np.float32(bgm.threshold), bgm.relearn, bgm._acc, bgm._count,
                       bgm.image, s.threshold, self.min_area_px, self.y0, self.y1, s.max_blobs, self._blobs,
                       self._counts, self._pi, self._pf, self._si, self._sf, self._hist, self._crops, self._done_i,
