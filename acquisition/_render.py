@@ -25,7 +25,19 @@ import numpy as np
 from numba import njit
 from numba.extending import register_jitable
 
-from mimlsort.realtime import monotonic_ns, publish_fence, sleep_ns
+from acquisition._runs import (
+    R_FAILED,
+    R_GAPS,
+    R_LAST_ID,
+    R_NEXT,
+    R_PUBLISHED,
+    R_STOP,
+    STOP_DONE,
+    STOP_LAGGED,
+    STOP_TIMEOUT,
+    publish,
+)
+from mimlsort.realtime import monotonic_ns, sleep_ns
 
 # integer columns of the sprite table
 S_START = 0  # frame index of the sprite's first trajectory row
@@ -280,19 +292,6 @@ def render_frame(out, bg, noise, noise_off, gain, sp_i, sp_f, n_sp, traj, tex, f
 
 
 
-# render_run's results (an int64 array the caller passes)
-R_PUBLISHED = 0  # frames written to the ring and published
-R_NEXT = 1  # index of the next frame the camera will take
-R_FAILED = 2  # frames lost to failed buffers (status 2)
-R_GAPS = 3  # frame-id gaps the published frames show (camera-side drops)
-R_LAST_ID = 4  # in: id of the ring's last frame (-1: none); out: the same after this call
-R_STOP = 5  # why the call returned: STOP_*
-N_R = 6
-STOP_DONE = 0  # reached ``stop_at``
-STOP_TIMEOUT = 1  # the next frame is due after the deadline
-STOP_LAGGED = 2  # the consumer fell ``max_lag`` frames behind: R_NEXT jumped ahead, frames lost
-
-
 @njit(nogil=True, cache=True, error_model="numpy")
 def render_run(images, frame_ids, stamps, host_ns, seq, bg, noise, status, offsets, gains, chunk0, sp_i, sp_f,
                n_sp, traj, tex, idx, stop_at, realtime, t0_host, period_ns, deadline, max_lag, id_mask, id_modulus,
@@ -335,18 +334,9 @@ def render_run(images, frame_ids, stamps, host_ns, seq, bg, noise, status, offse
         slot = seq[0] % cap
         render_frame(images[slot], bg, noise, offsets[j], gains[j], sp_i, sp_f, n_sp, traj, tex, frame)
         fid = frame & id_mask if id_mask else frame
-        frame_ids[slot] = fid
-        stamps[slot] = np.int64(round(frame * period_ns))
-        host_ns[slot] = monotonic_ns(ts)
-        if last_id >= 0:
-            d = fid - last_id
-            if id_modulus:
-                d %= id_modulus
-            if d > 1:
-                gaps += d - 1
+        gaps += publish(frame_ids, stamps, host_ns, seq, slot, fid, np.int64(round(frame * period_ns)), last_id,
+                        id_modulus, ts)
         last_id = fid
-        publish_fence()
-        seq[0] += 1
         published += 1
     res[R_PUBLISHED] = published
     res[R_NEXT] = idx

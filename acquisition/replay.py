@@ -35,8 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from acquisition.camera import Camera, CameraInfo, GrabResult
-from mimlsort.errors import ConfigError, DataFormatError
+from acquisition import _runs as runs
+from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
+from acquisition.frame import FrameRing
+from mimlsort import realtime
+from mimlsort.errors import ConfigError, DataFormatError, StateError
 from mimlsort.settings import require
 
 log = logging.getLogger(__name__)
@@ -477,6 +480,8 @@ class ReplayCamera(Camera):
         self._block_i0 = -1
         self.position = 0  # play index of the next frame (within start..stop)
         self.loops = 0
+        self._res = np.zeros(runs.N_R, np.int64)
+        self._ts = realtime.scratch()
 
     # -- open / close ----------------------------------------------------------------------------
     def _do_open(self) -> CameraInfo:
@@ -520,6 +525,11 @@ class ReplayCamera(Camera):
         self._block = np.empty((min(BLOCK_FRAMES, max(1, stop - start)), src.height, src.width), src.dtype)
         self._block_i0 = -1
         self._block_n = 0
+        if realtime.AVAILABLE:
+            # load the grab loop's kernel now (an empty run), not while the first frames are due
+            one = np.zeros(1, np.int64)
+            runs.copy_run(self._block, 0, 0, 0, ids, times, 0, 0, np.empty((1, src.height, src.width), src.dtype), one,
+                          one.copy(), one.copy(), one.copy(), True, 0, 0, 1.0, 0, self._ts, self._res.copy())
         log.info("replay %s (%s): %d frames %dx%d %s, %.6g fps, %.6g µm/px", src.path, src.kind, stop - start,
                  src.width, src.height, src.dtype, fps, px)
         return CameraInfo(
@@ -578,6 +588,49 @@ class ReplayCamera(Camera):
         out[...] = self._block[i - self._block_i0]
         self.position = i + 1
         return GrabResult(frame_id, t_ns)
+
+    def grab_many_into(self, ring: FrameRing, max_frames: int, timeout_s: float = 1.0) -> int:
+        """Runs of frames copied, paced and published by one kernel without the GIL, up to the end
+        of the block read from the source. The same frames, ids and times as :meth:`grab_into`."""
+        if not realtime.AVAILABLE:
+            return super().grab_many_into(ring, max_frames, timeout_s)
+        if self.state is not CameraState.ACQUIRING:
+            raise StateError(f"{self.backend} camera is not acquiring")
+        s = self.settings
+        deadline = time.monotonic_ns() + int(timeout_s * 1e9)
+        res = self._res
+        total = 0
+        while total < max_frames and not self.exhausted:
+            if self.position >= self._stop:
+                if not s.loop or self._stop <= self._start:
+                    self.exhausted = True
+                    break
+                self.position = self._start
+                self.loops += 1
+            i = self.position
+            if not (self._block_i0 <= i < self._block_i0 + self._block_n) and not self._fill_block(i):
+                continue  # the source ended early (video): _fill_block moved the stop
+            t_off = self.loops * self._t_span
+            if s.realtime and self._wall0 is None:
+                self._wall0 = time.monotonic_ns() - int((int(self._times[i]) + t_off - self._times[self._start]) / s.speed)
+            stop_at = min(self._block_i0 + self._block_n, self._stop, i + max_frames - total)
+            res[runs.R_LAST_ID] = -1 if ring._last_id is None else ring._last_id
+            runs.copy_run(self._block, self._block_i0, i, stop_at, self._ids, self._times, self.loops * self._id_span,
+                          t_off, ring.images, ring.frame_ids, ring.timestamps_ns, ring.host_ns, ring._seq,
+                          bool(s.realtime), self._wall0 or 0, int(self._times[self._start]), float(s.speed), deadline,
+                          self._ts, res)
+            n = int(res[runs.R_PUBLISHED])
+            if n:
+                ring._last_id = int(res[runs.R_LAST_ID])
+                ring.camera_dropped += int(res[runs.R_GAPS])
+            self.position = int(res[runs.R_NEXT])
+            self.delivered += n
+            total += n
+            if res[runs.R_STOP] == runs.STOP_TIMEOUT:
+                break
+        if total == 0 and not self.exhausted:
+            self.timeouts += 1
+        return total
 
     def _fill_block(self, i: int) -> bool:
         k = min(self._block.shape[0], self._stop - i)

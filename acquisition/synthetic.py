@@ -62,6 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from acquisition import _render as rk
+from acquisition import _runs as runs
 from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
 from acquisition.frame import FrameRing
 from mimlsort import realtime
@@ -820,6 +821,12 @@ class SyntheticCamera(Camera):
         out = np.empty((s.height, s.width), np.uint8)
         rk.render_frame(out, self._bg, self._noise, 0, 1.0, self._sp_i, self._sp_f, 0, self._traj, self._tex, 0)
         rk.compile_object_kernels()
+        if realtime.AVAILABLE:  # the grab loop's kernel, on an empty run
+            one = np.zeros(1, np.int64)
+            st, offsets, gains = np.zeros(1, np.int8), one.copy(), np.ones(1)
+            rk.render_run(out[None], one, one.copy(), one.copy(), one.copy(), self._bg, self._noise, st, offsets, gains,
+                          0, self._sp_i, self._sp_f, 0, self._traj, self._tex, 0, 0, True, 0, 1e5, 0, s.max_lag_frames,
+                          0, 0, self._ts, self._res.copy())
         mod = (1 << s.id_bits) if s.id_bits else 0
         return CameraInfo(backend=self.backend, model="synthetic microfluidic channel", serial=f"seed-{s.seed}",
                           width=s.width, height=s.height, dtype="uint8", bit_depth=8, fps=s.fps,
@@ -896,20 +903,20 @@ class SyntheticCamera(Camera):
             if self._n_total:
                 stop_at = min(stop_at, self._n_total)
             st, offsets, gains = self._block
-            res[rk.R_LAST_ID] = -1 if ring._last_id is None else ring._last_id
+            res[runs.R_LAST_ID] = -1 if ring._last_id is None else ring._last_id
             rk.render_run(ring.images, ring.frame_ids, ring.timestamps_ns, ring.host_ns, ring._seq, self._bg, self._noise,
                           st, offsets, gains, self._chunk0, self._sp_i, self._sp_f, self._n_sp, self._traj, self._tex,
                           idx, stop_at, bool(s.realtime), self._t0_host, period_ns, deadline, s.max_lag_frames, id_mask,
                           ring.id_modulus, self._ts, res)
-            n = int(res[rk.R_PUBLISHED])
+            n = int(res[runs.R_PUBLISHED])
             if n:
-                ring._last_id = int(res[rk.R_LAST_ID])
-                ring.camera_dropped += int(res[rk.R_GAPS])
-            self._next_idx = int(res[rk.R_NEXT])
-            self.failed_buffers += int(res[rk.R_FAILED])
+                ring._last_id = int(res[runs.R_LAST_ID])
+                ring.camera_dropped += int(res[runs.R_GAPS])
+            self._next_idx = int(res[runs.R_NEXT])
+            self.failed_buffers += int(res[runs.R_FAILED])
             self.delivered += n
             total += n
-            if res[rk.R_STOP] == rk.STOP_TIMEOUT:
+            if res[runs.R_STOP] == runs.STOP_TIMEOUT:
                 break
         if total == 0 and not self.exhausted:
             self.timeouts += 1
@@ -979,7 +986,7 @@ class SyntheticCamera(Camera):
         self._traj = np.zeros((1, rk.N_T), np.float64)
         self._tex = np.zeros((1, _TEX, _TEX), np.float32)
         self._n_sp = 0
-        self._res = np.zeros(rk.N_R, np.int64)
+        self._res = np.zeros(runs.N_R, np.int64)
         self._ts = realtime.scratch()
 
     def _make_noise(self, s: SyntheticSettings) -> np.ndarray:

@@ -384,3 +384,57 @@ def test_settings_from_a_table_are_validated_with_their_key_path(tmp_path):
         cam.start()
         assert cam.grab_into(ring) and cam.grab_into(ring)
         assert not cam.grab_into(ring) and cam.exhausted and cam.timeouts == 0
+
+
+def _grab_ring(settings, runs, max_frames=50, n_max=10_000):
+    with ReplayCamera(settings) as cam:
+        ring = FrameRing(n_max + 8, cam.info.height, cam.info.width, np.dtype(cam.info.dtype))
+        cam.start()
+        while ring.written < n_max:
+            k = min(max_frames, n_max - ring.written)
+            n = cam.grab_many_into(ring, k, 1.0) if runs else int(cam.grab_into(ring, 1.0))
+            if n == 0 and cam.exhausted:
+                break
+        w = ring.written
+        return (ring.images[:w].copy(), ring.frame_ids[:w].copy(), ring.timestamps_ns[:w].copy(), ring.camera_dropped,
+                cam.delivered, cam.loops)
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_runs_of_frames_without_the_gil_equal_frame_by_frame_grabs(tmp_path, loop, monkeypatch):
+    import acquisition.replay as R
+
+    monkeypatch.setattr(R, "BLOCK_FRAMES", 7)  # runs end at block boundaries: several of them here
+    path = tmp_path / "gaps.rtdc"
+    ids = np.r_[np.arange(0, 10), np.arange(13, 30)]  # a recorded drop of 3 frames
+    write_rtdc(path, stack(len(ids), dtype=np.uint16, seed=3), frame=ids, time=ids / 1000.0, attrs=RTDC_ATTRS)
+    s = ReplaySettings(path=str(path), start_frame=2, loop=loop)
+    n_max = 60 if loop else 10_000
+    one = _grab_ring(s, runs=False, n_max=n_max)
+    many = _grab_ring(s, runs=True, n_max=n_max)
+    for a, b in zip(one[:3], many[:3]):
+        np.testing.assert_array_equal(a, b)
+    assert one[3:] == many[3:] and one[3] >= 3 and len(one[0]) == (60 if loop else 25)
+
+
+def test_runs_of_frames_are_paced_by_the_recorded_times(tmp_path):
+    path = tmp_path / "paced.rtdc"
+    write_rtdc(path, stack(20, seed=4), frame=np.arange(20), time=np.arange(20) * 0.002, attrs=RTDC_ATTRS)
+    with ReplayCamera(ReplaySettings(path=str(path), realtime=True)) as cam:
+        ring = FrameRing(32, cam.info.height, cam.info.width)
+        cam.start()
+        n = 0
+        while n < 20:
+            n += cam.grab_many_into(ring, 20 - n, timeout_s=1.0)
+        # frame k is published no earlier than 2 ms x k after the first
+        lag = ring.host_ns[:20] - ring.host_ns[0] - np.arange(20) * 2_000_000
+        assert lag.min() >= -100_000 and ring.host_ns[19] - ring.host_ns[0] < 1_000_000_000
+    path = tmp_path / "slow.rtdc"
+    write_rtdc(path, stack(3, seed=9), frame=np.arange(3), time=np.array([0.0, 30.0, 60.0]), attrs=RTDC_ATTRS)
+    with ReplayCamera(ReplaySettings(path=str(path), realtime=True)) as cam:
+        ring = FrameRing(8, cam.info.height, cam.info.width)
+        cam.start()
+        assert cam.grab_many_into(ring, 3, timeout_s=0.01) == 1  # frame 1 is due 30 s later
+        assert cam.timeouts == 0
+        assert cam.grab_many_into(ring, 3, timeout_s=0.01) == 0
+        assert cam.timeouts == 1 and not cam.exhausted
