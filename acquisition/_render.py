@@ -25,18 +25,7 @@ import numpy as np
 from numba import njit
 from numba.extending import register_jitable
 
-from acquisition._runs import (
-    R_FAILED,
-    R_GAPS,
-    R_LAST_ID,
-    R_NEXT,
-    R_PUBLISHED,
-    R_STOP,
-    STOP_DONE,
-    STOP_LAGGED,
-    STOP_TIMEOUT,
-    publish,
-)
+from acquisition._runs import R_LAST_ID, STOP_DONE, STOP_LAGGED, STOP_TIMEOUT, end_run, publish
 from mimlsort.realtime import monotonic_ns, sleep_ns
 
 # integer columns of the sprite table
@@ -338,12 +327,7 @@ def render_run(images, frame_ids, stamps, host_ns, seq, bg, noise, status, offse
                         id_modulus, ts)
         last_id = fid
         published += 1
-    res[R_PUBLISHED] = published
-    res[R_NEXT] = idx
-    res[R_FAILED] = failed
-    res[R_GAPS] = gaps
-    res[R_LAST_ID] = last_id
-    res[R_STOP] = stop
+    end_run(res, published, idx, failed, gaps, last_id, stop)
 
 
 @njit(nogil=True, cache=True)

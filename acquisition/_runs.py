@@ -26,6 +26,33 @@ STOP_TIMEOUT = 1  # the next frame is due after the deadline
 STOP_LAGGED = 2  # the consumer fell too far behind: R_NEXT jumped ahead, frames lost
 
 
+def start_run(res, ring) -> None:
+    """Prepare ``res`` for a run into ``ring`` (the id its last frame had, for the gap count)."""
+    res[R_LAST_ID] = -1 if ring._last_id is None else ring._last_id
+
+
+def book_run(res, ring, camera) -> int:
+    """Book a run's results: the ring's last id and camera-side drops, the camera's delivered and
+    failed-buffer counts. Returns the frames published."""
+    n = int(res[R_PUBLISHED])
+    if n:
+        ring._last_id = int(res[R_LAST_ID])
+        ring.camera_dropped += int(res[R_GAPS])
+    camera.failed_buffers += int(res[R_FAILED])
+    camera.delivered += n
+    return n
+
+
+@njit(nogil=True, cache=True)
+def end_run(res, published, nxt, failed, gaps, last_id, stop):
+    res[R_PUBLISHED] = published
+    res[R_NEXT] = nxt
+    res[R_FAILED] = failed
+    res[R_GAPS] = gaps
+    res[R_LAST_ID] = last_id
+    res[R_STOP] = stop
+
+
 @njit(nogil=True, cache=True)
 def publish(frame_ids, stamps, host_ns, seq, slot, fid, t_ns, last_id, id_modulus, ts):
     """Write the metadata of the frame just written into ``slot`` and publish it; returns the
@@ -73,9 +100,4 @@ def copy_run(block, block_i0, i, stop_at, ids, times, id_off, t_off, images, fra
         last_id = fid
         published += 1
         i += 1
-    res[R_PUBLISHED] = published
-    res[R_NEXT] = i
-    res[R_FAILED] = 0
-    res[R_GAPS] = gaps
-    res[R_LAST_ID] = last_id
-    res[R_STOP] = stop
+    end_run(res, published, i, 0, gaps, last_id, stop)

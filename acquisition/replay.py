@@ -614,17 +614,13 @@ class ReplayCamera(Camera):
             if s.realtime and self._wall0 is None:
                 self._wall0 = time.monotonic_ns() - int((int(self._times[i]) + t_off - self._times[self._start]) / s.speed)
             stop_at = min(self._block_i0 + self._block_n, self._stop, i + max_frames - total)
-            res[runs.R_LAST_ID] = -1 if ring._last_id is None else ring._last_id
+            runs.start_run(res, ring)
             runs.copy_run(self._block, self._block_i0, i, stop_at, self._ids, self._times, self.loops * self._id_span,
                           t_off, ring.images, ring.frame_ids, ring.timestamps_ns, ring.host_ns, ring._seq,
                           bool(s.realtime), self._wall0 or 0, int(self._times[self._start]), float(s.speed), deadline,
                           self._ts, res)
-            n = int(res[runs.R_PUBLISHED])
-            if n:
-                ring._last_id = int(res[runs.R_LAST_ID])
-                ring.camera_dropped += int(res[runs.R_GAPS])
+            n = runs.book_run(res, ring, self)
             self.position = int(res[runs.R_NEXT])
-            self.delivered += n
             total += n
             if res[runs.R_STOP] == runs.STOP_TIMEOUT:
                 break

@@ -903,18 +903,13 @@ class SyntheticCamera(Camera):
             if self._n_total:
                 stop_at = min(stop_at, self._n_total)
             st, offsets, gains = self._block
-            res[runs.R_LAST_ID] = -1 if ring._last_id is None else ring._last_id
+            runs.start_run(res, ring)
             rk.render_run(ring.images, ring.frame_ids, ring.timestamps_ns, ring.host_ns, ring._seq, self._bg, self._noise,
                           st, offsets, gains, self._chunk0, self._sp_i, self._sp_f, self._n_sp, self._traj, self._tex,
                           idx, stop_at, bool(s.realtime), self._t0_host, period_ns, deadline, s.max_lag_frames, id_mask,
                           ring.id_modulus, self._ts, res)
-            n = int(res[runs.R_PUBLISHED])
-            if n:
-                ring._last_id = int(res[runs.R_LAST_ID])
-                ring.camera_dropped += int(res[runs.R_GAPS])
+            n = runs.book_run(res, ring, self)
             self._next_idx = int(res[runs.R_NEXT])
-            self.failed_buffers += int(res[runs.R_FAILED])
-            self.delivered += n
             total += n
             if res[runs.R_STOP] == runs.STOP_TIMEOUT:
                 break
