@@ -151,9 +151,8 @@ class SyntheticSettings:
     pixel_size_um: float = 0.5  # µm per pixel in the object plane
     realtime: bool = False  # pace frames at fps on the host clock (live demo) instead of as fast as possible
     max_lag_frames: int = 512  # realtime: frames the camera buffers before a slow consumer loses frames
-    # generate every object of the run when the camera opens (needs duration_s > 0), not while it
-    # runs: a camera costs the host no scene generation, so a benchmark should not either
-    pregenerate: bool = False
+    # a camera costs the host no scene generation, so a benchmark's simulator should not either
+    pregenerate: bool = False  # generate every object when the camera opens, not while it runs (needs duration_s > 0)
     seed: int = 1  # random seed: the same seed gives the same frames and truth
     cells_per_second: float = 40.0  # mean cell arrival rate (Poisson)
     classes: tuple[ClassSpec, ...] = DEFAULT_CLASSES  # cell classes and their mix
