@@ -475,7 +475,7 @@ class Pipeline:
         seq0 = reader.cursor
         overrun0 = reader.overrun
         n, events, behind = self.tracker.track_live(ring, reader, max_frames=LIVE_MAX_FRAMES, timeout_s=0.05,
-                                                    poll_s=LIVE_POLL_S, halt=self._halt)
+                                                    poll_s=LIVE_POLL_S, halt=self._halt, defer_snapshots=True)
         if n:
             if self._clock is not None and reader.overrun == overrun0:  # lapped slots hold newer times
                 slots = np.arange(seq0, seq0 + n, dtype=np.int64) % ring.capacity
@@ -486,12 +486,31 @@ class Pipeline:
         return n, behind
 
     def _after_tracking(self, events: list[CellEvent]) -> None:
-        if events:
-            # the cells still in the channel, as the decision's coincidence check must see them now
-            pending = self.tracker.predicted_exits_ms() if self.policy is not None else []
-            # exit times on the host clock, mapped here: the clock fit belongs to this thread
-            exits = [self._exit_host_ns(ev) for ev in events] if self.trigger is not None else None
-            self._dispatch((events, pending, True, exits))
+        if not events:
+            return
+        # exit times on the host clock, mapped here: the clock fit belongs to this thread
+        exits = [self._exit_host_ns(ev) for ev in events] if self.trigger is not None else None
+        mode = self.decide_thread
+        if mode is not True and (mode is False or (self._sort_reader.pending <= INLINE_MAX_PENDING
+                                                    and self._n_queued == self._n_decided)):
+            # nothing handed to the decide thread is still undecided: deciding here keeps cell order
+            if self._handle_lock.acquire(blocking=mode is False):
+                try:
+                    # the tracker stands still until this returns: the cells still in the channel
+                    # and the snapshots are taken when needed, after the pulse is on its way
+                    self._handle(events, live=True, pending=self._pending_exits, exits=exits,
+                                 complete=self.tracker.with_snapshots)
+                finally:
+                    self._handle_lock.release()
+                return
+        # the tracker goes on meanwhile: take what the decision and the record need from it now
+        events = self.tracker.with_snapshots(events)
+        self._n_queued += 1  # written by this thread only; _n_decided by the decide thread only
+        self._decide_q.put((events, self._pending_exits(), True, exits))
+
+    def _pending_exits(self) -> list[float]:
+        """The cells still in the channel, as a purity or single-cell decision must see them now."""
+        return self.tracker.predicted_exits_ms() if self.policy is not None else []
 
     def _sort_loop(self) -> None:
         s = self.tracker_settings
@@ -537,20 +556,6 @@ class Pipeline:
             if not self._stop.is_set():
                 self.stop(FinishReason.COMPLETED, "the source ended")
 
-    def _dispatch(self, item: tuple) -> None:
-        mode = self.decide_thread
-        if mode is not True and (mode is False or (self._sort_reader.pending <= INLINE_MAX_PENDING
-                                                    and self._n_queued == self._n_decided)):
-            # nothing handed to the decide thread is still undecided: deciding here keeps cell order
-            if self._handle_lock.acquire(blocking=mode is False):
-                try:
-                    self._handle(item[0], live=item[2], pending=item[1], exits=item[3])
-                finally:
-                    self._handle_lock.release()
-                return
-        self._n_queued += 1  # written by this thread only; _n_decided by the decide thread only
-        self._decide_q.put(item)
-
     def _decide_loop(self) -> None:
         """Classify, decide and fire, beside tracking: the model's call releases the GIL, so the
         tracker goes on with the next frames meanwhile and a burst of cells does not hold it up."""
@@ -566,44 +571,53 @@ class Pipeline:
         finally:
             self._queue.put(None)  # tells storage that no more records come
 
-    def _handle(self, events: list[CellEvent], live: bool = True, pending: list | None = None,
-                exits: list[int] | None = None) -> None:
+    def _handle(self, events: list[CellEvent], live: bool = True,
+                pending: list[float] | Callable[[], list[float]] | None = None, exits: list[int] | None = None,
+                complete: Callable[[list[CellEvent]], list[CellEvent]] | None = None) -> None:
+        """Classify, decide and fire ``events``, then record them. ``pending``: predicted exits of
+        the cells still in view (or a function giving them, called only if a decision needs
+        them); ``complete`` adds what the records need but the decision does not (snapshots)."""
         if self.classifier is not None:
             probs = self.classifier.classify(events)
         else:
             probs = np.zeros((len(events), 0), np.float32)
         policy = self.policy
-        records = []
         decisions: list[Decision | None] = [None] * len(events)
         if policy is not None and probs.shape[1]:
             # targets first, so cells finishing in the same batch see each other as neighbours
-            targets = [policy.target(ev, p)[0] for ev, p in zip(events, probs)]
-            pending = (pending or []) if live else []
-            batch = [(ev.features.get("exit_time_ms", math.nan), tg) for ev, tg in zip(events, targets)]
+            targets = [policy.target(ev, p) for ev, p in zip(events, probs)]
+            batch = [(ev.features.get("exit_time_ms", math.nan), tg[0]) for ev, tg in zip(events, targets)]
             self._forget_neighbours(batch, max(policy.settings.window_for(ev) for ev in events))
+            coincidences = policy.settings.mode != "yield"  # yield fires regardless of neighbours
             for i, (ev, p) in enumerate(zip(events, probs)):
-                near = coincidence_neighbours(batch[i][0], policy.settings.window_for(ev), decided=self._neighbours,
-                                              batch=batch, self_index=i, pending=pending)
-                decisions[i] = policy.decide(ev, p, near)
+                near = ()
+                if coincidences and targets[i][0]:
+                    if callable(pending):
+                        pending = pending() if live else []
+                    near = coincidence_neighbours(batch[i][0], policy.settings.window_for(ev), decided=self._neighbours,
+                                                  batch=batch, self_index=i, pending=(pending or []) if live else [])
+                decisions[i] = policy.decide(ev, p, near, target=targets[i])
             self._neighbours.extend(batch)
         target_idx = ([self.classifier.classes.index(c) for c in policy.settings.target_classes]
                       if policy is not None and self.classifier is not None else [])
+        fires: list[Any] = [None] * len(events)
         for i, (ev, p, decision) in enumerate(zip(events, probs, decisions)):
-            fire = None
             if decision is not None:
                 if decision.fire and live:
-                    decision, fire = self._fire(ev, decision, exits[i] if exits is not None else None)
+                    decision, fires[i] = self._fire(ev, decision, exits[i] if exits is not None else None)
                 elif decision.fire:  # cells flushed at the end of a run are past the junction
                     decision = Decision(decision.event_index, False, Reason.LATE, decision.predicted,
                                         decision.probability, decision.is_target, "decided after the run ended")
                     self._late += 1
+                decisions[i] = decision
                 self._counters.add(decision, float(p[target_idx].sum()) if target_idx else 0.0)
             emit_host = ev.extra.get("emit_host_ns", 0) if ev.extra else 0
             if emit_host and live:
                 self._latencies.append((time.monotonic_ns() - emit_host) / 1000.0)
-            records.append(CellRecord(ev, p, decision, fire))
+        if complete is not None:
+            events = complete(events)
         self._cells += len(events)
-        self._queue.put(records)
+        self._queue.put([CellRecord(ev, p, d, f) for ev, p, d, f in zip(events, probs, decisions, fires)])
         if self.lossless:
             # a finite source at full speed may outrun the event file: wait for it rather than
             # hold every record in memory (a live run never waits on storage)

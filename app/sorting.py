@@ -161,7 +161,7 @@ class SortPolicy:
                 f"{unknown} not among the model's classes {list(class_names)}")
         self.settings = settings
         self.class_names = tuple(class_names)
-        self._target_idx = np.array([self.class_names.index(c) for c in settings.target_classes], dtype=np.int64)
+        self._target_idx = frozenset(self.class_names.index(c) for c in settings.target_classes)
         self._reject = Quality(0)
         for f in settings.reject_flags:
             self._reject |= _FLAGS[f]
@@ -171,8 +171,9 @@ class SortPolicy:
         k = int(np.argmax(probs))
         if k not in self._target_idx:
             return False, Reason.NOT_TARGET, self.class_names[k]
-        if probs[k] < self.settings.threshold:
-            return False, Reason.BELOW_THRESHOLD, f"p={probs[k]:.3f} < {self.settings.threshold}"
+        pk = float(probs[k])
+        if pk < self.settings.threshold:
+            return False, Reason.BELOW_THRESHOLD, f"p={pk:.3f} < {self.settings.threshold}"
         bad = event.quality & self._reject
         if bad:
             return False, Reason.QUALITY, str(Quality(bad).name)
@@ -181,10 +182,12 @@ class SortPolicy:
                 return False, Reason.OUTSIDE_GATE, repr(g)
         return True, Reason.FIRED, ""
 
-    def decide(self, event: CellEvent, probs: np.ndarray, neighbours: Sequence[Neighbour] = ()) -> Decision:
+    def decide(self, event: CellEvent, probs: np.ndarray, neighbours: Sequence[Neighbour] = (),
+               target: tuple[bool, Reason, str] | None = None) -> Decision:
+        """The decision for one cell; ``target`` is :meth:`target`'s answer when already known."""
         s = self.settings
         k = int(np.argmax(probs))
-        is_target, reason, detail = self.target(event, probs)
+        is_target, reason, detail = target if target is not None else self.target(event, probs)
         fire = is_target
         if is_target:
             window = s.window_for(event)

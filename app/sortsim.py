@@ -96,8 +96,8 @@ class AuditingPolicy(SortPolicy):
         super().__init__(settings, class_names)
         self.log: list[AuditEntry] = []
 
-    def decide(self, event, probs, neighbours=()) -> Decision:
-        d = super().decide(event, probs, neighbours)
+    def decide(self, event, probs, neighbours=(), target=None) -> Decision:
+        d = super().decide(event, probs, neighbours, target)
         # only the sort thread calls decide: list.append needs no lock
         self.log.append(AuditEntry(event.index, float(event.features.get("exit_time_ms", math.nan)),
                                    float(self.settings.window_for(event)), tuple(neighbours), d))

@@ -73,6 +73,32 @@ def test_live_kernel_gives_the_events_of_single_frame_batches():
             assert returns < len(ev_batch) / 2
 
 
+def test_deferred_snapshots_are_those_taken_at_once_and_count_as_lost_when_not_taken():
+    s, ring = _recorded(seconds=0.4)
+
+    def run(defer, take):
+        t = Tracker.from_frames(ring.images[:64], s.pixel_size_um, TrackerSettings(), t0_ns=int(ring.timestamps_ns[0]))
+        r = ring.reader(f"{defer} {take}", from_start=True)
+        out = []
+        while r.pending:
+            _, evs, _ = t.track_live(ring, r, max_frames=100, timeout_s=0.0, behind_ok=1 << 40, defer_snapshots=defer)
+            if defer:
+                assert all(e.snapshot is None for e in evs)
+            out += t.with_snapshots(evs) if take else evs
+        return t, out
+
+    _, now = run(False, False)
+    _, later = run(True, True)
+    with_snap = sum(e.snapshot is not None for e in now)
+    assert len(now) > 20 and with_snap > 0.8 * len(now)
+    assert [_key(e) for e in now] == [_key(e) for e in later]
+    lost, skipped = run(True, False)
+    assert all(e.snapshot is None for e in skipped)
+    # snapshots not taken are dropped at the next tracking call (here: flush) and counted
+    lost.flush()
+    assert lost.stats.snapshots_lost == with_snap
+
+
 def test_live_kernel_waits_for_frames_and_reports_a_reader_left_behind():
     s, src = _recorded(seconds=0.1, cps=0.0)
     t = Tracker.from_frames(src.images[:64], s.pixel_size_um, TrackerSettings(), t0_ns=0)

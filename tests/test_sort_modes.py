@@ -251,6 +251,10 @@ def test_purity_mode_audit(sim_runs):
                 assert non_targets, f"event {a.event_index}: aborted without a non-target near"
             else:
                 assert not non_targets, f"event {a.event_index}: {d.reason} with {non_targets} near"
+        if not d.is_target:
+            # a non-target is never fired, whoever is near: the pipeline does not look for neighbours
+            assert not a.neighbours and not d.fire
+            continue
         # what the pipeline knew: every cell decided before this one and within the window is a neighbour,
         # with its class verdict
         for b in log[:i]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -167,6 +167,7 @@ class Tracker:
         self._snap_images: np.ndarray | None = None  # the frames the last batch came from
         self._snap_ids: np.ndarray | None = None  # frame id held by each of their slots, when known
         self._snapshots_lost = 0
+        self._deferred: list[tuple[int, int, int]] = []  # (place in the returned list, done row, history row) of snapshots not taken yet
         self._live: tuple | None = None  # track_live's out, phase and timespec arrays
         self.y0 = max(0, int(math.floor(g.channel_y0)))
         self.y1 = min(h, int(math.ceil(g.channel_y1)))
@@ -228,6 +229,7 @@ class Tracker:
         ``slot_frame_ids`` (a ring's ``frame_ids``) lets a snapshot check that the slot of its
         frame has not been overwritten since; without it, ``images`` must keep earlier frames
         (a stack in memory)."""
+        self._drop_deferred()
         if not self._crop_dtype_set:
             self._ensure_crop_dtype(images.dtype)
         self._snap_images = images
@@ -269,14 +271,18 @@ class Tracker:
         return events
 
     def track_live(self, ring: FrameRing, reader: RingReader, max_frames: int = 256, timeout_s: float = 0.05,
-                   poll_s: float = 20e-6, behind_ok: int = 4,
-                   halt: np.ndarray | None = None) -> tuple[int, list[CellEvent], bool]:
+                   poll_s: float = 20e-6, behind_ok: int = 4, halt: np.ndarray | None = None,
+                   defer_snapshots: bool = False) -> tuple[int, list[CellEvent], bool]:
         """Track the reader's frames as the camera publishes them, in one kernel without the GIL
         (:mod:`tracking.live`), until cells finish (while no more than ``behind_ok`` frames wait;
         further behind it goes on and returns several), ``max_frames`` are tracked or none comes
         for ``timeout_s`` (``halt``, an int64[1] another thread sets, ends that wait early). Returns (frames tracked, finished events, fell behind); a reader that fell
         behind must read its next batch with ``reader.read`` (which counts the frames it lost).
-        The events equal those of :meth:`process_batch` with batches of one frame."""
+        The events equal those of :meth:`process_batch` with batches of one frame.
+
+        ``defer_snapshots``: the events come without their ROI snapshot, which
+        :meth:`with_snapshots` adds before the next tracking call — so a sort decision need not
+        wait for copying and segmenting a whole frame."""
         if self.kernels != "numba" or not realtime.AVAILABLE:
             raise StateError("track_live needs the numba kernels on Linux; use process_batch")
         t0 = self.t0_ns
@@ -287,6 +293,7 @@ class Tracker:
                 t0 = 0  # no frame yet: the kernel only waits (the warm-up loads it this way)
         if not self._crop_dtype_set:
             self._ensure_crop_dtype(ring.images.dtype)
+        self._drop_deferred()
         if self._live is None:
             self._live = (np.zeros(LV.N_O, np.int64), np.zeros(1, np.int64), realtime.scratch(), np.zeros(1, np.int64))
         out, phase, ts, no_halt = self._live
@@ -306,8 +313,24 @@ class Tracker:
         if out[LV.O_DONE]:
             self._snap_images = ring.images
             self._snap_ids = ring.frame_ids
-            events = self._harvest(int(out[LV.O_DONE]))
+            events = self._harvest(int(out[LV.O_DONE]), defer_snapshots)
         return n, events, bool(out[LV.O_STOP] == LV.STOP_BEHIND)
+
+    def with_snapshots(self, events: list[CellEvent]) -> list[CellEvent]:
+        """``events`` as the last :meth:`track_live` call returned them, with the snapshots it
+        deferred; call it before the next tracking call (which otherwise counts them as lost)."""
+        if not self._deferred:
+            return events
+        out = list(events)
+        for k, d, i_max in self._deferred:
+            out[k] = replace(out[k], snapshot=self._snapshot(self._done_hist[d, : int(self._done_n[d])], i_max))
+        self._deferred = []
+        return out
+
+    def _drop_deferred(self) -> None:
+        if self._deferred:  # their rows are about to be overwritten
+            self._snapshots_lost += len(self._deferred)
+            self._deferred = []
 
     def process_batch(self, ring: FrameRing, batch: FrameBatch) -> list[CellEvent]:
         """Track a batch read from a ring reader."""
@@ -330,6 +353,7 @@ class Tracker:
 
     def flush(self) -> list[CellEvent]:
         """End of run: emit cells still in view that reached the constriction (incomplete ones flagged)."""
+        self._drop_deferred()
         n_done = int(self._flush(self._si, self._hist, self._crops, self._done_i, self._done_hist, self._done_crops,
                                  self._done_n, self._counters))
         return self._harvest(n_done)
@@ -369,15 +393,19 @@ class Tracker:
                             self._snapshots_lost)
 
     # -- features --------------------------------------------------------------------------------
-    def _harvest(self, n_done: int) -> list[CellEvent]:
+    def _harvest(self, n_done: int, defer_snapshots: bool = False) -> list[CellEvent]:
         out = []
+        defer = defer_snapshots and self.settings.snapshots
         for d in range(n_done):
-            ev = self._event(d)
+            ev, i_max = self._event(d, not defer)
             if ev is not None:
+                if defer and i_max >= 0:
+                    self._deferred.append((len(out), d, i_max))
                 out.append(ev)
         return out
 
-    def _event(self, d: int) -> CellEvent | None:
+    def _event(self, d: int, snapshot: bool = True) -> tuple[CellEvent | None, int]:
+        """The event of done row ``d`` and its history row of maximum DI (the snapshot's)."""
         info = self._done_i[d]
         h = self._done_hist[d, : int(self._done_n[d])]
         g, st = self.geometry, self.settings
@@ -401,10 +429,10 @@ class Tracker:
             exit_host_ns=int(info[L.SI_EXIT_HOST]),
             quality=quality,
             extra={"emit_frame": int(info[L.SI_EMIT_FRAME]), "emit_host_ns": int(info[L.SI_EMIT_HOST])},
-            snapshot=self._snapshot(h, int(i_max)) if st.snapshots else None,
+            snapshot=self._snapshot(h, int(i_max)) if st.snapshots and snapshot else None,
         )
         self._n_events += 1
-        return ev
+        return ev, int(i_max)
 
 
     def _snapshot(self, h: np.ndarray, i: int) -> Snapshot | None:

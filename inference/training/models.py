@@ -11,7 +11,7 @@ Architectures (see Islam et al., "MIML", the paper this project implements):
   not a dependency) with its classifier replaced by identity (512-d embedding), the feature MLP
   F→32→16 (the paper's ablation winner M7), and the fusion head
   concat → Linear 128 → BN → ReLU → Linear 16 → BN → ReLU → Linear K → softmax.
-* ``miml-mini``: a two-stage CNN (~0.2 M parameters with the head) for sub-millisecond CPU
+* ``miml-mini``: a two-stage CNN (~0.1 M parameters with the head) for ~0.1 ms CPU
   inference on 48×48 crops, with the same feature MLP and head.
 * ``image-only`` / ``feature-only``: ablation baselines (mini CNN branch + head; MLP + head). They
   still accept both inputs so every model has the same ONNX signature; the unused input is
@@ -108,20 +108,34 @@ class MiniBranch(nn.Module):
     """Two conv stages for 48×48 crops, then a 3×3 pooled grid projected to a 192-d embedding.
 
     Stage 1 is a single stride-2 5×5 convolution and a pool, so no 3×3 convolution runs above
-    12×12: ~9 M multiply-adds per two-channel 48×48 input, ~0.25 ms on one CPU core. (A second 3×3
-    convolution at 24×24 cost 50 % more time: p50 0.35 ms instead of 0.23 ms for the ONNX call
-    alone, too close to the 0.5 ms batch-1 p99 goal once preprocessing is added.) The pooled grid (rather than a global average) keeps
-    coarse position — where a cell bulges or trails matters.
+    12×12; stage 2 is two 3×3 convolutions at 12×12. ``widths`` are the three convolutions' output
+    channels. The default (24, 32, 32) — ~2.5 M multiply-adds per two-channel input — runs the
+    whole model in ~0.10 ms per cell on one core of this machine's CPU (ONNX Runtime, batch 1);
+    the first release's (32, 64, 64) took ~0.24 ms for no better held-out accuracy on simulated
+    cells, and the model's call is most of a sort decision's time. (A 3×3 convolution at 24×24
+    cost 50 % more again.) The pooled grid (rather than a global average) keeps coarse position —
+    where a cell bulges or trails matters.
     """
 
     out_dim = 192
+    DEFAULT_WIDTHS = (24, 32, 32)
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, widths: tuple[int, int, int] = DEFAULT_WIDTHS):
         super().__init__()
-        self.stage1 = nn.Sequential(*_conv_bn(in_channels, 32, 5, 2), nn.MaxPool2d(2))
-        self.stage2 = nn.Sequential(*_conv_bn(32, 64), *_conv_bn(64, 64), nn.MaxPool2d(2))
+        c1, c2, c3 = (int(w) for w in widths)
+        self.widths = (c1, c2, c3)
+        self.stage1 = nn.Sequential(*_conv_bn(in_channels, c1, 5, 2), nn.MaxPool2d(2))
+        self.stage2 = nn.Sequential(*_conv_bn(c1, c2), *_conv_bn(c2, c3), nn.MaxPool2d(2))
         self.pool = nn.AdaptiveAvgPool2d(3)
-        self.proj = nn.Sequential(nn.Linear(64 * 9, self.out_dim), nn.ReLU(inplace=True))
+        self.proj = nn.Sequential(nn.Linear(c3 * 9, self.out_dim), nn.ReLU(inplace=True))
+
+    @staticmethod
+    def widths_in(state_dict) -> tuple[int, int, int] | None:
+        """The widths a saved mini branch was built with (from its weights' shapes), if it has one."""
+        keys = ("image_branch.stage1.0.weight", "image_branch.stage2.0.weight", "image_branch.stage2.3.weight")
+        if not all(k in state_dict for k in keys):
+            return None
+        return tuple(int(state_dict[k].shape[0]) for k in keys)
 
     def forward(self, x):
         return self.proj(torch.flatten(self.pool(self.stage2(self.stage1(x))), 1))
@@ -218,12 +232,12 @@ def _resnet18(c: int, f: int, k: int) -> MimlNet:
     return MimlNet("miml-resnet18", ResNet18Branch(c), FeatureMLP(f), c, f, k)
 
 
-def _mini(c: int, f: int, k: int) -> MimlNet:
-    return MimlNet("miml-mini", MiniBranch(c), FeatureMLP(f), c, f, k)
+def _mini(c: int, f: int, k: int, widths: tuple[int, int, int] = MiniBranch.DEFAULT_WIDTHS) -> MimlNet:
+    return MimlNet("miml-mini", MiniBranch(c, widths), FeatureMLP(f), c, f, k)
 
 
-def _image_only(c: int, f: int, k: int) -> MimlNet:
-    return MimlNet("image-only", MiniBranch(c), None, c, f, k)
+def _image_only(c: int, f: int, k: int, widths: tuple[int, int, int] = MiniBranch.DEFAULT_WIDTHS) -> MimlNet:
+    return MimlNet("image-only", MiniBranch(c, widths), None, c, f, k)
 
 
 def _feature_only(c: int, f: int, k: int) -> MimlNet:
@@ -235,7 +249,7 @@ ARCHITECTURES: dict[str, ArchInfo] = {
     a.name: a
     for a in (
         ArchInfo("miml-resnet18", "paper model: ResNet-18 image branch + feature MLP F-32-16 + fusion head", 100, True, True, _resnet18),
-        ArchInfo("miml-mini", "small two-stage CNN (48x48) + feature MLP F-32-16 + fusion head; <1 ms on CPU", 48, True, True, _mini),
+        ArchInfo("miml-mini", "small two-stage CNN (48x48) + feature MLP F-32-16 + fusion head; ~0.1 ms on CPU", 48, True, True, _mini),
         ArchInfo("image-only", "baseline: the mini CNN branch + fusion head (ignores features)", 48, True, False, _image_only),
         ArchInfo("feature-only", "baseline: feature MLP F-32-16 + fusion head (ignores images)", 48, False, True, _feature_only),
     )
@@ -249,15 +263,23 @@ def arch_info(arch: str) -> ArchInfo:
         raise ModelError(f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})") from None
 
 
-def build_model(arch: str, *, in_channels: int, n_features: int, n_classes: int) -> MimlNet:
-    """A freshly initialised model of architecture ``arch``."""
+def build_model(arch: str, *, in_channels: int, n_features: int, n_classes: int,
+                widths: tuple[int, int, int] | None = None) -> MimlNet:
+    """A freshly initialised model of architecture ``arch``; ``widths`` sets the mini CNN branch's
+    channels (``miml-mini``, ``image-only``; default :attr:`MiniBranch.DEFAULT_WIDTHS`)."""
     info = arch_info(arch)
     if in_channels < 1 or n_features < 1 or n_classes < 2:
         raise ModelError(
             f"architecture {arch!r}: needs in_channels >= 1, n_features >= 1 and n_classes >= 2, "
             f"got {in_channels}, {n_features}, {n_classes}"
         )
-    return info.build(in_channels, n_features, n_classes)
+    if widths is None:
+        return info.build(in_channels, n_features, n_classes)
+    if info.build not in (_mini, _image_only):
+        raise ModelError(f"architecture {arch!r} has no mini CNN branch whose widths could be set")
+    if len(widths) != 3 or min(widths) < 1:
+        raise ModelError(f"architecture {arch!r}: widths must be three positive channel counts, got {widths}")
+    return info.build(in_channels, n_features, n_classes, tuple(widths))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -132,7 +132,10 @@ def load_checkpoint(path: str | Path) -> tuple[MimlNet, object]:
         raise ModelError(f"{path}: not a mimlsort checkpoint ({err})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not a mimlsort checkpoint (format {ck.get('format') if isinstance(ck, dict) else '?'})")
-    model = build_model(ck["arch"], in_channels=ck["in_channels"], n_features=ck["n_features"], n_classes=ck["n_classes"])
+    # the mini branch's widths are read off its weights: checkpoints of the first release's wider
+    # (32, 64, 64) miml-mini keep loading
+    model = build_model(ck["arch"], in_channels=ck["in_channels"], n_features=ck["n_features"], n_classes=ck["n_classes"],
+                        widths=_models.MiniBranch.widths_in(ck["state_dict"]))
     model.load_state_dict(ck["state_dict"])
     return model.eval(), ModelSpec.from_json(ck["spec"], str(path))
 
