@@ -95,10 +95,20 @@ def test_model_outputs_probabilities(arch, channels, n_features, n_classes):
 
 
 def test_architecture_sizes():
-    from inference.training.models import build_model, count_parameters
+    from inference.training.models import MiniBranch, build_model, count_parameters
+    from mimlsort.errors import ModelError
 
     mini = build_model("miml-mini", in_channels=1, n_features=3, n_classes=2)
-    assert 150_000 <= count_parameters(mini) <= 260_000  # "~0.2 M"
+    assert 80_000 <= count_parameters(mini) <= 130_000  # "~0.1 M"
+    assert mini.image_branch.widths == (24, 32, 32)
+    wide = build_model("miml-mini", in_channels=1, n_features=3, n_classes=2, widths=(32, 64, 64))
+    assert 150_000 <= count_parameters(wide) <= 260_000  # the first release's miml-mini
+    # a checkpoint's widths are read off its weights, so older (wider) checkpoints load
+    assert MiniBranch.widths_in(wide.state_dict()) == (32, 64, 64)
+    assert MiniBranch.widths_in(res_sd := build_model("feature-only", in_channels=1, n_features=3,
+                                                       n_classes=2).state_dict()) is None and res_sd
+    with pytest.raises(ModelError):
+        build_model("miml-resnet18", in_channels=2, n_features=4, n_classes=2, widths=(8, 8, 8))
     res = build_model("miml-resnet18", in_channels=2, n_features=4, n_classes=2)
     # ResNet-18 without fc has 11.17 M parameters (3 input channels); ours differs only in conv1
     assert 11.1e6 <= count_parameters(res.image_branch) <= 11.2e6
@@ -358,3 +368,20 @@ def test_transfer_experiment_draws_few_examples_and_reports():
     assert res.scratch_mean == pytest.approx(0.75) and res.finetuned_mean == pytest.approx(0.875)
     md = res.to_markdown()
     assert "| mean | 0.7500 | 0.8750 |" in md and "image branch frozen" in md
+
+
+def test_checkpoint_round_trip_keeps_the_mini_branch_widths(tmp_path):
+    from inference.classifier import Classifier, bundled_model
+    from inference.training.models import build_model
+    from inference.training.train import load_checkpoint, save_checkpoint
+
+    with Classifier(bundled_model()) as clf:
+        spec = clf.spec
+    for widths in ((32, 64, 64), (24, 32, 32), (8, 16, 12)):
+        torch.manual_seed(1)
+        model = build_model("miml-mini", in_channels=2, n_features=4, n_classes=2, widths=widths).eval()
+        back, _ = load_checkpoint(save_checkpoint(tmp_path / f"w{widths[0]}.pt", model, spec))
+        assert back.image_branch.widths == widths
+        x, f = torch.rand(3, 2, 48, 48), torch.rand(3, 4)
+        with torch.no_grad():
+            assert torch.equal(model(x, f), back(x, f))
