@@ -512,6 +512,14 @@ class EventWriter:
             add("mimlsort/events/first_crop", crop.shape, crop.dtype, image=True)
             add("mimlsort/events/last_crop", crop.shape, crop.dtype, image=True)
         self._columns = {c.path: c for c in cols}
+        # column names and class places worked out once: _add_row runs per cell at up to
+        # thousands of cells a second
+        self._rtdc_keys = tuple((f"events/{n}", n) for n in RTDC_FEATURES)
+        self._score_keys = tuple((f"events/ml_score_{code}", self.meta.class_names.index(cls))
+                                 for cls, code in self.codes.items())
+        self._userdef_keys = tuple((f"events/{slot}", name) for slot, name in self.userdef.items())
+        self._miml_keys = tuple((f"mimlsort/events/{n}", n) for n in FEATURES)
+        self._class_index = {c: i for i, c in enumerate(self.meta.class_names)}
 
     def _create_datasets(self) -> None:
         import hdf5plugin
@@ -600,14 +608,16 @@ class EventWriter:
         put("events/time", f.get("exit_time_ms", math.nan) / 1000.0)
         put("events/pos_x", float(snap.pos_x_px) * px if snap is not None else math.nan)
         put("events/pos_y", float(snap.pos_y_px) * px if snap is not None else f.get("pos_y_um", math.nan))
-        for name in RTDC_FEATURES:
-            put(f"events/{name}", f.get(name, math.nan))
-        for cls, code in self.codes.items():
+        nan = math.nan
+        for key, name in self._rtdc_keys:
+            put(key, f.get(name, nan))
+        scores = probs.tolist()
+        for key, i in self._score_keys:
             # dclab rejects scores outside [0, 1]; float32 softmax can overshoot by an ulp
-            put(f"events/ml_score_{code}", min(1.0, max(0.0, float(probs[self.meta.class_names.index(cls)]))))
+            put(key, min(1.0, max(0.0, scores[i])))
         extra = {"quality": int(ev.quality), "fired": int(bool(d is not None and d.fire))}
-        for slot, name in self.userdef.items():
-            put(f"events/{slot}", extra[name] if name in extra else f.get(name, math.nan))
+        for key, name in self._userdef_keys:
+            put(key, extra[name] if name in extra else f.get(name, nan))
 
         if self._image_mode == "snapshot":
             if snap is not None:
@@ -628,16 +638,16 @@ class EventWriter:
         elif self._image_mode == "crop":
             put("events/image", self._image(ev.last_crop, ev))
 
-        for name in FEATURES:
-            put(f"mimlsort/events/{name}", f.get(name, math.nan))
+        for key, name in self._miml_keys:
+            put(key, f.get(name, nan))
         put("mimlsort/events/event_index", ev.index)
         put("mimlsort/events/track_id", ev.track_id)
         put("mimlsort/events/entry_frame", ev.entry_frame)
         put("mimlsort/events/exit_frame", ev.exit_frame)
         put("mimlsort/events/exit_host_ns", ev.exit_host_ns)
         put("mimlsort/events/quality", int(ev.quality))
-        if d is not None and d.predicted in self.meta.class_names:
-            put("mimlsort/events/predicted", self.meta.class_names.index(d.predicted))
+        if d is not None and d.predicted in self._class_index:
+            put("mimlsort/events/predicted", self._class_index[d.predicted])
         elif probs.size:
             put("mimlsort/events/predicted", int(np.argmax(probs)))
         else:
@@ -648,15 +658,25 @@ class EventWriter:
         put("mimlsort/events/fired", extra["fired"])
         put("mimlsort/events/reason", _reason_code(d))
         put("mimlsort/events/decision_detail", _fixed(d.detail if d is not None else "", _DETAIL_BYTES))
-        # -1: nothing scheduled/sent (FireRecord says 0 for "never sent")
-        put("mimlsort/events/fire_scheduled_ns", int(getattr(fire, "scheduled_ns", 0) or -1))
-        put("mimlsort/events/fire_sent_ns", int(getattr(fire, "sent_ns", 0) or -1))
-        put("mimlsort/events/fire_delay_us", _num(getattr(fire, "delay_us", None)))
-        put("mimlsort/events/fire_width_us", _num(getattr(fire, "width_us", None)))
-        put("mimlsort/events/fire_late", int(bool(getattr(fire, "late", False))))
-        put("mimlsort/events/fire_ok", int(bool(getattr(fire, "ok", False))))
-        put("mimlsort/events/fire_error", _fixed(str(getattr(fire, "error", "") or ""), _ERROR_BYTES))
-        put("mimlsort/events/fire_device", _fixed(str(getattr(fire, "device", "") or ""), _DEVICE_BYTES))
+        if fire is None:  # most cells: nothing was sent
+            put("mimlsort/events/fire_scheduled_ns", -1)
+            put("mimlsort/events/fire_sent_ns", -1)
+            put("mimlsort/events/fire_delay_us", nan)
+            put("mimlsort/events/fire_width_us", nan)
+            put("mimlsort/events/fire_late", 0)
+            put("mimlsort/events/fire_ok", 0)
+            put("mimlsort/events/fire_error", b"")
+            put("mimlsort/events/fire_device", b"")
+        else:
+            # -1: nothing scheduled/sent (FireRecord says 0 for "never sent")
+            put("mimlsort/events/fire_scheduled_ns", int(getattr(fire, "scheduled_ns", 0) or -1))
+            put("mimlsort/events/fire_sent_ns", int(getattr(fire, "sent_ns", 0) or -1))
+            put("mimlsort/events/fire_delay_us", _num(getattr(fire, "delay_us", None)))
+            put("mimlsort/events/fire_width_us", _num(getattr(fire, "width_us", None)))
+            put("mimlsort/events/fire_late", int(bool(getattr(fire, "late", False))))
+            put("mimlsort/events/fire_ok", int(bool(getattr(fire, "ok", False))))
+            put("mimlsort/events/fire_error", _fixed(str(getattr(fire, "error", "") or ""), _ERROR_BYTES))
+            put("mimlsort/events/fire_device", _fixed(str(getattr(fire, "device", "") or ""), _DEVICE_BYTES))
         if k:
             put("mimlsort/events/probabilities", probs)
         if self._crop_shape is not None:
