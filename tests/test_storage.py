@@ -223,6 +223,13 @@ def test_read_back_everything(tmp_path):
     assert np.array_equal(sent, [r.fire.sent_ns for r in fired])
     assert set(f["fire_device"][f["fired"] == 1]) == {"log"}
     assert np.all(f["fire_sent_ns"][f["fired"] == 0] == -1)
+    # cells without a fire record: nothing scheduled, no delay, width, error or device
+    none = np.array([r.fire is None for r in records])
+    assert none.any()
+    assert np.all(f["fire_scheduled_ns"][none] == -1) and np.all(np.isnan(f["fire_delay_us"][none]))
+    assert np.all(np.isnan(f["fire_width_us"][none])) and not f["fire_late"][none].any() and not f["fire_ok"][none].any()
+    assert set(f["fire_error"][none]) == {""} and set(f["fire_device"][none]) == {""}
+    assert np.array_equal(f["fire_width_us"][~none], [r.fire.width_us for r in records if r.fire is not None])
 
 
 def _fields(meta):
