@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 
 from app.sorting import Decision
+from mimlsort.pickling import by_fields
 from tracking.events import CellEvent
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class CellRecord:
     """Everything decided about one cell.

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mimlsort.pickling import by_fields
 from mimlsort.settings import require
 from tracking.events import CellEvent, Quality
 from tracking.features import FEATURES
@@ -141,6 +142,7 @@ def coincidence_neighbours(exit_ms: float, window_ms: float, *, decided: Iterabl
     return near
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Decision:
     event_index: int

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hardware.timing import TimingSettings, fire_time_ns
+from mimlsort.pickling import by_fields
 from mimlsort.errors import StateError
 from mimlsort.lazy import load_backend
 from mimlsort.settings import from_mapping
@@ -52,6 +53,7 @@ class FireRequest:
         return cls(event_index, fire_time_ns(exit_host_ns, velocity_mm_s, timing), timing.pulse_width_us)
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class FireRecord:
     """What happened to one request: the audit trail stored with the cell.

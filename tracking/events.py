@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mimlsort.errors import DataFormatError
+from mimlsort.pickling import by_fields
 
 
 class Quality(enum.IntFlag):
@@ -22,6 +23,7 @@ class Quality(enum.IntFlag):
     STUCK = 16  # the cell stopped in the channel for longer than the stuck limit
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The whole ROI at one frame of a cell's passage (the frame of maximum DI in the
@@ -43,6 +45,7 @@ class Snapshot:
             raise DataFormatError(f"snapshot of frame {self.frame_id}: mask must be boolean, got {self.mask.dtype}")
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class CellEvent:
     """One cell's passage through the constriction.
