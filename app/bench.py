@@ -74,7 +74,7 @@ def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: flo
 
 
 def bench_pipeline(seconds: float = 5.0, fps: float = 10_000.0, cells_per_second: float = 400.0,
-                   model: str | None = None) -> dict:
+                   model: str | None = None, compression: str = "all") -> dict:
     """The camera paced at ``fps`` (what a real camera does) through the full pipeline, writing events."""
     with tempfile.TemporaryDirectory(prefix="mimlsort-bench-") as tmp:
         cfg = with_changes(RunConfig(),
@@ -83,9 +83,9 @@ def bench_pipeline(seconds: float = 5.0, fps: float = 10_000.0, cells_per_second
                                    "synthetic.duration_s": seconds, "synthetic.cells_per_second": cells_per_second,
                                    **FAST_FLOW},
                            model={"path": model or "demo"}, trigger={"backend": "null"},
-                           output={"folder": tmp, "sample": "bench"}, daemon={"log_file": ""})
+                           output={"folder": tmp, "sample": "bench", "compression": compression}, daemon={"log_file": ""})
         res = {"roi": f"{cfg.camera.synthetic.width}x{cfg.camera.synthetic.height}", "offered_fps": fps,
-               "offered_cells_per_s": cells_per_second, "cpus": len(os.sched_getaffinity(0))}
+               "offered_cells_per_s": cells_per_second, "cpus": len(os.sched_getaffinity(0)), "compression": compression}
         res.update(_run(cfg, Path(tmp), timeout_s=seconds * 4 + 60))
         return res
 
@@ -97,7 +97,7 @@ SORT_FLOW = {k: 2.0 * v for k, v in FAST_FLOW.items()}
 
 
 def bench_sorting(seconds: float = 5.0, fps: float = 8_000.0, cells_per_second: float = 1400.0,
-                  model: str | None = None) -> dict:
+                  model: str | None = None, compression: str = "all") -> dict:
     """Decision latency and sustained decisions per second, serial trigger on a pseudo-terminal.
 
     The dense simulated channel is rendered to a raw recording first and replayed in real time at
@@ -118,9 +118,9 @@ def bench_sorting(seconds: float = 5.0, fps: float = 8_000.0, cells_per_second: 
                            model={"path": model or "demo"},
                            sorting={"mode": "yield", "threshold": 0.0, "reject_flags": []},
                            trigger={"backend": "serial", "serial.port": port, "serial.compensate_transmission": False},
-                           output={"folder": tmp, "sample": "bench"}, daemon={"log_file": ""})
+                           output={"folder": tmp, "sample": "bench", "compression": compression}, daemon={"log_file": ""})
         res = {"offered_fps": fps, "simulated_cells": sum(1 for t in truth if t.kind != "debris"),
-               "trigger": "serial (pseudo-terminal, emulator process)"}
+               "trigger": "serial (pseudo-terminal, emulator process)", "compression": compression}
         res.update(_run(cfg, Path(tmp), timeout_s=seconds * 4 + 60))
     try:
         from hardware.bench import bench_serial_jitter

@@ -103,7 +103,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     fn = getattr(importlib.import_module(module), name)
     params = inspect.signature(fn).parameters
     options = {"n_frames": args.frames, "backend": args.backend, "seconds": args.seconds, "model": args.model,
-               "provider": args.provider}
+               "provider": args.provider, "compression": args.compression}
     kwargs = {k: v for k, v in options.items() if v is not None and k in params}
     res = fn(**kwargs)
     if args.json:
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--backend", help="camera backend (bench camera)")
     sp.add_argument("--model", help="model file(s), comma-separated (bench inference/sorting/pipeline)")
     sp.add_argument("--provider", help="ONNX Runtime provider: auto, cpu, cuda, tensorrt (bench inference)")
+    sp.add_argument("--compression", choices=("all", "masks", "none"),
+                    help="event file images compressed (output.compression; bench pipeline/sorting/storage)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_bench)
 

@@ -191,12 +191,14 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
                 camera=f"{info.backend} {info.model} {info.serial}".strip(), bit_depth=info.bit_depth,
                 target_event_count=cfg.autostop.events, target_duration_s=cfg.autostop.seconds, **geo,
             )
+            comp = cfg.output.compression
+            options = {"compression": None if comp == "none" else "zstd", "compress_images": comp == "all"}
             if cfg.output.writer == "process":
                 from app.writer_process import EventWriterProcess
 
-                writer = EventWriterProcess(ev_path, meta=meta)
+                writer = EventWriterProcess(ev_path, meta=meta, **options)
             else:
-                writer = EventWriter(ev_path, meta=meta)
+                writer = EventWriter(ev_path, meta=meta, **options)
             opened.append(writer)
             if not info.camera_clock:
                 writer.log(f"{info.backend} camera has no clock of its own: frame times are host arrival times")

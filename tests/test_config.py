@@ -49,6 +49,7 @@ def test_cli_prints_the_default_and_checks_files(tmp_path):
     ({"model": {"provider": "gpu"}}, "model.provider"),
     ({"autostop": {"events": -1}}, "autostop.events"),
     ({"daemon": {"http_port": 70000}}, "daemon.http_port"),
+    ({"output": {"compression": "lz4"}}, "output.compression"),
     ({"bogus": {}}, "bogus"),
 ])
 def test_errors_name_the_key(data, key):

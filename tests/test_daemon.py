@@ -138,7 +138,8 @@ def test_status_over_http_on_loopback_and_autostop(tmp_path):
 
     port = _free_port()
     cfg = load_config(write_config(tmp_path / "run.toml", tmp_path / "out"))
-    cfg = with_changes(cfg, daemon={"http_port": port}, autostop={"seconds": 3.0})
+    # output.compression reaches the writer process: frames plain, masks compressed
+    cfg = with_changes(cfg, daemon={"http_port": port}, autostop={"seconds": 3.0}, output={"compression": "masks"})
     seen: list[dict] = []
 
     def poll():
@@ -160,6 +161,11 @@ def test_status_over_http_on_loopback_and_autostop(tmp_path):
     assert seen, "no status was served"
     assert {"state", "fps_in", "cells", "missed", "latency_p99_us"} <= set(seen[-1])
     assert seen[-1]["state"] in ("running", "stopping", "finished")
+    import h5py
+
+    with h5py.File(run.events_path, "r") as h5:
+        assert h5["events/image"].shape[0] > 0 and not h5["events/image"]._filters and h5["events/mask"]._filters
+    assert dclab_violations(run.events_path) == []
 
 
 def _simulate(tmp_path: Path) -> Path:

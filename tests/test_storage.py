@@ -192,6 +192,26 @@ def test_dclab_opens_complete_file_with_zero_violations(tmp_path):
         assert all(len(line.encode()) <= 100 for name in ds.logs for line in ds.logs[name])
 
 
+@pytest.mark.parametrize("images, codec", [(True, "zstd"), (False, "zstd"), (True, None)])
+def test_image_compression_choices_keep_the_file_valid_and_the_pixels(tmp_path, images, codec):
+    import h5py
+
+    path = tmp_path / "run.rtdc"
+    records = make_records(20)
+    with EventWriter(path, meta=make_meta(), compression=codec, compress_images=images) as w:
+        w.write(records)
+    _dclab, (violations, _alerts, _info) = dclab_check(path)
+    assert violations == []
+    with h5py.File(path, "r") as h5:
+        filtered = {name: bool(h5[name]._filters) for name in ("events/image", "events/mask", "basin_events/image_bg",
+                                                                "mimlsort/events/first_crop")}
+        assert filtered == {"events/image": bool(codec) and images, "events/mask": bool(codec),
+                            "basin_events/image_bg": bool(codec), "mimlsort/events/first_crop": bool(codec) and images}
+        assert np.array_equal(h5["events/image"][:], np.stack([snap_of(r.event).image for r in records]))
+        assert np.array_equal(h5["events/mask"][:] > 0, np.stack([snap_of(r.event).mask for r in records]))
+        assert np.array_equal(h5["mimlsort/events/last_crop"][:], np.stack([r.event.last_crop for r in records]))
+
+
 def test_read_back_everything(tmp_path):
     path = tmp_path / "run.rtdc"
     records = make_records(25, seed=3)
