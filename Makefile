@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export NUMBA_CACHE_DIR := $(CURDIR)/$(VENV)/numba-cache
 
-.PHONY: venv demo test bench model screenshot clean
+.PHONY: venv demo test bench model screenshot clean sim-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,23 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mimlsort demo --seconds 3 --out out/demo
 
-test: $(STAMP)
+test: $(STAMP) sim-tools
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Debian's avr-gcc, Arduino AVR core and simavr, for the tests that run the trigger firmware on a
+# simulated Uno (tests/sim/avr_harness.c). Installed when this runs as root with apt (CI, the dev
+# VM); elsewhere those tests skip and say which package is missing.
+SIM_TOOLS := gcc-avr avr-libc binutils-avr arduino-core-avr libsimavr-dev
+sim-tools:
+	@if command -v avr-g++ >/dev/null && [ -e /usr/include/simavr/sim_avr.h ] && \
+		[ -e /usr/share/arduino/hardware/arduino/avr/cores/arduino/Arduino.h ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		timeout 600 apt-get install -y -q --no-install-recommends $(SIM_TOOLS) >/dev/null 2>&1 || \
+		{ timeout 300 apt-get update -q >/dev/null 2>&1 && \
+		  timeout 600 apt-get install -y -q --no-install-recommends $(SIM_TOOLS) >/dev/null 2>&1; } || \
+		echo "sim-tools: could not install $(SIM_TOOLS); the simulated-Uno tests will skip"; \
+	else echo "sim-tools: not root or no apt-get; the simulated-Uno tests will skip"; fi
 
 # the figures in BENCHMARKS.md (run on a quiet machine)
 bench: $(STAMP)

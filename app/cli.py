@@ -103,7 +103,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     fn = getattr(importlib.import_module(module), name)
     params = inspect.signature(fn).parameters
     options = {"n_frames": args.frames, "backend": args.backend, "seconds": args.seconds, "model": args.model,
-               "provider": args.provider, "compression": args.compression}
+               "provider": args.provider, "compression": args.compression, "rate": args.rate, "baud": args.baud,
+               "mode": args.mode}
     kwargs = {k: v for k, v in options.items() if v is not None and k in params}
     res = fn(**kwargs)
     if args.json:
@@ -163,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("what", choices=sorted(BENCHES))
     sp.add_argument("--frames", type=int, help="frames to process (where the benchmark takes frames)")
     sp.add_argument("--seconds", type=float, help="duration (where the benchmark runs for a time)")
-    sp.add_argument("--backend", help="camera backend (bench camera)")
+    sp.add_argument("--backend", help="camera backend (bench camera); device end (bench trigger: emulator, "
+                    "firmware, avr)")
+    sp.add_argument("--rate", type=float, help="pulses per second (bench trigger)")
+    sp.add_argument("--baud", type=int, help="UART baud rate of the simulated Uno (bench trigger --backend avr)")
+    sp.add_argument("--mode", choices=("delay", "clock"), help="serial trigger mode (bench trigger)")
     sp.add_argument("--model", help="model file(s), comma-separated (bench inference/sorting/pipeline)")
     sp.add_argument("--provider", help="ONNX Runtime provider: auto, cpu, cuda, tensorrt (bench inference)")
     sp.add_argument("--compression", choices=("all", "masks", "none"),

@@ -45,6 +45,9 @@ def _serial():
     return serial
 
 
+_TYPICAL_FIRE_BYTES = 22  # "FIRE 123456 20000 100\n": what the link check assumes before formatting
+
+
 @dataclass(frozen=True, slots=True)
 class SerialSettings:
     port: str = ""  # e.g. /dev/ttyACM0, COM3
@@ -82,6 +85,7 @@ class SerialTrigger(Trigger):
         self._replies: queue.Queue[str] = queue.Queue()
         self._ids: dict[int, int] = {}  # protocol id (mod 2**32) -> event index, while unacknowledged
         self._byte_us = 10e6 / self.settings.baudrate if self.settings.compensate_transmission else 0.0
+        self._wire_free_ns = 0  # when the bytes written so far have left the host's UART (model)
         self.firmware = ""
         self.clock = DeviceClock()  # clock mode: host ns <-> the device's micros()
         self._clock_lock = threading.Lock()  # the reader thread adds samples, the sort thread maps
@@ -206,9 +210,12 @@ class SerialTrigger(Trigger):
             delay = max(0, min(MAX_DELAY_US, int(left_us)))
             cmd = f"FIRE {ident} {delay} {width}\n"
             if self._byte_us:  # the device starts counting when the last byte is in
-                delay = max(0, int(left_us - len(cmd) * self._byte_us))
+                queued_us = max(0, self._wire_free_ns - now) / 1000.0  # earlier commands still on the wire
+                delay = max(0, int(left_us - queued_us - len(cmd) * self._byte_us))
                 cmd = f"FIRE {ident} {delay} {width}\n"
             delay = float(delay)
+        if self._byte_us:
+            self._wire_free_ns = max(now, self._wire_free_ns) + round(len(cmd) * self._byte_us * 1000)
         self._ids[ident] = event_index
         data = cmd.encode()
         with self._write_lock:
@@ -224,6 +231,15 @@ class SerialTrigger(Trigger):
                 if n < len(data):  # the device is not reading: wait at most write_timeout_s
                     self._port.write(data[n:])
         return time.monotonic_ns(), delay
+
+    def _link_busy_ns(self) -> int:
+        # A UART carries ~baud/10 bytes/s (115200: ~500 FIRE lines/s); a command queued behind
+        # others arrives late, and the device counts its delay from arrival, so the pulse would
+        # be late by the backlog with nothing to tell. Such a command is not sent (counted late).
+        if not self._byte_us:
+            return 0
+        backlog = max(0, self._wire_free_ns - time.monotonic_ns())
+        return backlog + round(_TYPICAL_FIRE_BYTES * self._byte_us * 1000)
 
     def _do_poll(self) -> None:
         """Clock mode: keep the clocks related while no cells are fired."""

@@ -205,6 +205,12 @@ class Trigger(ABC):
             return FireRecord(idx, at, 0, lead / 1000.0, width, True, False,
                               f"late: fire time {lead / 1000.0:.0f} µs ahead < min_lead_us "
                               f"{self.timing.min_lead_us:g}", self.device)
+        busy = self._link_busy_ns()
+        if lead - busy < self._min_lead_ns:
+            self.late += 1
+            return FireRecord(idx, at, 0, lead / 1000.0, width, True, False,
+                              f"late: the link to the device is busy for {busy / 1000.0:.0f} µs, "
+                              f"the fire time is {lead / 1000.0:.0f} µs ahead", self.device)
         lo, hi = self.width_range_us
         if not (lo <= width <= hi) or lead > self._max_delay_ns:
             self.failed += 1
@@ -262,6 +268,10 @@ class Trigger(ABC):
                              self.failed, self.acked, self.unacked, self.device_errors, self.device_late)
 
     # -- for backends ----------------------------------------------------------------------------
+    def _link_busy_ns(self) -> int:
+        """How long a command sent now would wait for, and take on, a slow link (0: no such link)."""
+        return 0
+
     def _ack(self, event_index: int, device_time_us: int, host_ns: int | None = None) -> None:
         self.acked += 1
         self._acks.append(Ack(event_index, device_time_us, host_ns if host_ns is not None else time.monotonic_ns()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import pytest
 
@@ -206,22 +207,54 @@ def test_ids_wrap_at_32_bits(emu):
     assert emu.records("pulse")[0][0] == "5"
 
 
-# -- the firmware itself, built for this PC against tests/sim/arduino_shim ------------------------
-@pytest.fixture(scope="module")
-def firmware(tmp_path_factory):
+def test_commands_the_link_cannot_deliver_in_time_are_late_not_sent(emu):
+    # 9600 baud: a FIRE line takes ~20 ms on the wire; the device would count its delay from an
+    # arrival after the fire time. The host models the wire and refuses such commands as late.
+    with _open(emu.port, baudrate=9600, compensate_transmission=True) as trig:
+        now = time.monotonic_ns()
+        recs = [trig.fire(FireRequest(i, now + 45 * MS, 100.0)) for i in range(5)]
+        assert len(_wait_acks(trig, 1, timeout_s=2.0)) == 1
+        late = trig.late
+    assert [r.ok for r in recs] == [True, True, False, False, False]  # ~21 and ~42 ms on the wire
+    assert all(r.late and "link to the device is busy" in r.error for r in recs[2:])
+    assert late == 3
+    fires = [c[1].split() for c in emu.records("cmd") if c[1].startswith("FIRE")]
+    assert [int(w[1]) for w in fires] == [0, 1]
+    # the second command's delay allows for the first one still on the wire
+    assert int(fires[0][2]) - int(fires[1][2]) >= 15_000
+
+
+# -- the firmware itself: built for this PC against tests/sim/arduino_shim, and for an Uno --------
+# (avr-gcc, the Arduino AVR core) run cycle by cycle in simavr, where the toolchain is installed
+# (`make test` installs it on Debian/Ubuntu when it can).
+@pytest.fixture(scope="module", params=["pc", "avr"])
+def firmware(request, tmp_path_factory):
     import shutil
 
-    from tests.sim.trigger_emulator import build_firmware
+    from tests.sim import trigger_emulator as sim
 
-    if shutil.which("g++") is None:
-        pytest.skip("no C++ compiler (g++) to build the firmware for this PC")
-    return build_firmware(tmp_path_factory.mktemp("fw") / "mimlsort_trigger")
+    if request.param == "pc":
+        if shutil.which("g++") is None:
+            pytest.skip("no C++ compiler (g++) to build the firmware for this PC")
+        return Firmware("pc", [str(sim.build_firmware(tmp_path_factory.mktemp("fw") / "mimlsort_trigger"))], {})
+    if why := sim.avr_toolchain_missing():
+        pytest.skip(f"cannot run the firmware on a simulated Uno: {why}")
+    program, _ = sim.simulated_uno(tmp_path_factory.mktemp("avr"))
+    # a real UART at 115200: the host subtracts each line's time on the wire
+    return Firmware("avr", program, {"compensate_transmission": True, "baudrate": 115200})
+
+
+@dataclass(frozen=True)
+class Firmware:
+    target: str
+    program: list[str]
+    options: dict
 
 
 def _edges(dev):
-    """(level, ns) of every change of the output pin (setup() and DISARM write LOW when it is low)."""
+    """(level, host ns) of every change of the output pin (setup() and DISARM write LOW when it is low)."""
     out, level = [], 0
-    for pin, lv, ns in dev.records("pin"):
+    for pin, lv, ns, *_ in dev.records("pin"):
         if pin == "7" and int(lv) != level:
             level = int(lv)
             out.append((level, int(ns)))
@@ -230,9 +263,9 @@ def _edges(dev):
 
 def test_firmware_times_every_pulse_from_the_command(firmware, tmp_path):
     n = 30
-    with emulated_port(tmp_path / "fw.tsv", device=[str(firmware)]) as dev:
-        with _open(dev.port) as trig:
-            assert trig.firmware == "mimlsort-trigger 1 1.0.0"
+    with emulated_port(tmp_path / "fw.tsv", device=firmware.program) as dev:
+        with _open(dev.port, **firmware.options) as trig:
+            assert trig.firmware == "mimlsort-trigger 1 1.1.0"
             t0 = time.monotonic_ns() + AHEAD
             recs = [trig.fire(FireRequest(i, t0 + i * 10 * MS, 300.0 + 20 * (i % 5))) for i in range(n)]
             acks = _wait_acks(trig, n)
@@ -244,21 +277,29 @@ def test_firmware_times_every_pulse_from_the_command(firmware, tmp_path):
     assert status["fired"] == n and status["queued"] == 0 and status["errors"] >= 0
     assert len(edges) % 2 == 0 and edges[0][0] == 1  # every pulse ended
     highs = [(edges[i][1], edges[i + 1][1]) for i in range(0, len(edges), 2)]
+    if firmware.target == "avr":  # widths on the simulated AVR's own clock, exact to a cycle
+        dev = _device_edges(dev)
+        widths = [dev[i + 1][1] - dev[i][1] for i in range(0, len(dev), 2)]
+    else:
+        widths = [down - up for up, down in highs]
     assert 1 <= len(highs) <= n  # pulses only merge when a host stall moved one onto the next
-    assert all(down - up >= min(r.width_us for r in recs) * 1000 - 2000 for up, down in highs)
+    assert all(w >= min(r.width_us for r in recs) * 1000 - 2000 for w in widths)
     # never early: the device counts the delay from the line's arrival, which is after the host
-    # computed the delay (whole µs, truncated) — so an edge precedes its fire time by < 2 µs at most
-    assert highs[0][0] >= recs[0].scheduled_ns - 2000
+    # computed the delay (whole µs, truncated) — so an edge precedes its fire time by < 2 µs at most.
+    # An Uno's 115200 is really 117,647 baud (16 MHz / 136): its lines arrive ~2% sooner than the
+    # host reckons, up to ~40 µs for a FIRE line.
+    early = 2000 if firmware.target == "pc" else 50_000
+    assert highs[0][0] >= recs[0].scheduled_ns - early
     if len(highs) == n:  # the usual case: one pulse per command, each checked
-        for (up, down), rec in zip(highs, recs):
-            assert up >= rec.scheduled_ns - 2000
-            assert down - up >= rec.width_us * 1000 - 2000
+        for (up, _), w, rec in zip(highs, widths, recs):
+            assert up >= rec.scheduled_ns - early
+            assert w >= rec.width_us * 1000 - 2000
 
 
 def test_firmware_clock_mode_never_fires_before_its_time(firmware, tmp_path):
     n = 10
-    with emulated_port(tmp_path / "fw.tsv", device=[str(firmware)]) as dev:
-        with _open(dev.port, mode="clock") as trig:
+    with emulated_port(tmp_path / "fw.tsv", device=firmware.program) as dev:
+        with _open(dev.port, mode="clock", **firmware.options) as trig:
             t0 = time.monotonic_ns() + AHEAD
             recs = [trig.fire(FireRequest(i, t0 + i * 10 * MS, 300.0)) for i in range(n)]
             bound = trig.clock.error_bound_ns
@@ -274,7 +315,7 @@ def test_firmware_clock_mode_never_fires_before_its_time(firmware, tmp_path):
 def test_firmware_reports_protocol_errors(firmware, tmp_path):
     import serial
 
-    with emulated_port(tmp_path / "fw.tsv", device=[str(firmware)]) as dev:
+    with emulated_port(tmp_path / "fw.tsv", device=firmware.program) as dev:
         with serial.Serial(dev.port, 115200, timeout=0.05) as port:
             def ask(line, lines=1):
                 port.write(line.encode() + b"\n")
@@ -286,7 +327,7 @@ def test_firmware_reports_protocol_errors(firmware, tmp_path):
                         got.append(raw.decode().strip())
                 return got
 
-            assert ask("ID") == ["ID mimlsort-trigger 1 1.0.0"]
+            assert ask("ID") == ["ID mimlsort-trigger 1 1.1.0"]
             assert ask("FIRE 1 100 100") == ["ERR 4 id=1 not armed"]
             assert ask("ARM") == ["OK ARM"]
             assert ask("FIRE 1 100") == ["ERR 2 bad arguments"]
@@ -307,6 +348,73 @@ def test_firmware_reports_protocol_errors(firmware, tmp_path):
             assert int(ack[0].split()[2]) - due >= 0  # not before its due time on the device clock
             assert ask(f"FIREAT 8 {(int(t[1]) + 20_000_000) % (1 << 32)} 10") == ["ERR 2 bad arguments"]
             assert ask("DISARM") == ["OK DISARM"]
+
+
+# -- the firmware on a simulated Uno only: what a PC build cannot show -----------------------------
+@pytest.fixture(scope="module")
+def uno(tmp_path_factory):
+    from tests.sim import trigger_emulator as sim
+
+    if why := sim.avr_toolchain_missing():
+        pytest.skip(f"cannot run the firmware on a simulated Uno: {why}")
+    return sim.simulated_uno(tmp_path_factory.mktemp("uno"))
+
+
+def test_firmware_fits_an_uno(uno):
+    from tests.sim.trigger_emulator import UNO_FLASH, UNO_RAM
+
+    _, fw = uno
+    assert fw.flash_bytes <= UNO_FLASH
+    assert fw.ram_bytes <= UNO_RAM - 384, fw.ram_bytes  # the rest is the stack's
+
+
+def _device_edges(dev):
+    """(level, device ns) of the output pin's changes, exact to a cycle of the simulated AVR."""
+    out, level = [], 0
+    for pin, lv, _, dev_ns in dev.records("pin"):
+        if pin == "7" and int(lv) != level:
+            level = int(lv)
+            out.append((level, int(dev_ns)))
+    return out
+
+
+def test_uno_pulses_have_their_width_while_commands_and_acks_flow(uno, tmp_path):
+    # 200 pulses/s of 300 µs with their commands arriving and ACKs leaving meanwhile: printing a
+    # reply with Arduino's Print (32-bit division per digit) used to hold the falling edge ~0.5 ms
+    program, _ = uno
+    n = 60
+    with emulated_port(tmp_path / "uno.tsv", device=program) as dev:
+        with _open(dev.port, compensate_transmission=True, baudrate=115200) as trig:
+            t0 = time.monotonic_ns() + 30 * MS
+            recs = []
+            for i in range(n):
+                while time.monotonic_ns() < t0 + (i - 4) * 5 * MS:  # each sent 20 ms ahead
+                    time.sleep(0.0005)
+                recs.append(trig.fire(FireRequest(i, t0 + i * 5 * MS, 300.0)))
+            acks = _wait_acks(trig, n)
+            time.sleep(0.01)
+            errors, late = trig.device_errors, trig.device_late
+        edges = _device_edges(dev)
+    assert all(r.ok for r in recs) and sorted(a.event_index for a in acks) == list(range(n))
+    assert errors == 0 and late == 0  # no garbled line, no edge > 100 µs late on the device
+    highs = [edges[i + 1][1] - edges[i][1] for i in range(0, len(edges) - 1, 2)]
+    assert len(highs) == n
+    assert all(300_000 <= w <= 300_000 + 80_000 for w in highs), max(highs)
+
+
+def test_uno_takes_a_burst_of_commands_whole(uno, tmp_path):
+    import serial
+
+    program, _ = uno
+    with emulated_port(tmp_path / "uno.tsv", device=program) as dev:
+        with serial.Serial(dev.port, 115200, timeout=0.05) as port:
+            port.write(b"ARM\n")
+            port.write(b"".join(b"FIRE %d %d 50\n" % (i, 200_000 + 1000 * i) for i in range(40)))  # 0.8 KB at once
+            lines, deadline = [], time.monotonic() + 5
+            while sum(x.startswith(b"ACK") for x in lines) < 40 and time.monotonic() < deadline:
+                lines += [x for x in port.readlines() if x.strip()]
+    assert not [x for x in lines if x.startswith(b"ERR")]
+    assert sorted(int(x.split()[1]) for x in lines if x.startswith(b"ACK")) == list(range(40))
 
 
 # -- command line and benchmark ------------------------------------------------------------------
@@ -331,3 +439,17 @@ def test_bench_serial_jitter_reports_every_pulse():
         assert res[f"{key}_p50_us"] <= res[f"{key}_p99_us"] <= res[f"{key}_max_us"]
     assert res["write_p50_us"] > 0 and res["arrive_p50_us"] > 0
     assert res["pulse_error_p50_us"] > -2  # never early: the delay is truncated to whole µs at most
+
+
+def test_bench_trigger_on_a_simulated_uno_measures_on_the_device_clock():
+    from hardware.bench import bench_serial_jitter
+    from tests.sim.trigger_emulator import avr_toolchain_missing
+
+    if why := avr_toolchain_missing():
+        pytest.skip(f"cannot run the firmware on a simulated Uno: {why}")
+    res = bench_serial_jitter(n=40, backend="avr", rate=200)
+    assert res["pulses"] == res["sent_ok"] == res["acked"] == 40 and res["device_errors"] == 0
+    # the edge follows its command's end + delay, never precedes it, by the firmware's loop latency
+    assert 0 < res["device_error_p50_us"] <= res["device_error_max_us"] < 300
+    assert -5 < res["width_error_p50_us"] <= res["width_error_max_us"] < 100
+    assert res["ram_bytes"] < 2048 and res["baud"] == 115200

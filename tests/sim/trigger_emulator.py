@@ -38,12 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROTOCOL = 1
-FIRMWARE = "1.0.0-emulator"
+FIRMWARE = "1.1.0-emulator"
 MAX_LINE = 63
 QUEUE = 64
 MAX_DELAY_US = 10_000_000
 MAX_WIDTH_US = 1_000_000
-LATE_US = 2000  # the firmware uses 50 µs; a Python process on a shared host needs more slack
+LATE_US = 2000  # the firmware uses 100 µs; a Python process on a shared host needs more slack
 U32 = 1 << 32
 
 
@@ -277,6 +277,84 @@ def build_firmware(out: str | Path, compiler: str = "g++") -> Path:
     if res.returncode != 0:
         raise RuntimeError(f"building the firmware failed:\n{res.stderr}")
     return out
+
+
+# The Arduino AVR core as Debian's arduino-core-avr installs it (or ARDUINO_AVR_CORE), and the
+# part of it the sketch links against: the rest (WString, USB, Tone) is never referenced.
+ARDUINO_AVR = Path(os.environ.get("ARDUINO_AVR_CORE", "/usr/share/arduino/hardware/arduino/avr"))
+_AVR_CORE = ("wiring.c", "wiring_digital.c", "hooks.c", "main.cpp", "HardwareSerial.cpp", "HardwareSerial0.cpp",
+             "Print.cpp", "abi.cpp", "new.cpp")
+UNO_FLASH = 32256  # 32 KB less the 512-byte optiboot bootloader
+UNO_RAM = 2048
+AVR_HARNESS = Path(__file__).resolve().parent / "avr_harness.c"
+
+
+def avr_toolchain_missing() -> str | None:
+    """Why the sketch cannot be built for and run on a simulated ATmega328P here, or None."""
+    import shutil
+
+    for tool, package in (("avr-g++", "gcc-avr"), ("avr-size", "binutils-avr"), ("gcc", "gcc")):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (Debian package {package})"
+    if not (ARDUINO_AVR / "cores" / "arduino" / "Arduino.h").exists():
+        return f"no Arduino AVR core at {ARDUINO_AVR} (Debian package arduino-core-avr, or set ARDUINO_AVR_CORE)"
+    if not Path("/usr/include/simavr/sim_avr.h").exists():
+        return "simavr headers not found (Debian package libsimavr-dev)"
+    return None
+
+
+@dataclass(frozen=True)
+class AvrFirmware:
+    elf: Path
+    flash_bytes: int  # .text + .data: what is programmed
+    ram_bytes: int  # .data + .bss: static RAM, before the stack
+
+
+def build_avr_firmware(out_dir: str | Path, *defines: str, mcu: str = "atmega328p",
+                       f_cpu: int = 16_000_000) -> AvrFirmware:
+    """Compile the sketch with avr-gcc against the Arduino AVR core, as the Arduino IDE does for an Uno.
+
+    ``defines`` are extra ``NAME=value`` macros (``BAUD=1000000``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    core = ARDUINO_AVR / "cores" / "arduino"
+    flags = [f"-mmcu={mcu}", f"-DF_CPU={f_cpu}L", "-DARDUINO=10807", "-DARDUINO_AVR_UNO", "-DARDUINO_ARCH_AVR",
+             "-I", str(core), "-I", str(ARDUINO_AVR / "variants" / "standard"), "-Os", "-ffunction-sections",
+             "-fdata-sections", *(f"-D{d}" for d in defines)]
+    cxx = ["-std=gnu++11", "-fno-exceptions", "-fno-threadsafe-statics"]
+    jobs = [(["avr-gcc" if src.endswith(".c") else "avr-g++", *flags, *([] if src.endswith(".c") else cxx)],
+             core / src, out / f"{src}.o") for src in _AVR_CORE]
+    jobs.append((["avr-g++", *flags, *cxx, "-Wall", "-Wextra", "-Werror", "-x", "c++"], FIRMWARE_SKETCH,
+                 out / "sketch.o"))
+    for cmd, src, obj in jobs:
+        res = subprocess.run([*cmd, "-c", str(src), "-o", str(obj)], capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"avr-gcc failed on {src}:\n{res.stderr}")
+    elf = out / "mimlsort_trigger.elf"
+    res = subprocess.run(["avr-gcc", f"-mmcu={mcu}", "-Os", "-Wl,--gc-sections", *(str(o) for _, _, o in jobs),
+                          "-o", str(elf)], capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise RuntimeError(f"linking the AVR firmware failed:\n{res.stderr}")
+    sizes = subprocess.run(["avr-size", str(elf)], capture_output=True, text=True, check=True).stdout.split("\n")[1]
+    text, data, bss = (int(x) for x in sizes.split()[:3])
+    return AvrFirmware(elf, text + data, data + bss)
+
+
+def build_avr_harness(out: str | Path) -> Path:
+    """Compile tests/sim/avr_harness.c (simavr with UART0 on --fd, in real time)."""
+    out = Path(out)
+    res = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-I", "/usr/include/simavr", str(AVR_HARNESS), "-o",
+                          str(out), "-lsimavr"], capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise RuntimeError(f"building the simavr harness failed:\n{res.stderr}")
+    return out
+
+
+def simulated_uno(folder: str | Path, *defines: str) -> tuple[list[str], AvrFirmware]:
+    """The device program for :func:`emulated_port` that runs the sketch on a simulated Uno."""
+    folder = Path(folder)
+    fw = build_avr_firmware(folder / "avr", *defines)
+    return [str(build_avr_harness(folder / "avr_harness")), str(fw.elf)], fw
 
 
 def main(argv: list[str] | None = None) -> int:

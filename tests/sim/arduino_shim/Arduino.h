@@ -1,7 +1,8 @@
 // A minimal Arduino API for building the mimlsort_trigger sketch on a PC (Linux/macOS), so the
 // test suite runs the firmware's own code on the device end of a pseudo-terminal. Only what the
 // sketch uses: micros(), pinMode/digitalWrite (recorded to a file with CLOCK_MONOTONIC times,
-// the same clock the host driver uses) and a byte-wise Serial over an inherited file descriptor.
+// the same clock the host driver uses) and a byte-wise Serial over an inherited file descriptor
+// (written out a line at a time, like a USB CDC endpoint).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -20,16 +21,11 @@ void digitalWrite(int pin, int level);
 
 class SerialPort {
  public:
-  void begin(long baud);
+  void begin(unsigned long baud);
   int available();
   int read();
-  size_t print(const char *s);
-  size_t print(char c);
-  size_t print(unsigned char v);
-  size_t print(int v);
-  size_t print(unsigned int v);
-  size_t print(long v);
-  size_t print(unsigned long v);
+  int availableForWrite();
+  size_t write(uint8_t c);
 };
 
 extern SerialPort Serial;

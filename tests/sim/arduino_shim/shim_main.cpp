@@ -53,7 +53,7 @@ static void flush_out() {
   }
 }
 
-void SerialPort::begin(long) {}
+void SerialPort::begin(unsigned long) {}
 
 int SerialPort::available() {
   if (in_pos_ < in_len_) return (int)(in_len_ - in_pos_);
@@ -66,20 +66,13 @@ int SerialPort::available() {
 
 int SerialPort::read() { return available() > 0 ? inbuf_[in_pos_++] : -1; }
 
-size_t SerialPort::print(const char *s) {
-  out_ += s;
-  if (!out_.empty() && out_.back() == '\n') flush_out();
-  return strlen(s);
+int SerialPort::availableForWrite() { return 64; }
+
+size_t SerialPort::write(uint8_t c) {
+  out_ += (char)c;
+  if (c == '\n') flush_out();
+  return 1;
 }
-size_t SerialPort::print(char c) {
-  char s[2] = {c, 0};
-  return print(s);
-}
-size_t SerialPort::print(unsigned char v) { return print((unsigned long)v); }
-size_t SerialPort::print(int v) { return print((long)v); }
-size_t SerialPort::print(unsigned int v) { return print((unsigned long)v); }
-size_t SerialPort::print(long v) { return print(std::to_string(v).c_str()); }
-size_t SerialPort::print(unsigned long v) { return print(std::to_string(v).c_str()); }
 
 int main(int argc, char **argv) {
   const char *record = nullptr;
