@@ -65,7 +65,9 @@ class ClockMap:
     remains (exposure to readout) is calibrated with :attr:`TimingSettings.offset_us`.
 
     Feed it from the thread that owns the frames (``add``/``add_many`` per batch); ``to_host_ns``
-    refits lazily once an eighth of the window is new (and while it fills). Not thread-safe by design: one owner.
+    refits lazily once an eighth of the window is new (and while it fills). A caller on a
+    deadline maps with ``to_host_ns(t, refit=False)`` (the last fit: the clocks drift by ppm) and
+    calls :meth:`refit` once the deadline has passed. Not thread-safe by design: one owner.
     """
 
     def __init__(self, window: int = 512, segments: int = 8):
@@ -82,6 +84,7 @@ class ClockMap:
         self._slope = 1.0
         self._offset = 0.0  # host - slope * (camera - ref), in ns
         self._ref = 0  # camera time the fit is centred on (keeps float64 precise for ns clocks)
+        self._fitted = False  # a fit of the current window's samples exists
         self.resets = 0  # times the camera clock went backwards and the window was restarted
 
     @property
@@ -129,6 +132,7 @@ class ClockMap:
         self._n = 0
         self._head = 0
         self._dirty = False
+        self._fitted = False
         self._slope, self._offset, self._ref = 1.0, 0.0, 0
 
     def _samples(self) -> tuple[np.ndarray, np.ndarray]:
@@ -142,6 +146,7 @@ class ClockMap:
         ref = int(cam[-1])
         x = (cam - ref).astype(np.float64)
         y = (host - ref).astype(np.float64)
+        self._fitted = True
         if len(x) == 1:
             self._slope, self._offset, self._ref = 1.0, float(y[0] - x[0]), ref
             self._dirty = False
@@ -170,11 +175,17 @@ class ClockMap:
             self._fit()
         return self._slope
 
-    def to_host_ns(self, camera_ns: int) -> int:
-        """The host monotonic time of camera time ``camera_ns``."""
+    def refit(self) -> None:
+        """Fit now if enough new samples are due (what ``to_host_ns`` would do lazily)."""
+        if self._dirty and self._n:
+            self._fit()
+
+    def to_host_ns(self, camera_ns: int, refit: bool = True) -> int:
+        """The host monotonic time of camera time ``camera_ns``; ``refit=False`` maps with the
+        last fit even if newer samples are due (a fit costs ~0.1–0.3 ms of numpy)."""
         if self._n == 0:
             raise StateError("ClockMap has no samples yet: add (camera, host) pairs from frames first")
-        if self._dirty:
+        if self._dirty and (refit or not self._fitted):
             self._fit()
         return self._ref + round(self._slope * (camera_ns - self._ref) + self._offset)
 

@@ -95,6 +95,22 @@ def test_clock_map_restarts_when_the_camera_clock_goes_back():
     assert cm.to_host_ns(2_000) == 9_001_000
 
 
+def test_clock_map_maps_with_the_last_fit_until_refit_on_a_deadline():
+    from hardware.timing import ClockMap
+
+    cm = ClockMap(window=64)
+    cam = np.arange(64, dtype=np.int64) * 100_000
+    cm.add_many(cam, cam + 50_000)
+    assert cm.to_host_ns(10_000_000) == 10_050_000  # the first mapping fits
+    cm.add_many(cam + 6_400_000, cam + 6_400_000 + 80_000)  # the transfer latency rose by 30 µs
+    assert cm.to_host_ns(10_000_000, refit=False) == 10_050_000  # the fit it had, no numpy on the deadline
+    cm.refit()
+    assert cm.to_host_ns(10_000_000, refit=False) == 10_080_000
+    fresh = ClockMap(window=64)
+    fresh.add_many(cam, cam + 50_000)
+    assert fresh.to_host_ns(0, refit=False) == 50_000  # never fitted: fits anyway
+
+
 def test_clock_map_without_samples_is_a_state_error():
     with pytest.raises(StateError, match="no samples"):
         ClockMap().to_host_ns(0)
