@@ -43,6 +43,8 @@ from acquisition.camera import Camera, CameraState
 from acquisition.frame import FrameRing
 from app.records import CellRecord
 from app.sorting import Decision, Reason, SortCounters, SortPolicy, coincidence_neighbours
+from hardware.timing import fire_time_ns
+from hardware.trigger import FireRequest
 from mimlsort import realtime
 from mimlsort.errors import MimlsortError, StateError
 from mimlsort.settings import require
@@ -429,6 +431,7 @@ class Pipeline:
         geo = ChannelGeometry(px, w * 0.4, w * 0.6, 0.0, float(h), w, h)
         t = Tracker(self.tracker_settings, geo, np.zeros((h, w), dtype), kernels=self.kernels)
         t.process_frames(np.zeros((4, h, w), dtype), fps=1000.0)
+        t.predicted_exits_ms()
         t.flush()
 
     def _build_tracker(self) -> bool:
@@ -644,9 +647,6 @@ class Pipeline:
         """Send the pulse for a cell the policy wants; the decision says if it could not be."""
         if self.trigger is None:
             return decision, None
-        from hardware.timing import fire_time_ns
-        from hardware.trigger import FireRequest
-
         timing = self.timing
         v = ev.features.get("v_after_mm_s", math.nan)
         if exit_ns is None:

@@ -164,22 +164,26 @@ class SortPolicy:
         self.settings = settings
         self.class_names = tuple(class_names)
         self._target_idx = frozenset(self.class_names.index(c) for c in settings.target_classes)
-        self._reject = Quality(0)
+        reject = Quality(0)
         for f in settings.reject_flags:
-            self._reject |= _FLAGS[f]
+            reject |= _FLAGS[f]
+        # plain ints and a tuple: Flag arithmetic and argument unpacking cost tens of µs per cell
+        # on the sort path (its code is out of the caches between cells)
+        self._reject = int(reject)
+        self._gates = (*settings.range_gates, *settings.polygon_gates)
 
     def target(self, event: CellEvent, probs: np.ndarray) -> tuple[bool, Reason, str]:
         """Whether the cell alone qualifies as a target, and if not, why."""
-        k = int(np.argmax(probs))
+        k = int(probs.argmax())
         if k not in self._target_idx:
             return False, Reason.NOT_TARGET, self.class_names[k]
         pk = float(probs[k])
         if pk < self.settings.threshold:
             return False, Reason.BELOW_THRESHOLD, f"p={pk:.3f} < {self.settings.threshold}"
-        bad = event.quality & self._reject
+        bad = int(event.quality) & self._reject
         if bad:
             return False, Reason.QUALITY, str(Quality(bad).name)
-        for g in (*self.settings.range_gates, *self.settings.polygon_gates):
+        for g in self._gates:
             if not g.contains(event.features):
                 return False, Reason.OUTSIDE_GATE, repr(g)
         return True, Reason.FIRED, ""
@@ -188,7 +192,7 @@ class SortPolicy:
                target: tuple[bool, Reason, str] | None = None) -> Decision:
         """The decision for one cell; ``target`` is :meth:`target`'s answer when already known."""
         s = self.settings
-        k = int(np.argmax(probs))
+        k = int(probs.argmax())
         is_target, reason, detail = target if target is not None else self.target(event, probs)
         fire = is_target
         if is_target:

@@ -291,7 +291,7 @@ class SerialTrigger(Trigger):
                     self.failed += 1
             if len(rest) > 1 and rest[1] == "6":  # fired, but later than the device's own tolerance
                 self.device_late += 1
-                log.warning("serial trigger %s: %s", self.device, text)
+                self._log.log(logging.WARNING, "device late", "serial trigger %s: %s", self.device, text)
             else:
                 self._device_error(f"device error {text}")
         elif words[0] == "TIME" and len(words) == 2 and words[1].isdigit() and self._time_sent:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from hardware.timing import TimingSettings, fire_time_ns
 from mimlsort.pickling import by_fields
 from mimlsort.errors import StateError
+from mimlsort.logthrottle import LogThrottle
 from mimlsort.lazy import load_backend
 from mimlsort.settings import from_mapping
 
@@ -140,6 +141,8 @@ class Trigger(ABC):
         self.unacked = 0
         self.device_errors = 0
         self.device_late = 0
+        # a device can report an error per pulse (1,000 a second): counted in full, logged thinned
+        self._log = LogThrottle(log)
         self._acks: collections.deque[Ack] = collections.deque()
         self._pending: dict[int, int] = {}  # event_index -> time by which its ack must have come
         self._pending_lock = threading.Lock()
@@ -165,6 +168,7 @@ class Trigger(ABC):
         finally:
             self.is_open = False
             self.available = False
+            self._log.flush()
             log.info("closed %s trigger %s (fired %d, late %d, failed %d)", self.backend, self.device,
                      self.fired, self.late, self.failed)
 
@@ -246,7 +250,8 @@ class Trigger(ABC):
                 self.unacked += len(overdue)
             if overdue:
                 self._forget(overdue)
-                log.warning("%s trigger: no ack for %d pulse(s), e.g. cell %d", self.backend, len(overdue), overdue[0])
+                self._log.log(logging.WARNING, "no ack", "%s trigger: no ack for %d pulse(s), e.g. cell %d", self.backend,
+                              len(overdue), overdue[0])
         return out
 
     def test_fire(self, width_us: float | None = None, delay_us: float | None = None) -> FireRecord:
@@ -280,7 +285,7 @@ class Trigger(ABC):
         """The device reported an error it recovered from (the trigger stays available)."""
         self.device_errors += 1
         self.error = message
-        log.log(level, "%s trigger %s reports: %s", self.backend, self.device, message)
+        self._log.log(level, "device error", "%s trigger %s reports: %s", self.backend, self.device, message)
 
     def _set_unavailable(self, message: str) -> None:
         was = self.available

@@ -118,3 +118,29 @@ def test_merge_marks_doublet(harness):
     harness.flush()
     assert harness.counters[L.C_MERGES] >= 1
     assert any(info[L.SI_FLAGS] & L.Q_DOUBLET for info, _ in harness.done)
+
+
+def test_predicted_exits_extrapolate_active_tracks_moving_downstream():
+    from tracking._pure import pure_python
+
+    si = np.zeros((6, L.N_SI), np.int64)
+    sf = np.zeros((6, L.N_SF), np.float64)
+    x1 = 120.0
+    rows = [  # state, x (px), vx (px/ms), t (ms)
+        (L.ACTIVE, 100.0, 10.0, 5.0),   # upstream: exits 2 ms later
+        (L.ACTIVE, 130.0, 20.0, 6.0),   # past the exit, not emitted: exited 0.5 ms before
+        (L.ACTIVE, 90.0, 0.0, 7.0),     # standing still: no prediction
+        (L.ACTIVE, 90.0, -3.0, 7.0),    # moving back: no prediction
+        (L.ABSORB, 110.0, 10.0, 8.0),   # already emitted
+        (L.FREE, 0.0, 0.0, 0.0),
+    ]
+    for k, (state, x, vx, t) in enumerate(rows):
+        si[k, L.SI_STATE] = state
+        sf[k, L.SF_X], sf[k, L.SF_VX], sf[k, L.SF_T] = x, vx, t
+    for kernel in (L.predicted_exits, pure_python(L.predicted_exits)):
+        out = np.full(6, np.nan)
+        n = kernel(si, sf, x1, out)
+        assert n == 2
+        np.testing.assert_allclose(out[:n], [7.0, 5.5])
+    small = np.zeros(1)
+    assert L.predicted_exits(si, sf, x1, small) == 1  # never writes past its output

@@ -1,6 +1,7 @@
 """The replay camera on real RT-DC files and on TIFF, PNG-folder, AVI and .rtdc fixtures written
 here: ids, times, pixels, options, and a clear error for every kind of bad input."""
 
+import os
 from pathlib import Path
 
 import cv2
@@ -367,6 +368,94 @@ def test_a_corrupt_compressed_chunk_names_the_first_frame_it_breaks(tmp_path):
             np.testing.assert_array_equal(cam.read().image, imgs[i])
         with pytest.raises(DataFormatError, match=r"z\.rtdc: frame 16: events/image cannot be read"):
             cam.read()
+
+
+# -- frames stored as plain bytes are read with preadv (no h5py, no GIL) -------------------------
+def _write_layout(path, imgs, layout):
+    kw = {"userblock_size": 512} if layout.startswith("userblock") else {}
+    with h5py.File(path, "w", **kw) as f:
+        ev = f.create_group("events")
+        n, h, w = imgs.shape
+        if layout in ("contiguous", "userblock"):
+            ev.create_dataset("image", data=imgs)
+        elif layout in ("chunked", "uint16", "userblock chunked"):
+            ev.create_dataset("image", data=imgs, chunks=(8, h, w))  # 45 frames: the last chunk is partial
+        elif layout == "zstd":
+            ev.create_dataset("image", data=imgs, chunks=(8, h, w), **hdf5plugin.Zstd())
+        elif layout == "partial-frame chunks":
+            ev.create_dataset("image", data=imgs, chunks=(8, h // 2, w))
+        elif layout == "big-endian":
+            ev.create_dataset("image", data=imgs.astype(imgs.dtype.newbyteorder(">")))
+        elif layout == "unwritten chunk":
+            ds = ev.create_dataset("image", shape=imgs.shape, dtype=imgs.dtype, chunks=(8, h, w))
+            ds[:16] = imgs[:16]
+            ds[24:] = imgs[24:]
+        ev.create_dataset("frame", data=np.arange(n))
+        for k, v in RTDC_ATTRS.items():
+            f.attrs[k] = v
+
+
+@pytest.mark.parametrize("layout, mapped", [
+    ("contiguous", True), ("chunked", True), ("uint16", True), ("userblock", True), ("userblock chunked", True),
+    ("zstd", False),
+    ("partial-frame chunks", False), ("big-endian", False), ("unwritten chunk", False)])
+def test_rtdc_frames_read_as_plain_bytes_equal_h5pys(tmp_path, layout, mapped):
+    imgs = stack(45, dtype=np.uint16 if layout in ("uint16", "big-endian") else np.uint8, seed=21)
+    path = tmp_path / "m.rtdc"
+    _write_layout(path, imgs, layout)
+    with h5py.File(path) as f:
+        want = f["events/image"][:]
+    if layout == "unwritten chunk":
+        assert not want[16:24].any()  # HDF5's fill value where nothing was written
+    with ReplayCamera(ReplaySettings(path=str(path))) as cam:
+        src = cam._src
+        assert (src._fd >= 0) is mapped
+        cam.start()
+        got = []
+        while (f := cam.read(0.1)) is not None:
+            got.append(f.image.copy())
+    np.testing.assert_array_equal(np.stack(got), want.astype(want.dtype.newbyteorder("=")))
+    assert src._fd == -1  # closed with the camera
+
+
+def test_a_plain_rtdc_file_cut_short_while_playing_names_the_first_frame_lost(tmp_path):
+    imgs = stack(40, seed=24)
+    path = tmp_path / "cut.rtdc"
+    write_rtdc(path, imgs, frame=np.arange(40), attrs=RTDC_ATTRS)
+    with ReplayCamera(ReplaySettings(path=str(path))) as cam:
+        src = cam._src
+        assert src._fd >= 0
+        cut = int(src._offsets[25]) + 100  # frame 25 is left incomplete
+        os.truncate(path, cut)
+        cam.start()
+        for i in range(25):
+            np.testing.assert_array_equal(cam.read().image, imgs[i])
+        with pytest.raises(DataFormatError, match=r"cut\.rtdc: frame 25: events/image cannot be read \(the file ends early\)"):
+            cam.read()
+
+
+def test_plain_rtdc_event_files_still_play_a_shared_frame_once(tmp_path):
+    imgs = stack(6, seed=22)
+    path = tmp_path / "ev.rtdc"
+    write_rtdc(path, imgs, frame=np.array([3, 3, 4, 7, 7, 7]), attrs=RTDC_ATTRS)
+    info, frames = frames_of(ReplaySettings(path=str(path)))
+    assert [f.frame_id for f in frames] == [3, 4, 7]
+    for f, row in zip(frames, (0, 2, 3)):
+        np.testing.assert_array_equal(f.image, imgs[row])
+
+
+def test_the_recorders_own_files_are_read_as_plain_bytes(tmp_path):
+    from acquisition.recording import RawRecorder
+
+    imgs = stack(300, h=24, w=40, seed=23)
+    path = tmp_path / "raw.rtdc"
+    with RawRecorder(path, 40, 24, np.uint8, pixel_size_um=0.5, fps=1000.0) as rec:
+        rec.write(imgs[:100], np.arange(100), np.arange(100) * 1_000_000)
+        rec.write(imgs[100:], np.arange(100, 300), np.arange(100, 300) * 1_000_000)
+    with ReplayCamera(ReplaySettings(path=str(path))) as cam:
+        assert cam._src._fd >= 0
+    info, frames = frames_of(ReplaySettings(path=str(path)))
+    np.testing.assert_array_equal(np.stack([f.image for f in frames]), imgs)
 
 
 def test_settings_from_a_table_are_validated_with_their_key_path(tmp_path):

@@ -380,3 +380,16 @@ def flush_tracks(si, hist, crops, done_i, done_hist, done_crops, done_n, counter
             counters[C_LOST] += 1
         si[k, SI_STATE] = FREE
     return n_done
+
+
+@njit(nogil=True, cache=True)
+def predicted_exits(si, sf, x1, out):
+    """Constriction exit times (ms) of the tracks still followed and moving downstream, into
+    ``out``; returns how many. Extrapolated from each track's last position and speed: ahead for
+    cells upstream, back for cells already past the exit but not yet emitted."""
+    n = 0
+    for k in range(si.shape[0]):
+        if si[k, SI_STATE] == ACTIVE and sf[k, SF_VX] > 0 and n < out.shape[0]:
+            out[n] = sf[k, SF_T] + (x1 - sf[k, SF_X]) / sf[k, SF_VX]
+            n += 1
+    return n

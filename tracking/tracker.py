@@ -137,6 +137,7 @@ class Tracker:
         self._flush = pure_python(L.flush_tracks) if py else L.flush_tracks
         self._passage = pure_python(passage_kernel) if py else passage_kernel
         self._nearest_mask = pure_python(nearest_blob_mask) if py else nearest_blob_mask
+        self._predicted_exits = pure_python(L.predicted_exits) if py else L.predicted_exits
         self._feat = np.zeros(N_FEATURES, np.float64)
         self.kernels = kernels
         self.background = BackgroundModel.from_image(background, kernels=kernels, threshold=abs(s.threshold))
@@ -155,6 +156,7 @@ class Tracker:
         T = s.max_tracks
         self._si = np.zeros((T, L.N_SI), np.int64)
         self._sf = np.zeros((T, L.N_SF), np.float64)
+        self._exits_out = np.zeros(T, np.float64)  # predicted_exits_ms
         self._hist = np.zeros((T, s.max_history, _H + N_BLOB_FIELDS), np.float64)
         self._crops = np.zeros((T, 2, self.crop_px, self.crop_px), np.uint8)
         self._done_i = np.zeros((2 * T, L.N_SI), np.int64)
@@ -362,10 +364,9 @@ class Tracker:
         """Constriction exit times (ms, run clock) of the cells in view that have not been
         emitted yet — predicted for cells still upstream, extrapolated back for cells between the
         exit and the emission line. The coincidence check needs them: their class is not known yet."""
-        si, sf = self._si, self._sf
-        x1 = self.geometry.constriction_x1
-        live = (si[:, L.SI_STATE] == L.ACTIVE) & (sf[:, L.SF_VX] > 0)
-        return [float(sf[k, L.SF_T] + (x1 - sf[k, L.SF_X]) / sf[k, L.SF_VX]) for k in np.flatnonzero(live)]
+        out = self._exits_out
+        n = self._predicted_exits(self._si, self._sf, float(self.geometry.constriction_x1), out)
+        return out[:n].tolist()  # one kernel call: numpy masks and indexing took ~80 µs on the sort path
 
     def live_tracks(self) -> list[tuple[int, float, float, float, float, float]]:
         """(track id, x, y, a, b, angle) in px/rad of the cells followed now, for overlays.
