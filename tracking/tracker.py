@@ -407,29 +407,35 @@ class Tracker:
 
     def _event(self, d: int, snapshot: bool = True) -> tuple[CellEvent | None, int]:
         """The event of done row ``d`` and its history row of maximum DI (the snapshot's)."""
-        info = self._done_i[d]
+        # Python ints and one copy of both crops: numpy scalar indexing, IntFlag construction and
+        # a copy per crop took ~60 µs of the ~120 µs per cell on the sort path (its code is cold
+        # between cells)
+        info = self._done_i[d].tolist()
         h = self._done_hist[d, : int(self._done_n[d])]
         g, st = self.geometry, self.settings
         out = self._feat
         q, i_max = self._passage(h, g.constriction_x0, g.constriction_x1, g.pixel_size_um, st.doublet_solidity,
                                  st.low_contrast, st.stuck_ms, out, st.doublet_di)
         feats = dict(zip(FEATURE_ORDER, out.tolist()))
-        q = int(q) | (int(info[L.SI_FLAGS]) & _LINK_FLAGS)
+        q = int(q) | (info[L.SI_FLAGS] & _LINK_FLAGS)
         if not info[L.SI_HAS_FIRST] or not info[L.SI_HAS_LAST] or info[L.SI_EXIT_FRAME] < 0:
             q |= _Q_INCOMPLETE
-        quality = Quality(q)
+        quality = _QUALITY.get(q)
+        if quality is None:
+            quality = _QUALITY[q] = Quality(q)
+        crops = self._done_crops[d].copy()
         ev = CellEvent(
             index=self._n_events,
-            track_id=int(info[L.SI_ID]),
+            track_id=info[L.SI_ID],
             features=feats,
-            first_crop=self._done_crops[d, 0].copy(),
-            last_crop=self._done_crops[d, 1].copy(),
+            first_crop=crops[0],
+            last_crop=crops[1],
             crop_pixel_size_um=self.geometry.pixel_size_um,
-            entry_frame=int(info[L.SI_ENTRY_FRAME]),
-            exit_frame=int(info[L.SI_EXIT_FRAME]),
-            exit_host_ns=int(info[L.SI_EXIT_HOST]),
+            entry_frame=info[L.SI_ENTRY_FRAME],
+            exit_frame=info[L.SI_EXIT_FRAME],
+            exit_host_ns=info[L.SI_EXIT_HOST],
             quality=quality,
-            extra={"emit_frame": int(info[L.SI_EMIT_FRAME]), "emit_host_ns": int(info[L.SI_EMIT_HOST])},
+            extra={"emit_frame": info[L.SI_EMIT_FRAME], "emit_host_ns": info[L.SI_EMIT_HOST]},
             snapshot=self._snapshot(h, int(i_max)) if st.snapshots and snapshot else None,
         )
         self._n_events += 1
@@ -457,6 +463,10 @@ class Tracker:
         self._nearest_mask(image, bg, float(self.settings.threshold), float(self.min_area_px), self.settings.max_blobs,
                            x, y, ya, yb, xa, xb, mask)
         return Snapshot(image=image, background=bg, mask=mask, frame_id=frame_id, pos_x_px=x, pos_y_px=y)
+
+
+#: Quality of each flag combination met so far (IntFlag() of a composite value is slow)
+_QUALITY: dict[int, Quality] = {}
 
 
 def _median(a: np.ndarray) -> float:
