@@ -216,6 +216,11 @@ class RawRecorderProcess:
     def note_camera_drops(self, n: int) -> None:
         self._send("drops", int(n))
 
+    @property
+    def child_pid(self) -> int:
+        """The writing child's process id (for its CPU in the run's status)."""
+        return self._proc.pid
+
     def close(self) -> None:
         if self._closed:
             return

@@ -28,10 +28,14 @@ def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: flo
     run = build_run(cfg, folder=folder, lossless=lossless)
     t0 = time.monotonic()
     run.start()
+    live = None  # the last status while the run went: child processes' CPU is read from them
     try:
-        if not run.wait(timeout_s):
-            run.stop()
-            run.wait(30)
+        while not run.wait(0.5):
+            live = run.status()
+            if time.monotonic() - t0 > timeout_s:
+                run.stop()
+                run.wait(30)
+                break
     finally:
         run.pipeline.stop()
         run.pipeline.wait(30)
@@ -70,6 +74,9 @@ def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: flo
         "latency_us_p99": round(st.latency_p99_us, 1) if math.isfinite(st.latency_p99_us) else None,
         "latency_us_max": round(st.latency_max_us, 1) if math.isfinite(st.latency_max_us) else None,
         "file_mb": round(st.file_bytes / 1e6, 2),
+        # cores each worker thread and child process used, averaged over the run
+        "cpu_cores": {k: round(v / elapsed, 2) for k, v in
+                      {**(live.cpu_s if live is not None else {}), **st.cpu_s}.items()},
     }
 
 

@@ -28,6 +28,7 @@ import enum
 import gc
 import logging
 import math
+import os
 import queue
 import sys
 import threading
@@ -112,6 +113,10 @@ class Status:
     trigger_ok: bool
     errors: tuple[str, ...] = ()
     startup_frames: int = 0  # live runs: frames that went into the background estimate, not tracked
+    # CPU per worker thread and child process (the event writer's, the recorder's): seconds used
+    # so far, and cores used lately — which stage takes the machine when decisions come late
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_cores: dict[str, float] = field(default_factory=dict)
 
     @property
     def frames_missed(self) -> int:
@@ -137,7 +142,8 @@ class Status:
         return (f"{self.state.value} {self.elapsed_s:6.1f}s in {self.fps_in:7.0f}fps proc {self.fps_processed:7.0f}fps "
                 f"missed {self.frames_missed} camdrop {self.camera_dropped} cells {self.cells} ({self.cells_per_s:.0f}/s) "
                 f"{cls} fired {self.fired} late {self.late} lat p50/p99 {lat} queue {self.storage_queue} "
-                f"file {self.file_bytes / 1e6:.1f}MB")
+                f"file {self.file_bytes / 1e6:.1f}MB"
+                + ("" if not self.cpu_cores else " cpu " + " ".join(f"{k}={v:.2f}" for k, v in self.cpu_cores.items())))
 
 
 @dataclass
@@ -247,6 +253,10 @@ class Pipeline:
         self._rate_in = _Rate()
         self._rate_proc = _Rate()
         self._rate_cells = _Rate()
+        self._tids: dict[str, int] = {}  # worker -> native thread id
+        self._cpu_final: dict[str, float] = {}  # worker -> CPU seconds when it ended
+        self._cpu_children: dict[str, float] = {}  # child process -> CPU seconds when last read
+        self._cpu_rates: dict[str, _Rate] = {}
         self._errors: list[str] = []
         self._frames_recorded = 0
         self._startup_skipped = 0  # live runs: frames of the background estimate, not tracked
@@ -362,6 +372,7 @@ class Pipeline:
         self.wait()
 
     def _guard(self, name: str, fn: Callable[[], None]) -> None:
+        self._tids[name] = threading.get_native_id()
         realtime.name_thread(f"mimlsort-{name}")
         # sleeps and timed waits end on time: Linux's default 50 µs slack would stretch a 20 µs
         # poll of the ring fourfold
@@ -374,6 +385,7 @@ class Pipeline:
             self._errors.append(msg)
             self.stop(FinishReason.ERRORED, msg)
         finally:
+            self._cpu_final[name] = time.thread_time()
             if name == "camera":  # only now: a failed camera must be ERRORED before the sort loop ends
                 self._camera_done.set()
                 self._halt[0] = 1
@@ -774,4 +786,22 @@ class Pipeline:
             trigger_ok=self._trigger_ok and (getattr(self.trigger, "available", True) if self.trigger else True),
             errors=tuple(self._errors),
             startup_frames=self._startup_skipped,
+            **self._cpu(now),
         )
+
+    def _cpu(self, now: float) -> dict[str, dict[str, float]]:
+        pid = os.getpid()
+        used: dict[str, float] = {}
+        for name, tid in list(self._tids.items()):
+            v = self._cpu_final.get(name)
+            v = realtime.cpu_seconds(pid, tid) if v is None else v
+            if v is not None:
+                used[name] = v
+        for name, owner in (("writer process", self.sink), ("recorder process", self.recorder)):
+            child = getattr(owner, "child_pid", None)
+            v = realtime.cpu_seconds(child) if child else None
+            if v is not None:
+                self._cpu_children[name] = v  # the last reading stays once the child is gone
+        used.update(self._cpu_children)
+        cores = {k: round(self._cpu_rates.setdefault(k, _Rate()).update(now, v), 3) for k, v in used.items()}
+        return {"cpu_s": used, "cpu_cores": cores}

@@ -243,6 +243,11 @@ class EventWriterProcess:
             self._receive(0.0)
         return self._events
 
+    @property
+    def child_pid(self) -> int:
+        """The writing child's process id (for its CPU in the run's status)."""
+        return self._proc.pid
+
     def close(self) -> None:
         """Send the rest, let the child close the file completely, wait for it (idempotent)."""
         if self._closed:

@@ -102,3 +102,23 @@ def name_thread(name: str) -> None:
         libc.prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)  # PR_SET_NAME
     except (OSError, AttributeError):
         pass
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used — or its thread ``tid`` (a native
+    thread id, :func:`threading.get_native_id`) — from /proc; None where that cannot be read (it
+    has ended and been reaped, or this is not Linux). Safe to call for any id, unlike the pthread
+    CPU clocks, whose use on a thread that has ended is undefined."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    try:
+        with open(path, "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()  # the name before ")" may hold spaces
+        return (int(fields[11]) + int(fields[12])) / _clock_ticks()  # utime, stime: fields 14, 15
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _clock_ticks() -> int:
+    import os
+
+    return os.sysconf("SC_CLK_TCK")

@@ -161,6 +161,11 @@ def test_status_over_http_on_loopback_and_autostop(tmp_path):
     assert seen, "no status was served"
     assert {"state", "fps_in", "cells", "missed", "latency_p99_us"} <= set(seen[-1])
     assert seen[-1]["state"] in ("running", "stopping", "finished")
+    # CPU per worker thread and of the event writer's process (a real child)
+    cpu = seen[-1]["cpu_s"]
+    assert {"camera", "sort", "storage", "writer process"} <= set(cpu) <= {"camera", "sort", "decide", "storage", "writer process"}
+    assert cpu["sort"] > 0 and cpu["writer process"] > 0
+    assert set(seen[-1]["cpu_cores"]) == set(cpu)
     import h5py
 
     with h5py.File(run.events_path, "r") as h5:

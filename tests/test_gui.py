@@ -273,6 +273,11 @@ def test_status_rows_flag_missed_frames():
     bad = {r.key: r for r in status_rows(replace(st, missed={"sort": 5}, overrun={"sort": 1}))}
     assert bad["missed"].alarm and bad["missed"].text == "6"
     assert "sort: 5" in bad["missed"].tooltip
+    n = len(os.sched_getaffinity(0))
+    calm = {r.key: r for r in status_rows(replace(st, cpu_cores={"sort": 0.25, "camera": 0.125}))}["cpu"]
+    assert not calm.alarm and calm.text == f"0.38 of {n} (most: sort 0.25)" and calm.tooltip == "sort: 0.25\ncamera: 0.12"
+    busy = {r.key: r for r in status_rows(replace(st, cpu_cores={"sort": 0.5 * n, "writer process": 0.45 * n}))}["cpu"]
+    assert busy.alarm
 
 
 # -- the window with the stand-in run -------------------------------------------------------------------

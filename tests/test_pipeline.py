@@ -57,6 +57,37 @@ def test_lossless_run_tracks_every_frame_and_completes():
     assert st.frames_missed == 0
     assert st.cells == len(sink.records) > 0
     assert st.elapsed_s > 0 and st.to_dict()["state"] == "finished"
+    # each worker's CPU, read when it ended: together no more than the whole process used
+    assert set(st.cpu_s) == {"camera", "sort", "decide", "storage"}
+    assert st.cpu_s["sort"] > 0 and sum(st.cpu_s.values()) <= time.process_time()
+
+
+def test_cpu_seconds_of_a_thread_and_of_this_process():
+    import threading
+
+    from mimlsort import realtime
+
+    tid = []
+    spun, release = threading.Event(), threading.Event()
+
+    def spin():
+        tid.append(threading.get_native_id())
+        t_end = time.thread_time() + 0.3
+        while time.thread_time() < t_end:
+            pass
+        spun.set()
+        release.wait(10)  # alive, not using CPU
+
+    th = threading.Thread(target=spin)
+    th.start()
+    assert spun.wait(30)
+    busy = realtime.cpu_seconds(os.getpid(), tid[0])
+    release.set()
+    th.join()
+    assert 0.25 <= busy <= 0.6
+    assert realtime.cpu_seconds(os.getpid()) >= busy
+    assert realtime.cpu_seconds(os.getpid(), tid[0]) is None  # ended: gone from /proc
+    assert realtime.cpu_seconds(2**22 + 12345) is None  # no such process
 
 
 def test_autostop_after_events_and_seconds():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -330,7 +331,19 @@ def status_rows(st: Any) -> list[StatusRow]:
                   f"{_fmt(st.latency_p50_us / 1000, '.2f')} | {_fmt(st.latency_p99_us / 1000, '.2f', ' ms')}"),
         StatusRow("file", "Event file", f"{st.file_bytes / 1e6:.1f} MB (queue {st.storage_queue})"),
         StatusRow("trigger", "Trigger", "ok" if st.trigger_ok else "FAULT", not st.trigger_ok),
+        _cpu_row(getattr(st, "cpu_cores", None) or {}),
     ]
+
+
+def _cpu_row(cores: Mapping[str, float]) -> StatusRow:
+    """Cores the run's threads and child processes use; alarmed when together they take 90% of
+    the machine (decisions then wait for the CPU, and come late)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    total = sum(cores.values())
+    top = max(cores, key=cores.get) if cores else None
+    text = f"{total:.2f} of {n}" + (f" (most: {top} {cores[top]:.2f})" if top is not None else "")
+    return StatusRow("cpu", "CPU (cores)", text, total >= 0.9 * n,
+                     "\n".join(f"{k}: {v:.2f}" for k, v in sorted(cores.items(), key=lambda kv: -kv[1])))
 
 
 # -- model ----------------------------------------------------------------------------------------
