@@ -42,6 +42,7 @@ import numpy as np
 
 from acquisition.camera import Camera, CameraState
 from acquisition.frame import FrameRing
+from app.latency import LatencyWindow
 from app.records import CellRecord
 from app.sorting import Decision, Reason, SortCounters, SortPolicy, coincidence_neighbours
 from hardware.timing import fire_time_ns
@@ -243,7 +244,7 @@ class Pipeline:
         self._t_end = 0.0
         self._frames_processed = 0
         self._cells = 0
-        self._latencies: deque = deque(maxlen=8192)
+        self._latencies = LatencyWindow(8192)
         self._late = 0
         self._trigger_failed = 0
         self._trigger_ok = True
@@ -634,7 +635,7 @@ class Pipeline:
                 self._counters.add(decision, float(p[target_idx].sum()) if target_idx else 0.0)
             emit_host = ev.extra.get("emit_host_ns", 0) if ev.extra else 0
             if emit_host and live:
-                self._latencies.append((time.monotonic_ns() - emit_host) / 1000.0)
+                self._latencies.add((time.monotonic_ns() - emit_host) / 1000.0)
         if complete is not None:
             events = complete(events)
         self._cells += len(events)
@@ -750,7 +751,7 @@ class Pipeline:
         now = time.monotonic()
         ring = self.ring
         frames_in = ring.written if ring is not None else 0
-        lat = np.fromiter(list(self._latencies), float) if self._latencies else np.zeros(0)
+        lat_p50, lat_p99, lat_max = self._latencies.summary()
         c = self._counters
         end = self._t_end or now
         sink = self.sink
@@ -777,9 +778,9 @@ class Pipeline:
             trigger_failed=self._trigger_failed,
             purity_estimate=c.purity_estimate,
             recovery_estimate=c.recovery_estimate,
-            latency_p50_us=float(np.percentile(lat, 50)) if lat.size else math.nan,
-            latency_p99_us=float(np.percentile(lat, 99)) if lat.size else math.nan,
-            latency_max_us=float(lat.max()) if lat.size else math.nan,
+            latency_p50_us=lat_p50,
+            latency_p99_us=lat_p99,
+            latency_max_us=lat_max,
             storage_queue=self._queue.qsize(),
             file_bytes=int(getattr(sink, "bytes_written", 0) or 0) if sink is not None else 0,
             frames_recorded=self._frames_recorded,
