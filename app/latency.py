@@ -41,6 +41,10 @@ class LatencyWindow:
         self._buf[self._n % self._buf.size] = us
         self._n += 1
 
+    def warm(self) -> None:
+        """Load the kernel (numba's cache, or compile) now, not at the first status of a run."""
+        _summary(np.ones(4, np.float64), np.empty(3, np.float64))
+
     def summary(self) -> tuple[float, float, float]:
         """(p50, p99, max) in µs of the values in the window; NaNs while it is empty."""
         k = len(self)

@@ -284,6 +284,7 @@ class Pipeline:
             self._rec_reader = self.ring.reader("recorder") if self.recorder is not None else None
             if self.tracker is None and self.kernels == "numba":
                 self._warm_up(info.height, info.width, np.dtype(info.dtype))
+            self._latencies.warm()  # the status's percentiles: loading the kernel holds the GIL
             if self.freeze_gc:
                 # what exists now (modules, model, numba, caches) stays out of every collection of
                 # the run: a full collection traversed all of it, 60 ms with the GIL held (and
