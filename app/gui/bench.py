@@ -18,6 +18,12 @@ def _rates(st0, st, elapsed: float) -> tuple[int, int, int, int]:
             st.frames_missed - st0.frames_missed, st.camera_dropped - st0.camera_dropped)
 
 
+def _tracking(run) -> bool:
+    """The run has built its tracker and tracks: frames that queued during start-up are counted
+    by then (as startup frames, not missed), so counters taken from here on only grow."""
+    return run.status().frames_processed > 0
+
+
 def _headless(cfg, folder: Path, seconds: float) -> tuple[int, int, int, int]:
     """The same run without a window, for comparison."""
     from app.session import build_run
@@ -25,7 +31,10 @@ def _headless(cfg, folder: Path, seconds: float) -> tuple[int, int, int, int]:
     run = build_run(cfg, folder=folder)
     run.start()
     try:
-        time.sleep(1.0)  # past start-up (background estimate, first batches)
+        deadline = time.monotonic() + 60.0
+        while not _tracking(run) and time.monotonic() < deadline:  # background estimate, model
+            time.sleep(0.05)
+        time.sleep(0.5)  # and the first batches
         st0, t0 = run.status(), time.monotonic()
         time.sleep(seconds)
         st, elapsed = run.status(), time.monotonic() - t0
@@ -62,7 +71,8 @@ def bench_gui(seconds: float = 10.0, model: str | None = None, refresh_hz: float
             if win.errors:
                 raise MimlsortError("; ".join(win.errors))
             c = win.controller
-            process_events_for(1.0)  # past start-up, as headless
+            process_events_for(60.0, until=lambda: _tracking(c.run))
+            process_events_for(0.5)  # past start-up, as headless
             c.ticks, c.tick_seconds, c.tick_max_s = 0, 0.0, 0.0
             frames0 = win.camera_view.frames_shown
             st0 = c.run.status()
