@@ -7,7 +7,8 @@
 // UART at its baud rate (a 20-byte command takes 1.7 ms at 115200), interrupts and the 2 KB of RAM.
 // The simulation is held back to the wall clock (never ahead of it), so a host talking to it sees
 // a device running at its true speed, and falls behind only when this machine cannot keep up
-// (reported on exit). Every change of the watched pin is recorded as
+// (reported on exit). Input is held until the simulation reaches the time it arrived, so a lag
+// delays the device's replies and pulses but never moves them earlier. Every change of the watched pin is recorded as
 //   pin <arduino pin> <level> <host monotonic ns> <device ns since reset>
 // the host time being when the simulation reached the edge (never before the true edge), the
 // device time exact to one cycle; and every line the firmware received (see udr_tap).
@@ -191,6 +192,7 @@ int main(int argc, char **argv) {
 
   unsigned char in[256];
   size_t in_len = 0, in_pos = 0;
+  int64_t in_at = 0;  // device ns at which the bytes in `in` arrived
   const avr_cycle_count_t slice = avr_->frequency / 20000;  // check the host every 50 simulated µs
   avr_cycle_count_t next = slice;
   int state = cpu_Running;
@@ -203,8 +205,13 @@ int main(int argc, char **argv) {
       ssize_t n = read(fd_, in, sizeof in);
       in_len = n > 0 ? (size_t)n : 0;
       in_pos = 0;
+      in_at = now_ns() - wall0_;
     }
-    while (xon_ && in_pos < in_len) avr_raise_irq(rx, in[in_pos++]);  // the UART times each byte at its baud rate
+    // Bytes reach the UART no sooner, on the device's clock, than they reached this process: a
+    // simulation running behind the wall clock would otherwise see a command early and, once it
+    // caught up, fire its pulse early by the lag.
+    if (sim_ns() >= in_at)
+      while (xon_ && in_pos < in_len) avr_raise_irq(rx, in[in_pos++]);  // the UART times each byte at its baud rate
     int64_t lag = now_ns() - wall0_ - sim_ns();
     if (lag < 0) {  // ahead of the wall clock: wait, waking at once if the host writes
       struct timespec ts = {0, (long)-lag};
