@@ -439,14 +439,22 @@ class Pipeline:
     def _warm_up(self, h: int, w: int, dtype: np.dtype) -> None:
         """Load the compiled tracking kernels before the camera starts, so the first frames of a
         run do not queue up behind compilation (or loading from numba's cache)."""
+        from tracking.background import estimate_background
         from tracking.geometry import ChannelGeometry
 
+        # the background estimate runs once the first frames are in: loading (or, on a fresh
+        # machine, compiling) its kernel there held the GIL 2.4 s and lost 4,000 frames of the demo
+        t0 = time.perf_counter()
+        log.info("loading the tracking kernels (compiled on a machine's first run, about a minute; "
+                 "from numba's cache after that)")
+        estimate_background(np.zeros((2, 4, 4), dtype), kernels=self.kernels)
         px = self.pixel_size_um or self.camera.info.pixel_size_um or 1.0
         geo = ChannelGeometry(px, w * 0.4, w * 0.6, 0.0, float(h), w, h)
         t = Tracker(self.tracker_settings, geo, np.zeros((h, w), dtype), kernels=self.kernels)
         t.process_frames(np.zeros((4, h, w), dtype), fps=1000.0)
         t.predicted_exits_ms()
         t.flush()
+        log.info("tracking kernels ready in %.1f s", time.perf_counter() - t0)
 
     def _build_tracker(self) -> bool:
         """Build the tracker from the first frames; False if the run ends before there are any."""

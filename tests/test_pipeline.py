@@ -248,3 +248,51 @@ def test_deciding_on_the_tracking_thread_gives_the_same_records():
         run_to_end(p)
         out.append([(r.event.index, r.decision.reason, tuple(np.round(r.probabilities, 6))) for r in sink.records])
     assert out[0] == out[1] == out[2] and len(out[0]) > 0
+
+
+_NO_LATE_KERNELS = r"""
+import sys, numba
+from numba.core.dispatcher import Dispatcher
+from acquisition.synthetic import SyntheticCamera
+from app.config import RunConfig
+from app.daemon import run_daemon
+from app.session import with_changes
+
+OURS = ("mimlsort", "app", "acquisition", "tracking", "inference", "hardware")
+
+def loaded():
+    out = set()
+    for name, mod in list(sys.modules.items()):
+        if name.split(".")[0] in OURS:
+            for attr, v in list(vars(mod).items()):
+                if isinstance(v, Dispatcher):
+                    out |= {(f"{name}.{attr}", str(sig)) for sig in v.overloads}
+    return out
+
+before = []
+start = SyntheticCamera.start
+def start_and_note(self):
+    before.append(loaded())
+    start(self)
+SyntheticCamera.start = start_and_note
+folder = sys.argv[1]
+cfg = with_changes(RunConfig(), camera={"backend": "synthetic", "synthetic.duration_s": 1.5, "synthetic.realtime": True},
+                   trigger={"backend": "log", "log.path": folder + "/pulses.csv"},
+                   output={"folder": folder, "sample": "k"}, daemon={"log_file": ""})
+code, run = run_daemon(cfg, folder=folder)
+assert code == 0 and run.status().cells > 0, (code, run.status())
+for k in sorted(loaded() - before[0]):
+    print("LATE", *k)
+"""
+
+
+def test_no_kernel_is_first_loaded_once_the_camera_runs(tmp_path):
+    # a numba kernel first called mid-run compiles (fresh machine) or loads from the cache with
+    # the GIL held: the sort thread stands still, and a real-time camera overruns the ring
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", _NO_LATE_KERNELS, str(tmp_path)], capture_output=True, text=True,
+                         timeout=240, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert res.returncode == 0, res.stderr[-3000:]
+    late = [line for line in res.stdout.splitlines() if line.startswith("LATE")]
+    assert not late, "\n".join(late)
