@@ -15,6 +15,7 @@ class Harness:
         self.pf = np.array([x0, x1, x1 + 20, 3.0, 40.0, 6.0, 1.0, 3.0], np.float64)
         self.si = np.zeros((tracks, L.N_SI), np.int64)
         self.sf = np.zeros((tracks, L.N_SF), np.float64)
+        self.motion = np.zeros((L.N_M, L.motion_bins(width)), np.float64)
         self.hist = np.zeros((tracks, hist, L.N_H_EXTRA + N_BLOB_FIELDS))
         self.crops = np.zeros((tracks, 2, crop, crop), np.uint8)
         self.done_i = np.zeros((2 * tracks, L.N_SI), np.int64)
@@ -41,7 +42,7 @@ class Harness:
                 blobs[i, j, B_MAJOR], blobs[i, j, B_MINOR] = 6.0, 4.0
         ids = np.arange(n, dtype=np.int64)
         processed, n_done = self.link(self.images, np.zeros(n, np.int64), ids, ids.astype(np.float64), ids * 10,
-                                      self.fill, blobs, counts, self.pi, self.pf, self.si, self.sf, self.hist,
+                                      self.fill, blobs, counts, self.pi, self.pf, self.si, self.sf, self.motion, self.hist,
                                       self.crops, self.done_i, self.done_hist, self.done_crops, self.done_n,
                                       self.counters)
         assert processed == n
@@ -139,8 +140,52 @@ def test_predicted_exits_extrapolate_active_tracks_moving_downstream():
         sf[k, L.SF_X], sf[k, L.SF_VX], sf[k, L.SF_T] = x, vx, t
     for kernel in (L.predicted_exits, pure_python(L.predicted_exits)):
         out = np.full(6, np.nan)
-        n = kernel(si, sf, x1, out)
+        n = kernel(si, sf, np.zeros((L.N_M, 40)), x1, out)
         assert n == 2
         np.testing.assert_allclose(out[:n], [7.0, 5.5])
     small = np.zeros(1)
-    assert L.predicted_exits(si, sf, x1, small) == 1  # never writes past its output
+    assert L.predicted_exits(si, sf, np.zeros((L.N_M, 40)), x1, small) == 1  # never writes past its output
+
+
+def _profile_x(t_ms, x_start, x0=100.0, x1=150.0, v=(5.0, 15.0, 7.0)):
+    """x at t of a cell that starts at x_start and moves at v[0] px/ms before x0, v[1] inside
+    [x0, x1) and v[2] after (as cells speed up into a constriction and slow down leaving it)."""
+    x, left = x_start, t_ms
+    for lo, hi, speed in ((-1e9, x0, v[0]), (x0, x1, v[1]), (x1, 1e9, v[2])):
+        if x >= hi:
+            continue
+        need = (hi - x) / speed
+        if need >= left:
+            return x + left * speed
+        x, left = hi, left - need
+    return x
+
+
+def test_cells_that_speed_up_and_slow_down_keep_one_track_once_the_profile_is_learned(harness):
+    # one cell after another, each seen every 1 ms, each with its own speed scale; a constant
+    # velocity prediction lands ~8 px ahead of a cell leaving the constriction (gate_back 3 px)
+    frames = []
+    scales = [1.0, 0.9, 1.1, 1.05, 0.95, 1.0, 1.1, 0.9, 1.0, 1.05]
+    for c, k in enumerate(scales):
+        start = 20.0 + 3.0 * c  # sub-frame phases differ from cell to cell
+        for i in range(40):
+            x = _profile_x(i * 1.0, start, v=(5.0 * k, 15.0 * k, 7.0 * k))
+            if x > 250:
+                break
+            frames.append([(x, 30.0)])
+        frames += [[], [], [], []]  # the view empties between cells
+    harness.run(frames)
+    harness.flush()
+    done = harness.done
+    assert len(done) == len(scales) and harness.counters[L.C_TRACKS] == len(scales)  # no cell split in two
+    learned = done[2:]  # the first cells teach the profile
+    for info, h in learned:
+        assert info[L.SI_ENTRY_FRAME] >= 0 and info[L.SI_EXIT_FRAME] > info[L.SI_ENTRY_FRAME]
+        x = h[:, L.N_H_EXTRA + B_X]
+        assert np.all(np.diff(x) > 0) and x[-1] >= 170  # followed to the emission line
+    assert harness.motion[L.M_N].sum() > 0
+    # the profile holds the three speeds (ms per px) where every cell passed
+    slow = harness.motion[L.M_SLOW]
+    assert 1 / slow[int(60 / L.MOTION_BIN_PX)] == pytest.approx(5.0, rel=0.1)
+    assert 1 / slow[int(125 / L.MOTION_BIN_PX)] == pytest.approx(15.0, rel=0.1)
+    assert 1 / slow[int(200 / L.MOTION_BIN_PX)] == pytest.approx(7.0, rel=0.1)

@@ -61,7 +61,22 @@ SF_Y = 1
 SF_VX = 2  # px per ms, smoothed
 SF_T = 3  # ms of last observation
 SF_AREA = 4
-N_SF = 5
+SF_RATIO = 5  # this cell's time per px relative to the motion profile, smoothed
+N_SF = 6
+
+# motion profile: how fast cells move at each x, learned from the tracks themselves (rows of
+# ``motion``, one column per MOTION_BIN_PX of x). Cells triple their speed entering the
+# constriction and halve it leaving; a constant-velocity prediction then lands one cell length
+# off, behind the gate, and the track breaks (most often at the exit: an incomplete passage).
+M_SLOW = 0  # ms per px, smoothed over the cells that crossed the bin
+M_N = 1  # how many steps were learned in the bin
+N_M = 2
+MOTION_BIN_PX = 4.0
+MOTION_MIN_SAMPLES = 4.0  # a bin is used for predictions once this many steps crossed it
+MOTION_ALPHA = 0.05  # weight of a new step in a bin's mean
+MIN_STEP_PX = 1.0  # steps shorter than this teach nothing about speed (a cell at rest, noise)
+RATIO_MIN = 0.25
+RATIO_MAX = 4.0
 
 # history columns (one row per observation)
 H_T = 0  # ms since run start
@@ -79,7 +94,7 @@ N_PI = 3
 PF_X0 = 0
 PF_X1 = 1
 PF_EMIT_X = 2
-PF_GATE_BACK = 3  # px a blob may lie behind the prediction
+PF_GATE_BACK = 3  # px a blob may lie behind the position its track was last seen at
 PF_GATE_FWD = 4  # px a blob may lie ahead of the prediction
 PF_GATE_Y = 5
 PF_V_INIT = 6  # px/ms assumed for a brand-new track
@@ -128,6 +143,68 @@ def _copy_crop(img, cx, cy, half, fill, out):
                 out[j, i] = fill[yc, xc]
 
 
+def motion_bins(width: int) -> int:
+    """Columns of the motion profile for a ROI ``width`` px wide."""
+    return int(width // MOTION_BIN_PX) + 2
+
+
+@njit(nogil=True, cache=True)
+def _predict_x(x, vx, ratio, dt, motion):
+    """Where a cell seen at ``x`` is ``dt`` ms later: along the motion profile, scaled by the
+    cell's own ratio, while the profile is known; at the cell's own speed ``vx`` from the first
+    stretch it is not (a new run learns it within a few cells)."""
+    if dt <= 0.0:
+        return x
+    nbins = motion.shape[1]
+    pos = x
+    left = dt
+    for _ in range(nbins + 1):
+        b = int(np.floor(pos / MOTION_BIN_PX))
+        if b < 0 or b >= nbins or motion[M_N, b] < MOTION_MIN_SAMPLES:
+            return pos + vx * left
+        s = motion[M_SLOW, b] * ratio
+        need = ((b + 1) * MOTION_BIN_PX - pos) * s
+        if need >= left:
+            return pos + left / s
+        left -= need
+        pos = (b + 1) * MOTION_BIN_PX
+    return pos
+
+
+@njit(nogil=True, cache=True)
+def _profile_ms(xa, xb, motion):
+    """Time the profile takes from ``xa`` to ``xb`` (xa <= xb, ratio 1); -1 where a bin on the way
+    is not known yet."""
+    nbins = motion.shape[1]
+    total = 0.0
+    pos = xa
+    while pos < xb:
+        b = int(np.floor(pos / MOTION_BIN_PX))
+        if b < 0 or b >= nbins or motion[M_N, b] < MOTION_MIN_SAMPLES:
+            return -1.0
+        edge = min((b + 1) * MOTION_BIN_PX, xb)
+        total += (edge - pos) * motion[M_SLOW, b]
+        pos = edge
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _learn_step(xa, xb, dt, motion):
+    """Teach the profile that a cell went from ``xa`` to ``xb`` (> xa) in ``dt`` ms: each bin on
+    the way takes the step's mean time per px."""
+    nbins = motion.shape[1]
+    slow = dt / (xb - xa)
+    b0 = max(int(np.floor(xa / MOTION_BIN_PX)), 0)
+    b1 = min(int(np.floor(xb / MOTION_BIN_PX)), nbins - 1)
+    for b in range(b0, b1 + 1):
+        if motion[M_N, b] == 0.0:
+            motion[M_SLOW, b] = slow
+        else:
+            w = max(MOTION_ALPHA, 1.0 / (motion[M_N, b] + 1.0))  # a plain mean while few steps are in
+            motion[M_SLOW, b] += w * (slow - motion[M_SLOW, b])
+        motion[M_N, b] += 1.0
+
+
 @njit(nogil=True, cache=True)
 def _finish(k, si, hist, crops, done_i, done_hist, done_crops, done_n, n_done):
     """Copy track k to the done buffers; returns the new n_done (or -1 if the buffers are full)."""
@@ -147,7 +224,7 @@ def _finish(k, si, hist, crops, done_i, done_hist, done_crops, done_n, n_done):
 
 @njit(nogil=True, cache=True)
 def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
-               pi, pf, si, sf, hist, crops, done_i, done_hist, done_crops, done_n, counters):
+               pi, pf, si, sf, motion, hist, crops, done_i, done_hist, done_crops, done_n, counters):
     """Link the blobs of ``len(slots)`` frames. Returns ``(frames_processed, n_done)``.
 
     Stops early (frames_processed < len(slots)) when the done buffers are full, so the caller
@@ -164,6 +241,7 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
     max_blobs = blobs.shape[1]
     taken = np.zeros(max_blobs, dtype=np.int64)
     matched = np.zeros(max_tracks, dtype=np.int64)
+    pred = np.zeros(max_tracks, dtype=np.float64)  # predicted x of each live track in this frame
     for f in range(n_frames):
         # a frame may finish at most every live track: stop while there is room for all of them
         live = 0
@@ -181,14 +259,15 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
             taken[b] = -1
         for k in range(max_tracks):
             matched[k] = 0
+            if si[k, SI_STATE] != FREE:
+                pred[k] = _predict_x(sf[k, SF_X], sf[k, SF_VX], sf[k, SF_RATIO], t - sf[k, SF_T], motion)
         # blobs holding the predictions of two or more tracks are merged cells: nobody takes them
         for b in range(nb):
             inside_n = 0
             for k in range(max_tracks):
                 if si[k, SI_STATE] == FREE or si[k, SI_MERGED] >= MAX_MERGE_FRAMES:
                     continue
-                dt = t - sf[k, SF_T]
-                px = sf[k, SF_X] + sf[k, SF_VX] * dt
+                px = pred[k]
                 py = sf[k, SF_Y]
                 if (blobs[f, b, B_XMIN] - MERGE_MARGIN_PX <= px <= blobs[f, b, B_XMAX] + MERGE_MARGIN_PX
                         and blobs[f, b, B_YMIN] - MERGE_MARGIN_PX <= py <= blobs[f, b, B_YMAX] + MERGE_MARGIN_PX):
@@ -199,8 +278,7 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
                 for k in range(max_tracks):
                     if si[k, SI_STATE] == FREE or si[k, SI_MERGED] >= MAX_MERGE_FRAMES:
                         continue
-                    dt = t - sf[k, SF_T]
-                    px = sf[k, SF_X] + sf[k, SF_VX] * dt
+                    px = pred[k]
                     py = sf[k, SF_Y]
                     if (blobs[f, b, B_XMIN] - MERGE_MARGIN_PX <= px <= blobs[f, b, B_XMAX] + MERGE_MARGIN_PX
                             and blobs[f, b, B_YMIN] - MERGE_MARGIN_PX <= py <= blobs[f, b, B_YMAX] + MERGE_MARGIN_PX):
@@ -213,18 +291,17 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
             for k in range(max_tracks):
                 if si[k, SI_STATE] == FREE or matched[k]:
                     continue
-                dt = t - sf[k, SF_T]
-                px = sf[k, SF_X] + sf[k, SF_VX] * dt
+                px = pred[k]
                 py = sf[k, SF_Y]
                 for b in range(nb):
                     if taken[b] != -1:
                         continue
                     dx = blobs[f, b, B_X] - px
                     dy = blobs[f, b, B_Y] - py
-                    if dx < -pf[PF_GATE_BACK] or dx > pf[PF_GATE_FWD] or abs(dy) > pf[PF_GATE_Y]:
-                        continue
-                    # cells only move downstream: penalise going back
-                    if blobs[f, b, B_X] < sf[k, SF_X] - pf[PF_GATE_BACK]:
+                    # cells only move downstream: a blob behind where the cell was last seen is
+                    # someone else. How far short of the prediction it may fall is not gated: a
+                    # cell that slowed (leaving the constriction, queueing) is still nearest to it.
+                    if blobs[f, b, B_X] < sf[k, SF_X] - pf[PF_GATE_BACK] or dx > pf[PF_GATE_FWD] or abs(dy) > pf[PF_GATE_Y]:
                         continue
                     cost = dx * dx + 4.0 * dy * dy
                     if cost < best:
@@ -242,12 +319,14 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
                 continue
             if matched[k] == 2:
                 si[k, SI_MERGED] += 1  # coasting through a merge: no observation, no miss
+                if si[k, SI_MERGED] >= MAX_MERGE_FRAMES:
+                    si[k, SI_FLAGS] |= Q_DOUBLET  # they did not part: one object from now on
                 continue
+            was_merged = si[k, SI_MERGED] > 0
             si[k, SI_MERGED] = 0
             if matched[k] == 0:
                 # a lost track whose prediction lies inside a blob another track took: merge (doublet)
-                dt = t - sf[k, SF_T]
-                px = sf[k, SF_X] + sf[k, SF_VX] * dt
+                px = pred[k]
                 py = sf[k, SF_Y]
                 for b in range(nb):
                     o = taken[b]
@@ -273,16 +352,24 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
             for q in range(nb):
                 if taken[q] == k:
                     b = q
+            # a step seen from frame to frame (not bridged over a miss or a merge) teaches speed
+            clean = si[k, SI_MISSES] == 0 and not was_merged
             si[k, SI_MISSES] = 0
             bx = blobs[f, b, B_X]
+            prev_x = sf[k, SF_X]
             dt = t - sf[k, SF_T]
             if dt > 0:
-                v = (bx - sf[k, SF_X]) / dt
+                v = (bx - prev_x) / dt
                 if si[k, SI_NHIST] <= 1:
                     sf[k, SF_VX] = v
                 else:
                     sf[k, SF_VX] = 0.5 * sf[k, SF_VX] + 0.5 * v
-            prev_x = sf[k, SF_X]
+                if clean and bx - prev_x >= MIN_STEP_PX:
+                    tp = _profile_ms(prev_x, bx, motion)
+                    if tp > 0.0:
+                        r = min(max(dt / tp, RATIO_MIN), RATIO_MAX)
+                        sf[k, SF_RATIO] = 0.5 * sf[k, SF_RATIO] + 0.5 * r
+                    _learn_step(prev_x, bx, dt, motion)
             sf[k, SF_X] = bx
             sf[k, SF_Y] = blobs[f, b, B_Y]
             sf[k, SF_T] = t
@@ -346,6 +433,7 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
             sf[k, SF_X] = bx
             sf[k, SF_Y] = blobs[f, b, B_Y]
             sf[k, SF_VX] = pf[PF_V_INIT]
+            sf[k, SF_RATIO] = 1.0
             sf[k, SF_T] = t
             sf[k, SF_AREA] = blobs[f, b, B_AREA]
             hist[k, 0, H_T] = t
@@ -383,13 +471,20 @@ def flush_tracks(si, hist, crops, done_i, done_hist, done_crops, done_n, counter
 
 
 @njit(nogil=True, cache=True)
-def predicted_exits(si, sf, x1, out):
+def predicted_exits(si, sf, motion, x1, out):
     """Constriction exit times (ms) of the tracks still followed and moving downstream, into
-    ``out``; returns how many. Extrapolated from each track's last position and speed: ahead for
-    cells upstream, back for cells already past the exit but not yet emitted."""
+    ``out``; returns how many. Extrapolated from each track's last position along the motion
+    profile (at the track's own speed where the profile is not known yet): ahead for cells
+    upstream, back for cells already past the exit but not yet emitted."""
     n = 0
     for k in range(si.shape[0]):
         if si[k, SI_STATE] == ACTIVE and sf[k, SF_VX] > 0 and n < out.shape[0]:
-            out[n] = sf[k, SF_T] + (x1 - sf[k, SF_X]) / sf[k, SF_VX]
+            x = sf[k, SF_X]
+            back = x > x1
+            tp = _profile_ms(x1, x, motion) if back else _profile_ms(x, x1, motion)
+            if tp >= 0.0:
+                out[n] = sf[k, SF_T] + (-tp if back else tp) * sf[k, SF_RATIO]
+            else:
+                out[n] = sf[k, SF_T] + (x1 - x) / sf[k, SF_VX]
             n += 1
     return n
