@@ -83,6 +83,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 #: declares are passed) and returns a flat dict of figures.
 BENCHES: dict[str, str] = {
     "tracking": "tracking.bench:bench_tracking",
+    "tracking-accuracy": "app.bench:bench_tracking_accuracy",
     "recording": "acquisition.recording:bench_recording",
     "inference": "inference.bench:bench_inference",
     "sorting": "app.bench:bench_sorting",
