@@ -134,3 +134,15 @@ def test_dense_fast_flow_keeps_whole_passages():
     assert whole >= 0.95 * m.complete_truth
     assert m.swaps <= 0.01 * m.complete_truth
     assert tracker.stats.tracks <= 1.1 * len(events)  # a cell is one track, not two halves
+
+
+def test_tracking_accuracy_bench_reports_each_density():
+    from app.bench import bench_tracking_accuracy
+
+    r = bench_tracking_accuracy(n_frames=2400, rates=(100.0, 400.0))
+    for key in ("100_cells_s", "400_cells_s"):
+        assert r[f"{key}_passages"] >= 10
+        assert 95.0 <= r[f"{key}_detected_pct"] <= 100.0
+        assert r[f"{key}_unflagged_pct"] <= r[f"{key}_whole_pct"] <= r[f"{key}_detected_pct"]
+        assert 1.0 <= r[f"{key}_tracks_per_event"] < 1.2
+    assert r["400_cells_s_passages"] > 2 * r["100_cells_s_passages"]
