@@ -3,14 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# numba checks a cached kernel against its own file only: a kernel that inlines one from another
-# file (the live tracking loop calls the linker) would keep the old callee after an update. One
-# cache folder per state of the package sources avoids that; a change costs one recompile.
-KERNEL_SOURCES := $(sort $(wildcard acquisition/*.py app/*.py hardware/*.py inference/*.py mimlsort/*.py tracking/*.py))
-KERNEL_HASH := $(shell cat $(KERNEL_SOURCES) | sha1sum | cut -c1-12)
-export NUMBA_CACHE_DIR := $(CURDIR)/$(VENV)/numba-cache/$(KERNEL_HASH)
+# numba's compiled kernels; mimlsort/jit.py keys them by the package source, so that a change to
+# any of it (even to a file a kernel only calls into) recompiles them once
+export NUMBA_CACHE_DIR := $(CURDIR)/$(VENV)/numba-cache
 
-.PHONY: venv demo test bench model screenshot clean sim-tools kernel-cache
+.PHONY: venv demo test bench model screenshot clean sim-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,16 +17,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# drop the kernels compiled from earlier states of the sources
-kernel-cache:
-	@mkdir -p $(NUMBA_CACHE_DIR)
-	@find $(VENV)/numba-cache -mindepth 1 -maxdepth 1 ! -name $(KERNEL_HASH) -exec rm -rf {} +
-
 # synthetic camera -> tracker -> bundled model -> sort policy -> log trigger, event file + report
-demo: $(STAMP) kernel-cache
+demo: $(STAMP)
 	$(BIN)/mimlsort demo --seconds 3 --out out/demo
 
-test: $(STAMP) sim-tools kernel-cache
+test: $(STAMP) sim-tools
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Debian's avr-gcc, Arduino AVR core and simavr, for the tests that run the trigger firmware on a

@@ -22,10 +22,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 from numba.extending import register_jitable
 
 from acquisition._runs import R_LAST_ID, STOP_DONE, STOP_LAGGED, STOP_TIMEOUT, end_run, publish
+from mimlsort.jit import njit
 from mimlsort.realtime import monotonic_ns, sleep_ns
 
 # integer columns of the sprite table

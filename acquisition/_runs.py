@@ -9,8 +9,8 @@ a release fence (readers never see a half-written slot).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from mimlsort.jit import njit
 from mimlsort.realtime import monotonic_ns, publish_fence, sleep_ns
 
 # results of a run (an int64 array the caller passes)

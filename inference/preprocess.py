@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from numba import njit
 
 from mimlsort.errors import ModelError
+from mimlsort.jit import njit
 
 from .spec import ModelSpec
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
+
+from mimlsort.jit import njit
 
 #: clock_gettime/nanosleep from numba kernels, with CLOCK_MONOTONIC == time.monotonic_ns's clock
 AVAILABLE = sys.platform.startswith("linux")

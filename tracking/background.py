@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
 from mimlsort.errors import ConfigError, DataFormatError
+from mimlsort.jit import njit
 from tracking._pure import pure_python
 from mimlsort.settings import require
 

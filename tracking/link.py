@@ -21,8 +21,8 @@ preallocated by :class:`tracking.tracker.Tracker`; the kernel never allocates pe
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from mimlsort.jit import njit
 from tracking.blobs import (
     B_AREA,
     B_BORDER,

@@ -15,8 +15,8 @@ reproducible background updates) on the batch path.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from mimlsort.jit import njit
 from mimlsort.realtime import monotonic_ns, sleep_ns
 from tracking.background import update_kernel
 from tracking.link import link_batch

@@ -37,10 +37,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.core.extending import overload
 from numba.cpython.unsafe.numbers import trailing_zeros
 
+from mimlsort.jit import njit
 from tracking._pure import pure_python
 from tracking.blobs import (
     B_ANGLE,
