@@ -280,6 +280,7 @@ class Pipeline:
                 from hardware.timing import ClockMap
 
                 self._clock = ClockMap()
+                ClockMap.warm_up()
             self._sort_reader = self.ring.reader("sort")
             self._rec_reader = self.ring.reader("recorder") if self.recorder is not None else None
             if self.tracker is None and self.kernels == "numba":
@@ -510,8 +511,7 @@ class Pipeline:
         self._after_tracking(events)
         if n:
             if self._clock is not None and reader.overrun == overrun0:  # lapped slots hold newer times
-                slots = np.arange(seq0, seq0 + n, dtype=np.int64) % ring.capacity
-                self._clock.add_many(ring.timestamps_ns[slots], ring.host_ns[slots])
+                self._clock.add_ring(ring.timestamps_ns, ring.host_ns, seq0, n)
                 self._clock.refit()
             self._sort_hold = reader.cursor
         return n, behind

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mimlsort.errors import StateError
+from mimlsort.jit import njit
 from mimlsort.settings import require
 
 
@@ -53,6 +54,93 @@ def fire_time_ns(exit_host_ns: int, velocity_mm_s: float, settings: TimingSettin
     return int(exit_host_ns) + travel_ns(velocity_mm_s, settings) + round(settings.offset_us * 1000.0)
 
 
+# ClockMap._st
+CS_HEAD = 0  # next slot of the window to write
+CS_N = 1  # samples held
+CS_NEW = 2  # samples added since the last fit
+N_CS = 3
+
+
+@njit(cache=True)
+def _append(cam_buf, host_buf, st, cam, host, start, count):
+    """Append pairs ``start .. start + count`` of ``cam``/``host`` (indices modulo their length, so
+    a ring's slots read in place) to the window; returns how many went in before the first whose
+    camera time does not increase (a restart: the caller resets and goes on from it)."""
+    window = cam_buf.shape[0]
+    length = cam.shape[0]
+    head = st[CS_HEAD]
+    n = st[CS_N]
+    last = cam_buf[(head - 1) % window] if n else 0
+    done = 0
+    for i in range(count):
+        j = (start + i) % length
+        c = cam[j]
+        if n and c <= last:
+            break
+        cam_buf[head] = c
+        host_buf[head] = host[j]
+        head = (head + 1) % window
+        n = min(n + 1, window)
+        last = c
+        done += 1
+    st[CS_HEAD] = head
+    st[CS_N] = n
+    st[CS_NEW] += done
+    return done
+
+
+@njit(cache=True)
+def _fit_envelope(cam_buf, host_buf, head, n, segments, slope0):
+    """(slope, offset, ref) of the lower envelope of the ``n`` samples in the window, oldest at
+    ``head`` once it is full (see :class:`ClockMap`)."""
+    window = cam_buf.shape[0]
+    first = 0 if n < window else head
+    ref = cam_buf[(first + n - 1) % window]
+    if n == 1:
+        return 1.0, np.float64(host_buf[first] - ref) - np.float64(cam_buf[first] - ref), ref
+    slope = slope0
+    segs = min(segments, n)
+    step = n / segs  # the run boundaries np.linspace(0, n, segs + 1) gives
+    xs = np.empty(segs)
+    ys = np.empty(segs)
+    m = 0
+    for _ in range(2):
+        m = 0
+        for s in range(segs):
+            lo = int(s * step)
+            hi = n if s == segs - 1 else int((s + 1) * step)
+            best = np.inf
+            bx = 0.0
+            by = 0.0
+            for i in range(lo, hi):
+                j = (first + i) % window
+                x = np.float64(cam_buf[j] - ref)
+                y = np.float64(host_buf[j] - ref)
+                r = y - slope * x
+                if r < best:
+                    best = r
+                    bx = x
+                    by = y
+            if hi > lo:
+                xs[m] = bx
+                ys[m] = by
+                m += 1
+        xmean = xs[:m].mean()
+        ymean = ys[:m].mean()
+        var = 0.0
+        cov = 0.0
+        for k in range(m):
+            var += (xs[k] - xmean) * (xs[k] - xmean)
+            cov += (xs[k] - xmean) * (ys[k] - ymean)
+        if var <= 0:
+            break
+        slope = cov / var
+    off = 0.0
+    for k in range(m):
+        off += ys[k] - slope * xs[k]
+    return slope, off / m, ref
+
+
 class ClockMap:
     """Fits ``host = slope * camera + offset`` over the most recent frames, robust to late arrivals.
 
@@ -68,6 +156,10 @@ class ClockMap:
     refits lazily once an eighth of the window is new (and while it fills). A caller on a
     deadline maps with ``to_host_ns(t, refit=False)`` (the last fit: the clocks drift by ppm) and
     calls :meth:`refit` once the deadline has passed. Not thread-safe by design: one owner.
+
+    Adding and fitting run in numba kernels (:func:`_append`, :func:`_fit_envelope`): the sort
+    thread does both after every decision, and in NumPy they took ~0.1 + 0.3 ms there (cold
+    code, a refit due at most cells at 10 kHz) before it could track the next frame.
     """
 
     def __init__(self, window: int = 512, segments: int = 8):
@@ -77,10 +169,8 @@ class ClockMap:
         self.segments = segments
         self._cam = np.zeros(window, np.int64)
         self._host = np.zeros(window, np.int64)
-        self._n = 0  # samples held (≤ window)
-        self._head = 0  # next slot to write
+        self._st = np.zeros(N_CS, np.int64)  # next slot to write, samples held (≤ window), added since the fit
         self._dirty = False
-        self._new = 0  # samples added since the last fit
         self._slope = 1.0
         self._offset = 0.0  # host - slope * (camera - ref), in ns
         self._ref = 0  # camera time the fit is centred on (keeps float64 precise for ns clocks)
@@ -89,85 +179,68 @@ class ClockMap:
 
     @property
     def n(self) -> int:
-        return self._n
+        return int(self._st[CS_N])
+
+    @staticmethod
+    def warm_up() -> None:
+        """Load the kernels (compiled on a machine's first run) before a run needs them on time."""
+        t = np.arange(1, 4, dtype=np.int64)
+        cm = ClockMap(window=4, segments=2)
+        cm.add_many(t, t)
+        cm.add_ring(t, t, 1, 2)
+        cm.refit()
 
     def add(self, camera_ns: int, host_ns: int) -> None:
-        if self._n and camera_ns <= self._cam[(self._head - 1) % self.window]:
+        self.add_many(np.array([camera_ns], np.int64), np.array([host_ns], np.int64))
+
+    def add_many(self, camera_ns: np.ndarray, host_ns: np.ndarray) -> None:
+        """A batch of (camera, host) pairs in frame order (per batch, not per frame)."""
+        cam = np.ascontiguousarray(camera_ns, np.int64)
+        host = np.ascontiguousarray(host_ns, np.int64)
+        if cam.shape != host.shape or cam.ndim != 1:
+            raise ValueError(f"camera_ns and host_ns must be 1-d and alike, got {cam.shape} and {host.shape}")
+        self._add(cam, host, 0, cam.size)
+
+    def add_ring(self, camera_ns: np.ndarray, host_ns: np.ndarray, seq0: int, count: int) -> None:
+        """The pairs of ``count`` frames of a ring from sequence number ``seq0`` on (slot = sequence
+        number modulo the ring's length), read in place."""
+        self._add(camera_ns, host_ns, seq0, count)
+
+    def _add(self, cam: np.ndarray, host: np.ndarray, start: int, count: int) -> None:
+        if count <= 0:
+            return
+        done = _append(self._cam, self._host, self._st, cam, host, start, count)
+        while done < count:
             # the camera clock restarted (camera reopened, timestamp latch reset): old pairs are void
             self.reset()
             self.resets += 1
-        self._cam[self._head] = camera_ns
-        self._host[self._head] = host_ns
-        self._head = (self._head + 1) % self.window
-        self._n = min(self._n + 1, self.window)
-        self._new += 1
-        self._dirty = self._dirty or self._new >= max(1, self.window // 8) or self._n <= self.segments
-
-    def add_many(self, camera_ns: np.ndarray, host_ns: np.ndarray) -> None:
-        """A batch of (camera, host) pairs in frame order (vectorised; per batch, not per frame)."""
-        cam = np.asarray(camera_ns, np.int64)
-        host = np.asarray(host_ns, np.int64)
-        if cam.shape != host.shape or cam.ndim != 1:
-            raise ValueError(f"camera_ns and host_ns must be 1-d and alike, got {cam.shape} and {host.shape}")
-        if cam.size == 0:
-            return
-        last = self._cam[(self._head - 1) % self.window] if self._n else None
-        if (last is not None and cam[0] <= last) or (cam.size > 1 and np.any(np.diff(cam) <= 0)):
-            for c, h in zip(cam.tolist(), host.tolist()):  # a clock restart inside: the careful path
-                self.add(c, h)
-            return
-        k = min(cam.size, self.window)  # older samples of a long batch would be overwritten anyway
-        idx = (self._head + np.arange(k)) % self.window
-        self._cam[idx] = cam[-k:]
-        self._host[idx] = host[-k:]
-        self._head = int((self._head + k) % self.window)
-        self._n = min(self._n + k, self.window)
-        self._new += k
+            done += _append(self._cam, self._host, self._st, cam, host, start + done, count - done)
         # refit after a fresh share of the window, not per frame: the clocks drift by ppm, and a
         # refit on the sort path per cell would cost more than the timing gains
-        self._dirty = self._dirty or self._new >= max(1, self.window // 8) or self._n <= self.segments
+        st = self._st
+        self._dirty = self._dirty or st[CS_NEW] >= max(1, self.window // 8) or st[CS_N] <= self.segments
 
     def reset(self) -> None:
-        self._new = 0
-        self._n = 0
-        self._head = 0
+        self._st[:] = 0
         self._dirty = False
         self._fitted = False
         self._slope, self._offset, self._ref = 1.0, 0.0, 0
 
     def _samples(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._n < self.window:
-            return self._cam[: self._n], self._host[: self._n]
-        order = np.r_[self._head : self.window, 0 : self._head]
+        n, head = int(self._st[CS_N]), int(self._st[CS_HEAD])
+        if n < self.window:
+            return self._cam[:n], self._host[:n]
+        order = np.r_[head : self.window, 0 : head]
         return self._cam[order], self._host[order]
 
     def _fit(self) -> None:
-        cam, host = self._samples()
-        ref = int(cam[-1])
-        x = (cam - ref).astype(np.float64)
-        y = (host - ref).astype(np.float64)
+        n = int(self._st[CS_N])
+        slope0 = self._slope if n > 2 else 1.0
+        self._slope, self._offset, self._ref = _fit_envelope(self._cam, self._host, int(self._st[CS_HEAD]), n,
+                                                             self.segments, slope0)
         self._fitted = True
-        if len(x) == 1:
-            self._slope, self._offset, self._ref = 1.0, float(y[0] - x[0]), ref
-            self._dirty = False
-            self._new = 0
-            return
-        slope = self._slope if self._n > 2 else 1.0
-        segs = min(self.segments, len(x))
-        bounds = np.linspace(0, len(x), segs + 1).astype(np.int64)
-        for _ in range(2):
-            r = y - slope * x
-            idx = np.array([lo + int(np.argmin(r[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
-            xs, ys = x[idx], y[idx]
-            xm = xs - xs.mean()
-            var = float(xm @ xm)
-            if var <= 0:
-                break
-            slope = float(xm @ (ys - ys.mean())) / var  # least squares (np.polyfit costs ~0.5 ms here)
-        self._slope, self._ref = float(slope), ref
-        self._offset = float(np.mean(ys - slope * xs))
         self._dirty = False
-        self._new = 0
+        self._st[CS_NEW] = 0
 
     @property
     def slope(self) -> float:
@@ -177,13 +250,13 @@ class ClockMap:
 
     def refit(self) -> None:
         """Fit now if enough new samples are due (what ``to_host_ns`` would do lazily)."""
-        if self._dirty and self._n:
+        if self._dirty and self._st[CS_N]:
             self._fit()
 
     def to_host_ns(self, camera_ns: int, refit: bool = True) -> int:
         """The host monotonic time of camera time ``camera_ns``; ``refit=False`` maps with the
-        last fit even if newer samples are due (a fit costs ~0.1–0.3 ms of numpy)."""
-        if self._n == 0:
+        last fit even if newer samples are due."""
+        if self._st[CS_N] == 0:
             raise StateError("ClockMap has no samples yet: add (camera, host) pairs from frames first")
         if self._dirty and (refit or not self._fitted):
             self._fit()
@@ -191,7 +264,7 @@ class ClockMap:
 
     def latency_us(self) -> tuple[float, float]:
         """Median and 99th percentile of host arrival minus mapped time over the window (µs)."""
-        if self._n == 0:
+        if self._st[CS_N] == 0:
             return math.nan, math.nan
         if self._dirty:
             self._fit()

@@ -86,6 +86,55 @@ def test_clock_map_batches_equal_frame_by_frame():
         many.add_many(cam[:3], host[:2])
 
 
+def _envelope_reference(cam, host, segments, slope):
+    """The lower-envelope fit of ClockMap's docstring in NumPy (the implementation before the
+    kernel): two passes of least squares through the lowest residual of each run."""
+    ref = int(cam[-1])
+    x = (cam - ref).astype(np.float64)
+    y = (host - ref).astype(np.float64)
+    bounds = np.linspace(0, len(x), min(segments, len(x)) + 1).astype(np.int64)
+    for _ in range(2):
+        r = y - slope * x
+        idx = np.array([lo + int(np.argmin(r[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
+        xs, ys = x[idx], y[idx]
+        xm = xs - xs.mean()
+        if float(xm @ xm) <= 0:
+            break
+        slope = float(xm @ (ys - ys.mean())) / float(xm @ xm)
+    return slope, float(np.mean(ys - slope * xs)), ref
+
+
+@pytest.mark.parametrize("n", [5, 64, 300, 700])
+def test_clock_map_kernel_fits_as_the_numpy_reference(n):
+    cam, _, host = _clock_samples(n, seed=n)
+    cm = ClockMap(window=256, segments=8)
+    cm.add_many(cam[:3], host[:3])
+    cm.refit()  # the second fit starts from the first's slope, as the reference below
+    first_slope = cm.slope
+    cm.add_many(cam[3:], host[3:])
+    cm.refit()
+    keep = min(n, 256)  # the window holds the newest samples, its oldest at the write position once full
+    slope, offset, ref = _envelope_reference(cam[-keep:], host[-keep:], 8, first_slope if n > 2 else 1.0)
+    assert cm._ref == ref
+    assert cm._slope == pytest.approx(slope, rel=1e-9, abs=1e-12)
+    assert cm._offset == pytest.approx(offset, abs=1e-3)  # ns
+
+
+def test_clock_map_reads_ring_slots_in_place_across_the_wrap():
+    cam, _, host = _clock_samples(200, seed=5)
+    ring_cam = np.zeros(64, np.int64)
+    ring_host = np.zeros(64, np.int64)
+    seq = np.arange(100, 200)
+    ring_cam[seq % 64] = cam[100:200]  # a ring of 64 slots after 200 frames: the last 64 in it
+    ring_host[seq % 64] = host[100:200]
+    a, b = ClockMap(window=128), ClockMap(window=128)
+    a.add_ring(ring_cam, ring_host, 150, 50)  # sequence numbers 150..199, across the ring's wrap
+    b.add_many(cam[150:200], host[150:200])
+    assert a.n == b.n == 50
+    assert a.to_host_ns(int(cam[199]) + 1_000_000) == b.to_host_ns(int(cam[199]) + 1_000_000)
+    assert np.array_equal(a._samples()[0], cam[150:200])
+
+
 def test_clock_map_restarts_when_the_camera_clock_goes_back():
     cam, _, host = _clock_samples(100, seed=1)
     cm = ClockMap(window=64)
