@@ -73,6 +73,12 @@ def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: flo
         "latency_us_p50": round(st.latency_p50_us, 1) if math.isfinite(st.latency_p50_us) else None,
         "latency_us_p99": round(st.latency_p99_us, 1) if math.isfinite(st.latency_p99_us) else None,
         "latency_us_max": round(st.latency_max_us, 1) if math.isfinite(st.latency_max_us) else None,
+        # the same decisions timed from the frame in which the cell left the constriction (its
+        # features are complete only emit_after_exit_um further on)
+        "latency_from_exit_us_p50": (round(st.latency_from_exit_p50_us, 1)
+                                     if math.isfinite(st.latency_from_exit_p50_us) else None),
+        "latency_from_exit_us_p99": (round(st.latency_from_exit_p99_us, 1)
+                                     if math.isfinite(st.latency_from_exit_p99_us) else None),
         "file_mb": round(st.file_bytes / 1e6, 2),
         # cores each worker thread and child process used, averaged over the run
         "cpu_cores": {k: round(v / elapsed, 2) for k, v in

@@ -118,6 +118,10 @@ class Status:
     # so far, and cores used lately — which stage takes the machine when decisions come late
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_cores: dict[str, float] = field(default_factory=dict)
+    # decision latency timed from the frame in which the cell left the constriction, rather than
+    # from the one that completed its event (emit_after_exit_um further on, where DIR is known)
+    latency_from_exit_p50_us: float = math.nan
+    latency_from_exit_p99_us: float = math.nan
 
     @property
     def frames_missed(self) -> int:
@@ -245,6 +249,7 @@ class Pipeline:
         self._frames_processed = 0
         self._cells = 0
         self._latencies = LatencyWindow(8192)
+        self._latencies_exit = LatencyWindow(8192)  # the same decisions, from the cell's exit frame
         self._late = 0
         self._trigger_failed = 0
         self._trigger_ok = True
@@ -644,7 +649,10 @@ class Pipeline:
                 self._counters.add(decision, float(p[target_idx].sum()) if target_idx else 0.0)
             emit_host = ev.extra.get("emit_host_ns", 0) if ev.extra else 0
             if emit_host and live:
-                self._latencies.add((time.monotonic_ns() - emit_host) / 1000.0)
+                now = time.monotonic_ns()
+                self._latencies.add((now - emit_host) / 1000.0)
+                if ev.exit_host_ns > 0:
+                    self._latencies_exit.add((now - ev.exit_host_ns) / 1000.0)
         if complete is not None:
             events = complete(events)
         self._cells += len(events)
@@ -761,6 +769,7 @@ class Pipeline:
         ring = self.ring
         frames_in = ring.written if ring is not None else 0
         lat_p50, lat_p99, lat_max = self._latencies.summary()
+        exit_p50, exit_p99, _ = self._latencies_exit.summary()
         c = self._counters
         end = self._t_end or now
         sink = self.sink
@@ -790,6 +799,8 @@ class Pipeline:
             latency_p50_us=lat_p50,
             latency_p99_us=lat_p99,
             latency_max_us=lat_max,
+            latency_from_exit_p50_us=exit_p50,
+            latency_from_exit_p99_us=exit_p99,
             storage_queue=self._queue.qsize(),
             file_bytes=int(getattr(sink, "bytes_written", 0) or 0) if sink is not None else 0,
             frames_recorded=self._frames_recorded,
