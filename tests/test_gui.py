@@ -278,6 +278,10 @@ def test_status_rows_flag_missed_frames():
     assert not calm.alarm and calm.text == f"0.38 of {n} (most: sort 0.25)" and calm.tooltip == "sort: 0.25\ncamera: 0.12"
     busy = {r.key: r for r in status_rows(replace(st, cpu_cores={"sort": 0.5 * n, "writer process": 0.45 * n}))}["cpu"]
     assert busy.alarm
+    lat = {r.key: r for r in status_rows(replace(st, latency_p50_us=900.0, latency_p99_us=3000.0,
+                                                 latency_from_exit_p50_us=1300.0, latency_from_exit_p99_us=3500.0))}
+    assert lat["latency"].text == "0.90 | 3.00 ms"
+    assert lat["latency"].tooltip.endswith("left the constriction: 1.30 | 3.50 ms")
 
 
 # -- the window with the stand-in run -------------------------------------------------------------------

@@ -328,7 +328,11 @@ def status_rows(st: Any) -> list[StatusRow]:
         StatusRow("purity", "Purity | recovery (est.)",
                   f"{_fmt(100 * st.purity_estimate, '.1f', ' %')} | {_fmt(100 * st.recovery_estimate, '.1f', ' %')}"),
         StatusRow("latency", "Latency p50 | p99",
-                  f"{_fmt(st.latency_p50_us / 1000, '.2f')} | {_fmt(st.latency_p99_us / 1000, '.2f', ' ms')}"),
+                  f"{_fmt(st.latency_p50_us / 1000, '.2f')} | {_fmt(st.latency_p99_us / 1000, '.2f', ' ms')}",
+                  tooltip="decision latency from the frame that completed the cell's event; from the frame in which "
+                          "it left the constriction: "
+                          f"{_fmt(getattr(st, 'latency_from_exit_p50_us', math.nan) / 1000, '.2f')} | "
+                          f"{_fmt(getattr(st, 'latency_from_exit_p99_us', math.nan) / 1000, '.2f', ' ms')}"),
         StatusRow("file", "Event file", f"{st.file_bytes / 1e6:.1f} MB (queue {st.storage_queue})"),
         StatusRow("trigger", "Trigger", "ok" if st.trigger_ok else "FAULT", not st.trigger_ok),
         _cpu_row(getattr(st, "cpu_cores", None) or {}),
