@@ -5,6 +5,10 @@ fork (the run's threads hold locks mid-use) and not multiprocessing's spawn (it 
 caller's ``__main__`` script). The child ignores SIGINT/SIGTERM: they reach the whole process
 group, and the parent, which handles them, tells it to close; a parent that dies anyway closes
 the socket, which the child takes as the signal to close its file.
+
+A child runs under SCHED_BATCH (Linux): it does throughput work, and waking up it must not
+preempt the run's sort thread, which waits for frames in short sleeps. It keeps its fair share of
+the CPU (a lower nice value would let it starve under overload, and records queue without end).
 """
 
 from __future__ import annotations
@@ -64,9 +68,21 @@ def reap(proc: subprocess.Popen, conn: Connection, timeout_s: float = 10.0) -> N
     conn.close()
 
 
+def batch_scheduling() -> bool:
+    """Put this process under SCHED_BATCH: it does not preempt others when it wakes, and keeps
+    the same share of the CPU (figures in NOTES.md). Any process may choose it; False where the
+    OS has no such policy."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def serve(serve_fn: Callable[[Connection], None], label: str, argv: list[str] | None = None) -> int:
     """The child's ``main``: serve the parent on the socket named by ``argv[0]``."""
     argv = sys.argv[1:] if argv is None else argv
+    batch_scheduling()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s %(levelname)s %(name)s ({label}): %(message)s")

@@ -40,6 +40,8 @@ def test_child_process_writes_the_same_file_as_the_thread_writer(tmp_path):
         p.flush()
         assert p.events_written == 40
         assert p.bytes_written == os.path.getsize(tmp_path / "process.rtdc")
+        if hasattr(os, "SCHED_BATCH"):  # throughput work: it must not preempt the sort thread
+            assert os.sched_getscheduler(p._proc.pid) == os.SCHED_BATCH
     _same_features(tmp_path / "thread.rtdc", tmp_path / "process.rtdc")
     _f, run = read_events(tmp_path / "process.rtdc")
     assert any("a line" in line for line in run.run_log)
