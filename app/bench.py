@@ -146,36 +146,49 @@ def bench_sorting(seconds: float = 5.0, fps: float = 8_000.0, cells_per_second: 
 
 
 def bench_tracking_accuracy(n_frames: int = 16_000, fps: float = 8_000.0,
-                            rates: tuple[float, ...] = (100.0, 600.0, 1400.0), seed: int = 3) -> dict:
+                            rates: tuple[float, ...] = (100.0, 600.0, 1400.0), seed: int = 3,
+                            split_ratio: float | None = None) -> dict:
     """The tracker against the simulator's truth in the sorting bench's channel (40 / 120 / 60
     mm/s up-, in- and downstream) at several densities: how many complete passages get an
-    event, how many of those are whole (entry and exit seen) and unflagged, and how often a
-    track ends on another cell (swaps). Every frame is tracked (no real time involved)."""
+    event, how many of those are whole (entry and exit seen), unflagged, and sortable (no flag
+    the default sort policy rejects), how many touched a neighbour, and how often a track ends on
+    another cell (swaps). Every frame is tracked (no real time involved). ``split_ratio``:
+    the tracker's (0: touching cells are never cut apart; None: the default)."""
     from dataclasses import replace
 
     from acquisition.synthetic import SyntheticSettings, render_frames
+    from app.sorting import SortSettings
     from app.validate import match_events
     from tracking.events import Quality
     from tracking.tracker import Tracker, TrackerSettings
 
     res: dict = {"frames": n_frames, "fps": fps, "flow_mm_s": "40 / 120 / 60"}
+    rejected = 0
+    for name in SortSettings().reject_flags:
+        rejected |= int(Quality[name])
     frame_ms = 1e3 / fps
     for cps in rates:
         sim = SyntheticSettings(duration_s=n_frames / fps, fps=fps, cells_per_second=cps, seed=seed,
                                 **{k.split(".", 1)[1]: v for k, v in SORT_FLOW.items()})
         frames, truth = render_frames(sim, n_frames)
-        tracker = Tracker.from_frames(frames, sim.pixel_size_um, replace(TrackerSettings(), snapshots=False))
+        ts = replace(TrackerSettings(), snapshots=False)
+        if split_ratio is not None:
+            ts = replace(ts, split_ratio=split_ratio)
+        tracker = Tracker.from_frames(frames, sim.pixel_size_um, ts)
         events = tracker.process_frames(frames, fps=fps) + tracker.flush()
         m = match_events(events, truth, run_ms=n_frames * frame_ms, frame_ms=frame_ms)
         n = max(m.complete_truth, 1)
         found = [e for e, t in m.pairs if m.is_complete(t)]
         whole = sum(1 for e in found if not e.quality & Quality.INCOMPLETE)
         clean = sum(1 for e in found if e.quality == Quality.OK)
+        sortable = sum(1 for e in found if not e.quality & rejected)
         key = f"{cps:g}_cells_s"
         res[f"{key}_passages"] = m.complete_truth
         res[f"{key}_detected_pct"] = round(100 * len(found) / n, 1)
         res[f"{key}_whole_pct"] = round(100 * whole / n, 1)
         res[f"{key}_unflagged_pct"] = round(100 * clean / n, 1)
+        res[f"{key}_sortable_pct"] = round(100 * sortable / n, 1)
+        res[f"{key}_touching_pct"] = round(100 * sum(1 for e in found if e.quality & Quality.TOUCHING) / n, 1)
         res[f"{key}_swaps"] = m.swaps
         res[f"{key}_tracks_per_event"] = round(tracker.stats.tracks / max(len(events), 1), 2)
         res[f"{key}_di_mae"] = round(m.errors().get("di_mae", math.nan), 4)

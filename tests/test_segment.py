@@ -13,6 +13,7 @@ from tracking.blobs import (
     B_HULL_PERIM,
     B_MAJOR,
     B_MINOR,
+    B_SPLIT,
     B_X,
     B_XMAX,
     B_XMIN,
@@ -46,12 +47,13 @@ def render(cov, contrast=-40.0, noise=0.0, rng=None):
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def one(img, bg=None, threshold=10.0, min_area=1.0, y0=0, y1=None, max_blobs=16, kernels="numba"):
+def one(img, bg=None, threshold=10.0, min_area=1.0, y0=0, y1=None, max_blobs=16, kernels="numba", split=0.0):
     h, w = img.shape
     bg = np.full((h, w), BG, np.uint8) if bg is None else bg
     out = np.zeros((max_blobs, N_BLOB_FIELDS))
     fn = pure_python(segment_image) if kernels == "python" else segment_image
-    n = fn(img, bg, threshold, min_area, y0, h if y1 is None else y1, max_blobs, out, np.zeros((1, 1), np.int32))
+    n = fn(img, bg, threshold, min_area, y0, h if y1 is None else y1, max_blobs, out, np.zeros((1, 1), np.int32),
+           split)
     return out[:n]
 
 
@@ -241,3 +243,67 @@ def test_closing_joins_nearby_fragments_and_keeps_the_image_ellipse():
     plain = measure(spur, bg, 1.0, threshold=-10, min_area_um=20)[0]
     opened = measure(spur, bg, 1.0, threshold=-10, min_area_um=20, opening_px=5)[0]
     assert plain.bbox[2] >= 99 and opened.bbox[2] <= 81
+
+
+# -- touching cells ---------------------------------------------------------------------------------
+def _pair(h, w, cells, noise=2.0, seed=0):
+    """Dark anti-aliased ellipses (cx, cy, a, b, theta) in one image, with noise."""
+    cov = np.zeros((h, w))
+    for c in cells:
+        cov = np.maximum(cov, coverage_ellipse(h, w, *c))
+    return render(cov, noise=noise, rng=np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("kernels", ["numba", "python"])
+@pytest.mark.parametrize("cells", [
+    [(30, 24, 12, 12, 0.0), (54.5, 24, 12, 12, 0.0)],  # two round cells queued, tangent
+    [(40, 24, 30, 4, 0.0), (80.5, 24, 11, 9, 0.0)],  # a squeezed cell's tip on a relaxing one
+    [(30, 24, 20, 5, 0.0), (68, 24, 18, 5, 0.0)],  # two squeezed cells end to end
+])
+def test_touching_cells_are_cut_at_their_waist(cells, kernels):
+    img = _pair(48, 120, cells)
+    assert len(one(img, min_area=20)) == 1  # one blob without cutting
+    parts = one(img, min_area=20, split=0.75, kernels=kernels)
+    assert len(parts) == 2
+    parts = parts[np.argsort(parts[:, B_X])]
+    # the upstream part was cut on its downstream side (2), the other on its upstream side (1)
+    assert parts[:, B_SPLIT].tolist() == [2.0, 1.0]
+    for r, (cx, cy, a, b, _) in zip(parts, cells):
+        assert r[B_X] == pytest.approx(cx, abs=1.5)
+        assert r[B_Y] == pytest.approx(cy, abs=0.5)
+        assert r[B_AREA] == pytest.approx(math.pi * a * b, rel=0.15)
+    assert parts[0, B_XMAX] < parts[1, B_XMIN]
+
+
+def test_three_in_a_row_are_cut_twice():
+    cells = [(20, 24, 10, 10, 0.0), (40.5, 24, 10, 10, 0.0), (61, 24, 10, 10, 0.0)]
+    parts = one(_pair(48, 90, cells), min_area=20, split=0.75)
+    parts = parts[np.argsort(parts[:, B_X])]
+    assert parts[:, B_SPLIT].tolist() == [2.0, 3.0, 1.0]
+    assert parts[:, B_X] == pytest.approx([c[0] for c in cells], abs=1.5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_single_cells_are_never_cut(seed):
+    rng = np.random.default_rng(seed)
+    # round, squeezed (thin and long, where a pixel of edge noise is an eighth of the height),
+    # tilted, and a cell half in the constriction (a convex bullet: wide behind, thin in front)
+    cells = [(40, 24, 12, 12, 0.0), (60, 24, 45, 4, 0.0), (60, 24, 20, 8, 0.3)]
+    for c in cells:
+        img = _pair(48, 120, [c], noise=3.0, seed=int(rng.integers(1 << 30)))
+        (r,) = one(img, min_area=20, split=0.75)
+        assert r[B_SPLIT] == 0.0
+    yy, xx = np.mgrid[0:48, 0:120]
+    bullet = ((xx - 40) ** 2 + (yy - 24) ** 2 <= 144) | ((xx >= 40) & (xx <= 75) & (np.abs(yy - 24) <= 4 - (xx - 40) / 12))
+    img = render(bullet.astype(float), noise=3.0, rng=rng)
+    (r,) = one(img, min_area=20, split=0.75)
+    assert r[B_SPLIT] == 0.0
+
+
+def test_a_blob_is_not_cut_into_parts_below_the_minimum_area():
+    # a ~50 px speck touching a cell is cut off as a blob of its own, but stays with the cell
+    # when the minimum area is above the speck's (it would be dropped as debris)
+    img = _pair(48, 90, [(30, 24, 12, 12, 0.0), (46.5, 24, 4, 4, 0.0)])
+    assert len(one(img, min_area=20, split=0.75)) == 2
+    (r,) = one(img, min_area=60, split=0.75)
+    assert r[B_SPLIT] == 0.0

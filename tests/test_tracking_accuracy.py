@@ -80,7 +80,7 @@ def test_python_kernels_track_like_numba():
 def test_passage_kernel_matches_the_numpy_reference(seed):
     from tracking import link as L
     from tracking.blobs import B_AREA, B_BRIGHT_AVG, B_BRIGHT_SD, B_CONTRAST, B_HULL_AREA, B_HULL_PERIM, B_MAJOR, \
-        B_MINOR, B_X, B_Y, N_BLOB_FIELDS
+        B_MINOR, B_SPLIT, B_X, B_Y, N_BLOB_FIELDS
     from tracking.geometry import ChannelGeometry
     from tracking.passage import FEATURE_ORDER, N_FEATURES, passage_kernel
     from tracking.tracker import measure_passage
@@ -104,6 +104,10 @@ def test_passage_kernel_matches_the_numpy_reference(seed):
             h[:, c + B_BRIGHT_AVG] = rng.uniform(90, 110, n)
             h[:, c + B_BRIGHT_SD] = rng.uniform(3, 9, n)
             h[:, c + B_CONTRAST] = rng.uniform(2, 30, n)
+            # cut from touching neighbours: on random sides, or on one side in nearly every row
+            h[:, c + B_SPLIT] = rng.choice([0.0, 0.0, 1.0, 2.0, 3.0], n) if seed % 2 else 2.0
+            if seed % 2 == 0 and n > 20:
+                h[rng.integers(n), c + B_SPLIT] = rng.choice([0.0, 1.0])
             ref, q_ref = measure_passage(h, g, s)
             for kernel in (passage_kernel, pure_python(passage_kernel)):
                 out = np.zeros(N_FEATURES)

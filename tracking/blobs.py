@@ -20,4 +20,5 @@ B_BRIGHT_AVG = 12  # mean raw brightness inside the mask
 B_BRIGHT_SD = 13  # sd of raw brightness inside the mask
 B_BORDER = 14  # 1.0 if the mask touches the ROI border, else 0.0
 B_CONTRAST = 15  # mean |image - background| inside the mask
-N_BLOB_FIELDS = 16
+B_SPLIT = 16  # cut from touching neighbours at a waist: 0 no, + 1 one upstream (lower x), + 2 one downstream
+N_BLOB_FIELDS = 17

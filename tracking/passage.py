@@ -23,6 +23,7 @@ from tracking.blobs import (
     B_HULL_PERIM,
     B_MAJOR,
     B_MINOR,
+    B_SPLIT,
     B_X,
     B_XMAX,
     B_Y,
@@ -45,6 +46,10 @@ _Q_DOUBLET = 1
 _Q_INCOMPLETE = 4
 _Q_LOW_CONTRAST = 8
 _Q_STUCK = 16
+_Q_TOUCHING = 32
+#: share of a passage's rows (before entry to after exit) a blob must be cut on one side in to be
+#: half of a doublet: a frame may miss the waist, or a third cell touch for a moment
+_JOINED = 0.9
 
 
 @njit(nogil=True, cache=True)
@@ -101,7 +106,13 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out,
     off the ROI border exceeds ``doublet_di``, or the upstream hull solidity is below
     ``doublet_solidity``. Rows whose blob reaches into the constriction mouth are left out (the
     squeeze starts when the front touches x0), as are border rows (a cell cut by the ROI edge is
-    elongated across it)."""
+    elongated across it). Also DOUBLET: the blob was cut from a neighbour on the same side
+    (B_SPLIT) in nearly every row (``_JOINED``) from the last one before the constriction to the
+    first one past it, at least two of them in it — cells in single file part there, as each
+    one speeds up in turn, so two that stay joined all through it are one object.
+
+    TOUCHING: some row was cut from a neighbour. The DI maximum is then taken over the rows that
+    were not cut, where there are any in the constriction (a cut edge is straight)."""
     n = h.shape[0]
     c = N_H_EXTRA
     nan = math.nan
@@ -130,14 +141,36 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out,
             vm[i] = _nanmedian3(v[i - 1], v[i], v[i + 1])
     i_max = -1
     best = -np.inf
+    i_cut = -1
+    best_cut = -np.inf
     v_max = -np.inf
+    n_inside = 0
     for i in range(n):
+        cut = h[i, c + B_SPLIT] > 0.5
+        if cut:
+            q |= _Q_TOUCHING
         if x0 <= x[i] < x1:
-            if di[i] > best:
+            n_inside += 1
+            if cut:
+                if di[i] > best_cut:
+                    best_cut = di[i]
+                    i_cut = i
+            elif di[i] > best:
                 best = di[i]
                 i_max = i
             if not math.isnan(vm[i]) and vm[i] > v_max:
                 v_max = vm[i]
+    if i_max < 0:
+        i_max = i_cut
+    if n_inside >= 2 and i_in > 0 and i_out > 0:
+        n_up_cut = 0
+        n_down_cut = 0
+        for i in range(i_in - 1, i_out + 1):
+            side = int(h[i, c + B_SPLIT])
+            n_up_cut += side & 1
+            n_down_cut += (side >> 1) & 1
+        if max(n_up_cut, n_down_cut) >= _JOINED * (i_out - i_in + 2):
+            q |= _Q_DOUBLET
     buf = np.empty(n)
     for k in range(out.shape[0]):
         out[k] = nan

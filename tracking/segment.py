@@ -54,6 +54,7 @@ from tracking.blobs import (
     B_HULL_PERIM,
     B_MAJOR,
     B_MINOR,
+    B_SPLIT,
     B_X,
     B_XMAX,
     B_XMIN,
@@ -660,15 +661,105 @@ def _measure_blob(img, bg, mode, yb0, yb1, lo, hi, h, w, sy0, sy1, hx_in, hy_in,
     return n
 
 
+# --- touching cells -----------------------------------------------------------------------------
+# Cells pass in single file, so two that touch make one blob elongated along x with a waist where
+# they meet. A convex shape's height (its vertical extent per column) is a concave function of x:
+# it never dips below its value at both ends of any stretch. A blob whose height profile dips to
+# ``split_ratio`` of the lower of the peaks on either side is cut at the deepest such column
+# (the column itself goes to neither part) and each part is a blob of its own, B_SPLIT saying on
+# which side it was cut.
+# The profile is taken from the thresholded runs, not the filled spans (filling bridges the
+# waist), and averaged over 3 columns: a ragged edge pixel moves a thin cell's height by one
+# pixel in eight.
+_SPLIT_MARGIN = 2  # columns kept off each end of a part when looking for a waist
+_SPLIT_MIN_H = 3.0  # px: the lower peak must be at least this high (noise makes no waist)
+_MAX_PARTS = 8  # parts one blob may be cut into
+
+
 @njit(nogil=True, cache=True)
-def _segment_frame(img, bg, seg, seg_bg, threshold, min_area_px, y0, y1, max_blobs, out, labels, mrow, run_y, run_a,
-                   run_b, parent, row_first, stats, lo, hi, hx_in, hy_in, hx, hy, tb, rc):
+def _waist(hs, csum, pa, pb, ratio, min_area_px, pmax, smax):
+    """The column of pa..pb where the smoothed height ``hs`` dips deepest below the lower of the
+    peaks on either side, if that is <= ``ratio`` and both sides hold ``min_area_px`` (``csum``:
+    running sum of the column heights, csum[x] = heights of columns < x); else -1."""
+    if pb - pa < 2 * _SPLIT_MARGIN + 2:
+        return -1
+    m = 0.0
+    for x in range(pa, pb + 1):
+        m = max(m, hs[x])
+        pmax[x] = m
+    m = 0.0
+    for x in range(pb, pa - 1, -1):
+        m = max(m, hs[x])
+        smax[x] = m
+    best = ratio
+    xs = -1
+    for x in range(pa + _SPLIT_MARGIN + 1, pb - _SPLIT_MARGIN):
+        ref = min(pmax[x - 1], smax[x + 1])
+        if ref < _SPLIT_MIN_H:
+            continue
+        r = hs[x] / ref
+        if r <= best and (xs < 0 or r < best):
+            if csum[x] - csum[pa] >= min_area_px and csum[pb + 1] - csum[x + 1] >= min_area_px:
+                best = r
+                xs = x
+    return xs
+
+
+@njit(nogil=True, cache=True)
+def _parts(r, xa, xb, ya, yb, y0, parent, run_y, run_a, run_b, row_first, ratio, min_area_px, ctop, cbot, hs, csum,
+           pmax, smax, parts):
+    """Cut component ``r`` (columns xa..xb) at its waists: column ranges into ``parts`` (2, n),
+    in x order; returns n (1: not cut)."""
+    for x in range(xa, xb + 1):
+        ctop[x] = 1 << 30
+        cbot[x] = -1
+    # runs come in row order: a column's first run is its top, its last its bottom
+    for q in range(row_first[ya - y0], row_first[yb + 1 - y0]):
+        if parent[q] == r:
+            y = np.int64(run_y[q])
+            ua = np.uint64(run_a[q])
+            for i in range(run_b[q] - run_a[q] + 1):
+                x = ua + np.uint64(i)
+                ctop[x] = min(ctop[x], y)
+                cbot[x] = y
+    csum[xa] = 0.0
+    for x in range(xa, xb + 1):
+        hx = cbot[x] - ctop[x] + 1 if cbot[x] >= 0 else 0
+        csum[x + 1] = csum[x] + hx
+    for x in range(xa, xb + 1):
+        # 3-column mean of the heights (0 outside the blob)
+        s3 = csum[min(x + 2, xb + 1)] - csum[max(x - 1, xa)]
+        hs[x] = s3 / 3.0
+    parts[0, 0] = xa
+    parts[1, 0] = xb
+    n = 1
+    i = 0
+    while i < n:
+        xs = _waist(hs, csum, parts[0, i], parts[1, i], ratio, min_area_px, pmax, smax) if n < _MAX_PARTS else -1
+        if xs < 0:
+            i += 1
+            continue
+        for k in range(n, i + 1, -1):
+            parts[0, k] = parts[0, k - 1]
+            parts[1, k] = parts[1, k - 1]
+        parts[0, i + 1] = xs + 1
+        parts[1, i + 1] = parts[1, i]
+        parts[1, i] = xs - 1
+        n += 1
+    return n
+
+
+@njit(nogil=True, cache=True)
+def _segment_frame(img, bg, seg, seg_bg, threshold, min_area_px, y0, y1, max_blobs, split_ratio, out, labels, mrow,
+                   run_y, run_a, run_b, parent, row_first, stats, lo, hi, hx_in, hy_in, hx, hy, tb, rc, ctop, cbot, hs,
+                   csum, pmax, smax, parts):
     """Segment one image into ``out`` (max_blobs x N_BLOB_FIELDS); returns the blob count.
 
     Objects are where |seg - seg_bg| > threshold (``seg``/``seg_bg`` are ``img``/``bg`` except
     for a precomputed mask); they are measured on ``img`` against ``bg``. With a (H, W)
     ``labels`` array, the filled mask of blob i is written as i + 1 there (the caller zeroes
-    it); pass a (1, 1) array to skip that."""
+    it); pass a (1, 1) array to skip that. ``split_ratio`` > 0 cuts touching cells apart at
+    their waist (see above); 0 never cuts."""
     h, w = img.shape
     # a negative threshold segments dark pixels only (RT-DC's "bin threshold -6" convention)
     # (clamped: a threshold beyond any contrast segments nothing)
@@ -701,26 +792,45 @@ def _segment_frame(img, bg, seg, seg_bg, threshold, min_area_px, y0, y1, max_blo
             continue  # even its bounding box is too small
         if nb >= max_blobs:
             break
-        for y in range(ya, yb + 1):
-            lo[y] = w
-            hi[y] = -1
-        for q in range(row_first[ya - y0], row_first[yb + 1 - y0]):
-            if parent[q] == r:
-                y = run_y[q]
-                lo[y] = min(lo[y], run_a[q])
-                hi[y] = max(hi[y], run_b[q])
-        area = 0
-        for y in range(ya, yb + 1):
-            if hi[y] >= lo[y]:
-                area += hi[y] - lo[y] + 1
-        if area < min_area_px:
-            continue
-        _measure_blob(img, bg, mode, ya, yb, lo, hi, h, w, y0, y1, hx_in, hy_in, hx, hy, tb, rc, out[nb])
-        if write_labels:
+        n_parts = 1
+        parts[0, 0] = xa
+        parts[1, 0] = xb
+        if split_ratio > 0.0 and xb - xa >= 2 * _SPLIT_MARGIN + 2:
+            n_parts = _parts(r, xa, xb, ya, yb, y0, parent, run_y, run_a, run_b, row_first, split_ratio, min_area_px,
+                             ctop, cbot, hs, csum, pmax, smax, parts)
+        for k in range(n_parts):
+            if nb >= max_blobs:
+                break
+            pa = parts[0, k]
+            pb = parts[1, k]
             for y in range(ya, yb + 1):
-                for x in range(lo[y], hi[y] + 1):
-                    labels[y, x] = nb + 1
-        nb += 1
+                lo[y] = w
+                hi[y] = -1
+            for q in range(row_first[ya - y0], row_first[yb + 1 - y0]):
+                if parent[q] == r:
+                    a = max(run_a[q], pa)
+                    b = min(run_b[q], pb)
+                    if a <= b:
+                        y = run_y[q]
+                        lo[y] = min(lo[y], a)
+                        hi[y] = max(hi[y], b)
+            area = 0
+            pya = yb + 1
+            pyb = ya - 1
+            for y in range(ya, yb + 1):
+                if hi[y] >= lo[y]:
+                    area += hi[y] - lo[y] + 1
+                    pya = min(pya, y)
+                    pyb = y
+            if area < min_area_px:
+                continue
+            _measure_blob(img, bg, mode, pya, pyb, lo, hi, h, w, y0, y1, hx_in, hy_in, hx, hy, tb, rc, out[nb])
+            out[nb, B_SPLIT] = (1.0 if k > 0 else 0.0) + (2.0 if k < n_parts - 1 else 0.0)
+            if write_labels:
+                for y in range(pya, pyb + 1):
+                    for x in range(lo[y], hi[y] + 1):
+                        labels[y, x] = nb + 1
+            nb += 1
     return nb
 
 
@@ -733,11 +843,13 @@ def _scratch(h, w, rows):
             np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(rows + 1, np.int32),
             np.empty((_N_R, cap), np.int32), np.empty(h + 1, np.int32), np.empty(h + 1, np.int32),
             np.empty(2 * h + 2, np.int64), np.empty(2 * h + 2, np.int64), np.empty(4 * h + 4, np.int64),
-            np.empty(4 * h + 4, np.int64), np.empty((8, 4 * w + 4), np.float64), np.empty(h + 3, np.int64))
+            np.empty(4 * h + 4, np.int64), np.empty((8, 4 * w + 4), np.float64), np.empty(h + 3, np.int64),
+            np.empty(w, np.int64), np.empty(w, np.int64), np.empty(w, np.float64), np.empty(w + 1, np.float64),
+            np.empty(w, np.float64), np.empty(w, np.float64), np.empty((2, _MAX_PARTS), np.int64))
 
 
 @njit(nogil=True, cache=True)
-def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts):
+def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts, split_ratio=0.0):
     n = slots.shape[0]
     h, w = bg.shape
     y0 = max(0, min(y0, h))
@@ -747,24 +859,27 @@ def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs,
     labels = np.zeros((1, 1), np.int32)
     for f in range(n):
         img = images[slots[f]]
-        counts[f] = _segment_frame(img, bg, img, bg, threshold, min_area_px, y0, y1, mb, out[f], labels, *sc)
+        counts[f] = _segment_frame(img, bg, img, bg, threshold, min_area_px, y0, y1, mb, split_ratio, out[f], labels,
+                                   *sc)
 
 
 segment_batch = _segment_batch
-"""``segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts)``:
-segment ``images[slots[i]]`` into ``out[i, :counts[i]]`` (blob table, see :mod:`tracking.blobs`).
+"""``segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts,
+split_ratio=0.0)``: segment ``images[slots[i]]`` into ``out[i, :counts[i]]`` (blob table, see
+:mod:`tracking.blobs`; ``split_ratio``: cut touching cells apart, see :func:`_segment_frame`).
 Work arrays are allocated once per call (per batch), never per frame."""
 
 
 @njit(nogil=True, cache=True)
-def segment_image(img, bg, threshold, min_area_px, y0, y1, max_blobs, out, labels):
+def segment_image(img, bg, threshold, min_area_px, y0, y1, max_blobs, out, labels, split_ratio=0.0):
     """One image; returns the blob count. ``labels`` (H, W int32, zeroed by the caller) receives
-    blob i's filled mask as i + 1, or pass a (1, 1) array to skip it."""
+    blob i's filled mask as i + 1, or pass a (1, 1) array to skip it. ``split_ratio``: cut
+    touching cells apart (see :func:`_segment_frame`)."""
     h, w = img.shape
     y0 = max(0, min(y0, h))
     y1 = max(y0, min(y1, h))
-    return _segment_frame(img, bg, img, bg, threshold, min_area_px, y0, y1, min(max_blobs, out.shape[0]), out, labels,
-                          *_scratch(h, w, max(y1 - y0, 1)))
+    return _segment_frame(img, bg, img, bg, threshold, min_area_px, y0, y1, min(max_blobs, out.shape[0]), split_ratio,
+                          out, labels, *_scratch(h, w, max(y1 - y0, 1)))
 
 
 @njit(nogil=True, cache=True)
@@ -778,12 +893,12 @@ def segment_mask(img, bg, mask, dark, min_area_px, max_blobs, out, labels):
     # polarity rides on the threshold's sign: dark-only tests seg_bg - seg > 0.5, so the mask goes
     # in as the "background" there; otherwise |seg - seg_bg| > 0.5
     if dark:
-        return _segment_frame(img, bg, zero, mask, -0.5, min_area_px, 0, h, mb, out, labels, *_scratch(h, w, h))
-    return _segment_frame(img, bg, mask, zero, 0.5, min_area_px, 0, h, mb, out, labels, *_scratch(h, w, h))
+        return _segment_frame(img, bg, zero, mask, -0.5, min_area_px, 0, h, mb, 0.0, out, labels, *_scratch(h, w, h))
+    return _segment_frame(img, bg, mask, zero, 0.5, min_area_px, 0, h, mb, 0.0, out, labels, *_scratch(h, w, h))
 
 
 @njit(nogil=True, cache=True)
-def nearest_blob_mask(img, bg, threshold, min_area_px, max_blobs, x, y, ya, yb, xa, xb, mask):
+def nearest_blob_mask(img, bg, threshold, min_area_px, max_blobs, x, y, ya, yb, xa, xb, mask, split_ratio=0.0):
     """Segment the window rows ya..yb, columns xa..xb of ``img`` and set ``mask`` (bool, full
     image) True on the filled mask of the blob whose centroid is nearest (x, y) (image
     coordinates). Returns False (mask untouched) when the window holds no blob."""
@@ -791,7 +906,7 @@ def nearest_blob_mask(img, bg, threshold, min_area_px, max_blobs, x, y, ya, yb, 
     sub_bg = np.ascontiguousarray(bg[ya:yb, xa:xb])
     out = np.zeros((max_blobs, N_BLOB_FIELDS), np.float64)
     labels = np.zeros((yb - ya, xb - xa), np.int32)
-    nb = segment_image(sub, sub_bg, threshold, min_area_px, 0, yb - ya, max_blobs, out, labels)
+    nb = segment_image(sub, sub_bg, threshold, min_area_px, 0, yb - ya, max_blobs, out, labels, split_ratio)
     if nb == 0:
         return False
     best = 0

@@ -41,6 +41,7 @@ from tracking.blobs import (
     B_HULL_PERIM,
     B_MAJOR,
     B_MINOR,
+    B_SPLIT,
     B_X,
     B_XMAX,
     B_XMIN,
@@ -51,7 +52,7 @@ from tracking.blobs import (
 )
 from tracking.events import CellEvent, Quality, Snapshot
 from tracking.geometry import ChannelGeometry, GeometrySettings
-from tracking.passage import DOUBLET_DI, FEATURE_ORDER, N_FEATURES, passage_kernel
+from tracking.passage import _JOINED, DOUBLET_DI, FEATURE_ORDER, N_FEATURES, passage_kernel
 from tracking.segment import nearest_blob_mask, segment_batch
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class TrackerSettings:
     initial_speed_mm_s: float = 5.0  # prediction for a cell seen once
     doublet_solidity: float = 0.90  # upstream hull solidity below this marks a doublet
     doublet_di: float = DOUBLET_DI  # upstream DI above this marks a doublet (a cell at rest is round)
+    split_ratio: float = 0.75  # cut a blob where its height dips to this share of the peaks beside (touching cells); 0: never
     low_contrast: float = 4.0  # mean |image - background| in the cell below this: low contrast
     stuck_ms: float = 50.0  # a cell that takes longer than this to cross the view is stuck
     batch_frames: int = 256  # frames per kernel call
@@ -95,6 +97,7 @@ class TrackerSettings:
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(0 < self.doublet_solidity <= 1, "doublet_solidity", f"must be in (0, 1], got {self.doublet_solidity}")
         require(0 < self.doublet_di < 1, "doublet_di", f"must be in (0, 1), got {self.doublet_di}")
+        require(0 <= self.split_ratio < 1, "split_ratio", f"must be in [0, 1), got {self.split_ratio}")
         for name in ("max_blobs", "max_tracks", "batch_frames", "background_frames"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         require(self.max_history >= 8, "max_history", f"must be >= 8, got {self.max_history}")
@@ -184,11 +187,12 @@ class Tracker:
         one = np.ascontiguousarray(background)[None]
         slot = np.zeros(1, np.int64)
         self._segment(one, slot, self.background.image, self.settings.threshold, self.min_area_px, self.y0, self.y1,
-                      self.settings.max_blobs, self._blobs, self._counts)
+                      self.settings.max_blobs, self._blobs, self._counts, float(self.settings.split_ratio))
         self.background._kernel(one, slot[:0], 1, np.float32(0.0), np.float32(1.0), 0, self.background._acc.copy(),
                                 self.background._count.copy(), self.background.image.copy())
         self._nearest_mask(background, background, float(self.settings.threshold), float(self.min_area_px),
-                           self.settings.max_blobs, 0.0, 0.0, 0, 2, 0, 2, np.zeros(background.shape, bool))
+                           self.settings.max_blobs, 0.0, 0.0, 0, 2, 0, 2, np.zeros(background.shape, bool),
+                           float(self.settings.split_ratio))
         s = self.settings
         self._passage(np.zeros((3, _H + N_BLOB_FIELDS)), 0.0, 1.0, 1.0, s.doublet_solidity, s.low_contrast,
                       s.stuck_ms, np.zeros(N_FEATURES), s.doublet_di)
@@ -257,7 +261,7 @@ class Tracker:
             times *= 1e-6
             self.background.update(images, sl)
             self._segment(images, sl, self.background.image, s.threshold, self.min_area_px, self.y0, self.y1,
-                          s.max_blobs, self._blobs, self._counts)
+                          s.max_blobs, self._blobs, self._counts, float(s.split_ratio))
             done_f = 0
             while done_f < m:
                 if done_f == 0:
@@ -306,7 +310,8 @@ class Tracker:
         LV.track_ring(ring.images, ring.frame_ids, ring.timestamps_ns, ring.host_ns, ring._seq, ring.guard,
                       reader.cursor, max_frames, int(timeout_s * 1e9), int(poll_s * 1e9), ts, behind_ok, no_halt if halt is None else halt, t0, phase,
                       bgm.stride, np.float32(bgm.alpha), np.float32(bgm.threshold), bgm.relearn, bgm._acc, bgm._count,
-                      bgm.image, s.threshold, self.min_area_px, self.y0, self.y1, s.max_blobs, self._blobs,
+                      bgm.image, s.threshold, self.min_area_px, self.y0, self.y1, s.max_blobs, float(s.split_ratio),
+                      self._blobs,
                       self._counts, self._pi, self._pf, self._si, self._sf, self._motion, self._hist, self._crops, self._done_i,
                       self._done_hist, self._done_crops, self._done_n, self._counters, out)
         bgm._phase = int(phase[0])
@@ -457,13 +462,15 @@ class Tracker:
         image = images[slot].copy()
         bg = self.background.image.copy()
         x, y = float(h[i, _H + B_X]), float(h[i, _H + B_Y])
-        # segment only the blob's bounding box (from the history) plus a pixel: a few µs, not a frame
+        # segment only the blob's bounding box (from the history) plus a pixel: a few µs, not a frame.
+        # A blob cut from a touching neighbour gets no pixel more along x: that is the neighbour
         hh, ww = image.shape
+        mx = 0 if h[i, _H + B_SPLIT] > 0.5 else 1
         ya, yb = max(int(h[i, _H + B_YMIN]) - 1, 0), min(int(h[i, _H + B_YMAX]) + 2, hh)
-        xa, xb = max(int(h[i, _H + B_XMIN]) - 1, 0), min(int(h[i, _H + B_XMAX]) + 2, ww)
+        xa, xb = max(int(h[i, _H + B_XMIN]) - mx, 0), min(int(h[i, _H + B_XMAX]) + 1 + mx, ww)
         mask = np.zeros(image.shape, bool)
         self._nearest_mask(image, bg, float(self.settings.threshold), float(self.min_area_px), self.settings.max_blobs,
-                           x, y, ya, yb, xa, xb, mask)
+                           x, y, ya, yb, xa, xb, mask, float(self.settings.split_ratio))
         return Snapshot(image=image, background=bg, mask=mask, frame_id=frame_id, pos_x_px=x, pos_y_px=y)
 
 
@@ -544,7 +551,10 @@ def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tu
     with np.errstate(divide="ignore", invalid="ignore"):
         deform_all = np.where(hull_p > 0, 1.0 - 2.0 * np.sqrt(np.pi * hull_a) / hull_p, nan)
         solidity = np.where(hull_a > 0, area_px / hull_a, nan)
-    di_in = np.where(inside, di, -np.inf)
+    cut = h[:, _H + B_SPLIT] > 0.5
+    # the DI maximum over rows not cut from a touching neighbour, where the constriction has any
+    whole = inside & ~cut
+    di_in = np.where(whole if whole.any() else inside, di, -np.inf)
     i_max = int(np.argmax(di_in)) if inside.any() else -1
 
     feats = {
@@ -572,6 +582,13 @@ def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tu
         if dt > 0:
             feats["dir_per_ms"] = float(np.sum(np.abs(np.diff(di[seg]))) / dt)
     q = int(quality)  # IntFlag arithmetic is slow; combine plain ints and convert once
+    if cut.any():
+        q |= Quality.TOUCHING
+    if inside.sum() >= 2 and i_in > 0 and i_out > 0:
+        # joined to a neighbour on one side from before the constriction to past it: one object
+        side = h[i_in - 1:i_out + 1, _H + B_SPLIT].astype(np.int64)
+        if max(np.sum(side & 1), np.sum((side >> 1) & 1)) >= _JOINED * len(side):
+            q |= Quality.DOUBLET
     if i_in > 1 and _median(solidity[up][~np.isnan(solidity[up])]) < s.doublet_solidity:
         q |= Quality.DOUBLET
     # the rest shape: blob wholly upstream of the constriction mouth and off the ROI border
