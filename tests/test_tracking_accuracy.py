@@ -140,6 +140,38 @@ def test_dense_fast_flow_keeps_whole_passages():
     assert tracker.stats.tracks <= 1.1 * len(events)  # a cell is one track, not two halves
 
 
+def test_touching_cells_cut_apart_keep_their_passages_whole():
+    # 1,200 cells/s in the sorting flow: most cells touch a neighbour at some point (queued
+    # upstream, or a squeezed cell's tip on a relaxing one past the exit). Seen as one blob, the
+    # pair's tracks coast, break or swap; cut apart at the waist, each cell keeps its track
+    s = synthetic.SyntheticSettings(seed=5, fps=8000.0, duration_s=0.5, cells_per_second=1200.0,
+                                    flow_speed_mm_s=40.0, constriction_speed_mm_s=120.0, exit_speed_mm_s=60.0)
+    n = 4000
+    frames, truth = synthetic.render_frames(s, n)
+    frame_ms = 1e3 / s.fps
+    res = {}
+    for split in (0.0, TrackerSettings().split_ratio):
+        tracker = Tracker.from_frames(frames, s.pixel_size_um, replace(TrackerSettings(), snapshots=False,
+                                                                        split_ratio=split))
+        events = tracker.process_frames(frames, fps=s.fps) + tracker.flush()
+        m = match_events(events, truth, run_ms=n * frame_ms, frame_ms=frame_ms)
+        found = [e for e, t in m.pairs if m.is_complete(t)]
+        res[split] = (m, sum(1 for e in found if not e.quality & Quality.INCOMPLETE),
+                      sum(1 for e in found if e.quality & Quality.TOUCHING),
+                      sum(1 for e, t in m.pairs if t.kind == "cell" and e.quality & Quality.DOUBLET))
+        print(f"split_ratio {split}: passages {m.complete_truth}, detected {m.detection_rate:.3f}, "
+              f"whole {res[split][1]}, touching {res[split][2]}, single cells flagged DOUBLET {res[split][3]}, "
+              f"swaps {m.swaps}")
+    (m0, whole0, touch0, dbl0), (m1, whole1, touch1, dbl1) = res.values()
+    assert m1.complete_truth >= 400
+    assert touch0 == 0 and touch1 >= 0.2 * m1.complete_truth  # the waists were found
+    assert whole1 >= 0.95 * m1.complete_truth
+    assert whole1 - whole0 >= 0.05 * m1.complete_truth
+    assert m1.detection_rate >= m0.detection_rate
+    assert m1.swaps <= 0.7 * max(m0.swaps, 1)
+    assert dbl1 <= dbl0  # cells cut apart in the constriction are not taken for doublets
+
+
 def test_tracking_accuracy_bench_reports_each_density():
     from app.bench import bench_tracking_accuracy
 
@@ -148,5 +180,7 @@ def test_tracking_accuracy_bench_reports_each_density():
         assert r[f"{key}_passages"] >= 10
         assert 95.0 <= r[f"{key}_detected_pct"] <= 100.0
         assert r[f"{key}_unflagged_pct"] <= r[f"{key}_whole_pct"] <= r[f"{key}_detected_pct"]
+        assert r[f"{key}_unflagged_pct"] <= r[f"{key}_sortable_pct"] <= r[f"{key}_detected_pct"]
+        assert r[f"{key}_touching_pct"] <= r[f"{key}_detected_pct"] - r[f"{key}_unflagged_pct"]
         assert 1.0 <= r[f"{key}_tracks_per_event"] < 1.2
     assert r["400_cells_s_passages"] > 2 * r["100_cells_s_passages"]
