@@ -122,6 +122,8 @@ class Status:
     # from the one that completed its event (emit_after_exit_um further on, where DIR is known)
     latency_from_exit_p50_us: float = math.nan
     latency_from_exit_p99_us: float = math.nan
+    decide_queue: int = 0  # batches of cells waiting for the decide thread (at most DECIDE_BACKLOG)
+    decide_waits: int = 0  # times tracking waited for the decisions (more cells than the CPU can decide)
 
     @property
     def frames_missed(self) -> int:
@@ -174,6 +176,11 @@ LIVE_POLL_S = 20e-6
 TIMER_SLACK_NS = 1000
 #: decide="auto": frames the tracking thread may have unread and still classify cells itself
 INLINE_MAX_PENDING = 16
+#: batches of cells the decide thread may have waiting. Beyond that the tracking thread waits for
+#: it: frames then queue in the ring and, past its capacity, are lost and counted. So when more
+#: cells come than the CPU can decide, memory and the decisions' lateness stay bounded (the queue
+#: grew without end, each cell holding its snapshot, and every decision came later than the last)
+DECIDE_BACKLOG = 64
 _GRAB_RUN = 64  # frames a camera may grab per call (those that can, without the GIL; each is published at once)
 _LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
 
@@ -230,6 +237,7 @@ class Pipeline:
         self._handle_lock = threading.Lock()  # _handle runs on one thread at a time, in cell order
         self._n_queued = 0  # batches of cells handed to the decide thread
         self._n_decided = 0  # of those, decided
+        self._decide_waits = 0  # times the tracking thread waited for room in the decide queue
         self._old_switch: float | None = None
         self.state = RunState.IDLE
         self.finish_reason: FinishReason | None = None
@@ -541,8 +549,20 @@ class Pipeline:
                 return
         # the tracker goes on meanwhile: take what the decision and the record need from it now
         events = self.tracker.with_snapshots(events)
+        self._wait_for_decide_room()
         self._n_queued += 1  # written by this thread only; _n_decided by the decide thread only
         self._decide_q.put((events, self._pending_exits(), True, exits))
+
+    def _wait_for_decide_room(self) -> None:
+        """Hold the tracking thread while DECIDE_BACKLOG batches wait for the decide thread."""
+        if self._n_queued - self._n_decided < DECIDE_BACKLOG:
+            return
+        self._decide_waits += 1
+        if self._decide_waits == 1:
+            log.warning("cells come faster than they can be decided: tracking waits for the decisions "
+                        "(frames the ring cannot hold are lost and counted)")
+        while self._n_queued - self._n_decided >= DECIDE_BACKLOG and not self._stop.is_set():
+            time.sleep(200e-6)
 
     def _pending_exits(self) -> list[float]:
         """The cells still in the channel, as a purity or single-cell decision must see them now."""
@@ -801,6 +821,8 @@ class Pipeline:
             latency_max_us=lat_max,
             latency_from_exit_p50_us=exit_p50,
             latency_from_exit_p99_us=exit_p99,
+            decide_queue=max(0, self._n_queued - self._n_decided),
+            decide_waits=self._decide_waits,
             storage_queue=self._queue.qsize(),
             file_bytes=int(getattr(sink, "bytes_written", 0) or 0) if sink is not None else 0,
             frames_recorded=self._frames_recorded,

@@ -152,6 +152,48 @@ def test_overload_drops_are_counted_memory_stays_flat_no_record_lost():
     assert sink.count == st.cells > 0  # records are never dropped
 
 
+class SlowClassifier:
+    """A model that takes ``seconds`` a cell (the GIL released meanwhile, as ONNX Runtime does)."""
+
+    classes = ("a", "b")
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def classify(self, events):
+        time.sleep(self.seconds * len(events))
+        return np.full((len(events), 2), 0.5, np.float32)
+
+
+def test_more_cells_than_can_be_decided_hold_tracking_back_not_memory():
+    # every cell takes 10 ms to classify and 150 cells/s come: ~1.5 s of decisions a second.
+    # Tracking must wait for them (its frames are lost and counted) rather than queue cells, and
+    # their snapshots, without end; every cell tracked is still decided and recorded
+    from app.pipeline import DECIDE_BACKLOG
+
+    sink = CountSink()
+    cam = SyntheticCamera(replace(FAST, duration_s=0.0, realtime=True, cells_per_second=150.0))
+    p = Pipeline(cam, sink=sink, classifier=SlowClassifier(0.01), decide_thread=True, ring_capacity=1024)
+    p.start()
+    deadline = time.monotonic() + 60
+    while p.status().frames_missed == 0 and time.monotonic() < deadline:
+        assert p.status().decide_queue <= DECIDE_BACKLOG
+        time.sleep(0.02)
+    rss0 = _rss_mb()
+    for _ in range(50):
+        assert p.status().decide_queue <= DECIDE_BACKLOG
+        time.sleep(0.02)
+    rss1 = _rss_mb()
+    p.stop()
+    assert p.wait(60)
+    st = p.status()
+    print(f"cells {st.cells}, waits {st.decide_waits}, frames missed {st.frames_missed}")
+    assert st.decide_waits > 0
+    assert st.frames_missed > 0  # the frames tracking could not take while it waited
+    assert rss1 - rss0 < 50
+    assert st.cells == sink.count >= DECIDE_BACKLOG
+
+
 def test_worker_error_ends_run_errored(tmp_path):
     # a recording that is corrupt in the middle: the camera worker fails, the run says why
     from acquisition.replay import ReplayCamera, ReplaySettings
