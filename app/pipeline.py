@@ -146,10 +146,13 @@ class Status:
         """One status line for logs and the daemon's console."""
         cls = " ".join(f"{k}={v}" for k, v in sorted(self.class_counts.items()))
         lat = f"{self.latency_p50_us:.0f}/{self.latency_p99_us:.0f}us" if self.latency_p50_us == self.latency_p50_us else "-"
+        if self.latency_from_exit_p50_us == self.latency_from_exit_p50_us:
+            lat += f" (from exit {self.latency_from_exit_p50_us:.0f}/{self.latency_from_exit_p99_us:.0f}us)"
         return (f"{self.state.value} {self.elapsed_s:6.1f}s in {self.fps_in:7.0f}fps proc {self.fps_processed:7.0f}fps "
                 f"missed {self.frames_missed} camdrop {self.camera_dropped} cells {self.cells} ({self.cells_per_s:.0f}/s) "
                 f"{cls} fired {self.fired} late {self.late} lat p50/p99 {lat} queue {self.storage_queue} "
-                f"file {self.file_bytes / 1e6:.1f}MB"
+                + (f"decide queue {self.decide_queue} waits {self.decide_waits} " if self.decide_waits else "")
+                + f"file {self.file_bytes / 1e6:.1f}MB"
                 + ("" if not self.cpu_cores else " cpu " + " ".join(f"{k}={v:.2f}" for k, v in self.cpu_cores.items())))
 
 

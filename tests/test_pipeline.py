@@ -191,6 +191,8 @@ def test_more_cells_than_can_be_decided_hold_tracking_back_not_memory():
     assert st.decide_waits > 0
     assert st.frames_missed > 0  # the frames tracking could not take while it waited
     assert rss1 - rss0 < 50
+    # the daemon's console line says so, and gives the latency from the exit frame too
+    assert f"waits {st.decide_waits}" in st.line() and "from exit" in st.line()
     assert st.cells == sink.count >= DECIDE_BACKLOG
 
 
