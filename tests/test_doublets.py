@@ -247,7 +247,11 @@ def test_a_cell_joined_to_a_neighbour_through_the_constriction_is_a_doublet(side
             h[inside | (x >= 160.0), c + B_SPLIT] = 0.0
     q = _flags(h, g, s)
     assert bool(q & Quality.DOUBLET) is doublet
+    # TOUCHING: cut in the constriction or in the row before it (each case here is, at least there)
     assert bool(q & Quality.TOUCHING) is bool(sides)
+    if sides == "2 upstream only":
+        h[np.flatnonzero(x < 80.0)[-1], c + B_SPLIT] = 0.0  # queued upstream only: not touching
+        assert not _flags(h, g, s) & Quality.TOUCHING
 
 
 def test_di_is_taken_from_frames_not_cut_from_a_neighbour():

@@ -21,7 +21,7 @@ class Quality(enum.IntFlag):
     INCOMPLETE = 4  # the passage was not seen whole (entered mid-constriction, lost, run ended)
     LOW_CONTRAST = 8  # the cell barely stands out of the background
     STUCK = 16  # the cell stopped in the channel for longer than the stuck limit
-    TOUCHING = 32  # touched a neighbour: cut from it at their waist in some frames (measured on the cut part there)
+    TOUCHING = 32  # touched a neighbour in or past the constriction: cut from it at their waist there
 
 
 @by_fields

@@ -111,8 +111,12 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out,
     first one past it, at least two of them in it — cells in single file part there, as each
     one speeds up in turn, so two that stay joined all through it are one object.
 
-    TOUCHING: some row was cut from a neighbour. The DI maximum is then taken over the rows that
-    were not cut, where there are any in the constriction (a cut edge is straight)."""
+    TOUCHING: a row from the last one before the constriction on was cut from a neighbour (where
+    the mechanics and the crops are measured; touching while queued upstream leaves the rest
+    shape's medians nearly as they are). Rows cut from a neighbour are left out of the DI
+    maximum (a cut edge is straight), of DIR, and, with their neighbours, of the maximum speed
+    (the cut moves the centroid), wherever enough rows remain; as if the cell had not been seen
+    in them."""
     n = h.shape[0]
     c = N_H_EXTRA
     nan = math.nan
@@ -144,10 +148,11 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out,
     i_cut = -1
     best_cut = -np.inf
     v_max = -np.inf
+    v_max_whole = -np.inf  # from rows neither cut nor next to one (a cut moves the centroid)
     n_inside = 0
     for i in range(n):
         cut = h[i, c + B_SPLIT] > 0.5
-        if cut:
+        if cut and (x0 <= x[i] < x1 or i == i_in - 1):
             q |= _Q_TOUCHING
         if x0 <= x[i] < x1:
             n_inside += 1
@@ -158,10 +163,14 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out,
             elif di[i] > best:
                 best = di[i]
                 i_max = i
-            if not math.isnan(vm[i]) and vm[i] > v_max:
-                v_max = vm[i]
+            if not math.isnan(vm[i]):
+                v_max = max(v_max, vm[i])
+                if not (cut or (i > 0 and h[i - 1, c + B_SPLIT] > 0.5) or (i + 1 < n and h[i + 1, c + B_SPLIT] > 0.5)):
+                    v_max_whole = max(v_max_whole, vm[i])
     if i_max < 0:
         i_max = i_cut
+    if v_max_whole > -np.inf:
+        v_max = v_max_whole
     if n_inside >= 2 and i_in > 0 and i_out > 0:
         n_up_cut = 0
         n_down_cut = 0
@@ -186,11 +195,25 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out,
         buf[:m] = v[i_out:]
         out[6] = _median(buf, m)
     if i_in > 0 and i_out > 0:
-        dt = t[n - 1] - t[i_in - 1]
-        if dt > 0:
+        # over the rows not cut from a neighbour where there are two or more, else over all
+        first = -1
+        last = -1
+        s = 0.0
+        for i in range(i_in - 1, n):
+            if h[i, c + B_SPLIT] <= 0.5:
+                if last >= 0:
+                    s += abs(di[i] - di[last])
+                else:
+                    first = i
+                last = i
+        if first < 0 or last == first:
+            first = i_in - 1
+            last = n - 1
             s = 0.0
             for i in range(i_in, n):
                 s += abs(di[i] - di[i - 1])
+        dt = t[last] - t[first]
+        if dt > 0:
             out[7] = s / dt
     if i_in > 0:
         buf[:n_up] = h[:n_up, c + B_AREA]

@@ -552,6 +552,9 @@ def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tu
         deform_all = np.where(hull_p > 0, 1.0 - 2.0 * np.sqrt(np.pi * hull_a) / hull_p, nan)
         solidity = np.where(hull_a > 0, area_px / hull_a, nan)
     cut = h[:, _H + B_SPLIT] > 0.5
+    near_cut = cut.copy()  # a cut moves the centroid: the speeds next to one too
+    near_cut[1:] |= cut[:-1]
+    near_cut[:-1] |= cut[1:]
     # the DI maximum over rows not cut from a touching neighbour, where the constriction has any
     whole = inside & ~cut
     di_in = np.where(whole if whole.any() else inside, di, -np.inf)
@@ -562,7 +565,8 @@ def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tu
         "di_entry": float(di[i_in - 1]) if i_in > 0 else nan,
         "di_exit": float(di[i_out]) if i_out > 0 else nan,
         "transit_time_ms": t_out - t_in,
-        "v_max_mm_s": safe(np.max, vm[inside]) if inside.any() else nan,
+        "v_max_mm_s": safe(np.max, vm[inside & ~near_cut] if np.isfinite(vm[inside & ~near_cut]).any()
+                           else vm[inside]) if inside.any() else nan,
         "v_before_mm_s": safe(med, v[up]),
         "v_after_mm_s": safe(med, v[i_out:]) if i_out > 0 else nan,
         "dir_per_ms": nan,
@@ -577,12 +581,15 @@ def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tu
     }
     # DIR: mean |dDI/dt| from the last frame before entry to the last one observed after exit
     if i_in > 0 and i_out > 0:
-        seg = slice(i_in - 1, len(t))
-        dt = t[seg][-1] - t[seg][0]
+        rows = np.arange(i_in - 1, len(t))
+        whole_rows = rows[~cut[rows]]  # leaving out rows cut from a neighbour, if two or more remain
+        if len(whole_rows) >= 2:
+            rows = whole_rows
+        dt = t[rows[-1]] - t[rows[0]]
         if dt > 0:
-            feats["dir_per_ms"] = float(np.sum(np.abs(np.diff(di[seg]))) / dt)
+            feats["dir_per_ms"] = float(np.sum(np.abs(np.diff(di[rows]))) / dt)
     q = int(quality)  # IntFlag arithmetic is slow; combine plain ints and convert once
-    if cut.any():
+    if (cut & inside).any() or (i_in > 0 and cut[i_in - 1]):  # where the squeeze and the crops are measured
         q |= Quality.TOUCHING
     if inside.sum() >= 2 and i_in > 0 and i_out > 0:
         # joined to a neighbour on one side from before the constriction to past it: one object
