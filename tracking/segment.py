@@ -836,7 +836,7 @@ def _segment_frame(img, bg, seg, seg_bg, threshold, min_area_px, y0, y1, max_blo
 
 @njit(nogil=True, cache=True)
 def _scratch(h, w, rows):
-    """The work arrays of :func:`_segment_frame` (``mrow`` .. ``rc``, in its order) for an (h, w)
+    """The work arrays of :func:`_segment_frame` (``mrow`` .. ``parts``, in its order) for an (h, w)
     image of which ``rows`` rows are scanned."""
     cap = rows * ((w + 1) // 2) + 1  # at most one run per two pixels
     return (np.zeros((w + 63) // 64 * 64, np.uint8), np.empty(cap, np.int32), np.empty(cap, np.int32),
