@@ -69,6 +69,7 @@ def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: flo
         "fired": st.fired,
         "late": st.late,
         "decide_waits": st.decide_waits,
+        "images_shed": st.images_shed,  # cells recorded without their ROI image (the event file fell behind)
         "trigger_failed": st.trigger_failed,
         "not_fired": st.not_fired,
         "latency_us_p50": round(st.latency_p50_us, 1) if math.isfinite(st.latency_p50_us) else None,

@@ -134,12 +134,14 @@ class OutputConfig:
     report: bool = True  # write the sample report when the run ends
     recorder: str = "process"  # raw frames: "process" (a child process reads the ring through shared memory, off the GIL) or "thread"
     writer: str = "process"  # "process": a child process writes the event file, so HDF5 (it holds the GIL) never stalls sorting; "thread": in-process
+    max_backlog_mb: float = 1024.0  # memory (MiB) records waiting for the event file may hold: past half, cells are recorded without their ROI image (counted, logged in the file); at the limit the run stops with an error instead of growing; 0 = unbounded
     compression: str = "all"  # event file images: "all" zstd-compressed (smallest file); "masks": only masks and backgrounds (half the writer's CPU at high cell rates; camera noise leaves frames ~1.4x smaller at best); "none"
 
     def __post_init__(self):
         require(bool(self.folder), "folder", "must not be empty")
         require(self.recorder in ("process", "thread"), "recorder",
                 f"must be 'process' or 'thread', got {self.recorder!r}")
+        require(self.max_backlog_mb >= 0, "max_backlog_mb", f"must be >= 0 (0: unbounded), got {self.max_backlog_mb}")
         require(self.writer in ("process", "thread"), "writer", f"must be 'process' or 'thread', got {self.writer!r}")
         require(self.compression in ("all", "masks", "none"), "compression",
                 f"must be 'all', 'masks' or 'none', got {self.compression!r}")

@@ -124,6 +124,8 @@ class Status:
     latency_from_exit_p99_us: float = math.nan
     decide_queue: int = 0  # batches of cells waiting for the decide thread (at most DECIDE_BACKLOG)
     decide_waits: int = 0  # times tracking waited for the decisions (more cells than the CPU can decide)
+    storage_backlog_mb: float = 0.0  # memory held by records not yet handed to the event file
+    images_shed: int = 0  # cells recorded without their ROI image because the event file fell behind
 
     @property
     def frames_missed(self) -> int:
@@ -152,6 +154,7 @@ class Status:
                 f"missed {self.frames_missed} camdrop {self.camera_dropped} cells {self.cells} ({self.cells_per_s:.0f}/s) "
                 f"{cls} fired {self.fired} late {self.late} lat p50/p99 {lat} queue {self.storage_queue} "
                 + (f"decide queue {self.decide_queue} waits {self.decide_waits} " if self.decide_waits else "")
+                + (f"images shed {self.images_shed} (backlog {self.storage_backlog_mb:.0f}MB) " if self.images_shed else "")
                 + f"file {self.file_bytes / 1e6:.1f}MB"
                 + ("" if not self.cpu_cores else " cpu " + " ".join(f"{k}={v:.2f}" for k, v in self.cpu_cores.items())))
 
@@ -184,8 +187,24 @@ INLINE_MAX_PENDING = 16
 #: cells come than the CPU can decide, memory and the decisions' lateness stay bounded (the queue
 #: grew without end, each cell holding its snapshot, and every decision came later than the last)
 DECIDE_BACKLOG = 64
+#: memory (MiB) the records waiting for the event file may hold by default (``output.max_backlog_mb``).
+#: Past half of it, cells are recorded without their ROI image (~90 kB each: frame, background,
+#: mask); at the limit the run stops with an error. A writer that falls behind for good (a slow or
+#: network disk) would otherwise grow the process until the OS kills it and the run with it
+MAX_BACKLOG_MB = 1024.0
+_RECORD_OVERHEAD = 2048  # bytes a record holds besides its arrays (features, decision, objects)
 _GRAB_RUN = 64  # frames a camera may grab per call (those that can, without the GIL; each is published at once)
 _LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
+
+
+def _record_bytes(rec: CellRecord) -> int:
+    """Memory a record holds while it waits for the event file (its arrays dominate)."""
+    ev = rec.event
+    n = _RECORD_OVERHEAD + ev.first_crop.nbytes + ev.last_crop.nbytes
+    snap = ev.snapshot
+    if snap is not None:
+        n += snap.image.nbytes + snap.background.nbytes + snap.mask.nbytes
+    return n
 
 
 def _without_snapshot(rec: CellRecord) -> CellRecord:
@@ -212,7 +231,7 @@ class Pipeline:
                  kernels: str = "numba", recent_capacity: int = 4096, tracker: Tracker | None = None,
                  lossless: bool = False, on_finish: Callable[["Pipeline"], None] | None = None,
                  switch_interval_s: float | None = SWITCH_INTERVAL_S, decide_thread: bool | str = "auto",
-                 freeze_gc: bool = True):
+                 freeze_gc: bool = True, max_backlog_mb: float = MAX_BACKLOG_MB):
         self.camera = camera
         self.tracker_settings = tracker_settings or (tracker.settings if tracker else TrackerSettings())
         self.classifier = classifier
@@ -229,6 +248,9 @@ class Pipeline:
         self.on_finish = on_finish
         self.switch_interval_s = switch_interval_s
         self.freeze_gc = freeze_gc
+        if not max_backlog_mb >= 0:
+            raise StateError(f"max_backlog_mb must be >= 0 (0: unbounded), got {max_backlog_mb}")
+        self.max_backlog_bytes = int(max_backlog_mb * 2**20)
         # Where cells are classified and decided. "auto" (default): on the tracking thread while it
         # keeps up — a hop to another thread costs a wake-up (0.2–0.4 ms at p50 on this 2-core VM,
         # where an idle vCPU is woken through the hypervisor) — and on the decide thread once it
@@ -241,6 +263,10 @@ class Pipeline:
         self._n_queued = 0  # batches of cells handed to the decide thread
         self._n_decided = 0  # of those, decided
         self._decide_waits = 0  # times the tracking thread waited for room in the decide queue
+        self._bytes_queued = 0  # of records put for storage (written under _handle_lock)
+        self._bytes_stored = 0  # of those, handed to the sink (written by the storage thread only)
+        self._images_shed = 0
+        self._shed_noted = 0  # images shed when the storage thread last wrote so into the file's log
         self._old_switch: float | None = None
         self.state = RunState.IDLE
         self.finish_reason: FinishReason | None = None
@@ -679,12 +705,37 @@ class Pipeline:
         if complete is not None:
             events = complete(events)
         self._cells += len(events)
-        self._queue.put([CellRecord(ev, p, d, f) for ev, p, d, f in zip(events, probs, decisions, fires)])
+        self._queue.put(self._admit([CellRecord(ev, p, d, f) for ev, p, d, f in zip(events, probs, decisions, fires)]))
         if self.lossless:
             # a finite source at full speed may outrun the event file: wait for it rather than
             # hold every record in memory (a live run never waits on storage)
             while self._queue.qsize() > _LOSSLESS_BACKLOG and not self._storage_done.is_set():
                 time.sleep(0.001)
+
+    def _admit(self, records: list[CellRecord]) -> tuple[list[CellRecord], int]:
+        """Records for storage with their size: every record goes, with its ROI image only while
+        the event file keeps up. Past the backlog limit the run stops (with an error that says
+        why) rather than let the process grow; what is queued is still written."""
+        size = sum(map(_record_bytes, records))
+        limit = self.max_backlog_bytes
+        if limit:
+            behind = self._bytes_queued - self._bytes_stored
+            if behind + size > limit // 2:
+                shed = sum(r.event.snapshot is not None for r in records)
+                if shed:
+                    if not self._images_shed:
+                        log.warning("the event file is %.0f MB behind: cells are recorded without their ROI image "
+                                    "until it catches up (features, crops and decisions are kept)", behind / 2**20)
+                    self._images_shed += shed
+                    records = [_without_snapshot(r) for r in records]
+                    size = sum(map(_record_bytes, records))
+            if behind + size > limit and not self._stop.is_set():
+                self.stop(FinishReason.ERRORED,
+                          f"the event file fell {behind / 2**20:.0f} MB behind the cells (output.max_backlog_mb = "
+                          f"{limit / 2**20:g}): the writer cannot keep up (a slow disk?); the run stopped so that "
+                          "no record is lost")
+        self._bytes_queued += size
+        return records, size
 
     def _forget_neighbours(self, batch: list[tuple[float, bool]], window_ms: float) -> None:
         """Drop decided cells that exited too long before this batch to matter (cells are decided
@@ -756,13 +807,25 @@ class Pipeline:
             if item is None:
                 break
             if item:
+                records, size = item
                 if sink is not None:
-                    sink.write(item)
+                    sink.write(records)
+                self._bytes_stored += size
                 # kept for plots and summaries without their ROI images (~90 kB a cell): bounded
                 # in count and small per record, so memory stays flat at any cell rate
-                self._recent.extend(_without_snapshot(r) for r in item)
+                self._recent.extend(_without_snapshot(r) for r in records)
             if sink is None:
                 continue
+            shed = self._images_shed
+            if shed != self._shed_noted and hasattr(sink, "log"):
+                # the file's log says when its cells began to go without images, and how many had
+                # each time the writer caught up again (the total is also a counter at the end)
+                behind = self._bytes_queued - self._bytes_stored
+                if not self._shed_noted or behind < self.max_backlog_bytes // 4:
+                    sink.log(f"{shed} cells so far recorded without their ROI image: the event file fell "
+                             f"{behind / 2**20:.0f} MB behind (output.max_backlog_mb = "
+                             f"{self.max_backlog_bytes / 2**20:g})")
+                    self._shed_noted = shed
             if not item and hasattr(sink, "flush_if_due"):
                 sink.flush_if_due()
             if self.trigger is not None and hasattr(sink, "add_acks") and hasattr(self.trigger, "drain_acks"):
@@ -827,6 +890,8 @@ class Pipeline:
             decide_queue=max(0, self._n_queued - self._n_decided),
             decide_waits=self._decide_waits,
             storage_queue=self._queue.qsize(),
+            storage_backlog_mb=max(0, self._bytes_queued - self._bytes_stored) / 2**20,
+            images_shed=self._images_shed,
             file_bytes=int(getattr(sink, "bytes_written", 0) or 0) if sink is not None else 0,
             frames_recorded=self._frames_recorded,
             trigger_ok=self._trigger_ok and (getattr(self.trigger, "available", True) if self.trigger else True),

@@ -130,7 +130,7 @@ def _counters(st: Status) -> dict[str, int]:
     out = {"frames_in": st.frames_in, "frames_processed": st.frames_processed, "camera_dropped": st.camera_dropped,
            "failed_buffers": st.failed_buffers, "cells": st.cells, "fired": st.fired, "late": st.late,
            "trigger_failed": st.trigger_failed, "frames_recorded": st.frames_recorded,
-           "startup_frames": st.startup_frames}
+           "startup_frames": st.startup_frames, "images_shed": st.images_shed}
     for k, v in st.missed.items():
         out[f"missed_{k}"] = v
     for k, v in st.overrun.items():
@@ -225,7 +225,8 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
         raise
     pipeline = Pipeline(cam, cfg.tracking, classifier=classifier, policy=policy, trigger=trig,
                         timing=cfg.trigger.timing, sink=writer, recorder=recorder, autostop=cfg.autostop,
-                        ring_capacity=cfg.camera.ring_capacity, pixel_size_um=px, kernels=kernels, lossless=lossless)
+                        ring_capacity=cfg.camera.ring_capacity, pixel_size_um=px, kernels=kernels, lossless=lossless,
+                        max_backlog_mb=cfg.output.max_backlog_mb)
     run = Run(cfg, pipeline, folder, ev_path, raw_path, classifier, writer, recorder, trig)
     pipeline.on_finish = lambda _p: run.close()
     return run

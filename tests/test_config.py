@@ -50,6 +50,7 @@ def test_cli_prints_the_default_and_checks_files(tmp_path):
     ({"autostop": {"events": -1}}, "autostop.events"),
     ({"daemon": {"http_port": 70000}}, "daemon.http_port"),
     ({"output": {"compression": "lz4"}}, "output.compression"),
+    ({"output": {"max_backlog_mb": -1}}, "output.max_backlog_mb"),
     ({"bogus": {}}, "bogus"),
 ])
 def test_errors_name_the_key(data, key):

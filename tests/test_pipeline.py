@@ -196,6 +196,110 @@ def test_more_cells_than_can_be_decided_hold_tracking_back_not_memory():
     assert st.cells == sink.count >= DECIDE_BACKLOG
 
 
+def _stalled_writer_run(tmp_path, monkeypatch, max_backlog_mb: float, cells_per_second: float = 150.0):
+    """A live run whose event writer (the real one, in-process) stalls in ``write`` until the
+    returned event is set — what a slow or network disk does. Only the stall is ours."""
+    import threading
+
+    from app.config import config_from_mapping
+    from app.session import build_run
+    from app.storage import EventWriter
+
+    release = threading.Event()
+    real_write = EventWriter.write
+
+    def stalling_write(self, records):
+        release.wait(60)
+        return real_write(self, records)
+
+    monkeypatch.setattr(EventWriter, "write", stalling_write)
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.0, "realtime": True, "seed": 11,
+                                                          "cells_per_second": cells_per_second}},
+        "model": {"path": "none"},
+        "output": {"folder": str(tmp_path), "writer": "thread", "report": False, "max_backlog_mb": max_backlog_mb},
+    })
+    return build_run(cfg), release
+
+
+def _file_counters(path) -> tuple[dict, str]:
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        counters = {k[len("user:counter "):]: v for k, v in h5.attrs.items() if k.startswith("user:counter ")}
+        lines = [x.decode() if isinstance(x, bytes) else str(x) for x in h5["logs/mimlsort-run"][:]]
+    return counters, "".join(lines).replace(" ", "")  # long lines are wrapped
+
+
+def test_a_writer_that_falls_behind_sheds_event_images_not_records(tmp_path, monkeypatch):
+    # past half the backlog limit cells go to the file without their ROI image (features, crops
+    # and decisions kept); once the writer catches up, images are stored again
+    from tests.test_storage import dclab_check
+
+    run, release = _stalled_writer_run(tmp_path, monkeypatch, max_backlog_mb=4.0)
+    run.start()
+    deadline = time.monotonic() + 60
+    while run.status().images_shed < 5 and time.monotonic() < deadline:
+        assert run.status().storage_backlog_mb <= 4.0
+        time.sleep(0.01)
+    shed_at_release = run.status().images_shed
+    assert shed_at_release >= 5, "no image was shed while the writer stalled"
+    release.set()
+    time.sleep(0.5)
+    while run.status().storage_backlog_mb > 0.2 and time.monotonic() < deadline:  # the writer caught up
+        time.sleep(0.05)
+    cells_caught_up = run.status().cells
+    time.sleep(1.5)  # more cells, written with their images again
+    run.stop()
+    assert run.wait(60)
+    run.close()
+    st = run.status()
+    assert st.finish_reason is FinishReason.CANCELED, st.message
+    assert st.storage_backlog_mb == 0 and "images shed" in st.line()
+    assert st.cells > cells_caught_up + 20
+    assert st.images_shed < st.cells - 20  # shedding stopped once the writer caught up
+    dclab, (violations, _alerts, _info) = dclab_check(run.events_path)
+    assert violations == []
+    with dclab.new_dataset(str(run.events_path)) as ds:
+        assert len(ds) == st.cells  # every record reached the file
+        empty = np.array([not ds["mask"][i].any() for i in range(len(ds))])
+        assert empty.sum() == st.images_shed
+        assert not empty[-20:].any()  # the last cells have their images
+        assert np.isfinite(ds["deform"][empty]).all()  # features of the shed cells are there
+    counters, lines = _file_counters(run.events_path)
+    assert counters["images_shed"] == counters["events_without_roi_frame"] == st.images_shed
+    assert "withouttheirROIimage" in lines
+
+
+def test_a_writer_that_cannot_keep_up_stops_the_run_with_every_record_written(tmp_path, monkeypatch):
+    # the writer stalls for good: beyond the limit the run stops with an error that names the
+    # setting rather than grow; what was decided is still written and the file is complete
+    run, release = _stalled_writer_run(tmp_path, monkeypatch, max_backlog_mb=1.0)
+    run.start()
+    peak = 0.0
+    deadline = time.monotonic() + 60
+    while run.status().finish_reason is None and time.monotonic() < deadline:
+        peak = max(peak, run.status().storage_backlog_mb)
+        time.sleep(0.005)
+    assert run.status().finish_reason is FinishReason.ERRORED
+    release.set()  # the disk comes back: what is queued is written
+    assert run.wait(60)
+    run.close()
+    st = run.status()
+    assert "output.max_backlog_mb" in st.message and "behind" in st.message
+    assert 0.5 < peak <= 1.0 + 0.2  # within the limit, give or take the last batch
+    assert st.images_shed > 0
+    from tests.test_storage import dclab_check
+
+    dclab, (violations, _alerts, _info) = dclab_check(run.events_path)
+    assert violations == []
+    with dclab.new_dataset(str(run.events_path)) as ds:
+        assert len(ds) == st.cells > 0
+    counters, lines = _file_counters(run.events_path)
+    assert counters["images_shed"] == st.images_shed
+    assert "max_backlog_mb" in lines
+
+
 def test_worker_error_ends_run_errored(tmp_path):
     # a recording that is corrupt in the middle: the camera worker fails, the run says why
     from acquisition.replay import ReplayCamera, ReplaySettings

@@ -333,7 +333,11 @@ def status_rows(st: Any) -> list[StatusRow]:
                           "it left the constriction: "
                           f"{_fmt(getattr(st, 'latency_from_exit_p50_us', math.nan) / 1000, '.2f')} | "
                           f"{_fmt(getattr(st, 'latency_from_exit_p99_us', math.nan) / 1000, '.2f', ' ms')}"),
-        StatusRow("file", "Event file", f"{st.file_bytes / 1e6:.1f} MB (queue {st.storage_queue})"),
+        StatusRow("file", "Event file", f"{st.file_bytes / 1e6:.1f} MB (queue {st.storage_queue})"
+                  + (f", {st.images_shed} without image" if getattr(st, "images_shed", 0) else ""),
+                  getattr(st, "images_shed", 0) > 0,
+                  "cells recorded without their ROI image: the event file fell behind "
+                  f"({getattr(st, 'storage_backlog_mb', 0.0):.0f} MB waiting)" if getattr(st, "images_shed", 0) else ""),
         StatusRow("trigger", "Trigger", "ok" if st.trigger_ok else "FAULT", not st.trigger_ok),
         _cpu_row(getattr(st, "cpu_cores", None) or {}),
     ]
