@@ -65,10 +65,11 @@ class Summary:
     started: str
     complete: bool
     cells: int
-    unflagged: int
+    unflagged: int  # cells with no quality flag at all
+    sortable: int  # cells with no flag the run's sort policy rejects (TOUCHING cells count)
     duration_s: float
     classes: tuple[Share, ...]  # predicted class among all classified cells
-    classes_unflagged: tuple[Share, ...]  # the same among unflagged cells
+    classes_sortable: tuple[Share, ...]  # the same among sortable cells
     quality: tuple[Share, ...]  # each flag among all cells
     target_classes: tuple[str, ...]
     targets_from: str  # where the target classes came from
@@ -81,6 +82,7 @@ class Summary:
     counters: dict = field(default_factory=dict)
     model: str = ""
     acks: int = 0
+    rejected_flags: tuple[str, ...] = ()  # what "sortable" leaves out
 
 
 def _target_classes(run: StoredRun, f: dict, override) -> tuple[tuple[str, ...], str]:
@@ -102,13 +104,31 @@ def _target_classes(run: StoredRun, f: dict, override) -> tuple[tuple[str, ...],
     return tuple(picked), "cells marked as targets" if picked else "none"
 
 
+def _rejected_flags(run: StoredRun) -> tuple[str, ...]:
+    """The quality flags the run's sort policy rejected (its configuration, else the default)."""
+    from app.sorting import SortSettings
+
+    if run.meta.config_toml:
+        try:
+            flags = tomllib.loads(run.meta.config_toml).get("sorting", {}).get("reject_flags")
+            if isinstance(flags, list) and all(isinstance(x, str) and x in Quality.__members__ for x in flags):
+                return tuple(flags)
+        except tomllib.TOMLDecodeError:
+            pass
+    return SortSettings().reject_flags
+
+
 def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None = None,
               data: tuple[dict, StoredRun] | None = None) -> Summary:
     f, run = data if data is not None else read_events(events_path)
     n = run.n_events
     classes = run.class_names
     q = f["quality"].astype(np.int64) if n else np.zeros(0, np.int64)
-    ok = q == 0
+    rejected = _rejected_flags(run)
+    # the summary's classes and medians are over cells measured whole, as the sort policy sees
+    # them: a cell cut from a neighbour (TOUCHING) is measured on its uncut frames and counts;
+    # rejecting it would leave out a share of cells that grows with density
+    ok = (q & sum(Quality[x].value for x in rejected)) == 0
     pred = f["predicted"] if n else np.zeros(0, np.int64)
     classified = pred >= 0
 
@@ -143,11 +163,11 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         f"{run.attrs.get('experiment:date', '')} {run.attrs.get('experiment:time', '')}".strip()
     return Summary(
         path=Path(events_path), sample=run.meta.sample, run_index=run.meta.run_index, started=started,
-        complete=run.complete, cells=n, unflagged=int(ok.sum()), duration_s=duration,
-        classes=shares(classified), classes_unflagged=shares(classified & ok), quality=quality,
+        complete=run.complete, cells=n, unflagged=int(np.count_nonzero(q == 0)), sortable=int(ok.sum()),
+        duration_s=duration, classes=shares(classified), classes_sortable=shares(classified & ok), quality=quality,
         target_classes=targets, targets_from=source, fired=Share("fired", int(fired.sum()), n), reasons=reasons,
         purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
-        counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)),
+        counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
     )
 
 
@@ -243,15 +263,17 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
     t.append(("Run", ["", ""], [
         ["file", str(s.path)], ["sample", s.sample], ["run index", str(s.run_index)], ["started", s.started],
         ["model", s.model or "none"], ["cells", str(s.cells)], ["unflagged cells", str(s.unflagged)],
+        [f"sortable cells (none of {', '.join(s.rejected_flags) or 'no flag'})", str(s.sortable)],
         ["duration (first to last cell)", "–" if math.isnan(s.duration_s) else f"{s.duration_s:.2f} s"],
         ["cells per second", "–" if math.isnan(s.duration_s) or s.duration_s <= 0 else f"{s.cells / s.duration_s:.1f}"],
         ["file complete", "yes" if s.complete else "NO (the writer did not close it; events up to its last flush)"],
     ], ""))
     if s.classes:
         rows = [[a.name, str(a.count), _pct(a.fraction), _ci(a), str(b.count), _pct(b.fraction), _ci(b)]
-                for a, b in zip(s.classes, s.classes_unflagged)]
-        t.append(("Cells per class", ["class", "cells", "share", "95 % CI", "unflagged", "share", "95 % CI"], rows,
-                  "Predicted class (most probable). Intervals: Wilson score, 95 %."))
+                for a, b in zip(s.classes, s.classes_sortable)]
+        t.append(("Cells per class", ["class", "cells", "share", "95 % CI", "sortable", "share", "95 % CI"], rows,
+                  "Predicted class (most probable). Sortable: no flag the run's sort policy rejects ("
+                  f"{', '.join(s.rejected_flags) or 'none'}). Intervals: Wilson score, 95 %."))
     t.append(("Quality flags", ["flag", "cells", "share", "95 % CI"],
               [[q.name, str(q.count), _pct(q.fraction), _ci(q)] for q in s.quality], ""))
     t.append(("Sorting", ["", ""], [
@@ -265,7 +287,7 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         t.append(("Decisions", ["reason", "cells", "share"],
                   [[r.name, str(r.count), _pct(r.fraction)] for r in s.reasons], ""))
     feats = list(REPORT_FEATURES)
-    t.append(("Feature medians (unflagged cells, [25 %, 75 %])", ["class", *(_label(x) for x in feats)],
+    t.append(("Feature medians (sortable cells, [25 %, 75 %])", ["class", *(_label(x) for x in feats)],
               [[c, *(f"{_g(m[x][1])} [{_g(m[x][0])}, {_g(m[x][2])}]" for x in feats)]
                for c, m in s.medians.items()], ""))
     if s.counters:

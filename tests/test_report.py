@@ -23,11 +23,19 @@ CONFIG = '[sorting]\ntarget_classes = ["hct116"]\nthreshold = 0.5\n'
 @pytest.fixture(scope="module")
 def run_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("run") / "sample.rtdc"
-    records = make_records(120, seed=5)
+    records = with_touching(make_records(120, seed=5))
     with EventWriter(path, meta=make_meta(config_toml=CONFIG)) as w:
         w.write(records)
         w.note_counters({"camera_dropped": 1})
     return path, records
+
+
+def with_touching(records, every: int = 7):
+    """Every ``every``-th cell also cut from a neighbour (flag TOUCHING), as in dense flow."""
+    from dataclasses import replace
+
+    return [replace(r, event=replace(r.event, quality=r.event.quality | Quality.TOUCHING)) if i % every == 3 else r
+            for i, r in enumerate(records)]
 
 
 def test_wilson_matches_scipy_and_behaves_at_the_edges():
@@ -46,10 +54,13 @@ def test_summary_counts_match_the_records(run_file):
     assert s.cells == len(records) and s.complete
     pred = [int(np.argmax(r.probabilities)) for r in records]
     assert [c.count for c in s.classes] == [pred.count(i) for i in range(len(CLASSES))]
-    ok = [r.event.quality == Quality.OK for r in records]
-    assert s.unflagged == sum(ok)
-    assert [c.count for c in s.classes_unflagged] == [sum(1 for p, o in zip(pred, ok) if o and p == i)
-                                                      for i in range(len(CLASSES))]
+    assert s.unflagged == sum(r.event.quality == Quality.OK for r in records)
+    # classes and medians are over the cells the default policy would sort: TOUCHING ones count
+    ok = [not r.event.quality & Quality.DOUBLET for r in records]
+    assert any(r.event.quality == Quality.TOUCHING for r in records)
+    assert s.sortable == sum(ok) > s.unflagged and s.rejected_flags == ("DOUBLET", "BORDER", "INCOMPLETE", "STUCK")
+    assert [c.count for c in s.classes_sortable] == [sum(1 for p, o in zip(pred, ok) if o and p == i)
+                                                     for i in range(len(CLASSES))]
     doublets = next(q for q in s.quality if q.name == "DOUBLET")
     assert doublets.count == sum(1 for r in records if r.event.quality & Quality.DOUBLET)
     fired = [r for r in records if r.decision.fire]
@@ -64,6 +75,18 @@ def test_summary_counts_match_the_records(run_file):
     di_h = [r.event.features["di"] for r, p, o in zip(records, pred, ok) if p == 0 and o]
     assert s.medians["hct116"]["di"][1] == pytest.approx(np.median(di_h))
     assert s.counters == {"camera_dropped": 1}
+
+
+def test_sortable_follows_the_runs_reject_flags(tmp_path):
+    path = tmp_path / "strict.rtdc"
+    records = with_touching(make_records(40, seed=2), every=4)
+    strict = CONFIG + 'reject_flags = ["DOUBLET", "TOUCHING"]\n'
+    with EventWriter(path, meta=make_meta(config_toml=strict)) as w:
+        w.write(records)
+    s = summarize(path)
+    assert s.rejected_flags == ("DOUBLET", "TOUCHING")
+    assert s.sortable == s.unflagged == sum(r.event.quality == Quality.OK for r in records) < len(records)
+    assert "none of DOUBLET, TOUCHING" in to_markdown(s, {})
 
 
 def test_target_classes_can_be_given_and_are_checked(run_file):
