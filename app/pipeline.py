@@ -289,6 +289,7 @@ class Pipeline:
         self._latencies_exit = LatencyWindow(8192)  # the same decisions, from the cell's exit frame
         self._late = 0
         self._trigger_failed = 0
+        self._refused = 0
         self._trigger_ok = True
         self._counters = SortCounters(tuple(classifier.classes) if classifier else ())
         self._neighbours: deque = deque(maxlen=256)  # (exit_time_ms, is_target) of decided cells
@@ -762,6 +763,14 @@ class Pipeline:
             self._late += 1
             return Decision(decision.event_index, False, Reason.LATE, decision.predicted, decision.probability,
                             decision.is_target, "fire time already past"), rec
+        if getattr(rec, "refused", False):
+            # this cell's request, not the device: a fire time minutes ahead (a cell that nearly
+            # stopped past the exit) or a width out of range. The trigger stays in service
+            if not self._refused:
+                log.warning("trigger refused a request: %s", rec.error)
+            self._refused += 1
+            return Decision(decision.event_index, False, Reason.REFUSED, decision.predicted, decision.probability,
+                            decision.is_target, rec.error), rec
         if not getattr(rec, "ok", True):
             self._trigger_failed += 1
             if self._trigger_ok:

@@ -38,6 +38,7 @@ class Reason(str, enum.Enum):
     NOT_ISOLATED = "not isolated"
     LATE = "late"
     TRIGGER_UNAVAILABLE = "trigger unavailable"
+    REFUSED = "refused by the trigger"  # the request was out of range (e.g. a cell nearly stopped past the exit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ USERDEF_PRIORITY: tuple[str, ...] = (*MIML_FEATURES, "diameter_um", "di_entry", 
 #: reason codes stored per event; 0 means that no sort policy ran for the cell
 REASON_CODES: tuple[str, ...] = ("no decision", "fired", "sorting off", "not a target class", "below threshold",
                                  "outside gate", "quality gate", "aborted by coincidence", "not isolated", "late",
-                                 "trigger unavailable")
+                                 "trigger unavailable", "refused by the trigger")
 
 _IMAGE_CHUNK_BYTES = 256 * 1024
 _ROW_CHUNK = 1024  # rows per chunk of scalar datasets (8 KiB for float64)

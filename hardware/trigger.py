@@ -81,6 +81,12 @@ class FireRecord:
         """Not sent because the device failed, now or before (decision reason "trigger unavailable")."""
         return not self.ok and self.error.startswith("unavailable")
 
+    @property
+    def refused(self) -> bool:
+        """Not sent because the request itself was out of range (a fire time further ahead than
+        ``max_delay_us``, a width the device cannot make): the device is fine."""
+        return not self.ok and self.error.startswith("refused")
+
 
 @dataclass(frozen=True, slots=True)
 class Ack:

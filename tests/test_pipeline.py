@@ -444,3 +444,31 @@ def test_no_kernel_is_first_loaded_once_the_camera_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     late = [line for line in res.stdout.splitlines() if line.startswith("LATE")]
     assert not late, "\n".join(late)
+
+
+def test_a_request_the_trigger_refuses_is_that_cells_reason_not_a_trigger_fault(caplog):
+    # a cell that nearly stopped past the exit (v_after 0.03 mm/s: 200 µm take ~7 s) asks for a
+    # fire time beyond max_delay_us. The trigger refuses that request; it stays in service, and
+    # the next cell fires
+    from app.sorting import Decision, Reason
+    from hardware.timing import TimingSettings
+    from hardware.trigger import make_trigger
+    from tracking.events import CellEvent
+
+    timing = TimingSettings(min_lead_us=100.0)
+    crop = np.zeros((8, 8), np.uint8)
+
+    def cell(i: int, v_after: float) -> CellEvent:
+        return CellEvent(i, i, {"v_after_mm_s": v_after, "exit_time_ms": float(i)}, crop, crop, 0.5, 0, 5, 0, 0)
+
+    with make_trigger("null", None, timing) as trig:
+        p = Pipeline(SyntheticCamera(FAST), trigger=trig, timing=timing)
+        wants = Decision(0, True, Reason.FIRED, "a", 0.9, True)
+        now = time.monotonic_ns()
+        slow, rec = p._fire(cell(0, 0.03), wants, exit_ns=now)
+        fast, rec2 = p._fire(cell(1, 10.0), wants, exit_ns=now)
+        st = p.status()
+    assert slow.reason is Reason.REFUSED and not slow.fire and "max_delay_us" in slow.detail and rec.refused
+    assert fast.reason is Reason.FIRED and rec2.ok
+    assert st.trigger_ok and st.trigger_failed == 0 and st.errors == ()
+    assert not any("unavailable" in r.message for r in caplog.records)

@@ -187,6 +187,8 @@ def test_contract_fire_late_refused_and_counters(dry_trigger):
         assert past.late and past.delay_us < 0
         assert not bad.ok and not bad.late and "width" in bad.error
         assert not far.ok and "max_delay_us" in far.error
+        # a request out of range is refused; the device is not at fault
+        assert bad.refused and far.refused and not any(r.refused or r.unavailable for r in (ok, late, past))
         st = t.status()
         assert (st.fired, st.late, st.failed) == (1, 2, 2)
         assert st.available and st.open and t.drain_acks() == []
