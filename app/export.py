@@ -22,7 +22,7 @@ import numpy as np
 
 from app.storage import read_events
 from mimlsort.errors import DataFormatError
-from tracking.events import Quality
+from tracking.events import NOT_FOR_TRAINING, Quality
 from tracking.features import FEATURES
 
 #: the authors' CSV columns, in their order, and the features they hold
@@ -97,8 +97,9 @@ def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "ce
     """Export the cells of ``events_path`` in the MIML authors' training format.
 
     ``label`` is the ``Cell Type`` of every cell (a run of one pure population); without it, the
-    predicted class of each cell (a run with a model) or else the sample name. Flagged cells
-    (doublets, incomplete passages …) are left out unless ``include_flagged``. ``size`` resizes the
+    predicted class of each cell (a run with a model) or else the sample name. Cells flagged as
+    not one whole cell seen clearly (doublets, incomplete passages …: ``NOT_FOR_TRAINING``, all flags
+    but TOUCHING) are left out unless ``include_flagged``, as from our own training data. ``size`` resizes the
     square crops (the authors' crops are 100 px); ``rgb`` writes grey as three equal channels, as
     their PNGs are.
     """
@@ -114,7 +115,7 @@ def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "ce
     except OSError as err:
         raise DataFormatError(f"{img_dir}: cannot create the export folder: {err}") from err
     n = run.n_events
-    keep = np.ones(n, bool) if include_flagged else (f["quality"] == 0)
+    keep = np.ones(n, bool) if include_flagged else (f["quality"].astype(np.int64) & int(NOT_FOR_TRAINING)) == 0
     for _, feat in MIML_COLUMNS:
         keep &= np.isfinite(f[feat])
     idx = np.flatnonzero(keep)

@@ -4,8 +4,9 @@ Each run drives :class:`acquisition.synthetic.SyntheticCamera` through :func:`ap
 (the tracker the live pipeline uses) and labels every event with the true class of the cell it was
 matched to (:func:`app.validate.match_events`). Events that match no single cell (debris, doublets,
 unmatched detections) are left out and counted in the data set's report, and so — with
-``only_ok`` — are events with quality flags, because a sorter is trained on the cells it will
-be asked to classify.
+``only_ok`` — are events flagged as not one whole cell seen clearly
+(:data:`tracking.events.NOT_FOR_TRAINING`), because a sorter is trained on the cells it will be
+asked to classify: cells cut from a touching neighbour (TOUCHING) stay in.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class SimulatedData:
     runs: int = 1  # independent runs (different seeds)
     seed: int = 1  # seed of the first run
     class_mix: tuple[tuple[str, float], ...] | None = None  # (class name, fraction); None: the simulator's default
-    only_ok: bool = True  # leave out events with quality flags
+    only_ok: bool = True  # leave out events with a flag in tracking.events.NOT_FOR_TRAINING (all but TOUCHING)
     synthetic: object | None = None  # acquisition.synthetic.SyntheticSettings to start from (None: defaults)
     tracker: object | None = None  # tracking.tracker.TrackerSettings (None: defaults)
 
@@ -92,7 +93,7 @@ def simulate_run(settings, tracker_settings=None, *, only_ok: bool = True, sourc
         if t.kind != "cell":
             dropped["not a single cell"] += 1
             continue
-        if only_ok and not e.ok:
+        if only_ok and not e.trainable:
             dropped["flagged"] += 1
             continue
         events.append(e)

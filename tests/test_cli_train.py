@@ -136,15 +136,17 @@ def test_event_file_imports_as_training_data(tmp_path):
 
     events = _events(6, 0, 5)
     events[2] = dataclasses.replace(events[2], quality=Quality.BORDER)
+    events[4] = dataclasses.replace(events[4], quality=Quality.TOUCHING)  # measured whole where not cut: kept
     meta = storage.RunMeta(pixel_size_um=0.5, fps=4000.0, roi=(256, 96))
     path = tmp_path / "run.rtdc"
     with storage.EventWriter(path, meta=meta, min_free_bytes=0) as w:
         w.write([CellRecord(e, np.zeros(0, np.float32), None) for e in events])
     ds = dataset_from_path(f"{path}=healthy")
-    assert len(ds) == 5 and ds.class_names == ("healthy",)  # the flagged event is left out
+    assert len(ds) == 5 and ds.class_names == ("healthy",)  # the BORDER event is left out
     assert ds.feature_names == ("di", "transit_time_ms", "v_max_mm_s")
     assert ds.crop_pixel_size_um == 0.5
-    ok = [e for e in events if e.ok]
+    ok = [e for e in events if e.trainable]
+    assert events[4] in ok and events[2] not in ok
     np.testing.assert_array_equal(ds.first, np.stack([e.first_crop for e in ok]))
     np.testing.assert_allclose(ds.features[:, 0], [e.features["di"] for e in ok])
     assert any("quality flags left out" in n for n in ds.report.notes)

@@ -24,6 +24,13 @@ class Quality(enum.IntFlag):
     TOUCHING = 32  # touched a neighbour in or past the constriction: cut from it at their waist there
 
 
+#: flags that keep an event out of training data (and the MIML authors' export): it is not one
+#: whole cell seen clearly. TOUCHING is not among them: such a cell is measured on the frames where
+#: it was seen whole, the sorter classifies it, and a model trained with such cells classifies
+#: them better (NOTES.md, "Touching cells")
+NOT_FOR_TRAINING = Quality.DOUBLET | Quality.BORDER | Quality.INCOMPLETE | Quality.LOW_CONTRAST | Quality.STUCK
+
+
 @by_fields
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -72,3 +79,8 @@ class CellEvent:
     @property
     def ok(self) -> bool:
         return self.quality == Quality.OK
+
+    @property
+    def trainable(self) -> bool:
+        """No flag in :data:`NOT_FOR_TRAINING`."""
+        return not int(self.quality) & int(NOT_FOR_TRAINING)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mimlsort.errors import DataFormatError
+from tracking.events import NOT_FOR_TRAINING
 from tracking.features import FEATURES, MIML_FEATURES
 
 log = logging.getLogger(__name__)
@@ -458,7 +459,7 @@ def dataset_from_events(
     ``feature_names`` default to the MIML features present in every event (di, transit time, max
     velocity, and DIR when the tracker measured it). ``groups`` default to one group per event
     (``source#index``); pass e.g. the run name for coarser grouping. ``only_ok`` drops events with
-    quality flags (counted in the report's notes).
+    a flag in :data:`tracking.events.NOT_FOR_TRAINING` (all but TOUCHING; counted in the report's notes).
     """
     events = list(events)
     if isinstance(labels, str):
@@ -468,7 +469,7 @@ def dataset_from_events(
         raise DataFormatError(f"{source}: {len(labels)} labels for {len(events)} events")
     notes = []
     if only_ok:
-        keep = [i for i, e in enumerate(events) if e.ok]
+        keep = [i for i, e in enumerate(events) if e.trainable]
         if len(keep) < len(events):
             notes.append(f"{source}: {len(events) - len(keep)} events with quality flags left out")
         events = [events[i] for i in keep]
@@ -598,8 +599,8 @@ def dataset_from_rtdc(
     """Our own event file (``.rtdc`` written by app.storage.EventWriter) of one pure population.
 
     Reads the rows under ``/mimlsort/events`` (our feature names, first/last crops, quality); the
-    crops' pixel size is the file's ``imaging:pixel size``. ``only_ok`` leaves out events with
-    quality flags (counted in the report). The file layout is read with h5py, so this needs no
+    crops' pixel size is the file's ``imaging:pixel size``. ``only_ok`` leaves out events with a
+    flag in :data:`tracking.events.NOT_FOR_TRAINING` (all but TOUCHING; counted in the report). The file layout is read with h5py, so this needs no
     part of the application.
     """
     import h5py
@@ -628,7 +629,7 @@ def dataset_from_rtdc(
         keep = np.ones(n, bool)
         notes = []
         if only_ok and "quality" in grp:
-            keep = grp["quality"][:] == 0
+            keep = (grp["quality"][:].astype(np.int64) & int(NOT_FOR_TRAINING)) == 0
             if (~keep).any():
                 notes.append(f"{path.name}: {int((~keep).sum())} events with quality flags left out")
         idx = np.flatnonzero(keep)
