@@ -282,6 +282,9 @@ def test_status_rows_flag_missed_frames():
                                                  latency_from_exit_p50_us=1300.0, latency_from_exit_p99_us=3500.0))}
     assert lat["latency"].text == "0.90 | 3.00 ms"
     assert lat["latency"].tooltip.endswith("left the constriction: 1.30 | 3.50 ms")
+    assert not rows["file"].alarm and "without image" not in rows["file"].text
+    shed = {r.key: r for r in status_rows(replace(st, images_shed=12, storage_backlog_mb=600.0))}["file"]
+    assert shed.alarm and "12 without image" in shed.text and "600 MB waiting" in shed.tooltip
 
 
 # -- the window with the stand-in run -------------------------------------------------------------------
