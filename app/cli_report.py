@@ -54,7 +54,7 @@ def register(sub) -> None:
     sp.add_argument("--name", default="cells", help="MIML export: CSV <name>_data.csv, PNGs in <name>/")
     sp.add_argument("--label", help="MIML export: Cell Type of every cell (default: predicted class, else sample)")
     sp.add_argument("--no-scale", action="store_true", help="MIML export: physical units instead of 0-1 scaling")
-    sp.add_argument("--include-flagged", action="store_true", help="MIML export: also cells with quality flags")
+    sp.add_argument("--include-flagged", action="store_true", help="MIML export: also cells flagged doublet, border, incomplete, low contrast or stuck (TOUCHING ones are in anyway)")
     sp.add_argument("--size", type=int, help="MIML export: resize crops to SIZE x SIZE px (the authors use 100)")
     sp.set_defaults(func=_export_checked)
 
