@@ -764,7 +764,7 @@ class Pipeline:
             return Decision(decision.event_index, False, Reason.LATE, decision.predicted, decision.probability,
                             decision.is_target, "fire time already past"), rec
         if getattr(rec, "refused", False):
-            # this cell's request, not the device: a fire time minutes ahead (a cell that nearly
+            # this cell's request, not the device: a fire time seconds ahead (a cell that nearly
             # stopped past the exit) or a width out of range. The trigger stays in service
             if not self._refused:
                 log.warning("trigger refused a request: %s", rec.error)
