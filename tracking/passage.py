@@ -115,8 +115,8 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out,
     the mechanics and the crops are measured; touching while queued upstream leaves the rest
     shape's medians nearly as they are). Rows cut from a neighbour are left out of the DI
     maximum (a cut edge is straight), of DIR, and, with their neighbours, of the maximum speed
-    (the cut moves the centroid), wherever enough rows remain; as if the cell had not been seen
-    in them."""
+    (the cut moves the centroid), wherever enough rows remain and, for the speed, reach the mean
+    speed through the constriction; as if the cell had not been seen in them."""
     n = h.shape[0]
     c = N_H_EXTRA
     nan = math.nan
@@ -169,7 +169,11 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out,
                     v_max_whole = max(v_max_whole, vm[i])
     if i_max < 0:
         i_max = i_cut
-    if v_max_whole > -np.inf:
+    # the maximum cannot lie below the mean speed through the constriction: uncut rows that stay
+    # under it missed the maximum (a cell queued behind the one ahead is at full speed only in the
+    # frames where it touches it, and is cut from it there), and all the rows in it are what is left
+    mean_in = (x1 - x0) * px / (t_out - t_in) if t_out > t_in else nan
+    if v_max_whole > -np.inf and not v_max_whole < mean_in:
         v_max = v_max_whole
     if n_inside >= 2 and i_in > 0 and i_out > 0:
         n_up_cut = 0

@@ -509,6 +509,21 @@ def _crossing(t: np.ndarray, x: np.ndarray, line: float) -> tuple[float, int]:
     return float(ta + frac * (tb - ta)), i
 
 
+def _v_max(vm: np.ndarray, inside: np.ndarray, near_cut: np.ndarray, mean_in: float) -> float:
+    """The maximum speed in the constriction over rows neither cut from a neighbour nor next to
+    one, unless there are none or they stay under the mean speed through it (then they missed the
+    maximum): then over every row in it."""
+    if not inside.any():
+        return math.nan
+    whole = vm[inside & ~near_cut]
+    whole = whole[~np.isnan(whole)]
+    if whole.size and not whole.max() < mean_in:
+        return float(whole.max())
+    every = vm[inside]
+    every = every[~np.isnan(every)]
+    return float(every.max()) if every.size else math.nan
+
+
 def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tuple[dict[str, float], Quality]:
     """Features of one cell from its observation history (rows: t_ms, frame, slot, blob columns).
 
@@ -565,8 +580,8 @@ def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tu
         "di_entry": float(di[i_in - 1]) if i_in > 0 else nan,
         "di_exit": float(di[i_out]) if i_out > 0 else nan,
         "transit_time_ms": t_out - t_in,
-        "v_max_mm_s": safe(np.max, vm[inside & ~near_cut] if np.isfinite(vm[inside & ~near_cut]).any()
-                           else vm[inside]) if inside.any() else nan,
+        "v_max_mm_s": _v_max(vm, inside, near_cut, (g.constriction_x1 - g.constriction_x0) * px / (t_out - t_in)
+                             if t_out > t_in else nan),
         "v_before_mm_s": safe(med, v[up]),
         "v_after_mm_s": safe(med, v[i_out:]) if i_out > 0 else nan,
         "dir_per_ms": nan,
