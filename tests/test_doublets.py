@@ -269,3 +269,55 @@ def test_di_is_taken_from_frames_not_cut_from_a_neighbour():
     h[i, c + B_SPLIT] = 0.0
     feats, _ = measure_passage(h, g, s)
     assert feats["di"] > (a - b) / (a + b) + 0.05
+
+
+def _speed_history(steps_px: list[float], cut: list[bool]) -> np.ndarray:
+    """A round cell moving ``steps_px`` a frame (0.25 ms) from x=40, with the rows in ``cut`` cut
+    from a neighbour, in the geometry of the tests above (constriction [80, 160) px, 0.5 µm/px)."""
+    n = len(steps_px) + 1
+    h = np.zeros((n, L.N_H_EXTRA + N_BLOB_FIELDS))
+    c = L.N_H_EXTRA
+    x = 40.0 + np.concatenate([[0.0], np.cumsum(steps_px)])
+    for i in range(n):
+        h[i, L.H_T] = 0.25 * i
+        h[i, c + B_X], h[i, c + B_Y] = x[i], 36.0
+        h[i, c + B_XMIN], h[i, c + B_XMAX] = x[i] - 10.0, x[i] + 10.0
+        h[i, c + B_MAJOR] = h[i, c + B_MINOR] = 10.0
+        h[i, c + B_AREA] = h[i, c + B_HULL_AREA] = math.pi * 100.0
+        h[i, c + B_HULL_PERIM] = 2 * math.pi * 10.0
+        h[i, c + B_SPLIT] = 2.0 if i < len(cut) and cut[i] else 0.0
+    return h
+
+
+def _v_max(h, g, s) -> float:
+    feats, _ = measure_passage(h, g, s)
+    for kernel in (passage_kernel, pure_python(passage_kernel)):
+        out = np.zeros(N_FEATURES)
+        kernel(h, g.constriction_x0, g.constriction_x1, g.pixel_size_um, s.doublet_solidity, s.low_contrast,
+               s.stuck_ms, out, s.doublet_di)
+        assert out[4] == pytest.approx(feats["v_max_mm_s"], rel=1e-12)
+    return feats["v_max_mm_s"]
+
+
+def test_v_max_of_a_cell_queued_behind_the_one_ahead_comes_from_its_cut_rows():
+    # 2 px a frame upstream (4 mm/s), 8 px (16 mm/s) for the first rows in the constriction,
+    # touching the cell ahead and cut from it there, then queued behind it at 2 px a frame: the
+    # rows not cut see only the queue, below the mean speed through the constriction (no maximum
+    # can be), so the maximum is taken from every row in it
+    g = ChannelGeometry(0.5, 80.0, 160.0, 10.0, 60.0, 256, 72)
+    s = TrackerSettings()
+    steps = [2.0] * 19 + [8.0] * 6 + [2.0] * 40
+    x = 40.0 + np.concatenate([[0.0], np.cumsum(steps)])
+    fast = (x >= 76.0) & (x < 120.0)
+    h = _speed_history(steps, list(fast))
+    assert _v_max(h, g, s) == pytest.approx(16.0, rel=0.01)
+    # the same passage seen whole: the same maximum
+    assert _v_max(_speed_history(steps, []), g, s) == pytest.approx(16.0, rel=0.01)
+    # a cell at full speed all through, with two cut rows whose centroid the cut moved 5 px on:
+    # its rows not cut reach the mean, so the jump the cut made stays out
+    steps = [8.0] * 25
+    h = _speed_history(steps, [i in (12, 13) for i in range(26)])
+    h[12:14, L.N_H_EXTRA + B_X] += 5.0
+    assert _v_max(h, g, s) == pytest.approx(16.0, rel=0.01)
+    h[12:14, L.N_H_EXTRA + B_SPLIT] = 0.0  # not marked as cut: the jump would count
+    assert _v_max(h, g, s) > 17.0

@@ -50,6 +50,10 @@ _Q_TOUCHING = 32
 #: share of a passage's rows (before entry to after exit) a blob must be cut on one side in to be
 #: half of a doublet: a frame may miss the waist, or a third cell touch for a moment
 _JOINED = 0.9
+#: the rows not cut from a neighbour missed a cell's maximum speed when their fastest is below this
+#: share of the mean speed through the constriction (no maximum is below the mean; the margin keeps
+#: noise in a few rows from taking the cut rows back in)
+V_MEAN_SHARE = 0.9
 
 
 @njit(nogil=True, cache=True)
@@ -173,7 +177,7 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out,
     # under it missed the maximum (a cell queued behind the one ahead is at full speed only in the
     # frames where it touches it, and is cut from it there), and all the rows in it are what is left
     mean_in = (x1 - x0) * px / (t_out - t_in) if t_out > t_in else nan
-    if v_max_whole > -np.inf and not v_max_whole < mean_in:
+    if v_max_whole > -np.inf and not v_max_whole < V_MEAN_SHARE * mean_in:
         v_max = v_max_whole
     if n_inside >= 2 and i_in > 0 and i_out > 0:
         n_up_cut = 0

@@ -52,7 +52,7 @@ from tracking.blobs import (
 )
 from tracking.events import CellEvent, Quality, Snapshot
 from tracking.geometry import ChannelGeometry, GeometrySettings
-from tracking.passage import _JOINED, DOUBLET_DI, FEATURE_ORDER, N_FEATURES, passage_kernel
+from tracking.passage import _JOINED, DOUBLET_DI, FEATURE_ORDER, N_FEATURES, V_MEAN_SHARE, passage_kernel
 from tracking.segment import nearest_blob_mask, segment_batch
 
 log = logging.getLogger(__name__)
@@ -511,13 +511,13 @@ def _crossing(t: np.ndarray, x: np.ndarray, line: float) -> tuple[float, int]:
 
 def _v_max(vm: np.ndarray, inside: np.ndarray, near_cut: np.ndarray, mean_in: float) -> float:
     """The maximum speed in the constriction over rows neither cut from a neighbour nor next to
-    one, unless there are none or they stay under the mean speed through it (then they missed the
-    maximum): then over every row in it."""
+    one, unless there are none or they stay clearly under the mean speed through it
+    (``V_MEAN_SHARE``: then they missed the maximum): then over every row in it."""
     if not inside.any():
         return math.nan
     whole = vm[inside & ~near_cut]
     whole = whole[~np.isnan(whole)]
-    if whole.size and not whole.max() < mean_in:
+    if whole.size and not whole.max() < V_MEAN_SHARE * mean_in:
         return float(whole.max())
     every = vm[inside]
     every = every[~np.isnan(every)]
