@@ -153,9 +153,11 @@ class DaemonConfig:
     status_interval_s: float = 1.0  # one status line per interval
     http_port: int = 0  # > 0: serve status JSON at http://127.0.0.1:PORT/status (loopback only)
     log_file: str = "mimlsort.log"  # inside the output folder; "" for none
+    stop_timeout_s: float = 60.0  # after a stop, how long the event writer may make no progress before it is abandoned (its file keeps what it flushed; exit code 1) so the process ends; 0 = wait for ever
 
     def __post_init__(self):
         require(self.status_interval_s > 0, "status_interval_s", f"must be > 0, got {self.status_interval_s}")
+        require(self.stop_timeout_s >= 0, "stop_timeout_s", f"must be >= 0 (0: wait for ever), got {self.stop_timeout_s}")
         require(0 <= self.http_port <= 65535, "http_port", f"must be in [0, 65535], got {self.http_port}")
 
 

@@ -858,6 +858,13 @@ class Pipeline:
                     rec.maybe_flush()
                 reader.wait(0.05, poll_s=200e-6)
 
+    def storage_progress(self) -> tuple[int, int, int]:
+        """(record batches waiting for storage, bytes of records handed to the sink, bytes the
+        sink has written): while any of them changes, storage is moving."""
+        sink = self.sink
+        return (self._queue.qsize(), self._bytes_stored,
+                int(getattr(sink, "bytes_written", 0) or 0) if sink is not None else 0)
+
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> Status:
         now = time.monotonic()

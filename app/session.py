@@ -69,6 +69,7 @@ class Run:
     recorder: Any = None
     trigger: Any = None
     closed: bool = False
+    closed_all: bool = False  # close() has returned (``closed`` is set as it begins)
     close_errors: list[str] = field(default_factory=list)
 
     def start(self) -> None:
@@ -86,6 +87,15 @@ class Run:
 
     def status(self) -> Status:
         return self.pipeline.status()
+
+    def abandon_writer(self, why: str) -> bool:
+        """Give up on an event writer that makes no progress (see ``daemon.stop_timeout_s``): True
+        if it could be (a writer in a child process; one in this process cannot be stopped)."""
+        abort = getattr(self.writer, "abort", None)
+        if abort is None:
+            return False
+        abort(why)
+        return True
 
     def close(self) -> None:
         """Close files and devices (idempotent); called when the pipeline finishes."""
@@ -110,6 +120,7 @@ class Run:
             except Exception as e:  # every resource gets its chance to close
                 log.error("closing the %s failed: %s", name, e)
                 self.close_errors.append(f"{name}: {e}")
+        self.closed_all = True
 
     def __enter__(self) -> "Run":
         self.start()

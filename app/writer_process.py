@@ -248,6 +248,16 @@ class EventWriterProcess:
         """The writing child's process id (for its CPU in the run's status)."""
         return self._proc.pid
 
+    def abort(self, why: str) -> None:
+        """Give up on the child (it makes no progress: stuck in the kernel on a dead network disk,
+        say): kill it. The file keeps what the child flushed, as after a crash; a thread blocked
+        sending to it gets an error at once, and so do later calls."""
+        if self._failed is None:
+            self._failed = DeviceError(f"{self.path}: the event writer was abandoned ({why}); the file holds what "
+                                       "was flushed before")
+        if self._proc.poll() is None:
+            self._proc.kill()
+
     def close(self) -> None:
         """Send the rest, let the child close the file completely, wait for it (idempotent)."""
         if self._closed:

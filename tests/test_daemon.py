@@ -198,3 +198,50 @@ def test_replay_is_deterministic(tmp_path):
     assert {"exit_frame", "deform", "di", "transit_time_ms", "probabilities", "fired", "reason"} <= set(a)
     for key in sorted(set(a) - varying):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_writer_that_hangs_does_not_keep_the_daemon_from_ending(tmp_path):
+    # the event writer child stops answering (SIGSTOP: as a process stuck in the kernel on a dead
+    # network disk). A SIGTERM must still end the daemon: past daemon.stop_timeout_s without
+    # progress the writer is abandoned, the exit code says so, the file keeps what it flushed
+    import dclab
+
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", extra="stop_timeout_s = 2.0")
+    p = mimlsort("run", "--config", str(cfg))
+    writer = None
+    try:
+        path = wait_for_events(tmp_path / "out")
+        time.sleep(1.2)  # another flush
+        writers = [c for c in _children(p.pid) if b"app.writer_process" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(writers) == 1, writers
+        writer = writers[0]
+        os.kill(writer, signal.SIGSTOP)
+        time.sleep(1.0)  # the run goes on; records queue for the writer
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=90)
+        took = time.monotonic() - t0
+    finally:
+        p.kill()
+        if writer is not None:
+            try:
+                os.kill(writer, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert p.returncode == 1, err
+    assert "abandoned" in err and "stop_timeout_s" in err
+    assert took < 60
+    with dclab.new_dataset(path) as ds:
+        assert len(ds) > 0
