@@ -135,6 +135,7 @@ class OutputConfig:
     recorder: str = "process"  # raw frames: "process" (a child process reads the ring through shared memory, off the GIL) or "thread"
     writer: str = "process"  # "process": a child process writes the event file, so HDF5 (it holds the GIL) never stalls sorting; "thread": in-process
     max_backlog_mb: float = 1024.0  # memory (MiB) records waiting for the event file may hold: past half, cells are recorded without their ROI image (counted, logged in the file); at the limit the run stops with an error instead of growing; 0 = unbounded
+    stop_timeout_s: float = 60.0  # after a stop, how long a writer child may make no progress before it is abandoned (its file keeps what it flushed; the daemon exits 1, the GUI says so) so the run can end; 0 = wait for ever
     compression: str = "all"  # event file images: "all" zstd-compressed (smallest file); "masks": only masks and backgrounds (half the writer's CPU at high cell rates; camera noise leaves frames ~1.4x smaller at best); "none"
 
     def __post_init__(self):
@@ -142,6 +143,7 @@ class OutputConfig:
         require(self.recorder in ("process", "thread"), "recorder",
                 f"must be 'process' or 'thread', got {self.recorder!r}")
         require(self.max_backlog_mb >= 0, "max_backlog_mb", f"must be >= 0 (0: unbounded), got {self.max_backlog_mb}")
+        require(self.stop_timeout_s >= 0, "stop_timeout_s", f"must be >= 0 (0: wait for ever), got {self.stop_timeout_s}")
         require(self.writer in ("process", "thread"), "writer", f"must be 'process' or 'thread', got {self.writer!r}")
         require(self.compression in ("all", "masks", "none"), "compression",
                 f"must be 'all', 'masks' or 'none', got {self.compression!r}")
@@ -153,11 +155,9 @@ class DaemonConfig:
     status_interval_s: float = 1.0  # one status line per interval
     http_port: int = 0  # > 0: serve status JSON at http://127.0.0.1:PORT/status (loopback only)
     log_file: str = "mimlsort.log"  # inside the output folder; "" for none
-    stop_timeout_s: float = 60.0  # after a stop, how long the event writer may make no progress before it is abandoned (its file keeps what it flushed; exit code 1) so the process ends; 0 = wait for ever
 
     def __post_init__(self):
         require(self.status_interval_s > 0, "status_interval_s", f"must be > 0, got {self.status_interval_s}")
-        require(self.stop_timeout_s >= 0, "stop_timeout_s", f"must be >= 0 (0: wait for ever), got {self.stop_timeout_s}")
         require(0 <= self.http_port <= 65535, "http_port", f"must be in [0, 65535], got {self.http_port}")
 
 

@@ -71,55 +71,6 @@ class StatusServer:
         self._server.server_close()
 
 
-class StopWatchdog:
-    """After a stop, abandons an event writer that has made no progress for ``timeout_s``, so a
-    writer stuck in the kernel (a dead network disk) cannot keep the process from ending. Its own
-    thread: the main thread may be the one waiting for the writer (closing the file)."""
-
-    def __init__(self, run: Run, timeout_s: float, poll_s: float = 0.2):
-        self.run = run
-        self.timeout_s = timeout_s
-        self.poll_s = poll_s
-        self.abandoned = ""  # why, once the writer was given up
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="mimlsort-stopwatch", daemon=True)
-
-    def __enter__(self) -> "StopWatchdog":
-        if self.timeout_s:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join(5.0)
-
-    def _watch(self) -> None:
-        key = None
-        since = time.monotonic()
-        while not self._done.wait(self.poll_s):
-            run = self.run
-            if run.pipeline.finish_reason is None or run.closed_all:
-                since = time.monotonic()
-                continue
-            progress = run.pipeline.storage_progress()
-            now = time.monotonic()
-            if progress != key:
-                key, since = progress, now
-                continue
-            if now - since < self.timeout_s:
-                continue
-            why = (f"no progress for {self.timeout_s:g} s after the stop (daemon.stop_timeout_s), "
-                   f"{progress[0]} batches of records not written")
-            if run.abandon_writer(why):
-                log.error("event writer abandoned: %s", why)
-                self.abandoned = why
-            else:
-                log.error("the event writer makes no progress (%s) and runs in this process (output.writer = "
-                          "\"thread\"): it cannot be abandoned", why)
-            return
-
-
 def _file_handler(path: Path) -> logging.Handler:
     h = logging.FileHandler(path, encoding="utf-8")
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -152,7 +103,6 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         for s in signals:
             previous[s] = signal.signal(s, on_signal)
     latest: dict = {}
-    watchdog = StopWatchdog(run, cfg.daemon.stop_timeout_s).__enter__()
     try:
         run.start()
         log.info("run started; events -> %s", run.events_path)
@@ -179,7 +129,6 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         run.pipeline.stop()
         run.pipeline.wait()
         run.close()
-        watchdog.__exit__(None, None, None)
         if in_main:
             for s, h in previous.items():
                 signal.signal(s, h)
@@ -193,9 +142,9 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     print(f"run {reason.value}" + (f": {st.message}" if st.message else "") +
           (f"; events in {run.events_path}" if run.events_path else ""), file=out, flush=True)
     code = EXIT_CODES[reason]
-    if (run.close_errors or watchdog.abandoned) and code == 0:
+    if (run.close_errors or run.abandoned) and code == 0:
         code = 1
-    if watchdog.abandoned:
-        print(f"event writer abandoned: {watchdog.abandoned}; {run.events_path} holds what it flushed before",
+    if run.abandoned:
+        print(f"event writer abandoned: {run.abandoned}; {run.events_path} holds what it flushed before",
               file=out, flush=True)
     return code, run

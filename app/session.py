@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +56,60 @@ def run_stem(cfg: RunConfig) -> str:
     return f"{cfg.output.sample}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+class StopWatchdog:
+    """After a run stops, abandons an event writer child that has made no progress for
+    ``timeout_s`` (``output.stop_timeout_s``), so a writer stuck in the kernel (a dead network disk)
+    cannot keep the daemon from ending or the GUI from going idle and closing. Its own thread: the
+    thread that would notice is the one waiting for the writer (closing the file)."""
+
+    def __init__(self, run: "Run", timeout_s: float, poll_s: float = 0.2):
+        self.run = run
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="mimlsort-stopwatch", daemon=True)
+
+    def __enter__(self) -> "StopWatchdog":
+        if self.timeout_s:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+
+    def _watch(self) -> None:
+        key = None
+        since = time.monotonic()
+        while not self._done.wait(self.poll_s):
+            run = self.run
+            if run.pipeline.finish_reason is None:
+                since = time.monotonic()
+                continue
+            if run.closed_all:
+                return
+            progress = run.pipeline.storage_progress()
+            now = time.monotonic()
+            if progress != key:
+                key, since = progress, now
+                continue
+            if now - since < self.timeout_s:
+                continue
+            why = (f"no progress for {self.timeout_s:g} s after the stop (output.stop_timeout_s), "
+                   f"{progress[0]} batches of records not written")
+            if run.abandon_writer(why):
+                log.error("event writer abandoned: %s", why)
+            else:
+                log.error("the event writer makes no progress (%s) and runs in this process (output.writer = "
+                          "\"thread\"): it cannot be abandoned", why)
+            return
+
+
 @dataclass
 class Run:
-    """A pipeline with the resources it owns."""
+    """A pipeline with the resources it owns. From its start until its files are closed, a
+    :class:`StopWatchdog` makes sure a stuck event writer child cannot hold up the end of the run."""
 
     config: RunConfig
     pipeline: Pipeline
@@ -71,6 +123,8 @@ class Run:
     closed: bool = False
     closed_all: bool = False  # close() has returned (``closed`` is set as it begins)
     close_errors: list[str] = field(default_factory=list)
+    abandoned: str = ""  # why the event writer was given up (``output.stop_timeout_s``), once it was
+    _watchdog: StopWatchdog | None = field(default=None, repr=False)
 
     def start(self) -> None:
         try:
@@ -78,6 +132,7 @@ class Run:
         except BaseException:
             self.close()
             raise
+        self._watchdog = StopWatchdog(self, self.config.output.stop_timeout_s).__enter__()
 
     def stop(self) -> None:
         self.pipeline.stop()
@@ -89,11 +144,12 @@ class Run:
         return self.pipeline.status()
 
     def abandon_writer(self, why: str) -> bool:
-        """Give up on an event writer that makes no progress (see ``daemon.stop_timeout_s``): True
+        """Give up on an event writer that makes no progress (see ``output.stop_timeout_s``): True
         if it could be (a writer in a child process; one in this process cannot be stopped)."""
         abort = getattr(self.writer, "abort", None)
         if abort is None:
             return False
+        self.abandoned = why
         abort(why)
         return True
 
@@ -107,20 +163,24 @@ class Run:
             if res is None:
                 continue
             try:
-                if name == "event file" and st is not None:
-                    if hasattr(res, "note_counters"):
-                        res.note_counters(_counters(st))
-                    if hasattr(res, "log"):
-                        res.log(f"run finished: {st.finish_reason.value if st.finish_reason else '?'} "
-                                f"{st.message}".rstrip())
-                        res.log(st.line())
-                if name == "raw recording" and st is not None and hasattr(res, "note_missed"):
-                    res.note_missed(st.missed.get("recorder", 0) + st.overrun.get("recorder", 0))
-                res.close()
+                try:
+                    if name == "event file" and st is not None:
+                        if hasattr(res, "note_counters"):
+                            res.note_counters(_counters(st))
+                        if hasattr(res, "log"):
+                            res.log(f"run finished: {st.finish_reason.value if st.finish_reason else '?'} "
+                                    f"{st.message}".rstrip())
+                            res.log(st.line())
+                    if name == "raw recording" and st is not None and hasattr(res, "note_missed"):
+                        res.note_missed(st.missed.get("recorder", 0) + st.overrun.get("recorder", 0))
+                finally:  # a writer that failed still closes: its child is reaped, its file ends readable
+                    res.close()
             except Exception as e:  # every resource gets its chance to close
                 log.error("closing the %s failed: %s", name, e)
                 self.close_errors.append(f"{name}: {e}")
         self.closed_all = True
+        if self._watchdog is not None:
+            self._watchdog.__exit__(None, None, None)
 
     def __enter__(self) -> "Run":
         self.start()

@@ -271,6 +271,8 @@ class EventWriterProcess:
         self._closed = True
         self._reap()
         if msg is None:
+            if self._failed is not None:  # abandoned, or failed before: that says why
+                raise self._failed
             raise DeviceError(f"{self.path}: the event writer process did not close the file (exit code "
                               f"{self._proc.returncode}); the file holds what was flushed before")
         if msg[1] is not None:

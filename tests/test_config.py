@@ -49,7 +49,7 @@ def test_cli_prints_the_default_and_checks_files(tmp_path):
     ({"model": {"provider": "gpu"}}, "model.provider"),
     ({"autostop": {"events": -1}}, "autostop.events"),
     ({"daemon": {"http_port": 70000}}, "daemon.http_port"),
-    ({"daemon": {"stop_timeout_s": -1}}, "daemon.stop_timeout_s"),
+    ({"output": {"stop_timeout_s": -1}}, "output.stop_timeout_s"),
     ({"output": {"compression": "lz4"}}, "output.compression"),
     ({"output": {"max_backlog_mb": -1}}, "output.max_backlog_mb"),
     ({"bogus": {}}, "bogus"),

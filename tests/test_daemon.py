@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "demo" if bundled_model_path().is_file() else "none"
 
 
-def write_config(path: Path, folder: Path, *, seconds: float = 0.0, model: str = MODEL, extra: str = "") -> Path:
+def write_config(path: Path, folder: Path, *, seconds: float = 0.0, model: str = MODEL, extra: str = "",
+                 output_extra: str = "") -> Path:
     path.write_text(f"""
 [camera]
 backend = "synthetic"
@@ -39,6 +40,7 @@ backend = "null"
 [output]
 folder = "{folder}"
 sample = "daemon-test"
+{output_extra}
 [daemon]
 status_interval_s = 0.5
 {extra}
@@ -214,11 +216,11 @@ def _children(pid: int) -> list[int]:
 
 def test_a_writer_that_hangs_does_not_keep_the_daemon_from_ending(tmp_path):
     # the event writer child stops answering (SIGSTOP: as a process stuck in the kernel on a dead
-    # network disk). A SIGTERM must still end the daemon: past daemon.stop_timeout_s without
+    # network disk). A SIGTERM must still end the daemon: past output.stop_timeout_s without
     # progress the writer is abandoned, the exit code says so, the file keeps what it flushed
     import dclab
 
-    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", extra="stop_timeout_s = 2.0")
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", output_extra="stop_timeout_s = 2.0")
     p = mimlsort("run", "--config", str(cfg))
     writer = None
     try:

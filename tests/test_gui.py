@@ -650,6 +650,51 @@ def test_replay_of_a_recording_runs_to_its_end(qtbot, tmp_path):
     win.close()
 
 
+def test_a_stuck_event_writer_does_not_keep_the_window_busy(qtbot, tmp_path):
+    """The event writer child stops answering (SIGSTOP: a process stuck on a dead network disk).
+    Stop must still bring the window back to idle, and closing it must not hang: past
+    output.stop_timeout_s without progress the writer is abandoned and the operator is told."""
+    _need_pipeline()
+    import signal
+
+    import dclab
+
+    from app.gui.controller import RunController
+    from app.gui.main import demo_config
+    from app.session import with_changes
+
+    cfg = with_changes(demo_config(tmp_path / "runs", model="none"), output={"stop_timeout_s": 2.0, "report": False})
+    ctl = RunController()
+    errors: list[str] = []
+    ctl.errorOccurred.connect(errors.append)
+    ctl.start(cfg)
+    qtbot.waitUntil(lambda: ctl.run is not None or bool(errors), timeout=60000)
+    assert not errors
+    run = ctl.run
+    qtbot.waitUntil(lambda: run.status().cells >= 3, timeout=60000)
+    qtbot.wait(1200)  # a flush with cells in it
+    pid = run.writer.child_pid
+    os.kill(pid, signal.SIGSTOP)
+    idle = False
+    try:
+        qtbot.wait(500)  # records queue for the writer
+        ctl.stop()
+        qtbot.waitUntil(lambda: ctl.run is None and not ctl.busy, timeout=30000)
+        idle = True
+    finally:
+        if not idle:  # the writer was not abandoned: free it, or closing the controller hangs the suite
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        ctl.shutdown(timeout_s=5.0)
+    assert run.abandoned and "output.stop_timeout_s" in run.abandoned
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped, not left a zombie of the window's process
+    assert len(errors) == 1 and "abandoned" in errors[0] and str(run.events_path) in errors[0]
+    with dclab.new_dataset(run.events_path) as ds:
+        assert len(ds) > 0
+
+
 def test_test_fire_and_auto_detect_on_real_devices(qtbot, tmp_path):
     """Idle window: test-fire opens the configured trigger; auto-detect grabs from the camera."""
     for mod in ("app.session", "acquisition.synthetic", "tracking.detect", "hardware.dryrun"):

@@ -38,6 +38,13 @@ def default_factory(cfg: Any, folder: Path | None = None):
     return build_run(cfg, folder=folder)
 
 
+def _writer_timeout_s(run: Any) -> float:
+    """How long after a stop the run's watchdog may wait before it abandons a stuck event writer
+    (``output.stop_timeout_s``): a stop must wait longer than that, or it gives up first."""
+    cfg = getattr(run, "config", None)
+    return float(getattr(getattr(cfg, "output", None), "stop_timeout_s", 0.0) or 0.0)
+
+
 def describe_error(err: BaseException) -> str:
     """One line for the operator: our own errors speak for themselves, others keep their type."""
     if isinstance(err, MimlsortError):
@@ -189,9 +196,14 @@ class RunController(QtCore.QObject):
         run = self.run
 
         def wait():
-            if not run.wait(STOP_TIMEOUT_S):
-                raise StateError(f"the run did not stop within {STOP_TIMEOUT_S:g} s; its files may be incomplete")
+            limit = STOP_TIMEOUT_S + _writer_timeout_s(run)
+            if not run.wait(limit):
+                raise StateError(f"the run did not stop within {limit:g} s; its files may be incomplete")
             run.close()
+            abandoned = getattr(run, "abandoned", "")
+            if abandoned:
+                raise StateError(f"the event writer was abandoned ({abandoned}); "
+                                 f"{getattr(run, 'events_path', None) or 'the event file'} holds what it flushed before")
             errors = getattr(run, "close_errors", None)
             if errors:
                 raise StateError("closing the run failed: " + "; ".join(errors))
@@ -288,7 +300,7 @@ class RunController(QtCore.QObject):
         run = self.run
         if run is not None:
             run.stop()
-            if run.wait(timeout_s):
+            if run.wait(timeout_s + _writer_timeout_s(run)):
                 run.close()
             else:  # closing under a live writer would lose data; the run closes itself when it ends
                 log.error("the run did not stop within %g s; it closes its files when it ends", timeout_s)
