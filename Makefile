@@ -45,7 +45,7 @@ bench: $(STAMP)
 		$(BIN)/mimlsort bench $$b --json || exit 1; done
 	QT_QPA_PLATFORM=offscreen $(BIN)/mimlsort bench gui --seconds 10 --json
 
-# regenerate the bundled demonstration model (simulated cells only; ~15 min on one core)
+# regenerate the bundled demonstration model (simulated cells only; ~5 min on one core)
 model: $(STAMP)
 	$(BIN)/mimlsort train --simulated --sim-seconds 60 --sim-seed 1 --arch miml-mini --epochs 40 --folds 5 \
 		--test-fraction 0.2 --seed 0 --out inference/models --name miml-mini-demo --no-progress

@@ -36,7 +36,8 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
     if not px:
         from mimlsort.errors import ConfigError
 
-        raise ConfigError("tracking.pixel_size_um", f"{info.backend} source does not say its pixel size: give it")
+        raise ConfigError("camera.pixel_size_um", f"the {info.backend} source does not say its pixel size: give it "
+                          "(--pixel-size on the command line)")
     capacity = max(ring_capacity, 2 * settings.batch_frames, settings.background_frames + 8)
     ring = info.make_ring(capacity)
     ring.camera_clock = info.camera_clock

@@ -97,8 +97,8 @@ class SortSettings:
     window_ms: float = 4.0  # coincidence window around a target's exit (cells sorted along within it; ~20 µm at 5 mm/s)
     window_um: float = 0.0  # if > 0: window as a distance, converted with the cell's speed after exit
     reject_flags: tuple[str, ...] = ("DOUBLET", "BORDER", "INCOMPLETE", "STUCK")  # quality flags that never sort
-    range_gates: tuple[RangeGate, ...] = ()
-    polygon_gates: tuple[PolygonGate, ...] = ()
+    range_gates: tuple[RangeGate, ...] = ()  # feature ranges a cell must fall in to sort: {feature, min, max}
+    polygon_gates: tuple[PolygonGate, ...] = ()  # polygons on two features (as drawn on a scatter plot): {x, y, points}
 
     def __post_init__(self):
         require(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}")

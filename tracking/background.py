@@ -66,7 +66,7 @@ class BackgroundModel:
     def __init__(self, image: np.ndarray, *, alpha: float = 1.0 / 256, stride: int = 16, threshold: float = 10.0,
                  relearn: int = 128, kernels: str = "numba"):
         if kernels not in _KERNELS:
-            raise ConfigError("tracking.kernels", f"must be 'numba' or 'python', got {kernels!r}")
+            raise ConfigError("kernels", f"must be 'numba' or 'python', got {kernels!r}")
         image = np.asarray(image)
         if image.ndim != 2 or image.dtype.kind not in "ui":
             raise DataFormatError(f"background must be a 2-D integer image, got {image.dtype} {image.shape}")

@@ -76,7 +76,7 @@ class TrackerSettings:
     emit_after_exit_um: float = 15.0  # emit once the cell is this far past the constriction
     gate_back_um: float = 4.0  # how far behind where it was last seen a cell may be found (centroid jitter)
     gate_forward_um: float = 30.0  # how far ahead of its prediction (acceleration in the constriction)
-    gate_y_um: float = 6.0
+    gate_y_um: float = 6.0  # how far across the channel from its prediction a cell may be found
     initial_speed_mm_s: float = 5.0  # prediction for a cell seen once
     doublet_solidity: float = 0.90  # upstream hull solidity below this marks a doublet
     doublet_di: float = DOUBLET_DI  # upstream DI above this marks a doublet (a cell at rest is round)
@@ -84,7 +84,7 @@ class TrackerSettings:
     low_contrast: float = 4.0  # mean |image - background| in the cell below this: low contrast
     stuck_ms: float = 50.0  # a cell that takes longer than this to cross the view is stuck
     batch_frames: int = 256  # frames per kernel call
-    background_frames: int = 64  # frames the initial background median is taken from
+    background_frames: int = 64  # frames the initial background is estimated from (per pixel, the median of its densest 2-noise-sd window of values: right even where cells often pass)
     snapshots: bool = True  # attach the full-ROI image, background and mask at the frame of max DI
     geometry: GeometrySettings = field(default_factory=GeometrySettings)
 
@@ -127,7 +127,7 @@ class Tracker:
     def __init__(self, settings: TrackerSettings, geometry: ChannelGeometry, background: np.ndarray,
                  *, t0_ns: int | None = None, kernels: str = "numba"):
         if kernels not in ("numba", "python"):
-            raise ConfigError("tracking.kernels", f"must be 'numba' or 'python', got {kernels!r}")
+            raise ConfigError("kernels", f"must be 'numba' or 'python', got {kernels!r}")
         self.settings = s = settings
         self.geometry = g = geometry
         px = g.pixel_size_um

@@ -300,10 +300,11 @@ class RunController(QtCore.QObject):
         run = self.run
         if run is not None:
             run.stop()
-            if run.wait(timeout_s + _writer_timeout_s(run)):
+            limit = timeout_s + _writer_timeout_s(run)
+            if run.wait(limit):
                 run.close()
             else:  # closing under a live writer would lose data; the run closes itself when it ends
-                log.error("the run did not stop within %g s; it closes its files when it ends", timeout_s)
+                log.error("the run did not stop within %g s; it closes its files when it ends", limit)
             self.run = None
         self._pool.shutdown(wait=True, cancel_futures=True)
         fut = getattr(self, "_build_future", None)
