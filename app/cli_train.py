@@ -8,8 +8,12 @@ a MIML authors' folder or CSV, our event table CSV, or our ``.rtdc`` event file 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -41,6 +45,121 @@ def _add_sim_args(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--sim-classes", type=_mix, help="class mix, e.g. hct116=0.5,wbc=0.5 (default: the simulator's)")
 
 
+# ---------------------------------------------------------------------------------------------
+# option checks: run before any data is read, so a typo costs no loading time
+
+
+def _check_training_options(args: argparse.Namespace) -> None:
+    """Training options in range (ConfigError naming the option)."""
+    from mimlsort.errors import ConfigError
+
+    if args.epochs < 1:
+        raise ConfigError("--epochs", f"must be at least 1, got {args.epochs}")
+    if args.batch_size < 2:
+        # every architecture has BatchNorm layers, which cannot train on a batch of one sample
+        raise ConfigError("--batch-size", f"must be at least 2 (BatchNorm needs two samples per batch), got {args.batch_size}")
+    lr = getattr(args, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ConfigError("--lr", f"must be a finite number > 0, got {lr}")
+
+
+def _check_fraction(option: str, value: float) -> None:
+    from mimlsort.errors import ConfigError
+
+    if not 0.0 <= value < 1.0:  # also rejects nan
+        raise ConfigError(option, f"must be in [0, 1), got {value}")
+
+
+#: k of k-fold cross-validation when --folds is not given (fewer when a class has fewer cells)
+DEFAULT_FOLDS = 5
+
+
+def _check_folds_option(folds: int | None) -> None:
+    from mimlsort.errors import ConfigError
+
+    if folds is not None and folds < 0:
+        raise ConfigError("--folds", f"must be 0 or 1 (no cross-validation) or at least 2, got {folds}")
+
+
+def _folds_for_data(ds, folds: int | None, *, what: str = "") -> int:
+    """The k of k-fold parts for ``ds``. Each part needs a cell (group) of every class, so k may not
+    exceed the cells of the smallest class: an explicit --folds above that is an error; the default
+    is lowered to it (no cross-validation below 2)."""
+    import numpy as np
+
+    from mimlsort.errors import ConfigError
+
+    labels, groups = np.asarray(ds.labels), np.asarray(ds.groups, dtype=object)
+    cells = {name: len(set(groups[labels == c].tolist())) for c, name in enumerate(ds.class_names)}
+    cells = {k: v for k, v in cells.items() if v > 0}
+    name, fewest = min(cells.items(), key=lambda kv: kv[1]) if cells else ("", 0)
+    if folds is None:
+        k = min(DEFAULT_FOLDS, fewest)
+        if k < DEFAULT_FOLDS:
+            k = k if k >= 2 else 0
+            print(f"class {name!r} has {fewest} cells{what}: "
+                  + (f"{k}-fold cross-validation" if k else "no cross-validation") + " (see --folds)", file=sys.stderr)
+        return k
+    if folds >= 2 and cells and folds > fewest:
+        raise ConfigError("--folds", f"{folds}-fold cross-validation needs at least {folds} cells of every class, but "
+                                     f"class {name!r} has {fewest}{what}; use --folds {fewest} or fewer "
+                                     f"(0: no cross-validation)")
+    return folds
+
+
+def _check_out(text: str) -> tuple[Path, list[Path]]:
+    """The --out folder and the folders this run will have to create for it (deepest first).
+
+    Nothing is created here: a run that fails on its input leaves no folder behind.
+    """
+    from mimlsort.errors import ConfigError
+
+    out = Path(text)
+    if os.path.lexists(out) and not out.is_dir():
+        raise ConfigError("--out", f"{out}: exists and is not a folder")
+    missing = []
+    p = out.absolute()
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError("--out", f"{out}: {p} is not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError("--out", f"{out}: cannot write in {p}")
+    return out, missing
+
+
+@contextlib.contextmanager
+def _output_folder(out: Path, missing: list[Path]) -> Iterator[Path]:
+    """Create ``out``; if the run then fails, remove the folders it created that are still empty."""
+    from mimlsort.errors import ConfigError
+
+    def clean_up() -> None:
+        for d in missing:  # deepest first; rmdir refuses folders with anything in them
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        clean_up()
+        raise ConfigError("--out", f"{out}: cannot create the folder ({err.strerror or err})") from None
+    try:
+        yield out
+    except BaseException:
+        clean_up()
+        raise
+
+
+def _data_description(args: argparse.Namespace) -> str:
+    parts = list(args.data or ())
+    if getattr(args, "simulated", False):
+        parts.append("simulated cells")
+    return ", ".join(parts)
+
+
 def _load_data(args: argparse.Namespace, *, role: str):
     from mimlsort.errors import DataFormatError
 
@@ -66,25 +185,52 @@ def _load_data(args: argparse.Namespace, *, role: str):
 
         ds = Dataset.concat(parts)
     if args.features:
-        ds = ds.select_features(args.features)
+        from mimlsort.errors import ConfigError
+
+        try:
+            ds = ds.select_features(args.features)
+        except DataFormatError as err:
+            raise ConfigError("--features", f"{err} (data: {_data_description(args)})") from None
     return ds
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import numpy as np
-
     # without torch this raises BackendUnavailable naming the extra (mimlsort[train]) before any data is read
-    from inference.training.train import train_model
-    from inference.training.evaluate import evaluate
-    from inference.training.export import update_spec
+    from inference.training.train import train_model  # noqa: F401
+    from inference.training.models import arch_info
+    from mimlsort.errors import ConfigError, ModelError
+
+    _check_training_options(args)
+    _check_fraction("--val-fraction", args.val_fraction)
+    _check_fraction("--test-fraction", args.test_fraction)
+    if args.val_fraction + args.test_fraction >= 1.0:
+        raise ConfigError("--val-fraction", f"plus --test-fraction must be below 1, got {args.val_fraction} + "
+                                            f"{args.test_fraction}")
+    _check_folds_option(args.folds)
+    if args.arch:
+        try:
+            arch_info(args.arch)
+        except ModelError as err:
+            raise ConfigError("--arch", str(err)) from None
+    out, missing = _check_out(args.out)
 
     ds = _load_data(args, role="train")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     test = None
     if args.test_fraction > 0:
         tr, te = ds.split(args.test_fraction, seed=args.seed)
         test, ds = ds.subset(te), _with_report(ds.subset(tr), ds)
+    folds = _folds_for_data(ds, args.folds, what=" (after --test-fraction)" if test is not None else "")
+    with _output_folder(out, missing):
+        return _train(args, ds, test, out, folds)
+
+
+def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
+    import numpy as np
+
+    from inference.training.evaluate import evaluate
+    from inference.training.export import update_spec
+    from inference.training.train import train_model
+
     arch = args.arch or (None if args.init_from else "miml-mini")
     counts = ", ".join(f"{k} {v}" for k, v in ds.class_counts().items())
     print(f"training {arch or 'from ' + str(args.init_from)} on {len(ds)} cells ({counts})"
@@ -92,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ours = sys.argv and (sys.argv[0].endswith("mimlsort") or sys.argv[0].endswith(("app/cli.py", "app\\cli.py")))
     command = "mimlsort " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if ours else ""
     res = train_model(
-        ds, arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, folds=args.folds,
+        ds, arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, folds=folds,
         val_fraction=args.val_fraction, patience=args.patience, augment=not args.no_augment, device=args.device,
         init_from=args.init_from, freeze_image_branch=args.freeze_image_branch, channels=args.channels,
         image_size=args.image_size, out_dir=out, model_name=args.name, progress=not args.no_progress,
@@ -131,25 +277,25 @@ def _with_report(sub, full):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from inference.training.data import kfold_splits
     from inference.training.evaluate import compute_metrics, evaluate, predict_onnx
-    from mimlsort.errors import DataFormatError
 
+    _check_folds_option(args.folds)
+    out, missing = _check_out(args.out)
     ds = _load_data(args, role="evaluate")
+    k = _folds_for_data(ds, args.folds)
+    data = _data_description(args)
     folds = []
-    if args.folds >= 2:
-        try:
-            parts = kfold_splits(ds.labels, ds.groups, args.folds, args.seed)
-        except DataFormatError:
-            parts = []
-        if parts:
-            probs, classes = predict_onnx(args.model, ds)
-            remap = [classes.index(c) if c in classes else -1 for c in ds.class_names]
-            y = [remap[i] for i in ds.labels]
-            if -1 not in remap:
-                import numpy as np
+    if k >= 2:
+        parts = kfold_splits(ds.labels, ds.groups, k, args.seed)
+        probs, classes = predict_onnx(args.model, ds, data_name=data)
+        remap = [classes.index(c) if c in classes else -1 for c in ds.class_names]
+        y = [remap[i] for i in ds.labels]
+        if -1 not in remap:  # else evaluate() below names the classes the model does not know
+            import numpy as np
 
-                y = np.asarray(y)
-                folds = [compute_metrics(y[te], probs[te], classes) for _, te in parts]
-    ev = evaluate(args.model, ds, args.out, folds=folds)
+            y = np.asarray(y)
+            folds = [compute_metrics(y[te], probs[te], classes) for _, te in parts]
+    with _output_folder(out, missing):
+        ev = evaluate(args.model, ds, out, folds=folds, data_name=data)
     m = ev.metrics
     print(f"{m.n} cells: accuracy {m.accuracy:.4f}, macro F1 {m.macro_f1:.4f}, ROC-AUC {m.macro_roc_auc:.4f}")
     print(f"report: {ev.report_path}")
@@ -159,13 +305,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     """The paper's comparisons on simulated cells: baselines (fused vs image-only vs feature-only)
     and transfer learning (new class pair, ~100 examples, fine-tuned vs from scratch)."""
+    from inference.training import experiments  # noqa: F401  (without torch: names the extra)
+
+    _check_training_options(args)
+    out, missing = _check_out(args.out)
+    with _output_folder(out, missing):
+        return _experiment(args, out)
+
+
+def _experiment(args: argparse.Namespace, out: Path) -> int:
     import dataclasses
 
     from inference.training import experiments as ex
     from app.simdata import SimulatedData, simulated_dataset, stiffened_pair
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     kw = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
               device=args.device)
     base = SimulatedData(seconds=args.sim_seconds, runs=args.sim_runs, seed=args.sim_seed)
@@ -203,10 +356,10 @@ def register(subparsers) -> None:
     sp.add_argument("--name", default="model", help="model file name without .onnx (default: model)")
     sp.add_argument("--arch", help="miml-mini (default; with --init-from: the parent's), miml-resnet18, image-only, feature-only")
     sp.add_argument("--epochs", type=int, default=30)
-    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--batch-size", type=int, default=32, help="samples per training step (at least 2; default 32)")
     sp.add_argument("--lr", type=float, default=1e-3)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: none; default 5)")
+    sp.add_argument("--folds", type=int, help="k-fold cross-validation (0 or 1: none; at most the cells of the smallest class; default 5, or that many when fewer)")
     sp.add_argument("--val-fraction", type=float, default=0.15, help="cells held back for early stopping")
     sp.add_argument("--test-fraction", type=float, default=0.0,
                     help="cells held out before anything else and evaluated at the end (default 0)")
@@ -230,7 +383,7 @@ def register(subparsers) -> None:
     sp.add_argument("model", help="ONNX model")
     sp.add_argument("data", nargs="*", help="PATH or PATH=CLASS (as for train)")
     sp.add_argument("--out", required=True, help="output folder")
-    sp.add_argument("--folds", type=int, default=5, help="per-fold table over k grouped parts of the data (0: none)")
+    sp.add_argument("--folds", type=int, help="per-fold table over k grouped parts of the data (0 or 1: none; at most the cells of the smallest class; default 5, or that many when fewer)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--features", type=_csv_list, help=argparse.SUPPRESS)
     sp.add_argument("--all-events", action="store_true", help="keep every event; by default those flagged doublet, border, incomplete, low contrast or stuck are left out (TOUCHING ones stay)")

@@ -29,25 +29,25 @@ def torch():
     torch.set_num_threads(n)
 
 
-def _events(n: int, label: int, seed: int):
+def _events(n: int, label: int, seed: int, **kw):
     from tests.test_training import synthetic_events
 
-    return synthetic_events(n, label, seed)
+    return synthetic_events(n, label, seed, **kw)
 
 
-def _event_table(folder: Path, events, label_column: str | None = None) -> Path:
+def _event_table(folder: Path, events, label_column: str | None = None,
+                 features: tuple[str, ...] = ("di", "transit_time_ms", "v_max_mm_s")) -> Path:
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "events.csv"
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", "di", "transit_time_ms", "v_max_mm_s", "first_crop", "last_crop"]
-                   + ([label_column] if label_column else []))
+        w.writerow(["id", *features, "first_crop", "last_crop"] + ([label_column] if label_column else []))
         for e in events:
             for which, img in (("first", e.first_crop), ("last", e.last_crop)):
                 cv2.imwrite(str(folder / f"{e.index}_{which}.png"), img)
-            w.writerow([f"e{e.index}", e.features["di"], e.features["transit_time_ms"], e.features["v_max_mm_s"],
+            w.writerow([f"e{e.index}", *(e.features[f] for f in features),
                         f"{e.index}_first.png", f"{e.index}_last.png"] + ([label_column] if label_column else []))
     return path
 
@@ -165,3 +165,118 @@ def test_simulated_data_is_labelled_with_the_truth():
     again = simulated_dataset(SimulatedData(seconds=0.5, seed=4))
     np.testing.assert_array_equal(again.features, ds.features)  # deterministic for a seed
     np.testing.assert_array_equal(again.labels, ds.labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad options and inputs: one line naming the option or file, exit code 2, no traceback, no litter
+
+
+@pytest.mark.parametrize("opts,message", [
+    (["--batch-size", "0"], "--batch-size: must be at least 2"),
+    (["--batch-size", "1"], "--batch-size: must be at least 2"),  # BatchNorm cannot train on one sample
+    (["--lr", "nan"], "--lr: must be a finite number > 0, got nan"),
+    (["--lr", "0"], "--lr: must be a finite number > 0"),
+    (["--val-fraction", "1.5"], "--val-fraction: must be in [0, 1), got 1.5"),
+    (["--test-fraction", "-0.1"], "--test-fraction: must be in [0, 1), got -0.1"),
+    (["--val-fraction", "0.5", "--test-fraction", "0.5"], "--val-fraction: plus --test-fraction must be below 1"),
+    (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["--folds", "-1"], "--folds: must be 0 or 1 (no cross-validation) or at least 2, got -1"),
+    (["--arch", "resnet"], "--arch: unknown architecture 'resnet'"),
+])
+def test_train_options_are_checked_before_the_data(tmp_path, torch, capsys, opts, message):
+    out = tmp_path / "out"
+    # the data path does not exist: an option checked only after loading would report it instead
+    assert main(["train", str(tmp_path / "missing.csv") + "=a", "--out", str(out), "--no-progress", *opts]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "missing.csv" not in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_experiment_and_evaluate_options_are_checked(tmp_path, torch, capsys):
+    assert main(["experiment", "baselines", "--out", str(tmp_path / "x"), "--epochs", "0"]) == 2
+    assert "--epochs: must be at least 1" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "m.onnx"), str(tmp_path / "missing.csv") + "=a", "--out",
+                 str(tmp_path / "e"), "--folds", "-2"]) == 2
+    assert "--folds: must be 0 or 1 (no cross-validation) or at least 2, got -2" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "e").exists()
+
+
+def test_more_folds_than_cells_of_a_class_is_rejected_by_train_and_evaluate(tmp_path, torch, capsys):
+    a = _event_table(tmp_path / "runA", _events(3, 0, 1))
+    b = _event_table(tmp_path / "runB", _events(5, 1, 2))
+    data = [f"{a}=healthy", f"{b}=stiff"]
+    for cmd in (["train", *data, "--epochs", "1", "--no-progress"],
+                ["evaluate", str(tmp_path / "model.onnx"), *data]):
+        assert main([*cmd, "--out", str(tmp_path / "o"), "--folds", "4"]) == 2, cmd
+        err = capsys.readouterr().err
+        assert "--folds: 4-fold cross-validation needs at least 4 cells of every class, but class 'healthy' has 3" in err
+        assert not (tmp_path / "o").exists()
+    # train: counted on what is left after --test-fraction (2 of the 3 healthy cells)
+    assert main(["train", *data, "--out", str(tmp_path / "o"), "--folds", "3", "--test-fraction", "0.3"]) == 2
+    assert "class 'healthy' has 2 (after --test-fraction)" in capsys.readouterr().err
+    # folds 0 and 1 still mean "no cross-validation"; the default (5) is lowered to the smallest class
+    assert main(["train", *data, "--out", str(tmp_path / "t"), "--arch", "feature-only", "--epochs", "1",
+                 "--batch-size", "4", "--val-fraction", "0", "--folds", "1", "--no-progress"]) == 0
+    assert "cross-validation" not in capsys.readouterr().out
+    assert main(["train", *data, "--out", str(tmp_path / "d"), "--arch", "feature-only", "--epochs", "1",
+                 "--batch-size", "4", "--val-fraction", "0", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "class 'healthy' has 3 cells: 3-fold cross-validation" in captured.err
+    assert "cross-validation (3 folds)" in captured.out
+
+
+def test_out_that_is_a_file_is_named(tmp_path, torch, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for cmd in (["train", str(tmp_path / "missing.csv") + "=a"],
+                ["evaluate", str(tmp_path / "m.onnx"), str(tmp_path / "missing.csv") + "=a"]):
+        assert main([*cmd, "--out", str(afile)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out: {afile}: exists and is not a folder" in err and "Traceback" not in err
+        assert main([*cmd, "--out", str(afile / "sub")]) == 2
+        assert f"{afile} is not a folder" in capsys.readouterr().err
+    assert afile.read_text() == "not a folder"
+
+
+def test_failed_train_leaves_no_empty_out_folder(tmp_path, torch, capsys):
+    a = _event_table(tmp_path / "runA", _events(4, 0, 1))
+    out = tmp_path / "new" / "model"
+    # one class only: found by the training itself, after the output folder was made
+    assert main(["train", f"{a}=healthy", "--out", str(out), "--epochs", "1", "--folds", "0", "--no-progress"]) == 2
+    assert "at least two classes" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert main(["train", f"{a}=healthy", "--out", str(existing), "--epochs", "1", "--folds", "0",
+                 "--no-progress"]) == 2
+    assert existing.is_dir()  # not ours to remove
+
+
+def test_evaluate_feature_mismatch_names_model_and_data(tmp_path, torch, capsys):
+    feats = ("di", "transit_time_ms", "v_max_mm_s", "dir_per_ms")
+    a = _event_table(tmp_path / "runA", _events(4, 0, 1, dir_feature=True), features=feats)
+    b = _event_table(tmp_path / "runB", _events(4, 1, 2, dir_feature=True), features=feats)
+    out = tmp_path / "m"
+    assert main(["train", f"{a}=healthy", f"{b}=stiff", "--out", str(out), "--arch", "feature-only", "--epochs", "1",
+                 "--batch-size", "4", "--folds", "0", "--val-fraction", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    model = out / "model.onnx"
+    assert main(["evaluate", str(model), str(MIML_SAMPLE), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    [line] = [ln for ln in err.splitlines() if "error:" in ln]
+    assert str(model) in line and str(MIML_SAMPLE) in line and "dir_per_ms" in line
+    assert "Traceback" not in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_evaluate_on_an_event_file_without_events_says_so(tmp_path, capsys):
+    storage = pytest.importorskip("app.storage", reason="the event file writer (issue 5) is not there yet")
+
+    path = tmp_path / "empty.rtdc"
+    with storage.EventWriter(path, meta=storage.RunMeta(pixel_size_um=0.5, fps=4000.0, roi=(256, 96)),
+                             min_free_bytes=0):
+        pass
+    assert main(["evaluate", str(tmp_path / "m.onnx"), f"{path}=a", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: holds no events" in err and "not a mimlsort event file" not in err

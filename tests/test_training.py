@@ -385,3 +385,19 @@ def test_checkpoint_round_trip_keeps_the_mini_branch_widths(tmp_path):
         x, f = torch.rand(3, 2, 48, 48), torch.rand(3, 4)
         with torch.no_grad():
             assert torch.equal(model(x, f), back(x, f))
+
+
+@pytest.mark.parametrize("kw,key", [
+    ({"epochs": 0}, "epochs"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"lr": float("nan")}, "lr"),
+    ({"folds": -1}, "folds"),
+    ({"val_fraction": 1.5}, "val_fraction"),
+])
+def test_train_model_rejects_unusable_arguments(kw, key):
+    from inference.training.train import train_model
+    from mimlsort.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        train_model(synthetic_dataset(3), "feature-only", progress=False, **kw)
+    assert info.value.key == key

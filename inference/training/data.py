@@ -615,6 +615,9 @@ def dataset_from_rtdc(
         raise DataFormatError(f"{path}: not a readable HDF5/.rtdc file ({err})") from None
     with h5:
         grp = h5.get("mimlsort/events")
+        if _rtdc_rows(h5, grp) == 0:
+            raise DataFormatError(f"{path}: holds no events (a mimlsort event file of a run in which no cell "
+                                  f"was recorded)")
         if grp is None or "first_crop" not in grp or "last_crop" not in grp:
             raise DataFormatError(f"{path}: no /mimlsort/events with first_crop and last_crop (not a mimlsort event file "
                                   f"with crops); export crops or use the CSV/MIML export instead")
@@ -647,6 +650,22 @@ def dataset_from_rtdc(
         float(px) if px else None, (f"{path.name}: mimlsort event file, features in physical units",),
     )
     return _with_report(ds, n, (), notes)
+
+
+def _rtdc_rows(h5, grp) -> int | None:
+    """Rows under ``/mimlsort/events`` of our event file; None when it is not one."""
+    if grp is None or not hasattr(grp, "values"):
+        return None
+    lengths = [len(d) for d in grp.values() if hasattr(d, "shape") and d.shape]
+    if lengths:
+        return max(lengths)
+    count = h5.attrs.get("experiment:event count")
+    if "user:mimlsort format" in h5.attrs or count is not None:
+        try:
+            return int(count) if count is not None else 0
+        except (TypeError, ValueError):
+            return 0
+    return None
 
 
 def _is_miml_csv(path: Path) -> bool:

@@ -259,13 +259,25 @@ def write_report(
     return EvalResult(m, tuple(fold_metrics), p, y, report, roc_png, cm_png, js)
 
 
-def predict_onnx(model_path: str | Path, dataset, *, batch_size: int = 256) -> tuple[np.ndarray, tuple[str, ...]]:
+def _data_name(dataset) -> str:
+    names = sorted(set(map(str, dataset.sources)))
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def predict_onnx(model_path: str | Path, dataset, *, batch_size: int = 256,
+                 data_name: str | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
     """Class probabilities of every sample of ``dataset`` through the ONNX classifier, in the
-    model's class order, and those class names."""
+    model's class order, and those class names. ``data_name`` (e.g. the paths the data came from)
+    names the data in errors; by default its sources."""
     from inference.classifier import Classifier
 
     # data from elsewhere (the MIML authors' CSV) need not come from our tracker: check the graph only
     with Classifier(model_path, provider="cpu", warmup=False, check_tracker_features=False) as clf:
+        missing = [n for n in clf.spec.feature_names if n not in dataset.feature_names]
+        if missing:
+            raise ModelError(f"{model_path}: the model needs features {missing} that the data "
+                             f"({data_name or _data_name(dataset)}) do not have (they have "
+                             f"{list(dataset.feature_names)})")
         ds = dataset.select_features(clf.spec.feature_names)
         pre = clf.preprocess
         out = []
@@ -284,15 +296,17 @@ def evaluate(
     *,
     folds: Sequence = (),
     title: str | None = None,
+    data_name: str | None = None,
 ) -> EvalResult:
     """Evaluate the ONNX model ``model_path`` on ``dataset`` and write the report into ``out_dir``.
 
     The data set's class names must all be known to the model (matched by name, so a different
     order is fine). ``folds`` — :class:`Metrics` or fold results with a ``metrics`` attribute (e.g.
-    ``TrainResult.folds``) — add a per-fold cross-validation table.
+    ``TrainResult.folds``) — add a per-fold cross-validation table. ``data_name`` names the data
+    in errors (default: its sources).
     """
     fold_metrics = [f if isinstance(f, Metrics) else f.metrics for f in folds]
-    probs, model_classes = predict_onnx(model_path, dataset)
+    probs, model_classes = predict_onnx(model_path, dataset, data_name=data_name)
     unknown = [c for c in dataset.class_names if c not in model_classes]
     if unknown:
         raise ModelError(f"{model_path}: data classes {unknown} are not among the model's {list(model_classes)}")

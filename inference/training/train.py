@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimlsort.errors import DataFormatError, ModelError
+from mimlsort.errors import ConfigError, DataFormatError, ModelError
 
 from . import models as _models  # raises BackendUnavailable without torch
 from .data import Dataset, grouped_split, kfold_splits
@@ -288,6 +288,20 @@ def _fit(
     return history, best[1]
 
 
+def check_training_arguments(*, epochs: int, batch_size: int, lr: float, folds: int | None, val_fraction: float) -> None:
+    """ConfigError naming the argument for values the training loop cannot use."""
+    if epochs < 1:
+        raise ConfigError("epochs", f"must be at least 1, got {epochs}")
+    if batch_size < 2:  # BatchNorm cannot train on a batch of one sample
+        raise ConfigError("batch_size", f"must be at least 2, got {batch_size}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError("lr", f"must be a finite number > 0, got {lr}")
+    if folds is not None and folds < 0:
+        raise ConfigError("folds", f"must be 0 or 1 (no cross-validation) or at least 2, got {folds}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError("val_fraction", f"must be in [0, 1), got {val_fraction}")
+
+
 def _inner_split(ds: Dataset, idx: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if val_fraction <= 0:
         return idx, np.zeros(0, np.int64)
@@ -336,6 +350,7 @@ def train_model(
     """
     from .data import preprocess_dataset, spec_for_training
 
+    check_training_arguments(epochs=epochs, batch_size=batch_size, lr=lr, folds=folds, val_fraction=val_fraction)
     if len(set(dataset.labels.tolist())) < 2:
         raise DataFormatError(f"training needs at least two classes; the data hold only {dataset.class_counts()}")
     dev = resolve_device(device)
