@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mimlsort.errors import MimlsortError
+from mimlsort.errors import DataFormatError, MimlsortError
 
 
 def _roi(text: str) -> tuple[int, int]:
@@ -47,7 +47,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from acquisition.synthetic import write_truth_csv
     from app.simdata import record_simulation
 
+    from mimlsort.outputs import check_output_file
+
     settings = _synthetic_settings(args)
+    check_output_file(args.out)
+    if args.truth:
+        check_output_file(args.truth, inputs=(args.out,), option="--truth")
+        if Path(args.truth).resolve() == Path(args.out).resolve():
+            raise DataFormatError(f"{args.truth}: --truth and --out name the same file")
     truth = record_simulation(settings, args.out)
     if args.truth:
         write_truth_csv(truth, args.truth)
@@ -70,7 +77,9 @@ def _tracker_settings(args: argparse.Namespace):
 def cmd_track(args: argparse.Namespace) -> int:
     from acquisition.replay import ReplayCamera, ReplaySettings
     from app.offline import track_camera, write_events_csv
+    from mimlsort.outputs import check_output_file
 
+    check_output_file(args.out, inputs=(args.recording,))  # before the tracking, not after it
     with ReplayCamera(ReplaySettings(path=str(args.recording), pixel_size_um=args.pixel_size, fps=args.fps)) as cam:
         res = track_camera(cam, _tracker_settings(args))
     write_events_csv(res.events, args.out)
@@ -202,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     except MimlsortError as e:
         print(f"mimlsort {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the system's refusal (permissions, a full disk …) names the file: no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mimlsort {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"mimlsort {args.command}: interrupted", file=sys.stderr)
         return 130

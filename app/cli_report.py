@@ -26,7 +26,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from app.export import export_csv, export_miml
 
+    from mimlsort.outputs import check_output_file
+
     if args.csv:
+        check_output_file(args.csv, inputs=(args.events,), option="--csv")
         n = export_csv(args.events, args.csv)
         print(f"{n} cells -> {args.csv}")
     if args.miml:

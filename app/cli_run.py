@@ -57,8 +57,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     camera = {"backend": "replay", "replay.path": str(args.recording), "replay.realtime": bool(args.realtime)}
-    if args.pixel_size:
+    if args.pixel_size:  # the replay source's own setting: opening it needs one already
         camera["pixel_size_um"] = args.pixel_size
+        camera["replay.pixel_size_um"] = args.pixel_size
     if args.fps:
         camera["replay.fps"] = args.fps
     cfg = with_changes(cfg, camera=camera, output={"record_raw": False, "sample": args.recording.stem or "replay"})
@@ -67,8 +68,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # a replay decides what would have been sorted; it fires nothing unless a trigger is asked for
     if not args.trigger:
         cfg = with_changes(cfg, trigger={"backend": "null"})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from mimlsort.outputs import check_output_file
+
+    out = check_output_file(Path(args.out), inputs=(args.recording,))
     from acquisition.replay import ReplayCamera
 
     with ReplayCamera(cfg.camera.backend_settings()) as probe:

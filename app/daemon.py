@@ -22,6 +22,7 @@ from typing import Callable
 from app.config import RunConfig
 from app.pipeline import FinishReason, Status
 from app.session import Run, build_run
+from mimlsort.outputs import make_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,12 @@ def _file_handler(path: Path) -> logging.Handler:
 
 
 def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
-               out=sys.stderr, lossless: bool = False, progress: Callable[[Status], None] | None = None) -> tuple[int, Run]:
-    """Run ``cfg`` to its end; returns (exit code, the finished run)."""
+               out=None, lossless: bool = False, progress: Callable[[Status], None] | None = None) -> tuple[int, Run]:
+    """Run ``cfg`` to its end; returns (exit code, the finished run). Status lines go to ``out``
+    (default: the ``sys.stderr`` of the moment)."""
+    out = out if out is not None else sys.stderr
     folder = Path(folder or cfg.output.folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_output_folder(folder, option="output.folder / --out-dir")
     root = logging.getLogger()
     handler = _file_handler(folder / cfg.daemon.log_file) if cfg.daemon.log_file else None
     if handler is not None:

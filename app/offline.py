@@ -72,7 +72,7 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
             if len(b) == 0:
                 from mimlsort.errors import DataFormatError
 
-                raise DataFormatError(f"{info.model}: no frames to track")
+                raise DataFormatError(f"{info.serial or info.model}: holds no frames to track")
             tracker = Tracker.from_frames(ring.images[b.slots], px, settings, t0_ns=int(b.timestamps_ns[0]), kernels=kernels)
             events.extend(tracker.process_batch(ring, b))
         else:

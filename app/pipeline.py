@@ -426,7 +426,10 @@ class Pipeline:
         try:
             fn()
         except Exception as e:  # a worker failure ends the run; files are closed readable by their owners
-            log.exception("%s worker failed", name)
+            if isinstance(e, MimlsortError):  # says what is wrong: a traceback would bury it
+                log.error("%s worker failed: %s", name, e)
+            else:
+                log.exception("%s worker failed", name)
             msg = f"{name}: {e}" if isinstance(e, MimlsortError) else f"{name}: {type(e).__name__}: {e}"
             self._errors.append(msg)
             self.stop(FinishReason.ERRORED, msg)
@@ -601,9 +604,14 @@ class Pipeline:
     def _sort_loop(self) -> None:
         s = self.tracker_settings
         reader = self._sort_reader
+        ended = False  # the loop ran to its end: a failure must not be reported as a completed run
         try:
             if self.tracker is None:
                 if not self._build_tracker():
+                    if not self._stop.is_set() and self.ring.written == 0:
+                        self.stop(FinishReason.ERRORED, f"camera: the {self.camera.info.backend} source ended "
+                                                        "without delivering a frame")
+                    ended = True
                     return
             live = self.lossless is False and self.tracker.kernels == "numba" and realtime.AVAILABLE
             while True:
@@ -637,9 +645,10 @@ class Pipeline:
                 if tail:
                     self._n_queued += 1
                     self._decide_q.put((tail, [], False, None))
+            ended = True
         finally:
             self._decide_q.put(None)  # tells the decide thread that no more cells come
-            if not self._stop.is_set():
+            if ended and not self._stop.is_set():
                 self.stop(FinishReason.COMPLETED, "the source ended")
 
     def _decide_loop(self) -> None:

@@ -75,6 +75,8 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         ev = fh["events"]
         images = ev["image"]
         n = images.shape[0]
+        if n == 0:
+            raise DataFormatError(f"{src}: holds no events to reanalyse")
         attrs = dict(fh.attrs)
         px = float(attrs.get("imaging:pixel size", 0) or 0)
         if not px:

@@ -360,11 +360,11 @@ def write_report(events_path: str | Path, out_dir: str | Path | None = None, *,
         raise DataFormatError(f"report formats must be md and/or html, got {bad}")
     events_path = Path(events_path)
     out_dir = Path(out_dir) if out_dir is not None else events_path.with_name(events_path.stem + "_report")
+    data = read_events(events_path)  # first: a file that cannot be read leaves no empty folder behind
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataFormatError(f"{out_dir}: cannot create the report folder: {err}") from err
-    data = read_events(events_path)
     summary = summarize(events_path, target_classes=target_classes, data=data)
     figures = make_figures(*data, out_dir)
     md = ht = None

@@ -18,6 +18,7 @@ from typing import Any
 from app.config import RunConfig, bundled_model_path, config_to_toml
 from app.pipeline import Pipeline, Status
 from mimlsort.errors import ConfigError
+from mimlsort.outputs import make_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
     from app.sorting import SortPolicy
 
     folder = Path(folder or cfg.output.folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_output_folder(folder, option="output.folder")
     stem = run_stem(cfg)
     classifier = open_classifier(cfg)
     policy = SortPolicy(cfg.sorting, classifier.classes) if classifier is not None else None

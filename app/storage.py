@@ -1033,55 +1033,62 @@ def read_events(path: str | Path, *, crops: bool = False) -> tuple[dict[str, np.
     up to the shortest dataset (a kill during a flush can leave some a little longer).
     """
     path = Path(path)
-    with open_h5(path) as h5:
-        g = h5.get("mimlsort")
-        if g is None or g.attrs.get("format") != FORMAT:
-            raise DataFormatError(f"{path}: not a mimlsort event file (no /mimlsort group); "
-                                  f"open other RT-DC files with dclab")
-        version = int(g.attrs.get("format_version", 0))
-        if version > FORMAT_VERSION:
-            raise DataFormatError(f"{path}: event file format {version} is newer than this mimlsort "
-                                  f"reads ({FORMAT_VERSION}); update mimlsort")
-        try:
-            texts = {k: _s(g[k][()]) for k in _TEXT_FIELDS if k in g}
-            meta = RunMeta.from_json(_s(g.attrs["run_meta"]), **texts)
-        except (KeyError, ValueError, TypeError) as err:
-            raise DataFormatError(f"{path}: run metadata unreadable: {err}") from err
-        ev = g["events"]
-        names = [k for k in ev if crops or k not in ("first_crop", "last_crop")]
-        for k in names:
-            if getattr(ev[k], "refresh", None) and h5.swmr_mode:
-                ev[k].refresh()
-        lengths = [ev[k].shape[0] for k in names]
-        n = min(lengths) if lengths else 0
-        if lengths and len(set(lengths)) > 1:
-            log.warning("%s: datasets hold %d..%d rows (writer killed mid-flush); reading %d",
-                        path, n, max(lengths), n)
-        out: dict[str, np.ndarray] = {}
-        for k in names:
-            a = ev[k][:n]
-            if a.dtype.kind == "S":
-                a = np.array([b.decode("utf-8", "replace") for b in a], dtype=object)
-            out[k] = a
-        for k, (dtype, fill) in _READ_DEFAULTS.items():  # a run without cells has no datasets yet
-            if k not in out:
-                out[k] = np.full(n, fill, dtype=dtype)
-        if "probabilities" not in out:
-            out["probabilities"] = np.zeros((n, len(meta.class_names)), np.float32)
-        acks = g["acks"][:] if "acks" in g else np.zeros(0)
-        run_log = tuple(b.decode("utf-8", "replace") for b in h5["logs/mimlsort-run"][:]) \
-            if "logs/mimlsort-run" in h5 else ()
-        crop_px = float(ev["first_crop"].attrs.get("pixel_size_um", math.nan)) if "first_crop" in ev else math.nan
-        stored = StoredRun(
-            path=path, meta=meta, n_events=n, complete=bool(g.attrs.get("complete", False)),
-            class_codes=json.loads(_s(g.attrs.get("class_codes", "{}"))),
-            userdef=json.loads(_s(g.attrs.get("userdef", "{}"))),
-            reasons=tuple(json.loads(_s(g.attrs.get("reasons", "[]")))),
-            counters=json.loads(_s(g.attrs.get("counters", "{}"))),
-            acks=acks, error=_s(g.attrs.get("error", "")), run_log=run_log,
-            attrs={k: (_s(v) if isinstance(v, bytes) else v) for k, v in h5.attrs.items()},
-            crop_pixel_size_um=crop_px,
-        )
+    try:
+        with open_h5(path) as h5:
+            g = h5.get("mimlsort")
+            if g is None or g.attrs.get("format") != FORMAT:
+                raise DataFormatError(f"{path}: not a mimlsort event file (no /mimlsort group); "
+                                      f"open other RT-DC files with dclab")
+            version = int(g.attrs.get("format_version", 0))
+            if version > FORMAT_VERSION:
+                raise DataFormatError(f"{path}: event file format {version} is newer than this mimlsort "
+                                      f"reads ({FORMAT_VERSION}); update mimlsort")
+            try:
+                texts = {k: _s(g[k][()]) for k in _TEXT_FIELDS if k in g}
+                meta = RunMeta.from_json(_s(g.attrs["run_meta"]), **texts)
+            except (KeyError, ValueError, TypeError) as err:
+                raise DataFormatError(f"{path}: run metadata unreadable: {err}") from err
+            ev = g.get("events")
+            if ev is None:
+                raise DataFormatError(f"{path}: no /mimlsort/events group (the file is damaged)")
+            names = [k for k in ev if crops or k not in ("first_crop", "last_crop")]
+            for k in names:
+                if getattr(ev[k], "refresh", None) and h5.swmr_mode:
+                    ev[k].refresh()
+            lengths = [ev[k].shape[0] for k in names]
+            n = min(lengths) if lengths else 0
+            if lengths and len(set(lengths)) > 1:
+                log.warning("%s: datasets hold %d..%d rows (writer killed mid-flush); reading %d",
+                            path, n, max(lengths), n)
+            out: dict[str, np.ndarray] = {}
+            for k in names:
+                a = ev[k][:n]
+                if a.dtype.kind == "S":
+                    a = np.array([b.decode("utf-8", "replace") for b in a], dtype=object)
+                out[k] = a
+            for k, (dtype, fill) in _READ_DEFAULTS.items():  # a run without cells has no datasets yet
+                if k not in out:
+                    out[k] = np.full(n, fill, dtype=dtype)
+            if "probabilities" not in out:
+                out["probabilities"] = np.zeros((n, len(meta.class_names)), np.float32)
+            acks = g["acks"][:] if "acks" in g else np.zeros(0)
+            run_log = tuple(b.decode("utf-8", "replace") for b in h5["logs/mimlsort-run"][:]) \
+                if "logs/mimlsort-run" in h5 else ()
+            crop_px = float(ev["first_crop"].attrs.get("pixel_size_um", math.nan)) if "first_crop" in ev else math.nan
+            stored = StoredRun(
+                path=path, meta=meta, n_events=n, complete=bool(g.attrs.get("complete", False)),
+                class_codes=json.loads(_s(g.attrs.get("class_codes", "{}"))),
+                userdef=json.loads(_s(g.attrs.get("userdef", "{}"))),
+                reasons=tuple(json.loads(_s(g.attrs.get("reasons", "[]")))),
+                counters=json.loads(_s(g.attrs.get("counters", "{}"))),
+                acks=acks, error=_s(g.attrs.get("error", "")), run_log=run_log,
+                attrs={k: (_s(v) if isinstance(v, bytes) else v) for k, v in h5.attrs.items()},
+                crop_pixel_size_um=crop_px,
+            )
+    except DataFormatError:
+        raise
+    except (KeyError, RuntimeError, OSError, ValueError) as err:  # h5py's words for a damaged file
+        raise DataFormatError(f"{path}: event file damaged or incomplete ({type(err).__name__}: {err})") from err
     return out, stored
 
 

@@ -67,6 +67,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"must be a number, got {value!r}")
+        if value != value:  # NaN passes every range check written as a comparison that fails
+            raise ConfigError(key, "must be a number, got nan")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -95,6 +97,11 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], key: str = "") -> T:
     if unknown:
         where = f"{key}.{unknown[0]}" if key else unknown[0]
         raise ConfigError(where, f"unknown key (known: {', '.join(sorted(fields))})")
+    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        where = f"{key}.{missing[0]}" if key else missing[0]
+        raise ConfigError(where, "is required")
     kwargs = {}
     for name, value in data.items():
         sub = f"{key}.{name}" if key else name

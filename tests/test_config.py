@@ -53,6 +53,11 @@ def test_cli_prints_the_default_and_checks_files(tmp_path):
     ({"output": {"compression": "lz4"}}, "output.compression"),
     ({"output": {"max_backlog_mb": -1}}, "output.max_backlog_mb"),
     ({"bogus": {}}, "bogus"),
+    # NaN fails every comparison, so range checks alone let it through; infinity is no threshold
+    ({"tracking": {"threshold": float("nan")}}, "tracking.threshold"),
+    ({"tracking": {"threshold": float("inf")}}, "tracking.threshold"),
+    ({"sorting": {"window_ms": float("nan")}}, "sorting.window_ms"),
+    ({"camera": {"synthetic": {"classes": [{"di": 0.1}]}}}, "camera.synthetic.classes[0].name"),
 ])
 def test_errors_name_the_key(data, key):
     with pytest.raises(ConfigError) as e:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mimlsort.errors import ConfigError
 from mimlsort.settings import require
 
 
@@ -60,6 +61,12 @@ class GeometrySettings:
         from tracking.detect import detect_geometry  # detection only when needed
 
         h, w = background.shape
+        for name, extent in (("constriction_start_um", w), ("constriction_end_um", w), ("channel_top_um", h),
+                             ("channel_bottom_um", h)):
+            v = getattr(self, name)
+            if v is not None and v / pixel_size_um > extent:
+                raise ConfigError(f"tracking.geometry.{name}", f"{v:g} µm lies outside the ROI ({extent} px × "
+                                                               f"{pixel_size_um:g} µm/px = {extent * pixel_size_um:g} µm)")
         need = None in (self.constriction_start_um, self.constriction_end_um, self.channel_top_um, self.channel_bottom_um)
         auto = detect_geometry(background, pixel_size_um) if need else None
 

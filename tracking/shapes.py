@@ -108,7 +108,7 @@ def measure(image: np.ndarray, background: np.ndarray, pixel_size_um: float, thr
     if kernels not in ("numba", "python"):
         raise ConfigError("kernels", f"must be 'numba' or 'python', got {kernels!r}")
     require(pixel_size_um > 0, "pixel_size_um", f"must be > 0, got {pixel_size_um}")
-    require(abs(threshold) > 0, "threshold", f"must not be 0, got {threshold}")
+    require(0 < abs(threshold) < math.inf, "threshold", f"must be finite and not 0, got {threshold}")
     require(max_blobs >= 1, "max_blobs", f"must be >= 1, got {max_blobs}")
     if bg.dtype != img.dtype:
         bg = np.clip(np.round(bg), np.iinfo(img.dtype).min, np.iinfo(img.dtype).max).astype(img.dtype)

@@ -89,7 +89,8 @@ class TrackerSettings:
     geometry: GeometrySettings = field(default_factory=GeometrySettings)
 
     def __post_init__(self):
-        require(self.threshold != 0, "threshold", "must not be 0 (> 0: |image - background|, < 0: dark pixels only)")
+        require(self.threshold != 0 and math.isfinite(self.threshold), "threshold",
+                f"must be finite and not 0 (> 0: |image - background|, < 0: dark pixels only), got {self.threshold}")
         for name in ("min_area_um", "crop_size_um", "gate_forward_um", "gate_y_um", "stuck_ms",
                      "initial_speed_mm_s", "low_contrast"):
             require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")

@@ -1,0 +1,73 @@
+"""Checks on a file a command is about to write, made before any work: a typo in ``--out`` must not
+cost a measurement (an existing recording or event file, or the command's own input) or, found
+only at the end, the whole run's result."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from mimlsort.errors import DataFormatError
+
+#: the first bytes of every HDF5 file (.rtdc recordings and event files), at offset 0 or at a
+#: user block of 512, 1024, 2048 … bytes
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def holds_hdf5(path: str | Path) -> bool:
+    """Whether ``path`` is an HDF5 file (whatever its suffix)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            offset = 0
+            while offset + len(HDF5_SIGNATURE) <= size and offset <= 1 << 20:
+                fh.seek(offset)
+                if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    return True
+                offset = 512 if offset == 0 else 2 * offset
+    except OSError:
+        return False
+    return False
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_file(path: str | Path, *, inputs: Iterable[str | Path] = (), option: str = "--out") -> Path:
+    """``path``, once it is safe to write: not one of ``inputs``, not an existing HDF5 file (a
+    recording or event file is a measurement: never overwritten), not a folder, and in a folder
+    that exists (made here if need be). Other existing files (a CSV of an earlier run) may be
+    replaced. Raises :class:`DataFormatError` naming the path and the option."""
+    p = Path(path)
+    for i in inputs:
+        if _same(p, Path(i)):
+            raise DataFormatError(f"{p}: is also this command's input; choose another {option}")
+    if p.is_dir():
+        raise DataFormatError(f"{p}: is a folder; {option} names a file")
+    if p.exists() and holds_hdf5(p):
+        raise DataFormatError(f"{p}: exists and holds a measurement (HDF5); refusing to overwrite it "
+                              f"(choose another {option})")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataFormatError(f"{p.parent}: cannot create the folder for {option}: {err.strerror or err}") from err
+    if not os.access(p.parent, os.W_OK):
+        raise DataFormatError(f"{p.parent}: not writable (for {option})")
+    return p
+
+
+def make_output_folder(path: str | Path, *, option: str) -> Path:
+    """The folder ``path``, made if need be; a clear error naming ``option`` where it cannot be."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DataFormatError(f"{p}: exists and is not a folder ({option})")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataFormatError(f"{p}: cannot create the folder ({option}): {err.strerror or err}") from err
+    return p

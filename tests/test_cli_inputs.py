@@ -1,0 +1,140 @@
+"""Bad input on the command line: what the user recorded is never overwritten, outputs that cannot
+be written are named before the work starts, damaged or empty files are named, and a run that
+cannot track ends with an error, not as "completed"."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from app.cli import main
+from mimlsort.outputs import check_output_file, holds_hdf5
+from mimlsort.errors import DataFormatError
+
+h5py = pytest.importorskip("h5py")
+import hdf5plugin  # noqa: E402,F401
+
+SHARED_RTDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "rtdc"
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A short recording and the event file of its replay."""
+    d = tmp_path_factory.mktemp("inputs")
+    rec, ev = d / "rec.rtdc", d / "ev.rtdc"
+    assert main(["simulate", "--out", str(rec), "--seconds", "0.3", "--seed", "3"]) == 0
+    assert main(["replay", str(rec), "--out", str(ev), "--model", "none"]) == 0
+    return rec, ev
+
+
+def test_the_output_check_itself(tmp_path):
+    h5 = tmp_path / "run.data"  # an HDF5 file whatever its name
+    with h5py.File(h5, "w") as f:
+        f["x"] = 1
+    assert holds_hdf5(h5)
+    with pytest.raises(DataFormatError, match=r"run\.data: exists and holds a measurement"):
+        check_output_file(h5)
+    csv = tmp_path / "cells.csv"
+    csv.write_text("a,b\n")
+    assert not holds_hdf5(csv)
+    assert check_output_file(csv) == csv  # derived tables may be written again
+    with pytest.raises(DataFormatError, match="is also this command's input"):
+        check_output_file(csv, inputs=(tmp_path / "." / "cells.csv",))
+    with pytest.raises(DataFormatError, match="is a folder"):
+        check_output_file(tmp_path)
+    assert check_output_file(tmp_path / "new" / "deeper" / "x.csv").parent.is_dir()
+
+
+def test_no_command_overwrites_a_recording_or_event_file(files, tmp_path, capsys):
+    rec, ev = files
+    before = {p: digest(p) for p in (rec, ev)}
+    assert main(["track", str(rec), "--out", str(rec)]) == 2
+    assert "is also this command's input" in capsys.readouterr().err
+    assert main(["track", str(rec), "--out", str(ev)]) == 2
+    assert main(["export", str(ev), "--csv", str(ev)]) == 2
+    assert main(["export", str(ev), "--csv", str(rec)]) == 2
+    assert main(["simulate", "--out", str(rec), "--seconds", "0.1"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    new = tmp_path / "new.rtdc"
+    assert main(["simulate", "--out", str(new), "--truth", str(ev), "--seconds", "0.1"]) == 2
+    assert not new.exists()  # refused before the simulation ran
+    assert main(["replay", str(rec), "--out", str(ev), "--model", "none"]) == 2
+    assert {p: digest(p) for p in (rec, ev)} == before
+    out = tmp_path / "cells.csv"  # a table of our own may be written again
+    assert main(["export", str(ev), "--csv", str(out)]) == 0
+    assert main(["export", str(ev), "--csv", str(out)]) == 0
+
+
+def test_outputs_that_cannot_be_written_are_named_first(files, tmp_path, capsys):
+    rec, _ = files
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["run", "--out-dir", str(afile), "--seconds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{afile}: exists and is not a folder" in err and "Traceback" not in err
+    assert main(["track", str(rec), "--out", str(afile / "x.csv")]) == 2
+    assert "cannot create the folder for --out" in capsys.readouterr().err
+
+
+def test_a_damaged_event_file_is_named_and_leaves_no_report_folder(files, tmp_path, capsys):
+    _, ev = files
+    bad = tmp_path / "bad.rtdc"
+    shutil.copy(ev, bad)
+    with open(bad, "r+b") as fh:
+        fh.truncate(bad.stat().st_size // 2)
+    assert main(["report", str(bad)]) == 2
+    assert f"{bad}: event file damaged or incomplete" in capsys.readouterr().err
+    assert not (tmp_path / "bad_report").exists()
+    assert main(["export", str(bad), "--csv", str(tmp_path / "x.csv")]) == 2
+    assert "damaged or incomplete" in capsys.readouterr().err
+    nogroup = tmp_path / "nogroup.rtdc"
+    shutil.copy(ev, nogroup)
+    with h5py.File(nogroup, "a") as f:
+        del f["mimlsort/events"]
+    assert main(["report", str(nogroup)]) == 2
+    assert "no /mimlsort/events group" in capsys.readouterr().err
+
+
+def test_replay_pixel_size_option_reaches_a_tiff(files, tmp_path):
+    rec, _ = files
+    with h5py.File(rec, "r") as f:
+        frames = f["events/image"][:400]
+    tif = tmp_path / "stack.tif"  # TIFF says neither pixel size nor frame rate
+    assert cv2.imwritemulti(str(tif), list(frames))
+    out = tmp_path / "tif.rtdc"
+    assert main(["replay", str(tif), "--pixel-size", "0.5", "--fps", "4000", "--out", str(out), "--model", "none"]) == 0
+    with h5py.File(out, "r") as f:
+        assert f.attrs["imaging:pixel size"] == pytest.approx(0.5)
+        assert len(f["events/deform"]) > 0
+
+
+def test_a_run_that_cannot_track_ends_with_an_error(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[camera.synthetic]\nduration_s = 1.0\n'
+                   '[tracking.geometry]\nconstriction_start_um = 1000\nconstriction_end_um = 2000\n'
+                   '[output]\nreport = false\n')
+    assert main(["run", "--config", str(cfg), "--out-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "run errored" in err and "tracking.geometry.constriction_start_um" in err and "outside the ROI" in err
+    assert "run completed" not in err
+
+
+@pytest.mark.skipif(not (SHARED_RTDC / "M001_data.rtdc").is_file(), reason="../shared/data/rtdc not beside the repository")
+def test_a_file_without_frames_is_named(tmp_path, capsys):
+    empty = SHARED_RTDC / "M001_data.rtdc"  # a real RT-DC file that holds no events
+    assert main(["track", str(empty), "--out", str(tmp_path / "t.csv")]) == 2
+    assert f"{empty}: holds no frames" in capsys.readouterr().err
+    assert main(["replay", str(empty), "--out", str(tmp_path / "r.rtdc")]) == 1  # a run that errored
+    assert "run errored: camera: the replay source ended without delivering a frame" in capsys.readouterr().err
+    assert main(["reanalyze", str(empty), "--out", str(tmp_path / "a.rtdc")]) == 2
+    assert "holds no events" in capsys.readouterr().err
+    assert not (tmp_path / "a.rtdc").exists()
