@@ -534,6 +534,9 @@ def open_source(path: str | os.PathLike, skip_duplicates: bool = True) -> _Sourc
         return _RtdcSource(p, skip_duplicates)
     if suffix in TIFF_SUFFIXES:
         return _TiffSource(p)
+    if suffix in IMAGE_SUFFIXES:
+        raise DataFormatError(f"{p}: a single image, not a recording (replay takes an RT-DC file, a TIFF stack, "
+                              f"a video, or a folder of images: give {p.parent})")
     return _VideoSource(p)
 
 

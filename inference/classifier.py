@@ -166,7 +166,8 @@ class Classifier:
                 sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
             except Exception as err:  # noqa: BLE001 - ORT raises its own exception types (Fail, InvalidGraph…)
                 msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-                if "Protobuf parsing failed" in msg or "INVALID_PROTOBUF" in msg or "InvalidProtobuf" in type(err).__name__:
+                if ("Protobuf parsing failed" in msg or "INVALID_PROTOBUF" in msg or "No graph was found" in msg
+                        or "InvalidProtobuf" in type(err).__name__):
                     raise ModelError(f"{self.path}: not an ONNX model ({msg})") from None
                 self.provider_notes[name] = f"failed to start: {msg}"
                 last_err = err

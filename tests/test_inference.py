@@ -137,6 +137,7 @@ def test_spec_json_round_trip_keeps_every_field(tmp_path):
     (lambda d: d.update(format=99), "format"),
     (lambda d: d.update(colour="blue"), "colour"),
     (lambda d: d["features"][0].update(norm="log"), "features[0].norm"),
+    (lambda d: d.pop("class_names"), "class_names"),  # a required key, named as such
 ])
 def test_invalid_spec_is_a_model_error_with_key_path(change, key):
     d = make_spec().to_dict()
@@ -144,6 +145,13 @@ def test_invalid_spec_is_a_model_error_with_key_path(change, key):
     with pytest.raises(ModelError) as e:
         ModelSpec.from_dict(d, "model.onnx")
     assert f"model.onnx: model spec {key}:" in str(e.value)
+
+
+def test_an_empty_model_file_is_not_an_onnx_model(tmp_path):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelError, match=r"empty\.onnx: not an ONNX model"):
+        Classifier(empty, provider="auto")
 
 
 def test_spec_not_json_is_a_model_error():

@@ -264,6 +264,9 @@ def test_something_that_is_no_recording_is_a_data_format_error(tmp_path):
         ReplayCamera(ReplaySettings(path=str(tmp_path / "missing.rtdc"))).open()
     with pytest.raises(ConfigError, match=r"camera\.replay\.path: no recording"):
         ReplayCamera().open()
+    cv2.imwrite(str(tmp_path / "one.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataFormatError, match=r"one\.png: a single image, not a recording.*folder of images"):
+        ReplayCamera(ReplaySettings(path=str(tmp_path / "one.png"), pixel_size_um=1.0, fps=1.0)).open()
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataFormatError, match="holds no images"):
         ReplayCamera(ReplaySettings(path=str(tmp_path / "empty"), pixel_size_um=1.0, fps=1.0)).open()
