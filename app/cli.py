@@ -130,8 +130,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     from app.config import default_config_text, load_config
 
     if args.check:
-        load_config(args.check)
-        print(f"{args.check}: valid")
+        from app.session import preflight
+
+        checked = preflight(load_config(args.check))
+        print(f"{args.check}: valid; " + "; ".join(checked) + " (camera and trigger are opened only by a run)")
     else:
         print(default_config_text())
     return 0

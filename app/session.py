@@ -44,6 +44,41 @@ def open_classifier(cfg: RunConfig):
     return Classifier(path, provider=cfg.model.provider, intra_op_threads=cfg.model.intra_op_threads)
 
 
+#: the setting a trigger backend cannot run without, checked by :func:`preflight`
+TRIGGER_ADDRESS = {"serial": "port", "visa": "resource"}
+
+
+def preflight(cfg: RunConfig) -> list[str]:
+    """What a run of ``cfg`` would refuse at its start, found without opening a camera or a
+    trigger (``mimlsort config --check``): the model file loads, a replayed recording opens, the
+    trigger has its address, the output folder can be made. Returns what was checked; raises the
+    run's own error for the first problem."""
+    import os
+
+    checked = []
+    path = resolve_model_path(cfg.model.path)
+    if path is not None:
+        from inference.classifier import Classifier
+
+        with Classifier(path, provider="cpu", warmup=False) as clf:
+            checked.append(f"model {path.name} ({', '.join(clf.classes)})")
+    if cfg.camera.backend == "replay":
+        from acquisition.replay import open_source
+
+        s = cfg.camera.backend_settings()
+        open_source(s.path, s.skip_duplicate_frames).close()
+        checked.append(f"recording {s.path}")
+    key = TRIGGER_ADDRESS.get(cfg.trigger.backend)
+    if key and not getattr(cfg.trigger.backend_settings(), key):
+        raise ConfigError(f"trigger.{cfg.trigger.backend}.{key}", "not given: the trigger cannot be opened without it")
+    folder = Path(cfg.output.folder).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("output.folder", f"{folder}: cannot be made or written ({existing} is not a writable folder)")
+    checked.append(f"output folder {folder}")
+    return checked
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

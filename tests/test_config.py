@@ -90,3 +90,29 @@ def test_unreadable_files_are_named(tmp_path):
     bad.write_text("[camera\nbackend=1")
     with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"model": {"path": "/nonexistent/m.onnx"}}, "model.path: no model file at /nonexistent/m.onnx"),
+    ({"camera": {"backend": "replay"}}, "camera.replay.path: no recording given"),
+    ({"camera": {"backend": "replay", "replay": {"path": "/nonexistent.rtdc"}}}, "/nonexistent.rtdc does not exist"),
+    ({"trigger": {"backend": "serial"}}, "trigger.serial.port: not given"),
+    ({"trigger": {"backend": "visa"}}, "trigger.visa.resource: not given"),
+])
+def test_preflight_finds_what_a_run_would_refuse_at_its_start(data, message, tmp_path):
+    # valid as a configuration, but a run would stop at once: `config --check` must say so
+    from app.session import preflight
+
+    cfg = config_from_mapping({**data, "output": {"folder": str(tmp_path / "runs")}})
+    with pytest.raises(Exception) as e:
+        preflight(cfg)
+    assert message in str(e.value)
+
+
+def test_preflight_of_a_runnable_configuration_says_what_it_checked(tmp_path):
+    from app.session import preflight
+
+    checked = preflight(config_from_mapping({"output": {"folder": str(tmp_path / "runs")}}))
+    assert any(c.startswith("model miml-mini-demo.onnx") for c in checked)
+    assert any(str(tmp_path / "runs") in c for c in checked)
+    assert not (tmp_path / "runs").exists()  # a check makes nothing
