@@ -52,6 +52,7 @@ depends on how fast frames are taken.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import math
@@ -79,6 +80,8 @@ _WINDOW_S = 0.05  # objects are generated this many seconds at a time
 _LOOKAHEAD_MS = 1000.0 * _WINDOW_S
 _DX = 0.25  # px, step of the position grid trajectories are integrated on
 _OVERSAMPLE = 8  # sub-frame samples for doublet truth
+#: truth records an endless synthetic run keeps (the newest; ~25 MB, ~10 min at 80 cells/s)
+TRUTH_KEPT_ENDLESS = 50_000
 _EMPTY2 = np.zeros((0, 0))  # "none" for the optional parts of a darkness map
 
 
@@ -191,8 +194,9 @@ class SyntheticSettings:
         require(self.duration_s >= 0, "duration_s", f"must be >= 0 (0 = endless), got {self.duration_s}")
         require(not self.pregenerate or self.duration_s > 0, "pregenerate", "needs a finite run (duration_s > 0)")
         require(0 < self.fps <= 1e6, "fps", f"must be in (0, 1e6], got {self.fps}")
-        require(32 <= self.width <= 8192, "width", f"must be in [32, 8192] px, got {self.width}")
-        require(16 <= self.height <= 8192, "height", f"must be in [16, 8192] px, got {self.height}")
+        # the walls are rendered 4x4 supersampled in float64: 4096 x 1024 px takes 0.5 GiB for a moment
+        require(32 <= self.width <= 4096, "width", f"must be in [32, 4096] px, got {self.width}")
+        require(16 <= self.height <= 1024, "height", f"must be in [16, 1024] px, got {self.height}")
         require(self.pixel_size_um > 0, "pixel_size_um", f"must be > 0, got {self.pixel_size_um}")
         require(self.max_lag_frames >= 1, "max_lag_frames", f"must be >= 1, got {self.max_lag_frames}")
         for name in ("cells_per_second", "debris_per_second", "min_gap_um", "noise_sd", "fixed_pattern_sd",
@@ -611,6 +615,8 @@ class _Scene:
 
         # truth from the area-weighted centroid of the pair, sampled finely
         ts = np.arange(t[0], t[-1], self.frame_ms / _OVERSAMPLE)
+        if len(ts) < 3:  # frames so long (a few fps) that the pair passes within one: sample the passage itself
+            ts = np.linspace(t[0], t[-1], 64)
         xls = np.interp(ts, t, x)
         xfs, _, _ = positions(xls)
         wl, wf = Rl * Rl, Rf * Rf
@@ -797,13 +803,17 @@ class SyntheticCamera(Camera):
     def paced(self) -> bool:
         return bool(self.settings.realtime)
 
+    def _new_truth(self) -> list[TruthRecord] | collections.deque:
+        # an endless run (a demo left on all day) keeps the newest records only: ~500 bytes each
+        return [] if self.settings.duration_s > 0 else collections.deque(maxlen=TRUTH_KEPT_ENDLESS)
+
     def __init__(self, settings: SyntheticSettings | dict | None = None, *, kernels: str = "numba"):
         super().__init__(settings)
         if kernels not in ("numba", "python"):
             raise ConfigError("camera.synthetic.kernels", f"must be 'numba' or 'python', got {kernels!r}")
         # "python" runs the same kernel as plain Python (numba's py_func): for tests and debugging
         self._kernel = rk.render_frame.py_func if kernels == "python" else rk.render_frame
-        self.truth: list[TruthRecord] = []
+        self.truth: list[TruthRecord] | collections.deque = self._new_truth()
         self._scene: _Scene | None = None
         self._next_idx = 0
 
@@ -972,7 +982,7 @@ class SyntheticCamera(Camera):
         self._active: list[_Sprite] = []
         self._next_change = 0
         self._chunk = -1
-        self.truth = []
+        self.truth = self._new_truth()
         self.exhausted = False
         self.failed_buffers = 0
         self._sp_i = np.zeros((1, rk.N_SI), np.int64)

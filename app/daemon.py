@@ -84,7 +84,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     """Run ``cfg`` to its end; returns (exit code, the finished run). Status lines go to ``out``
     (default: the ``sys.stderr`` of the moment)."""
     out = out if out is not None else sys.stderr
-    folder = Path(folder or cfg.output.folder)
+    folder = Path(folder or cfg.output.folder).expanduser()
     make_output_folder(folder, option="output.folder / --out-dir")
     root = logging.getLogger()
     handler = _file_handler(folder / cfg.daemon.log_file) if cfg.daemon.log_file else None

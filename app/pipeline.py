@@ -48,7 +48,7 @@ from app.sorting import Decision, Reason, SortCounters, SortPolicy, coincidence_
 from hardware.timing import fire_time_ns
 from hardware.trigger import FireRequest
 from mimlsort import realtime
-from mimlsort.errors import MimlsortError, StateError
+from mimlsort.errors import ConfigError, MimlsortError, StateError
 from mimlsort.settings import require
 from tracking.events import CellEvent
 from tracking.tracker import Tracker, TrackerSettings
@@ -214,6 +214,18 @@ def _without_snapshot(rec: CellRecord) -> CellRecord:
     return dataclasses.replace(rec, event=dataclasses.replace(ev, snapshot=None))
 
 
+
+def _check_ring_memory(capacity: int, info) -> None:
+    """Refuse a frame ring that would take more than half the memory available now (a large ROI
+    times ``camera.ring_capacity``): the allocation would push the machine into swap or the OOM
+    killer mid-run, with the camera, the writer and the operator's desktop beside it."""
+    need = capacity * info.height * info.width * np.dtype(info.dtype).itemsize
+    avail = realtime.memory_available()
+    if avail and need > avail // 2:
+        raise ConfigError("camera.ring_capacity", f"{capacity} frames of {info.width}x{info.height} {info.dtype} "
+                                                  f"need {need / 2**30:.1f} GiB, more than half of the {avail / 2**30:.1f} GiB "
+                                                  f"of memory available: lower ring_capacity or the ROI")
+
 class Pipeline:
     """One run. Build it, ``start()``, then ``stop()``/``wait()``; or use it as a context manager.
 
@@ -316,6 +328,7 @@ class Pipeline:
             if self.camera.state is CameraState.CLOSED:
                 self.camera.open()
             info = self.camera.info
+            _check_ring_memory(self.ring_capacity, info)
             self.ring = info.make_ring(self.ring_capacity,
                                        shared=bool(getattr(self.recorder, "needs_shared_ring", False)))
             self.ring.camera_clock = info.camera_clock

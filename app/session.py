@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import RunConfig, bundled_model_path, config_to_toml
-from app.pipeline import Pipeline, Status
+from app.pipeline import FinishReason, Pipeline, Status
 from mimlsort.errors import ConfigError
 from mimlsort.outputs import make_output_folder
 
@@ -87,9 +87,18 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_stem(cfg: RunConfig) -> str:
-    """``<sample>_<YYYYmmdd-HHMMSS>``: one name for the event file, raw recording and report."""
-    return f"{cfg.output.sample}_{time.strftime('%Y%m%d-%H%M%S')}"
+def run_stem(cfg: RunConfig, folder: Path | None = None) -> str:
+    """``<sample>_<YYYYmmdd-HHMMSS>``: one name for the event file, raw recording and report;
+    ``_2``, ``_3`` … appended while ``folder`` already holds a file of that name (an operator who
+    stops and starts again within a second chose no name, and must not be refused one)."""
+    stem = f"{cfg.output.sample}_{time.strftime('%Y%m%d-%H%M%S')}"
+    if folder is None:
+        return stem
+    n, unique = 1, stem
+    while any((folder / f"{unique}{end}").exists() for end in (".rtdc", "_raw.rtdc", "_report")):
+        n += 1
+        unique = f"{stem}_{n}"
+    return unique
 
 
 class StopWatchdog:
@@ -203,6 +212,8 @@ class Run:
                     if name == "event file" and st is not None:
                         if hasattr(res, "note_counters"):
                             res.note_counters(_counters(st))
+                        if st.finish_reason is FinishReason.ERRORED and hasattr(res, "note_error"):
+                            res.note_error(st.message or "errored")
                         if hasattr(res, "log"):
                             res.log(f"run finished: {st.finish_reason.value if st.finish_reason else '?'} "
                                     f"{st.message}".rstrip())
@@ -224,8 +235,6 @@ class Run:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            from app.pipeline import FinishReason
-
             self.pipeline.stop(FinishReason.ERRORED, f"{exc_type.__name__}: {exc}")
         else:
             self.pipeline.stop()
@@ -255,9 +264,9 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
     from acquisition.camera import make_camera
     from app.sorting import SortPolicy
 
-    folder = Path(folder or cfg.output.folder)
+    folder = Path(folder or cfg.output.folder).expanduser()
     make_output_folder(folder, option="output.folder")
-    stem = run_stem(cfg)
+    stem = run_stem(cfg, folder)
     classifier = open_classifier(cfg)
     policy = SortPolicy(cfg.sorting, classifier.classes) if classifier is not None else None
     cam = camera or make_camera(cfg.camera.backend, cfg.camera.backend_settings())

@@ -312,6 +312,7 @@ class EventWriter:
         self._pending_acks: list[tuple[int, float, int]] = []
         self._counters: dict[str, Any] = {}
         self._counters_dirty = False
+        self._run_error = ""
         self._columns: dict[str, _Column] = {}
         self._ds: dict[str, Any] = {}
         self._buffered = 0
@@ -720,6 +721,12 @@ class EventWriter:
         with self._lock:
             self._pending_acks.extend(rows)
 
+    def note_error(self, message: str) -> None:
+        """The run ended with this error (not one of the writer's own): stored as the file's
+        ``error`` at close, so a file of a failed run does not read as a clean one."""
+        with self._lock:
+            self._run_error = str(message)
+
     def note_counters(self, counters: Mapping[str, Any]) -> None:
         """Run counters (drops, missed frames …); logged at the next flush, stored in full at close."""
         with self._lock:
@@ -838,6 +845,7 @@ class EventWriter:
         """Write what is queued, end SWMR mode and mark the file complete (idempotent)."""
         if self._closed:
             return
+        error = error or self._run_error
         if error:
             self.log(f"run ended with an error: {error}")
         try:

@@ -78,6 +78,8 @@ def _child_main(conn) -> None:
                     writer.add_acks(msg[1])
                 elif op == "counters":
                     writer.note_counters(msg[1])
+                elif op == "run_error":
+                    writer.note_error(msg[1])
             except BaseException as err:
                 failed = True
                 conn.send(("error", portable(err)))
@@ -229,6 +231,10 @@ class EventWriterProcess:
     def note_counters(self, counters: Mapping[str, Any]) -> None:
         if not self._closed:
             self._send("counters", dict(counters))
+
+    def note_error(self, message: str) -> None:
+        if not self._closed:
+            self._send("run_error", str(message))
 
     @property
     def bytes_written(self) -> int:

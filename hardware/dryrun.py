@@ -54,8 +54,9 @@ class LogTrigger(Trigger):
     def _do_open(self) -> str:
         if not self.settings.path:
             return "log:mimlsort.pulses"
-        path = Path(self.settings.path)
+        path = Path(self.settings.path).expanduser()
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # beside a run's files, whose folder may not exist yet
             self._file = path.open("w", encoding="utf-8")
         except OSError as err:
             raise DeviceError(f"trigger.log.path: cannot write {path}: {err}") from err

@@ -124,3 +124,15 @@ def _clock_ticks() -> int:
     import os
 
     return os.sysconf("SC_CLK_TCK")
+
+
+def memory_available() -> int:
+    """Bytes of memory the OS could give without swapping (``MemAvailable``); 0 where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

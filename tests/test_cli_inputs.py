@@ -126,6 +126,25 @@ def test_a_run_that_cannot_track_ends_with_an_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "run errored" in err and "tracking.geometry.constriction_start_um" in err and "outside the ROI" in err
     assert "run completed" not in err
+    from app.storage import read_events
+
+    (path,) = (tmp_path / "out").glob("*.rtdc")
+    _, stored = read_events(path)  # the file says the run failed, not only its log
+    assert stored.complete and "outside the ROI" in stored.error
+
+
+def test_runs_started_within_one_second_get_their_own_files(tmp_path, monkeypatch):
+    # an operator who stops and starts again at once chose no name: no run is refused one
+    import app.session as session
+    from app.config import RunConfig
+
+    monkeypatch.setattr(session.time, "strftime", lambda fmt: "20261124-020725")  # all in one second
+    cfg = session.with_changes(RunConfig(), output={"sample": "s"})
+    assert session.run_stem(cfg, tmp_path) == "s_20261124-020725"
+    (tmp_path / "s_20261124-020725.rtdc").write_bytes(b"")
+    assert session.run_stem(cfg, tmp_path) == "s_20261124-020725_2"
+    (tmp_path / "s_20261124-020725_2_raw.rtdc").write_bytes(b"")  # a raw recording alone also takes the name
+    assert session.run_stem(cfg, tmp_path) == "s_20261124-020725_3"
 
 
 @pytest.mark.skipif(not (SHARED_RTDC / "M001_data.rtdc").is_file(), reason="../shared/data/rtdc not beside the repository")

@@ -52,6 +52,7 @@ def test_cli_prints_the_default_and_checks_files(tmp_path):
     ({"output": {"stop_timeout_s": -1}}, "output.stop_timeout_s"),
     ({"output": {"compression": "lz4"}}, "output.compression"),
     ({"output": {"max_backlog_mb": -1}}, "output.max_backlog_mb"),
+    ({"output": {"sample": "x" * 300}}, "output.sample"),
     ({"bogus": {}}, "bogus"),
     # NaN fails every comparison, so range checks alone let it through; infinity is no threshold
     ({"tracking": {"threshold": float("nan")}}, "tracking.threshold"),

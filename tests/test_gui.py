@@ -95,9 +95,11 @@ def fake_model(path: str, provider: str = "auto") -> ModelInfo:
 class StandInRun:
     """Behaves like ``app.session.Run`` for the window; every status poll adds ``per_poll`` cells."""
 
-    def __init__(self, cfg: Cfg, folder=None, per_poll: int = 10, fail_start: bool = False):
+    def __init__(self, cfg: Cfg, folder=None, per_poll: int = 10, fail_start: bool = False,
+                 hold: threading.Event | None = None):
         self.config = cfg
         self.fail_start = fail_start
+        self.hold = hold  # start() waits for it: a start that takes a while (kernels compiling)
         self.per_poll = per_poll
         self.rng = np.random.default_rng(1)
         self.closed = False
@@ -117,6 +119,9 @@ class StandInRun:
         self._lock = threading.Lock()
 
     def start(self):
+        self.starting = True
+        if self.hold is not None:
+            self.hold.wait(10)
         if self.fail_start:
             raise DeviceError("camera 1234: not found (stand-in)")
         self.state = RunState.RUNNING
@@ -182,7 +187,7 @@ def window(qtbot, tmp_path):
     runs: list[StandInRun] = []
 
     def factory(cfg, folder=None):
-        run = StandInRun(cfg, folder, fail_start=getattr(factory, "fail", False))
+        run = StandInRun(cfg, folder, fail_start=getattr(factory, "fail", False), hold=getattr(factory, "hold", None))
         runs.append(run)
         return run
 
@@ -261,6 +266,8 @@ def test_gates_from_plot_coordinates():
     assert not g.contains({"transit_time_ms": 1.6, "di": 0.5})
     with pytest.raises(ConfigError, match="encloses no area"):
         make_gate("transit_time_ms", "di", [(0, 0), (1, 1), (2, 2)])
+    with pytest.raises(ConfigError, match="encloses no area"):  # on a line, with a rounding residue
+        make_gate("transit_time_ms", "di", [(1, 0.1), (2, 0.2), (3, 0.3)])
 
 
 def test_status_rows_flag_missed_frames():
@@ -377,6 +384,42 @@ def test_stop_closes_the_run_and_reports_why(qtbot, window):
     assert win.controls.start_btn.isEnabled() and win.controls.backend.isEnabled()
     start(qtbot, win)  # and a second run starts cleanly
     assert len(win.runs) == 2 and win.table.total <= len(win.runs[-1].records) + 3
+
+
+def test_stop_while_starting_calls_the_start_off(qtbot, window):
+    # the first start on a machine compiles the tracker's kernels for about a minute: the
+    # operator who pressed Start by mistake must not have to wait for it to stop
+    from app.gui.qt import Qt
+
+    win = window
+    win.factory.hold = hold = threading.Event()
+    qtbot.mouseClick(win.controls.start_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: win.controls.stop_btn.isEnabled(), timeout=5000)
+    assert not win.controls.start_btn.isEnabled()
+    qtbot.waitUntil(lambda: bool(win.runs) and getattr(win.runs[-1], "starting", False), timeout=5000)
+    qtbot.mouseClick(win.controls.stop_btn, Qt.MouseButton.LeftButton)
+    assert not win.controls.stop_btn.isEnabled()  # asked once
+    hold.set()
+    qtbot.waitUntil(lambda: win.controller.run is None and not win.controller.busy, timeout=10000)
+    run = win.runs[-1]
+    assert run.closed and run.finish_reason is FinishReason.CANCELED
+    assert "canceled" in win.status_panel.text("state")
+    assert win.controls.start_btn.isEnabled() and not win.errors
+
+
+def test_opening_a_configuration_during_a_run_is_refused(qtbot, window, tmp_path):
+    # the panel would show a camera, model and files the running run does not have
+    from app.config import RunConfig, save_config
+    from app.session import with_changes
+
+    win = window
+    start(qtbot, win)
+    other = tmp_path / "other.toml"
+    save_config(with_changes(RunConfig(), sorting={"threshold": 0.9}), other)
+    before = win.config
+    win.open_config(other)
+    assert win.errors and "stop the run" in win.errors[-1]
+    assert win.config is before and win.config_path != other
 
 
 def test_auto_stop_ends_the_run_by_itself(qtbot, window):
@@ -689,6 +732,7 @@ def test_a_stuck_event_writer_does_not_keep_the_window_busy(qtbot, tmp_path):
                 pass
         ctl.shutdown(timeout_s=5.0)
     assert run.abandoned and "output.stop_timeout_s" in run.abandoned
+    assert ctl.last_status.state.value == "finished"  # not left at "stopping"
     assert not Path(f"/proc/{pid}").exists()  # killed and reaped, not left a zombie of the window's process
     assert len(errors) == 1 and "abandoned" in errors[0] and str(run.events_path) in errors[0]
     with dclab.new_dataset(run.events_path) as ds:

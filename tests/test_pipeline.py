@@ -15,6 +15,7 @@ import pytest
 from acquisition.synthetic import SyntheticCamera, SyntheticSettings
 from app.pipeline import AutoStop, FinishReason, Pipeline, RunState
 from app.records import CellRecord
+from mimlsort.errors import ConfigError
 from tracking.tracker import TrackerSettings
 
 FAST = SyntheticSettings(duration_s=0.4, realtime=False, seed=11)
@@ -320,6 +321,24 @@ def test_worker_error_ends_run_errored(tmp_path):
     st = p.status()
     assert st.finish_reason is FinishReason.ERRORED
     assert "f0150" in st.message
+
+
+def test_a_frame_ring_larger_than_the_memory_is_refused_before_it_is_made():
+    # a large ROI times ring_capacity would push the machine into swap or the OOM killer mid-run
+    from mimlsort import realtime
+
+    avail = realtime.memory_available()
+    if not avail:
+        pytest.skip("no /proc/meminfo here")
+    s = replace(FAST, width=512, height=128)
+    capacity = avail // (512 * 128) + 1  # one frame more than all the memory there is
+    p = Pipeline(SyntheticCamera(s), sink=ListSink(), ring_capacity=capacity)
+    with pytest.raises(ConfigError, match=r"camera\.ring_capacity: .* frames of 512x128 uint8 need .* GiB"):
+        p.start()
+    assert p.ring is None
+    ok = Pipeline(SyntheticCamera(s), sink=ListSink(), ring_capacity=256)  # the same ROI in a normal ring runs
+    run_to_end(ok)
+    assert ok.status().finish_reason is FinishReason.COMPLETED
 
 
 def test_live_policy_swap_and_recent_records():

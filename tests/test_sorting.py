@@ -89,3 +89,25 @@ def test_counters_estimate_purity_and_recovery():
     assert c.purity_estimate == pytest.approx(0.8)
     assert c.recovery_estimate == pytest.approx(1.6 / 2.0)
     assert c.not_fired == {"not a target class": 1}
+
+
+def test_gate_test_on_arrays_agrees_with_the_policys_test_point_by_point():
+    # the plots count cells in the gate with contains_many; sorting decides with contains
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        n = int(rng.integers(3, 12))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        r = rng.uniform(0.3, 1.0, n)
+        pts = tuple((float(1 + a * np.cos(t)), float(0.5 + 0.4 * a * np.sin(t))) for a, t in zip(r, ang))
+        if rng.random() < 0.3:
+            pts = pts[::-1] + ((1.0, 0.5),)  # other orientation, a vertex inside
+        gate = PolygonGate("transit_time_ms", "di", pts)
+        xs = rng.uniform(-0.2, 2.2, 400)
+        ys = rng.uniform(-0.1, 1.1, 400)
+        xs[:5] = [p[0] for p in pts[:5]] if len(pts) >= 5 else xs[:5]  # vertices themselves
+        ys[:5] = [p[1] for p in pts[:5]] if len(pts) >= 5 else ys[:5]
+        xs[7], ys[8] = np.nan, np.nan
+        want = [gate.contains({"transit_time_ms": a, "di": b}) for a, b in zip(xs, ys)]
+        got = gate.contains_many(xs, ys)
+        assert got.tolist() == want
+        assert 0 < sum(want) < len(want)

@@ -595,3 +595,20 @@ def test_runs_of_frames_are_paced_and_time_out():
         assert cam.timeouts == 0
         assert cam.grab_many_into(ring, 4, timeout_s=0.01) == 0
         assert cam.timeouts == 1 and not cam.exhausted
+
+
+def test_an_endless_run_keeps_a_bounded_truth_and_a_finite_one_keeps_all():
+    # a demo left running all day must not grow by every simulated object (~2 MB a minute)
+    from acquisition.synthetic import TRUTH_KEPT_ENDLESS
+
+    endless = SyntheticCamera(SyntheticSettings(duration_s=0.0, realtime=False, seed=1))
+    finite = SyntheticCamera(SyntheticSettings(duration_s=0.05, realtime=False, seed=1))
+    for cam in (endless, finite):
+        with cam:
+            ring = cam.info.make_ring(64)
+            cam.start()
+            for _ in range(100):
+                if not cam.grab_into(ring):
+                    break
+    assert endless.truth.maxlen == TRUTH_KEPT_ENDLESS and len(endless.truth) > 0
+    assert isinstance(finite.truth, list) and len(finite.truth) > 0

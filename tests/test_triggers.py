@@ -216,8 +216,13 @@ def test_log_trigger_writes_every_pulse(tmp_path):
 def test_log_trigger_unwritable_path_is_a_device_error(tmp_path):
     from mimlsort.errors import DeviceError
 
+    (tmp_path / "afile").write_text("")
     with pytest.raises(DeviceError, match="trigger.log.path"):
-        LogTrigger({"path": str(tmp_path / "missing" / "x.tsv")}).open()
+        LogTrigger({"path": str(tmp_path / "afile" / "x.tsv")}).open()
+    # a folder that does not exist yet (a run's, before its first start) is made
+    with LogTrigger({"path": str(tmp_path / "runs" / "pulses.csv")}):
+        pass
+    assert (tmp_path / "runs" / "pulses.csv").read_text().startswith(LogTrigger.HEADER)
 
 
 class _Flaky(Trigger):

@@ -78,6 +78,7 @@ class RunController(QtCore.QObject):
         self._pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mimlsort-gui")
         self._tasks: list[tuple[cf.Future, Callable[[Any], None] | None, Callable[[BaseException], None] | None]] = []
         self._starting = False
+        self._cancel_start = False  # Stop pressed while the run was starting
         self._stopping = False
         self._last_index = -1
         self._last_frame_id = None
@@ -105,6 +106,11 @@ class RunController(QtCore.QObject):
     @property
     def busy(self) -> bool:
         return self._starting or self._stopping
+
+    @property
+    def starting(self) -> bool:
+        """A run is being built and started, and no Stop has been asked for it yet."""
+        return self._starting and not self._cancel_start
 
     @property
     def running(self) -> bool:
@@ -151,6 +157,7 @@ class RunController(QtCore.QObject):
         if self.run is not None or self.busy:
             raise StateError("a run is already active; stop it first")
         self._starting = True
+        self._cancel_start = False
         self.busyChanged.emit(True)
         self.message.emit("starting: opening the camera and compiling the tracker …")
         factory = self.factory
@@ -158,6 +165,9 @@ class RunController(QtCore.QObject):
         def build():
             run = factory(config, Path(folder) if folder is not None else None)
             try:
+                if self._cancel_start:  # stopped while the camera and files opened: no need to start
+                    run.close()
+                    return None
                 run.start()
             except BaseException:
                 run.close()
@@ -168,6 +178,13 @@ class RunController(QtCore.QObject):
 
     def _started(self, run: Any) -> None:
         self._starting = False
+        self._build_future = None  # it holds the run: an idle window must not keep its ring and model
+        cancel, self._cancel_start = self._cancel_start, False
+        if run is None:  # stopped before it started
+            self.busyChanged.emit(False)
+            self.message.emit("start canceled")
+            self.runFinished.emit(None)
+            return
         self.run = run
         self._last_index = -1
         self._last_frame_id = None
@@ -176,15 +193,25 @@ class RunController(QtCore.QObject):
         self.busyChanged.emit(False)
         self.message.emit("running")
         self.runStarted.emit(run)
+        if cancel:  # Stop was pressed while it started (the tracker's kernels load only in start)
+            self.stop()
 
     def _start_failed(self, err: BaseException) -> None:
         self._starting = False
+        self._build_future = None
+        self._cancel_start = False
         self.busyChanged.emit(False)
         self._report(err)
         self.runFinished.emit(None)
 
     def stop(self) -> None:
-        """Ask the run to stop; the workers finish their batch, files are closed in the background."""
+        """Ask the run to stop; the workers finish their batch, files are closed in the background.
+        While a run is starting, it is stopped as soon as it has started (or not started at all)."""
+        if self._starting and not self._cancel_start:
+            self._cancel_start = True
+            self.busyChanged.emit(True)
+            self.message.emit("stopping: the run stops as soon as it has started")
+            return
         if self.run is None or self._stopping:
             return
         self.run.stop()  # only sets an event: safe and instant on the UI thread
@@ -193,6 +220,7 @@ class RunController(QtCore.QObject):
     def _finish(self) -> None:
         self._stopping = True
         self.busyChanged.emit(True)
+        self.message.emit("stopping: the workers finish their batch, the files are closed …")
         run = self.run
 
         def wait():
@@ -225,6 +253,14 @@ class RunController(QtCore.QObject):
         self.runFinished.emit(status)
 
     def _finish_failed(self, err: BaseException) -> None:
+        run = self.run
+        try:  # the last state the run reached, so the status panel does not stay at "stopping"
+            status = run.status() if run is not None else None
+        except Exception:  # noqa: BLE001 - a run that failed to close may not report either
+            status = None
+        if status is not None:
+            self.last_status = status
+            self.statusChanged.emit(status)
         self.run = None
         self._stopping = False
         self.busyChanged.emit(False)

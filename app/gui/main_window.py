@@ -113,7 +113,7 @@ class MainWindow(QtWidgets.QMainWindow):
         c.geometryReady.connect(self._geometry_ready)
         c.runStarted.connect(self._run_started)
         c.runFinished.connect(self._run_finished)
-        c.busyChanged.connect(lambda busy: self.controls.set_running(c.run is not None, busy))
+        c.busyChanged.connect(lambda busy: self.controls.set_running(c.run is not None, busy, c.starting))
         c.errorOccurred.connect(self.show_error)
         c.message.connect(lambda m: self.statusBar().showMessage(m, MESSAGE_MS))
         ct = self.controls
@@ -242,6 +242,10 @@ class MainWindow(QtWidgets.QMainWindow):
         return not unsupported
 
     def open_config(self, path: str | Path | None = None) -> None:
+        if self.controller.run is not None or self.controller.busy:
+            # the panel would show settings the running camera, model and files do not have
+            self.show_error("stop the run before opening another configuration")
+            return
         if path is None:
             path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Run configuration", str(self.config_path),
                                                             "TOML (*.toml)")
@@ -441,9 +445,8 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         if self.config_path is not None and self.save_on_close:
             self.save_config()  # the run's settings are on disk before it starts
-        self.controls.set_running(False, True)
         self.table.clear(self.model_info.classes if self.model_info else ())
-        self.controller.start(self.config)
+        self.controller.start(self.config)  # its busyChanged enables Stop for the start
 
     def stop_run(self) -> None:
         self.controller.stop()

@@ -271,15 +271,19 @@ def make_gate(x: str, y: str, points: Iterable[tuple[float, float]]):
     pts = tuple((float(px), float(py)) for px, py in points)
     if len(pts) >= 3:
         area = 0.5 * abs(sum(pts[i][0] * pts[i - 1][1] - pts[i - 1][0] * pts[i][1] for i in range(len(pts))))
-        if not area > 0:
-            raise ConfigError("sorting.polygon_gates", f"the gate on {y} vs {x} encloses no area")
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        box = (max(xs) - min(xs)) * (max(ys) - min(ys))
+        # relative: points on a line leave a rounding residue (~1e-17), not zero
+        if not (box > 0 and area > 1e-9 * box):
+            raise ConfigError("sorting.polygon_gates", f"the gate on {y} vs {x} encloses no area "
+                                                       "(its points lie on a line, or its edges cross)")
     gate = PolygonGate(x=x, y=y, points=pts)
     return gate
 
 
 def inside_gate(gate: Any, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Which points lie in ``gate`` (the policy's own test, so the plot and sorting agree)."""
-    return np.array([gate.contains({gate.x: a, gate.y: b}) for a, b in zip(xs, ys)], bool)
+    return gate.contains_many(xs, ys)
 
 
 # -- status ---------------------------------------------------------------------------------------

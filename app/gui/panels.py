@@ -159,7 +159,7 @@ class ControlPanel(QtWidgets.QWidget):
     def __init__(self, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self._bindings: list[Binding] = []
-        self._run_state = (False, False)
+        self._run_state = (False, False, False)
         self._loading = False
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
@@ -401,10 +401,10 @@ class ControlPanel(QtWidgets.QWidget):
             self.folder.editingFinished.emit()
 
     # -- run state --------------------------------------------------------------------------------
-    def set_running(self, running: bool, busy: bool = False) -> None:
-        self._run_state = (running, busy)
+    def set_running(self, running: bool, busy: bool = False, starting: bool = False) -> None:
+        self._run_state = (running, busy, starting)
         self.start_btn.setEnabled(not running and not busy)
-        self.stop_btn.setEnabled(running and not busy)
+        self.stop_btn.setEnabled((running and not busy) or starting)  # a start can be called off
         # settings fixed for a run (camera, files, model) lock while it runs; gates, threshold,
         # target and mode stay live (the policy is swapped at the next cell)
         for w in (self.backend, self.device, self.exposure, self.fps, self.roi_w, self.roi_h, self.pixel_size,
