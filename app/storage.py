@@ -74,6 +74,11 @@ REASON_CODES: tuple[str, ...] = ("no decision", "fired", "sorting off", "not a t
 
 _IMAGE_CHUNK_BYTES = 256 * 1024
 _ROW_CHUNK = 1024  # rows per chunk of scalar datasets (8 KiB for float64)
+#: HDF5's chunk cache per dataset. Its 1 MiB default, times the ~70 datasets of an event file,
+#: filled up over hours as scalar chunks were touched (the writer grew ~0.5 kB an event, 80 MB
+#: after 100,000 events); a writer only appends, so one image chunk and the scalars' current
+#: chunks are all it needs: flat memory at the same events/s (session 12, NOTES.md)
+_CHUNK_CACHE_BYTES = 512 * 1024
 _DETAIL_BYTES = 96
 _ERROR_BYTES = 96
 _DEVICE_BYTES = 32
@@ -351,7 +356,7 @@ class EventWriter:
         if p.exists() and not overwrite:
             raise DataFormatError(f"{p}: exists; refusing to overwrite a measurement (choose another name)")
         try:
-            h5 = h5py.File(p, "w", libver="latest", locking=False)
+            h5 = h5py.File(p, "w", libver="latest", locking=False, rdcc_nbytes=_CHUNK_CACHE_BYTES)
         except OSError as err:
             raise DeviceError(f"{p}: cannot create the event file: {err}") from err
         try:
@@ -787,7 +792,7 @@ class EventWriter:
         import h5py
 
         if self._h5 is None:
-            self._h5 = h5py.File(self.path, "r+", libver="latest", locking=False)
+            self._h5 = h5py.File(self.path, "r+", libver="latest", locking=False, rdcc_nbytes=_CHUNK_CACHE_BYTES)
         h5 = self._h5
         if self._columns and not self._swmr:
             self._create_datasets()
@@ -1113,7 +1118,9 @@ def bench_storage(seconds: float = 3.0, n_frames: int | None = None, compression
 
     Batches of 32 records; the writer flushes by itself once a second, as in a run. Reports
     events/s, MB/s, bytes per event and the time of one ``write`` call (p50, and the maximum,
-    which includes a flush), so it is visible whether storage keeps up with >= 300 cells/s.
+    which includes a flush), so it is visible whether storage keeps up with >= 300 cells/s, and
+    the process's resident memory after the first flush and at the end (a writer of a long run
+    must not grow with the events it has written).
     """
     import tempfile
 
@@ -1155,6 +1162,7 @@ def bench_storage(seconds: float = 3.0, n_frames: int | None = None, compression
                          compress_images=compression == "all") as w:
             t0 = time.perf_counter()
             n = 0
+            rss_first, n_first = 0.0, 0
             while (n < n_target) if n_target else (time.perf_counter() - t0 < seconds):
                 batch = []
                 for _ in range(32):
@@ -1165,6 +1173,9 @@ def bench_storage(seconds: float = 3.0, n_frames: int | None = None, compression
                 t1 = time.perf_counter()
                 w.write(batch)  # flushes by itself once a second, as in a run
                 flushes.append(time.perf_counter() - t1)
+                if not rss_first and time.perf_counter() - t0 > 1.5:
+                    rss_first, n_first = _rss_mb(), n
+            rss_end = _rss_mb()
             w.close()
             dt = time.perf_counter() - t0
             size = w.bytes_written
@@ -1173,4 +1184,19 @@ def bench_storage(seconds: float = 3.0, n_frames: int | None = None, compression
             "mb_per_s": round(size / dt / 1e6, 2), "bytes_per_event": int(size / max(n, 1)),
             "write_ms_p50": round(float(np.percentile(fl, 50)), 3),
             "write_ms_max_incl_flush": round(float(fl.max()), 2),
-            "batch": 32, "compression": compression}
+            "batch": 32, "compression": compression,
+            "rss_mb_after_first_flush": round(rss_first, 1), "rss_mb_end": round(rss_end, 1),
+            "rss_growth_mb_per_100k_events": round((rss_end - rss_first) / max(n - n_first, 1) * 1e5, 1)
+            if rss_first else None}
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process (MB); 0 where /proc is not there."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
