@@ -357,6 +357,23 @@ def test_drawn_gate_becomes_the_sort_policy(qtbot, window):
     assert run.pipeline.policy.settings.polygon_gates == ()
 
 
+def test_a_gate_dragged_flat_is_refused_and_shown_as_it_still_is(qtbot, window):
+    # the plot must show the gate the policy sorts with, not the collapsed shape that was refused
+    win = window
+    sc = win.scatter
+    gate = make_gate("transit_time_ms", "di", rect_points(0.4, 0.05, 1.0, 0.35))
+    sc.set_gate(gate, emit=True)
+    roi = sc._roi
+    for h in roi.handles:  # every handle dragged onto one point
+        h["item"].setPos(0.7, 0.2)
+    sc._roi_edited(roi)
+    assert win.errors and "encloses no area" in win.errors[-1]
+    qtbot.waitUntil(lambda: sc._roi is not roi, timeout=2000)
+    shown = [c for p in (sc._roi.mapToParent(h["item"].pos()) for h in sc._roi.handles) for c in (p.x(), p.y())]
+    assert shown == pytest.approx([c for p in gate.points for c in p])
+    assert sc.gate == gate and win.config.sorting.polygon_gates == (gate,)
+
+
 def test_rectangle_gate_by_two_clicks(qtbot, window):
     from app.gui.qt import Qt
 

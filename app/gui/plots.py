@@ -192,6 +192,8 @@ class ScatterPanel(QtWidgets.QWidget):
             gate = make_gate(self.x, self.y, points)
         except ConfigError as e:
             self.error.emit(str(e))
+            if not redraw:  # a dragged handle: show again the gate the policy still uses (after the drag's signal)
+                QtCore.QTimer.singleShot(0, self._show_gate)
             return
         self.gate = gate
         if redraw:
