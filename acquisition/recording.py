@@ -427,6 +427,7 @@ class RawRecorder:
             "setup:chip region": "channel",
             "setup:software version": f"mimlsort {__version__}",
             "setup:module composition": "mimlsort",
+            "setup:identifier": "mimlsort",
             "user:bit depth": np.int64(self.bit_depth),
             "user:time offset ns": np.int64(0),
             "user:camera clock": bool(self._camera_clock),

@@ -102,6 +102,7 @@ class _Source:
         self.frame_ids: np.ndarray | None = None
         self.times_ns: np.ndarray | None = None
         self.model = ""
+        self.metadata: dict[str, Any] = {}  # the recording's own "section:key" metadata, if it has any
 
     def read_block(self, i0: int, out: np.ndarray) -> int:
         """Fill ``out`` (k, H, W) with frames ``i0 .. i0+k-1`` in play order; returns how many it
@@ -235,6 +236,7 @@ class _RtdcSource(_Source):
         bd = attrs.get("user:bit depth")
         self.bit_depth = int(bd) if bd is not None else 8 * self.dtype.itemsize
         self.model = str(_attr_str(attrs, "setup:software version") or "rtdc")
+        self.metadata = {str(k): v for k, v in attrs.items()}
         self._contiguous = bool(self.n == 0 or (keep[-1] - keep[0] + 1 == self.n))
         self._fd = -1  # the file, for frames stored as plain bytes in it (read with preadv, not h5py)
         self._offsets = self._frame_offsets()
@@ -550,6 +552,12 @@ class ReplayCamera(Camera):
     @property
     def paced(self) -> bool:
         return bool(self.settings.realtime)
+
+    @property
+    def recorded_metadata(self) -> dict[str, Any]:
+        """The open recording's own metadata (RT-DC ``"setup:flow rate"`` …; empty for video,
+        TIFF and image folders), so a replay's event file describes the experiment recorded."""
+        return dict(self._src.metadata) if self._src is not None else {}
 
     def __init__(self, settings: Any = None):
         super().__init__(settings)

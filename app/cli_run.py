@@ -51,7 +51,16 @@ class _Progress:
         self.bar.close()
 
 
+def _sample_name(v) -> str:
+    """A recording's ``experiment:sample`` as an ``output.sample`` (a plain name of at most 200 bytes)."""
+    if v is None:
+        return ""
+    text = (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).replace("/", "_").strip()
+    return text.encode()[:200].decode("utf-8", "ignore")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
+    from app.config import OutputConfig
     from app.daemon import run_daemon
     from app.session import with_changes
 
@@ -62,7 +71,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         camera["replay.pixel_size_um"] = args.pixel_size
     if args.fps:
         camera["replay.fps"] = args.fps
-    cfg = with_changes(cfg, camera=camera, output={"record_raw": False, "sample": args.recording.stem or "replay"})
+    cfg = with_changes(cfg, camera=camera, output={"record_raw": False})
+    from acquisition.replay import ReplayCamera
+
+    with ReplayCamera(cfg.camera.backend_settings()) as probe:
+        total = probe.info.frame_count
+        recorded_sample = probe.recorded_metadata.get("experiment:sample")
+    if cfg.output.sample == OutputConfig().sample:  # not set in --config: the recording's sample name
+        cfg = with_changes(cfg, output={"sample": _sample_name(recorded_sample) or args.recording.stem or "replay"})
     if args.model:
         cfg = with_changes(cfg, model={"path": args.model})
     # a replay decides what would have been sorted; it fires nothing unless a trigger is asked for
@@ -71,10 +87,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from mimlsort.outputs import check_output_file
 
     out = check_output_file(Path(args.out), inputs=(args.recording,))
-    from acquisition.replay import ReplayCamera
-
-    with ReplayCamera(cfg.camera.backend_settings()) as probe:
-        total = probe.info.frame_count
     bar = _Progress(total)
     try:
         code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not args.realtime, progress=bar)
@@ -88,7 +100,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_reanalyze(args: argparse.Namespace) -> int:
     from app.reanalyze import reanalyze
 
-    res = reanalyze(args.input, args.out, model=args.model, threshold=args.threshold)
+    res = reanalyze(args.input, args.out, model=args.model, threshold=args.threshold, closing_px=args.closing)
     print(res.summary())
     return 0
 
@@ -127,7 +139,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("input", type=Path, help="RT-DC file with event images (ShapeIn, CytoShot, dcnum)")
     sp.add_argument("--out", required=True, type=Path, help="new event file (.rtdc)")
     sp.add_argument("--model", help="ONNX model whose features a single image provides")
-    sp.add_argument("--threshold", type=float, default=6.0, help="segmentation threshold (grey levels)")
+    sp.add_argument("--threshold", type=float, help="segmentation threshold in grey levels, RT-DC's sign convention "
+                    "(negative: dark pixels only); default: the one the input was segmented with, else -6")
+    sp.add_argument("--closing", type=int, metavar="PX", help="closing kernel for the mask (px); default: the "
+                    "input's (ShapeIn's bin kernel, dcnum's clo), else 5")
     sp.set_defaults(func=cmd_reanalyze)
 
     sp = sub.add_parser("demo", help="the quick start: synthetic camera through the full pipeline with the bundled "

@@ -153,6 +153,38 @@ class OutputConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SetupConfig:
+    """The experiment as the files' dclab metadata describe it (``setup:…``, ``imaging:flash …``).
+
+    dclab requires the channel width, the flow rate and the medium, and its Young's modulus depends
+    on them and the temperature. A value not given here comes from a replayed recording or the
+    synthetic camera; failing those, mimlsort's placeholder is written and named in the file
+    (``user:setup placeholders``)."""
+
+    channel_width_um: float = 0.0  # channel the cells flow in, µm; 0: the synthetic camera's or a replayed recording's, else 20 (placeholder)
+    flow_rate_sample_ul_s: float = 0.0  # sample flow, µL/s; 0: not given
+    flow_rate_sheath_ul_s: float = 0.0  # sheath flow, µL/s; 0: not given
+    flow_rate_ul_s: float = 0.0  # total flow, µL/s; 0: sample + sheath (either may be 0), else a replayed recording's, else 0.04 (placeholder)
+    medium: str = ""  # e.g. "CellCarrierB", "PBS"; "": a replayed recording's, else "other" (placeholder)
+    temperature_c: float = 0.0  # temperature of the chip, °C; 0: not recorded
+    chip_identifier: str = ""  # the chip's label, if it has one
+    flash_device: str = ""  # illumination, e.g. "LED (460 nm)"; "": a replayed recording's, else "LED"
+    flash_duration_us: float = 0.0  # exposure time, µs; 0: the synthetic camera's or a replayed recording's, else 2 (placeholder)
+    operator: str = ""  # who ran the experiment
+
+    def __post_init__(self):
+        for name in ("channel_width_um", "flow_rate_sample_ul_s", "flow_rate_sheath_ul_s", "flow_rate_ul_s",
+                     "flash_duration_us"):
+            v = getattr(self, name)
+            require(0 <= v < 1e6, name, f"must be >= 0 (0: not given), got {v}")
+        require(-50 < self.temperature_c < 150, "temperature_c", f"must be a temperature in °C, got {self.temperature_c}")
+        total, parts = self.flow_rate_ul_s, (self.flow_rate_sample_ul_s, self.flow_rate_sheath_ul_s)
+        if total and all(parts):
+            require(abs(sum(parts) - total) <= 1e-6 * total, "flow_rate_ul_s",
+                    f"must be flow_rate_sample_ul_s + flow_rate_sheath_ul_s = {sum(parts):g}, got {total:g}")
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonConfig:
     status_interval_s: float = 1.0  # one status line per interval
     http_port: int = 0  # > 0: serve status JSON at http://127.0.0.1:PORT/status (loopback only)
@@ -171,6 +203,7 @@ class RunConfig:
     sorting: SortSettings = field(default_factory=SortSettings)
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    setup: SetupConfig = field(default_factory=SetupConfig)
     autostop: AutoStop = field(default_factory=AutoStop)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
 

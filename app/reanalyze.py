@@ -34,8 +34,58 @@ class ReanalysisResult:
 
     def summary(self) -> str:
         return (f"{self.events_in} event images -> {self.events_out} cells measured "
-                f"({self.not_found} without a blob near the recorded position)"
+                f"({self.not_found} without a blob of their own near the recorded position)"
                 + (f", classified with {self.model}" if self.model else "") + f" -> {self.path}")
+
+
+@dataclass(frozen=True, slots=True)
+class Segmentation:
+    """How event images are segmented: RT-DC's signed threshold (negative: dark pixels only,
+    image − background < threshold) and the closing applied to the mask (kernel size, px)."""
+
+    threshold: float
+    closing_px: int
+    source: str  # where the values come from, for the file's log
+
+
+def source_segmentation(attrs, path: Path | str = "") -> Segmentation:
+    """The segmentation the recording software used, from its metadata: ShapeIn's
+    ``online_contour:bin threshold``/``bin kernel``, dcnum's ``pipeline:dcnum segmenter``
+    (``thresh:t=-6…clo=2``: a disk of radius 2), CytoShot's ``user:dcevent ppid segmenter``.
+    RT-DC thresholds on the dark side; without a recorded value, −6 and a 5 px closing (ShapeIn's
+    defaults). Reanalysing with anything else measures a different object (bright halos counted
+    as cell): area +50–120% and deform −0.03…−0.2 on the shared real files."""
+    import re
+
+    def text(v) -> str:
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+    threshold = closing = None
+    origin = []
+    v = attrs.get("online_contour:bin threshold")
+    if v is not None and int(v) != 0:
+        threshold = -abs(float(v))  # old ShapeIn files store it unsigned; it was the dark side
+        origin.append("online_contour:bin threshold")
+    v = attrs.get("online_contour:bin kernel")
+    if v is not None:
+        closing = int(v)
+        origin.append("online_contour:bin kernel")
+    for key in ("pipeline:dcnum segmenter", "user:dcevent ppid segmenter"):
+        seg = attrs.get(key)
+        if seg is None:
+            continue
+        seg = text(seg)
+        m = re.search(r"(?:^|[:^])t=(-?\d+(?:\.\d+)?)", seg)
+        if threshold is None and m:
+            threshold = -abs(float(m.group(1)))
+            origin.append(key)
+        m = re.search(r"clo=(\d+)", seg)
+        if closing is None and m:
+            closing = 2 * int(m.group(1)) + 1
+            origin.append(key)
+    src = f"{path}: " if path else ""
+    return Segmentation(-6.0 if threshold is None else threshold, 5 if closing is None else closing,
+                        src + (", ".join(dict.fromkeys(origin)) if origin else "RT-DC defaults (not in the file)"))
 
 
 def _read_input(path: Path):
@@ -53,9 +103,16 @@ def _read_input(path: Path):
     return fh
 
 
-def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, threshold: float = 6.0) -> ReanalysisResult:
+def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, threshold: float | None = None,
+              closing_px: int | None = None) -> ReanalysisResult:
+    """Measure every event image of ``src`` into the event file ``dst``. ``threshold`` (RT-DC's
+    signed convention) and ``closing_px`` default to what ``src`` was segmented with
+    (:func:`source_segmentation`); the experiment's metadata (flow, channel, medium, temperature,
+    sample, date) are carried over, so dclab derives the same quantities from both files."""
+    from datetime import datetime
+
     from app.records import CellRecord
-    from app.storage import EventWriter, RunMeta
+    from app.storage import EventWriter, RunMeta, setup_from_attrs
     from tracking.events import CellEvent, Quality, Snapshot
     from tracking.shapes import measure
 
@@ -88,6 +145,12 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
             fps = float(np.median(df[ok] / dt[ok])) if ok.any() else 0.0
         if not fps:
             raise DataFormatError(f"{src}: no 'imaging:frame rate' in the metadata and none derivable from frame/time")
+        seg = source_segmentation(attrs, src.name)
+        if threshold is not None:
+            seg = Segmentation(float(threshold), seg.closing_px, "--threshold")
+        if closing_px is not None:
+            seg = Segmentation(seg.threshold, int(closing_px), seg.source + "; closing from --closing")
+        times = ev["time"][:].astype(float) if "time" in ev else None
         bgs = ev["image_bg"] if "image_bg" in ev else None
         if bgs is None:
             k = min(n, 64)
@@ -99,13 +162,15 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         crop = max(8, int(round(40.0 / px)) // 2 * 2)
         records = []
         not_found = 0
+        taken: set[tuple[int, int, int]] = set()  # (frame, blob position): each blob is one cell
         for i in range(n):
             try:
                 img = np.asarray(images[i])
                 bg = np.asarray(bgs[i]) if bgs is not None else bg_all
             except (OSError, ValueError) as e:
                 raise DataFormatError(f"{src}: event {i}: image cannot be read: {e}") from None
-            shapes, labels = measure(img, bg, px, threshold=threshold, return_labels=True)
+            shapes, labels = measure(img, bg, px, threshold=seg.threshold, closing_px=seg.closing_px,
+                                     return_labels=True)
             if not shapes:
                 not_found += 1
                 continue
@@ -118,12 +183,20 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
             else:
                 k = 0  # the largest blob
             s = shapes[k]
+            # the same blob recorded twice in one frame (a speck event inside a cell matched to the
+            # cell): the cell is measured once
+            key = (int(frames[i]), int(round(s.x_um / px)), int(round(s.y_um / px)))
+            if key in taken:
+                not_found += 1
+                continue
+            taken.add(key)
             feats = {k: math.nan for k in ("transit_time_ms", "v_max_mm_s", "dir_per_ms")}
+            t_s = float(times[i]) if times is not None and math.isfinite(times[i]) else float(frames[i]) / fps
             feats.update({"di": s.di, "deform": s.deform, "area_um": s.area_um, "bright_avg": s.bright_avg,
                           "bright_sd": getattr(s, "bright_sd", math.nan),
-                          "diameter_um": 2.0 * math.sqrt(s.area_um / math.pi),
-                          "pos_y_um": s.y_um, "entry_time_ms": math.nan,
-                          "exit_time_ms": float(ev["time"][i]) * 1e3 if "time" in ev else math.nan})
+                          # tracking/features.py: the diameter of the filled mask's area, not the hull's
+                          "diameter_um": 2.0 * math.sqrt(s.area_px / math.pi) * px,
+                          "pos_y_um": s.y_um, "entry_time_ms": math.nan, "exit_time_ms": t_s * 1e3})
             cx, cy = s.x_um / px, s.y_um / px
             c = _crop(img, bg, cx, cy, crop)
             mask = labels == k + 1
@@ -134,15 +207,50 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         probs = clf.classify(records) if clf is not None and records else np.zeros((len(records), 0), np.float32)
         from app.config import config_to_toml, RunConfig
 
-        meta = RunMeta(pixel_size_um=px, fps=fps, roi=(w, h), sample=str(attrs.get("experiment:sample", src.stem)),
+        setup = setup_from_attrs(attrs)
+        temp_note = ""
+        if "temperature_c" not in setup and "temp" in ev:  # dclab's emodulus reads one or the other
+            temp = np.asarray(ev["temp"][:], float)
+            if np.isfinite(temp).any():
+                setup["temperature_c"] = float(np.nanmedian(temp))
+                temp_note = f"; setup:temperature is the median of the source's temp feature ({setup['temperature_c']:.2f} °C)"
+        meta = RunMeta(pixel_size_um=px, fps=fps, roi=(w, h), sample=_text(attrs.get("experiment:sample")) or src.stem,
+                       run_index=max(1, _int(attrs.get("experiment:run index"), 1)),
+                       started=_started(attrs) or datetime.now(),
                        class_names=tuple(clf.classes) if clf is not None else (),
                        model_spec_json=clf.spec.to_json() if clf is not None else "", model_sha256="",
                        model_name=str(model or ""), config_toml=config_to_toml(RunConfig()),
-                       camera=f"reanalysis of {src.name}", camera_clock=False)
+                       camera=f"reanalysis of {src.name}", camera_clock=False, measured="single image", **setup)
         with EventWriter(dst, meta=meta) as wr:
-            wr.log(f"reanalysis of {src} ({n} event images), threshold {threshold}")
+            wr.log(f"reanalysis of {src} ({n} event images)")
+            wr.log(f"segmentation: threshold {seg.threshold:g}, closing {seg.closing_px} px ({seg.source})")
+            wr.log("experiment metadata (date, sample, setup) copied from the source" + temp_note)
             wr.write([CellRecord(e, p, None, None) for e, p in zip(records, probs)])
     return ReanalysisResult(dst, n, len(records), not_found, str(model or ""))
+
+
+def _text(v) -> str:
+    if v is None:
+        return ""
+    return (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).strip()
+
+
+def _int(v, default: int) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _started(attrs):
+    """The source's measurement date and time (``experiment:date``/``time``), or None."""
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(f"{_text(attrs.get('experiment:date'))} {_text(attrs.get('experiment:time'))}",
+                                 "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
 
 
 def _crop(img: np.ndarray, bg: np.ndarray, cx: float, cy: float, size: int) -> np.ndarray:

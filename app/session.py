@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -254,6 +255,49 @@ def _counters(st: Status) -> dict[str, int]:
     return out
 
 
+#: what dclab requires and mimlsort writes when nobody gave the experiment's value
+_SETUP_PLACEHOLDERS = {"channel_width_um": 20.0, "flow_rate_ul_s": 0.04, "medium": "other",
+                       "flash_duration_us": 2.0}
+
+
+def setup_meta(setup, recorded: dict[str, Any] | None = None, synthetic=None) -> dict[str, Any]:
+    """``RunMeta`` keyword arguments for the experiment: what ``[setup]`` gives, else what a
+    replayed recording's metadata say (``recorded``: RunMeta names, from ``setup_from_attrs``),
+    else the synthetic camera's geometry, else mimlsort's placeholders, which are named in
+    ``placeholders`` so the file says which values nobody measured."""
+    out: dict[str, Any] = {}
+    if synthetic is not None:
+        out.update(channel_width_um=synthetic.channel_width_um, constriction_width_um=synthetic.constriction_gap_um,
+                   constriction_length_um=synthetic.constriction_length_um,
+                   flash_duration_us=synthetic.exposure_us, flash_device="simulated")
+    out.update(recorded or {})
+    sample, sheath = setup.flow_rate_sample_ul_s, setup.flow_rate_sheath_ul_s
+    if sample or sheath:  # the configured flow replaces the recorded one whole
+        for k in ("flow_rate_sample_ul_s", "flow_rate_sheath_ul_s"):
+            out.pop(k, None)
+        if sample and sheath:
+            out.update(flow_rate_sample_ul_s=sample, flow_rate_sheath_ul_s=sheath)
+        out["flow_rate_ul_s"] = setup.flow_rate_ul_s or sample + sheath
+    elif setup.flow_rate_ul_s:
+        if not math.isclose(out.get("flow_rate_ul_s", 0.0), setup.flow_rate_ul_s, rel_tol=1e-6):
+            out.pop("flow_rate_sample_ul_s", None)
+            out.pop("flow_rate_sheath_ul_s", None)
+        out["flow_rate_ul_s"] = setup.flow_rate_ul_s
+    for name in ("channel_width_um", "medium", "chip_identifier", "flash_device", "flash_duration_us", "operator"):
+        v = getattr(setup, name)
+        if v:
+            out[name] = v
+    if setup.temperature_c:
+        out["temperature_c"] = setup.temperature_c
+    missing = tuple(k for k in _SETUP_PLACEHOLDERS if k not in out)
+    for k in missing:
+        out[k] = _SETUP_PLACEHOLDERS[k]
+    names = {"channel_width_um": "channel width", "flow_rate_ul_s": "flow rate", "medium": "medium",
+             "flash_duration_us": "flash duration"}
+    out["placeholders"] = tuple(names[k] for k in missing)
+    return out
+
+
 def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
               camera=None, trigger: bool = True, lossless: bool = False, kernels: str = "numba") -> Run:
     """Everything a run needs, opened and ready to start.
@@ -287,25 +331,24 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             opened.append(trig)
         writer = None
         ev_path = None
+        from app.storage import RunMeta, setup_from_attrs
+
+        recorded = getattr(cam, "recorded_metadata", None)
+        setup = setup_meta(cfg.setup, setup_from_attrs(recorded) if recorded else None,
+                           cfg.camera.synthetic if cfg.camera.backend == "synthetic" else None)
         if cfg.output.write_events or events_path is not None:
-            from app.storage import EventWriter, RunMeta
+            from app.storage import EventWriter
 
             ev_path = Path(events_path) if events_path is not None else folder / f"{stem}.rtdc"
             spec_json = classifier.spec.to_json() if classifier is not None else ""
             model_path = resolve_model_path(cfg.model.path)
-            geo = {}
-            if cfg.camera.backend == "synthetic":
-                sy = cfg.camera.synthetic
-                geo = {"channel_width_um": sy.channel_width_um, "constriction_width_um": sy.constriction_gap_um,
-                       "constriction_length_um": sy.constriction_length_um,
-                       "flash_duration_us": sy.exposure_us}
             meta = RunMeta(
                 pixel_size_um=px, fps=info.fps or 1.0, roi=(info.width, info.height), sample=cfg.output.sample,
                 class_names=tuple(classifier.classes) if classifier is not None else (),
                 model_spec_json=spec_json, model_sha256=file_sha256(model_path) if model_path else "",
                 model_name=model_path.name if model_path else "", config_toml=config_to_toml(cfg),
                 camera=f"{info.backend} {info.model} {info.serial}".strip(), bit_depth=info.bit_depth,
-                target_event_count=cfg.autostop.events, target_duration_s=cfg.autostop.seconds, **geo,
+                target_event_count=cfg.autostop.events, target_duration_s=cfg.autostop.seconds, **setup,
             )
             comp = cfg.output.compression
             options = {"compression": None if comp == "none" else "zstd", "compress_images": comp == "all"}
@@ -327,8 +370,11 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             rec_cls = RawRecorder
             if cfg.output.recorder == "process":
                 from acquisition.recorder_process import RawRecorderProcess as rec_cls
+            # the raw recording describes the same experiment as the event file (dclab requires it)
+            raw_meta = RunMeta(pixel_size_um=px, fps=info.fps or 1.0, roi=(info.width, info.height),
+                               sample=cfg.output.sample, **setup).setup_attrs()
             recorder = rec_cls(raw_path, info.width, info.height, info.dtype, pixel_size_um=px, fps=info.fps,
-                               metadata={"experiment:sample": cfg.output.sample})
+                               metadata={"experiment:sample": cfg.output.sample, **raw_meta})
             recorder.__enter__()
             opened.append(recorder)
     except BaseException:

@@ -174,9 +174,14 @@ def record_simulation(settings, path, *, sample: str = "mimlsort synthetic chann
         info = cam.info
         ring = info.make_ring(1024)
         reader = ring.reader("recorder")
-        meta = {"experiment:sample": sample, "imaging:flash device": "simulated",
-                "imaging:flash duration": settings.exposure_us, "setup:channel width": settings.channel_width_um,
-                "setup:flow rate": 0.04, "setup:medium": "other", "setup:chip region": "channel"}
+        from app.config import SetupConfig
+        from app.session import setup_meta
+        from app.storage import RunMeta
+
+        # the simulator's geometry; flow rate and medium are named as placeholders (a replay keeps them so)
+        meta = {"experiment:sample": sample,
+                **RunMeta(pixel_size_um=info.pixel_size_um, fps=info.fps, roi=(info.width, info.height),
+                          **setup_meta(SetupConfig(), synthetic=settings)).setup_attrs()}
         with RawRecorder(path, info.width, info.height, info.dtype, pixel_size_um=info.pixel_size_um, fps=info.fps,
                          metadata=meta, overwrite=True) as rec:
             cam.start()

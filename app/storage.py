@@ -129,6 +129,12 @@ class RunMeta:
     run_identifier: str = ""  # unique id of the run; empty: a new UUID
     target_event_count: int = 0  # auto-stop limits, 0: none
     target_duration_s: float = 0.0
+    # how `deform` was measured: "tracked" (at the frame of maximum DI inside the constriction) or
+    # "single image" (reanalysis of RT-DC event images: RT-DC's own channel deformation)
+    measured: str = "tracked"
+    # setup keys written with mimlsort's defaults because nobody gave the experiment's values
+    # (dclab requires every one of them): named in the file so no one takes them for measured
+    placeholders: tuple[str, ...] = ()
 
     def __post_init__(self):
         require(self.pixel_size_um > 0, "pixel_size_um", f"must be > 0, got {self.pixel_size_um}")
@@ -162,6 +168,8 @@ class RunMeta:
             total = self.flow_rate_sample_ul_s + self.flow_rate_sheath_ul_s
             require(math.isclose(total, self.flow_rate_ul_s, rel_tol=1e-6), "flow_rate_ul_s",
                     f"must be sample + sheath = {total:g}, got {self.flow_rate_ul_s:g}")
+        require(self.measured in ("tracked", "single image"), "measured",
+                f"must be 'tracked' or 'single image', got {self.measured!r}")
         require(self.target_event_count >= 0, "target_event_count", f"must be >= 0, got {self.target_event_count}")
         require(self.target_duration_s >= 0, "target_duration_s", f"must be >= 0, got {self.target_duration_s}")
 
@@ -176,7 +184,7 @@ class RunMeta:
         d = {**json.loads(text), **texts}
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}  # files from newer versions may carry more
-        for k in ("roi", "roi_position", "class_names", "feature_names"):
+        for k in ("roi", "roi_position", "class_names", "feature_names", "placeholders"):
             if k in d:
                 d[k] = tuple(d[k])
         if d.get("started"):
@@ -184,7 +192,82 @@ class RunMeta:
         return cls(**d)
 
 
+    def setup_attrs(self) -> dict[str, Any]:
+        """The dclab metadata that describe the experiment rather than the run (``imaging:flash …``,
+        ``setup:…``, the operator): the event file and a raw recording of the same run share them."""
+        attrs: dict[str, Any] = {
+            "imaging:flash device": self.flash_device,
+            "imaging:flash duration": float(self.flash_duration_us),
+            "setup:channel width": float(self.channel_width_um),
+            "setup:chip region": self.chip_region,
+            "setup:flow rate": float(self.flow_rate_ul_s),
+            "setup:medium": self.medium,
+        }
+        if self.flow_rate_sample_ul_s is not None:
+            attrs["setup:flow rate sample"] = float(self.flow_rate_sample_ul_s)
+        if self.flow_rate_sheath_ul_s is not None:
+            attrs["setup:flow rate sheath"] = float(self.flow_rate_sheath_ul_s)
+        if self.temperature_c is not None:
+            attrs["setup:temperature"] = float(self.temperature_c)
+        if self.chip_identifier:
+            attrs["setup:chip identifier"] = self.chip_identifier.lower()
+        if self.operator:
+            attrs["user:operator"] = self.operator
+        if self.placeholders:
+            attrs["user:setup placeholders"] = ", ".join(self.placeholders)
+        return attrs
+
+
 _TEXT_FIELDS = ("config_toml", "model_spec_json")
+
+#: RunMeta fields read from an RT-DC file's ``setup:``/``imaging:`` metadata (`setup_from_attrs`)
+_SETUP_KEYS = {
+    "setup:channel width": ("channel_width_um", float),
+    "setup:chip region": ("chip_region", str),
+    "setup:chip identifier": ("chip_identifier", str),
+    "setup:flow rate": ("flow_rate_ul_s", float),
+    "setup:flow rate sample": ("flow_rate_sample_ul_s", float),
+    "setup:flow rate sheath": ("flow_rate_sheath_ul_s", float),
+    "setup:medium": ("medium", str),
+    "setup:temperature": ("temperature_c", float),
+    "imaging:flash device": ("flash_device", str),
+    "imaging:flash duration": ("flash_duration_us", float),
+}
+
+
+def setup_from_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``RunMeta`` keyword arguments for what an RT-DC file's metadata say about its experiment
+    (channel, flow rates, medium, temperature, flash), so that a replay or reanalysis keeps them:
+    Young's modulus in dclab depends on the flow rate, channel width, medium and temperature.
+    Values that are missing, unreadable or out of range are left out (the caller's default holds)."""
+    out: dict[str, Any] = {}
+    # values a mimlsort file itself names as placeholders stay placeholders downstream
+    unknown = {f"setup:{w.strip()}" for w in _s(attrs.get("user:setup placeholders", "")).split(",") if w.strip()}
+    unknown |= {"imaging:flash duration"} if "setup:flash duration" in unknown else set()
+    for key, (name, kind) in _SETUP_KEYS.items():
+        v = attrs.get(key)
+        if v is None or key in unknown:
+            continue
+        try:
+            v = _s(v).strip() if kind is str else float(v)
+        except (TypeError, ValueError):
+            continue
+        if kind is float and not (math.isfinite(v) and (v > 0 or name == "temperature_c")):
+            continue
+        if kind is str and not v:
+            continue
+        out[name] = v
+    if out.get("chip_region") not in (None, "channel", "reservoir"):
+        del out["chip_region"]
+    sample, sheath = out.get("flow_rate_sample_ul_s"), out.get("flow_rate_sheath_ul_s")
+    if sample is not None and sheath is not None:
+        total = out.setdefault("flow_rate_ul_s", sample + sheath)
+        if not math.isclose(total, sample + sheath, rel_tol=1e-6):  # inconsistent: keep the total alone
+            del out["flow_rate_sample_ul_s"], out["flow_rate_sheath_ul_s"]
+    else:
+        out.pop("flow_rate_sample_ul_s", None)
+        out.pop("flow_rate_sheath_ul_s", None)
+    return out
 
 
 def sha256_file(path: str | Path) -> str:
@@ -380,39 +463,30 @@ class EventWriter:
             "experiment:run index": int(m.run_index),
             "experiment:run identifier": self.run_identifier,
             "experiment:sample": m.sample,
-            "imaging:flash device": m.flash_device,
-            "imaging:flash duration": float(m.flash_duration_us),
             "imaging:frame rate": float(m.fps),
             "imaging:pixel size": float(m.pixel_size_um),
             "imaging:roi position x": int(m.roi_position[0]),
             "imaging:roi position y": int(m.roi_position[1]),
             "imaging:roi size x": int(m.roi[0]),
             "imaging:roi size y": int(m.roi[1]),
-            "setup:channel width": float(m.channel_width_um),
-            "setup:chip region": m.chip_region,
-            "setup:flow rate": float(m.flow_rate_ul_s),
-            "setup:medium": m.medium,
             "setup:software version": m.software_version,
             "setup:identifier": m.setup_identifier,
             "setup:module composition": "mimlsort " + (m.camera or "camera"),
             "user:mimlsort format": f"{FORMAT} {FORMAT_VERSION}",
-            "user:operator": m.operator,
             "user:camera": m.camera,
             "user:camera roi": f"{m.roi[0]}x{m.roi[1]}",
-            "user:frame times": "camera clock" if m.camera_clock else "host arrival (camera has no clock)",
+            "user:frame times": ("the source file's" if m.measured == "single image" else
+                                 "camera clock" if m.camera_clock else "host arrival (camera has no clock)"),
             "user:event image": "pending",
             "user:complete": 0,
             "user:model": m.model_name,
             "user:model sha256": m.model_sha256,
         }
-        if m.flow_rate_sample_ul_s is not None:
-            attrs["setup:flow rate sample"] = float(m.flow_rate_sample_ul_s)
-        if m.flow_rate_sheath_ul_s is not None:
-            attrs["setup:flow rate sheath"] = float(m.flow_rate_sheath_ul_s)
-        if m.temperature_c is not None:
-            attrs["setup:temperature"] = float(m.temperature_c)
-        if m.chip_identifier:
-            attrs["setup:chip identifier"] = m.chip_identifier.lower()
+        attrs.update(m.setup_attrs())
+        attrs["user:deform"] = (
+            "RT-DC deformation of the event image (reanalysis)" if m.measured == "single image" else
+            "at the frame of maximum DI inside the constriction: not RT-DC's deformation in a straight channel, "
+            "so Young's modulus look-up tables do not apply")
         if m.constriction_width_um is not None:
             attrs["user:constriction width um"] = float(m.constriction_width_um)
         if m.constriction_length_um is not None:
@@ -573,7 +647,9 @@ class EventWriter:
                      "type": "internal"}
             lines = json.dumps(basin, indent=2, sort_keys=True).encode("utf-8").split(b"\n")
             h5.create_group("basins").create_dataset("mimlsort-image-bg", data=np.array(lines, dtype="S100"))
-        mode = {"snapshot": "ROI frame at maximum DI (image, mask; image_bg via the internal basin)",
+        roi_frame = ("the source file's event image" if self.meta.measured == "single image"
+                     else "ROI frame at maximum DI")
+        mode = {"snapshot": f"{roi_frame} (image, mask; image_bg via the internal basin)",
                 "crop": "last crop (no ROI frame from the tracker); roi size = crop size",
                 "none": "none"}[self._image_mode or "none"]
         h5.attrs["user:event image"] = mode

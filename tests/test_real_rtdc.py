@@ -10,12 +10,12 @@ drops; they are left out. Run with ``-s`` to see the figures per file.
 """
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app.reanalyze import source_segmentation
 from tracking import measure
 
 h5py = pytest.importorskip("h5py")
@@ -32,33 +32,6 @@ def data_dir() -> Path | None:
     return None
 
 
-def file_threshold(attrs) -> float:
-    """The file's segmentation threshold in RT-DC's signed convention (default -6)."""
-    v = attrs.get("online_contour:bin threshold")
-    if v is not None and int(v) != 0:
-        return -abs(float(v))  # ShapeIn thresholds image - background on the dark side
-    seg = attrs.get("pipeline:dcnum segmenter")
-    if seg is not None:
-        m = re.search(r"t=(-?\d+(\.\d+)?)", seg if isinstance(seg, str) else seg.decode())
-        if m:
-            return -abs(float(m.group(1)))
-    return -6.0
-
-
-def file_closing(attrs) -> int:
-    """Closing kernel size (px) the recording software applied to its mask (0: none known)."""
-    v = attrs.get("online_contour:bin kernel")
-    if v is not None:
-        return int(v)
-    for key in ("pipeline:dcnum segmenter", "user:dcevent ppid segmenter"):
-        seg = attrs.get(key)
-        if seg is not None:
-            m = re.search(r"clo=(\d+)", seg if isinstance(seg, str) else seg.decode())
-            if m:
-                return 2 * int(m.group(1)) + 1  # a disk of radius r
-    return 0
-
-
 def compare_file(path: Path):
     with h5py.File(path, "r") as f:
         ev = f["events"]
@@ -71,8 +44,8 @@ def compare_file(path: Path):
         if bgs is None:
             med = np.round(np.median(images, axis=0)).astype(images.dtype)
             bgs = np.broadcast_to(med, images.shape)
-        thr = file_threshold(f.attrs)
-        closing = file_closing(f.attrs)
+        seg = source_segmentation(f.attrs)  # the file's own threshold and closing, as reanalysis uses them
+        thr, closing = seg.threshold, seg.closing_px
         area_rec, deform_rec = ev["area_um"][:], ev["deform"][:]
         pos_x, pos_y = ev["pos_x"][:], ev["pos_y"][:]
     rows = []
