@@ -475,6 +475,7 @@ class EventWriter:
             "user:mimlsort format": f"{FORMAT} {FORMAT_VERSION}",
             "user:camera": m.camera,
             "user:camera roi": f"{m.roi[0]}x{m.roi[1]}",
+            "user:camera bit depth": int(m.bit_depth),
             "user:frame times": ("the source file's" if m.measured == "single image" else
                                  "camera clock" if m.camera_clock else "host arrival (camera has no clock)"),
             "user:event image": "pending",
@@ -487,6 +488,11 @@ class EventWriter:
             "RT-DC deformation of the event image (reanalysis)" if m.measured == "single image" else
             "at the frame of maximum DI inside the constriction: not RT-DC's deformation in a straight channel, "
             "so Young's modulus look-up tables do not apply")
+        if m.measured == "tracked":
+            attrs["user:event columns"] = (
+                "time, deform, area_um, bright_avg, bright_sd, pos_x, pos_y describe the event image (the frame of "
+                "maximum DI); mimlsort's own features, e.g. area_um and bright_* at rest upstream, are in "
+                "/mimlsort/events and the userdef columns")
         if m.constriction_width_um is not None:
             attrs["user:constriction width um"] = float(m.constriction_width_um)
         if m.constriction_length_um is not None:
@@ -597,7 +603,11 @@ class EventWriter:
         self._columns = {c.path: c for c in cols}
         # column names and class places worked out once: _add_row runs per cell at up to
         # thousands of cells a second
-        self._rtdc_keys = tuple((f"events/{n}", n) for n in RTDC_FEATURES)
+        # dclab's columns describe the event image: where the tracker says what that frame showed
+        # (CellEvent.extra "image_<name>"), that value, else the feature's
+        self._rtdc_keys = tuple((f"events/{n}", n, f"image_{n}") for n in RTDC_FEATURES)
+        # brightness in the stored 8-bit image's grey levels, whatever the camera's bit depth
+        self._bright_scale = 2.0 ** (8 - self.meta.bit_depth)
         self._score_keys = tuple((f"events/ml_score_{code}", self.meta.class_names.index(cls))
                                  for cls, code in self.codes.items())
         self._userdef_keys = tuple((f"events/{slot}", name) for slot, name in self.userdef.items())
@@ -691,12 +701,17 @@ class EventWriter:
         # the frame of the stored image; without one, the best frame known (an exit not seen is -1)
         frame = int(snap.frame_id) if snap is not None else _known_frame(ev)
         put("events/frame", frame)
-        put("events/time", f.get("exit_time_ms", math.nan) / 1000.0)
+        # the time of the stored image's frame, as dclab takes `time` to be (frame / frame rate
+        # where the file has no time); the exit time stays in /mimlsort/events/exit_time_ms
+        x = ev.extra if snap is not None and ev.extra else {}
+        put("events/time", x.get("image_time_ms", f.get("exit_time_ms", math.nan)) / 1000.0)
         put("events/pos_x", float(snap.pos_x_px) * px if snap is not None else math.nan)
         put("events/pos_y", float(snap.pos_y_px) * px if snap is not None else f.get("pos_y_um", math.nan))
         nan = math.nan
-        for key, name in self._rtdc_keys:
-            put(key, f.get(name, nan))
+        scale = self._bright_scale
+        for key, name, image_name in self._rtdc_keys:
+            v = x.get(image_name, f.get(name, nan))
+            put(key, v * scale if name in ("bright_avg", "bright_sd") else v)
         scores = probs.tolist()
         for key, i in self._score_keys:
             # dclab rejects scores outside [0, 1]; float32 softmax can overshoot by an ulp

@@ -443,12 +443,26 @@ class Tracker:
             exit_frame=info[L.SI_EXIT_FRAME],
             exit_host_ns=info[L.SI_EXIT_HOST],
             quality=quality,
-            extra={"emit_frame": info[L.SI_EMIT_FRAME], "emit_host_ns": info[L.SI_EMIT_HOST]},
+            extra=self._extra(info, h, i_max),
             snapshot=self._snapshot(h, int(i_max)) if st.snapshots and snapshot else None,
         )
         self._n_events += 1
         return ev, int(i_max)
 
+
+    def _extra(self, info: list, h: np.ndarray, i_max: int) -> dict:
+        """When and where the event was emitted, and what the frame of maximum DI (the event
+        image's) shows: its time and the cell's hull area and brightness in it, so that an RT-DC
+        file's ``time``, ``area_um`` and ``bright_*`` describe the same image as its ``deform``."""
+        extra = {"emit_frame": info[L.SI_EMIT_FRAME], "emit_host_ns": info[L.SI_EMIT_HOST]}
+        if i_max >= 0:
+            row = h[i_max]
+            px = self.geometry.pixel_size_um
+            extra["image_time_ms"] = float(row[L.H_T])
+            extra["image_area_um"] = float(row[_H + B_HULL_AREA]) * px * px
+            extra["image_bright_avg"] = float(row[_H + B_BRIGHT_AVG])
+            extra["image_bright_sd"] = float(row[_H + B_BRIGHT_SD])
+        return extra
 
     def _snapshot(self, h: np.ndarray, i: int) -> Snapshot | None:
         """History row ``i`` (maximum DI in the constriction)'s frame, copied back from its ring slot."""

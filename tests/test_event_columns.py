@@ -1,0 +1,90 @@
+"""dclab's columns of an event file describe the event image they sit beside: ``time`` is that
+frame's time, ``area_um``/``bright_*`` the cell in that frame (mimlsort's rest-shape values stay in
+/mimlsort/events), brightness in the stored 8-bit image's grey levels whatever the camera's depth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.config import config_from_mapping
+
+
+@pytest.fixture(scope="module")
+def tracked_file(tmp_path_factory):
+    from app.session import build_run
+
+    folder = tmp_path_factory.mktemp("columns")
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.6, "realtime": False, "seed": 6,
+                                                          "cells_per_second": 60.0}},
+        "model": {"path": "none"},
+        "output": {"folder": str(folder), "report": False, "writer": "thread"},
+    })
+    with build_run(cfg, lossless=True) as run:
+        assert run.wait(120)
+    return next(folder.glob("*.rtdc"))
+
+
+def test_time_is_the_event_frames_time(tracked_file):
+    import dclab
+
+    with dclab.new_dataset(tracked_file) as ds:
+        fps = ds.config["imaging"]["frame rate"]
+        t, frame = ds["time"][:], ds["frame"][:]
+        assert len(t) >= 10
+        # one time base: the frame's own time, not the exit several frames later
+        np.testing.assert_allclose((t - t[0]) * fps, frame - frame[0], atol=0.05)
+
+
+def test_area_and_brightness_are_the_event_images(tracked_file):
+    import cv2
+    import dclab
+
+    from app.storage import read_events
+
+    feats, _ = read_events(tracked_file)
+    with dclab.new_dataset(tracked_file) as ds:
+        px = ds.config["imaging"]["pixel size"]
+        n = len(ds)
+        hull_err, bright_err = [], []
+        for i in range(n):
+            mask = ds["mask"][i] > 0
+            if not mask.any():
+                continue
+            cnts, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            hull = cv2.convexHull(np.concatenate(cnts))
+            hull_err.append(ds["area_um"][i] / (cv2.contourArea(hull) * px * px) - 1)
+            bright_err.append(ds["bright_avg"][i] - ds["image"][i][mask].mean())
+        assert len(hull_err) >= 10
+        assert np.median(np.abs(bright_err)) < 0.5, bright_err
+        assert np.median(np.abs(hull_err)) < 0.002, hull_err
+        # mimlsort's own area_um (at rest, upstream) is kept beside them, and differs
+        assert not np.allclose(ds["area_um"][:], feats["area_um"], rtol=1e-3)
+
+
+def test_brightness_of_a_12_bit_camera_is_in_the_stored_images_grey_levels(tmp_path):
+    import dclab
+
+    from app.records import CellRecord
+    from app.storage import EventWriter, RunMeta
+    from tracking.events import CellEvent, Quality, Snapshot
+    from tracking.features import FEATURES
+
+    img = np.full((20, 40), 1600, np.uint16)  # 12-bit grey 1600 = 8-bit 100
+    mask = np.zeros(img.shape, bool)
+    mask[5:15, 10:20] = True
+    snap = Snapshot(image=img, background=img, mask=mask, frame_id=7, pos_x_px=15.0, pos_y_px=10.0)
+    feats = {name: 1.0 for name in FEATURES}
+    crop = np.zeros((8, 8), np.uint16)
+    ev = CellEvent(0, 0, feats, crop, crop, 0.5, 5, 9, 0, Quality.OK,
+                   extra={"image_bright_avg": 1600.0, "image_bright_sd": 32.0, "image_time_ms": 1.75},
+                   snapshot=snap)
+    meta = RunMeta(pixel_size_um=0.5, fps=4000.0, roi=(40, 20), bit_depth=12)
+    with EventWriter(tmp_path / "e.rtdc", meta=meta) as w:
+        w.write([CellRecord(ev, np.zeros(0, np.float32), None, None)])
+    with dclab.new_dataset(tmp_path / "e.rtdc") as ds:
+        assert ds["image"][0][mask].mean() == 100
+        assert ds["bright_avg"][0] == pytest.approx(100.0) and ds["bright_sd"][0] == pytest.approx(2.0)
+        assert ds["time"][0] == pytest.approx(0.00175)
+        assert ds.config["user"]["camera bit depth"] == 12
