@@ -192,6 +192,9 @@ DECIDE_BACKLOG = 64
 #: mask); at the limit the run stops with an error. A writer that falls behind for good (a slow or
 #: network disk) would otherwise grow the process until the OS kills it and the run with it
 MAX_BACKLOG_MB = 1024.0
+#: how often the storage thread lets the trigger poll its device during a run (its error queue;
+#: a clock-mode serial device's clock sync while no cell is fired)
+TRIGGER_POLL_S = 0.25
 _RECORD_OVERHEAD = 2048  # bytes a record holds besides its arrays (features, decision, objects)
 _GRAB_RUN = 64  # frames a camera may grab per call (those that can, without the GIL; each is published at once)
 _LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
@@ -306,6 +309,7 @@ class Pipeline:
         self._counters = SortCounters(tuple(classifier.classes) if classifier else ())
         self._neighbours: deque = deque(maxlen=256)  # (exit_time_ms, is_target) of decided cells
         self._recent: deque = deque(maxlen=recent_capacity)
+        self._next_trigger_poll = 0.0
         self._rate_in = _Rate()
         self._rate_proc = _Rate()
         self._rate_cells = _Rate()
@@ -832,7 +836,7 @@ class Pipeline:
         sink = self.sink
         while True:
             try:
-                item = self._queue.get(timeout=0.5)
+                item = self._queue.get(timeout=TRIGGER_POLL_S)
             except queue.Empty:
                 item = ()
             if item is None:
@@ -845,6 +849,7 @@ class Pipeline:
                 # kept for plots and summaries without their ROI images (~90 kB a cell): bounded
                 # in count and small per record, so memory stays flat at any cell rate
                 self._recent.extend(_without_snapshot(r) for r in records)
+            self._service_trigger(sink)
             if sink is None:
                 continue
             shed = self._images_shed
@@ -859,13 +864,23 @@ class Pipeline:
                     self._shed_noted = shed
             if not item and hasattr(sink, "flush_if_due"):
                 sink.flush_if_due()
-            if self.trigger is not None and hasattr(sink, "add_acks") and hasattr(self.trigger, "drain_acks"):
-                acks = self.trigger.drain_acks()
-                if acks:
-                    sink.add_acks(acks)
-        if sink is not None and self.trigger is not None and hasattr(sink, "add_acks") and hasattr(self.trigger, "drain_acks"):
-            acks = self.trigger.drain_acks()
-            if acks:
+        self._service_trigger(sink, poll=False)
+
+    def _service_trigger(self, sink, poll: bool = True) -> None:
+        """Off the sort path: collect the trigger's acks (into the file, if there is one: without
+        it they must still be drained, or they pile up for the whole run and missing ones are
+        never counted) and let the device be polled (error queue, clock sync while nothing fires)."""
+        trig = self.trigger
+        if trig is None:
+            return
+        if poll and hasattr(trig, "poll"):
+            now = time.monotonic()
+            if now >= self._next_trigger_poll:
+                self._next_trigger_poll = now + TRIGGER_POLL_S
+                trig.poll()
+        if hasattr(trig, "drain_acks"):
+            acks = trig.drain_acks()
+            if acks and sink is not None and hasattr(sink, "add_acks"):
                 sink.add_acks(acks)
 
     def _recorder_loop(self) -> None:

@@ -205,6 +205,15 @@ class Run:
             return
         self.closed = True
         st = self.pipeline.status() if self.pipeline.ring is not None else None
+        if self.trigger is not None and hasattr(self.trigger, "settle"):
+            # the pulses of the last cells decided go out, and their acks reach the file, before
+            # the device is disarmed and the file closed
+            try:
+                acks = self.trigger.settle()
+                if acks and self.writer is not None and hasattr(self.writer, "add_acks"):
+                    self.writer.add_acks(acks)
+            except Exception as e:
+                log.error("waiting for the trigger's last pulses failed: %s", e)
         for name, res in (("event file", self.writer), ("raw recording", self.recorder), ("trigger", self.trigger)):
             if res is None:
                 continue

@@ -66,7 +66,8 @@ class SerialSettings:
         require(math.isfinite(self.link_latency_us) and self.link_latency_us >= 0, "link_latency_us",
                 f"must be >= 0, got {self.link_latency_us}")
         require(self.mode in ("delay", "clock"), "mode", f"must be delay or clock, got {self.mode!r}")
-        require(self.sync_interval_s > 0, "sync_interval_s", f"must be > 0, got {self.sync_interval_s}")
+        require(0.02 <= self.sync_interval_s <= 60, "sync_interval_s",
+                f"must be in [0.02, 60] s (one TIME round trip at a time), got {self.sync_interval_s}")
 
 
 class SerialTrigger(Trigger):
@@ -91,6 +92,7 @@ class SerialTrigger(Trigger):
         self._clock_lock = threading.Lock()  # the reader thread adds samples, the sort thread maps
         self._time_sent: collections.deque[int] = collections.deque()  # send times of TIMEs in flight
         self._next_sync_ns = 0
+        self.time_replies_lost = 0  # clock mode: TIME requests whose reply never came
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _do_open(self) -> str:
@@ -295,7 +297,18 @@ class SerialTrigger(Trigger):
             else:
                 self._device_error(f"device error {text}")
         elif words[0] == "TIME" and len(words) == 2 and words[1].isdigit() and self._time_sent:
+            # replies carry no request id: they pair with send times in order. A reply lost on the
+            # link would pair every later one with the request before, half a sync interval off,
+            # for good; a send older than half the sync interval has lost its reply (one TIME is
+            # in flight at a time: a round trip takes a few ms, the interval >= 20 ms)
+            stale = host_ns - round(self.settings.sync_interval_s * 0.5e9)
+            while len(self._time_sent) > 1 and self._time_sent[0] < stale:
+                self._time_sent.popleft()
+                self.time_replies_lost += 1
             t0 = self._time_sent.popleft()
+            if t0 < stale:  # the reply to a request whose send time is gone: no clock sample
+                self.time_replies_lost += 1
+                return
             with self._clock_lock:
                 self.clock.add(t0, int(words[1]), host_ns)
         elif words[0] == "READY":

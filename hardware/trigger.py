@@ -34,6 +34,9 @@ from mimlsort.settings import from_mapping
 
 log = logging.getLogger(__name__)
 
+#: after the last pulse's end, how long ``settle`` still gives a device without acks to be done
+_SETTLE_MARGIN_NS = 5_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class FireRequest:
@@ -151,6 +154,7 @@ class Trigger(ABC):
         self._log = LogThrottle(log)
         self._acks: collections.deque[Ack] = collections.deque()
         self._pending: dict[int, int] = {}  # event_index -> time by which its ack must have come
+        self._last_pulse_end_ns = 0  # when the last pulse handed to the device ends
         self._pending_lock = threading.Lock()
         self._min_lead_ns = round(self.timing.min_lead_us * 1000)
         self._max_delay_ns = round(self.timing.max_delay_us * 1000)
@@ -235,10 +239,30 @@ class Trigger(ABC):
             return FireRecord(idx, at, 0, lead / 1000.0, width, False, False, f"unavailable: {self.error}",
                               self.device)
         self.fired += 1
+        end = at + round(width * 1000)
+        if end > self._last_pulse_end_ns:
+            self._last_pulse_end_ns = end
         if self.acks:
             with self._pending_lock:
-                self._pending[idx] = at + round(width * 1000) + round(self.ack_timeout_s * 1e9)
+                self._pending[idx] = end + round(self.ack_timeout_s * 1e9)
         return FireRecord(idx, at, sent_ns, delay_us, width, False, True, "", self.device)
+
+    def settle(self, timeout_s: float = 5.0) -> list[Ack]:
+        """Wait until the pulses already handed over have gone out and, where the device
+        acknowledges, their acks are in (at most ``timeout_s``); returns the acks that came. A run
+        calls this before closing its files and the device: closing disarms a device, which drops
+        the pulses still queued for the last cells decided, and their acks would miss the file."""
+        out: list[Ack] = []
+        deadline = time.monotonic_ns() + round(timeout_s * 1e9)
+        while self.is_open and self.available:
+            out += self.drain_acks()
+            with self._pending_lock:
+                waiting = bool(self._pending)
+            now = time.monotonic_ns()
+            if (not waiting and now >= self._last_pulse_end_ns + _SETTLE_MARGIN_NS) or now >= deadline:
+                break
+            time.sleep(0.002)
+        return out
 
     def drain_acks(self) -> list[Ack]:
         """The acks that arrived since the last call; also counts overdue ones as ``unacked``."""
@@ -268,13 +292,18 @@ class Trigger(ABC):
         req = FireRequest(-1, time.monotonic_ns() + round(delay * 1000), width_us or self.timing.pulse_width_us)
         return self.fire(req)
 
-    def status(self) -> TriggerStatus:
-        """A snapshot for the operator; polls the device's error state where the backend can."""
-        if self.available:
+    def poll(self) -> None:
+        """Let the backend look after its device (error queue, clock sync); a run calls this a few
+        times a second off the sort path. A device that fails here is marked unavailable."""
+        if self.available and self.is_open:
             try:
                 self._do_poll()
             except Exception as err:
                 self._set_unavailable(f"{type(err).__name__}: {err}")
+
+    def status(self) -> TriggerStatus:
+        """A snapshot for the operator; polls the device's error state where the backend can."""
+        self.poll()
         return TriggerStatus(self.device, self.is_open, self.available, self.error, self.fired, self.late,
                              self.failed, self.acked, self.unacked, self.device_errors, self.device_late)
 

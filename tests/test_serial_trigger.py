@@ -111,6 +111,30 @@ def test_clock_mode_fires_at_the_device_time_it_computed(emu):
         assert abs(due_ns - rec.scheduled_ns) <= bound + 2000, (due_ns - rec.scheduled_ns, bound)
 
 
+def test_clock_mode_survives_a_lost_time_reply(tmp_path):
+    """TIME replies pair with their requests in order; one lost on the link must not pair every
+    later reply with the request before it (the map would be half a sync interval off for good,
+    and every pulse that late with nothing counted)."""
+    with emulated_port(tmp_path / "device.tsv", "--drop-time-reply", "20") as emu:
+        with _open(emu.port, mode="clock", sync_interval_s=0.05) as trig:
+            for _ in range(60):  # 3 s of clock syncs while nothing is fired, as a run polls
+                trig.poll()
+                time.sleep(0.05)
+            assert trig.time_replies_lost == 1
+            t0 = time.monotonic_ns() + AHEAD
+            recs = []
+            for i in range(10):
+                recs.append(trig.fire(FireRequest(i, t0 + i * MS, 100.0)))
+                time.sleep(0.002)
+            bound = trig.clock.error_bound_ns
+            assert bound < 20 * MS
+            _wait_acks(trig, 10)
+        assert [r[1] for r in emu.records("dropped")] == ["TIME reply"]
+        pulses = {int(p[0]): p for p in emu.records("pulse")}
+    for rec in recs:
+        assert abs(int(pulses[rec.event_index][4]) - rec.scheduled_ns) <= bound + 2000
+
+
 def test_late_and_refused_requests_are_not_sent(emu):
     with _open(emu.port) as trig:
         now = time.monotonic_ns()
@@ -481,3 +505,41 @@ def test_bench_trigger_on_a_simulated_uno_measures_on_the_device_clock():
     assert 0 < res["device_error_p50_us"] <= res["device_error_max_us"] < 300
     assert -5 < res["width_error_p50_us"] <= res["width_error_max_us"] < 100
     assert res["ram_bytes"] < 2048 and res["baud"] == 115200
+
+
+@pytest.mark.parametrize("sorting", [{"enabled": False}, {"mode": "yield", "threshold": 0.0}],
+                         ids=["nothing-fired", "every-target-fired"])
+def test_a_run_polls_the_trigger_and_drains_its_acks_without_an_event_file(tmp_path, sorting):
+    """Off the sort path the run keeps a clock-mode device's clock synced while nothing is fired,
+    collects acks even when no event file takes them (they piled up for the whole run), and lets
+    the last pulses out before it disarms the device."""
+    from app.config import bundled_model_path, config_from_mapping
+    from app.session import build_run
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    with emulated_port(tmp_path / "device.tsv") as emu:
+        cfg = config_from_mapping({
+            "camera": {"backend": "synthetic", "synthetic": {"duration_s": 2.5, "realtime": True, "seed": 3,
+                                                              "cells_per_second": 60.0}},
+            "sorting": sorting,
+            "trigger": {"backend": "serial", "serial": {"port": emu.port, "compensate_transmission": False,
+                                                        "mode": "clock", "sync_interval_s": 0.1}},
+            "output": {"folder": str(tmp_path / "out"), "write_events": False, "report": False},
+        })
+        with build_run(cfg) as run:
+            trig = run.pipeline.trigger
+            synced_at_start = trig.clock.n
+            assert run.wait(60)
+            fired = trig.fired
+        # closing the run waited for the last pulses (closing disarms the device, which drops
+        # what is still queued) and collected every ack
+        assert not trig.is_open
+        assert trig.acked == fired and trig.unacked == 0 and len(trig._acks) == 0 and len(trig._pending) == 0
+        pulses = emu.records("pulse")
+    times = [c for c in emu.records("cmd") if c[1] == "TIME"]
+    if not sorting.get("enabled", True):
+        assert fired == 0
+        assert trig.clock.n > synced_at_start and len(times) >= 16 + 6  # ~2 s of polls at 0.25 s
+    else:
+        assert fired > 20 and len(pulses) == fired

@@ -48,7 +48,9 @@ U32 = 1 << 32
 
 
 class Device:
-    def __init__(self, fd: int, record, late_us: int = LATE_US, queue: int = QUEUE):
+    def __init__(self, fd: int, record, late_us: int = LATE_US, queue: int = QUEUE, drop_time_reply: int = 0):
+        self.drop_time_reply = drop_time_reply  # fault injection: the Nth TIME reply is lost on the link
+        self.time_replies = 0
         self.fd = fd
         self.record = record
         self.late_us = late_us
@@ -125,7 +127,11 @@ class Device:
         elif cmd == "STATUS" and not args:
             self.send(f"STATUS {int(self.armed)} {len(self.queue)} {self.fired} {self.errors} {self.micros()}")
         elif cmd == "TIME" and not args:
-            self.send(f"TIME {self.micros()}")
+            self.time_replies += 1
+            if self.time_replies == self.drop_time_reply:
+                self.log("dropped", rx_ns, "TIME reply")
+            else:
+                self.send(f"TIME {self.micros()}")
         elif cmd in ("FIRE", "FIREAT"):
             self.fire(args, rx_ns, absolute=cmd == "FIREAT")
         elif cmd in ("ID", "ARM", "DISARM", "STATUS", "TIME"):
@@ -365,12 +371,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", required=True, help="file to record commands and pulses to")
     p.add_argument("--late-us", type=int, default=LATE_US)
     p.add_argument("--queue", type=int, default=QUEUE, help="pulse queue capacity")
+    p.add_argument("--drop-time-reply", type=int, default=0, metavar="N",
+                   help="lose the Nth TIME reply, as a garbled line would be (fault injection)")
     args = p.parse_args(argv)
     fd = args.fd if args.fd is not None else os.open(args.port, os.O_RDWR | os.O_NOCTTY)
     os.set_blocking(fd, False)
     tty.setraw(fd)  # no echo, no line editing: the device sees bytes as the host sent them
     with open(args.record, "w", encoding="utf-8") as record:
-        dev = Device(fd, record, args.late_us, args.queue)
+        dev = Device(fd, record, args.late_us, args.queue, args.drop_time_reply)
 
         def stop(*_):
             dev.running = False
