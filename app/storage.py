@@ -349,6 +349,17 @@ def _snapshot(event) -> Any:
     return snap
 
 
+#: grey levels a stored background may differ from the one the tracker used (see _add_row)
+_BG_TOLERANCE = 1
+
+
+def _differs(a: np.ndarray, b: np.ndarray, tolerance: int) -> bool:
+    """True if any pixel of ``a`` and ``b`` differs by more than ``tolerance``."""
+    d = a.astype(np.int16)
+    d -= b
+    return bool(np.abs(d, out=d).max() > tolerance)
+
+
 def _known_frame(ev) -> int:
     """The cell's exit frame, else the frame it was emitted in, else its entry frame (never < 0)."""
     for f in (ev.exit_frame, (ev.extra or {}).get("emit_frame", -1), ev.entry_frame):
@@ -404,6 +415,7 @@ class EventWriter:
         self._columns: dict[str, _Column] = {}
         self._ds: dict[str, Any] = {}
         self._buffered = 0
+        self._first_row_t = 0.0  # when the first event was buffered (sets the image chunk size)
         self._written = 0
         self._swmr = False
         self._closed = False
@@ -627,9 +639,15 @@ class EventWriter:
         self._ds = {}
         for c in self._columns.values():
             if c.image:
-                # ~256 KiB chunks compress well and keep HDF5's per-chunk cost low; the half-filled last
-                # chunk that each flush rewrites leaks its old copy, a few % of the data at 1 flush/s
-                rows = int(np.clip(_IMAGE_CHUNK_BYTES // max(1, int(np.prod(c.shape)) * c.dtype.itemsize), 1, 64))
+                # ~256 KiB chunks compress well and keep HDF5's per-chunk cost low (one-row chunks
+                # write ~30% fewer events/s). But each flush rewrites the half-filled last chunk of
+                # every image column and, in SWMR mode, HDF5 never reuses the old copy's space: at a
+                # few cells per flush the file grew to 10x its data. A chunk holds at most an
+                # eighth of the cells that came per flush interval before the first flush, so the
+                # rewrites stay within ~10% at the rate the run started with
+                per_flush = self._buffered / max(time.monotonic() - self._first_row_t, 0.25) * self.flush_interval_s
+                rows = int(np.clip(min(_IMAGE_CHUNK_BYTES // max(1, int(np.prod(c.shape)) * c.dtype.itemsize),
+                                       per_flush // 8), 1, 64))
                 plain = not self._compress_images and c.path != "events/mask"
                 ds = h5.create_dataset(c.path, (0, *c.shape), dtype=c.dtype, maxshape=(None, *c.shape),
                                        chunks=(rows, *c.shape), **({} if plain else comp))
@@ -674,6 +692,7 @@ class EventWriter:
         if records:
             if not self._columns:
                 self._define_columns(records)
+                self._first_row_t = time.monotonic()
             for r in records:
                 self._add_row(r)
         if self._buffered >= self.max_buffered or time.monotonic() - self._last_flush >= self.flush_interval_s:
@@ -730,8 +749,12 @@ class EventWriter:
                 bg = self._last_bg if self._last_bg is not None else np.zeros(self._image_shape, np.uint8)
                 put("events/image", bg)
                 put("events/mask", np.zeros(self._image_shape, np.uint8))
-            # bytes comparison is memcmp: ~5x faster than np.array_equal on a 24 KB frame
-            if self._last_bg is None or bg.tobytes() != self._last_bg.tobytes():
+            # the running background changes at every update, by one grey level in a few pixels:
+            # stored on each change it was a background per event, a fifth of the file. A new one
+            # is stored once a pixel has moved by more than one grey level (bytes comparison is
+            # memcmp: ~5x faster than np.array_equal on a 24 KB frame; most rows stop there)
+            last = self._last_bg
+            if last is None or (bg.tobytes() != last.tobytes() and _differs(bg, last, _BG_TOLERANCE)):
                 self._bg_pending.append(bg)
                 self._bg_count += 1
                 self._last_bg = bg
@@ -894,13 +917,12 @@ class EventWriter:
             acks, self._pending_acks = self._pending_acks, []
             if self._counters_dirty:
                 elapsed = time.monotonic() - self._t0
-                lines += wrap_bytes(f"t={elapsed:.1f}s " + " ".join(f"{k}={v}" for k, v in self._counters.items()))
-                counter_lines = lines[-1:]
+                # the whole wrapped line goes to the counters' own log
+                counter_lines = wrap_bytes(f"t={elapsed:.1f}s " + " ".join(f"{k}={v}" for k, v in self._counters.items()))
                 self._counters_dirty = False
             else:
                 counter_lines = []
-        if counter_lines:  # counters go to their own log; pop them from the run-log lines
-            lines = lines[: len(lines) - len(counter_lines)]
+        if counter_lines:
             _append(h5["logs/mimlsort-counters"], np.array(counter_lines, dtype=f"S{LOG_LINE_BYTES}"))
         if lines:
             _append(h5["logs/mimlsort-run"], np.array(lines, dtype=f"S{LOG_LINE_BYTES}"))

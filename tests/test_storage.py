@@ -268,6 +268,13 @@ def test_each_distinct_background_is_stored_once(tmp_path):
         changed.append(CellRecord(with_snapshot(r.event, Snapshot(s.image, bg.copy(), s.mask, s.frame_id,
                                                                      s.pos_x_px, s.pos_y_px)),
                                   r.probabilities, r.decision, r.fire))
+    # the running background's usual step (one grey level in a few pixels) is not stored again
+    s = snap_of(changed[1].event)
+    nudged = s.background.copy()
+    nudged[::7, ::5] = np.minimum(nudged[::7, ::5], 254) + 1
+    changed[1] = CellRecord(with_snapshot(changed[1].event, Snapshot(s.image, nudged, s.mask, s.frame_id, s.pos_x_px,
+                                                                     s.pos_y_px)), changed[1].probabilities,
+                            changed[1].decision, changed[1].fire)
     with EventWriter(path, meta=make_meta(), max_buffered=3) as w:
         w.write(changed[:2])
         w.write(changed[2:])
@@ -277,7 +284,42 @@ def test_each_distinct_background_is_stored_once(tmp_path):
         assert ds.h5file["basin_events/image_bg"].shape[0] == 2
         assert list(ds["basinmap0"]) == [0] * 4 + [1] * 5
         for i, r in enumerate(changed):
-            assert np.array_equal(ds["image_bg"][i], snap_of(r.event).background)
+            stored = ds["image_bg"][i].astype(int)
+            assert np.abs(stored - snap_of(r.event).background).max() <= 1
+            assert np.array_equal(stored, snap_of(changed[0 if i < 4 else 4].event).background)
+
+
+def test_a_slow_run_does_not_bloat_the_file(tmp_path):
+    """One cell per flush (a slow sample, a weekend): SWMR never reuses the space of the image
+    chunks each flush rewrites, so chunks must fit the rate (the file was 10x its data)."""
+    import h5py
+
+    path = tmp_path / "slow.rtdc"
+    records = make_records(40)
+    with EventWriter(path, meta=make_meta()) as w:
+        for r in records:
+            w.write([r])
+            w.flush()
+    with h5py.File(path, "r") as h:
+        held = []
+        h.visititems(lambda _n, o: held.append(o.id.get_storage_size()) if isinstance(o, h5py.Dataset) else None)
+        assert h["events/image"].chunks[0] == 1
+    assert path.stat().st_size < 1.3 * sum(held)
+
+
+def test_counters_longer_than_a_log_line_go_whole_to_their_log(tmp_path):
+    import h5py
+
+    path = tmp_path / "counters.rtdc"
+    counters = {f"counter_{i}": 1000 + i for i in range(20)}  # several 100-byte log lines
+    with EventWriter(path, meta=make_meta()) as w:
+        w.write(make_records(2))
+        w.note_counters(counters)
+    with h5py.File(path, "r") as h:
+        text = b"".join(h["logs/mimlsort-counters"][:]).decode()
+        run_log = b"".join(h["logs/mimlsort-run"][:]).decode()
+    assert all(f"{k}={v}" in text for k, v in counters.items()), text
+    assert "counter_" not in run_log
 
 
 def test_a_lost_roi_frame_does_not_change_the_layout(tmp_path):
