@@ -121,6 +121,8 @@ class BaslerCamera(GenicamFeatures, Camera):
     backend = "basler"
     Settings = BaslerSettings
 
+    ids_continue_after_reconnect = True  # _frame_id unwraps them across restarts and reconnects
+
     def __init__(self, settings: Any = None):
         super().__init__(settings)
         # pylon's GetNumberOfSkippedImages: frames its output queue dropped. Their block ids are
@@ -128,7 +130,6 @@ class BaslerCamera(GenicamFeatures, Camera):
         # pipeline adds to the ring's count) stays 0 on this backend.
         self.skipped_images = 0
         self.skipped = 0
-        self.reconnects = 0
         self.discarded_at_stop = 0  # frames still queued when acquisition stopped
         self.grab_errors = 0  # retrievals pylon failed without the camera being gone
         self.grab_restarts = 0  # grab sessions pylon ended by itself, restarted without reopening

@@ -73,6 +73,10 @@ class Camera(ABC):
     backend: ClassVar[str] = "?"
     Settings: ClassVar[type]
 
+    #: True where the backend unwraps frame ids itself so that they go on across a reconnect
+    #: (Basler); otherwise the ring is told the counter restarted
+    ids_continue_after_reconnect: ClassVar[bool] = False
+
     def __init__(self, settings: Any = None):
         if settings is None:
             settings = self.Settings()
@@ -84,6 +88,8 @@ class Camera(ABC):
         self.failed_buffers = 0  # grabs the camera reported as failed/incomplete
         self.timeouts = 0  # grabs that timed out
         self.delivered = 0
+        self.reconnects = 0  # times a backend reopened a camera that disappeared mid-run
+        self._reconnects_seen = 0
         self._info: CameraInfo | None = None
 
     @property
@@ -149,6 +155,10 @@ class Camera(ABC):
             if not self.exhausted:
                 self.timeouts += 1
             return False
+        if self.reconnects != self._reconnects_seen:  # a reopened camera restarts its frame counter
+            self._reconnects_seen = self.reconnects
+            if not self.ids_continue_after_reconnect:
+                ring.note_restart()
         ring.commit(res.frame_id, res.timestamp_ns)
         self.delivered += 1
         return True

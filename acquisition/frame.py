@@ -59,8 +59,10 @@ class FrameBatch:
 class FrameRing:
     """Preallocated frame ring: one producer that never blocks, any number of readers.
 
-    ``id_modulus`` is the camera's frame-counter range (e.g. ``2**16`` for a 16-bit BlockID, ``0``
-    for a counter that does not wrap); gaps are computed modulo it.
+    ``id_modulus`` is the camera's frame-counter range: the number of distinct ids it cycles
+    through (``65535`` for a GigE Vision 1.x BlockID, which runs 1..65535 and skips 0; ``2**32``
+    for a 32-bit counter that includes 0; ``0`` for a counter that does not wrap); gaps are
+    computed modulo it.
     """
 
     def __init__(
@@ -153,6 +155,12 @@ class FrameRing:
             delta %= self.id_modulus
         # A non-increasing id without a modulus means the camera restarted its counter: no drop.
         return delta - 1 if delta > 1 else 0
+
+    def note_restart(self) -> None:
+        """The camera's frame counter starts again (a camera reopened after it disappeared): the
+        next id is not compared with the last one, which with ``id_modulus`` would count a jump
+        of almost a whole counter range (2**32 frames) as dropped."""
+        self._last_id = None
 
     def note_camera_drops(self, n: int) -> None:
         """Count drops a camera reports by other means than frame-id gaps."""

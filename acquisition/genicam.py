@@ -144,7 +144,7 @@ class GenicamSettings:
     trigger: str = "off"  # "off" (free run) or the TriggerSource for FrameStart, e.g. "Line1", "Software"
     pixel_size_um: float = 0.0  # µm per pixel in the object plane (0: unknown, give it to the tracker)
     buffers: int = 32  # buffers announced to the producer
-    id_modulus: int = 0  # range of the producer's frame id if it wraps (0: 64-bit, no wrap)
+    id_modulus: int = 0  # ids the producer's frame id cycles through if it wraps (65535 for GigE Vision 1.x block ids 1..65535; 0: 64-bit, no wrap)
     timestamps: Literal["host", "camera"] = "host"  # camera: GenTL buffer timestamps (ns), where the device has them
     reconnect_attempts: int = 3  # tries to reopen a device that disappeared before the run ends ERRORED
     reconnect_delay_s: float = 1.0  # pause before each reconnect attempt
@@ -166,7 +166,6 @@ class GenicamCamera(GenicamFeatures, Camera):
     def __init__(self, settings: Any = None):
         super().__init__(settings)
         self.skipped = 0  # drops not visible as frame-id gaps (GenTL reports none: stays 0)
-        self.reconnects = 0
         self.clock_note = ""
         self._h = None
         self._ia = None

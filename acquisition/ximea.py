@@ -90,7 +90,6 @@ class XimeaCamera(Camera):
     def __init__(self, settings: Any = None):
         super().__init__(settings)
         self.skipped = 0  # drops not visible as frame-id gaps (acq_nframe shows them all: stays 0)
-        self.reconnects = 0
         self.clock_note = "camera clock (tsSec/tsUSec)"
         self._cam = None
         self._img = None

@@ -62,6 +62,62 @@ def test_counter_restart_without_modulus_is_not_a_drop():
     assert ring.camera_dropped == 0
 
 
+def test_gige_block_ids_wrap_from_65535_to_1_without_a_drop():
+    ring = FrameRing(8, 1, 1, id_modulus=65535)  # GigE Vision 1.x: 1..65535, 0 is never used
+    for fid in (65534, 65535, 1, 2, 4):
+        ring.push(np.zeros((1, 1), np.uint8), fid, 0)
+    assert ring.camera_dropped == 1
+
+
+def test_a_camera_reopened_mid_run_restarts_its_counter_without_counting_drops():
+    """A backend that reconnects a lost camera (its counter starts again at 1) tells the ring;
+    with a modulus the restart was counted as almost 2**32 dropped frames."""
+    from acquisition.camera import Camera, CameraInfo, GrabResult
+
+    class Counter(Camera):  # a stand-in for a vendor camera that can be unplugged (none exists here)
+        backend = "counter"
+
+        class Settings:
+            pass
+
+        def __init__(self):
+            super().__init__(self.Settings())
+            self.next_id = 5000
+
+        def _do_open(self):
+            return CameraInfo("counter", "m", "s", 1, 1, "uint8", 8, 100.0, 1.0, True, id_modulus=2**32)
+
+        def _do_start(self):
+            pass
+
+        def _do_stop(self):
+            pass
+
+        def _do_close(self):
+            pass
+
+        def _do_grab(self, out, timeout_s):
+            self.next_id += 1
+            return GrabResult(self.next_id, 0)
+
+        def unplug_and_reopen(self):
+            self.reconnects += 1
+            self.next_id = 0
+
+    with Counter() as cam:
+        ring = cam.info.make_ring(64)
+        cam.start()
+        for _ in range(3):
+            cam.grab_into(ring)
+        cam.unplug_and_reopen()
+        for _ in range(3):
+            cam.grab_into(ring)
+        assert ring.camera_dropped == 0
+        cam.next_id += 2  # then two frames lost for real
+        cam.grab_into(ring)
+        assert ring.camera_dropped == 2
+
+
 def test_zero_copy_slot_and_frame_view():
     ring = FrameRing(4, 3, 3, dtype=np.uint16)
     slot = ring.next_slot()
