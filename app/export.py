@@ -43,7 +43,8 @@ def quality_names(q: int) -> str:
 
 def _fmt(v) -> str:
     if isinstance(v, (float, np.floating)):
-        return "" if math.isnan(v) else f"{float(v):.7g}"
+        # 10 digits: a time in ms keeps µs after a day (7 digits had 1 ms steps after an hour)
+        return "" if math.isnan(v) else f"{float(v):.10g}"
     if isinstance(v, (bytes, np.bytes_)):
         return v.decode("utf-8", "replace")
     return str(v)
@@ -156,7 +157,7 @@ def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "ce
             cls = classes[f["predicted"][i]]
         else:
             cls = run.meta.sample
-        cid = f"{prefix}_M{run.meta.run_index}_Cell{int(f['event_index'][i])}"
+        cid = f"{prefix}_M{run.meta.run_index}_Cell{int(i) + 1}"  # the CSV's `cell` and dclab's `index`
         for which, key in (("Firstcrop", "first_crop"), ("Lastcrop", "last_crop")):
             fn = f"{cid}_{which}.png"
             if not cv2.imwrite(str(img_dir / fn), png(f[key][i])):

@@ -103,4 +103,4 @@ def write_events_csv(events: list[CellEvent], path: str) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(",".join(cols) + "\n")
         for r in rows:
-            fh.write(",".join(str(int(v)) if c in ints else ("" if np.isnan(v) else f"{v:.6g}") for c, v in zip(cols, r)) + "\n")
+            fh.write(",".join(str(int(v)) if c in ints else ("" if np.isnan(v) else f"{v:.10g}") for c, v in zip(cols, r)) + "\n")

@@ -146,6 +146,9 @@ def test_csv_export_has_one_row_per_cell_with_everything(run_file, tmp_path):
         assert row["reason"] == r.decision.reason.value and int(row["fired"]) == int(r.decision.fire)
         assert row["quality_flags"] == quality_names(int(r.event.quality))
     assert quality_names(int(Quality.DOUBLET | Quality.STUCK)) == "DOUBLET|STUCK"
+    from app.export import _fmt
+
+    assert float(_fmt(3_600_123.4567)) == pytest.approx(3_600_123.4567, abs=1e-3)  # ms after an hour: µs kept
 
 
 def test_miml_export_round_trips_through_the_training_importer(run_file, tmp_path):
@@ -162,8 +165,9 @@ def test_miml_export_round_trips_through_the_training_importer(run_file, tmp_pat
     assert len(ds) == len(ok) and ds.report.missing == ()
     by_id = {str(i): k for k, i in enumerate(ds.ids)}
     scaling = json.loads((tmp_path / "miml" / "miml_export.json").read_text())["scaling"]
+    row_of = {id(r): n for n, r in enumerate(records, 1)}  # CellN is the CSV's `cell`, dclab's `index`
     for r in ok:
-        k = by_id[f"hct116_vs_wbc_M3_Cell{r.event.index}"]
+        k = by_id[f"hct116_vs_wbc_M3_Cell{row_of[id(r)]}"]
         assert np.array_equal(ds.first[k], r.event.first_crop)
         assert np.array_equal(ds.last[k], r.event.last_crop)
         assert ds.class_names[ds.labels[k]] == CLASSES[int(np.argmax(r.probabilities))]
