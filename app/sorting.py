@@ -113,7 +113,7 @@ class SortSettings:
     mode: str = "purity"  # purity | yield | single-cell
     window_ms: float = 4.0  # coincidence window around a target's exit (cells sorted along within it; ~20 µm at 5 mm/s)
     window_um: float = 0.0  # if > 0: window as a distance, converted with the cell's speed after exit
-    reject_flags: tuple[str, ...] = ("DOUBLET", "BORDER", "INCOMPLETE", "STUCK")  # quality flags that never sort
+    reject_flags: tuple[str, ...] = ("DOUBLET", "BORDER", "INCOMPLETE", "STUCK", "SMALL")  # quality flags that never sort
     range_gates: tuple[RangeGate, ...] = ()  # feature ranges a cell must fall in to sort: {feature, min, max}
     polygon_gates: tuple[PolygonGate, ...] = ()  # polygons on two features (as drawn on a scatter plot): {x, y, points}
 

@@ -58,7 +58,7 @@ def test_summary_counts_match_the_records(run_file):
     # classes and medians are over the cells the default policy would sort: TOUCHING ones count
     ok = [not r.event.quality & Quality.DOUBLET for r in records]
     assert any(r.event.quality == Quality.TOUCHING for r in records)
-    assert s.sortable == sum(ok) > s.unflagged and s.rejected_flags == ("DOUBLET", "BORDER", "INCOMPLETE", "STUCK")
+    assert s.sortable == sum(ok) > s.unflagged and s.rejected_flags == ("DOUBLET", "BORDER", "INCOMPLETE", "STUCK", "SMALL")
     assert [c.count for c in s.classes_sortable] == [sum(1 for p, o in zip(pred, ok) if o and p == i)
                                                      for i in range(len(CLASSES))]
     doublets = next(q for q in s.quality if q.name == "DOUBLET")

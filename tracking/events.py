@@ -22,13 +22,15 @@ class Quality(enum.IntFlag):
     LOW_CONTRAST = 8  # the cell barely stands out of the background
     STUCK = 16  # the cell stopped in the channel for longer than the stuck limit
     TOUCHING = 32  # touched a neighbour in or past the constriction: cut from it at their waist there
+    SMALL = 64  # smaller at rest than tracking.min_cell_diameter_um: debris or a platelet, not a squeezed cell
 
 
 #: flags that keep an event out of training data (and the MIML authors' export): it is not one
 #: whole cell seen clearly. TOUCHING is not among them: such a cell is measured on the frames where
 #: it was seen whole, the sorter classifies it, and a model trained with such cells classifies
 #: them better (NOTES.md, "Touching cells")
-NOT_FOR_TRAINING = Quality.DOUBLET | Quality.BORDER | Quality.INCOMPLETE | Quality.LOW_CONTRAST | Quality.STUCK
+NOT_FOR_TRAINING = (Quality.DOUBLET | Quality.BORDER | Quality.INCOMPLETE | Quality.LOW_CONTRAST | Quality.STUCK
+                    | Quality.SMALL)
 
 
 @by_fields

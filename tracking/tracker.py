@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 _H = L.N_H_EXTRA  # offset of blob columns in a history row
 _LINK_FLAGS = int(Quality.DOUBLET | Quality.BORDER | Quality.STUCK)  # quality bits the link kernel sets
 _Q_INCOMPLETE = int(Quality.INCOMPLETE)
+_Q_SMALL = int(Quality.SMALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class TrackerSettings:
 
     threshold: float = 10.0  # grey levels |image - background| that count as cell; < 0: dark pixels only (RT-DC)
     min_area_um: float = 15.0  # blobs smaller than this are debris
+    min_cell_diameter_um: float = 5.0  # a cell smaller than this at rest is flagged SMALL (debris, platelets: a constriction made to squeeze cells does not squeeze it); 0: never
     max_blobs: int = 16  # per frame
     max_tracks: int = 32  # cells followed at once
     max_history: int = 512  # observations kept per cell (a stuck cell overflows it)
@@ -94,7 +96,7 @@ class TrackerSettings:
         for name in ("min_area_um", "crop_size_um", "gate_forward_um", "gate_y_um", "stuck_ms",
                      "initial_speed_mm_s", "low_contrast"):
             require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-        for name in ("emit_after_exit_um", "gate_back_um"):
+        for name in ("emit_after_exit_um", "gate_back_um", "min_cell_diameter_um"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(0 < self.doublet_solidity <= 1, "doublet_solidity", f"must be in (0, 1], got {self.doublet_solidity}")
         require(0 < self.doublet_di < 1, "doublet_di", f"must be in (0, 1), got {self.doublet_di}")
@@ -426,6 +428,8 @@ class Tracker:
                                  st.low_contrast, st.stuck_ms, out, st.doublet_di)
         feats = dict(zip(FEATURE_ORDER, out.tolist()))
         q = int(q) | (info[L.SI_FLAGS] & _LINK_FLAGS)
+        if feats["diameter_um"] < st.min_cell_diameter_um:  # NaN (no rest shape seen): not flagged
+            q |= _Q_SMALL
         if not info[L.SI_HAS_FIRST] or not info[L.SI_HAS_LAST] or info[L.SI_EXIT_FRAME] < 0:
             q |= _Q_INCOMPLETE
         quality = _QUALITY.get(q)
