@@ -49,7 +49,21 @@ def _child_main(conn) -> None:
     except BaseException as err:  # the parent re-raises it from its constructor
         conn.send(("error", portable(err)))
         return
-    conn.send(("opened", writer.run_identifier, writer.bytes_written, writer.events_written))
+    parent_gone = False
+
+    def reply(*msg) -> None:
+        # a parent killed (SIGKILL) with records still in the socket: they are written all the
+        # same; a failed reply must not end the loop before recv() has drained them
+        nonlocal parent_gone
+        if parent_gone:
+            return
+        try:
+            conn.send(msg)
+        except (OSError, EOFError):
+            parent_gone = True
+            log.warning("%s: the run's process is gone; writing what it sent, then closing the file", path)
+
+    reply("opened", writer.run_identifier, writer.bytes_written, writer.events_written)
     failed = False
     last = (writer.bytes_written, writer.events_written)
     try:
@@ -58,6 +72,8 @@ def _child_main(conn) -> None:
                 msg = conn.recv() if conn.poll(_IDLE_POLL_S) else ("idle",)
             except (EOFError, OSError):
                 log.warning("%s: the run's process is gone; closing the event file", path)
+                writer.note_error("the run's process ended without closing the event file (killed?); "
+                                  "it holds every event the run sent")
                 break
             op = msg[0]
             if op == "close":
@@ -82,13 +98,13 @@ def _child_main(conn) -> None:
                     writer.note_error(msg[1])
             except BaseException as err:
                 failed = True
-                conn.send(("error", portable(err)))
+                reply("error", portable(err))
             now = (writer.bytes_written, writer.events_written)
             if now != last:
                 last = now
-                conn.send(("state",) + now)
+                reply("state", *now)
             if op == "flush":
-                conn.send(("flushed",) + now)
+                reply("flushed", *now)
     finally:
         close_and_report(conn, writer, lambda: (writer.bytes_written, writer.events_written))
 
@@ -131,10 +147,13 @@ class EventWriterProcess:
         self._closed = False
         try:
             self._conn.send((str(self.path), meta, dict(options)))
+            msg = self._receive(OPEN_TIMEOUT_S, until=("opened", "error"))
         except OSError as err:
             self._reap()
             raise DeviceError(f"{self.path}: the event writer process did not start") from err
-        msg = self._receive(OPEN_TIMEOUT_S, until=("opened", "error"))
+        except BaseException:  # interrupted while it starts: the child closes its file and is reaped
+            self._reap()
+            raise
         if msg is None or msg[0] != "opened":
             self._reap()
             if msg is not None and msg[0] == "error":
@@ -188,7 +207,7 @@ class EventWriterProcess:
             self._receive(0.0)
             if self._failed is None:
                 self._failed = DeviceError(f"{self.path}: the event writer process ended (exit code "
-                                           f"{self._proc.returncode}); the file holds what was flushed before")
+                                           f"{self._proc.poll()}); the file holds what was flushed before")
             raise self._failed from err
 
     def _check(self) -> None:

@@ -119,3 +119,31 @@ def test_sigkill_of_the_run_lets_the_child_close_the_file_with_everything_sent(t
     assert run.complete and run.n_events == 50
     assert np.array_equal(feats["event_index"], np.arange(50))
     assert any("sent before the kill" in line for line in run.run_log)
+
+
+_FLOODING_PARENT = textwrap.dedent("""
+    import os, signal, sys
+    from tests.test_storage import make_records, make_meta
+    from app.writer_process import EventWriterProcess
+    w = EventWriterProcess(sys.argv[1], meta=make_meta(), max_buffered=1)
+    recs = make_records(200, seed=1, snapshot=False)
+    for r in recs:  # one record a message: the child replies to each, and is still replying at the kill
+        w.write([r])
+    print(w._proc.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_child_whose_parent_died_mid_reply_still_writes_everything_it_was_sent(tmp_path):
+    """A reply to a killed parent fails (EPIPE): the child went on to close the file then,
+    dropping the records still in the socket (167 of 200), and called the file clean."""
+    path = tmp_path / "flood.rtdc"
+    proc = subprocess.run([sys.executable, "-c", _FLOODING_PARENT, str(path)], cwd=ROOT, env=_child_env(),
+                          capture_output=True, text=True, timeout=120)
+    child = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    feats, run = read_events(path)
+    assert run.n_events == 200 and run.complete
+    assert "killed" in run.error  # the file says that its run did not close it
