@@ -27,7 +27,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = with_changes(cfg, autostop=changes)
     if args.http_port is not None:
         cfg = with_changes(cfg, daemon={"http_port": args.http_port})
-    code, _run = run_daemon(cfg, folder=args.out_dir)
+    code, run = run_daemon(cfg, folder=args.out_dir, ignore_signals_after=True)
+    path = run.events_path
+    if cfg.output.report and path is not None and path.exists() and run.status().cells > 0:
+        from app.report import write_report
+
+        try:
+            files = write_report(path)
+            print(f"report: {files.markdown}", file=sys.stderr)
+        except Exception as err:  # the run's own outcome decides the exit code; its file is safe
+            print(f"mimlsort run: the report could not be written: {err}", file=sys.stderr)
     return code
 
 
@@ -89,7 +98,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out = check_output_file(Path(args.out), inputs=(args.recording,))
     bar = _Progress(total)
     try:
-        code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not args.realtime, progress=bar)
+        code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not args.realtime, progress=bar,
+                               ignore_signals_after=True)
     finally:
         bar.close()
     st = run.status()

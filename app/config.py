@@ -131,7 +131,7 @@ class OutputConfig:
     sample: str = "sample"  # sample name, stored in the file and used in file names
     record_raw: bool = False  # also record every raw frame (.rtdc); may lag, drops are counted
     write_events: bool = True  # write the event file (.rtdc)
-    report: bool = True  # write the sample report when the run ends
+    report: bool = True  # `mimlsort run`: write the sample report beside the event file when the run ends (<events>_report/)
     recorder: str = "process"  # raw frames: "process" (a child process reads the ring through shared memory, off the GIL) or "thread"
     writer: str = "process"  # "process": a child process writes the event file, so HDF5 (it holds the GIL) never stalls sorting; "thread": in-process
     max_backlog_mb: float = 1024.0  # memory (MiB) records waiting for the event file may hold: past half, cells are recorded without their ROI image (counted, logged in the file); at the limit the run stops with an error instead of growing; 0 = unbounded

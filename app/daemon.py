@@ -1,8 +1,10 @@
 """The headless capture daemon: run a configuration until it ends, is stopped, or fails.
 
 * logs to stderr and to a log file in the output folder; one status line per interval;
-* SIGINT/SIGTERM stop the run gracefully (files closed complete); a second signal is ignored while
-  the files close, so a double Ctrl-C cannot leave a half-written file;
+* SIGINT/SIGTERM stop the run gracefully (files closed complete), also while it starts; a second
+  signal is ignored while the files close, so a double Ctrl-C cannot leave a half-written file;
+* the run's threads never wait for the terminal: log records and status lines are written by a
+  console thread of their own;
 * optional status as JSON over HTTP, bound to 127.0.0.1 only (``GET /status``);
 * the exit code says how the run ended (:data:`EXIT_CODES`).
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import queue
 import signal
 import sys
 import threading
@@ -79,10 +83,71 @@ def _file_handler(path: Path) -> logging.Handler:
     return h
 
 
+class _Console:
+    """Log records and status lines go out from a thread of their own while a run goes.
+
+    A stderr that nobody reads (a terminal paused with Ctrl-S, a stuck ``| tee``, a hung log
+    collector) blocks whoever writes to it: the log trigger's pulse lines and every warning of a
+    worker thread held up the sort path (13,000 frames missed), and the main thread, stuck in a
+    status line, never closed the files after SIGTERM. Now the run's threads only queue; this
+    thread alone may wait for the terminal."""
+
+    def __init__(self):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._root = logging.getLogger()
+        self._handlers: list[logging.Handler] = []
+        self._queue_handler = logging.handlers.QueueHandler(self._q)
+        self._thread = threading.Thread(target=self._loop, name="mimlsort-console", daemon=True)
+
+    def __enter__(self) -> "_Console":
+        self._handlers = list(self._root.handlers)
+        for h in self._handlers:
+            self._root.removeHandler(h)
+        self._root.addHandler(self._queue_handler)
+        self._thread.start()
+        return self
+
+    def print(self, text: str, file) -> None:
+        self._q.put((text, file))
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            try:
+                if isinstance(item, logging.LogRecord):
+                    for h in self._handlers:
+                        if item.levelno >= h.level:
+                            h.handle(item)
+                else:
+                    print(item[0], file=item[1], flush=True)
+            except Exception:  # a console that fails must not end the console
+                pass
+
+    def __exit__(self, *exc) -> None:
+        self._q.put(None)
+        self._thread.join(_CONSOLE_DRAIN_S)  # a terminal still paused: what is queued stays unwritten
+        self._root.removeHandler(self._queue_handler)
+        for h in self._handlers:
+            self._root.addHandler(h)
+
+
+#: how long the end of a run waits for its queued console output to be written
+_CONSOLE_DRAIN_S = 5.0
+
+
 def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
-               out=None, lossless: bool = False, progress: Callable[[Status], None] | None = None) -> tuple[int, Run]:
+               out=None, lossless: bool = False, progress: Callable[[Status], None] | None = None,
+               ignore_signals_after: bool = False) -> tuple[int, Run]:
     """Run ``cfg`` to its end; returns (exit code, the finished run). Status lines go to ``out``
-    (default: the ``sys.stderr`` of the moment)."""
+    (default: the ``sys.stderr`` of the moment).
+
+    SIGINT/SIGTERM only note the request (no I/O, no lock in a signal handler); the run is
+    stopped by this thread, also when the signal came while the run was being built or started
+    (it then starts and stops at once, its file complete and empty). ``ignore_signals_after``
+    (the command line) keeps both signals ignored once the files are closed, so that a second
+    Ctrl-C cannot kill the process with a signal status instead of its exit code."""
     out = out if out is not None else sys.stderr
     folder = Path(folder or cfg.output.folder).expanduser()
     make_output_folder(folder, option="output.folder / --out-dir")
@@ -92,62 +157,76 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         root.addHandler(handler)
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
-    run = build_run(cfg, folder=folder, events_path=events_path, lossless=lossless)
     signals = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
     previous = {}
+    requested: list[str] = []
 
     def on_signal(signum, _frame):
-        if run.pipeline.finish_reason is None:
-            log.info("%s: stopping the run", signals.get(signum, signum))
-            run.pipeline.stop(FinishReason.CANCELED, f"stopped by {signals.get(signum, signum)}")
+        requested.append(signals.get(signum, str(signum)))
 
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         for s in signals:
             previous[s] = signal.signal(s, on_signal)
-    latest: dict = {}
+
+    def restore_signals() -> None:
+        while previous:
+            s, h = previous.popitem()
+            signal.signal(s, signal.SIG_IGN if ignore_signals_after else h)
+
+    console = _Console().__enter__()
+    run = None
     try:
-        run.start()
-        log.info("run started; events -> %s", run.events_path)
-        server = StatusServer(cfg.daemon.http_port, lambda: latest) if cfg.daemon.http_port else None
-        if server is not None:
-            server.__enter__()
+        run = build_run(cfg, folder=folder, events_path=events_path, lossless=lossless)
+        latest: dict = {}
         try:
-            next_line = time.monotonic() + cfg.daemon.status_interval_s
-            while not run.pipeline.wait(timeout=0.05):
-                now = time.monotonic()
+            run.start()
+            log.info("run started; events -> %s", run.events_path)
+            server = StatusServer(cfg.daemon.http_port, lambda: latest) if cfg.daemon.http_port else None
+            if server is not None:
+                server.__enter__()
+            try:
+                next_line = time.monotonic() + cfg.daemon.status_interval_s
+                while True:
+                    if requested and run.pipeline.finish_reason is None:
+                        log.info("%s: stopping the run", requested[0])
+                        run.pipeline.stop(FinishReason.CANCELED, f"stopped by {requested[0]}")
+                    if run.pipeline.wait(timeout=0.05):
+                        break
+                    now = time.monotonic()
+                    st = run.status()
+                    latest = st.to_dict()
+                    if progress is not None:
+                        progress(st)
+                    elif now >= next_line:
+                        console.print(st.line(), out)
+                        next_line = now + cfg.daemon.status_interval_s
                 st = run.status()
                 latest = st.to_dict()
-                if progress is not None:
-                    progress(st)
-                elif now >= next_line:
-                    print(st.line(), file=out, flush=True)
-                    next_line = now + cfg.daemon.status_interval_s
-            st = run.status()
-            latest = st.to_dict()
+            finally:
+                if server is not None:
+                    server.__exit__(None, None, None)
         finally:
-            if server is not None:
-                server.__exit__(None, None, None)
+            run.pipeline.stop()
+            run.pipeline.wait()
+            run.close()
+            restore_signals()  # before the last words: a second Ctrl-C now changes nothing
+        st = run.status()
+        if progress is None:
+            console.print(st.line(), out)
+        reason = st.finish_reason or FinishReason.COMPLETED
+        console.print(f"run {reason.value}" + (f": {st.message}" if st.message else "") +
+                      (f"; events in {run.events_path}" if run.events_path else ""), out)
+        code = EXIT_CODES[reason]
+        if (run.close_errors or run.abandoned) and code == 0:
+            code = 1
+        if run.abandoned:
+            console.print(f"event writer abandoned: {run.abandoned}; {run.events_path} holds what it flushed "
+                          f"before", out)
     finally:
-        run.pipeline.stop()
-        run.pipeline.wait()
-        run.close()
-        if in_main:
-            for s, h in previous.items():
-                signal.signal(s, h)
+        restore_signals()
+        console.__exit__(None, None, None)
         if handler is not None:
             root.removeHandler(handler)
             handler.close()
-    st = run.status()
-    if progress is None:
-        print(st.line(), file=out, flush=True)
-    reason = st.finish_reason or FinishReason.COMPLETED
-    print(f"run {reason.value}" + (f": {st.message}" if st.message else "") +
-          (f"; events in {run.events_path}" if run.events_path else ""), file=out, flush=True)
-    code = EXIT_CODES[reason]
-    if (run.close_errors or run.abandoned) and code == 0:
-        code = 1
-    if run.abandoned:
-        print(f"event writer abandoned: {run.abandoned}; {run.events_path} holds what it flushed before",
-              file=out, flush=True)
     return code, run

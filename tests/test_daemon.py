@@ -247,3 +247,85 @@ def test_a_writer_that_hangs_does_not_keep_the_daemon_from_ending(tmp_path):
     assert took < 60
     with dclab.new_dataset(path) as ds:
         assert len(ds) > 0
+
+
+def test_a_terminal_nobody_reads_neither_stalls_sorting_nor_stops_sigterm(tmp_path):
+    """stderr into a pipe that is never read (a terminal paused with Ctrl-S, a stuck `| tee`): the
+    log trigger's pulse lines, warnings and status lines used to block the sort thread and the
+    main thread, which then never closed the files after SIGTERM."""
+    import fcntl
+
+    import h5py
+
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out")
+    cfg.write_text(cfg.read_text().replace('backend = "null"', 'backend = "log"')  # a line per pulse
+                   .replace("status_interval_s = 0.5", "status_interval_s = 0.05"))
+    r, w = os.pipe()
+    fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ: a small pipe fills within the first second
+    p = subprocess.Popen([sys.executable, "-m", "app.cli", "run", "--config", str(cfg)], cwd=ROOT,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL, stderr=w)
+    os.close(w)
+    try:
+        path = wait_for_events(tmp_path / "out")
+        time.sleep(2.0)  # the pipe is full by now: every write to stderr would block
+        p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        complete = False
+        while not complete and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                with h5py.File(path, "r", locking=False) as h5:
+                    complete = bool(h5["mimlsort"].attrs.get("complete", False))
+            except OSError:
+                pass
+        assert complete, "SIGTERM did not close the event file while stderr was blocked"
+        with open(r, "rb", closefd=False) as fh:  # now read it: the process says its last words and ends
+            fcntl.fcntl(r, fcntl.F_SETFL, os.O_NONBLOCK)
+            deadline = time.monotonic() + 30
+            err = b""
+            while p.poll() is None and time.monotonic() < deadline:
+                try:
+                    err += fh.read() or b""
+                except BlockingIOError:
+                    pass
+                time.sleep(0.05)
+        assert p.returncode == 0
+        from app.storage import read_events
+
+        feats, run = read_events(path)
+        # the sort path did not wait for the terminal (it missed 13,000 frames of ~20,000 then)
+        assert run.n_events > 0 and run.counters.get("missed_sort", 0) < 0.02 * run.counters["frames_in"]
+    finally:
+        p.kill()
+        os.close(r)
+
+
+def test_a_signal_while_the_run_starts_ends_it_cleanly(tmp_path):
+    """SIGTERM during the model load and camera open (before, the process died with status 143
+    and left an empty, unfinished event file; SIGINT gave a traceback)."""
+    import dclab
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        cfg = write_config(tmp_path / "run.toml", tmp_path / sig.name)
+        p = mimlsort("run", "--config", str(cfg))
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / sig.name).glob("*.rtdc")) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the event writer has just been started: the run is being built
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert "Traceback" not in err and "stopped by" in err
+        paths = list((tmp_path / sig.name).glob("*.rtdc"))
+        assert len(paths) == 1
+        with dclab.new_dataset(paths[0]) as ds:
+            assert ds.h5file["mimlsort"].attrs["complete"]
+
+
+def test_the_daemon_writes_the_sample_report(tmp_path):
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=1.5)
+    p = mimlsort("run", "--config", str(cfg))
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err
+    events = sorted((tmp_path / "out").glob("*.rtdc"))[0]
+    report = events.with_name(events.stem + "_report") / "report.md"
+    assert report.is_file() and "report:" in err
