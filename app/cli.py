@@ -12,7 +12,9 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from mimlsort.errors import DataFormatError, MimlsortError
@@ -204,7 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTENSIONS = ("app.cli_train", "app.cli_run", "app.cli_report", "app.cli_cameras", "app.cli_hardware", "app.cli_gui")
 
 
+def _terminate(signum, _frame) -> None:
+    # SIGTERM ends a command as Ctrl-C does (its `finally` blocks close and clean up; the
+    # default action killed it on the spot); run and replay stop their run gracefully instead
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -217,9 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"mimlsort {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"mimlsort {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"mimlsort {args.command}: interrupted" + (" (SIGTERM)" if e.args == ("SIGTERM",) else ""),
+              file=sys.stderr)
+        return 143 if e.args == ("SIGTERM",) else 130
 
 
 if __name__ == "__main__":

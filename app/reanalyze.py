@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,11 +222,18 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                        model_spec_json=clf.spec.to_json() if clf is not None else "", model_sha256="",
                        model_name=str(model or ""), config_toml=config_to_toml(RunConfig()),
                        camera=f"reanalysis of {src.name}", camera_clock=False, measured="single image", **setup)
-        with EventWriter(dst, meta=meta) as wr:
-            wr.log(f"reanalysis of {src} ({n} event images)")
-            wr.log(f"segmentation: threshold {seg.threshold:g}, closing {seg.closing_px} px ({seg.source})")
-            wr.log("experiment metadata (date, sample, setup) copied from the source" + temp_note)
-            wr.write([CellRecord(e, p, None, None) for e, p in zip(records, probs)])
+        # written under a temporary name and renamed when whole: an interrupted reanalysis leaves
+        # neither a partial file that looks finished nor one that blocks the command's next run
+        part = dst.with_name(dst.stem + ".partial.rtdc")
+        try:
+            with EventWriter(part, meta=meta, overwrite=True) as wr:
+                wr.log(f"reanalysis of {src} ({n} event images)")
+                wr.log(f"segmentation: threshold {seg.threshold:g}, closing {seg.closing_px} px ({seg.source})")
+                wr.log("experiment metadata (date, sample, setup) copied from the source" + temp_note)
+                wr.write([CellRecord(e, p, None, None) for e, p in zip(records, probs)])
+            os.replace(part, dst)
+        finally:
+            part.unlink(missing_ok=True)
     return ReanalysisResult(dst, n, len(records), not_found, str(model or ""))
 
 

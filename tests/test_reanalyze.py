@@ -110,3 +110,44 @@ def test_reanalysis_without_times_or_temperature_setup_takes_frame_times_and_tem
     with dclab.new_dataset(tmp_path / "out.rtdc") as ds:
         assert ds.config["setup"]["temperature"] == pytest.approx(float(np.median(temp)))
         np.testing.assert_allclose(ds["time"][:], frames[:len(ds)] / fps)
+
+
+def test_an_interrupted_reanalysis_leaves_no_output_and_runs_again(tmp_path):
+    """SIGTERM while the output is written: before, the process died on the spot with an empty,
+    unfinished file (and Ctrl-C left a partial file marked complete); either blocked the next run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import h5py
+
+    src = tmp_path / "many.rtdc"
+    with h5py.File(DATA / "2020-10_image_bg.rtdc", "r") as f, h5py.File(src, "w") as g:
+        for k, v in f.attrs.items():
+            g.attrs[k] = v
+        reps = 800
+        for k in ("image", "image_bg", "pos_x", "pos_y"):
+            a = f["events"][k][:]
+            g.create_dataset(f"events/{k}", data=np.concatenate([a] * reps))
+        n = len(f["events/frame"])
+        g.create_dataset("events/frame", data=np.arange(n * reps) + 1)
+        g.create_dataset("events/time", data=(np.arange(n * reps) + 1) / float(f.attrs["imaging:frame rate"]))
+    out = tmp_path / "out.rtdc"
+    part = tmp_path / "out.partial.rtdc"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "app.cli", "reanalyze", str(src), "--out", str(out)]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not part.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    p.send_signal(signal.SIGTERM)
+    _o, err = p.communicate(timeout=60)
+    if p.returncode == 0:
+        pytest.skip("the reanalysis finished before the signal came")  # a very fast machine
+    assert p.returncode == 143 and "interrupted" in err and "Traceback" not in err, err
+    assert not out.exists() and not part.exists()
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert out.exists() and not part.exists()
