@@ -86,13 +86,23 @@ class FrameRing:
         #: the file behind ``images`` when shared with another process (a tmpfs file other
         #: processes map read-only; see :meth:`unlink_shared`), else None
         self.shared_path: str | None = None
+        self._shared_fd: int | None = None
         if shared:
             import tempfile
 
             folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            fd, self.shared_path = tempfile.mkstemp(prefix="mimlsort-ring-", dir=folder)
-            os.close(fd)
-            self.images = np.memmap(self.shared_path, dtype=dtype, mode="w+", shape=(capacity, height, width))
+            fd, path = tempfile.mkstemp(prefix="mimlsort-ring-", dir=folder)
+            self.images = np.memmap(path, dtype=dtype, mode="w+", shape=(capacity, height, width))
+            if os.path.isdir(f"/proc/{os.getpid()}/fd"):
+                # Linux: the name goes at once and the other process opens the file through our
+                # descriptor, so a run killed before that process attached (while the kernels
+                # load, a minute on a first run) leaves no ring in /dev/shm holding memory
+                os.unlink(path)
+                self._shared_fd = fd
+                self.shared_path = f"/proc/{os.getpid()}/fd/{fd}"
+            else:
+                os.close(fd)
+                self.shared_path = path
         else:
             self.images = np.empty((capacity, height, width), dtype=dtype)
         self.images.fill(0)  # touch every page now: first-lap page faults would cost the grab thread
@@ -109,7 +119,10 @@ class FrameRing:
     def unlink_shared(self) -> None:
         """Remove the shared file's name (idempotent); mappings already made stay valid."""
         path, self.shared_path = self.shared_path, None
-        if path:
+        fd, self._shared_fd = self._shared_fd, None
+        if fd is not None:  # the name is long gone: only our descriptor still opens it
+            os.close(fd)
+        elif path:
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -356,6 +356,8 @@ class Pipeline:
         except BaseException:
             self.state = RunState.FINISHED
             self.finish_reason = FinishReason.ERRORED
+            if self.ring is not None:
+                self.ring.unlink_shared()
             self.camera.close()
             raise
         if self.switch_interval_s:

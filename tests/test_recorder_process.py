@@ -10,6 +10,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
+from acquisition.frame import FrameRing
 from acquisition.recorder_process import RawRecorderProcess
 from acquisition.recording import RawRecorder
 from acquisition.synthetic import SyntheticCamera, SyntheticSettings
@@ -45,7 +46,7 @@ def test_the_child_process_records_the_same_frames_and_leaves_no_shared_file(tmp
         assert np.array_equal(a["events/time"][:], b["events/time"][:])
 
 
-def test_the_shared_ring_is_a_tmpfs_file_until_the_child_has_mapped_it(tmp_path):
+def test_the_shared_ring_opens_by_its_path_until_the_child_has_mapped_it(tmp_path):
     cam = SyntheticCamera(replace(SIM, duration_s=0.05))
     cam.open()
     ring = cam.info.make_ring(64, shared=True)
@@ -62,6 +63,21 @@ def test_the_shared_ring_is_a_tmpfs_file_until_the_child_has_mapped_it(tmp_path)
     cam.close()
     with h5py.File(tmp_path / "r.rtdc") as f:
         assert [int(f["events/image"][i, 0, 0]) for i in range(10)] == list(range(10))
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm") or not os.path.isdir("/proc/self/fd"), reason="Linux tmpfs")
+def test_a_shared_ring_has_no_name_in_dev_shm_even_before_a_child_maps_it():
+    """A run killed before its recorder child attached (while the kernels load) left a ring of
+    ~100 MB in /dev/shm until the next reboot."""
+    before = set(os.listdir("/dev/shm"))
+    ring = FrameRing(64, 96, 256, shared=True)
+    assert set(os.listdir("/dev/shm")) == before
+    with open(ring.shared_path, "rb") as fh:  # what the child opens: the same memory
+        ring.push(np.full((96, 256), 7, np.uint8), 0, 0)
+        assert fh.read(1) == b"\x07"
+    path = ring.shared_path
+    ring.unlink_shared()
+    assert not os.path.exists(path)
 
 
 def test_a_dead_recorder_process_is_a_device_error_naming_the_file(tmp_path):
