@@ -691,6 +691,15 @@ class Pipeline:
         """Classify, decide and fire ``events``, then record them. ``pending``: predicted exits of
         the cells still in view (or a function giving them, called only if a decision needs
         them); ``complete`` adds what the records need but the decision does not (snapshots)."""
+        limit = self.autostop.events
+        if limit and self._cells + len(events) > limit:
+            # auto-stop by count: that many cells, not the rest of the batch that reached it
+            # (cells that finish together, and those still in view when the run stops)
+            events = events[:max(0, limit - self._cells)]
+            if exits is not None:
+                exits = exits[:len(events)]
+            if not events:
+                return
         if self.classifier is not None:
             probs = self.classifier.classify(events)
         else:

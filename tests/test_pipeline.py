@@ -92,9 +92,13 @@ def test_cpu_seconds_of_a_thread_and_of_this_process():
 
 
 def test_autostop_after_events_and_seconds():
-    p = Pipeline(SyntheticCamera(replace(FAST, duration_s=0.0)), sink=ListSink(), autostop=AutoStop(events=3))
+    # a dense flow: cells finish together, and more are in view when the limit is reached
+    sink = ListSink()
+    p = Pipeline(SyntheticCamera(replace(FAST, duration_s=0.0, cells_per_second=600.0)), sink=sink,
+                 autostop=AutoStop(events=7))
     run_to_end(p)
-    assert p.finish_reason is FinishReason.COMPLETED and "3 events" in p.message or p.status().cells >= 3
+    assert p.finish_reason is FinishReason.COMPLETED and "after 7 events" in p.message
+    assert p.status().cells == 7 and len(sink.records) == 7  # exactly the count asked for
     p = Pipeline(SyntheticCamera(replace(FAST, duration_s=0.0, realtime=True)), sink=ListSink(),
                  autostop=AutoStop(seconds=0.3))
     t0 = time.monotonic()
