@@ -39,6 +39,7 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -50,7 +51,7 @@ import numpy as np
 
 from acquisition.frame import RingReader
 from mimlsort import __version__
-from mimlsort.errors import ConfigError, DataFormatError, MimlsortError, StateError
+from mimlsort.errors import ConfigError, DataFormatError, DeviceError, MimlsortError, StateError
 from mimlsort.settings import require
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,17 @@ class RecorderSettings:
     chunk_bytes: int = 1 << 20
     flush_interval_s: float = 1.0
     overwrite: bool = False
+    # stop recording (a clean, complete file) below this much free disk: a failed HDF5 write leaves
+    # a file that may not open; more than the event writer's 256 MiB, so the run's event file,
+    # usually on the same disk, still has room to close
+    min_free_mb: float = 512.0
 
     def __post_init__(self) -> None:
         require(self.compression in ("none", "zstd"), "compression",
                 f"must be 'none' or 'zstd', got {self.compression!r}")
         require(1 <= self.zstd_level <= 22, "zstd_level", f"must be in [1, 22], got {self.zstd_level}")
         require(self.chunk_bytes >= 4096, "chunk_bytes", f"must be >= 4096, got {self.chunk_bytes}")
+        require(self.min_free_mb >= 0, "min_free_mb", f"must be >= 0 (0: no check), got {self.min_free_mb}")
         require(0 < self.flush_interval_s <= 1.0, "flush_interval_s",
                 f"must be in (0, 1] s (a killed process must leave at most 1 s unflushed), got {self.flush_interval_s}")
 
@@ -155,6 +161,7 @@ class RawRecorder:
         self._dropped_logged = 0
         self._noted_camera_drops = 0
         self._t0_ns: int | None = None
+        self._failed: DeviceError | None = None  # the disk ran nearly full: no more frames
         self._file = None
         self._ds: dict[str, Any] = {}
         self._log_ds = None
@@ -318,6 +325,23 @@ class RawRecorder:
         self._file.flush()
         self.flushed_frames = self.frames_written
         self._last_flush = time.monotonic()
+        self._check_space()
+
+    def _check_space(self) -> None:
+        limit = self.settings.min_free_mb * 2**20
+        if not limit:
+            return
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return
+        if free < limit:
+            self._failed = DeviceError(
+                f"{self.path}: disk nearly full ({free / 2**20:.0f} MiB free, need {limit / 2**20:.0f} MiB: "
+                f"min_free_mb); stopped recording, the file holds the {self.frames_written} frames written so far")
+            self._log(str(self._failed))
+            log.error("%s", self._failed)
+            raise self._failed
 
     def note_camera_drops(self, n: int) -> None:
         """Count frames the camera lost that the ring did not see (e.g. SDK skip counters)."""
@@ -328,6 +352,8 @@ class RawRecorder:
     def _require_open(self) -> None:
         if self._file is None:
             raise StateError(f"{self.path}: recorder is not open")
+        if self._failed is not None:
+            raise self._failed
 
     def _append(self, images: np.ndarray, frame_ids: np.ndarray, timestamps_ns: np.ndarray) -> None:
         if self._t0_ns is None:

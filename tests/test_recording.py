@@ -197,6 +197,36 @@ def test_an_error_inside_the_recording_still_closes_a_complete_file(tmp_path):
     assert any("ended by an error: RuntimeError: pump failed" in line for line in logs)
 
 
+def test_a_nearly_full_disk_stops_the_recording_with_a_complete_file(tmp_path):
+    """A write that fails on a full disk can leave an HDF5 file that does not open: the recorder
+    stops first, naming the file, and closes it complete."""
+    import dataclasses
+
+    import h5py
+
+    from mimlsort.errors import DeviceError
+
+    path = tmp_path / "full.rtdc"
+    ring = FrameRing(64, 24, 40, np.uint8)
+    reader = ring.reader("recorder")
+    rec = RawRecorder(path, 40, 24, np.uint8, pixel_size_um=0.5, fps=4000.0, metadata=FULL_METADATA,
+                      settings=RecorderSettings(overwrite=True)).open()
+    for fid in range(10):
+        ring.push(pattern(fid, 24, 40, np.uint8), fid, stamp(fid))
+    rec.write_from_ring(reader)
+    rec.flush()
+    rec.settings = dataclasses.replace(rec.settings, min_free_mb=2.0**40)  # more than any disk has
+    with pytest.raises(DeviceError, match=r"full\.rtdc: disk nearly full.*holds the 10 frames"):
+        rec.flush()
+    ring.push(pattern(10, 24, 40, np.uint8), 10, stamp(10))
+    with pytest.raises(DeviceError, match="disk nearly full"):
+        rec.write_from_ring(reader)
+    rec.close()
+    with h5py.File(path, "r") as f:
+        assert f["events/image"].shape[0] == 10
+        assert b"disk nearly full" in b"".join(f["logs/mimlsort-recorder"][:])  # long lines are wrapped
+
+
 def test_an_empty_recording_is_a_valid_file(tmp_path):
     path = tmp_path / "empty.rtdc"
     with RawRecorder(path, 16, 8, "uint16", bit_depth=12, pixel_size_um=1.0, fps=10.0,
