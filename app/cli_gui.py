@@ -12,9 +12,11 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
         print(take_screenshot(args.screenshot, seconds=args.seconds))
         return 0
+    from app.console import Console
     from app.gui.main import run_gui  # imports PySide6: BackendUnavailable without the extra
 
-    return run_gui(args.config)
+    with Console():  # log lines of the run's threads never wait for the terminal the GUI was started from
+        return run_gui(args.config)
 
 
 def register(subparsers) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
-import queue
 import signal
 import sys
 import threading
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from app.config import RunConfig
+from app.console import Console
 from app.pipeline import FinishReason, Status
 from app.session import Run, build_run
 from mimlsort.outputs import make_output_folder
@@ -83,60 +82,6 @@ def _file_handler(path: Path) -> logging.Handler:
     return h
 
 
-class _Console:
-    """Log records and status lines go out from a thread of their own while a run goes.
-
-    A stderr that nobody reads (a terminal paused with Ctrl-S, a stuck ``| tee``, a hung log
-    collector) blocks whoever writes to it: the log trigger's pulse lines and every warning of a
-    worker thread held up the sort path (13,000 frames missed), and the main thread, stuck in a
-    status line, never closed the files after SIGTERM. Now the run's threads only queue; this
-    thread alone may wait for the terminal."""
-
-    def __init__(self):
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._root = logging.getLogger()
-        self._handlers: list[logging.Handler] = []
-        self._queue_handler = logging.handlers.QueueHandler(self._q)
-        self._thread = threading.Thread(target=self._loop, name="mimlsort-console", daemon=True)
-
-    def __enter__(self) -> "_Console":
-        self._handlers = list(self._root.handlers)
-        for h in self._handlers:
-            self._root.removeHandler(h)
-        self._root.addHandler(self._queue_handler)
-        self._thread.start()
-        return self
-
-    def print(self, text: str, file) -> None:
-        self._q.put((text, file))
-
-    def _loop(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            try:
-                if isinstance(item, logging.LogRecord):
-                    for h in self._handlers:
-                        if item.levelno >= h.level:
-                            h.handle(item)
-                else:
-                    print(item[0], file=item[1], flush=True)
-            except Exception:  # a console that fails must not end the console
-                pass
-
-    def __exit__(self, *exc) -> None:
-        self._q.put(None)
-        self._thread.join(_CONSOLE_DRAIN_S)  # a terminal still paused: what is queued stays unwritten
-        self._root.removeHandler(self._queue_handler)
-        for h in self._handlers:
-            self._root.addHandler(h)
-
-
-#: how long the end of a run waits for its queued console output to be written
-_CONSOLE_DRAIN_S = 5.0
-
-
 def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
                out=None, lossless: bool = False, progress: Callable[[Status], None] | None = None,
                ignore_signals_after: bool = False) -> tuple[int, Run]:
@@ -174,7 +119,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             s, h = previous.popitem()
             signal.signal(s, signal.SIG_IGN if ignore_signals_after else h)
 
-    console = _Console().__enter__()
+    console = Console().__enter__()
     run = None
     try:
         run = build_run(cfg, folder=folder, events_path=events_path, lossless=lossless)
