@@ -884,7 +884,7 @@ class Pipeline:
         trig = self.trigger
         if trig is None:
             return
-        if poll and hasattr(trig, "poll"):
+        if poll and getattr(trig, "poll_during_run", False):
             now = time.monotonic()
             if now >= self._next_trigger_poll:
                 self._next_trigger_poll = now + TRIGGER_POLL_S

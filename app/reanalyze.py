@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,10 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
     from tracking.events import CellEvent, Quality, Snapshot
     from tracking.shapes import measure
 
+    from mimlsort.outputs import check_output_file
+
     src, dst = Path(src), Path(dst)
+    check_output_file(dst, inputs=(src,))  # never the input, never an existing measurement
     clf = None
     if model and model != "none":
         from app.session import resolve_model_path
@@ -224,14 +228,20 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                        camera=f"reanalysis of {src.name}", camera_clock=False, measured="single image", **setup)
         # written under a temporary name and renamed when whole: an interrupted reanalysis leaves
         # neither a partial file that looks finished nor one that blocks the command's next run
-        part = dst.with_name(dst.stem + ".partial.rtdc")
+        fd, name = tempfile.mkstemp(prefix=dst.stem + ".", suffix=".partial.rtdc", dir=dst.parent)
+        os.close(fd)
+        part = Path(name)
         try:
             with EventWriter(part, meta=meta, overwrite=True) as wr:
                 wr.log(f"reanalysis of {src} ({n} event images)")
                 wr.log(f"segmentation: threshold {seg.threshold:g}, closing {seg.closing_px} px ({seg.source})")
                 wr.log("experiment metadata (date, sample, setup) copied from the source" + temp_note)
                 wr.write([CellRecord(e, p, None, None) for e, p in zip(records, probs)])
-            os.replace(part, dst)
+            try:
+                os.link(part, dst)  # fails, rather than replaces, if the name was taken meanwhile
+            except FileExistsError:
+                raise DataFormatError(f"{dst}: appeared while the reanalysis ran; refusing to overwrite it "
+                                      f"(the result is discarded)") from None
         finally:
             part.unlink(missing_ok=True)
     return ReanalysisResult(dst, n, len(records), not_found, str(model or ""))

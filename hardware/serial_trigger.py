@@ -66,8 +66,9 @@ class SerialSettings:
         require(math.isfinite(self.link_latency_us) and self.link_latency_us >= 0, "link_latency_us",
                 f"must be >= 0, got {self.link_latency_us}")
         require(self.mode in ("delay", "clock"), "mode", f"must be delay or clock, got {self.mode!r}")
-        require(0.02 <= self.sync_interval_s <= 60, "sync_interval_s",
-                f"must be in [0.02, 60] s (one TIME round trip at a time), got {self.sync_interval_s}")
+        require(0.1 <= self.sync_interval_s <= 60, "sync_interval_s",
+                f"must be in [0.1, 60] s (one TIME round trip at a time, and a reply is taken as lost "
+                f"after half the interval), got {self.sync_interval_s}")
 
 
 class SerialTrigger(Trigger):
@@ -300,7 +301,7 @@ class SerialTrigger(Trigger):
             # replies carry no request id: they pair with send times in order. A reply lost on the
             # link would pair every later one with the request before, half a sync interval off,
             # for good; a send older than half the sync interval has lost its reply (one TIME is
-            # in flight at a time: a round trip takes a few ms, the interval >= 20 ms)
+            # in flight at a time: a round trip takes a few ms, the interval >= 100 ms)
             stale = host_ns - round(self.settings.sync_interval_s * 0.5e9)
             while len(self._time_sent) > 1 and self._time_sent[0] < stale:
                 self._time_sent.popleft()

@@ -292,6 +292,11 @@ class Trigger(ABC):
         req = FireRequest(-1, time.monotonic_ns() + round(delay * 1000), width_us or self.timing.pulse_width_us)
         return self.fire(req)
 
+    #: whether a run may poll the device while it sorts (``poll``). Not where polling holds the
+    #: lock a pulse needs (VISA: an error-queue query takes the bus for milliseconds, and a cell
+    #: decided meanwhile would be fired late)
+    poll_during_run: ClassVar[bool] = True
+
     def poll(self) -> None:
         """Let the backend look after its device (error queue, clock sync); a run calls this a few
         times a second off the sort path. A device that fails here is marked unavailable."""

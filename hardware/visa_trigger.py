@@ -64,6 +64,9 @@ class VisaTrigger(Trigger):
     backend = "visa"
     Settings = VisaSettings
     width_range_us = (0.02, 1_000_000.0)
+    # SYST:ERR? holds the instrument lock for a round trip: a cell decided meanwhile would wait for
+    # it and fire late. The error queue is read at open, on test fire and from status() instead.
+    poll_during_run = False
 
     def __init__(self, settings=None, timing=None):
         super().__init__(settings, timing)

@@ -135,19 +135,24 @@ def test_an_interrupted_reanalysis_leaves_no_output_and_runs_again(tmp_path):
         g.create_dataset("events/frame", data=np.arange(n * reps) + 1)
         g.create_dataset("events/time", data=(np.arange(n * reps) + 1) / float(f.attrs["imaging:frame rate"]))
     out = tmp_path / "out.rtdc"
-    part = tmp_path / "out.partial.rtdc"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "app.cli", "reanalyze", str(src), "--out", str(out)]
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not part.exists() and p.poll() is None and time.monotonic() < deadline:
+    while not list(tmp_path.glob("*.partial.rtdc")) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     p.send_signal(signal.SIGTERM)
     _o, err = p.communicate(timeout=60)
     if p.returncode == 0:
         pytest.skip("the reanalysis finished before the signal came")  # a very fast machine
     assert p.returncode == 143 and "interrupted" in err and "Traceback" not in err, err
-    assert not out.exists() and not part.exists()
+    assert not out.exists() and not list(tmp_path.glob("*.partial.rtdc"))
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert out.exists() and not part.exists()
+    assert out.exists() and not list(tmp_path.glob("*.partial.rtdc"))
+    # and it never overwrites a measurement, its own input least of all
+    for target in (out, src):
+        refused = subprocess.run([*cmd[:-1], str(target)], cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=300)
+        assert refused.returncode == 2, refused.stderr
+        assert "refusing to overwrite" in refused.stderr or "this command's input" in refused.stderr
