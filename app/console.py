@@ -1,4 +1,4 @@
-"""Console output from a thread of its own: the run's threads never wait for the terminal."""
+"""Console output from threads of their own: the run's threads never wait for the terminal."""
 
 from __future__ import annotations
 
@@ -11,33 +11,18 @@ import threading
 _CONSOLE_DRAIN_S = 5.0
 
 
-class Console:
-    """Log records and status lines go out from a thread of their own while a run goes (the
-    daemon, replay, the GUI): a context manager that takes over the root logger's handlers.
+class _Outlet:
+    """One destination (a log handler, or status lines to a stream) served by a thread of its own,
+    so a terminal that blocks holds up neither the run nor the log file."""
 
-    A stderr that nobody reads (a terminal paused with Ctrl-S, a stuck ``| tee``, a hung log
-    collector) blocks whoever writes to it: the log trigger's pulse lines and every warning of a
-    worker thread held up the sort path (13,000 frames missed), and the main thread, stuck in a
-    status line, never closed the files after SIGTERM. Now the run's threads only queue; this
-    thread alone may wait for the terminal."""
-
-    def __init__(self):
+    def __init__(self, name: str, deliver):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._root = logging.getLogger()
-        self._handlers: list[logging.Handler] = []
-        self._queue_handler = logging.handlers.QueueHandler(self._q)
-        self._thread = threading.Thread(target=self._loop, name="mimlsort-console", daemon=True)
-
-    def __enter__(self) -> "Console":
-        self._handlers = list(self._root.handlers)
-        for h in self._handlers:
-            self._root.removeHandler(h)
-        self._root.addHandler(self._queue_handler)
+        self._deliver = deliver
+        self._thread = threading.Thread(target=self._loop, name=f"mimlsort-console-{name}", daemon=True)
         self._thread.start()
-        return self
 
-    def print(self, text: str, file) -> None:
-        self._q.put((text, file))
+    def put(self, item) -> None:
+        self._q.put(item)
 
     def _loop(self) -> None:
         while True:
@@ -45,18 +30,66 @@ class Console:
             if item is None:
                 return
             try:
-                if isinstance(item, logging.LogRecord):
-                    for h in self._handlers:
-                        if item.levelno >= h.level:
-                            h.handle(item)
-                else:
-                    print(item[0], file=item[1], flush=True)
-            except Exception:  # a console that fails must not end the console
+                self._deliver(item)
+            except Exception:  # a destination that fails must not end the others
                 pass
 
-    def __exit__(self, *exc) -> None:
+    def close(self, timeout_s: float) -> bool:
+        """Stop after what is queued; True if it got it all out within ``timeout_s``."""
         self._q.put(None)
-        self._thread.join(_CONSOLE_DRAIN_S)  # a terminal still paused: what is queued stays unwritten
-        self._root.removeHandler(self._queue_handler)
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
+class _FanOut(logging.Handler):
+    def __init__(self, outlets: list[tuple[logging.Handler, _Outlet]]):
+        super().__init__()
+        self._outlets = outlets
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record = logging.handlers.QueueHandler.prepare(self, record)  # formatted once, here
+        for handler, outlet in self._outlets:
+            if record.levelno >= handler.level:
+                outlet.put(record)
+
+
+class Console:
+    """Log records and status lines go out from threads of their own while a run goes (the
+    daemon, replay, the GUI): a context manager that takes over the root logger's handlers.
+
+    A stderr that nobody reads (a terminal paused with Ctrl-S, a stuck ``| tee``, a hung log
+    collector) blocks whoever writes to it: the log trigger's pulse lines and every warning of a
+    worker thread held up the sort path (13,000 frames missed), and the main thread, stuck in a
+    status line, never closed the files after SIGTERM. Now the run's threads only queue. Each
+    handler (the terminal, the run's log file) has its own thread, so a blocked terminal does not
+    stop the log file either."""
+
+    def __init__(self):
+        self._root = logging.getLogger()
+        self._handlers: list[logging.Handler] = []
+        self._outlets: list[_Outlet] = []
+        self._fan: _FanOut | None = None
+        self._lines: _Outlet | None = None
+
+    def __enter__(self) -> "Console":
+        self._handlers = list(self._root.handlers)
+        pairs = []
+        for i, h in enumerate(self._handlers):
+            self._root.removeHandler(h)
+            pairs.append((h, _Outlet(f"log{i}", h.handle)))
+        self._outlets = [o for _, o in pairs]
+        self._fan = _FanOut(pairs)
+        self._root.addHandler(self._fan)
+        self._lines = _Outlet("lines", lambda item: print(item[0], file=item[1], flush=True))
+        return self
+
+    def print(self, text: str, file) -> None:
+        """A status line for ``file``, written by the console's own thread."""
+        self._lines.put((text, file))
+
+    def __exit__(self, *exc) -> None:
+        self._root.removeHandler(self._fan)
+        for outlet in (*self._outlets, self._lines):
+            outlet.close(_CONSOLE_DRAIN_S)  # a terminal still paused: what is queued stays unwritten
         for h in self._handlers:
             self._root.addHandler(h)

@@ -279,6 +279,8 @@ def test_a_terminal_nobody_reads_neither_stalls_sorting_nor_stops_sigterm(tmp_pa
             except OSError:
                 pass
         assert complete, "SIGTERM did not close the event file while stderr was blocked"
+        # the run's log file is written by a thread of its own: the blocked terminal did not stop it
+        assert "SIGTERM: stopping the run" in (tmp_path / "out" / "mimlsort.log").read_text()
         with open(r, "rb", closefd=False) as fh:  # now read it: the process says its last words and ends
             fcntl.fcntl(r, fcntl.F_SETFL, os.O_NONBLOCK)
             deadline = time.monotonic() + 30
