@@ -695,7 +695,7 @@ class EventWriter:
                 self._first_row_t = time.monotonic()
             for r in records:
                 self._add_row(r)
-        if self._buffered >= self.max_buffered or time.monotonic() - self._last_flush >= self.flush_interval_s:
+        if self._flush_due():
             self.flush()
 
     def _add_row(self, rec) -> None:
@@ -866,11 +866,21 @@ class EventWriter:
 
     def flush_if_due(self) -> bool:
         """Flush if ``flush_interval_s`` has passed since the last flush; True if it flushed."""
-        if not self._closed and self._failed is None and \
-                time.monotonic() - self._last_flush >= self.flush_interval_s:
+        if not self._closed and self._failed is None and self._flush_due():
             self.flush()
             return True
         return False
+
+    def _flush_due(self) -> bool:
+        if self._buffered >= self.max_buffered:
+            return True
+        now = time.monotonic()
+        if now - self._last_flush < self.flush_interval_s:
+            return False
+        # the first events wait until they have come for a whole interval: their rate sizes the
+        # image chunks (a flush due when the first cell came would have seen one cell, and sized
+        # them for one cell a second)
+        return self._swmr or not self._buffered or now - self._first_row_t >= self.flush_interval_s
 
     def flush(self) -> None:
         """Write everything queued and make it durable (readable after a crash)."""

@@ -307,6 +307,31 @@ def test_a_slow_run_does_not_bloat_the_file(tmp_path):
     assert path.stat().st_size < 1.3 * sum(held)
 
 
+def test_image_chunks_fit_a_fast_run_whose_first_cells_come_when_a_flush_is_due(tmp_path):
+    """The chunk size comes from the rate of the first cells; a flush already due when the first
+    cell came had measured one cell and sized every image chunk for a slow run (~30% slower)."""
+    import time
+
+    import h5py
+
+    from app.storage import _IMAGE_CHUNK_BYTES
+
+    path = tmp_path / "fast.rtdc"
+    records = make_records(64)
+    with EventWriter(path, meta=make_meta(), flush_interval_s=0.3) as w:
+        time.sleep(0.35)  # no cell yet; a flush is due
+        t_end = time.monotonic() + 0.6
+        i = 0
+        while time.monotonic() < t_end:  # ~800 cells/s, in batches as the storage thread hands them
+            w.write(records[i % 60:i % 60 + 4])
+            i += 4
+            time.sleep(0.005)
+    with h5py.File(path, "r") as h:
+        image = h["events/image"]
+        full = max(1, _IMAGE_CHUNK_BYTES // (image.shape[1] * image.shape[2]))
+        assert image.chunks[0] == min(full, 64), image.chunks
+
+
 def test_counters_longer_than_a_log_line_go_whole_to_their_log(tmp_path):
     import h5py
 
