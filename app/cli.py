@@ -213,14 +213,16 @@ def _terminate(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)  # run/replay leave it ignored
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _main(argv)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, nothing of ours to undo
+                signal.signal(sig, handler)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.http_port is not None:
         cfg = with_changes(cfg, daemon={"http_port": args.http_port})
     code, run = run_daemon(cfg, folder=args.out_dir, ignore_signals_after=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the files are closed: Ctrl-C ends the report
     path = run.events_path
     if cfg.output.report and path is not None and path.exists() and run.status().cells > 0:
         from app.report import write_report

@@ -106,8 +106,14 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     previous = {}
     requested: list[str] = []
 
+    started: list[bool] = []
+
     def on_signal(signum, _frame):
         requested.append(signals.get(signum, str(signum)))
+        if len(requested) >= 2 and not started:
+            # a second signal while the run is built or started (a camera or model open that
+            # hangs): give up on it, as Ctrl-C does; the first one waits for the start to finish
+            raise KeyboardInterrupt(requested[-1])
 
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
@@ -126,6 +132,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         latest: dict = {}
         try:
             run.start()
+            started.append(True)
             log.info("run started; events -> %s", run.events_path)
             server = StatusServer(cfg.daemon.http_port, lambda: latest) if cfg.daemon.http_port else None
             if server is not None:

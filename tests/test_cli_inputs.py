@@ -157,3 +157,17 @@ def test_a_file_without_frames_is_named(tmp_path, capsys):
     assert main(["reanalyze", str(empty), "--out", str(tmp_path / "a.rtdc")]) == 2
     assert "holds no events" in capsys.readouterr().err
     assert not (tmp_path / "a.rtdc").exists()
+
+
+def test_the_command_line_leaves_the_signal_handlers_as_it_found_them(tmp_path):
+    """run/replay ignore a second Ctrl-C once their files are closed; in-process callers (tests,
+    notebooks) must get their Ctrl-C back when the command returns."""
+    import signal
+
+    from app.cli import main
+
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    rec = tmp_path / "rec.rtdc"
+    assert main(["simulate", "--out", str(rec), "--seconds", "0.2", "--seed", "2"]) == 0
+    assert main(["replay", str(rec), "--out", str(tmp_path / "ev.rtdc"), "--model", "none"]) == 0
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
