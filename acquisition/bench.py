@@ -208,7 +208,7 @@ def bench_camera(backend: str = "basler", seconds: float = 5.0, images: int = 20
                         if reader.pending >= settings.background_frames:
                             b = reader.read(settings.background_frames)
                             tracker = Tracker.from_frames(ring.images[b.slots], info.pixel_size_um, settings,
-                                                          t0_ns=int(b.timestamps_ns[0]))
+                                                          t0_ns=int(b.timestamps_ns[0]), bit_depth=info.bit_depth)
                             tracked[1] += len(tracker.process_batch(ring, b))
                             tracked[0] += len(b)
                             reader.release(b)
@@ -233,7 +233,8 @@ def bench_camera(backend: str = "basler", seconds: float = 5.0, images: int = 20
                     cpu["tracker"] = time.thread_time() - c0
 
             # compile the kernels before the clock starts
-            warm = Tracker.from_frames(frames[: settings.background_frames], info.pixel_size_um, settings, t0_ns=0)
+            warm = Tracker.from_frames(frames[: settings.background_frames], info.pixel_size_um, settings, t0_ns=0,
+                                       bit_depth=info.bit_depth)
             warm.process_frames(frames[: 2 * settings.batch_frames], fps=5000.0)
 
             threads = [threading.Thread(target=camera_loop, name="camera"), threading.Thread(target=tracker_loop, name="tracker")]

@@ -293,9 +293,14 @@ class TruthRecord:
     queued_ms: float  # time lost behind the object ahead while squeezing (it slows transit, v_max)
     first_frame: int  # first and last frame index with the object (partly) in view
     last_frame: int
+    # speed downstream of the constriction once the object has slowed down past the exit (over
+    # about its radius): when it reaches a point D µm past the exit, exit_ms + D / v_after_mm_s
+    # to within that stretch's ~1%. NaN in truth files written before it existed
+    v_after_mm_s: float = math.nan
 
 
 _TRUTH_FIELDS = [f.name for f in dataclasses.fields(TruthRecord)]
+_TRUTH_OPTIONAL = {"v_after_mm_s"}  # added later: older truth files read as NaN
 
 
 def write_truth_csv(truth: list[TruthRecord], path: str | os.PathLike) -> None:
@@ -321,13 +326,13 @@ def read_truth_csv(path: str | os.PathLike) -> list[TruthRecord]:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             r = csv.DictReader(fh)
-            missing = set(_TRUTH_FIELDS) - set(r.fieldnames or ())
+            missing = set(_TRUTH_FIELDS) - set(r.fieldnames or ()) - _TRUTH_OPTIONAL
             if missing:
                 raise DataFormatError(f"{path}: not a truth file, missing columns {sorted(missing)}")
             for line, row in enumerate(r, start=2):
                 kw = {}
                 for name in _TRUTH_FIELDS:
-                    v = row[name]
+                    v = row.get(name, "")
                     tp = types[name]
                     try:
                         kw[name] = (int(v) if tp == "int" else v if tp == "str"
@@ -579,7 +584,8 @@ class _Scene:
             di_rest=m["rest"], dir_per_ms=self._dir_truth(tf, xf, di_f), relax_ms=m["relax"],
             diameter_um=2 * R * self.px,
             major_um=float(R * _k(di_max) * self.px), minor_um=float(R / _k(di_max) * self.px),
-            y_um=y_lane * self.px, stuck_ms=stuck, queued_ms=queued, first_frame=f0, last_frame=f0 + len(tf) - 1)
+            y_um=y_lane * self.px, stuck_ms=stuck, queued_ms=queued, first_frame=f0, last_frame=f0 + len(tf) - 1,
+            v_after_mm_s=self.v_down * v_up / self.v_up_mean * self.px)
         sp = _Sprite(f0, traj, *appearance)
         return _Object(truth, [sp], sp.start, sp.end)
 
@@ -645,7 +651,8 @@ class _Scene:
             exit_ms=exit_, transit_ms=exit_ - entry, v_max_mm_s=v_max, v_before_mm_s=v_up * self.px, di_max=math.nan,
             di_rest=math.nan, dir_per_ms=math.nan, relax_ms=math.nan, diameter_um=math.nan, major_um=math.nan,
             minor_um=math.nan, y_um=y_lane * self.px,
-            stuck_ms=0.0, queued_ms=queued, first_frame=f0, last_frame=f0 + len(tf) - 1)
+            stuck_ms=0.0, queued_ms=queued, first_frame=f0, last_frame=f0 + len(tf) - 1,
+            v_after_mm_s=self.v_down * v_up / self.v_up_mean * self.px)
         return _Object(truth, sprites, f0, f0 + len(tf) - 1)
 
     def _debris(self, birth_ms: float) -> _Object:
@@ -674,7 +681,8 @@ class _Scene:
             transit_ms=exit_ - entry, v_max_mm_s=v_max, v_before_mm_s=v_up * self.px, di_max=0.0, di_rest=0.0,
             dir_per_ms=0.0, relax_ms=math.nan, diameter_um=d_um, major_um=d_um / 2, minor_um=d_um / 2,
             y_um=y_lane * self.px, stuck_ms=0.0,
-            queued_ms=0.0, first_frame=f0, last_frame=f0 + len(tf) - 1)
+            queued_ms=0.0, first_frame=f0, last_frame=f0 + len(tf) - 1,
+            v_after_mm_s=self.v_down * v_up / self.v_up_mean * self.px)
         sp = _Sprite(f0, traj, tex, 0.0, 1.0)
         return _Object(truth, [sp], sp.start, sp.end)
 

@@ -58,7 +58,8 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
                     continue
                 b = reader.read(reader.pending)
                 stack = ring.images[b.slots]
-                tracker = Tracker.from_frames(stack, px, settings, t0_ns=int(b.timestamps_ns[0]), kernels=kernels)
+                tracker = Tracker.from_frames(stack, px, settings, t0_ns=int(b.timestamps_ns[0]), kernels=kernels,
+                                              bit_depth=info.bit_depth)
                 events.extend(tracker.process_batch(ring, b))
                 reader.release(b)
             elif reader.pending >= settings.batch_frames:
@@ -73,7 +74,8 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
                 from mimlsort.errors import DataFormatError
 
                 raise DataFormatError(f"{info.serial or info.model}: holds no frames to track")
-            tracker = Tracker.from_frames(ring.images[b.slots], px, settings, t0_ns=int(b.timestamps_ns[0]), kernels=kernels)
+            tracker = Tracker.from_frames(ring.images[b.slots], px, settings, t0_ns=int(b.timestamps_ns[0]), kernels=kernels,
+                                          bit_depth=info.bit_depth)
             events.extend(tracker.process_batch(ring, b))
         else:
             b = reader.read(reader.pending)

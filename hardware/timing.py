@@ -49,9 +49,12 @@ def travel_ns(velocity_mm_s: float, settings: TimingSettings) -> int:
     return round(settings.distance_to_junction_um / v * 1e6)
 
 
-def fire_time_ns(exit_host_ns: int, velocity_mm_s: float, settings: TimingSettings) -> int:
-    """Host monotonic time at which to fire for a cell that left the constriction at ``exit_host_ns``."""
-    return int(exit_host_ns) + travel_ns(velocity_mm_s, settings) + round(settings.offset_us * 1000.0)
+def fire_time_ns(exit_host_ns: int, velocity_mm_s: float, settings: TimingSettings, easing_ms: float = 0.0) -> int:
+    """Host monotonic time at which to fire for a cell that left the constriction at ``exit_host_ns``
+    and moves on at ``velocity_mm_s``; ``easing_ms``: what the cell gains (negative) or loses over
+    that pace while it slows down past the exit (the tracker's ``exit_easing_ms``)."""
+    ease = round(easing_ms * 1e6) if math.isfinite(easing_ms) else 0
+    return int(exit_host_ns) + travel_ns(velocity_mm_s, settings) + ease + round(settings.offset_us * 1000.0)
 
 
 # ClockMap._st

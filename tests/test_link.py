@@ -12,7 +12,7 @@ class Harness:
         self.link = L.link_batch if kernels == "numba" else L.link_batch.py_func
         self.flush_k = L.flush_tracks if kernels == "numba" else L.flush_tracks.py_func
         self.pi = np.array([2, crop, 0], np.int64)
-        self.pf = np.array([x0, x1, x1 + 20, 3.0, 40.0, 6.0, 1.0, 3.0], np.float64)
+        self.pf = np.array([x0, x1, x1 + 20, 3.0, 40.0, 6.0, 1.0, 3.0, x1 + 30, width - 16], np.float64)
         self.si = np.zeros((tracks, L.N_SI), np.int64)
         self.sf = np.zeros((tracks, L.N_SF), np.float64)
         self.motion = np.zeros((L.N_M, L.motion_bins(width)), np.float64)
@@ -22,6 +22,7 @@ class Harness:
         self.done_hist = np.zeros((2 * tracks, hist, L.N_H_EXTRA + N_BLOB_FIELDS))
         self.done_crops = np.zeros((2 * tracks, 2, crop, crop), np.uint8)
         self.done_n = np.zeros(2 * tracks, np.int64)
+        self.done_f = np.zeros((2 * tracks, L.N_DF), np.float64)
         self.counters = np.zeros(L.N_C, np.int64)
         self.images = np.zeros((1, height, width), np.uint8)
         self.fill = np.zeros((height, width), np.uint8)
@@ -44,13 +45,13 @@ class Harness:
         processed, n_done = self.link(self.images, np.zeros(n, np.int64), ids, ids.astype(np.float64), ids * 10,
                                       self.fill, blobs, counts, self.pi, self.pf, self.si, self.sf, self.motion, self.hist,
                                       self.crops, self.done_i, self.done_hist, self.done_crops, self.done_n,
-                                      self.counters)
+                                      self.done_f, self.counters)
         assert processed == n
         self._take(n_done)
 
     def flush(self):
         self._take(self.flush_k(self.si, self.hist, self.crops, self.done_i, self.done_hist, self.done_crops,
-                                self.done_n, self.counters))
+                                self.done_n, self.done_f, self.motion, self.pf, self.counters))
 
     def _take(self, n_done):
         for d in range(n_done):

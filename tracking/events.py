@@ -61,8 +61,10 @@ class CellEvent:
     """One cell's passage through the constriction.
 
     ``features`` maps names from :mod:`tracking.features` to values in their units.
-    ``first_crop``/``last_crop`` are fixed-size crops (same dtype as the frames) centred on the
-    cell at the frames of constriction entry and exit, padded with the background at the border.
+    ``first_crop``/``last_crop`` are fixed-size 8-bit crops (a deeper camera's grey levels shifted
+    down, as models are trained on 8-bit grey) centred on the cell at the frames of constriction
+    entry and exit, padded with the background at the border. ``extra`` holds what the tracker
+    adds for the event image's columns and the pulse timing (``exit_easing_ms``).
     """
 
     index: int  # running number of the event in the run

@@ -37,7 +37,7 @@ STOP_BEHIND = 2  # the reader fell more than capacity - guard frames behind: rea
 def track_ring(images, ring_ids, ring_stamps, ring_host, seq, guard, cursor, max_frames, timeout_ns, poll_ns, ts,
                behind_ok, halt, t0_ns, phase, stride, alpha, bg_threshold, relearn, acc, count, bg,
                threshold, min_area_px, y0, y1, max_blobs, split_ratio, blobs, counts,
-               pi, pf, si, sf, motion, hist, crops, done_i, done_hist, done_crops, done_n, counters, out):
+               pi, pf, si, sf, motion, hist, crops, done_i, done_hist, done_crops, done_n, done_f, counters, out):
     """Track the ring's frames from sequence number ``cursor`` on as they are published
     (``seq[0]``), until cells finish (and at most ``behind_ok`` frames wait), ``max_frames`` are
     tracked, no frame comes for ``timeout_ns`` (or one is awaited while ``halt[0]`` is set: the
@@ -84,7 +84,8 @@ def track_ring(images, ring_ids, ring_stamps, ring_host, seq, guard, cursor, max
                                    *sc)
         # finished tracks are appended to those of earlier frames of this call
         done, nd = link_batch(images, slot1, fid1, time1, host1, bg, blobs, counts, pi, pf, si, sf, motion, hist, crops,
-                              done_i[n_done:], done_hist[n_done:], done_crops[n_done:], done_n[n_done:], counters)
+                              done_i[n_done:], done_hist[n_done:], done_crops[n_done:], done_n[n_done:], done_f[n_done:],
+                              counters)
         cursor += 1
         n += 1
         deadline = monotonic_ns(ts) + timeout_ns

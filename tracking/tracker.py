@@ -58,6 +58,9 @@ from tracking.segment import nearest_blob_mask, segment_batch
 log = logging.getLogger(__name__)
 
 _H = L.N_H_EXTRA  # offset of blob columns in a history row
+#: µm past the constriction exit after which a cell moves at the downstream channel's pace (it
+#: slows down over about its radius, 5–11 µm for the simulator's cells)
+RELAXED_AFTER_EXIT_UM = 15.0
 _LINK_FLAGS = int(Quality.DOUBLET | Quality.BORDER | Quality.STUCK)  # quality bits the link kernel sets
 _Q_INCOMPLETE = int(Quality.INCOMPLETE)
 _Q_SMALL = int(Quality.SMALL)
@@ -67,7 +70,10 @@ _Q_SMALL = int(Quality.SMALL)
 class TrackerSettings:
     """How cells are segmented, linked and measured. Lengths in µm, times in ms."""
 
-    threshold: float = 10.0  # grey levels |image - background| that count as cell; < 0: dark pixels only (RT-DC)
+    # grey levels (of an 8-bit image; scaled for deeper cameras) that count as cell. < 0: pixels
+    # darker than the background by more than |threshold| (RT-DC's "bin threshold" -6, which leaves
+    # out the bright halo around a cell in bright field); > 0: |image - background|, halo included
+    threshold: float = -6.0
     min_area_um: float = 15.0  # blobs smaller than this are debris
     min_cell_diameter_um: float = 5.0  # a cell smaller than this at rest is flagged SMALL (debris, platelets: a constriction made to squeeze cells does not squeeze it); 0: never
     max_blobs: int = 16  # per frame
@@ -83,7 +89,7 @@ class TrackerSettings:
     doublet_solidity: float = 0.90  # upstream hull solidity below this marks a doublet
     doublet_di: float = DOUBLET_DI  # upstream DI above this marks a doublet (a cell at rest is round)
     split_ratio: float = 0.75  # cut a blob where its height dips to this share of the peaks beside (touching cells); 0: never
-    low_contrast: float = 4.0  # mean |image - background| in the cell below this: low contrast
+    low_contrast: float = 4.0  # mean |image - background| in the cell (8-bit grey levels) below this: low contrast
     stuck_ms: float = 50.0  # a cell that takes longer than this to cross the view is stuck
     batch_frames: int = 256  # frames per kernel call
     background_frames: int = 64  # frames the initial background is estimated from (per pixel, the median of its densest 2-noise-sd window of values: right even where cells often pass)
@@ -128,9 +134,22 @@ class Tracker:
     """
 
     def __init__(self, settings: TrackerSettings, geometry: ChannelGeometry, background: np.ndarray,
-                 *, t0_ns: int | None = None, kernels: str = "numba"):
+                 *, t0_ns: int | None = None, kernels: str = "numba", bit_depth: int | None = None):
         if kernels not in ("numba", "python"):
             raise ConfigError("kernels", f"must be 'numba' or 'python', got {kernels!r}")
+        bits = 8 * np.dtype(background.dtype).itemsize
+        depth = int(bit_depth) if bit_depth else bits
+        require(8 <= depth <= bits, "bit_depth",
+                f"must be in [8, {bits}] for {np.dtype(background.dtype)} frames, got {depth}")
+        self.bit_depth = depth
+        # grey levels in the settings are an 8-bit image's, so one configuration serves an 8-bit
+        # and a 12-bit camera (a 12-bit camera's 10 levels are under its noise)
+        grey = 2.0 ** (depth - 8)
+        self.threshold = float(settings.threshold) * grey
+        self.low_contrast = float(settings.low_contrast) * grey
+        # crops are the model's input, and models are trained on 8-bit grey: a 12-bit camera's crops
+        # went to it 16× too bright (accuracy 0.99 -> 0.64 on simulated cells)
+        self._crop_shift = depth - 8
         self.settings = s = settings
         self.geometry = g = geometry
         px = g.pixel_size_um
@@ -146,7 +165,7 @@ class Tracker:
         self._predicted_exits = pure_python(L.predicted_exits) if py else L.predicted_exits
         self._feat = np.zeros(N_FEATURES, np.float64)
         self.kernels = kernels
-        self.background = BackgroundModel.from_image(background, kernels=kernels, threshold=abs(s.threshold))
+        self.background = BackgroundModel.from_image(background, kernels=kernels, threshold=abs(self.threshold))
         self.crop_px = max(8, int(round(s.crop_size_um / px)) // 2 * 2)
         self.min_area_px = s.min_area_um / px**2
         self.t0_ns = t0_ns
@@ -156,9 +175,17 @@ class Tracker:
         self._times = np.zeros(nb, np.float64)
         self._pi = np.array([s.max_gap_frames, self.crop_px, 0], np.int64)
         emit_x = min(g.constriction_x1 + s.emit_after_exit_um / px, g.width - 1.0)
+        # the stretch of channel whose learned speeds time the pulses: past where a cell leaving the
+        # constriction has slowed down (about its radius), short of where its centroid is pulled
+        # in by the ROI's edge (half a crop); too short a stretch leaves the cell's own speed
+
         v_init = s.initial_speed_mm_s / px  # mm/s = µm/ms -> px/ms
+        # the stretch of channel whose learned pace times the pulses: past where a cell leaving the
+        # constriction has slowed down (about its radius), short of where its centroid is pulled
+        # in by the ROI's edge (half a crop); while it is not known the cell's own speed does
+        far0, far1 = g.constriction_x1 + RELAXED_AFTER_EXIT_UM / px, g.width - 0.5 * s.crop_size_um / px
         self._pf = np.array([g.constriction_x0, g.constriction_x1, emit_x, s.gate_back_um / px,
-                             s.gate_forward_um / px, s.gate_y_um / px, v_init, 3.0], np.float64)
+                             s.gate_forward_um / px, s.gate_y_um / px, v_init, 3.0, far0, far1], np.float64)
         T = s.max_tracks
         self._si = np.zeros((T, L.N_SI), np.int64)
         self._sf = np.zeros((T, L.N_SF), np.float64)
@@ -170,6 +197,7 @@ class Tracker:
         self._done_hist = np.zeros((2 * T, s.max_history, _H + N_BLOB_FIELDS), np.float64)
         self._done_crops = np.zeros((2 * T, 2, self.crop_px, self.crop_px), np.uint8)
         self._done_n = np.zeros(2 * T, np.int64)
+        self._done_f = np.zeros((2 * T, L.N_DF), np.float64)
         self._counters = np.zeros(L.N_C, np.int64)
         self._crop_dtype_set = False
         self._n_events = 0
@@ -189,11 +217,11 @@ class Tracker:
             return
         one = np.ascontiguousarray(background)[None]
         slot = np.zeros(1, np.int64)
-        self._segment(one, slot, self.background.image, self.settings.threshold, self.min_area_px, self.y0, self.y1,
+        self._segment(one, slot, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
                       self.settings.max_blobs, self._blobs, self._counts, float(self.settings.split_ratio))
         self.background._kernel(one, slot[:0], 1, np.float32(0.0), np.float32(1.0), 0, self.background._acc.copy(),
                                 self.background._count.copy(), self.background.image.copy())
-        self._nearest_mask(background, background, float(self.settings.threshold), float(self.min_area_px),
+        self._nearest_mask(background, background, self.threshold, float(self.min_area_px),
                            self.settings.max_blobs, 0.0, 0.0, 0, 2, 0, 2, np.zeros(background.shape, bool),
                            float(self.settings.split_ratio))
         s = self.settings
@@ -210,19 +238,21 @@ class Tracker:
                    self._pi.copy(), self._pf, si, self._sf.copy(), self._motion.copy(), self._hist[:, :1].copy(),
                    self._crops.copy(),
                    self._done_i.copy(), self._done_hist[:, :1].copy(), self._done_crops.copy(), self._done_n.copy(),
+                   self._done_f.copy(),
                    np.zeros_like(self._counters))
 
     # -- construction from data ------------------------------------------------------------------
     @classmethod
     def from_frames(cls, frames: np.ndarray, pixel_size_um: float, settings: TrackerSettings | None = None,
-                    *, t0_ns: int | None = None, kernels: str = "numba") -> "Tracker":
+                    *, t0_ns: int | None = None, kernels: str = "numba", bit_depth: int | None = None) -> "Tracker":
         """Estimate the background from the first ``background_frames`` of ``frames`` (a stack; see
-        :func:`estimate_background`), resolve the geometry, build the tracker."""
+        :func:`estimate_background`), resolve the geometry, build the tracker. ``bit_depth``: the
+        camera's (grey levels in the settings are an 8-bit image's); by default the frames' dtype's."""
         settings = settings or TrackerSettings()
         stack = np.asarray(frames)[: max(settings.background_frames, 1)]
         bg = estimate_background(stack, kernels=kernels)
         geometry = settings.geometry.resolve(bg, pixel_size_um)
-        return cls(settings, geometry, bg, t0_ns=t0_ns, kernels=kernels)
+        return cls(settings, geometry, bg, t0_ns=t0_ns, kernels=kernels, bit_depth=bit_depth)
 
     # -- processing ------------------------------------------------------------------------------
     def _ensure_crop_dtype(self, dtype: np.dtype) -> None:
@@ -263,7 +293,7 @@ class Tracker:
             np.subtract(timestamps_ns if whole else timestamps_ns[a:a + m], self.t0_ns, out=times, casting="unsafe")
             times *= 1e-6
             self.background.update(images, sl)
-            self._segment(images, sl, self.background.image, s.threshold, self.min_area_px, self.y0, self.y1,
+            self._segment(images, sl, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
                           s.max_blobs, self._blobs, self._counts, float(s.split_ratio))
             done_f = 0
             while done_f < m:
@@ -275,7 +305,7 @@ class Tracker:
                             self.background.fill, self._blobs[done_f:m], self._counts[done_f:m])
                 processed, n_done = self._link(images, *args, self._pi, self._pf, self._si, self._sf, self._motion, self._hist,
                                                self._crops, self._done_i, self._done_hist, self._done_crops,
-                                               self._done_n, self._counters)
+                                               self._done_n, self._done_f, self._counters)
                 if n_done:
                     events.extend(self._harvest(int(n_done)))
                 done_f += int(processed)
@@ -313,10 +343,10 @@ class Tracker:
         LV.track_ring(ring.images, ring.frame_ids, ring.timestamps_ns, ring.host_ns, ring._seq, ring.guard,
                       reader.cursor, max_frames, int(timeout_s * 1e9), int(poll_s * 1e9), ts, behind_ok, no_halt if halt is None else halt, t0, phase,
                       bgm.stride, np.float32(bgm.alpha), np.float32(bgm.threshold), bgm.relearn, bgm._acc, bgm._count,
-                      bgm.image, s.threshold, self.min_area_px, self.y0, self.y1, s.max_blobs, float(s.split_ratio),
+                      bgm.image, self.threshold, self.min_area_px, self.y0, self.y1, s.max_blobs, float(s.split_ratio),
                       self._blobs,
                       self._counts, self._pi, self._pf, self._si, self._sf, self._motion, self._hist, self._crops, self._done_i,
-                      self._done_hist, self._done_crops, self._done_n, self._counters, out)
+                      self._done_hist, self._done_crops, self._done_n, self._done_f, self._counters, out)
         bgm._phase = int(phase[0])
         n = int(out[LV.O_FRAMES])
         if n:
@@ -367,7 +397,7 @@ class Tracker:
         """End of run: emit cells still in view that reached the constriction (incomplete ones flagged)."""
         self._drop_deferred()
         n_done = int(self._flush(self._si, self._hist, self._crops, self._done_i, self._done_hist, self._done_crops,
-                                 self._done_n, self._counters))
+                                 self._done_n, self._done_f, self._motion, self._pf, self._counters))
         return self._harvest(n_done)
 
     def predicted_exits_ms(self) -> list[float]:
@@ -425,8 +455,11 @@ class Tracker:
         g, st = self.geometry, self.settings
         out = self._feat
         q, i_max = self._passage(h, g.constriction_x0, g.constriction_x1, g.pixel_size_um, st.doublet_solidity,
-                                 st.low_contrast, st.stuck_ms, out, st.doublet_di)
+                                 self.low_contrast, st.stuck_ms, out, st.doublet_di)
         feats = dict(zip(FEATURE_ORDER, out.tolist()))
+        pace, easing = self._done_f[d].tolist()
+        if pace > 0.0:
+            feats["v_after_mm_s"] = g.pixel_size_um / pace  # µm per ms = mm/s
         q = int(q) | (info[L.SI_FLAGS] & _LINK_FLAGS)
         if feats["diameter_um"] < st.min_cell_diameter_um:  # NaN (no rest shape seen): not flagged
             q |= _Q_SMALL
@@ -436,6 +469,8 @@ class Tracker:
         if quality is None:
             quality = _QUALITY[q] = Quality(q)
         crops = self._done_crops[d].copy()
+        if self._crop_shift > 0 or crops.dtype != np.uint8:
+            crops = np.minimum(crops >> max(self._crop_shift, 0), 255).astype(np.uint8)
         ev = CellEvent(
             index=self._n_events,
             track_id=info[L.SI_ID],
@@ -447,18 +482,19 @@ class Tracker:
             exit_frame=info[L.SI_EXIT_FRAME],
             exit_host_ns=info[L.SI_EXIT_HOST],
             quality=quality,
-            extra=self._extra(info, h, i_max),
+            extra=self._extra(info, h, i_max, easing if pace > 0.0 else 0.0),
             snapshot=self._snapshot(h, int(i_max)) if st.snapshots and snapshot else None,
         )
         self._n_events += 1
         return ev, int(i_max)
 
 
-    def _extra(self, info: list, h: np.ndarray, i_max: int) -> dict:
+    def _extra(self, info: list, h: np.ndarray, i_max: int, easing_ms: float) -> dict:
         """When and where the event was emitted, and what the frame of maximum DI (the event
         image's) shows: its time and the cell's hull area and brightness in it, so that an RT-DC
         file's ``time``, ``area_um`` and ``bright_*`` describe the same image as its ``deform``."""
-        extra = {"emit_frame": info[L.SI_EMIT_FRAME], "emit_host_ns": info[L.SI_EMIT_HOST]}
+        extra = {"emit_frame": info[L.SI_EMIT_FRAME], "emit_host_ns": info[L.SI_EMIT_HOST],
+                 "exit_easing_ms": easing_ms}
         if i_max >= 0:
             row = h[i_max]
             px = self.geometry.pixel_size_um
@@ -488,7 +524,7 @@ class Tracker:
         ya, yb = max(int(h[i, _H + B_YMIN]) - 1, 0), min(int(h[i, _H + B_YMAX]) + 2, hh)
         xa, xb = max(int(h[i, _H + B_XMIN]) - mx, 0), min(int(h[i, _H + B_XMAX]) + 1 + mx, ww)
         mask = np.zeros(image.shape, bool)
-        self._nearest_mask(image, bg, float(self.settings.threshold), float(self.min_area_px), self.settings.max_blobs,
+        self._nearest_mask(image, bg, self.threshold, float(self.min_area_px), self.settings.max_blobs,
                            x, y, ya, yb, xa, xb, mask, float(self.settings.split_ratio))
         return Snapshot(image=image, background=bg, mask=mask, frame_id=frame_id, pos_x_px=x, pos_y_px=y)
 
