@@ -126,6 +126,12 @@ class Status:
     decide_waits: int = 0  # times tracking waited for the decisions (more cells than the CPU can decide)
     storage_backlog_mb: float = 0.0  # memory held by records not yet handed to the event file
     images_shed: int = 0  # cells recorded without their ROI image because the event file fell behind
+    # cells the tracker saw but never reported: tracks that ended before the constriction (cells
+    # lost upstream, and specks seen for a frame or two), blobs it had no free track for
+    # (tracking.max_tracks), events whose ROI image the ring had already overwritten
+    tracks_lost: int = 0
+    tracks_overflow: int = 0
+    snapshots_lost: int = 0
 
     @property
     def frames_missed(self) -> int:
@@ -155,6 +161,9 @@ class Status:
                 f"{cls} fired {self.fired} late {self.late} lat p50/p99 {lat} queue {self.storage_queue} "
                 + (f"decide queue {self.decide_queue} waits {self.decide_waits} " if self.decide_waits else "")
                 + (f"images shed {self.images_shed} (backlog {self.storage_backlog_mb:.0f}MB) " if self.images_shed else "")
+                + (f"untracked {self.tracks_overflow} " if self.tracks_overflow else "")
+                + (f"est. purity {self.purity_estimate:.3f} recovery {self.recovery_estimate:.3f} "
+                   if self.fired and self.purity_estimate == self.purity_estimate else "")
                 + f"file {self.file_bytes / 1e6:.1f}MB"
                 + ("" if not self.cpu_cores else " cpu " + " ".join(f"{k}={v:.2f}" for k, v in self.cpu_cores.items())))
 
@@ -356,6 +365,8 @@ class Pipeline:
         except BaseException:
             self.state = RunState.FINISHED
             self.finish_reason = FinishReason.ERRORED
+            if self.freeze_gc:
+                gc.unfreeze()  # else every failed start keeps what it built out of the collections
             if self.ring is not None:
                 self.ring.unlink_shared()
             self.camera.close()
@@ -460,10 +471,25 @@ class Pipeline:
 
     # -- live adjustments (any thread) -----------------------------------------------------------
     def set_policy(self, policy: SortPolicy) -> None:
-        """Replace the sort policy; takes effect with the next decided cell."""
+        """Replace the sort policy; takes effect with the next decided cell. The change goes into
+        the run's log (and so its file), and new target classes restart the purity and recovery
+        estimates."""
         if self.classifier is not None and tuple(policy.class_names) != tuple(self.classifier.classes):
             raise StateError(f"policy classes {policy.class_names} differ from the model's {self.classifier.classes}")
-        self.policy = policy
+        old = self.policy
+        if old is not None and old.settings == policy.settings:
+            self.policy = policy
+            return
+        with self._handle_lock:  # between two batches of decisions
+            self.policy = policy
+            if old is None or old.settings.target_classes != policy.settings.target_classes:
+                self._counters.restart_estimates()
+            n = self._cells
+        s = policy.settings
+        log.info("sort policy changed after %d cells: targets %s, threshold %g, mode %s, window %g ms%s, "
+                 "reject %s, %d gate(s)%s", n, "+".join(s.target_classes), s.threshold, s.mode, s.window_ms,
+                 f" / {s.window_um:g} µm" if s.window_um else "", ",".join(s.reject_flags) or "nothing",
+                 len(s.range_gates) + len(s.polygon_gates), "" if s.enabled else ", sorting off")
 
     def recent(self, n: int | None = None) -> list[CellRecord]:
         """The latest decided cells (newest last, without their ROI snapshot), for plots; they
@@ -532,7 +558,7 @@ class Pipeline:
             if reader.pending >= s.background_frames or (done and reader.pending):
                 b = reader.read(s.background_frames if reader.pending >= s.background_frames else reader.pending)
                 self.tracker = Tracker.from_frames(ring.images[b.slots], px, s, t0_ns=int(b.timestamps_ns[0]),
-                                                   kernels=self.kernels)
+                                                   kernels=self.kernels, bit_depth=self.camera.info.bit_depth)
                 if self.lossless or not self.camera.paced:
                     self._track(b)
                 else:
@@ -721,8 +747,6 @@ class Pipeline:
                                                   batch=batch, self_index=i, pending=(pending or []) if live else [])
                 decisions[i] = policy.decide(ev, p, near, target=targets[i])
             self._neighbours.extend(batch)
-        target_idx = ([self.classifier.classes.index(c) for c in policy.settings.target_classes]
-                      if policy is not None and self.classifier is not None else [])
         fires: list[Any] = [None] * len(events)
         for i, (ev, p, decision) in enumerate(zip(events, probs, decisions)):
             if decision is not None:
@@ -733,7 +757,7 @@ class Pipeline:
                                         decision.probability, decision.is_target, "decided after the run ended")
                     self._late += 1
                 decisions[i] = decision
-                self._counters.add(decision, float(p[target_idx].sum()) if target_idx else 0.0)
+                self._counters.add(decision, policy.p_target(p) if policy is not None else 0.0)
             emit_host = ev.extra.get("emit_host_ns", 0) if ev.extra else 0
             if emit_host and live:
                 now = time.monotonic_ns()
@@ -793,7 +817,8 @@ class Pipeline:
         v = ev.features.get("v_after_mm_s", math.nan)
         if exit_ns is None:
             exit_ns = self._exit_host_ns(ev)
-        at = fire_time_ns(exit_ns, v, timing) if timing is not None else time.monotonic_ns()
+        at = (fire_time_ns(exit_ns, v, timing, ev.extra.get("exit_easing_ms", 0.0) if ev.extra else 0.0)
+              if timing is not None else time.monotonic_ns())
         width = timing.pulse_width_us if timing is not None else 100.0
         rec = self.trigger.fire(FireRequest(ev.index, at, width))
         if getattr(rec, "late", False):
@@ -923,6 +948,7 @@ class Pipeline:
         c = self._counters
         end = self._t_end or now
         sink = self.sink
+        ts = self.tracker.stats if self.tracker is not None else None
         return Status(
             state=self.state,
             finish_reason=self.finish_reason,
@@ -961,6 +987,9 @@ class Pipeline:
             trigger_ok=self._trigger_ok and (getattr(self.trigger, "available", True) if self.trigger else True),
             errors=tuple(self._errors),
             startup_frames=self._startup_skipped,
+            tracks_lost=ts.lost_tracks if ts else 0,
+            tracks_overflow=ts.track_overflow if ts else 0,
+            snapshots_lost=ts.snapshots_lost if ts else 0,
             **self._cpu(now),
         )
 

@@ -83,6 +83,7 @@ class Summary:
     model: str = ""
     acks: int = 0
     rejected_flags: tuple[str, ...] = ()  # what "sortable" leaves out
+    policy_changes: tuple[str, ...] = ()  # the run log's lines on sort policies changed during the run
 
 
 def _target_classes(run: StoredRun, f: dict, override) -> tuple[tuple[str, ...], str]:
@@ -167,6 +168,7 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         duration_s=duration, classes=shares(classified), classes_sortable=shares(classified & ok), quality=quality,
         target_classes=targets, targets_from=source, fired=Share("fired", int(fired.sum()), n), reasons=reasons,
         purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
+        policy_changes=tuple(line.strip() for line in run.run_log if "sort policy changed" in line),
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
     )
 
@@ -281,8 +283,11 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         ["fired", f"{s.fired.count} of {s.fired.total} ({_pct(s.fired.fraction)}, 95 % CI {_ci(s.fired)})"],
         ["purity estimate", _pct(s.purity_estimate)], ["recovery estimate", _pct(s.recovery_estimate)],
         ["fired cells predicted as target", _pct(s.predicted_purity)], ["device acknowledgements", str(s.acks)],
+        *([["policy changed during the run", line] for line in s.policy_changes]),
     ], "Purity = mean P(target) over fired cells; recovery = ΣP(target) fired / ΣP(target) all "
-       "(estimates from the classifier's probabilities, not measured)."))
+       "(estimates from the classifier's probabilities, not measured)."
+       + (" The sort policy changed during the run: the estimates take the target classes above for every "
+          "cell, whatever the policy was when it was decided." if s.policy_changes else "")))
     if s.reasons:
         t.append(("Decisions", ["reason", "cells", "share"],
                   [[r.name, str(r.count), _pct(r.fraction)] for r in s.reasons], ""))

@@ -1,7 +1,9 @@
 """Sort decisions: a pure function of (event, class probabilities, settings, neighbours).
 
-A cell is a *target* when its most likely class is a target class with probability ≥ threshold,
-it passes every feature gate and no rejected quality flag is set. The sort mode then decides
+A cell is a *target* when the target classes together are more likely than any other class and
+their summed probability is ≥ threshold (with one target class: its most likely class is the
+target with probability ≥ threshold), it passes every feature gate and no rejected quality flag
+is set. The sort mode then decides
 about coincidences with the cells around it (``neighbours``: other cells whose constriction exit
 lies within the coincidence window):
 
@@ -109,7 +111,7 @@ _FLAGS = {q.name: q for q in Quality if q.name and q is not Quality.OK}
 class SortSettings:
     enabled: bool = True  # false: decide and record, never fire
     target_classes: tuple[str, ...] = ("hct116",)  # classes to sort out
-    threshold: float = 0.5  # minimum probability of the target class
+    threshold: float = 0.5  # minimum probability of the target classes (summed when there are several)
     mode: str = "purity"  # purity | yield | single-cell
     window_ms: float = 4.0  # coincidence window around a target's exit (cells sorted along within it; ~20 µm at 5 mm/s)
     window_um: float = 0.0  # if > 0: window as a distance, converted with the cell's speed after exit
@@ -182,6 +184,8 @@ class SortPolicy:
         self.settings = settings
         self.class_names = tuple(class_names)
         self._target_idx = frozenset(self.class_names.index(c) for c in settings.target_classes)
+        self._targets = tuple(sorted(self._target_idx))
+        self._others = tuple(i for i in range(len(self.class_names)) if i not in self._target_idx)
         reject = Quality(0)
         for f in settings.reject_flags:
             reject |= _FLAGS[f]
@@ -190,14 +194,23 @@ class SortPolicy:
         self._reject = int(reject)
         self._gates = (*settings.range_gates, *settings.polygon_gates)
 
+    def p_target(self, probs) -> float:
+        """P(target): the summed probability of the target classes (what the threshold and the
+        purity and recovery estimates take)."""
+        p = probs.tolist() if isinstance(probs, np.ndarray) else probs
+        return float(sum(p[i] for i in self._targets))
+
     def target(self, event: CellEvent, probs: np.ndarray) -> tuple[bool, Reason, str]:
         """Whether the cell alone qualifies as a target, and if not, why."""
-        k = int(probs.argmax())
-        if k not in self._target_idx:
+        # the target classes count as one: with targets {a, b}, a cell at (a .40, b .35, c .25) is a
+        # target at P 0.75 (taking the single most likely class left it "below threshold" at 0.40)
+        p = probs.tolist()
+        pt = sum(p[i] for i in self._targets)
+        k = max(self._others, key=p.__getitem__) if self._others else -1
+        if k >= 0 and p[k] >= pt:
             return False, Reason.NOT_TARGET, self.class_names[k]
-        pk = float(probs[k])
-        if pk < self.settings.threshold:
-            return False, Reason.BELOW_THRESHOLD, f"p={pk:.3f} < {self.settings.threshold}"
+        if pt < self.settings.threshold:
+            return False, Reason.BELOW_THRESHOLD, f"p={pt:.3f} < {self.settings.threshold}"
         bad = int(event.quality) & self._reject
         if bad:
             return False, Reason.QUALITY, str(Quality(bad).name)
@@ -217,7 +230,11 @@ class SortPolicy:
             window = s.window_for(event)
             t = event.features.get("exit_time_ms", math.nan)
             near = [n for n in neighbours if abs(n.exit_time_ms - t) <= window]
-            if s.mode == "purity" and any(not n.is_target for n in near):
+            if s.mode != "yield" and not math.isfinite(t):
+                # no exit time, no coincidence check: a purity or single-cell sort does not gamble
+                fire, reason = False, (Reason.COINCIDENCE if s.mode == "purity" else Reason.NOT_ISOLATED)
+                detail = "exit time unknown: coincidences cannot be ruled out"
+            elif s.mode == "purity" and any(not n.is_target for n in near):
                 fire, reason = False, Reason.COINCIDENCE
                 detail = f"{sum(not n.is_target for n in near)} non-target cell(s) within {window:.3g} ms"
             elif s.mode == "single-cell" and near:
@@ -237,8 +254,10 @@ class SortCounters:
     fired: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
     not_fired: dict[str, int] = field(default_factory=dict)
+    # the estimates' sums, since the run started or the target classes last changed
     _p_target_fired: float = 0.0  # Σ P(target) over fired cells
     _p_target_all: float = 0.0  # Σ P(target) over all cells
+    _fired_est: int = 0  # fired cells in those sums
 
     def add(self, decision: Decision, p_target: float) -> None:
         self.seen += 1
@@ -246,14 +265,21 @@ class SortCounters:
         self._p_target_all += p_target
         if decision.fire:
             self.fired += 1
+            self._fired_est += 1
             self._p_target_fired += p_target
         else:
             self.not_fired[decision.reason.value] = self.not_fired.get(decision.reason.value, 0) + 1
 
+    def restart_estimates(self) -> None:
+        """New target classes: P(target) means something else from now on, so the purity and
+        recovery estimates start again (the counts go on)."""
+        self._p_target_fired = self._p_target_all = 0.0
+        self._fired_est = 0
+
     @property
     def purity_estimate(self) -> float:
         """Expected fraction of targets among fired cells, from the classifier's probabilities."""
-        return self._p_target_fired / self.fired if self.fired else math.nan
+        return self._p_target_fired / self._fired_est if self._fired_est else math.nan
 
     @property
     def recovery_estimate(self) -> float:

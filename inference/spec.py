@@ -409,3 +409,12 @@ def check_features(spec: ModelSpec, produced: Sequence[str] | Mapping | None = N
         raise ModelError(
             f"{source}: the model needs features {missing} that the tracker does not produce "
             f"(it produces: {', '.join(produced)})")
+    # a model trained on the MIML authors' CSVs (or our --miml export) saw features scaled to 0-1
+    # per recording batch: given the tracker's ms and mm/s it called every cell one class
+    units = {n: getattr(d, "unit", None) for n, d in produced.items()} if isinstance(produced, Mapping) else {}
+    other = [f"{f.name} in {f.unit!r} (the tracker measures {units[f.name]!r})" for f in spec.features
+             if f.unit and units.get(f.name) is not None and f.unit != units[f.name]]
+    if other:
+        raise ModelError(
+            f"{source}: the model was trained on features in other units than the tracker measures: "
+            f"{'; '.join(other)}. Train it on tracked cells (mimlsort's or RT-DC event files) to classify them")

@@ -397,3 +397,18 @@ def test_bench_reports_latency_and_throughput_per_model_and_provider(model):
         assert res[f"m.cpu.{k}"] > 0, k
     assert res["m.cpu.b1_p99_ms"] >= res["m.cpu.b1_p50_ms"]
     assert res["intra_op_threads"] == 1
+
+
+def test_a_model_trained_on_features_in_other_units_does_not_classify_tracked_cells(tmp_path):
+    # the MIML authors' CSVs (and our --miml export) carry DI, transit time and v_max scaled to
+    # 0-1 per batch; the tracker gives ms and mm/s
+    spec = make_spec()
+    check_features(spec)
+    scaled = tuple(replace(f, unit="0-1, scaled per batch by the MIML authors") if f.name == "v_max_mm_s" else f
+                   for f in spec.features)
+    path = write_model(tmp_path / "m.onnx", replace(spec, features=scaled))
+    with pytest.raises(ModelError, match=r"other units than the tracker measures: v_max_mm_s in '0-1, scaled per "
+                                         r"batch by the MIML authors' \(the tracker measures 'mm/s'\)"):
+        Classifier(path)
+    with Classifier(path, check_tracker_features=False) as clf:  # evaluation on the same kind of data
+        assert clf.spec.feature_names == spec.feature_names

@@ -4,6 +4,7 @@ model path is covered in test_daemon.py)."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -495,3 +496,37 @@ def test_a_request_the_trigger_refuses_is_that_cells_reason_not_a_trigger_fault(
     assert fast.reason is Reason.FIRED and rec2.ok
     assert st.trigger_ok and st.trigger_failed == 0 and st.errors == ()
     assert not any("unavailable" in r.message for r in caplog.records)
+
+
+def test_a_target_change_is_logged_and_restarts_the_estimates(caplog):
+    from app.config import bundled_model_path
+    from app.sorting import SortPolicy, SortSettings
+    from inference.classifier import Classifier
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    clf = Classifier(bundled_model_path(), provider="cpu")
+    a, b = clf.classes[:2]
+    yield_all = dict(reject_flags=(), mode="yield", threshold=0.0)
+    p = Pipeline(SyntheticCamera(FAST), classifier=clf, policy=SortPolicy(SortSettings(target_classes=(a,), **yield_all),
+                                                                          clf.classes), sink=ListSink(), lossless=True)
+    run_to_end(p)
+    st = p.status()
+    assert st.fired > 0 and 0.5 < st.purity_estimate <= 1.0
+    with caplog.at_level("INFO", logger="app.pipeline"):
+        p.set_policy(SortPolicy(SortSettings(target_classes=(b,), **yield_all), clf.classes))
+    assert any(f"sort policy changed after {st.cells} cells: targets {b}" in r.getMessage() for r in caplog.records)
+    st2 = p.status()
+    # the counts go on; the estimates of the old targets are not the new ones'
+    assert st2.fired == st.fired and math.isnan(st2.purity_estimate) and math.isnan(st2.recovery_estimate)
+
+
+def test_cells_the_tracker_could_not_follow_are_counted():
+    from tracking.tracker import TrackerSettings
+
+    p = Pipeline(SyntheticCamera(replace(FAST, cells_per_second=400.0)), sink=ListSink(), lossless=True,
+                 tracker_settings=TrackerSettings(max_tracks=1))
+    run_to_end(p)
+    st = p.status()
+    assert st.tracks_overflow > 0 and f"untracked {st.tracks_overflow}" in st.line()
+    assert st.tracks_overflow == p.tracker.stats.track_overflow

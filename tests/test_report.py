@@ -224,3 +224,18 @@ def test_read_events_sees_what_export_needs(run_file):
     f, run = read_events(path, crops=True)
     assert f["first_crop"].shape == (len(records), CROP, CROP)
     assert run.crop_pixel_size_um == pytest.approx(records[0].event.crop_pixel_size_um)
+
+
+def test_a_policy_change_during_the_run_is_named_beside_the_estimates(tmp_path):
+    path = tmp_path / "changed.rtdc"
+    with EventWriter(path, meta=make_meta(config_toml=CONFIG)) as w:
+        w.write(make_records(30, seed=4))
+        w.log("INFO app.pipeline: sort policy changed after 30 cells: targets wbc")
+    s = summarize(path)
+    assert len(s.policy_changes) == 1 and "after 30 cells" in s.policy_changes[0]
+    md = to_markdown(s, {})
+    assert "The sort policy changed during the run" in md and "after 30 cells" in md
+    plain = tmp_path / "plain.rtdc"
+    with EventWriter(plain, meta=make_meta(config_toml=CONFIG)) as w:
+        w.write(make_records(30, seed=4))
+    assert summarize(plain).policy_changes == () and "policy changed" not in to_markdown(summarize(plain), {})

@@ -111,3 +111,45 @@ def test_gate_test_on_arrays_agrees_with_the_policys_test_point_by_point():
         got = gate.contains_many(xs, ys)
         assert got.tolist() == want
         assert 0 < sum(want) < len(want)
+
+
+def test_several_target_classes_count_as_one():
+    classes = ("a", "b", "c")
+    both = SortPolicy(SortSettings(target_classes=("a", "b"), threshold=0.7), classes)
+    cell = np.array([0.40, 0.35, 0.25], np.float32)  # most likely class a, but P(a or b) = 0.75
+    d = both.decide(ev(), cell)
+    assert d.fire and d.reason is Reason.FIRED and d.predicted == "a"
+    assert both.p_target(cell) == pytest.approx(0.75)
+    # c is the most likely single class, yet a or b is more likely than c
+    assert SortPolicy(SortSettings(target_classes=("a", "b")), classes).decide(ev(), np.array([0.3, 0.3, 0.4])).fire
+    assert both.decide(ev(), np.array([0.36, 0.3, 0.34], np.float32)).reason is Reason.BELOW_THRESHOLD
+    d = both.decide(ev(), np.array([0.2, 0.1, 0.7], np.float32))
+    assert d.reason is Reason.NOT_TARGET and "c" in d.detail
+    # one target class: its probability must beat every other class's, as the most likely class did
+    only_a = SortPolicy(SortSettings(target_classes=("a",), threshold=0.3), classes)
+    assert only_a.decide(ev(), cell).fire
+    assert only_a.decide(ev(), np.array([0.35, 0.40, 0.25], np.float32)).reason is Reason.NOT_TARGET
+
+
+@pytest.mark.parametrize("mode, fire, reason", [
+    ("purity", False, Reason.COINCIDENCE), ("single-cell", False, Reason.NOT_ISOLATED), ("yield", True, Reason.FIRED),
+])
+def test_a_target_without_an_exit_time_is_not_gambled_on(mode, fire, reason):
+    # INCOMPLETE taken off reject_flags: no exit time, so no neighbour can be ruled out
+    d = policy(mode=mode, reject_flags=()).decide(ev(exit_ms=math.nan, quality=Quality.INCOMPLETE), TARGET,
+                                                   [Neighbour(10.0, False)])
+    assert (d.fire, d.reason) == (fire, reason)
+    if not fire:
+        assert "exit time unknown" in d.detail
+
+
+def test_estimates_restart_with_new_targets_while_the_counts_go_on():
+    c = SortCounters(CLASSES)
+    c.add(Decision(0, True, Reason.FIRED, "hct116", 0.9, True), 0.9)
+    c.add(Decision(1, False, Reason.NOT_TARGET, "wbc", 0.8, False), 0.2)
+    assert c.purity_estimate == pytest.approx(0.9) and c.recovery_estimate == pytest.approx(0.9 / 1.1)
+    c.restart_estimates()
+    assert math.isnan(c.purity_estimate) and math.isnan(c.recovery_estimate)
+    c.add(Decision(2, True, Reason.FIRED, "wbc", 0.7, True), 0.7)
+    assert (c.seen, c.fired) == (3, 2)
+    assert c.purity_estimate == pytest.approx(0.7) and c.recovery_estimate == pytest.approx(1.0)
