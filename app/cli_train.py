@@ -194,6 +194,20 @@ def _load_data(args: argparse.Namespace, *, role: str):
     return ds
 
 
+def _recordings_confound_classes(args: argparse.Namespace) -> str:
+    """A note when every recording is labelled as a whole (PATH=CLASS) with one class each: cells
+    are held out one by one, so the test figures then measure the recordings' differences as much
+    as the cells' (two recordings of one population, told apart by lamp brightness, tested 1.000)."""
+    data = list(args.data or ())
+    classes = {d.rpartition("=")[2] for d in data if "=" in d}
+    if args.simulated or len(data) < 2 or len(classes) < 2 or any("=" not in d for d in data):
+        return ""
+    return ("note: every recording holds cells of one class only, and cells are held out one by one: the "
+            "accuracy on held-out cells and folds measures the differences between the recordings (illumination, "
+            "focus, day) as much as between the cells. Test the model on recordings it never saw "
+            "(mimlsort evaluate MODEL RUN=CLASS) before sorting with it.")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     # without torch this raises BackendUnavailable naming the extra (mimlsort[train]) before any data is read
     from inference.training.train import train_model  # noqa: F401
@@ -215,6 +229,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out, missing = _check_out(args.out)
 
     ds = _load_data(args, role="train")
+    note = _recordings_confound_classes(args)
+    if note:
+        print(note)
     test = None
     if args.test_fraction > 0:
         tr, te = ds.split(args.test_fraction, seed=args.seed)

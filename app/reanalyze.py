@@ -98,8 +98,13 @@ def _read_input(path: Path):
         fh = h5py.File(path, "r")
     except (OSError, FileNotFoundError) as e:
         raise DataFormatError(f"{path}: cannot be opened as an RT-DC (HDF5) file: {e}") from None
-    ev = fh.get("events")
-    if ev is None or "image" not in ev:
+    try:
+        ev = fh.get("events")
+        ok = ev is not None and "image" in ev
+    except BaseException:  # a damaged file can fail here too: close it all the same
+        fh.close()
+        raise
+    if not ok:
         fh.close()
         raise DataFormatError(f"{path}: has no events/image to reanalyze")
     return fh

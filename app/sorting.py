@@ -230,6 +230,8 @@ class SortPolicy:
             window = s.window_for(event)
             t = event.features.get("exit_time_ms", math.nan)
             near = [n for n in neighbours if abs(n.exit_time_ms - t) <= window]
+            if s.window_um > 0 and not event.features.get("v_after_mm_s", math.nan) > 0:
+                detail = f"speed after exit unknown: window {window:g} ms (window_ms) instead of {s.window_um:g} µm"
             if s.mode != "yield" and not math.isfinite(t):
                 # no exit time, no coincidence check: a purity or single-cell sort does not gamble
                 fire, reason = False, (Reason.COINCIDENCE if s.mode == "purity" else Reason.NOT_ISOLATED)

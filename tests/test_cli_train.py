@@ -62,6 +62,7 @@ def test_train_and_evaluate_event_tables(tmp_path, torch, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "cross-validation (2 folds)" in text and "held-out test (6 cells)" in text
+    assert "every recording holds cells of one class only" in text  # runA healthy, runB stiff
     for name in ("model.onnx", "model.pt", "report.md", "roc.png", "confusion.png", "metrics.json",
                  "test/report.md", "test/roc.png", "test/confusion.png"):
         assert (out / name).is_file(), name

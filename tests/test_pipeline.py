@@ -530,3 +530,21 @@ def test_cells_the_tracker_could_not_follow_are_counted():
     st = p.status()
     assert st.tracks_overflow > 0 and f"untracked {st.tracks_overflow}" in st.line()
     assert st.tracks_overflow == p.tracker.stats.track_overflow
+
+
+def test_a_tracker_crop_smaller_than_the_models_field_is_refused(caplog):
+    from app.config import bundled_model_path
+    from app.session import check_model_scale
+    from inference.classifier import Classifier
+    from mimlsort.errors import ConfigError
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    clf = Classifier(bundled_model_path(), provider="cpu", warmup=False)
+    field, px = clf.spec.image.crop_size_um, clf.spec.image.pixel_size_um
+    check_model_scale(clf, field, px)
+    with pytest.raises(ConfigError, match=rf"tracking\.crop_size_um: is 30 µm, smaller than the {field:g} µm field"):
+        check_model_scale(clf, 30.0, px)
+    with caplog.at_level("WARNING", logger="app.session"):
+        check_model_scale(clf, field, 2 * px)
+    assert any("far from the" in r.getMessage() for r in caplog.records)

@@ -64,6 +64,9 @@ def test_window_in_um_uses_speed_after_exit():
     p = policy(window_um=10.0, window_ms=0.1)
     assert p.decide(ev(exit_ms=10.0), TARGET, [Neighbour(10.8, False)]).reason is Reason.COINCIDENCE
     assert p.decide(ev(exit_ms=10.0, v_after_mm_s=40.0), TARGET, [Neighbour(10.8, False)]).fire
+    # speed unknown: window_ms stands in, and the decision says so
+    d = p.decide(ev(exit_ms=10.0, v_after_mm_s=math.nan), TARGET, [Neighbour(10.8, False)])
+    assert d.fire and "window 0.1 ms (window_ms) instead of 10 µm" in d.detail
 
 
 def test_sorting_off_records_but_never_fires():
