@@ -739,13 +739,6 @@ class ReplayCamera(Camera):
             time.sleep(wait)
         return True
 
-    def rewind(self) -> None:
-        """Play again from ``start_frame`` (ids and times restart too)."""
-        self.position = self._start
-        self.loops = 0
-        self.exhausted = self._stop <= self._start
-        self._wall0 = None
-
 
 def _pick(from_file: float | None, from_settings: float | None, key: str, path: Path) -> float | None:
     if from_file is not None:

@@ -116,9 +116,6 @@ class RunController(QtCore.QObject):
     def running(self) -> bool:
         return self.run is not None and not self._stopping
 
-    def set_refresh_hz(self, hz: float) -> None:
-        self._timer.setInterval(max(1, int(round(1000.0 / hz))))
-
     # -- background work --------------------------------------------------------------------------
     def submit(self, fn: Callable[[], Any], on_done: Callable[[Any], None] | None = None,
                on_error: Callable[[BaseException], None] | None = None) -> cf.Future:

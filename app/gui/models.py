@@ -56,10 +56,6 @@ def config_get(cfg: Any, path: str, default: Any = None) -> Any:
     return default if obj is None else obj
 
 
-def config_has(cfg: Any, path: str) -> bool:
-    return config_get(cfg, path, _MISSING) is not _MISSING
-
-
 def _coerce(obj: Any, name: str, value: Any) -> Any:
     tp = typing.get_type_hints(type(obj)).get(name)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):

@@ -218,9 +218,6 @@ class Dataset:
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         return grouped_split(self.labels, self.groups, test_fraction, seed)
 
-    def kfold(self, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-        return kfold_splits(self.labels, self.groups, k, seed)
-
     @staticmethod
     def concat(datasets: Sequence["Dataset"]) -> "Dataset":
         """One data set from several (class names united, labels remapped), re-checked as a whole."""

@@ -74,11 +74,6 @@ class TrainResult:
     def fold_metrics(self) -> list[Metrics]:
         return [f.metrics for f in self.folds]
 
-    @property
-    def norms(self) -> list:
-        """The fitted feature normalisation of every fold model, then of the returned model."""
-        return [f.spec.features for f in self.folds] + [self.spec.features]
-
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
