@@ -147,6 +147,42 @@ def bench_sorting(seconds: float = 5.0, fps: float = 8_000.0, cells_per_second: 
     return res
 
 
+def bench_pulse_timing(seconds: float = 3.0, distance_um: float = 200.0, seed: int = 3) -> dict:
+    """When the sort pulse comes against when the cell reaches the junction ``distance_um`` past
+    the constriction exit, on simulated runs in three channels (the simulator's default, the
+    pipeline bench's and the sorting bench's flows; every frame tracked, no real time involved):
+    the travel time the pulse is timed with relative to the truth's, minus 1 (median, p5, p95 and
+    the largest deviation, in % of the travel), the median travel and the cells without a speed."""
+    import numpy as np
+
+    from acquisition.synthetic import SyntheticSettings, render_frames
+    from app.validate import match_events, travel_errors
+    from tracking.tracker import Tracker, TrackerSettings
+
+    res: dict = {"seconds": seconds, "distance_um": distance_um}
+    for name, flow, fps, cps in (("default", {}, 4000.0, 40.0), ("pipeline", FAST_FLOW, 10_000.0, 100.0),
+                                 ("sorting", SORT_FLOW, 8000.0, 100.0), ("sorting_dense", SORT_FLOW, 8000.0, 1400.0)):
+        n = round(seconds * fps)
+        sim = SyntheticSettings(duration_s=seconds, fps=fps, cells_per_second=cps, seed=seed,
+                                **{k.split(".", 1)[1]: v for k, v in flow.items()})
+        frames, truth = render_frames(sim, n)
+        tracker = Tracker.from_frames(frames, sim.pixel_size_um, TrackerSettings(snapshots=False))
+        events = tracker.process_frames(frames, fps=fps) + tracker.flush()
+        m = match_events(events, truth, run_ms=n * 1e3 / fps, frame_ms=1e3 / fps)
+        err = 100.0 * travel_errors(m, distance_um)
+        v_out = [t.v_after_mm_s for _, t in m.pairs if t.kind == "cell" and t.v_after_mm_s > 0]
+        key = f"{name}_{fps / 1000:g}kHz_{cps:g}_cells_s"
+        res[f"{key}_cells"] = int(err.size)
+        res[f"{key}_exit_speed_mm_s"] = round(float(np.median(v_out)), 1) if v_out else math.nan
+        if err.size:
+            res[f"{key}_travel_err_pct_p50"] = round(float(np.median(err)), 2)
+            res[f"{key}_travel_err_pct_p5"] = round(float(np.percentile(err, 5)), 2)
+            res[f"{key}_travel_err_pct_p95"] = round(float(np.percentile(err, 95)), 2)
+            res[f"{key}_travel_err_pct_max_abs"] = round(float(np.abs(err).max()), 2)
+        res[f"{key}_without_speed"] = sum(1 for e, _ in m.pairs if not e.features.get("v_after_mm_s", math.nan) > 0)
+    return res
+
+
 def bench_tracking_accuracy(n_frames: int = 16_000, fps: float = 8_000.0,
                             rates: tuple[float, ...] = (100.0, 600.0, 1400.0), seed: int = 3,
                             split_ratio: float | None = None) -> dict:

@@ -95,6 +95,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 BENCHES: dict[str, str] = {
     "tracking": "tracking.bench:bench_tracking",
     "tracking-accuracy": "app.bench:bench_tracking_accuracy",
+    "pulse-timing": "app.bench:bench_pulse_timing",
     "recording": "acquisition.recording:bench_recording",
     "inference": "inference.bench:bench_inference",
     "sorting": "app.bench:bench_sorting",

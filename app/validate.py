@@ -88,3 +88,24 @@ def match_events(events: Sequence[CellEvent], truth: Sequence[object], *, run_ms
     m.missed_truth = [t for k, t in enumerate(cand) if k not in used and _complete(t, run_ms, frame_ms)]
     m.complete_truth = sum(1 for t in cand if _complete(t, run_ms, frame_ms))
     return m
+
+
+def travel_errors(matching: Matching, distance_um: float) -> np.ndarray:
+    """For each single cell matched to its truth (not stuck, not queued, exit seen): the travel
+    time from the constriction exit to a junction ``distance_um`` further on that its sort pulse
+    is timed with (:func:`hardware.timing.fire_time_ns` from the event's ``v_after_mm_s`` and
+    ``exit_easing_ms``), relative to the truth's (``distance_um / v_after_mm_s`` of the
+    simulator, which leaves out the ~1% a cell gains while it slows down past the exit)
+    minus 1: 0.05 is a pulse 5% of the travel late."""
+    from hardware.timing import TimingSettings, fire_time_ns
+
+    timing = TimingSettings(distance_to_junction_um=distance_um)
+    out = []
+    for ev, tr in matching.pairs:
+        if (getattr(tr, "kind", "cell") != "cell" or tr.stuck_ms > 0 or tr.queued_ms > 0
+                or not math.isfinite(ev.features.get("exit_time_ms", math.nan)) or not tr.v_after_mm_s > 0):
+            continue
+        ease = (ev.extra or {}).get("exit_easing_ms", 0.0)
+        got_ms = fire_time_ns(0, ev.features.get("v_after_mm_s", math.nan), timing, ease) / 1e6
+        out.append(got_ms / (distance_um / tr.v_after_mm_s) - 1.0)  # mm/s = µm/ms
+    return np.array(out, np.float64)

@@ -3,19 +3,14 @@ constriction exit (``v_after_mm_s`` and ``exit_easing_ms`` of the tracked event,
 :func:`hardware.timing.fire_time_ns`) against the simulator's truth (``TruthRecord.v_after_mm_s``:
 the cell's speed past the exit once it has slowed down)."""
 
-import math
-
 import numpy as np
 import pytest
 
 synthetic = pytest.importorskip("acquisition.synthetic")
 
-from app.bench import SORT_FLOW  # noqa: E402
-from app.validate import match_events  # noqa: E402
-from hardware.timing import TimingSettings, fire_time_ns  # noqa: E402
+from app.bench import SORT_FLOW, bench_pulse_timing  # noqa: E402
+from app.validate import match_events, travel_errors  # noqa: E402
 from tracking.tracker import Tracker, TrackerSettings  # noqa: E402
-
-D_UM = 200.0
 
 
 def _travel_errors(flow: dict, fps: float, cells_per_second: float, seconds: float):
@@ -25,16 +20,7 @@ def _travel_errors(flow: dict, fps: float, cells_per_second: float, seconds: flo
     frames, truth = synthetic.render_frames(s, n)
     tracker = Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings(snapshots=False))
     events = tracker.process_frames(frames, fps=fps) + tracker.flush()
-    m = match_events(events, truth, run_ms=n * 1e3 / fps, frame_ms=1e3 / fps)
-    timing = TimingSettings(distance_to_junction_um=D_UM)
-    errors = []
-    for ev, tr in m.pairs:
-        if tr.kind != "cell" or tr.stuck_ms > 0 or tr.queued_ms > 0 or not math.isfinite(ev.features["exit_time_ms"]):
-            continue
-        true_ms = D_UM / tr.v_after_mm_s  # mm/s = µm/ms
-        got_ms = fire_time_ns(0, ev.features["v_after_mm_s"], timing, ev.extra["exit_easing_ms"]) / 1e6
-        errors.append(got_ms / true_ms - 1.0)
-    return np.array(errors)
+    return travel_errors(match_events(events, truth, run_ms=n * 1e3 / fps, frame_ms=1e3 / fps), 200.0)
 
 
 @pytest.mark.parametrize("flow, fps, rate, seconds", [
@@ -44,9 +30,19 @@ def _travel_errors(flow: dict, fps: float, cells_per_second: float, seconds: flo
     ({}, 4000.0, 40.0, 1.5),  # the default channel, 5 mm/s past the exit
 ])
 def test_pulse_travel_time_matches_the_cells_arrival(flow, fps, rate, seconds):
-    ours = _travel_errors(flow, fps, rate, seconds)
-    print(f"{len(ours)} cells, travel error median {np.median(ours):+.3f}, p5 {np.percentile(ours, 5):+.3f}, "
-          f"p95 {np.percentile(ours, 95):+.3f}")
-    assert len(ours) >= 25
-    assert abs(np.median(ours)) <= 0.03  # no bias: the pulse comes when the cell does
-    assert np.percentile(np.abs(ours), 90) <= 0.08  # well inside a 1 ms pulse on a 3 ms travel
+    err = _travel_errors(flow, fps, rate, seconds)
+    print(f"{len(err)} cells, travel error median {np.median(err):+.3f}, p5 {np.percentile(err, 5):+.3f}, "
+          f"p95 {np.percentile(err, 95):+.3f}")
+    assert len(err) >= 25
+    assert abs(np.median(err)) <= 0.03  # no bias: the pulse comes when the cell does
+    assert np.percentile(np.abs(err), 90) <= 0.08  # well inside a 1 ms pulse on a 3 ms travel
+
+
+def test_pulse_timing_bench_reports_each_channel():
+    res = bench_pulse_timing(seconds=0.3)
+    keys = [k for k in res if k.endswith("_cells")]
+    assert len(keys) == 4
+    for k in keys:
+        base = k.removesuffix("_cells")
+        assert res[k] > 0 and res[f"{base}_exit_speed_mm_s"] > 0
+        assert res[f"{base}_travel_err_pct_p5"] <= res[f"{base}_travel_err_pct_p50"] <= res[f"{base}_travel_err_pct_p95"]
