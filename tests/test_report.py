@@ -239,3 +239,21 @@ def test_a_policy_change_during_the_run_is_named_beside_the_estimates(tmp_path):
     with EventWriter(plain, meta=make_meta(config_toml=CONFIG)) as w:
         w.write(make_records(30, seed=4))
     assert summarize(plain).policy_changes == () and "policy changed" not in to_markdown(summarize(plain), {})
+
+
+def test_an_incomplete_event_does_not_make_the_file_untrainable(tmp_path):
+    # one INCOMPLETE cell without a transit time: training leaves it out, so its NaN must not
+    # take transit_time_ms out of the file's default features
+    data = pytest.importorskip("inference.training.data")
+    from dataclasses import replace
+
+    records = make_records(20, seed=6)
+    bad = records[3]
+    feats = dict(bad.event.features, transit_time_ms=math.nan, entry_time_ms=math.nan)
+    records[3] = replace(bad, event=replace(bad.event, features=feats, quality=Quality.INCOMPLETE))
+    path = tmp_path / "one_incomplete.rtdc"
+    with EventWriter(path, meta=make_meta(config_toml=CONFIG)) as w:
+        w.write(records)
+    ds = data.dataset_from_rtdc(path, "wbc")
+    assert "transit_time_ms" in ds.feature_names and len(ds) < len(records)
+    assert np.isfinite(ds.features).all()

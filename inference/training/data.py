@@ -620,11 +620,6 @@ def dataset_from_rtdc(
                                   f"with crops); export crops or use the CSV/MIML export instead")
         px = h5.attrs.get("imaging:pixel size")
         cols = [n for n in FEATURES if n in grp]
-        names = tuple(feature_names) if feature_names else _default_features(
-            n for n in cols if np.isfinite(grp[n][:]).all())
-        missing = [n for n in names if n not in grp]
-        if missing:
-            raise DataFormatError(f"{path}: features {missing} are not in the file (has {cols})")
         n = len(grp["first_crop"])
         keep = np.ones(n, bool)
         notes = []
@@ -635,6 +630,13 @@ def dataset_from_rtdc(
         idx = np.flatnonzero(keep)
         if not len(idx):
             raise DataFormatError(f"{path}: no usable events")
+        # judged on the cells that are kept: an INCOMPLETE event's NaN transit time had made the
+        # whole file "lack the MIML features"
+        names = tuple(feature_names) if feature_names else _default_features(
+            c for c in cols if np.isfinite(grp[c][:][idx]).all())
+        missing = [n for n in names if n not in grp]
+        if missing:
+            raise DataFormatError(f"{path}: features {missing} are not in the file (has {cols})")
         feats = np.stack([grp[name][:][idx] for name in names], axis=1).astype(np.float64)
         first = grp["first_crop"][:][idx]
         last = grp["last_crop"][:][idx]
