@@ -57,28 +57,24 @@ def cmd_trigger_list(args: argparse.Namespace) -> int:
             except ImportError:
                 state = f"needs {module}: {hint}"
         print(f"  {name:<12} {target:<44} {state}")
-    try:
-        from serial.tools import list_ports
+    from hardware.serial_trigger import list_ports
+    from hardware.visa_trigger import list_resources
+    from mimlsort.errors import BackendUnavailable
 
-        ports = list(list_ports.comports())
+    try:
+        ports = list_ports()
         print("serial ports:" if ports else "serial ports: none found")
-        for p in ports:
-            print(f"  {p.device:<20} {p.description}")
-    except ImportError:
+        for dev, desc in ports:
+            print(f"  {dev:<20} {desc}")
+    except BackendUnavailable:
         pass
     try:
-        import pyvisa
-
-        rm = pyvisa.ResourceManager()
-        try:
-            res = rm.list_resources()
-        finally:
-            rm.close()
+        res = list_resources()
         print("VISA resources:" if res else "VISA resources: none found")
         for r in res:
             print(f"  {r}")
-    except Exception as err:  # no VISA library is a normal state on many machines
-        print(f"VISA resources: not available ({err.__class__.__name__})")
+    except BackendUnavailable as err:  # no VISA library is a normal state on many machines
+        print(f"VISA resources: not available ({err})")
     return 0
 
 

@@ -45,6 +45,14 @@ def _serial():
     return serial
 
 
+def list_ports() -> list[tuple[str, str]]:
+    """(device, description) of the serial ports the system knows (pyserial's view)."""
+    _serial()
+    from serial.tools import list_ports as lp
+
+    return [(p.device, p.description) for p in lp.comports()]
+
+
 _TYPICAL_FIRE_BYTES = 22  # "FIRE 123456 20000 100\n": what the link check assumes before formatting
 
 

@@ -36,6 +36,22 @@ def _pyvisa():
     return pyvisa
 
 
+def list_resources(library: str = "") -> tuple[str, ...]:
+    """The VISA resources the library finds; BackendUnavailable without pyvisa or a VISA library."""
+    pyvisa = _pyvisa()
+    errors = (OSError, ValueError, pyvisa.errors.Error)
+    try:
+        rm = pyvisa.ResourceManager(library) if library else pyvisa.ResourceManager()
+    except errors as err:
+        raise BackendUnavailable(f"no VISA library ({err.__class__.__name__}: {err})") from err
+    try:
+        return tuple(rm.list_resources())
+    except errors as err:
+        raise BackendUnavailable(f"listing VISA resources failed ({err.__class__.__name__}: {err})") from err
+    finally:
+        rm.close()
+
+
 @dataclass(frozen=True, slots=True)
 class VisaSettings:
     resource: str = ""  # e.g. USB0::0x0957::0x2C07::MY12345678::INSTR or TCPIP0::10.0.0.5::inst0::INSTR

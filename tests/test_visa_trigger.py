@@ -116,3 +116,12 @@ def test_session_lost_mid_run_gives_failed_records_not_exceptions():
         st = trig.status()
         assert not st.available and st.failed == 2 and st.fired == 1
         assert trig.reconnect() and trig.fire(FireRequest(3, time.monotonic_ns() + AHEAD, 500.0)).ok
+
+
+def test_resources_are_listed_through_the_backend():
+    from hardware.visa_trigger import list_resources
+    from mimlsort.errors import BackendUnavailable
+
+    assert "TCPIP0::192.168.1.50::inst0::INSTR" in list_resources(f"{YAML}@sim")  # as pyvisa-sim names them
+    with pytest.raises(BackendUnavailable, match="no VISA library"):
+        list_resources("/nonexistent/libvisa.so")
