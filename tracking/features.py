@@ -33,7 +33,8 @@ _DEFS = [
     FeatureDef("transit_time_ms", "ms", "time from constriction entry to exit of the centroid, sub-frame interpolated"),
     FeatureDef("v_max_mm_s", "mm/s", "maximum centroid speed in the constriction (3-frame central differences, median-filtered)"),
     FeatureDef("v_before_mm_s", "mm/s", "median centroid speed upstream of the constriction"),
-    FeatureDef("v_after_mm_s", "mm/s", "median centroid speed downstream of the constriction (sets the sort delay)"),
+    FeatureDef("v_after_mm_s", "mm/s", "speed downstream of the constriction once the cell has slowed down: the run's "
+               "learned pace there, scaled by the cell's own pace upstream (sets the sort delay; see NOTES.md)"),
     FeatureDef("dir_per_ms", "1/ms", "MIML DIR: mean absolute rate of change of DI through squeeze and relaxation"),
     FeatureDef("diameter_um", "µm", "equivalent-circle diameter 2*sqrt(A/pi) upstream of the constriction"),
     FeatureDef("deform", "", "RT-DC deformation 1 - 2*sqrt(pi*A)/P of the convex hull, at maximum DI", rtdc=True),
