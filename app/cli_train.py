@@ -81,7 +81,12 @@ def _check_folds_option(folds: int | None) -> None:
         raise ConfigError("--folds", f"must be 0 or 1 (no cross-validation) or at least 2, got {folds}")
 
 
-def _folds_for_data(ds, folds: int | None, *, what: str = "") -> int:
+HOLD_OUT_HELP = ("what test splits, folds and the early-stopping set hold out: single cells (default) or whole "
+                 "recordings (each PATH given; a simulated run): then no recording has cells on both sides, and "
+                 "the figures say how the model does on a recording it never saw")
+
+
+def _folds_for_data(ds, folds: int | None, *, what: str = "", unit: str = "cells") -> int:
     """The k of k-fold parts for ``ds``. Each part needs a cell (group) of every class, so k may not
     exceed the cells of the smallest class: an explicit --folds above that is an error; the default
     is lowered to it (no cross-validation below 2)."""
@@ -97,11 +102,11 @@ def _folds_for_data(ds, folds: int | None, *, what: str = "") -> int:
         k = min(DEFAULT_FOLDS, fewest)
         if k < DEFAULT_FOLDS:
             k = k if k >= 2 else 0
-            print(f"class {name!r} has {fewest} cells{what}: "
+            print(f"class {name!r} has {fewest} {unit}{what}: "
                   + (f"{k}-fold cross-validation" if k else "no cross-validation") + " (see --folds)", file=sys.stderr)
         return k
     if folds >= 2 and cells and folds > fewest:
-        raise ConfigError("--folds", f"{folds}-fold cross-validation needs at least {folds} cells of every class, but "
+        raise ConfigError("--folds", f"{folds}-fold cross-validation needs at least {folds} {unit} of every class, but "
                                      f"class {name!r} has {fewest}{what}; use --folds {fewest} or fewer "
                                      f"(0: no cross-validation)")
     return folds
@@ -164,7 +169,21 @@ def _load_data(args: argparse.Namespace, *, role: str):
     from mimlsort.errors import DataFormatError
 
     parts = []
-    if args.data:
+    by_recording = getattr(args, "hold_out", "cell") == "recording"
+    if args.data and by_recording:
+        from dataclasses import replace
+
+        import numpy as np
+
+        from inference.training.data import Dataset, dataset_from_path
+
+        # one group per PATH given: its cells never end up on both sides of a split
+        items = [dataset_from_path(item, only_ok=not args.all_events, feature_names=args.features,
+                                   pixel_size_um=args.pixel_size) for item in args.data]
+        items = [replace(d, groups=np.array([f"{k}:{item}"] * len(d), dtype=object))
+                 for k, (item, d) in enumerate(zip(args.data, items))]
+        parts.append(items[0] if len(items) == 1 else Dataset.concat(items))
+    elif args.data:
         from inference.training.data import dataset_from_paths
 
         parts.append(dataset_from_paths(args.data, only_ok=not args.all_events, feature_names=args.features,
@@ -175,7 +194,12 @@ def _load_data(args: argparse.Namespace, *, role: str):
         sim = SimulatedData(seconds=args.sim_seconds, runs=args.sim_runs, seed=args.sim_seed,
                             class_mix=tuple(sorted(args.sim_classes.items())) if args.sim_classes else None,
                             only_ok=not args.all_events)
-        parts.append(simulated_dataset(sim, progress=not args.no_progress))
+        sd = simulated_dataset(sim, progress=not args.no_progress)
+        if by_recording:  # a simulated run is a recording
+            from dataclasses import replace
+
+            sd = replace(sd, groups=sd.sources.copy())
+        parts.append(sd)
     if not parts:
         raise DataFormatError(f"{role}: give data (PATH or PATH=CLASS) or --simulated")
     if len(parts) == 1:
@@ -191,7 +215,27 @@ def _load_data(args: argparse.Namespace, *, role: str):
             ds = ds.select_features(args.features)
         except DataFormatError as err:
             raise ConfigError("--features", f"{err} (data: {_data_description(args)})") from None
+    if by_recording:
+        _check_recordings(ds)
     return ds
+
+
+def _check_recordings(ds) -> None:
+    """--hold-out recording: every class needs recordings on both sides of a split."""
+    import numpy as np
+
+    from mimlsort.errors import ConfigError
+
+    labels, groups = np.asarray(ds.labels), np.asarray(ds.groups, dtype=object)
+    for c, name in enumerate(ds.class_names):
+        n = len(set(groups[labels == c].tolist()))
+        if 0 < n < 2:
+            raise ConfigError("--hold-out", f"recording: class {name!r} comes from {n} recording; holding out whole "
+                                            f"recordings needs at least 2 of every class")
+
+
+def _unit(args: argparse.Namespace) -> str:
+    return "recordings" if getattr(args, "hold_out", "cell") == "recording" else "cells"
 
 
 def _recordings_confound_classes(args: argparse.Namespace) -> str:
@@ -200,7 +244,8 @@ def _recordings_confound_classes(args: argparse.Namespace) -> str:
     as the cells' (two recordings of one population, told apart by lamp brightness, tested 1.000)."""
     data = list(args.data or ())
     classes = {d.rpartition("=")[2] for d in data if "=" in d}
-    if args.simulated or len(data) < 2 or len(classes) < 2 or any("=" not in d for d in data):
+    if (args.simulated or len(data) < 2 or len(classes) < 2 or any("=" not in d for d in data)
+            or getattr(args, "hold_out", "cell") == "recording"):
         return ""
     return ("note: every recording holds cells of one class only, and cells are held out one by one: the "
             "accuracy on held-out cells and folds measures the differences between the recordings (illumination, "
@@ -236,7 +281,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.test_fraction > 0:
         tr, te = ds.split(args.test_fraction, seed=args.seed)
         test, ds = ds.subset(te), _with_report(ds.subset(tr), ds)
-    folds = _folds_for_data(ds, args.folds, what=" (after --test-fraction)" if test is not None else "")
+    folds = _folds_for_data(ds, args.folds, what=" (after --test-fraction)" if test is not None else "",
+                            unit=_unit(args))
     with _output_folder(out, missing):
         return _train(args, ds, test, out, folds)
 
@@ -274,10 +320,15 @@ def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
                                                  "test_accuracy": m.accuracy, "test_macro_f1": m.macro_f1})
         update_spec(res.onnx_path, spec)
         report = out / "report.md"
-        text = report.read_text(encoding="utf-8")
+        # no folds and no validation cells (--val-fraction 0, or too few recordings): no training report yet
+        text = (report.read_text(encoding="utf-8") if report.is_file()
+                else f"# Training report: {res.onnx_path.name}\n\nNo cross-validation and no validation cells.\n")
+        whole = ("whole recordings (--hold-out recording), " if _unit(args) == "recordings"
+                 else "single cells (--hold-out cell: cells of one recording can be on both sides), ")
         report.write_text(text.rstrip() + "\n\n## Held-out test\n\n"
                           f"{m.n} cells never used in training, cross-validation or early stopping "
-                          f"(grouped, stratified, seed {args.seed}), run through ONNX Runtime: accuracy "
+                          f"(grouped, stratified, seed {args.seed}; held out as {whole}"
+                          "run through ONNX Runtime): accuracy "
                           f"{m.accuracy:.4f}, macro F1 {m.macro_f1:.4f}, ROC-AUC {m.macro_roc_auc:.4f}. "
                           "Full report: [test/report.md](test/report.md).\n", encoding="utf-8")
     lines.append(f"report: {out / 'report.md'}")
@@ -298,7 +349,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_folds_option(args.folds)
     out, missing = _check_out(args.out)
     ds = _load_data(args, role="evaluate")
-    k = _folds_for_data(ds, args.folds)
+    k = _folds_for_data(ds, args.folds, unit=_unit(args))
     data = _data_description(args)
     folds = []
     if k >= 2:
@@ -390,6 +441,7 @@ def register(subparsers) -> None:
     sp.add_argument("--features", type=_csv_list, help="feature names in order (default: di,transit_time_ms,v_max_mm_s[,dir_per_ms])")
     sp.add_argument("--all-events", action="store_true", help="keep every event; by default those flagged doublet, border, incomplete, low contrast or stuck are left out (TOUCHING ones stay)")
     sp.add_argument("--pixel-size", type=float, help="µm per pixel of CSV crops without a crop_pixel_size_um column")
+    sp.add_argument("--hold-out", choices=("cell", "recording"), default="cell", help=HOLD_OUT_HELP)
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_sim_args(sp)
     sp.set_defaults(func=cmd_train)
@@ -405,6 +457,7 @@ def register(subparsers) -> None:
     sp.add_argument("--features", type=_csv_list, help=argparse.SUPPRESS)
     sp.add_argument("--all-events", action="store_true", help="keep every event; by default those flagged doublet, border, incomplete, low contrast or stuck are left out (TOUCHING ones stay)")
     sp.add_argument("--pixel-size", type=float, help="µm per pixel of CSV crops without a crop_pixel_size_um column")
+    sp.add_argument("--hold-out", choices=("cell", "recording"), default="cell", help=HOLD_OUT_HELP)
     sp.add_argument("--no-progress", action="store_true")
     _add_sim_args(sp)
     sp.set_defaults(func=cmd_evaluate)

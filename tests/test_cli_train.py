@@ -281,3 +281,25 @@ def test_evaluate_on_an_event_file_without_events_says_so(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "m.onnx"), f"{path}=a", "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert f"{path}: holds no events" in err and "not a mimlsort event file" not in err
+
+
+def test_whole_recordings_can_be_held_out(tmp_path, torch, capsys):
+    runs = [_event_table(tmp_path / f"run{k}", _events(n, label, 10 + k)) for k, (n, label) in
+            enumerate(((10, 0), (14, 0), (11, 1), (13, 1)))]
+    data = [f"{runs[0]}=healthy", f"{runs[1]}=healthy", f"{runs[2]}=stiff", f"{runs[3]}=stiff"]
+    out = tmp_path / "m"
+    assert main(["train", *data, "--out", str(out), "--arch", "feature-only", "--epochs", "1", "--batch-size", "4",
+                 "--folds", "0", "--test-fraction", "0.5", "--hold-out", "recording", "--no-progress",
+                 "--pixel-size", "0.5"]) == 0
+    text = capsys.readouterr().out
+    # one whole recording of each class is held out: 10 or 14 healthy plus 11 or 13 stiff cells
+    n_test = int(text.split("held-out test (")[1].split(" cells")[0])
+    assert n_test in {10 + 11, 10 + 13, 14 + 11, 14 + 13}
+    assert "every recording holds cells of one class only" not in text  # held out by recording: no note
+    assert "held out as whole recordings" in (out / "report.md").read_text()
+    # folds count recordings, and a class from one recording cannot be held out whole
+    assert main(["evaluate", str(out / "model.onnx"), *data, "--out", str(tmp_path / "e"), "--folds", "3",
+                 "--hold-out", "recording"]) == 2
+    assert "needs at least 3 recordings of every class, but class 'healthy' has 2" in capsys.readouterr().err
+    assert main(["train", *data[1:], "--out", str(tmp_path / "x"), "--hold-out", "recording", "--no-progress"]) == 2
+    assert "--hold-out: recording: class 'healthy' comes from 1 recording" in capsys.readouterr().err
