@@ -70,10 +70,8 @@ _Q_SMALL = int(Quality.SMALL)
 class TrackerSettings:
     """How cells are segmented, linked and measured. Lengths in µm, times in ms."""
 
-    # grey levels (of an 8-bit image; scaled for deeper cameras) that count as cell. < 0: pixels
-    # darker than the background by more than |threshold| (RT-DC's "bin threshold" -6, which leaves
-    # out the bright halo around a cell in bright field); > 0: |image - background|, halo included
-    threshold: float = -6.0
+    # (RT-DC's "bin threshold" -6 leaves out the bright halo around a cell in bright field)
+    threshold: float = -6.0  # grey levels of an 8-bit image (scaled for deeper cameras) that count as cell: < 0 darker than the background by more than that (RT-DC); > 0 |image - background| (halo included)
     min_area_um: float = 15.0  # blobs smaller than this are debris
     min_cell_diameter_um: float = 5.0  # a cell smaller than this at rest is flagged SMALL (debris, platelets: a constriction made to squeeze cells does not squeeze it); 0: never
     max_blobs: int = 16  # per frame
