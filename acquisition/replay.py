@@ -68,12 +68,15 @@ class ReplaySettings:
     start_frame: int = 0  # first frame to play (index in play order)
     stop_frame: int | None = None  # play up to this frame (exclusive); unset: to the end
     skip_duplicate_frames: bool = True  # .rtdc event files: play a frame shared by several events once
+    bit_depth: int = 0  # bits the grey levels use (a 12-bit camera's TIFFs: 12); 0: what the recording says, else its dtype's (16 for uint16)
 
     def __post_init__(self) -> None:
         require(self.pixel_size_um is None or self.pixel_size_um > 0, "pixel_size_um",
                 f"must be > 0, got {self.pixel_size_um}")
         require(self.fps is None or self.fps > 0, "fps", f"must be > 0, got {self.fps}")
         require(self.speed > 0, "speed", f"must be > 0, got {self.speed}")
+        require(self.bit_depth == 0 or 8 <= self.bit_depth <= 16, "bit_depth",
+                f"must be 0 (the recording's) or 8..16, got {self.bit_depth}")
         require(self.start_frame >= 0, "start_frame", f"must be >= 0, got {self.start_frame}")
         require(self.stop_frame is None or self.stop_frame > self.start_frame, "stop_frame",
                 f"must be > start_frame ({self.start_frame}), got {self.stop_frame}")
@@ -625,13 +628,21 @@ class ReplayCamera(Camera):
             width=src.width,
             height=src.height,
             dtype=src.dtype.name,
-            bit_depth=src.bit_depth or 8 * src.dtype.itemsize,
+            bit_depth=self._bit_depth(src),
             fps=float(fps),
             pixel_size_um=float(px),
             camera_clock=True,
             id_modulus=0,
             frame_count=-1 if s.loop else stop - start,
         )
+
+    def _bit_depth(self, src) -> int:
+        bits = 8 * src.dtype.itemsize
+        want = self.settings.bit_depth
+        if want and want > bits:
+            raise ConfigError("camera.replay.bit_depth", f"is {want}, but {src.path} holds {src.dtype} frames "
+                                                        f"({bits} bits)")
+        return want or src.bit_depth or bits
 
     def _set_stop(self, stop: int) -> None:
         self._stop = stop

@@ -65,6 +65,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+BIT_DEPTH_HELP = ("bits the grey levels use, if the recording does not say (a 12-bit camera's uint16 TIFFs: 12; "
+                  "tracking thresholds are 8-bit grey levels scaled by it)")
+
+
 def _tracker_settings(args: argparse.Namespace):
     from dataclasses import replace
 
@@ -82,7 +86,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     from mimlsort.outputs import check_output_file
 
     check_output_file(args.out, inputs=(args.recording,))  # before the tracking, not after it
-    with ReplayCamera(ReplaySettings(path=str(args.recording), pixel_size_um=args.pixel_size, fps=args.fps)) as cam:
+    with ReplayCamera(ReplaySettings(path=str(args.recording), pixel_size_um=args.pixel_size, fps=args.fps,
+                                     bit_depth=args.bit_depth or 0)) as cam:
         res = track_camera(cam, _tracker_settings(args))
     write_events_csv(res.events, args.out)
     complete = sum(1 for e in res.events if e.ok)
@@ -166,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, type=Path)
     sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say")
     sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say")
-    sp.add_argument("--threshold", type=float, help="segmentation threshold (grey levels)")
+    sp.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
+    sp.add_argument("--threshold", type=float, help="segmentation threshold, 8-bit grey levels (< 0: darker than "
+                                                     "the background, RT-DC's rule; default -6)")
     sp.set_defaults(func=cmd_track)
 
     sp = sub.add_parser("config", help="print the commented default configuration, or check a file")

@@ -82,6 +82,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         camera["replay.pixel_size_um"] = args.pixel_size
     if args.fps:
         camera["replay.fps"] = args.fps
+    if args.bit_depth:
+        camera["replay.bit_depth"] = args.bit_depth
     cfg = with_changes(cfg, camera=camera, output={"record_raw": False})
     from acquisition.replay import ReplayCamera
 
@@ -124,6 +126,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from app.cli import BIT_DEPTH_HELP
+
     sp = sub.add_parser("run", help="the headless capture daemon: run a configuration until it ends or is stopped",
                         description="Exit codes: 0 completed or stopped by SIGINT/SIGTERM, 1 errored, "
                                     "2 bad configuration.")
@@ -144,6 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--config", type=Path, metavar="RUN.toml", help="tracking/sorting settings")
     sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say")
     sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say")
+    sp.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     sp.add_argument("--trigger", action="store_true", help="fire the configured trigger (default: decide only)")
     sp.set_defaults(func=cmd_replay)
 

@@ -132,6 +132,7 @@ class Status:
     tracks_lost: int = 0
     tracks_overflow: int = 0
     snapshots_lost: int = 0
+    paces_unlearned: int = 0  # cells timed with their own speed just past the exit (the run's first, or a short ROI)
 
     @property
     def frames_missed(self) -> int:
@@ -291,6 +292,8 @@ class Pipeline:
         self._bytes_stored = 0  # of those, handed to the sink (written by the storage thread only)
         self._images_shed = 0
         self._shed_noted = 0  # images shed when the storage thread last wrote so into the file's log
+        self._file_notes: deque = deque()  # lines for the event file's log, written by the storage thread
+        self._restart_estimates = False  # new target classes: the deciding thread restarts the estimates
         self._old_switch: float | None = None
         self.state = RunState.IDLE
         self.finish_reason: FinishReason | None = None
@@ -477,19 +480,22 @@ class Pipeline:
         if self.classifier is not None and tuple(policy.class_names) != tuple(self.classifier.classes):
             raise StateError(f"policy classes {policy.class_names} differ from the model's {self.classifier.classes}")
         old = self.policy
+        self.policy = policy
+        if old is None or old.settings.target_classes != policy.settings.target_classes:
+            # applied by the thread that decides, before its next batch (it owns the counters;
+            # taking its lock here could hold the GUI while a lossless run waits for storage).
+            # Set after the policy: a batch that sees the flag sees the new policy too
+            self._restart_estimates = True
         if old is not None and old.settings == policy.settings:
-            self.policy = policy
             return
-        with self._handle_lock:  # between two batches of decisions
-            self.policy = policy
-            if old is None or old.settings.target_classes != policy.settings.target_classes:
-                self._counters.restart_estimates()
-            n = self._cells
         s = policy.settings
-        log.info("sort policy changed after %d cells: targets %s, threshold %g, mode %s, window %g ms%s, "
-                 "reject %s, %d gate(s)%s", n, "+".join(s.target_classes), s.threshold, s.mode, s.window_ms,
-                 f" / {s.window_um:g} µm" if s.window_um else "", ",".join(s.reject_flags) or "nothing",
-                 len(s.range_gates) + len(s.polygon_gates), "" if s.enabled else ", sorting off")
+        line = (f"sort policy changed after {self._cells} cells: targets {'+'.join(s.target_classes)}, threshold "
+                f"{s.threshold:g}, mode {s.mode}, window {s.window_ms:g} ms"
+                + (f" / {s.window_um:g} µm" if s.window_um else "")
+                + f", reject {','.join(s.reject_flags) or 'nothing'}, {len(s.range_gates) + len(s.polygon_gates)} gate(s)"
+                + ("" if s.enabled else ", sorting off"))
+        log.info("%s", line)
+        self._file_notes.append(line)
 
     def recent(self, n: int | None = None) -> list[CellRecord]:
         """The latest decided cells (newest last, without their ROI snapshot), for plots; they
@@ -730,6 +736,9 @@ class Pipeline:
             probs = self.classifier.classify(events)
         else:
             probs = np.zeros((len(events), 0), np.float32)
+        if self._restart_estimates:
+            self._restart_estimates = False
+            self._counters.restart_estimates()
         policy = self.policy
         decisions: list[Decision | None] = [None] * len(events)
         if policy is not None and probs.shape[1]:
@@ -888,6 +897,8 @@ class Pipeline:
             self._service_trigger(sink)
             if sink is None:
                 continue
+            while self._file_notes and hasattr(sink, "log"):
+                sink.log(self._file_notes.popleft())
             shed = self._images_shed
             if shed != self._shed_noted and hasattr(sink, "log"):
                 # the file's log says when its cells began to go without images, and how many had
@@ -901,6 +912,8 @@ class Pipeline:
             if not item and hasattr(sink, "flush_if_due"):
                 sink.flush_if_due()
         self._service_trigger(sink, poll=False)
+        while self._file_notes and sink is not None and hasattr(sink, "log"):
+            sink.log(self._file_notes.popleft())
 
     def _service_trigger(self, sink, poll: bool = True) -> None:
         """Off the sort path: collect the trigger's acks (into the file, if there is one: without
@@ -990,6 +1003,7 @@ class Pipeline:
             tracks_lost=ts.lost_tracks if ts else 0,
             tracks_overflow=ts.track_overflow if ts else 0,
             snapshots_lost=ts.snapshots_lost if ts else 0,
+            paces_unlearned=ts.paces_unlearned if ts else 0,
             **self._cpu(now),
         )
 

@@ -257,7 +257,8 @@ def _counters(st: Status) -> dict[str, int]:
            "failed_buffers": st.failed_buffers, "cells": st.cells, "fired": st.fired, "late": st.late,
            "trigger_failed": st.trigger_failed, "frames_recorded": st.frames_recorded,
            "startup_frames": st.startup_frames, "images_shed": st.images_shed, "tracks_lost": st.tracks_lost,
-           "tracks_overflow": st.tracks_overflow, "snapshots_lost": st.snapshots_lost}
+           "tracks_overflow": st.tracks_overflow, "snapshots_lost": st.snapshots_lost,
+           "paces_unlearned": st.paces_unlearned}
     for k, v in st.missed.items():
         out[f"missed_{k}"] = v
     for k, v in st.overrun.items():

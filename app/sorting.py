@@ -207,9 +207,9 @@ class SortPolicy:
         p = probs.tolist()
         pt = sum(p[i] for i in self._targets)
         k = max(self._others, key=p.__getitem__) if self._others else -1
-        if k >= 0 and p[k] >= pt:
+        if k >= 0 and not pt > p[k]:  # written so that NaN probabilities never make a target
             return False, Reason.NOT_TARGET, self.class_names[k]
-        if pt < self.settings.threshold:
+        if not pt >= self.settings.threshold:
             return False, Reason.BELOW_THRESHOLD, f"p={pt:.3f} < {self.settings.threshold}"
         bad = int(event.quality) & self._reject
         if bad:

@@ -90,8 +90,9 @@ def match_events(events: Sequence[CellEvent], truth: Sequence[object], *, run_ms
     return m
 
 
-def travel_errors(matching: Matching, distance_um: float) -> np.ndarray:
-    """For each single cell matched to its truth (not stuck, not queued, exit seen): the travel
+def travel_errors(matching: Matching, distance_um: float, *, queued: bool = False) -> np.ndarray:
+    """For each single cell matched to its truth (not stuck; not queued behind the cell ahead, or
+    with ``queued`` only those that were; exit seen): the travel
     time from the constriction exit to a junction ``distance_um`` further on that its sort pulse
     is timed with (:func:`hardware.timing.fire_time_ns` from the event's ``v_after_mm_s`` and
     ``exit_easing_ms``), relative to the truth's (``distance_um / v_after_mm_s`` of the
@@ -102,7 +103,7 @@ def travel_errors(matching: Matching, distance_um: float) -> np.ndarray:
     timing = TimingSettings(distance_to_junction_um=distance_um)
     out = []
     for ev, tr in matching.pairs:
-        if (getattr(tr, "kind", "cell") != "cell" or tr.stuck_ms > 0 or tr.queued_ms > 0
+        if (getattr(tr, "kind", "cell") != "cell" or tr.stuck_ms > 0 or (tr.queued_ms > 0) != queued
                 or not math.isfinite(ev.features.get("exit_time_ms", math.nan)) or not tr.v_after_mm_s > 0):
             continue
         ease = (ev.extra or {}).get("exit_easing_ms", 0.0)

@@ -41,12 +41,37 @@ def test_a_12_bit_camera_gives_the_8_bit_events(scene):
     assert same_crops >= 0.8 * len(ev8)
 
 
-def test_without_its_bit_depth_a_12_bit_camera_is_read_as_16_bit(scene):
+def test_without_its_bit_depth_a_12_bit_camera_is_read_as_16_bit_and_says_so(scene, caplog):
     # the frames' dtype says 16 bits: thresholds 256x an 8-bit image's find nothing in 12-bit
-    # values, which is why the pipeline passes the camera's bit depth
+    # values, which is why the pipeline passes the camera's bit depth; the tracker warns
     s, frames8 = scene
-    _, ev = _track(frames8.astype(np.uint16) << 4, s.pixel_size_um)
+    with caplog.at_level("WARNING", logger="tracking.tracker"):
+        _, ev = _track(frames8.astype(np.uint16) << 4, s.pixel_size_um)
     assert ev == []
+    assert any("16-bit range" in r.getMessage() and "--bit-depth" in r.getMessage() for r in caplog.records)
+
+
+def test_a_12_bit_tiff_recording_is_tracked_once_its_bit_depth_is_given(scene, tmp_path):
+    import cv2
+
+    from acquisition.replay import ReplayCamera, ReplaySettings
+    from app.offline import track_camera
+    from mimlsort.errors import ConfigError
+
+    s, frames8 = scene
+    path = tmp_path / "twelve.tif"
+    assert cv2.imwritemulti(str(path), list(frames8[:600].astype(np.uint16) << 4))
+    settings = ReplaySettings(path=str(path), pixel_size_um=s.pixel_size_um, fps=4000.0, bit_depth=12)
+    with ReplayCamera(settings) as cam:
+        assert cam.info.bit_depth == 12
+        res = track_camera(cam)
+    _, ev8 = _track(frames8[:600], s.pixel_size_um)
+    assert len(ev8) >= 3 and len(res.events) == len(ev8)
+    with pytest.raises(ConfigError, match=r"camera\.replay\.bit_depth: is 12, but .* holds uint8 frames"):
+        assert cv2.imwritemulti(str(tmp_path / "eight.tif"), list(frames8[:10]))
+        with ReplayCamera(ReplaySettings(path=str(tmp_path / "eight.tif"), pixel_size_um=0.5, fps=1000.0,
+                                         bit_depth=12)) as cam:
+            cam.info  # noqa: B018
 
 
 def test_a_bit_depth_beyond_the_frames_dtype_is_refused(scene):

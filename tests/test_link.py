@@ -12,7 +12,7 @@ class Harness:
         self.link = L.link_batch if kernels == "numba" else L.link_batch.py_func
         self.flush_k = L.flush_tracks if kernels == "numba" else L.flush_tracks.py_func
         self.pi = np.array([2, crop, 0], np.int64)
-        self.pf = np.array([x0, x1, x1 + 20, 3.0, 40.0, 6.0, 1.0, 3.0, x1 + 30, width - 16], np.float64)
+        self.pf = np.array([x0, x1, x1 + 20, 3.0, 40.0, 6.0, 1.0, 3.0, x1 + 30, width - 16, x0 - 40, 1.0], np.float64)
         self.si = np.zeros((tracks, L.N_SI), np.int64)
         self.sf = np.zeros((tracks, L.N_SF), np.float64)
         self.motion = np.zeros((L.N_M, L.motion_bins(width)), np.float64)

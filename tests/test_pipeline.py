@@ -508,17 +508,39 @@ def test_a_target_change_is_logged_and_restarts_the_estimates(caplog):
     clf = Classifier(bundled_model_path(), provider="cpu")
     a, b = clf.classes[:2]
     yield_all = dict(reject_flags=(), mode="yield", threshold=0.0)
-    p = Pipeline(SyntheticCamera(FAST), classifier=clf, policy=SortPolicy(SortSettings(target_classes=(a,), **yield_all),
-                                                                          clf.classes), sink=ListSink(), lossless=True)
-    run_to_end(p)
-    st = p.status()
-    assert st.fired > 0 and 0.5 < st.purity_estimate <= 1.0
+
+    class LogSink(ListSink):
+        lines: list[str] = []
+
+        def log(self, line):
+            self.lines.append(line)
+
+    sink = LogSink()
+    cam = SyntheticCamera(replace(FAST, duration_s=1.5, realtime=True, cells_per_second=80.0))
+    p = Pipeline(cam, classifier=clf, policy=SortPolicy(SortSettings(target_classes=(a,), **yield_all), clf.classes),
+                 sink=sink)
+    p.start()
+    deadline = time.monotonic() + 60
+    while p.status().cells < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
     with caplog.at_level("INFO", logger="app.pipeline"):
         p.set_policy(SortPolicy(SortSettings(target_classes=(b,), **yield_all), clf.classes))
-    assert any(f"sort policy changed after {st.cells} cells: targets {b}" in r.getMessage() for r in caplog.records)
-    st2 = p.status()
-    # the counts go on; the estimates of the old targets are not the new ones'
-    assert st2.fired == st.fired and math.isnan(st2.purity_estimate) and math.isnan(st2.recovery_estimate)
+    assert p.wait(60)
+    st = p.status()
+    assert any(f"targets {b}" in r.getMessage() and "sort policy changed after" in r.getMessage()
+               for r in caplog.records)
+    assert sum("sort policy changed after" in line and f"targets {b}" in line for line in sink.lines) == 1
+    recs = [r for r in sink.records if r.decision is not None]
+    # the first cell decided by the new policy: a cell of class a not fired, or one of class b fired
+    i0 = next(i for i, r in enumerate(recs) if (r.decision.predicted == a) != r.decision.fire)
+    assert 0 < i0 < len(recs) - 5
+    kb = clf.classes.index(b)
+    p_b = np.array([float(r.probabilities[kb]) for r in recs[i0:]])
+    fired = np.array([r.decision.fire for r in recs[i0:]])
+    # the estimates start again at the change: the new targets' P over the cells decided since
+    assert st.purity_estimate == pytest.approx(p_b[fired].mean(), rel=1e-9)
+    assert st.recovery_estimate == pytest.approx(p_b[fired].sum() / p_b.sum(), rel=1e-9)
+    assert st.fired == sum(r.decision.fire for r in recs)  # the counts go on
 
 
 def test_cells_the_tracker_could_not_follow_are_counted():

@@ -132,6 +132,10 @@ def test_several_target_classes_count_as_one():
     only_a = SortPolicy(SortSettings(target_classes=("a",), threshold=0.3), classes)
     assert only_a.decide(ev(), cell).fire
     assert only_a.decide(ev(), np.array([0.35, 0.40, 0.25], np.float32)).reason is Reason.NOT_TARGET
+    # a model that gave NaN (a broken input) never makes a target
+    assert not only_a.decide(ev(), np.array([np.nan, np.nan, np.nan], np.float32)).fire
+    single = SortPolicy(SortSettings(target_classes=("a", "b", "c"), threshold=0.0), classes)
+    assert not single.decide(ev(), np.array([np.nan, 0.1, 0.1], np.float32)).fire
 
 
 @pytest.mark.parametrize("mode, fire, reason", [

@@ -401,3 +401,26 @@ def test_train_model_rejects_unusable_arguments(kw, key):
     with pytest.raises(ConfigError) as info:
         train_model(synthetic_dataset(3), "feature-only", progress=False, **kw)
     assert info.value.key == key
+
+
+def test_fine_tuning_refits_a_parents_features_in_other_units(caplog):
+    # a parent trained on the MIML authors' 0-1 scaled CSVs normalises features in those units;
+    # kept for tracked cells (ms, mm/s), the child would call every cell one class
+    from dataclasses import replace
+
+    from inference.spec import check_features
+    from inference.training.data import spec_for_training
+
+    ds = synthetic_dataset(8)
+    spec = spec_for_training(ds, np.arange(len(ds)), arch="miml-mini")
+    scaled = replace(spec, features=tuple(replace(f, unit="0-1, scaled per batch by the MIML authors", mean=0.5,
+                                                  std=0.2) for f in spec.features))
+    with caplog.at_level("WARNING", logger="inference.training.data"):
+        child = spec_for_training(ds, np.arange(len(ds)), arch="miml-mini", parent=scaled, refit_features=False)
+    assert "other units than the data's" in caplog.text
+    assert [f.unit for f in child.features] == [f.unit for f in spec.features]
+    assert [f.mean for f in child.features] == [f.mean for f in spec.features]
+    check_features(child)  # a model for tracked cells
+    # a parent in the data's units keeps its normalisation, as fine-tuning does by default
+    kept = spec_for_training(ds, np.arange(4), arch="miml-mini", parent=spec, refit_features=False)
+    assert kept.features == spec.features

@@ -76,6 +76,7 @@ MOTION_MIN_SAMPLES = 4.0  # a bin is used for predictions once this many steps c
 MOTION_ALPHA = 0.05  # weight of a new step in a bin's mean
 MIN_STEP_PX = 1.0  # steps shorter than this teach nothing about speed (a cell at rest, noise)
 RATIO_MIN = 0.25
+QUEUE_PACE = 1.5  # steps this much slower than a cell's own pace are waiting in a queue, not moving
 RATIO_MAX = 4.0
 
 # history columns (one row per observation)
@@ -101,7 +102,9 @@ PF_V_INIT = 6  # px/ms assumed for a brand-new track
 PF_MAX_AREA_JUMP = 7  # area ratio beyond which a match is a merge/split
 PF_FAR0 = 8  # the stretch past the exit whose learned pace times the pulses (see downstream_pace)
 PF_FAR1 = 9
-N_PF = 10
+PF_PACE_END = 10  # a cell's own pace: from its steps that end before this x (px; clear of a queue at the mouth)
+PF_SCALE = 11  # 1: scale the channel's pace by the cell's own; 0: every cell at the channel's pace
+N_PF = 12
 
 # done_f: what a track's finish adds from the motion profile at that moment (a later harvest
 # would see a profile that learned from later cells, and live and batch tracking would differ)
@@ -219,8 +222,8 @@ def _finish(k, si, hist, crops, done_i, done_hist, done_crops, done_n, n_done, m
     if n_done >= done_i.shape[0]:
         return -1
     nh = si[k, SI_NHIST]
-    downstream_pace(hist[k, :nh], H_T, N_H_EXTRA + B_X, pf[PF_X0], pf[PF_X1], pf[PF_FAR0], pf[PF_FAR1], motion,
-                    done_f[n_done])
+    downstream_pace(hist[k, :nh], H_T, N_H_EXTRA + B_X, N_H_EXTRA + B_BORDER, pf[PF_PACE_END], pf[PF_X1], pf[PF_FAR0],
+                    pf[PF_FAR1], pf[PF_SCALE] > 0.5, motion, done_f[n_done])
     for q in range(nh):
         for c in range(hist.shape[2]):
             done_hist[n_done, q, c] = hist[k, q, c]
@@ -501,34 +504,50 @@ def predicted_exits(si, sf, motion, x1, out):
 
 
 @njit(nogil=True, cache=True)
-def _pace_ratio(h, col_t, col_x, x_end, motion):
-    """A track's time over the profile's along its steps that end before ``x_end`` (px); 0 if none."""
+def _pace_ratio(h, col_t, col_x, col_border, x_end, motion, cap):
+    """A track's time over the profile's along its steps that end before ``x_end`` (px), leaving
+    out steps on the ROI's border (a cell entering the view has its centroid pulled in) and, with
+    ``cap`` > 0, steps slower than ``cap`` times the profile (waiting in a queue); 0 if none."""
     dt = 0.0
     tp = 0.0
     for i in range(h.shape[0] - 1):
         xa = h[i, col_x]
         xb = h[i + 1, col_x]
-        if xb >= x_end or xb - xa < MIN_STEP_PX:
+        if xb >= x_end or xb - xa < MIN_STEP_PX or h[i, col_border] > 0.5 or h[i + 1, col_border] > 0.5:
             continue
         p = _profile_ms(xa, xb, motion)
-        if p > 0.0:
-            dt += h[i + 1, col_t] - h[i, col_t]
-            tp += p
+        if p <= 0.0:
+            continue
+        d = h[i + 1, col_t] - h[i, col_t]
+        if cap > 0.0 and d > cap * p:
+            continue
+        dt += d
+        tp += p
     return min(max(dt / tp, RATIO_MIN), RATIO_MAX) if tp > 0.0 and dt > 0.0 else 0.0
 
 
 @njit(nogil=True, cache=True)
-def downstream_pace(h, col_t, col_x, x0, x1, far0, far1, motion, out):
+def _robust_pace_ratio(h, col_t, col_x, col_border, x_end, motion):
+    """:func:`_pace_ratio`, then again without the steps slower than 1.5 times that: a cell that
+    queued behind another at the constriction's mouth looked up to 1.7x slower than it moves."""
+    r = _pace_ratio(h, col_t, col_x, col_border, x_end, motion, 0.0)
+    return _pace_ratio(h, col_t, col_x, col_border, x_end, motion, QUEUE_PACE * r) if r > 0.0 else r
+
+
+
+@njit(nogil=True, cache=True)
+def downstream_pace(h, col_t, col_x, col_border, pace_end, x1, far0, far1, scale, motion, out):
     """How a cell goes on past the constriction exit ``x1`` (px), for timing its sort pulse.
 
     A cell leaving the constriction slows down over about its own radius; measured there (2–3
     frames before it is emitted at fast flow) its speed came out up to 1.3× its speed further on,
     and a pulse timed with it ~20% of the travel early. The run's learned motion profile knows the
     channel past that region from every cell that crossed it: ``out[0]`` is the profile's mean ms
-    per px over its known bins wholly inside ``[far0, far1)``, scaled by this cell's own pace
-    relative to the profile upstream of the constriction (``x0``: the longest stretch where it
-    moves freely in a wide channel, as it does past the exit; its whole track if it was not seen
-    there, a typical cell's if the profile is not known there); ``out[1]`` is the time (ms) the
+    per px over its known bins wholly inside ``[far0, far1)``, scaled (``scale``) by this cell's own
+    pace relative to the profile over its steps that end before ``pace_end`` (upstream, short of
+    where cells queue at the constriction's mouth: the longest stretch where it moves freely in a
+    wide channel, as it does past the exit; its whole track if it was not seen there, a typical
+    cell's if the profile is not known there); ``out[1]`` is the time (ms) the
     cell takes from ``x1`` to ``far0`` minus what that pace would take (negative: it leaves the
     constriction faster). ``out[0] = -1`` while the far bins are not known (a run's first cells).
 
@@ -547,11 +566,13 @@ def downstream_pace(h, col_t, col_x, x0, x1, far0, far1, motion, out):
     if cnt == 0:
         return
     slow_far = tot / cnt
-    ratio = _pace_ratio(h, col_t, col_x, x0, motion)
-    if ratio == 0.0:
-        ratio = _pace_ratio(h, col_t, col_x, np.inf, motion)
-    if ratio == 0.0:
-        ratio = 1.0
+    ratio = 1.0
+    if scale:
+        ratio = _robust_pace_ratio(h, col_t, col_x, col_border, pace_end, motion)
+        if ratio == 0.0:
+            ratio = _robust_pace_ratio(h, col_t, col_x, col_border, np.inf, motion)
+        if ratio == 0.0:
+            ratio = 1.0
     out[0] = ratio * slow_far
     p = _profile_ms(x1, far0, motion)
     if p > 0.0:

@@ -61,6 +61,9 @@ _H = L.N_H_EXTRA  # offset of blob columns in a history row
 #: µm past the constriction exit after which a cell moves at the downstream channel's pace (it
 #: slows down over about its radius, 5–11 µm for the simulator's cells)
 RELAXED_AFTER_EXIT_UM = 15.0
+#: µm short of the ROI's downstream edge where a cell's centroid is still its own (with 12 µm,
+#: about a cell radius, pulses came 3% late at 60 mm/s: the bins at the edge learn a slower pace)
+EDGE_MARGIN_UM = 20.0
 _LINK_FLAGS = int(Quality.DOUBLET | Quality.BORDER | Quality.STUCK)  # quality bits the link kernel sets
 _Q_INCOMPLETE = int(Quality.INCOMPLETE)
 _Q_SMALL = int(Quality.SMALL)
@@ -92,6 +95,7 @@ class TrackerSettings:
     batch_frames: int = 256  # frames per kernel call
     background_frames: int = 64  # frames the initial background is estimated from (per pixel, the median of its densest 2-noise-sd window of values: right even where cells often pass)
     snapshots: bool = True  # attach the full-ROI image, background and mask at the frame of max DI
+    pace_per_cell: bool = True  # time a cell's pulse with its own pace relative to the channel's (measured upstream); false: every cell at the channel's learned pace past the exit
     geometry: GeometrySettings = field(default_factory=GeometrySettings)
 
     def __post_init__(self):
@@ -122,6 +126,7 @@ class TrackerStats:
     history_overflow: int
     merges: int
     snapshots_lost: int = 0  # events without a snapshot because the ring had overwritten their frame
+    paces_unlearned: int = 0  # events whose v_after is their own speed just past the exit (the channel's pace not learned yet)
 
 
 class Tracker:
@@ -148,6 +153,12 @@ class Tracker:
         # crops are the model's input, and models are trained on 8-bit grey: a 12-bit camera's crops
         # went to it 16× too bright (accuracy 0.99 -> 0.64 on simulated cells)
         self._crop_shift = depth - 8
+        top = int(np.max(background)) if background.size else 0
+        if depth > 8 and top < 2 ** (depth - 3):
+            log.warning("the background's brightest pixel is %d, an eighth of the %d-bit range the source says it "
+                        "uses, and the tracking thresholds are 8-bit grey levels scaled to that range: if its grey "
+                        "levels use fewer bits, say so (a recording's: camera.replay.bit_depth or --bit-depth), or "
+                        "no cell will be found", top, depth)
         self.settings = s = settings
         self.geometry = g = geometry
         px = g.pixel_size_um
@@ -173,17 +184,20 @@ class Tracker:
         self._times = np.zeros(nb, np.float64)
         self._pi = np.array([s.max_gap_frames, self.crop_px, 0], np.int64)
         emit_x = min(g.constriction_x1 + s.emit_after_exit_um / px, g.width - 1.0)
-        # the stretch of channel whose learned speeds time the pulses: past where a cell leaving the
-        # constriction has slowed down (about its radius), short of where its centroid is pulled
-        # in by the ROI's edge (half a crop); too short a stretch leaves the cell's own speed
-
         v_init = s.initial_speed_mm_s / px  # mm/s = µm/ms -> px/ms
         # the stretch of channel whose learned pace times the pulses: past where a cell leaving the
-        # constriction has slowed down (about its radius), short of where its centroid is pulled
-        # in by the ROI's edge (half a crop); while it is not known the cell's own speed does
-        far0, far1 = g.constriction_x1 + RELAXED_AFTER_EXIT_UM / px, g.width - 0.5 * s.crop_size_um / px
+        # constriction has slowed down (about its radius), short of where a cell touches the ROI's
+        # edge (its centroid is pulled in there); while it is not known the cell's own speed does
+        far0, far1 = g.constriction_x1 + RELAXED_AFTER_EXIT_UM / px, g.width - EDGE_MARGIN_UM / px
+        if far1 - far0 < 2 * L.MOTION_BIN_PX:
+            log.warning("only %.0f px of the ROI lie between %g µm past the constriction and %g µm before the "
+                        "ROI's edge: pulses are timed with each cell's speed just past the exit, which at fast "
+                        "flow comes out up to 1.3x its speed further on (widen the ROI downstream)",
+                        max(far1 - far0, 0.0), RELAXED_AFTER_EXIT_UM, EDGE_MARGIN_UM)
+        pace_end = g.constriction_x0
         self._pf = np.array([g.constriction_x0, g.constriction_x1, emit_x, s.gate_back_um / px,
-                             s.gate_forward_um / px, s.gate_y_um / px, v_init, 3.0, far0, far1], np.float64)
+                             s.gate_forward_um / px, s.gate_y_um / px, v_init, 3.0, far0, far1, pace_end,
+                             1.0 if s.pace_per_cell else 0.0], np.float64)
         T = s.max_tracks
         self._si = np.zeros((T, L.N_SI), np.int64)
         self._sf = np.zeros((T, L.N_SF), np.float64)
@@ -202,6 +216,7 @@ class Tracker:
         self._snap_images: np.ndarray | None = None  # the frames the last batch came from
         self._snap_ids: np.ndarray | None = None  # frame id held by each of their slots, when known
         self._snapshots_lost = 0
+        self._paces_unlearned = 0
         self._deferred: list[tuple[int, int, int]] = []  # (place in the returned list, done row, history row) of snapshots not taken yet
         self._live: tuple | None = None  # track_live's out, phase and timespec arrays
         self.y0 = max(0, int(math.floor(g.channel_y0)))
@@ -223,7 +238,7 @@ class Tracker:
                            self.settings.max_blobs, 0.0, 0.0, 0, 2, 0, 2, np.zeros(background.shape, bool),
                            float(self.settings.split_ratio))
         s = self.settings
-        self._passage(np.zeros((3, _H + N_BLOB_FIELDS)), 0.0, 1.0, 1.0, s.doublet_solidity, s.low_contrast,
+        self._passage(np.zeros((3, _H + N_BLOB_FIELDS)), 0.0, 1.0, 1.0, s.doublet_solidity, self.low_contrast,
                       s.stuck_ms, np.zeros(N_FEATURES), s.doublet_di)
         if realtime.AVAILABLE:
             # the live loop on an empty ring: returns at once (timeout 0), having changed nothing
@@ -293,20 +308,20 @@ class Tracker:
             self.background.update(images, sl)
             self._segment(images, sl, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
                           s.max_blobs, self._blobs, self._counts, float(s.split_ratio))
-            done_f = 0
-            while done_f < m:
-                if done_f == 0:
+            frames_done = 0
+            while frames_done < m:
+                if frames_done == 0:
                     args = (sl, frame_ids if whole else frame_ids[a:a + m], times,
                             host_ns if whole else host_ns[a:a + m], self.background.fill, self._blobs, self._counts)
                 else:
-                    args = (sl[done_f:], frame_ids[a + done_f:a + m], times[done_f:], host_ns[a + done_f:a + m],
-                            self.background.fill, self._blobs[done_f:m], self._counts[done_f:m])
+                    args = (sl[frames_done:], frame_ids[a + frames_done:a + m], times[frames_done:], host_ns[a + frames_done:a + m],
+                            self.background.fill, self._blobs[frames_done:m], self._counts[frames_done:m])
                 processed, n_done = self._link(images, *args, self._pi, self._pf, self._si, self._sf, self._motion, self._hist,
                                                self._crops, self._done_i, self._done_hist, self._done_crops,
                                                self._done_n, self._done_f, self._counters)
                 if n_done:
                     events.extend(self._harvest(int(n_done)))
-                done_f += int(processed)
+                frames_done += int(processed)
         return events
 
     def track_live(self, ring: FrameRing, reader: RingReader, max_frames: int = 256, timeout_s: float = 0.05,
@@ -429,7 +444,7 @@ class Tracker:
         c = self._counters
         return TrackerStats(int(c[L.C_FRAMES]), int(c[L.C_BLOBS]), int(c[L.C_TRACKS]), self._n_events,
                             int(c[L.C_LOST]), int(c[L.C_TRACK_OVERFLOW]), int(c[L.C_HIST_OVERFLOW]), int(c[L.C_MERGES]),
-                            self._snapshots_lost)
+                            self._snapshots_lost, self._paces_unlearned)
 
     # -- features --------------------------------------------------------------------------------
     def _harvest(self, n_done: int, defer_snapshots: bool = False) -> list[CellEvent]:
@@ -458,6 +473,8 @@ class Tracker:
         pace, easing = self._done_f[d].tolist()
         if pace > 0.0:
             feats["v_after_mm_s"] = g.pixel_size_um / pace  # µm per ms = mm/s
+        elif info[L.SI_EXIT_FRAME] >= 0:
+            self._paces_unlearned += 1
         q = int(q) | (info[L.SI_FLAGS] & _LINK_FLAGS)
         if feats["diameter_um"] < st.min_cell_diameter_um:  # NaN (no rest shape seen): not flagged
             q |= _Q_SMALL

@@ -831,6 +831,13 @@ def spec_for_training(
         return tuple(FeatureSpec.fit(n, x[:, i], feature_norm, unit=unit(n)) for i, n in enumerate(dataset.feature_names))
 
     if parent is not None:
+        if not refit_features and any(f.unit and f.unit != unit(f.name) for f in parent.features):
+            # the parent saw its features in other units (the MIML authors' 0-1 scaled CSVs): its
+            # normalisation would scale these cells' values wrongly, and so would the child's
+            log.warning("the parent model's features are in other units than the data's (%s): their normalisation "
+                        "is fitted anew on the data", "; ".join(f"{f.name}: {f.unit!r} vs {unit(f.name)!r}"
+                                                               for f in parent.features if f.unit != unit(f.name)))
+            refit_features = True
         features = fitted_features() if refit_features else parent.features
         if not refit_features and tuple(f.name for f in features) != tuple(dataset.feature_names):
             raise DataFormatError(f"the data's features {list(dataset.feature_names)} are not the parent model's "
