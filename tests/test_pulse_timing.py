@@ -64,3 +64,24 @@ def test_cells_that_queued_at_the_mouth_are_timed_by_their_free_pace():
     print(f"{len(queued)} queued cells, travel error median {np.median(queued):+.3f}, p95 {np.percentile(queued, 95):+.3f}")
     assert len(queued) >= 30
     assert abs(np.median(queued)) <= 0.03 and np.percentile(queued, 95) <= 0.10
+
+
+def test_without_the_cells_own_pace_every_cell_moves_at_the_channels():
+    from dataclasses import replace
+
+    s = synthetic.SyntheticSettings(duration_s=0.45, fps=8000.0, cells_per_second=100.0, seed=3,
+                                    **{k.split(".", 1)[1]: v for k, v in SORT_FLOW.items()})
+    frames, truth = synthetic.render_frames(s, 3600)
+
+    def speeds(per_cell):
+        ts = replace(TrackerSettings(snapshots=False), pace_per_cell=per_cell)
+        tracker = Tracker.from_frames(frames, s.pixel_size_um, ts)
+        evs = tracker.process_frames(frames, fps=8000.0) + tracker.flush()
+        n_own = tracker.stats.paces_unlearned
+        return np.array([e.features["v_after_mm_s"] for e in evs[n_own + 2:] if e.features["v_after_mm_s"] > 0])
+
+    own, channel = speeds(True), speeds(False)
+    # the simulator gives each cell its own share of the flow: the channel's pace is one number
+    # for all (it drifts only as the profile learns), a cell's own pace spreads as the truth does
+    assert np.std(channel) / np.mean(channel) < 0.5 * np.std(own) / np.mean(own)
+    assert np.mean(channel) == pytest.approx(np.mean(own), rel=0.05)
