@@ -320,7 +320,7 @@ def status_rows(st: Any) -> list[StatusRow]:
                   ", ".join(f"{k}: {v}" for k, v in st.missed.items())),
         StatusRow("dropped", "Camera dropped | failed", f"{st.camera_dropped} | {st.failed_buffers}",
                   st.camera_dropped + st.failed_buffers > 0),
-        StatusRow("cells", "Cells | rate", f"{st.cells} | {_fmt(st.cells_per_s, '.1f', '/s')}"),
+        _cells_row(st),
         StatusRow("classes", "Per class", counts),
         StatusRow("fired", "Fired | aborted", f"{st.fired} | {aborted}",
                   tooltip="\n".join(f"{r}: {n}" for r, n in sorted(st.not_fired.items()))),
@@ -341,6 +341,18 @@ def status_rows(st: Any) -> list[StatusRow]:
         StatusRow("trigger", "Trigger", "ok" if st.trigger_ok else "FAULT", not st.trigger_ok),
         _cpu_row(getattr(st, "cpu_cores", None) or {}),
     ]
+
+
+def _cells_row(st: Any) -> StatusRow:
+    """Cells decided, and alarmed when the tracker saw cells it could not follow (no free track)."""
+    overflow = getattr(st, "tracks_overflow", 0)
+    text = f"{st.cells} | {_fmt(st.cells_per_s, '.1f', '/s')}" + (f", {overflow} untracked" if overflow else "")
+    tip = "\n".join(f"{label}: {getattr(st, key, 0)}" for key, label in (
+        ("tracks_overflow", "blobs not followed (tracking.max_tracks in use)"),
+        ("tracks_lost", "tracks ended before the constriction (cells lost upstream, specks)"),
+        ("snapshots_lost", "events without their ROI image (the ring had moved on)"),
+        ("paces_unlearned", "pulses timed before the channel's pace was learned")))
+    return StatusRow("cells", "Cells | rate", text, overflow > 0, tip)
 
 
 def _cpu_row(cores: Mapping[str, float]) -> StatusRow:
