@@ -94,16 +94,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
         cfg = with_changes(cfg, output={"sample": _sample_name(recorded_sample) or args.recording.stem or "replay"})
     if args.model:
         cfg = with_changes(cfg, model={"path": args.model})
-    # a replay decides what would have been sorted; it fires nothing unless a trigger is asked for
+    # a replay decides what would have been sorted; it fires nothing unless a trigger is asked for.
+    # In real time a null trigger still says which pulses would have come late; as fast as the
+    # frames can be read there is no time to be late in (the host clock would decide it, and a
+    # cell sorted in one replay came "late" in the next), so there is no trigger at all
     if not args.trigger:
         cfg = with_changes(cfg, trigger={"backend": "null"})
+    fire = bool(args.trigger or args.realtime)
     from mimlsort.outputs import check_output_file
 
     out = check_output_file(Path(args.out), inputs=(args.recording,))
     bar = _Progress(total)
     try:
         code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not args.realtime, progress=bar,
-                               ignore_signals_after=True)
+                               ignore_signals_after=True, trigger=fire)
     finally:
         bar.close()
     st = run.status()

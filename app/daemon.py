@@ -84,7 +84,7 @@ def _file_handler(path: Path) -> logging.Handler:
 
 def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
                out=None, lossless: bool = False, progress: Callable[[Status], None] | None = None,
-               ignore_signals_after: bool = False) -> tuple[int, Run]:
+               ignore_signals_after: bool = False, trigger: bool = True) -> tuple[int, Run]:
     """Run ``cfg`` to its end; returns (exit code, the finished run). Status lines go to ``out``
     (default: the ``sys.stderr`` of the moment).
 
@@ -92,7 +92,8 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     stopped by this thread, also when the signal came while the run was being built or started
     (it then starts and stops at once, its file complete and empty). ``ignore_signals_after``
     (the command line) keeps both signals ignored once the files are closed, so that a second
-    Ctrl-C cannot kill the process with a signal status instead of its exit code."""
+    Ctrl-C cannot kill the process with a signal status instead of its exit code. ``trigger``
+    False: no trigger at all (cells the policy wants are recorded as fired, nothing is sent)."""
     out = out if out is not None else sys.stderr
     folder = Path(folder or cfg.output.folder).expanduser()
     make_output_folder(folder, option="output.folder / --out-dir")
@@ -128,7 +129,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     console = Console().__enter__()
     run = None
     try:
-        run = build_run(cfg, folder=folder, events_path=events_path, lossless=lossless)
+        run = build_run(cfg, folder=folder, events_path=events_path, lossless=lossless, trigger=trigger)
         latest: dict = {}
         try:
             run.start()
