@@ -293,7 +293,10 @@ class Pipeline:
         self._images_shed = 0
         self._shed_noted = 0  # images shed when the storage thread last wrote so into the file's log
         self._file_notes: deque = deque()  # lines for the event file's log, written by the storage thread
-        self._restart_estimates = False  # new target classes: the deciding thread restarts the estimates
+        # (policy, generation of its target classes), swapped as one: the deciding thread restarts
+        # the estimates when the generation changes, with the policy it came with
+        self._policy_gen: tuple = (policy, 0)
+        self._estimates_gen = 0
         self._old_switch: float | None = None
         self.state = RunState.IDLE
         self.finish_reason: FinishReason | None = None
@@ -479,13 +482,13 @@ class Pipeline:
         estimates."""
         if self.classifier is not None and tuple(policy.class_names) != tuple(self.classifier.classes):
             raise StateError(f"policy classes {policy.class_names} differ from the model's {self.classifier.classes}")
-        old = self.policy
-        self.policy = policy
+        old, gen = self._policy_gen
         if old is None or old.settings.target_classes != policy.settings.target_classes:
-            # applied by the thread that decides, before its next batch (it owns the counters;
-            # taking its lock here could hold the GUI while a lossless run waits for storage).
-            # Set after the policy: a batch that sees the flag sees the new policy too
-            self._restart_estimates = True
+            gen += 1  # the estimates restart with the first batch this policy decides
+        # one assignment: the thread that decides reads policy and generation together (it owns
+        # the counters; taking its lock here could hold the GUI while a lossless run waits for storage)
+        self._policy_gen = (policy, gen)
+        self.policy = policy
         if old is not None and old.settings == policy.settings:
             return
         s = policy.settings
@@ -736,10 +739,10 @@ class Pipeline:
             probs = self.classifier.classify(events)
         else:
             probs = np.zeros((len(events), 0), np.float32)
-        if self._restart_estimates:
-            self._restart_estimates = False
+        policy, gen = self._policy_gen
+        if gen != self._estimates_gen:
+            self._estimates_gen = gen
             self._counters.restart_estimates()
-        policy = self.policy
         decisions: list[Decision | None] = [None] * len(events)
         if policy is not None and probs.shape[1]:
             # targets first, so cells finishing in the same batch see each other as neighbours
