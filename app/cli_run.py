@@ -45,10 +45,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 class _Progress:
     """A tqdm bar fed from status snapshots (frames of a finite source)."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, stream):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total if total > 0 else None, unit="frame", unit_scale=True, file=sys.stderr,
+        self.bar = tqdm(total=total if total > 0 else None, unit="frame", unit_scale=True, file=stream,
                         dynamic_ncols=True, mininterval=0.5)
         self.n = 0
 
@@ -104,12 +104,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from mimlsort.outputs import check_output_file
 
     out = check_output_file(Path(args.out), inputs=(args.recording,))
-    bar = _Progress(total)
-    try:
-        code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not args.realtime, progress=bar,
-                               ignore_signals_after=True, trigger=fire)
-    finally:
-        bar.close()
+    # the bar is drawn by the console's thread: a stderr nobody reads must not hold up the stop
+    code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not args.realtime,
+                           progress=lambda stream: _Progress(total, stream), ignore_signals_after=True, trigger=fire)
     st = run.status()
     print(f"{st.frames_processed} frames -> {st.cells} cells -> {out}", file=sys.stderr)
     return code

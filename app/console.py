@@ -41,6 +41,35 @@ class _Outlet:
         return not self._thread.is_alive()
 
 
+def _write(item) -> None:
+    text, file = item
+    file.write(text)
+    file.flush()
+
+
+class QueuedStream:
+    """Text for ``file``, queued to a console thread: writing never blocks the caller. Size and
+    terminal queries go to ``file`` itself (tqdm sizes its bar from them)."""
+
+    def __init__(self, outlet: _Outlet, file):
+        self._outlet = outlet
+        self._file = file
+
+    def write(self, text: str) -> int:
+        if text:
+            self._outlet.put((text, self._file))
+        return len(text)
+
+    def flush(self) -> None:  # the console's thread flushes after every write
+        pass
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._file, "isatty", lambda: False)())
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+
 class _FanOut(logging.Handler):
     def __init__(self, outlets: list[tuple[logging.Handler, _Outlet]]):
         super().__init__()
@@ -80,12 +109,17 @@ class Console:
         self._outlets = [o for _, o in pairs]
         self._fan = _FanOut(pairs)
         self._root.addHandler(self._fan)
-        self._lines = _Outlet("lines", lambda item: print(item[0], file=item[1], flush=True))
+        self._lines = _Outlet("lines", _write)
         return self
 
     def print(self, text: str, file) -> None:
         """A status line for ``file``, written by the console's own thread."""
-        self._lines.put((text, file))
+        self._lines.put((text + "\n", file))
+
+    def stream(self, file) -> "QueuedStream":
+        """A file-like object whose writes go out through the console's thread (a progress bar
+        redrawn from the main thread must not hold it up when ``file`` blocks)."""
+        return QueuedStream(self._lines, file)
 
     def __exit__(self, *exc) -> None:
         self._root.removeHandler(self._fan)

@@ -19,7 +19,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 from app.config import RunConfig
 from app.console import Console
@@ -36,6 +36,14 @@ EXIT_CODES = {
     FinishReason.CANCELED: 0,  # stopped by a signal: a normal way to end a capture
 }
 EXIT_BAD_CONFIG = 2  # the configuration or the command line is wrong (cli)
+
+
+class Progress(Protocol):
+    """Shows a run's progress from its status snapshots (``mimlsort replay``'s bar)."""
+
+    def __call__(self, status: Status) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class StatusServer:
@@ -83,7 +91,7 @@ def _file_handler(path: Path) -> logging.Handler:
 
 
 def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
-               out=None, lossless: bool = False, progress: Callable[[Status], None] | None = None,
+               out=None, lossless: bool = False, progress: Callable[[Any], "Progress"] | None = None,
                ignore_signals_after: bool = False, trigger: bool = True) -> tuple[int, Run]:
     """Run ``cfg`` to its end; returns (exit code, the finished run). Status lines go to ``out``
     (default: the ``sys.stderr`` of the moment).
@@ -93,7 +101,9 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     (it then starts and stops at once, its file complete and empty). ``ignore_signals_after``
     (the command line) keeps both signals ignored once the files are closed, so that a second
     Ctrl-C cannot kill the process with a signal status instead of its exit code. ``trigger``
-    False: no trigger at all (cells the policy wants are recorded as fired, nothing is sent)."""
+    False: no trigger at all (cells the policy wants are recorded as fired, nothing is sent).
+    ``progress``: given a stream for ``out`` (written by the console's thread), returns what shows
+    the status instead of the status lines."""
     out = out if out is not None else sys.stderr
     folder = Path(folder or cfg.output.folder).expanduser()
     make_output_folder(folder, option="output.folder / --out-dir")
@@ -127,8 +137,10 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             signal.signal(s, signal.SIG_IGN if ignore_signals_after else h)
 
     console = Console().__enter__()
+    show = None
     run = None
     try:
+        show = progress(console.stream(out)) if progress is not None else None
         run = build_run(cfg, folder=folder, events_path=events_path, lossless=lossless, trigger=trigger)
         latest: dict = {}
         try:
@@ -149,8 +161,8 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
                     now = time.monotonic()
                     st = run.status()
                     latest = st.to_dict()
-                    if progress is not None:
-                        progress(st)
+                    if show is not None:
+                        show(st)
                     elif now >= next_line:
                         console.print(st.line(), out)
                         next_line = now + cfg.daemon.status_interval_s
@@ -165,8 +177,10 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             run.close()
             restore_signals()  # before the last words: a second Ctrl-C now changes nothing
         st = run.status()
-        if progress is None:
+        if show is None:
             console.print(st.line(), out)
+        else:
+            show(st)
         reason = st.finish_reason or FinishReason.COMPLETED
         console.print(f"run {reason.value}" + (f": {st.message}" if st.message else "") +
                       (f"; events in {run.events_path}" if run.events_path else ""), out)
@@ -178,6 +192,8 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
                           f"before", out)
     finally:
         restore_signals()
+        if show is not None:
+            show.close()  # its last words queue before the console drains
         console.__exit__(None, None, None)
         if handler is not None:
             root.removeHandler(handler)

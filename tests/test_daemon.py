@@ -187,10 +187,12 @@ def test_replay_is_deterministic(tmp_path):
     from app.storage import read_events
 
     rec = _simulate(tmp_path)
+    cfg = tmp_path / "sort.toml"  # a wide purity window: decisions that depend on the cells around
+    cfg.write_text('[sorting]\nmode = "purity"\nwindow_ms = 20.0\n')
     outs = []
     for k in range(2):
         out = tmp_path / f"events{k}.rtdc"
-        p = mimlsort("replay", str(rec), "--out", str(out), "--model", MODEL, "--max-speed")
+        p = mimlsort("replay", str(rec), "--out", str(out), "--model", MODEL, "--max-speed", "--config", str(cfg))
         _o, err = p.communicate(timeout=180)
         assert p.returncode == 0, err
         f, stored = read_events(out)
@@ -200,11 +202,75 @@ def test_replay_is_deterministic(tmp_path):
     # as fast as the frames can be read there is no time to be late in: the cells the policy wants
     # are the sorted ones (they all came "late" by the host clock, some not, from one replay to the next)
     if MODEL != "none":
-        assert a["fired"].sum() > 0 and "late" not in {stored.reasons[r] for r in a["reason"]}
+        reasons = {stored.reasons[r] for r in a["reason"]}
+        assert a["fired"].sum() > 0 and "late" not in reasons
+        assert "aborted by coincidence" in reasons, reasons
     varying = {"exit_host_ns", "decision_detail"} | {k for k in a if k.startswith("fire_")}  # host clock
     assert {"exit_frame", "deform", "di", "transit_time_ms", "probabilities", "fired", "reason"} <= set(a)
     for key in sorted(set(a) - varying):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_replay_finishes_while_nobody_reads_its_progress_bar(tmp_path):
+    """The progress bar was drawn by the main thread: with stderr blocked (a paused terminal) the
+    replay stood still at its first redraw and a SIGTERM could not stop it. Now the console's
+    thread draws it, and the bar's text still comes out once stderr is read."""
+    import fcntl
+
+    import h5py
+
+    rec = _simulate(tmp_path)
+    out = tmp_path / "events.rtdc"
+    r, w = os.pipe()
+    fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ
+    fcntl.fcntl(w, fcntl.F_SETFL, os.O_NONBLOCK)
+    try:
+        while True:  # full before the replay writes anything: its first write would block
+            os.write(w, b"x" * 512)
+    except BlockingIOError:
+        pass
+    fcntl.fcntl(w, fcntl.F_SETFL, 0)  # the child must block, not fail, on the full pipe
+    p = subprocess.Popen([sys.executable, "-m", "app.cli", "replay", str(rec), "--out", str(out), "--model", MODEL,
+                          "--realtime"], cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                         stdout=subprocess.DEVNULL, stderr=w)
+    os.close(w)
+    try:
+        deadline = time.monotonic() + 120
+        complete = False
+        while not complete and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                with h5py.File(out, "r", locking=False) as h5:
+                    complete = bool(h5["mimlsort"].attrs.get("complete", False))
+            except (OSError, KeyError):
+                pass
+        assert complete, "the replay did not finish its event file while stderr was blocked"
+        err = b""
+        with open(r, "rb", closefd=False) as fh:
+            fcntl.fcntl(r, fcntl.F_SETFL, os.O_NONBLOCK)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    err += fh.read() or b""
+                except BlockingIOError:
+                    pass
+                if p.poll() is not None and not err.endswith(b"x"):
+                    try:
+                        err += fh.read() or b""
+                    except BlockingIOError:
+                        pass
+                    break
+                time.sleep(0.05)
+        assert p.wait(timeout=30) == 0
+        text = err.lstrip(b"x").decode()
+        assert "frame" in text and "cells=" in text, text[-2000:]  # the bar, drawn by the console's thread
+        from app.storage import read_events
+
+        feats, _ = read_events(out)
+        assert len(feats["deform"]) > 0
+    finally:
+        p.kill()
+        os.close(r)
 
 
 def _children(pid: int) -> list[int]:
