@@ -45,7 +45,7 @@ from acquisition.frame import FrameRing
 from app.latency import LatencyWindow
 from app.records import CellRecord
 from app.sorting import Decision, Reason, SortCounters, SortPolicy, coincidence_neighbours
-from hardware.timing import fire_time_ns
+from hardware.timing import MIN_SAMPLES, fire_time_ns
 from hardware.trigger import FireRequest
 from mimlsort import realtime
 from mimlsort.errors import ConfigError, MimlsortError, StateError
@@ -133,6 +133,7 @@ class Status:
     tracks_overflow: int = 0
     snapshots_lost: int = 0
     paces_unlearned: int = 0  # cells timed with their own speed just past the exit (the run's first, or a short ROI)
+    clock_resets: int = 0  # times the camera clock went back or stepped forward mid-run (its host map restarted)
 
     @property
     def frames_missed(self) -> int:
@@ -870,7 +871,7 @@ class Pipeline:
         cam_ns = int(t0 + t_ms * 1e6)
         if self._clock is None:
             return cam_ns
-        if self._clock.n < 16:
+        if self._clock.n < MIN_SAMPLES:  # a map that just started (or restarted): the frame's arrival
             return ev.exit_host_ns
         return self._clock.to_host_ns(cam_ns, refit=False)  # _track_live refits after the decision
 
@@ -1007,6 +1008,7 @@ class Pipeline:
             tracks_overflow=ts.track_overflow if ts else 0,
             snapshots_lost=ts.snapshots_lost if ts else 0,
             paces_unlearned=ts.paces_unlearned if ts else 0,
+            clock_resets=self._clock.resets if self._clock is not None else 0,
             **self._cpu(now),
         )
 

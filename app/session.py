@@ -258,7 +258,7 @@ def _counters(st: Status) -> dict[str, int]:
            "trigger_failed": st.trigger_failed, "frames_recorded": st.frames_recorded,
            "startup_frames": st.startup_frames, "images_shed": st.images_shed, "tracks_lost": st.tracks_lost,
            "tracks_overflow": st.tracks_overflow, "snapshots_lost": st.snapshots_lost,
-           "paces_unlearned": st.paces_unlearned}
+           "paces_unlearned": st.paces_unlearned, "clock_resets": st.clock_resets}
     for k, v in st.missed.items():
         out[f"missed_{k}"] = v
     for k, v in st.overrun.items():

@@ -8,6 +8,7 @@ adds the travel time to the sort junction and the operator's offset.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -16,6 +17,12 @@ import numpy as np
 from mimlsort.errors import StateError
 from mimlsort.jit import njit
 from mimlsort.settings import require
+
+log = logging.getLogger(__name__)
+
+#: a map needs this many frames before exits are mapped through it (fewer: the exit frame's arrival)
+MIN_SAMPLES = 16
+_RESETS_LOGGED = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +68,28 @@ def fire_time_ns(exit_host_ns: int, velocity_mm_s: float, settings: TimingSettin
 CS_HEAD = 0  # next slot of the window to write
 CS_N = 1  # samples held
 CS_NEW = 2  # samples added since the last fit
-N_CS = 3
+CS_STEP = 3  # why _append stopped early: 0 the camera clock went back, > 0 it stepped forward by that (ns)
+N_CS = 4
+
+#: a frame whose host arrival comes this long *before* the fit maps its camera time (arrivals can
+#: only be late) means the camera clock stepped forward: a PTP master changed or resynchronised a
+#: GigE camera's clock mid-run. Plus STEP_SLOPE_TOLERANCE × the time since the fit's newest frame
+#: (a sane fit's slope is within 1e-3 of the truth; real clocks differ by ~1e-4)
+STEP_TOLERANCE_NS = 2_000_000
+STEP_SLOPE_TOLERANCE = 2e-3
+#: forward steps are looked for only with a fit of at least this many samples per segment and a
+#: slope this close to 1 (a fit of a few jittery frames can be far off, and would see steps in noise)
+STEP_MIN_PER_SEGMENT = 2
+STEP_MAX_SLOPE_ERROR = 1e-3
 
 
 @njit(cache=True)
-def _append(cam_buf, host_buf, st, cam, host, start, count):
+def _append(cam_buf, host_buf, st, cam, host, start, count, check, slope, offset, ref):
     """Append pairs ``start .. start + count`` of ``cam``/``host`` (indices modulo their length, so
     a ring's slots read in place) to the window; returns how many went in before the first whose
-    camera time does not increase (a restart: the caller resets and goes on from it)."""
+    camera time does not increase, or (``check``) arrived far earlier than the fit
+    (``slope, offset, ref``) maps it: a restart or a step, ``st[CS_STEP]`` says which; the caller
+    resets and goes on from it."""
     window = cam_buf.shape[0]
     length = cam.shape[0]
     head = st[CS_HEAD]
@@ -79,7 +100,13 @@ def _append(cam_buf, host_buf, st, cam, host, start, count):
         j = (start + i) % length
         c = cam[j]
         if n and c <= last:
+            st[CS_STEP] = 0
             break
+        if check:
+            early = np.float64(ref - host[j]) + slope * np.float64(c - ref) + offset
+            if early > STEP_TOLERANCE_NS + STEP_SLOPE_TOLERANCE * abs(np.float64(c - ref)):
+                st[CS_STEP] = max(np.int64(1), np.int64(early))
+                break
         cam_buf[head] = c
         host_buf[head] = host[j]
         head = (head + 1) % window
@@ -178,7 +205,8 @@ class ClockMap:
         self._offset = 0.0  # host - slope * (camera - ref), in ns
         self._ref = 0  # camera time the fit is centred on (keeps float64 precise for ns clocks)
         self._fitted = False  # a fit of the current window's samples exists
-        self.resets = 0  # times the camera clock went backwards and the window was restarted
+        self.resets = 0  # times the camera clock went back or stepped forward and the window was restarted
+        self.forward_steps = 0  # of those, steps forward (a PTP clock set mid-run)
 
     @property
     def n(self) -> int:
@@ -212,16 +240,31 @@ class ClockMap:
     def _add(self, cam: np.ndarray, host: np.ndarray, start: int, count: int) -> None:
         if count <= 0:
             return
-        done = _append(self._cam, self._host, self._st, cam, host, start, count)
+        done = self._append(cam, host, start, count)
         while done < count:
-            # the camera clock restarted (camera reopened, timestamp latch reset): old pairs are void
+            # the camera clock restarted (camera reopened, timestamp latch reset) or was set forward
+            # (PTP): old pairs are void, and mapping with them would time every pulse off by the step
+            step = int(self._st[CS_STEP])
             self.reset()
             self.resets += 1
-            done += _append(self._cam, self._host, self._st, cam, host, start + done, count - done)
+            self.forward_steps += step > 0
+            if self.resets <= _RESETS_LOGGED:
+                log.warning("the camera clock %s: its map to the host clock starts again (pulses are timed from "
+                            "frame arrival until %d frames are in)%s",
+                            f"stepped forward by {step / 1e6:.1f} ms" if step else "went back (camera reopened?)",
+                            MIN_SAMPLES, "; further restarts are only counted" if self.resets == _RESETS_LOGGED else "")
+            done += self._append(cam, host, start + done, count - done)
         # refit after a fresh share of the window, not per frame: the clocks drift by ppm, and a
         # refit on the sort path per cell would cost more than the timing gains
         st = self._st
         self._dirty = self._dirty or st[CS_NEW] >= max(1, self.window // 8) or st[CS_N] <= self.segments
+
+    def _append(self, cam: np.ndarray, host: np.ndarray, start: int, count: int) -> int:
+        n = int(self._st[CS_N])
+        check = (self._fitted and n >= STEP_MIN_PER_SEGMENT * self.segments
+                 and abs(self._slope - 1.0) <= STEP_MAX_SLOPE_ERROR)
+        return _append(self._cam, self._host, self._st, cam, host, start, count, check, self._slope,
+                       self._offset, self._ref)
 
     def reset(self) -> None:
         self._st[:] = 0

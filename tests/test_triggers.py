@@ -144,6 +144,46 @@ def test_clock_map_restarts_when_the_camera_clock_goes_back():
     assert cm.to_host_ns(2_000) == 9_001_000
 
 
+def test_clock_map_restarts_when_the_camera_clock_steps_forward(caplog):
+    """A PTP master resetting a GigE camera's clock mid-run sets it forward: every frame after the
+    step then arrives long *before* the old fit maps it (arrivals can only be late). The map
+    starts again rather than time every pulse late by the step until the window turns over."""
+    cam, true_host, host = _clock_samples(2000, seed=3)
+    step = 40 * MS
+    cam2 = cam.copy()
+    cam2[1200:] += step
+    cm = ClockMap(window=512)
+    for k in range(0, 2000, 50):  # per batch, refitted after each, as the sort thread does
+        cm.add_many(cam2[k:k + 50], host[k:k + 50])
+        cm.refit()
+    assert cm.resets == 1 and cm.forward_steps == 1
+    assert "stepped forward by 40.0 ms" in caplog.text
+    later = int(cam2[-1]) + 10 * MS
+    expected = round((later - step) * (1 + 80e-6)) - 3_210_987_654 + 150_000
+    assert abs(cm.to_host_ns(later) - expected) / 1000 < 50
+    # without the step the same jittery frames (stalls of up to 6 ms) restart nothing
+    clean = ClockMap(window=512)
+    for k in range(0, 2000, 50):
+        clean.add_many(cam[k:k + 50], host[k:k + 50])
+        clean.refit()
+    assert clean.resets == 0
+
+
+def test_clock_map_sees_no_step_in_a_young_fit_of_bursty_frames():
+    """A fit of the first few frames can have any slope (at 10 kHz, a second frame held up 5 ms
+    tilts a two-frame fit 50-fold, and the frames queued behind it would arrive 'early'): no step
+    is looked for until the fit holds enough samples and a sane slope."""
+    cam = 10**12 + np.arange(400, dtype=np.int64) * 100_000  # 10 kHz
+    host = cam + 200_000
+    host[1] += 5_000_000
+    host[2:30] = np.maximum(host[2:30], host[1] + 10_000 * np.arange(1, 29))  # queued behind it
+    cm = ClockMap(window=512)
+    for k in range(400):
+        cm.add_many(cam[k:k + 1], host[k:k + 1])
+        cm.refit()
+    assert cm.resets == 0
+
+
 def test_clock_map_maps_with_the_last_fit_until_refit_on_a_deadline():
     from hardware.timing import ClockMap
 
