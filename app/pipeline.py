@@ -134,6 +134,11 @@ class Status:
     snapshots_lost: int = 0
     paces_unlearned: int = 0  # cells timed with their own speed just past the exit (the run's first, or a short ROI)
     clock_resets: int = 0  # times the camera clock went back or stepped forward mid-run (its host map restarted)
+    # what the trigger device said after pulses were handed over (fired counts those handed over)
+    device_refused: int = 0  # pulses it did not output (queue full, not armed, counter busy)
+    device_late: int = 0  # pulses it output later than its own tolerance
+    unacked: int = 0  # pulses whose ack never came
+    device_errors: int = 0  # errors the device reported (a VISA instrument's queue is read after the last pulse)
 
     @property
     def frames_missed(self) -> int:
@@ -161,6 +166,9 @@ class Status:
         return (f"{self.state.value} {self.elapsed_s:6.1f}s in {self.fps_in:7.0f}fps proc {self.fps_processed:7.0f}fps "
                 f"missed {self.frames_missed} camdrop {self.camera_dropped} cells {self.cells} ({self.cells_per_s:.0f}/s) "
                 f"{cls} fired {self.fired} late {self.late} lat p50/p99 {lat} queue {self.storage_queue} "
+                + ("" if self.trigger_ok else "TRIGGER FAULT ")
+                + (f"device refused {self.device_refused} " if self.device_refused else "")
+                + (f"unacked {self.unacked} " if self.unacked else "")
                 + (f"decide queue {self.decide_queue} waits {self.decide_waits} " if self.decide_waits else "")
                 + (f"images shed {self.images_shed} (backlog {self.storage_backlog_mb:.0f}MB) " if self.images_shed else "")
                 + (f"untracked {self.tracks_overflow} " if self.tracks_overflow else "")
@@ -935,6 +943,10 @@ class Pipeline:
             acks = trig.drain_acks()
             if acks and sink is not None and hasattr(sink, "add_acks"):
                 sink.add_acks(acks)
+        if hasattr(trig, "drain_reports"):
+            reports = trig.drain_reports()
+            if reports and sink is not None and hasattr(sink, "add_device_reports"):
+                sink.add_device_reports(reports)
 
     def _recorder_loop(self) -> None:
         rec, reader = self.recorder, self._rec_reader
@@ -1009,6 +1021,10 @@ class Pipeline:
             snapshots_lost=ts.snapshots_lost if ts else 0,
             paces_unlearned=ts.paces_unlearned if ts else 0,
             clock_resets=self._clock.resets if self._clock is not None else 0,
+            device_refused=int(getattr(self.trigger, "device_refused", 0) or 0),
+            device_late=int(getattr(self.trigger, "device_late", 0) or 0),
+            unacked=int(getattr(self.trigger, "unacked", 0) or 0),
+            device_errors=int(getattr(self.trigger, "device_errors", 0) or 0),
             **self._cpu(now),
         )
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.storage import StoredRun, read_events
+from app.storage import REPORT_KINDS, StoredRun, read_events
 from mimlsort.errors import DataFormatError
 from tracking.events import Quality
 from tracking.features import FEATURES
@@ -82,6 +82,8 @@ class Summary:
     counters: dict = field(default_factory=dict)
     model: str = ""
     acks: int = 0
+    device_refused: int = 0  # fired cells whose pulse the device then did not output
+    device_late: int = 0  # pulses the device output later than its tolerance
     rejected_flags: tuple[str, ...] = ()  # what "sortable" leaves out
     policy_changes: tuple[str, ...] = ()  # the run log's lines on sort policies changed during the run
 
@@ -170,6 +172,8 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
         policy_changes=tuple(line.strip() for line in run.run_log if "sort policy changed" in line),
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
+        device_refused=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["refused"])),
+        device_late=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["late"])),
     )
 
 
@@ -283,6 +287,8 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         ["fired", f"{s.fired.count} of {s.fired.total} ({_pct(s.fired.fraction)}, 95 % CI {_ci(s.fired)})"],
         ["purity estimate", _pct(s.purity_estimate)], ["recovery estimate", _pct(s.recovery_estimate)],
         ["fired cells predicted as target", _pct(s.predicted_purity)], ["device acknowledgements", str(s.acks)],
+        *([["pulses the device refused (not output)", str(s.device_refused)]] if s.device_refused else []),
+        *([["pulses the device output late", str(s.device_late)]] if s.device_late else []),
         *([["policy changed during the run", line] for line in s.policy_changes]),
     ], "Purity = mean P(target) over fired cells; recovery = ΣP(target) fired / ΣP(target) all "
        "(estimates from the classifier's probabilities, not measured)."

@@ -204,16 +204,26 @@ class Run:
         if self.closed:
             return
         self.closed = True
-        st = self.pipeline.status() if self.pipeline.ring is not None else None
-        if self.trigger is not None and hasattr(self.trigger, "settle"):
+        trig, writer = self.trigger, self.writer
+        if trig is not None and hasattr(trig, "settle"):
             # the pulses of the last cells decided go out, and their acks reach the file, before
             # the device is disarmed and the file closed
             try:
-                acks = self.trigger.settle()
-                if acks and self.writer is not None and hasattr(self.writer, "add_acks"):
-                    self.writer.add_acks(acks)
+                acks = trig.settle()
+                if acks and writer is not None and hasattr(writer, "add_acks"):
+                    writer.add_acks(acks)
+                reports = trig.drain_reports() if hasattr(trig, "drain_reports") else []
+                if reports and writer is not None and hasattr(writer, "add_device_reports"):
+                    writer.add_device_reports(reports)
+                errors, available = getattr(trig, "device_errors", 0), getattr(trig, "available", True)
+                if writer is not None and hasattr(writer, "log") and (errors or not available):
+                    writer.log(f"trigger {'ok' if available else 'UNAVAILABLE'} at the end of the run: {errors} device "
+                               f"error(s), {getattr(trig, 'device_refused', 0)} pulse(s) refused; last error: "
+                               f"{getattr(trig, 'error', '')} ({getattr(trig, 'device', '?')})")
             except Exception as e:
                 log.error("waiting for the trigger's last pulses failed: %s", e)
+        # after the trigger settled: its late acks and refusals are in the counters
+        st = self.pipeline.status() if self.pipeline.ring is not None else None
         for name, res in (("event file", self.writer), ("raw recording", self.recorder), ("trigger", self.trigger)):
             if res is None:
                 continue
@@ -258,7 +268,9 @@ def _counters(st: Status) -> dict[str, int]:
            "trigger_failed": st.trigger_failed, "frames_recorded": st.frames_recorded,
            "startup_frames": st.startup_frames, "images_shed": st.images_shed, "tracks_lost": st.tracks_lost,
            "tracks_overflow": st.tracks_overflow, "snapshots_lost": st.snapshots_lost,
-           "paces_unlearned": st.paces_unlearned, "clock_resets": st.clock_resets}
+           "paces_unlearned": st.paces_unlearned, "clock_resets": st.clock_resets,
+           "device_refused": st.device_refused, "device_late": st.device_late, "unacked": st.unacked,
+           "device_errors": st.device_errors}
     for k, v in st.missed.items():
         out[f"missed_{k}"] = v
     for k, v in st.overrun.items():

@@ -15,6 +15,8 @@ Layout (dclab's names wherever dclab defines the quantity, ours in our own group
                            quality, first/last crops, class probabilities, the sort decision (fired,
                            reason code, detail) and the trigger's fire record
     /mimlsort/acks         device acknowledgements (event_index, device_time_us, host_ns)
+    /mimlsort/device_reports  the device's word on single pulses after they were handed over
+                           (event_index, host_ns, kind: 1 refused = not output, 2 late; message)
     /mimlsort/config_toml, /mimlsort/model_spec_json   the exact texts (logs hold them wrapped)
 
 Crash safety: rows are buffered in memory and written at :meth:`EventWriter.flush` (at least once a
@@ -72,6 +74,11 @@ REASON_CODES: tuple[str, ...] = ("no decision", "fired", "sorting off", "not a t
                                  "outside gate", "quality gate", "aborted by coincidence", "not isolated", "late",
                                  "trigger unavailable", "refused by the trigger")
 
+#: /mimlsort/device_reports: kind 1 = refused (the pulse was not output), 2 = output late
+REPORT_KINDS = {"refused": 1, "late": 2}
+REPORT_MESSAGE_BYTES = 96
+DEVICE_REPORT_DTYPE = np.dtype([("event_index", "<i8"), ("host_ns", "<i8"), ("kind", "u1"),
+                                ("message", f"S{REPORT_MESSAGE_BYTES}")])
 _IMAGE_CHUNK_BYTES = 256 * 1024
 _ROW_CHUNK = 1024  # rows per chunk of scalar datasets (8 KiB for float64)
 #: HDF5's chunk cache per dataset. Its 1 MiB default, times the ~70 datasets of an event file,
@@ -409,6 +416,7 @@ class EventWriter:
         self._lock = threading.Lock()
         self._pending_log: list[bytes] = []
         self._pending_acks: list[tuple[int, float, int]] = []
+        self._pending_reports: list[tuple[int, int, int, bytes]] = []
         self._counters: dict[str, Any] = {}
         self._counters_dirty = False
         self._run_error = ""
@@ -537,6 +545,7 @@ class EventWriter:
         _text_dataset(g, "model_spec_json", m.model_spec_json)
         acks = np.dtype([("event_index", "<i8"), ("device_time_us", "<f8"), ("host_ns", "<i8")])
         g.create_dataset("acks", (0,), dtype=acks, maxshape=(None,), chunks=(256,))
+        g.create_dataset("device_reports", (0,), dtype=DEVICE_REPORT_DTYPE, maxshape=(None,), chunks=(256,))
 
         logs = h5.create_group("logs")
         for name in ("mimlsort-run", "mimlsort-counters"):
@@ -840,6 +849,13 @@ class EventWriter:
         with self._lock:
             self._pending_acks.extend(rows)
 
+    def add_device_reports(self, reports: Iterable) -> None:
+        """The trigger device's reports on single pulses (:class:`hardware.trigger.DeviceReport`)."""
+        rows = [(int(r.event_index), int(r.host_ns), REPORT_KINDS.get(r.kind, 0),
+                 str(r.message).encode("utf-8", "replace")[:REPORT_MESSAGE_BYTES]) for r in reports]
+        with self._lock:
+            self._pending_reports.extend(rows)
+
     def note_error(self, message: str) -> None:
         """The run ended with this error (not one of the writer's own): stored as the file's
         ``error`` at close, so a file of a failed run does not read as a clean one."""
@@ -925,6 +941,7 @@ class EventWriter:
         with self._lock:
             lines, self._pending_log = self._pending_log, []
             acks, self._pending_acks = self._pending_acks, []
+            reports, self._pending_reports = self._pending_reports, []
             if self._counters_dirty:
                 elapsed = time.monotonic() - self._t0
                 # the whole wrapped line goes to the counters' own log
@@ -938,6 +955,8 @@ class EventWriter:
             _append(h5["logs/mimlsort-run"], np.array(lines, dtype=f"S{LOG_LINE_BYTES}"))
         if acks:
             _append(h5["mimlsort/acks"], np.array(acks, dtype=h5["mimlsort/acks"].dtype))
+        if reports and "mimlsort/device_reports" in h5:
+            _append(h5["mimlsort/device_reports"], np.array(reports, dtype=DEVICE_REPORT_DTYPE))
         if self._bg_pending:  # before the rows that refer to them
             _append(self._ds["basin_events/image_bg"], np.stack(self._bg_pending))
             self._bg_pending.clear()
@@ -1121,6 +1140,8 @@ class StoredRun:
     counters: dict[str, Any]
     acks: np.ndarray
     error: str = ""
+    #: the trigger device's reports on single pulses (DEVICE_REPORT_DTYPE; empty in older files)
+    device_reports: np.ndarray = field(default_factory=lambda: np.zeros(0, DEVICE_REPORT_DTYPE))
     run_log: tuple[str, ...] = ()
     attrs: dict[str, Any] = field(default_factory=dict)
     crop_pixel_size_um: float = math.nan
@@ -1208,6 +1229,7 @@ def read_events(path: str | Path, *, crops: bool = False) -> tuple[dict[str, np.
             if "probabilities" not in out:
                 out["probabilities"] = np.zeros((n, len(meta.class_names)), np.float32)
             acks = g["acks"][:] if "acks" in g else np.zeros(0)
+            reports = g["device_reports"][:] if "device_reports" in g else np.zeros(0, DEVICE_REPORT_DTYPE)
             run_log = tuple(b.decode("utf-8", "replace") for b in h5["logs/mimlsort-run"][:]) \
                 if "logs/mimlsort-run" in h5 else ()
             crop_px = float(ev["first_crop"].attrs.get("pixel_size_um", math.nan)) if "first_crop" in ev else math.nan
@@ -1217,7 +1239,7 @@ def read_events(path: str | Path, *, crops: bool = False) -> tuple[dict[str, np.
                 userdef=json.loads(_s(g.attrs.get("userdef", "{}"))),
                 reasons=tuple(json.loads(_s(g.attrs.get("reasons", "[]")))),
                 counters=json.loads(_s(g.attrs.get("counters", "{}"))),
-                acks=acks, error=_s(g.attrs.get("error", "")), run_log=run_log,
+                acks=acks, device_reports=reports, error=_s(g.attrs.get("error", "")), run_log=run_log,
                 attrs={k: (_s(v) if isinstance(v, bytes) else v) for k, v in h5.attrs.items()},
                 crop_pixel_size_um=crop_px,
             )

@@ -92,6 +92,8 @@ def _child_main(conn) -> None:
                     writer.log(msg[1])
                 elif op == "acks":
                     writer.add_acks(msg[1])
+                elif op == "reports":
+                    writer.add_device_reports(msg[1])
                 elif op == "counters":
                     writer.note_counters(msg[1])
                 elif op == "run_error":
@@ -124,6 +126,24 @@ class _Ack:
 
     def __setstate__(self, s):
         self.event_index, self.device_time_us, self.host_ns = s
+
+
+class _Report:
+    """A device report reduced to what the writer stores."""
+
+    __slots__ = ("event_index", "host_ns", "kind", "message")
+
+    def __init__(self, r):
+        self.event_index = int(getattr(r, "event_index"))
+        self.host_ns = int(getattr(r, "host_ns", -1))
+        self.kind = str(getattr(r, "kind", ""))
+        self.message = str(getattr(r, "message", ""))
+
+    def __getstate__(self):
+        return (self.event_index, self.host_ns, self.kind, self.message)
+
+    def __setstate__(self, s):
+        self.event_index, self.host_ns, self.kind, self.message = s
 
 
 class EventWriterProcess:
@@ -246,6 +266,11 @@ class EventWriterProcess:
         rows = [_Ack(a) for a in acks]
         if rows and not self._closed:
             self._send("acks", rows)
+
+    def add_device_reports(self, reports: Iterable) -> None:
+        rows = [_Report(r) for r in reports]
+        if rows and not self._closed:
+            self._send("reports", rows)
 
     def note_counters(self, counters: Mapping[str, Any]) -> None:
         if not self._closed:

@@ -6,8 +6,9 @@ left, so the host's jitter only has to stay below ``arm_ahead_us``. A counter ma
 a time; a pulse due while the previous one is still armed or running waits for it and is fired
 late or dropped (counted, logged) — keep ``arm_ahead_us`` below the closest cell spacing.
 
-Not testable without NI's driver: without it, opening raises BackendUnavailable naming what to
-install.
+NI's driver cannot be installed here: without it, opening raises BackendUnavailable naming what
+to install; the pulse logic is tested against a stand-in of the ``nidaqmx`` package
+(tests/test_triggers.py) that follows NI's documented task semantics.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from mimlsort.errors import BackendUnavailable, DeviceError
 from mimlsort.settings import require
 
 log = logging.getLogger(__name__)
+
+#: how often the pulse thread looks whether the counter's previous pulse is over
+_BUSY_POLL_S = 50e-6
 
 
 def _nidaqmx():
@@ -114,13 +118,18 @@ class NidaqTrigger(Trigger):
                         self._cond.wait(wait / 1e9)
                         continue
                     heapq.heappop(self._heap)
-                if not self._task.is_task_done():  # the previous pulse is still armed or running
-                    self._task.wait_until_done(timeout=max(0.0, (at - time.monotonic_ns()) / 1e9))
-                self._task.stop()
+                # the previous pulse still armed or running: wait for it up to this one's fire time.
+                # Polled, not ``wait_until_done(timeout)``, whose timeout is a driver error — it
+                # would take the trigger down for the rest of the run over one close pair of cells
+                while not self._task.is_task_done() and time.monotonic_ns() < at:
+                    time.sleep(_BUSY_POLL_S)
                 left = (at - time.monotonic_ns()) * 1e-9
                 if left <= 0:
-                    self._device_error(f"pulse for cell {idx} dropped: counter busy until after its fire time")
+                    why = f"pulse for cell {idx} dropped: counter busy until after its fire time"
+                    self._report(idx, "refused", why)
+                    self._device_error(why)
                     continue
+                self._task.stop()
                 self._chan.co_pulse_time_initial_delay = left
                 self._chan.co_pulse_high_time = width * 1e-6
                 self._task.start()

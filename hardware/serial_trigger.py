@@ -293,17 +293,23 @@ class SerialTrigger(Trigger):
         elif words[0] == "ERR":
             text = line[4:]
             rest = line.split(maxsplit=2)
+            code = rest[1] if len(rest) > 1 else ""
+            idx = None
             if len(rest) == 3 and rest[2].startswith("id="):
                 ident_txt = rest[2][3:].split(maxsplit=1)[0]
-                if ident_txt.isdigit() and rest[1] in ("3", "4"):  # that pulse will never come
-                    idx = self._ids.pop(int(ident_txt), int(ident_txt))
-                    with self._pending_lock:
-                        self._pending.pop(idx, None)
-                    self.failed += 1
-            if len(rest) > 1 and rest[1] == "6":  # fired, but later than the device's own tolerance
-                self.device_late += 1
+                if ident_txt.isdigit():
+                    ident = int(ident_txt)
+                    # a refused pulse will never come (and never be acked): its id is done with
+                    idx = self._ids.pop(ident, ident) if code in ("3", "4") else self._ids.get(ident, ident)
+            if code == "6":  # fired, but later than the device's own tolerance
+                if idx is not None:
+                    self._report(idx, "late", text)
+                else:
+                    self.device_late += 1
                 self._log.log(logging.WARNING, "device late", "serial trigger %s: %s", self.device, text)
             else:
+                if idx is not None and code in ("3", "4"):
+                    self._report(idx, "refused", text)
                 self._device_error(f"device error {text}")
         elif words[0] == "TIME" and len(words) == 2 and words[1].isdigit() and self._time_sent:
             # replies carry no request id: they pair with send times in order. A reply lost on the

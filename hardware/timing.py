@@ -218,7 +218,7 @@ class ClockMap:
         t = np.arange(1, 4, dtype=np.int64)
         cm = ClockMap(window=4, segments=2)
         cm.add_many(t, t)
-        cm.add_ring(t, t, 1, 2)
+        cm.add_ring(t + 10, t + 10, 1, 2)  # later times: a restart here would be logged as one
         cm.refit()
 
     def add(self, camera_ns: int, host_ns: int) -> None:

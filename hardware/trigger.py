@@ -102,6 +102,19 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceReport:
+    """The device says, after the command was handed over, that the pulse of ``event_index`` was
+    not output (``kind`` "refused": its queue was full, it was not armed, the counter was busy) or
+    came later than its tolerance ("late"); ``host_ns`` is when the host learned of it. Stored with
+    the run, so a cell recorded as fired can be told apart from one whose pulse never came."""
+
+    event_index: int
+    host_ns: int
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class TriggerStatus:
     device: str
     open: bool
@@ -114,6 +127,7 @@ class TriggerStatus:
     unacked: int  # fired requests whose ack did not come within ack_timeout_s after the pulse
     device_errors: int  # errors the device reported asynchronously
     device_late: int  # pulses the device output later than its own tolerance (still fired)
+    device_refused: int = 0  # pulses handed over that the device then did not output (see DeviceReport)
 
 
 class Trigger(ABC):
@@ -150,6 +164,8 @@ class Trigger(ABC):
         self.unacked = 0
         self.device_errors = 0
         self.device_late = 0
+        self.device_refused = 0
+        self._reports: collections.deque[DeviceReport] = collections.deque()
         # a device can report an error per pulse (1,000 a second): counted in full, logged thinned
         self._log = LogThrottle(log)
         self._acks: collections.deque[Ack] = collections.deque()
@@ -284,6 +300,13 @@ class Trigger(ABC):
                               len(overdue), overdue[0])
         return out
 
+    def drain_reports(self) -> list[DeviceReport]:
+        """The device's reports about single pulses since the last call (see :class:`DeviceReport`)."""
+        out = []
+        while self._reports:
+            out.append(self._reports.popleft())
+        return out
+
     def test_fire(self, width_us: float | None = None, delay_us: float | None = None) -> FireRecord:
         """Fire one pulse now (plus ``delay_us``, default 2 × min lead) for checking the wiring."""
         if not self.is_open:
@@ -310,7 +333,8 @@ class Trigger(ABC):
         """A snapshot for the operator; polls the device's error state where the backend can."""
         self.poll()
         return TriggerStatus(self.device, self.is_open, self.available, self.error, self.fired, self.late,
-                             self.failed, self.acked, self.unacked, self.device_errors, self.device_late)
+                             self.failed, self.acked, self.unacked, self.device_errors, self.device_late,
+                             self.device_refused)
 
     # -- for backends ----------------------------------------------------------------------------
     def _link_busy_ns(self) -> int:
@@ -326,6 +350,18 @@ class Trigger(ABC):
         self.device_errors += 1
         self.error = message
         self._log.log(level, "device error", "%s trigger %s reports: %s", self.backend, self.device, message)
+
+    def _report(self, event_index: int, kind: str, message: str) -> None:
+        """The device reported on one pulse already handed over: "refused" (it will not come: no
+        ack is waited for, and it counts as failed) or "late" (it came, later than it should)."""
+        if kind == "refused":
+            self.device_refused += 1
+            self.failed += 1
+            with self._pending_lock:
+                self._pending.pop(event_index, None)
+        else:
+            self.device_late += 1
+        self._reports.append(DeviceReport(event_index, time.monotonic_ns(), kind, message))
 
     def _set_unavailable(self, message: str) -> None:
         was = self.available

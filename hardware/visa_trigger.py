@@ -8,8 +8,9 @@ instruments without a trigger delay. The SCPI follows the Keysight 33500 series;
 generators (Rigol DG, Siglent SDG in SCPI mode, Tektronix AFG31000) accept the same tree or need
 only the command strings below changed.
 
-The error queue is read after configuring, on ``test_fire`` and from ``status()`` (at most once
-per ``poll_interval_s``) — never on the sort path, where a query would add a round trip.
+The error queue is read after configuring, on ``test_fire``, from ``status()`` (at most once
+per ``poll_interval_s``) and when a run settles after its last pulse — never while a run sorts,
+where a query holds the bus a pulse needs.
 """
 
 from __future__ import annotations
@@ -195,6 +196,17 @@ class VisaTrigger(Trigger):
         if now - self._last_poll >= self.settings.poll_interval_s:
             self._last_poll = now
             self.check_errors()
+
+    def settle(self, timeout_s: float = 5.0):
+        """After the last pulses, the error queue a run does not poll (a query holds the bus a
+        pulse needs) is read: what the instrument objected to during the run is counted and logged."""
+        acks = super().settle(timeout_s)
+        if self.is_open and self.available:
+            try:
+                self.check_errors()
+            except Exception as err:
+                self._set_unavailable(f"{type(err).__name__}: {err}")
+        return acks
 
     def test_fire(self, width_us: float | None = None, delay_us: float | None = None) -> FireRecord:
         rec = super().test_fire(width_us, delay_us)

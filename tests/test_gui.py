@@ -295,6 +295,10 @@ def test_status_rows_flag_missed_frames():
     assert not rows["cells"].alarm and "untracked" not in rows["cells"].text
     lost = {r.key: r for r in status_rows(replace(st, tracks_overflow=7, tracks_lost=3))}["cells"]
     assert lost.alarm and "7 untracked" in lost.text and "(cells lost upstream, specks): 3" in lost.tooltip
+    assert not rows["trigger"].alarm and rows["trigger"].text == "ok"
+    refused = {r.key: r for r in status_rows(replace(st, device_refused=4, unacked=2))}["trigger"]
+    assert refused.alarm and refused.text == "ok, 4 refused, 2 unacked" and "not armed, counter busy): 4" in refused.tooltip
+    assert {r.key: r for r in status_rows(replace(st, trigger_ok=False))}["trigger"].text == "FAULT"
 
 
 # -- the window with the stand-in run -------------------------------------------------------------------

@@ -543,3 +543,96 @@ def test_a_run_polls_the_trigger_and_drains_its_acks_without_an_event_file(tmp_p
         assert trig.clock.n > synced_at_start and len(times) >= 16 + 6  # ~2 s of polls at 0.25 s
     else:
         assert fired > 20 and len(pulses) == fired
+
+
+def _serial_run_config(tmp_path, port, seconds, **timing):
+    from app.config import config_from_mapping
+
+    return config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": seconds, "realtime": True, "seed": 3,
+                                                          "cells_per_second": 100.0}},
+        "sorting": {"mode": "yield", "threshold": 0.0},  # every cell a target: a pulse per cell
+        "trigger": {"backend": "serial", "serial": {"port": port, "compensate_transmission": False},
+                    "timing": timing},
+        "output": {"folder": str(tmp_path / "out"), "report": False},
+    })
+
+
+def test_a_run_records_every_pulse_the_device_refused_and_when_it_fired(tmp_path):
+    """The audit trail of a run against the emulator, with a device whose pulse queue holds one
+    pulse (a long way to the junction: most commands find it full and are answered ERR 3). Every
+    fired cell in the event file has either the device's ack or its refusal — before, the refused
+    ones read as fired, with nothing to tell them from the pulses that came. And each pulse was
+    scheduled at the cell's exit + the way to the junction at its speed + the offset."""
+    import numpy as np
+
+    from app.config import bundled_model_path
+    from app.report import summarize, to_markdown
+    from app.session import build_run
+    from app.storage import REPORT_KINDS, read_events
+    from hardware.timing import TimingSettings, travel_ns
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    timing = {"distance_to_junction_um": 400.0, "offset_us": 7000.0}
+    with emulated_port(tmp_path / "device.tsv", "--queue", "1") as emu:
+        with build_run(_serial_run_config(tmp_path, emu.port, 2.0, **timing)) as run:
+            assert run.wait(60)
+        st = run.status()
+        refused_by_device = [e for e in emu.records("err") if e[1] == "3"]
+        pulses = emu.records("pulse")
+    f, stored = read_events(run.events_path)
+    fired = f["event_index"][f["fired"] == 1]
+    acked = set(stored.acks["event_index"].tolist())
+    reports = stored.device_reports
+    refused = set(reports["event_index"][reports["kind"] == REPORT_KINDS["refused"]].tolist())
+    assert len(refused_by_device) > 5 and len(pulses) > 5  # both happened
+    assert len(refused) == len(refused_by_device) == st.device_refused == stored.counters["device_refused"]
+    assert not (acked & refused)
+    assert set(fired.tolist()) == acked | refused  # every fired cell is accounted for, one way or the other
+    assert len(acked) == len(pulses)
+    assert all(b"queue" in m.lower() for m in reports["message"][reports["kind"] == REPORT_KINDS["refused"]])
+    assert "device refused" in st.line()
+    summary = summarize(run.events_path)
+    assert summary.device_refused == len(refused)
+    assert f"| pulses the device refused (not output) | {len(refused)} |" in to_markdown(summary, {})
+    # the fire time: the exit on the host clock + distance / speed after the exit + offset. What
+    # is left is how long after the exit its frame reached the host (and the few % of the travel
+    # the cell's slowing down past the exit adds); the offset or the travel missing would be 7 ms
+    # or ~40 ms here
+    s = TimingSettings(**timing)
+    m = f["fired"] == 1
+    travel = np.array([travel_ns(v, s) for v in f["v_after_mm_s"][m]])
+    lag = f["exit_host_ns"][m] - (f["fire_scheduled_ns"][m] - travel - round(s.offset_us * 1000))
+    assert -1.5e6 < np.median(lag) < 3e6, np.percentile(lag, [5, 50, 95])
+    assert np.mean(np.abs(lag) < 10e6) > 0.9, np.percentile(lag, [5, 50, 95])
+
+
+def test_a_device_lost_mid_run_leaves_the_run_going_and_says_so(tmp_path):
+    """The emulator process killed mid-run (a USB cable pulled): the cells after it are decided
+    and recorded as "trigger unavailable", the status line says so, the event file's log names
+    it, and the run ends normally."""
+    from app.config import bundled_model_path
+    from app.pipeline import FinishReason
+    from app.session import build_run
+    from app.storage import read_events
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    with emulated_port(tmp_path / "device.tsv") as emu:
+        with build_run(_serial_run_config(tmp_path, emu.port, 3.0)) as run:
+            deadline = time.monotonic() + 60
+            while run.status().fired < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert run.status().trigger_ok
+            os.kill(emu.process.pid, signal.SIGKILL)
+            assert run.wait(60)
+            st = run.status()
+    assert st.finish_reason is FinishReason.COMPLETED
+    assert not st.trigger_ok and "TRIGGER FAULT" in st.line()
+    assert st.not_fired.get("trigger unavailable", 0) > 5 and st.fired >= 5
+    f, stored = read_events(run.events_path)
+    reasons = [stored.reasons[r] for r in f["reason"]]
+    assert reasons.count("trigger unavailable") == st.not_fired["trigger unavailable"]
+    log_text = "".join(stored.run_log)  # long lines are wrapped
+    assert "trigger UNAVAILABLE at the end of the run" in log_text and "lost" in log_text, log_text

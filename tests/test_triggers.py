@@ -4,6 +4,7 @@ host-timed pulse scheduler and the backend registry."""
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 
@@ -370,6 +371,98 @@ def test_nidaqmx_without_the_driver_says_what_to_install():
             make_trigger("nidaqmx").open()
     else:
         pytest.skip("nidaqmx is installed here; its missing-driver path is not reachable")
+
+
+def _fake_nidaqmx(monkeypatch, driver: bool = True):
+    """A stand-in for NI's ``nidaqmx`` package (NI's driver cannot be installed here): a counter
+    task that makes one pulse per start, after its initial delay, and whose
+    ``wait_until_done(timeout)`` raises when the timeout passes first, as NI documents."""
+    import enum
+    import types
+
+    class DaqError(Exception):
+        pass
+
+    class Chan:
+        co_pulse_term = ""
+        co_pulse_time_initial_delay = 0.0
+        co_pulse_high_time = 0.001
+
+    class Channels:
+        def add_co_pulse_chan_time(self, *a, **k):
+            self.chan = Chan()
+            return self.chan
+
+    class Task:
+        def __init__(self, name=""):
+            self.co_channels = Channels()
+            self.timing = types.SimpleNamespace(cfg_implicit_timing=lambda **k: None)
+            self.done_at = 0.0
+            self.starts = []
+
+        def is_task_done(self):
+            return time.monotonic() >= self.done_at
+
+        def wait_until_done(self, timeout=10.0):
+            if time.monotonic() + timeout < self.done_at:
+                time.sleep(timeout)
+                raise DaqError("Wait Until Done did not indicate that the task was done within the specified "
+                               "timeout. Status Code: -200560")
+            time.sleep(max(0.0, self.done_at - time.monotonic()))
+
+        def start(self):
+            c = self.co_channels.chan
+            self.starts.append(time.monotonic_ns())
+            self.done_at = time.monotonic() + c.co_pulse_time_initial_delay + c.co_pulse_high_time
+
+        def stop(self):
+            pass
+
+        def close(self):
+            pass
+
+    def local():
+        if not driver:
+            raise DaqError("Could not find an installation of NI-DAQmx")
+        return types.SimpleNamespace(devices=types.SimpleNamespace(device_names=["Dev1"]))
+
+    mod = types.ModuleType("nidaqmx")
+    mod.Task = Task
+    mod.constants = types.ModuleType("nidaqmx.constants")
+    mod.constants.Level = enum.Enum("Level", "LOW HIGH")
+    mod.constants.AcquisitionType = enum.Enum("AcquisitionType", "FINITE CONTINUOUS")
+    mod.system = types.ModuleType("nidaqmx.system")
+    mod.system.System = types.SimpleNamespace(local=local)
+    for name, m in (("nidaqmx", mod), ("nidaqmx.constants", mod.constants), ("nidaqmx.system", mod.system)):
+        monkeypatch.setitem(sys.modules, name, m)
+
+
+def test_nidaqmx_with_the_package_but_no_driver_says_what_to_install(monkeypatch):
+    _fake_nidaqmx(monkeypatch, driver=False)
+    with pytest.raises(BackendUnavailable, match="NI-DAQmx driver not found.*ni.com"):
+        make_trigger("nidaqmx").open()
+
+
+def test_nidaqmx_drops_a_pulse_the_busy_counter_cannot_make_and_goes_on(monkeypatch):
+    """Two cells 0.5 ms apart with 1 ms pulses: the counter is still busy at the second fire
+    time. That pulse is dropped and reported; the trigger stays up for the next cell (waiting
+    with the driver's timeout took it down for the rest of the run)."""
+    _fake_nidaqmx(monkeypatch)
+    with make_trigger("nidaqmx", None, TimingSettings(pulse_width_us=1000.0)) as t:
+        t0 = time.monotonic_ns() + 100 * MS
+        for i, at in enumerate((t0, t0 + MS // 2, t0 + 50 * MS)):
+            assert t.fire(FireRequest(i, at, 1000.0)).ok
+        deadline = time.monotonic() + 5
+        acks = []
+        while len(acks) < 2 and time.monotonic() < deadline:
+            acks += t.drain_acks()
+            time.sleep(0.01)
+        assert t.available, t.error
+        assert [a.event_index for a in acks] == [0, 2]
+        reports = t.drain_reports()
+        assert [(r.event_index, r.kind) for r in reports] == [(1, "refused")] and "busy" in reports[0].message
+        assert t.device_refused == 1 and t.fired == 3
+        assert t.fire(FireRequest(3, time.monotonic_ns() + 100 * MS, 1000.0)).ok
 
 
 # -- device clock (serial clock mode) --------------------------------------------------------------

@@ -73,6 +73,16 @@ def test_out_of_range_width_is_rejected_by_the_instrument_and_reported():
         assert trig.check_errors() == []  # the queue was emptied
 
 
+def test_a_run_reads_the_error_queue_once_its_last_pulse_is_out():
+    """A run does not poll the instrument while it sorts (a query holds the bus a pulse needs),
+    so what it objected to meanwhile is read when the run settles after its last pulse."""
+    with _trigger(poll_interval_s=3600.0) as trig:
+        assert trig.fire(FireRequest(1, time.monotonic_ns() + 50 * MS, 200_000.0)).ok  # out of range
+        assert trig.device_errors == 0  # nobody asked yet
+        trig.settle(timeout_s=2.0)
+        assert trig.device_errors == 1 and "-100" in trig.error and trig.available
+
+
 def test_configuration_out_of_range_fails_open_with_the_instruments_errors():
     with pytest.raises(DeviceError, match="rejected the burst configuration.*-100"):
         _trigger(high_v=8.0).open()

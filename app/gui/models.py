@@ -338,9 +338,22 @@ def status_rows(st: Any) -> list[StatusRow]:
                   getattr(st, "images_shed", 0) > 0,
                   "cells recorded without their ROI image: the event file fell behind "
                   f"({getattr(st, 'storage_backlog_mb', 0.0):.0f} MB waiting)" if getattr(st, "images_shed", 0) else ""),
-        StatusRow("trigger", "Trigger", "ok" if st.trigger_ok else "FAULT", not st.trigger_ok),
+        _trigger_row(st),
         _cpu_row(getattr(st, "cpu_cores", None) or {}),
     ]
+
+
+def _trigger_row(st: Any) -> StatusRow:
+    """The trigger's state, and the pulses it was handed but did not output or confirm."""
+    refused, unacked = getattr(st, "device_refused", 0), getattr(st, "unacked", 0)
+    text = ("ok" if st.trigger_ok else "FAULT") + (f", {refused} refused" if refused else "") \
+        + (f", {unacked} unacked" if unacked else "")
+    tip = "\n".join(f"{label}: {getattr(st, key, 0)}" for key, label in (
+        ("device_refused", "pulses the device refused (queue full, not armed, counter busy)"),
+        ("device_late", "pulses the device output late"),
+        ("unacked", "pulses whose ack never came"),
+        ("device_errors", "errors the device reported")))
+    return StatusRow("trigger", "Trigger", text, not st.trigger_ok or refused > 0, tip)
 
 
 def _cells_row(st: Any) -> StatusRow:
