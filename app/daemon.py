@@ -25,6 +25,7 @@ from app.config import RunConfig
 from app.console import Console
 from app.pipeline import FinishReason, Status
 from app.session import Run, build_run
+from app.sorting import Reason
 from mimlsort.outputs import make_output_folder
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ EXIT_CODES = {
     FinishReason.CANCELED: 0,  # stopped by a signal: a normal way to end a capture
 }
 EXIT_BAD_CONFIG = 2  # the configuration or the command line is wrong (cli)
+#: the run went to its end, but its trigger failed on the way: cells after that were not sorted
+EXIT_TRIGGER_FAULT = 3
 
 
 class Progress(Protocol):
@@ -187,6 +190,12 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         code = EXIT_CODES[reason]
         if (run.close_errors or run.abandoned) and code == 0:
             code = 1
+        unsorted = st.not_fired.get(Reason.TRIGGER_UNAVAILABLE.value, 0)
+        if not st.trigger_ok or unsorted:
+            console.print(f"the trigger failed during the run: {unsorted} cell(s) decided as 'trigger unavailable' "
+                          f"were not sorted" + (f" ({st.errors[-1]})" if st.errors else ""), out)
+            if code == 0:
+                code = EXIT_TRIGGER_FAULT
         if run.abandoned:
             console.print(f"event writer abandoned: {run.abandoned}; {run.events_path} holds what it flushed "
                           f"before", out)

@@ -273,6 +273,34 @@ def test_replay_finishes_while_nobody_reads_its_progress_bar(tmp_path):
         os.close(r)
 
 
+def test_a_trigger_lost_mid_run_ends_the_daemon_with_its_own_exit_code(tmp_path):
+    """The trigger device gone mid-run (the emulator process killed, as a pulled USB cable): the run
+    goes on to its end deciding cells as 'trigger unavailable', and the exit code (3) and the last
+    words say that cells were not sorted — a script must not take the run for a good sort."""
+    pytest.importorskip("serial")
+    from tests.sim.trigger_emulator import emulated_port
+
+    with emulated_port(tmp_path / "device.tsv") as emu:
+        cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=4.0)
+        cfg.write_text(cfg.read_text().replace('[trigger]\nbackend = "null"', f"""[trigger]
+backend = "serial"
+[trigger.serial]
+port = "{emu.port}"
+compensate_transmission = false
+[sorting]
+mode = "yield"
+threshold = 0.0"""))
+        p = mimlsort("run", "--config", str(cfg))
+        try:
+            wait_for_events(tmp_path / "out")
+            os.kill(emu.process.pid, signal.SIGKILL)
+            out, err = p.communicate(timeout=120)
+        finally:
+            p.kill()
+    assert p.returncode == 3, err[-3000:]
+    assert "the trigger failed during the run" in err and "were not sorted" in err
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
