@@ -345,6 +345,7 @@ class Pipeline:
         self._frames_recorded = 0
         self._startup_skipped = 0  # live runs: frames of the background estimate, not tracked
         self._sort_hold = 0  # oldest ring sequence number the sort thread may still read
+        self._hold_lag = 0  # lossless runs: frames before the sort reader's that stay readable (event images)
         self._clock = None  # camera clock -> host clock fit, for cameras with their own clock
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -577,6 +578,12 @@ class Pipeline:
                 b = reader.read(s.background_frames if reader.pending >= s.background_frames else reader.pending)
                 self.tracker = Tracker.from_frames(ring.images[b.slots], px, s, t0_ns=int(b.timestamps_ns[0]),
                                                    kernels=self.kernels, bit_depth=self.camera.info.bit_depth)
+                if self.lossless:
+                    # the frame of a cell's event image is taken when the cell is emitted, up to many
+                    # batches later: the camera stays this far behind the tracker, and older frames
+                    # count as lost whatever their slot holds (else replays would differ by timing)
+                    self._hold_lag = max(0, min(ring.capacity // 2, ring.capacity - ring.guard - 2 - s.batch_frames))
+                    self.tracker.snapshot_max_age = self._hold_lag
                 if self.lossless or not self.camera.paced:
                     self._track(b)
                 else:
@@ -594,14 +601,15 @@ class Pipeline:
             time.sleep(0.001)
 
     def _track(self, b) -> None:
-        self._sort_hold = b.seq0  # frames from here on are in use until released
+        lag = self._hold_lag
+        self._sort_hold = b.seq0 - lag  # frames from here on are in use until released
         if self._clock is not None and len(b):
             self._clock.add_many(b.timestamps_ns, b.host_ns)
             self._clock.refit()  # the batch path (replay, catching up) maps with the current fit
         events = self.tracker.process_batch(self.ring, b)
         self._frames_processed += len(b)
         self._sort_reader.release(b)
-        self._sort_hold = self._sort_reader.cursor
+        self._sort_hold = self._sort_reader.cursor - lag
         self._after_tracking(events)
 
     def _track_live(self) -> tuple[int, bool]:
@@ -1013,7 +1021,7 @@ class Pipeline:
             images_shed=self._images_shed,
             file_bytes=int(getattr(sink, "bytes_written", 0) or 0) if sink is not None else 0,
             frames_recorded=self._frames_recorded,
-            trigger_ok=self._trigger_ok and (getattr(self.trigger, "available", True) if self.trigger else True),
+            trigger_ok=self._trigger_ok and not getattr(self.trigger, "faulted", False),
             errors=tuple(self._errors),
             startup_frames=self._startup_skipped,
             tracks_lost=ts.lost_tracks if ts else 0,

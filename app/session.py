@@ -215,7 +215,7 @@ class Run:
                 reports = trig.drain_reports() if hasattr(trig, "drain_reports") else []
                 if reports and writer is not None and hasattr(writer, "add_device_reports"):
                     writer.add_device_reports(reports)
-                errors, available = getattr(trig, "device_errors", 0), getattr(trig, "available", True)
+                errors, available = getattr(trig, "device_errors", 0), not getattr(trig, "faulted", False)
                 if writer is not None and hasattr(writer, "log") and (errors or not available):
                     writer.log(f"trigger {'ok' if available else 'UNAVAILABLE'} at the end of the run: {errors} device "
                                f"error(s), {getattr(trig, 'device_refused', 0)} pulse(s) refused; last error: "

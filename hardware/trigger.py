@@ -155,6 +155,7 @@ class Trigger(ABC):
         self.timing = timing or TimingSettings()
         self.is_open = False
         self.available = False
+        self.faulted = False  # failed while open (not merely closed); cleared by a successful open
         self.device = self.backend
         self.error = ""
         self.fired = 0
@@ -182,6 +183,7 @@ class Trigger(ABC):
         self.device = self._do_open() or self.backend
         self.is_open = True
         self.available = True
+        self.faulted = False
         self.error = ""
         log.info("opened %s trigger %s", self.backend, self.device)
         return self
@@ -366,6 +368,7 @@ class Trigger(ABC):
     def _set_unavailable(self, message: str) -> None:
         was = self.available
         self.available = False
+        self.faulted = True
         self.error = message
         if was:
             log.error("%s trigger %s is unavailable: %s — cells are no longer sorted", self.backend, self.device,

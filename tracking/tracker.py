@@ -215,6 +215,12 @@ class Tracker:
         self._n_events = 0
         self._snap_images: np.ndarray | None = None  # the frames the last batch came from
         self._snap_ids: np.ndarray | None = None  # frame id held by each of their slots, when known
+        self._snap_newest = -1  # slot of the newest frame tracked when the snapshots are taken
+        #: > 0: a snapshot of a frame more than this many slots older than the newest tracked frame
+        #: counts as lost even if its slot still holds it. A lossless run holds the camera back that
+        #: far behind the tracker (so every younger frame is there), and whether an older slot has
+        #: been overwritten yet would depend on timing: replays must not differ
+        self.snapshot_max_age = 0
         self._snapshots_lost = 0
         self._paces_unlearned = 0
         self._deferred: list[tuple[int, int, int]] = []  # (place in the returned list, done row, history row) of snapshots not taken yet
@@ -320,8 +326,10 @@ class Tracker:
                                                self._crops, self._done_i, self._done_hist, self._done_crops,
                                                self._done_n, self._done_f, self._counters)
                 if n_done:
+                    self._snap_newest = int(sl[frames_done + int(processed) - 1])
                     events.extend(self._harvest(int(n_done)))
                 frames_done += int(processed)
+        self._snap_newest = int(slots[-1])  # for the cells flush() still emits
         return events
 
     def track_live(self, ring: FrameRing, reader: RingReader, max_frames: int = 256, timeout_s: float = 0.05,
@@ -526,7 +534,8 @@ class Tracker:
             return None
         slot = int(h[i, L.H_SLOT])
         frame_id = int(h[i, L.H_FRAME])
-        if not 0 <= slot < len(images) or (self._snap_ids is not None and int(self._snap_ids[slot]) != frame_id):
+        too_old = self.snapshot_max_age > 0 and (self._snap_newest - slot) % len(images) > self.snapshot_max_age
+        if not 0 <= slot < len(images) or too_old or (self._snap_ids is not None and int(self._snap_ids[slot]) != frame_id):
             self._snapshots_lost += 1
             return None
         image = images[slot].copy()
