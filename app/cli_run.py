@@ -108,7 +108,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not args.realtime,
                            progress=lambda stream: _Progress(total, stream), ignore_signals_after=True, trigger=fire)
     st = run.status()
-    print(f"{st.frames_processed} frames -> {st.cells} cells -> {out}", file=sys.stderr)
+    print(f"{st.frames_processed} frames -> {st.cells} cells -> {out}"
+          + ("" if code == 0 else f" (exit code {code}: see the messages above before trusting the file)"),
+          file=sys.stderr)
     return code
 
 

@@ -26,6 +26,7 @@ from app.console import Console
 from app.pipeline import FinishReason, Status
 from app.session import Run, build_run
 from app.sorting import Reason
+from mimlsort.errors import ConfigError
 from mimlsort.outputs import make_output_folder
 
 log = logging.getLogger(__name__)
@@ -142,38 +143,41 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     console = Console().__enter__()
     show = None
     run = None
+    server = None
+    latest: dict = {"state": "starting"}
     try:
         show = progress(console.stream(out)) if progress is not None else None
+        if cfg.daemon.http_port:
+            # before the camera, model and files are opened: a port in use is a configuration
+            # error (exit 2), not a run that starts and then fails; and "starting" is served
+            try:
+                server = StatusServer(cfg.daemon.http_port, lambda: latest)
+            except OSError as err:
+                raise ConfigError("daemon.http_port", f"cannot serve the status on 127.0.0.1:{cfg.daemon.http_port}: "
+                                  f"{err.strerror or err}") from err
+            server.__enter__()
         run = build_run(cfg, folder=folder, events_path=events_path, lossless=lossless, trigger=trigger)
-        latest: dict = {}
         try:
             run.start()
             started.append(True)
             log.info("run started; events -> %s", run.events_path)
-            server = StatusServer(cfg.daemon.http_port, lambda: latest) if cfg.daemon.http_port else None
-            if server is not None:
-                server.__enter__()
-            try:
-                next_line = time.monotonic() + cfg.daemon.status_interval_s
-                while True:
-                    if requested and run.pipeline.finish_reason is None:
-                        log.info("%s: stopping the run", requested[0])
-                        run.pipeline.stop(FinishReason.CANCELED, f"stopped by {requested[0]}")
-                    if run.pipeline.wait(timeout=0.05):
-                        break
-                    now = time.monotonic()
-                    st = run.status()
-                    latest = st.to_dict()
-                    if show is not None:
-                        show(st)
-                    elif now >= next_line:
-                        console.print(st.line(), out)
-                        next_line = now + cfg.daemon.status_interval_s
+            next_line = time.monotonic() + cfg.daemon.status_interval_s
+            while True:
+                if requested and run.pipeline.finish_reason is None:
+                    log.info("%s: stopping the run", requested[0])
+                    run.pipeline.stop(FinishReason.CANCELED, f"stopped by {requested[0]}")
+                if run.pipeline.wait(timeout=0.05):
+                    break
+                now = time.monotonic()
                 st = run.status()
                 latest = st.to_dict()
-            finally:
-                if server is not None:
-                    server.__exit__(None, None, None)
+                if show is not None:
+                    show(st)
+                elif now >= next_line:
+                    console.print(st.line(), out)
+                    next_line = now + cfg.daemon.status_interval_s
+            st = run.status()
+            latest = st.to_dict()
         finally:
             run.pipeline.stop()
             run.pipeline.wait()
@@ -190,6 +194,8 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         code = EXIT_CODES[reason]
         if (run.close_errors or run.abandoned) and code == 0:
             code = 1
+        for err in run.close_errors:  # the run itself went to its end; its files did not close cleanly
+            console.print(f"closing failed: {err}", out)
         unsorted = st.not_fired.get(Reason.TRIGGER_UNAVAILABLE.value, 0)
         if not st.trigger_ok or unsorted:
             console.print(f"the trigger failed during the run: {unsorted} cell(s) decided as 'trigger unavailable' "
@@ -201,6 +207,8 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
                           f"before", out)
     finally:
         restore_signals()
+        if server is not None:
+            server.__exit__(None, None, None)
         if show is not None:
             show.close()  # its last words queue before the console drains
         console.__exit__(None, None, None)

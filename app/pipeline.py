@@ -219,6 +219,17 @@ _GRAB_RUN = 64  # frames a camera may grab per call (those that can, without the
 _LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
 
 
+#: slots this close to being overwritten by the camera are not read back (it may be writing them)
+_LAP_MARGIN = 64
+
+
+def intact_range(ring, seq0: int, n: int, margin: int = _LAP_MARGIN) -> tuple[int, int]:
+    """The sequence numbers ``[lo, hi)`` of frames ``seq0 .. seq0 + n`` whose ring slots the camera
+    has not overwritten since (nor is about to): the frames after ``written - capacity + margin``."""
+    lo = max(seq0, ring.written - ring.capacity + margin)
+    return lo, max(lo, seq0 + n)
+
+
 def _record_bytes(rec: CellRecord) -> int:
     """Memory a record holds while it waits for the event file (its arrays dominate)."""
     ev = rec.event
@@ -628,8 +639,13 @@ class Pipeline:
         self._after_tracking(events)
         if n:
             if self._clock is not None and reader.overrun == overrun0:  # lapped slots hold newer times
-                self._clock.add_ring(ring.timestamps_ns, ring.host_ns, seq0, n)
-                self._clock.refit()
+                # the camera went on while the cells were decided: under overload it may have
+                # lapped the oldest of these slots since, and their newer times read as the camera
+                # clock going back (the map restarted for nothing)
+                lo, hi = intact_range(ring, seq0, n)
+                if hi > lo:
+                    self._clock.add_ring(ring.timestamps_ns, ring.host_ns, lo, hi - lo)
+                    self._clock.refit()
             self._sort_hold = reader.cursor
         return n, behind
 

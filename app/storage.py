@@ -458,6 +458,12 @@ class EventWriter:
             raise DeviceError(f"{p}: cannot write the event file: folder {p.parent} does not exist")
         if p.exists() and not overwrite:
             raise DataFormatError(f"{p}: exists; refusing to overwrite a measurement (choose another name)")
+        free = _free_bytes(p.parent)
+        if self.min_free_bytes and free is not None and free < self.min_free_bytes:
+            # before the run opens its camera and fires pulses: a short run on a full disk would
+            # otherwise end "completed" with none of its events in the file
+            raise DeviceError(f"{p}: disk nearly full ({free / 2**20:.0f} MiB free in {p.parent}, an event file needs "
+                              f"{self.min_free_bytes / 2**20:.0f} MiB to start): free some space or write elsewhere")
         try:
             h5 = h5py.File(p, "w", libver="latest", locking=False, rdcc_nbytes=_CHUNK_CACHE_BYTES)
         except OSError as err:
@@ -915,13 +921,8 @@ class EventWriter:
         """Stop before the disk is full: a clean stop leaves a complete file, a failed write does not."""
         if not self.min_free_bytes:
             return
-        import shutil
-
-        try:
-            free = shutil.disk_usage(self.path.parent).free
-        except OSError:
-            return
-        if free < self.min_free_bytes:
+        free = _free_bytes(self.path.parent)
+        if free is not None and free < self.min_free_bytes:
             self._failed = DeviceError(
                 f"{self.path}: disk nearly full ({free / 2**20:.0f} MiB free, need {self.min_free_bytes / 2**20:.0f} "
                 f"MiB); stopped writing, the file holds the {self._written} events of the last flush")
@@ -1049,6 +1050,15 @@ class EventWriter:
     def __call__(self, records: Sequence) -> None:
         """So the writer can be a pipeline ``sink`` directly."""
         self.write(records)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def _reason_code(decision) -> int:

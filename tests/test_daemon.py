@@ -146,7 +146,7 @@ def test_status_over_http_on_loopback_and_autostop(tmp_path):
 
     def poll():
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(seen) < 3:
+        while time.monotonic() < deadline and sum(st.get("state") != "starting" for st in seen) < 3:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
                     seen.append(json.loads(r.read()))
@@ -161,6 +161,8 @@ def test_status_over_http_on_loopback_and_autostop(tmp_path):
     th.join()
     assert code == 0 and run.status().finish_reason.value == "completed"
     assert seen, "no status was served"
+    # served from before the camera opens ("starting": a kernel compile can take a minute)
+    assert all(st == {"state": "starting"} for st in seen[:next(i for i, st in enumerate(seen) if st["state"] != "starting")])
     assert {"state", "fps_in", "cells", "missed", "latency_p99_us"} <= set(seen[-1])
     assert seen[-1]["state"] in ("running", "stopping", "finished")
     # CPU per worker thread and of the event writer's process (a real child)
@@ -310,6 +312,21 @@ threshold = 0.0"""))
             p.kill()
     assert p.returncode == 3, err[-3000:]
     assert "the trigger failed during the run" in err and "were not sorted" in err
+
+
+def test_a_status_port_in_use_is_refused_before_the_run_opens_anything(tmp_path):
+    """A second daemon on the same daemon.http_port opened the camera and trigger, started, then
+    failed with a bare 'Address already in use' and left an empty event file."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=1.0, extra=f"http_port = {port}")
+        p = mimlsort("run", "--config", str(cfg))
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 2, err
+    assert f"daemon.http_port: cannot serve the status on 127.0.0.1:{port}" in err
+    assert "opened synthetic camera" not in err and not list((tmp_path / "out").glob("*.rtdc"))
 
 
 def _children(pid: int) -> list[int]:

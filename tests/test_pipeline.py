@@ -574,3 +574,31 @@ def test_a_tracker_crop_smaller_than_the_models_field_is_refused(caplog):
     with caplog.at_level("WARNING", logger="app.session"):
         check_model_scale(clf, field, 2 * px)
     assert any("far from the" in r.getMessage() for r in caplog.records)
+
+
+def test_frames_the_camera_lapped_while_cells_were_decided_do_not_reach_the_clock_map():
+    """Under overload the camera laps the ring while the sort thread decides: the times it then
+    read back from the oldest slots were newer frames', and the clock map restarted on a camera
+    clock that had "gone back" (16 restarts in a 30 kHz overload run). Only the slots the camera
+    has not reached (less a margin it may be writing in) are read back."""
+    from acquisition.frame import FrameRing
+    from app.pipeline import intact_range
+    from hardware.timing import ClockMap
+
+    ring = FrameRing(64, 2, 2)
+    img = np.zeros((2, 2), np.uint8)
+    for k in range(40):
+        ring.push(img, k, 1_000_000 * k, 5_000_000 + 1_000_000 * k)
+    assert intact_range(ring, 10, 20, margin=4) == (10, 30)  # nothing lapped yet
+    for k in range(40, 90):  # the camera goes on meanwhile: seq 10..29 partly overwritten
+        ring.push(img, k, 1_000_000 * k, 5_000_000 + 1_000_000 * k)
+    lo, hi = intact_range(ring, 10, 20, margin=4)
+    assert (lo, hi) == (90 - 64 + 4, 30)
+    assert list(ring.frame_ids[np.arange(lo, hi) % 64]) == list(range(lo, hi))  # what was tracked
+    cm = ClockMap(window=64)
+    cm.add_many(np.arange(0, 10, dtype=np.int64) * 1_000_000, 5_000_000 + np.arange(0, 10) * 1_000_000)
+    cm.add_ring(ring.timestamps_ns, ring.host_ns, lo, hi - lo)
+    assert cm.resets == 0
+    cm.add_ring(ring.timestamps_ns, ring.host_ns, 10, 20)  # reading all of them back: a false restart
+    assert cm.resets == 1
+    assert intact_range(ring, 10, 5, margin=4)[1] - intact_range(ring, 10, 5, margin=4)[0] == 0  # all gone

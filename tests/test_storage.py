@@ -597,6 +597,13 @@ def test_low_disk_space_stops_cleanly_with_a_complete_file(tmp_path):
     assert run.complete and run.n_events == 4 and "disk nearly full" in run.error
 
 
+def test_a_disk_already_nearly_full_refuses_the_file_before_the_run(tmp_path):
+    path = tmp_path / "full.rtdc"
+    with pytest.raises(DeviceError, match=r"full\.rtdc: disk nearly full .*free some space"):
+        EventWriter(path, meta=make_meta(), min_free_bytes=2**62)
+    assert not path.exists()
+
+
 def test_errors_name_the_path(tmp_path):
     meta = make_meta()
     with pytest.raises(DeviceError, match="nowhere"):
