@@ -133,7 +133,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         from inference.classifier import Classifier
 
         clf = Classifier(resolve_model_path(model), provider="cpu")
-        missing = [f for f in clf.spec.feature_names if f not in SINGLE_IMAGE_FEATURES]
+        missing = [f for f in clf.spec.feature_names if f not in SINGLE_IMAGE_FEATURES] if clf.spec.uses_features else []
         if missing:
             raise ModelError(f"{model}: needs features {missing} that single event images do not provide "
                              f"(available: {', '.join(SINGLE_IMAGE_FEATURES)}); use `mimlsort replay` on "
@@ -216,6 +216,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
             records.append(event)
         probs = clf.classify(records) if clf is not None and records else np.zeros((len(records), 0), np.float32)
         from app.config import config_to_toml, RunConfig
+        from app.session import file_sha256
 
         setup = setup_from_attrs(attrs)
         temp_note = ""
@@ -228,7 +229,8 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                        run_index=max(1, _int(attrs.get("experiment:run index"), 1)),
                        started=_started(attrs) or datetime.now(),
                        class_names=tuple(clf.classes) if clf is not None else (),
-                       model_spec_json=clf.spec.to_json() if clf is not None else "", model_sha256="",
+                       model_spec_json=clf.spec.to_json() if clf is not None else "",
+                       model_sha256=file_sha256(clf.path) if clf is not None else "",
                        model_name=str(model or ""), config_toml=config_to_toml(RunConfig()),
                        camera=f"reanalysis of {src.name}", camera_clock=False, measured="single image", **setup)
         # written under a temporary name and renamed when whole: an interrupted reanalysis leaves

@@ -61,6 +61,9 @@ def _finite(v: float | None) -> bool:
     return v is not None and math.isfinite(v)
 
 
+#: architectures whose feature input is ignored (inference/training/models.py: ArchInfo.uses_features)
+IMAGE_ONLY_ARCHS = frozenset({"image-only"})
+
 @dataclass(frozen=True, slots=True)
 class FeatureSpec:
     """One model input feature: ``name`` from :mod:`tracking.features` and how to scale it.
@@ -222,6 +225,12 @@ class ModelSpec:
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    @property
+    def uses_features(self) -> bool:
+        """False for architectures that take the feature input but ignore it (the image-only
+        baseline): such a model can classify cells whose features are not measured."""
+        return self.arch not in IMAGE_ONLY_ARCHS
 
     @property
     def n_classes(self) -> int:
@@ -402,6 +411,8 @@ def check_graph(spec: ModelSpec, inputs: Sequence[TensorInfo], outputs: Sequence
 
 def check_features(spec: ModelSpec, produced: Sequence[str] | Mapping | None = None, source: str = "model") -> None:
     """Every feature the model needs must be one the tracker produces (tracking.features.FEATURES)."""
+    if not spec.uses_features:
+        return
     if produced is None:
         from tracking.features import FEATURES as produced
     missing = [n for n in spec.feature_names if n not in produced]

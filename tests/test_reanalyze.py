@@ -156,3 +156,27 @@ def test_an_interrupted_reanalysis_leaves_no_output_and_runs_again(tmp_path):
                                  timeout=300)
         assert refused.returncode == 2, refused.stderr
         assert "refusing to overwrite" in refused.stderr or "this command's input" in refused.stderr
+
+
+def test_an_image_only_model_classifies_reanalysed_events_and_its_hash_is_kept(tmp_path):
+    """A model that ignores its feature input (the image-only baseline) needs nothing single event
+    images cannot give: it was refused for the transit time its spec lists. The reanalysed file
+    names the model's file hash, as a run's does."""
+    pytest.importorskip("torch")
+    from app.reanalyze import reanalyze
+    from app.session import file_sha256
+    from app.storage import read_events
+    from inference.spec import IMAGE_ONLY_ARCHS
+    from inference.training.models import ARCHITECTURES
+    from inference.training.train import train_model
+    from tests.test_training import synthetic_dataset
+
+    assert IMAGE_ONLY_ARCHS == {a.name for a in ARCHITECTURES.values() if a.uses_image and not a.uses_features}
+    res = train_model(synthetic_dataset(12), "image-only", epochs=1, batch_size=8, folds=0, val_fraction=0.0,
+                      seed=0, progress=False, out_dir=tmp_path / "train", device="cpu")
+    assert "transit_time_ms" in res.spec.feature_names  # listed, but not used
+    out = reanalyze(DATA / "2020-10_image_bg.rtdc", tmp_path / "out.rtdc", model=str(res.onnx_path))
+    feats, run = read_events(tmp_path / "out.rtdc")
+    assert out.events_out > 0 and feats["probabilities"].shape == (out.events_out, 2)
+    assert np.all(np.isfinite(feats["probabilities"])) and np.allclose(feats["probabilities"].sum(1), 1, atol=1e-4)
+    assert run.meta.model_sha256 == file_sha256(res.onnx_path) != ""
