@@ -61,8 +61,13 @@ def preflight(cfg: RunConfig) -> list[str]:
     if path is not None:
         from inference.classifier import Classifier
 
+        from app.sorting import SortPolicy
+
         with Classifier(path, provider="cpu", warmup=False) as clf:
-            checked.append(f"model {path.name} ({', '.join(clf.classes)})")
+            SortPolicy(cfg.sorting, clf.classes)  # the target classes are among the model's
+            # the camera's pixel size may be known only once it is open: the field is checked here
+            check_model_scale(clf, cfg.tracking.crop_size_um, cfg.camera.pixel_size_um or clf.spec.image.pixel_size_um or 1.0)
+            checked.append(f"model {path.name} ({', '.join(clf.classes)}; targets {', '.join(cfg.sorting.target_classes)})")
     if cfg.camera.backend == "replay":
         from acquisition.replay import open_source
 

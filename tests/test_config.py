@@ -117,3 +117,15 @@ def test_preflight_of_a_runnable_configuration_says_what_it_checked(tmp_path):
     assert any(c.startswith("model miml-mini-demo.onnx") for c in checked)
     assert any(str(tmp_path / "runs") in c for c in checked)
     assert not (tmp_path / "runs").exists()  # a check makes nothing
+
+
+def test_preflight_refuses_what_the_model_makes_impossible(tmp_path):
+    """config --check said "valid" for target classes the model lacks and a tracker crop smaller
+    than its field, which the run then refused."""
+    from app.session import preflight
+
+    out = {"output": {"folder": str(tmp_path / "runs")}}
+    with pytest.raises(ConfigError, match=r"sorting\.target_classes.*\['foo'\] not among the model's classes"):
+        preflight(config_from_mapping({**out, "sorting": {"target_classes": ["foo"]}}))
+    with pytest.raises(ConfigError, match=r"tracking\.crop_size_um.*smaller than the .* field"):
+        preflight(config_from_mapping({**out, "tracking": {"crop_size_um": 10.0}}))
