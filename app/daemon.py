@@ -141,6 +141,12 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             signal.signal(s, signal.SIG_IGN if ignore_signals_after else h)
 
     console = Console().__enter__()
+    last_words: list[str] = []  # how the run ended: for the log file as well as the terminal
+
+    def say(text: str, file) -> None:
+        console.print(text, file)
+        last_words.append(text)
+
     show = None
     run = None
     server = None
@@ -185,26 +191,27 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             restore_signals()  # before the last words: a second Ctrl-C now changes nothing
         st = run.status()
         if show is None:
-            console.print(st.line(), out)
+            say(st.line(), out)
         else:
             show(st)
+            last_words.append(st.line())
         reason = st.finish_reason or FinishReason.COMPLETED
-        console.print(f"run {reason.value}" + (f": {st.message}" if st.message else "") +
-                      (f"; events in {run.events_path}" if run.events_path else ""), out)
+        say(f"run {reason.value}" + (f": {st.message}" if st.message else "") +
+            (f"; events in {run.events_path}" if run.events_path else ""), out)
         code = EXIT_CODES[reason]
         if (run.close_errors or run.abandoned) and code == 0:
             code = 1
         for err in run.close_errors:  # the run itself went to its end; its files did not close cleanly
-            console.print(f"closing failed: {err}", out)
+            say(f"closing failed: {err}", out)
         unsorted = st.not_fired.get(Reason.TRIGGER_UNAVAILABLE.value, 0)
         if not st.trigger_ok or unsorted:
-            console.print(f"the trigger failed during the run: {unsorted} cell(s) decided as 'trigger unavailable' "
-                          f"were not sorted" + (f" ({st.errors[-1]})" if st.errors else ""), out)
+            say(f"the trigger failed during the run: {unsorted} cell(s) decided as 'trigger unavailable' "
+                f"were not sorted" + (f" ({st.errors[-1]})" if st.errors else ""), out)
             if code == 0:
                 code = EXIT_TRIGGER_FAULT
         if run.abandoned:
-            console.print(f"event writer abandoned: {run.abandoned}; {run.events_path} holds what it flushed "
-                          f"before", out)
+            say(f"event writer abandoned: {run.abandoned}; {run.events_path} holds what it flushed "
+                f"before", out)
     finally:
         restore_signals()
         if server is not None:
@@ -213,6 +220,9 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             show.close()  # its last words queue before the console drains
         console.__exit__(None, None, None)
         if handler is not None:
+            for text in last_words:  # after what the console queued: the file ends with them
+                handler.handle(logging.makeLogRecord({"name": __name__, "levelno": logging.INFO, "levelname": "INFO",
+                                                      "msg": text}))
             root.removeHandler(handler)
             handler.close()
     return code, run

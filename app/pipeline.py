@@ -1000,24 +1000,31 @@ class Pipeline:
         exit_p50, exit_p99, _ = self._latencies_exit.summary()
         c = self._counters
         end = self._t_end or now
+        elapsed = end - self._t_start if self._t_start else 0.0
+        # a finished run's rates are its averages (the recent rates would decay towards 0 after it)
+        whole = bool(self._t_end) and elapsed > 0
+
+        def rate(r: _Rate, count: int) -> float:
+            return count / elapsed if whole else r.update(now, count)
+
         sink = self.sink
         ts = self.tracker.stats if self.tracker is not None else None
         return Status(
             state=self.state,
             finish_reason=self.finish_reason,
             message=self.message,
-            elapsed_s=end - self._t_start if self._t_start else 0.0,
+            elapsed_s=elapsed,
             frames_in=frames_in,
-            fps_in=self._rate_in.update(now, frames_in),
+            fps_in=rate(self._rate_in, frames_in),
             frames_processed=self._frames_processed,
-            fps_processed=self._rate_proc.update(now, self._frames_processed),
+            fps_processed=rate(self._rate_proc, self._frames_processed),
             missed={r.name: r.missed + max(0, r.pending - (ring.capacity - ring.guard)) for r in ring.readers}
             if ring else {},  # frames a reader has not read yet but already lost count as missed now
             overrun={r.name: r.overrun for r in ring.readers} if ring else {},
             camera_dropped=(ring.camera_dropped if ring else 0) + int(getattr(self.camera, "skipped", 0)),
             failed_buffers=self.camera.failed_buffers,
             cells=self._cells,
-            cells_per_s=self._rate_cells.update(now, self._cells),
+            cells_per_s=rate(self._rate_cells, self._cells),
             class_counts=dict(c.per_class),
             fired=c.fired,
             not_fired=dict(c.not_fired),
@@ -1049,10 +1056,12 @@ class Pipeline:
             device_late=int(getattr(self.trigger, "device_late", 0) or 0),
             unacked=int(getattr(self.trigger, "unacked", 0) or 0),
             device_errors=int(getattr(self.trigger, "device_errors", 0) or 0),
-            **self._cpu(now),
+            **self._cpu(now, elapsed if whole else 0.0),
         )
 
-    def _cpu(self, now: float) -> dict[str, dict[str, float]]:
+    def _cpu(self, now: float, whole_s: float = 0.0) -> dict[str, dict[str, float]]:
+        """CPU seconds per worker and the cores each used lately (``whole_s`` > 0: on average over
+        a finished run of that length)."""
         pid = os.getpid()
         used: dict[str, float] = {}
         for name, tid in list(self._tids.items()):
@@ -1066,5 +1075,6 @@ class Pipeline:
             if v is not None:
                 self._cpu_children[name] = v  # the last reading stays once the child is gone
         used.update(self._cpu_children)
-        cores = {k: round(self._cpu_rates.setdefault(k, _Rate()).update(now, v), 3) for k, v in used.items()}
+        cores = {k: round(v / whole_s if whole_s else self._cpu_rates.setdefault(k, _Rate()).update(now, v), 3)
+                 for k, v in used.items()}
         return {"cpu_s": used, "cpu_cores": cores}
