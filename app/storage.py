@@ -395,7 +395,7 @@ class EventWriter:
     ``flush_if_due()`` (call it when the storage thread idles, so a run without cells still flushes).
     """
 
-    def __init__(self, path: str | Path, *, meta: RunMeta, overwrite: bool = False, flush_interval_s: float = 1.0,
+    def __init__(self, path: str | Path, *, meta: RunMeta, overwrite: bool = False, flush_interval_s: float = 0.9,
                  max_buffered: int = 1024, compression: str | None = "zstd", compression_level: int = 1,
                  compress_images: bool = True, min_free_bytes: int = 256 * 2**20):
         require(flush_interval_s > 0, "flush_interval_s", f"must be > 0, got {flush_interval_s}")
@@ -1036,7 +1036,10 @@ class EventWriter:
                 g.attrs["error"] = error
                 g.attrs["complete"] = True
                 h5.attrs["user:complete"] = 1
-                h5.attrs["user:duration s"] = round(time.monotonic() - self._t0, 3)
+                # the run's own length when it says it (the file is opened before the kernels load)
+                run_s = counters.get("run_s")
+                h5.attrs["user:duration s"] = round(float(run_s) if isinstance(run_s, (int, float)) and run_s > 0
+                                                    else time.monotonic() - self._t0, 3)
             self._bytes = _size(self.path)
         except OSError as err:
             raise DeviceError(f"{self.path}: finishing the event file failed: {err}") from err

@@ -108,21 +108,30 @@ def test_signal_stops_gracefully_with_complete_file(tmp_path, sig):
 
 
 def test_sigkill_leaves_a_readable_file(tmp_path):
+    """The daemon and its event writer child killed together (kill -9 of the process group, as an
+    OOM kill or a power-cut-like end would leave it): the file holds every event flushed before."""
     import dclab
 
+    from app.storage import read_events
+
     cfg = write_config(tmp_path / "run.toml", tmp_path / "out")
-    p = mimlsort("run", "--config", str(cfg))
+    p = mimlsort("run", "--config", str(cfg), start_new_session=True)
     try:
         path = wait_for_events(tmp_path / "out")
         time.sleep(1.5)  # more events, at least one more flush
-        p.send_signal(signal.SIGKILL)
+        flushed = read_events(path)[1].n_events  # what a reader sees now
+        os.killpg(p.pid, signal.SIGKILL)
         p.communicate(timeout=30)
     finally:
         p.kill()
+    assert flushed > 0
+    feats, stored = read_events(path)
+    assert not stored.complete and stored.n_events >= flushed
     with dclab.new_dataset(path) as ds:
         n = len(ds)
-        assert n > 0
+        assert n == stored.n_events
         assert ds["deform"].shape[0] == n and ds["image"].shape[0] == n
+    assert dclab_violations(path) == []
 
 
 def test_bad_configuration_exits_2_naming_the_key(tmp_path):
