@@ -13,7 +13,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     res = write_report(args.events, args.out, formats=formats, target_classes=tuple(args.target) or None)
     s = res.summary
     print(f"{s.sample} (run {s.run_index}): {s.cells} cells, {s.sortable} sortable, {s.unflagged} unflagged, fired {s.fired.count}"
-          + ("" if s.complete else "  [file incomplete: writer did not close it]"))
+          + ("" if s.complete else "  [file incomplete: writer did not close it]")
+          + (f"  [run error: {s.error}]" if s.error else ""))
     for c in s.classes:
         lo, hi = c.ci95
         print(f"  {c.name:>12}: {c.count:6d}  {100 * c.fraction:5.1f} %  (95 % CI {100 * lo:.1f}–{100 * hi:.1f} %)"

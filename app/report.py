@@ -82,6 +82,7 @@ class Summary:
     counters: dict = field(default_factory=dict)
     model: str = ""
     acks: int = 0
+    error: str = ""  # the run's error, as the file records it ("" for a clean run)
     device_refused: int = 0  # fired cells whose pulse the device then did not output
     device_late: int = 0  # pulses the device output later than its tolerance
     rejected_flags: tuple[str, ...] = ()  # what "sortable" leaves out
@@ -172,6 +173,7 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
         policy_changes=tuple(line.strip() for line in run.run_log if "sort policy changed" in line),
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
+        error=run.error,
         device_refused=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["refused"])),
         device_late=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["late"])),
     )
@@ -273,6 +275,7 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         ["duration (first to last cell)", "–" if math.isnan(s.duration_s) else f"{s.duration_s:.2f} s"],
         ["cells per second", "–" if math.isnan(s.duration_s) or s.duration_s <= 0 else f"{s.cells / s.duration_s:.1f}"],
         ["file complete", "yes" if s.complete else "NO (the writer did not close it; events up to its last flush)"],
+        *([["run error", s.error]] if s.error else []),
     ], ""))
     if s.classes:
         rows = [[a.name, str(a.count), _pct(a.fraction), _ci(a), str(b.count), _pct(b.fraction), _ci(b)]

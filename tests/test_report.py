@@ -257,3 +257,14 @@ def test_an_incomplete_event_does_not_make_the_file_untrainable(tmp_path):
     ds = data.dataset_from_rtdc(path, "wbc")
     assert "transit_time_ms" in ds.feature_names and len(ds) < len(records)
     assert np.isfinite(ds.features).all()
+
+
+def test_the_report_of_a_failed_run_names_its_error(tmp_path):
+    path = tmp_path / "failed.rtdc"
+    with EventWriter(path, meta=make_meta()) as w:
+        w.write(make_records(5))
+        w.note_error("camera: the basler camera stopped delivering frames")
+    s = summarize(path)
+    assert s.error == "camera: the basler camera stopped delivering frames"
+    assert "| run error | camera: the basler camera stopped delivering frames |" in to_markdown(s, {})
+    assert s.complete  # closed properly: the error is the run's, not a broken file
