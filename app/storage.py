@@ -912,7 +912,7 @@ class EventWriter:
             self._flush()
         except (OSError, RuntimeError) as err:  # h5py reports a failed flush as RuntimeError
             self._io_broken = True
-            self._failed = DeviceError(f"{self.path}: writing events failed ({err}); the file holds the "
+            self._failed = DeviceError(f"{self.path}: writing events failed ({_io_reason(err, self.path)}); the file holds the "
                                        f"{self._written} events of the last flush")
             log.error("%s", self._failed)
             raise self._failed from err
@@ -1042,7 +1042,7 @@ class EventWriter:
                                                     else time.monotonic() - self._t0, 3)
             self._bytes = _size(self.path)
         except OSError as err:
-            raise DeviceError(f"{self.path}: finishing the event file failed: {err}") from err
+            raise DeviceError(f"{self.path}: finishing the event file failed: {_io_reason(err, self.path)}") from err
 
     def __enter__(self) -> "EventWriter":
         return self
@@ -1053,6 +1053,24 @@ class EventWriter:
     def __call__(self, records: Sequence) -> None:
         """So the writer can be a pipeline ``sink`` directly."""
         self.write(records)
+
+
+def _io_reason(err: BaseException, path: Path) -> str:
+    """What an I/O failure means, in words: HDF5's own message is a dump of its call stack
+    ("file write failed: time = …, filename = …, buf = 0x…") that names no cause."""
+    import errno
+    import os
+
+    code = getattr(err, "errno", None)
+    free = _free_bytes(path.parent)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < 2**20):
+        return f"the disk is full ({(free or 0) / 2**20:.1f} MiB free in {path.parent})"
+    if code == errno.EROFS:
+        return f"{path.parent} is on a read-only file system"
+    if code in (errno.EACCES, errno.EPERM) or not os.access(path, os.W_OK):
+        return f"{path} is not writable (permissions, or the file was made immutable)"
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text if len(text) <= 200 else text[:200] + " …"
 
 
 def _free_bytes(folder: Path) -> int | None:

@@ -727,3 +727,19 @@ def test_a_value_that_cannot_be_stored_leaves_the_columns_consistent(tmp_path):
     feats_read, run = read_events(path)
     assert run.n_events == 4
     assert {len(v) for v in feats_read.values()} == {4}
+
+
+def test_io_failures_are_said_in_words_not_hdf5_stack_dumps(tmp_path):
+    import errno
+
+    from app.storage import _io_reason
+
+    path = tmp_path / "x.rtdc"
+    path.write_bytes(b"")
+    assert _io_reason(OSError(errno.ENOSPC, "No space left on device"), path).startswith("the disk is full")
+    assert "read-only file system" in _io_reason(OSError(errno.EROFS, "Read-only file system"), path)
+    assert "is not writable" in _io_reason(OSError(errno.EACCES, "Permission denied"), path)
+    dump = OSError("Can't write data (file write failed: time = Tue Nov 24, filename = 'x.rtdc', file descriptor = 7, "
+                   "errno = 1, error message = 'Operation not permitted', buf = 0x559d" + "0" * 400 + ")\nmore")
+    text = _io_reason(dump, path)
+    assert len(text) < 210 and "\n" not in text
