@@ -129,14 +129,39 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
+class DecisionSink(CountSink):
+    """Counts records and keeps each one's decision (reason, fired) and fire record, not its images."""
+
+    def __init__(self):
+        super().__init__()
+        self.decisions: list[tuple[str, bool, object]] = []
+
+    def write(self, records):
+        super().write(records)
+        self.decisions += [(r.decision.reason.value, r.decision.fire, r.fire) for r in records]
+
+
 def test_overload_drops_are_counted_memory_stays_flat_no_record_lost():
     # the pure-Python kernels are ~100x slower than the camera: a sustained overload
-    sink = CountSink()
+    from app.sorting import Reason, SortPolicy, SortSettings
+    from hardware.dryrun import NullTrigger
+    from hardware.timing import TimingSettings
+
+    class Model:  # every cell a target: each one is either fired or counted late
+        classes = ("a", "b")
+
+        def classify(self, events):
+            return np.tile(np.float32([0.9, 0.1]), (len(events), 1))
+
+    sink = DecisionSink()
     # within what the channel passes (~170 cells/s at 3 mm/s): beyond it the simulated inlet queues
     # cells without end, and their sprites are memory the pipeline does not own
     cam = SyntheticCamera(replace(FAST, duration_s=0.0, cells_per_second=150.0))
+    timing = TimingSettings(distance_to_junction_um=100.0)
+    trig = NullTrigger(timing=timing).open()
+    policy = SortPolicy(SortSettings(target_classes=("a",), mode="yield", threshold=0.5, reject_flags=()), Model.classes)
     p = Pipeline(cam, TrackerSettings(batch_frames=16, background_frames=4), sink=sink, ring_capacity=256,
-                 kernels="python")
+                 kernels="python", classifier=Model(), policy=policy, trigger=trig, timing=timing)
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-4)  # let the camera thread in often, as a real camera's SDK thread is
     p.start()
@@ -160,6 +185,15 @@ def test_overload_drops_are_counted_memory_stays_flat_no_record_lost():
     assert st.frames_in == st.frames_processed + st.startup_frames + sort.missed + sort.pending
     assert rss1 - rss0 < 20.0, f"memory grew by {rss1 - rss0:.1f} MB under overload"
     assert sink.count == st.cells > 0  # records are never dropped
+    # no decision lost, and none late beyond its counter: every cell was fired or said why not
+    reasons = [r for r, _f, _rec in sink.decisions]
+    assert len(reasons) == st.cells == st.fired + sum(st.not_fired.values())
+    assert sum(f for _r, f, _rec in sink.decisions) == st.fired == trig.fired
+    assert reasons.count(Reason.LATE.value) == st.late > 0  # an overloaded tracker decides cells too late
+    # the late ones: refused by the trigger for their fire time, or decided when the run had ended
+    late = [rec for r, _f, rec in sink.decisions if r == Reason.LATE.value]
+    assert sum(rec is not None and rec.late for rec in late) == trig.late
+    assert all(rec is None or rec.late for rec in late)
 
 
 class SlowClassifier:
