@@ -83,6 +83,9 @@ class Summary:
     model: str = ""
     acks: int = 0
     error: str = ""  # the run's error, as the file records it ("" for a clean run)
+    # pulse out minus fire time scheduled, where the device's ack says when its pulse went out on
+    # the host clock: (pulses, p5, p50, p95) in µs
+    pulse_timing_us: tuple[int, float, float, float] = (0, math.nan, math.nan, math.nan)
     device_refused: int = 0  # fired cells whose pulse the device then did not output
     device_late: int = 0  # pulses the device output later than its tolerance
     rejected_flags: tuple[str, ...] = ()  # what "sortable" leaves out
@@ -173,7 +176,7 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
         policy_changes=tuple(line.strip() for line in run.run_log if "sort policy changed" in line),
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
-        error=run.error,
+        error=run.error, pulse_timing_us=_pulse_timing_us(f, run),
         device_refused=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["refused"])),
         device_late=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["late"])),
     )
@@ -181,6 +184,22 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
 
 # ---------------------------------------------------------------------------------------------
 # figures
+
+
+def _pulse_timing_us(f: dict, run: StoredRun) -> tuple[int, float, float, float]:
+    """(pulses, p5, p50, p95) of when each acknowledged pulse went out against its scheduled fire
+    time, in µs, over the acks that say it on the host clock."""
+    acks = run.acks
+    if not len(acks) or "pulse_host_ns" not in (acks.dtype.names or ()) or not len(f.get("event_index", ())):
+        return 0, math.nan, math.nan, math.nan
+    known = acks[acks["pulse_host_ns"] > 0]
+    scheduled = dict(zip(f["event_index"].tolist(), f["fire_scheduled_ns"].tolist()))
+    err = np.array([(int(a["pulse_host_ns"]) - scheduled[int(a["event_index"])]) / 1000.0 for a in known
+                    if scheduled.get(int(a["event_index"]), -1) > 0])
+    if not err.size:
+        return 0, math.nan, math.nan, math.nan
+    p5, p50, p95 = np.percentile(err, [5, 50, 95])
+    return int(err.size), float(p5), float(p50), float(p95)
 
 
 def _label(feat: str) -> str:
@@ -291,6 +310,9 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         ["purity estimate", _pct(s.purity_estimate)], ["recovery estimate", _pct(s.recovery_estimate)],
         ["fired cells predicted as target", _pct(s.predicted_purity)], ["device acknowledgements", str(s.acks)],
         *([["pulses the device refused (not output)", str(s.device_refused)]] if s.device_refused else []),
+        *([["pulse out − scheduled fire time (p5 / p50 / p95)",
+            f"{s.pulse_timing_us[1]:.0f} / {s.pulse_timing_us[2]:.0f} / {s.pulse_timing_us[3]:.0f} µs over "
+            f"{s.pulse_timing_us[0]} pulses"]] if s.pulse_timing_us[0] else []),
         *([["pulses the device output late", str(s.device_late)]] if s.device_late else []),
         *([["policy changed during the run", line] for line in s.policy_changes]),
     ], "Purity = mean P(target) over fired cells; recovery = ΣP(target) fired / ΣP(target) all "

@@ -289,7 +289,10 @@ class SerialTrigger(Trigger):
             return
         if words[0] == "ACK" and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
             ident = int(words[1])
-            self._ack(self._ids.pop(ident, ident), int(words[2]), host_ns)
+            dev_us = int(words[2])
+            # clock mode relates the device's clock to the host's: when the pulse really went out
+            pulse = self.clock.to_host_ns(dev_us) if self.settings.mode == "clock" and self.clock.n else -1
+            self._ack(self._ids.pop(ident, ident), dev_us, host_ns, pulse_host_ns=pulse)
         elif words[0] == "ERR":
             text = line[4:]
             rest = line.split(maxsplit=2)

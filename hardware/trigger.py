@@ -94,11 +94,15 @@ class FireRecord:
 @dataclass(frozen=True, slots=True)
 class Ack:
     """The device says it fired the pulse of ``event_index`` at ``device_time_us`` (its own clock;
-    host µs for host-timed outputs); ``host_ns`` is when the host learned of it."""
+    host µs for host-timed outputs); ``host_ns`` is when the host learned of it; ``pulse_host_ns``
+    when the pulse went out on the host clock, where that is known (host-timed outputs, a device
+    clock related to the host's), else -1: against the fire record's ``scheduled_ns`` it says how
+    well the pulse was timed."""
 
     event_index: int
     device_time_us: int
     host_ns: int
+    pulse_host_ns: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,9 +347,10 @@ class Trigger(ABC):
         """How long a command sent now would wait for, and take on, a slow link (0: no such link)."""
         return 0
 
-    def _ack(self, event_index: int, device_time_us: int, host_ns: int | None = None) -> None:
+    def _ack(self, event_index: int, device_time_us: int, host_ns: int | None = None, pulse_host_ns: int = -1) -> None:
         self.acked += 1
-        self._acks.append(Ack(event_index, device_time_us, host_ns if host_ns is not None else time.monotonic_ns()))
+        self._acks.append(Ack(event_index, device_time_us, host_ns if host_ns is not None else time.monotonic_ns(),
+                              pulse_host_ns))
 
     def _device_error(self, message: str, level: int = logging.ERROR) -> None:
         """The device reported an error it recovered from (the trigger stays available)."""

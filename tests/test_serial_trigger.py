@@ -545,14 +545,14 @@ def test_a_run_polls_the_trigger_and_drains_its_acks_without_an_event_file(tmp_p
         assert fired > 20 and len(pulses) == fired
 
 
-def _serial_run_config(tmp_path, port, seconds, **timing):
+def _serial_run_config(tmp_path, port, seconds, serial=None, **timing):
     from app.config import config_from_mapping
 
     return config_from_mapping({
         "camera": {"backend": "synthetic", "synthetic": {"duration_s": seconds, "realtime": True, "seed": 3,
                                                           "cells_per_second": 100.0}},
         "sorting": {"mode": "yield", "threshold": 0.0},  # every cell a target: a pulse per cell
-        "trigger": {"backend": "serial", "serial": {"port": port, "compensate_transmission": False},
+        "trigger": {"backend": "serial", "serial": {"port": port, "compensate_transmission": False, **(serial or {})},
                     "timing": timing},
         "output": {"folder": str(tmp_path / "out"), "report": False},
     })
@@ -636,3 +636,35 @@ def test_a_device_lost_mid_run_leaves_the_run_going_and_says_so(tmp_path):
     assert reasons.count("trigger unavailable") == st.not_fired["trigger unavailable"]
     log_text = "".join(stored.run_log)  # long lines are wrapped
     assert "trigger UNAVAILABLE at the end of the run" in log_text and "lost" in log_text, log_text
+
+
+def test_a_clock_mode_run_records_when_each_pulse_went_out_on_the_host_clock(tmp_path):
+    """In clock mode the device's clock is related to the host's: each ack's device time is mapped
+    to when its pulse went out (``pulse_host_ns``), so the file says how well every pulse was timed
+    against its scheduled fire time, and the report sums it up. Checked against the emulator's own
+    record of its output edges on the shared monotonic clock."""
+    import numpy as np
+
+    from app.config import bundled_model_path
+    from app.report import summarize, to_markdown
+    from app.session import build_run
+    from app.storage import read_events
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    with emulated_port(tmp_path / "device.tsv") as emu:
+        cfg = _serial_run_config(tmp_path, emu.port, 2.0, serial={"mode": "clock", "sync_interval_s": 0.1})
+        with build_run(cfg) as run:
+            assert run.wait(60)
+        edges = np.array(sorted(int(r[5]) for r in emu.records("pulse")))
+    f, stored = read_events(run.events_path)
+    acks = stored.acks
+    assert len(acks) > 20 and len(acks) == len(edges)
+    assert np.all(acks["pulse_host_ns"] > 0)
+    # the mapped time of each pulse is the emulator's edge, to the clock map's error
+    nearest = np.abs(edges[None, :] - acks["pulse_host_ns"][:, None]).min(axis=1)
+    assert np.percentile(nearest, 95) < 500_000 and nearest.max() < 2_000_000, np.percentile(nearest, [50, 95, 100])
+    s = summarize(run.events_path)
+    n, p5, p50, p95 = s.pulse_timing_us
+    assert n == len(acks) and abs(p50) < 1000 and p95 < 3000, s.pulse_timing_us
+    assert "pulse out − scheduled fire time" in to_markdown(s, {})
