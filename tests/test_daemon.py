@@ -54,6 +54,22 @@ def mimlsort(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+def wait_complete(path: Path, timeout: float) -> bool:
+    """Whether the event file at ``path`` is closed complete within ``timeout`` seconds."""
+    import h5py
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            with h5py.File(path, "r", locking=False) as h5:
+                if h5["mimlsort"].attrs.get("complete", False):
+                    return True
+        except (OSError, KeyError):
+            pass
+    return False
+
+
 def wait_for_events(folder: Path, timeout: float = 120.0) -> Path:
     """The event file, once its first flush holds events."""
     from app.storage import read_events
@@ -245,8 +261,6 @@ def test_replay_finishes_while_nobody_reads_its_progress_bar(tmp_path):
     thread draws it, and the bar's text still comes out once stderr is read."""
     import fcntl
 
-    import h5py
-
     rec = _simulate(tmp_path)
     out = tmp_path / "events.rtdc"
     r, w = os.pipe()
@@ -263,16 +277,7 @@ def test_replay_finishes_while_nobody_reads_its_progress_bar(tmp_path):
                          stdout=subprocess.DEVNULL, stderr=w)
     os.close(w)
     try:
-        deadline = time.monotonic() + 120
-        complete = False
-        while not complete and time.monotonic() < deadline:
-            time.sleep(0.2)
-            try:
-                with h5py.File(out, "r", locking=False) as h5:
-                    complete = bool(h5["mimlsort"].attrs.get("complete", False))
-            except (OSError, KeyError):
-                pass
-        assert complete, "the replay did not finish its event file while stderr was blocked"
+        assert wait_complete(out, 120), "the replay did not finish its event file while stderr was blocked"
         err = b""
         with open(r, "rb", closefd=False) as fh:
             fcntl.fcntl(r, fcntl.F_SETFL, os.O_NONBLOCK)
@@ -397,8 +402,6 @@ def test_a_terminal_nobody_reads_neither_stalls_sorting_nor_stops_sigterm(tmp_pa
     main thread, which then never closed the files after SIGTERM."""
     import fcntl
 
-    import h5py
-
     cfg = write_config(tmp_path / "run.toml", tmp_path / "out")
     cfg.write_text(cfg.read_text().replace('backend = "null"', 'backend = "log"')  # a line per pulse
                    .replace("status_interval_s = 0.5", "status_interval_s = 0.05"))
@@ -411,16 +414,7 @@ def test_a_terminal_nobody_reads_neither_stalls_sorting_nor_stops_sigterm(tmp_pa
         path = wait_for_events(tmp_path / "out")
         time.sleep(2.0)  # the pipe is full by now: every write to stderr would block
         p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        complete = False
-        while not complete and time.monotonic() < deadline:
-            time.sleep(0.2)
-            try:
-                with h5py.File(path, "r", locking=False) as h5:
-                    complete = bool(h5["mimlsort"].attrs.get("complete", False))
-            except OSError:
-                pass
-        assert complete, "SIGTERM did not close the event file while stderr was blocked"
+        assert wait_complete(path, 30), "SIGTERM did not close the event file while stderr was blocked"
         # the run's log file is written by a thread of its own: the blocked terminal did not stop it
         assert "SIGTERM: stopping the run" in (tmp_path / "out" / "mimlsort.log").read_text()
         with open(r, "rb", closefd=False) as fh:  # now read it: the process says its last words and ends
