@@ -128,12 +128,15 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
     src, dst = Path(src), Path(dst)
     check_output_file(dst, inputs=(src,))  # never the input, never an existing measurement
     clf = None
+    ignored: tuple[str, ...] = ()  # features an image-only model lists but no single image gives
     if model and model != "none":
         from app.session import resolve_model_path
         from inference.classifier import Classifier
 
         clf = Classifier(resolve_model_path(model), provider="cpu")
-        missing = [f for f in clf.spec.feature_names if f not in SINGLE_IMAGE_FEATURES] if clf.spec.uses_features else []
+        missing = [f for f in clf.spec.feature_names if f not in SINGLE_IMAGE_FEATURES]
+        if not clf.spec.uses_features:  # fed, as the model's input needs them, but ignored: NaN will do
+            ignored, missing = tuple(missing), []
         if missing:
             raise ModelError(f"{model}: needs features {missing} that single event images do not provide "
                              f"(available: {', '.join(SINGLE_IMAGE_FEATURES)}); use `mimlsort replay` on "
@@ -200,7 +203,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                 not_found += 1
                 continue
             taken.add(key)
-            feats = {k: math.nan for k in ("transit_time_ms", "v_max_mm_s", "dir_per_ms")}
+            feats = {k: math.nan for k in ("transit_time_ms", "v_max_mm_s", "dir_per_ms", *ignored)}
             t_s = float(times[i]) if times is not None and math.isfinite(times[i]) else float(frames[i]) / fps
             feats.update({"di": s.di, "deform": s.deform, "area_um": s.area_um, "bright_avg": s.bright_avg,
                           "bright_sd": getattr(s, "bright_sd", math.nan),

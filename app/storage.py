@@ -1057,21 +1057,33 @@ class EventWriter:
 
 
 def _io_reason(err: BaseException, path: Path) -> str:
-    """What an I/O failure means, in words: HDF5's own message is a dump of its call stack
-    ("file write failed: time = …, filename = …, buf = 0x…") that names no cause."""
+    """What an I/O failure means, in words. HDF5's own message is a dump of its call ("file write
+    failed: time = …\n, filename = …, errno = 27, error message = 'File too large', buf = 0x…")
+    and h5py leaves ``errno`` unset: the errno and its message are read out of that text."""
     import errno
     import os
+    import re
 
+    text = " ".join(str(err).split())  # the dump breaks its line after the time stamp
     code = getattr(err, "errno", None)
+    if code is None and (m := re.search(r"errno = (\d+)", text)):
+        code = int(m.group(1))
     free = _free_bytes(path.parent)
     if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < 2**20):
-        return f"the disk is full ({(free or 0) / 2**20:.1f} MiB free in {path.parent})"
+        what = "the disk quota is used up" if code == errno.EDQUOT else "the disk is full"
+        return f"{what} ({(free or 0) / 2**20:.1f} MiB free in {path.parent})"
+    if code == errno.EFBIG:
+        return f"{path} reached the largest file its file system or a limit allows (a FAT32 drive: 4 GiB)"
     if code == errno.EROFS:
         return f"{path.parent} is on a read-only file system"
     if code in (errno.EACCES, errno.EPERM) or not os.access(path, os.W_OK):
         return f"{path} is not writable (permissions, or the file was made immutable)"
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return text if len(text) <= 200 else text[:200] + " …"
+    if code is not None:
+        return f"{os.strerror(code)} (errno {code})"
+    m = re.search(r"error message = '([^']*)'", text)
+    if m:
+        return m.group(1)
+    return text if len(text) <= 300 else text[:300] + " …"
 
 
 def _free_bytes(folder: Path) -> int | None:

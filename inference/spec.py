@@ -411,8 +411,6 @@ def check_graph(spec: ModelSpec, inputs: Sequence[TensorInfo], outputs: Sequence
 
 def check_features(spec: ModelSpec, produced: Sequence[str] | Mapping | None = None, source: str = "model") -> None:
     """Every feature the model needs must be one the tracker produces (tracking.features.FEATURES)."""
-    if not spec.uses_features:
-        return
     if produced is None:
         from tracking.features import FEATURES as produced
     missing = [n for n in spec.feature_names if n not in produced]
@@ -420,6 +418,8 @@ def check_features(spec: ModelSpec, produced: Sequence[str] | Mapping | None = N
         raise ModelError(
             f"{source}: the model needs features {missing} that the tracker does not produce "
             f"(it produces: {', '.join(produced)})")
+    if not spec.uses_features:  # the values are fed but ignored: their units do not matter
+        return
     # a model trained on the MIML authors' CSVs (or our --miml export) saw features scaled to 0-1
     # per recording batch: given the tracker's ms and mm/s it called every cell one class
     units = {n: getattr(d, "unit", None) for n, d in produced.items()} if isinstance(produced, Mapping) else {}

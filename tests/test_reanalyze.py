@@ -172,9 +172,15 @@ def test_an_image_only_model_classifies_reanalysed_events_and_its_hash_is_kept(t
     from tests.test_training import synthetic_dataset
 
     assert IMAGE_ONLY_ARCHS == {a.name for a in ARCHITECTURES.values() if a.uses_image and not a.uses_features}
-    res = train_model(synthetic_dataset(12), "image-only", epochs=1, batch_size=8, folds=0, val_fraction=0.0,
+    from dataclasses import replace
+
+    ds = synthetic_dataset(12)
+    # and one that neither a single image nor the reanalysis gives at all
+    ds = replace(ds, features=np.c_[ds.features, np.full(len(ds.features), 20.0, np.float32)],
+                 feature_names=(*ds.feature_names, "v_after_mm_s"))
+    res = train_model(ds, "image-only", epochs=1, batch_size=8, folds=0, val_fraction=0.0,
                       seed=0, progress=False, out_dir=tmp_path / "train", device="cpu")
-    assert "transit_time_ms" in res.spec.feature_names  # listed, but not used
+    assert {"transit_time_ms", "v_after_mm_s"} <= set(res.spec.feature_names)  # listed, but not used
     out = reanalyze(DATA / "2020-10_image_bg.rtdc", tmp_path / "out.rtdc", model=str(res.onnx_path))
     feats, run = read_events(tmp_path / "out.rtdc")
     assert out.events_out > 0 and feats["probabilities"].shape == (out.events_out, 2)
