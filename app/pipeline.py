@@ -219,6 +219,23 @@ _GRAB_RUN = 64  # frames a camera may grab per call (those that can, without the
 _LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
 
 
+def _check_lossless_ring(ring, s: TrackerSettings) -> None:
+    """A lossless run's camera waits for the tracker, which waits for whole batches: a ring that
+    cannot hold a batch (or the background estimate's frames) beside the guard would stall both."""
+    most = ring.capacity - ring.guard - 2
+    need = max(s.batch_frames, s.background_frames)
+    if most < need:
+        raise ConfigError("camera.ring_capacity",
+                          f"{ring.capacity} frames cannot hold a batch of {need} (tracking.batch_frames "
+                          f"{s.batch_frames}, tracking.background_frames {s.background_frames}) beside its guard of "
+                          f"{ring.guard}: a replay at full speed would stall; set it to at least "
+                          f"{2 * need + ring.guard + 2}")
+    if most - s.batch_frames < 128:
+        log.warning("camera.ring_capacity %d leaves %d frames behind a batch of tracking.batch_frames %d: a cell's "
+                    "event image from further back is not kept", ring.capacity, max(0, most - s.batch_frames),
+                    s.batch_frames)
+
+
 #: slots this close to being overwritten by the camera are not read back (it may be writing them)
 _LAP_MARGIN = 64
 
@@ -372,6 +389,8 @@ class Pipeline:
             self.ring = info.make_ring(self.ring_capacity,
                                        shared=bool(getattr(self.recorder, "needs_shared_ring", False)))
             self.ring.camera_clock = info.camera_clock
+            if self.lossless:
+                _check_lossless_ring(self.ring, self.tracker_settings)
             if info.camera_clock:
                 from hardware.timing import ClockMap
 

@@ -64,6 +64,15 @@ def test_lossless_run_tracks_every_frame_and_completes():
     assert st.cpu_s["sort"] > 0 and sum(st.cpu_s.values()) <= time.process_time()
 
 
+def test_a_lossless_ring_too_small_for_a_batch_is_refused_not_stalled():
+    """The camera of a lossless run waits for the tracker, which waits for a whole batch: a ring
+    that cannot hold one beside its guard stalled both for good (a replay stopped at frame 317)."""
+    p = Pipeline(SyntheticCamera(FAST), TrackerSettings(batch_frames=256), lossless=True, ring_capacity=256)
+    with pytest.raises(ConfigError, match=r"camera\.ring_capacity.*cannot hold a batch of 256.*at least 516"):
+        p.start()
+    assert p.finish_reason is FinishReason.ERRORED
+
+
 def test_cpu_seconds_of_a_thread_and_of_this_process():
     import threading
 

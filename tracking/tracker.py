@@ -215,11 +215,12 @@ class Tracker:
         self._n_events = 0
         self._snap_images: np.ndarray | None = None  # the frames the last batch came from
         self._snap_ids: np.ndarray | None = None  # frame id held by each of their slots, when known
-        self._snap_newest = -1  # slot of the newest frame tracked when the snapshots are taken
-        #: > 0: a snapshot of a frame more than this many slots older than the newest tracked frame
-        #: counts as lost even if its slot still holds it. A lossless run holds the camera back that
-        #: far behind the tracker (so every younger frame is there), and whether an older slot has
-        #: been overwritten yet would depend on timing: replays must not differ
+        self._snap_first = -1  # slot of the first frame of the batch the snapshots are taken in
+        self._snap_span = 0  # frames in that batch
+        #: > 0: a snapshot of a frame more than this many slots before the first frame of the batch
+        #: being tracked counts as lost even if its slot still holds it. A lossless run holds the
+        #: camera back that far behind the batch (so every younger frame is there), and whether an
+        #: older slot has been overwritten yet would depend on timing: replays must not differ
         self.snapshot_max_age = 0
         self._snapshots_lost = 0
         self._paces_unlearned = 0
@@ -298,6 +299,7 @@ class Tracker:
         n = len(slots)
         if n == 0:
             return events
+        self._snap_first, self._snap_span = int(slots[0]), n
         if self.t0_ns is None:
             self.t0_ns = int(timestamps_ns[0])
         s = self.settings
@@ -326,10 +328,8 @@ class Tracker:
                                                self._crops, self._done_i, self._done_hist, self._done_crops,
                                                self._done_n, self._done_f, self._counters)
                 if n_done:
-                    self._snap_newest = int(sl[frames_done + int(processed) - 1])
                     events.extend(self._harvest(int(n_done)))
                 frames_done += int(processed)
-        self._snap_newest = int(slots[-1])  # for the cells flush() still emits
         return events
 
     def track_live(self, ring: FrameRing, reader: RingReader, max_frames: int = 256, timeout_s: float = 0.05,
@@ -534,7 +534,11 @@ class Tracker:
             return None
         slot = int(h[i, L.H_SLOT])
         frame_id = int(h[i, L.H_FRAME])
-        too_old = self.snapshot_max_age > 0 and (self._snap_newest - slot) % len(images) > self.snapshot_max_age
+        too_old = False
+        if self.snapshot_max_age > 0 and self._snap_first >= 0:
+            cap = len(images)
+            in_batch = (slot - self._snap_first) % cap < self._snap_span
+            too_old = not in_batch and (self._snap_first - slot) % cap > self.snapshot_max_age
         if not 0 <= slot < len(images) or too_old or (self._snap_ids is not None and int(self._snap_ids[slot]) != frame_id):
             self._snapshots_lost += 1
             return None
