@@ -72,9 +72,12 @@ CS_STEP = 3  # why _append stopped early: 0 the camera clock went back, > 0 it s
 N_CS = 4
 
 #: a frame whose host arrival comes this long *before* the fit maps its camera time (arrivals can
-#: only be late) means the camera clock stepped forward: a PTP master changed or resynchronised a
-#: GigE camera's clock mid-run. Plus STEP_SLOPE_TOLERANCE × the time since the fit's newest frame
-#: (a sane fit's slope is within 1e-3 of the truth; real clocks differ by ~1e-4)
+#: only be late) means the camera clock stepped forward (a PTP master changed or resynchronised a
+#: GigE camera's clock mid-run) — or that every frame the fit saw came late by that much, a backlog
+#: that has drained; either way the fit is wrong by that much and starts again. Plus the latest
+#: arrival above the fit in its window (frames delivered in bursts come up to a burst late) and
+#: STEP_SLOPE_TOLERANCE × the time since the fit's newest frame (a sane fit's slope is within 1e-3
+#: of the truth; real clocks differ by ~1e-4)
 STEP_TOLERANCE_NS = 2_000_000
 STEP_SLOPE_TOLERANCE = 2e-3
 #: forward steps are looked for only with a fit of at least this many samples per segment and a
@@ -84,7 +87,7 @@ STEP_MAX_SLOPE_ERROR = 1e-3
 
 
 @njit(cache=True)
-def _append(cam_buf, host_buf, st, cam, host, start, count, check, slope, offset, ref):
+def _append(cam_buf, host_buf, st, cam, host, start, count, check, slope, offset, ref, spread):
     """Append pairs ``start .. start + count`` of ``cam``/``host`` (indices modulo their length, so
     a ring's slots read in place) to the window; returns how many went in before the first whose
     camera time does not increase, or (``check``) arrived far earlier than the fit
@@ -104,7 +107,7 @@ def _append(cam_buf, host_buf, st, cam, host, start, count, check, slope, offset
             break
         if check:
             early = np.float64(ref - host[j]) + slope * np.float64(c - ref) + offset
-            if early > STEP_TOLERANCE_NS + STEP_SLOPE_TOLERANCE * abs(np.float64(c - ref)):
+            if early > STEP_TOLERANCE_NS + spread + STEP_SLOPE_TOLERANCE * abs(np.float64(c - ref)):
                 st[CS_STEP] = max(np.int64(1), np.int64(early))
                 break
         cam_buf[head] = c
@@ -171,6 +174,21 @@ def _fit_envelope(cam_buf, host_buf, head, n, segments, slope0):
     return slope, off / m, ref
 
 
+@njit(cache=True)
+def _spread(cam_buf, host_buf, head, n, slope, offset, ref):
+    """The largest arrival latency above the fit among the ``n`` samples (ns): how late frames come
+    in bursts, which a step must exceed to be told from them."""
+    window = cam_buf.shape[0]
+    first = 0 if n < window else head
+    worst = 0.0
+    for i in range(n):
+        j = (first + i) % window
+        r = np.float64(host_buf[j] - ref) - slope * np.float64(cam_buf[j] - ref) - offset
+        if r > worst:
+            worst = r
+    return worst
+
+
 class ClockMap:
     """Fits ``host = slope * camera + offset`` over the most recent frames, robust to late arrivals.
 
@@ -205,6 +223,8 @@ class ClockMap:
         self._offset = 0.0  # host - slope * (camera - ref), in ns
         self._ref = 0  # camera time the fit is centred on (keeps float64 precise for ns clocks)
         self._fitted = False  # a fit of the current window's samples exists
+        self._fit_n = 0  # samples the fit was made from
+        self._fit_spread = 0.0  # the latest arrival above the fit in its window (ns)
         self.resets = 0  # times the camera clock went back or stepped forward and the window was restarted
         self.forward_steps = 0  # of those, steps forward (a PTP clock set mid-run)
 
@@ -249,9 +269,11 @@ class ClockMap:
             self.resets += 1
             self.forward_steps += step > 0
             if self.resets <= _RESETS_LOGGED:
-                log.warning("the camera clock %s: its map to the host clock starts again (pulses are timed from "
-                            "frame arrival until %d frames are in)%s",
-                            f"stepped forward by {step / 1e6:.1f} ms" if step else "went back (camera reopened?)",
+                log.warning("%s: the camera→host clock map starts again (pulses are timed from frame arrival "
+                            "until %d frames are in)%s",
+                            f"frames arrive {step / 1e6:.1f} ms earlier than the clock map predicts (the camera "
+                            f"clock was set forward, or the frames it was fitted on were all delayed)" if step
+                            else "the camera clock went back (camera reopened?)",
                             MIN_SAMPLES, "; further restarts are only counted" if self.resets == _RESETS_LOGGED else "")
             done += self._append(cam, host, start + done, count - done)
         # refit after a fresh share of the window, not per frame: the clocks drift by ppm, and a
@@ -261,15 +283,19 @@ class ClockMap:
 
     def _append(self, cam: np.ndarray, host: np.ndarray, start: int, count: int) -> int:
         n = int(self._st[CS_N])
-        check = (self._fitted and n >= STEP_MIN_PER_SEGMENT * self.segments
+        # a fit of a few frames can be far off, and frames that come in bursts arrive up to the
+        # burst's length late: neither must read as a step
+        check = (self._fitted and self._fit_n >= STEP_MIN_PER_SEGMENT * self.segments
                  and abs(self._slope - 1.0) <= STEP_MAX_SLOPE_ERROR)
         return _append(self._cam, self._host, self._st, cam, host, start, count, check, self._slope,
-                       self._offset, self._ref)
+                       self._offset, self._ref, self._fit_spread)
 
     def reset(self) -> None:
         self._st[:] = 0
         self._dirty = False
         self._fitted = False
+        self._fit_n = 0
+        self._fit_spread = 0.0
         self._slope, self._offset, self._ref = 1.0, 0.0, 0
 
     def _samples(self) -> tuple[np.ndarray, np.ndarray]:
@@ -282,8 +308,10 @@ class ClockMap:
     def _fit(self) -> None:
         n = int(self._st[CS_N])
         slope0 = self._slope if n > 2 else 1.0
-        self._slope, self._offset, self._ref = _fit_envelope(self._cam, self._host, int(self._st[CS_HEAD]), n,
-                                                             self.segments, slope0)
+        head = int(self._st[CS_HEAD])
+        self._slope, self._offset, self._ref = _fit_envelope(self._cam, self._host, head, n, self.segments, slope0)
+        self._fit_n = n
+        self._fit_spread = _spread(self._cam, self._host, head, n, self._slope, self._offset, self._ref)
         self._fitted = True
         self._dirty = False
         self._st[CS_NEW] = 0
