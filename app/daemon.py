@@ -205,10 +205,15 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             say(f"closing failed: {err}", out)
         unsorted = st.not_fired.get(Reason.TRIGGER_UNAVAILABLE.value, 0)
         if not st.trigger_ok or unsorted:
-            say(f"the trigger failed during the run: {unsorted} cell(s) decided as 'trigger unavailable' "
-                f"were not sorted" + (f" ({st.errors[-1]})" if st.errors else ""), out)
+            why = f" ({st.errors[-1]})" if st.errors else ""
+            say(f"the trigger failed during the run: {unsorted} cell(s) decided as 'trigger unavailable' were not "
+                f"sorted{why}" if unsorted else f"the trigger failed as the run ended{why}: the cells before were "
+                f"handed to it", out)
             if code == 0:
                 code = EXIT_TRIGGER_FAULT
+        if st.device_refused or st.unacked:
+            say(f"the trigger device did not output {st.device_refused} pulse(s) it was handed (refused) and did "
+                f"not confirm {st.unacked}: see /mimlsort/device_reports and the acks in the event file", out)
         if run.abandoned:
             say(f"event writer abandoned: {run.abandoned}; {run.events_path} holds what it flushed "
                 f"before", out)
