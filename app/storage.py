@@ -1217,6 +1217,10 @@ def open_h5(path: str | Path):
     try:
         return h5py.File(path, "r", locking=False)
     except OSError as err:
+        if "truncated file" in str(err):
+            # shorter than HDF5 wrote it (a copy cut off, a disk that lost the end). Opened in
+            # SWMR mode anyway, reading it retried metadata beyond the end for minutes on end
+            raise DataFormatError(f"{path}: event file damaged or incomplete ({err})") from err
         try:  # a writer that died in SWMR mode leaves the consistency flags set
             return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
         except OSError:
