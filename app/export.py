@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.sorting import sorted_set
 from app.storage import read_events
 from mimlsort.errors import DataFormatError
 from tracking.events import NOT_FOR_TRAINING, Quality
@@ -64,7 +65,9 @@ def export_csv(events_path: str | Path, out: str | Path) -> int:
     cols += [("predicted", [classes[i] if 0 <= i < len(classes) else "" for i in f["predicted"]]),
              ("probability", f["probability"]), ("is_target", f["is_target"]), ("fired", f["fired"]),
              ("reason", [run.reasons[i] if 0 <= i < len(run.reasons) else str(i) for i in f["reason"]]),
-             ("decision_detail", f["decision_detail"])]
+             ("decision_detail", f["decision_detail"]), ("sort_window_ms", f["sort_window_ms"]),
+             # fired, or swept along within a fired cell's window: what reached the outlet
+             ("in_outlet", sorted_set(f["exit_time_ms"], f["fired"] == 1, f["sort_window_ms"]).astype(np.uint8))]
     cols += [(k, f[k]) for k in _FIRE]
     out = Path(out)
     try:

@@ -139,6 +139,11 @@ class Status:
     device_late: int = 0  # pulses it output later than its own tolerance
     unacked: int = 0  # pulses whose ack never came
     device_errors: int = 0  # errors the device reported (a VISA instrument's queue is read after the last pulse)
+    # the sorted set (the outlet): fired cells and cells swept along within a fired cell's
+    # coincidence window (yield mode fires into coincidences); estimates from the probabilities
+    swept: int = 0
+    sorted_purity_estimate: float = math.nan
+    sorted_recovery_estimate: float = math.nan
 
     @property
     def frames_missed(self) -> int:
@@ -174,6 +179,8 @@ class Status:
                 + (f"untracked {self.tracks_overflow} " if self.tracks_overflow else "")
                 + (f"est. purity {self.purity_estimate:.3f} recovery {self.recovery_estimate:.3f} "
                    if self.fired and self.purity_estimate == self.purity_estimate else "")
+                + (f"swept {self.swept} (outlet est. purity {self.sorted_purity_estimate:.3f}) "
+                   if self.swept and self.sorted_purity_estimate == self.sorted_purity_estimate else "")
                 + f"file {self.file_bytes / 1e6:.1f}MB"
                 + ("" if not self.cpu_cores else " cpu " + " ".join(f"{k}={v:.2f}" for k, v in self.cpu_cores.items())))
 
@@ -818,10 +825,12 @@ class Pipeline:
                     decision, fires[i] = self._fire(ev, decision, exits[i] if exits is not None else None)
                 elif decision.fire:  # cells flushed at the end of a run are past the junction
                     decision = Decision(decision.event_index, False, Reason.LATE, decision.predicted,
-                                        decision.probability, decision.is_target, "decided after the run ended")
+                                        decision.probability, decision.is_target, "decided after the run ended",
+                                        decision.window_ms)
                     self._late += 1
                 decisions[i] = decision
-                self._counters.add(decision, policy.p_target(p) if policy is not None else 0.0)
+                self._counters.add(decision, policy.p_target(p) if policy is not None else 0.0,
+                                   ev.features.get("exit_time_ms", math.nan))
             emit_host = ev.extra.get("emit_host_ns", 0) if ev.extra else 0
             if emit_host and live:
                 now = time.monotonic_ns()
@@ -888,7 +897,7 @@ class Pipeline:
         if getattr(rec, "late", False):
             self._late += 1
             return Decision(decision.event_index, False, Reason.LATE, decision.predicted, decision.probability,
-                            decision.is_target, "fire time already past"), rec
+                            decision.is_target, "fire time already past", decision.window_ms), rec
         if getattr(rec, "refused", False):
             # this cell's request, not the device: a fire time seconds ahead (a cell that nearly
             # stopped past the exit) or a width out of range. The trigger stays in service
@@ -896,7 +905,7 @@ class Pipeline:
                 log.warning("trigger refused a request: %s", rec.error)
             self._refused += 1
             return Decision(decision.event_index, False, Reason.REFUSED, decision.predicted, decision.probability,
-                            decision.is_target, rec.error), rec
+                            decision.is_target, rec.error, decision.window_ms), rec
         if not getattr(rec, "ok", True):
             self._trigger_failed += 1
             if self._trigger_ok:
@@ -904,7 +913,8 @@ class Pipeline:
                 self._errors.append(f"trigger: {getattr(rec, 'error', 'unavailable')}")
             self._trigger_ok = False
             return Decision(decision.event_index, False, Reason.TRIGGER_UNAVAILABLE, decision.predicted,
-                            decision.probability, decision.is_target, getattr(rec, "error", "")), rec
+                            decision.probability, decision.is_target, getattr(rec, "error", ""),
+                            decision.window_ms), rec
         self._trigger_ok = True
         return decision, rec
 
@@ -1051,6 +1061,9 @@ class Pipeline:
             trigger_failed=self._trigger_failed,
             purity_estimate=c.purity_estimate,
             recovery_estimate=c.recovery_estimate,
+            swept=c.swept,
+            sorted_purity_estimate=c.sorted_purity_estimate,
+            sorted_recovery_estimate=c.sorted_recovery_estimate,
             latency_p50_us=lat_p50,
             latency_p99_us=lat_p99,
             latency_max_us=lat_max,

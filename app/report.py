@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.sorting import sorted_set
 from app.storage import REPORT_KINDS, StoredRun, read_events
 from mimlsort.errors import DataFormatError
 from tracking.events import Quality
@@ -90,6 +91,10 @@ class Summary:
     device_late: int = 0  # pulses the device output later than its tolerance
     rejected_flags: tuple[str, ...] = ()  # what "sortable" leaves out
     policy_changes: tuple[str, ...] = ()  # the run log's lines on sort policies changed during the run
+    # the outlet: fired cells and cells swept along within a fired cell's coincidence window
+    swept: int = 0
+    sorted_purity_estimate: float = math.nan
+    sorted_recovery_estimate: float = math.nan
 
 
 def _target_classes(run: StoredRun, f: dict, override) -> tuple[tuple[str, ...], str]:
@@ -156,6 +161,9 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
     purity = float(p_t[fired].mean()) if fired.any() and idx else math.nan
     recovery = float(p_t[fired].sum() / p_t.sum()) if idx and p_t.sum() > 0 else math.nan
     pred_purity = float(np.isin(pred[fired], idx).mean()) if fired.any() and idx else math.nan
+    outlet = sorted_set(f["exit_time_ms"], fired, f["sort_window_ms"]) if n else np.zeros(0, bool)
+    sorted_purity = float(p_t[outlet].mean()) if outlet.any() and idx else math.nan
+    sorted_recovery = float(p_t[outlet].sum() / p_t.sum()) if idx and p_t.sum() > 0 else math.nan
     medians: dict[str, dict[str, tuple[float, float, float]]] = {}
     groups = [(c, (pred == i) & ok) for i, c in enumerate(classes)] or [("all", ok)]
     for c, m in groups:
@@ -175,6 +183,8 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         target_classes=targets, targets_from=source, fired=Share("fired", int(fired.sum()), n), reasons=reasons,
         purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
         policy_changes=tuple(line.strip() for line in run.run_log if "sort policy changed" in line),
+        swept=int(np.count_nonzero(outlet & ~fired)), sorted_purity_estimate=sorted_purity,
+        sorted_recovery_estimate=sorted_recovery,
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
         error=run.error, pulse_timing_us=_pulse_timing_us(f, run),
         device_refused=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["refused"])),
@@ -308,7 +318,11 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         ["target classes", (", ".join(s.target_classes) or "none") + f" (from {s.targets_from})"],
         ["fired", f"{s.fired.count} of {s.fired.total} ({_pct(s.fired.fraction)}, 95 % CI {_ci(s.fired)})"],
         ["purity estimate", _pct(s.purity_estimate)], ["recovery estimate", _pct(s.recovery_estimate)],
-        ["fired cells predicted as target", _pct(s.predicted_purity)], ["device acknowledgements", str(s.acks)],
+        ["fired cells predicted as target", _pct(s.predicted_purity)],
+        ["cells swept along (not fired, within a fired cell's window)", str(s.swept)],
+        ["outlet purity / recovery estimate (fired and swept cells)",
+         f"{_pct(s.sorted_purity_estimate)} / {_pct(s.sorted_recovery_estimate)}"],
+        ["device acknowledgements", str(s.acks)],
         *([["pulses the device refused (not output)", str(s.device_refused)]] if s.device_refused else []),
         *([["pulse out − scheduled fire time (p5 / p50 / p95)",
             f"{s.pulse_timing_us[1]:.0f} / {s.pulse_timing_us[2]:.0f} / {s.pulse_timing_us[3]:.0f} µs over "
@@ -316,7 +330,9 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         *([["pulses the device output late", str(s.device_late)]] if s.device_late else []),
         *([["policy changed during the run", line] for line in s.policy_changes]),
     ], "Purity = mean P(target) over fired cells; recovery = ΣP(target) fired / ΣP(target) all "
-       "(estimates from the classifier's probabilities, not measured)."
+       "(estimates from the classifier's probabilities, not measured). The outlet holds the fired cells and "
+       "every cell that left the constriction within a fired cell's coincidence window (its pulse sorts "
+       "that stretch of the stream): yield mode fires into such coincidences, purity mode aborts them."
        + (" The sort policy changed during the run: the estimates take the target classes above for every "
           "cell, whatever the policy was when it was decided." if s.policy_changes else "")))
     if s.reasons:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -172,6 +173,10 @@ class Decision:
     probability: float  # of the most likely class
     is_target: bool
     detail: str = ""
+    # the coincidence window this cell was judged with (ms; NaN for a cell that was no target):
+    # for a fired cell, the stretch of the stream its pulse sorts, so the file says which cells
+    # went into the outlet along with it
+    window_ms: float = math.nan
 
 
 class SortPolicy:
@@ -226,6 +231,7 @@ class SortPolicy:
         k = int(probs.argmax())
         is_target, reason, detail = target if target is not None else self.target(event, probs)
         fire = is_target
+        window = math.nan
         if is_target:
             window = s.window_for(event)
             t = event.features.get("exit_time_ms", math.nan)
@@ -244,24 +250,45 @@ class SortPolicy:
                 detail = f"{len(near)} cell(s) within {window:.3g} ms"
             if fire and not s.enabled:
                 fire, reason = False, Reason.SORTING_OFF
-        return Decision(event.index, fire, reason, self.class_names[k], float(probs[k]), is_target, detail)
+        return Decision(event.index, fire, reason, self.class_names[k], float(probs[k]), is_target, detail, window)
+
+
+#: how far (ms) out of exit order a cell may be decided and still be matched to a pulse around it
+OUTLET_SLACK_MS = 50.0
 
 
 @dataclass
 class SortCounters:
-    """Run counters, owned by the thread that decides."""
+    """Run counters, owned by the thread that decides.
+
+    Two kinds of estimate, both from the classifier's probabilities (there is no truth at the
+    sorter): of the *fired* cells (mean P(target) over them), and of the *sorted set*, what ends up
+    in the outlet: the fired cells and every cell whose exit lies within a fired cell's coincidence
+    window (``Decision.window_ms``), which its pulse sweeps along. Yield mode fires into such
+    coincidences, so there the outlet is less pure than the fired cells; purity mode aborts them.
+    """
 
     class_names: tuple[str, ...]
     seen: int = 0
     fired: int = 0
+    swept: int = 0  # cells not fired themselves but within a fired cell's window (into the outlet)
     per_class: dict[str, int] = field(default_factory=dict)
     not_fired: dict[str, int] = field(default_factory=dict)
     # the estimates' sums, since the run started or the target classes last changed
     _p_target_fired: float = 0.0  # Σ P(target) over fired cells
     _p_target_all: float = 0.0  # Σ P(target) over all cells
     _fired_est: int = 0  # fired cells in those sums
+    _p_target_outlet: float = 0.0  # Σ P(target) over the sorted set
+    _outlet_est: int = 0  # cells in the sorted set
+    # recent cells [exit ms, P(target), in the outlet, counted in the current estimates] and
+    # pulses (exit ms, window ms): a cell decided after the pulse that sweeps it, or before it,
+    # is matched either way
+    _recent: deque = field(default_factory=deque)
+    _pulses: deque = field(default_factory=deque)
+    _newest_exit: float = -math.inf
+    _widest: float = 0.0
 
-    def add(self, decision: Decision, p_target: float) -> None:
+    def add(self, decision: Decision, p_target: float, exit_ms: float = math.nan) -> None:
         self.seen += 1
         self.per_class[decision.predicted] = self.per_class.get(decision.predicted, 0) + 1
         self._p_target_all += p_target
@@ -271,12 +298,51 @@ class SortCounters:
             self._p_target_fired += p_target
         else:
             self.not_fired[decision.reason.value] = self.not_fired.get(decision.reason.value, 0) + 1
+        self._outlet(decision, p_target, exit_ms)
+
+    def _outlet(self, decision: Decision, p_target: float, exit_ms: float) -> None:
+        if decision.fire:
+            self._outlet_est += 1
+            self._p_target_outlet += p_target
+        if not exit_ms == exit_ms:  # no exit time: in the outlet only if fired itself
+            return
+        cell = [exit_ms, p_target, decision.fire, True]
+        w = decision.window_ms
+        if decision.fire and w > 0:
+            for other in self._recent:  # cells decided before it, within its window
+                if not other[2] and abs(other[0] - exit_ms) <= w:
+                    self._sweep(other)
+            self._pulses.append((exit_ms, w))
+            self._widest = max(self._widest, w)
+        elif not decision.fire:
+            for te, tw in self._pulses:  # pulses decided before it
+                if abs(te - exit_ms) <= tw:
+                    self._sweep(cell)
+                    break
+        self._recent.append(cell)
+        # cells are decided roughly in exit order: keep what a later pulse or cell can still reach
+        if exit_ms > self._newest_exit:
+            self._newest_exit = exit_ms
+        horizon = self._newest_exit - self._widest - OUTLET_SLACK_MS
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
+        while self._pulses and self._pulses[0][0] < horizon:
+            self._pulses.popleft()
+
+    def _sweep(self, cell: list) -> None:
+        cell[2] = True
+        self.swept += 1
+        if cell[3]:  # not from before the estimates restarted
+            self._outlet_est += 1
+            self._p_target_outlet += cell[1]
 
     def restart_estimates(self) -> None:
         """New target classes: P(target) means something else from now on, so the purity and
         recovery estimates start again (the counts go on)."""
-        self._p_target_fired = self._p_target_all = 0.0
-        self._fired_est = 0
+        self._p_target_fired = self._p_target_all = self._p_target_outlet = 0.0
+        self._fired_est = self._outlet_est = 0
+        for cell in self._recent:
+            cell[3] = False
 
     @property
     def purity_estimate(self) -> float:
@@ -287,3 +353,27 @@ class SortCounters:
     def recovery_estimate(self) -> float:
         """Expected fraction of all targets that were fired."""
         return self._p_target_fired / self._p_target_all if self._p_target_all > 0 else math.nan
+
+    @property
+    def sorted_purity_estimate(self) -> float:
+        """Expected fraction of targets in the outlet (fired cells and those swept along)."""
+        return self._p_target_outlet / self._outlet_est if self._outlet_est else math.nan
+
+    @property
+    def sorted_recovery_estimate(self) -> float:
+        """Expected fraction of all targets that reached the outlet."""
+        return self._p_target_outlet / self._p_target_all if self._p_target_all > 0 else math.nan
+
+
+def sorted_set(exit_ms: np.ndarray, fired: np.ndarray, window_ms: np.ndarray) -> np.ndarray:
+    """Which cells reached the outlet: the fired ones and every cell whose exit lies within a fired
+    cell's window (the offline form of :class:`SortCounters`' rule, for a whole file)."""
+    exit_ms = np.asarray(exit_ms, float)
+    out = np.asarray(fired, bool).copy()
+    order = np.argsort(exit_ms, kind="stable")
+    ex = exit_ms[order]
+    for i in np.flatnonzero(out & np.isfinite(exit_ms) & (np.asarray(window_ms, float) > 0)):
+        w = float(window_ms[i])
+        lo, hi = np.searchsorted(ex, exit_ms[i] - w, "left"), np.searchsorted(ex, exit_ms[i] + w, "right")
+        out[order[lo:hi]] = True
+    return out

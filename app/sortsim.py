@@ -149,6 +149,9 @@ class ModeResult:
     swept_non_targets: int = 0  # true non-target objects swept into the outlet along with a fired cell
     fired_keys: tuple[tuple[int, int], ...] = ()  # (entry frame, exit frame) of the fired events
     not_fired: dict[str, int] = field(default_factory=dict)
+    # SortCounters' estimates of the outlet (fired cells and those swept along), from the probabilities
+    sorted_purity_estimate: float = math.nan
+    sorted_recovery_estimate: float = math.nan
 
 
 def _key(ev) -> tuple[int, int]:
@@ -157,7 +160,8 @@ def _key(ev) -> tuple[int, int]:
 
 def score_mode(mode: str, records: Sequence, truth: Sequence, *, frame_ms: float, run_ms: float,
                target_classes: Iterable[str], window_for, purity_estimate: float = math.nan,
-               recovery_estimate: float = math.nan) -> ModeResult:
+               recovery_estimate: float = math.nan, sorted_purity_estimate: float = math.nan,
+               sorted_recovery_estimate: float = math.nan) -> ModeResult:
     """Score one run's decided records against the truth (see the module docstring).
 
     ``window_for(event) -> ms`` is the policy's coincidence window (the sort volume of one pulse).
@@ -215,6 +219,7 @@ def score_mode(mode: str, records: Sequence, truth: Sequence, *, frame_ms: float
         sorted_recovery=_ratio(sorted_targets, all_targets),
         swept_non_targets=sum(1 for t in sorted_objs if t.id not in own and not _true_target(t, targets)),
         fired_keys=tuple(sorted(_key(r.event) for r, _ in fired)), not_fired=reasons,
+        sorted_purity_estimate=sorted_purity_estimate, sorted_recovery_estimate=sorted_recovery_estimate,
     )
 
 
@@ -269,12 +274,13 @@ class SortModeReport:
                 f"Purity/recovery of the fired cells against the truth beside the classifier's estimate; "
                 f"\"sorted\" counts every cell swept into the outlet by a pulse.")
         cols = ("mode", "cells", "true targets", "fired", "purity", "est. purity", "recovery", "est. recovery",
-                "sorted purity", "sorted recovery", "non-targets swept along", "aborted (coincidence)", "not isolated",
+                "sorted purity", "est. sorted purity", "sorted recovery", "est. sorted recovery", "non-targets swept along", "aborted (coincidence)", "not isolated",
                 "quality gate", "late")
         lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
         for r in self.results:
             row = (r.mode, r.cells, r.targets, r.fired, _pct(r.purity), _pct(r.purity_estimate), _pct(r.recovery),
-                   _pct(r.recovery_estimate), _pct(r.sorted_purity), _pct(r.sorted_recovery), r.swept_non_targets, r.coincidence,
+                   _pct(r.recovery_estimate), _pct(r.sorted_purity), _pct(r.sorted_purity_estimate), _pct(r.sorted_recovery),
+                   _pct(r.sorted_recovery_estimate), r.swept_non_targets, r.coincidence,
                    r.not_isolated, r.quality_gate, r.late)
             lines.append("| " + " | ".join(str(v) for v in row) + " |")
         return "\n".join(lines)
@@ -292,7 +298,8 @@ class SortModeReport:
         for r in self.results:
             p = r.mode.replace("-", "_")
             for k in ("cells", "targets", "fired", "purity", "purity_estimate", "recovery", "recovery_estimate",
-                      "sorted_purity", "sorted_recovery", "swept_non_targets", "coincidence", "not_isolated", "quality_gate", "late"):
+                      "sorted_purity", "sorted_purity_estimate", "sorted_recovery", "sorted_recovery_estimate",
+                      "swept_non_targets", "coincidence", "not_isolated", "quality_gate", "late"):
                 out[f"{p}_{k}"] = num(getattr(r, k))
         out["wall_s"] = num(self.wall_s)
         return out
@@ -391,7 +398,9 @@ def evaluate_sort_modes(seconds: float = 3.0, cells_per_second: float = 100.0, m
                 results.append(score_mode(mode, run.pipeline.recent(), truth, frame_ms=frame_ms, run_ms=run_ms,
                                           target_classes=policy.settings.target_classes,
                                           window_for=policy.settings.window_for,
-                                          purity_estimate=st.purity_estimate, recovery_estimate=st.recovery_estimate))
+                                          purity_estimate=st.purity_estimate, recovery_estimate=st.recovery_estimate,
+                                          sorted_purity_estimate=st.sorted_purity_estimate,
+                                          sorted_recovery_estimate=st.sorted_recovery_estimate))
         finally:
             if folder is not None and not keep:
                 raw.unlink(missing_ok=True)

@@ -615,7 +615,7 @@ class EventWriter:
                          ("exit_host_ns", "<i8"), ("quality", "<u2"), ("predicted", "<i2"), ("probability", "<f4"),
                          ("is_target", "u1"), ("fired", "u1"), ("reason", "u1"), ("fire_scheduled_ns", "<i8"),
                          ("fire_sent_ns", "<i8"), ("fire_delay_us", "<f8"), ("fire_width_us", "<f8"),
-                         ("fire_late", "u1"), ("fire_ok", "u1")):
+                         ("fire_late", "u1"), ("fire_ok", "u1"), ("sort_window_ms", "<f8")):
             add(f"mimlsort/events/{name}", (), dt)
         add("mimlsort/events/decision_detail", (), f"S{_DETAIL_BYTES}")
         add("mimlsort/events/fire_error", (), f"S{_ERROR_BYTES}")
@@ -798,6 +798,7 @@ class EventWriter:
         put("mimlsort/events/fired", extra["fired"])
         put("mimlsort/events/reason", _reason_code(d))
         put("mimlsort/events/decision_detail", _fixed(d.detail if d is not None else "", _DETAIL_BYTES))
+        put("mimlsort/events/sort_window_ms", d.window_ms if d is not None else nan)
         if fire is None:  # most cells: nothing was sent
             put("mimlsort/events/fire_scheduled_ns", -1)
             put("mimlsort/events/fire_sent_ns", -1)
@@ -1202,6 +1203,7 @@ _READ_DEFAULTS: dict[str, tuple[Any, Any]] = {
     "predicted": (np.int64, -1), "probability": (np.float32, math.nan),
     "fire_scheduled_ns": (np.int64, -1), "fire_sent_ns": (np.int64, -1),
     "fire_delay_us": (np.float64, math.nan), "fire_width_us": (np.float64, math.nan),
+    "sort_window_ms": (np.float64, math.nan),
     "decision_detail": (object, ""), "fire_error": (object, ""), "fire_device": (object, ""),
 }
 

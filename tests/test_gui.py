@@ -299,6 +299,12 @@ def test_status_rows_flag_missed_frames():
     refused = {r.key: r for r in status_rows(replace(st, device_refused=4, unacked=2))}["trigger"]
     assert refused.alarm and refused.text == "ok, 4 refused, 2 unacked" and "not armed, counter busy): 4" in refused.tooltip
     assert {r.key: r for r in status_rows(replace(st, trigger_ok=False))}["trigger"].text == "FAULT"
+    est = replace(st, purity_estimate=0.97, recovery_estimate=0.5)
+    assert {r.key: r for r in status_rows(est)}["purity"].text == "97.0 % | 50.0 %"
+    swept = {r.key: r for r in status_rows(replace(est, swept=6, sorted_purity_estimate=0.9,
+                                                   sorted_recovery_estimate=0.52))}["purity"]
+    assert swept.text == "97.0 % | 50.0 %; outlet 90.0 %" and "6 swept along" in swept.tooltip
+    assert "recovery 52.0 %" in swept.tooltip
 
 
 # -- the window with the stand-in run -------------------------------------------------------------------

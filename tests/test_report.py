@@ -72,6 +72,16 @@ def test_summary_counts_match_the_records(run_file):
     f_mask = np.array([r.decision.fire for r in records])
     assert s.purity_estimate == pytest.approx(p_t[f_mask].mean(), rel=1e-6)
     assert s.recovery_estimate == pytest.approx(p_t[f_mask].sum() / p_t.sum(), rel=1e-6)
+    # the outlet: fired cells and their neighbours within the window each target was judged with
+    exits = np.array([r.event.features["exit_time_ms"] for r in records])
+    outlet = f_mask.copy()
+    for r in records:
+        if r.decision.fire:
+            outlet |= np.abs(exits - r.event.features["exit_time_ms"]) <= r.decision.window_ms
+    assert s.swept == int((outlet & ~f_mask).sum()) > 0
+    assert s.sorted_purity_estimate == pytest.approx(p_t[outlet].mean(), rel=1e-6)
+    assert s.sorted_recovery_estimate == pytest.approx(p_t[outlet].sum() / p_t.sum(), rel=1e-6)
+    assert s.sorted_purity_estimate < s.purity_estimate  # soft neighbours swept along
     di_h = [r.event.features["di"] for r, p, o in zip(records, pred, ok) if p == 0 and o]
     assert s.medians["hct116"]["di"][1] == pytest.approx(np.median(di_h))
     assert s.counters == {"camera_dropped": 1}
@@ -145,6 +155,15 @@ def test_csv_export_has_one_row_per_cell_with_everything(run_file, tmp_path):
         assert float(row["p_hct116"]) == pytest.approx(float(r.probabilities[0]), rel=1e-6)
         assert row["reason"] == r.decision.reason.value and int(row["fired"]) == int(r.decision.fire)
         assert row["quality_flags"] == quality_names(int(r.event.quality))
+        if r.decision.is_target:
+            assert float(row["sort_window_ms"]) == pytest.approx(r.decision.window_ms)
+        else:
+            assert row["sort_window_ms"] == ""
+    # a cell is in the outlet when fired or within a fired neighbour's window (cells exit 2 ms apart)
+    fired_at = {r.event.index for r in records if r.decision.fire}
+    for row, r in zip(rows, records):
+        near = {r.event.index - 1, r.event.index, r.event.index + 1} & fired_at
+        assert int(row["in_outlet"]) == int(bool(near))
     assert quality_names(int(Quality.DOUBLET | Quality.STUCK)) == "DOUBLET|STUCK"
     from app.export import _fmt
 

@@ -27,7 +27,7 @@ from app.sortsim import (
     run_mode,
     score_mode,
 )
-from app.sorting import Decision, Neighbour, Reason, SortPolicy, SortSettings
+from app.sorting import Decision, Neighbour, Reason, SortPolicy, SortSettings, sorted_set
 from mimlsort.errors import ConfigError
 from tracking.events import CellEvent, Quality
 
@@ -322,8 +322,24 @@ def test_modes_on_the_same_cells(sim_runs):
         res[m] = score_mode(m, recs[m], truth_, frame_ms=frame_ms, run_ms=SIM.frame_count * frame_ms,
                             target_classes=run.pipeline.policy.settings.target_classes,
                             window_for=run.pipeline.policy.settings.window_for,
-                            purity_estimate=st.purity_estimate, recovery_estimate=st.recovery_estimate)
+                            purity_estimate=st.purity_estimate, recovery_estimate=st.recovery_estimate,
+                            sorted_purity_estimate=st.sorted_purity_estimate,
+                            sorted_recovery_estimate=st.sorted_recovery_estimate)
+        # the live outlet count is the file's rule over the same decisions
+        decided = [r for r in recs[m] if r.decision is not None]
+        fired = np.array([r.decision.fire for r in decided])
+        outlet = sorted_set(np.array([r.event.features.get("exit_time_ms", np.nan) for r in decided]), fired,
+                            np.array([r.decision.window_ms for r in decided]))
+        assert st.swept == int((outlet & ~fired).sum())
     p, y, s = res["purity"], res["yield"], res["single-cell"]
+    # yield mode sweeps non-targets along: the outlet estimate sees the purity it costs (the
+    # estimates themselves sit a few points above the truth on this short run, whose classifier
+    # is surer than right) where the fired cells' estimate cannot
+    assert y.swept_non_targets > 0 and runs["yield"].status().swept > 0
+    assert f"swept {runs['yield'].status().swept} (outlet est. purity" in runs["yield"].status().line()
+    true_drop, est_drop = y.purity - y.sorted_purity, y.purity_estimate - y.sorted_purity_estimate
+    assert true_drop > 0.03 and abs(est_drop - true_drop) < 0.03, (true_drop, est_drop)
+    assert p.purity_estimate - p.sorted_purity_estimate < 0.01  # purity mode aborts what would be swept
     # stricter modes fire a subset of the cells
     assert set(s.fired_keys) <= set(p.fired_keys) < set(y.fired_keys)
     assert y.recovery >= p.recovery >= s.recovery

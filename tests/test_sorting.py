@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from app.sorting import (Decision, Neighbour, PolygonGate, RangeGate, Reason, SortCounters, SortPolicy,
-                         SortSettings)
+                         SortSettings, sorted_set)
 from mimlsort.errors import ConfigError
 from mimlsort.settings import from_mapping
 from tracking.events import CellEvent, Quality
@@ -160,3 +160,72 @@ def test_estimates_restart_with_new_targets_while_the_counts_go_on():
     c.add(Decision(2, True, Reason.FIRED, "wbc", 0.7, True), 0.7)
     assert (c.seen, c.fired) == (3, 2)
     assert c.purity_estimate == pytest.approx(0.7) and c.recovery_estimate == pytest.approx(1.0)
+
+
+def _d(i: int, fire: bool, window: float = math.nan, p: float = 0.9) -> Decision:
+    return Decision(i, fire, Reason.FIRED if fire else Reason.NOT_TARGET, "hct116" if fire else "wbc", p, fire,
+                    "", window)
+
+
+def test_outlet_counts_cells_swept_along_decided_before_or_after_the_pulse():
+    c = SortCounters(CLASSES)
+    c.add(_d(0, False), 0.1, 100.0)  # decided before the pulse that sweeps it
+    c.add(_d(1, True, window=4.0), 0.9, 103.0)
+    c.add(_d(2, False), 0.2, 106.5)  # decided after it, within its window
+    c.add(_d(3, False), 0.3, 107.5)  # 4.5 ms away: stays in the stream
+    c.add(_d(4, False), 0.05, math.nan)  # no exit time: never swept
+    assert c.swept == 2 and c.fired == 1
+    assert c.purity_estimate == pytest.approx(0.9)
+    # the outlet: cells 0, 1 and 2
+    assert c.sorted_purity_estimate == pytest.approx((0.1 + 0.9 + 0.2) / 3)
+    assert c.sorted_recovery_estimate == pytest.approx((0.1 + 0.9 + 0.2) / (0.1 + 0.9 + 0.2 + 0.3 + 0.05))
+    # a cell in two pulses' windows goes into the outlet once
+    c.add(_d(5, True, window=4.0), 0.8, 110.0)
+    assert c.swept == 3  # cell 3 (107.5) is 2.5 ms from the new pulse
+    c.add(_d(6, True, window=4.0), 0.8, 111.0)  # fired itself: not "swept", counted once
+    assert c.swept == 3 and c.sorted_purity_estimate == pytest.approx((0.1 + 0.9 + 0.2 + 0.3 + 0.8 + 0.8) / 6)
+
+
+def test_outlet_forgets_old_cells_and_restarts_with_the_estimates():
+    c = SortCounters(CLASSES)
+    for i in range(2000):  # a long run: what the counters keep stays a few ms of cells long
+        c.add(_d(i, i % 7 == 0, window=3.0 if i % 7 == 0 else math.nan), 0.5, 2.0 * i)
+    assert len(c._recent) < 50 and len(c._pulses) < 10
+    c.restart_estimates()
+    assert math.isnan(c.sorted_purity_estimate)
+    swept = c.swept
+    c.add(_d(5000, True, window=2.0), 0.9, 2.0 * 1999 + 1.0)  # sweeps cell 1999 alone, decided before the restart
+    assert c.swept == swept + 1
+    # ... whose P(target) meant another target and stays out of the new estimate
+    assert c.sorted_purity_estimate == pytest.approx(0.9)
+
+
+def test_sorted_set_of_a_file_agrees_with_the_live_counters():
+    rng = np.random.default_rng(11)
+    n = 400
+    exits = np.cumsum(rng.exponential(3.0, n)) + rng.normal(0, 1.0, n)  # decided slightly out of exit order
+    exits[rng.random(n) < 0.03] = np.nan
+    fired = rng.random(n) < 0.3
+    window = np.where(fired, rng.uniform(0.5, 5.0, n), np.nan)
+    p = rng.random(n)
+    c = SortCounters(CLASSES)
+    for i in range(n):
+        c.add(_d(i, bool(fired[i]), float(window[i])), float(p[i]), float(exits[i]))
+    out = sorted_set(exits, fired, window)
+    # brute force: fired, or within some fired cell's window
+    brute = fired.copy()
+    for i in np.flatnonzero(fired & np.isfinite(exits)):
+        brute |= np.abs(exits - exits[i]) <= window[i]
+    np.testing.assert_array_equal(out, brute)
+    assert c.swept == int((out & ~fired).sum()) > 0
+    assert c.sorted_purity_estimate == pytest.approx(p[out].mean())
+    assert c.sorted_recovery_estimate == pytest.approx(p[out].sum() / p.sum())
+
+
+def test_decision_carries_the_window_it_was_judged_with():
+    d = policy(mode="yield", window_ms=3.5).decide(ev(), TARGET)
+    assert d.fire and d.window_ms == 3.5
+    d = policy(mode="yield", window_um=20.0).decide(ev(), TARGET)
+    assert d.window_ms == pytest.approx(20.0 / 10.0)  # 20 µm at 10 mm/s
+    d = policy(window_ms=3.5).decide(ev(), OTHER)
+    assert not d.is_target and math.isnan(d.window_ms)

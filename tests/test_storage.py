@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -102,7 +103,9 @@ def make_records(n: int, *, seed: int = 0, snapshot: bool = True, start: int = 0
         if target and i % 7 == 3:
             target, reason = True, Reason.COINCIDENCE
         fired = reason is Reason.FIRED
-        d = Decision(i, fired, reason, CLASSES[k], float(probs[k]), target, "" if fired else f"cell {i}")
+        # a target's coincidence window reaches its neighbours 2 ms on either side: its pulse sweeps them along
+        d = Decision(i, fired, reason, CLASSES[k], float(probs[k]), target, "" if fired else f"cell {i}",
+                     2.5 if target else math.nan)
         fire = FireLike(i, 5 * 10**9 + i, 5 * 10**9 + i + 20_000, 850.0, 200.0, False, True, "", "log") \
             if fired else None
         out.append(CellRecord(ev, probs, d, fire))

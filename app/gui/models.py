@@ -301,6 +301,21 @@ def _fmt(v: float, spec: str = ".0f", unit: str = "") -> str:
     return f"{v:{spec}}{unit}"
 
 
+def _purity_row(st: Any) -> StatusRow:
+    text = f"{_fmt(100 * st.purity_estimate, '.1f', ' %')} | {_fmt(100 * st.recovery_estimate, '.1f', ' %')}"
+    swept = getattr(st, "swept", 0)
+    if not swept:
+        return StatusRow("purity", "Purity | recovery (est.)", text,
+                         tooltip="of the fired cells, from the classifier's probabilities")
+    # yield mode sweeps neighbours of fired cells into the outlet: what the outlet holds is the
+    # figure the operator collects, so it is shown beside the fired cells'
+    outlet = getattr(st, "sorted_purity_estimate", math.nan)
+    return StatusRow("purity", "Purity | recovery (est.)", f"{text}; outlet {_fmt(100 * outlet, '.1f', ' %')}",
+                     tooltip=f"fired cells: {text}; the outlet (fired cells and {swept} swept along within their "
+                             f"coincidence window): purity {_fmt(100 * outlet, '.1f', ' %')}, recovery "
+                             f"{_fmt(100 * getattr(st, 'sorted_recovery_estimate', math.nan), '.1f', ' %')}")
+
+
 def status_rows(st: Any) -> list[StatusRow]:
     """What the status panel shows for a :class:`app.pipeline.Status` snapshot, in order."""
     missed = sum(st.missed.values()) if st.missed else 0
@@ -325,8 +340,7 @@ def status_rows(st: Any) -> list[StatusRow]:
         StatusRow("fired", "Fired | aborted", f"{st.fired} | {aborted}",
                   tooltip="\n".join(f"{r}: {n}" for r, n in sorted(st.not_fired.items()))),
         StatusRow("late", "Late triggers", str(st.late), st.late > 0),
-        StatusRow("purity", "Purity | recovery (est.)",
-                  f"{_fmt(100 * st.purity_estimate, '.1f', ' %')} | {_fmt(100 * st.recovery_estimate, '.1f', ' %')}"),
+        _purity_row(st),
         StatusRow("latency", "Latency p50 | p99",
                   f"{_fmt(st.latency_p50_us / 1000, '.2f')} | {_fmt(st.latency_p99_us / 1000, '.2f', ' ms')}",
                   tooltip="decision latency from the frame that completed the cell's event; from the frame in which "
