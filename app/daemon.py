@@ -152,7 +152,6 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     server = None
     latest: dict = {"state": "starting"}
     try:
-        show = progress(console.stream(out)) if progress is not None else None
         if cfg.daemon.http_port:
             # before the camera, model and files are opened: a port in use is a configuration
             # error (exit 2), not a run that starts and then fails; and "starting" is served
@@ -166,6 +165,9 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         try:
             run.start()
             started.append(True)
+            # the bar once the run goes: a configuration refused while the run is built (or a
+            # model that loads for seconds) is said on its own, not under an empty "0%" bar
+            show = progress(console.stream(out)) if progress is not None else None
             log.info("run started; events -> %s", run.events_path)
             next_line = time.monotonic() + cfg.daemon.status_interval_s
             while True:
@@ -194,6 +196,8 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             say(st.line(), out)
         else:
             show(st)
+            show.close()  # the finished bar above the lines that say how the run ended
+            show = None
             last_words.append(st.line())
         reason = st.finish_reason or FinishReason.COMPLETED
         say(f"run {reason.value}" + (f": {st.message}" if st.message else "") +

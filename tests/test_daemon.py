@@ -255,6 +255,23 @@ def test_replay_is_deterministic(tmp_path):
     assert stored.counters["snapshots_lost"] == 0 and stored.counters["frames_processed"] > 512
 
 
+def test_replay_config_error_comes_without_a_progress_bar_and_the_bar_ends_before_the_last_words(tmp_path):
+    rec = _simulate(tmp_path)
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[sorting]\ntarget_classes = ["nope"]\n')
+    p = mimlsort("replay", str(rec), "--out", str(tmp_path / "bad.rtdc"), "--model", "demo", "--config", str(cfg))
+    _o, err = p.communicate(timeout=180)
+    assert p.returncode == 2 and "sorting.target_classes" in err
+    assert "frame/s" not in err and "0%" not in err, err  # refused before the run: no empty bar
+    out = tmp_path / "events.rtdc"
+    p = mimlsort("replay", str(rec), "--out", str(out), "--model", MODEL)
+    _o, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    done = next(i for i, line in enumerate(lines) if line.startswith("run completed"))
+    assert any("100%" in line for line in lines[:done]) and not any("frame/s" in line for line in lines[done:]), lines
+
+
 def test_replay_finishes_while_nobody_reads_its_progress_bar(tmp_path):
     """The progress bar was drawn by the main thread: with stderr blocked (a paused terminal) the
     replay stood still at its first redraw and a SIGTERM could not stop it. Now the console's
