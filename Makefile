@@ -41,7 +41,7 @@ sim-tools:
 
 # the figures in BENCHMARKS.md (run on a quiet machine)
 bench: $(STAMP)
-	for b in tracking tracking-accuracy synthetic recording inference storage trigger sorting pipeline camera sort-modes; do \
+	for b in tracking tracking-accuracy synthetic recording inference storage trigger sorting pipeline clock-map pulse-timing camera sort-modes; do \
 		$(BIN)/mimlsort bench $$b --json || exit 1; done
 	QT_QPA_PLATFORM=offscreen $(BIN)/mimlsort bench gui --seconds 10 --json
 

@@ -856,6 +856,12 @@ class SyntheticCamera(Camera):
         self._n_total = s.frame_count
         self._period_ns = 1e9 / s.fps
 
+    def due_host_ns(self, timestamp_ns: int) -> int:
+        """The host monotonic time at which a real-time run's frame of camera time ``timestamp_ns``
+        was due: its arrival minus the delivery's lateness, the truth a camera→host clock map
+        estimates."""
+        return self._t0_host + int(timestamp_ns)
+
     def _do_close(self) -> None:
         self._scene = None
 

@@ -105,6 +105,86 @@ def bench_pipeline(seconds: float = 5.0, fps: float = 10_000.0, cells_per_second
         return res
 
 
+def bench_clock_map(seconds: float = 5.0, fps: float = 10_000.0, cells_per_second: float = 400.0,
+                    save: str | None = None) -> dict:
+    """How well the camera→host clock map times a frame on the host clock in a loaded run.
+
+    The pipeline of :func:`bench_pipeline` runs; beside it a thread copies every frame's camera
+    time and host arrival out of the ring. The simulated camera knows when each frame was due on
+    the host clock (its arrival is that plus the delivery's lateness: the camera thread held up
+    on 2 shared cores). Afterwards the frames are fed to a :class:`~hardware.timing.ClockMap` in
+    64-frame batches, as the sort thread feeds them, and the newest frame of each batch is mapped
+    through the fit before it (as an exit is): the error against the truth is what a pulse's
+    timing inherits. ``save``: an ``.npz`` of the (camera, arrival, due) triples, to compare fits.
+    """
+    import threading
+
+    import numpy as np
+
+    from hardware.timing import MIN_SAMPLES, ClockMap
+
+    with tempfile.TemporaryDirectory(prefix="mimlsort-bench-") as tmp:
+        cfg = with_changes(RunConfig(),
+                           camera={"backend": "synthetic", "synthetic.fps": fps, "synthetic.realtime": True,
+                                   "synthetic.pregenerate": True, "synthetic.duration_s": seconds,
+                                   "synthetic.cells_per_second": cells_per_second, **FAST_FLOW},
+                           model={"path": "demo"}, trigger={"backend": "null"},
+                           output={"folder": tmp, "sample": "bench"}, daemon={"log_file": ""})
+        run = build_run(cfg, folder=Path(tmp))
+        cam_t, host_t, gaps = [], [], [0]
+        done = threading.Event()
+
+        def observe():
+            next_seq = None
+            while not done.is_set():
+                ring = run.pipeline.ring
+                if ring is not None:
+                    head = ring.written
+                    lo = head if next_seq is None else max(next_seq, head - ring.capacity + ring.guard)
+                    if next_seq is not None and lo > next_seq:
+                        gaps[0] += lo - next_seq  # lapped while this thread waited: those frames are not scored
+                    idx = np.arange(lo, head) % ring.capacity
+                    cam_t.append(ring.timestamps_ns[idx].copy())
+                    host_t.append(ring.host_ns[idx].copy())
+                    if ring.written - ring.capacity + ring.guard > lo:  # overwritten while copied
+                        cam_t.pop(), host_t.pop()
+                        gaps[0] += head - lo
+                    next_seq = head
+                time.sleep(0.002)
+
+        watcher = threading.Thread(target=observe, name="clock-observer", daemon=True)
+        run.start()
+        watcher.start()
+        try:
+            run.wait(seconds * 4 + 60)
+        finally:
+            done.set()
+            watcher.join()
+            run.pipeline.stop()
+            run.pipeline.wait(30)
+            run.close()
+        cam = np.concatenate(cam_t) if cam_t else np.zeros(0, np.int64)
+        host = np.concatenate(host_t) if host_t else np.zeros(0, np.int64)
+        due = np.array([run.pipeline.camera.due_host_ns(int(t)) for t in cam], np.int64)
+    if save:
+        np.savez(save, camera_ns=cam, host_ns=host, due_ns=due)
+    cm = ClockMap()
+    errs = []
+    for k in range(0, len(cam), 64):
+        e = min(len(cam), k + 64)
+        if cm.n >= MIN_SAMPLES:
+            errs.append(cm.to_host_ns(int(cam[e - 1]), refit=False) - int(due[e - 1]))
+        cm.add_many(cam[k:e], host[k:e])
+        cm.refit()
+    err = np.array(errs, np.float64) / 1000.0
+    late = (host - due) / 1000.0
+    pct = (lambda v, q: round(float(np.percentile(v, q)), 1) if v.size else None)
+    return {"frames": int(len(cam)), "frames_not_scored": gaps[0], "fps": fps, "cells_per_second": cells_per_second,
+            "delivery_late_us_p50": pct(late, 50), "delivery_late_us_p99": pct(late, 99),
+            "delivery_late_us_max": pct(late, 100), "map_error_us_p1": pct(err, 1), "map_error_us_p50": pct(err, 50),
+            "map_error_us_p99": pct(err, 99), "map_abs_error_us_max": pct(np.abs(err), 100), "map_resets": cm.resets}
+
+
 #: twice FAST_FLOW (12 cm/s in the constriction): single file, a channel passes ~1,200 cells/s
 #: that the tracker can tell apart at 8 kHz; at FAST_FLOW and 4 kHz, 1,000 cells/s offered come out
 #: as ~750 events, most of them touching pairs

@@ -101,6 +101,7 @@ BENCHES: dict[str, str] = {
     "tracking": "tracking.bench:bench_tracking",
     "tracking-accuracy": "app.bench:bench_tracking_accuracy",
     "pulse-timing": "app.bench:bench_pulse_timing",
+    "clock-map": "app.bench:bench_clock_map",
     "recording": "acquisition.recording:bench_recording",
     "inference": "inference.bench:bench_inference",
     "sorting": "app.bench:bench_sorting",

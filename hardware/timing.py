@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: a map needs this many frames before exits are mapped through it (fewer: the exit frame's arrival)
 MIN_SAMPLES = 16
+#: frames the clock map takes between fits (an O(window) pass after a decision, ~10 µs)
+REFIT_EVERY = 64
 _RESETS_LOGGED = 5
 
 
@@ -80,9 +82,8 @@ N_CS = 4
 #: of the truth; real clocks differ by ~1e-4)
 STEP_TOLERANCE_NS = 2_000_000
 STEP_SLOPE_TOLERANCE = 2e-3
-#: forward steps are looked for only with a fit of at least this many samples per segment and a
-#: slope this close to 1 (a fit of a few jittery frames can be far off, and would see steps in noise)
-STEP_MIN_PER_SEGMENT = 2
+#: forward steps are looked for only with a fit of at least MIN_SAMPLES frames and a slope this
+#: close to 1 (a fit of a few jittery frames can be far off, and would see steps in noise)
 STEP_MAX_SLOPE_ERROR = 1e-3
 
 
@@ -122,56 +123,52 @@ def _append(cam_buf, host_buf, st, cam, host, start, count, check, slope, offset
     return done
 
 
+#: a fitted slope further from 1 than this is no clock rate (crystals differ by ppm) but a window
+#: that holds too few deliveries on time (one long burst): the offset is then fitted at the last
+#: good slope
+MAX_SLOPE_ERROR = 1e-3
+
+
 @njit(cache=True)
-def _fit_envelope(cam_buf, host_buf, head, n, segments, slope0):
+def _fit_envelope(cam_buf, host_buf, head, n, slope0, hx, hy):
     """(slope, offset, ref) of the lower envelope of the ``n`` samples in the window, oldest at
-    ``head`` once it is full (see :class:`ClockMap`)."""
+    ``head`` once it is full (see :class:`ClockMap`); ``hx``/``hy`` (window-long) hold its hull."""
     window = cam_buf.shape[0]
     first = 0 if n < window else head
     ref = cam_buf[(first + n - 1) % window]
     if n == 1:
         return 1.0, np.float64(host_buf[first] - ref) - np.float64(cam_buf[first] - ref), ref
-    slope = slope0
-    segs = min(segments, n)
-    step = n / segs  # the run boundaries np.linspace(0, n, segs + 1) gives
-    xs = np.empty(segs)
-    ys = np.empty(segs)
+    # the lower convex hull (Andrew's monotone chain; camera times increase through the window)
     m = 0
-    for _ in range(2):
-        m = 0
-        for s in range(segs):
-            lo = int(s * step)
-            hi = n if s == segs - 1 else int((s + 1) * step)
-            best = np.inf
-            bx = 0.0
-            by = 0.0
-            for i in range(lo, hi):
-                j = (first + i) % window
-                x = np.float64(cam_buf[j] - ref)
-                y = np.float64(host_buf[j] - ref)
-                r = y - slope * x
-                if r < best:
-                    best = r
-                    bx = x
-                    by = y
-            if hi > lo:
-                xs[m] = bx
-                ys[m] = by
-                m += 1
-        xmean = xs[:m].mean()
-        ymean = ys[:m].mean()
-        var = 0.0
-        cov = 0.0
-        for k in range(m):
-            var += (xs[k] - xmean) * (xs[k] - xmean)
-            cov += (xs[k] - xmean) * (ys[k] - ymean)
-        if var <= 0:
+    sx = 0.0
+    for i in range(n):
+        j = (first + i) % window
+        x = np.float64(cam_buf[j] - ref)
+        y = np.float64(host_buf[j] - ref)
+        sx += x
+        while m >= 2 and (hx[m - 1] - hx[m - 2]) * (y - hy[m - 2]) - (hy[m - 1] - hy[m - 2]) * (x - hx[m - 2]) <= 0.0:
+            m -= 1
+        hx[m] = x
+        hy[m] = y
+        m += 1
+    # the line below every sample with the least total latency above it: the hull's edge over the
+    # mean camera time (the linear program of Moon, Skelly & Towsley 1999)
+    xbar = sx / n
+    slope = np.nan
+    offset = 0.0
+    for k in range(m - 1):
+        if hx[k] <= xbar <= hx[k + 1] and hx[k + 1] > hx[k]:
+            slope = (hy[k + 1] - hy[k]) / (hx[k + 1] - hx[k])
+            offset = hy[k] - slope * hx[k]
             break
-        slope = cov / var
-    off = 0.0
-    for k in range(m):
-        off += ys[k] - slope * xs[k]
-    return slope, off / m, ref
+    if not abs(slope - 1.0) <= MAX_SLOPE_ERROR:
+        slope = slope0 if abs(slope0 - 1.0) <= MAX_SLOPE_ERROR else 1.0
+        offset = np.inf
+        for k in range(m):  # the lowest hull vertex at that slope is the lowest sample
+            r = hy[k] - slope * hx[k]
+            if r < offset:
+                offset = r
+    return slope, offset, ref
 
 
 @njit(cache=True)
@@ -194,14 +191,17 @@ class ClockMap:
 
     A frame's host time is its camera time plus a transfer latency that is never negative and
     varies (USB/GigE bursts, a busy GIL). An ordinary least-squares line would carry the mean
-    latency *and* be tilted by late outliers; instead the map fits the lower envelope: the window
-    is cut into ``segments`` runs of frames in time order, the sample with the smallest residual
-    of each run is kept, and a line is fitted through those points (twice, so the residuals of the
-    second pass are taken against the first fit's slope). The constant part of the latency that
-    remains (exposure to readout) is calibrated with :attr:`TimingSettings.offset_us`.
+    latency *and* be tilted by late outliers; instead the map fits the lower envelope: the line
+    below every sample of the window with the least total latency above it, which is the edge of
+    the samples' lower convex hull over their mean camera time (Moon, Skelly & Towsley 1999). Its
+    vertices are the frames delivered soonest — in bursts, the last of each — so frames that come
+    in bursts of any length tilt it no more than steady ones. A window holding fewer than two
+    timely deliveries (a burst longer than the window) gives no slope a clock can have (beyond
+    ``MAX_SLOPE_ERROR``); the offset is then fitted at the previous slope. The constant part of the
+    latency that remains (exposure to readout) is calibrated with :attr:`TimingSettings.offset_us`.
 
     Feed it from the thread that owns the frames (``add``/``add_many`` per batch); ``to_host_ns``
-    refits lazily once an eighth of the window is new (and while it fills). A caller on a
+    refits lazily once ``REFIT_EVERY`` frames (or an eighth of a smaller window) are new. A caller on a
     deadline maps with ``to_host_ns(t, refit=False)`` (the last fit: the clocks drift by ppm) and
     calls :meth:`refit` once the deadline has passed. Not thread-safe by design: one owner.
 
@@ -210,13 +210,13 @@ class ClockMap:
     code, a refit due at most cells at 10 kHz) before it could track the next frame.
     """
 
-    def __init__(self, window: int = 512, segments: int = 8):
+    def __init__(self, window: int = 4096):
         require(window >= 2, "window", f"must be >= 2, got {window}")
-        require(2 <= segments <= window, "segments", f"must be in [2, window], got {segments}")
         self.window = window
-        self.segments = segments
         self._cam = np.zeros(window, np.int64)
         self._host = np.zeros(window, np.int64)
+        self._hull_x = np.zeros(window, np.float64)  # the fit's lower convex hull (scratch)
+        self._hull_y = np.zeros(window, np.float64)
         self._st = np.zeros(N_CS, np.int64)  # next slot to write, samples held (≤ window), added since the fit
         self._dirty = False
         self._slope = 1.0
@@ -236,7 +236,7 @@ class ClockMap:
     def warm_up() -> None:
         """Load the kernels (compiled on a machine's first run) before a run needs them on time."""
         t = np.arange(1, 4, dtype=np.int64)
-        cm = ClockMap(window=4, segments=2)
+        cm = ClockMap(window=4)
         cm.add_many(t, t)
         cm.add_ring(t + 10, t + 10, 1, 2)  # later times: a restart here would be logged as one
         cm.refit()
@@ -279,13 +279,15 @@ class ClockMap:
         # refit after a fresh share of the window, not per frame: the clocks drift by ppm, and a
         # refit on the sort path per cell would cost more than the timing gains
         st = self._st
-        self._dirty = self._dirty or st[CS_NEW] >= max(1, self.window // 8) or st[CS_N] <= self.segments
+        # (and until a first fit exists: mapping before it returned the camera's time as the host's)
+        self._dirty = (self._dirty or not self._fitted or st[CS_NEW] >= min(REFIT_EVERY, max(1, self.window // 8))
+                       or st[CS_N] <= MIN_SAMPLES)
 
     def _append(self, cam: np.ndarray, host: np.ndarray, start: int, count: int) -> int:
         n = int(self._st[CS_N])
         # a fit of a few frames can be far off, and frames that come in bursts arrive up to the
         # burst's length late: neither must read as a step
-        check = (self._fitted and self._fit_n >= STEP_MIN_PER_SEGMENT * self.segments
+        check = (self._fitted and self._fit_n >= MIN_SAMPLES
                  and abs(self._slope - 1.0) <= STEP_MAX_SLOPE_ERROR)
         return _append(self._cam, self._host, self._st, cam, host, start, count, check, self._slope,
                        self._offset, self._ref, self._fit_spread)
@@ -309,7 +311,8 @@ class ClockMap:
         n = int(self._st[CS_N])
         slope0 = self._slope if n > 2 else 1.0
         head = int(self._st[CS_HEAD])
-        self._slope, self._offset, self._ref = _fit_envelope(self._cam, self._host, head, n, self.segments, slope0)
+        self._slope, self._offset, self._ref = _fit_envelope(self._cam, self._host, head, n, slope0, self._hull_x,
+                                                             self._hull_y)
         self._fit_n = n
         self._fit_spread = _spread(self._cam, self._host, head, n, self._slope, self._offset, self._ref)
         self._fitted = True

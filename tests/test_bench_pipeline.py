@@ -15,3 +15,19 @@ def test_bench_pipeline_reports_latency_from_the_emission_and_from_the_exit():
     # longer by that travel (at least one frame, 250 µs at 4 kHz)
     assert r["latency_from_exit_us_p50"] > r["latency_us_p50"] + 200
     assert r["latency_from_exit_us_p99"] is not None
+
+
+def test_bench_clock_map_scores_every_frame_against_when_it_was_due(tmp_path):
+    import numpy as np
+
+    from app.bench import bench_clock_map
+
+    r = bench_clock_map(seconds=1.5, fps=4000, cells_per_second=60, save=str(tmp_path / "pairs.npz"))
+    d = np.load(tmp_path / "pairs.npz")
+    # the observer saw the run's frames in order, none twice (the background estimate's included)
+    assert r["frames"] == len(d["camera_ns"]) > 4000 and r["frames_not_scored"] == 0
+    steps = np.diff(d["camera_ns"])
+    assert np.all(steps > 0) and np.all(steps % 250_000 == 0)  # frames the camera skipped under load may miss
+    # a frame arrives when it is due or later, never before (the truth the map is scored against)
+    assert (d["host_ns"] >= d["due_ns"]).all() and r["delivery_late_us_p50"] >= 0
+    assert r["map_resets"] == 0 and r["map_error_us_p1"] <= r["map_error_us_p50"] <= r["map_error_us_p99"]

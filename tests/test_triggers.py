@@ -59,7 +59,7 @@ def _clock_samples(n, seed=0, t0=5_000_000_000_000, drift_ppm=80.0, offset_ns=-3
 
 def test_clock_map_follows_the_lower_envelope_despite_stalls():
     cam, true_host, host = _clock_samples(2000)
-    cm = ClockMap(window=512)
+    cm = ClockMap()  # the default window holds all 2,000 frames (1 s)
     cm.add_many(cam, host)
     later = int(cam[-1]) + 10 * MS  # a cell exit just after the last frame
     expected = round(later * (1 + 80e-6)) - 3_210_987_654 + 150_000  # true time + the constant latency
@@ -67,7 +67,7 @@ def test_clock_map_follows_the_lower_envelope_despite_stalls():
     assert err_us < 25, err_us
     assert abs(cm.slope - (1 + 80e-6)) < 5e-6
     # an ordinary least-squares line carries the mean latency and the stalls: the envelope is better
-    a, b = np.polyfit((cam[-512:] - cam[-1]).astype(float), (host[-512:] - cam[-1]).astype(float), 1)
+    a, b = np.polyfit((cam - cam[-1]).astype(float), (host - cam[-1]).astype(float), 1)
     ols_err_us = abs(cam[-1] + a * (later - cam[-1]) + b - expected) / 1000
     assert err_us < ols_err_us
     p50, p99 = cm.latency_us()
@@ -87,38 +87,80 @@ def test_clock_map_batches_equal_frame_by_frame():
         many.add_many(cam[:3], host[:2])
 
 
-def _envelope_reference(cam, host, segments, slope):
-    """The lower-envelope fit of ClockMap's docstring in NumPy (the implementation before the
-    kernel): two passes of least squares through the lowest residual of each run."""
+def _envelope_reference(cam, host):
+    """The lower envelope as the linear program it solves (scipy): the line below every sample
+    with the least total latency above it, centred on the newest camera time."""
+    from scipy.optimize import linprog
+
     ref = int(cam[-1])
     x = (cam - ref).astype(np.float64)
     y = (host - ref).astype(np.float64)
-    bounds = np.linspace(0, len(x), min(segments, len(x)) + 1).astype(np.int64)
-    for _ in range(2):
-        r = y - slope * x
-        idx = np.array([lo + int(np.argmin(r[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
-        xs, ys = x[idx], y[idx]
-        xm = xs - xs.mean()
-        if float(xm @ xm) <= 0:
-            break
-        slope = float(xm @ (ys - ys.mean())) / float(xm @ xm)
-    return slope, float(np.mean(ys - slope * xs)), ref
+    # maximise Σ(a x_i + b)  s.t.  a x_i + b <= y_i; scaled to ms so the solver is well conditioned
+    res = linprog(c=[-x.sum() / 1e6, -len(x)], A_ub=np.c_[x / 1e6, np.ones_like(x)], b_ub=y, bounds=[(None, None)] * 2,
+                  method="highs")
+    assert res.status == 0
+    return res.x[0] / 1e6, res.x[1], ref
 
 
 @pytest.mark.parametrize("n", [5, 64, 300, 700])
-def test_clock_map_kernel_fits_as_the_numpy_reference(n):
+def test_clock_map_kernel_fits_as_the_linear_program(n):
     cam, _, host = _clock_samples(n, seed=n)
-    cm = ClockMap(window=256, segments=8)
-    cm.add_many(cam[:3], host[:3])
-    cm.refit()  # the second fit starts from the first's slope, as the reference below
-    first_slope = cm.slope
-    cm.add_many(cam[3:], host[3:])
+    cm = ClockMap(window=256)
+    cm.add_many(cam, host)
     cm.refit()
     keep = min(n, 256)  # the window holds the newest samples, its oldest at the write position once full
-    slope, offset, ref = _envelope_reference(cam[-keep:], host[-keep:], 8, first_slope if n > 2 else 1.0)
+    slope, offset, ref = _envelope_reference(cam[-keep:], host[-keep:])
     assert cm._ref == ref
-    assert cm._slope == pytest.approx(slope, rel=1e-9, abs=1e-12)
-    assert cm._offset == pytest.approx(offset, abs=1e-3)  # ns
+    if abs(slope - 1) <= 1e-3:  # five frames of 2 kHz with their jitter can pin no clock rate
+        assert cm._slope == pytest.approx(slope, abs=1e-9)
+        assert cm._offset == pytest.approx(offset, abs=1.0)  # ns
+    # below every sample, touching the lowest
+    r = (host[-keep:] - ref) - (cm._slope * (cam[-keep:] - ref) + cm._offset)
+    assert r.min() == pytest.approx(0.0, abs=1.0) and r.min() >= -1.0
+
+
+def _bursty(fps: float, burst_ms: float, seconds: float, seed: int):
+    """Frames whose host arrival is the true time + 50 µs + jitter, handed over in bursts of
+    irregular length (0.2–1.8 × ``burst_ms``): a frame arrives when its burst ends."""
+    rng = np.random.default_rng(seed)
+    n = int(fps * seconds)
+    cam = 10**12 + (np.arange(n) * (1e9 / fps)).astype(np.int64)
+    true_host = cam - 10**12 + 5 * 10**9 + 50_000
+    host = true_host + rng.exponential(20_000, n).astype(np.int64)
+    ends = np.cumsum(rng.uniform(0.2, 1.8, int(seconds * 1000 / burst_ms * 5) + 10) * burst_ms * MS)
+    delivered = true_host[0] + ends[np.searchsorted(ends, true_host - true_host[0])].astype(np.int64)
+    return cam, true_host, np.maximum(host, delivered)
+
+
+@pytest.mark.parametrize("burst_ms", [5, 20, 40])
+def test_clock_map_times_exits_within_0_1_ms_when_frames_come_in_bursts(burst_ms):
+    """The sort thread's frames come in bursts when the camera thread is held up (a busy 2-core
+    host, a GIL) or a driver hands frames over in blocks. The envelope's vertices are each burst's
+    last frame: the newest frame is mapped within 0.1 ms (p99). The fit through the lowest frame of
+    each eighth of the window (before session 16) was 0.8 ms off at the median and 21 ms at p99
+    with 20 ms bursts at 10 kHz, as most eighths held no frame delivered on time."""
+    cam, true_host, host = _bursty(10_000, burst_ms, 3.0, seed=burst_ms)
+    cm = ClockMap()
+    errs = []
+    for k in range(0, len(cam), 64):  # a tracking call's frames; the exit maps through the fit before them
+        e = min(len(cam), k + 64)
+        if k >= 8_000:
+            errs.append(cm.to_host_ns(int(cam[e - 1]), refit=False) - int(true_host[e - 1]))
+        cm.add_many(cam[k:e], host[k:e])
+        cm.refit()
+    errs = np.abs(np.array(errs)) / 1000
+    assert cm.resets == 0
+    assert np.percentile(errs, 99) < 100, np.percentile(errs, [50, 99])
+
+
+def test_clock_map_fits_before_mapping_whatever_the_first_batch():
+    """The first tracking calls of a run can bring fewer frames than a refit waits for: the first
+    exit mapped must still go through a fit, not come back as the camera's own time."""
+    cam = 10**12 + np.arange(20, dtype=np.int64) * 100_000
+    cm = ClockMap()
+    cm.add_many(cam, cam - 10**12 + 7 * 10**9)
+    cm.refit()
+    assert cm.to_host_ns(int(cam[-1]), refit=False) == int(cam[-1]) - 10**12 + 7 * 10**9
 
 
 def test_clock_map_reads_ring_slots_in_place_across_the_wrap():
