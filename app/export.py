@@ -51,6 +51,16 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _in_outlet(f: dict) -> list:
+    """Per cell: 1 fired or swept along within a fired cell's window, 0 not; empty where the file
+    does not record the windows (written before they were)."""
+    fired = f["fired"] == 1
+    window = f["sort_window_ms"]
+    if fired.any() and not np.isfinite(window[fired]).any():
+        return [""] * len(fired)
+    return list(sorted_set(f["exit_time_ms"], fired, window).astype(np.uint8))
+
+
 def export_csv(events_path: str | Path, out: str | Path) -> int:
     """Write one CSV row per cell of ``events_path`` to ``out``; returns the number of rows."""
     f, run = read_events(events_path)
@@ -67,7 +77,7 @@ def export_csv(events_path: str | Path, out: str | Path) -> int:
              ("reason", [run.reasons[i] if 0 <= i < len(run.reasons) else str(i) for i in f["reason"]]),
              ("decision_detail", f["decision_detail"]), ("sort_window_ms", f["sort_window_ms"]),
              # fired, or swept along within a fired cell's window: what reached the outlet
-             ("in_outlet", sorted_set(f["exit_time_ms"], f["fired"] == 1, f["sort_window_ms"]).astype(np.uint8))]
+             ("in_outlet", _in_outlet(f))]
     cols += [(k, f[k]) for k in _FIRE]
     out = Path(out)
     try:

@@ -92,7 +92,7 @@ class Summary:
     rejected_flags: tuple[str, ...] = ()  # what "sortable" leaves out
     policy_changes: tuple[str, ...] = ()  # the run log's lines on sort policies changed during the run
     # the outlet: fired cells and cells swept along within a fired cell's coincidence window
-    swept: int = 0
+    swept: int = 0  # -1: not known (a file from before the windows were recorded)
     sorted_purity_estimate: float = math.nan
     sorted_recovery_estimate: float = math.nan
 
@@ -162,8 +162,11 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
     recovery = float(p_t[fired].sum() / p_t.sum()) if idx and p_t.sum() > 0 else math.nan
     pred_purity = float(np.isin(pred[fired], idx).mean()) if fired.any() and idx else math.nan
     outlet = sorted_set(f["exit_time_ms"], fired, f["sort_window_ms"]) if n else np.zeros(0, bool)
-    sorted_purity = float(p_t[outlet].mean()) if outlet.any() and idx else math.nan
-    sorted_recovery = float(p_t[outlet].sum() / p_t.sum()) if idx and p_t.sum() > 0 else math.nan
+    # a file written before the windows were recorded: which cells were swept along is not known
+    windows_known = not fired.any() or bool(np.isfinite(f["sort_window_ms"][fired]).any())
+    sorted_purity = float(p_t[outlet].mean()) if outlet.any() and idx and windows_known else math.nan
+    sorted_recovery = (float(p_t[outlet].sum() / p_t.sum()) if idx and p_t.sum() > 0 and windows_known
+                       else math.nan)
     medians: dict[str, dict[str, tuple[float, float, float]]] = {}
     groups = [(c, (pred == i) & ok) for i, c in enumerate(classes)] or [("all", ok)]
     for c, m in groups:
@@ -183,7 +186,7 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         target_classes=targets, targets_from=source, fired=Share("fired", int(fired.sum()), n), reasons=reasons,
         purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
         policy_changes=tuple(line.strip() for line in run.run_log if "sort policy changed" in line),
-        swept=int(np.count_nonzero(outlet & ~fired)), sorted_purity_estimate=sorted_purity,
+        swept=int(np.count_nonzero(outlet & ~fired)) if windows_known else -1, sorted_purity_estimate=sorted_purity,
         sorted_recovery_estimate=sorted_recovery,
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
         error=run.error, pulse_timing_us=_pulse_timing_us(f, run),
@@ -319,9 +322,11 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         ["fired", f"{s.fired.count} of {s.fired.total} ({_pct(s.fired.fraction)}, 95 % CI {_ci(s.fired)})"],
         ["purity estimate", _pct(s.purity_estimate)], ["recovery estimate", _pct(s.recovery_estimate)],
         ["fired cells predicted as target", _pct(s.predicted_purity)],
-        ["cells swept along (not fired, within a fired cell's window)", str(s.swept)],
-        ["outlet purity / recovery estimate (fired and swept cells)",
-         f"{_pct(s.sorted_purity_estimate)} / {_pct(s.sorted_recovery_estimate)}"],
+        *([["cells swept along (not fired, within a fired cell's window)", str(s.swept)],
+           ["outlet purity / recovery estimate (fired and swept cells)",
+            f"{_pct(s.sorted_purity_estimate)} / {_pct(s.sorted_recovery_estimate)}"]] if s.swept >= 0 else
+          [["outlet (fired and swept cells)", "not known: the file does not record the coincidence window of "
+                                              "its decisions (written before they were recorded)"]]),
         ["device acknowledgements", str(s.acks)],
         *([["pulses the device refused (not output)", str(s.device_refused)]] if s.device_refused else []),
         *([["pulse out − scheduled fire time (p5 / p50 / p95)",

@@ -255,6 +255,10 @@ class SortPolicy:
 
 #: how far (ms) out of exit order a cell may be decided and still be matched to a pulse around it
 OUTLET_SLACK_MS = 50.0
+#: an exit this far (ms) before the newest is a camera clock that started again (a reconnect)
+OUTLET_RESTART_MS = 10_000.0
+#: cells and pulses held for the outlet rule at most (a bound whatever the windows and exit times)
+OUTLET_HELD = 4096
 
 
 @dataclass
@@ -283,10 +287,9 @@ class SortCounters:
     # recent cells [exit ms, P(target), in the outlet, counted in the current estimates] and
     # pulses (exit ms, window ms): a cell decided after the pulse that sweeps it, or before it,
     # is matched either way
-    _recent: deque = field(default_factory=deque)
-    _pulses: deque = field(default_factory=deque)
+    _recent: deque = field(default_factory=lambda: deque(maxlen=OUTLET_HELD))
+    _pulses: deque = field(default_factory=lambda: deque(maxlen=OUTLET_HELD))
     _newest_exit: float = -math.inf
-    _widest: float = 0.0
 
     def add(self, decision: Decision, p_target: float, exit_ms: float = math.nan) -> None:
         self.seen += 1
@@ -304,16 +307,20 @@ class SortCounters:
         if decision.fire:
             self._outlet_est += 1
             self._p_target_outlet += p_target
-        if not exit_ms == exit_ms:  # no exit time: in the outlet only if fired itself
+        if not math.isfinite(exit_ms):  # no exit time: in the outlet only if fired itself
             return
+        if exit_ms < self._newest_exit - OUTLET_RESTART_MS:
+            # the camera clock started again: the cells before are nobody's neighbours now
+            self._recent.clear()
+            self._pulses.clear()
+            self._newest_exit = -math.inf
         cell = [exit_ms, p_target, decision.fire, True]
         w = decision.window_ms
-        if decision.fire and w > 0:
+        if decision.fire and 0 < w < math.inf:
             for other in self._recent:  # cells decided before it, within its window
                 if not other[2] and abs(other[0] - exit_ms) <= w:
                     self._sweep(other)
             self._pulses.append((exit_ms, w))
-            self._widest = max(self._widest, w)
         elif not decision.fire:
             for te, tw in self._pulses:  # pulses decided before it
                 if abs(te - exit_ms) <= tw:
@@ -323,7 +330,7 @@ class SortCounters:
         # cells are decided roughly in exit order: keep what a later pulse or cell can still reach
         if exit_ms > self._newest_exit:
             self._newest_exit = exit_ms
-        horizon = self._newest_exit - self._widest - OUTLET_SLACK_MS
+        horizon = self._newest_exit - OUTLET_SLACK_MS - max((tw for _, tw in self._pulses), default=0.0)
         while self._recent and self._recent[0][0] < horizon:
             self._recent.popleft()
         while self._pulses and self._pulses[0][0] < horizon:
@@ -347,22 +354,26 @@ class SortCounters:
     @property
     def purity_estimate(self) -> float:
         """Expected fraction of targets among fired cells, from the classifier's probabilities."""
-        return self._p_target_fired / self._fired_est if self._fired_est else math.nan
+        n = self._fired_est  # read once: the deciding thread may restart the estimates meanwhile
+        return self._p_target_fired / n if n else math.nan
 
     @property
     def recovery_estimate(self) -> float:
         """Expected fraction of all targets that were fired."""
-        return self._p_target_fired / self._p_target_all if self._p_target_all > 0 else math.nan
+        total = self._p_target_all
+        return self._p_target_fired / total if total > 0 else math.nan
 
     @property
     def sorted_purity_estimate(self) -> float:
         """Expected fraction of targets in the outlet (fired cells and those swept along)."""
-        return self._p_target_outlet / self._outlet_est if self._outlet_est else math.nan
+        n = self._outlet_est
+        return self._p_target_outlet / n if n else math.nan
 
     @property
     def sorted_recovery_estimate(self) -> float:
         """Expected fraction of all targets that reached the outlet."""
-        return self._p_target_outlet / self._p_target_all if self._p_target_all > 0 else math.nan
+        total = self._p_target_all
+        return self._p_target_outlet / total if total > 0 else math.nan
 
 
 def sorted_set(exit_ms: np.ndarray, fired: np.ndarray, window_ms: np.ndarray) -> np.ndarray:
@@ -372,8 +383,11 @@ def sorted_set(exit_ms: np.ndarray, fired: np.ndarray, window_ms: np.ndarray) ->
     out = np.asarray(fired, bool).copy()
     order = np.argsort(exit_ms, kind="stable")
     ex = exit_ms[order]
-    for i in np.flatnonzero(out & np.isfinite(exit_ms) & (np.asarray(window_ms, float) > 0)):
-        w = float(window_ms[i])
-        lo, hi = np.searchsorted(ex, exit_ms[i] - w, "left"), np.searchsorted(ex, exit_ms[i] + w, "right")
-        out[order[lo:hi]] = True
+    window_ms = np.asarray(window_ms, float)
+    for i in np.flatnonzero(out & np.isfinite(exit_ms) & (window_ms > 0) & np.isfinite(window_ms)):
+        e, w = exit_ms[i], window_ms[i]
+        # a range a little wide, then the live rule's own test: |Δexit| <= window, rounded as it is
+        lo, hi = np.searchsorted(ex, e - 1.001 * w, "left"), np.searchsorted(ex, e + 1.001 * w, "right")
+        near = order[lo:hi]
+        out[near[np.abs(exit_ms[near] - e) <= w]] = True
     return out

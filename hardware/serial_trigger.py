@@ -65,7 +65,9 @@ class SerialSettings:
     link_latency_us: float = 0.0  # constant transport latency subtracted from every delay (USB frame)
     compensate_transmission: bool = True  # subtract bytes × 10 / baud from the delay (real UARTs)
     mode: str = "delay"  # delay: FIRE <delay>; clock: FIREAT <device time>, clocks related through TIME
-    sync_interval_s: float = 0.25  # clock mode: a TIME round trip at most this often
+    # a TIME round trip at most this often: clock mode schedules pulses on the device's clock with
+    # it, and in both modes the acks' device times are mapped to when each pulse went out on the host
+    sync_interval_s: float = 0.25
 
     def __post_init__(self):
         require(self.baudrate > 0, "baudrate", f"must be > 0, got {self.baudrate}")
@@ -97,7 +99,7 @@ class SerialTrigger(Trigger):
         self._byte_us = 10e6 / self.settings.baudrate if self.settings.compensate_transmission else 0.0
         self._wire_free_ns = 0  # when the bytes written so far have left the host's UART (model)
         self.firmware = ""
-        self.clock = DeviceClock()  # clock mode: host ns <-> the device's micros()
+        self.clock = DeviceClock()  # host ns <-> the device's micros(), from TIME round trips
         self._clock_lock = threading.Lock()  # the reader thread adds samples, the sort thread maps
         self._time_sent: collections.deque[int] = collections.deque()  # send times of TIMEs in flight
         self._next_sync_ns = 0
@@ -119,8 +121,7 @@ class SerialTrigger(Trigger):
             port.write(b"ARM\n")
             if not self._expect(port, "OK ARM", 1.0):
                 raise DeviceError(f"{s.port}: the device did not confirm ARM within 1 s")
-            if s.mode == "clock":
-                self._initial_sync(port)
+            self._initial_sync(port, required=s.mode == "clock")
         except (serial.SerialException, OSError) as err:
             port.close()
             raise DeviceError(f"trigger.serial.port: {s.port} failed during the handshake: {err}") from err
@@ -151,7 +152,7 @@ class SerialTrigger(Trigger):
         raise DeviceError(f"{self.settings.port}: no answer to ID within {self.settings.handshake_timeout_s:g} s — "
                           "is the mimlsort_trigger sketch loaded and the port right?")
 
-    def _initial_sync(self, port, rounds: int = 16) -> None:
+    def _initial_sync(self, port, rounds: int = 16, required: bool = True) -> None:
         self.clock = DeviceClock()
         self._time_sent.clear()
         for _ in range(rounds):
@@ -161,6 +162,12 @@ class SerialTrigger(Trigger):
             t1 = time.monotonic_ns()
             words = line.split()
             if len(words) != 2 or not words[1].isdigit():
+                if not required:  # delay mode times pulses without it: only the acks lose their host time
+                    log.warning("%s: no answer to TIME: acks will not say when pulses went out on the host clock",
+                                self.settings.port)
+                    self.clock = DeviceClock()
+                    self._next_sync_ns = 2**62
+                    return
                 raise DeviceError(f"{self.settings.port}: no answer to TIME — mode = \"clock\" needs firmware "
                                   "that knows TIME/FIREAT (hardware/firmware/mimlsort_trigger)")
             self.clock.add(t0, int(words[1]), t1)
@@ -212,10 +219,6 @@ class SerialTrigger(Trigger):
                 due = self.clock.to_device_us(fire_at_ns)
             cmd = f"FIREAT {ident} {due} {width}\n"
             delay = (fire_at_ns - now) / 1000.0  # what the device will count, for the record
-            if now >= self._next_sync_ns:  # piggyback a clock sample on this write
-                cmd += "TIME\n"
-                self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
-                self._time_sent.append(now)
         else:
             left_us = (fire_at_ns - now) / 1000.0 - self.settings.link_latency_us
             delay = max(0, min(MAX_DELAY_US, int(left_us)))
@@ -225,6 +228,10 @@ class SerialTrigger(Trigger):
                 delay = max(0, int(left_us - queued_us - len(cmd) * self._byte_us))
                 cmd = f"FIRE {ident} {delay} {width}\n"
             delay = float(delay)
+        if now >= self._next_sync_ns:  # piggyback a clock sample on this write, after the pulse's command
+            cmd += "TIME\n"
+            self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
+            self._time_sent.append(now)
         if self._byte_us:
             self._wire_free_ns = max(now, self._wire_free_ns) + round(len(cmd) * self._byte_us * 1000)
         self._ids[ident] = event_index
@@ -253,9 +260,9 @@ class SerialTrigger(Trigger):
         return backlog + round(_TYPICAL_FIRE_BYTES * self._byte_us * 1000)
 
     def _do_poll(self) -> None:
-        """Clock mode: keep the clocks related while no cells are fired."""
+        """Keep the clocks related while no cells are fired."""
         now = time.monotonic_ns()
-        if self.settings.mode == "clock" and now >= self._next_sync_ns and self._port is not None:
+        if now >= self._next_sync_ns and self._port is not None:
             self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
             with self._write_lock:
                 self._time_sent.append(time.monotonic_ns())
@@ -290,8 +297,8 @@ class SerialTrigger(Trigger):
         if words[0] == "ACK" and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
             ident = int(words[1])
             dev_us = int(words[2])
-            # clock mode relates the device's clock to the host's: when the pulse really went out
-            pulse = self.clock.to_host_ns(dev_us) if self.settings.mode == "clock" and self.clock.n else -1
+            # the TIME round trips relate the device's clock to the host's: when the pulse really went out
+            pulse = self.clock.to_host_ns(dev_us) if self.clock.n else -1
             self._ack(self._ids.pop(ident, ident), dev_us, host_ns, pulse_host_ns=pulse)
         elif words[0] == "ERR":
             text = line[4:]

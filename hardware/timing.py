@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 #: a map needs this many frames before exits are mapped through it (fewer: the exit frame's arrival)
 MIN_SAMPLES = 16
-#: frames the clock map takes between fits (an O(window) pass after a decision, ~10 µs)
+#: frames the clock map takes between fits (two O(window) passes after a decision, ~30 µs)
 REFIT_EVERY = 64
 _RESETS_LOGGED = 5
 
@@ -123,12 +123,6 @@ def _append(cam_buf, host_buf, st, cam, host, start, count, check, slope, offset
     return done
 
 
-#: a fitted slope further from 1 than this is no clock rate (crystals differ by ppm) but a window
-#: that holds too few deliveries on time (one long burst): the offset is then fitted at the last
-#: good slope
-MAX_SLOPE_ERROR = 1e-3
-
-
 @njit(cache=True)
 def _fit_envelope(cam_buf, host_buf, head, n, slope0, hx, hy):
     """(slope, offset, ref) of the lower envelope of the ``n`` samples in the window, oldest at
@@ -161,8 +155,8 @@ def _fit_envelope(cam_buf, host_buf, head, n, slope0, hx, hy):
             slope = (hy[k + 1] - hy[k]) / (hx[k + 1] - hx[k])
             offset = hy[k] - slope * hx[k]
             break
-    if not abs(slope - 1.0) <= MAX_SLOPE_ERROR:
-        slope = slope0 if abs(slope0 - 1.0) <= MAX_SLOPE_ERROR else 1.0
+    if not np.isfinite(slope):  # every sample at one camera time: no rate to be had from the window
+        slope = slope0
         offset = np.inf
         for k in range(m):  # the lowest hull vertex at that slope is the lowest sample
             r = hy[k] - slope * hx[k]
@@ -195,10 +189,10 @@ class ClockMap:
     below every sample of the window with the least total latency above it, which is the edge of
     the samples' lower convex hull over their mean camera time (Moon, Skelly & Towsley 1999). Its
     vertices are the frames delivered soonest — in bursts, the last of each — so frames that come
-    in bursts of any length tilt it no more than steady ones. A window holding fewer than two
-    timely deliveries (a burst longer than the window) gives no slope a clock can have (beyond
-    ``MAX_SLOPE_ERROR``); the offset is then fitted at the previous slope. The constant part of the
-    latency that remains (exposure to readout) is calibrated with :attr:`TimingSettings.offset_us`.
+    in bursts tilt it no more than steady ones, as long as the window (4,096 frames: 0.4 s at 10
+    kHz) holds two bursts' ends. No rate is assumed: a replay paced at twice its recorded speed is
+    followed as a camera is. The constant part of the latency that remains (exposure to readout)
+    is calibrated with :attr:`TimingSettings.offset_us`.
 
     Feed it from the thread that owns the frames (``add``/``add_many`` per batch); ``to_host_ns``
     refits lazily once ``REFIT_EVERY`` frames (or an eighth of a smaller window) are new. A caller on a

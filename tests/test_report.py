@@ -287,3 +287,20 @@ def test_the_report_of_a_failed_run_names_its_error(tmp_path):
     assert s.error == "camera: the basler camera stopped delivering frames"
     assert "| run error | camera: the basler camera stopped delivering frames |" in to_markdown(s, {})
     assert s.complete  # closed properly: the error is the run's, not a broken file
+
+
+def test_outlet_of_a_file_without_sort_windows_is_not_known(tmp_path):
+    """Files from before each decision's window was recorded: which cells a pulse swept along is
+    unknown, and the report and CSV say so rather than show the fired cells as the outlet."""
+    from dataclasses import replace
+
+    records = [replace(r, decision=replace(r.decision, window_ms=math.nan)) for r in make_records(40, seed=9)]
+    path = tmp_path / "old.rtdc"
+    with EventWriter(path, meta=make_meta(config_toml=CONFIG)) as w:
+        w.write(records)
+    s = summarize(path)
+    assert s.fired.count > 0 and s.swept == -1 and math.isnan(s.sorted_purity_estimate)
+    assert "not known: the file does not record the coincidence window" in to_markdown(s, {})
+    export_csv(path, tmp_path / "old.csv")
+    with (tmp_path / "old.csv").open(newline="", encoding="utf-8") as fh:
+        assert {row["in_outlet"] for row in csv.DictReader(fh)} == {""}

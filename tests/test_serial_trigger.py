@@ -638,11 +638,13 @@ def test_a_device_lost_mid_run_leaves_the_run_going_and_says_so(tmp_path):
     assert "trigger UNAVAILABLE at the end of the run" in log_text and "lost" in log_text, log_text
 
 
-def test_a_clock_mode_run_records_when_each_pulse_went_out_on_the_host_clock(tmp_path):
-    """In clock mode the device's clock is related to the host's: each ack's device time is mapped
-    to when its pulse went out (``pulse_host_ns``), so the file says how well every pulse was timed
-    against its scheduled fire time, and the report sums it up. Checked against the emulator's own
-    record of its output edges on the shared monotonic clock."""
+@pytest.mark.parametrize("mode", ["clock", "delay"])
+def test_a_run_records_when_each_pulse_went_out_on_the_host_clock(tmp_path, mode):
+    """The device's clock is related to the host's through TIME round trips (in delay mode too,
+    where the pulses do not need it; before session 16 only clock mode had it): each ack's device
+    time is mapped to when its pulse went out (``pulse_host_ns``), so the file says how well every
+    pulse was timed against its scheduled fire time, and the report sums it up. Checked against
+    the emulator's own record of its output edges on the shared monotonic clock."""
     import numpy as np
 
     from app.config import bundled_model_path
@@ -653,7 +655,7 @@ def test_a_clock_mode_run_records_when_each_pulse_went_out_on_the_host_clock(tmp
     if not bundled_model_path().is_file():
         pytest.skip("the bundled demo model is not built (make model)")
     with emulated_port(tmp_path / "device.tsv") as emu:
-        cfg = _serial_run_config(tmp_path, emu.port, 2.0, serial={"mode": "clock", "sync_interval_s": 0.1})
+        cfg = _serial_run_config(tmp_path, emu.port, 2.0, serial={"mode": mode, "sync_interval_s": 0.1})
         with build_run(cfg) as run:
             assert run.wait(60)
         edges = np.array(sorted(int(r[5]) for r in emu.records("pulse")))

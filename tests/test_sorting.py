@@ -229,3 +229,37 @@ def test_decision_carries_the_window_it_was_judged_with():
     assert d.window_ms == pytest.approx(20.0 / 10.0)  # 20 µm at 10 mm/s
     d = policy(window_ms=3.5).decide(ev(), OTHER)
     assert not d.is_target and math.isnan(d.window_ms)
+
+
+def test_live_and_file_outlet_rules_agree_at_the_windows_edge():
+    # exits on a 0.1 ms grid exactly one window apart: e ± w and |a − e| round differently
+    rng = np.random.default_rng(3)
+    n = 3000
+    exits = np.round(np.cumsum(rng.integers(1, 4, n)) * 0.1, 1) + 800.0
+    fired = rng.random(n) < 0.3
+    window = np.where(fired, 0.1 * rng.integers(1, 4, n), np.nan)
+    c = SortCounters(CLASSES)
+    for i in range(n):
+        c.add(_d(i, bool(fired[i]), float(window[i])), 0.5, float(exits[i]))
+    brute = fired.copy()
+    for i in np.flatnonzero(fired):
+        brute |= np.abs(exits - exits[i]) <= window[i]
+    np.testing.assert_array_equal(sorted_set(exits, fired, window), brute)
+    assert c.swept == int((brute & ~fired).sum())
+
+
+def test_outlet_rule_stays_small_through_a_camera_clock_restart_and_odd_values():
+    c = SortCounters(CLASSES)
+    for i in range(1000):
+        c.add(_d(i, i % 10 == 0, 2.0 if i % 10 == 0 else math.nan), 0.5, 1e7 + 2.0 * i)
+    # a reconnected camera's clock starts again near zero: the cells before it are not held for ever
+    for i in range(5000):
+        c.add(_d(i, i % 10 == 0, 2.0 if i % 10 == 0 else math.nan), 0.5, 2.0 * i)
+    assert len(c._recent) < 100 and len(c._pulses) < 20
+    swept = c.swept
+    c.add(_d(1, True, math.inf), 0.9, 2.0 * 5000)  # an unbounded window sweeps nothing, holds nothing
+    c.add(_d(2, False), 0.1, math.inf)  # an infinite exit time is no exit time
+    assert c.swept == swept and len(c._pulses) < 20
+    c.add(_d(3, False), 0.1, 2.0 * 5000 + 1.0)  # the rule still works after them
+    c.add(_d(4, True, 2.0), 0.9, 2.0 * 5000 + 2.0)
+    assert c.swept == swept + 1

@@ -558,3 +558,23 @@ def test_device_clock_fits_a_fast_device_clock_over_a_long_baseline():
         dc.add(t - 25_000, round((t - 10 * 10**9) / 1000 * 1.004), t + 25_000)
     t = 10 * 10**9 + 64 * 100 * MS + 20 * MS
     assert abs(dc.to_device_us(t) - (t - 10 * 10**9) / 1000 * 1.004) < 5  # µs; a nominal rate would be ~26 ms off here
+
+
+@pytest.mark.parametrize("speed", [0.5, 2.0])
+def test_clock_map_assumes_no_rate(speed):
+    """A real-time replay at ``replay.speed`` paces frames at recorded time / speed: the host clock
+    runs at 1/speed of the camera's, and the map must follow it (a fit held near slope 1 was
+    milliseconds off, and at speed 0.5 called every pulse late)."""
+    rng = np.random.default_rng(1)
+    cam = 10**12 + np.arange(20_000, dtype=np.int64) * 100_000
+    true = ((cam - 10**12) / speed).astype(np.int64) + 5 * 10**9
+    host = true + rng.exponential(20_000, cam.size).astype(np.int64)
+    cm = ClockMap()
+    errs = []
+    for k in range(0, cam.size, 4):  # the live kernel's small batches
+        if k >= 4_000:
+            errs.append(cm.to_host_ns(int(cam[k + 3]), refit=False) - int(true[k + 3]))
+        cm.add_many(cam[k:k + 4], host[k:k + 4])
+        cm.refit()
+    assert cm.slope == pytest.approx(1 / speed, rel=1e-6) and cm.resets == 0
+    assert np.percentile(np.abs(errs), 99) < 20_000  # ns
