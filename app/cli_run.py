@@ -53,9 +53,13 @@ class _Progress:
         self.n = 0
 
     def __call__(self, st) -> None:
-        if st.frames_processed > self.n:
-            self.bar.update(st.frames_processed - self.n)
-            self.n = st.frames_processed
+        # frames read from the recording: tracked, taken for the background estimate, or missed
+        done = st.frames_processed + st.startup_frames + st.frames_missed
+        if self.bar.total:
+            done = min(done, int(self.bar.total))
+        if done > self.n:
+            self.bar.update(done - self.n)
+            self.n = done
         self.bar.set_postfix(cells=st.cells, missed=st.frames_missed, refresh=False)
 
     def close(self) -> None:
@@ -76,7 +80,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from app.session import with_changes
 
     cfg = _load(args)
-    camera = {"backend": "replay", "replay.path": str(args.recording), "replay.realtime": bool(args.realtime)}
+    # --realtime / --max-speed decide; with neither, the configuration's replay.realtime does
+    realtime = bool(args.realtime) or (not args.max_speed and cfg.camera.replay.realtime)
+    camera = {"backend": "replay", "replay.path": str(args.recording), "replay.realtime": realtime}
     if args.pixel_size:  # the replay source's own setting: opening it needs one already
         camera["pixel_size_um"] = args.pixel_size
         camera["replay.pixel_size_um"] = args.pixel_size
@@ -100,12 +106,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # cell sorted in one replay came "late" in the next), so there is no trigger at all
     if not args.trigger:
         cfg = with_changes(cfg, trigger={"backend": "null"})
-    fire = bool(args.trigger or args.realtime)
+    fire = bool(args.trigger or realtime)
     from mimlsort.outputs import check_output_file
 
     out = check_output_file(Path(args.out), inputs=(args.recording,))
     # the bar is drawn by the console's thread: a stderr nobody reads must not hold up the stop
-    code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not args.realtime,
+    code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not realtime,
                            progress=lambda stream: _Progress(total, stream), ignore_signals_after=True, trigger=fire)
     st = run.status()
     print(f"{st.frames_processed} frames -> {st.cells} cells -> {out}"
@@ -133,7 +139,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("run", help="the headless capture daemon: run a configuration until it ends or is stopped",
                         description="Exit codes: 0 completed or stopped by SIGINT/SIGTERM, 1 errored, "
-                                    "2 bad configuration.")
+                                    "2 bad configuration, 3 the trigger failed during the run (cells went "
+                                    "unsorted).")
     sp.add_argument("--config", type=Path, metavar="RUN.toml", help="run configuration (default: built-in defaults)")
     sp.add_argument("--out-dir", type=Path, help="output folder (default: output.folder of the configuration)")
     sp.add_argument("--seconds", type=float, help="auto-stop after this many seconds")
@@ -145,7 +152,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("recording", type=Path, help=".rtdc, TIFF, AVI or an image folder")
     sp.add_argument("--out", required=True, type=Path, help="event file (.rtdc)")
     g = sp.add_mutually_exclusive_group()
-    g.add_argument("--realtime", action="store_true", help="play at the recorded frame rate (frames may be missed)")
+    g.add_argument("--realtime", action="store_true",
+                   help="play at the recorded frame rate (frames may be missed; default: the configuration's "
+                        "camera.replay.realtime, false unless set)")
     g.add_argument("--max-speed", action="store_true", help="as fast as possible, every frame tracked (default)")
     sp.add_argument("--model", help="ONNX model ('demo' = bundled, 'none' = track only)")
     sp.add_argument("--config", type=Path, metavar="RUN.toml", help="tracking/sorting settings")

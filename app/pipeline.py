@@ -375,6 +375,9 @@ class Pipeline:
         self._tids: dict[str, int] = {}  # worker -> native thread id
         self._cpu_final: dict[str, float] = {}  # worker -> CPU seconds when it ended
         self._cpu_children: dict[str, float] = {}  # child process -> CPU seconds when last read
+        # child process -> CPU seconds it had used when the run started (its imports and file
+        # creation): a short run's cores were its startup divided by a second or less
+        self._cpu_child_base: dict[str, float] = {}
         self._cpu_rates: dict[str, _Rate] = {}
         self._errors: list[str] = []
         self._frames_recorded = 0
@@ -431,6 +434,11 @@ class Pipeline:
             self._old_switch = sys.getswitchinterval()
             sys.setswitchinterval(self.switch_interval_s)
         self._t_start = time.monotonic()
+        for name, owner in self._children():
+            child = getattr(owner, "child_pid", None)
+            base = realtime.cpu_seconds(child) if child else None
+            if base is not None:
+                self._cpu_child_base[name] = base
         workers = [("camera", self._camera_loop), ("sort", self._sort_loop), ("decide", self._decide_loop),
                    ("storage", self._storage_loop)]
         if self.recorder is not None:
@@ -890,8 +898,13 @@ class Pipeline:
         v = ev.features.get("v_after_mm_s", math.nan)
         if exit_ns is None:
             exit_ns = self._exit_host_ns(ev)
-        at = (fire_time_ns(exit_ns, v, timing, ev.extra.get("exit_easing_ms", 0.0) if ev.extra else 0.0)
-              if timing is not None else time.monotonic_ns())
+        ease = ev.extra.get("exit_easing_ms", 0.0) if ev.extra else 0.0
+        if self._clock is not None:
+            # speed and easing are on the camera clock: a recording replayed in real time at
+            # twice its speed brings its cells to the junction in half the host time
+            rate = self._clock.rate
+            v, ease = v / rate, ease * rate
+        at = fire_time_ns(exit_ns, v, timing, ease) if timing is not None else time.monotonic_ns()
         width = timing.pulse_width_us if timing is not None else 100.0
         rec = self.trigger.fire(FireRequest(ev.index, at, width))
         if getattr(rec, "late", False):
@@ -1091,6 +1104,9 @@ class Pipeline:
             **self._cpu(now, elapsed if whole else 0.0),
         )
 
+    def _children(self) -> tuple[tuple[str, Any], ...]:
+        return ("writer process", self.sink), ("recorder process", self.recorder)
+
     def _cpu(self, now: float, whole_s: float = 0.0) -> dict[str, dict[str, float]]:
         """CPU seconds per worker and the cores each used lately (``whole_s`` > 0: on average over
         a finished run of that length)."""
@@ -1101,11 +1117,11 @@ class Pipeline:
             v = realtime.cpu_seconds(pid, tid) if v is None else v
             if v is not None:
                 used[name] = v
-        for name, owner in (("writer process", self.sink), ("recorder process", self.recorder)):
+        for name, owner in self._children():
             child = getattr(owner, "child_pid", None)
             v = realtime.cpu_seconds(child) if child else None
-            if v is not None:
-                self._cpu_children[name] = v  # the last reading stays once the child is gone
+            if v is not None:  # the last reading stays once the child is gone
+                self._cpu_children[name] = max(0.0, v - self._cpu_child_base.get(name, 0.0))
         used.update(self._cpu_children)
         cores = {k: round(v / whole_s if whole_s else self._cpu_rates.setdefault(k, _Rate()).update(now, v), 3)
                  for k, v in used.items()}

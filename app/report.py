@@ -97,6 +97,11 @@ class Summary:
     sorted_recovery_estimate: float = math.nan
 
 
+#: where the report's target classes came from, as the report says it
+_TARGETS_FROM = {"given": " (given to the report)", "configuration": " (the run's configuration)",
+                 "cells marked as targets": " (the classes of the cells the run marked as targets)"}
+
+
 def _target_classes(run: StoredRun, f: dict, override) -> tuple[tuple[str, ...], str]:
     classes = run.class_names
     if override:
@@ -318,7 +323,7 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
     t.append(("Quality flags", ["flag", "cells", "share", "95 % CI"],
               [[q.name, str(q.count), _pct(q.fraction), _ci(q)] for q in s.quality], ""))
     t.append(("Sorting", ["", ""], [
-        ["target classes", (", ".join(s.target_classes) or "none") + f" (from {s.targets_from})"],
+        ["target classes", (", ".join(s.target_classes) + _TARGETS_FROM.get(s.targets_from, "")) or "none"],
         ["fired", f"{s.fired.count} of {s.fired.total} ({_pct(s.fired.fraction)}, 95 % CI {_ci(s.fired)})"],
         ["purity estimate", _pct(s.purity_estimate)], ["recovery estimate", _pct(s.recovery_estimate)],
         ["fired cells predicted as target", _pct(s.predicted_purity)],

@@ -124,8 +124,9 @@ class SortSettings:
         require(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}")
         require(self.mode in ("purity", "yield", "single-cell"), "mode",
                 f"must be purity, yield or single-cell, got {self.mode!r}")
-        require(self.window_ms >= 0, "window_ms", f"must be >= 0, got {self.window_ms}")
-        require(self.window_um >= 0, "window_um", f"must be >= 0, got {self.window_um}")
+        # finite: an endless window would abort every purity decision while sweeping no cell
+        require(0 <= self.window_ms < math.inf, "window_ms", f"must be finite and >= 0, got {self.window_ms}")
+        require(0 <= self.window_um < math.inf, "window_um", f"must be finite and >= 0, got {self.window_um}")
         for f in self.reject_flags:
             require(f in _FLAGS, "reject_flags", f"unknown flag {f!r} (known: {', '.join(_FLAGS)})")
 

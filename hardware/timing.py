@@ -319,6 +319,13 @@ class ClockMap:
             self._fit()
         return self._slope
 
+    @property
+    def rate(self) -> float:
+        """Host ns per camera ns of the last fit, without refitting (1.0 before a fit): durations
+        measured on the camera clock (a cell's travel) last this many times as long on the host's
+        — 1 ± ppm for a camera, 1/speed for a recording replayed at ``speed``."""
+        return self._slope if self._fitted and self._st[CS_N] >= MIN_SAMPLES else 1.0
+
     def refit(self) -> None:
         """Fit now if enough new samples are due (what ``to_host_ns`` would do lazily)."""
         if self._dirty and self._st[CS_N]:

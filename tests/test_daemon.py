@@ -272,6 +272,27 @@ def test_replay_config_error_comes_without_a_progress_bar_and_the_bar_ends_befor
     assert any("100%" in line for line in lines[:done]) and not any("frame/s" in line for line in lines[done:]), lines
 
 
+def test_replay_takes_realtime_from_its_configuration_and_its_bar_counts_every_frame_read(tmp_path):
+    """With neither --realtime nor --max-speed, the configuration's camera.replay.realtime decides
+    (it was ignored: the replay ran at full speed, silently). A real-time replay's bar ended at
+    ~95%: the frames of the background estimate were not counted as read."""
+    from app.storage import read_events
+
+    rec = _simulate(tmp_path)
+    cfg = tmp_path / "rt.toml"
+    cfg.write_text('[camera.replay]\nrealtime = true\n[sorting]\nmode = "yield"\nthreshold = 0.0\n')
+    out = tmp_path / "events.rtdc"
+    p = mimlsort("replay", str(rec), "--out", str(out), "--model", MODEL, "--config", str(cfg))
+    _o, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err
+    f, stored = read_events(out)
+    assert stored.counters["startup_frames"] > 0  # a live run: the background is estimated first
+    if MODEL != "none":  # in real time the null trigger schedules the pulses (full speed has none)
+        assert f["fired"].sum() > 0 and (f["fire_scheduled_ns"][f["fired"] == 1] > 0).all()
+    bar = [line for line in err.replace("\r", "\n").splitlines() if "frame" in line and "%|" in line]
+    assert bar and bar[-1].lstrip().startswith("100%"), bar[-3:]
+
+
 def test_replay_finishes_while_nobody_reads_its_progress_bar(tmp_path):
     """The progress bar was drawn by the main thread: with stderr blocked (a paused terminal) the
     replay stood still at its first redraw and a SIGTERM could not stop it. Now the console's
@@ -484,3 +505,18 @@ def test_the_daemon_writes_the_sample_report(tmp_path):
     events = sorted((tmp_path / "out").glob("*.rtdc"))[0]
     report = events.with_name(events.stem + "_report") / "report.md"
     assert report.is_file() and "report:" in err
+
+
+def test_a_short_runs_cores_leave_out_the_writers_startup(tmp_path):
+    """The event writer child imports h5py and creates the file before the run starts (~0.3 s of
+    CPU): counted in, a 0.3 s run's final line gave the single-threaded writer over a core."""
+    import re
+
+    cfg = tmp_path / "short.toml"
+    cfg.write_text(f'[camera.synthetic]\nduration_s = 0.3\n[model]\npath = "none"\n'
+                   f'[output]\nfolder = "{tmp_path}"\nreport = false\n[daemon]\nlog_file = ""\n')
+    p = mimlsort("run", "--config", str(cfg))
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err
+    cores = re.findall(r"writer process=([0-9.]+)", out + err)
+    assert cores and float(cores[-1]) < 1.0, (out + err)[-1500:]

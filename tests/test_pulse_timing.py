@@ -85,3 +85,36 @@ def test_without_the_cells_own_pace_every_cell_moves_at_the_channels():
     # for all (it drifts only as the profile learns), a cell's own pace spreads as the truth does
     assert np.std(channel) / np.mean(channel) < 0.5 * np.std(own) / np.mean(own)
     assert np.mean(channel) == pytest.approx(np.mean(own), rel=0.05)
+
+
+@pytest.mark.parametrize("speed", [2.0, 0.5])
+def test_a_recording_replayed_faster_brings_its_cells_to_the_junction_sooner(tmp_path, speed):
+    """Speeds are measured on the camera clock; a recording replayed in real time at ``speed``
+    runs its cells ``speed`` times as fast on the host clock, so each pulse's travel past the
+    exit is 1/speed of the camera-clock travel (it was the camera-clock travel whatever the speed:
+    at 0.5 every pulse came half its travel early, at 2 twice as late as the cell)."""
+    from app.config import bundled_model_path, config_from_mapping
+    from app.session import build_run
+    from app.simdata import record_simulation
+    from app.storage import read_events
+    from hardware.timing import TimingSettings, travel_ns
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    raw = tmp_path / "rec.rtdc"
+    record_simulation(synthetic.SyntheticSettings(duration_s=1.6, seed=5, cells_per_second=60.0), raw)
+    cfg = config_from_mapping({
+        "camera": {"backend": "replay", "replay": {"path": str(raw), "realtime": True, "speed": speed}},
+        "sorting": {"mode": "yield", "threshold": 0.0}, "trigger": {"backend": "null"},
+        "output": {"folder": str(tmp_path / "out"), "report": False}})
+    with build_run(cfg) as run:
+        assert run.wait(60)
+    f, _stored = read_events(run.events_path)
+    m = (f["fired"] == 1) & (f["fire_scheduled_ns"] > 0)
+    assert m.sum() >= 10
+    s = TimingSettings()
+    travel = np.array([travel_ns(v, s) for v in f["v_after_mm_s"][m]], float)
+    # scheduled − the exit frame's arrival: the mapped exit (at most a little before that arrival)
+    # + travel / speed (+ the easing, a few % of it) + the offset
+    ratio = (f["fire_scheduled_ns"][m] - f["exit_host_ns"][m] - s.offset_us * 1000) / travel
+    assert abs(np.median(ratio) - 1 / speed) < 0.15 / speed, np.percentile(ratio, [5, 50, 95])

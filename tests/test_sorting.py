@@ -263,3 +263,10 @@ def test_outlet_rule_stays_small_through_a_camera_clock_restart_and_odd_values()
     c.add(_d(3, False), 0.1, 2.0 * 5000 + 1.0)  # the rule still works after them
     c.add(_d(4, True, 2.0), 0.9, 2.0 * 5000 + 2.0)
     assert c.swept == swept + 1
+
+
+def test_an_endless_coincidence_window_is_refused():
+    # it would abort every purity decision while its pulses swept no cell
+    for key in ("window_ms", "window_um"):
+        with pytest.raises(ConfigError, match=rf"^sorting\.{key}: must be finite"):
+            from_mapping(SortSettings, {key: math.inf}, "sorting")
