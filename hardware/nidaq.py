@@ -121,11 +121,15 @@ class NidaqTrigger(Trigger):
                 # the previous pulse still armed or running: wait for it up to this one's fire time.
                 # Polled, not ``wait_until_done(timeout)``, whose timeout is a driver error — it
                 # would take the trigger down for the rest of the run over one close pair of cells
+                busy = False
                 while not self._task.is_task_done() and time.monotonic_ns() < at:
+                    busy = True
                     time.sleep(_BUSY_POLL_S)
                 left = (at - time.monotonic_ns()) * 1e-9
                 if left <= 0:
-                    why = f"pulse for cell {idx} dropped: counter busy until after its fire time"
+                    why = (f"pulse for cell {idx} dropped: counter busy until after its fire time" if busy else
+                           f"pulse for cell {idx} dropped: armed {-left * 1e3:.1f} ms after its fire time "
+                           f"(the host held this thread up)")
                     self._report(idx, "refused", why)
                     self._device_error(why)
                     continue

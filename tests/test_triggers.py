@@ -509,8 +509,9 @@ def test_nidaqmx_drops_a_pulse_the_busy_counter_cannot_make_and_goes_on(monkeypa
     with the driver's timeout took it down for the rest of the run)."""
     _fake_nidaqmx(monkeypatch)
     with make_trigger("nidaqmx", None, TimingSettings(pulse_width_us=1000.0)) as t:
-        t0 = time.monotonic_ns() + 100 * MS
-        for i, at in enumerate((t0, t0 + MS // 2, t0 + 50 * MS)):
+        # far enough ahead that a host holding the arming thread up (CI, 2 cores) drops nothing else
+        t0 = time.monotonic_ns() + 500 * MS
+        for i, at in enumerate((t0, t0 + MS // 2, t0 + 300 * MS)):
             assert t.fire(FireRequest(i, at, 1000.0)).ok
         deadline = time.monotonic() + 5
         acks = []
@@ -523,6 +524,24 @@ def test_nidaqmx_drops_a_pulse_the_busy_counter_cannot_make_and_goes_on(monkeypa
         assert [(r.event_index, r.kind) for r in reports] == [(1, "refused")] and "busy" in reports[0].message
         assert t.device_refused == 1 and t.fired == 3
         assert t.fire(FireRequest(3, time.monotonic_ns() + 100 * MS, 1000.0)).ok
+
+
+def test_nidaqmx_says_when_the_host_armed_a_pulse_too_late(monkeypatch):
+    """A pulse whose arming thread the host held up past its fire time is dropped and reported as
+    such, not as a busy counter (the counter was idle)."""
+    _fake_nidaqmx(monkeypatch)
+    with make_trigger("nidaqmx", None, TimingSettings(pulse_width_us=100.0)) as t:
+        assert t.fire(FireRequest(0, time.monotonic_ns() + 30 * MS, 100.0)).ok
+        with t._cond:  # the arming thread cannot take its next pulse while this is held
+            time.sleep(0.15)
+        deadline = time.monotonic() + 5
+        reports = []
+        while not reports and time.monotonic() < deadline:
+            reports += t.drain_reports()
+            time.sleep(0.01)
+        assert [(r.event_index, r.kind) for r in reports] == [(0, "refused")]
+        assert "after its fire time (the host held this thread up)" in reports[0].message
+        assert "busy" not in reports[0].message and t.available
 
 
 # -- device clock (serial clock mode) --------------------------------------------------------------
