@@ -531,9 +531,9 @@ def test_nidaqmx_says_when_the_host_armed_a_pulse_too_late(monkeypatch):
     such, not as a busy counter (the counter was idle)."""
     _fake_nidaqmx(monkeypatch)
     with make_trigger("nidaqmx", None, TimingSettings(pulse_width_us=100.0)) as t:
-        assert t.fire(FireRequest(0, time.monotonic_ns() + 30 * MS, 100.0)).ok
+        assert t.fire(FireRequest(0, time.monotonic_ns() + 200 * MS, 100.0)).ok
         with t._cond:  # the arming thread cannot take its next pulse while this is held
-            time.sleep(0.15)
+            time.sleep(0.35)
         deadline = time.monotonic() + 5
         reports = []
         while not reports and time.monotonic() < deadline:
