@@ -46,6 +46,9 @@ class CameraInfo:
     camera_clock: bool
     id_modulus: int = 0  # frame counter range, 0 when it does not wrap
     frame_count: int = -1  # frames a finite source holds, -1 for a live camera
+    # host seconds per camera-clock second, nominally: 1 for a camera, 1/speed for a recording
+    # replayed in real time at ``speed`` (what the camera→host clock map may fit near)
+    clock_rate: float = 1.0
 
     def make_ring(self, capacity: int, *, shared: bool = False) -> FrameRing:
         return FrameRing(capacity, self.height, self.width, np.dtype(self.dtype), id_modulus=self.id_modulus,

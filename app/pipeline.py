@@ -385,6 +385,7 @@ class Pipeline:
         self._sort_hold = 0  # oldest ring sequence number the sort thread may still read
         self._hold_lag = 0  # lossless runs: frames before the sort reader's that stay readable (event images)
         self._clock = None  # camera clock -> host clock fit, for cameras with their own clock
+        self._clock_rate = 1.0  # its rate (host ns per camera ns), copied by the sort thread after each fit
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -404,7 +405,8 @@ class Pipeline:
             if info.camera_clock:
                 from hardware.timing import ClockMap
 
-                self._clock = ClockMap()
+                self._clock = ClockMap(nominal_rate=info.clock_rate)
+                self._clock_rate = info.clock_rate
                 ClockMap.warm_up()
             self._sort_reader = self.ring.reader("sort")
             self._rec_reader = self.ring.reader("recorder") if self.recorder is not None else None
@@ -651,6 +653,7 @@ class Pipeline:
         if self._clock is not None and len(b):
             self._clock.add_many(b.timestamps_ns, b.host_ns)
             self._clock.refit()  # the batch path (replay, catching up) maps with the current fit
+            self._clock_rate = self._clock.rate
         events = self.tracker.process_batch(self.ring, b)
         self._frames_processed += len(b)
         self._sort_reader.release(b)
@@ -680,6 +683,7 @@ class Pipeline:
                 if hi > lo:
                     self._clock.add_ring(ring.timestamps_ns, ring.host_ns, lo, hi - lo)
                     self._clock.refit()
+                    self._clock_rate = self._clock.rate
             self._sort_hold = reader.cursor
         return n, behind
 
@@ -899,12 +903,11 @@ class Pipeline:
         if exit_ns is None:
             exit_ns = self._exit_host_ns(ev)
         ease = ev.extra.get("exit_easing_ms", 0.0) if ev.extra else 0.0
-        if self._clock is not None:
-            # speed and easing are on the camera clock: a recording replayed in real time at
-            # twice its speed brings its cells to the junction in half the host time
-            rate = self._clock.rate
-            v, ease = v / rate, ease * rate
-        at = fire_time_ns(exit_ns, v, timing, ease) if timing is not None else time.monotonic_ns()
+        # speed and easing are on the camera clock: a recording replayed in real time at twice its
+        # speed brings its cells to the junction in half the host time (the rate is the sort
+        # thread's copy: the clock map has one owner)
+        at = (fire_time_ns(exit_ns, v, timing, ease, self._clock_rate) if timing is not None
+              else time.monotonic_ns())
         width = timing.pulse_width_us if timing is not None else 100.0
         rec = self.trigger.fire(FireRequest(ev.index, at, width))
         if getattr(rec, "late", False):

@@ -170,7 +170,8 @@ class SerialTrigger(Trigger):
                     return
                 raise DeviceError(f"{self.settings.port}: no answer to TIME — mode = \"clock\" needs firmware "
                                   "that knows TIME/FIREAT (hardware/firmware/mimlsort_trigger)")
-            self.clock.add(t0, int(words[1]), t1)
+            t0 += self._wire_ns(5)  # the request is in once its bytes are; the reply was read before its own
+            self.clock.add(t0, int(words[1]), max(t0, t1 - self._wire_ns(len(line) + 1)))
         self._next_sync_ns = time.monotonic_ns() + round(self.settings.sync_interval_s * 1e9)
 
     @staticmethod
@@ -229,9 +230,13 @@ class SerialTrigger(Trigger):
                 cmd = f"FIRE {ident} {delay} {width}\n"
             delay = float(delay)
         if now >= self._next_sync_ns:  # piggyback a clock sample on this write, after the pulse's command
+            # on a real UART the request is in only once the pulse's command (and any backlog)
+            # and its own 5 bytes have left: ~0.5 ms after now at 115200
+            sent = now if not self._byte_us else (max(now, self._wire_free_ns)
+                                                  + round((len(cmd) + 5) * self._byte_us * 1000))
             cmd += "TIME\n"
             self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
-            self._time_sent.append(now)
+            self._time_sent.append(sent)
         if self._byte_us:
             self._wire_free_ns = max(now, self._wire_free_ns) + round(len(cmd) * self._byte_us * 1000)
         self._ids[ident] = event_index
@@ -250,6 +255,10 @@ class SerialTrigger(Trigger):
                     self._port.write(data[n:])
         return time.monotonic_ns(), delay
 
+    def _wire_ns(self, n_bytes: int) -> int:
+        """How long ``n_bytes`` take on a real UART (0 without ``compensate_transmission``)."""
+        return round(n_bytes * self._byte_us * 1000)
+
     def _link_busy_ns(self) -> int:
         # A UART carries ~baud/10 bytes/s (115200: ~500 FIRE lines/s); a command queued behind
         # others arrives late, and the device counts its delay from arrival, so the pulse would
@@ -260,12 +269,14 @@ class SerialTrigger(Trigger):
         return backlog + round(_TYPICAL_FIRE_BYTES * self._byte_us * 1000)
 
     def _do_poll(self) -> None:
-        """Keep the clocks related while no cells are fired."""
+        """Clock mode: keep the clocks related while no cells are fired (delay mode takes its
+        samples after FIRE lines only: a TIME written here, outside the sort path's model of the
+        wire, would hold up the next FIRE unaccounted)."""
         now = time.monotonic_ns()
-        if now >= self._next_sync_ns and self._port is not None:
+        if self.settings.mode == "clock" and now >= self._next_sync_ns and self._port is not None:
             self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
             with self._write_lock:
-                self._time_sent.append(time.monotonic_ns())
+                self._time_sent.append(time.monotonic_ns() + self._wire_ns(5))
                 self._port.write(b"TIME\n")
 
     def _forget(self, event_indices: list[int]) -> None:
@@ -334,8 +345,10 @@ class SerialTrigger(Trigger):
             if t0 < stale:  # the reply to a request whose send time is gone: no clock sample
                 self.time_replies_lost += 1
                 return
+            # the device read its clock before its reply's bytes went onto the wire
+            t1 = max(t0, host_ns - self._wire_ns(len(line) + 1))
             with self._clock_lock:
-                self.clock.add(t0, int(words[1]), host_ns)
+                self.clock.add(t0, int(words[1]), t1)
         elif words[0] == "READY":
             # the board rebooted (brown-out, watchdog, someone opened the port): it is disarmed now
             self._set_unavailable(f"{self.settings.port}: the device restarted; reconnect to re-arm it")

@@ -58,12 +58,15 @@ def travel_ns(velocity_mm_s: float, settings: TimingSettings) -> int:
     return round(settings.distance_to_junction_um / v * 1e6)
 
 
-def fire_time_ns(exit_host_ns: int, velocity_mm_s: float, settings: TimingSettings, easing_ms: float = 0.0) -> int:
+def fire_time_ns(exit_host_ns: int, velocity_mm_s: float, settings: TimingSettings, easing_ms: float = 0.0,
+                 rate: float = 1.0) -> int:
     """Host monotonic time at which to fire for a cell that left the constriction at ``exit_host_ns``
     and moves on at ``velocity_mm_s``; ``easing_ms``: what the cell gains (negative) or loses over
-    that pace while it slows down past the exit (the tracker's ``exit_easing_ms``)."""
+    that pace while it slows down past the exit (the tracker's ``exit_easing_ms``). Speed and easing
+    are on the camera clock; ``rate`` (host ns per camera ns, :attr:`ClockMap.rate`) puts the travel
+    on the host's."""
     ease = round(easing_ms * 1e6) if math.isfinite(easing_ms) else 0
-    return int(exit_host_ns) + travel_ns(velocity_mm_s, settings) + ease + round(settings.offset_us * 1000.0)
+    return int(exit_host_ns) + round(rate * (travel_ns(velocity_mm_s, settings) + ease)) + round(settings.offset_us * 1000.0)
 
 
 # ClockMap._st
@@ -123,8 +126,14 @@ def _append(cam_buf, host_buf, st, cam, host, start, count, check, slope, offset
     return done
 
 
+#: a fitted rate further than this (relative) from the nominal one is no clock's: a window holding
+#: fewer than two timely deliveries (a young map of 16 frames, half of them held up in a burst
+#: fitted 0.03), whose offset is then fitted at the last sane rate
+MAX_RATE_ERROR = 1e-3
+
+
 @njit(cache=True)
-def _fit_envelope(cam_buf, host_buf, head, n, slope0, hx, hy):
+def _fit_envelope(cam_buf, host_buf, head, n, slope0, nominal, hx, hy):
     """(slope, offset, ref) of the lower envelope of the ``n`` samples in the window, oldest at
     ``head`` once it is full (see :class:`ClockMap`); ``hx``/``hy`` (window-long) hold its hull."""
     window = cam_buf.shape[0]
@@ -155,8 +164,8 @@ def _fit_envelope(cam_buf, host_buf, head, n, slope0, hx, hy):
             slope = (hy[k + 1] - hy[k]) / (hx[k + 1] - hx[k])
             offset = hy[k] - slope * hx[k]
             break
-    if not np.isfinite(slope):  # every sample at one camera time: no rate to be had from the window
-        slope = slope0
+    if not abs(slope - nominal) <= MAX_RATE_ERROR * nominal:
+        slope = slope0 if abs(slope0 - nominal) <= MAX_RATE_ERROR * nominal else nominal
         offset = np.inf
         for k in range(m):  # the lowest hull vertex at that slope is the lowest sample
             r = hy[k] - slope * hx[k]
@@ -190,9 +199,11 @@ class ClockMap:
     the samples' lower convex hull over their mean camera time (Moon, Skelly & Towsley 1999). Its
     vertices are the frames delivered soonest — in bursts, the last of each — so frames that come
     in bursts tilt it no more than steady ones, as long as the window (4,096 frames: 0.4 s at 10
-    kHz) holds two bursts' ends. No rate is assumed: a replay paced at twice its recorded speed is
-    followed as a camera is. The constant part of the latency that remains (exposure to readout)
-    is calibrated with :attr:`TimingSettings.offset_us`.
+    kHz) holds two bursts' ends. A fitted rate further than ``MAX_RATE_ERROR`` from
+    ``nominal_rate`` (1 for a camera, 1/speed for a recording replayed at ``speed``:
+    :attr:`CameraInfo.clock_rate`) comes from a window with fewer (a young map, a long stall): the
+    offset is then fitted at the last sane rate. The constant part of the latency that remains
+    (exposure to readout) is calibrated with :attr:`TimingSettings.offset_us`.
 
     Feed it from the thread that owns the frames (``add``/``add_many`` per batch); ``to_host_ns``
     refits lazily once ``REFIT_EVERY`` frames (or an eighth of a smaller window) are new. A caller on a
@@ -204,16 +215,18 @@ class ClockMap:
     code, a refit due at most cells at 10 kHz) before it could track the next frame.
     """
 
-    def __init__(self, window: int = 4096):
+    def __init__(self, window: int = 4096, nominal_rate: float = 1.0):
         require(window >= 2, "window", f"must be >= 2, got {window}")
+        require(0 < nominal_rate < math.inf, "nominal_rate", f"must be > 0, got {nominal_rate}")
         self.window = window
+        self.nominal_rate = float(nominal_rate)
         self._cam = np.zeros(window, np.int64)
         self._host = np.zeros(window, np.int64)
         self._hull_x = np.zeros(window, np.float64)  # the fit's lower convex hull (scratch)
         self._hull_y = np.zeros(window, np.float64)
         self._st = np.zeros(N_CS, np.int64)  # next slot to write, samples held (≤ window), added since the fit
         self._dirty = False
-        self._slope = 1.0
+        self._slope = self.nominal_rate
         self._offset = 0.0  # host - slope * (camera - ref), in ns
         self._ref = 0  # camera time the fit is centred on (keeps float64 precise for ns clocks)
         self._fitted = False  # a fit of the current window's samples exists
@@ -282,7 +295,7 @@ class ClockMap:
         # a fit of a few frames can be far off, and frames that come in bursts arrive up to the
         # burst's length late: neither must read as a step
         check = (self._fitted and self._fit_n >= MIN_SAMPLES
-                 and abs(self._slope - 1.0) <= STEP_MAX_SLOPE_ERROR)
+                 and abs(self._slope - self.nominal_rate) <= STEP_MAX_SLOPE_ERROR * self.nominal_rate)
         return _append(self._cam, self._host, self._st, cam, host, start, count, check, self._slope,
                        self._offset, self._ref, self._fit_spread)
 
@@ -292,7 +305,7 @@ class ClockMap:
         self._fitted = False
         self._fit_n = 0
         self._fit_spread = 0.0
-        self._slope, self._offset, self._ref = 1.0, 0.0, 0
+        self._slope, self._offset, self._ref = self.nominal_rate, 0.0, 0
 
     def _samples(self) -> tuple[np.ndarray, np.ndarray]:
         n, head = int(self._st[CS_N]), int(self._st[CS_HEAD])
@@ -303,10 +316,10 @@ class ClockMap:
 
     def _fit(self) -> None:
         n = int(self._st[CS_N])
-        slope0 = self._slope if n > 2 else 1.0
+        slope0 = self._slope if n > 2 else self.nominal_rate
         head = int(self._st[CS_HEAD])
-        self._slope, self._offset, self._ref = _fit_envelope(self._cam, self._host, head, n, slope0, self._hull_x,
-                                                             self._hull_y)
+        self._slope, self._offset, self._ref = _fit_envelope(self._cam, self._host, head, n, slope0,
+                                                             self.nominal_rate, self._hull_x, self._hull_y)
         self._fit_n = n
         self._fit_spread = _spread(self._cam, self._host, head, n, self._slope, self._offset, self._ref)
         self._fitted = True
@@ -324,7 +337,7 @@ class ClockMap:
         """Host ns per camera ns of the last fit, without refitting (1.0 before a fit): durations
         measured on the camera clock (a cell's travel) last this many times as long on the host's
         — 1 ± ppm for a camera, 1/speed for a recording replayed at ``speed``."""
-        return self._slope if self._fitted and self._st[CS_N] >= MIN_SAMPLES else 1.0
+        return self._slope if self._fitted and self._fit_n >= MIN_SAMPLES else self.nominal_rate
 
     def refit(self) -> None:
         """Fit now if enough new samples are due (what ``to_host_ns`` would do lazily)."""

@@ -670,3 +670,31 @@ def test_a_run_records_when_each_pulse_went_out_on_the_host_clock(tmp_path, mode
     n, p5, p50, p95 = s.pulse_timing_us
     assert n == len(acks) and abs(p50) < 1000 and p95 < 3000, s.pulse_timing_us
     assert "pulse out − scheduled fire time" in to_markdown(s, {})
+
+
+def test_clock_samples_on_a_real_uart_are_dated_by_the_bytes_on_the_wire():
+    """At 115200 baud a byte takes 87 µs. A TIME written after a FIRE reaches the device only once
+    the FIRE's bytes and its own have left: dated at the write, the sample put the device's clock
+    reading ~2 ms early, and every mapped ack (and clock-mode pulse) with it. A TIME polled while
+    idle is clock mode's only: in delay mode it would hold up the next FIRE outside the wire model."""
+    from hardware.serial_trigger import SerialSettings, SerialTrigger
+    from hardware.timing import TimingSettings
+
+    class Port:
+        data = b""
+
+        def write(self, data):
+            self.data += data
+            return len(data)
+
+    t = SerialTrigger(SerialSettings(port="/dev/null", baudrate=115200), TimingSettings())
+    t._port, t._fd, t._next_sync_ns = Port(), None, 0
+    before = time.monotonic_ns()
+    t._do_fire(1, before + 20_000_000, 100.0)
+    fire, time_line = t._port.data.decode().splitlines()
+    assert fire.startswith("FIRE 1 ") and time_line == "TIME"
+    byte_ns = 10e9 / 115200
+    assert abs(t._time_sent[0] - before - (len(fire) + 1 + 5) * byte_ns) < 300_000
+    t._next_sync_ns = 0
+    t._do_poll()  # delay mode: no TIME while idle
+    assert t._port.data.decode().count("TIME") == 1

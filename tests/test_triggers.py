@@ -580,15 +580,15 @@ def test_device_clock_fits_a_fast_device_clock_over_a_long_baseline():
 
 
 @pytest.mark.parametrize("speed", [0.5, 2.0])
-def test_clock_map_assumes_no_rate(speed):
+def test_clock_map_follows_a_replays_rate(speed):
     """A real-time replay at ``replay.speed`` paces frames at recorded time / speed: the host clock
-    runs at 1/speed of the camera's, and the map must follow it (a fit held near slope 1 was
-    milliseconds off, and at speed 0.5 called every pulse late)."""
+    runs at 1/speed of the camera's (its ``CameraInfo.clock_rate``), and the map must follow it (a
+    fit held near slope 1 was milliseconds off, and at speed 0.5 called every pulse late)."""
     rng = np.random.default_rng(1)
     cam = 10**12 + np.arange(20_000, dtype=np.int64) * 100_000
     true = ((cam - 10**12) / speed).astype(np.int64) + 5 * 10**9
     host = true + rng.exponential(20_000, cam.size).astype(np.int64)
-    cm = ClockMap()
+    cm = ClockMap(nominal_rate=1 / speed)
     errs = []
     for k in range(0, cam.size, 4):  # the live kernel's small batches
         if k >= 4_000:
@@ -597,3 +597,23 @@ def test_clock_map_assumes_no_rate(speed):
         cm.refit()
     assert cm.slope == pytest.approx(1 / speed, rel=1e-6) and cm.resets == 0
     assert np.percentile(np.abs(errs), 99) < 20_000  # ns
+
+
+def test_a_young_clock_map_keeps_a_sane_rate_through_a_burst():
+    """The camera thread held up 5 ms as tracking starts: 50 frames of 10 kHz arrive 3 µs apart,
+    then steady. A map of the first 16 frames fitted a rate of 0.03, which timed exits 9 ms off
+    and shrank every pulse's 20 ms travel to 0.5 ms; a rate so far from the nominal one is no
+    clock's, and the offset is fitted at the nominal rate until a sane fit exists."""
+    cam = 10**12 + np.arange(2000, dtype=np.int64) * 100_000
+    true = cam - 10**12 + 5 * 10**9 + 50_000
+    host = true.copy()
+    host[:50] = true[49] + np.arange(50) * 3_000  # delivered in one burst when the thread woke up
+    cm = ClockMap()
+    errs = []
+    for k in range(0, 2000, 16):
+        if cm.n >= 16:
+            errs.append(abs(cm.to_host_ns(int(cam[k + 15]), refit=False) - int(true[k + 15])))
+            assert abs(cm.rate - 1.0) <= 1e-3, (k, cm.rate)
+        cm.add_many(cam[k:k + 16], host[k:k + 16])
+        cm.refit()
+    assert max(errs) < 5_000_000 and max(errs[4:]) < 100_000, errs[:8]
