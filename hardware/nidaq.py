@@ -127,11 +127,15 @@ class NidaqTrigger(Trigger):
                     time.sleep(_BUSY_POLL_S)
                 left = (at - time.monotonic_ns()) * 1e-9
                 if left <= 0:
-                    why = (f"pulse for cell {idx} dropped: counter busy until after its fire time" if busy else
-                           f"pulse for cell {idx} dropped: armed {-left * 1e3:.1f} ms after its fire time "
-                           f"(the host held this thread up)")
-                    self._report(idx, "refused", why)
-                    self._device_error(why)
+                    if busy:
+                        why = f"pulse for cell {idx} dropped: counter busy until after its fire time"
+                        self._report(idx, "refused", why)
+                        self._device_error(why)
+                    else:  # the host's doing, not the device's: no device error
+                        why = (f"pulse for cell {idx} dropped: armed {-left * 1e6:.0f} µs after its fire time "
+                               f"(the host held this thread up)")
+                        self._report(idx, "refused", why)
+                        self._log.log(logging.WARNING, "armed late", "nidaqmx trigger %s: %s", self.device, why)
                     continue
                 self._task.stop()
                 self._chan.co_pulse_time_initial_delay = left

@@ -103,7 +103,7 @@ class SerialTrigger(Trigger):
         self._clock_lock = threading.Lock()  # the reader thread adds samples, the sort thread maps
         self._time_sent: collections.deque[int] = collections.deque()  # send times of TIMEs in flight
         self._next_sync_ns = 0
-        self.time_replies_lost = 0  # clock mode: TIME requests whose reply never came
+        self.time_replies_lost = 0  # TIME requests whose reply never came
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _do_open(self) -> str:

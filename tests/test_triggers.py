@@ -541,6 +541,7 @@ def test_nidaqmx_says_when_the_host_armed_a_pulse_too_late(monkeypatch):
             time.sleep(0.01)
         assert [(r.event_index, r.kind) for r in reports] == [(0, "refused")]
         assert "after its fire time (the host held this thread up)" in reports[0].message
+        assert t.device_errors == 0  # the host held the pulse up, not the device
         assert "busy" not in reports[0].message and t.available
 
 
