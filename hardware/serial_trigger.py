@@ -65,9 +65,9 @@ class SerialSettings:
     link_latency_us: float = 0.0  # constant transport latency subtracted from every delay (USB frame)
     compensate_transmission: bool = True  # subtract bytes × 10 / baud from the delay (real UARTs)
     mode: str = "delay"  # delay: FIRE <delay>; clock: FIREAT <device time>, clocks related through TIME
-    # a TIME round trip at most this often: clock mode schedules pulses on the device's clock with
-    # it, and in both modes the acks' device times are mapped to when each pulse went out on the host
-    sync_interval_s: float = 0.25
+    # clock mode schedules pulses on the device's clock with the TIME round trips; in both modes
+    # they map the acks' device times to when each pulse went out on the host
+    sync_interval_s: float = 0.25  # a TIME round trip at most this often (both modes)
 
     def __post_init__(self):
         require(self.baudrate > 0, "baudrate", f"must be > 0, got {self.baudrate}")
