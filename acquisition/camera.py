@@ -47,7 +47,9 @@ class CameraInfo:
     id_modulus: int = 0  # frame counter range, 0 when it does not wrap
     frame_count: int = -1  # frames a finite source holds, -1 for a live camera
     # host seconds per camera-clock second, nominally: 1 for a camera, 1/speed for a recording
-    # replayed in real time at ``speed`` (what the camera→host clock map may fit near)
+    # replayed in real time at ``speed`` (what the camera→host clock map may fit near); 0 for a
+    # source read as fast as it goes (a replay or simulation at full speed), whose clock says
+    # nothing about when its frames reach the host
     clock_rate: float = 1.0
 
     def make_ring(self, capacity: int, *, shared: bool = False) -> FrameRing:

@@ -634,7 +634,7 @@ class ReplayCamera(Camera):
             camera_clock=True,
             id_modulus=0,
             frame_count=-1 if s.loop else stop - start,
-            clock_rate=1.0 / s.speed if s.realtime else 1.0,
+            clock_rate=1.0 / s.speed if s.realtime else 0.0,
         )
 
     def _bit_depth(self, src) -> int:

@@ -848,7 +848,8 @@ class SyntheticCamera(Camera):
         return CameraInfo(backend=self.backend, model="synthetic microfluidic channel", serial=f"seed-{s.seed}",
                           width=s.width, height=s.height, dtype="uint8", bit_depth=8, fps=s.fps,
                           pixel_size_um=s.pixel_size_um, camera_clock=True, id_modulus=mod,
-                          frame_count=s.frame_count if s.duration_s > 0 else -1)
+                          frame_count=s.frame_count if s.duration_s > 0 else -1,
+                          clock_rate=1.0 if s.realtime else 0.0)
 
     def _do_start(self) -> None:
         s = self.settings

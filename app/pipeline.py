@@ -402,7 +402,7 @@ class Pipeline:
             self.ring.camera_clock = info.camera_clock
             if self.lossless:
                 _check_lossless_ring(self.ring, self.tracker_settings)
-            if info.camera_clock:
+            if info.camera_clock and info.clock_rate > 0:  # an unpaced source's clock maps to nothing
                 from hardware.timing import ClockMap
 
                 self._clock = ClockMap(nominal_rate=info.clock_rate)
@@ -946,8 +946,8 @@ class Pipeline:
         if t0 is None or not math.isfinite(t_ms):
             return ev.exit_host_ns
         cam_ns = int(t0 + t_ms * 1e6)
-        if self._clock is None:
-            return cam_ns
+        if self._clock is None:  # host timestamps, or an unpaced source's clock (no map)
+            return ev.exit_host_ns if self.ring.camera_clock else cam_ns
         if self._clock.n < MIN_SAMPLES:  # a map that just started (or restarted): the frame's arrival
             return ev.exit_host_ns
         return self._clock.to_host_ns(cam_ns, refit=False)  # _track_live refits after the decision

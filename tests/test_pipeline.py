@@ -645,3 +645,26 @@ def test_frames_the_camera_lapped_while_cells_were_decided_do_not_reach_the_cloc
     cm.add_ring(ring.timestamps_ns, ring.host_ns, 10, 20)  # reading all of them back: a false restart
     assert cm.resets == 1
     assert intact_range(ring, 10, 5, margin=4)[1] - intact_range(ring, 10, 5, margin=4)[0] == 0  # all gone
+
+
+def test_a_source_read_at_full_speed_has_no_clock_map(caplog):
+    # a recording or simulation read as fast as it goes has a camera clock that says nothing
+    # about when its frames reach the host: fitting a map to it restarted the map with a warning
+    # ("frames arrive … earlier than the clock map predicts") in every full-speed replay
+    from hardware.timing import TimingSettings
+    from hardware.trigger import make_trigger
+
+    timing = TimingSettings()
+    with make_trigger("null", None, timing) as trig:
+        p = Pipeline(SyntheticCamera(replace(FAST, duration_s=1.0, fps=8000.0)), sink=ListSink(), lossless=True,
+                     trigger=trig, timing=timing)
+        run_to_end(p)
+        st = p.status()
+    assert st.finish_reason is FinishReason.COMPLETED and st.frames_processed > 7000
+    assert st.clock_resets == 0
+    assert not any("clock map" in r.getMessage() for r in caplog.records)
+    assert p._clock is None and p._clock_rate == 1.0  # pulses are timed from the frames' arrival
+    # a paced source keeps its map
+    live = Pipeline(SyntheticCamera(replace(FAST, duration_s=0.2, realtime=True)), sink=ListSink())
+    run_to_end(live)
+    assert live._clock is not None and live._clock.n > 0
