@@ -42,12 +42,16 @@ def _child_main(conn) -> None:
     except BaseException as err:
         conn.send(("error", portable(err)))
         return
-    conn.send(("opened",))
     images = None
     staging = np.empty((0, height, width), np.dtype(dtype))
     pending = None  # (n, frame_ids, timestamps) copied, waiting for the parent's verdict
     failed = False
     try:
+        try:
+            conn.send(("opened",))
+        except OSError:  # the run was killed while this process started: close the file, no traceback
+            log.warning("%s: the run's process is gone; closing the recording", path)
+            return
         while True:
             try:
                 msg = conn.recv() if conn.poll(0.2) else ("idle",)

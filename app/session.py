@@ -393,7 +393,10 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
                 model_spec_json=spec_json, model_sha256=file_sha256(model_path) if model_path else "",
                 model_name=model_path.name if model_path else "", config_toml=config_to_toml(cfg),
                 camera=f"{info.backend} {info.model} {info.serial}".strip(), bit_depth=info.bit_depth,
-                target_event_count=cfg.autostop.events, target_duration_s=cfg.autostop.seconds, **setup,
+                target_event_count=cfg.autostop.events, target_duration_s=cfg.autostop.seconds,
+                # from the configuration, not from whether the first cells kept their ROI frame: a
+                # run that fell behind at its start wrote crops for the whole run
+                event_images="roi" if cfg.tracking.snapshots else "crop", **setup,
             )
             comp = cfg.output.compression
             options = {"compression": None if comp == "none" else "zstd", "compress_images": comp == "all"}
@@ -418,7 +421,9 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             # the raw recording describes the same experiment as the event file (dclab requires it)
             raw_meta = RunMeta(pixel_size_um=px, fps=info.fps or 1.0, roi=(info.width, info.height),
                                sample=cfg.output.sample, **setup).setup_attrs()
+            # the clock is said here: the recorder child never sees the ring's flag (its file said False)
             recorder = rec_cls(raw_path, info.width, info.height, info.dtype, pixel_size_um=px, fps=info.fps,
+                               camera_clock=info.camera_clock,
                                metadata={"experiment:sample": cfg.output.sample, **raw_meta})
             recorder.__enter__()
             opened.append(recorder)

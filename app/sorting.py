@@ -105,7 +105,8 @@ class PolygonGate:
         return inside & ~(np.isnan(px) | np.isnan(py))
 
 
-_FLAGS = {q.name: q for q in Quality if q.name and q is not Quality.OK}
+#: the flags a policy may reject: the tracker's (NO_ROI_IMAGE is the event file's, after the decision)
+_FLAGS = {q.name: q for q in Quality if q.name and q not in (Quality.OK, Quality.NO_ROI_IMAGE)}
 
 
 @dataclass(frozen=True, slots=True)

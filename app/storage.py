@@ -51,7 +51,10 @@ import numpy as np
 from mimlsort import __version__
 from mimlsort.errors import DataFormatError, DeviceError
 from mimlsort.settings import require
+from tracking.events import Quality
 from tracking.features import FEATURES, MIML_FEATURES
+
+_NO_ROI_IMAGE = int(Quality.NO_ROI_IMAGE)
 
 log = logging.getLogger(__name__)
 
@@ -595,6 +598,10 @@ class EventWriter:
         if mode == "roi":
             self._image_mode = "snapshot"
             self._image_shape = (h, w)  # each snapshot is checked against it in _add_row
+            # of a cell whose ROI frame is not in the file: 3x3 pixels, the least in which dclab
+            # finds a contour (one pixel's collapses to a point)
+            self._placeholder_mask = np.zeros((h, w), np.uint8)
+            self._placeholder_mask[max(h // 2 - 1, 0):h // 2 + 2, max(w // 2 - 1, 0):w // 2 + 2] = 255
             for name in ("image", "mask"):
                 add(f"events/{name}", (h, w), "u1", image=True)
             # the background changes rarely: each distinct one is stored once in dclab's internal
@@ -751,7 +758,9 @@ class EventWriter:
         for key, i in self._score_keys:
             # dclab rejects scores outside [0, 1]; float32 softmax can overshoot by an ulp
             put(key, min(1.0, max(0.0, scores[i])))
-        extra = {"quality": int(ev.quality), "fired": int(bool(d is not None and d.fire))}
+        lost = snap is None and self._image_mode == "snapshot"  # a cell without a ROI frame in a file that has them
+        quality = int(ev.quality) | (_NO_ROI_IMAGE if lost else 0)
+        extra = {"quality": quality, "fired": int(bool(d is not None and d.fire))}
         for key, name in self._userdef_keys:
             put(key, extra[name] if name in extra else f.get(name, nan))
 
@@ -760,11 +769,12 @@ class EventWriter:
                 put("events/image", self._image(snap.image, ev))
                 put("events/mask", np.asarray(snap.mask, bool).view(np.uint8) * np.uint8(255))  # dclab: 0/255
                 bg = self._image(snap.background, ev)
-            else:  # a cell without a ROI frame in a file that has them: background, empty mask
+            else:  # the background, and a placeholder mask flagged in the quality bits: dclab finds no
+                # contour in an empty mask, and then computes no volume, tilt or inertia ratio for any event
                 self._no_snapshot += 1
                 bg = self._last_bg if self._last_bg is not None else np.zeros(self._image_shape, np.uint8)
                 put("events/image", bg)
-                put("events/mask", np.zeros(self._image_shape, np.uint8))
+                put("events/mask", self._placeholder_mask)
             # the running background changes at every update, by one grey level in a few pixels:
             # stored on each change it was a background per event, a fifth of the file. A new one
             # is stored once a pixel has moved by more than one grey level (bytes comparison is
@@ -785,7 +795,7 @@ class EventWriter:
         put("mimlsort/events/entry_frame", ev.entry_frame)
         put("mimlsort/events/exit_frame", ev.exit_frame)
         put("mimlsort/events/exit_host_ns", ev.exit_host_ns)
-        put("mimlsort/events/quality", int(ev.quality))
+        put("mimlsort/events/quality", quality)
         if d is not None and d.predicted in self._class_index:
             put("mimlsort/events/predicted", self._class_index[d.predicted])
         elif probs.size:

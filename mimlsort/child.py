@@ -89,6 +89,10 @@ def serve(serve_fn: Callable[[Connection], None], label: str, argv: list[str] | 
     conn = Connection(int(argv[0]))
     try:
         serve_fn(conn)
+    except (BrokenPipeError, ConnectionResetError):
+        # the parent died before it heard from us (killed while starting): a line, not a traceback
+        logging.getLogger(label).warning("the run's process is gone")
+        return 1
     finally:
         conn.close()
     return 0

@@ -88,3 +88,22 @@ def test_brightness_of_a_12_bit_camera_is_in_the_stored_images_grey_levels(tmp_p
         assert ds["bright_avg"][0] == pytest.approx(100.0) and ds["bright_sd"][0] == pytest.approx(2.0)
         assert ds["time"][0] == pytest.approx(0.00175)
         assert ds.config["user"]["camera bit depth"] == 12
+
+
+@pytest.mark.parametrize("snapshots, images", [(True, "roi"), (False, "crop")])
+def test_the_event_image_mode_comes_from_the_configuration(tmp_path, snapshots, images):
+    # it was chosen from the first cells written: a run that fell behind at its start (their ROI
+    # frames overwritten) wrote crops, no mask and no background for the whole run
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.1, "realtime": False, "seed": 6}},
+        "model": {"path": "none"},
+        "tracking": {"snapshots": snapshots},
+        "output": {"folder": str(tmp_path), "report": False, "writer": "thread"},
+    })
+    run = build_run(cfg, lossless=True)
+    try:
+        assert run.writer.meta.event_images == images
+    finally:
+        run.close()

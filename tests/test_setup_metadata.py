@@ -41,6 +41,9 @@ def test_configured_setup_reaches_the_event_file_and_the_raw_recording(tmp_path)
             assert s["channel width"] == 32.0  # the synthetic camera's channel, not a placeholder
             assert ds.config["user"]["operator"] == "Ada"
             assert "setup placeholders" not in ds.config["user"]
+    # the recorder child (the default) said False: it never saw the ring's flag
+    with dclab.new_dataset(raw) as ds:
+        assert bool(ds.config["user"]["camera clock"]) is True
 
 
 def test_values_nobody_gave_are_named_as_placeholders():

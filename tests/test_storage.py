@@ -365,9 +365,20 @@ def test_a_lost_roi_frame_does_not_change_the_layout(tmp_path):
     dclab, (violations, _a, _i) = dclab_check(path)
     assert violations == []
     with dclab.new_dataset(str(path)) as ds:
-        assert ds["image"].shape == (5, H, W) and not ds["mask"][0].any()
+        assert ds["image"].shape == (5, H, W) and np.count_nonzero(ds["mask"][0]) == 9  # a placeholder
         assert np.array_equal(ds["image"][3], snap_of(records[3].event).image)
-    assert read_events(path)[1].counters == {"events_without_roi_frame": 1}
+        # flagged where DCscope users gate (the quality userdef slot), the other cells not
+        slot = {v: k for k, v in userdef_mapping(FEATURES).items()}["quality"]
+        q = np.asarray(ds[slot], np.int64)
+        assert q[0] & int(Quality.NO_ROI_IMAGE) and not (q[1:] & int(Quality.NO_ROI_IMAGE)).any()
+        # dclab's contour features compute for every event: an empty mask had no contour, and
+        # volume, tilt and the inertia ratios then failed for the whole file (IndexError)
+        for feat in ("volume", "inert_ratio_cvx", "inert_ratio_prnc", "inert_ratio_raw", "tilt", "bright_perc_10",
+                     "bright_perc_90"):
+            assert feat in ds.features and len(ds[feat]) == 5
+    f, run = read_events(path)
+    assert run.counters == {"events_without_roi_frame": 1}
+    assert f["quality"][0] & int(Quality.NO_ROI_IMAGE) and not (f["quality"][1:] & int(Quality.NO_ROI_IMAGE)).any()
     with pytest.raises(DataFormatError, match=r"event 0: image is \(48, 48\) px"):
         with EventWriter(tmp_path / "bad.rtdc", meta=make_meta()) as w:
             r = records[0]

@@ -23,6 +23,10 @@ class Quality(enum.IntFlag):
     STUCK = 16  # the cell stopped in the channel for longer than the stuck limit
     TOUCHING = 32  # touched a neighbour in or past the constriction: cut from it at their waist there
     SMALL = 64  # smaller at rest than tracking.min_cell_diameter_um: debris or a platelet, not a squeezed cell
+    # set by the event file only, never by the tracker: the file holds no ROI image of this cell
+    # (its frame was overwritten before the cell was emitted, or the image was shed while the
+    # writer was behind); its image is the background and its mask a 3x3-pixel placeholder
+    NO_ROI_IMAGE = 128
 
 
 #: flags that keep an event out of training data (and the MIML authors' export): it is not one
