@@ -230,6 +230,8 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                 temp_note = f"; setup:temperature is the median of the source's temp feature ({setup['temperature_c']:.2f} °C)"
         meta = RunMeta(pixel_size_um=px, fps=fps, roi=(w, h), sample=_text(attrs.get("experiment:sample")) or src.stem,
                        run_index=max(1, _int(attrs.get("experiment:run index"), 1)),
+                       roi_position=(max(0, _int(attrs.get("imaging:roi position x"), 0)),
+                                     max(0, _int(attrs.get("imaging:roi position y"), 0))),
                        started=_started(attrs) or datetime.now(),
                        class_names=tuple(clf.classes) if clf is not None else (),
                        model_spec_json=clf.spec.to_json() if clf is not None else "",
@@ -241,6 +243,9 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         fd, name = tempfile.mkstemp(prefix=dst.stem + ".", suffix=".partial.rtdc", dir=dst.parent)
         os.close(fd)
         part = Path(name)
+        umask = os.umask(0)  # mkstemp makes it private; the result reads as the user's other files do
+        os.umask(umask)
+        os.chmod(part, 0o666 & ~umask)
         try:
             with EventWriter(part, meta=meta, overwrite=True) as wr:
                 wr.log(f"reanalysis of {src} ({n} event images)")

@@ -3,6 +3,8 @@ an event file dclab opens, and models needing tracked features refused with the 
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -48,9 +50,15 @@ def test_reanalysis_measures_real_events_and_dclab_opens_the_result(tmp_path, na
         for sec, key in (("setup", "flow rate"), ("setup", "medium"), ("setup", "channel width"),
                          ("setup", "temperature"), ("experiment", "date"), ("experiment", "sample")):
             assert ds.config[sec].get(key) == ref.config[sec].get(key), (sec, key)
+        for key in ("roi position x", "roi position y"):  # where the sensor's ROI sat (CytoShot does not say)
+            if key in ref.config["imaging"]:
+                assert ds.config["imaging"][key] == ref.config["imaging"][key] > 0, key
         assert np.all(np.isfinite(ds["time"][:]))
         np.testing.assert_allclose(ds["area_um"][:], feats["area_um"], rtol=1e-6)
     assert all(np.isfinite(feats["di"])) and np.all(np.isnan(feats["transit_time_ms"]))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "out.rtdc").st_mode) == 0o666 & ~umask  # not private (mkstemp's 0600)
 
 
 def test_a_model_that_needs_tracked_features_is_refused(tmp_path):
