@@ -57,10 +57,13 @@ class LogTrigger(Trigger):
         path = Path(self.settings.path).expanduser()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)  # beside a run's files, whose folder may not exist yet
-            self._file = path.open("w", encoding="utf-8")
+            # appended: each run, and each test pulse between runs, opens it again (the host's
+            # monotonic scheduled_ns keeps increasing across them); "w" kept only the last one's
+            self._file = path.open("a", encoding="utf-8")
         except OSError as err:
             raise DeviceError(f"trigger.log.path: cannot write {path}: {err}") from err
-        self._file.write(self.HEADER)
+        if self._file.tell() == 0:
+            self._file.write(self.HEADER)
         return f"log:{path}"
 
     def _do_fire(self, event_index: int, fire_at_ns: int, width_us: float) -> tuple[int, float]:

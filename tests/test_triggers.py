@@ -312,6 +312,11 @@ def test_log_trigger_writes_every_pulse(tmp_path):
     for r, rec in zip(rows, recs):
         assert int(r[1]) == rec.scheduled_ns and int(r[2]) == rec.sent_ns
         assert float(r[4]) == rec.width_us
+    # the next run (or a test pulse between runs) adds to the log; it replaced it
+    with LogTrigger({"path": str(path)}) as t:
+        t.fire(FireRequest(7, time.monotonic_ns() + AHEAD, 100.0))
+    lines = path.read_text().splitlines()
+    assert lines.count(LogTrigger.HEADER.strip()) == 1 and len(lines) == 7 and lines[-1].startswith("7\t")
 
 
 def test_log_trigger_unwritable_path_is_a_device_error(tmp_path):
