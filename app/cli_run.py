@@ -70,7 +70,7 @@ def _sample_name(v) -> str:
     """A recording's ``experiment:sample`` as an ``output.sample`` (a plain name of at most 200 bytes)."""
     if v is None:
         return ""
-    text = (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).replace("/", "_").strip()
+    text = (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).replace("/", "_").strip().lstrip(".")
     return text.encode()[:200].decode("utf-8", "ignore")
 
 

@@ -148,6 +148,9 @@ class OutputConfig:
         require(self.compression in ("all", "masks", "none"), "compression",
                 f"must be 'all', 'masks' or 'none', got {self.compression!r}")
         require(bool(self.sample) and "/" not in self.sample, "sample", f"must be a plain name, got {self.sample!r}")
+        # it begins the run's file names: ".." made a hidden ".._<time>.rtdc"
+        require(not self.sample.startswith("."), "sample", f"must not begin with '.' (the run's files would be "
+                                                           f"hidden), got {self.sample!r}")
         # file names hold it with a time stamp and a suffix, within the 255 bytes file systems allow
         require(len(self.sample.encode()) <= 200, "sample", f"must be at most 200 bytes long, got {len(self.sample.encode())}")
 

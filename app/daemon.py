@@ -95,8 +95,8 @@ def _file_handler(path: Path) -> logging.Handler:
 
 
 def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
-               out=None, lossless: bool = False, progress: Callable[[Any], "Progress"] | None = None,
-               ignore_signals_after: bool = False, trigger: bool = True) -> tuple[int, Run]:
+               out=None, lossless: bool | None = None, progress: Callable[[Any], "Progress"] | None = None,
+               ignore_signals_after: bool = False, trigger: bool | None = None) -> tuple[int, Run]:
     """Run ``cfg`` to its end; returns (exit code, the finished run). Status lines go to ``out``
     (default: the ``sys.stderr`` of the moment).
 
@@ -105,7 +105,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     (it then starts and stops at once, its file complete and empty). ``ignore_signals_after``
     (the command line) keeps both signals ignored once the files are closed, so that a second
     Ctrl-C cannot kill the process with a signal status instead of its exit code. ``trigger``
-    False: no trigger at all (cells the policy wants are recorded as fired, nothing is sent).
+    and ``lossless``: as :func:`app.session.build_run` (unset: from the configured source).
     ``progress``: given a stream for ``out`` (written by the console's thread), returns what shows
     the status instead of the status lines."""
     out = out if out is not None else sys.stderr

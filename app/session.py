@@ -341,15 +341,48 @@ def check_model_scale(classifier, crop_size_um: float, pixel_size_um: float) -> 
                     pixel_size_um, img.pixel_size_um, classifier.path)
 
 
+def source_pacing(cfg: RunConfig) -> tuple[bool, bool]:
+    """(paced, finite) of the configured camera. A vendor camera delivers in real time, endlessly;
+    a recording or simulation is paced only when asked to be (``realtime``), and ends unless it
+    loops or has no duration."""
+    cam = cfg.camera
+    if cam.backend == "replay":
+        s = cam.backend_settings()
+        return bool(s.realtime), not s.loop
+    if cam.backend == "synthetic":
+        s = cam.backend_settings()
+        return bool(s.realtime), s.duration_s > 0
+    return True, False
+
+
 def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
-              camera=None, trigger: bool = True, lossless: bool = False, kernels: str = "numba") -> Run:
+              camera=None, trigger: bool | None = None, lossless: bool | None = None,
+              kernels: str = "numba") -> Run:
     """Everything a run needs, opened and ready to start.
 
     ``lossless`` makes the camera wait for the tracker (finite sources only: replay, a synthetic
-    run with a duration), so a replay gives the same events every time.
+    run with a duration), so a replay gives the same events every time. ``trigger`` False: no
+    trigger (cells the policy wants are recorded as fired, nothing is sent). Unset, both follow
+    the configured source (:func:`source_pacing`): a recording or simulation read as fast as it
+    goes is lossless when it ends, and fires nothing — its frames reach the host at no time a
+    cell could be sorted at (the GUI and ``mimlsort run`` lost frames and fired "late" pulses).
     """
     from acquisition.camera import make_camera
     from app.sorting import SortPolicy
+
+    paced, finite = source_pacing(cfg) if camera is None else (True, False)
+    if lossless is None:
+        lossless = not paced and finite
+    if trigger is None:
+        trigger = paced
+        if not paced and cfg.model.path != "none":
+            log.info("the %s source is read as fast as it goes: cells are decided, the %s trigger is not fired",
+                     cfg.camera.backend, cfg.trigger.backend)
+        elif cfg.camera.backend == "replay" and cfg.trigger.backend not in ("null", "log"):
+            # a recording's cells are not in the channel: a sorter must not be driven by them unasked
+            log.warning("a replay sorts no cells: the %s trigger is not fired (the null trigger counts the pulses "
+                        "that would have come late; `mimlsort replay --trigger` fires it)", cfg.trigger.backend)
+            cfg = with_changes(cfg, trigger={"backend": "null"})
 
     folder = Path(folder or cfg.output.folder).expanduser()
     make_output_folder(folder, option="output.folder")

@@ -323,7 +323,7 @@ def userdef_mapping(feature_names: Iterable[str]) -> dict[str, str]:
 
 def _describe(name: str) -> str:
     if name == "quality":
-        return "quality: bitmask of tracking.events.Quality (0 = OK)"
+        return "quality: bitmask of tracking.events.Quality (0 = OK; 128 = no ROI image of the cell in this file)"
     if name == "fired":
         return "fired: 1 if the sort trigger fired for the cell"
     d = FEATURES[name]

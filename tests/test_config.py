@@ -53,6 +53,7 @@ def test_cli_prints_the_default_and_checks_files(tmp_path):
     ({"output": {"compression": "lz4"}}, "output.compression"),
     ({"output": {"max_backlog_mb": -1}}, "output.max_backlog_mb"),
     ({"output": {"sample": "x" * 300}}, "output.sample"),
+    ({"output": {"sample": ".."}}, "output.sample"),  # a hidden ".._<time>.rtdc"
     ({"bogus": {}}, "bogus"),
     # NaN fails every comparison, so range checks alone let it through; infinity is no threshold
     ({"tracking": {"threshold": float("nan")}}, "tracking.threshold"),

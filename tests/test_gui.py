@@ -410,7 +410,7 @@ def test_stop_closes_the_run_and_reports_why(qtbot, window):
     qtbot.mouseClick(win.controls.stop_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: win.controller.run is None and not win.controller.busy, timeout=10000)
     assert run.closed
-    assert "canceled" in win.status_panel.text("state")
+    assert "stopped" in win.status_panel.text("state")
     assert win.controls.start_btn.isEnabled() and win.controls.backend.isEnabled()
     start(qtbot, win)  # and a second run starts cleanly
     assert len(win.runs) == 2 and win.table.total <= len(win.runs[-1].records) + 3
@@ -433,8 +433,37 @@ def test_stop_while_starting_calls_the_start_off(qtbot, window):
     qtbot.waitUntil(lambda: win.controller.run is None and not win.controller.busy, timeout=10000)
     run = win.runs[-1]
     assert run.closed and run.finish_reason is FinishReason.CANCELED
-    assert "canceled" in win.status_panel.text("state")
+    assert "stopped" in win.status_panel.text("state")
     assert win.controls.start_btn.isEnabled() and not win.errors
+
+
+def test_the_runs_warnings_reach_the_window(qtbot, window):
+    # they went only to the terminal: an operator who started the window from the desktop never
+    # read "the camera's 2 µm/px is far from the 0.5 µm/px the model … was trained at"
+    import logging
+
+    win = window
+    factory = win.factory
+
+    def warning_factory(cfg, folder=None):
+        logging.getLogger("app.session").warning("the model was trained at another pixel size (stand-in)")
+        return factory(cfg, folder)
+
+    win.controller.factory = warning_factory
+    start(qtbot, win)
+    qtbot.waitUntil(lambda: bool(win.warnings), timeout=5000)
+    assert win.warnings == ["the model was trained at another pixel size (stand-in)"]
+    assert "another pixel size" in win.status_panel.text("warnings") and win.status_panel.alarms["warnings"]
+    assert "1 warning: see Run status" in win.statusBar().currentMessage()
+    logging.getLogger("app.gui.main_window").warning("the GUI's own (not a run's)")
+    logging.getLogger("pyqtgraph").warning("not ours")
+    qtbot.wait(200)
+    assert len(win.warnings) == 1
+    win.stop_run()
+    qtbot.waitUntil(lambda: win.controller.run is None and not win.controller.busy, timeout=10000)
+    win.controller.factory = factory
+    start(qtbot, win)  # a new run starts with none
+    assert win.warnings == [] and win.status_panel.text("warnings") == "none"
 
 
 def test_opening_a_configuration_during_a_run_is_refused(qtbot, window, tmp_path):
@@ -478,6 +507,9 @@ def test_errors_reach_the_operator_without_blocking(qtbot, window):
     assert win._dialog is not None and win._dialog.isVisible() and not win._dialog.isModal()
     qtbot.waitUntil(start_btn.isEnabled, timeout=5000)  # the UI is usable again
     assert win.runs[-1].closed
+    # the failure stays on the window once the status bar's message has gone
+    assert win.status_panel.text("state").startswith("failed to start: camera 1234: not found")
+    assert win.status_panel.alarms["state"]
     # an invalid value is refused with its key, the configuration keeps the valid one
     assert not win.apply_changes({"sorting.threshold": 1.5})
     assert "sorting.threshold" in win.errors[-1] and win.config.sorting.threshold == 0.5
@@ -678,7 +710,7 @@ def test_demo_run_end_to_end(qtbot, tmp_path):
     win.stop_run()
     qtbot.waitUntil(lambda: win.controller.run is None and not win.controller.busy, timeout=30000)
     assert not win.errors
-    assert "canceled" in win.status_panel.text("state")
+    assert "stopped" in win.status_panel.text("state")
     with h5py.File(path, "r") as f:  # closed by the run: it opens, and holds the cells
         n = len(next(iter(f["events"].values())))
     assert n >= win.table.total > 0
@@ -789,6 +821,8 @@ def test_test_fire_and_auto_detect_on_real_devices(qtbot, tmp_path):
     lines = (tmp_path / "pulses.csv").read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith("-1\t")  # header + the test pulse
     assert win.config.tracking.geometry.constriction_start_um is None
+    # a previous run's preview frames (another camera, another ROI) are not what is configured now
+    win.controller.frames.extend([np.full((120, 200), 128, np.uint8)] * 8)
     qtbot.mouseClick(win.controls.autodetect_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: win.config.tracking.geometry.constriction_start_um is not None or bool(win.errors),
                     timeout=30000)
@@ -819,3 +853,22 @@ def test_gui_without_a_display_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("sys.platform", "linux")
     with pytest.raises(DeviceError, match="no display"):
         run_gui()
+
+
+def test_a_replays_unset_frame_rate_reads_as_the_sources(qtbot):
+    # it kept showing the synthetic camera's 4000 fps, though a replay takes its recording's rate
+    from app.config import RunConfig
+    from app.gui.panels import ControlPanel
+    from app.session import with_changes
+
+    panel = ControlPanel()
+    qtbot.addWidget(panel)
+    changes = []
+    panel.changed.connect(changes.append)
+    panel.load(RunConfig())
+    assert panel.fps.value() == RunConfig().camera.synthetic.fps
+    panel.load(with_changes(RunConfig(), camera={"backend": "replay"}))
+    assert panel.fps.value() == panel.fps.minimum() and panel.fps.text() == "the source's"
+    panel.fps.setValue(500.0)
+    panel.fps.setValue(panel.fps.minimum())  # back to the recording's own rate
+    assert changes == [{"camera.replay.fps": 500.0}, {"camera.replay.fps": None}]

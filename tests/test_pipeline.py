@@ -315,8 +315,13 @@ def test_a_writer_that_falls_behind_sheds_event_images_not_records(tmp_path, mon
     assert violations == []
     with dclab.new_dataset(str(run.events_path)) as ds:
         assert len(ds) == st.cells  # every record reached the file
-        empty = np.array([not ds["mask"][i].any() for i in range(len(ds))])
+        from tracking.events import Quality
+
+        # flagged, with a placeholder mask dclab can take a contour of
+        slot = next(k for k, v in ds.config["user"].items() if k.startswith("userdef") and v.startswith("quality"))
+        empty = (np.asarray(ds[slot], np.int64) & int(Quality.NO_ROI_IMAGE)) > 0
         assert empty.sum() == st.images_shed
+        assert all(np.count_nonzero(ds["mask"][i]) == 9 for i in np.flatnonzero(empty))
         assert not empty[-20:].any()  # the last cells have their images
         assert np.isfinite(ds["deform"][empty]).all()  # features of the shed cells are there
     counters, lines = _file_counters(run.events_path)
@@ -668,3 +673,42 @@ def test_a_source_read_at_full_speed_has_no_clock_map(caplog):
     live = Pipeline(SyntheticCamera(replace(FAST, duration_s=0.2, realtime=True)), sink=ListSink())
     run_to_end(live)
     assert live._clock is not None and live._clock.n > 0
+
+
+def test_a_run_follows_its_source_lossless_and_unfired_when_unpaced(tmp_path, caplog):
+    # a recording or simulation read as fast as it goes, from the GUI or `mimlsort run`, lost frames
+    # (the camera did not wait for the tracker) and fired pulses timed from nothing; a replay in
+    # real time drove the configured sorter
+    from app.config import bundled_model_path, config_from_mapping
+    from app.session import build_run, source_pacing
+    from app.simdata import record_simulation
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+
+    def cfg(camera: dict, trigger: dict):
+        return config_from_mapping({"camera": camera, "trigger": trigger,
+                                    "output": {"folder": str(tmp_path / "out"), "report": False}})
+
+    log_trigger = {"backend": "log", "log": {"path": str(tmp_path / "pulses.csv")}}
+    fast = cfg({"backend": "synthetic", "synthetic": {"duration_s": 0.5, "realtime": False, "seed": 4,
+                                                      "cells_per_second": 80.0}}, log_trigger)
+    assert source_pacing(fast) == (False, True)
+    with build_run(fast) as run:
+        assert run.wait(120)
+    st = run.status()
+    assert run.pipeline.lossless and run.pipeline.trigger is None and st.frames_missed == 0
+    assert st.frames_processed == st.frames_in and st.cells > 0 and st.late == 0
+    assert not (tmp_path / "pulses.csv").exists()
+
+    raw = tmp_path / "rec.rtdc"
+    record_simulation(SyntheticSettings(duration_s=0.3, seed=5), raw)
+    serial = {"backend": "serial", "serial": {"port": str(tmp_path / "no-such-port")}}
+    replay = cfg({"backend": "replay", "replay": {"path": str(raw), "realtime": True}}, serial)
+    assert source_pacing(replay) == (True, True)
+    with build_run(replay) as run:  # the serial port does not exist: it is not opened
+        assert run.wait(60)
+    assert run.pipeline.trigger.backend == "null" and not run.pipeline.lossless
+    assert any("a replay sorts no cells" in r.getMessage() for r in caplog.records)
+    assert source_pacing(cfg({"backend": "synthetic", "synthetic": {"realtime": True, "duration_s": 0}},
+                             log_trigger)) == (True, False)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from app.gui.models import reason_words
 from app.gui.qt import QtCore, Signal
 from mimlsort.errors import MimlsortError, StateError
 
@@ -43,6 +44,28 @@ def _writer_timeout_s(run: Any) -> float:
     (``output.stop_timeout_s``): a stop must wait longer than that, or it gives up first."""
     cfg = getattr(run, "config", None)
     return float(getattr(getattr(cfg, "output", None), "stop_timeout_s", 0.0) or 0.0)
+
+
+#: the packages whose warnings a run's operator must see (the GUI's own go to its error dialog)
+_RUN_LOGGERS = ("acquisition", "app", "hardware", "inference", "mimlsort", "tracking")
+
+
+class _WarningTap(logging.Handler):
+    """Keeps the run's warnings for the UI thread: workers log from their threads, and only the
+    UI thread may touch Qt, so they wait in a bounded deque (appending is thread-safe) for the poll."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.pending: deque[str] = deque(maxlen=200)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = record.name
+        if name.startswith("app.gui") or name.split(".")[0] not in _RUN_LOGGERS:
+            return
+        try:
+            self.pending.append(record.getMessage())
+        except Exception:  # noqa: BLE001 - a bad log call must not break the worker that made it
+            pass
 
 
 def describe_error(err: BaseException) -> str:
@@ -68,6 +91,8 @@ class RunController(QtCore.QObject):
     runFinished = Signal(object)  # the final Status (or None when the run never started)
     busyChanged = Signal(bool)
     errorOccurred = Signal(str)
+    warningLogged = Signal(str)  # a warning of the run's (or of building it), on the UI thread
+    startFailed = Signal(str)
     message = Signal(str)
 
     def __init__(self, factory: Callable[..., Any] | None = None, refresh_hz: float = 30.0,
@@ -92,6 +117,8 @@ class RunController(QtCore.QObject):
         self.ticks = 0
         self.tick_seconds = 0.0  # UI-thread time spent in polls (for the GUI benchmark)
         self.tick_max_s = 0.0
+        self._warnings = _WarningTap()
+        logging.getLogger().addHandler(self._warnings)
         self._timer = QtCore.QTimer(self)
         self._timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
         self._timer.setInterval(max(1, int(round(1000.0 / refresh_hz))))
@@ -199,6 +226,7 @@ class RunController(QtCore.QObject):
         self._cancel_start = False
         self.busyChanged.emit(False)
         self._report(err)
+        self.startFailed.emit(describe_error(err))
         self.runFinished.emit(None)
 
     def stop(self) -> None:
@@ -244,6 +272,7 @@ class RunController(QtCore.QObject):
         self.busyChanged.emit(False)
         self.statusChanged.emit(status)
         reason = status.finish_reason.value if status.finish_reason else "finished"
+        reason = reason_words(reason)
         self.message.emit(f"run {reason}" + (f": {status.message}" if status.message else ""))
         if status.finish_reason is not None and status.finish_reason.value == "errored":
             self.errorOccurred.emit(status.message or "the run ended with an error")
@@ -280,6 +309,8 @@ class RunController(QtCore.QObject):
     def _tick(self) -> None:
         t0 = time.perf_counter()
         try:
+            while self._warnings.pending:
+                self.warningLogged.emit(self._warnings.pending.popleft())
             self._collect_tasks()
             if self.run is not None:
                 self._poll_once()
@@ -330,6 +361,7 @@ class RunController(QtCore.QObject):
     def shutdown(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop any run and wait for it (window closing); its files are closed once it has stopped."""
         self._timer.stop()
+        logging.getLogger().removeHandler(self._warnings)
         run = self.run
         if run is not None:
             run.stop()

@@ -17,7 +17,7 @@ import numpy as np
 
 from app.gui.camera_view import CameraView
 from app.gui.controller import RunController, describe_error
-from app.gui.models import FeatureTable, ModelInfo, config_get, config_with, inspect_model
+from app.gui.models import FeatureTable, ModelInfo, StatusRow, config_get, config_with, inspect_model
 from app.gui.panels import ControlPanel
 from app.gui.plots import HistogramPanel, ScatterPanel, StatusPanel
 from app.gui.qt import QtCore, QtGui, QtWidgets
@@ -71,6 +71,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._plots_dirty = False
         self._dialog: QtWidgets.QMessageBox | None = None
         self.errors: list[str] = []  # everything shown to the operator, for the log and tests
+        self.warnings: list[str] = []  # the run's warnings since the last Start (the log has them all)
         self._model_seq = 0
         self.model_pending = False  # a model file is being loaded and described
         self.test_pulses = 0
@@ -115,6 +116,8 @@ class MainWindow(QtWidgets.QMainWindow):
         c.runFinished.connect(self._run_finished)
         c.busyChanged.connect(lambda busy: self.controls.set_running(c.run is not None, busy, c.starting))
         c.errorOccurred.connect(self.show_error)
+        c.warningLogged.connect(self.show_warning)
+        c.startFailed.connect(self._start_failed)
         c.message.connect(lambda m: self.statusBar().showMessage(m, MESSAGE_MS))
         ct = self.controls
         ct.changed.connect(self.apply_changes)
@@ -205,6 +208,21 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings.sync()
 
     # -- errors -----------------------------------------------------------------------------------
+    def show_warning(self, text: str) -> None:
+        """A warning of the run's (a model trained at another pixel size, cells coming faster than
+        they are decided …): they went only to the terminal, which an operator who started the
+        window from the desktop never sees. The status bar says it; the Warnings row keeps them."""
+        self.warnings.append(text)
+        del self.warnings[:-50]
+        self.statusBar().showMessage(f"warning: {text}", 2 * MESSAGE_MS)
+        self.status_panel.set_row(StatusRow("warnings", "Warnings", f"{len(self.warnings)}: {text}", True,
+                                            "\n".join(self.warnings[-10:])))
+
+    def _start_failed(self, text: str) -> None:
+        # the panel still showed the last run's "finished" and its counts: the failure must stay
+        # on the window after the status bar's message has gone
+        self.status_panel.set_row(StatusRow("state", "State", f"failed to start: {text}", True, text))
+
     def show_error(self, text: str) -> None:
         """Status bar and a non-modal dialog: the operator sees it, acquisition and the UI go on."""
         log.error("%s", text)
@@ -414,10 +432,13 @@ class MainWindow(QtWidgets.QMainWindow):
                                          MESSAGE_MS)
 
     def auto_detect(self) -> None:
-        """Detect the constriction and walls from recent frames (or a short grab when idle)."""
-        frames = list(self.controller.frames)
+        """Detect the constriction and walls from the running camera's recent frames, or from a
+        short grab of the configured camera when idle (the last run's frames may be of another
+        camera or ROI)."""
+        running = self.controller.run is not None
+        frames = list(self.controller.frames) if running else []
         cfg = self.config
-        px = self._pixel_size_um
+        px = self._pixel_size_um if running else cfg.camera.pixel_size_um
 
         def detect():
             from tracking.detect import detect_geometry
@@ -445,7 +466,10 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         if self.config_path is not None and self.save_on_close:
             self.save_config()  # the run's settings are on disk before it starts
-        self.table.clear(self.model_info.classes if self.model_info else ())
+        # the last run's cells stay on the plots until this one has started (a failed start keeps them)
+        self.warnings.clear()
+        if "warnings" in self.status_panel.values:
+            self.status_panel.set_row(StatusRow("warnings", "Warnings", "none"))
         self.controller.start(self.config)  # its busyChanged enables Stop for the start
 
     def stop_run(self) -> None:
@@ -457,7 +481,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.scatter.set_classes(names)
         self.controls.set_running(True, False)
         path = getattr(run, "events_path", None)
-        self.statusBar().showMessage(f"running; events → {path}" if path else "running", MESSAGE_MS)
+        text = f"running; events → {Path(path).absolute()}" if path else "running"
+        if self.warnings:  # logged while it was built: this message replaces theirs
+            text += f" ({len(self.warnings)} warning{'s' * (len(self.warnings) > 1)}: see Run status)"
+        self.statusBar().showMessage(text, MESSAGE_MS)
         self._push_policy()  # a gate drawn while starting still counts
 
     def _run_finished(self, status: Any) -> None:

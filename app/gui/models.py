@@ -316,6 +316,12 @@ def _purity_row(st: Any) -> StatusRow:
                              f"{_fmt(100 * getattr(st, 'sorted_recovery_estimate', math.nan), '.1f', ' %')}")
 
 
+def reason_words(reason: str) -> str:
+    """How a run's end reads to the operator: "canceled" read as if the data had been thrown
+    away, where it is the operator's Stop (the files are complete)."""
+    return "stopped" if reason == "canceled" else reason
+
+
 def status_rows(st: Any) -> list[StatusRow]:
     """What the status panel shows for a :class:`app.pipeline.Status` snapshot, in order."""
     missed = sum(st.missed.values()) if st.missed else 0
@@ -323,7 +329,7 @@ def status_rows(st: Any) -> list[StatusRow]:
     aborted = sum(n for r, n in st.not_fired.items() if r in _ABORT_REASONS)
     state = st.state.value
     if st.finish_reason is not None and state in ("finished", "stopping"):
-        state += f" ({st.finish_reason.value})"
+        state += f" ({reason_words(st.finish_reason.value)})"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(st.class_counts.items())) or "–"
     return [
         StatusRow("state", "State", state, st.finish_reason is not None and st.finish_reason.value == "errored",

@@ -118,7 +118,7 @@ _NONE = object()
 class Binding:
     widget: QtWidgets.QWidget
     path: Callable[[Any], str | None]
-    kind: str  # combo | text | float | int | bool | classes
+    kind: str  # combo | text | float | optfloat (None shown as the minimum's special text) | int | bool | classes
     current: str | None = None
 
 
@@ -187,7 +187,8 @@ class ControlPanel(QtWidgets.QWidget):
         self.device = QtWidgets.QLineEdit()
         self.device.setPlaceholderText("serial number / recording file")
         self.exposure = _spin(1, 1e6, 1, 10, " µs")
-        self.fps = _spin(1, 1e6, 1, 100, " fps")
+        self.fps = _spin(0, 1e6, 1, 100, " fps")
+        self.fps.setSpecialValueText("the source's")  # a replay's unset fps: the recording's own rate
         self.roi_w = _ispin(8, 8192, " px")
         self.roi_h = _ispin(8, 8192, " px")
         self.pixel_size = _spin(0, 100, 4, 0.01, " µm/px")
@@ -208,7 +209,7 @@ class ControlPanel(QtWidgets.QWidget):
         self._bind(self.backend, _fixed("camera.backend"), "combo")
         self._bind(self.device, _cam(*DEVICE_KEYS), "text")
         self._bind(self.exposure, _cam("exposure_us", "exposure_time_us"), "float")
-        self._bind(self.fps, _cam("fps", "frame_rate"), "float")
+        self._bind(self.fps, _cam("fps", "frame_rate"), "optfloat")
         self._bind(self.roi_w, _cam("width"), "int")
         self._bind(self.roi_h, _cam("height"), "int")
         self._bind(self.pixel_size, _fixed("camera.pixel_size_um"), "float")
@@ -304,7 +305,7 @@ class ControlPanel(QtWidgets.QWidget):
             widget.changed.connect(lambda b=b: self._edited(b))
         elif kind == "text":
             widget.editingFinished.connect(lambda b=b: self._edited(b))
-        elif kind in ("float", "int"):
+        elif kind in ("float", "optfloat", "int"):
             widget.valueChanged.connect(lambda *_, b=b: self._edited(b))
         elif kind == "bool":
             widget.toggled.connect(lambda *_, b=b: self._edited(b))
@@ -319,6 +320,8 @@ class ControlPanel(QtWidgets.QWidget):
             return w.text().strip()
         if b.kind == "float":
             return float(w.value())
+        if b.kind == "optfloat":
+            return None if w.value() == w.minimum() else float(w.value())
         if b.kind == "int":
             return int(w.value())
         return bool(w.isChecked())
@@ -353,6 +356,9 @@ class ControlPanel(QtWidgets.QWidget):
                 elif b.kind in ("float", "int"):
                     if v is not None:
                         w.setValue(v)
+                elif b.kind == "optfloat":
+                    # unset showed the last backend's value (the synthetic camera's 4000 fps for a replay)
+                    w.setValue(w.minimum() if v is None else v)
                 elif b.kind == "bool":
                     w.setChecked(bool(v))
         finally:

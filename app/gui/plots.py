@@ -315,9 +315,10 @@ class StatusPanel(QtWidgets.QWidget):
 
     def update_status(self, st: Any) -> None:
         for row in status_rows(st):
-            self._set(row)
+            self.set_row(row)
 
-    def _set(self, row: StatusRow) -> None:
+    def set_row(self, row: StatusRow) -> None:
+        """Show ``row`` (added at the end the first time its key comes)."""
         lab = self.values.get(row.key)
         if lab is None:
             lab = QtWidgets.QLabel()
