@@ -300,6 +300,8 @@ class TruthRecord:
 
 
 _TRUTH_FIELDS = [f.name for f in dataclasses.fields(TruthRecord)]
+#: the truth CSV's header (an existing file is replaced only if it begins so: an earlier truth)
+TRUTH_HEADER = ",".join(_TRUTH_FIELDS)
 _TRUTH_OPTIONAL = {"v_after_mm_s"}  # added later: older truth files read as NaN
 
 

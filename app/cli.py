@@ -46,7 +46,7 @@ def _synthetic_settings(args: argparse.Namespace):
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from acquisition.synthetic import write_truth_csv
+    from acquisition.synthetic import TRUTH_HEADER, write_truth_csv
     from app.simdata import record_simulation
 
     from mimlsort.outputs import check_output_file
@@ -54,7 +54,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     settings = _synthetic_settings(args)
     check_output_file(args.out)
     if args.truth:
-        check_output_file(args.truth, inputs=(args.out,), option="--truth")
+        check_output_file(args.truth, inputs=(args.out,), option="--truth", header=TRUTH_HEADER)
         if Path(args.truth).resolve() == Path(args.out).resolve():
             raise DataFormatError(f"{args.truth}: --truth and --out name the same file")
     truth = record_simulation(settings, args.out)
@@ -82,10 +82,11 @@ def _tracker_settings(args: argparse.Namespace):
 
 def cmd_track(args: argparse.Namespace) -> int:
     from acquisition.replay import ReplayCamera, ReplaySettings
-    from app.offline import track_camera, write_events_csv
+    from app.offline import TABLE_START, track_camera, write_events_csv
     from mimlsort.outputs import check_output_file
 
-    check_output_file(args.out, inputs=(args.recording,))  # before the tracking, not after it
+    # before the tracking, not after it
+    check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))
     with ReplayCamera(ReplaySettings(path=str(args.recording), pixel_size_um=args.pixel_size, fps=args.fps,
                                      bit_depth=args.bit_depth or 0)) as cam:
         res = track_camera(cam, _tracker_settings(args))

@@ -25,12 +25,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from app.export import export_csv, export_miml
+    from app.export import CSV_HEADER_START, export_csv, export_miml
 
     from mimlsort.outputs import check_output_file
 
     if args.csv:
-        check_output_file(args.csv, inputs=(args.events,), option="--csv")
+        check_output_file(args.csv, inputs=(args.events,), option="--csv", header=CSV_HEADER_START)
         n = export_csv(args.events, args.csv)
         print(f"{n} cells -> {args.csv}")
     if args.miml:

@@ -30,6 +30,8 @@ from tracking.features import FEATURES
 MIML_COLUMNS: tuple[tuple[str, str], ...] = (("Max Velocity", "v_max_mm_s"), ("Transition Time", "transit_time_ms"),
                                              ("Deformability", "di"))
 _IDENTITY = ("event_index", "track_id", "entry_frame", "exit_frame", "exit_host_ns")
+#: how the features CSV begins (an existing file is replaced only if it does: it is an earlier export)
+CSV_HEADER_START = ",".join(("cell", *_IDENTITY))
 _FIRE = ("fire_scheduled_ns", "fire_sent_ns", "fire_delay_us", "fire_width_us", "fire_late", "fire_ok",
          "fire_device", "fire_error")
 
@@ -123,7 +125,17 @@ def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "ce
     if "first_crop" not in f:
         raise DataFormatError(f"{events_path}: the file holds no crops to export")
     out_dir = Path(out_dir)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name or ""):
+        raise DataFormatError(f"--name {name!r}: must be a plain name (letters, digits, '-', '_'): it names "
+                              f"{name}_data.csv and the image folder {name}/ inside {out_dir}")
     img_dir = out_dir / name
+    csv_path = out_dir / f"{name}_data.csv"
+    # one export per folder: a second one replaced the first's table and some of its PNGs (same
+    # names), and left the rest without a row
+    earlier = [p for p in (out_dir / "miml_export.json", csv_path) if p.exists()]
+    if earlier or (img_dir.is_dir() and any(img_dir.iterdir())):
+        raise DataFormatError(f"{out_dir}: holds an earlier export ({(earlier or [img_dir])[0].name}); refusing to "
+                              "overwrite it (choose another folder)")
     try:
         img_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -161,7 +173,6 @@ def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "ce
     if size and f["first_crop"].ndim == 3 and math.isfinite(crop_px):
         crop_px = crop_px * f["first_crop"].shape[-1] / size
     crop_px = crop_px if math.isfinite(crop_px) else None
-    csv_path = out_dir / f"{name}_data.csv"
     rows = []
     for j, i in enumerate(idx):
         if label is not None:

@@ -26,6 +26,9 @@ class OfflineResult:
     tracker: Tracker
 
 
+#: the first columns of the tracking table (``mimlsort track --out``)
+TABLE_START = ("index", "track_id", "entry_frame", "exit_frame", "quality")
+
 def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pixel_size_um: float | None = None,
                  max_frames: int | None = None, ring_capacity: int = 1024,
                  progress: Callable[[int], None] | None = None, kernels: str = "numba") -> OfflineResult:
@@ -92,7 +95,7 @@ def events_table(events: list[CellEvent]) -> tuple[list[str], np.ndarray]:
     """Column names and a float matrix of the per-cell values (features + identity + quality)."""
     from tracking.features import FEATURES
 
-    cols = ["index", "track_id", "entry_frame", "exit_frame", "quality", *FEATURES]
+    cols = [*TABLE_START, *FEATURES]
     rows = np.array([[e.index, e.track_id, e.entry_frame, e.exit_frame, int(e.quality),
                       *(e.features.get(k, np.nan) for k in FEATURES)] for e in events], dtype=np.float64)
     return cols, rows.reshape(len(events), len(cols))

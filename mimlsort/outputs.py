@@ -38,11 +38,23 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output_file(path: str | Path, *, inputs: Iterable[str | Path] = (), option: str = "--out") -> Path:
+def starts_with(path: Path, header: str) -> bool:
+    """Whether the text file ``path`` begins with ``header`` (a table's first columns)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(header.encode())) == header.encode()
+    except OSError:
+        return False
+
+
+def check_output_file(path: str | Path, *, inputs: Iterable[str | Path] = (), option: str = "--out",
+                      header: str | None = None) -> Path:
     """``path``, once it is safe to write: not one of ``inputs``, not an existing HDF5 file (a
     recording or event file is a measurement: never overwritten), not a folder, and in a folder
-    that exists (made here if need be). Other existing files (a CSV of an earlier run) may be
-    replaced. Raises :class:`DataFormatError` naming the path and the option."""
+    that exists (made here if need be). Another existing file is replaced only if it begins with
+    ``header``, the table this command writes (its own earlier output): a typo must not turn a
+    model, a ground truth or someone's notes into a CSV. Raises :class:`DataFormatError` naming
+    the path and the option."""
     p = Path(path)
     for i in inputs:
         if _same(p, Path(i)):
@@ -52,6 +64,9 @@ def check_output_file(path: str | Path, *, inputs: Iterable[str | Path] = (), op
     if p.exists() and holds_hdf5(p):
         raise DataFormatError(f"{p}: exists and holds a measurement (HDF5); refusing to overwrite it "
                               f"(choose another {option})")
+    if p.exists() and not (header and starts_with(p, header)) and p.stat().st_size > 0:
+        raise DataFormatError(f"{p}: exists and is not a table this command wrote; refusing to overwrite it "
+                              f"(choose another {option}, or remove the file)")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -46,7 +46,14 @@ def test_the_output_check_itself(tmp_path):
     csv = tmp_path / "cells.csv"
     csv.write_text("a,b\n")
     assert not holds_hdf5(csv)
-    assert check_output_file(csv) == csv  # derived tables may be written again
+    assert check_output_file(csv, header="a,b") == csv  # a table of the command's own may be written again
+    # any other file is not (a model, a ground truth, notes: a typo in --csv replaced them)
+    with pytest.raises(DataFormatError, match=r"cells\.csv: exists and is not a table this command wrote"):
+        check_output_file(csv, header="cell,event_index")
+    with pytest.raises(DataFormatError, match="not a table this command wrote"):
+        check_output_file(csv)
+    (tmp_path / "empty.csv").write_text("")
+    assert check_output_file(tmp_path / "empty.csv")  # nothing to lose
     with pytest.raises(DataFormatError, match="is also this command's input"):
         check_output_file(csv, inputs=(tmp_path / "." / "cells.csv",))
     with pytest.raises(DataFormatError, match="is a folder"):
@@ -72,6 +79,24 @@ def test_no_command_overwrites_a_recording_or_event_file(files, tmp_path, capsys
     out = tmp_path / "cells.csv"  # a table of our own may be written again
     assert main(["export", str(ev), "--csv", str(out)]) == 0
     assert main(["export", str(ev), "--csv", str(out)]) == 0
+    # not another file: a model, the simulator's truth, a tracking table
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"\x08\x07\x12\x07pytorch")
+    truth, table = tmp_path / "truth.csv", tmp_path / "track.csv"
+    assert main(["simulate", "--out", str(tmp_path / "s.rtdc"), "--truth", str(truth), "--seconds", "0.1"]) == 0
+    assert main(["track", str(rec), "--out", str(table)]) == 0
+    kept = {p: digest(p) for p in (model, truth, table)}
+    capsys.readouterr()
+    assert main(["export", str(ev), "--csv", str(model)]) == 2
+    assert "not a table this command wrote" in capsys.readouterr().err
+    assert main(["export", str(ev), "--csv", str(truth)]) == 2
+    assert main(["simulate", "--out", str(tmp_path / "s2.rtdc"), "--truth", str(model), "--seconds", "0.1"]) == 2
+    assert main(["track", str(rec), "--out", str(truth)]) == 2
+    assert main(["replay", str(rec), "--out", str(model), "--model", "none"]) == 2
+    assert {p: digest(p) for p in (model, truth, table)} == kept
+    # each command's own table is its to replace
+    assert main(["simulate", "--out", str(tmp_path / "s3.rtdc"), "--truth", str(truth), "--seconds", "0.1"]) == 0
+    assert main(["track", str(rec), "--out", str(table)]) == 0
 
 
 def test_outputs_that_cannot_be_written_are_named_first(files, tmp_path, capsys):

@@ -182,6 +182,7 @@ def test_miml_export_round_trips_through_the_training_importer(run_file, tmp_pat
     assert header == "cell ID,Cell Type,Max Velocity,Transition Time,Deformability"
     ds = data.dataset_from_miml_dir(tmp_path / "miml")
     assert len(ds) == len(ok) and ds.report.missing == ()
+    assert data.MIML_PROVENANCE in ds.provenance  # min-max scaled per run, as the authors' values
     by_id = {str(i): k for k, i in enumerate(ds.ids)}
     scaling = json.loads((tmp_path / "miml" / "miml_export.json").read_text())["scaling"]
     row_of = {id(r): n for n, r in enumerate(records, 1)}  # CellN is the CSV's `cell`, dclab's `index`
@@ -210,6 +211,20 @@ def test_miml_export_options(run_file, tmp_path):
     assert img.shape == (100, 100, 3) and np.array_equal(img[..., 0], img[..., 2])
     meta = json.loads((tmp_path / "m" / "miml_export.json").read_text())
     assert meta["crop_pixel_size_um"] == pytest.approx(records[0].event.crop_pixel_size_um * CROP / 100)
+    # training on it takes physical units and the crops' scale (it was taken as the authors' 0-1
+    # values: replay and reanalyze then refused the model)
+    data = pytest.importorskip("inference.training.data")
+    ds = data.dataset_from_miml_dir(tmp_path / "m")
+    assert data.MIML_PROVENANCE not in ds.provenance and ds.crop_pixel_size_um == pytest.approx(meta["crop_pixel_size_um"])
+    assert ds.features[0, list(ds.feature_names).index("di")] == pytest.approx(records[0].event.features["di"])
+    # a second export into the folder would replace part of this one
+    before = res.csv_path.read_bytes()
+    for name in ("train", "other"):
+        with pytest.raises(DataFormatError, match="holds an earlier export"):
+            export_miml(path, tmp_path / "m", name=name, scale=True)
+    assert res.csv_path.read_bytes() == before and not (tmp_path / "m" / "other").exists()
+    with pytest.raises(DataFormatError, match="must be a plain name"):
+        export_miml(path, tmp_path / "m3", name="../x")
 
 
 def test_cli_report_and_export(run_file, tmp_path, capsys):

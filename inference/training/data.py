@@ -20,7 +20,9 @@ without the training extra.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import json
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -426,10 +428,36 @@ def dataset_from_miml_dir(root: str | Path) -> Dataset:
         parts.append(dataset_from_miml_csv(csv_path, folder, log_report=False))
     if not parts:
         raise DataFormatError(f"{root}: no CSV files")
+    ours = _our_export(root)
+    if ours is not None:
+        parts = [ours(p) for p in parts]
     if len(parts) == 1:
         parts[0].report.log()
         return parts[0]
     return Dataset.concat(parts)
+
+
+def _our_export(root: Path):
+    """What ``mimlsort export --miml`` said of the folder in ``miml_export.json``, as a change to
+    each part: an export with ``--no-scale`` holds physical units and the crops' pixel size, so a
+    model trained on it takes tracked cells (it was taken as the authors' 0–1 scaled values, and
+    ``replay``/``reanalyze`` then refused the model). None for the authors' own folders."""
+    path = root / "miml_export.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        scaled = bool(meta["scaled_to_0_1"])
+        px = meta.get("crop_pixel_size_um")
+        px = float(px) if px is not None else None
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataFormatError(f"{path}: not an export description of mimlsort's: {err}") from None
+    if scaled:
+        return None  # min-max scaled per run, as the authors did: their provenance holds
+    note = (f"mimlsort's export of {meta.get('source', '?')} ({path}): features in physical units "
+            f"(di, transit_time_ms [ms], v_max_mm_s [mm/s])")
+    return lambda d: dataclasses.replace(d, crop_pixel_size_um=px,
+                                         provenance=tuple(p for p in d.provenance if p != MIML_PROVENANCE) + (note,))
 
 
 def _default_features(available: Iterable[str]) -> tuple[str, ...]:
