@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterator
@@ -258,6 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from inference.training.train import train_model  # noqa: F401
     from inference.training.models import arch_info
     from mimlsort.errors import ConfigError, ModelError
+    from mimlsort.outputs import check_folder_outputs
 
     _check_training_options(args)
     _check_fraction("--val-fraction", args.val_fraction)
@@ -272,6 +274,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ModelError as err:
             raise ConfigError("--arch", str(err)) from None
     out, missing = _check_out(args.out)
+    name = args.name.removesuffix(".onnx").removesuffix(".pt")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError("--name", f"must be a plain file name (letters, digits, '.', '-', '_'), got {args.name!r}")
+    args.name = name
+    # a second training into the folder replaced the first's model (event files name the model
+    # they sorted with by its hash) and its report
+    check_folder_outputs(out, {f"{name}.onnx": None, f"{name}.pt": None, "report.md": None, "metrics.json": None})
 
     ds = _load_data(args, role="train")
     note = _recordings_confound_classes(args)
@@ -345,9 +354,14 @@ def _with_report(sub, full):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from inference.training.data import kfold_splits
     from inference.training.evaluate import compute_metrics, evaluate, predict_onnx
+    from mimlsort.outputs import check_folder_outputs
 
     _check_folds_option(args.folds)
     out, missing = _check_out(args.out)
+    # `evaluate m/model.onnx DATA --out m` replaced the training's report, metrics and figures;
+    # an earlier evaluation of its own is replaced
+    earlier = out / "report.md"
+    check_folder_outputs(out, {"report.md": "# Evaluation of"} if earlier.exists() else {"metrics.json": None})
     ds = _load_data(args, role="evaluate")
     k = _folds_for_data(ds, args.folds, unit=_unit(args))
     data = _data_description(args)

@@ -422,6 +422,10 @@ def write_report(events_path: str | Path, out_dir: str | Path | None = None, *,
         raise DataFormatError(f"report formats must be md and/or html, got {bad}")
     events_path = Path(events_path)
     out_dir = Path(out_dir) if out_dir is not None else events_path.with_name(events_path.stem + "_report")
+    from mimlsort.outputs import check_folder_outputs
+
+    # an earlier report of ours is replaced; a user's own report.md in --out was too
+    check_folder_outputs(out_dir, {"report.md": "# Sample report: ", "report.html": "<!DOCTYPE html><html><head><meta charset='utf-8'>"})
     data = read_events(events_path)  # first: a file that cannot be read leaves no empty folder behind
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -86,3 +86,15 @@ def make_output_folder(path: str | Path, *, option: str) -> Path:
     except OSError as err:
         raise DataFormatError(f"{p}: cannot create the folder ({option}): {err.strerror or err}") from err
     return p
+
+
+def check_folder_outputs(folder: str | Path, files: dict[str, str | None], *, option: str = "--out") -> None:
+    """Refuse ``folder`` if it holds one of ``files`` (names in it) that this command may not
+    replace: each maps to the text its own earlier output begins with, or None for a file never
+    replaced (a trained model: event files name the model they sorted with by its hash)."""
+    p = Path(folder)
+    for name, header in files.items():
+        f = p / name
+        if f.exists() and not (header is not None and f.is_file() and starts_with(f, header)):
+            what = "an earlier result" if header is None else "a file this command did not write"
+            raise DataFormatError(f"{f}: exists ({what}); refusing to overwrite it (choose another {option})")

@@ -98,6 +98,22 @@ def test_train_and_evaluate_event_tables(tmp_path, torch, capsys):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["overall"]["n"] == 24 and len(metrics["folds"]) == 3
 
+    # nothing of a training is replaced: not its model (event files name it by its hash), not
+    # its report by an evaluation written into its folder; an evaluation's own report is
+    kept = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", f"{a}=healthy", f"{b}=stiff", "--out", str(out), "--epochs", "1", "--folds", "0",
+                 "--no-progress", "--pixel-size", "0.5"]) == 2
+    assert "model.onnx: exists (an earlier result); refusing to overwrite it" in capsys.readouterr().err
+    assert main(["evaluate", str(out / "model.onnx"), f"{a}=healthy", f"{b}=stiff", "--out", str(out),
+                 "--folds", "0", "--pixel-size", "0.5"]) == 2
+    assert "report.md: exists" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == kept
+    assert main(["evaluate", str(out / "model.onnx"), f"{a}=healthy", f"{b}=stiff", "--out", str(tmp_path / "eval"),
+                 "--folds", "0", "--pixel-size", "0.5"]) == 0
+    assert main(["train", f"{a}=healthy", f"{b}=stiff", "--out", str(tmp_path / "n"), "--name", "../x"]) == 2
+    assert "--name" in capsys.readouterr().err
+
 
 def test_train_on_the_authors_sample_and_evaluate(tmp_path, torch, capsys):
     out = tmp_path / "authors"

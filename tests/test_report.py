@@ -233,6 +233,14 @@ def test_cli_report_and_export(run_file, tmp_path, capsys):
     path, records = run_file
     assert main(["report", str(path), "--out", str(tmp_path / "r"), "--format", "html"]) == 0
     assert (tmp_path / "r" / "report.html").exists() and not (tmp_path / "r" / "report.md").exists()
+    assert main(["report", str(path), "--out", str(tmp_path / "r")]) == 0  # its own report is replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes on the sample\n")
+    capsys.readouterr()
+    assert main(["report", str(path), "--out", str(mine)]) == 2  # a user's report.md is not
+    assert "report.md: exists" in capsys.readouterr().err
+    assert (mine / "report.md").read_text() == "my notes on the sample\n"
     assert main(["export", str(path), "--csv", str(tmp_path / "c.csv"), "--miml", str(tmp_path / "mm")]) == 0
     out = capsys.readouterr().out
     assert f"{len(records)} cells -> " in out and (tmp_path / "mm" / "cells_data.csv").exists()
