@@ -357,6 +357,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mimlsort.outputs import check_folder_outputs
 
     _check_folds_option(args.folds)
+    if args.model == "demo":  # the bundled model, as `replay --model demo` takes it
+        from app.config import bundled_model_path
+
+        args.model = str(bundled_model_path())
     out, missing = _check_out(args.out)
     # `evaluate m/model.onnx DATA --out m` replaced the training's report, metrics and figures;
     # an earlier evaluation of its own is replaced
@@ -463,7 +467,7 @@ def register(subparsers) -> None:
     sp = subparsers.add_parser(
         "evaluate", help="evaluate a model on labelled cells: metrics, ROC and confusion PNGs, Markdown report",
         description="Run MODEL through ONNX Runtime on labelled data; writes report.md, roc.png, confusion.png, metrics.json.")
-    sp.add_argument("model", help="ONNX model")
+    sp.add_argument("model", help="ONNX model (\"demo\": the bundled model)")
     sp.add_argument("data", nargs="*", help="PATH or PATH=CLASS (as for train)")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--folds", type=int, help="per-fold table over k grouped parts of the data (0 or 1: none; at most the cells of the smallest class; default 5, or that many when fewer)")

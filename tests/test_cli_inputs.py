@@ -196,3 +196,14 @@ def test_the_command_line_leaves_the_signal_handlers_as_it_found_them(tmp_path):
     assert main(["simulate", "--out", str(rec), "--seconds", "0.2", "--seed", "2"]) == 0
     assert main(["replay", str(rec), "--out", str(tmp_path / "ev.rtdc"), "--model", "none"]) == 0
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_evaluate_takes_the_bundled_model_by_its_name(files, tmp_path, capsys):
+    from app.config import bundled_model_path
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    _, ev = files
+    # "demo: no such model file", while replay and reanalyze take it
+    assert main(["evaluate", "demo", f"{ev}=hct116", "--out", str(tmp_path / "e"), "--folds", "0"]) == 0
+    assert "cells: accuracy" in capsys.readouterr().out

@@ -124,6 +124,12 @@ def test_train_on_the_authors_sample_and_evaluate(tmp_path, torch, capsys):
     assert main(["evaluate", str(out / "model.onnx"), str(MIML_SAMPLE / "val_data.csv"), "--out",
                  str(tmp_path / "ev"), "--folds", "0"]) == 0
     assert "5 cells: accuracy" in capsys.readouterr().out
+    # tracked cells (ms, mm/s) are not what it saw: refused as replay refuses it (it reported an
+    # accuracy of 0 or 1)
+    a = _event_table(tmp_path / "runA", _events(4, 0, 1))
+    assert main(["evaluate", str(out / "model.onnx"), f"{a}=T4", "--out", str(tmp_path / "ev2"),
+                 "--folds", "0", "--pixel-size", "0.5"]) == 2
+    assert "other units than the data" in capsys.readouterr().err
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

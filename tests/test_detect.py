@@ -60,6 +60,11 @@ def test_flat_image_names_the_wall_keys():
 def test_straight_channel_names_the_constriction_keys():
     with pytest.raises(ConfigError, match="constriction_start_um"):
         detect_geometry(chip(half_gap=24.0), 0.5)
+    # once the constriction is given, only the walls are looked for (the error said to set the
+    # constriction the user had set: a real RT-DC recording's straight channel)
+    g = GeometrySettings(constriction_start_um=30.0, constriction_end_um=60.0).resolve(chip(half_gap=24.0), 0.5)
+    assert (g.constriction_x0, g.constriction_x1) == (60.0, 120.0)
+    assert g.channel_y0 == pytest.approx((80 - 1) / 2 - 24, abs=1.5)
 
 
 def test_simulator_background_is_detected():

@@ -108,8 +108,9 @@ def _refine_face(bg: np.ndarray, rows: list[int], x_est: float, inward: int, i0:
 
 
 def detect_geometry(background: np.ndarray, pixel_size_um: float, *, smooth_px: int = 5,
-                    min_contrast: float = 4.0) -> DetectedGeometry:
-    """Channel walls and constriction in ``background`` (2-D, any real dtype)."""
+                    min_contrast: float = 4.0, constriction: bool = True) -> DetectedGeometry:
+    """Channel walls and constriction in ``background`` (2-D, any real dtype). ``constriction``
+    False: the walls only (the constriction is given; its x values are then 0)."""
     bg = np.asarray(background, dtype=np.float64)
     if bg.ndim != 2 or min(bg.shape) < 4:
         raise DataFormatError(f"detect_geometry: background must be a 2-D image, got shape {bg.shape}")
@@ -149,6 +150,10 @@ def detect_geometry(background: np.ndarray, pixel_size_um: float, *, smooth_px: 
         raise ConfigError(_KEYS_WALLS, f"channel walls found in only {int(found.sum())} of {w} columns of the "
                                        "background image: set the channel geometry")
     width = bottom - top
+    if not constriction:
+        return DetectedGeometry(constriction_x0=0.0, constriction_x1=0.0, channel_y0=max(0.0, float(np.nanmin(top))),
+                                channel_y1=min(float(h), float(np.nanmax(bottom)) + 1.0), lumen_width_px=width,
+                                threshold=t)
     wv = width[found]
     w_min = float(np.min(wv))
     w_wide = float(np.percentile(wv, 90))

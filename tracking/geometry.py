@@ -68,7 +68,10 @@ class GeometrySettings:
                 raise ConfigError(f"tracking.geometry.{name}", f"{v:g} µm lies outside the ROI ({extent} px × "
                                                                f"{pixel_size_um:g} µm/px = {extent * pixel_size_um:g} µm)")
         need = None in (self.constriction_start_um, self.constriction_end_um, self.channel_top_um, self.channel_bottom_um)
-        auto = detect_geometry(background, pixel_size_um) if need else None
+        # a constriction given is not looked for (a straight channel has none to find: the walls
+        # were, and the error said to set the constriction the user had set)
+        given = None not in (self.constriction_start_um, self.constriction_end_um)
+        auto = detect_geometry(background, pixel_size_um, constriction=not given) if need else None
 
         def pick(um: float | None, auto_px: float) -> float:
             return auto_px if um is None else um / pixel_size_um

@@ -437,6 +437,13 @@ def dataset_from_miml_dir(root: str | Path) -> Dataset:
     return Dataset.concat(parts)
 
 
+def feature_unit(dataset: Dataset, name: str) -> str:
+    """The unit of feature ``name`` as ``dataset`` holds it (what a model's spec records)."""
+    if MIML_PROVENANCE in dataset.provenance:
+        return "0-1, scaled per batch by the MIML authors"
+    return FEATURES[name].unit if name in FEATURES else ""
+
+
 def _our_export(root: Path):
     """What ``mimlsort export --miml`` said of the folder in ``miml_export.json``, as a change to
     each part: an export with ``--no-scale`` holds physical units and the crops' pixel size, so a
@@ -851,9 +858,7 @@ def spec_for_training(
     x = dataset.features[fit_idx]
 
     def unit(name: str) -> str:
-        if MIML_PROVENANCE in dataset.provenance:
-            return "0-1, scaled per batch by the MIML authors"
-        return FEATURES[name].unit if name in FEATURES else ""
+        return feature_unit(dataset, name)
 
     def fitted_features():
         return tuple(FeatureSpec.fit(n, x[:, i], feature_norm, unit=unit(n)) for i, n in enumerate(dataset.feature_names))

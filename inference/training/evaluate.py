@@ -278,6 +278,16 @@ def predict_onnx(model_path: str | Path, dataset, *, batch_size: int = 256,
             raise ModelError(f"{model_path}: the model needs features {missing} that the data "
                              f"({data_name or _data_name(dataset)}) do not have (they have "
                              f"{list(dataset.feature_names)})")
+        if clf.spec.uses_features:
+            # as replay and reanalyze refuse it: a model trained on the authors' 0-1 scaled values
+            # called tracked cells (ms, mm/s) all one class, and the accuracy read 0 or 1
+            from inference.training.data import feature_unit
+
+            other = [f"{f.name} in {f.unit!r} (the data: {feature_unit(dataset, f.name)!r})" for f in clf.spec.features
+                     if f.unit and f.unit != feature_unit(dataset, f.name)]
+            if other:
+                raise ModelError(f"{model_path}: the model was trained on features in other units than the data "
+                                 f"({data_name or _data_name(dataset)}) hold: {'; '.join(other)}")
         ds = dataset.select_features(clf.spec.feature_names)
         pre = clf.preprocess
         out = []
