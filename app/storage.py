@@ -1288,6 +1288,10 @@ def read_events(path: str | Path, *, crops: bool = False) -> tuple[dict[str, np.
                     out[k] = np.full(n, fill, dtype=dtype)
             if "probabilities" not in out:
                 out["probabilities"] = np.zeros((n, len(meta.class_names)), np.float32)
+            shape = np.shape(out["probabilities"])
+            if len(shape) != 2 or shape[1] != len(meta.class_names):
+                raise DataFormatError(f"{path}: /mimlsort/events/probabilities is {shape}, not one column per class "
+                                      f"of {list(meta.class_names)} (the file is damaged)")
             acks = g["acks"][:] if "acks" in g else np.zeros(0)
             reports = g["device_reports"][:] if "device_reports" in g else np.zeros(0, DEVICE_REPORT_DTYPE)
             run_log = tuple(b.decode("utf-8", "replace") for b in h5["logs/mimlsort-run"][:]) \

@@ -804,3 +804,30 @@ def test_io_failures_are_said_in_words_not_hdf5_stack_dumps(tmp_path):
     eio = OSError(str(dump).replace("errno = 27", "errno = 5").replace("File too large", "Input/output error"))
     assert _io_reason(eio, path) == "Input/output error (errno 5)"
     assert _io_reason(OSError("Can't write data (some other failure)"), path) == "Can't write data (some other failure)"
+
+
+def test_damaged_event_files_are_named_not_tracebacks(tmp_path):
+    import h5py
+
+    from inference.training.data import dataset_from_rtdc
+
+    path = tmp_path / "ev.rtdc"
+    with EventWriter(path, meta=make_meta()) as w:
+        w.write(make_records(12))
+    # one column cut short, as a writer killed mid-flush leaves it: read to the shortest (training
+    # ended in an IndexError)
+    short = tmp_path / "short.rtdc"
+    short.write_bytes(path.read_bytes())
+    with h5py.File(short, "a") as h:
+        h["mimlsort/events/transit_time_ms"].resize((7,))
+    ds = dataset_from_rtdc(short, "hct116")
+    assert len(ds) <= 7 and any("reading 7" in n for n in ds.report.notes)
+    # probabilities without one column per class
+    bad = tmp_path / "bad.rtdc"
+    bad.write_bytes(path.read_bytes())
+    with h5py.File(bad, "a") as h:
+        p = h["mimlsort/events/probabilities"][:, :1]
+        del h["mimlsort/events/probabilities"]
+        h["mimlsort/events/probabilities"] = p
+    with pytest.raises(DataFormatError, match=r"bad\.rtdc: /mimlsort/events/probabilities is \(12, 1\)"):
+        read_events(bad)

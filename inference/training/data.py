@@ -655,11 +655,17 @@ def dataset_from_rtdc(
                                   f"with crops); export crops or use the CSV/MIML export instead")
         px = h5.attrs.get("imaging:pixel size")
         cols = [n for n in FEATURES if n in grp]
-        n = len(grp["first_crop"])
-        keep = np.ones(n, bool)
+        # the rows every column holds: a writer killed mid-flush leaves some columns longer
+        # (app.storage.read_events reads them so; here they ended in an IndexError)
+        lengths = [len(d) for d in grp.values() if hasattr(d, "shape") and d.shape]
+        n = min(lengths)
         notes = []
+        if n < max(lengths):
+            notes.append(f"{path.name}: datasets hold {n}..{max(lengths)} rows (writer killed mid-flush?); "
+                         f"reading {n}")
+        keep = np.ones(n, bool)
         if only_ok and "quality" in grp:
-            keep = (grp["quality"][:].astype(np.int64) & int(NOT_FOR_TRAINING)) == 0
+            keep = (grp["quality"][:n].astype(np.int64) & int(NOT_FOR_TRAINING)) == 0
             if (~keep).any():
                 notes.append(f"{path.name}: {int((~keep).sum())} events with quality flags left out")
         idx = np.flatnonzero(keep)
@@ -668,14 +674,14 @@ def dataset_from_rtdc(
         # judged on the cells that are kept: an INCOMPLETE event's NaN transit time had made the
         # whole file "lack the MIML features"
         names = tuple(feature_names) if feature_names else _default_features(
-            c for c in cols if np.isfinite(grp[c][:][idx]).all())
+            c for c in cols if np.isfinite(grp[c][:n][idx]).all())
         missing = [n for n in names if n not in grp]
         if missing:
             raise DataFormatError(f"{path}: features {missing} are not in the file (has {cols})")
-        feats = np.stack([grp[name][:][idx] for name in names], axis=1).astype(np.float64)
-        first = grp["first_crop"][:][idx]
-        last = grp["last_crop"][:][idx]
-        ev_index = grp["event_index"][:][idx] if "event_index" in grp else idx
+        feats = np.stack([grp[name][:n][idx] for name in names], axis=1).astype(np.float64)
+        first = grp["first_crop"][:n][idx]
+        last = grp["last_crop"][:n][idx]
+        ev_index = grp["event_index"][:n][idx] if "event_index" in grp else idx
     ids = [f"{path.stem}#{int(i)}" for i in ev_index]
     class_names, index = _class_index([label], class_names)
     ds = Dataset(
