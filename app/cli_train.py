@@ -317,6 +317,11 @@ def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
         command=command or None,
     )
     lines = [f"model: {res.onnx_path}"]
+    report = out / "report.md"
+    if not report.is_file():
+        # no folds and no validation cells (--val-fraction 0, or too few recordings): the training
+        # wrote no report, and the command said it had
+        report.write_text(_bare_report(args, ds, res, test), encoding="utf-8")
     if res.folds:
         acc = np.array([m.accuracy for m in res.fold_metrics])
         lines.append(f"cross-validation ({len(res.folds)} folds): accuracy {acc.mean():.4f} ± {acc.std():.4f}")
@@ -328,10 +333,7 @@ def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
         spec = res.spec.with_provenance(metrics={**res.spec.provenance.metrics, "test_n": m.n,
                                                  "test_accuracy": m.accuracy, "test_macro_f1": m.macro_f1})
         update_spec(res.onnx_path, spec)
-        report = out / "report.md"
-        # no folds and no validation cells (--val-fraction 0, or too few recordings): no training report yet
-        text = (report.read_text(encoding="utf-8") if report.is_file()
-                else f"# Training report: {res.onnx_path.name}\n\nNo cross-validation and no validation cells.\n")
+        text = report.read_text(encoding="utf-8")
         whole = ("whole recordings (--hold-out recording), " if _unit(args) == "recordings"
                  else "single cells (--hold-out cell: cells of one recording can be on both sides), ")
         report.write_text(text.rstrip() + "\n\n## Held-out test\n\n"
@@ -343,6 +345,23 @@ def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
     lines.append(f"report: {out / 'report.md'}")
     print("\n".join(lines))
     return 0
+
+
+def _bare_report(args: argparse.Namespace, ds, res, test) -> str:
+    """The training report of a run that measured nothing itself (no folds, no validation cells):
+    what was trained on what, and what the data's import found."""
+    counts = ", ".join(f"{k} {v}" for k, v in ds.class_counts().items())
+    parts = [f"# Training report: {res.onnx_path.name}", "",
+             f"{res.arch} trained for {len(res.history)} epochs on {len(ds)} cells ({counts}) from "
+             f"{', '.join(args.data) if getattr(args, 'data', None) else 'the data given'}; features "
+             f"{', '.join(ds.feature_names)}.", "",
+             "No cross-validation and no validation cells: the training measured no accuracy"
+             + (" (see the held-out test below)." if test is not None else
+                " (use --folds, --val-fraction or --test-fraction)."), ""]
+    problems = ds.report.problems() if ds.report is not None else []
+    if problems:
+        parts += ["## Data problems", "", *(f"- {p}" for p in problems), ""]
+    return "\n".join(parts)
 
 
 def _with_report(sub, full):

@@ -85,6 +85,9 @@ def test_train_and_evaluate_event_tables(tmp_path, torch, capsys):
                  "--out", str(tmp_path / "tuned"), "--epochs", "1", "--folds", "0", "--val-fraction", "0",
                  "--no-progress", "--pixel-size", "0.5"])
     assert code == 0
+    # no folds, no validation cells: the command named a report.md it had not written
+    bare = (tmp_path / "tuned" / "report.md").read_text()
+    assert "measured no accuracy" in bare and "24 cells" in bare
     with Classifier(tmp_path / "tuned" / "model.onnx") as tuned:
         assert tuned.spec.provenance.parent == str(out / "model.onnx")
         assert tuned.spec.provenance.training["freeze_image_branch"] is True
