@@ -148,6 +148,11 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         if n == 0:
             raise DataFormatError(f"{src}: holds no events to reanalyse")
         attrs = dict(fh.attrs)
+        if "user:recorder dropped frames" in attrs:
+            # every frame of a channel, not one image per cell: each frame was measured as a cell
+            # (6,063 "cells" from a recording of 83)
+            raise DataFormatError(f"{src}: a raw recording of every frame (mimlsort's recorder), not event images; "
+                                  f"track it with `mimlsort replay {src.name} --out EVENTS.rtdc`")
         px = float(attrs.get("imaging:pixel size", 0) or 0)
         if not px:
             raise DataFormatError(f"{src}: no 'imaging:pixel size' in the metadata")

@@ -84,6 +84,19 @@ def test_a_file_without_images_is_a_clear_error(tmp_path):
         reanalyze(p, tmp_path / "out.rtdc")
 
 
+def test_a_raw_recording_of_every_frame_points_to_replay(tmp_path):
+    from acquisition.synthetic import SyntheticSettings
+    from app.reanalyze import reanalyze
+    from app.simdata import record_simulation
+    from mimlsort.errors import DataFormatError
+
+    raw = tmp_path / "rec.rtdc"
+    record_simulation(SyntheticSettings(duration_s=0.05, seed=1), raw)
+    with pytest.raises(DataFormatError, match=r"rec\.rtdc: a raw recording of every frame.*mimlsort replay"):
+        reanalyze(raw, tmp_path / "out.rtdc")
+    assert not (tmp_path / "out.rtdc").exists()
+
+
 def test_the_source_segmentation_is_read_from_its_metadata():
     from app.reanalyze import source_segmentation
 
