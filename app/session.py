@@ -107,6 +107,14 @@ def run_stem(cfg: RunConfig, folder: Path | None = None) -> str:
     return unique
 
 
+def run_index_of_day(folder: Path) -> int:
+    """The next measurement number of the day in ``folder``: 1 + the event files named with
+    today's date that it holds (dclab's ``experiment:run index``, "M3" in DCscope's list; every
+    run said 1)."""
+    day = time.strftime("_%Y%m%d-")
+    return 1 + sum(1 for p in folder.glob(f"*{day}*.rtdc") if not p.name.endswith("_raw.rtdc"))
+
+
 class StopWatchdog:
     """After a run stops, abandons an event writer child that has made no progress for
     ``timeout_s`` (``output.stop_timeout_s``), so a writer stuck in the kernel (a dead network disk)
@@ -422,6 +430,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             model_path = resolve_model_path(cfg.model.path)
             meta = RunMeta(
                 pixel_size_um=px, fps=info.fps or 1.0, roi=(info.width, info.height), sample=cfg.output.sample,
+                run_index=run_index_of_day(ev_path.parent),
                 class_names=tuple(classifier.classes) if classifier is not None else (),
                 model_spec_json=spec_json, model_sha256=file_sha256(model_path) if model_path else "",
                 model_name=model_path.name if model_path else "", config_toml=config_to_toml(cfg),

@@ -107,3 +107,17 @@ def test_the_event_image_mode_comes_from_the_configuration(tmp_path, snapshots, 
         assert run.writer.meta.event_images == images
     finally:
         run.close()
+
+
+def test_runs_of_a_day_in_a_folder_are_numbered(tmp_path):
+    # every run said "run index 1": several measurements of a day all read "M1" in DCscope
+    import time
+
+    from app.session import run_index_of_day
+
+    assert run_index_of_day(tmp_path) == 1
+    today = time.strftime("%Y%m%d")
+    for name in (f"blood_{today}-101010.rtdc", f"blood_{today}-101010_raw.rtdc", "blood_20200101-000000.rtdc",
+                 f"beads_{today}-111111_2.rtdc"):
+        (tmp_path / name).write_bytes(b"")
+    assert run_index_of_day(tmp_path) == 3  # two event files of today; not the raw one, not another day's
