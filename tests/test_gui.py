@@ -326,6 +326,8 @@ def test_run_shows_frames_cells_and_counters(qtbot, window):
     assert win.status_panel.alarms["missed"] is False
     win.stop_run()  # the table stops growing, so the plots can be compared with it
     qtbot.waitUntil(lambda: win.controller.run is None and not win.controller.busy, timeout=10000)
+    # the last run's cells are not left on the image (nothing pruned them without frames)
+    assert win.camera_view.n_tracks_shown == 0 and win.camera_view.n_labels_shown == 0
     qtbot.waitUntil(lambda: win.scatter.info.text().startswith(f"{len(win.table)} cells"), timeout=5000)
     assert win.histogram.counts_shown() == int(np.isfinite(win.table.column("di")).sum())
 
@@ -427,6 +429,7 @@ def test_stop_while_starting_calls_the_start_off(qtbot, window):
     qtbot.waitUntil(lambda: win.controls.stop_btn.isEnabled(), timeout=5000)
     assert not win.controls.start_btn.isEnabled()
     qtbot.waitUntil(lambda: bool(win.runs) and getattr(win.runs[-1], "starting", False), timeout=5000)
+    assert win.status_panel.text("state").startswith("starting")  # not the status bar's 8 s message only
     qtbot.mouseClick(win.controls.stop_btn, Qt.MouseButton.LeftButton)
     assert not win.controls.stop_btn.isEnabled()  # asked once
     hold.set()

@@ -173,6 +173,17 @@ class CameraView(pg.GraphicsLayoutWidget):
             self._ellipses[i].setVisible(False)
             self._ids[i].setVisible(False)
 
+    def clear_cells(self) -> None:
+        """No cell overlays (a run ended: its last tracks and labels are no longer in the channel;
+        nothing pruned them once the frames stopped)."""
+        self.set_tracks([])
+        self._finished.clear()
+        self._draw_finished()
+
+    @property
+    def n_labels_shown(self) -> int:
+        return sum(lab.isVisible() for lab in self._labels)
+
     @property
     def n_tracks_shown(self) -> int:
         return sum(e.isVisible() for e in self._ellipses)

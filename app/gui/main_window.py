@@ -468,6 +468,9 @@ class MainWindow(QtWidgets.QMainWindow):
             self.save_config()  # the run's settings are on disk before it starts
         # the last run's cells stay on the plots until this one has started (a failed start keeps them)
         self.warnings.clear()
+        # it stayed on "finished" for the minute the first start compiles the tracker's kernels
+        self.status_panel.set_row(StatusRow("state", "State", "starting: opening the camera and loading the tracker "
+                                            "(the first start on a machine compiles it: about a minute) …"))
         if "warnings" in self.status_panel.values:
             self.status_panel.set_row(StatusRow("warnings", "Warnings", "none"))
         self.controller.start(self.config)  # its busyChanged enables Stop for the start
@@ -489,6 +492,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _run_finished(self, status: Any) -> None:
         self.controls.set_running(False, False)
+        self.camera_view.clear_cells()
         self._plots_dirty = True
 
     def _records(self, records: list[Any]) -> None:
