@@ -458,6 +458,12 @@ def test_the_runs_warnings_reach_the_window(qtbot, window):
     assert win.warnings == ["the model was trained at another pixel size (stand-in)"]
     assert "another pixel size" in win.status_panel.text("warnings") and win.status_panel.alarms["warnings"]
     assert "1 warning: see Run status" in win.statusBar().currentMessage()
+    # a long one wraps: the window still fits a 1366 px lab screen (it was ~1,700 px at least)
+    win.show_warning("the camera's 2 µm/px is far from the 0.5 µm/px the model /a/long/path/to/model.onnx was "
+                     "trained at: crops are resampled to its scale, but blur and optics differ")
+    qtbot.wait(50)
+    assert win.minimumSizeHint().width() <= 1366
+    del win.warnings[1:]
     logging.getLogger("app.gui.main_window").warning("the GUI's own (not a run's)")
     logging.getLogger("pyqtgraph").warning("not ours")
     qtbot.wait(200)

@@ -43,6 +43,9 @@ def _feature_combo(default: str) -> QtWidgets.QComboBox:
         box.addItem(feature_label(name), name)
         box.setItemData(box.count() - 1, d.description, QtCore.Qt.ItemDataRole.ToolTipRole)
     box.setCurrentIndex(max(0, box.findData(default)))
+    # sized by its longest feature name it made the window ~1,700 px wide at least (lab PCs: 1366)
+    box.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    box.setMinimumContentsLength(12)
     return box
 
 
@@ -68,10 +71,16 @@ class ScatterPanel(QtWidgets.QWidget):
             b.setCheckable(True)
         self.info = QtWidgets.QLabel("")
         top = QtWidgets.QHBoxLayout()
-        for w in (QtWidgets.QLabel("x"), self.x_box, QtWidgets.QLabel("y"), self.y_box, self.poly_btn,
-                  self.rect_btn, self.clear_btn):
+        for w in (QtWidgets.QLabel("x"), self.x_box, QtWidgets.QLabel("y"), self.y_box):
             top.addWidget(w)
         top.addStretch(1)
+        # the gate tools sit under the plot, beside the count: in one row with the axes they made
+        # the window ~1,500 px wide at least
+        bottom = QtWidgets.QHBoxLayout()
+        self.info.setWordWrap(True)
+        bottom.addWidget(self.info, 1)
+        for w in (self.poly_btn, self.rect_btn, self.clear_btn):
+            bottom.addWidget(w)
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
@@ -81,7 +90,7 @@ class ScatterPanel(QtWidgets.QWidget):
         lay.setContentsMargins(2, 2, 2, 2)
         lay.addLayout(top)
         lay.addWidget(self.plot, 1)
-        lay.addWidget(self.info)
+        lay.addLayout(bottom)
         self._items: dict[int, pg.ScatterPlotItem] = {}
         self._class_names: tuple[str, ...] = ()
         self.gate = None
@@ -323,6 +332,8 @@ class StatusPanel(QtWidgets.QWidget):
         if lab is None:
             lab = QtWidgets.QLabel()
             lab.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+            # a long message (a warning, why a start failed) wraps instead of widening the window
+            lab.setWordWrap(True)
             self.form.addRow(row.label, lab)
             self.values[row.key] = lab
         if lab.text() != row.text:
