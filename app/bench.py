@@ -25,7 +25,7 @@ FAST_FLOW = {"synthetic.flow_speed_mm_s": 20.0, "synthetic.constriction_speed_mm
 
 
 def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: float = 120.0) -> dict:
-    run = build_run(cfg, folder=folder, lossless=lossless)
+    run = build_run(cfg, folder=folder, lossless=lossless, trigger=True)  # a replay's pulses are what it measures
     t0 = time.monotonic()
     run.start()
     live = None  # the last status while the run went: child processes' CPU is read from them
@@ -68,6 +68,7 @@ def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: flo
         "events_in_file": recorded,
         "fired": st.fired,
         "late": st.late,
+        "pulses_to": getattr(run.pipeline.trigger, "backend", "no trigger"),  # the device the decisions went to
         "decide_waits": st.decide_waits,
         "images_shed": st.images_shed,  # cells recorded without their ROI image (the event file fell behind)
         "trigger_failed": st.trigger_failed,

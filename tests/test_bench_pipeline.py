@@ -3,6 +3,8 @@ consistent with each other (timings themselves are not asserted: the machines ar
 
 from __future__ import annotations
 
+import pytest
+
 from app.bench import bench_pipeline
 
 
@@ -31,3 +33,15 @@ def test_bench_clock_map_scores_every_frame_against_when_it_was_due(tmp_path):
     # a frame arrives when it is due or later, never before (the truth the map is scored against)
     assert (d["host_ns"] >= d["due_ns"]).all() and r["delivery_late_us_p50"] >= 0
     assert r["map_resets"] == 0 and r["map_error_us_p1"] <= r["map_error_us_p50"] <= r["map_error_us_p99"]
+
+
+def test_bench_sorting_fires_its_serial_trigger():
+    # a replay fires no sorter unless asked (app.session.build_run): the bench asks, or it would
+    # time a null trigger and call it the serial one
+    from app.bench import bench_sorting
+    from app.config import bundled_model_path
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    res = bench_sorting(seconds=0.4, cells_per_second=100.0)
+    assert res["pulses_to"] == "serial" and res["fired"] > 0
