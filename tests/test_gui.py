@@ -292,6 +292,10 @@ def test_status_rows_flag_missed_frames():
     assert not rows["file"].alarm and "without image" not in rows["file"].text
     shed = {r.key: r for r in status_rows(replace(st, images_shed=12, storage_backlog_mb=600.0))}["file"]
     assert shed.alarm and "12 without image" in shed.text and "600 MB waiting" in shed.tooltip
+    # a stalled disk: the queue grows long before any image is shed; nothing on the window said so
+    stalled = {r.key: r for r in status_rows(replace(st, storage_backlog_mb=200.0, storage_queue=900))}["file"]
+    assert stalled.alarm and "200 MB waiting" in stalled.text and "stalled disk" in stalled.tooltip
+    assert not {r.key: r for r in status_rows(replace(st, storage_backlog_mb=5.0))}["file"].alarm
     assert not rows["cells"].alarm and "untracked" not in rows["cells"].text
     lost = {r.key: r for r in status_rows(replace(st, tracks_overflow=7, tracks_lost=3))}["cells"]
     assert lost.alarm and "7 untracked" in lost.text and "(cells lost upstream, specks): 3" in lost.tooltip

@@ -316,6 +316,26 @@ def _purity_row(st: Any) -> StatusRow:
                              f"{_fmt(100 * getattr(st, 'sorted_recovery_estimate', math.nan), '.1f', ' %')}")
 
 
+#: records waiting for the event file beyond which the operator is warned: a writer that keeps
+#: up holds a few MB; a stalled disk grew the queue for minutes with nothing red on the window
+BEHIND_MB = 128.0
+
+
+def _file_row(st: Any) -> StatusRow:
+    shed = getattr(st, "images_shed", 0)
+    waiting = getattr(st, "storage_backlog_mb", 0.0)
+    text = f"{st.file_bytes / 1e6:.1f} MB (queue {st.storage_queue})"
+    if waiting >= BEHIND_MB:
+        text += f", {waiting:.0f} MB waiting"
+    if shed:
+        text += f", {shed} without image"
+    tip = ""
+    if waiting >= BEHIND_MB or shed:
+        tip = (f"the event file is behind the cells ({waiting:.0f} MB waiting): a slow or stalled disk? Past half of "
+               "output.max_backlog_mb cells are recorded without their ROI image; at the limit the run stops")
+    return StatusRow("file", "Event file", text, waiting >= BEHIND_MB or shed > 0, tip)
+
+
 def reason_words(reason: str) -> str:
     """How a run's end reads to the operator: "canceled" read as if the data had been thrown
     away, where it is the operator's Stop (the files are complete)."""
@@ -353,11 +373,7 @@ def status_rows(st: Any) -> list[StatusRow]:
                           "it left the constriction: "
                           f"{_fmt(getattr(st, 'latency_from_exit_p50_us', math.nan) / 1000, '.2f')} | "
                           f"{_fmt(getattr(st, 'latency_from_exit_p99_us', math.nan) / 1000, '.2f', ' ms')}"),
-        StatusRow("file", "Event file", f"{st.file_bytes / 1e6:.1f} MB (queue {st.storage_queue})"
-                  + (f", {st.images_shed} without image" if getattr(st, "images_shed", 0) else ""),
-                  getattr(st, "images_shed", 0) > 0,
-                  "cells recorded without their ROI image: the event file fell behind "
-                  f"({getattr(st, 'storage_backlog_mb', 0.0):.0f} MB waiting)" if getattr(st, "images_shed", 0) else ""),
+        _file_row(st),
         _trigger_row(st),
         _cpu_row(getattr(st, "cpu_cores", None) or {}),
     ]
