@@ -27,8 +27,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from app.export import CSV_HEADER_START, export_csv, export_miml
 
+    from mimlsort.errors import ConfigError
     from mimlsort.outputs import check_output_file
 
+    if not args.miml:  # they were ignored without a word
+        given = [o for o, v in (("--size", args.size), ("--label", args.label), ("--no-scale", args.no_scale),
+                                ("--include-flagged", args.include_flagged), ("--name", args.name != "cells")) if v]
+        if given:
+            raise ConfigError(given[0], "applies to the MIML export: give --miml DIR")
     if args.csv:
         check_output_file(args.csv, inputs=(args.events,), option="--csv", header=CSV_HEADER_START)
         n = export_csv(args.events, args.csv)
@@ -58,7 +64,7 @@ def register(sub) -> None:
     sp.add_argument("--name", default="cells", help="MIML export: CSV <name>_data.csv, PNGs in <name>/")
     sp.add_argument("--label", help="MIML export: Cell Type of every cell (default: predicted class, else sample)")
     sp.add_argument("--no-scale", action="store_true", help="MIML export: physical units instead of 0-1 scaling")
-    sp.add_argument("--include-flagged", action="store_true", help="MIML export: also cells flagged doublet, border, incomplete, low contrast or stuck (TOUCHING ones are in anyway)")
+    sp.add_argument("--include-flagged", action="store_true", help="MIML export: also cells flagged doublet, border, incomplete, low contrast, stuck or small (TOUCHING ones are in anyway)")
     sp.add_argument("--size", type=int, help="MIML export: resize crops to SIZE x SIZE px (the authors use 100)")
     sp.set_defaults(func=_export_checked)
 

@@ -94,6 +94,8 @@ def _read_input(path: Path):
     import h5py
     import hdf5plugin  # noqa: F401  (registers the filters dclab/dcnum write with)
 
+    if not path.is_file():
+        raise DataFormatError(f"{path}: " + ("is a folder, not an RT-DC file" if path.is_dir() else "no such file"))
     try:
         fh = h5py.File(path, "r")
     except (OSError, FileNotFoundError) as e:

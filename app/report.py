@@ -425,13 +425,15 @@ def write_report(events_path: str | Path, out_dir: str | Path | None = None, *,
     from mimlsort.outputs import check_folder_outputs
 
     # an earlier report of ours is replaced; a user's own report.md in --out was too
-    check_folder_outputs(out_dir, {"report.md": "# Sample report: ", "report.html": "<!DOCTYPE html><html><head><meta charset='utf-8'>"})
+    check_folder_outputs(out_dir, {"report.md": "# Sample report: ",
+                                   "report.html": "<!DOCTYPE html><html><head><meta charset='utf-8'>"})
     data = read_events(events_path)  # first: a file that cannot be read leaves no empty folder behind
+    # and so does a --target that is not among the classes
+    summary = summarize(events_path, target_classes=target_classes, data=data)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataFormatError(f"{out_dir}: cannot create the report folder: {err}") from err
-    summary = summarize(events_path, target_classes=target_classes, data=data)
     figures = make_figures(*data, out_dir)
     md = ht = None
     if "md" in formats:

@@ -1224,6 +1224,8 @@ def open_h5(path: str | Path):
     import hdf5plugin  # noqa: F401
 
     path = Path(path)
+    if path.is_dir():
+        raise DataFormatError(f"{path}: is a folder, not an event file")
     if not path.is_file():
         raise DataFormatError(f"{path}: no such file")
     try:

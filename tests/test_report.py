@@ -107,6 +107,15 @@ def test_target_classes_can_be_given_and_are_checked(run_file):
         summarize(path, target_classes=("neutrophil",))
 
 
+def test_report_inputs_that_cannot_be_reported_leave_nothing(run_file, tmp_path):
+    path, _ = run_file
+    with pytest.raises(DataFormatError, match="not among"):
+        write_report(path, tmp_path / "rep", target_classes=("neutrophil",))
+    assert not (tmp_path / "rep").exists()  # an empty folder was left behind
+    with pytest.raises(DataFormatError, match="is a folder, not an event file"):  # was "no such file"
+        write_report(tmp_path, tmp_path / "rep2")
+
+
 def test_write_report_makes_figures_markdown_and_html(run_file, tmp_path):
     path, records = run_file
     res = write_report(path, tmp_path / "rep")
@@ -246,6 +255,8 @@ def test_cli_report_and_export(run_file, tmp_path, capsys):
     assert f"{len(records)} cells -> " in out and (tmp_path / "mm" / "cells_data.csv").exists()
     assert main(["export", str(path)]) == 2
     assert "--csv" in capsys.readouterr().err
+    assert main(["export", str(path), "--csv", str(tmp_path / "c.csv"), "--size", "100"]) == 2  # was ignored
+    assert "--size: applies to the MIML export" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing.rtdc")]) == 2
     assert "no such file" in capsys.readouterr().err
 
