@@ -274,6 +274,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ModelError as err:
             raise ConfigError("--arch", str(err)) from None
     out, missing = _check_out(args.out)
+    # what is wrong with the options is said before minutes of loading data, not after
+    from inference.training.train import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ModelError as err:
+        raise ConfigError("--device", str(err)) from None
+    if args.init_from and not Path(args.init_from).is_file():
+        raise ConfigError("--init-from", f"{args.init_from}: no such model file")
     name = args.name.removesuffix(".onnx").removesuffix(".pt")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError("--name", f"must be a plain file name (letters, digits, '.', '-', '_'), got {args.name!r}")
@@ -380,6 +389,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from app.config import bundled_model_path
 
         args.model = str(bundled_model_path())
+    if not Path(args.model).is_file():  # before the data are loaded, not after
+        from mimlsort.errors import ConfigError
+
+        raise ConfigError("model", f"{args.model}: no such model file")
     out, missing = _check_out(args.out)
     # `evaluate m/model.onnx DATA --out m` replaced the training's report, metrics and figures;
     # an earlier evaluation of its own is replaced

@@ -141,8 +141,12 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing.csv") + "=a", "--out", str(tmp_path / "x")]) == 2
     assert "missing.csv: no such file" in capsys.readouterr().err
     (tmp_path / "run.rtdc").write_bytes(b"")
-    assert main(["evaluate", str(tmp_path / "nomodel.onnx"), str(tmp_path / "run.rtdc"), "--out", str(tmp_path / "e")]) == 2
+    assert main(["evaluate", "demo", str(tmp_path / "run.rtdc"), "--out", str(tmp_path / "e")]) == 2
     assert "run.rtdc=CLASS" in capsys.readouterr().err
+    # a model that is not there is said before the data are loaded
+    assert main(["evaluate", str(tmp_path / "nomodel.onnx"), str(tmp_path / "missing.csv") + "=a", "--out",
+                 str(tmp_path / "e")]) == 2
+    assert "nomodel.onnx: no such model file" in capsys.readouterr().err
 
 
 def test_train_without_torch_names_the_extra(tmp_path):
@@ -233,7 +237,7 @@ def test_more_folds_than_cells_of_a_class_is_rejected_by_train_and_evaluate(tmp_
     b = _event_table(tmp_path / "runB", _events(5, 1, 2))
     data = [f"{a}=healthy", f"{b}=stiff"]
     for cmd in (["train", *data, "--epochs", "1", "--no-progress"],
-                ["evaluate", str(tmp_path / "model.onnx"), *data]):
+                ["evaluate", "demo", *data]):
         assert main([*cmd, "--out", str(tmp_path / "o"), "--folds", "4"]) == 2, cmd
         err = capsys.readouterr().err
         assert "--folds: 4-fold cross-validation needs at least 4 cells of every class, but class 'healthy' has 3" in err
@@ -256,7 +260,7 @@ def test_out_that_is_a_file_is_named(tmp_path, torch, capsys):
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
     for cmd in (["train", str(tmp_path / "missing.csv") + "=a"],
-                ["evaluate", str(tmp_path / "m.onnx"), str(tmp_path / "missing.csv") + "=a"]):
+                ["evaluate", "demo", str(tmp_path / "missing.csv") + "=a"]):
         assert main([*cmd, "--out", str(afile)]) == 2
         err = capsys.readouterr().err
         assert f"--out: {afile}: exists and is not a folder" in err and "Traceback" not in err
@@ -303,7 +307,7 @@ def test_evaluate_on_an_event_file_without_events_says_so(tmp_path, capsys):
     with storage.EventWriter(path, meta=storage.RunMeta(pixel_size_um=0.5, fps=4000.0, roi=(256, 96)),
                              min_free_bytes=0):
         pass
-    assert main(["evaluate", str(tmp_path / "m.onnx"), f"{path}=a", "--out", str(tmp_path / "e")]) == 2
+    assert main(["evaluate", "demo", f"{path}=a", "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert f"{path}: holds no events" in err and "not a mimlsort event file" not in err
 
