@@ -48,7 +48,7 @@ bench: $(STAMP)
 # regenerate the bundled demonstration model (simulated cells only; ~5 min on one core)
 model: $(STAMP)
 	$(BIN)/mimlsort train --simulated --sim-seconds 60 --sim-seed 1 --arch miml-mini --epochs 40 --folds 5 \
-		--test-fraction 0.2 --seed 0 --out inference/models --name miml-mini-demo --no-progress
+		--test-fraction 0.2 --seed 0 --out inference/models --name miml-mini-demo --replace --no-progress
 
 screenshot: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/mimlsort gui --screenshot docs/screenshot.png --seconds 6

@@ -300,8 +300,9 @@ class TruthRecord:
 
 
 _TRUTH_FIELDS = [f.name for f in dataclasses.fields(TruthRecord)]
-#: the truth CSV's header (an existing file is replaced only if it begins so: an earlier truth)
-TRUTH_HEADER = ",".join(_TRUTH_FIELDS)
+#: how the truth CSV's header begins (an existing file is replaced only if it does: an earlier
+#: truth; its first columns only, so a truth written before a column was added is one too)
+TRUTH_HEADER = ",".join(_TRUTH_FIELDS[:4])
 _TRUTH_OPTIONAL = {"v_after_mm_s"}  # added later: older truth files read as NaN
 
 

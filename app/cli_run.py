@@ -97,7 +97,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         total = probe.info.frame_count
         recorded_sample = probe.recorded_metadata.get("experiment:sample")
     if cfg.output.sample == OutputConfig().sample:  # not set in --config: the recording's sample name
-        cfg = with_changes(cfg, output={"sample": _sample_name(recorded_sample) or args.recording.stem or "replay"})
+        cfg = with_changes(cfg, output={"sample": _sample_name(recorded_sample) or _sample_name(args.recording.stem)
+                                        or "replay"})
     if args.model:
         cfg = with_changes(cfg, model={"path": args.model})
     # a replay decides what would have been sorted; it fires nothing unless a trigger is asked for.

@@ -289,7 +289,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.name = name
     # a second training into the folder replaced the first's model (event files name the model
     # they sorted with by its hash) and its report
-    check_folder_outputs(out, {f"{name}.onnx": None, f"{name}.pt": None, "report.md": None, "metrics.json": None})
+    if not args.replace:
+        check_folder_outputs(out, {f"{name}.onnx": None, f"{name}.pt": None, "report.md": None,
+                                   "metrics.json": None}, option="--out (or --replace)")
 
     ds = _load_data(args, role="train")
     note = _recordings_confound_classes(args)
@@ -472,6 +474,8 @@ def register(subparsers) -> None:
     sp.add_argument("data", nargs="*", help="PATH or PATH=CLASS: MIML authors' folder/CSV, event table CSV, .rtdc event file")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--name", default="model", help="model file name without .onnx (default: model)")
+    sp.add_argument("--replace", action="store_true",
+                    help="replace the model, report and metrics of an earlier training in --out (refused otherwise)")
     sp.add_argument("--arch", help="miml-mini (default; with --init-from: the parent's), miml-resnet18, image-only, feature-only")
     sp.add_argument("--epochs", type=int, default=30)
     sp.add_argument("--batch-size", type=int, default=32, help="samples per training step (at least 2; default 32)")

@@ -150,7 +150,10 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         if n == 0:
             raise DataFormatError(f"{src}: holds no events to reanalyse")
         attrs = dict(fh.attrs)
-        if "user:recorder dropped frames" in attrs:
+        # mimlsort's recorder wrote it, and no pipeline made events of it since (dcnum copies every
+        # root attribute of its input into its output, which then holds tracked events)
+        if ("user:recorder dropped frames" in attrs and "pos_x" not in ev
+                and not any(str(k).startswith("pipeline:") for k in attrs)):
             # every frame of a channel, not one image per cell: each frame was measured as a cell
             # (6,063 "cells" from a recording of 83)
             raise DataFormatError(f"{src}: a raw recording of every frame (mimlsort's recorder), not event images; "

@@ -94,7 +94,9 @@ def test_no_command_overwrites_a_recording_or_event_file(files, tmp_path, capsys
     assert main(["track", str(rec), "--out", str(truth)]) == 2
     assert main(["replay", str(rec), "--out", str(model), "--model", "none"]) == 2
     assert {p: digest(p) for p in (model, truth, table)} == kept
-    # each command's own table is its to replace
+    # each command's own table is its to replace, also one written before a column was added
+    lines = truth.read_text().splitlines()
+    truth.write_text("\n".join(",".join(line.split(",")[:-1]) for line in lines) + "\n")
     assert main(["simulate", "--out", str(tmp_path / "s3.rtdc"), "--truth", str(truth), "--seconds", "0.1"]) == 0
     assert main(["track", str(rec), "--out", str(table)]) == 0
 
@@ -210,3 +212,10 @@ def test_evaluate_takes_the_bundled_model_by_its_name(files, tmp_path, capsys):
     # "demo: no such model file", while replay and reanalyze take it
     assert main(["evaluate", "demo", f"{ev}=hct116", "--out", str(tmp_path / "e"), "--folds", "0"]) == 0
     assert "cells: accuracy" in capsys.readouterr().out
+
+
+def test_a_recording_named_with_a_leading_dot_gives_a_plain_sample_name():
+    from app.cli_run import _sample_name
+
+    # output.sample may not begin with "." (a hidden file): the fallback from a folder ".imgs" failed
+    assert _sample_name(".imgs") == "imgs" and _sample_name("../x") == "_x"

@@ -107,7 +107,8 @@ def test_train_and_evaluate_event_tables(tmp_path, torch, capsys):
     capsys.readouterr()
     assert main(["train", f"{a}=healthy", f"{b}=stiff", "--out", str(out), "--epochs", "1", "--folds", "0",
                  "--no-progress", "--pixel-size", "0.5"]) == 2
-    assert "model.onnx: exists (an earlier result); refusing to overwrite it" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model.onnx: exists (an earlier result); refusing to overwrite it" in err and "--replace" in err
     assert main(["evaluate", str(out / "model.onnx"), f"{a}=healthy", f"{b}=stiff", "--out", str(out),
                  "--folds", "0", "--pixel-size", "0.5"]) == 2
     assert "report.md: exists" in capsys.readouterr().err
@@ -116,6 +117,10 @@ def test_train_and_evaluate_event_tables(tmp_path, torch, capsys):
                  "--folds", "0", "--pixel-size", "0.5"]) == 0
     assert main(["train", f"{a}=healthy", f"{b}=stiff", "--out", str(tmp_path / "n"), "--name", "../x"]) == 2
     assert "--name" in capsys.readouterr().err
+    # asked for (`make model` retrains the bundled model in its folder)
+    assert main(["train", f"{a}=healthy", f"{b}=stiff", "--out", str(out), "--epochs", "1", "--folds", "0",
+                 "--val-fraction", "0", "--no-progress", "--pixel-size", "0.5", "--replace"]) == 0
+    assert (out / "model.onnx").read_bytes() != kept["model.onnx"]
 
 
 def test_train_on_the_authors_sample_and_evaluate(tmp_path, torch, capsys):

@@ -441,6 +441,21 @@ def test_stop_while_starting_calls_the_start_off(qtbot, window):
     run = win.runs[-1]
     assert run.closed and run.finish_reason is FinishReason.CANCELED
     assert "stopped" in win.status_panel.text("state")
+    # stopped while the run was still being built (camera, files): not left at "starting"
+    win.factory.hold = hold = threading.Event()
+    factory = win.controller.factory
+
+    def slow_build(cfg, folder=None):
+        hold.wait(10)
+        return factory(cfg, folder)
+
+    win.controller.factory = slow_build
+    qtbot.mouseClick(win.controls.start_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: win.controls.stop_btn.isEnabled(), timeout=5000)
+    qtbot.mouseClick(win.controls.stop_btn, Qt.MouseButton.LeftButton)
+    hold.set()
+    qtbot.waitUntil(lambda: win.controller.run is None and not win.controller.busy, timeout=10000)
+    assert win.status_panel.text("state") == "start canceled"
     assert win.controls.start_btn.isEnabled() and not win.errors
 
 
@@ -885,3 +900,22 @@ def test_a_replays_unset_frame_rate_reads_as_the_sources(qtbot):
     panel.fps.setValue(500.0)
     panel.fps.setValue(panel.fps.minimum())  # back to the recording's own rate
     assert changes == [{"camera.replay.fps": 500.0}, {"camera.replay.fps": None}]
+    # other cameras need a number: their 0 is no "unset" (a reviewer: None raised TypeError in the slot)
+    panel.load(RunConfig())
+    changes.clear()
+    panel.fps.setValue(panel.fps.minimum())
+    assert changes == [{"camera.synthetic.fps": 0.0}] and panel.fps.text() != "the source's"
+
+
+def test_a_value_the_settings_refuse_with_a_type_error_is_an_error_dialog(qtbot, tmp_path):
+    from app.gui.main import demo_config
+    from app.gui.main_window import MainWindow
+    from app.gui.qt import QtCore
+
+    settings = QtCore.QSettings(str(tmp_path / "gui.ini"), QtCore.QSettings.Format.IniFormat)
+    win = MainWindow(config=demo_config(tmp_path, model="none"), config_path=None, settings=settings,
+                     save_on_close=False)
+    qtbot.addWidget(win)
+    assert not win.apply_changes({"camera.synthetic.fps": None})
+    assert win.errors and "camera.synthetic.fps" in win.errors[-1]
+    assert win.config.camera.synthetic.fps == 4000.0

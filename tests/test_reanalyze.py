@@ -95,6 +95,14 @@ def test_a_raw_recording_of_every_frame_points_to_replay(tmp_path):
     with pytest.raises(DataFormatError, match=r"rec\.rtdc: a raw recording of every frame.*mimlsort replay"):
         reanalyze(raw, tmp_path / "out.rtdc")
     assert not (tmp_path / "out.rtdc").exists()
+    if DATA is not None:  # events a pipeline made of such a recording (dcnum copies its input's attributes)
+        import h5py
+
+        made = tmp_path / "dcnum.rtdc"
+        made.write_bytes((DATA / "dcnum_thresh_example.rtdc").read_bytes())
+        with h5py.File(made, "a") as h:
+            h.attrs["user:recorder dropped frames"] = 0
+        assert reanalyze(made, tmp_path / "out2.rtdc").events_out > 0
 
 
 def test_the_source_segmentation_is_read_from_its_metadata():

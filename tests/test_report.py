@@ -226,6 +226,8 @@ def test_miml_export_options(run_file, tmp_path):
     ds = data.dataset_from_miml_dir(tmp_path / "m")
     assert data.MIML_PROVENANCE not in ds.provenance and ds.crop_pixel_size_um == pytest.approx(meta["crop_pixel_size_um"])
     assert ds.features[0, list(ds.feature_names).index("di")] == pytest.approx(records[0].event.features["di"])
+    one = data.dataset_from_path(str(res.csv_path))  # its table named alone (a reviewer: taken as 0-1 values)
+    assert data.MIML_PROVENANCE not in one.provenance and one.crop_pixel_size_um == ds.crop_pixel_size_um
     # a second export into the folder would replace part of this one
     before = res.csv_path.read_bytes()
     for name in ("train", "other"):

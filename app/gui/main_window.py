@@ -245,8 +245,8 @@ class MainWindow(QtWidgets.QMainWindow):
         """Apply ``{key path: value}`` to the configuration; refused values are reported and undone."""
         try:
             cfg, unsupported = config_with(self.config, changes)
-        except ConfigError as e:
-            self.show_error(str(e))
+        except (ConfigError, TypeError, ValueError) as e:  # a settings class's own check may raise the others
+            self.show_error(str(e) if isinstance(e, ConfigError) else f"{', '.join(changes)}: {e}")
             self.controls.load(self.config)  # show what is in effect again
             return False
         if unsupported:
@@ -492,6 +492,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _run_finished(self, status: Any) -> None:
         self.controls.set_running(False, False)
+        if status is None and self.status_panel.text("state").startswith("starting"):
+            self.status_panel.set_row(StatusRow("state", "State", "start canceled"))  # stopped while it was built
         self.camera_view.clear_cells()
         self._plots_dirty = True
 

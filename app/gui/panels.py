@@ -187,8 +187,7 @@ class ControlPanel(QtWidgets.QWidget):
         self.device = QtWidgets.QLineEdit()
         self.device.setPlaceholderText("serial number / recording file")
         self.exposure = _spin(1, 1e6, 1, 10, " µs")
-        self.fps = _spin(0, 1e6, 1, 100, " fps")
-        self.fps.setSpecialValueText("the source's")  # a replay's unset fps: the recording's own rate
+        self.fps = _spin(0, 1e6, 1, 100, " fps")  # 0: a replay's unset rate (the recording's own)
         self.roi_w = _ispin(8, 8192, " px")
         self.roi_h = _ispin(8, 8192, " px")
         self.pixel_size = _spin(0, 100, 4, 0.01, " µm/px")
@@ -320,8 +319,9 @@ class ControlPanel(QtWidgets.QWidget):
             return w.text().strip()
         if b.kind == "float":
             return float(w.value())
-        if b.kind == "optfloat":
-            return None if w.value() == w.minimum() else float(w.value())
+        if b.kind == "optfloat":  # unset only where the key may be (a replay's rate: the recording's)
+            unset = b.current is not None and b.current.startswith("camera.replay.") and w.value() == w.minimum()
+            return None if unset else float(w.value())
         if b.kind == "int":
             return int(w.value())
         return bool(w.isChecked())
@@ -357,8 +357,11 @@ class ControlPanel(QtWidgets.QWidget):
                     if v is not None:
                         w.setValue(v)
                 elif b.kind == "optfloat":
-                    # unset showed the last backend's value (the synthetic camera's 4000 fps for a replay)
-                    w.setValue(w.minimum() if v is None else v)
+                    # unset showed the last backend's value (the synthetic camera's 4000 fps for a
+                    # replay); other cameras need a number, and their 0 (a free run) is no "unset"
+                    w.setSpecialValueText("the source's" if b.current.startswith("camera.replay.") else "")
+                    if v is not None or b.current.startswith("camera.replay."):
+                        w.setValue(w.minimum() if v is None else v)
                 elif b.kind == "bool":
                     w.setChecked(bool(v))
         finally:

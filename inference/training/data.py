@@ -745,7 +745,9 @@ def dataset_from_path(item: str | Path, *, only_ok: bool = True, feature_names: 
         if _is_miml_csv(path):
             stem = path.stem.removesuffix("_data")
             folder = next((d for d in path.parent.iterdir() if d.is_dir() and d.name.lower() == stem.lower()), path.parent)
-            return dataset_from_miml_csv(path, folder)
+            ds = dataset_from_miml_csv(path, folder)
+            ours = _our_export(path.parent)  # a --no-scale export's table holds physical units, named or not
+            return ours(ds) if ours is not None else ds
         return dataset_from_csv(path, label=label, feature_names=feature_names, crop_pixel_size_um=pixel_size_um)
     if suffix == ".rtdc":
         if label is None:
