@@ -253,9 +253,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         fd, name = tempfile.mkstemp(prefix=dst.stem + ".", suffix=".partial.rtdc", dir=dst.parent)
         os.close(fd)
         part = Path(name)
-        umask = os.umask(0)  # mkstemp makes it private; the result reads as the user's other files do
-        os.umask(umask)
-        os.chmod(part, 0o666 & ~umask)
+        os.chmod(part, 0o666 & ~_umask())  # mkstemp makes it private; the result reads as the user's other files do
         try:
             with EventWriter(part, meta=meta, overwrite=True) as wr:
                 wr.log(f"reanalysis of {src} ({n} event images)")
@@ -276,6 +274,21 @@ def _text(v) -> str:
     if v is None:
         return ""
     return (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).strip()
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux says it (setting it to read it
+    would change it for every thread meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _int(v, default: int) -> int:
