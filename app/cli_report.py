@@ -25,7 +25,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from app.export import CSV_HEADER_START, export_csv, export_miml
+    from app.export import CSV_HEADER_START, check_miml_destination, export_csv, export_miml
 
     from mimlsort.errors import ConfigError
     from mimlsort.outputs import check_output_file
@@ -35,6 +35,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                                 ("--include-flagged", args.include_flagged), ("--name", args.name != "cells")) if v]
         if given:
             raise ConfigError(given[0], "applies to the MIML export: give --miml DIR")
+    if args.miml:  # both destinations are checked before either is written
+        check_miml_destination(args.miml, args.name)
     if args.csv:
         check_output_file(args.csv, inputs=(args.events,), option="--csv", header=CSV_HEADER_START)
         n = export_csv(args.events, args.csv)

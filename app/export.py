@@ -107,6 +107,24 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "cell"
 
 
+def check_miml_destination(out_dir: str | Path, name: str = "cells") -> tuple[Path, Path]:
+    """The image folder and CSV an export named ``name`` writes into ``out_dir``; refuses a bad name or a
+    folder that holds an earlier export (checked before anything is written, also by ``export --csv``)."""
+    out_dir = Path(out_dir)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name or ""):
+        raise DataFormatError(f"--name {name!r}: must be a plain name (letters, digits, '-', '_'): it names "
+                              f"{name}_data.csv and the image folder {name}/ inside {out_dir}")
+    img_dir = out_dir / name
+    csv_path = out_dir / f"{name}_data.csv"
+    # one export per folder: a second one replaced the first's table and some of its PNGs (same
+    # names), and left the rest without a row
+    earlier = [p for p in (out_dir / "miml_export.json", csv_path) if p.exists()]
+    if earlier or (img_dir.is_dir() and any(img_dir.iterdir())):
+        raise DataFormatError(f"{out_dir}: holds an earlier export ({(earlier or [img_dir])[0].name}); refusing to "
+                              "overwrite it (choose another folder)")
+    return img_dir, csv_path
+
+
 def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "cells", label: str | None = None,
                 scale: bool = True, include_flagged: bool = False, size: int | None = None,
                 rgb: bool = True) -> MimlExport:
@@ -125,17 +143,7 @@ def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "ce
     if "first_crop" not in f:
         raise DataFormatError(f"{events_path}: the file holds no crops to export")
     out_dir = Path(out_dir)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name or ""):
-        raise DataFormatError(f"--name {name!r}: must be a plain name (letters, digits, '-', '_'): it names "
-                              f"{name}_data.csv and the image folder {name}/ inside {out_dir}")
-    img_dir = out_dir / name
-    csv_path = out_dir / f"{name}_data.csv"
-    # one export per folder: a second one replaced the first's table and some of its PNGs (same
-    # names), and left the rest without a row
-    earlier = [p for p in (out_dir / "miml_export.json", csv_path) if p.exists()]
-    if earlier or (img_dir.is_dir() and any(img_dir.iterdir())):
-        raise DataFormatError(f"{out_dir}: holds an earlier export ({(earlier or [img_dir])[0].name}); refusing to "
-                              "overwrite it (choose another folder)")
+    img_dir, csv_path = check_miml_destination(out_dir, name)
     try:
         img_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -255,6 +255,9 @@ def test_cli_report_and_export(run_file, tmp_path, capsys):
     assert main(["export", str(path), "--csv", str(tmp_path / "c.csv"), "--miml", str(tmp_path / "mm")]) == 0
     out = capsys.readouterr().out
     assert f"{len(records)} cells -> " in out and (tmp_path / "mm" / "cells_data.csv").exists()
+    # a second export into the same folder is refused before the CSV is written (it was written first)
+    assert main(["export", str(path), "--csv", str(tmp_path / "c2.csv"), "--miml", str(tmp_path / "mm")]) == 2
+    assert "holds an earlier export" in capsys.readouterr().err and not (tmp_path / "c2.csv").exists()
     assert main(["export", str(path)]) == 2
     assert "--csv" in capsys.readouterr().err
     assert main(["export", str(path), "--csv", str(tmp_path / "c.csv"), "--size", "100"]) == 2  # was ignored
