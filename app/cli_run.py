@@ -111,15 +111,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from mimlsort.outputs import check_output_file
 
     out = check_output_file(Path(args.out), inputs=(args.recording,))
-    existed = out.exists()  # an empty file of the user's, which check_output_file lets us replace
     # the bar is drawn by the console's thread: a stderr nobody reads must not hold up the stop
     code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not realtime,
                            progress=lambda stream: _Progress(total, stream), ignore_signals_after=True, trigger=fire)
     st = run.status()
-    if code != 0 and st.frames_processed == 0 and st.cells == 0 and out.is_file() and not existed:
+    if code != 0 and out in run.discard_if_empty():
         # a replay refused at its start (no constriction found …) left a file without a frame in
         # it, which then refused the rerun with the configuration fixed ("holds a measurement")
-        out.unlink()
         print(f"no frame was tracked: {out} removed (it held no event)", file=sys.stderr)
         return code
     print(f"{st.frames_processed} frames -> {st.cells} cells -> {out}"

@@ -18,7 +18,7 @@ from typing import Any
 
 from app.config import RunConfig, bundled_model_path, config_to_toml
 from app.pipeline import FinishReason, Pipeline, Status
-from mimlsort.errors import ConfigError
+from mimlsort.errors import ConfigError, StateError
 from mimlsort.outputs import make_output_folder
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ class Run:
     closed_all: bool = False  # close() has returned (``closed`` is set as it begins)
     close_errors: list[str] = field(default_factory=list)
     abandoned: str = ""  # why the event writer was given up (``output.stop_timeout_s``), once it was
+    created: tuple[Path, ...] = ()  # the files this run made (not a user's empty file it may replace)
     _watchdog: StopWatchdog | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -262,6 +263,18 @@ class Run:
         if self._watchdog is not None:
             self._watchdog.__exit__(None, None, None)
 
+    def discard_if_empty(self) -> list[Path]:
+        """Remove, once closed, the files of a run that tracked no frame and found no cell (a start
+        stopped or refused before the camera ran): they hold nothing measured, and they would be
+        the folder's clutter and take a run index of the day. Returns the paths removed."""
+        if not self.closed_all:
+            raise StateError("discard_if_empty: close the run first")
+        if self.pipeline.ring is not None:
+            st = self.pipeline.status()
+            if st.frames_processed or st.cells or st.frames_recorded:
+                return []
+        return remove_files(self.created)
+
     def __enter__(self) -> "Run":
         self.start()
         return self
@@ -273,6 +286,21 @@ class Run:
             self.pipeline.stop()
         self.pipeline.wait()
         self.close()
+
+
+def remove_files(paths) -> list[Path]:
+    """Remove ``paths`` that exist (a failed removal is logged, not raised); returns those removed."""
+    gone = []
+    for p in paths:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.warning("could not remove %s: %s", p, e)
+            continue
+        gone.append(p)
+    return gone
 
 
 def _counters(st: Status) -> dict[str, int]:
@@ -399,6 +427,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
     policy = SortPolicy(cfg.sorting, classifier.classes) if classifier is not None else None
     cam = camera or make_camera(cfg.camera.backend, cfg.camera.backend_settings())
     opened: list[Any] = []
+    created: list[Path] = []
     try:
         if cam.state.value == "closed":
             cam.open()
@@ -426,6 +455,8 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             from app.storage import EventWriter
 
             ev_path = Path(events_path) if events_path is not None else folder / f"{stem}.rtdc"
+            if not ev_path.exists():
+                created.append(ev_path)
             spec_json = classifier.spec.to_json() if classifier is not None else ""
             model_path = resolve_model_path(cfg.model.path)
             meta = RunMeta(
@@ -457,6 +488,8 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             from acquisition.recording import RawRecorder
 
             raw_path = folder / f"{stem}_raw.rtdc"
+            if not raw_path.exists():
+                created.append(raw_path)
             rec_cls = RawRecorder
             if cfg.output.recorder == "process":
                 from acquisition.recorder_process import RawRecorderProcess as rec_cls
@@ -476,12 +509,13 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             except Exception:
                 pass
         cam.close()
+        remove_files(created)  # no frame reached them
         raise
     pipeline = Pipeline(cam, cfg.tracking, classifier=classifier, policy=policy, trigger=trig,
                         timing=cfg.trigger.timing, sink=writer, recorder=recorder, autostop=cfg.autostop,
                         ring_capacity=cfg.camera.ring_capacity, pixel_size_um=px, kernels=kernels, lossless=lossless,
                         max_backlog_mb=cfg.output.max_backlog_mb)
-    run = Run(cfg, pipeline, folder, ev_path, raw_path, classifier, writer, recorder, trig)
+    run = Run(cfg, pipeline, folder, ev_path, raw_path, classifier, writer, recorder, trig, created=tuple(created))
     pipeline.on_finish = lambda _p: run.close()
     return run
 

@@ -919,3 +919,48 @@ def test_a_value_the_settings_refuse_with_a_type_error_is_an_error_dialog(qtbot,
     assert not win.apply_changes({"camera.synthetic.fps": None})
     assert win.errors and "camera.synthetic.fps" in win.errors[-1]
     assert win.config.camera.synthetic.fps == 4000.0
+
+
+def test_a_start_stopped_before_any_frame_leaves_no_empty_event_file(qtbot, tmp_path):
+    """Stop pressed while a real run was being built (camera, files) or starting (kernels): the
+    event file it had created held no frame and stayed in the folder, taking the day's next run
+    index. A run that tracked frames keeps its file."""
+    _need_pipeline()
+    from app.gui.controller import RunController
+    from app.gui.main import demo_config
+    from app.session import build_run, with_changes
+
+    folder = tmp_path / "runs"
+    cfg = with_changes(demo_config(folder, model="none"), output={"report": False})
+    gate = threading.Event()
+    built: list = []
+
+    def slow_build(cfg, folder=None):
+        run = build_run(cfg, folder=folder)
+        built.append(run)
+        gate.wait(10)  # Stop is pressed now
+        return run
+
+    ctl = RunController(factory=slow_build)
+    try:
+        ctl.start(cfg)
+        qtbot.waitUntil(lambda: bool(built), timeout=60000)
+        path = built[-1].events_path
+        assert path.is_file()  # the writer made it while the run was built
+        ctl.stop()
+        gate.set()
+        qtbot.waitUntil(lambda: ctl.run is None and not ctl.busy, timeout=60000)
+        assert built[-1].closed_all and not path.exists()
+        assert not list(folder.glob("*.rtdc"))
+        # a run that tracked frames keeps its file, also when the files are discarded on request
+        ctl.factory = lambda cfg, folder=None: build_run(cfg, folder=folder)
+        ctl.start(cfg)
+        qtbot.waitUntil(lambda: ctl.run is not None, timeout=60000)
+        run = ctl.run
+        qtbot.waitUntil(lambda: run.status().frames_processed > 0, timeout=30000)
+        ctl.stop()
+        qtbot.waitUntil(lambda: ctl.run is None and not ctl.busy, timeout=60000)
+        assert run.events_path.is_file() and run.discard_if_empty() == [] and run.events_path.is_file()
+    finally:
+        gate.set()
+        ctl.shutdown(timeout_s=5.0)

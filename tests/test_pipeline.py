@@ -712,3 +712,27 @@ def test_a_run_follows_its_source_lossless_and_unfired_when_unpaced(tmp_path, ca
     assert any("a replay sorts no cells" in r.getMessage() for r in caplog.records)
     assert source_pacing(cfg({"backend": "synthetic", "synthetic": {"realtime": True, "duration_s": 0}},
                              log_trigger)) == (True, False)
+
+
+def test_a_run_whose_build_fails_leaves_no_empty_files(tmp_path, monkeypatch):
+    # the raw recorder could not be opened (here: stands in for a full or read-only disk, which
+    # cannot be made here without root): the event file already created held nothing and stayed
+    from acquisition.recorder_process import RawRecorderProcess
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RawRecorderProcess, "__init__", refuse)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "mine.rtdc").write_bytes(b"")  # the user's own file stays whatever happens
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.2, "realtime": False, "seed": 3}},
+        "model": {"path": "none"},
+        "output": {"folder": str(folder), "report": False, "record_raw": True},
+    })
+    with pytest.raises(OSError, match="No space"):
+        build_run(cfg)
+    assert sorted(p.name for p in folder.iterdir()) == ["mine.rtdc"]

@@ -39,6 +39,19 @@ def default_factory(cfg: Any, folder: Path | None = None):
     return build_run(cfg, folder=folder)
 
 
+def _discard_empty(run: Any) -> None:
+    """A start the operator stopped (or that failed) before a frame was tracked leaves no empty
+    event file behind (it held only the settings, and took a run index of the day)."""
+    discard = getattr(run, "discard_if_empty", None)
+    if discard is None:
+        return
+    try:
+        for path in discard():
+            log.info("no frame was tracked: %s removed (it held no event)", path)
+    except Exception as e:  # noqa: BLE001 - the run is over; its files are the user's to look at
+        log.warning("could not check the stopped run's files: %s", e)
+
+
 def _writer_timeout_s(run: Any) -> float:
     """How long after a stop the run's watchdog may wait before it abandons a stuck event writer
     (``output.stop_timeout_s``): a stop must wait longer than that, or it gives up first."""
@@ -104,6 +117,7 @@ class RunController(QtCore.QObject):
         self._tasks: list[tuple[cf.Future, Callable[[Any], None] | None, Callable[[BaseException], None] | None]] = []
         self._starting = False
         self._cancel_start = False  # Stop pressed while the run was starting
+        self._discard_after_stop = False  # ... and it had started: its files go if it tracked nothing
         self._stopping = False
         self._last_index = -1
         self._last_frame_id = None
@@ -191,10 +205,12 @@ class RunController(QtCore.QObject):
             try:
                 if self._cancel_start:  # stopped while the camera and files opened: no need to start
                     run.close()
+                    _discard_empty(run)
                     return None
                 run.start()
             except BaseException:
                 run.close()
+                _discard_empty(run)
                 raise
             return run
 
@@ -218,6 +234,7 @@ class RunController(QtCore.QObject):
         self.message.emit("running")
         self.runStarted.emit(run)
         if cancel:  # Stop was pressed while it started (the tracker's kernels load only in start)
+            self._discard_after_stop = True
             self.stop()
 
     def _start_failed(self, err: BaseException) -> None:
@@ -247,12 +264,15 @@ class RunController(QtCore.QObject):
         self.busyChanged.emit(True)
         self.message.emit("stopping: the workers finish their batch, the files are closed …")
         run = self.run
+        discard, self._discard_after_stop = self._discard_after_stop, False
 
         def wait():
             limit = STOP_TIMEOUT_S + _writer_timeout_s(run)
             if not run.wait(limit):
                 raise StateError(f"the run did not stop within {limit:g} s; its files may be incomplete")
             run.close()
+            if discard:
+                _discard_empty(run)
             abandoned = getattr(run, "abandoned", "")
             if abandoned:
                 raise StateError(f"the event writer was abandoned ({abandoned}); "
