@@ -191,6 +191,7 @@ class Run:
             self.pipeline.start()
         except BaseException:
             self.close()
+            self.discard_if_empty()  # the error is raised; a file with no frame would only be clutter
             raise
         self._watchdog = StopWatchdog(self, self.config.output.stop_timeout_s).__enter__()
 

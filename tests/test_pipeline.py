@@ -736,3 +736,24 @@ def test_a_run_whose_build_fails_leaves_no_empty_files(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         build_run(cfg)
     assert sorted(p.name for p in folder.iterdir()) == ["mine.rtdc"]
+
+
+def test_a_run_whose_start_fails_leaves_no_empty_event_file(tmp_path):
+    # refused in Pipeline.start (a ring too small for a lossless replay's batches): the error is
+    # raised to the daemon / GUI, and the event file the run had created held no frame
+    from app.config import config_from_mapping
+    from app.session import build_run
+    from mimlsort.errors import ConfigError
+
+    folder = tmp_path / "out"
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "ring_capacity": 64,
+                   "synthetic": {"duration_s": 0.2, "realtime": False, "seed": 3}},
+        "model": {"path": "none"},
+        "output": {"folder": str(folder), "report": False},
+    })
+    run = build_run(cfg)
+    assert run.events_path.is_file()
+    with pytest.raises(ConfigError, match="ring_capacity"):
+        run.start()
+    assert run.closed_all and list(folder.iterdir()) == []

@@ -207,10 +207,9 @@ class RunController(QtCore.QObject):
                     run.close()
                     _discard_empty(run)
                     return None
-                run.start()
+                run.start()  # a start that fails removes its empty files itself
             except BaseException:
                 run.close()
-                _discard_empty(run)
                 raise
             return run
 
