@@ -964,3 +964,32 @@ def test_a_start_stopped_before_any_frame_leaves_no_empty_event_file(qtbot, tmp_
     finally:
         gate.set()
         ctl.shutdown(timeout_s=5.0)
+
+
+def test_finished_cell_labels_do_not_print_over_one_another(qtbot):
+    # cells leave the constriction at nearly the same height: their labels stood on one line and
+    # printed over each other ("hct116 ✓" on "wbc ✗" read as neither)
+    from app.gui.camera_view import CameraView
+
+    view = CameraView()
+    qtbot.addWidget(view)
+    view.resize(800, 300)
+    view.show()
+    view.set_frame(np.full((H, W), 100, np.uint8))
+    qtbot.wait(50)
+    policy = SortPolicy(SortSettings(), CLASSES)
+    recs = []
+    for i, y in enumerate((24.0, 24.2, 23.9, 35.0)):  # three together, one well apart
+        ev = CellEvent(i, i, {"pos_y_um": y, "exit_time_ms": float(i)}, np.zeros((4, 4), np.uint8),
+                       np.zeros((4, 4), np.uint8), PX, 0, 1, 0)
+        p = np.array([0.9, 0.1], np.float32)
+        recs.append(CellRecord(ev, p, policy.decide(ev, p), None))
+    view.set_geometry(100.0, 140.0, 30.0, 66.0, PX)
+    view.add_finished(recs, CLASSES, 140.0)
+    pos = view.label_positions()
+    assert view.n_labels_shown == 4 and len(pos) == 4
+    line = view._line_height()
+    ys = sorted(y for _, y in pos)
+    assert all(b - a >= 0.99 * line for a, b in zip(ys, ys[1:]))  # no two on one line
+    assert pos[0][1] == pytest.approx(35.0 / PX)  # the newest stays at its cell
+    assert pos[1][1] == pytest.approx(23.9 / PX)  # and so does the newest of the three together

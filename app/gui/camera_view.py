@@ -16,6 +16,7 @@ from app.gui.qt import QtCore, QtGui, QtWidgets, Signal, pg
 WALL_PEN = (255, 80, 80)
 CONSTRICTION_BRUSH = (255, 200, 0, 45)
 TRACK_PEN = (0, 255, 255)
+LABEL_LINE_PX = 15.0  # a finished cell's label's height on screen (pixels), for stacking them
 FINISHED_SECONDS = 0.6  # how long a finished cell's label stays on the image (cells come fast)
 MAX_ELLIPSES = 32
 
@@ -210,16 +211,43 @@ class CameraView(pg.GraphicsLayoutWidget):
         if len(self._finished) != before:
             self._draw_finished()
 
+    def _line_height(self) -> float:
+        """A label's height in image pixels at the current zoom (labels keep their screen size)."""
+        try:
+            _, py = self.view.viewPixelSize()
+        except Exception:  # noqa: BLE001 - a view not yet laid out has no pixel size
+            py = math.nan
+        return LABEL_LINE_PX * abs(py) if math.isfinite(py) and py else LABEL_LINE_PX
+
+    def label_positions(self) -> list[tuple[float, float]]:
+        """Where the visible finished-cell labels stand (image pixels), newest first."""
+        return [(lab.pos().x(), lab.pos().y()) for lab in reversed(self._labels[:len(self._finished)])]
+
     def _draw_finished(self) -> None:
         items = list(self._finished)
-        for lab, mark, item in zip(self._labels, self._marks, items):
+        # cells leave at nearly the same height: each older label moves down past the newer ones
+        # (they printed over one another, unreadable when cells came close together)
+        line = self._line_height()
+        taken: list[float] = []
+        ys = [0.0] * len(items)
+        gap = 0.999 * line  # (t + line) - t can round to less than line
+        for i in range(len(items) - 1, -1, -1):
+            y = items[i][2]
+            for _ in range(len(taken)):  # each step moves past one of them: it ends
+                near = [t for t in taken if abs(y - t) < gap]
+                if not near:
+                    break
+                y = max(near) + line
+            taken.append(y)
+            ys[i] = y
+        for lab, mark, item, ly in zip(self._labels, self._marks, items, ys):
             _, x, y, colour, fired, text = item
             mark.setPos(x, y)
             mark.setBrush(QtGui.QColor(*colour))
             mark.setPen(QtGui.QPen(QtGui.QColor(*(FIRED_COLOUR if fired else NOT_FIRED_COLOUR)), 0))
             mark.setVisible(True)
             lab.setText(text, color=colour)
-            lab.setPos(x + 3, y)
+            lab.setPos(x + 3, ly)
             lab.setVisible(True)
         for lab, mark in zip(self._labels[len(items):], self._marks[len(items):]):
             lab.setVisible(False)
