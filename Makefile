@@ -12,7 +12,7 @@ export NUMBA_CACHE_DIR := $(CURDIR)/$(VENV)/numba-cache
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,train,gui,basler,genicam,serial,visa]'
+	$(BIN)/python -m pip install -q -e '.[cpu,dev,train,gui,basler,genicam,serial,visa]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -49,8 +49,9 @@ def bundled_model() -> Path:
 def _import_ort():
     try:
         import onnxruntime as ort
-    except ImportError as err:  # a dependency, but onnxruntime-gpu users uninstall it first
-        raise BackendUnavailable("ONNX Runtime is missing: install onnxruntime (or mimlsort[gpu])") from err
+    except ImportError as err:  # an extra: `cpu` or `gpu`, which must not be installed together
+        raise BackendUnavailable("ONNX Runtime is missing: install mimlsort[cpu] (onnxruntime) or, for a CUDA GPU, "
+                                 "mimlsort[gpu] (onnxruntime-gpu), not both") from err
     return ort
 
 
@@ -157,7 +158,8 @@ class Classifier:
         for name in wanted:
             ort_name = PROVIDERS[name]
             if ort_name not in available:
-                extra = "mimlsort[gpu] (onnxruntime-gpu)" if name != "cpu" else "onnxruntime"
+                extra = ("mimlsort[gpu] (onnxruntime-gpu) in place of onnxruntime: pip uninstall onnxruntime first"
+                         if name != "cpu" else "mimlsort[cpu]")
                 self.provider_notes[name] = f"not offered by this onnxruntime (offers {', '.join(available)}; install {extra})"
                 continue
             # CPU is always listed last so that ops a GPU provider does not implement still run
