@@ -111,7 +111,7 @@ BENCHES: dict[str, str] = {
     "synthetic": "acquisition.synthetic:bench_synthetic",
     "sort-modes": "app.sortsim:bench_sort_modes",
     "pipeline": "app.bench:bench_pipeline",
-    "camera": "acquisition.bench:bench_camera",
+    "camera": "app.bench_camera:bench_camera",
     "gui": "app.gui.bench:bench_gui",
 }
 

@@ -233,7 +233,7 @@ def test_a_frame_of_another_size_is_refused_naming_what_arrived():
 @pytest.mark.parametrize("fmt", ["bmp", "png", "tif"])
 def test_image_files_play_pixel_exact_without_a_frame_rate_limit(fmt, tmp_path):
     pytest.importorskip("cv2")
-    from acquisition.bench import write_images
+    from app.bench_camera import write_images
 
     rng = np.random.default_rng(5)
     frames = rng.integers(0, 256, (6, 96, 256), dtype=np.uint8)
@@ -293,7 +293,7 @@ def test_simulated_channel_played_by_the_emulator_is_tracked_to_the_truth(tmp_pa
     offline = pytest.importorskip("app.offline", reason="app.offline not written yet")
     validate = pytest.importorskip("app.validate", reason="app.validate not written yet")
     pytest.importorskip("cv2")
-    from acquisition.bench import write_pngs
+    from app.bench_camera import write_pngs
 
     fps, n = 2000.0, 1000
     settings = synthetic.SyntheticSettings(width=256, height=96, fps=fps, duration_s=n / fps, seed=3,
@@ -328,7 +328,7 @@ def test_simulated_channel_played_by_the_emulator_is_tracked_to_the_truth(tmp_pa
 
 def test_bench_accounts_for_every_frame():
     pytest.importorskip("tracking.tracker")
-    from acquisition.bench import bench_camera
+    from app.bench_camera import bench_camera
 
     r = bench_camera("basler", seconds=0.5, images=300)
     assert r["frame_rate_limit"] == "off (free run)" and r["images"] == "300 bmp files"
