@@ -147,6 +147,10 @@ class Trigger(ABC):
     Settings: ClassVar[type]
     acks: ClassVar[bool] = False
     ack_timeout_s: ClassVar[float] = 1.0
+    #: this many pulses in a row without their ack: the device is taken as hung (a crashed sketch
+    #: behind a USB bridge keeps the port open and takes the bytes; the run went on "firing" into
+    #: it, reported the trigger ok and ended with exit code 0)
+    unacked_fault_after: ClassVar[int] = 5
     #: shortest and longest pulse the output can make (µs)
     width_range_us: ClassVar[tuple[float, float]] = (1.0, 1_000_000.0)
 
@@ -177,6 +181,7 @@ class Trigger(ABC):
         self._pending: dict[int, int] = {}  # event_index -> time by which its ack must have come
         self._last_pulse_end_ns = 0  # when the last pulse handed to the device ends
         self._pending_lock = threading.Lock()
+        self._unacked_in_row = 0  # overdue acks since the last ack that came
         self._min_lead_ns = round(self.timing.min_lead_us * 1000)
         self._max_delay_ns = round(self.timing.max_delay_us * 1000)
 
@@ -225,6 +230,7 @@ class Trigger(ABC):
             return False
         with self._pending_lock:
             self._pending.clear()
+        self._unacked_in_row = 0
         return True
 
     # -- the sort path ---------------------------------------------------------------------------
@@ -253,20 +259,26 @@ class Trigger(ABC):
             why = (f"width {width} µs outside [{lo:g}, {hi:g}]" if not (lo <= width <= hi)
                    else f"fire time {lead / 1e9:.3f} s ahead > max_delay_us {self.timing.max_delay_us:g}")
             return FireRecord(idx, at, 0, lead / 1000.0, width, False, False, f"refused: {why}", self.device)
+        end = at + round(width * 1000)
+        if self.acks:
+            # awaited before the command goes: the device's refusal (ERR 3, queue full) can reach
+            # the reader thread before _do_fire returns, and found nothing to take off the list,
+            # so the refused pulse was later counted as unacknowledged too
+            with self._pending_lock:
+                self._pending[idx] = end + round(self.ack_timeout_s * 1e9)
         try:
             sent_ns, delay_us = self._do_fire(idx, at, width)
         except Exception as err:  # whatever the device or its driver raised: the run must go on
+            if self.acks:
+                with self._pending_lock:
+                    self._pending.pop(idx, None)
             self.failed += 1
             self._set_unavailable(f"{type(err).__name__}: {err}")
             return FireRecord(idx, at, 0, lead / 1000.0, width, False, False, f"unavailable: {self.error}",
                               self.device)
         self.fired += 1
-        end = at + round(width * 1000)
         if end > self._last_pulse_end_ns:
             self._last_pulse_end_ns = end
-        if self.acks:
-            with self._pending_lock:
-                self._pending[idx] = end + round(self.ack_timeout_s * 1e9)
         return FireRecord(idx, at, sent_ns, delay_us, width, False, True, "", self.device)
 
     def settle(self, timeout_s: float = 5.0) -> list[Ack]:
@@ -300,10 +312,18 @@ class Trigger(ABC):
                 for k in overdue:
                     del self._pending[k]
                 self.unacked += len(overdue)
+            if out:
+                self._unacked_in_row = 0
             if overdue:
+                self._unacked_in_row += len(overdue)
                 self._forget(overdue)
                 self._log.log(logging.WARNING, "no ack", "%s trigger: no ack for %d pulse(s), e.g. cell %d", self.backend,
                               len(overdue), overdue[0])
+                if self._unacked_in_row >= self.unacked_fault_after and self.available:
+                    self._set_unavailable(
+                        f"the device acknowledged none of the last {self._unacked_in_row} pulses within "
+                        f"{self.ack_timeout_s:g} s of their end: it may have hung, been reset or lost power "
+                        "(whether those pulses came out is not known)")
         return out
 
     def drain_reports(self) -> list[DeviceReport]:

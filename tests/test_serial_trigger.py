@@ -205,6 +205,32 @@ def test_a_device_that_stops_reading_fails_the_write_instead_of_hanging(emu):
             os.kill(emu.process.pid, signal.SIGCONT)
 
 
+def test_a_device_that_stops_acknowledging_is_taken_as_hung(emu):
+    # a crashed sketch behind a USB bridge: the port stays open and takes the bytes, but no pulse
+    # is acknowledged. The run went on "firing" into it, reported the trigger ok and exited 0
+    with _open(emu.port) as trig:
+        at = time.monotonic_ns() + 20 * MS
+        assert trig.fire(FireRequest(0, at, 100.0)).ok
+        assert len(_wait_acks(trig, 1)) == 1  # a working device first
+        os.kill(emu.process.pid, signal.SIGSTOP)
+        try:
+            n = trig.unacked_fault_after
+            at = time.monotonic_ns() + 20 * MS
+            assert all(trig.fire(FireRequest(i, at + i * MS, 100.0)).ok for i in range(1, n))
+            time.sleep(trig.ack_timeout_s + 0.2)
+            trig.drain_acks()
+            assert trig.unacked == n - 1 and trig.available  # one short of the limit: a lost ack or two is not a fault
+            assert trig.fire(FireRequest(n, time.monotonic_ns() + 20 * MS, 100.0)).ok
+            time.sleep(trig.ack_timeout_s + 0.2)
+            trig.drain_acks()
+            st = trig.status()
+            assert st.unacked == n and not st.available and trig.faulted
+            assert f"none of the last {n} pulses" in st.error
+            assert trig.fire(FireRequest(99, time.monotonic_ns() + AHEAD, 100.0)).unavailable
+        finally:
+            os.kill(emu.process.pid, signal.SIGCONT)
+
+
 def test_a_port_without_the_firmware_fails_the_handshake_in_time():
     master, slave = os.openpty()  # nothing answers on the other end
     try:
@@ -590,6 +616,8 @@ def test_a_run_records_every_pulse_the_device_refused_and_when_it_fired(tmp_path
     assert len(refused) == len(refused_by_device) == st.device_refused == stored.counters["device_refused"]
     assert not (acked & refused)
     assert set(fired.tolist()) == acked | refused  # every fired cell is accounted for, one way or the other
+    # and counted once: a refusal that came back before fire() returned was counted as unacked too
+    assert st.unacked == stored.counters["unacked"] == 0 and st.fired == len(acked) + len(refused)
     assert len(acked) == len(pulses)
     assert all(b"queue" in m.lower() for m in reports["message"][reports["kind"] == REPORT_KINDS["refused"]])
     assert "device refused" in st.line()
