@@ -86,8 +86,17 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
     from hardware.trigger import make_trigger
     from mimlsort.errors import ConfigError
 
+    if args.count < 1:
+        raise ConfigError("--count", f"must be >= 1, got {args.count}")
+    if not (args.interval >= 0):
+        raise ConfigError("--interval", f"must be >= 0 s, got {args.interval}")
+    if args.delay is not None and not (args.delay > 0):
+        raise ConfigError("--delay", f"must be > 0 µs, got {args.delay}")
+    if not (args.width > 0):
+        raise ConfigError("--width", f"must be > 0 µs, got {args.width}")
     settings = _settings(args.set)
-    timing = TimingSettings(pulse_width_us=args.width, min_lead_us=min(300.0, args.delay / 2))
+    lead = 300.0 if args.delay is None else min(300.0, args.delay / 2)
+    timing = TimingSettings(pulse_width_us=args.width, min_lead_us=lead)
     if args.config is not None:  # the trigger a run configuration would use, --set on top
         from dataclasses import replace
 
@@ -97,7 +106,8 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
         args.device = args.device or cfg.backend
         if args.device == cfg.backend:
             settings = {**cfg.table, **settings}
-        timing = replace(cfg.timing, pulse_width_us=args.width, min_lead_us=min(cfg.timing.min_lead_us, args.delay / 2))
+        timing = replace(cfg.timing, pulse_width_us=args.width,
+                         min_lead_us=min(cfg.timing.min_lead_us, lead) if args.delay is not None else cfg.timing.min_lead_us)
     if not args.device:
         raise ConfigError("--device", "name a trigger backend (or give --config RUN.toml)")
     resources = {}
@@ -123,14 +133,19 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
         for i in range(args.count):
             if i:
                 time.sleep(args.interval)
-            rec = trig.test_fire(args.width, args.delay)
+            delay = args.delay if args.delay is not None else trig.default_test_delay_us()
+            rec = trig.test_fire(args.width, delay)
             records.append(rec)
             state = "sent" if rec.ok else ("LATE" if rec.late else "FAILED")
-            print(f"pulse {i + 1}/{args.count}: {state}  delay {rec.delay_us:.0f} µs  width {rec.width_us:g} µs"
+            # the device's own delay counts from the command's arrival: shorter than asked by the
+            # time on the link (it read as if the pulse came early)
+            device = f" (the device counts {rec.delay_us:.0f} µs from the command's arrival)" \
+                if rec.ok and abs(rec.delay_us - delay) > 1 else ""
+            print(f"pulse {i + 1}/{args.count}: {state}  in {delay:.0f} µs{device}  width {rec.width_us:g} µs"
                   + (f"  ({rec.error})" if rec.error else ""))
         acks = []
         if trig.acks:
-            deadline = time.monotonic() + args.delay / 1e6 + args.width / 1e6 + 1.0
+            deadline = time.monotonic() + delay / 1e6 + args.width / 1e6 + 1.0
             while len(acks) < sum(r.ok for r in records) and time.monotonic() < deadline:
                 acks += trig.drain_acks()
                 time.sleep(0.01)
@@ -163,7 +178,8 @@ def register(subparsers) -> None:
     sp.add_argument("--count", type=int, default=1, help="pulses to fire")
     sp.add_argument("--interval", type=float, default=0.5, help="seconds between pulses")
     sp.add_argument("--width", type=float, default=1000.0, help="pulse width (µs)")
-    sp.add_argument("--delay", type=float, default=2000.0, help="delay from command to pulse (µs)")
+    sp.add_argument("--delay", type=float, help="from now to the pulse (µs; default: 2 × the min lead, at least "
+                    "1 ms, after the command can have reached the device)")
     sp.add_argument("--camera", default="basler", help="camera backend whose output line fires (camera-line)")
     sp.add_argument("--emulate", action="store_true", help="serial: talk to the device emulator on a pseudo-terminal")
     sp.set_defaults(func=cmd_trigger_test)

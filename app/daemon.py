@@ -83,12 +83,23 @@ class StatusServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        if self._thread.is_alive():  # shutdown() waits for a serve_forever that was never started
+            self._server.shutdown()
         self._server.server_close()
 
 
-def _file_handler(path: Path) -> logging.Handler:
-    h = logging.FileHandler(path, encoding="utf-8")
+def _file_handler(folder: Path, name: str) -> logging.Handler:
+    """The run's log file ``daemon.log_file`` (relative to the output folder, which it may name
+    subfolders of); one that cannot be written is a configuration error naming the key."""
+    path = folder / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        h = logging.FileHandler(path, encoding="utf-8")
+    except OSError as err:
+        raise ConfigError("daemon.log_file", f"{path}: cannot be written: {err.strerror or err}") from err
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     h.setLevel(logging.INFO)
     return h
@@ -110,9 +121,25 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     the status instead of the status lines."""
     out = out if out is not None else sys.stderr
     folder = Path(folder or cfg.output.folder).expanduser()
-    make_output_folder(folder, option="output.folder / --out-dir")
+    latest: dict = {"state": "starting"}
+    server = None
+    if cfg.daemon.http_port:
+        # before the camera, model and files are opened (the output folder and log too): a port
+        # in use is a configuration error (exit 2), not a run that starts and then fails; and
+        # "starting" is served
+        try:
+            server = StatusServer(cfg.daemon.http_port, lambda: latest)
+        except OSError as err:
+            raise ConfigError("daemon.http_port", f"cannot serve the status on 127.0.0.1:{cfg.daemon.http_port}: "
+                              f"{err.strerror or err}") from err
+    try:
+        make_output_folder(folder, option="output.folder / --out-dir")
+        handler = _file_handler(folder, cfg.daemon.log_file) if cfg.daemon.log_file else None
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     root = logging.getLogger()
-    handler = _file_handler(folder / cfg.daemon.log_file) if cfg.daemon.log_file else None
     if handler is not None:
         root.addHandler(handler)
         if root.level > logging.INFO or root.level == logging.NOTSET:
@@ -149,17 +176,8 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
 
     show = None
     run = None
-    server = None
-    latest: dict = {"state": "starting"}
     try:
-        if cfg.daemon.http_port:
-            # before the camera, model and files are opened: a port in use is a configuration
-            # error (exit 2), not a run that starts and then fails; and "starting" is served
-            try:
-                server = StatusServer(cfg.daemon.http_port, lambda: latest)
-            except OSError as err:
-                raise ConfigError("daemon.http_port", f"cannot serve the status on 127.0.0.1:{cfg.daemon.http_port}: "
-                                  f"{err.strerror or err}") from err
+        if server is not None:
             server.__enter__()
         run = build_run(cfg, folder=folder, events_path=events_path, lossless=lossless, trigger=trigger)
         try:

@@ -74,15 +74,40 @@ def preflight(cfg: RunConfig) -> list[str]:
         s = cfg.camera.backend_settings()
         open_source(s.path, s.skip_duplicate_frames).close()
         checked.append(f"recording {s.path}")
-    key = TRIGGER_ADDRESS.get(cfg.trigger.backend)
-    if key and not getattr(cfg.trigger.backend_settings(), key):
-        raise ConfigError(f"trigger.{cfg.trigger.backend}.{key}", "not given: the trigger cannot be opened without it")
+    backend = cfg.trigger.backend
+    key = TRIGGER_ADDRESS.get(backend)
+    address = getattr(cfg.trigger.backend_settings(), key) if key else None
+    if key and not address:
+        raise ConfigError(f"trigger.{backend}.{key}", "not given: the trigger cannot be opened without it")
+    if backend == "serial" and os.name == "posix" and address.startswith("/") and not os.path.exists(address):
+        raise ConfigError("trigger.serial.port", f"{address}: no such device (is it plugged in? `mimlsort trigger list` "
+                          "shows the serial ports)")
+    if backend == "camera-line":
+        from acquisition.camera import camera_class
+
+        if not hasattr(camera_class(cfg.camera.backend), "set_feature"):
+            raise ConfigError("trigger.backend", f"camera-line fires the camera's own output line: the "
+                              f"{cfg.camera.backend} camera has none (basler, genicam)")
+    if backend not in ("null", "log", "camera-line"):
+        from hardware.trigger import make_trigger
+
+        make_trigger(backend, cfg.trigger.backend_settings(), cfg.trigger.timing)  # its own checks; nothing opens
+    checked.append(f"trigger {backend}" + (f" at {address}" if address else "") + " (not opened)")
     folder = Path(cfg.output.folder).expanduser().absolute()
+    _check_writable(folder, "output.folder")
+    checked.append(f"output folder {folder}")
+    if cfg.daemon.log_file:
+        _check_writable((folder / cfg.daemon.log_file).parent, "daemon.log_file")
+    return checked
+
+
+def _check_writable(folder: Path, key: str) -> None:
+    """``folder`` exists as a writable folder or can be made (its nearest existing ancestor is one)."""
+    import os
+
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError("output.folder", f"{folder}: cannot be made or written ({existing} is not a writable folder)")
-    checked.append(f"output folder {folder}")
-    return checked
+        raise ConfigError(key, f"{folder}: cannot be made or written ({existing} is not a writable folder)")
 
 
 def file_sha256(path: Path) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from hardware.timing import DeviceClock
 from hardware.trigger import Trigger
-from mimlsort.errors import BackendUnavailable, DeviceError
+from mimlsort.errors import BackendUnavailable, ConfigError, DeviceError
 from mimlsort.settings import require
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,12 @@ class SerialTrigger(Trigger):
 
     def __init__(self, settings=None, timing=None):
         super().__init__(settings, timing)
+        if self.timing.max_delay_us > MAX_DELAY_US:
+            # the protocol carries delays (and FIREAT due times) of at most 10 s: a longer one was
+            # sent as 10 s, and the pulse came early, recorded as fired on time
+            raise ConfigError("trigger.timing.max_delay_us",
+                              f"{self.timing.max_delay_us:g} µs is more than the serial protocol carries "
+                              f"({MAX_DELAY_US} µs, hardware/firmware/PROTOCOL.md)")
         self._port = None
         self._fd: int | None = None
         self._reader: threading.Thread | None = None

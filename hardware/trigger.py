@@ -334,12 +334,18 @@ class Trigger(ABC):
         return out
 
     def test_fire(self, width_us: float | None = None, delay_us: float | None = None) -> FireRecord:
-        """Fire one pulse now (plus ``delay_us``, default 2 × min lead) for checking the wiring."""
+        """Fire one pulse now (plus ``delay_us``) for checking the wiring. The default delay is 2 ×
+        the min lead (at least 1 ms) after the command can have reached the device: a serial link
+        at 115200 baud takes ~1.9 ms for the command, and a fixed 1–2 ms was always "late" there."""
         if not self.is_open:
             raise StateError(f"{self.backend} trigger is not open")
-        delay = delay_us if delay_us is not None else max(2 * self.timing.min_lead_us, 1000.0)
+        delay = delay_us if delay_us is not None else self.default_test_delay_us()
         req = FireRequest(-1, time.monotonic_ns() + round(delay * 1000), width_us or self.timing.pulse_width_us)
         return self.fire(req)
+
+    def default_test_delay_us(self) -> float:
+        """The delay :meth:`test_fire` uses unless given one (µs)."""
+        return max(2 * self.timing.min_lead_us, 1000.0) + self._link_busy_ns() / 1000.0
 
     #: whether a run may poll the device while it sorts (``poll``). Not where polling holds the
     #: lock a pulse needs (VISA: an error-queue query takes the bus for milliseconds, and a cell

@@ -100,6 +100,15 @@ def test_unreadable_files_are_named(tmp_path):
     ({"camera": {"backend": "replay", "replay": {"path": "/nonexistent.rtdc"}}}, "/nonexistent.rtdc does not exist"),
     ({"trigger": {"backend": "serial"}}, "trigger.serial.port: not given"),
     ({"trigger": {"backend": "visa"}}, "trigger.visa.resource: not given"),
+    # said "valid" (an auditor's findings): a port that is not there, an output line the camera
+    # does not have, a delay the serial protocol cannot carry (sent as 10 s: the pulse came early),
+    # a log file in a folder that cannot be made (the run failed with exit 1, naming no key)
+    ({"trigger": {"backend": "serial", "serial": {"port": "/dev/mimlsort-no-such-tty"}}},
+     "trigger.serial.port: /dev/mimlsort-no-such-tty: no such device"),
+    ({"trigger": {"backend": "camera-line"}}, "trigger.backend: camera-line fires the camera's own output line"),
+    ({"trigger": {"backend": "serial", "serial": {"port": "/dev/null"}, "timing": {"max_delay_us": 30e6}}},
+     "trigger.timing.max_delay_us: 3e+07 µs is more than the serial protocol carries"),
+    ({"daemon": {"log_file": "/dev/null/x.log"}}, "daemon.log_file: /dev/null: cannot be made"),
 ])
 def test_preflight_finds_what_a_run_would_refuse_at_its_start(data, message, tmp_path):
     # valid as a configuration, but a run would stop at once: `config --check` must say so

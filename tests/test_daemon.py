@@ -385,6 +385,22 @@ def test_a_status_port_in_use_is_refused_before_the_run_opens_anything(tmp_path)
     assert p.returncode == 2, err
     assert f"daemon.http_port: cannot serve the status on 127.0.0.1:{port}" in err
     assert "opened synthetic camera" not in err and not list((tmp_path / "out").glob("*.rtdc"))
+    assert not (tmp_path / "out").exists()  # nor the output folder and an empty mimlsort.log
+
+
+def test_the_log_file_may_be_in_a_subfolder_and_a_bad_one_names_the_key(tmp_path):
+    # `daemon.log_file = "logs/run.log"` failed with a bare "No space…/No such file" and exit 1
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=0.3, extra='log_file = "logs/run.log"')
+    p = mimlsort("run", "--config", str(cfg))
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err
+    assert "run completed" in (tmp_path / "out" / "logs" / "run.log").read_text()
+    (tmp_path / "plain").write_text("")
+    cfg = write_config(tmp_path / "run2.toml", tmp_path / "out", seconds=0.3,
+                       extra=f'log_file = "{tmp_path / "plain" / "run.log"}"')
+    p = mimlsort("run", "--config", str(cfg))
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 2 and "daemon.log_file:" in err and "plain" in err, err
 
 
 def _children(pid: int) -> list[int]:

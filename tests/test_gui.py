@@ -993,3 +993,37 @@ def test_finished_cell_labels_do_not_print_over_one_another(qtbot):
     assert all(b - a >= 0.99 * line for a, b in zip(ys, ys[1:]))  # no two on one line
     assert pos[0][1] == pytest.approx(35.0 / PX)  # the newest stays at its cell
     assert pos[1][1] == pytest.approx(23.9 / PX)  # and so does the newest of the three together
+
+
+def test_test_fire_at_idle_says_when_no_pulse_went_and_lets_a_serial_one_out(qtbot, tmp_path):
+    """The status bar said "test pulse sent" for a pulse that was late or refused; and a serial
+    device opened for one test pulse was closed (disarmed) before its pulse was due."""
+    pytest.importorskip("serial", reason="pyserial not installed (mimlsort[serial])")
+    from app.gui.main import demo_config
+    from app.gui.main_window import MainWindow
+    from app.gui.qt import QtCore, Qt
+    from app.session import with_changes
+    from tests.sim.trigger_emulator import emulated_port
+
+    settings = QtCore.QSettings(str(tmp_path / "gui.ini"), QtCore.QSettings.Format.IniFormat)
+    # a fire time further ahead than max_delay_us is refused before anything is sent
+    cfg = with_changes(demo_config(tmp_path, model="none"),
+                       trigger={"timing.min_lead_us": 100.0, "timing.max_delay_us": 500.0})
+    win = MainWindow(config=cfg, config_path=tmp_path / "run.toml", settings=settings, save_on_close=False)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.mouseClick(win.controls.test_fire_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(win.errors) or win.test_pulses > 0, timeout=10000)
+    assert win.test_pulses == 0 and "test pulse not sent" in win.errors[-1] and "max_delay_us" in win.errors[-1]
+    assert not (tmp_path / "pulses.csv").exists() or len((tmp_path / "pulses.csv").read_text().splitlines()) <= 1
+    win.close()
+    with emulated_port(tmp_path / "device.tsv") as emu:
+        cfg = with_changes(demo_config(tmp_path, model="none"), trigger={"backend": "serial", "serial.port": emu.port})
+        win = MainWindow(config=cfg, config_path=tmp_path / "run.toml", settings=settings, save_on_close=False)
+        qtbot.addWidget(win)
+        win.show()
+        qtbot.mouseClick(win.controls.test_fire_btn, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: bool(win.errors) or win.test_pulses > 0, timeout=15000)
+        assert win.test_pulses == 1 and not win.errors
+        win.close()
+    assert len(emu.records("pulse")) == 1  # it came out before the device was disarmed

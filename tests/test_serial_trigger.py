@@ -508,6 +508,24 @@ def test_cli_test_fires_against_the_emulator_and_lists_backends(capsys):
     assert "cannot open /dev/mimlsort-none" in capsys.readouterr().err
 
 
+def test_test_pulses_at_the_default_settings_come_out(tmp_path, capsys):
+    # the wiring check the protocol doc prescribes, at the default settings (a real UART's wire
+    # time subtracted): the fixed 2 ms default left ~0.1 ms after the ~1.9 ms a command takes at
+    # 115200 baud, under the 300 µs min lead, and every pulse was "LATE", exit code 1
+    from app.cli import main
+
+    with emulated_port(tmp_path / "device.tsv") as emu:
+        assert main(["trigger", "test", "--device", "serial", "--set", f"port={emu.port}", "--count", "3",
+                     "--interval", "0.05"]) == 0
+        out = capsys.readouterr().out
+        assert out.count(": sent ") == 3 and "LATE" not in out and out.count("ack: device time") == 3, out
+        assert "the device counts" in out  # the device's delay is told apart from the one asked for
+        for bad in (["--count", "-3"], ["--interval", "-1"], ["--delay", "-5"]):
+            assert main(["trigger", "test", "--device", "serial", "--set", f"port={emu.port}", *bad]) == 2
+            assert bad[0] in capsys.readouterr().err
+    assert len(emu.records("pulse")) == 3
+
+
 def test_bench_serial_jitter_reports_every_pulse():
     from hardware.bench import bench_serial_jitter
 

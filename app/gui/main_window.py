@@ -377,11 +377,17 @@ class MainWindow(QtWidgets.QMainWindow):
             from hardware.trigger import make_trigger
 
             with make_trigger(cfg.trigger.backend, cfg.trigger.backend_settings(), cfg.trigger.timing) as trig:
-                return trig.test_fire()
+                rec = trig.test_fire()
+                if rec.ok:  # closing disarms the device: its pulse would be dropped
+                    trig.settle(timeout_s=2.0)
+                return rec
 
         def sent(rec: Any) -> None:
-            self.test_pulses += 1
             where = "the running trigger" if run_trigger is not None else f"the {cfg.trigger.backend} trigger"
+            if not getattr(rec, "ok", True):  # it said "sent" for a pulse that was late or refused
+                self.show_error(f"test pulse not sent through {where}: {getattr(rec, 'error', '') or 'failed'}")
+                return
+            self.test_pulses += 1
             self.statusBar().showMessage(f"test pulse sent through {where}", MESSAGE_MS)
 
         self.controller.submit(fire, sent)
