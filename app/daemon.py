@@ -233,9 +233,19 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
                 f"handed to it", out)
             if code == 0:
                 code = EXIT_TRIGGER_FAULT
-        if st.device_refused or st.unacked:
-            say(f"the trigger device did not output {st.device_refused} pulse(s) it was handed (refused) and did "
-                f"not confirm {st.unacked}: see /mimlsort/device_reports and the acks in the event file", out)
+        if st.device_errors or st.device_refused or st.unacked:
+            parts = [f"reported {st.device_errors} error(s)"] if st.device_errors else []
+            if st.device_refused:
+                parts.append(f"did not output {st.device_refused} pulse(s) it was handed (refused)")
+            if st.unacked:
+                parts.append(f"did not confirm {st.unacked} pulse(s)")
+            last = getattr(run.trigger, "error", "") if st.device_errors else ""
+            say("the trigger device " + ", ".join(parts) + (f" (last: {last})" if last else "")
+                + ": see the log, /mimlsort/device_reports and the acks in the event file", out)
+            # an instrument that ignored its triggers, a device that refused pulses: cells decided as
+            # fired were not all sorted (a run like that ended "completed", exit code 0)
+            if (st.device_errors or st.device_refused) and code == 0:
+                code = EXIT_TRIGGER_FAULT
         if run.abandoned:
             say(f"event writer abandoned: {run.abandoned}; {run.events_path} holds what it flushed "
                 f"before", out)

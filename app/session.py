@@ -257,8 +257,8 @@ class Run:
                     writer.add_device_reports(reports)
                 errors, available = getattr(trig, "device_errors", 0), not getattr(trig, "faulted", False)
                 if writer is not None and hasattr(writer, "log") and (errors or not available):
-                    writer.log(f"trigger {'ok' if available else 'UNAVAILABLE'} at the end of the run: {errors} device "
-                               f"error(s), {getattr(trig, 'device_refused', 0)} pulse(s) refused; last error: "
+                    writer.log(f"trigger {'available' if available else 'UNAVAILABLE'} at the end of the run; during it "
+                               f"{errors} device error(s), {getattr(trig, 'device_refused', 0)} pulse(s) refused; last error: "
                                f"{getattr(trig, 'error', '')} ({getattr(trig, 'device', '?')})")
             except Exception as e:
                 log.error("waiting for the trigger's last pulses failed: %s", e)

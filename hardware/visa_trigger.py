@@ -9,8 +9,8 @@ generators (Rigol DG, Siglent SDG in SCPI mode, Tektronix AFG31000) accept the s
 only the command strings below changed.
 
 The error queue is read after configuring, on ``test_fire``, from ``status()`` (at most once
-per ``poll_interval_s``) and when a run settles after its last pulse — never while a run sorts,
-where a query holds the bus a pulse needs.
+per ``poll_interval_s``) and when a run settles after its last pulse; while a run sorts only
+with ``check_errors_during_run`` (a query holds the bus a pulse needs).
 """
 
 from __future__ import annotations
@@ -66,6 +66,10 @@ class VisaSettings:
     reset: bool = True  # *RST;*CLS before configuring
     timeout_ms: int = 500
     poll_interval_s: float = 1.0
+    # read the error queue every poll_interval_s while a run sorts too: an instrument that ignores
+    # its triggers is found within a second, not when the run ends; a cell decided during the
+    # query waits one SCPI round trip (counted late if its fire time passes meanwhile)
+    check_errors_during_run: bool = False
 
     def __post_init__(self):
         require(self.channel in (1, 2, 3, 4), "channel", f"must be 1..4, got {self.channel}")
@@ -94,6 +98,7 @@ class VisaTrigger(Trigger):
         self._last_poll = 0.0
         self._scheduler: PulseScheduler | None = None
         self.acks = self.settings.timed_by == "host"
+        self.poll_during_run = self.settings.check_errors_during_run
         self.idn = ""
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -173,7 +178,9 @@ class VisaTrigger(Trigger):
         self._close_session()
 
     # -- errors ----------------------------------------------------------------------------------
-    def _read_errors(self, limit: int = 20) -> list[str]:
+    def _read_errors(self, limit: int = 1000) -> list[str]:
+        # to the end of the queue (the instrument's own holds 20–30 entries and then says -350
+        # "queue overflow"; a limit of 20 left a full queue's last entries for the next read)
         out = []
         for _ in range(limit):
             reply = self._inst.query("SYST:ERR?").strip()
@@ -187,6 +194,8 @@ class VisaTrigger(Trigger):
         """Empty the instrument's error queue; every entry is also counted and logged."""
         with self._lock:
             errors = self._read_errors()
+            if errors:  # a width it rejected is not the width it has: the next pulse sends it again
+                self._width_us = math.nan
         for e in errors:
             self._device_error(f"instrument error {e}")
         return errors

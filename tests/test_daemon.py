@@ -372,6 +372,38 @@ threshold = 0.0"""))
     assert "the trigger failed during the run" in err and "were not sorted" in err
 
 
+def test_pulses_the_device_refused_end_the_daemon_with_the_trigger_exit_code(tmp_path):
+    """A device whose pulse queue holds one pulse, with a long way to the junction: most commands
+    are refused (ERR 3). Those cells were recorded as fired and not sorted; the run ended
+    "completed" with exit code 0, and its last words said "did not output 0 pulse(s)" of others."""
+    pytest.importorskip("serial")
+    from tests.sim.trigger_emulator import emulated_port
+
+    with emulated_port(tmp_path / "device.tsv", "--queue", "1") as emu:
+        cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=2.0)
+        cfg.write_text(cfg.read_text().replace('[trigger]\nbackend = "null"', f"""[trigger]
+backend = "serial"
+[trigger.serial]
+port = "{emu.port}"
+compensate_transmission = false
+[trigger.timing]
+distance_to_junction_um = 400.0
+offset_us = 7000.0
+[sorting]
+mode = "yield"
+threshold = 0.0"""))
+        p = mimlsort("run", "--config", str(cfg))
+        try:
+            out, err = p.communicate(timeout=180)
+        finally:
+            p.kill()
+        refused = [e for e in emu.records("err") if e[1] == "3"]
+    assert len(refused) > 3
+    assert p.returncode == 3, err[-3000:]
+    assert f"the trigger device reported {len(refused)} error(s), did not output {len(refused)} pulse(s)" in err, err[-2000:]
+    assert "did not confirm" not in err  # none went unanswered: refused ones are not also "unacked"
+
+
 def test_a_status_port_in_use_is_refused_before_the_run_opens_anything(tmp_path):
     """A second daemon on the same daemon.http_port opened the camera and trigger, started, then
     failed with a bare 'Address already in use' and left an empty event file."""

@@ -83,6 +83,22 @@ def test_a_run_reads_the_error_queue_once_its_last_pulse_is_out():
         assert trig.device_errors == 1 and "-100" in trig.error and trig.available
 
 
+def test_every_error_in_the_queue_is_counted_and_a_run_may_read_them_as_it_sorts():
+    # 25 rejected commands: a read that stopped at 20 left the rest for the next read, and a run
+    # ended saying "20 device errors" where the instrument had ignored 292 triggers
+    with _trigger(poll_interval_s=3600.0) as trig:
+        assert not trig.poll_during_run  # the default: the bus stays free while cells are sorted
+        for i in range(25):  # two widths out of range in turn: each fire sends its width again
+            assert trig.fire(FireRequest(i, time.monotonic_ns() + 50 * MS + i * MS, 200_000.0 + i % 2)).ok
+        trig.settle(timeout_s=2.0)
+        assert trig.device_errors >= 25 and trig.check_errors() == []
+    with _trigger(poll_interval_s=0.0, check_errors_during_run=True) as trig:
+        assert trig.poll_during_run  # what the pipeline asks before polling a trigger mid-run
+        assert trig.fire(FireRequest(1, time.monotonic_ns() + AHEAD, 200_000.0)).ok
+        trig.poll()
+        assert trig.device_errors == 1 and "-100" in trig.error
+
+
 def test_configuration_out_of_range_fails_open_with_the_instruments_errors():
     with pytest.raises(DeviceError, match="rejected the burst configuration.*-100"):
         _trigger(high_v=8.0).open()
