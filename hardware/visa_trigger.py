@@ -66,10 +66,9 @@ class VisaSettings:
     reset: bool = True  # *RST;*CLS before configuring
     timeout_ms: int = 500
     poll_interval_s: float = 1.0
-    # read the error queue every poll_interval_s while a run sorts too: an instrument that ignores
-    # its triggers is found within a second, not when the run ends; a cell decided during the
-    # query waits one SCPI round trip (counted late if its fire time passes meanwhile)
-    check_errors_during_run: bool = False
+    # an instrument that ignores its triggers is then found within a second, not when the run
+    # ends; a cell decided during the query waits one SCPI round trip (late if its time passes)
+    check_errors_during_run: bool = False  # read the error queue every poll_interval_s while sorting too
 
     def __post_init__(self):
         require(self.channel in (1, 2, 3, 4), "channel", f"must be 1..4, got {self.channel}")
