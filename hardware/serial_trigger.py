@@ -269,10 +269,13 @@ class SerialTrigger(Trigger):
         # A UART carries ~baud/10 bytes/s (115200: ~500 FIRE lines/s); a command queued behind
         # others arrives late, and the device counts its delay from arrival, so the pulse would
         # be late by the backlog with nothing to tell. Such a command is not sent (counted late).
+        # the configured link latency as well: the delay sent is shortened by it, and a command
+        # with less time left than that was sent with delay 0 and recorded as on time
+        latency = round(self.settings.link_latency_us * 1000)
         if not self._byte_us:
-            return 0
+            return latency
         backlog = max(0, self._wire_free_ns - time.monotonic_ns())
-        return backlog + round(_TYPICAL_FIRE_BYTES * self._byte_us * 1000)
+        return latency + backlog + round(_TYPICAL_FIRE_BYTES * self._byte_us * 1000)
 
     def _do_poll(self) -> None:
         """Clock mode: keep the clocks related while no cells are fired (delay mode takes its

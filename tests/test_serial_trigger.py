@@ -274,6 +274,17 @@ def test_commands_the_link_cannot_deliver_in_time_are_late_not_sent(emu):
     assert int(fires[0][2]) - int(fires[1][2]) >= 15_000
 
 
+def test_a_fire_time_nearer_than_the_link_latency_is_late_not_sent(emu):
+    # link_latency_us is subtracted from every delay: with less time left than that, the command
+    # went out with delay 0 and was recorded as on time, its pulse ~2 ms late
+    with _open(emu.port, link_latency_us=5000.0) as trig:
+        rec = trig.fire(FireRequest(1, time.monotonic_ns() + 3 * MS, 100.0))
+        assert rec.late and not rec.ok and "link to the device is busy" in rec.error
+        ok = trig.fire(FireRequest(2, time.monotonic_ns() + 20 * MS, 100.0))
+        assert ok.ok and 10_000 < ok.delay_us < 15_000  # the latency taken off the delay
+        assert len(_wait_acks(trig, 1)) == 1
+
+
 # -- the firmware itself: built for this PC against tests/sim/arduino_shim, and for an Uno --------
 # (avr-gcc, the Arduino AVR core) run cycle by cycle in simavr, where the toolchain is installed
 # (`make test` installs it on Debian/Ubuntu when it can).
