@@ -172,7 +172,9 @@ class Status:
                 f"missed {self.frames_missed} camdrop {self.camera_dropped} cells {self.cells} ({self.cells_per_s:.0f}/s) "
                 f"{cls} fired {self.fired} late {self.late} lat p50/p99 {lat} queue {self.storage_queue} "
                 + ("" if self.trigger_ok else "TRIGGER FAULT ")
+                + (f"device errors {self.device_errors} " if self.device_errors else "")
                 + (f"device refused {self.device_refused} " if self.device_refused else "")
+                + (f"device late {self.device_late} " if self.device_late else "")
                 + (f"unacked {self.unacked} " if self.unacked else "")
                 + (f"decide queue {self.decide_queue} waits {self.decide_waits} " if self.decide_waits else "")
                 + (f"images shed {self.images_shed} (backlog {self.storage_backlog_mb:.0f}MB) " if self.images_shed else "")

@@ -649,7 +649,7 @@ def test_a_run_records_every_pulse_the_device_refused_and_when_it_fired(tmp_path
     assert st.unacked == stored.counters["unacked"] == 0 and st.fired == len(acked) + len(refused)
     assert len(acked) == len(pulses)
     assert all(b"queue" in m.lower() for m in reports["message"][reports["kind"] == REPORT_KINDS["refused"]])
-    assert "device refused" in st.line()
+    assert "device refused" in st.line() and f"device errors {st.device_errors}" in st.line()
     summary = summarize(run.events_path)
     assert summary.device_refused == len(refused)
     assert f"| pulses the device refused (not output) | {len(refused)} |" in to_markdown(summary, {})
