@@ -61,7 +61,7 @@ class ReplaySettings:
 
     path: str = ""  # recording: .rtdc, multi-page .tif, video (.avi …) or a folder of images
     pixel_size_um: float | None = None  # µm per pixel, used when the recording does not say
-    fps: float | None = None  # frame rate, used when the recording does not say
+    fps: float | None = None  # frame rate, used when the recording does not say (and over a video container's rate)
     loop: bool = False  # start over at the end (ids and times keep increasing)
     realtime: bool = False  # pace frames at their recorded times instead of as fast as asked for
     speed: float = 1.0  # realtime: playback speed factor (2 = twice as fast)
@@ -93,6 +93,9 @@ class _Source:
 
     kind = "?"
     sequential = False  # True when only forward reading is efficient (video)
+    #: the recording's frame rate is a playback rate its container carries (video), not the
+    #: camera's: a high-speed camera's AVI often says 25, 30 or 100 fps. A given one wins
+    nominal_fps = False
 
     def __init__(self, path: Path):
         self.path = path
@@ -476,6 +479,7 @@ class _VideoSource(_Source):
             self.cap.release()
             raise DataFormatError(f"{path}: the video does not say how many frames it holds")
         self.fps = float(fps) if fps and math.isfinite(fps) and fps > 0 else None
+        self.nominal_fps = True
         self.model = "video " + (self.cap.getBackendName() or "")
         self._next = 1  # index of the frame the next cap.read() returns
 
@@ -586,7 +590,17 @@ class ReplayCamera(Camera):
 
     def _configure(self, src: _Source) -> CameraInfo:
         s = self.settings
-        fps = _pick(src.fps, s.fps, "fps", src.path)
+        if src.nominal_fps and src.fps is not None and s.fps is not None:
+            if not math.isclose(src.fps, s.fps, rel_tol=1e-6):
+                log.info("%s: its container says %g fps (a playback rate); the frame rate given, %g fps, is used",
+                         src.path, src.fps, s.fps)
+            fps = float(s.fps)
+        else:
+            fps = _pick(src.fps, s.fps, "fps", src.path)
+            if src.nominal_fps and fps is not None and fps < 1000:
+                log.warning("%s: the video's container says %g fps, used as the frame rate (times, speeds, transit); "
+                            "a high-speed camera's video often carries a playback rate: give the camera's frame rate "
+                            "(--fps, camera.replay.fps) if it recorded faster", src.path, fps)
         px = _pick(src.pixel_size_um, s.pixel_size_um, "pixel_size_um", src.path)
         missing = [key for key, v in (("pixel_size_um", px), ("fps", fps)) if v is None]
         if missing:

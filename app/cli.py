@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("recording", type=Path)
     sp.add_argument("--out", required=True, type=Path)
     sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say")
-    sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say")
+    sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say (a video container's rate is a playback rate: this wins over it)")
     sp.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     sp.add_argument("--threshold", type=float, help="segmentation threshold, 8-bit grey levels (< 0: darker than "
                                                      "the background, RT-DC's rule; default -6)")

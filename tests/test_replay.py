@@ -231,6 +231,21 @@ def test_ffv1_avi_is_lossless_and_says_its_frame_rate(tmp_path):
         np.testing.assert_array_equal(f.image, img)
 
 
+def test_a_given_frame_rate_wins_over_a_video_containers_playback_rate(tmp_path, caplog):
+    # a high-speed camera's AVI said 100 fps; the --fps 4000 given was ignored (a warning), and
+    # every transit time came out 40× too long: no cell passed as complete and unflagged
+    import logging
+
+    path = tmp_path / "rec.avi"
+    write_avi(path, stack(6, h=32, w=48, seed=6), "FFV1", fps=100.0)
+    info, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.34, fps=4000.0))
+    assert info.fps == 4000.0 and frames[4].timestamp_ns == 1_000_000
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        info, _ = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.34))
+    assert info.fps == 100.0 and "give the camera's frame rate" in caplog.text  # the container's, said so
+
+
 def test_mjpg_avi_replays_every_frame_close_to_the_original(tmp_path):
     path = tmp_path / "rec.avi"
     yy, xx = np.mgrid[0:32, 0:48]
