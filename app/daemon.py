@@ -210,6 +210,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             run.close()
             restore_signals()  # before the last words: a second Ctrl-C now changes nothing
         st = run.status()
+        latest = st.to_dict()  # the end as served while the last words are written (it said "stopping")
         if show is None:
             say(st.line(), out)
         else:
