@@ -132,12 +132,33 @@ def run_stem(cfg: RunConfig, folder: Path | None = None) -> str:
     return unique
 
 
-def run_index_of_day(folder: Path) -> int:
+def reserve_run_stem(cfg: RunConfig, folder: Path, suffix: str | None) -> tuple[str, Path | None]:
+    """:func:`run_stem`, with the file ``<stem><suffix>`` created empty (exclusively) so that no
+    other run takes the name; returns the stem and that file (None without ``suffix``). The run's
+    writer replaces the empty file."""
+    import os
+
+    for _ in range(100):
+        stem = run_stem(cfg, folder)
+        if suffix is None:
+            return stem, None
+        path = folder / f"{stem}{suffix}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:  # taken since run_stem looked: the next one
+            continue
+        except OSError as err:
+            raise ConfigError("output.folder", f"{path}: cannot be created: {err.strerror or err}") from err
+        return stem, path
+    raise StateError(f"{folder}: no free run name for {cfg.output.sample} after 100 tries")
+
+
+def run_index_of_day(folder: Path, own: Path | None = None) -> int:
     """The next measurement number of the day in ``folder``: 1 + the event files named with
-    today's date that it holds (dclab's ``experiment:run index``, "M3" in DCscope's list; every
-    run said 1)."""
+    today's date that it holds, but ``own`` (the run's own, already reserved) — dclab's
+    ``experiment:run index``, "M3" in DCscope's list; every run said 1."""
     day = time.strftime("_%Y%m%d-")
-    return 1 + sum(1 for p in folder.glob(f"*{day}*.rtdc") if not p.name.endswith("_raw.rtdc"))
+    return 1 + sum(1 for p in folder.glob(f"*{day}*.rtdc") if not p.name.endswith("_raw.rtdc") and p != own)
 
 
 class StopWatchdog:
@@ -448,12 +469,21 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
 
     folder = Path(folder or cfg.output.folder).expanduser()
     make_output_folder(folder, option="output.folder")
-    stem = run_stem(cfg, folder)
     classifier = open_classifier(cfg)
     policy = SortPolicy(cfg.sorting, classifier.classes) if classifier is not None else None
-    cam = camera or make_camera(cfg.camera.backend, cfg.camera.backend_settings())
-    opened: list[Any] = []
     created: list[Path] = []
+    # the name is taken by creating its file: two runs started in the same second on one folder
+    # both found the same name free (the second then failed, or both could have written one file)
+    stem, reserved = reserve_run_stem(cfg, folder, ".rtdc" if events_path is None and cfg.output.write_events
+                                      else "_raw.rtdc" if cfg.output.record_raw else None)
+    if reserved is not None:
+        created.append(reserved)
+    try:
+        cam = camera or make_camera(cfg.camera.backend, cfg.camera.backend_settings())
+    except BaseException:
+        remove_files(created)
+        raise
+    opened: list[Any] = []
     try:
         if cam.state.value == "closed":
             cam.open()
@@ -481,13 +511,13 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             from app.storage import EventWriter
 
             ev_path = Path(events_path) if events_path is not None else folder / f"{stem}.rtdc"
-            if not ev_path.exists():
+            if ev_path not in created and not ev_path.exists():
                 created.append(ev_path)
             spec_json = classifier.spec.to_json() if classifier is not None else ""
             model_path = resolve_model_path(cfg.model.path)
             meta = RunMeta(
                 pixel_size_um=px, fps=info.fps or 1.0, roi=(info.width, info.height), sample=cfg.output.sample,
-                run_index=run_index_of_day(ev_path.parent),
+                run_index=run_index_of_day(ev_path.parent, own=ev_path),
                 class_names=tuple(classifier.classes) if classifier is not None else (),
                 model_spec_json=spec_json, model_sha256=file_sha256(model_path) if model_path else "",
                 model_name=model_path.name if model_path else "", config_toml=config_to_toml(cfg),
@@ -502,9 +532,9 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             if cfg.output.writer == "process":
                 from app.writer_process import EventWriterProcess
 
-                writer = EventWriterProcess(ev_path, meta=meta, **options)
+                writer = EventWriterProcess(ev_path, meta=meta, overwrite=ev_path == reserved, **options)
             else:
-                writer = EventWriter(ev_path, meta=meta, **options)
+                writer = EventWriter(ev_path, meta=meta, overwrite=ev_path == reserved, **options)
             opened.append(writer)
             if not info.camera_clock:
                 writer.log(f"{info.backend} camera has no clock of its own: frame times are host arrival times")
@@ -514,7 +544,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             from acquisition.recording import RawRecorder
 
             raw_path = folder / f"{stem}_raw.rtdc"
-            if not raw_path.exists():
+            if raw_path not in created and not raw_path.exists():
                 created.append(raw_path)
             rec_cls = RawRecorder
             if cfg.output.recorder == "process":
@@ -524,7 +554,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
                                sample=cfg.output.sample, **setup).setup_attrs()
             # the clock is said here: the recorder child never sees the ring's flag (its file said False)
             recorder = rec_cls(raw_path, info.width, info.height, info.dtype, pixel_size_um=px, fps=info.fps,
-                               camera_clock=info.camera_clock,
+                               camera_clock=info.camera_clock, overwrite=raw_path == reserved,
                                metadata={"experiment:sample": cfg.output.sample, **raw_meta})
             recorder.__enter__()
             opened.append(recorder)

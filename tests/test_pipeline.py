@@ -757,3 +757,37 @@ def test_a_run_whose_start_fails_leaves_no_empty_event_file(tmp_path):
     with pytest.raises(ConfigError, match="ring_capacity"):
         run.start()
     assert run.closed_all and list(folder.iterdir()) == []
+
+
+def test_two_runs_that_pick_a_name_at_once_get_a_file_each(tmp_path, monkeypatch):
+    # two daemons started in the same second on one folder: both found the same name free before
+    # either had made its file (the second then failed; or both could have written one file)
+    import app.session as session
+    from app.config import config_from_mapping
+
+    folder = tmp_path / "out"
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.2, "realtime": False, "seed": 3}},
+        "model": {"path": "none"},
+        "output": {"folder": str(folder), "report": False, "sample": "twin"},
+    })
+    first = session.build_run(cfg)
+    real, calls = session.run_stem, []
+
+    def stale_first(cfg, folder=None):  # the other process looked before the first file existed
+        calls.append(1)
+        return first.events_path.stem if len(calls) == 1 else real(cfg, folder)
+
+    monkeypatch.setattr(session, "run_stem", stale_first)
+    second = session.build_run(cfg)
+    assert second.events_path != first.events_path and len(calls) == 2
+    for run in (first, second):
+        with run:
+            assert run.wait(120)
+    import dclab
+
+    for run in (first, second):
+        with dclab.new_dataset(run.events_path) as ds:
+            assert len(ds) > 0 and ds.config["experiment"]["sample"] == "twin"
+    indices = sorted(dclab.new_dataset(r.events_path).config["experiment"]["run index"] for r in (first, second))
+    assert indices == [1, 2]  # the reserved file does not count itself
