@@ -106,8 +106,10 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
         args.device = args.device or cfg.backend
         if args.device == cfg.backend:
             settings = {**cfg.table, **settings}
+        # the run's own min lead, lowered only as far as a --delay given needs
         timing = replace(cfg.timing, pulse_width_us=args.width,
-                         min_lead_us=min(cfg.timing.min_lead_us, lead) if args.delay is not None else cfg.timing.min_lead_us)
+                         min_lead_us=cfg.timing.min_lead_us if args.delay is None
+                         else min(cfg.timing.min_lead_us, args.delay / 2))
     if not args.device:
         raise ConfigError("--device", "name a trigger backend (or give --config RUN.toml)")
     resources = {}

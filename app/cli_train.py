@@ -257,6 +257,9 @@ def _recordings_confound_classes(args: argparse.Namespace) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     # without torch this raises BackendUnavailable naming the extra (mimlsort[train]) before any data is read
     from inference.training.train import train_model  # noqa: F401
+    from inference.classifier import _import_ort
+
+    _import_ort()  # the model is checked with ONNX Runtime once trained: without it the work was lost
     from inference.training.models import arch_info
     from mimlsort.errors import ConfigError, ModelError
     from mimlsort.outputs import check_folder_outputs
@@ -382,11 +385,13 @@ def _with_report(sub, full):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from inference.classifier import _import_ort
     from inference.training.data import kfold_splits
     from inference.training.evaluate import compute_metrics, evaluate, predict_onnx
     from mimlsort.outputs import check_folder_outputs
 
     _check_folds_option(args.folds)
+    _import_ort()  # before the data are loaded
     if args.model == "demo":  # the bundled model, as `replay --model demo` takes it
         from app.config import bundled_model_path
 

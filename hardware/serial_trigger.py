@@ -314,6 +314,7 @@ class SerialTrigger(Trigger):
         words = line.split(maxsplit=3)
         if not words:
             return
+        self._heard()
         if words[0] == "ACK" and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
             ident = int(words[1])
             dev_us = int(words[2])
@@ -331,6 +332,12 @@ class SerialTrigger(Trigger):
                     ident = int(ident_txt)
                     # a refused pulse will never come (and never be acked): its id is done with
                     idx = self._ids.pop(ident, ident) if code in ("3", "4") else self._ids.get(ident, ident)
+            if code == "7":  # pulses output while 16 ACKs already waited for the link: fired, not a fault
+                n = rest[2].split()[-1] if len(rest) == 3 else ""
+                self.acks_lost += int(n) if n.isdigit() else 1
+                self._log.log(logging.WARNING, "acks lost", "serial trigger %s: %s (the pulses were output; "
+                              "they will be counted unacked)", self.device, text)
+                return
             if code == "6":  # fired, but later than the device's own tolerance
                 if idx is not None:
                     self._report(idx, "late", text)

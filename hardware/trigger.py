@@ -147,9 +147,10 @@ class Trigger(ABC):
     Settings: ClassVar[type]
     acks: ClassVar[bool] = False
     ack_timeout_s: ClassVar[float] = 1.0
-    #: this many pulses in a row without their ack: the device is taken as hung (a crashed sketch
-    #: behind a USB bridge keeps the port open and takes the bytes; the run went on "firing" into
-    #: it, reported the trigger ok and ended with exit code 0)
+    #: this many pulses in a row without their ack, and nothing else heard from the device for
+    #: ``ack_timeout_s``: the device is taken as hung (a crashed sketch behind a USB bridge keeps
+    #: the port open and takes the bytes; the run went on "firing" into it, reported the trigger
+    #: ok and ended with exit code 0)
     unacked_fault_after: ClassVar[int] = 5
     #: shortest and longest pulse the output can make (µs)
     width_range_us: ClassVar[tuple[float, float]] = (1.0, 1_000_000.0)
@@ -181,7 +182,9 @@ class Trigger(ABC):
         self._pending: dict[int, int] = {}  # event_index -> time by which its ack must have come
         self._last_pulse_end_ns = 0  # when the last pulse handed to the device ends
         self._pending_lock = threading.Lock()
-        self._unacked_in_row = 0  # overdue acks since the last ack that came
+        self._unacked_in_row = 0  # overdue acks while nothing was heard from the device
+        self._last_heard_ns = 0  # when the device last said anything (an ack, a reply, an error)
+        self.acks_lost = 0  # pulses the device says it output without an ack (serial ERR 7)
         self._min_lead_ns = round(self.timing.min_lead_us * 1000)
         self._max_delay_ns = round(self.timing.max_delay_us * 1000)
 
@@ -231,6 +234,7 @@ class Trigger(ABC):
         with self._pending_lock:
             self._pending.clear()
         self._unacked_in_row = 0
+        self._last_heard_ns = time.monotonic_ns()
         return True
 
     # -- the sort path ---------------------------------------------------------------------------
@@ -308,14 +312,19 @@ class Trigger(ABC):
             with self._pending_lock:
                 for a in out:
                     self._pending.pop(a.event_index, None)
-                overdue = [k for k, deadline in self._pending.items() if deadline < now]
-                for k in overdue:
+                due = [(k, deadline) for k, deadline in self._pending.items() if deadline < now]
+                for k, _ in due:
                     del self._pending[k]
-                self.unacked += len(overdue)
-            if out:
+                self.unacked += len(due)
+            overdue = [k for k, _ in due]
+            # a pulse after whose end the device said anything (other acks, ERR 7 for acks it had
+            # no room to send, a TIME reply) was not lost to a hang
+            timeout_ns = round(self.ack_timeout_s * 1e9)
+            silent = sum(self._last_heard_ns < deadline - timeout_ns for _, deadline in due)
+            if out or silent < len(due):
                 self._unacked_in_row = 0
+            self._unacked_in_row += silent
             if overdue:
-                self._unacked_in_row += len(overdue)
                 self._forget(overdue)
                 self._log.log(logging.WARNING, "no ack", "%s trigger: no ack for %d pulse(s), e.g. cell %d", self.backend,
                               len(overdue), overdue[0])
@@ -373,7 +382,12 @@ class Trigger(ABC):
         """How long a command sent now would wait for, and take on, a slow link (0: no such link)."""
         return 0
 
+    def _heard(self) -> None:
+        """The device said something (any line, any reply): it is not hung."""
+        self._last_heard_ns = time.monotonic_ns()
+
     def _ack(self, event_index: int, device_time_us: int, host_ns: int | None = None, pulse_host_ns: int = -1) -> None:
+        self._heard()
         self.acked += 1
         self._acks.append(Ack(event_index, device_time_us, host_ns if host_ns is not None else time.monotonic_ns(),
                               pulse_host_ns))

@@ -67,7 +67,8 @@ class VisaSettings:
     timeout_ms: int = 500
     poll_interval_s: float = 1.0
     # an instrument that ignores its triggers is then found within a second, not when the run
-    # ends; a cell decided during the query waits one SCPI round trip (late if its time passes)
+    # ends; a cell decided during the check waits for it: one SCPI round trip per queued error,
+    # plus one (late if its fire time passes meanwhile)
     check_errors_during_run: bool = False  # read the error queue every poll_interval_s while sorting too
 
     def __post_init__(self):

@@ -337,3 +337,19 @@ def test_whole_recordings_can_be_held_out(tmp_path, torch, capsys):
     assert "needs at least 3 recordings of every class, but class 'healthy' has 2" in capsys.readouterr().err
     assert main(["train", *data[1:], "--out", str(tmp_path / "x"), "--hold-out", "recording", "--no-progress"]) == 2
     assert "--hold-out: recording: class 'healthy' comes from 1 recording" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--simulated", "--sim-seconds", "1", "--epochs", "1"],
+    ["evaluate", "demo", "--simulated", "--sim-seconds", "1"],
+])
+def test_without_onnx_runtime_training_stops_before_it_starts(command, tmp_path, torch):
+    # ONNX Runtime is an extra (cpu or gpu) since the gpu extra installed both packages: `.[train]`
+    # alone trained for minutes, then the check of the exported model failed on the import, and
+    # both the .onnx and the checkpoint were deleted
+    code = ("import sys; sys.modules['onnxruntime'] = None; from app.cli import main; "
+            f"sys.exit(main({[*command, '--out', str(tmp_path / 'm')]!r}))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "ONNX Runtime is missing: install mimlsort[cpu]" in p.stderr
+    assert "epoch" not in p.stderr and not (tmp_path / "m").exists()  # nothing trained, nothing written

@@ -106,9 +106,9 @@ def verify_onnx(model: MimlNet, path: str | Path, *, atol: float = 1e-5, seed: i
     Checks the file as ONNX Runtime runs it for batches and, where the classifier runs single
     cells through its own CPU variant of the graph (inference.classifier._cpu_graph), that too.
     """
-    import onnxruntime as ort
+    from inference.classifier import _cpu_graph, _import_ort
 
-    from inference.classifier import _cpu_graph
+    ort = _import_ort()
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # the variant's overridable weights draw a warning that is its purpose
