@@ -248,13 +248,8 @@ class BaslerCamera(GenicamFeatures, Camera):
 
     def _configure(self) -> None:
         s = self.settings
-        self._set_roi(s, optional_offsets=False)
-        if s.exposure_us:
-            self._set_exposure(s.exposure_us)
-        self._set_trigger(s.trigger)
-        self._set_fps(s.fps)
-        for name, v in s.features.items():
-            self.set_feature(name, v)
+        # fps 0 turns the frame-rate limit off (free run)
+        self._configure_common(s, optional_offsets=False, fps_zero_frees=True)
         self._cam.MaxNumBuffer.Value = s.buffers
         if s.strategy == "latest":
             self._cam.OutputQueueSize.Value = s.buffers - 2  # leaves the engine buffers to fill meanwhile
@@ -329,6 +324,7 @@ class BaslerCamera(GenicamFeatures, Camera):
             backend=self.backend, model=self._cam.GetDeviceInfo().GetModelName(), serial=self._serial,
             width=int(self.get_feature("Width")), height=int(self.get_feature("Height")),
             dtype=dtype, bit_depth=bits, fps=fps, pixel_size_um=self.settings.pixel_size_um,
+            offset=self.offset_in_effect(), exposure_us=self.exposure_in_effect_us(),
             camera_clock=clock, id_modulus=0,  # ids are unwrapped here (see _frame_id)
         )
 

@@ -51,6 +51,8 @@ class CameraInfo:
     # source read as fast as it goes (a replay or simulation at full speed), whose clock says
     # nothing about when its frames reach the host
     clock_rate: float = 1.0
+    offset: tuple[int, int] = (0, 0)  # the ROI's offset on the sensor (px), where the camera has one
+    exposure_us: float = 0.0  # exposure time in effect (0 when unknown)
 
     def make_ring(self, capacity: int, *, shared: bool = False) -> FrameRing:
         return FrameRing(capacity, self.height, self.width, np.dtype(self.dtype), id_modulus=self.id_modulus,

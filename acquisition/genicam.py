@@ -254,15 +254,7 @@ class GenicamCamera(GenicamFeatures, Camera):
                 h.reset()
 
     def _configure(self) -> None:
-        s = self.settings
-        self._set_roi(s, optional_offsets=True)
-        if s.exposure_us:
-            self._set_exposure(s.exposure_us)
-        self._set_trigger(s.trigger)
-        if s.fps:
-            self._set_fps(s.fps)
-        for name, v in s.features.items():
-            self.set_feature(name, v)
+        self._configure_common(self.settings, optional_offsets=True, fps_zero_frees=False)
 
     def _set_exposure(self, us: float) -> float:
         for name in ("ExposureTime", "ExposureTimeAbs"):
@@ -306,6 +298,7 @@ class GenicamCamera(GenicamFeatures, Camera):
             backend=self.backend, model=str(model), serial=self._serial,
             width=int(self.get_feature("Width")), height=int(self.get_feature("Height")),
             dtype=dtype, bit_depth=bits, fps=fps, pixel_size_um=self.settings.pixel_size_um,
+            offset=self.offset_in_effect(), exposure_us=self.exposure_in_effect_us(),
             camera_clock=camera_clock, id_modulus=self.settings.id_modulus,
         )
 

@@ -130,6 +130,10 @@ def reopen_with_retries(cam: Any, why: str, teardown: Callable[[], None], reopen
     return errors
 
 
+def _plain(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def fit_value(kind: str, key: str, value: Any, *, lo: float | None = None, hi: float | None = None,
               inc: float | None = None, symbolics: tuple[str, ...] = ()) -> Any:
     """The value to write into a feature of ``kind`` for the request ``value``.
@@ -221,6 +225,48 @@ class GenicamFeatures:
         return 0.0
 
     # -- configuration ---------------------------------------------------------------------------
+    def _apply(self, key: str, asked: float, got: Any) -> Any:
+        """``got``, the value the camera took for setting ``key`` = ``asked`` (its limits clamp and
+        snap); said when it differs: a 5000 px width opened as 4096, an exposure of 10 µs ran at
+        100, and only a later geometry error or nothing told the operator."""
+        try:
+            differs = not math.isclose(float(got), float(asked), rel_tol=1e-3, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            differs = False
+        if differs:
+            logging.getLogger(type(self).__module__).warning(
+                "camera.%s.%s: the %s camera %s took %s for the %s asked (its limits or step)", self.backend, key,
+                self.backend, self._serial, _plain(got), _plain(asked))
+        return got
+
+    def _configure_common(self, s: Any, *, optional_offsets: bool, fps_zero_frees: bool) -> None:
+        """ROI, exposure, trigger, frame rate and the raw features from the settings ``s``, each
+        value the camera took in place of the one asked reported (``_apply``)."""
+        self._set_roi(s, optional_offsets=optional_offsets)
+        if s.exposure_us:
+            self._apply("exposure_us", s.exposure_us, self._set_exposure(s.exposure_us))
+        self._set_trigger(s.trigger)
+        if s.fps or fps_zero_frees:
+            got = self._set_fps(s.fps)
+            if s.fps:
+                self._apply("fps", s.fps, got)
+        for name, v in s.features.items():
+            self.set_feature(name, v)
+
+    def exposure_in_effect_us(self) -> float:
+        """The exposure time the camera runs at (µs; 0 where it does not say)."""
+        try:
+            return self._first_value("ExposureTimeAbs", "ExposureTime")
+        except Exception:  # noqa: BLE001 - a camera that cannot tell: 0, as for a camera without the feature
+            return 0.0
+
+    def offset_in_effect(self) -> tuple[int, int]:
+        """The ROI's offset on the sensor (px; 0 where the camera has no offsets)."""
+        try:
+            return int(self._first_value("OffsetX")), int(self._first_value("OffsetY"))
+        except Exception:  # noqa: BLE001
+            return 0, 0
+
     def _set_roi(self, s: Any, optional_offsets: bool) -> None:
         """Pixel format and ROI from the settings ``s``; ``optional_offsets``: a camera without
         OffsetX/OffsetY ignores the offsets with a warning instead of failing."""
@@ -229,17 +275,17 @@ class GenicamFeatures:
                 self.set_feature(name, 0)
         self.set_feature("PixelFormat", s.pixel_format)
         if s.width:
-            self.set_feature("Width", s.width)
+            self._apply("width", s.width, self.set_feature("Width", s.width))
         if s.height:
-            self.set_feature("Height", s.height)
-        for name, v in (("OffsetX", s.offset_x), ("OffsetY", s.offset_y)):
+            self._apply("height", s.height, self.set_feature("Height", s.height))
+        for name, key, v in (("OffsetX", "offset_x", s.offset_x), ("OffsetY", "offset_y", s.offset_y)):
             if not v:
                 continue
             if optional_offsets and not self.has_feature(name):
                 logging.getLogger(type(self).__module__).warning(
                     "%s camera %s has no %s: offset %d ignored", self.backend, self._serial, name, v)
             else:
-                self.set_feature(name, v)
+                self._apply(key, v, self.set_feature(name, v))
 
     def _set_frame_start_trigger(self, trigger: str) -> str:
         """FrameStart triggered by ``trigger`` (a TriggerSource) or free running ("off"); the

@@ -371,12 +371,16 @@ _SETUP_PLACEHOLDERS = {"channel_width_um": 20.0, "flow_rate_ul_s": 0.04, "medium
                        "flash_duration_us": 2.0}
 
 
-def setup_meta(setup, recorded: dict[str, Any] | None = None, synthetic=None) -> dict[str, Any]:
+def setup_meta(setup, recorded: dict[str, Any] | None = None, synthetic=None,
+               camera_exposure_us: float = 0.0) -> dict[str, Any]:
     """``RunMeta`` keyword arguments for the experiment: what ``[setup]`` gives, else what a
     replayed recording's metadata say (``recorded``: RunMeta names, from ``setup_from_attrs``),
-    else the synthetic camera's geometry, else mimlsort's placeholders, which are named in
-    ``placeholders`` so the file says which values nobody measured."""
+    else the synthetic camera's geometry or the camera's exposure (the flash duration of a
+    continuously lit sample), else mimlsort's placeholders, which are named in ``placeholders``
+    so the file says which values nobody measured."""
     out: dict[str, Any] = {}
+    if camera_exposure_us > 0:
+        out["flash_duration_us"] = float(camera_exposure_us)
     if synthetic is not None:
         out.update(channel_width_um=synthetic.channel_width_um, constriction_width_um=synthetic.constriction_gap_um,
                    constriction_length_um=synthetic.constriction_length_um,
@@ -506,7 +510,8 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
 
         recorded = getattr(cam, "recorded_metadata", None)
         setup = setup_meta(cfg.setup, setup_from_attrs(recorded) if recorded else None,
-                           cfg.camera.synthetic if cfg.camera.backend == "synthetic" else None)
+                           cfg.camera.synthetic if cfg.camera.backend == "synthetic" else None,
+                           camera_exposure_us=info.exposure_us)
         if cfg.output.write_events or events_path is not None:
             from app.storage import EventWriter
 
@@ -517,6 +522,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             model_path = resolve_model_path(cfg.model.path)
             meta = RunMeta(
                 pixel_size_um=px, fps=info.fps or 1.0, roi=(info.width, info.height), sample=cfg.output.sample,
+                roi_position=info.offset, camera_clock=info.camera_clock,
                 run_index=run_index_of_day(ev_path.parent, own=ev_path),
                 class_names=tuple(classifier.classes) if classifier is not None else (),
                 model_spec_json=spec_json, model_sha256=file_sha256(model_path) if model_path else "",
@@ -552,6 +558,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             # the raw recording describes the same experiment as the event file (dclab requires it)
             raw_meta = RunMeta(pixel_size_um=px, fps=info.fps or 1.0, roi=(info.width, info.height),
                                sample=cfg.output.sample, **setup).setup_attrs()
+            raw_meta.update({"imaging:roi position x": int(info.offset[0]), "imaging:roi position y": int(info.offset[1])})
             # the clock is said here: the recorder child never sees the ring's flag (its file said False)
             recorder = rec_cls(raw_path, info.width, info.height, info.dtype, pixel_size_um=px, fps=info.fps,
                                camera_clock=info.camera_clock, overwrite=raw_path == reserved,

@@ -80,6 +80,56 @@ def test_roi_offsets_and_pixel_formats(fmt, dtype, bits):
     assert 0 < int(f.image.max()) < 2**bits
 
 
+def test_settings_the_camera_cannot_take_are_said_and_what_it_took_is_described(caplog):
+    # a 5000 px width opened as 4096, an exposure of 10 µs ran at 100 µs: the only sign was an
+    # INFO line "(4096x96 uint8)" or a later geometry error, and the exposure was in no file
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="acquisition"):
+        with emu(width=5000, offset_y=5000, exposure_us=10.0) as cam:
+            info = cam.info
+            assert info.width == cam.get_feature("Width") < 5000
+            assert info.offset == (0, cam.get_feature("OffsetY")) and 0 < info.offset[1] < 5000
+            assert info.exposure_us == cam.get_feature("ExposureTimeAbs") >= 100.0
+    text = caplog.text
+    for key, asked in (("width", "5000"), ("offset_y", "5000"), ("exposure_us", "10")):
+        assert f"camera.basler.{key}: the basler camera {SERIAL} took" in text and f"for the {asked} asked" in text, text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="acquisition"):
+        with emu(offset_x=16, offset_y=8) as cam:  # what it can take draws no warning
+            assert cam.info.offset == (16, 8) and cam.info.exposure_us == 100.0
+    assert "took" not in caplog.text
+
+
+def test_a_run_records_the_cameras_offset_exposure_and_clock(tmp_path):
+    # the file said "camera clock" for host arrival times, ROI position 0,0 for an offset ROI and
+    # the 2 µs placeholder as the flash duration while the camera exposed for 100 µs
+    import h5py
+
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "basler", "pixel_size_um": 0.5,
+                   "basler": {"transport": EMULATOR, "width": 256, "height": 96, "offset_x": 16, "offset_y": 8,
+                              "exposure_us": 100.0, "fps": 500.0}},
+        "tracking": {"geometry": {"constriction_start_um": 40.0, "constriction_end_um": 80.0,
+                                  "channel_top_um": 5.0, "channel_bottom_um": 40.0}},
+        "model": {"path": "none"}, "autostop": {"seconds": 0.5},
+        "output": {"folder": str(tmp_path), "report": False, "record_raw": True},
+    })
+    with build_run(cfg) as run:
+        assert run.wait(60)
+    for path in (run.events_path, run.raw_path):
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            assert (a["imaging:roi position x"], a["imaging:roi position y"]) == (16, 8), path
+            assert a["imaging:flash duration"] == pytest.approx(100.0), path
+            assert "flash duration" not in str(a.get("user:setup placeholders", ""))
+    with h5py.File(run.events_path, "r") as f:
+        assert f.attrs["user:frame times"] != "camera clock"
+
+
 def test_emulator_runs_on_host_time_and_says_so():
     with emu() as cam:
         assert cam.info.camera_clock is False
