@@ -223,6 +223,7 @@ MAX_BACKLOG_MB = 1024.0
 #: how often the storage thread lets the trigger poll its device during a run (its error queue;
 #: a clock-mode serial device's clock sync while no cell is fired)
 TRIGGER_POLL_S = 0.25
+NO_FRAME_WARN_S = 5.0  # a live camera that sends no frame for this long is said to the operator
 _RECORD_OVERHEAD = 2048  # bytes a record holds besides its arrays (features, decision, objects)
 _GRAB_RUN = 64  # frames a camera may grab per call (those that can, without the GIL; each is published at once)
 _LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
@@ -457,11 +458,16 @@ class Pipeline:
                  f"model classes {list(self.classifier.classes)}" if self.classifier else "no model")
 
     def stop(self, reason: FinishReason = FinishReason.CANCELED, message: str = "") -> None:
-        """Ask every worker to stop at its next batch boundary (idempotent; the first reason wins)."""
+        """Ask every worker to stop at its next batch boundary (idempotent; the first reason wins,
+        but a worker that fails while the run stops makes it ERRORED: an auto-stop during the
+        background estimate, then a geometry outside the ROI, ended "completed", exit code 0, with
+        no frame tracked)."""
         with self._lock:
-            if self.finish_reason is None:
+            first = self.finish_reason
+            if first is None or (reason is FinishReason.ERRORED and first is not FinishReason.ERRORED):
                 self.finish_reason = reason
-                self.message = message
+                self.message = message if first is None else \
+                    f"{message} (while stopping: {first.value}{': ' + self.message if self.message else ''})"
                 if message:
                     (log.error if reason is FinishReason.ERRORED else log.info)("run stopping: %s", message)
             if self.state is RunState.RUNNING:
@@ -577,7 +583,20 @@ class Pipeline:
             # lossless (finite sources): never lap the sort reader, so every frame is tracked
             limit = ring.capacity - ring.guard - 1
             rec = self._rec_reader
+            seen, last_frame, stalled = ring.written, time.monotonic(), False
             while not self._stop.is_set():
+                # a camera waiting for a trigger that never comes (a wrong line, "Software") or one
+                # that stalled looked like a run with no cells in the channel: "in 0fps", exit 0
+                now = time.monotonic()
+                if ring.written != seen:
+                    if stalled:
+                        log.warning("frames from the %s camera again after %.0f s without", cam.info.backend,
+                                    now - last_frame)
+                    seen, last_frame, stalled = ring.written, now, False
+                elif not stalled and not self.lossless and now - last_frame >= NO_FRAME_WARN_S:
+                    stalled = True
+                    log.warning("no frame from the %s camera for %.0f s: is it waiting for a trigger (camera.%s.trigger) "
+                                "or stalled?", cam.info.backend, now - last_frame, cam.info.backend)
                 room = _GRAB_RUN
                 if self.lossless:
                     while True:

@@ -403,3 +403,26 @@ def test_a_lost_camera_ends_the_pipeline_errored(monkeypatch):
         run.wait(10.0)
     assert run.finish_reason is pipeline.FinishReason.ERRORED
     assert "gone" in run.message and cam.state is CameraState.CLOSED
+
+
+def test_a_camera_that_sends_no_frame_is_said(tmp_path, monkeypatch, caplog):
+    # trigger = "Software" and nobody triggering: every status line said "in 0fps", the run ended
+    # "completed" with an empty file, and nothing told the operator why
+    import logging
+
+    import app.pipeline as pipeline
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    monkeypatch.setattr(pipeline, "NO_FRAME_WARN_S", 1.0)
+    cfg = config_from_mapping({
+        "camera": {"backend": "basler", "pixel_size_um": 0.5,
+                   "basler": {"transport": EMULATOR, "width": 256, "height": 96, "fps": 500.0, "trigger": "Software"}},
+        "model": {"path": "none"}, "autostop": {"seconds": 2.0},
+        "output": {"folder": str(tmp_path), "report": False},
+    })
+    with caplog.at_level(logging.WARNING, logger="app.pipeline"):
+        with build_run(cfg) as run:
+            assert run.wait(60)
+    assert run.status().frames_in == 0
+    assert "no frame from the basler camera for 1 s: is it waiting for a trigger (camera.basler.trigger)" in caplog.text

@@ -791,3 +791,25 @@ def test_two_runs_that_pick_a_name_at_once_get_a_file_each(tmp_path, monkeypatch
             assert len(ds) > 0 and ds.config["experiment"]["sample"] == "twin"
     indices = sorted(dclab.new_dataset(r.events_path).config["experiment"]["run index"] for r in (first, second))
     assert indices == [1, 2]  # the reserved file does not count itself
+
+
+def test_a_worker_that_fails_while_the_run_stops_makes_it_errored(tmp_path):
+    # the auto-stop came during the background estimate, then the tracker refused a geometry
+    # outside the ROI: the run ended "completed" (exit code 0) with no frame tracked
+    from app.config import config_from_mapping
+    from app.pipeline import FinishReason
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        # 64 background frames at 100 fps: the auto-stop comes first
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.0, "realtime": True, "fps": 100.0, "seed": 3}},
+        "tracking": {"geometry": {"constriction_start_um": 40.0, "constriction_end_um": 80.0,
+                                  "channel_top_um": 5.0, "channel_bottom_um": 500.0}},  # below the ROI
+        "model": {"path": "none"}, "autostop": {"seconds": 0.2},
+        "output": {"folder": str(tmp_path), "report": False},
+    })
+    with build_run(cfg) as run:
+        assert run.wait(120)
+    st = run.status()
+    assert st.finish_reason is FinishReason.ERRORED, (st.finish_reason, st.message)
+    assert "channel_bottom_um" in st.message and "while stopping: completed" in st.message
