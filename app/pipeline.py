@@ -114,6 +114,7 @@ class Status:
     trigger_ok: bool
     errors: tuple[str, ...] = ()
     startup_frames: int = 0  # live runs: frames that went into the background estimate, not tracked
+    camera_reconnects: int = 0  # times the camera was lost and reopened mid-run
     # CPU per worker thread and child process (the event writer's, the recorder's): seconds used
     # so far, and cores used lately — which stage takes the machine when decisions come late
     cpu_s: dict[str, float] = field(default_factory=dict)
@@ -171,6 +172,7 @@ class Status:
         return (f"{self.state.value} {self.elapsed_s:6.1f}s in {self.fps_in:7.0f}fps proc {self.fps_processed:7.0f}fps "
                 f"missed {self.frames_missed} camdrop {self.camera_dropped} cells {self.cells} ({self.cells_per_s:.0f}/s) "
                 f"{cls} fired {self.fired} late {self.late} lat p50/p99 {lat} queue {self.storage_queue} "
+                + (f"camera reconnects {self.camera_reconnects} " if self.camera_reconnects else "")
                 + ("" if self.trigger_ok else "TRIGGER FAULT ")
                 + (f"device errors {self.device_errors} " if self.device_errors else "")
                 + (f"device refused {self.device_refused} " if self.device_refused else "")
@@ -584,7 +586,15 @@ class Pipeline:
             limit = ring.capacity - ring.guard - 1
             rec = self._rec_reader
             seen, last_frame, stalled = ring.written, time.monotonic(), False
+            reconnects = getattr(cam, "reconnects", 0)
             while not self._stop.is_set():
+                if getattr(cam, "reconnects", 0) != reconnects:  # it said so only in the process's log
+                    reconnects = cam.reconnects
+                    note = (f"the {cam.info.backend} camera was lost and reopened (reconnect {reconnects}) "
+                            f"{time.monotonic() - self._t_start:.1f} s into the run: its frames meanwhile were not taken "
+                            f"(the last one before came {time.monotonic() - last_frame:.1f} s ago)")
+                    log.warning("%s", note)
+                    self._file_notes.append(note)
                 # a camera waiting for a trigger that never comes (a wrong line, "Software") or one
                 # that stalled looked like a run with no cells in the channel: "in 0fps", exit 0
                 now = time.monotonic()
@@ -1088,6 +1098,7 @@ class Pipeline:
             if ring else {},  # frames a reader has not read yet but already lost count as missed now
             overrun={r.name: r.overrun for r in ring.readers} if ring else {},
             camera_dropped=(ring.camera_dropped if ring else 0) + int(getattr(self.camera, "skipped", 0)),
+            camera_reconnects=int(getattr(self.camera, "reconnects", 0) or 0),
             failed_buffers=self.camera.failed_buffers,
             cells=self._cells,
             cells_per_s=rate(self._rate_cells, self._cells),

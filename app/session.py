@@ -352,6 +352,7 @@ def remove_files(paths) -> list[Path]:
 
 def _counters(st: Status) -> dict[str, int]:
     out = {"frames_in": st.frames_in, "frames_processed": st.frames_processed, "camera_dropped": st.camera_dropped,
+           "camera_reconnects": st.camera_reconnects,
            "failed_buffers": st.failed_buffers, "cells": st.cells, "fired": st.fired, "late": st.late,
            "trigger_failed": st.trigger_failed, "frames_recorded": st.frames_recorded,
            "startup_frames": st.startup_frames, "images_shed": st.images_shed, "tracks_lost": st.tracks_lost,

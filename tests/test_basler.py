@@ -426,3 +426,34 @@ def test_a_camera_that_sends_no_frame_is_said(tmp_path, monkeypatch, caplog):
             assert run.wait(60)
     assert run.status().frames_in == 0
     assert "no frame from the basler camera for 1 s: is it waiting for a trigger (camera.basler.trigger)" in caplog.text
+
+
+def test_a_camera_lost_and_reopened_mid_run_is_in_the_status_and_the_file(tmp_path):
+    # the backend reconnected, and only the process's log said so: the file showed a hole in the
+    # events with no drop, no counter and no log line
+    from app.config import config_from_mapping
+    from app.session import build_run
+    from app.storage import read_events
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "basler", "pixel_size_um": 0.5,
+                   "basler": {"transport": EMULATOR, "width": 256, "height": 96, "fps": 500.0,
+                              "reconnect_attempts": 2, "reconnect_delay_s": 0.0}},
+        "tracking": {"geometry": {"constriction_start_um": 40.0, "constriction_end_um": 80.0,
+                                  "channel_top_um": 5.0, "channel_bottom_um": 40.0}},
+        "model": {"path": "none"}, "autostop": {"seconds": 4.0},
+        "output": {"folder": str(tmp_path), "report": False},
+    })
+    with build_run(cfg) as run:
+        deadline = time.monotonic() + 30
+        while run.status().frames_in < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cam = run.pipeline.camera
+        cam._cam.AcquisitionStop.Execute()  # a removed camera sends nothing more
+        cam.set_feature("FirePnPCallback")  # the emulator's device removal
+        assert run.wait(60)
+    st = run.status()
+    assert st.camera_reconnects == 1 and "camera reconnects 1" in st.line(), st.line()
+    _, stored = read_events(run.events_path)
+    assert stored.counters["camera_reconnects"] == 1
+    assert "camera was lost and reopened (reconnect 1)" in "".join(stored.run_log).replace("\n", "")

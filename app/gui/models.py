@@ -359,8 +359,9 @@ def status_rows(st: Any) -> list[StatusRow]:
         StatusRow("frames", "Frames in | processed", f"{st.frames_in} | {st.frames_processed}"),
         StatusRow("missed", "Frames missed", str(missed + overrun), missed + overrun > 0,
                   ", ".join(f"{k}: {v}" for k, v in st.missed.items())),
-        StatusRow("dropped", "Camera dropped | failed", f"{st.camera_dropped} | {st.failed_buffers}",
-                  st.camera_dropped + st.failed_buffers > 0),
+        StatusRow("dropped", "Camera dropped | failed", f"{st.camera_dropped} | {st.failed_buffers}"
+                  + (f" | lost and reopened {st.camera_reconnects}×" if st.camera_reconnects else ""),
+                  st.camera_dropped + st.failed_buffers + st.camera_reconnects > 0),
         _cells_row(st),
         StatusRow("classes", "Per class", counts),
         StatusRow("fired", "Fired | aborted", f"{st.fired} | {aborted}",
