@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -66,7 +67,8 @@ def check_settings(s: Any) -> None:
     """The checks every vendor camera's settings share (frame geometry, exposure, frame rate,
     pixel size, reconnects); each error carries the settings key."""
     for k in ("width", "height", "offset_x", "offset_y", "exposure_us", "fps", "pixel_size_um"):
-        require(getattr(s, k) >= 0, k, f"must be >= 0, got {getattr(s, k)}")
+        v = getattr(s, k)  # inf passed `config --check`, then the camera refused it under its feature's name
+        require(v >= 0 and math.isfinite(v), k, f"must be a finite number >= 0, got {v}")
     require(s.reconnect_attempts >= 0, "reconnect_attempts", f"must be >= 0, got {s.reconnect_attempts}")
     require(s.reconnect_delay_s >= 0, "reconnect_delay_s", f"must be >= 0, got {s.reconnect_delay_s}")
 
@@ -239,15 +241,30 @@ class GenicamFeatures:
                 self.backend, self._serial, _plain(got), _plain(asked))
         return got
 
+    @contextlib.contextmanager
+    def _setting(self, key: str):
+        """Errors of the features behind setting ``key`` named by the setting (the operator wrote
+        ``trigger = "Line9"``, and was told ``camera.basler.TriggerSource: must be one of …``)."""
+        full = f"camera.{self.backend}.{key}"
+        try:
+            yield
+        except ConfigError as err:
+            if err.key == full or not err.key.startswith(f"camera.{self.backend}."):
+                raise
+            raise ConfigError(full, f"{err.problem} (the camera's {err.key.rsplit('.', 1)[-1]})") from None
+
     def _configure_common(self, s: Any, *, optional_offsets: bool, fps_zero_frees: bool) -> None:
         """ROI, exposure, trigger, frame rate and the raw features from the settings ``s``, each
         value the camera took in place of the one asked reported (``_apply``)."""
         self._set_roi(s, optional_offsets=optional_offsets)
         if s.exposure_us:
-            self._apply("exposure_us", s.exposure_us, self._set_exposure(s.exposure_us))
-        self._set_trigger(s.trigger)
+            with self._setting("exposure_us"):
+                self._apply("exposure_us", s.exposure_us, self._set_exposure(s.exposure_us))
+        with self._setting("trigger"):
+            self._set_trigger(s.trigger)
         if s.fps or fps_zero_frees:
-            got = self._set_fps(s.fps)
+            with self._setting("fps"):
+                got = self._set_fps(s.fps)
             if s.fps:
                 self._apply("fps", s.fps, got)
         for name, v in s.features.items():
@@ -273,11 +290,12 @@ class GenicamFeatures:
         for name in ("OffsetX", "OffsetY"):  # offsets to 0 first so any width/height fits
             if not optional_offsets or self._writable(name):
                 self.set_feature(name, 0)
-        self.set_feature("PixelFormat", s.pixel_format)
-        if s.width:
-            self._apply("width", s.width, self.set_feature("Width", s.width))
-        if s.height:
-            self._apply("height", s.height, self.set_feature("Height", s.height))
+        with self._setting("pixel_format"):
+            self.set_feature("PixelFormat", s.pixel_format)
+        for key, name, v in (("width", "Width", s.width), ("height", "Height", s.height)):
+            if v:
+                with self._setting(key):
+                    self._apply(key, v, self.set_feature(name, v))
         for name, key, v in (("OffsetX", "offset_x", s.offset_x), ("OffsetY", "offset_y", s.offset_y)):
             if not v:
                 continue
@@ -285,7 +303,8 @@ class GenicamFeatures:
                 logging.getLogger(type(self).__module__).warning(
                     "%s camera %s has no %s: offset %d ignored", self.backend, self._serial, name, v)
             else:
-                self._apply(key, v, self.set_feature(name, v))
+                with self._setting(key):
+                    self._apply(key, v, self.set_feature(name, v))
 
     def _set_frame_start_trigger(self, trigger: str) -> str:
         """FrameStart triggered by ``trigger`` (a TriggerSource) or free running ("off"); the

@@ -41,6 +41,12 @@ def test_settings_are_validated_with_their_key():
         BaslerCamera({"no_such": 1})
     with pytest.raises(ConfigError, match=r"camera\.basler\.strategy"):
         BaslerCamera({"strategy": "fastest"})
+    # named by the setting, not by the GenICam feature behind it (was camera.basler.TriggerSource,
+    # ...ExposureTimeAbs: must be a number, got inf — after `config --check` had said "valid")
+    with pytest.raises(ConfigError, match=r"camera\.basler\.fps: must be a finite number"):
+        BaslerCamera({"fps": float("inf")})
+    with pytest.raises(ConfigError, match=r"camera\.basler\.trigger: must be one of .*Line9.*TriggerSource"):
+        emu(trigger="Line9").open()
 
 
 def test_devices_are_listed_without_network_discovery():

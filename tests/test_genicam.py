@@ -107,6 +107,13 @@ def test_offsets_on_a_camera_without_them_are_ignored_with_a_warning(caplog):
     assert "OffsetX" in caplog.text
 
 
+def test_a_pixel_format_the_camera_lacks_is_named_by_its_setting():
+    from mimlsort.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"camera\.genicam\.pixel_format: must be one of .*Mono12.*PixelFormat"):
+        viky(pixel_format="Mono12").open()
+
+
 def test_cli_lists_the_producer_devices(capsys):
     from app.cli import main
 
