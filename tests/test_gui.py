@@ -577,6 +577,11 @@ def test_backend_switch_offers_that_backends_keys(qtbot, window):
     assert window.config.camera.backend == "basler"
     assert ct.path_of(ct.device) == "camera.basler.serial" and ct.device.isEnabled()
     assert ct.path_of(ct.exposure) == "camera.basler.exposure_us"
+    # unset keeps the camera's own: it read "1.0 µs" / "8 px" (the boxes' minimums) or the
+    # synthetic camera's values, for a camera that delivered 1024×1040
+    assert ct.exposure.value() == 0 and ct.exposure.text() == "the camera's"
+    assert ct.roi_w.value() == 0 and ct.roi_w.text() == "camera's" and ct.roi_h.text() == "camera's"
+    assert window.config.camera.basler == {}  # showing it wrote nothing
     ct.device.setText("40012345")
     ct.device.editingFinished.emit()
     ct.exposure.setValue(150.0)

@@ -186,10 +186,13 @@ class ControlPanel(QtWidgets.QWidget):
         self.backend = _combo(CAMERA_BACKENDS)
         self.device = QtWidgets.QLineEdit()
         self.device.setPlaceholderText("serial number / recording file")
-        self.exposure = _spin(1, 1e6, 1, 10, " µs")
+        # 0 keeps a vendor camera's own exposure and ROI: it read "1.0 µs" and "8 px × 8 px" (the
+        # boxes' minimums) for a camera that delivered 1024×1040, and 0 could not be entered
+        self.exposure = _spin(0, 1e6, 1, 10, " µs")
+        self.exposure.setSpecialValueText("the camera's")
         self.fps = _spin(0, 1e6, 1, 100, " fps")  # 0: a replay's unset rate (the recording's own)
-        self.roi_w = _ispin(8, 8192, " px")
-        self.roi_h = _ispin(8, 8192, " px")
+        self.roi_w = _ispin(0, 8192, " px", special="camera's")
+        self.roi_h = _ispin(0, 8192, " px", special="camera's")
         self.pixel_size = _spin(0, 100, 4, 0.01, " µm/px")
         self.pixel_size.setSpecialValueText("from camera")
         self.autodetect_btn = QtWidgets.QPushButton("Auto-detect channel geometry")
@@ -356,6 +359,8 @@ class ControlPanel(QtWidgets.QWidget):
                 elif b.kind in ("float", "int"):
                     if v is not None:
                         w.setValue(v)
+                    elif w.specialValueText():  # unset: the minimum reads as what unset means
+                        w.setValue(w.minimum())
                 elif b.kind == "optfloat":
                     # unset showed the last backend's value (the synthetic camera's 4000 fps for a
                     # replay); other cameras need a number, and their 0 (a free run) is no "unset"
