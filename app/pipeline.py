@@ -206,6 +206,9 @@ class _Rate:
 SWITCH_INTERVAL_S = 2e-4
 #: live runs: frames the tracking kernel takes before it returns to Python (status counters, clock fit)
 LIVE_MAX_FRAMES = 256
+#: ... but at most this long at the camera's frame rate: at 50 fps, 256 frames were 5 s in which
+#: the status said "proc 0fps" while tracking went on
+LIVE_MAX_SECONDS = 0.25
 #: live runs: how often the tracking kernel looks for the next frame (s)
 LIVE_POLL_S = 20e-6
 #: timer slack of the run's threads (ns)
@@ -363,6 +366,7 @@ class Pipeline:
         self._t_start = 0.0
         self._t_end = 0.0
         self._frames_processed = 0
+        self._live_max_frames = LIVE_MAX_FRAMES
         self._cells = 0
         self._latencies = LatencyWindow(8192)
         self._latencies_exit = LatencyWindow(8192)  # the same decisions, from the cell's exit frame
@@ -405,6 +409,8 @@ class Pipeline:
             self.ring = info.make_ring(self.ring_capacity,
                                        shared=bool(getattr(self.recorder, "needs_shared_ring", False)))
             self.ring.camera_clock = info.camera_clock
+            self._live_max_frames = (LIVE_MAX_FRAMES if not info.fps > 0 else
+                                     int(min(LIVE_MAX_FRAMES, max(1, info.fps * LIVE_MAX_SECONDS))))
             if self.lossless:
                 _check_lossless_ring(self.ring, self.tracker_settings)
             if info.camera_clock and info.clock_rate > 0:  # an unpaced source's clock maps to nothing
@@ -697,7 +703,7 @@ class Pipeline:
         reader, ring = self._sort_reader, self.ring
         seq0 = reader.cursor
         overrun0 = reader.overrun
-        n, events, behind = self.tracker.track_live(ring, reader, max_frames=LIVE_MAX_FRAMES, timeout_s=0.05,
+        n, events, behind = self.tracker.track_live(ring, reader, max_frames=self._live_max_frames, timeout_s=0.05,
                                                     poll_s=LIVE_POLL_S, halt=self._halt, defer_snapshots=True)
         if n:
             self._frames_processed += n

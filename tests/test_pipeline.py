@@ -813,3 +813,27 @@ def test_a_worker_that_fails_while_the_run_stops_makes_it_errored(tmp_path):
     st = run.status()
     assert st.finish_reason is FinishReason.ERRORED, (st.finish_reason, st.message)
     assert "channel_bottom_um" in st.message and "while stopping: completed" in st.message
+
+
+def test_a_slow_camera_shows_its_processed_frames_as_it_goes(tmp_path):
+    # the live kernel came back after 256 frames: at 50 fps every status line said "proc 0fps"
+    # for 5 s while tracking went on
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        # no cell in view (a camera's test pattern, an empty channel): nothing else brings it back
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.0, "realtime": True, "fps": 50.0, "seed": 3,
+                                                         "cells_per_second": 0.01}},
+        "model": {"path": "none"}, "autostop": {"seconds": 6.0},
+        "output": {"folder": str(tmp_path), "report": False},
+    })
+    with build_run(cfg) as run:
+        deadline = time.monotonic() + 60
+        while run.status().frames_in < 64 + 40 and time.monotonic() < deadline:  # estimate + 0.8 s
+            time.sleep(0.05)
+        time.sleep(0.5)
+        st = run.status()
+        assert st.finish_reason is None and st.frames_processed > 0, st.line()
+        run.stop()
+        assert run.wait(60)
