@@ -344,6 +344,22 @@ def test_replay_finishes_while_nobody_reads_its_progress_bar(tmp_path):
         os.close(r)
 
 
+def _serial_yield_config(tmp_path: Path, port: str, seconds: float, timing: str = "") -> Path:
+    """A run firing the serial trigger at ``port`` for every cell (yield mode, threshold 0)."""
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=seconds)
+    cfg.write_text(cfg.read_text().replace('[trigger]\nbackend = "null"', f"""[trigger]
+backend = "serial"
+[trigger.serial]
+port = "{port}"
+compensate_transmission = false
+[trigger.timing]
+{timing}
+[sorting]
+mode = "yield"
+threshold = 0.0"""))
+    return cfg
+
+
 def test_a_trigger_lost_mid_run_ends_the_daemon_with_its_own_exit_code(tmp_path):
     """The trigger device gone mid-run (the emulator process killed, as a pulled USB cable): the run
     goes on to its end deciding cells as 'trigger unavailable', and the exit code (3) and the last
@@ -352,15 +368,7 @@ def test_a_trigger_lost_mid_run_ends_the_daemon_with_its_own_exit_code(tmp_path)
     from tests.sim.trigger_emulator import emulated_port
 
     with emulated_port(tmp_path / "device.tsv") as emu:
-        cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=4.0)
-        cfg.write_text(cfg.read_text().replace('[trigger]\nbackend = "null"', f"""[trigger]
-backend = "serial"
-[trigger.serial]
-port = "{emu.port}"
-compensate_transmission = false
-[sorting]
-mode = "yield"
-threshold = 0.0"""))
+        cfg = _serial_yield_config(tmp_path, emu.port, 4.0)
         p = mimlsort("run", "--config", str(cfg))
         try:
             wait_for_events(tmp_path / "out")
@@ -380,18 +388,7 @@ def test_pulses_the_device_refused_end_the_daemon_with_the_trigger_exit_code(tmp
     from tests.sim.trigger_emulator import emulated_port
 
     with emulated_port(tmp_path / "device.tsv", "--queue", "1") as emu:
-        cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=2.0)
-        cfg.write_text(cfg.read_text().replace('[trigger]\nbackend = "null"', f"""[trigger]
-backend = "serial"
-[trigger.serial]
-port = "{emu.port}"
-compensate_transmission = false
-[trigger.timing]
-distance_to_junction_um = 400.0
-offset_us = 7000.0
-[sorting]
-mode = "yield"
-threshold = 0.0"""))
+        cfg = _serial_yield_config(tmp_path, emu.port, 2.0, timing="distance_to_junction_um = 400.0\noffset_us = 7000.0")
         p = mimlsort("run", "--config", str(cfg))
         try:
             out, err = p.communicate(timeout=180)
