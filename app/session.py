@@ -82,6 +82,10 @@ def preflight(cfg: RunConfig) -> list[str]:
     if backend == "serial" and os.name == "posix" and address.startswith("/") and not os.path.exists(address):
         raise ConfigError("trigger.serial.port", f"{address}: no such device (is it plugged in? `mimlsort trigger list` "
                           "shows the serial ports)")
+    if backend == "visa":
+        from hardware.visa_trigger import check_library
+
+        check_library(cfg.trigger.backend_settings().library)
     if backend == "camera-line":
         from acquisition.camera import camera_class
 

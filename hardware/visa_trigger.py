@@ -20,10 +20,11 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from hardware.scheduler import PulseScheduler
 from hardware.trigger import FireRecord, Trigger
-from mimlsort.errors import BackendUnavailable, DeviceError
+from mimlsort.errors import BackendUnavailable, ConfigError, DeviceError
 from mimlsort.settings import require
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,15 @@ def _pyvisa():
     except ImportError as err:
         raise BackendUnavailable("the visa trigger needs pyvisa: install mimlsort[visa]") from err
     return pyvisa
+
+
+def check_library(library: str) -> None:
+    """A pyvisa-sim library (``FILE.yaml@sim``) whose file is missing is a ConfigError naming the
+    key (pyvisa's error was a whole escaped traceback, followed by advice to install NI-VISA)."""
+    if library.endswith("@sim") and library != "@sim":
+        path = Path(library[: -len("@sim")]).expanduser()
+        if not path.is_file():
+            raise ConfigError("trigger.visa.library", f"{path}: no such instrument definition (pyvisa-sim YAML)")
 
 
 def list_resources(library: str = "") -> tuple[str, ...]:
@@ -107,6 +117,7 @@ class VisaTrigger(Trigger):
         pyvisa = _pyvisa()
         if not s.resource:
             raise DeviceError("trigger.visa.resource: no resource given (e.g. USB0::...::INSTR)")
+        check_library(s.library)
         try:
             self._rm = pyvisa.ResourceManager(s.library) if s.library else pyvisa.ResourceManager()
         except (ValueError, OSError) as err:
@@ -116,6 +127,8 @@ class VisaTrigger(Trigger):
             self._inst = self._rm.open_resource(s.resource, timeout=s.timeout_ms, write_termination="\n",
                                                 read_termination="\n")
             self.idn = self._inst.query("*IDN?").strip()
+            if not self.idn:  # nothing there answered (an unknown resource of pyvisa-sim): said so, not "; ; ;"
+                raise DeviceError(f"trigger.visa.resource: {s.resource}: no instrument answered *IDN?")
             self._configure(self.timing.pulse_width_us)
         except DeviceError:
             self._close_session()
@@ -185,7 +198,11 @@ class VisaTrigger(Trigger):
         for _ in range(limit):
             reply = self._inst.query("SYST:ERR?").strip()
             code = reply.split(",", 1)[0].strip()
-            if code.lstrip("+-").isdigit() and int(code) == 0:
+            if not code.lstrip("+-").isdigit():  # no SCPI error queue answers so: nothing more to read
+                if reply:
+                    out.append(reply)
+                break
+            if int(code) == 0:
                 break
             out.append(reply)
         return out
