@@ -837,3 +837,20 @@ def test_a_slow_camera_shows_its_processed_frames_as_it_goes(tmp_path):
         assert st.finish_reason is None and st.frames_processed > 0, st.line()
         run.stop()
         assert run.wait(60)
+
+
+def test_a_pixel_size_given_over_the_cameras_own_is_said(tmp_path, caplog):
+    import logging
+
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "pixel_size_um": 0.4,
+                   "synthetic": {"duration_s": 0.1, "realtime": False, "seed": 3, "pixel_size_um": 0.5}},
+        "model": {"path": "none"}, "output": {"folder": str(tmp_path), "report": False},
+    })
+    with caplog.at_level(logging.WARNING, logger="app.session"):
+        run = build_run(cfg)
+    run.close()
+    assert "camera.pixel_size_um 0.4 µm/px is used; the synthetic camera reports 0.5" in caplog.text
