@@ -256,8 +256,10 @@ class GenicamCamera(GenicamFeatures, Camera):
     def _configure(self) -> None:
         self._configure_common(self.settings, optional_offsets=True, fps_zero_frees=False)
 
+    _exposure_nodes = ("ExposureTime", "ExposureTimeAbs")
+
     def _set_exposure(self, us: float) -> float:
-        for name in ("ExposureTime", "ExposureTimeAbs"):
+        for name in self._exposure_nodes:
             if self.has_feature(name):
                 if self._writable("ExposureAuto"):
                     self.set_feature("ExposureAuto", "Off")

@@ -649,6 +649,7 @@ class ReplayCamera(Camera):
             id_modulus=0,
             frame_count=-1 if s.loop else stop - start,
             clock_rate=1.0 / s.speed if s.realtime else 0.0,
+            offset=_roi_position(src.metadata),  # the recording's place on the sensor, into the replay's file
         )
 
     def _bit_depth(self, src) -> int:
@@ -764,6 +765,13 @@ class ReplayCamera(Camera):
         if wait > 0:
             time.sleep(wait)
         return True
+
+
+def _roi_position(meta: dict[str, Any]) -> tuple[int, int]:
+    try:
+        return int(meta.get("imaging:roi position x", 0)), int(meta.get("imaging:roi position y", 0))
+    except (TypeError, ValueError):
+        return 0, 0
 
 
 def _pick(from_file: float | None, from_settings: float | None, key: str, path: Path) -> float | None:

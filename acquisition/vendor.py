@@ -270,10 +270,13 @@ class GenicamFeatures:
         for name, v in s.features.items():
             self.set_feature(name, v)
 
+    #: the exposure nodes in the order the backend's ``_set_exposure`` writes them
+    _exposure_nodes: tuple[str, ...] = ("ExposureTimeAbs", "ExposureTime")
+
     def exposure_in_effect_us(self) -> float:
         """The exposure time the camera runs at (µs; 0 where it does not say)."""
         try:
-            return self._first_value("ExposureTimeAbs", "ExposureTime")
+            return self._first_value(*self._exposure_nodes)
         except Exception:  # noqa: BLE001 - a camera that cannot tell: 0, as for a camera without the feature
             return 0.0
 

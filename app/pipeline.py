@@ -409,8 +409,9 @@ class Pipeline:
             self.ring = info.make_ring(self.ring_capacity,
                                        shared=bool(getattr(self.recorder, "needs_shared_ring", False)))
             self.ring.camera_clock = info.camera_clock
-            self._live_max_frames = (LIVE_MAX_FRAMES if not info.fps > 0 else
-                                     int(min(LIVE_MAX_FRAMES, max(1, info.fps * LIVE_MAX_SECONDS))))
+            delivered = info.fps / info.clock_rate if info.clock_rate > 0 else info.fps  # a paced replay at its speed
+            self._live_max_frames = (LIVE_MAX_FRAMES if not delivered > 0 else
+                                     int(min(LIVE_MAX_FRAMES, max(1, delivered * LIVE_MAX_SECONDS))))
             if self.lossless:
                 _check_lossless_ring(self.ring, self.tracker_settings)
             if info.camera_clock and info.clock_rate > 0:  # an unpaced source's clock maps to nothing
@@ -472,7 +473,8 @@ class Pipeline:
         no frame tracked)."""
         with self._lock:
             first = self.finish_reason
-            if first is None or (reason is FinishReason.ERRORED and first is not FinishReason.ERRORED):
+            if first is None or (reason is FinishReason.ERRORED and first is not FinishReason.ERRORED
+                                 and self.state is not RunState.FINISHED):  # a finished run's files say how it ended
                 self.finish_reason = reason
                 self.message = message if first is None else \
                     f"{message} (while stopping: {first.value}{': ' + self.message if self.message else ''})"

@@ -136,24 +136,26 @@ def run_stem(cfg: RunConfig, folder: Path | None = None) -> str:
     return unique
 
 
-def reserve_run_stem(cfg: RunConfig, folder: Path, suffix: str | None) -> tuple[str, Path | None]:
-    """:func:`run_stem`, with the file ``<stem><suffix>`` created empty (exclusively) so that no
-    other run takes the name; returns the stem and that file (None without ``suffix``). The run's
-    writer replaces the empty file."""
+def reserve_run_stem(cfg: RunConfig, folder: Path, suffixes: tuple[str, ...]) -> tuple[str, list[Path]]:
+    """:func:`run_stem`, with the files ``<stem><suffix>`` created empty (exclusively) so that no
+    other run takes the name; returns the stem and those files. The run's writers replace them."""
     import os
 
     for _ in range(100):
         stem = run_stem(cfg, folder)
-        if suffix is None:
-            return stem, None
-        path = folder / f"{stem}{suffix}"
+        taken: list[Path] = []
         try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            for suffix in suffixes:
+                path = folder / f"{stem}{suffix}"
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                taken.append(path)
         except FileExistsError:  # taken since run_stem looked: the next one
+            remove_files(taken)
             continue
         except OSError as err:
+            remove_files(taken)
             raise ConfigError("output.folder", f"{path}: cannot be created: {err.strerror or err}") from err
-        return stem, path
+        return stem, taken
     raise StateError(f"{folder}: no free run name for {cfg.output.sample} after 100 tries")
 
 
@@ -384,12 +386,13 @@ def setup_meta(setup, recorded: dict[str, Any] | None = None, synthetic=None,
     continuously lit sample), else mimlsort's placeholders, which are named in ``placeholders``
     so the file says which values nobody measured."""
     out: dict[str, Any] = {}
-    if camera_exposure_us > 0:
+    if camera_exposure_us > 0 and not setup.flash_device:  # a pulsed flash's duration is not the exposure
         out["flash_duration_us"] = float(camera_exposure_us)
     if synthetic is not None:
         out.update(channel_width_um=synthetic.channel_width_um, constriction_width_um=synthetic.constriction_gap_um,
-                   constriction_length_um=synthetic.constriction_length_um,
-                   flash_duration_us=synthetic.exposure_us, flash_device="simulated")
+                   constriction_length_um=synthetic.constriction_length_um, flash_device="simulated")
+        if synthetic.exposure_us > 0:
+            out["flash_duration_us"] = synthetic.exposure_us
     out.update(recorded or {})
     sample, sheath = setup.flow_rate_sample_ul_s, setup.flow_rate_sheath_ul_s
     if sample or sheath:  # the configured flow replaces the recorded one whole
@@ -483,10 +486,9 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
     created: list[Path] = []
     # the name is taken by creating its file: two runs started in the same second on one folder
     # both found the same name free (the second then failed, or both could have written one file)
-    stem, reserved = reserve_run_stem(cfg, folder, ".rtdc" if events_path is None and cfg.output.write_events
-                                      else "_raw.rtdc" if cfg.output.record_raw else None)
-    if reserved is not None:
-        created.append(reserved)
+    stem, reserved = reserve_run_stem(cfg, folder, (".rtdc",) * (events_path is None and cfg.output.write_events)
+                                      + ("_raw.rtdc",) * cfg.output.record_raw)
+    created += reserved
     try:
         cam = camera or make_camera(cfg.camera.backend, cfg.camera.backend_settings())
     except BaseException:
@@ -546,9 +548,9 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             if cfg.output.writer == "process":
                 from app.writer_process import EventWriterProcess
 
-                writer = EventWriterProcess(ev_path, meta=meta, overwrite=ev_path == reserved, **options)
+                writer = EventWriterProcess(ev_path, meta=meta, overwrite=ev_path in reserved, **options)
             else:
-                writer = EventWriter(ev_path, meta=meta, overwrite=ev_path == reserved, **options)
+                writer = EventWriter(ev_path, meta=meta, overwrite=ev_path in reserved, **options)
             opened.append(writer)
             if not info.camera_clock:
                 writer.log(f"{info.backend} camera has no clock of its own: frame times are host arrival times")
@@ -569,7 +571,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             raw_meta.update({"imaging:roi position x": int(info.offset[0]), "imaging:roi position y": int(info.offset[1])})
             # the clock is said here: the recorder child never sees the ring's flag (its file said False)
             recorder = rec_cls(raw_path, info.width, info.height, info.dtype, pixel_size_um=px, fps=info.fps,
-                               camera_clock=info.camera_clock, overwrite=raw_path == reserved,
+                               camera_clock=info.camera_clock, overwrite=raw_path in reserved,
                                metadata={"experiment:sample": cfg.output.sample, **raw_meta})
             recorder.__enter__()
             opened.append(recorder)

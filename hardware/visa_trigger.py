@@ -42,7 +42,7 @@ def check_library(library: str) -> None:
     """A pyvisa-sim library (``FILE.yaml@sim``) whose file is missing is a ConfigError naming the
     key (pyvisa's error was a whole escaped traceback, followed by advice to install NI-VISA)."""
     if library.endswith("@sim") and library != "@sim":
-        path = Path(library[: -len("@sim")]).expanduser()
+        path = Path(library[: -len("@sim")])  # as pyvisa-sim opens it: no ~ expansion
         if not path.is_file():
             raise ConfigError("trigger.visa.library", f"{path}: no such instrument definition (pyvisa-sim YAML)")
 

@@ -134,6 +134,10 @@ def test_a_run_records_the_cameras_offset_exposure_and_clock(tmp_path):
             assert "flash duration" not in str(a.get("user:setup placeholders", ""))
     with h5py.File(run.events_path, "r") as f:
         assert f.attrs["user:frame times"] != "camera clock"
+    from acquisition.replay import ReplayCamera
+
+    with ReplayCamera({"path": str(run.raw_path)}) as rec:  # and a replay of it writes them again
+        assert rec.info.offset == (16, 8)
 
 
 def test_emulator_runs_on_host_time_and_says_so():

@@ -573,6 +573,8 @@ def test_backend_switch_offers_that_backends_keys(qtbot, window):
     pytest.importorskip("acquisition.basler", reason="the basler backend is not available")
     ct = window.controls
     assert ct.path_of(ct.device) is None and not ct.device.isEnabled()  # synthetic has no device
+    # the simulator needs a number: no "the camera's" 0, which failed the start naming flash_duration_us
+    assert ct.exposure.minimum() > 0 and ct.exposure.specialValueText() == "" and ct.roi_w.minimum() > 0
     ct.backend.setCurrentText("basler")
     assert window.config.camera.backend == "basler"
     assert ct.path_of(ct.device) == "camera.basler.serial" and ct.device.isEnabled()

@@ -791,6 +791,14 @@ def test_two_runs_that_pick_a_name_at_once_get_a_file_each(tmp_path, monkeypatch
             assert len(ds) > 0 and ds.config["experiment"]["sample"] == "twin"
     indices = sorted(dclab.new_dataset(r.events_path).config["experiment"]["run index"] for r in (first, second))
     assert indices == [1, 2]  # the reserved file does not count itself
+    # every file a run writes is taken: a raw-only run's name is not given to one with both
+    raw_only = session.reserve_run_stem(cfg, folder, ("_raw.rtdc",))
+    calls.clear()
+    monkeypatch.setattr(session, "run_stem", lambda cfg, folder=None: raw_only[0] if not calls.append(1) and
+                        len(calls) == 1 else real(cfg, folder))
+    stem, taken = session.reserve_run_stem(cfg, folder, (".rtdc", "_raw.rtdc"))
+    assert stem != raw_only[0] and len(taken) == 2 and all(p.is_file() for p in taken)
+    assert not (folder / f"{raw_only[0]}.rtdc").exists()  # the half taken was given back
 
 
 def test_a_worker_that_fails_while_the_run_stops_makes_it_errored(tmp_path):
@@ -813,6 +821,16 @@ def test_a_worker_that_fails_while_the_run_stops_makes_it_errored(tmp_path):
     st = run.status()
     assert st.finish_reason is FinishReason.ERRORED, (st.finish_reason, st.message)
     assert "channel_bottom_um" in st.message and "while stopping: completed" in st.message
+    # a run that had finished stays as its files say it ended, whatever its caller raises after
+    done = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.1, "realtime": False, "seed": 3}},
+        "model": {"path": "none"}, "output": {"folder": str(tmp_path / "b"), "report": False},
+    })
+    with pytest.raises(ValueError):
+        with build_run(done) as run:
+            assert run.wait(120)
+            raise ValueError("the caller's own error")
+    assert run.status().finish_reason is FinishReason.COMPLETED
 
 
 def test_a_slow_camera_shows_its_processed_frames_as_it_goes(tmp_path):

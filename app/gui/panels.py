@@ -188,11 +188,13 @@ class ControlPanel(QtWidgets.QWidget):
         self.device.setPlaceholderText("serial number / recording file")
         # 0 keeps a vendor camera's own exposure and ROI: it read "1.0 µs" and "8 px × 8 px" (the
         # boxes' minimums) for a camera that delivered 1024×1040, and 0 could not be entered
-        self.exposure = _spin(0, 1e6, 1, 10, " µs")
-        self.exposure.setSpecialValueText("the camera's")
+        self.exposure = _spin(1, 1e6, 1, 10, " µs")
         self.fps = _spin(0, 1e6, 1, 100, " fps")  # 0: a replay's unset rate (the recording's own)
-        self.roi_w = _ispin(0, 8192, " px", special="camera's")
-        self.roi_h = _ispin(0, 8192, " px", special="camera's")
+        self.roi_w = _ispin(8, 8192, " px")
+        self.roi_h = _ispin(8, 8192, " px")
+        # a vendor camera's 0 keeps its own value (see load); the simulator needs a number
+        self._keep_zero = {self.exposure: (1.0, "the camera's"), self.roi_w: (8, "camera's"),
+                           self.roi_h: (8, "camera's")}
         self.pixel_size = _spin(0, 100, 4, 0.01, " µm/px")
         self.pixel_size.setSpecialValueText("from camera")
         self.autodetect_btn = QtWidgets.QPushButton("Auto-detect channel geometry")
@@ -357,6 +359,11 @@ class ControlPanel(QtWidgets.QWidget):
                 elif b.kind == "text":
                     w.setText("" if v is None else str(v))
                 elif b.kind in ("float", "int"):
+                    if w in self._keep_zero:
+                        lo, text = self._keep_zero[w]
+                        vendor = not b.current.startswith(("camera.synthetic.", "camera.replay."))
+                        w.setMinimum(0 if vendor else lo)
+                        w.setSpecialValueText(text if vendor else "")
                     if v is not None:
                         w.setValue(v)
                     elif w.specialValueText():  # unset: the minimum reads as what unset means
