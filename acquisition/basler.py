@@ -123,8 +123,8 @@ class BaslerCamera(GenicamFeatures, Camera):
 
     ids_continue_after_reconnect = True  # _frame_id unwraps them across restarts and reconnects
 
-    def __init__(self, settings: Any = None):
-        super().__init__(settings)
+    def __init__(self, settings: Any = None, *, flow_direction: str = "left-to-right"):
+        super().__init__(settings, flow_direction=flow_direction)
         # pylon's GetNumberOfSkippedImages: frames its output queue dropped. Their block ids are
         # missing, so they are already part of the ring's camera_dropped; ``skipped`` (what a
         # pipeline adds to the ring's count) stays 0 on this backend.

@@ -7,6 +7,7 @@ opens it and guarantees ``stop`` and ``close`` on the way out, whatever happened
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -22,6 +23,11 @@ from mimlsort.lazy import load_backend
 from mimlsort.settings import from_mapping
 
 log = logging.getLogger(__name__)
+
+#: the way cells move in the camera's image -> quarter turns (``np.rot90``'s ``k``) that make them
+#: move left to right, as the tracker, RT-DC files and the MIML crops assume. Turns, not mirrors:
+#: a cell keeps its handedness.
+FLOW_DIRECTIONS: dict[str, int] = {"left-to-right": 0, "top-to-bottom": 1, "right-to-left": 2, "bottom-to-top": 3}
 
 
 class CameraState(enum.Enum):
@@ -54,6 +60,12 @@ class CameraInfo:
     offset: tuple[int, int] = (0, 0)  # the ROI's offset on the sensor (px), where the camera has one
     exposure_us: float = 0.0  # exposure time in effect (0 when unknown)
 
+    def turned(self, turns: int) -> "CameraInfo":
+        """What the camera delivers once its frames are turned ``turns`` quarter turns."""
+        if turns % 2 == 0:
+            return self
+        return dataclasses.replace(self, width=self.height, height=self.width)
+
     def make_ring(self, capacity: int, *, shared: bool = False) -> FrameRing:
         return FrameRing(capacity, self.height, self.width, np.dtype(self.dtype), id_modulus=self.id_modulus,
                          shared=shared)
@@ -75,6 +87,11 @@ class Camera(ABC):
     ``_do_grab`` writes one frame into the array it is given and returns its metadata, or ``None``
     when no frame arrived within the timeout. Finite sources set ``self.exhausted = True`` when
     they have no more frames.
+
+    ``flow_direction`` (a :data:`FLOW_DIRECTIONS` key) says which way cells move in the camera's
+    image; frames are turned on their way into the ring so that they move left to right. Backends
+    never see the turn: ``_do_open`` returns, and ``_do_grab`` fills, the sensor's frame; a backend
+    that changes its geometry later calls :meth:`_set_info`.
     """
 
     backend: ClassVar[str] = "?"
@@ -84,7 +101,13 @@ class Camera(ABC):
     #: (Basler); otherwise the ring is told the counter restarted
     ids_continue_after_reconnect: ClassVar[bool] = False
 
-    def __init__(self, settings: Any = None):
+    def __init__(self, settings: Any = None, *, flow_direction: str = "left-to-right"):
+        if flow_direction not in FLOW_DIRECTIONS:
+            raise ConfigError("camera.flow_direction",
+                              f"must be one of {', '.join(FLOW_DIRECTIONS)}, got {flow_direction!r}")
+        self.flow_direction = flow_direction
+        self.turns = FLOW_DIRECTIONS[flow_direction]
+        self._sensor_frame: np.ndarray | None = None  # a frame as the sensor gives it, before the turn
         if settings is None:
             settings = self.Settings()
         elif not isinstance(settings, self.Settings):
@@ -98,6 +121,7 @@ class Camera(ABC):
         self.reconnects = 0  # times a backend reopened a camera that disappeared mid-run
         self._reconnects_seen = 0
         self._info: CameraInfo | None = None
+        self._sensor_info: CameraInfo | None = None
 
     @property
     def paced(self) -> bool:
@@ -116,10 +140,27 @@ class Camera(ABC):
     def open(self) -> CameraInfo:
         if self.state is not CameraState.CLOSED:
             raise StateError(f"{self.backend} camera is already open")
-        self._info = self._do_open()
+        self._set_info(self._do_open())
         self.state = CameraState.OPEN
         log.info("opened %s camera %s (%dx%d %s)", self.backend, self._info.model, self._info.width, self._info.height, self._info.dtype)
+        if self.turns:
+            log.info("cells flow %s in the %s camera's image: frames are turned %d° counter-clockwise",
+                     self.flow_direction, self.backend, 90 * self.turns)
         return self._info
+
+    def _set_info(self, sensor: CameraInfo) -> None:
+        """Take what the sensor delivers (at open, or after a backend changed its geometry)."""
+        self._sensor_info = sensor
+        self._info = sensor.turned(self.turns)
+        if self.turns:
+            self._sensor_frame = np.empty((sensor.height, sensor.width), dtype=sensor.dtype)
+
+    @property
+    def sensor_info(self) -> CameraInfo:
+        """What the sensor delivers, before frames are turned (:attr:`info` when they are not)."""
+        if self._sensor_info is None:
+            raise StateError(f"{self.backend} camera is not open")
+        return self._sensor_info
 
     def start(self) -> None:
         if self.state is not CameraState.OPEN:
@@ -157,7 +198,7 @@ class Camera(ABC):
         """Grab one frame straight into the ring's next slot; False on timeout or end of stream."""
         if self.state is not CameraState.ACQUIRING:
             raise StateError(f"{self.backend} camera is not acquiring")
-        res = self._do_grab(ring.next_slot(), timeout_s)
+        res = self._grab_turned(ring.next_slot(), timeout_s)
         if res is None:
             if not self.exhausted:
                 self.timeouts += 1
@@ -174,9 +215,21 @@ class Camera(ABC):
         """Grab up to ``max_frames`` frames into the ring, each published as soon as it is in;
         returns how many (0 on timeout or end of stream, as :meth:`grab_into`).
 
-        One frame per call here; a backend that can grab a run of frames without the GIL
-        overrides it (the grab thread then takes the GIL per run, not per frame)."""
+        A backend that can grab a run of frames without the GIL implements :meth:`_do_grab_many`
+        (the grab thread then takes the GIL per run, not per frame); turned frames go one by one."""
+        if not self.turns:
+            n = self._do_grab_many(ring, max_frames, timeout_s)
+            if n is not None:
+                return n
         return 1 if max_frames > 0 and self.grab_into(ring, timeout_s) else 0
+
+    def _grab_turned(self, out: np.ndarray, timeout_s: float) -> GrabResult | None:
+        if not self.turns:
+            return self._do_grab(out, timeout_s)
+        res = self._do_grab(self._sensor_frame, timeout_s)
+        if res is not None:
+            np.copyto(out, np.rot90(self._sensor_frame, self.turns))
+        return res
 
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         """One frame in a new array (convenience for tests and single-image tools)."""
@@ -184,7 +237,7 @@ class Camera(ABC):
             raise StateError(f"{self.backend} camera is not acquiring")
         info = self.info
         out = np.empty((info.height, info.width), dtype=info.dtype)
-        res = self._do_grab(out, timeout_s)
+        res = self._grab_turned(out, timeout_s)
         if res is None:
             if not self.exhausted:
                 self.timeouts += 1
@@ -211,6 +264,10 @@ class Camera(ABC):
     @abstractmethod
     def _do_grab(self, out: np.ndarray, timeout_s: float) -> GrabResult | None: ...
 
+    def _do_grab_many(self, ring: FrameRing, max_frames: int, timeout_s: float) -> int | None:
+        """A run of frames into the ring, as :meth:`grab_many_into`; None: not here, frame by frame."""
+        return None
+
     def _do_stop(self) -> None:
         pass
 
@@ -234,6 +291,6 @@ def camera_class(name: str) -> type[Camera]:
     return load_backend("camera", name, BACKENDS)
 
 
-def make_camera(name: str, settings: Any = None) -> Camera:
+def make_camera(name: str, settings: Any = None, *, flow_direction: str = "left-to-right") -> Camera:
     """A closed camera of backend ``name`` configured from a settings object or mapping."""
-    return camera_class(name)(settings)
+    return camera_class(name)(settings, flow_direction=flow_direction)

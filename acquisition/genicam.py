@@ -163,8 +163,8 @@ class GenicamCamera(GenicamFeatures, Camera):
     backend = "genicam"
     Settings = GenicamSettings
 
-    def __init__(self, settings: Any = None):
-        super().__init__(settings)
+    def __init__(self, settings: Any = None, *, flow_direction: str = "left-to-right"):
+        super().__init__(settings, flow_direction=flow_direction)
         self.skipped = 0  # drops not visible as frame-id gaps (GenTL reports none: stays 0)
         self.clock_note = ""
         self._h = None

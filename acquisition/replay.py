@@ -566,8 +566,8 @@ class ReplayCamera(Camera):
         TIFF and image folders), so a replay's event file describes the experiment recorded."""
         return dict(self._src.metadata) if self._src is not None else {}
 
-    def __init__(self, settings: Any = None):
-        super().__init__(settings)
+    def __init__(self, settings: Any = None, *, flow_direction: str = "left-to-right"):
+        super().__init__(settings, flow_direction=flow_direction)
         self._src: _Source | None = None
         self._block = np.empty((0, 0, 0), np.uint8)
         self._block_i0 = -1
@@ -590,6 +590,13 @@ class ReplayCamera(Camera):
 
     def _configure(self, src: _Source) -> CameraInfo:
         s = self.settings
+        turned = src.metadata.get("user:camera flow direction") or "left-to-right"
+        turned = turned.decode(errors="replace") if isinstance(turned, bytes) else str(turned)
+        if self.turns and turned != "left-to-right":
+            # turned twice, the cells would flow the wrong way, and nothing would be tracked
+            raise ConfigError("camera.flow_direction", f"{src.path} holds frames mimlsort turned already (cells flowed "
+                              f"{turned} in the camera's image; here they flow left to right): leave "
+                              f"camera.flow_direction at left-to-right, not {self.flow_direction}")
         if src.nominal_fps and src.fps is not None and s.fps is not None:
             if not math.isclose(src.fps, s.fps, rel_tol=1e-6):
                 log.info("%s: its container says %g fps (a playback rate); the frame rate given, %g fps, is used",
@@ -702,11 +709,11 @@ class ReplayCamera(Camera):
         self.position = i + 1
         return GrabResult(frame_id, t_ns)
 
-    def grab_many_into(self, ring: FrameRing, max_frames: int, timeout_s: float = 1.0) -> int:
+    def _do_grab_many(self, ring: FrameRing, max_frames: int, timeout_s: float) -> int | None:
         """Runs of frames copied, paced and published by one kernel without the GIL, up to the end
         of the block read from the source. The same frames, ids and times as :meth:`grab_into`."""
         if not realtime.AVAILABLE:
-            return super().grab_many_into(ring, max_frames, timeout_s)
+            return None
         if self.state is not CameraState.ACQUIRING:
             raise StateError(f"{self.backend} camera is not acquiring")
         s = self.settings

@@ -818,7 +818,11 @@ class SyntheticCamera(Camera):
         # an endless run (a demo left on all day) keeps the newest records only: ~500 bytes each
         return [] if self.settings.duration_s > 0 else collections.deque(maxlen=TRUTH_KEPT_ENDLESS)
 
-    def __init__(self, settings: SyntheticSettings | dict | None = None, *, kernels: str = "numba"):
+    def __init__(self, settings: SyntheticSettings | dict | None = None, *, kernels: str = "numba",
+                 flow_direction: str = "left-to-right"):
+        if flow_direction != "left-to-right":
+            raise ConfigError("camera.flow_direction", "the synthetic camera's cells flow left to right: leave it "
+                              f"at left-to-right (got {flow_direction!r})")
         super().__init__(settings)
         if kernels not in ("numba", "python"):
             raise ConfigError("camera.synthetic.kernels", f"must be 'numba' or 'python', got {kernels!r}")
@@ -902,12 +906,12 @@ class SyntheticCamera(Camera):
             fid = idx & ((1 << s.id_bits) - 1) if s.id_bits else idx
             return GrabResult(fid, int(round(idx * period_ns)))
 
-    def grab_many_into(self, ring: FrameRing, max_frames: int, timeout_s: float = 1.0) -> int:
+    def _do_grab_many(self, ring: FrameRing, max_frames: int, timeout_s: float) -> int | None:
         """Frames in runs rendered and published by one kernel without the GIL (frame by frame
         the grab loop's Python cost about doubles the camera's, and every frame takes the GIL).
         The same frames, ids and timestamps as :meth:`grab_into`, frame for frame."""
         if self._kernel is not rk.render_frame or not realtime.AVAILABLE:
-            return super().grab_many_into(ring, max_frames, timeout_s)
+            return None
         if self.state is not CameraState.ACQUIRING:
             raise StateError(f"{self.backend} camera is not acquiring")
         s = self.settings

@@ -336,7 +336,7 @@ class GenicamFeatures:
         self._connect(self._serial)
         self._configure()
         info = self._make_info()
-        if (info.width, info.height, info.dtype) != (self.info.width, self.info.height, self.info.dtype):
+        if (info.width, info.height, info.dtype) != (self.sensor_info.width, self.sensor_info.height, self.sensor_info.dtype):
             raise DeviceError(f"reopened camera delivers {info.width}x{info.height} {info.dtype}")
         self._restart()
 
@@ -363,5 +363,5 @@ class GenicamFeatures:
             else:
                 out[key] = self.set_feature(key, value)
         if geometry:
-            self._info = self._make_info()
+            self._set_info(self._make_info())
         return out

@@ -87,8 +87,8 @@ class XimeaCamera(Camera):
     backend = "ximea"
     Settings = XimeaSettings
 
-    def __init__(self, settings: Any = None):
-        super().__init__(settings)
+    def __init__(self, settings: Any = None, *, flow_direction: str = "left-to-right"):
+        super().__init__(settings, flow_direction=flow_direction)
         self.skipped = 0  # drops not visible as frame-id gaps (acq_nframe shows them all: stays 0)
         self.clock_note = "camera clock (tsSec/tsUSec)"
         self._cam = None
@@ -217,7 +217,7 @@ class XimeaCamera(Camera):
                 name = {"width": "width", "height": "height", "offset_x": "offsetX", "offset_y": "offsetY"}[key]
                 getattr(cam, f"set_{name}")(int(value))
                 out[key] = int(getattr(cam, f"get_{name}")())
-                self._info = self._make_info()
+                self._set_info(self._make_info())
             else:
                 raise ConfigError(f"camera.ximea.{key}", "unknown setting (known: exposure_us, fps, trigger, width, "
                                   "height, offset_x, offset_y)")

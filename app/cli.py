@@ -69,6 +69,10 @@ BIT_DEPTH_HELP = ("bits the grey levels use, if the recording does not say (a 12
                   "tracking thresholds are 8-bit grey levels scaled by it)")
 
 
+FLOW_HELP = ("the way cells move in the recording's images: left-to-right (the default), right-to-left, "
+             "top-to-bottom or bottom-to-top; frames are turned so that they move left to right")
+
+
 def _tracker_settings(args: argparse.Namespace):
     from dataclasses import replace
 
@@ -88,7 +92,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     # before the tracking, not after it
     check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))
     with ReplayCamera(ReplaySettings(path=str(args.recording), pixel_size_um=args.pixel_size, fps=args.fps,
-                                     bit_depth=args.bit_depth or 0)) as cam:
+                                     bit_depth=args.bit_depth or 0), flow_direction=args.flow_direction) as cam:
         res = track_camera(cam, _tracker_settings(args))
     write_events_csv(res.events, args.out)
     complete = sum(1 for e in res.events if e.ok)
@@ -174,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say")
     sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say (a video container's rate is a playback rate: this wins over it)")
     sp.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
+    sp.add_argument("--flow-direction", default="left-to-right", help=FLOW_HELP)
     sp.add_argument("--threshold", type=float, help="segmentation threshold, 8-bit grey levels (< 0: darker than "
                                                      "the background, RT-DC's rule; default -6)")
     sp.set_defaults(func=cmd_track)

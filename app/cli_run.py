@@ -90,10 +90,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         camera["replay.fps"] = args.fps
     if args.bit_depth:
         camera["replay.bit_depth"] = args.bit_depth
+    if args.flow_direction:
+        camera["flow_direction"] = args.flow_direction
     cfg = with_changes(cfg, camera=camera, output={"record_raw": False})
-    from acquisition.replay import ReplayCamera
-
-    with ReplayCamera(cfg.camera.backend_settings()) as probe:
+    with cfg.camera.make_camera() as probe:
         total = probe.info.frame_count
         recorded_sample = probe.recorded_metadata.get("experiment:sample")
     if cfg.output.sample == OutputConfig().sample:  # not set in --config: the recording's sample name
@@ -141,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from app.cli import BIT_DEPTH_HELP
+    from app.cli import BIT_DEPTH_HELP, FLOW_HELP
 
     sp = sub.add_parser("run", help="the headless capture daemon: run a configuration until it ends or is stopped",
                         description="Exit codes: 0 completed or stopped by SIGINT/SIGTERM, 1 errored, "
@@ -167,6 +167,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say")
     sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say (a video container's rate is a playback rate: this wins over it)")
     sp.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
+    sp.add_argument("--flow-direction", help=FLOW_HELP)
     sp.add_argument("--trigger", action="store_true", help="fire the configured trigger (default: decide only)")
     sp.set_defaults(func=cmd_replay)
 

@@ -57,6 +57,9 @@ class CameraConfig:
     backend: str = "synthetic"  # synthetic | replay | basler | genicam | ximea
     ring_capacity: int = 4096  # frames held in the ring (headroom before a slow reader misses frames)
     pixel_size_um: float = 0.0  # µm per pixel in the object plane; 0: what the camera/recording says
+    # turned, never mirrored: a cell keeps its handedness, and the tracker, geometry, files and
+    # preview all see the turned frames (RT-DC's convention), so nothing downstream knows of it
+    flow_direction: str = "left-to-right"  # way cells move in the camera's image: left-to-right | right-to-left | top-to-bottom | bottom-to-top; frames are turned so that they move left to right
     synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     basler: dict = field(default_factory=dict)  # see `mimlsort config --default` with backend = "basler"
@@ -69,6 +72,12 @@ class CameraConfig:
         require(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         require(self.ring_capacity >= 64, "ring_capacity", f"must be >= 64, got {self.ring_capacity}")
         require(self.pixel_size_um >= 0, "pixel_size_um", f"must be >= 0, got {self.pixel_size_um}")
+        from acquisition.camera import FLOW_DIRECTIONS
+
+        require(self.flow_direction in FLOW_DIRECTIONS, "flow_direction",
+                f"must be one of {', '.join(FLOW_DIRECTIONS)}, got {self.flow_direction!r}")
+        require(self.backend != "synthetic" or self.flow_direction == "left-to-right", "flow_direction",
+                "the synthetic camera's cells flow left to right")
         if self.backend in _VENDOR_CAMERAS:
             try:
                 _backend_settings("camera", self.backend, getattr(self, self.backend), self.backend)
@@ -76,6 +85,12 @@ class CameraConfig:
                 raise
             except MimlsortError:  # SDK missing: validated when the camera is opened
                 pass
+
+    def make_camera(self):
+        """A closed camera of the selected backend, as configured."""
+        from acquisition.camera import make_camera
+
+        return make_camera(self.backend, self.backend_settings(), flow_direction=self.flow_direction)
 
     def backend_settings(self):
         """The selected backend's settings object (vendor tables validated now)."""

@@ -462,7 +462,6 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
     goes is lossless when it ends, and fires nothing — its frames reach the host at no time a
     cell could be sorted at (the GUI and ``mimlsort run`` lost frames and fired "late" pulses).
     """
-    from acquisition.camera import make_camera
     from app.sorting import SortPolicy
 
     paced, finite = source_pacing(cfg) if camera is None else (True, False)
@@ -490,7 +489,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
                                       + ("_raw.rtdc",) * cfg.output.record_raw)
     created += reserved
     try:
-        cam = camera or make_camera(cfg.camera.backend, cfg.camera.backend_settings())
+        cam = camera or cfg.camera.make_camera()
     except BaseException:
         remove_files(created)
         raise
@@ -522,6 +521,8 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
         setup = setup_meta(cfg.setup, setup_from_attrs(recorded) if recorded else None,
                            cfg.camera.synthetic if cfg.camera.backend == "synthetic" else None,
                            camera_exposure_us=info.exposure_us)
+        if cam.turns:
+            setup["flow_direction"] = cam.flow_direction
         if cfg.output.write_events or events_path is not None:
             from app.storage import EventWriter
 

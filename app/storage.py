@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from acquisition.camera import FLOW_DIRECTIONS
 from mimlsort import __version__
 from mimlsort.errors import DataFormatError, DeviceError
 from mimlsort.settings import require
@@ -130,6 +131,9 @@ class RunMeta:
     setup_identifier: str = "mimlsort"
     camera: str = ""  # backend and model, e.g. "basler acA720-520um"
     camera_clock: bool = True  # frame times come from the camera's clock (False: host arrival times)
+    # the way cells moved in the camera's image; frames (and so images, masks, positions and the
+    # ROI size) were turned from it so that they move left to right
+    flow_direction: str = "left-to-right"
     class_names: tuple[str, ...] = ()
     feature_names: tuple[str, ...] = tuple(FEATURES)
     model_name: str = ""
@@ -180,6 +184,8 @@ class RunMeta:
             total = self.flow_rate_sample_ul_s + self.flow_rate_sheath_ul_s
             require(math.isclose(total, self.flow_rate_ul_s, rel_tol=1e-6), "flow_rate_ul_s",
                     f"must be sample + sheath = {total:g}, got {self.flow_rate_ul_s:g}")
+        require(self.flow_direction in FLOW_DIRECTIONS, "flow_direction",
+                f"must be one of {', '.join(FLOW_DIRECTIONS)}, got {self.flow_direction!r}")
         require(self.measured in ("tracked", "single image"), "measured",
                 f"must be 'tracked' or 'single image', got {self.measured!r}")
         require(self.target_event_count >= 0, "target_event_count", f"must be >= 0, got {self.target_event_count}")
@@ -225,6 +231,8 @@ class RunMeta:
             attrs["setup:chip identifier"] = self.chip_identifier.lower()
         if self.operator:
             attrs["user:operator"] = self.operator
+        if self.flow_direction != "left-to-right":  # RT-DC's own: said only when the frames were turned
+            attrs["user:camera flow direction"] = self.flow_direction
         if self.placeholders:
             attrs["user:setup placeholders"] = ", ".join(self.placeholders)
         return attrs
@@ -244,6 +252,7 @@ _SETUP_KEYS = {
     "setup:temperature": ("temperature_c", float),
     "imaging:flash device": ("flash_device", str),
     "imaging:flash duration": ("flash_duration_us", float),
+    "user:camera flow direction": ("flow_direction", str),
 }
 
 
@@ -271,6 +280,8 @@ def setup_from_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
         out[name] = v
     if out.get("chip_region") not in (None, "channel", "reservoir"):
         del out["chip_region"]
+    if out.get("flow_direction") not in (None, *FLOW_DIRECTIONS):
+        del out["flow_direction"]
     sample, sheath = out.get("flow_rate_sample_ul_s"), out.get("flow_rate_sheath_ul_s")
     if sample is not None and sheath is not None:
         total = out.setdefault("flow_rate_ul_s", sample + sheath)

@@ -136,3 +136,18 @@ def test_apply_reports_and_rejects_unknown_settings(camera):
         with pytest.raises(ConfigError) as e:
             cam.apply({"no_such_feature": 1})
         assert "no_such_feature" in str(e.value)
+
+
+@pytest.mark.parametrize("backend", ["replay", "basler", "genicam"])
+def test_a_camera_mounted_across_the_flow_delivers_turned_frames(backend, tmp_path):
+    cam, (h, w) = BACKENDS[backend](tmp_path)
+    turned = type(cam)(cam.settings, flow_direction="top-to-bottom")
+    with turned:
+        assert (turned.info.height, turned.info.width) == (w, h)
+        assert (turned.sensor_info.height, turned.sensor_info.width) == (h, w)
+        ring = turned.info.make_ring(16)
+        turned.start()
+        got = sum(turned.grab_many_into(ring, 4, timeout_s=2.0) for _ in range(8))
+        frame = turned.read(timeout_s=2.0)
+    assert got >= 8 and ring.images.shape[1:] == (w, h) and ring.images[:got].std() > 0
+    assert frame is not None and frame.image.shape == (w, h)

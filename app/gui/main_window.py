@@ -546,10 +546,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
 def _grab_frames(cfg: Any, n: int) -> tuple[list[np.ndarray], float]:
     """``n`` frames from the configured camera (opened and closed here), and its pixel size."""
-    from acquisition.camera import make_camera
-
     frames = []
-    with make_camera(cfg.camera.backend, cfg.camera.backend_settings()) as cam:
+    with cfg.camera.make_camera() as cam:
         cam.start()
         for _ in range(4 * n):
             f = cam.read(timeout_s=1.0)

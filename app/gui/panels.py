@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from acquisition.camera import FLOW_DIRECTIONS
 from app.gui.models import ModelInfo, config_get, config_value, first_field
 from app.gui.qt import QtCore, QtWidgets, Signal
 
@@ -197,6 +198,9 @@ class ControlPanel(QtWidgets.QWidget):
                            self.roi_h: (8, "camera's")}
         self.pixel_size = _spin(0, 100, 4, 0.01, " µm/px")
         self.pixel_size.setSpecialValueText("from camera")
+        self.flow = _combo(tuple(FLOW_DIRECTIONS))
+        self.flow.setToolTip("the way cells move in the camera's image; frames are turned so that they move "
+                             "left to right")
         self.autodetect_btn = QtWidgets.QPushButton("Auto-detect channel geometry")
         roi = QtWidgets.QHBoxLayout()
         roi.addWidget(self.roi_w)
@@ -208,6 +212,7 @@ class ControlPanel(QtWidgets.QWidget):
         f.addRow("Frame rate", self.fps)
         f.addRow("ROI", roi)
         f.addRow("Pixel size", self.pixel_size)
+        f.addRow("Flow in image", self.flow)
         f.addRow(self.autodetect_btn)
         self.autodetect_btn.clicked.connect(self.autoDetectRequested)
         self._bind(self.backend, _fixed("camera.backend"), "combo")
@@ -217,6 +222,7 @@ class ControlPanel(QtWidgets.QWidget):
         self._bind(self.roi_w, _cam("width"), "int")
         self._bind(self.roi_h, _cam("height"), "int")
         self._bind(self.pixel_size, _fixed("camera.pixel_size_um"), "float")
+        self._bind(self.flow, _fixed("camera.flow_direction"), "combo")
         lay.addWidget(cam)
 
         # model
