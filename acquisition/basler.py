@@ -49,6 +49,14 @@ _NO_BLOCK_ID = 2**64 - 1  # pylon's BlockID where the transport layer has none
 _LOCAL_TLS = ("BaslerUsb", EMULATOR)
 
 
+def _pixel_type_name(value: int) -> str:
+    """pylon's name of a grab result's pixel type ("Mono12"), not its number (a refused frame's error)."""
+    pylon, _ = _pylon()
+    names = [n.removeprefix("PixelType_") for n in dir(pylon) if n.startswith("PixelType_")
+             and getattr(pylon, n) == value]
+    return names[0] if names else f"pixel type {value:#x}"
+
+
 def _pylon(emulator: bool = False):
     """Import pypylon lazily; the emulator transport layer is enabled through PYLON_CAMEMU."""
     if emulator:
@@ -508,7 +516,7 @@ class BaslerCamera(GenicamFeatures, Camera):
         try:
             if mv.nbytes != out.nbytes:
                 raise DataFormatError(
-                    f"basler camera {self._serial}: frame {raw} is {r.Width}x{r.Height} {r.PixelType} "
+                    f"basler camera {self._serial}: frame {raw} is {r.Width}x{r.Height} {_pixel_type_name(r.PixelType)} "
                     f"({mv.nbytes} bytes, row padding {r.PaddingX}), expected {out.shape[1]}x{out.shape[0]} "
                     f"{out.dtype} ({out.nbytes} bytes)")
             memoryview(out).cast("B")[:] = mv.cast("B") if mv.format != "B" else mv

@@ -85,7 +85,8 @@ def select_device(devices: list[Any], serial: str, s: Any, *, serial_of: Callabl
                if (not serial or serial_of(d) == serial) and (not s.user_name or name_of(d) == s.user_name)]
     want = ", ".join(f"{k}={v!r}" for k, v in (("serial", serial), ("user_name", s.user_name)) if v) or "any"
     if not matches:
-        serials = ", ".join(serial_of(d) for d in devices) or "none"
+        serials = ", ".join(serial_of(d) for d in devices) or ("none: is it connected, powered, and not open "
+                                                             "already, in this program or another?")
         raise DeviceError(f"no {what} matches {want}{where} ({found}: {serials})")
     i = max(s.index, 0) if serial == s.serial else 0
     if i >= len(matches):

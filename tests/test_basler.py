@@ -285,7 +285,7 @@ def test_a_frame_of_another_size_is_refused_naming_what_arrived():
     with emu(fps=1000.0) as cam:
         cam.set_feature("Width", 128)  # behind the backend's back: the ring was made for 256
         cam.start()
-        with pytest.raises(DataFormatError, match=r"128x96 .*expected 256x96"):
+        with pytest.raises(DataFormatError, match=r"128x96 Mono8 .*expected 256x96"):
             cam.read(timeout_s=2.0)
         cam.stop()
 

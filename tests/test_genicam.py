@@ -128,3 +128,10 @@ def test_camera_timestamps_where_the_device_has_none_fail_loudly():
         cam.start()
         with pytest.raises(DeviceError, match="timestamps = .host"):
             cam.read(timeout_s=2.0)
+
+
+def test_a_camera_open_already_is_not_said_to_be_missing_without_a_hint():
+    with viky(serial="0"):
+        with pytest.raises(DeviceError, match=r"serial='0' \(found serials: none: is it connected, powered, and not "
+                                              r"open already"):
+            viky(serial="0").open()
