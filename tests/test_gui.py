@@ -58,6 +58,7 @@ class SynthCfg:
 class CamCfg:
     backend: str = "synthetic"
     pixel_size_um: float = PX
+    flow_direction: str = "left-to-right"
     synthetic: SynthCfg = field(default_factory=SynthCfg)
     basler: dict = field(default_factory=dict)
 
@@ -318,6 +319,9 @@ def test_run_shows_frames_cells_and_counters(qtbot, window):
     start(qtbot, win)
     assert not win.controls.start_btn.isEnabled() and win.controls.stop_btn.isEnabled()
     assert not win.controls.backend.isEnabled()  # the camera is fixed while running
+    fixed = [b.current for b in win.controls._bindings if b.current and b.current.startswith(("camera.", "model."))
+             and b.widget.isEnabled()]
+    assert fixed == [], fixed  # every camera and model control (the flow direction's was forgotten)
     assert win.controls.threshold.isEnabled()  # sort settings stay live
     qtbot.waitUntil(lambda: win.table.total >= 30, timeout=10000)
     cells1 = int(win.status_panel.text("cells").split("|")[0])

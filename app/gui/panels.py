@@ -434,7 +434,7 @@ class ControlPanel(QtWidgets.QWidget):
         self.stop_btn.setEnabled((running and not busy) or starting)  # a start can be called off
         # settings fixed for a run (camera, files, model) lock while it runs; gates, threshold,
         # target and mode stay live (the policy is swapped at the next cell)
-        for w in (self.backend, self.device, self.exposure, self.fps, self.roi_w, self.roi_h, self.pixel_size,
+        for w in (self.backend, self.device, self.exposure, self.fps, self.roi_w, self.roi_h, self.pixel_size, self.flow,
                   self.model_path, self.model_browse, self.provider, self.trigger_backend, self.trigger_device,
                   self.sample, self.folder, self.folder_browse, self.auto_events, self.auto_seconds,
                   self.record_raw):
