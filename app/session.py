@@ -69,11 +69,11 @@ def preflight(cfg: RunConfig) -> list[str]:
             check_model_scale(clf, cfg.tracking.crop_size_um, cfg.camera.pixel_size_um or clf.spec.image.pixel_size_um or 1.0)
             checked.append(f"model {path.name} ({', '.join(clf.classes)}; targets {', '.join(cfg.sorting.target_classes)})")
     if cfg.camera.backend == "replay":
-        from acquisition.replay import open_source
-
-        s = cfg.camera.backend_settings()
-        open_source(s.path, s.skip_duplicate_frames).close()
-        checked.append(f"recording {s.path}")
+        # opened as the run opens it: also refuses a recording without a frame rate or pixel
+        # size, a start_frame past its end and a second turn of turned frames
+        with cfg.camera.make_camera():
+            pass
+        checked.append(f"recording {cfg.camera.replay.path}")
     backend = cfg.trigger.backend
     key = TRIGGER_ADDRESS.get(backend)
     address = getattr(cfg.trigger.backend_settings(), key) if key else None

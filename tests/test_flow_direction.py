@@ -136,3 +136,21 @@ def test_files_of_a_turned_run_say_so_and_its_recording_is_not_turned_twice(tmp_
     with dclab.new_dataset(run2.events_path) as ds:
         assert ds.config["user"]["camera flow direction"] == "bottom-to-top"
         assert len(ds) == n_cells
+
+
+def test_config_check_refuses_turning_a_turned_recording(tmp_path, channel):
+    from app.config import config_from_mapping
+    from app.session import preflight
+    from acquisition.recording import RawRecorder
+    from app.storage import RunMeta
+
+    raw = tmp_path / "turned_raw.rtdc"
+    meta = RunMeta(pixel_size_um=PX, fps=FPS, roi=channel.shape[:0:-1], flow_direction="right-to-left").setup_attrs()
+    with RawRecorder(raw, channel.shape[2], channel.shape[1], "uint8", pixel_size_um=PX, fps=FPS, metadata=meta) as rec:
+        rec.write(channel[:8], np.arange(8), np.arange(8) * 250_000)
+    cfg = config_from_mapping({"camera": {"backend": "replay", "flow_direction": "right-to-left",
+                                          "replay": {"path": str(raw)}}, "model": {"path": "none"}})
+    with pytest.raises(ConfigError, match=r"camera\.flow_direction.*turned already"):
+        preflight(cfg)
+    assert any("turned_raw.rtdc" in c for c in preflight(config_from_mapping(
+        {"camera": {"backend": "replay", "replay": {"path": str(raw)}}, "model": {"path": "none"}})))
