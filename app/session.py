@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -136,11 +137,38 @@ def run_stem(cfg: RunConfig, folder: Path | None = None) -> str:
     return unique
 
 
+#: an empty run file older than this was reserved by a run that never wrote it: its process ended
+#: (killed, power lost) while its camera or trigger opened. A live run's writer fills its file
+#: within seconds of taking the name.
+STALE_RESERVATION_S = 600.0
+_RUN_FILE = re.compile(r".+_\d{8}-\d{6}(_\d+)?(_raw)?\.rtdc")
+
+
+def remove_stale_reservations(folder: Path) -> list[Path]:
+    """Remove the empty ``<sample>_<date>-<time>[_raw].rtdc`` files a run reserved and never wrote
+    (dclab and DCscope cannot open them, and they count as runs of the day); returns them. Empty
+    files hold nothing, so nothing recorded is lost."""
+    now, gone = time.time(), []
+    for p in folder.glob("*.rtdc"):
+        try:
+            st = p.stat()
+            if st.st_size == 0 and now - st.st_mtime > STALE_RESERVATION_S and _RUN_FILE.fullmatch(p.name):
+                p.unlink()
+                gone.append(p)
+        except OSError:  # gone meanwhile, or not ours to remove: it stays
+            continue
+    if gone:
+        log.info("%s: removed %d empty run file(s) left by runs that ended while they started: %s", folder, len(gone),
+                 ", ".join(p.name for p in gone))
+    return gone
+
+
 def reserve_run_stem(cfg: RunConfig, folder: Path, suffixes: tuple[str, ...]) -> tuple[str, list[Path]]:
     """:func:`run_stem`, with the files ``<stem><suffix>`` created empty (exclusively) so that no
     other run takes the name; returns the stem and those files. The run's writers replace them."""
     import os
 
+    remove_stale_reservations(folder)
     for _ in range(100):
         stem = run_stem(cfg, folder)
         taken: list[Path] = []

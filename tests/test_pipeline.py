@@ -872,3 +872,39 @@ def test_a_pixel_size_given_over_the_cameras_own_is_said(tmp_path, caplog):
         run = build_run(cfg)
     run.close()
     assert "camera.pixel_size_um 0.4 µm/px is used; the synthetic camera reports 0.5" in caplog.text
+
+
+def test_empty_files_of_runs_that_died_while_starting_are_removed_by_the_next_run(tmp_path):
+    # a process killed while its camera opened left the empty file that reserved its name: dclab
+    # could not open it, and it counted as a run of the day
+    import os
+    import time as _time
+
+    from app.config import config_from_mapping
+    from app.session import STALE_RESERVATION_S, build_run
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    day = _time.strftime("%Y%m%d")
+    old = _time.time() - STALE_RESERVATION_S - 60
+    stale = [folder / f"s_{day}-101010.rtdc", folder / f"s_{day}-101010_raw.rtdc", folder / f"s_{day}-101011_2.rtdc"]
+    kept = [folder / f"s_{day}-101012.rtdc",  # just reserved by a run that is starting
+            folder / "mine.rtdc",  # not a run's name
+            folder / f"s_{day}-101013.rtdc"]  # not empty
+    for p in stale + kept:
+        p.write_bytes(b"x" if p is kept[2] else b"")
+        if p is not kept[0]:
+            os.utime(p, (old, old))
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.1, "realtime": False, "seed": 3}},
+        "model": {"path": "none"},
+        "output": {"folder": str(folder), "report": False, "sample": "s"},
+    })
+    with build_run(cfg) as run:
+        assert run.wait(120)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    import dclab
+
+    with dclab.new_dataset(run.events_path) as ds:
+        # the run index of the day counts the runs that wrote a file (the unreadable stale ones went)
+        assert ds.config["experiment"]["run index"] == 3
