@@ -14,6 +14,7 @@ import numpy as np
 
 from acquisition.camera import Camera
 from tracking.events import CellEvent
+from tracking.geometry import geometry_note
 from tracking.tracker import Tracker, TrackerSettings
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
             b = reader.read(reader.pending)
             events.extend(tracker.process_batch(ring, b))
         events.extend(tracker.flush())
+        log.info("%s", geometry_note(tracker.geometry, settings.geometry))
     finally:
         camera.stop()
     if reader.missed or reader.overrun:

@@ -51,6 +51,7 @@ from mimlsort import realtime
 from mimlsort.errors import ConfigError, MimlsortError, StateError
 from mimlsort.settings import require
 from tracking.events import CellEvent
+from tracking.geometry import geometry_note
 from tracking.tracker import Tracker, TrackerSettings
 
 log = logging.getLogger(__name__)
@@ -664,6 +665,10 @@ class Pipeline:
                 b = reader.read(s.background_frames if reader.pending >= s.background_frames else reader.pending)
                 self.tracker = Tracker.from_frames(ring.images[b.slots], px, s, t0_ns=int(b.timestamps_ns[0]),
                                                    kernels=self.kernels, bit_depth=self.camera.info.bit_depth)
+                # every measurement rests on it: said where a wrong one can be seen (log and file)
+                note = geometry_note(self.tracker.geometry, s.geometry)
+                log.info("%s", note)
+                self._file_notes.append(note)
                 if self.lossless:
                     # the frame of a cell's event image is taken when the cell is emitted, up to many
                     # batches later: the camera stays this far behind the tracker, and older frames

@@ -76,3 +76,17 @@ def test_simulator_background_is_detected():
         x0 = s.constriction_start_um / s.pixel_size_um - 0.5  # the simulator's pixel-edge convention
         assert g.constriction_x0 == pytest.approx(x0, abs=0.6)
         assert g.constriction_x1 == pytest.approx(x0 + s.constriction_length_um / s.pixel_size_um, abs=0.6)
+
+
+@pytest.mark.parametrize("gradient", [0.35, 0.5, 0.7])
+def test_a_brightness_gradient_along_the_flow_does_not_move_the_constriction(gradient):
+    # one threshold for the whole image cut into the lumen on the dark side: the constriction was
+    # found at 7-14 µm (0.35) or 34-44 µm (0.5) instead of 44-84 µm, and every cell measured wrong
+    synthetic = pytest.importorskip("acquisition.synthetic")
+    for seed in (1, 2):
+        s = synthetic.SyntheticSettings(illumination_gradient=gradient, seed=seed)
+        bg = np.round(synthetic.render_background(s)).clip(0, 255).astype(np.uint8)
+        g = detect_geometry(bg, s.pixel_size_um)
+        x0 = s.constriction_start_um / s.pixel_size_um - 0.5
+        assert g.constriction_x0 == pytest.approx(x0, abs=1.5)
+        assert g.constriction_x1 == pytest.approx(x0 + s.constriction_length_um / s.pixel_size_um, abs=1.5)

@@ -908,3 +908,28 @@ def test_empty_files_of_runs_that_died_while_starting_are_removed_by_the_next_ru
     with dclab.new_dataset(run.events_path) as ds:
         # the run index of the day counts the runs that wrote a file (the unreadable stale ones went)
         assert ds.config["experiment"]["run index"] == 3
+
+
+def test_the_channel_geometry_the_tracker_used_is_in_the_event_files_log(tmp_path):
+    # every measurement rests on it; a wrong detection was seen nowhere (neither log nor file)
+    import re
+
+    import dclab
+
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.1, "realtime": False, "seed": 3}},
+        "model": {"path": "none"},
+        "tracking": {"geometry": {"channel_top_um": 8.0}},
+        "output": {"folder": str(tmp_path), "report": False},
+    })
+    with build_run(cfg) as run:
+        assert run.wait(120)
+    with dclab.new_dataset(run.events_path) as ds:
+        text = " ".join("".join(ds.logs[name]) for name in ds.logs)  # long lines are wrapped at 100 bytes
+    m = re.search(r"channel geometry \(constriction_start_um, constriction_end_um, channel_bottom_um detected from the "
+                  r"background\): constriction ([\d.]+)-([\d.]+) µm .*walls at 8\.0 and", text)
+    assert m, text
+    assert float(m[1]) == pytest.approx(44.0, abs=0.5) and float(m[2]) == pytest.approx(84.0, abs=0.5)

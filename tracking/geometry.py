@@ -85,3 +85,15 @@ class GeometrySettings:
             width=w,
             height=h,
         )
+
+
+def geometry_note(g: ChannelGeometry, given: GeometrySettings) -> str:
+    """One line saying where the tracker takes the channel to be, and which values were detected."""
+    px = g.pixel_size_um
+    detected = [name for name in ("constriction_start_um", "constriction_end_um", "channel_top_um", "channel_bottom_um")
+                if getattr(given, name) is None]
+    how = ("detected from the background" if len(detected) == 4 else "as configured" if not detected
+           else f"{', '.join(detected)} detected from the background")
+    return (f"channel geometry ({how}): constriction {g.constriction_x0 * px:.1f}-{g.constriction_x1 * px:.1f} µm "
+            f"({g.constriction_length_um:.1f} µm long), channel walls at {g.channel_y0 * px:.1f} and "
+            f"{g.channel_y1 * px:.1f} µm (set tracking.geometry to correct it)")
