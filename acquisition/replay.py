@@ -71,10 +71,11 @@ class ReplaySettings:
     bit_depth: int = 0  # bits the grey levels use (a 12-bit camera's TIFFs: 12); 0: what the recording says, else its dtype's (16 for uint16)
 
     def __post_init__(self) -> None:
-        require(self.pixel_size_um is None or self.pixel_size_um > 0, "pixel_size_um",
-                f"must be > 0, got {self.pixel_size_um}")
-        require(self.fps is None or self.fps > 0, "fps", f"must be > 0, got {self.fps}")
-        require(self.speed > 0, "speed", f"must be > 0, got {self.speed}")
+        # finite: an infinite frame rate gave transit times of 0 and speeds of 4e9 mm/s
+        require(self.pixel_size_um is None or 0 < self.pixel_size_um < math.inf, "pixel_size_um",
+                f"must be > 0 and finite, got {self.pixel_size_um}")
+        require(self.fps is None or 0 < self.fps < math.inf, "fps", f"must be > 0 and finite, got {self.fps}")
+        require(0 < self.speed < math.inf, "speed", f"must be > 0 and finite, got {self.speed}")
         require(self.bit_depth == 0 or 8 <= self.bit_depth <= 16, "bit_depth",
                 f"must be 0 (the recording's) or 8..16, got {self.bit_depth}")
         require(self.start_frame >= 0, "start_frame", f"must be >= 0, got {self.start_frame}")
@@ -627,6 +628,13 @@ class ReplayCamera(Camera):
         else:
             # frame id / fps: a recording's drops (id gaps) keep their place in time
             times = np.round(ids.astype(np.float64) * (1e9 / fps)).astype(np.int64)
+        # times that stand still or run back gave transit times of 0 or below and speeds of 4e9 mm/s
+        dt, did = np.diff(times[start:stop]), np.diff(ids[start:stop])
+        bad = np.flatnonzero((dt < 0) | ((dt == 0) & (did != 0)))
+        if bad.size:
+            i = start + int(bad[0]) + 1
+            raise DataFormatError(f"{src.path}: frame {i} (id {int(ids[i])}) is timed {times[i] / 1e6:.6g} ms, not after "
+                                  f"the frame before it ({times[i - 1] / 1e6:.6g} ms): its times must increase")
         self._ids, self._times = ids, times
         self._fps = fps
         self._set_stop(stop)

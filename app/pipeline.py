@@ -614,8 +614,14 @@ class Pipeline:
                     seen, last_frame, stalled = ring.written, now, False
                 elif not stalled and not self.lossless and now - last_frame >= NO_FRAME_WARN_S:
                     stalled = True
-                    log.warning("no frame from the %s camera for %.0f s: is it waiting for a trigger (camera.%s.trigger) "
-                                "or stalled?", cam.info.backend, now - last_frame, cam.info.backend)
+                    if cam.info.backend == "replay":  # paced in real time: a gap in the recorded times
+                        log.warning("no frame from the replay for %.0f s: its next frame is timed later than the last "
+                                    "(a gap in the recording's times is waited out in real time; --max-speed does "
+                                    "not wait)", now - last_frame)
+                    else:
+                        log.warning("no frame from the %s camera for %.0f s: is it waiting for a trigger "
+                                    "(camera.%s.trigger) or stalled?", cam.info.backend, now - last_frame,
+                                    cam.info.backend)
                 room = _GRAB_RUN
                 if self.lossless:
                     while True:

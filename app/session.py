@@ -65,6 +65,7 @@ def preflight(cfg: RunConfig) -> list[str]:
         from app.sorting import SortPolicy
 
         with Classifier(path, provider="cpu", warmup=False) as clf:
+            clf.warmup(runs=1)  # it runs, and gives probabilities
             SortPolicy(cfg.sorting, clf.classes)  # the target classes are among the model's
             # the camera's pixel size may be known only once it is open: the field is checked here
             check_model_scale(clf, cfg.tracking.crop_size_um, cfg.camera.pixel_size_um or clf.spec.image.pixel_size_um or 1.0)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimlsort.errors import BackendUnavailable, ModelError, StateError
+from mimlsort.errors import BackendUnavailable, MimlsortError, ModelError, StateError
 
 from .preprocess import Preprocessor
 from .spec import INPUT_FEATURES, INPUT_IMAGE, OUTPUT, ModelSpec, TensorInfo, check_features, check_graph, read_spec
@@ -233,7 +233,13 @@ class Classifier:
         c, h, w = self.spec.image.shape
         f = len(self.spec.features)
         for n in (1, 1, 8)[:max(runs, 1)]:
-            self._run(np.zeros((n, c, h, w), np.float32), np.zeros((n, f), np.float32))
+            try:
+                p = self._run(np.zeros((n, c, h, w), np.float32), np.zeros((n, f), np.float32))
+            except MimlsortError:
+                raise
+            except Exception as err:  # ONNX Runtime's own (a node it refuses at run time)
+                raise ModelError(f"{self.path}: the model fails on a batch of {n}: {err}") from err
+            self.check_probabilities(p)
         if self._single is not None:
             (self._session_b1 or self._session).run_with_iobinding(self._single[0])
         im = self.spec.image
@@ -241,6 +247,16 @@ class Classifier:
         side = self.preprocess.field_pixels(px) or max(h, w)
         crop = np.zeros((side, side), np.uint8)
         self.preprocess.images([crop], [crop], px)
+
+    def check_probabilities(self, p: np.ndarray) -> None:
+        """Refuse outputs that are no class probabilities: logits (a graph exported without its
+        softmax) were stored as probabilities and passed the threshold, so every cell was sorted."""
+        p = np.asarray(p, dtype=np.float64)
+        sums = p.sum(axis=-1) if p.size else np.ones(1)
+        if not np.isfinite(p).all() or (p < -1e-4).any() or (p > 1 + 1e-4).any() or np.abs(sums - 1).max() > 1e-3:
+            raise ModelError(f"{self.path}: its outputs are no class probabilities (values {np.nanmin(p):.3g} to "
+                             f"{np.nanmax(p):.3g}, rows summing to {np.nanmin(sums):.3g}-{np.nanmax(sums):.3g}): export "
+                             "the model with a softmax at its end")
 
     # -- inference -----------------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ def linear_weights(spec: ModelSpec, seed: int = 0):
 
 def write_model(path: Path, spec: ModelSpec | None, *, shape_spec: ModelSpec | None = None, batch="N",
                 input_names=("image", "features"), output_name="probabilities", embed=True, seed=0,
-                elem=TensorProto.FLOAT) -> Path:
+                elem=TensorProto.FLOAT, softmax=True) -> Path:
     """probabilities = softmax(mean_hw(image) @ Wi + features @ Wf + b): a real ONNX graph whose
     output depends on every channel and feature, so a preprocessing error shows in the numbers."""
     s = shape_spec or spec
@@ -72,7 +72,8 @@ def write_model(path: Path, spec: ModelSpec | None, *, shape_spec: ModelSpec | N
         helper.make_node("MatMul", ["f32", "Wf"], ["zf"]),
         helper.make_node("Add", ["zi", "zf"], ["z"]),
         helper.make_node("Add", ["z", "b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], [output_name], axis=1),
+        helper.make_node("Softmax", ["logits"], [output_name], axis=1) if softmax
+        else helper.make_node("Identity", ["logits"], [output_name]),
     ]
     inits = [helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3]),
              onnx.numpy_helper.from_array(wi, "Wi"), onnx.numpy_helper.from_array(wf, "Wf"),
@@ -145,6 +146,22 @@ def test_invalid_spec_is_a_model_error_with_key_path(change, key):
     with pytest.raises(ModelError) as e:
         ModelSpec.from_dict(d, "model.onnx")
     assert f"model.onnx: model spec {key}:" in str(e.value)
+
+
+def test_a_model_whose_outputs_are_no_probabilities_is_refused_before_it_sorts(tmp_path):
+    # logits (exported without the softmax) were stored as probabilities and passed the
+    # threshold: every cell was fired on, and `config --check` called the model valid
+    from app.config import config_from_mapping
+    from app.session import preflight
+
+    path = write_model(tmp_path / "logits.onnx", make_spec(), softmax=False)
+    with pytest.raises(ModelError, match=r"logits\.onnx: its outputs are no class probabilities .*softmax"):
+        Classifier(path, provider="cpu")
+    cfg = config_from_mapping({"model": {"path": str(path)}, "sorting": {"target_classes": [make_spec().class_names[0]]},
+                               "tracking": {"crop_size_um": make_spec().image.crop_size_um}})
+    with pytest.raises(ModelError, match="no class probabilities"):
+        preflight(cfg)
+    Classifier(write_model(tmp_path / "ok.onnx", make_spec()), provider="cpu").close()
 
 
 def test_an_empty_model_file_is_not_an_onnx_model(tmp_path):

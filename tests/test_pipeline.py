@@ -933,3 +933,34 @@ def test_the_channel_geometry_the_tracker_used_is_in_the_event_files_log(tmp_pat
                   r"background\): constriction ([\d.]+)-([\d.]+) µm .*walls at 8\.0 and", text)
     assert m, text
     assert float(m[1]) == pytest.approx(44.0, abs=0.5) and float(m[2]) == pytest.approx(84.0, abs=0.5)
+
+
+def test_a_gap_in_a_realtime_replays_times_is_said_as_such(tmp_path, monkeypatch, caplog):
+    # the warning asked whether camera.replay.trigger (no such setting) was waiting for a trigger
+    import logging
+    import re
+
+    import h5py
+
+    import app.pipeline as pipeline
+    from acquisition.synthetic import SyntheticSettings
+    from app.config import config_from_mapping
+    from app.session import build_run
+    from app.simdata import record_simulation
+
+    rec = tmp_path / "rec.rtdc"
+    record_simulation(SyntheticSettings(duration_s=0.05, seed=4, fps=4000.0), rec)
+    with h5py.File(rec, "a") as f:
+        t = f["events/time"][:]
+        t[150:] += 1.5
+        f["events/time"][:] = t
+    monkeypatch.setattr(pipeline, "NO_FRAME_WARN_S", 0.5)
+    cfg = config_from_mapping({
+        "camera": {"backend": "replay", "replay": {"path": str(rec), "realtime": True}},
+        "model": {"path": "none"}, "output": {"folder": str(tmp_path / "out"), "report": False},
+    })
+    with caplog.at_level(logging.WARNING, logger="app.pipeline"):
+        with build_run(cfg) as run:
+            assert run.wait(60)
+    assert re.search(r"no frame from the replay for \d s: its next frame is timed later than the last", caplog.text)
+    assert "camera.replay.trigger" not in caplog.text and run.status().frames_in == 200

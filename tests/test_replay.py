@@ -545,3 +545,21 @@ def test_runs_of_frames_are_paced_by_the_recorded_times(tmp_path):
         assert cam.timeouts == 0
         assert cam.grab_many_into(ring, 3, timeout_s=0.01) == 0
         assert cam.timeouts == 1 and not cam.exhausted
+
+
+@pytest.mark.parametrize("change", ["reversed", "zero", "jump back"])
+def test_times_that_do_not_increase_are_refused_naming_the_frame(tmp_path, change):
+    # they gave transit times of 0 or below and speeds of 4e9 mm/s, exit 0
+    path = tmp_path / "t.rtdc"
+    time = np.arange(10) * 2.5e-4
+    time = {"reversed": time[::-1].copy(), "zero": np.zeros(10), "jump back": np.r_[time[:6], time[6:] - 0.01]}[change]
+    write_rtdc(path, stack(10), frame=np.arange(1, 11), time=time,
+               attrs={"imaging:pixel size": 0.5, "imaging:frame rate": 4000.0})
+    frame = {"reversed": 1, "zero": 1, "jump back": 6}[change]
+    with pytest.raises(DataFormatError, match=rf"t\.rtdc: frame {frame} \(id {frame + 1}\) is timed .*must increase"):
+        ReplayCamera(ReplaySettings(path=str(path))).open()
+
+
+def test_an_infinite_frame_rate_is_refused():
+    with pytest.raises(ConfigError, match=r"camera\.replay\.fps: must be > 0 and finite, got inf"):
+        make_camera("replay", {"path": "x.tif", "fps": float("inf")})

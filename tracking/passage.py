@@ -101,6 +101,24 @@ def _nanmedian3(a, b, c):
     return max(min(a, b), min(max(a, b), c))
 
 
+#: a cell whose centroid stays within this of where it stopped has not moved on (centroid jitter
+#: and a squeeze at the constriction's mouth move it less; a sixth of a cell's diameter)
+STOP_UM = 2.0
+
+
+@njit(nogil=True, cache=True)
+def longest_stop(t, x, n, reach):
+    """The longest time over which the centroid ``x`` stayed within ``reach`` of where it was."""
+    best = 0.0
+    for i in range(n - 1):
+        j = i
+        while j + 1 < n and abs(x[j + 1] - x[i]) <= reach:
+            j += 1
+        if t[j] - t[i] > best:
+            best = t[j] - t[i]
+    return best
+
+
 @njit(nogil=True, cache=True)
 def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out, doublet_di=DOUBLET_DI):
     """Fill ``out`` (N_FEATURES, in FEATURE_ORDER) from history rows ``h``; returns
@@ -257,6 +275,6 @@ def passage_kernel(h, x0, x1, px, doublet_solidity, low_contrast, stuck_ms, out,
     buf[:n] = h[:, c + B_CONTRAST]
     if _median(buf, n) < low_contrast:
         q |= _Q_LOW_CONTRAST
-    if t[n - 1] - t[0] > stuck_ms:
+    if longest_stop(t, x, n, STOP_UM / px) > stuck_ms:
         q |= _Q_STUCK
     return q, i_max

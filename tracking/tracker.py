@@ -52,7 +52,7 @@ from tracking.blobs import (
 )
 from tracking.events import CellEvent, Quality, Snapshot
 from tracking.geometry import ChannelGeometry, GeometrySettings
-from tracking.passage import _JOINED, DOUBLET_DI, FEATURE_ORDER, N_FEATURES, V_MEAN_SHARE, passage_kernel
+from tracking.passage import _JOINED, DOUBLET_DI, FEATURE_ORDER, N_FEATURES, STOP_UM, V_MEAN_SHARE, passage_kernel
 from tracking.segment import nearest_blob_mask, segment_batch
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class TrackerSettings:
     doublet_di: float = DOUBLET_DI  # upstream DI above this marks a doublet (a cell at rest is round)
     split_ratio: float = 0.75  # cut a blob where its height dips to this share of the peaks beside (touching cells); 0: never
     low_contrast: float = 4.0  # mean |image - background| in the cell (8-bit grey levels) below this: low contrast
-    stuck_ms: float = 50.0  # a cell that takes longer than this to cross the view is stuck
+    stuck_ms: float = 50.0  # a cell that stops (stays within 2 µm) for longer than this is stuck
     batch_frames: int = 256  # frames per kernel call
     background_frames: int = 64  # frames the initial background is estimated from (per pixel, the median of its densest 2-noise-sd window of values: right even where cells often pass)
     snapshots: bool = True  # attach the full-ROI image, background and mask at the frame of max DI
@@ -702,6 +702,11 @@ def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tu
         q |= Quality.DOUBLET
     if _median(h[:, _H + B_CONTRAST]) < s.low_contrast:
         q |= Quality.LOW_CONTRAST
-    if t[-1] - t[0] > s.stuck_ms:
+    reach, stop = STOP_UM / g.pixel_size_um, 0.0  # the longest time the cell stayed put
+    for i in range(len(t)):
+        away = np.flatnonzero(np.abs(x[i:] - x[i]) > reach)
+        j = i + away[0] - 1 if away.size else len(t) - 1
+        stop = max(stop, t[j] - t[i])
+    if stop > s.stuck_ms:
         q |= Quality.STUCK
     return feats, Quality(q)
