@@ -8,7 +8,9 @@ Definitions used by the tracker (and by the synthetic camera's ground truth):
 
 * A cell is *in the constriction* while its centroid x lies within the constriction's x-range.
   Entry and exit times are the moments the centroid crosses the start and end of that range,
-  interpolated linearly between the two frames around each crossing (sub-frame precision).
+  found on the monotone cubic (PCHIP) through the frames around each crossing (sub-frame
+  precision; a straight line between the two frames would assume one speed across a crossing
+  where the cell speeds up or slows down several-fold).
 * DI is the MIML deformation index (a − b)/(a + b) of the ellipse with the blob's second moments
   (a, b: semi-major and semi-minor axes).
 """
@@ -30,8 +32,9 @@ _DEFS = [
     FeatureDef("di", "", "MIML deformation index (a-b)/(a+b) of the moment ellipse, maximum while in the constriction"),
     FeatureDef("di_entry", "", "DI in the last frame before the centroid entered the constriction"),
     FeatureDef("di_exit", "", "DI in the first frame after the centroid left the constriction"),
-    FeatureDef("transit_time_ms", "ms", "time from constriction entry to exit of the centroid, sub-frame interpolated"),
-    FeatureDef("v_max_mm_s", "mm/s", "maximum centroid speed in the constriction (3-frame central differences, median-filtered)"),
+    FeatureDef("transit_time_ms", "ms", "time from constriction entry to exit of the centroid, sub-frame (monotone cubic through the frames)"),
+    FeatureDef("v_max_mm_s", "mm/s", "maximum centroid speed in the constriction (3-frame central differences, median-filtered; "
+               "never below the mean speed through it)"),
     FeatureDef("v_before_mm_s", "mm/s", "median centroid speed upstream of the constriction"),
     FeatureDef("v_after_mm_s", "mm/s", "speed downstream of the constriction once the cell has slowed down: the run's "
                "learned pace there, scaled by the cell's own pace upstream (sets the sort delay; see NOTES.md)"),

@@ -52,7 +52,7 @@ from tracking.blobs import (
 )
 from tracking.events import CellEvent, Quality, Snapshot
 from tracking.geometry import ChannelGeometry, GeometrySettings
-from tracking.passage import _JOINED, DOUBLET_DI, FEATURE_ORDER, N_FEATURES, STOP_UM, V_MEAN_SHARE, passage_kernel
+from tracking.passage import _JOINED, CROSSING_STEPS, DOUBLET_DI, FEATURE_ORDER, N_FEATURES, STOP_UM, V_MEAN_SHARE, passage_kernel
 from tracking.segment import nearest_blob_mask, segment_batch
 
 log = logging.getLogger(__name__)
@@ -578,18 +578,38 @@ def _nanmedian3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def _crossing(t: np.ndarray, x: np.ndarray, line: float) -> tuple[float, int]:
-    """Time the track crosses x = ``line`` (linear between the two observations around it) and
-    the index of the first observation at or past it; (nan, -1) if it never does."""
+    """Time the track crosses x = ``line`` (:func:`_crossing_time`) and the index of the first
+    observation at or past it; (nan, -1) if it never does."""
     idx = np.flatnonzero(x >= line)
     if idx.size == 0:
         return math.nan, -1
     i = int(idx[0])
     if i == 0:
         return math.nan, 0  # already past the line when first seen
-    xa, xb = x[i - 1], x[i]
-    ta, tb = t[i - 1], t[i]
-    frac = (line - xa) / (xb - xa) if xb != xa else 1.0
-    return float(ta + frac * (tb - ta)), i
+    return _crossing_time(t, x, i, line), i
+
+
+def _crossing_time(t: np.ndarray, x: np.ndarray, i: int, line: float) -> float:
+    """Time the track crosses x = ``line`` between rows i - 1 and i, on the monotone cubic
+    (PCHIP with Fritsch-Butland slopes) through the rows around the interval, solved by halving."""
+    ta, tb, xa, xb = t[i - 1], t[i], x[i - 1], x[i]
+    h = tb - ta
+    if xb <= xa or h <= 0:
+        return float(tb)
+    d = (xb - xa) / h
+
+    def knot_slope(d0: float, d1: float) -> float:
+        return 2.0 * d0 * d1 / (d0 + d1) if d0 * d1 > 0 else 0.0
+
+    ma = knot_slope((xa - x[i - 2]) / (ta - t[i - 2]), d) if i >= 2 and ta > t[i - 2] else d
+    mb = knot_slope(d, (x[i + 1] - xb) / (t[i + 1] - tb)) if i + 1 < len(t) and t[i + 1] > tb else d
+    lo, hi = 0.0, 1.0
+    for _ in range(CROSSING_STEPS):
+        u = 0.5 * (lo + hi)
+        xu = ((2 * u - 3) * u * u + 1) * xa + ((u - 2) * u + 1) * u * h * ma + (3 - 2 * u) * u * u * xb \
+            + (u - 1) * u * u * h * mb
+        lo, hi = (u, hi) if xu < line else (lo, u)
+    return float(ta + 0.5 * (lo + hi) * h)
 
 
 def _v_max(vm: np.ndarray, inside: np.ndarray, near_cut: np.ndarray, mean_in: float) -> float:
@@ -601,10 +621,12 @@ def _v_max(vm: np.ndarray, inside: np.ndarray, near_cut: np.ndarray, mean_in: fl
     whole = vm[inside & ~near_cut]
     whole = whole[~np.isnan(whole)]
     if whole.size and not whole.max() < V_MEAN_SHARE * mean_in:
-        return float(whole.max())
+        return float(max(whole.max(), mean_in)) if mean_in > 0 else float(whole.max())
     every = vm[inside]
     every = every[~np.isnan(every)]
-    return float(every.max()) if every.size else math.nan
+    if not every.size:
+        return math.nan
+    return float(max(every.max(), mean_in)) if mean_in > 0 else float(every.max())
 
 
 def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tuple[dict[str, float], Quality]:
@@ -636,7 +658,6 @@ def measure_passage(h: np.ndarray, g: ChannelGeometry, s: TrackerSettings) -> tu
     vm = v.copy()
     if len(v) >= 5:
         vm[1:-1] = _nanmedian3(v[:-2], v[1:-1], v[2:])
-
     def safe(fn, arr):
         arr = arr[~np.isnan(arr)]
         return float(fn(arr)) if arr.size else nan
