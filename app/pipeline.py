@@ -654,7 +654,9 @@ class Pipeline:
         estimate_background(np.zeros((2, 4, 4), dtype), kernels=self.kernels)
         px = self.pixel_size_um or self.camera.info.pixel_size_um or 1.0
         geo = ChannelGeometry(px, w * 0.4, w * 0.6, 0.0, float(h), w, h)
-        t = Tracker(self.tracker_settings, geo, np.zeros((h, w), dtype), kernels=self.kernels)
+        # at 8 significant bits: the real depth only scales the thresholds, and on this black
+        # background it warned of a 16-bit source that looks 8-bit on every 12/16-bit replay
+        t = Tracker(self.tracker_settings, geo, np.zeros((h, w), dtype), kernels=self.kernels, bit_depth=8)
         t.process_frames(np.zeros((4, h, w), dtype), fps=1000.0)
         t.predicted_exits_ms()
         t.flush()

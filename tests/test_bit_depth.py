@@ -80,3 +80,26 @@ def test_a_bit_depth_beyond_the_frames_dtype_is_refused(scene):
     s, frames8 = scene
     with pytest.raises(ConfigError, match="bit_depth"):
         Tracker.from_frames(frames8[:64], s.pixel_size_um, bit_depth=12)
+
+
+def test_a_12_bit_replay_through_the_pipeline_warns_of_nothing(scene, tmp_path, caplog):
+    # the pipeline's kernel warm-up built a tracker on a black 16-bit frame, which warned that the
+    # source's grey levels look like an eighth of its range on every 12- or 16-bit run
+    import cv2
+
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    s, frames8 = scene
+    path = tmp_path / "twelve.tif"
+    assert cv2.imwritemulti(str(path), list(frames8[:600].astype(np.uint16) << 4))
+    cfg = config_from_mapping({
+        "camera": {"backend": "replay", "replay": {"path": str(path), "fps": 4000.0, "bit_depth": 12,
+                                                   "pixel_size_um": s.pixel_size_um}},
+        "model": {"path": "none"}, "output": {"folder": str(tmp_path / "out"), "report": False},
+    })
+    with caplog.at_level("WARNING"):
+        with build_run(cfg, lossless=True) as run:
+            assert run.wait(120)
+    assert run.status().cells >= 3
+    assert "range" not in caplog.text, caplog.text
