@@ -73,27 +73,21 @@ FLOW_HELP = ("the way cells move in the recording's images: left-to-right (the d
              "top-to-bottom or bottom-to-top; frames are turned so that they move left to right")
 
 
-def _tracker_settings(args: argparse.Namespace):
+def cmd_track(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from tracking.tracker import TrackerSettings
-
-    s = TrackerSettings()
-    if getattr(args, "threshold", None) is not None:
-        s = replace(s, threshold=args.threshold)
-    return s
-
-
-def cmd_track(args: argparse.Namespace) -> int:
-    from acquisition.replay import ReplayCamera, ReplaySettings
+    from app.cli_run import _load, replay_source
     from app.offline import TABLE_START, track_camera, write_events_csv
+    from app.session import with_changes
     from mimlsort.outputs import check_output_file
 
+    # a configuration's tracking section (geometry, thresholds) and replay facts, as `replay` reads them
+    cfg = with_changes(_load(args), camera=replay_source(args, realtime=False))
+    settings = cfg.tracking if args.threshold is None else replace(cfg.tracking, threshold=args.threshold)
     # before the tracking, not after it
     check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))
-    with ReplayCamera(ReplaySettings(path=str(args.recording), pixel_size_um=args.pixel_size, fps=args.fps,
-                                     bit_depth=args.bit_depth or 0), flow_direction=args.flow_direction) as cam:
-        res = track_camera(cam, _tracker_settings(args))
+    with cfg.camera.make_camera() as cam:
+        res = track_camera(cam, settings, pixel_size_um=cfg.camera.pixel_size_um)
     write_events_csv(res.events, args.out)
     complete = sum(1 for e in res.events if e.ok)
     print(f"{res.frames} frames -> {len(res.events)} cells ({complete} complete, unflagged) -> {args.out}")
@@ -178,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say")
     sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say (a video container's rate is a playback rate: this wins over it)")
     sp.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
-    sp.add_argument("--flow-direction", default="left-to-right", help=FLOW_HELP)
+    sp.add_argument("--flow-direction", help=FLOW_HELP)
+    sp.add_argument("--config", type=Path, metavar="RUN.toml",
+                    help="tracking settings (tracking.*: geometry, thresholds) and the recording's facts "
+                         "(camera.*); the options above win over it")
     sp.add_argument("--threshold", type=float, help="segmentation threshold, 8-bit grey levels (< 0: darker than "
                                                      "the background, RT-DC's rule; default -6)")
     sp.set_defaults(func=cmd_track)

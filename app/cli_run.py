@@ -14,6 +14,22 @@ def _load(args: argparse.Namespace):
     return load_config(args.config) if getattr(args, "config", None) else RunConfig()
 
 
+def replay_source(args: argparse.Namespace, *, realtime: bool) -> dict:
+    """The ``camera`` changes that make a configuration replay ``args.recording``, with the
+    recording's facts given on the command line winning over the configuration's."""
+    camera = {"backend": "replay", "replay.path": str(args.recording), "replay.realtime": realtime}
+    if args.pixel_size:  # the replay source's own setting: opening it needs one already
+        camera["pixel_size_um"] = args.pixel_size
+        camera["replay.pixel_size_um"] = args.pixel_size
+    if args.fps:
+        camera["replay.fps"] = args.fps
+    if args.bit_depth:
+        camera["replay.bit_depth"] = args.bit_depth
+    if args.flow_direction:
+        camera["flow_direction"] = args.flow_direction
+    return camera
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from app.daemon import run_daemon
     from app.session import with_changes
@@ -82,17 +98,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg = _load(args)
     # --realtime / --max-speed decide; with neither, the configuration's replay.realtime does
     realtime = bool(args.realtime) or (not args.max_speed and cfg.camera.replay.realtime)
-    camera = {"backend": "replay", "replay.path": str(args.recording), "replay.realtime": realtime}
-    if args.pixel_size:  # the replay source's own setting: opening it needs one already
-        camera["pixel_size_um"] = args.pixel_size
-        camera["replay.pixel_size_um"] = args.pixel_size
-    if args.fps:
-        camera["replay.fps"] = args.fps
-    if args.bit_depth:
-        camera["replay.bit_depth"] = args.bit_depth
-    if args.flow_direction:
-        camera["flow_direction"] = args.flow_direction
-    cfg = with_changes(cfg, camera=camera, output={"record_raw": False})
+    cfg = with_changes(cfg, camera=replay_source(args, realtime=realtime), output={"record_raw": False})
     with cfg.camera.make_camera() as probe:
         total = probe.info.frame_count
         recorded_sample = probe.recorded_metadata.get("experiment:sample")
