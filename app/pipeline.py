@@ -677,6 +677,7 @@ class Pipeline:
                 note = geometry_note(self.tracker.geometry, s.geometry)
                 log.info("%s", note)
                 self._file_notes.append(note)
+                self.tracker.on_note = self._file_notes.append
                 if self.lossless:
                     # the frame of a cell's event image is taken when the cell is emitted, up to many
                     # batches later: the camera stays this far behind the tracker, and older frames

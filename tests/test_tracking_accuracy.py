@@ -140,7 +140,7 @@ def test_dense_fast_flow_keeps_whole_passages():
     assert tracker.stats.tracks <= 1.1 * len(events)  # a cell is one track, not two halves
 
 
-def test_fast_flow_seen_in_two_frames_inside_keeps_transit_and_v_max():
+def test_fast_flow_seen_in_two_frames_inside_keeps_transit_and_v_max(caplog):
     # 120 mm/s through a 40 µm constriction at 8 kHz: each cell is inside for ~2.3 frames. The
     # straight line between the frames around each crossing put the entry early and the exit late
     # (transit +6%), and the central differences straddled the slow approach (v_max -12%, most
@@ -150,9 +150,14 @@ def test_fast_flow_seen_in_two_frames_inside_keeps_transit_and_v_max():
     n = 5000
     frames, truth = synthetic.render_frames(s, n)
     tracker = Tracker.from_frames(frames, s.pixel_size_um, replace(TrackerSettings(), snapshots=False))
-    events = tracker.process_frames(frames, fps=s.fps) + tracker.flush()
+    notes = []
+    tracker.on_note = notes.append
+    with caplog.at_level("WARNING", logger="tracking.tracker"):
+        events = tracker.process_frames(frames, fps=s.fps) + tracker.flush()
     frame_ms = 1e3 / s.fps
     m = match_events(events, truth, run_ms=n * frame_ms, frame_ms=frame_ms)
+    # and says that so few frames leave the speeds coarse, once, in the log and for the file
+    assert len(notes) == 1 and "cells cross the constriction in 2." in notes[0] and notes[0] in caplog.text
     free = [(e, t) for e, t in m.pairs if t.kind == "cell" and m.is_complete(t) and t.queued_ms == 0
             and not e.quality & (Quality.DOUBLET | Quality.INCOMPLETE | Quality.STUCK)]
     transit = np.array([e.features["transit_time_ms"] / t.transit_ms - 1 for e, t in free])
@@ -168,6 +173,16 @@ def test_fast_flow_seen_in_two_frames_inside_keeps_transit_and_v_max():
     assert abs(transit.mean()) <= 0.03
     assert abs(v_max.mean()) <= 0.04
     assert np.all([e.features["v_max_mm_s"] for e, _ in free] >= mean_speed * (1 - 1e-9))
+
+
+def test_a_constriction_sampled_finely_enough_is_not_warned_about(caplog):
+    s = synthetic.SyntheticSettings(seed=4, cells_per_second=80.0)  # ~16 frames inside
+    frames, _ = synthetic.render_frames(s, 3000)
+    tracker = Tracker.from_frames(frames, s.pixel_size_um, replace(TrackerSettings(), snapshots=False))
+    with caplog.at_level("WARNING", logger="tracking.tracker"):
+        events = tracker.process_frames(frames, fps=s.fps) + tracker.flush()
+    assert sum(e.ok for e in events) >= 32 and tracker._frames_inside is None  # judged
+    assert "cross the constriction" not in caplog.text
 
 
 def test_touching_cells_cut_apart_keep_their_passages_whole():

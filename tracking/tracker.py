@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -56,6 +57,11 @@ from tracking.passage import _JOINED, CROSSING_STEPS, DOUBLET_DI, FEATURE_ORDER,
 from tracking.segment import nearest_blob_mask, segment_batch
 
 log = logging.getLogger(__name__)
+
+#: unflagged passages the tracker sees before it judges how finely the constriction is sampled
+SAMPLING_CELLS = 32
+#: fewer frames than this in the constriction (median) and it says that the speeds are coarse
+MIN_FRAMES_INSIDE = 3.0
 
 _H = L.N_H_EXTRA  # offset of blob columns in a history row
 #: µm past the constriction exit after which a cell moves at the downstream channel's pace (it
@@ -224,6 +230,10 @@ class Tracker:
         self.snapshot_max_age = 0
         self._snapshots_lost = 0
         self._paces_unlearned = 0
+        self._frames_inside: list[float] | None = []  # per unflagged passage, until the sampling is judged
+        #: called with each note about the run's measurements that belongs in its record (the
+        #: pipeline writes them into the event file's log); they are logged as warnings too
+        self.on_note: Callable[[str], None] | None = None
         self._deferred: list[tuple[int, int, int]] = []  # (place in the returned list, done row, history row) of snapshots not taken yet
         self._live: tuple | None = None  # track_live's out, phase and timespec arrays
         self.y0 = max(0, int(math.floor(g.channel_y0)))
@@ -488,6 +498,8 @@ class Tracker:
             q |= _Q_SMALL
         if not info[L.SI_HAS_FIRST] or not info[L.SI_HAS_LAST] or info[L.SI_EXIT_FRAME] < 0:
             q |= _Q_INCOMPLETE
+        if q == 0 and self._frames_inside is not None:
+            self._judge_sampling(h, feats["transit_time_ms"])
         quality = _QUALITY.get(q)
         if quality is None:
             quality = _QUALITY[q] = Quality(q)
@@ -511,6 +523,28 @@ class Tracker:
         self._n_events += 1
         return ev, int(i_max)
 
+
+    def _judge_sampling(self, h: np.ndarray, transit_ms: float) -> None:
+        """Once ``SAMPLING_CELLS`` unflagged cells have passed: say so if they crossed the
+        constriction in fewer than ``MIN_FRAMES_INSIDE`` frames (median). Transit is timed to a
+        fraction of a frame even then, but nothing else tells the user that v_max and DIR rest
+        on two or three frames."""
+        span = h[-1, L.H_T] - h[0, L.H_T]
+        if h.shape[0] < 2 or not span > 0 or not transit_ms > 0:
+            return
+        self._frames_inside.append(transit_ms * (h.shape[0] - 1) / span)
+        if len(self._frames_inside) < SAMPLING_CELLS:
+            return
+        median = float(np.median(self._frames_inside))
+        self._frames_inside = None
+        if median < MIN_FRAMES_INSIDE:
+            note = (f"cells cross the constriction in {median:.1f} frames (median of the first {SAMPLING_CELLS} "
+                    f"unflagged cells): transit is still timed to a fraction of a frame, but a cell held up by the one "
+                    f"ahead reaches its top speed between frames (its v_max reads up to 60% low) and DIR rests on "
+                    f"a few frames; a higher frame rate or a slower flow gives {MIN_FRAMES_INSIDE:g} or more")
+            log.warning("%s", note)
+            if self.on_note is not None:
+                self.on_note(note)
 
     def _extra(self, info: list, h: np.ndarray, i_max: int, easing_ms: float) -> dict:
         """When and where the event was emitted, and what the frame of maximum DI (the event
