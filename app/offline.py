@@ -86,6 +86,8 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
             events.extend(tracker.process_batch(ring, b))
         events.extend(tracker.flush())
         log.info("%s", geometry_note(tracker.geometry, settings.geometry))
+        for note in tracker.room_notes():
+            log.warning("%s", note)
     finally:
         camera.stop()
     if reader.missed or reader.overrun:

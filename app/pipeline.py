@@ -677,6 +677,9 @@ class Pipeline:
                 note = geometry_note(self.tracker.geometry, s.geometry)
                 log.info("%s", note)
                 self._file_notes.append(note)
+                for note in self.tracker.room_notes():
+                    log.warning("%s", note)
+                    self._file_notes.append(note)
                 self.tracker.on_note = self._file_notes.append
                 if self.lossless:
                     # the frame of a cell's event image is taken when the cell is emitted, up to many

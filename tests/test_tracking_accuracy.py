@@ -229,3 +229,21 @@ def test_tracking_accuracy_bench_reports_each_density():
         assert r[f"{key}_touching_pct"] <= r[f"{key}_detected_pct"] - r[f"{key}_unflagged_pct"]
         assert 1.0 <= r[f"{key}_tracks_per_event"] < 1.2
     assert r["400_cells_s_passages"] > 2 * r["100_cells_s_passages"]
+
+
+def test_a_constriction_close_to_the_roi_edge_is_said_to_flag_cells_border():
+    # 22 µm of channel before the constriction: each cell's rear touches the ROI edge while its
+    # centroid is within half a crop (20 µm) of the constriction, so each is flagged BORDER
+    s = synthetic.SyntheticSettings(seed=4, cells_per_second=80.0, constriction_start_um=22.0)
+    frames, _ = synthetic.render_frames(s, 2000)
+    tracker = Tracker.from_frames(frames, s.pixel_size_um, replace(TrackerSettings(), snapshots=False))
+    events = tracker.process_frames(frames, fps=s.fps) + tracker.flush()
+    notes = tracker.room_notes()
+    assert len(notes) == 1 and "starts 22 µm from the ROI's upstream edge" in notes[0]
+    assert "at least 30 µm upstream" in notes[0]
+    passed = [e for e in events if not e.quality & Quality.INCOMPLETE]
+    assert len(passed) >= 10 and sum(bool(e.quality & Quality.BORDER) for e in passed) >= 0.9 * len(passed)
+    # with room enough, nothing is said
+    s = synthetic.SyntheticSettings(seed=4, cells_per_second=80.0)
+    frames, _ = synthetic.render_frames(s, 200)
+    assert Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings()).room_notes() == []

@@ -58,6 +58,9 @@ from tracking.segment import nearest_blob_mask, segment_batch
 
 log = logging.getLogger(__name__)
 
+#: the radius of a cell at rest the ROI must leave room for beside the constriction (most cells
+#: sorted by deformability are 8-20 µm across)
+CELL_RADIUS_UM = 10.0
 #: unflagged passages the tracker sees before it judges how finely the constriction is sampled
 SAMPLING_CELLS = 32
 #: fewer frames than this in the constriction (median) and it says that the speeds are coarse
@@ -523,6 +526,31 @@ class Tracker:
         self._n_events += 1
         return ev, int(i_max)
 
+
+    def room_notes(self) -> list[str]:
+        """What the ROI's edges will do to the measurements, where the channel leaves too little
+        room beside the constriction: a cell touching the ROI edge while within half a crop of
+        the constriction is flagged BORDER, and a cell must get ``emit_after_exit_um`` past the
+        exit before its event is complete. Said once, when the tracker starts on a run's frames
+        (an ROI cut close upstream flagged every cell BORDER, and nothing said why)."""
+        g, s = self.geometry, self.settings
+        px = g.pixel_size_um
+        half = self.crop_px // 2 * px
+        notes = []
+        for side, room in (("upstream", g.constriction_x0 * px), ("downstream", (g.width - g.constriction_x1) * px)):
+            if room - half < CELL_RADIUS_UM:
+                fit = 2 * max(room - half, 0.0)
+                notes.append(
+                    f"the constriction {'starts' if side == 'upstream' else 'ends'} {room:.0f} µm from the ROI's "
+                    f"{side} edge: a cell touching that edge within half a crop ({half:.0f} µm) of the constriction "
+                    f"is flagged BORDER, so {f'cells over {fit:.0f} µm across are' if fit else 'every cell is'}; "
+                    f"give the ROI at least {half + CELL_RADIUS_UM:.0f} µm {side} of the constriction "
+                    f"(or a smaller tracking.crop_size_um)")
+        if (g.width - g.constriction_x1) * px <= s.emit_after_exit_um:
+            notes.append(f"the ROI ends {(g.width - g.constriction_x1) * px:.0f} µm past the constriction, no more than "
+                         f"tracking.emit_after_exit_um ({s.emit_after_exit_um:g} µm): cells leave it before their "
+                         f"events are complete")
+        return notes
 
     def _judge_sampling(self, h: np.ndarray, transit_ms: float) -> None:
         """Once ``SAMPLING_CELLS`` unflagged cells have passed: say so if they crossed the
