@@ -136,6 +136,34 @@ Q_INCOMPLETE = 4
 Q_STUCK = 16
 
 
+#: upstream rows next to the constriction that thinning a full history leaves as they are (the
+#: entry time is interpolated through the two before the crossing)
+THIN_KEEP = 4
+
+
+@njit(nogil=True, cache=True)
+def thin_history(h, n, x_col, x0):
+    """Make room in a full history ``h[:n]``: drop every second of its rows upstream of the
+    constriction (``x0``) but the last ``THIN_KEEP``; returns the rows left. A cell in view for
+    longer than the history holds (a slow flow over a long ROI) was flagged STUCK and, its rows
+    in the constriction never recorded, INCOMPLETE; its rest shape needs its upstream rows, not
+    every one of them."""
+    u = 0
+    while u < n and h[u, x_col] < x0:
+        u += 1
+    end = u - THIN_KEEP
+    if end < 2:
+        return n
+    m = 0
+    for i in range(0, end, 2):
+        h[m, :] = h[i, :]
+        m += 1
+    for i in range(end, n):
+        h[m, :] = h[i, :]
+        m += 1
+    return m
+
+
 @njit(nogil=True, cache=True)
 def _copy_crop(img, cx, cy, half, fill, out):
     h, w = img.shape
@@ -390,6 +418,9 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
             if st != ACTIVE:
                 continue
             nh = si[k, SI_NHIST]
+            if nh == max_hist:
+                nh = thin_history(hist[k], nh, N_H_EXTRA + B_X, x0)
+                si[k, SI_NHIST] = nh
             if nh < max_hist:
                 hist[k, nh, H_T] = t
                 hist[k, nh, H_FRAME] = frame_ids[f]
