@@ -86,7 +86,7 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
             events.extend(tracker.process_batch(ring, b))
         events.extend(tracker.flush())
         log.info("%s", geometry_note(tracker.geometry, settings.geometry))
-        for note in tracker.room_notes():
+        for note in tracker.setup_notes():
             log.warning("%s", note)
     finally:
         camera.stop()

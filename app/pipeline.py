@@ -677,7 +677,7 @@ class Pipeline:
                 note = geometry_note(self.tracker.geometry, s.geometry)
                 log.info("%s", note)
                 self._file_notes.append(note)
-                for note in self.tracker.room_notes():
+                for note in self.tracker.setup_notes():
                     log.warning("%s", note)
                     self._file_notes.append(note)
                 self.tracker.on_note = self._file_notes.append

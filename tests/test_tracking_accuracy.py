@@ -238,7 +238,7 @@ def test_a_constriction_close_to_the_roi_edge_is_said_to_flag_cells_border():
     frames, _ = synthetic.render_frames(s, 2000)
     tracker = Tracker.from_frames(frames, s.pixel_size_um, replace(TrackerSettings(), snapshots=False))
     events = tracker.process_frames(frames, fps=s.fps) + tracker.flush()
-    notes = tracker.room_notes()
+    notes = tracker.setup_notes()
     assert len(notes) == 1 and "starts 22 µm from the ROI's upstream edge" in notes[0]
     assert "at least 30 µm upstream" in notes[0]
     passed = [e for e in events if not e.quality & Quality.INCOMPLETE]
@@ -246,7 +246,7 @@ def test_a_constriction_close_to_the_roi_edge_is_said_to_flag_cells_border():
     # with room enough, nothing is said
     s = synthetic.SyntheticSettings(seed=4, cells_per_second=80.0)
     frames, _ = synthetic.render_frames(s, 200)
-    assert Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings()).room_notes() == []
+    assert Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings()).setup_notes() == []
 
 
 def test_a_cell_in_view_longer_than_its_history_holds_is_measured_whole():
@@ -272,3 +272,16 @@ def test_a_cell_in_view_longer_than_its_history_holds_is_measured_whole():
         # the cell speeds up as it funnels towards the constriction, and the thinned rows lean to
         # the later ones: the median upstream speed moves (up to 30% here), but stays the cell's
         assert y.features["v_before_mm_s"] == pytest.approx(x.features["v_before_mm_s"], rel=0.35, nan_ok=True)
+
+
+@pytest.mark.parametrize("flicker, noise_sd, said", [(0.0, 2.0, ()), (0.02, 2.0, ()), (0.05, 2.0, ("flickers",)),
+                                                     (0.0, 3.0, ()), (0.0, 5.0, ("noise",))])
+def test_flicker_and_noise_that_break_segmentation_are_said(flicker, noise_sd, said):
+    # 5% lamp flicker gave ~30 phantom cells for each real one, noise sd 5 nearly one, unsaid
+    s = synthetic.SyntheticSettings(seed=5, cells_per_second=60.0, flicker=flicker, noise_sd=noise_sd)
+    frames, _ = synthetic.render_frames(s, 64)
+    notes = Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings()).setup_notes()
+    assert len(notes) == len(said) and all(w in n for w, n in zip(said, notes)), notes
+    # a 12-bit camera seeing the same light is judged in the same 8-bit grey levels
+    deep = Tracker.from_frames(frames.astype(np.uint16) << 4, s.pixel_size_um, TrackerSettings(), bit_depth=12)
+    assert deep.setup_notes() == notes

@@ -30,7 +30,7 @@ from mimlsort.settings import require
 from tracking import link as L
 from tracking import live as LV
 from tracking._pure import pure_python
-from tracking.background import BackgroundModel, estimate_background
+from tracking.background import BackgroundModel, estimate_background, illumination_notes
 from tracking.blobs import (
     B_ANGLE,
     B_AREA,
@@ -233,6 +233,7 @@ class Tracker:
         self.snapshot_max_age = 0
         self._snapshots_lost = 0
         self._paces_unlearned = 0
+        self._light_notes: list[str] = []
         self._frames_inside: list[float] | None = []  # per unflagged passage, until the sampling is judged
         #: called with each note about the run's measurements that belongs in its record (the
         #: pipeline writes them into the event file's log); they are logged as warnings too
@@ -285,7 +286,9 @@ class Tracker:
         stack = np.asarray(frames)[: max(settings.background_frames, 1)]
         bg = estimate_background(stack, kernels=kernels)
         geometry = settings.geometry.resolve(bg, pixel_size_um)
-        return cls(settings, geometry, bg, t0_ns=t0_ns, kernels=kernels, bit_depth=bit_depth)
+        tracker = cls(settings, geometry, bg, t0_ns=t0_ns, kernels=kernels, bit_depth=bit_depth)
+        tracker._light_notes = illumination_notes(stack, bg, settings.threshold, 2.0 ** (tracker.bit_depth - 8))
+        return tracker
 
     # -- processing ------------------------------------------------------------------------------
     def _ensure_crop_dtype(self, dtype: np.dtype) -> None:
@@ -527,16 +530,17 @@ class Tracker:
         return ev, int(i_max)
 
 
-    def room_notes(self) -> list[str]:
-        """What the ROI's edges will do to the measurements, where the channel leaves too little
-        room beside the constriction: a cell touching the ROI edge while within half a crop of
-        the constriction is flagged BORDER, and a cell must get ``emit_after_exit_um`` past the
-        exit before its event is complete. Said once, when the tracker starts on a run's frames
-        (an ROI cut close upstream flagged every cell BORDER, and nothing said why)."""
+    def setup_notes(self) -> list[str]:
+        """What the first frames and the ROI will do to the measurements, said once when the
+        tracker starts on a run's frames: lamp flicker or camera noise near the segmentation
+        threshold (:func:`illumination_notes`, when built :meth:`from_frames`); too little room
+        beside the constriction, where a cell touching the ROI edge within half a crop of the
+        constriction is flagged BORDER (an ROI cut close upstream flagged every cell, and nothing
+        said why); and a ROI that ends before a cell is ``emit_after_exit_um`` past the exit."""
         g, s = self.geometry, self.settings
         px = g.pixel_size_um
         half = self.crop_px // 2 * px
-        notes = []
+        notes = list(self._light_notes)
         for side, room in (("upstream", g.constriction_x0 * px), ("downstream", (g.width - g.constriction_x1) * px)):
             if room - half < CELL_RADIUS_UM:
                 fit = 2 * max(room - half, 0.0)
