@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 from collections import Counter, defaultdict
@@ -289,6 +290,22 @@ def _with_report(
 # importers
 
 
+def _open_csv(path: Path) -> io.StringIO:
+    """The text of the CSV ``path`` (UTF-8; a byte order mark, as Excel writes one, is dropped).
+
+    Text in another encoding is refused, not guessed: the bytes of an 8-bit code page (latin-1,
+    cp1252, cp1251 …) decode in each of them to different letters, and a class name read wrongly
+    becomes the model's class name, which ``sorting.target_classes`` then never matches."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataFormatError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}; saved as latin-1 or "
+                              f"another 8-bit code page?): save the file as UTF-8 (Excel: \"CSV UTF-8\")") from None
+    return io.StringIO(text, newline="")
+
+
 def _read_grey(path: Path, notes: list[str]) -> np.ndarray | None:
     import cv2
 
@@ -347,7 +364,7 @@ def dataset_from_miml_csv(
     source = source or csv_path.name
     if not csv_path.is_file():
         raise DataFormatError(f"{csv_path}: no such file")
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+    with _open_csv(csv_path) as fh:
         reader = csv.DictReader(fh)
         cols = [c.strip() for c in (reader.fieldnames or [])]
         need = [MIML_ID_COLUMN, MIML_LABEL_COLUMN, *MIML_COLUMNS]
@@ -562,7 +579,7 @@ def dataset_from_csv(
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataFormatError(f"{csv_path}: no such file")
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+    with _open_csv(csv_path) as fh:
         reader = csv.DictReader(fh)
         cols = [c.strip() for c in (reader.fieldnames or [])]
         rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
@@ -709,7 +726,7 @@ def _rtdc_rows(h5, grp) -> int | None:
 
 
 def _is_miml_csv(path: Path) -> bool:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with _open_csv(path) as fh:
         header = [c.strip() for c in next(csv.reader(fh), [])]
     return MIML_ID_COLUMN in header and MIML_LABEL_COLUMN in header
 

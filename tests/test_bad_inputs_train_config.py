@@ -1,0 +1,41 @@
+"""Malformed training data and run configurations are refused with a message that names the file
+or the key and says what to do (an audit's findings: tracebacks, silent garbage, unclear words)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from tests.test_cli_train import _event_table, _events
+
+
+def _labelled_table(folder: Path, encoding: str) -> Path:
+    """An event table whose class names hold letters outside ASCII, saved in ``encoding``."""
+    src = _event_table(folder, _events(4, 0, 1))
+    rows = list(csv.reader(src.read_text(encoding="utf-8").splitlines()))
+    rows[0].append("label")
+    for i, r in enumerate(rows[1:]):
+        r.append("µcell" if i % 2 else "cellule_é")
+    path = folder / f"{encoding}.csv"
+    with path.open("w", newline="", encoding=encoding) as fh:
+        csv.writer(fh).writerows(rows)
+    return path
+
+
+def test_a_csv_not_in_utf8_is_named_and_not_guessed(tmp_path, capsys):
+    path = _labelled_table(tmp_path / "run", "latin-1")
+    assert main(["train", str(path), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2: not UTF-8 text (byte 0xe9" in err and "save the file as UTF-8" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_csv_with_a_byte_order_mark_reads(tmp_path):
+    from inference.training.data import dataset_from_path
+
+    ds = dataset_from_path(_labelled_table(tmp_path / "run", "utf-8-sig"))
+    assert ds.class_names == ("cellule_é", "µcell") and len(ds) == 4
