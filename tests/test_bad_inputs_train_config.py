@@ -39,3 +39,18 @@ def test_a_csv_with_a_byte_order_mark_reads(tmp_path):
 
     ds = dataset_from_path(_labelled_table(tmp_path / "run", "utf-8-sig"))
     assert ds.class_names == ("cellule_é", "µcell") and len(ds) == 4
+
+
+def test_a_16_bit_crop_among_8_bit_ones_is_named(tmp_path, capsys):
+    """One 16-bit PNG set the fixed pixel normalisation of every crop (mean 1218, sd 6719), and the
+    model trained without a word."""
+    import cv2
+
+    a = _event_table(tmp_path / "runA", _events(6, 0, 1))
+    b = _event_table(tmp_path / "runB", _events(6, 1, 2))
+    odd = tmp_path / "runA" / "3_first.png"
+    cv2.imwrite(str(odd), cv2.imread(str(odd), cv2.IMREAD_UNCHANGED).astype(np.uint16) * 257)
+    assert main(["train", f"{a}=x", f"{b}=y", "--out", str(tmp_path / "m"), "--epochs", "1", "--folds", "0",
+                 "--no-progress", "--pixel-size", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert f"{odd}: uint16 image; training crops must be 8-bit grey" in err and "convert it to 8 bits" in err

@@ -320,6 +320,14 @@ def _read_grey(path: Path, notes: list[str]) -> np.ndarray | None:
         else:
             notes.append(f"{path}: colour image converted to grey")
             img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    if img.dtype != np.uint8:
+        # refused, not scaled: the model's fixed pixel normalisation is fitted on 8-bit grey, the
+        # grey the tracker's crops reach it in, and a 16-bit file does not say how many bits its
+        # camera had (a 12-bit camera's values, 0-4095, come 16x too dark divided by 256). One such
+        # crop had set the normalisation of every crop (mean 1218, sd 6719 for 8-bit crops).
+        raise DataFormatError(f"{path}: {img.dtype} image; training crops must be 8-bit grey, as the tracker "
+                              f"gives them to the model: convert it to 8 bits, shifting the values right by "
+                              f"the camera's bit depth - 8 (4 for a 12-bit camera)")
     return np.ascontiguousarray(img)
 
 
