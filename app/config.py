@@ -230,10 +230,16 @@ def load_config(path: str | Path) -> RunConfig:
     """Read and validate a TOML run configuration; errors name the file and the key."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: Windows Notepad begins a UTF-8 file with a byte order mark, which TOML does
+        # not allow ("not valid TOML: Invalid statement (at line 1, column 1)")
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError("", f"{path}: no such configuration file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise ConfigError("", f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at line {line}): save it "
+                              f"as UTF-8, as TOML requires") from None
+    except OSError as e:
         raise ConfigError("", f"{path}: cannot be read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"{path}: not valid TOML: {e}") from None

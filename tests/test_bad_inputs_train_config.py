@@ -54,3 +54,27 @@ def test_a_16_bit_crop_among_8_bit_ones_is_named(tmp_path, capsys):
                  "--no-progress", "--pixel-size", "0.5"]) == 2
     err = capsys.readouterr().err
     assert f"{odd}: uint16 image; training crops must be 8-bit grey" in err and "convert it to 8 bits" in err
+
+
+def test_a_configuration_with_a_byte_order_mark_loads(tmp_path, capsys):
+    """Windows Notepad begins UTF-8 with a byte order mark: it read "not valid TOML: Invalid
+    statement (at line 1, column 1)"."""
+    from app.config import load_config
+
+    path = tmp_path / "run.toml"
+    path.write_text(f'[sorting]\nthreshold = 0.7\n[output]\nfolder = "{tmp_path / "runs"}"\n', encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_config(path).sorting.threshold == 0.7
+    assert main(["config", "--check", str(path)]) == 0
+    assert f"{path}: valid" in capsys.readouterr().out
+
+
+def test_a_configuration_not_in_utf8_is_named(tmp_path):
+    from app.config import load_config
+    from mimlsort.errors import ConfigError
+
+    path = tmp_path / "run.toml"
+    path.write_bytes('[output]\nsample = "échantillon"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: not UTF-8 text (byte 0xe9 at line 2): save it as UTF-8, as TOML requires"
