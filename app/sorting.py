@@ -123,6 +123,11 @@ class SortSettings:
 
     def __post_init__(self):
         require(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}")
+        # an empty list was valid, and a run sorted nothing without a word; with sorting off, cells
+        # are only classified and recorded, which needs no target
+        require(bool(self.target_classes) or not self.enabled, "target_classes",
+                "is empty: no cell would ever be sorted; name the model's classes to sort out, or set "
+                "enabled = false to classify and record without sorting")
         require(self.mode in ("purity", "yield", "single-cell"), "mode",
                 f"must be purity, yield or single-cell, got {self.mode!r}")
         # finite: an endless window would abort every purity decision while sweeping no cell

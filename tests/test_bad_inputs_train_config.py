@@ -78,3 +78,17 @@ def test_a_configuration_not_in_utf8_is_named(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(e.value) == f"{path}: not UTF-8 text (byte 0xe9 at line 2): save it as UTF-8, as TOML requires"
+
+
+def test_no_target_classes_is_refused_while_sorting_is_on(tmp_path, capsys):
+    """`target_classes = []` was valid, and the run sorted nothing without a word."""
+    from app.config import config_from_mapping
+
+    path = tmp_path / "run.toml"
+    path.write_text("[sorting]\ntarget_classes = []\n")
+    assert main(["config", "--check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert (f"sorting.target_classes: is empty: no cell would ever be sorted; name the model's classes to sort out, "
+            f"or set enabled = false") in err and str(path) in err
+    # sorting off: cells are classified and recorded, no target is needed
+    assert config_from_mapping({"sorting": {"enabled": False, "target_classes": []}}).sorting.target_classes == ()
