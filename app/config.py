@@ -34,6 +34,9 @@ from tracking.tracker import TrackerSettings
 
 #: vendor camera backends whose tables are validated only when selected
 _VENDOR_CAMERAS = ("basler", "genicam", "ximea")
+#: the smallest side of a vendor camera's ROI: the synthetic camera's smallest height, a few
+#: cells' diameters at the usual 0.3-0.7 µm per pixel
+_MIN_ROI_PX = 16
 
 
 def _backend_settings(kind: str, name: str, table: dict, key: str):
@@ -85,6 +88,14 @@ class CameraConfig:
                 raise
             except MimlsortError:  # SDK missing: validated when the camera is opened
                 pass
+            table = getattr(self, self.backend)
+            for side in ("width", "height"):
+                v = table.get(side, 0)
+                # a ROI a few pixels across was valid, and the run failed with "detect_geometry:
+                # background must be a 2-D image, got shape (1040, 1)", naming no key
+                require(not isinstance(v, int) or v == 0 or v >= _MIN_ROI_PX, f"{self.backend}.{side}",
+                        f"must be 0 (keep the camera's) or at least {_MIN_ROI_PX} px, got {v}: the tracker finds the "
+                        f"channel's walls and constriction in the image and follows cells across it")
 
     def make_camera(self):
         """A closed camera of the selected backend, as configured."""

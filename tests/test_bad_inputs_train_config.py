@@ -92,3 +92,17 @@ def test_no_target_classes_is_refused_while_sorting_is_on(tmp_path, capsys):
             f"or set enabled = false") in err and str(path) in err
     # sorting off: cells are classified and recorded, no target is needed
     assert config_from_mapping({"sorting": {"enabled": False, "target_classes": []}}).sorting.target_classes == ()
+
+
+@pytest.mark.parametrize("backend, side", [("basler", "width"), ("genicam", "height"), ("ximea", "width")])
+def test_a_camera_roi_a_pixel_across_names_its_key(backend, side):
+    """Valid before: the run failed with "detect_geometry: background must be a 2-D image, got
+    shape (1040, 1)", naming no key."""
+    from app.config import config_from_mapping
+    from mimlsort.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        config_from_mapping({"camera": {"backend": backend, backend: {side: 1}}}, source="run.toml")
+    assert str(e.value).startswith(f"camera.{backend}.{side}: must be 0 (keep the camera's) or at least 16 px, got 1")
+    assert "(in run.toml)" in str(e.value)
+    assert config_from_mapping({"camera": {"backend": backend, backend: {side: 16}}})  # the smallest taken
