@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 import re
 import tomllib
 import typing
@@ -74,7 +75,10 @@ class CameraConfig:
 
         require(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         require(self.ring_capacity >= 64, "ring_capacity", f"must be >= 64, got {self.ring_capacity}")
-        require(self.pixel_size_um >= 0, "pixel_size_um", f"must be >= 0, got {self.pixel_size_um}")
+        # finite: inf passed, and the run's decide worker stopped with "the crops' pixel size must be
+        # known, got inf", naming no key
+        require(0 <= self.pixel_size_um < math.inf, "pixel_size_um",
+                f"must be finite and >= 0 (0: what the camera/recording says), got {self.pixel_size_um}")
         from acquisition.camera import FLOW_DIRECTIONS
 
         require(self.flow_direction in FLOW_DIRECTIONS, "flow_direction",
@@ -118,7 +122,10 @@ class ModelConfig:
     def __post_init__(self):
         require(self.provider in ("auto", "cpu", "cuda", "tensorrt"), "provider",
                 f"must be auto, cpu, cuda or tensorrt, got {self.provider!r}")
-        require(self.intra_op_threads >= 1, "intra_op_threads", f"must be >= 1, got {self.intra_op_threads}")
+        # bounded: 100000 was valid, and ONNX Runtime started threads until the machine ran out of
+        # memory (12,700 threads, 16 GB); more threads than cores only slow inference down
+        require(1 <= self.intra_op_threads <= 256, "intra_op_threads",
+                f"must be in [1, 256], got {self.intra_op_threads}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +175,9 @@ class OutputConfig:
         require(bool(self.folder), "folder", "must not be empty")
         require(self.recorder in ("process", "thread"), "recorder",
                 f"must be 'process' or 'thread', got {self.recorder!r}")
-        require(self.max_backlog_mb >= 0, "max_backlog_mb", f"must be >= 0 (0: unbounded), got {self.max_backlog_mb}")
+        # finite: inf was valid, and the run ended in an OverflowError traceback (0 is unbounded)
+        require(0 <= self.max_backlog_mb < math.inf, "max_backlog_mb",
+                f"must be finite and >= 0 (0: unbounded), got {self.max_backlog_mb}")
         require(self.stop_timeout_s >= 0, "stop_timeout_s", f"must be >= 0 (0: wait for ever), got {self.stop_timeout_s}")
         require(self.writer in ("process", "thread"), "writer", f"must be 'process' or 'thread', got {self.writer!r}")
         require(self.compression in ("all", "masks", "none"), "compression",

@@ -106,3 +106,20 @@ def test_a_camera_roi_a_pixel_across_names_its_key(backend, side):
     assert str(e.value).startswith(f"camera.{backend}.{side}: must be 0 (keep the camera's) or at least 16 px, got 1")
     assert "(in run.toml)" in str(e.value)
     assert config_from_mapping({"camera": {"backend": backend, backend: {side: 16}}})  # the smallest taken
+
+
+@pytest.mark.parametrize("data, message", [
+    # the run's decide worker stopped: "the crops' pixel size must be known, got inf"
+    ({"camera": {"pixel_size_um": float("inf")}}, "camera.pixel_size_um: must be finite and >= 0"),
+    # an OverflowError traceback at the run's start
+    ({"output": {"max_backlog_mb": float("inf")}}, "output.max_backlog_mb: must be finite and >= 0 (0: unbounded)"),
+    # ONNX Runtime started threads until memory ran out
+    ({"model": {"intra_op_threads": 100_000}}, "model.intra_op_threads: must be in [1, 256], got 100000"),
+])
+def test_values_a_run_cannot_use_are_refused_naming_the_key(data, message):
+    from app.config import config_from_mapping
+    from mimlsort.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        config_from_mapping(data)
+    assert str(e.value).startswith(message), str(e.value)
