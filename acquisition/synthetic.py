@@ -58,7 +58,7 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -191,6 +191,9 @@ class SyntheticSettings:
     truth_dir_after_um: float = 15.0  # DIR truth runs to this far past the exit (the tracker's emit_after_exit_um)
 
     def __post_init__(self):
+        for f in fields(self):  # inf passes every ">= 0" check: inf cells a second hung the camera
+            v = getattr(self, f.name)
+            require(not isinstance(v, float) or math.isfinite(v), f.name, f"must be finite, got {v}")
         require(self.duration_s >= 0, "duration_s", f"must be >= 0 (0 = endless), got {self.duration_s}")
         require(not self.pregenerate or self.duration_s > 0, "pregenerate", "needs a finite run (duration_s > 0)")
         require(0 < self.fps <= 1e6, "fps", f"must be in (0, 1e6], got {self.fps}")

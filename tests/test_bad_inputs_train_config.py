@@ -123,3 +123,18 @@ def test_values_a_run_cannot_use_are_refused_naming_the_key(data, message):
     with pytest.raises(ConfigError) as e:
         config_from_mapping(data)
     assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("section, key", [("tracking", "crop_size_um"), ("tracking", "min_area_um"),
+                                          ("tracking", "stuck_ms"), ("tracking.geometry", "constriction_end_um"),
+                                          ("camera.synthetic", "cells_per_second"),
+                                          ("camera.synthetic", "exposure_us")])
+def test_an_infinite_tracking_or_simulator_value_is_refused_naming_the_key(tmp_path, section, key):
+    # inf passes every "> 0" check: an inf crop size overflowed, inf cells a second hung the run
+    from app.config import load_config
+    from mimlsort.errors import ConfigError
+
+    path = tmp_path / "run.toml"
+    path.write_text(f"[{section}]\n{key} = inf\n")
+    with pytest.raises(ConfigError, match=rf"{key}.*must be (>= 0 and )?finite"):
+        load_config(path)

@@ -7,6 +7,7 @@ channel). Settings may give them in µm; :meth:`GeometrySettings.resolve` turns 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,7 @@ class GeometrySettings:
     def __post_init__(self):
         for name in ("constriction_start_um", "constriction_end_um", "channel_top_um", "channel_bottom_um"):
             v = getattr(self, name)
-            require(v is None or v >= 0, name, f"must be >= 0, got {v}")
+            require(v is None or 0 <= v < math.inf, name, f"must be >= 0 and finite, got {v}")
         if self.constriction_start_um is not None and self.constriction_end_um is not None:
             require(self.constriction_start_um < self.constriction_end_um, "constriction_end_um",
                     f"must be > constriction_start_um ({self.constriction_start_um}), got {self.constriction_end_um}")

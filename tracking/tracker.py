@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -108,6 +108,9 @@ class TrackerSettings:
     geometry: GeometrySettings = field(default_factory=GeometrySettings)
 
     def __post_init__(self):
+        for f in fields(self):  # inf passes every "> 0" check: inf µm crops overflowed, inf µm² areas find nothing
+            v = getattr(self, f.name)
+            require(not isinstance(v, float) or math.isfinite(v), f.name, f"must be finite, got {v}")
         require(self.threshold != 0 and math.isfinite(self.threshold), "threshold",
                 f"must be finite and not 0 (> 0: |image - background|, < 0: dark pixels only), got {self.threshold}")
         for name in ("min_area_um", "crop_size_um", "gate_forward_um", "gate_y_um", "stuck_ms",
