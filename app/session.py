@@ -69,7 +69,8 @@ def preflight(cfg: RunConfig) -> list[str]:
             SortPolicy(cfg.sorting, clf.classes)  # the target classes are among the model's
             # the camera's pixel size may be known only once it is open: the field is checked here
             check_model_scale(clf, cfg.tracking.crop_size_um, cfg.camera.pixel_size_um or clf.spec.image.pixel_size_um or 1.0)
-            checked.append(f"model {path.name} ({', '.join(clf.classes)}; targets {', '.join(cfg.sorting.target_classes)})")
+            targets = ", ".join(cfg.sorting.target_classes) if cfg.sorting.enabled else "none: sorting off"
+            checked.append(f"model {path.name} ({', '.join(clf.classes)}; targets {targets})")
     if cfg.camera.backend == "replay":
         # opened as the run opens it: also refuses a recording without a frame rate or pixel
         # size, a start_frame past its end and a second turn of turned frames

@@ -90,3 +90,12 @@ def test_a_brightness_gradient_along_the_flow_does_not_move_the_constriction(gra
         x0 = s.constriction_start_um / s.pixel_size_um - 0.5
         assert g.constriction_x0 == pytest.approx(x0, abs=1.5)
         assert g.constriction_x1 == pytest.approx(x0 + s.constriction_length_um / s.pixel_size_um, abs=1.5)
+
+
+def test_frames_too_small_for_a_channel_say_so_and_where_to_set_the_roi():
+    # a camera left with a 1-px-wide ROI: "detect_geometry: background must be a 2-D image"
+    from mimlsort.errors import DataFormatError
+    from tracking.detect import detect_geometry
+
+    with pytest.raises(DataFormatError, match=r"the frames are 1x1040 px: too small .*\(camera\.<backend>\.width"):
+        detect_geometry(np.full((1040, 1), 160.0), 0.5)

@@ -113,7 +113,11 @@ def detect_geometry(background: np.ndarray, pixel_size_um: float, *, smooth_px: 
     False: the walls only (the constriction is given; its x values are then 0)."""
     bg = np.asarray(background, dtype=np.float64)
     if bg.ndim != 2 or min(bg.shape) < 4:
-        raise DataFormatError(f"detect_geometry: background must be a 2-D image, got shape {bg.shape}")
+        shape = "x".join(map(str, bg.shape[::-1]))
+        raise DataFormatError(f"the frames are {shape} px: too small to find the channel's walls and constriction in "
+                              "(at least 4 px each way, and a few cells across along the flow); set a larger ROI "
+                              "(camera.<backend>.width/height, or the recording's)" if bg.ndim == 2 else
+                              f"the background must be a 2-D image, got shape {bg.shape}")
     if pixel_size_um <= 0:
         raise ConfigError("tracking.geometry.pixel_size_um", f"must be > 0, got {pixel_size_um}")
     h, w = bg.shape
