@@ -82,7 +82,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from mimlsort.outputs import check_output_file
 
     # a configuration's tracking section (geometry, thresholds) and replay facts, as `replay` reads them
-    cfg = with_changes(_load(args), camera=replay_source(args, realtime=False))
+    cfg = with_changes(_load(args), camera={**replay_source(args, realtime=False), "replay.loop": False})
     settings = cfg.tracking if args.threshold is None else replace(cfg.tracking, threshold=args.threshold)
     # before the tracking, not after it
     check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("track", help="track a recording: one CSV row per cell")
     sp.add_argument("recording", type=Path)
     sp.add_argument("--out", required=True, type=Path)
-    sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say")
+    sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say (one it says is overridden, with a warning)")
     sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say (a video container's rate is a playback rate: this wins over it)")
     sp.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     sp.add_argument("--flow-direction", help=FLOW_HELP)

@@ -170,7 +170,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-speed", action="store_true", help="as fast as possible, every frame tracked (default)")
     sp.add_argument("--model", help="ONNX model ('demo' = bundled, 'none' = track only)")
     sp.add_argument("--config", type=Path, metavar="RUN.toml", help="tracking/sorting settings")
-    sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say")
+    sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say (one it says is overridden, with a warning)")
     sp.add_argument("--fps", type=float, help="frame rate, if the recording does not say (a video container's rate is a playback rate: this wins over it)")
     sp.add_argument("--bit-depth", type=int, help=BIT_DEPTH_HELP)
     sp.add_argument("--flow-direction", help=FLOW_HELP)

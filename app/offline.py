@@ -7,6 +7,7 @@ the background from the first frames, then track batch by batch.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
     settings = settings or TrackerSettings()
     info = camera.info
     px = pixel_size_um or info.pixel_size_um
+    if pixel_size_um and info.pixel_size_um and not math.isclose(px, info.pixel_size_um, rel_tol=1e-6):
+        log.warning("%g µm/px is used; the %s source says %g", px, info.backend, info.pixel_size_um)
     if not px:
         from mimlsort.errors import ConfigError
 

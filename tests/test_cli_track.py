@@ -39,8 +39,8 @@ def test_the_command_lines_threshold_wins_over_the_configurations(rec, tmp_path,
     cfg = tmp_path / "run.toml"
     cfg.write_text("[tracking]\nthreshold = -120.0\n")  # darker than any cell: nothing is found
     none, found = tmp_path / "none.csv", tmp_path / "found.csv"
-    main(["track", str(rec), "--out", str(none), "--config", str(cfg)])
-    assert not none.exists() or len(_column(none, "transit_time_ms")) == 0
+    assert main(["track", str(rec), "--out", str(none), "--config", str(cfg)]) == 0
+    assert len(_column(none, "transit_time_ms")) == 0
     assert main(["track", str(rec), "--out", str(found), "--config", str(cfg), "--threshold", "-6"]) == 0
     assert len(_column(found, "transit_time_ms")) >= 10
 

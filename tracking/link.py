@@ -104,7 +104,8 @@ PF_FAR0 = 8  # the stretch past the exit whose learned pace times the pulses (se
 PF_FAR1 = 9
 PF_PACE_END = 10  # a cell's own pace: from its steps that end before this x (px; clear of a queue at the mouth)
 PF_SCALE = 11  # 1: scale the channel's pace by the cell's own; 0: every cell at the channel's pace
-N_PF = 12
+PF_MAX_STEP = 12  # frames a track's step may span (max_gap_frames + 1): longer ones are where rows were thinned
+N_PF = 13
 
 # done_f: what a track's finish adds from the motion profile at that moment (a later harvest
 # would see a profile that learned from later cells, and live and batch tracking would differ)
@@ -142,22 +143,28 @@ THIN_KEEP = 4
 
 
 @njit(nogil=True, cache=True)
-def thin_history(h, n, x_col, x0):
-    """Make room in a full history ``h[:n]``: drop every second of its rows upstream of the
-    constriction (``x0``) but the last ``THIN_KEEP``; returns the rows left. A cell in view for
-    longer than the history holds (a slow flow over a long ROI) was flagged STUCK and, its rows
-    in the constriction never recorded, INCOMPLETE; its rest shape needs its upstream rows, not
-    every one of them."""
+def thin_history(h, n, x_col, x0, drop):
+    """Make room in a full history ``h[:n]``: of its rows upstream of the constriction (``x0``)
+    but the last ``THIN_KEEP``, keep two, drop the next ``drop``, keep two …; returns the rows
+    left. A cell in view for longer than the history holds (a slow flow over a long ROI) was
+    flagged STUCK and, its rows in the constriction never recorded, INCOMPLETE; its rest shape
+    needs its upstream rows, not every one of them. Kept in pairs, the rows still hold one-frame
+    steps, and with ``drop`` the largest gap a track may have plus one, the jumps between pairs
+    are longer than any step of a track: :func:`_pace_ratio`, which times a cell's pulse from
+    its steps, leaves them out (over thinned rows it read the pace up to 40% off)."""
     u = 0
     while u < n and h[u, x_col] < x0:
         u += 1
     end = u - THIN_KEEP
-    if end < 2:
+    if end < 2 + drop:
         return n
     m = 0
-    for i in range(0, end, 2):
-        h[m, :] = h[i, :]
-        m += 1
+    i = 0
+    while i < end:
+        if i % (2 + drop) < 2:
+            h[m, :] = h[i, :]
+            m += 1
+        i += 1
     for i in range(end, n):
         h[m, :] = h[i, :]
         m += 1
@@ -251,7 +258,7 @@ def _finish(k, si, hist, crops, done_i, done_hist, done_crops, done_n, n_done, m
         return -1
     nh = si[k, SI_NHIST]
     downstream_pace(hist[k, :nh], H_T, N_H_EXTRA + B_X, N_H_EXTRA + B_BORDER, pf[PF_PACE_END], pf[PF_X1], pf[PF_FAR0],
-                    pf[PF_FAR1], pf[PF_SCALE] > 0.5, motion, done_f[n_done])
+                    pf[PF_FAR1], pf[PF_SCALE] > 0.5, pf[PF_MAX_STEP], motion, done_f[n_done])
     for q in range(nh):
         for c in range(hist.shape[2]):
             done_hist[n_done, q, c] = hist[k, q, c]
@@ -419,7 +426,7 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
                 continue
             nh = si[k, SI_NHIST]
             if nh == max_hist:
-                nh = thin_history(hist[k], nh, N_H_EXTRA + B_X, x0)
+                nh = thin_history(hist[k], nh, N_H_EXTRA + B_X, x0, pi[PI_MAX_GAP] + 1)
                 si[k, SI_NHIST] = nh
             if nh < max_hist:
                 hist[k, nh, H_T] = t
@@ -535,9 +542,10 @@ def predicted_exits(si, sf, motion, x1, out):
 
 
 @njit(nogil=True, cache=True)
-def _pace_ratio(h, col_t, col_x, col_border, x_end, motion, cap):
+def _pace_ratio(h, col_t, col_x, col_border, x_end, motion, cap, max_step):
     """A track's time over the profile's along its steps that end before ``x_end`` (px), leaving
-    out steps on the ROI's border (a cell entering the view has its centroid pulled in) and, with
+    out steps on the ROI's border (a cell entering the view has its centroid pulled in), steps
+    over more than ``max_step`` frames (where :func:`thin_history` dropped rows) and, with
     ``cap`` > 0, steps slower than ``cap`` times the profile (waiting in a queue); 0 if none."""
     dt = 0.0
     tp = 0.0
@@ -545,6 +553,8 @@ def _pace_ratio(h, col_t, col_x, col_border, x_end, motion, cap):
         xa = h[i, col_x]
         xb = h[i + 1, col_x]
         if xb >= x_end or xb - xa < MIN_STEP_PX or h[i, col_border] > 0.5 or h[i + 1, col_border] > 0.5:
+            continue
+        if h[i + 1, H_FRAME] - h[i, H_FRAME] > max_step:
             continue
         p = _profile_ms(xa, xb, motion)
         if p <= 0.0:
@@ -558,16 +568,16 @@ def _pace_ratio(h, col_t, col_x, col_border, x_end, motion, cap):
 
 
 @njit(nogil=True, cache=True)
-def _robust_pace_ratio(h, col_t, col_x, col_border, x_end, motion):
+def _robust_pace_ratio(h, col_t, col_x, col_border, x_end, motion, max_step):
     """:func:`_pace_ratio`, then again without the steps slower than 1.5 times that: a cell that
     queued behind another at the constriction's mouth looked up to 1.7x slower than it moves."""
-    r = _pace_ratio(h, col_t, col_x, col_border, x_end, motion, 0.0)
-    return _pace_ratio(h, col_t, col_x, col_border, x_end, motion, QUEUE_PACE * r) if r > 0.0 else r
+    r = _pace_ratio(h, col_t, col_x, col_border, x_end, motion, 0.0, max_step)
+    return _pace_ratio(h, col_t, col_x, col_border, x_end, motion, QUEUE_PACE * r, max_step) if r > 0.0 else r
 
 
 
 @njit(nogil=True, cache=True)
-def downstream_pace(h, col_t, col_x, col_border, pace_end, x1, far0, far1, scale, motion, out):
+def downstream_pace(h, col_t, col_x, col_border, pace_end, x1, far0, far1, scale, max_step, motion, out):
     """How a cell goes on past the constriction exit ``x1`` (px), for timing its sort pulse.
 
     A cell leaving the constriction slows down over about its own radius; measured there (2–3
@@ -599,9 +609,9 @@ def downstream_pace(h, col_t, col_x, col_border, pace_end, x1, far0, far1, scale
     slow_far = tot / cnt
     ratio = 1.0
     if scale:
-        ratio = _robust_pace_ratio(h, col_t, col_x, col_border, pace_end, motion)
+        ratio = _robust_pace_ratio(h, col_t, col_x, col_border, pace_end, motion, max_step)
         if ratio == 0.0:
-            ratio = _robust_pace_ratio(h, col_t, col_x, col_border, np.inf, motion)
+            ratio = _robust_pace_ratio(h, col_t, col_x, col_border, np.inf, motion, max_step)
         if ratio == 0.0:
             ratio = 1.0
     out[0] = ratio * slow_far

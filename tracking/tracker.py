@@ -209,7 +209,7 @@ class Tracker:
         pace_end = g.constriction_x0
         self._pf = np.array([g.constriction_x0, g.constriction_x1, emit_x, s.gate_back_um / px,
                              s.gate_forward_um / px, s.gate_y_um / px, v_init, 3.0, far0, far1, pace_end,
-                             1.0 if s.pace_per_cell else 0.0], np.float64)
+                             1.0 if s.pace_per_cell else 0.0, s.max_gap_frames + 1.0], np.float64)
         T = s.max_tracks
         self._si = np.zeros((T, L.N_SI), np.int64)
         self._sf = np.zeros((T, L.N_SF), np.float64)
@@ -544,15 +544,17 @@ class Tracker:
         px = g.pixel_size_um
         half = self.crop_px // 2 * px
         notes = list(self._light_notes)
-        for side, room in (("upstream", g.constriction_x0 * px), ("downstream", (g.width - g.constriction_x1) * px)):
-            if room - half < CELL_RADIUS_UM:
-                fit = 2 * max(room - half, 0.0)
+        # downstream, a cell is flagged until it is emitted
+        for side, room, reach in (("upstream", g.constriction_x0 * px, half),
+                                  ("downstream", (g.width - g.constriction_x1) * px, min(half, s.emit_after_exit_um))):
+            if room - reach < CELL_RADIUS_UM:
+                fit = 2 * max(room - reach, 0.0)
                 notes.append(
-                    f"the constriction {'starts' if side == 'upstream' else 'ends'} {room:.0f} µm from the ROI's "
-                    f"{side} edge: a cell touching that edge within half a crop ({half:.0f} µm) of the constriction "
-                    f"is flagged BORDER, so {f'cells over {fit:.0f} µm across are' if fit else 'every cell is'}; "
-                    f"give the ROI at least {half + CELL_RADIUS_UM:.0f} µm {side} of the constriction "
-                    f"(or a smaller tracking.crop_size_um)")
+                    f"the constriction {'starts' if side == 'upstream' else 'ends'} {room:.1f} µm from the ROI's "
+                    f"{side} edge: a cell touching that edge within {reach:.0f} µm of the constriction is flagged "
+                    f"BORDER, so {f'cells over {fit:.0f} µm across are' if fit >= 1 else 'every cell is'}; give the "
+                    f"ROI at least {reach + CELL_RADIUS_UM:.0f} µm {side} of the constriction"
+                    + (" (or a smaller tracking.crop_size_um)" if side == "upstream" else ""))
         if (g.width - g.constriction_x1) * px <= s.emit_after_exit_um:
             notes.append(f"the ROI ends {(g.width - g.constriction_x1) * px:.0f} µm past the constriction, no more than "
                          f"tracking.emit_after_exit_um ({s.emit_after_exit_um:g} µm): cells leave it before their "
@@ -564,10 +566,12 @@ class Tracker:
         constriction in fewer than ``MIN_FRAMES_INSIDE`` frames (median). Transit is timed to a
         fraction of a frame even then, but nothing else tells the user that v_max and DIR rest
         on two or three frames."""
+        # frames, not rows: a history thinned upstream has fewer rows than frames
         span = h[-1, L.H_T] - h[0, L.H_T]
-        if h.shape[0] < 2 or not span > 0 or not transit_ms > 0:
+        frames = h[-1, L.H_FRAME] - h[0, L.H_FRAME]
+        if not span > 0 or not frames > 0 or not transit_ms > 0:
             return
-        self._frames_inside.append(transit_ms * (h.shape[0] - 1) / span)
+        self._frames_inside.append(transit_ms * frames / span)
         if len(self._frames_inside) < SAMPLING_CELLS:
             return
         median = float(np.median(self._frames_inside))
