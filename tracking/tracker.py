@@ -88,7 +88,7 @@ class TrackerSettings:
     min_cell_diameter_um: float = 5.0  # a cell smaller than this at rest is flagged SMALL (debris, platelets: a constriction made to squeeze cells does not squeeze it); 0: never
     max_blobs: int = 16  # per frame
     max_tracks: int = 32  # cells followed at once
-    max_history: int = 512  # observations kept per cell; when full, every second one upstream of the constriction is dropped (a cell stuck in or past it overflows it: STUCK)
+    max_history: int = 512  # observations kept per cell; when full, those upstream of the constriction are thinned (a cell stuck in or past it overflows it: STUCK)
     max_gap_frames: int = 2  # frames a cell may go unseen before its track ends
     crop_size_um: float = 40.0  # side of the square first/last crops
     emit_after_exit_um: float = 15.0  # emit once the cell is this far past the constriction
