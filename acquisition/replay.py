@@ -237,11 +237,10 @@ class _RtdcSource(_Source):
         if frames is not None:
             self.frame_ids = frames[keep].astype(np.int64)
         if times is not None:
-            offset = int(attrs.get("user:time offset ns", 0))
+            offset = _attr_int(attrs, "user:time offset ns", path, -2**62, 2**62)
             # round, not truncate: float seconds * 1e9 lands within 1e-3 ns of the stored integer
             self.times_ns = offset + np.round(times[keep].astype(np.float64) * 1e9).astype(np.int64)
-        bd = attrs.get("user:bit depth")
-        self.bit_depth = int(bd) if bd is not None else 8 * self.dtype.itemsize
+        self.bit_depth = _attr_int(attrs, "user:bit depth", path, 0, 8 * self.dtype.itemsize) or 8 * self.dtype.itemsize
         self.model = str(_attr_str(attrs, "setup:software version") or "rtdc")
         self.metadata = {str(k): v for k, v in attrs.items()}
         self._contiguous = bool(self.n == 0 or (keep[-1] - keep[0] + 1 == self.n))
@@ -354,6 +353,23 @@ def _attr_float(attrs: Any, key: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) and f > 0 else None
+
+
+def _attr_int(attrs: Any, key: str, path: Path, lo: int, hi: int) -> int:
+    """mimlsort's own whole-number attribute ``key`` (0 when absent), or a DataFormatError naming
+    the file and key: a text, NaN or fractional value gave a bare ValueError from int()."""
+    v = attrs.get(key)
+    if v is None:
+        return 0
+    try:
+        f = float(v.decode() if isinstance(v, bytes) else v)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        f = math.nan
+    if not (math.isfinite(f) and f == round(f) and lo <= f <= hi):
+        text = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+        raise DataFormatError(f"{path}: attribute '{key}' is {text!r}, not a whole number in {lo}..{hi}: "
+                              f"correct or delete it (e.g. with h5py)")
+    return int(v) if isinstance(v, (int, np.integer)) else int(f)
 
 
 def _attr_str(attrs: Any, key: str) -> str | None:

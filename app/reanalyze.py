@@ -120,6 +120,8 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
     sample, date) are carried over, so dclab derives the same quantities from both files."""
     from datetime import datetime
 
+    import h5py
+
     from app.records import CellRecord
     from app.storage import EventWriter, RunMeta, setup_from_attrs
     from tracking.events import CellEvent, Quality, Snapshot
@@ -146,6 +148,10 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
     with _read_input(src) as fh:
         ev = fh["events"]
         images = ev["image"]
+        if images.ndim != 3 or images.dtype.kind != "u" or images.dtype.itemsize not in (1, 2):
+            # RGB (N,H,W,3) or a single row per event: the moment ellipse needs grey (N,H,W) images
+            raise DataFormatError(f"{src}: events/image holds {images.dtype} of shape {images.shape}; reanalysis "
+                                  f"takes grey images, uint8 or uint16, of shape (events, height, width)")
         n = images.shape[0]
         if n == 0:
             raise DataFormatError(f"{src}: holds no events to reanalyse")
@@ -158,12 +164,24 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
             # (6,063 "cells" from a recording of 83)
             raise DataFormatError(f"{src}: a raw recording of every frame (mimlsort's recorder), not event images; "
                                   f"track it with `mimlsort replay {src.name} --out EVENTS.rtdc`")
-        px = float(attrs.get("imaging:pixel size", 0) or 0)
+        px = _positive(attrs, "imaging:pixel size", src)
         if not px:
             raise DataFormatError(f"{src}: no 'imaging:pixel size' in the metadata")
-        fps = float(attrs.get("imaging:frame rate", 0) or 0)
-        if not fps and "frame" in ev and "time" in ev and n > 1:  # CytoShot leaves the key out
-            df, dt = np.diff(ev["frame"][:].astype(float)), np.diff(ev["time"][:].astype(float))
+
+        def column(name: str) -> np.ndarray | None:
+            # one value per event image: a shorter column ended the loop with an IndexError
+            if name not in ev:
+                return None
+            ds = ev[name]
+            want = images.shape if name == "image_bg" else (n,)
+            if not isinstance(ds, h5py.Dataset) or ds.shape != want:
+                raise DataFormatError(f"{src}: events/{name} has shape {getattr(ds, 'shape', None)}, expected {want} "
+                                      f"like events/image (a damaged or edited file)")
+            return ds if name == "image_bg" else ds[:]
+
+        fps = _positive(attrs, "imaging:frame rate", src)
+        if not fps and column("frame") is not None and column("time") is not None and n > 1:  # CytoShot leaves the key out
+            df, dt = np.diff(column("frame").astype(float)), np.diff(column("time").astype(float))
             ok = (df > 0) & (dt > 0)
             fps = float(np.median(df[ok] / dt[ok])) if ok.any() else 0.0
         if not fps:
@@ -173,14 +191,15 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
             seg = Segmentation(float(threshold), seg.closing_px, "--threshold")
         if closing_px is not None:
             seg = Segmentation(seg.threshold, int(closing_px), seg.source + "; closing from --closing")
-        times = ev["time"][:].astype(float) if "time" in ev else None
-        bgs = ev["image_bg"] if "image_bg" in ev else None
+        times = column("time")
+        times = times.astype(float) if times is not None else None
+        bgs = column("image_bg")
         if bgs is None:
             k = min(n, 64)
             bg_all = np.median(images[:k], axis=0).astype(images.dtype)
-        pos_x = ev["pos_x"][:] if "pos_x" in ev else None
-        pos_y = ev["pos_y"][:] if "pos_y" in ev else None
-        frames = ev["frame"][:] if "frame" in ev else np.arange(n)
+        pos_x, pos_y = column("pos_x"), column("pos_y")
+        frames = column("frame")
+        frames = np.arange(n) if frames is None else frames
         h, w = images.shape[1:]
         crop = max(8, int(round(40.0 / px)) // 2 * 2)
         records = []
@@ -234,7 +253,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         setup = setup_from_attrs(attrs)
         temp_note = ""
         if "temperature_c" not in setup and "temp" in ev:  # dclab's emodulus reads one or the other
-            temp = np.asarray(ev["temp"][:], float)
+            temp = np.asarray(column("temp"), float)
             if np.isfinite(temp).any():
                 setup["temperature_c"] = float(np.nanmedian(temp))
                 temp_note = f"; setup:temperature is the median of the source's temp feature ({setup['temperature_c']:.2f} °C)"
@@ -268,6 +287,24 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         finally:
             part.unlink(missing_ok=True)
     return ReanalysisResult(dst, n, len(records), not_found, str(model or ""))
+
+
+def _positive(attrs, key: str, src: Path) -> float:
+    """The metadata value ``key`` as a number > 0; 0 when it is missing or 0 (the caller derives
+    or refuses it); a DataFormatError naming the file and key for text, NaN, inf or one below 0."""
+    v = attrs.get(key)
+    if v is None:
+        return 0.0
+    try:
+        f = float(v.decode() if isinstance(v, bytes) else v)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        f = math.nan
+    if f == 0:
+        return 0.0
+    if not (0 < f < math.inf):
+        raise DataFormatError(f"{src}: '{key}' is {_text(v)!r}, not a number > 0: correct it in the file's "
+                              f"metadata (root attributes, e.g. with h5py)")
+    return f
 
 
 def _text(v) -> str:
