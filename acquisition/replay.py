@@ -40,6 +40,7 @@ from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
 from acquisition.frame import FrameRing
 from mimlsort import realtime
 from mimlsort.errors import ConfigError, DataFormatError, StateError
+from mimlsort.inputs import check_input, permission_denied
 from mimlsort.settings import require
 
 log = logging.getLogger(__name__)
@@ -452,6 +453,8 @@ class _FolderSource(_Source):
 
     def _load(self, i: int) -> np.ndarray:
         cv2 = self.cv2
+        if not os.access(self.files[i], os.R_OK):  # OpenCV gives None, as for a corrupt file (~1 µs a file)
+            raise self.error(i, permission_denied(self.files[i]))
         try:
             img = cv2.imread(str(self.files[i]), cv2.IMREAD_UNCHANGED)
         except cv2.error as err:
@@ -553,6 +556,7 @@ def open_source(path: str | os.PathLike, skip_duplicates: bool = True) -> _Sourc
         raise ConfigError("camera.replay.path", "no recording given")
     if not p.exists():
         raise ConfigError("camera.replay.path", f"{p} does not exist")
+    check_input(p, folder=True, what="a recording")  # a named pipe blocked for ever; an unreadable file read as corrupt
     if p.is_dir():
         return _FolderSource(p)
     suffix = p.suffix.lower()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mimlsort.errors import DataFormatError, ModelError
+from mimlsort.inputs import check_input
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,9 @@ def _read_input(path: Path):
     import h5py
     import hdf5plugin  # noqa: F401  (registers the filters dclab/dcnum write with)
 
+    check_input(path, what="an RT-DC file")  # a named pipe blocked for ever
     if not path.is_file():
-        raise DataFormatError(f"{path}: " + ("is a folder, not an RT-DC file" if path.is_dir() else "no such file"))
+        raise DataFormatError(f"{path}: no such file")
     try:
         fh = h5py.File(path, "r")
     except (OSError, FileNotFoundError) as e:

@@ -19,7 +19,7 @@ from typing import Any
 
 from app.config import RunConfig, bundled_model_path, config_to_toml
 from app.pipeline import FinishReason, Pipeline, Status
-from mimlsort.errors import ConfigError, StateError
+from mimlsort.errors import ConfigError, MimlsortError, StateError
 from mimlsort.outputs import make_output_folder
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,13 @@ def resolve_model_path(path: str) -> Path | None:
     if path in ("", "none"):
         return None
     p = bundled_model_path() if path == "demo" else Path(path).expanduser()
+    if p.exists():
+        from mimlsort.inputs import check_input
+
+        try:
+            check_input(p, what="a model file")  # a named pipe, a folder, one this user may not read
+        except MimlsortError as err:
+            raise ConfigError("model.path", str(err)) from None
     if not p.is_file():
         hint = " (run `make model` to rebuild the bundled model)" if path == "demo" else ""
         raise ConfigError("model.path", f"no model file at {p}{hint}")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mimlsort.errors import BackendUnavailable, MimlsortError, ModelError, StateError
+from mimlsort.inputs import check_input
 
 from .preprocess import Preprocessor
 from .spec import INPUT_FEATURES, INPUT_IMAGE, OUTPUT, ModelSpec, TensorInfo, check_features, check_graph, read_spec
@@ -113,7 +114,7 @@ class Classifier:
     def __init__(self, model_path: str | Path, provider: str = "auto", intra_op_threads: int = 1,
                  warmup: bool = True, *, spec: ModelSpec | None = None, check_tracker_features: bool = True):
         ort = _import_ort()
-        self.path = Path(model_path)
+        self.path = check_input(model_path, what="a model file", error=ModelError)  # a pipe blocked; "not an ONNX model" for an unreadable one
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file")
         if provider not in ("auto", *PROVIDERS):
