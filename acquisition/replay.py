@@ -392,6 +392,17 @@ class _TiffSource(_Source):
             self.n = int(cv2.imcount(str(path), cv2.IMREAD_UNCHANGED))
         except cv2.error as err:
             raise DataFormatError(f"{path}: not a readable TIFF ({err})") from err
+        # OpenCV counts the pages whose directory it can reach and stops there without a word: a
+        # file cut short replayed as a shorter recording. The pages before the break are played
+        # (as a plain RT-DC file or a video cut short gives its frames), then the break is an error
+        # naming the page, so the run ends errored and says the recording is incomplete
+        self._broken: int | None = None
+        brk = _tiff_break(path)
+        if brk is not None:
+            self._broken, self._why = brk
+            self.n = self._broken + 1  # the broken page is where reading stops with the error
+            log.warning("%s: truncated TIFF: page %d is not whole (%s); the %d pages before it play, then the "
+                        "replay ends with an error", path, self._broken, self._why, self._broken)
         if self.n <= 0:
             raise DataFormatError(f"{path}: not a readable TIFF (no pages)")
         first = self._pages(0, 1)[0]
@@ -401,7 +412,7 @@ class _TiffSource(_Source):
         self.bit_depth = 8 * self.dtype.itemsize
         self.model = "tiff"
 
-    def _pages(self, i0: int, k: int) -> list[np.ndarray]:
+    def _read_pages(self, i0: int, k: int) -> list[np.ndarray]:
         cv2 = self.cv2
         try:
             ok, pages = cv2.imreadmulti(str(self.path), start=i0, count=k, flags=cv2.IMREAD_UNCHANGED)
@@ -412,10 +423,81 @@ class _TiffSource(_Source):
             raise self.error(i0 + len(pages), f"cannot be decoded (corrupt or truncated; the file lists {self.n} pages)")
         return pages
 
+    def _pages(self, i0: int, k: int) -> list[np.ndarray]:
+        if self._broken is not None and i0 + k > self._broken:
+            if i0 >= self._broken:
+                raise self.error(self._broken, f"the file is truncated: this page is not whole ({self._why}); "
+                                               f"the {self._broken} pages before it are")
+            k = self._broken - i0
+        return self._read_pages(i0, k)
+
     def read_block(self, i0: int, out: np.ndarray) -> int:
-        for j, page in enumerate(self._pages(i0, out.shape[0])):
+        pages = self._pages(i0, out.shape[0])
+        for j, page in enumerate(pages):
             out[j] = self.check_frame(i0 + j, page)
-        return out.shape[0]
+        return len(pages)
+
+
+def _tiff_break(path: Path) -> tuple[int, str] | None:
+    """(page, why) for the first page of a TIFF that is not whole: its directory or its pixel data
+    end past the end of the file. None when every page the chain of directories lists is whole,
+    or when this walk cannot tell (no TIFF, a compressed strip list of another type, a loop):
+    OpenCV then decides as before."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+            return None
+        e = "<" if head[:2] == b"II" else ">"
+        magic = struct.unpack(e + "H", head[2:4])[0]
+        if magic == 42:  # classic TIFF: 2-byte entry counts, 12-byte entries, 4-byte offsets
+            off, cnt, ent, word = struct.unpack(e + "I", head[4:8])[0], "H", 12, "I"
+        elif magic == 43 and len(head) == 16:  # BigTIFF: 8, 20, 8
+            off, cnt, ent, word = struct.unpack(e + "Q", head[8:16])[0], "Q", 20, "Q"
+        else:
+            return None
+        csz, wsz = struct.calcsize(cnt), struct.calcsize(word)
+        seen: set[int] = set()
+        page = 0
+        while off:
+            if off in seen:
+                return None
+            seen.add(off)
+            if off + csz > size:
+                return page, "its directory lies past the end of the file"
+            fh.seek(off)
+            n = struct.unpack(e + cnt, fh.read(csz))[0]
+            if off + csz + n * ent + wsz > size:
+                return page, "its directory is cut off"
+            raw = fh.read(n * ent + wsz)
+            tags: dict[int, tuple[int, ...]] = {}
+            for j in range(n):
+                t = raw[j * ent:(j + 1) * ent]
+                tag, typ = struct.unpack(e + "HH", t[:4])
+                if tag not in (273, 279, 324, 325):  # strip / tile offsets and byte counts
+                    continue
+                fmt = {3: "H", 4: "I", 16: "Q"}.get(typ)
+                if fmt is None:
+                    return None
+                count = struct.unpack(e + word, t[4:4 + wsz])[0]
+                nbytes = count * struct.calcsize(fmt)
+                if nbytes <= wsz:
+                    data = t[4 + wsz:4 + wsz + nbytes]
+                else:
+                    at = struct.unpack(e + word, t[4 + wsz:4 + 2 * wsz])[0]
+                    if at + nbytes > size:
+                        return page, "its list of pixel data lies past the end of the file"
+                    fh.seek(at)
+                    data = fh.read(nbytes)
+                tags[tag] = struct.unpack(e + fmt * count, data)
+            offsets, counts = tags.get(273, tags.get(324, ())), tags.get(279, tags.get(325, ()))
+            if any(o + c > size for o, c in zip(offsets, counts)):
+                return page, "its pixel data end past the end of the file"
+            off = struct.unpack(e + word, raw[n * ent:n * ent + wsz])[0]
+            page += 1
+    return None
 
 
 def _natural_key(name: str) -> list[Any]:

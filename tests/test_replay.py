@@ -270,6 +270,30 @@ def test_a_truncated_video_names_the_frame_where_it_breaks(tmp_path):
                 pass
 
 
+@pytest.mark.parametrize("keep", [0.55, 0.99])
+def test_a_truncated_tiff_plays_its_whole_pages_then_names_the_page_where_it_breaks(tmp_path, caplog, keep):
+    # it played as a shorter recording without a word: OpenCV counts the pages it can reach
+    imgs = stack(10, h=32, w=48, seed=8)
+    path = tmp_path / "rec.tif"
+    assert cv2.imwritemulti(str(path), list(imgs))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    whole = cv2.imcount(str(cut))
+    assert 0 < whole < 10
+    with ReplayCamera(ReplaySettings(path=str(cut), pixel_size_um=0.5, fps=100.0)) as cam:
+        assert f"cut.tif: truncated TIFF: page {whole} is not whole" in caplog.text
+        cam.start()
+        got = []
+        with pytest.raises(DataFormatError, match=rf"cut\.tif: frame {whole}: the file is truncated: this page is not "
+                                                  rf"whole \(.*\); the {whole} pages before it are"):
+            while (f := cam.read()) is not None:
+                got.append(f.image.copy())
+    assert len(got) == whole  # the whole pages first, as they were recorded
+    for a, b in zip(got, imgs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_something_that_is_no_recording_is_a_data_format_error(tmp_path):
     path = tmp_path / "noise.avi"
     path.write_bytes(b"RIFF" + bytes(range(256)) * 4)
