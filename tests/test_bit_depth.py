@@ -103,3 +103,40 @@ def test_a_12_bit_replay_through_the_pipeline_warns_of_nothing(scene, tmp_path, 
             assert run.wait(120)
     assert run.status().cells >= 3
     assert "range" not in caplog.text, caplog.text
+
+
+def test_frames_brighter_than_the_stated_bit_depth_are_refused_naming_the_frame(tmp_path):
+    # a 16-bit TIFF replayed with --bit-depth 12 was taken as 12-bit: thresholds 16x too low
+    import cv2
+
+    from acquisition.replay import ReplayCamera, ReplaySettings
+    from mimlsort.errors import DataFormatError
+
+    frames = np.full((80, 32, 48), 1000, np.uint16)
+    frames[70, 5, 7] = 40000
+    path = tmp_path / "sixteen.tif"
+    assert cv2.imwritemulti(str(path), list(frames))
+    with ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=1000.0, bit_depth=12)) as cam:
+        cam.start()
+        with pytest.raises(DataFormatError, match=r"sixteen\.tif: frame 70: grey level 40000 is above the 12-bit "
+                                                  r"range \(0\.\.4095\) that camera\.replay\.bit_depth \(--bit-depth\) states"):
+            while cam.read(0.1) is not None:
+                pass
+    # the same from a recording's own user:bit depth
+    import h5py
+
+    rec = tmp_path / "rec.rtdc"
+    with h5py.File(rec, "w") as f:
+        f["events/image"] = frames
+        f.attrs.update({"imaging:pixel size": 0.5, "imaging:frame rate": 1000.0, "user:bit depth": 12})
+    with ReplayCamera(ReplaySettings(path=str(rec))) as cam:
+        cam.start()
+        with pytest.raises(DataFormatError, match=r"rec\.rtdc: frame 70: grey level 40000 .* the file's user:bit depth"):
+            while cam.read(0.1) is not None:
+                pass
+    # within the range: played
+    frames[70, 5, 7] = 4095
+    assert cv2.imwritemulti(str(path), list(frames))
+    with ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=1000.0, bit_depth=12)) as cam:
+        cam.start()
+        assert sum(1 for _ in iter(lambda: cam.read(0.1), None)) == 80
