@@ -121,6 +121,10 @@ class _Source:
     def close(self) -> None:
         pass
 
+    #: why the recording holds one image per event rather than every frame ("" for a recording
+    #: of frames); tracking would take its images for consecutive frames (see refuse_event_file)
+    event_images = ""
+
     def error(self, frame: int | str, problem: str) -> DataFormatError:
         return DataFormatError(f"{self.path}: frame {frame}: {problem}")
 
@@ -244,6 +248,8 @@ class _RtdcSource(_Source):
         self.bit_depth = _attr_int(attrs, "user:bit depth", path, 0, 8 * self.dtype.itemsize) or 8 * self.dtype.itemsize
         self.model = str(_attr_str(attrs, "setup:software version") or "rtdc")
         self.metadata = {str(k): v for k, v in attrs.items()}
+        # (an empty file is left to say that it holds no frames)
+        self.event_images = _event_file_sign(attrs, ev, frames) if n_all else ""
         self._contiguous = bool(self.n == 0 or (keep[-1] - keep[0] + 1 == self.n))
         self._fd = -1  # the file, for frames stored as plain bytes in it (read with preadv, not h5py)
         self._offsets = self._frame_offsets()
@@ -354,6 +360,39 @@ def _attr_float(attrs: Any, key: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) and f > 0 else None
+
+
+def _event_file_sign(attrs: Any, ev: Any, frames: np.ndarray | None) -> str:
+    """What shows an RT-DC file to hold one image per event (mimlsort's event writer, ShapeIn,
+    dcnum, CytoShot), or "" for a recording of every frame (mimlsort's recorder, a raw CytoShot
+    or dcnum input): those hold images, frame numbers and times, nothing segmented, and their
+    frame numbers step by 1 with the odd gap where frames were dropped."""
+    if "user:mimlsort format" in attrs:
+        return "mimlsort's event writer wrote it"
+    for name in ("mask", "contour", "pos_x"):
+        if name in ev:
+            return f"it holds events/{name} of segmented events"
+    if frames is not None and frames.size > 1:
+        steps = np.diff(frames)
+        if (steps == 0).any():
+            return f"several images share frame {int(frames[1:][steps == 0][0])}"
+        # a step of 2 throughout is a camera's or recorder's decimation, still frames to track;
+        # events come as far apart as the cells (ShapeIn's shared file: 6 to 94 frames)
+        step = float(np.median(steps))
+        if step > 2:
+            return f"its frame numbers step by {step:g} (median)"
+    return ""
+
+
+def refuse_event_file(camera: Any) -> None:
+    """A DataFormatError when ``camera`` replays an event file: the tracker would take its images
+    for consecutive frames and link the cells of different events into tracks that never were."""
+    why = getattr(camera, "event_images", "")
+    if why:
+        path = Path(camera.settings.path)
+        raise DataFormatError(f"{path}: an event file ({why}), not a recording of every frame: tracking it would "
+                              f"invent cells from images taken far apart; measure its events with `mimlsort reanalyze "
+                              f"{path} --out EVENTS.rtdc`")
 
 
 def _attr_int(attrs: Any, key: str, path: Path, lo: int, hi: int) -> int:
@@ -662,6 +701,11 @@ class ReplayCamera(Camera):
     @property
     def paced(self) -> bool:
         return bool(self.settings.realtime)
+
+    @property
+    def event_images(self) -> str:
+        """Why the open recording is an event file (one image per event), or "" (:func:`refuse_event_file`)."""
+        return self._src.event_images if self._src is not None else ""
 
     @property
     def recorded_metadata(self) -> dict[str, Any]:

@@ -76,6 +76,7 @@ FLOW_HELP = ("the way cells move in the recording's images: left-to-right (the d
 def cmd_track(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from acquisition.replay import refuse_event_file
     from app.cli_run import _load, replay_source
     from app.offline import TABLE_START, track_camera, write_events_csv
     from app.session import with_changes
@@ -87,6 +88,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     # before the tracking, not after it
     check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))
     with cfg.camera.make_camera() as cam:
+        refuse_event_file(cam)
         res = track_camera(cam, settings, pixel_size_um=cfg.camera.pixel_size_um)
     write_events_csv(res.events, args.out)
     complete = sum(1 for e in res.events if e.ok)

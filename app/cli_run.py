@@ -100,6 +100,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     realtime = bool(args.realtime) or (not args.max_speed and cfg.camera.replay.realtime)
     cfg = with_changes(cfg, camera=replay_source(args, realtime=realtime), output={"record_raw": False})
     with cfg.camera.make_camera() as probe:
+        from acquisition.replay import refuse_event_file
+
+        refuse_event_file(probe)  # before the output is checked and the run built
         total = probe.info.frame_count
         recorded_sample = probe.recorded_metadata.get("experiment:sample")
     if cfg.output.sample == OutputConfig().sample:  # not set in --config: the recording's sample name

@@ -3,6 +3,8 @@ key at fault, exit status 2 as for every other input error, no traceback."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,83 @@ def test_replay_names_a_bad_attribute_of_its_own(tmp_path, capsys, key, value):
     err = error_of(capsys, "replay", str(rec), "--out", str(tmp_path / "ev.rtdc"), "--model", "none")
     assert f"{rec}: attribute '{key}' is " in err and "not a whole number" in err
     assert not (tmp_path / "ev.rtdc").exists()
+
+
+# -- event files given where a recording of every frame is wanted -----------------------------------
+SHARED_RTDC = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "rtdc",
+                                Path("/work/shared/data/rtdc")) if p.is_dir()), None)
+#: the shared real files hold one image per event (ShapeIn, dcnum, CytoShot; README there); the
+#: empty one is left to say that it holds no frames
+REAL_EVENTS = sorted(p for p in SHARED_RTDC.glob("*.rtdc") if p.name != "M001_data.rtdc") if SHARED_RTDC else []
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A raw recording (mimlsort's recorder) and the event file of its replay."""
+    d = tmp_path_factory.mktemp("events")
+    rec, ev = d / "rec.rtdc", d / "ev.rtdc"
+    assert main(["simulate", "--out", str(rec), "--seconds", "0.2", "--seed", "5"]) == 0
+    assert main(["replay", str(rec), "--out", str(ev), "--model", "none"]) == 0
+    return rec, ev
+
+
+def test_an_event_file_is_not_replayed_or_tracked_as_frames(recorded, tmp_path, capsys):
+    # its images went to the tracker as consecutive frames, and cells of different events were
+    # linked into tracks that never were
+    _, ev = recorded
+    hint = f"measure its events with `mimlsort reanalyze {ev} --out EVENTS.rtdc`"
+    err = error_of(capsys, "replay", str(ev), "--out", str(tmp_path / "again.rtdc"), "--model", "none")
+    assert f"{ev}: an event file (mimlsort's event writer wrote it), not a recording of every frame" in err
+    assert hint in err and not (tmp_path / "again.rtdc").exists()
+    assert hint in error_of(capsys, "track", str(ev), "--out", str(tmp_path / "cells.csv"))
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'[camera]\nbackend = "replay"\n[camera.replay]\npath = "{ev}"\n[model]\npath = "none"\n'
+                   f'[output]\nfolder = "{tmp_path / "runs"}"\n')
+    assert hint in error_of(capsys, "config", "--check", str(cfg))
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert hint in capsys.readouterr().err
+    assert not list((tmp_path / "runs").glob("*.rtdc"))  # the names it reserved are gone again
+
+
+@pytest.mark.skipif(not REAL_EVENTS, reason="../shared/data/rtdc not beside the repository")
+@pytest.mark.parametrize("path", REAL_EVENTS, ids=lambda p: p.name)
+def test_real_event_files_are_refused_with_their_sign(tmp_path, capsys, path):
+    err = error_of(capsys, "track", str(path), "--out", str(tmp_path / "cells.csv"))
+    sign = "its frame numbers step by" if path.name == "file_with_variable_length_logs.rtdc" else "events/mask"
+    assert f"{path}: an event file (" in err and sign in err and "mimlsort reanalyze" in err
+
+
+def raw(path, frames, **attrs):
+    with h5py.File(path, "w") as f:
+        f["events/image"] = np.full((len(frames), 40, 80), 100, np.uint8)
+        f["events/frame"] = frames
+        f["events/time"] = np.asarray(frames) / 2000.0
+        f.attrs.update({"imaging:pixel size": 0.5, "imaging:frame rate": 2000.0, **attrs})
+    return path
+
+
+def test_recordings_of_every_frame_are_not_taken_for_event_files(recorded, tmp_path):
+    from acquisition.replay import ReplayCamera, ReplaySettings, refuse_event_file
+
+    dclab = pytest.importorskip("dclab")
+    from dclab.rtdc_dataset.writer import RTDCWriter
+
+    dropped = np.arange(60)
+    dropped[20:] += 5  # frames the camera dropped
+    written = tmp_path / "dclab.rtdc"
+    with RTDCWriter(written, mode="reset") as hw:  # a raw recording as dclab writes one
+        hw.store_metadata({"imaging": {"pixel size": 0.5, "frame rate": 2000.0, "roi size x": 80, "roi size y": 40},
+                           "experiment": {"sample": "raw", "run index": 1, "date": "2024-01-01", "time": "10:00:00"},
+                           "setup": {"channel width": 20.0, "flow rate": 0.04, "medium": "other"}})
+        hw.store_feature("image", np.full((60, 40, 80), 100, np.uint8))
+        hw.store_feature("frame", dropped + 100)
+        hw.store_feature("time", (dropped + 100) / 2000.0)
+    with dclab.new_dataset(written) as ds:
+        assert len(ds) == 60
+    for path in (recorded[0], raw(tmp_path / "drops.rtdc", dropped), raw(tmp_path / "every2.rtdc", np.arange(0, 120, 2)),
+                 raw(tmp_path / "noframes.rtdc", np.arange(60)), written):
+        with ReplayCamera(ReplaySettings(path=str(path))) as cam:
+            assert cam.event_images == "", path
+            refuse_event_file(cam)
+    with ReplayCamera(ReplaySettings(path=str(raw(tmp_path / "shared.rtdc", [1, 2, 2, 3])))) as cam:
+        assert cam.event_images == "several images share frame 2"
