@@ -137,8 +137,12 @@ class BaslerCamera(GenicamFeatures, Camera):
         # missing, so they are already part of the ring's camera_dropped; ``skipped`` (what a
         # pipeline adds to the ring's count) stays 0 on this backend.
         self.skipped_images = 0
+        # skipped before the first frame of a run: its id already says they went by (no gap in
+        # the ring, so not in skipped_images, which equals the ring's gaps)
+        self.skipped_before_first = 0
+        self._seen_first = False
         self.skipped = 0
-        self.discarded_at_stop = 0  # frames still queued when acquisition stopped
+        self.discarded_at_stop = 0  # frames still queued when acquisition stopped, and those pylon skipped among them
         self.grab_errors = 0  # retrievals pylon failed without the camera being gone
         self.grab_restarts = 0  # grab sessions pylon ended by itself, restarted without reopening
         self.lost_at_restart = 0  # frames the stream grabber held, unseen, when such a session ended
@@ -348,6 +352,7 @@ class BaslerCamera(GenicamFeatures, Camera):
     def _do_start(self) -> None:
         self._stats_before = {}
         self._restart_gap = 0
+        self._seen_first = False
         self._start_grabbing()
 
     def _resume_grabbing(self, why: str) -> None:
@@ -398,8 +403,7 @@ class BaslerCamera(GenicamFeatures, Camera):
                 r = cam.RetrieveResult(20, pylon.TimeoutHandling_Return)
                 if not r.IsValid():
                     break
-                self.skipped_images += r.GetNumberOfSkippedImages()
-                self.discarded_at_stop += 1
+                self.discarded_at_stop += 1 + r.GetNumberOfSkippedImages()
                 r.Release()
             self.statistics_at_stop = self.statistics()
         except genicam.GenericException as err:  # a camera that is gone cannot be drained
@@ -479,7 +483,11 @@ class BaslerCamera(GenicamFeatures, Camera):
                     try:
                         n = r.GetNumberOfSkippedImages()
                         if n:
-                            self.skipped_images += n
+                            if self._seen_first:
+                                self.skipped_images += n
+                            else:
+                                self.skipped_before_first += n
+                        self._seen_first = True
                         if r.GrabSucceeded():
                             raw = r.BlockID
                             if raw >= _NO_BLOCK_ID:  # a transport without block ids: count frames instead

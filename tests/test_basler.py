@@ -467,3 +467,24 @@ def test_a_camera_lost_and_reopened_mid_run_is_in_the_status_and_the_file(tmp_pa
     _, stored = read_events(run.events_path)
     assert stored.counters["camera_reconnects"] == 1
     assert "camera was lost and reopened (reconnect 1)" in "".join(stored.run_log).replace("\n", "")
+
+
+def test_frames_skipped_before_the_first_one_are_not_counted_as_gaps():
+    # a grab thread that starts late (a loaded host): pylon reports the frames its queue dropped
+    # before the first one with it; they leave no gap in the ring (the first id says they went
+    # by), and counted as skipped images they made camera_dropped and skipped_images differ
+    with emu(fps=5000.0, buffers=8, strategy="latest") as cam:
+        ring = FrameRing(64, 96, 256, np.uint8)
+        cam.start()
+        time.sleep(0.02)  # ~100 frames into a queue of 8
+        for _ in range(20):
+            assert cam.grab_into(ring, timeout_s=2.0)
+        cam.set_feature("AcquisitionStop")
+        while cam.grab_into(ring, timeout_s=0.2):
+            pass
+        cam.stop()
+        total = cam.statistics_at_stop["total_buffer_count"]
+    first_id = int(ring.newest().frame_id) - (ring.written - 1) - ring.camera_dropped
+    assert cam.skipped_before_first > 0 and first_id >= cam.skipped_before_first
+    assert ring.camera_dropped == cam.skipped_images + cam.failed_buffers
+    assert ring.written + ring.camera_dropped + first_id + cam.discarded_at_stop == total
