@@ -40,7 +40,7 @@ from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
 from acquisition.frame import FrameRing
 from mimlsort import realtime
 from mimlsort.errors import ConfigError, DataFormatError, StateError
-from mimlsort.inputs import check_input, permission_denied
+from mimlsort.inputs import attr_number, check_input, permission_denied
 from mimlsort.settings import require
 
 log = logging.getLogger(__name__)
@@ -401,10 +401,7 @@ def _attr_int(attrs: Any, key: str, path: Path, lo: int, hi: int) -> int:
     v = attrs.get(key)
     if v is None:
         return 0
-    try:
-        f = float(v.decode() if isinstance(v, bytes) else v)
-    except (TypeError, ValueError, UnicodeDecodeError):
-        f = math.nan
+    f = attr_number(v)
     if not (math.isfinite(f) and f == round(f) and lo <= f <= hi):
         text = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
         raise DataFormatError(f"{path}: attribute '{key}' is {text!r}, not a whole number in {lo}..{hi}: "

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mimlsort.errors import DataFormatError, ModelError
-from mimlsort.inputs import check_input
+from mimlsort.inputs import attr_number, check_input
 
 log = logging.getLogger(__name__)
 
@@ -297,10 +297,7 @@ def _positive(attrs, key: str, src: Path) -> float:
     v = attrs.get(key)
     if v is None:
         return 0.0
-    try:
-        f = float(v.decode() if isinstance(v, bytes) else v)
-    except (TypeError, ValueError, UnicodeDecodeError):
-        f = math.nan
+    f = attr_number(v)
     if f == 0:
         return 0.0
     if not (0 < f < math.inf):

@@ -5,6 +5,7 @@ from readers that do not say why they failed."""
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from pathlib import Path
@@ -46,3 +47,12 @@ def permission_denied(path: str | os.PathLike) -> str:
     """The message for a file this process may not read (the user's to fix with chmod or sudo)."""
     return f"permission denied: {path} (this user may not read it: check its permissions)"
 
+
+
+def attr_number(v) -> float:
+    """A file's metadata value as a number, NaN where it is none (text, bytes that are not one,
+    an array): for messages that name the file and key instead of int()/float()'s bare error."""
+    try:
+        return float(v.decode() if isinstance(v, bytes) else v)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return math.nan

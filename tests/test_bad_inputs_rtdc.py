@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from app.cli import main
+from tests.test_bad_inputs_files import write_rtdc
+from tests.test_cli_inputs import files  # noqa: F401 (a fixture: a short recording and its event file)
 
 h5py = pytest.importorskip("h5py")
 import hdf5plugin  # noqa: E402,F401
@@ -76,13 +78,8 @@ def test_reanalyze_refuses_a_feature_column_shorter_than_the_images(tmp_path, ca
 def test_replay_names_a_bad_attribute_of_its_own(tmp_path, capsys, key, value):
     # int() on them gave a ValueError traceback
     n = 20
-    rec = tmp_path / "rec.rtdc"
-    with h5py.File(rec, "w") as f:
-        f["events/image"] = np.full((n, 40, 80), 100, np.uint8)
-        f["events/frame"] = np.arange(n)
-        f["events/time"] = np.arange(n) / 2000.0
-        f.attrs["imaging:pixel size"] = 0.5
-        f.attrs["imaging:frame rate"] = 2000.0
+    rec = write_rtdc(tmp_path / "rec.rtdc", n)
+    with h5py.File(rec, "a") as f:
         f.attrs[key] = value
     err = error_of(capsys, "replay", str(rec), "--out", str(tmp_path / "ev.rtdc"), "--model", "none")
     assert f"{rec}: attribute '{key}' is " in err and "not a whole number" in err
@@ -97,20 +94,10 @@ SHARED_RTDC = next((p for p in (Path(__file__).resolve().parents[2] / "shared" /
 REAL_EVENTS = sorted(p for p in SHARED_RTDC.glob("*.rtdc") if p.name != "M001_data.rtdc") if SHARED_RTDC else []
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    """A raw recording (mimlsort's recorder) and the event file of its replay."""
-    d = tmp_path_factory.mktemp("events")
-    rec, ev = d / "rec.rtdc", d / "ev.rtdc"
-    assert main(["simulate", "--out", str(rec), "--seconds", "0.2", "--seed", "5"]) == 0
-    assert main(["replay", str(rec), "--out", str(ev), "--model", "none"]) == 0
-    return rec, ev
-
-
-def test_an_event_file_is_not_replayed_or_tracked_as_frames(recorded, tmp_path, capsys):
+def test_an_event_file_is_not_replayed_or_tracked_as_frames(files, tmp_path, capsys):
     # its images went to the tracker as consecutive frames, and cells of different events were
     # linked into tracks that never were
-    _, ev = recorded
+    _, ev = files
     hint = f"measure its events with `mimlsort reanalyze {ev} --out EVENTS.rtdc`"
     err = error_of(capsys, "replay", str(ev), "--out", str(tmp_path / "again.rtdc"), "--model", "none")
     assert f"{ev}: an event file (mimlsort's event writer wrote it), not a recording of every frame" in err
@@ -142,7 +129,7 @@ def raw(path, frames, **attrs):
     return path
 
 
-def test_recordings_of_every_frame_are_not_taken_for_event_files(recorded, tmp_path):
+def test_recordings_of_every_frame_are_not_taken_for_event_files(files, tmp_path):
     from acquisition.replay import ReplayCamera, ReplaySettings, refuse_event_file
 
     dclab = pytest.importorskip("dclab")
@@ -160,7 +147,7 @@ def test_recordings_of_every_frame_are_not_taken_for_event_files(recorded, tmp_p
         hw.store_feature("time", (dropped + 100) / 2000.0)
     with dclab.new_dataset(written) as ds:
         assert len(ds) == 60
-    for path in (recorded[0], raw(tmp_path / "drops.rtdc", dropped), raw(tmp_path / "every2.rtdc", np.arange(0, 120, 2)),
+    for path in (files[0], raw(tmp_path / "drops.rtdc", dropped), raw(tmp_path / "every2.rtdc", np.arange(0, 120, 2)),
                  raw(tmp_path / "noframes.rtdc", np.arange(60)), written):
         with ReplayCamera(ReplaySettings(path=str(path))) as cam:
             assert cam.event_images == "", path
