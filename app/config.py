@@ -30,6 +30,7 @@ from app.pipeline import AutoStop
 from app.sorting import SortSettings
 from hardware.timing import TimingSettings
 from mimlsort.errors import ConfigError, MimlsortError
+from mimlsort.inputs import check_input
 from mimlsort.settings import from_mapping, require, to_mapping
 from tracking.tracker import TrackerSettings
 
@@ -248,7 +249,7 @@ class RunConfig:
 
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a TOML run configuration; errors name the file and the key."""
-    path = Path(path)
+    path = check_input(path, what="a configuration file")  # a named pipe blocked the read for ever
     try:
         # utf-8-sig: Windows Notepad begins a UTF-8 file with a byte order mark, which TOML does
         # not allow ("not valid TOML: Invalid statement (at line 1, column 1)")

@@ -51,6 +51,7 @@ import numpy as np
 from acquisition.camera import FLOW_DIRECTIONS
 from mimlsort import __version__
 from mimlsort.errors import DataFormatError, DeviceError
+from mimlsort.inputs import check_input
 from mimlsort.settings import require
 from tracking.events import Quality
 from tracking.features import FEATURES, MIML_FEATURES
@@ -1234,10 +1235,8 @@ def open_h5(path: str | Path):
     import h5py
     import hdf5plugin  # noqa: F401
 
-    path = Path(path)
-    if path.is_dir():
-        raise DataFormatError(f"{path}: is a folder, not an event file")
-    if not path.is_file():
+    path = check_input(path, what="an event file")  # a named pipe blocked HDF5 for ever
+    if not path.exists():
         raise DataFormatError(f"{path}: no such file")
     try:
         return h5py.File(path, "r", locking=False)

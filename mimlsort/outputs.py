@@ -5,6 +5,7 @@ only at the end, the whole run's result."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +19,8 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 def holds_hdf5(path: str | Path) -> bool:
     """Whether ``path`` is an HDF5 file (whatever its suffix)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # opening a named pipe to look waits for a writer, for ever
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             offset = 0

@@ -206,3 +206,32 @@ def test_a_model_this_user_may_not_read_says_permission_denied(tmp_path, capsys,
     err = error_of(capsys, "replay", write_rtdc(tmp_path / "rec.rtdc"), "--out", tmp_path / "ev.rtdc",
                    "--model", model)
     assert f"model.path: permission denied: {model}" in err
+
+
+@needs_fifo
+@pipe_timeout
+@pytest.mark.parametrize("name, argv, what", [
+    ("run.toml", ["config", "--check", "{p}"], "a configuration file"),
+    ("run.toml", ["run", "--config", "{p}", "--out-dir", "{t}"], "a configuration file"),
+    ("ev.rtdc", ["report", "{p}", "--out", "{t}/rep"], "an event file"),
+    ("ev.rtdc", ["export", "{p}", "--csv", "{t}/ev.csv"], "an event file"),
+], ids=["config-check", "run-config", "report", "export"])
+def test_a_named_pipe_as_a_configuration_or_event_file_is_refused(tmp_path, capsys, name, argv, what):
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    with Unblock(fifo):
+        err = error_of(capsys, *(a.format(p=fifo, t=tmp_path) for a in argv))
+    assert f"{fifo}: is a named pipe (FIFO), not {what}" in err
+
+
+@needs_fifo
+@pipe_timeout
+def test_a_named_pipe_as_the_output_does_not_block_the_check(tmp_path, capsys):
+    # looking whether an existing output holds a measurement opened it, and waited for a writer
+    fifo = tmp_path / "ev.rtdc"
+    os.mkfifo(fifo)
+    with Unblock(fifo, after_s=20.0):
+        t0 = time.monotonic()
+        code = main(["replay", str(write_rtdc(tmp_path / "real.rtdc")), "--out", str(fifo), "--model", "none"])
+        assert time.monotonic() - t0 < 15.0
+    assert code != 0 and "Traceback" not in capsys.readouterr().err
