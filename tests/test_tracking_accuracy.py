@@ -264,8 +264,10 @@ def test_a_cell_in_view_longer_than_its_history_holds_is_measured_whole(monkeypa
     ea = a.process_frames(frames, fps=s.fps) + a.flush()
     eb = b.process_frames(frames, fps=s.fps) + b.flush()
     assert b.stats.history_overflow == 0
-    # ~14 frames in the constriction, counted in frames, not in the rows left (which said 3)
-    assert b._frames_inside is None and notes == []
+    # ~14 frames in the constriction, counted in frames, not in the rows left (which said 3); and
+    # 1 mm/s upstream is half a pixel a frame, which the pulses' pace does not learn from
+    assert b._frames_inside is None and len(notes) == 1 and "cross the constriction" not in notes[0]
+    assert re.search(r"cells move 0\.[45]\d px a frame upstream", notes[0])
     assert len(ea) == len(eb) >= 8
     for x, y in zip(ea, eb):
         assert int(x.quality) == int(y.quality) and (x.entry_frame, x.exit_frame) == (y.entry_frame, y.exit_frame)

@@ -508,7 +508,7 @@ class Tracker:
         if not info[L.SI_HAS_FIRST] or not info[L.SI_HAS_LAST] or info[L.SI_EXIT_FRAME] < 0:
             q |= _Q_INCOMPLETE
         if q == 0 and self._frames_inside is not None:
-            self._judge_sampling(h, feats["transit_time_ms"])
+            self._judge_sampling(h, feats["transit_time_ms"], feats["v_before_mm_s"])
         quality = _QUALITY.get(q)
         if quality is None:
             quality = _QUALITY[q] = Quality(q)
@@ -561,26 +561,38 @@ class Tracker:
                          f"events are complete")
         return notes
 
-    def _judge_sampling(self, h: np.ndarray, transit_ms: float) -> None:
-        """Once ``SAMPLING_CELLS`` unflagged cells have passed: say so if they crossed the
-        constriction in fewer than ``MIN_FRAMES_INSIDE`` frames (median). Transit is timed to a
-        fraction of a frame even then, but nothing else tells the user that v_max and DIR rest
-        on two or three frames."""
+    def _judge_sampling(self, h: np.ndarray, transit_ms: float, v_before_mm_s: float) -> None:
+        """Once ``SAMPLING_CELLS`` unflagged cells have passed, say what the frame rate does to
+        their measurements (medians): crossing the constriction in fewer than
+        ``MIN_FRAMES_INSIDE`` frames, transit is still timed to a fraction of a frame, but v_max
+        and DIR rest on two or three frames; moving less than a pixel a frame upstream, the
+        learned pace that times the pulses knows nothing of the upstream channel (its steps are
+        learned from 1 px on), and the cells' pace past the exit read 13-17% slow (0.5 px a
+        frame, simulated). Nothing else tells the user either."""
         # frames, not rows: a history thinned upstream has fewer rows than frames
         span = h[-1, L.H_T] - h[0, L.H_T]
         frames = h[-1, L.H_FRAME] - h[0, L.H_FRAME]
         if not span > 0 or not frames > 0 or not transit_ms > 0:
             return
-        self._frames_inside.append(transit_ms * frames / span)
+        frame_ms = span / frames
+        self._frames_inside.append((transit_ms / frame_ms, v_before_mm_s * frame_ms / self.geometry.pixel_size_um))
         if len(self._frames_inside) < SAMPLING_CELLS:
             return
-        median = float(np.median(self._frames_inside))
+        inside, step = (float(v) for v in np.nanmedian(np.array(self._frames_inside), axis=0))
         self._frames_inside = None
-        if median < MIN_FRAMES_INSIDE:
-            note = (f"cells cross the constriction in {median:.1f} frames (median of the first {SAMPLING_CELLS} "
-                    f"unflagged cells): transit is still timed to a fraction of a frame, but a cell held up by the one "
-                    f"ahead reaches its top speed between frames (its v_max reads up to 60% low) and DIR rests on "
-                    f"a few frames; a higher frame rate or a slower flow gives {MIN_FRAMES_INSIDE:g} or more")
+        notes = []
+        if inside < MIN_FRAMES_INSIDE:
+            notes.append(f"cells cross the constriction in {inside:.1f} frames (median of the first {SAMPLING_CELLS} "
+                         f"unflagged cells): transit is still timed to a fraction of a frame, but a cell held up by "
+                         f"the one ahead reaches its top speed between frames (its v_max reads up to 60% low) and DIR "
+                         f"rests on a few frames; a higher frame rate or a slower flow gives {MIN_FRAMES_INSIDE:g} "
+                         f"or more")
+        if step < L.MIN_STEP_PX:
+            notes.append(f"cells move {step:.2f} px a frame upstream of the constriction (median of the first "
+                         f"{SAMPLING_CELLS} unflagged cells): the channel's pace, which times the sort pulses, is "
+                         f"learned from steps of {L.MIN_STEP_PX:g} px or more, and at 0.5 px a frame pulses came "
+                         f"13-17% of the travel late; a lower frame rate (or a larger pixel size) gives 1 px or more")
+        for note in notes:
             log.warning("%s", note)
             if self.on_note is not None:
                 self.on_note(note)
