@@ -87,8 +87,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     settings = cfg.tracking if args.threshold is None else replace(cfg.tracking, threshold=args.threshold)
     # before the tracking, not after it
     check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))
+    refuse_event_file(args.recording)
     with cfg.camera.make_camera() as cam:
-        refuse_event_file(cam)
         res = track_camera(cam, settings, pixel_size_um=cfg.camera.pixel_size_um)
     write_events_csv(res.events, args.out)
     complete = sum(1 for e in res.events if e.ok)

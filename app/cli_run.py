@@ -99,10 +99,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # --realtime / --max-speed decide; with neither, the configuration's replay.realtime does
     realtime = bool(args.realtime) or (not args.max_speed and cfg.camera.replay.realtime)
     cfg = with_changes(cfg, camera=replay_source(args, realtime=realtime), output={"record_raw": False})
-    with cfg.camera.make_camera() as probe:
-        from acquisition.replay import refuse_event_file
+    from acquisition.replay import refuse_event_file
 
-        refuse_event_file(probe)  # before the output is checked and the run built
+    refuse_event_file(args.recording)  # before it is opened, the output checked and the run built
+    with cfg.camera.make_camera() as probe:
         total = probe.info.frame_count
         recorded_sample = probe.recorded_metadata.get("experiment:sample")
     if cfg.output.sample == OutputConfig().sample:  # not set in --config: the recording's sample name

@@ -83,8 +83,9 @@ def preflight(cfg: RunConfig) -> list[str]:
         # size, a start_frame past its end and a second turn of turned frames
         from acquisition.replay import refuse_event_file
 
-        with cfg.camera.make_camera() as cam:
-            refuse_event_file(cam)  # as build_run does
+        refuse_event_file(cfg.camera.replay.path)  # as build_run does
+        with cfg.camera.make_camera():
+            pass
         checked.append(f"recording {cfg.camera.replay.path}")
     backend = cfg.trigger.backend
     key = TRIGGER_ADDRESS.get(backend)
@@ -534,12 +535,12 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
         raise
     opened: list[Any] = []
     try:
-        if cam.state.value == "closed":
-            cam.open()
         if getattr(cam, "backend", "") == "replay":
             from acquisition.replay import refuse_event_file
 
-            refuse_event_file(cam)  # one image per event is no recording to track (`mimlsort reanalyze`)
+            refuse_event_file(cam.settings.path)  # one image per event is no recording to track (`mimlsort reanalyze`)
+        if cam.state.value == "closed":
+            cam.open()
         info = cam.info
         px = cfg.camera.pixel_size_um or info.pixel_size_um
         if cfg.camera.pixel_size_um and info.pixel_size_um and not math.isclose(px, info.pixel_size_um, rel_tol=1e-6):

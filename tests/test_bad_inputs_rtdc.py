@@ -130,7 +130,7 @@ def raw(path, frames, **attrs):
 
 
 def test_recordings_of_every_frame_are_not_taken_for_event_files(files, tmp_path):
-    from acquisition.replay import ReplayCamera, ReplaySettings, refuse_event_file
+    from acquisition.replay import ReplayCamera, ReplaySettings, event_file_sign, refuse_event_file
 
     dclab = pytest.importorskip("dclab")
     from dclab.rtdc_dataset.writer import RTDCWriter
@@ -147,10 +147,33 @@ def test_recordings_of_every_frame_are_not_taken_for_event_files(files, tmp_path
         hw.store_feature("time", (dropped + 100) / 2000.0)
     with dclab.new_dataset(written) as ds:
         assert len(ds) == 60
+    noframes = raw(tmp_path / "noframes.rtdc", np.arange(60))
+    with h5py.File(noframes, "a") as f:
+        del f["events/frame"]
+    # mimlsort's recorder keeping every third frame (or a camera whose ids count frames lost
+    # before the host) was refused here and by reanalyze, each pointing to the other
+    every3 = raw(tmp_path / "every3.rtdc", np.arange(0, 180, 3), **{"user:recorder dropped frames": 0})
+    # float32 ids past 2**24 collapse into repeats ("several images share frame 16777216")
+    high = raw(tmp_path / "high.rtdc", (2 ** 24 + np.arange(60)).astype(np.float32))
     for path in (files[0], raw(tmp_path / "drops.rtdc", dropped), raw(tmp_path / "every2.rtdc", np.arange(0, 120, 2)),
-                 raw(tmp_path / "noframes.rtdc", np.arange(60)), written):
-        with ReplayCamera(ReplaySettings(path=str(path))) as cam:
-            assert cam.event_images == "", path
-            refuse_event_file(cam)
-    with ReplayCamera(ReplaySettings(path=str(raw(tmp_path / "shared.rtdc", [1, 2, 2, 3])))) as cam:
-        assert cam.event_images == "several images share frame 2"
+                 noframes, written, every3, high):
+        assert event_file_sign(path) == "", path
+        refuse_event_file(path)
+        with ReplayCamera(ReplaySettings(path=str(path))):
+            pass
+    assert event_file_sign(raw(tmp_path / "shared.rtdc", [1, 2, 2, 3])) == "several images share frame 2"
+    assert event_file_sign(raw(tmp_path / "every3.rtdc", np.arange(0, 180, 3))) == "its frame numbers step by 3 (median)"
+
+
+def test_a_long_event_file_is_refused_before_its_times_are_judged(tmp_path, capsys):
+    # events are written as cells leave, so once cells overlap their times run back: replay
+    # said "its times must increase" and never pointed to reanalyze
+    rec, ev = tmp_path / "rec.rtdc", tmp_path / "ev.rtdc"
+    assert main(["simulate", "--out", str(rec), "--seconds", "2", "--seed", "3"]) == 0
+    assert main(["replay", str(rec), "--out", str(ev), "--model", "none"]) == 0
+    with h5py.File(ev, "r") as f:
+        assert (np.diff(f["events/time"][:]) < 0).any()  # the case: times that run back
+    for argv in (["replay", ev, "--out", tmp_path / "again.rtdc", "--model", "none"],
+                 ["track", ev, "--out", tmp_path / "cells.csv"]):
+        err = error_of(capsys, *map(str, argv))
+        assert "an event file (mimlsort's event writer wrote it)" in err and "times must increase" not in err

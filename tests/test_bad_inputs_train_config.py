@@ -34,6 +34,17 @@ def test_a_csv_not_in_utf8_is_named_and_not_guessed(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+def test_a_csv_with_a_byte_order_mark_and_then_latin_1_names_the_right_byte(tmp_path):
+    # the offset counted from the end of the mark: "t2.csv:1: ... byte 0x70"
+    from inference.training.data import _open_csv
+    from mimlsort.errors import DataFormatError
+
+    path = tmp_path / "t2.csv"
+    path.write_bytes(b"\xef\xbb\xbfcell ID,Cell Type\n\xe9,T4\n")
+    with pytest.raises(DataFormatError, match=r"t2\.csv:2: not UTF-8 text \(byte 0xe9"):
+        _open_csv(path)
+
+
 def test_a_csv_with_a_byte_order_mark_reads(tmp_path):
     from inference.training.data import dataset_from_path
 

@@ -300,8 +300,9 @@ def _open_csv(path: Path) -> io.StringIO:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataFormatError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}; saved as latin-1 or "
+        raw = err.object  # after a byte order mark, err.start counts from the end of it
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataFormatError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}; saved as latin-1 or "
                               f"another 8-bit code page?): save the file as UTF-8 (Excel: \"CSV UTF-8\")") from None
     return io.StringIO(text, newline="")
 
@@ -325,9 +326,12 @@ def _read_grey(path: Path, notes: list[str]) -> np.ndarray | None:
         # grey the tracker's crops reach it in, and a 16-bit file does not say how many bits its
         # camera had (a 12-bit camera's values, 0-4095, come 16x too dark divided by 256). One such
         # crop had set the normalisation of every crop (mean 1218, sd 6719 for 8-bit crops).
+        top = int(img.max()) if img.size else 0
+        how = ("its values are 8-bit (at most 255): save it as an 8-bit image" if top <= 255 else
+               f"its values reach {top}: convert it to 8 bits, shifting them right by the camera's bit depth - 8 "
+               f"(4 for a 12-bit camera, 8 for values spread over 16 bits)")
         raise DataFormatError(f"{path}: {img.dtype} image; training crops must be 8-bit grey, as the tracker "
-                              f"gives them to the model: convert it to 8 bits, shifting the values right by "
-                              f"the camera's bit depth - 8 (4 for a 12-bit camera)")
+                              f"gives them to the model: {how}")
     return np.ascontiguousarray(img)
 
 
