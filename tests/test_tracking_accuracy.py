@@ -265,9 +265,8 @@ def test_a_cell_in_view_longer_than_its_history_holds_is_measured_whole(monkeypa
     eb = b.process_frames(frames, fps=s.fps) + b.flush()
     assert b.stats.history_overflow == 0
     # ~14 frames in the constriction, counted in frames, not in the rows left (which said 3); and
-    # 1 mm/s upstream is half a pixel a frame, which the pulses' pace does not learn from
-    assert b._frames_inside is None and len(notes) == 1 and "cross the constriction" not in notes[0]
-    assert re.search(r"cells move 0\.[45]\d px a frame upstream", notes[0])
+    # half a pixel a frame upstream (1 mm/s) is learned from, two frames to a step
+    assert b._frames_inside is None and notes == []
     assert len(ea) == len(eb) >= 8
     for x, y in zip(ea, eb):
         assert int(x.quality) == int(y.quality) and (x.entry_frame, x.exit_frame) == (y.entry_frame, y.exit_frame)
@@ -275,11 +274,12 @@ def test_a_cell_in_view_longer_than_its_history_holds_is_measured_whole(monkeypa
             assert y.features[k] == pytest.approx(x.features[k], rel=1e-9, nan_ok=True), k
         for k in ("diameter_um", "area_um", "bright_avg"):  # medians over fewer, more recent rows
             assert y.features[k] == pytest.approx(x.features[k], rel=0.05, nan_ok=True), k
-        # the cell speeds up as it funnels towards the constriction, and the thinned rows lean to
-        # the later ones: the median upstream speed moves (up to 30% here), but stays the cell's
-        assert y.features["v_before_mm_s"] == pytest.approx(x.features["v_before_mm_s"], rel=0.35, nan_ok=True)
-    # the pace past the exit, which times each cell's pulse, from the one-frame steps the thinning
-    # keeps in pairs: as true as from every row (over thinned rows it read -18% against -3%)
+        # the cell speeds up as it funnels towards the constriction, and thinning drops the oldest
+        # rows first: the median upstream speed moves to the later ones (up to 40% here)
+        assert y.features["v_before_mm_s"] == pytest.approx(x.features["v_before_mm_s"], rel=0.5, nan_ok=True)
+    # the pace past the exit, which times each cell's pulse, from the frame-to-frame steps the
+    # thinning keeps in runs: nearly as true as from every row (-3% against +0.4%; over every
+    # step of thinned rows it read -18%)
     frame_ms = 1e3 / s.fps
     err = []
     for events in (ea, eb):
@@ -287,7 +287,7 @@ def test_a_cell_in_view_longer_than_its_history_holds_is_measured_whole(monkeypa
         err.append(np.median([e.features["v_after_mm_s"] / t.v_after_mm_s - 1 for e, t in m.pairs
                               if m.is_complete(t) and e.ok]))
     print(f"v_after error against the truth: whole histories {err[0]:+.3f}, thinned {err[1]:+.3f}")
-    assert abs(err[1] - err[0]) <= 0.03
+    assert abs(err[0]) <= 0.02 and abs(err[1] - err[0]) <= 0.05
 
 
 @pytest.mark.parametrize("flicker, noise_sd, said", [(0.0, 2.0, ()), (0.02, 2.0, ()), (0.05, 2.0, ("flickers",)),
@@ -301,3 +301,23 @@ def test_flicker_and_noise_that_break_segmentation_are_said(flicker, noise_sd, s
     # a 12-bit camera seeing the same light is judged in the same 8-bit grey levels
     deep = Tracker.from_frames(frames.astype(np.uint16) << 4, s.pixel_size_um, TrackerSettings(), bit_depth=12)
     assert deep.setup_notes() == notes
+
+
+@pytest.mark.parametrize("v_before_mm_s, said", [(0.05, True), (0.5, False)])
+def test_cells_too_slow_upstream_for_the_pulses_pace_are_said(v_before_mm_s, said):
+    # 0.05 mm/s at 4 kHz and 0.5 µm/px is 0.025 px a frame: no step of 1 px within 8 frames
+    from tracking import link as L
+
+    s = synthetic.SyntheticSettings(seed=4)
+    frames, _ = synthetic.render_frames(s, 64)
+    tracker = Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings())
+    notes = []
+    tracker.on_note = notes.append
+    h = np.zeros((100, L.N_H_EXTRA + 4))
+    h[:, L.H_FRAME] = np.arange(100)
+    h[:, L.H_T] = np.arange(100) * 0.25
+    for _ in range(32):
+        tracker._judge_sampling(h, 4.0, v_before_mm_s)
+    assert tracker._frames_inside is None
+    assert [n for n in notes if "px a frame upstream" in n] == (
+        [notes[0]] if said else []), notes

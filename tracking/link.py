@@ -62,7 +62,10 @@ SF_VX = 2  # px per ms, smoothed
 SF_T = 3  # ms of last observation
 SF_AREA = 4
 SF_RATIO = 5  # this cell's time per px relative to the motion profile, smoothed
-N_SF = 6
+SF_STEP_X = 6  # where the step being learned began (a slow cell's steps add up to MIN_STEP_PX)
+SF_STEP_T = 7
+SF_STEP_F = 8  # its frame id
+N_SF = 9
 
 # motion profile: how fast cells move at each x, learned from the tracks themselves (rows of
 # ``motion``, one column per MOTION_BIN_PX of x). Cells triple their speed entering the
@@ -75,6 +78,11 @@ MOTION_BIN_PX = 4.0
 MOTION_MIN_SAMPLES = 4.0  # a bin is used for predictions once this many steps crossed it
 MOTION_ALPHA = 0.05  # weight of a new step in a bin's mean
 MIN_STEP_PX = 1.0  # steps shorter than this teach nothing about speed (a cell at rest, noise)
+#: a slow cell's frame-to-frame steps are added up until they reach MIN_STEP_PX, within this many
+#: frames (a cell that takes longer has stopped, and a stop is no pace). Learning from single
+#: frames only, a channel where cells moved 0.5 px a frame upstream was never learned there, and
+#: the pulses, timed with each cell's pace relative to it, came 13-17% of the travel late
+MAX_STEP_FRAMES = 8
 RATIO_MIN = 0.25
 QUEUE_PACE = 1.5  # steps this much slower than a cell's own pace are waiting in a queue, not moving
 RATIO_MAX = 4.0
@@ -145,26 +153,27 @@ THIN_KEEP = 4
 @njit(nogil=True, cache=True)
 def thin_history(h, n, x_col, x0, drop):
     """Make room in a full history ``h[:n]``: of its rows upstream of the constriction (``x0``)
-    but the last ``THIN_KEEP``, keep two, drop the next ``drop``, keep two …; returns the rows
-    left. A cell in view for longer than the history holds (a slow flow over a long ROI) was
-    flagged STUCK and, its rows in the constriction never recorded, INCOMPLETE; its rest shape
-    needs its upstream rows, not every one of them. Kept in pairs, the rows still hold one-frame
-    steps, and with ``drop`` the largest gap a track may have plus one, the jumps between pairs
-    are longer than any step of a track: :func:`_pace_ratio`, which times a cell's pulse from
-    its steps, leaves them out (over thinned rows it read the pace up to 40% off)."""
+    but the last ``THIN_KEEP``, drop ``MAX_STEP_FRAMES`` (at least ``drop``), keep as many, drop
+    …; returns the rows left. A cell in view for longer than the history holds (a slow flow over
+    a long ROI) was flagged STUCK and, its rows in the constriction never recorded, INCOMPLETE;
+    its rest shape needs its upstream rows, not every one of them. Kept in runs, the rows still
+    hold the frame-to-frame steps a slow cell's pace is learned from (:func:`_pace_ratio` adds
+    them up over up to ``MAX_STEP_FRAMES``), and with ``drop`` the largest gap a track may have
+    plus one, the jumps between runs are longer than any step of a track, which leaves them out
+    (over every step of thinned rows it read the pace up to 40% off)."""
+    keep = MAX_STEP_FRAMES
+    skip = max(drop, keep)
     u = 0
     while u < n and h[u, x_col] < x0:
         u += 1
     end = u - THIN_KEEP
-    if end < 2 + drop:
+    if end < keep + skip:
         return n
     m = 0
-    i = 0
-    while i < end:
-        if i % (2 + drop) < 2:
+    for i in range(end):
+        if i % (keep + skip) >= skip:  # the oldest go first (the first are cut by the ROI's edge)
             h[m, :] = h[i, :]
             m += 1
-        i += 1
     for i in range(end, n):
         h[m, :] = h[i, :]
         m += 1
@@ -412,12 +421,23 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
                     sf[k, SF_VX] = v
                 else:
                     sf[k, SF_VX] = 0.5 * sf[k, SF_VX] + 0.5 * v
-                if clean and bx - prev_x >= MIN_STEP_PX:
-                    tp = _profile_ms(prev_x, bx, motion)
-                    if tp > 0.0:
-                        r = min(max(dt / tp, RATIO_MIN), RATIO_MAX)
-                        sf[k, SF_RATIO] = 0.5 * sf[k, SF_RATIO] + 0.5 * r
-                    _learn_step(prev_x, bx, dt, motion)
+            # the step being learned: from where the last one ended, over clean frame-to-frame steps
+            ax = sf[k, SF_STEP_X]
+            if not clean or bx < ax or frame_ids[f] - sf[k, SF_STEP_F] > MAX_STEP_FRAMES:
+                ax = prev_x if clean and prev_x <= bx else bx
+                sf[k, SF_STEP_X] = ax
+                sf[k, SF_STEP_T] = sf[k, SF_T] if ax == prev_x else t
+                sf[k, SF_STEP_F] = frame_ids[f] - 1 if ax == prev_x else frame_ids[f]
+            step_dt = t - sf[k, SF_STEP_T]
+            if bx - ax >= MIN_STEP_PX and step_dt > 0:
+                tp = _profile_ms(ax, bx, motion)
+                if tp > 0.0:
+                    r = min(max(step_dt / tp, RATIO_MIN), RATIO_MAX)
+                    sf[k, SF_RATIO] = 0.5 * sf[k, SF_RATIO] + 0.5 * r
+                _learn_step(ax, bx, step_dt, motion)
+                sf[k, SF_STEP_X] = bx
+                sf[k, SF_STEP_T] = t
+                sf[k, SF_STEP_F] = frame_ids[f]
             sf[k, SF_X] = bx
             sf[k, SF_Y] = blobs[f, b, B_Y]
             sf[k, SF_T] = t
@@ -487,6 +507,9 @@ def link_batch(images, slots, frame_ids, times_ms, host_ns, fill, blobs, counts,
             sf[k, SF_RATIO] = 1.0
             sf[k, SF_T] = t
             sf[k, SF_AREA] = blobs[f, b, B_AREA]
+            sf[k, SF_STEP_X] = bx
+            sf[k, SF_STEP_T] = t
+            sf[k, SF_STEP_F] = frame_ids[f]
             hist[k, 0, H_T] = t
             hist[k, 0, H_FRAME] = frame_ids[f]
             hist[k, 0, H_SLOT] = slots[f]
@@ -543,23 +566,34 @@ def predicted_exits(si, sf, motion, x1, out):
 
 @njit(nogil=True, cache=True)
 def _pace_ratio(h, col_t, col_x, col_border, x_end, motion, cap, max_step):
-    """A track's time over the profile's along its steps that end before ``x_end`` (px), leaving
-    out steps on the ROI's border (a cell entering the view has its centroid pulled in), steps
-    over more than ``max_step`` frames (where :func:`thin_history` dropped rows) and, with
-    ``cap`` > 0, steps slower than ``cap`` times the profile (waiting in a queue); 0 if none."""
+    """A track's time over the profile's along its steps that end before ``x_end`` (px); 0 if
+    none. Steps are learned as the link kernel learns them: frame-to-frame steps added up until
+    they reach ``MIN_STEP_PX`` within ``MAX_STEP_FRAMES``. Left out: steps on the ROI's border (a
+    cell entering the view has its centroid pulled in), across more than ``max_step`` frames
+    between rows (where :func:`thin_history` dropped rows) and, with ``cap`` > 0, steps slower
+    than ``cap`` times the profile (waiting in a queue)."""
     dt = 0.0
     tp = 0.0
-    for i in range(h.shape[0] - 1):
-        xa = h[i, col_x]
-        xb = h[i + 1, col_x]
-        if xb >= x_end or xb - xa < MIN_STEP_PX or h[i, col_border] > 0.5 or h[i + 1, col_border] > 0.5:
+    a = 0
+    for i in range(1, h.shape[0]):
+        if (h[i, col_border] > 0.5 or h[i - 1, col_border] > 0.5 or h[i, H_FRAME] - h[i - 1, H_FRAME] > max_step
+                or h[i, col_x] >= x_end or h[i, col_x] < h[a, col_x]):
+            a = i
             continue
-        if h[i + 1, H_FRAME] - h[i, H_FRAME] > max_step:
+        xa = h[a, col_x]
+        xb = h[i, col_x]
+        if xb - xa < MIN_STEP_PX:
+            if h[i, H_FRAME] - h[a, H_FRAME] >= MAX_STEP_FRAMES:
+                a = i  # no step from a stop
+            continue
+        d = h[i, col_t] - h[a, col_t]
+        too_long = h[i, H_FRAME] - h[a, H_FRAME] > MAX_STEP_FRAMES
+        a = i
+        if too_long:
             continue
         p = _profile_ms(xa, xb, motion)
         if p <= 0.0:
             continue
-        d = h[i + 1, col_t] - h[i, col_t]
         if cap > 0.0 and d > cap * p:
             continue
         dt += d

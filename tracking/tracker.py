@@ -565,10 +565,10 @@ class Tracker:
         """Once ``SAMPLING_CELLS`` unflagged cells have passed, say what the frame rate does to
         their measurements (medians): crossing the constriction in fewer than
         ``MIN_FRAMES_INSIDE`` frames, transit is still timed to a fraction of a frame, but v_max
-        and DIR rest on two or three frames; moving less than a pixel a frame upstream, the
-        learned pace that times the pulses knows nothing of the upstream channel (its steps are
-        learned from 1 px on), and the cells' pace past the exit read 13-17% slow (0.5 px a
-        frame, simulated). Nothing else tells the user either."""
+        and DIR rest on two or three frames; moving less than ``MIN_STEP_PX`` in
+        ``MAX_STEP_FRAMES`` frames upstream, the learned pace that times the pulses knows nothing
+        of the upstream channel (learning from single frames only, the cells' pace past the exit
+        read 13-17% slow at 0.5 px a frame). Nothing else tells the user either."""
         # frames, not rows: a history thinned upstream has fewer rows than frames
         span = h[-1, L.H_T] - h[0, L.H_T]
         frames = h[-1, L.H_FRAME] - h[0, L.H_FRAME]
@@ -587,11 +587,13 @@ class Tracker:
                          f"the one ahead reaches its top speed between frames (its v_max reads up to 60% low) and DIR "
                          f"rests on a few frames; a higher frame rate or a slower flow gives {MIN_FRAMES_INSIDE:g} "
                          f"or more")
-        if step < L.MIN_STEP_PX:
+        slowest = L.MIN_STEP_PX / L.MAX_STEP_FRAMES
+        if step < slowest:
             notes.append(f"cells move {step:.2f} px a frame upstream of the constriction (median of the first "
                          f"{SAMPLING_CELLS} unflagged cells): the channel's pace, which times the sort pulses, is "
-                         f"learned from steps of {L.MIN_STEP_PX:g} px or more, and at 0.5 px a frame pulses came "
-                         f"13-17% of the travel late; a lower frame rate (or a larger pixel size) gives 1 px or more")
+                         f"learned from steps of {L.MIN_STEP_PX:g} px within {L.MAX_STEP_FRAMES} frames, so not "
+                         f"there, and pulses come late; a lower frame rate (or a larger pixel size) gives "
+                         f"{slowest:g} px a frame or more")
         for note in notes:
             log.warning("%s", note)
             if self.on_note is not None:
