@@ -220,7 +220,7 @@ class _RtdcSource(_Source):
             bad = np.flatnonzero(frames != np.round(frames))
             if bad.size:
                 raise DataFormatError(f"{path}: frame {int(bad[0])}: events/frame is {frames[bad[0]]}, not a whole number")
-        fps = _attr_float(attrs, "imaging:frame rate")
+        fps = _attr_float(attrs, "imaging:frame rate", path)
         if fps is None and frames is not None and times is not None and n_all >= 2:
             # CytoShot files may lack the frame rate; their frame ids and times say it
             df = float(frames[-1] - frames[0])
@@ -229,7 +229,7 @@ class _RtdcSource(_Source):
                 fps = float(df / dt)
                 log.info("%s: no imaging:frame rate; %.6g fps from events/frame and events/time", path, fps)
         self.fps = fps
-        self.pixel_size_um = _attr_float(attrs, "imaging:pixel size")
+        self.pixel_size_um = _attr_float(attrs, "imaging:pixel size", path)
         keep = np.arange(n_all)
         if skip_duplicates and frames is not None and n_all > 1:
             keep = keep[np.concatenate(([True], frames[1:] != frames[:-1]))]
@@ -345,15 +345,22 @@ class _RtdcSource(_Source):
         self.h5.close()
 
 
-def _attr_float(attrs: Any, key: str) -> float | None:
+def _attr_float(attrs: Any, key: str, path: Path) -> float | None:
+    """The metadata number ``key`` > 0, or None where it is missing or 0 (the caller derives it
+    or takes the settings'); one that is text, NaN, infinite or below 0 is said and passed over,
+    so that the settings (--fps, --pixel-size) can stand in for it."""
     v = attrs.get(key)
     if v is None:
         return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
+    f = attr_number(v)
+    if f == 0:
         return None
-    return f if math.isfinite(f) and f > 0 else None
+    if not (0 < f < math.inf):
+        text = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+        log.warning("%s: '%s' is %r, not a number > 0: passed over (correct it in the file's metadata, or give "
+                    "the value in the replay settings)", path, key, text)
+        return None
+    return f
 
 
 def _event_file_sign(attrs: Any, ev: Any, frames: np.ndarray | None) -> str:

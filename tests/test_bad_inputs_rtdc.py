@@ -177,3 +177,19 @@ def test_a_long_event_file_is_refused_before_its_times_are_judged(tmp_path, caps
                  ["track", ev, "--out", tmp_path / "cells.csv"]):
         err = error_of(capsys, *map(str, argv))
         assert "an event file (mimlsort's event writer wrote it)" in err and "times must increase" not in err
+
+
+def test_a_replayed_frame_rate_that_is_text_is_named_and_the_settings_stand_in(files, tmp_path, capsys, caplog):
+    # it was taken for a missing one without a word ("does not say its frame rate")
+    import shutil
+
+    rec = tmp_path / "rec.rtdc"
+    shutil.copy(files[0], rec)
+    with h5py.File(rec, "a") as f:
+        f.attrs["imaging:frame rate"] = "fast"
+        del f["events/time"]  # else the frame rate is worked out from frame numbers and times
+    with caplog.at_level("WARNING", logger="acquisition.replay"):
+        err = error_of(capsys, "replay", str(rec), "--out", str(tmp_path / "a.rtdc"), "--model", "none")
+    assert "does not say its frame rate" in err
+    assert f"{rec}: 'imaging:frame rate' is 'fast', not a number > 0: passed over" in caplog.text
+    assert main(["replay", str(rec), "--out", str(tmp_path / "b.rtdc"), "--model", "none", "--fps", "4000"]) == 0
