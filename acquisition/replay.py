@@ -393,6 +393,9 @@ def event_file_sign(path: str | Path) -> str:
     """:func:`_event_file_sign` of the RT-DC file at ``path``, read before it is opened as a
     recording ("" for anything else); what opening checks next (times that must increase, a
     pixel size) is beside the point for a file that is no recording, and said first it hid this."""
+    # before h5py reads: without the filters a Zstd-compressed column (CytoShot's, dcnum's) failed
+    # to read, was taken for "no sign", and a command run in a fresh process tracked the event file
+    import hdf5plugin  # noqa: F401
     import h5py
 
     from mimlsort.outputs import holds_hdf5

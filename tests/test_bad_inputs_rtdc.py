@@ -193,3 +193,24 @@ def test_a_replayed_frame_rate_that_is_text_is_named_and_the_settings_stand_in(f
     assert "does not say its frame rate" in err
     assert f"{rec}: 'imaging:frame rate' is 'fast', not a number > 0: passed over" in caplog.text
     assert main(["replay", str(rec), "--out", str(tmp_path / "b.rtdc"), "--model", "none", "--fps", "4000"]) == 0
+
+
+def test_an_event_file_with_compressed_columns_is_refused_in_a_fresh_process(tmp_path):
+    # CytoShot and dcnum compress their columns with Zstd: read before anything had imported
+    # hdf5plugin (a command's own process, unlike this one), the mask's column failed to read,
+    # the file was taken for a recording and `mimlsort track` tracked its event images
+    import subprocess
+    import sys
+
+    path = tmp_path / "zstd.rtdc"
+    with h5py.File(path, "w") as f:
+        zstd = hdf5plugin.Zstd()
+        f.create_dataset("events/image", data=np.full((6, 40, 80), 100, np.uint8), chunks=(1, 40, 80), **zstd)
+        f.create_dataset("events/mask", data=np.zeros((6, 40, 80), bool), chunks=(1, 40, 80), **zstd)
+        f.create_dataset("events/frame", data=np.arange(6) * 50 + 100, chunks=(6,), **zstd)
+        f.attrs.update({"imaging:pixel size": 0.5, "imaging:frame rate": 2000.0})
+    code = ("import sys; from acquisition.replay import event_file_sign; "
+            "assert 'hdf5plugin' not in sys.modules; print(event_file_sign(sys.argv[1]))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1], check=True).stdout
+    assert out.strip() == "it holds events/mask of segmented events"
