@@ -177,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--flow-direction", help=FLOW_HELP)
     sp.add_argument("--config", type=Path, metavar="RUN.toml",
                     help="tracking settings (tracking.*: geometry, thresholds) and the recording's facts "
-                         "(camera.*); the options above win over it")
+                         "(camera.*); the other options win over it")
     sp.add_argument("--threshold", type=float, help="segmentation threshold, 8-bit grey levels (< 0: darker than "
-                                                     "the background, RT-DC's rule; default -6)")
+                                                     "the background, RT-DC's rule; default: --config's "
+                                                     "tracking.threshold, else -6)")
     sp.set_defaults(func=cmd_track)
 
     sp = sub.add_parser("config", help="print the commented default configuration, or check a file")

@@ -154,8 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("run", help="the headless capture daemon: run a configuration until it ends or is stopped",
                         description="Exit codes: 0 completed or stopped by SIGINT/SIGTERM, 1 errored, "
-                                    "2 bad configuration, 3 the trigger failed during the run (cells went "
-                                    "unsorted).")
+                                    "2 bad configuration or command line, 3 the trigger failed during the run "
+                                    "(cells went unsorted) or its device reported errors or refused pulses for "
+                                    "more than a tenth of the pulses it was handed.")
     sp.add_argument("--config", type=Path, metavar="RUN.toml", help="run configuration (default: built-in defaults)")
     sp.add_argument("--out-dir", type=Path, help="output folder (default: output.folder of the configuration)")
     sp.add_argument("--seconds", type=float, help="auto-stop after this many seconds")
@@ -170,7 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--realtime", action="store_true",
                    help="play at the recorded frame rate (frames may be missed; default: the configuration's "
                         "camera.replay.realtime, false unless set)")
-    g.add_argument("--max-speed", action="store_true", help="as fast as possible, every frame tracked (default)")
+    g.add_argument("--max-speed", action="store_true", help="as fast as possible, every frame tracked (the default unless the "
+                   "configuration sets camera.replay.realtime)")
     sp.add_argument("--model", help="ONNX model ('demo' = bundled, 'none' = track only)")
     sp.add_argument("--config", type=Path, metavar="RUN.toml", help="tracking/sorting settings")
     sp.add_argument("--pixel-size", type=float, help="µm per pixel, if the recording does not say (one it says is overridden, with a warning)")
