@@ -980,6 +980,13 @@ def _roi_position(meta: dict[str, Any]) -> tuple[int, int]:
 def _pick(from_file: float | None, from_settings: float | None, key: str, path: Path) -> float | None:
     if from_file is not None:
         if from_settings is not None and not math.isclose(from_file, from_settings, rel_tol=1e-6):
-            log.warning("%s says %s = %g; the setting %g is ignored", path, key, from_file, from_settings)
+            if key == "pixel_size_um":
+                # `--pixel-size` sets this and camera.pixel_size_um, which the run then uses over the
+                # file's (with its own warning): "ignored" here read as the opposite of what happened
+                log.warning("%s says %s = %g; camera.replay.pixel_size_um %g is only for recordings that do not "
+                            "say (camera.pixel_size_um, which --pixel-size sets, overrides the recording's)",
+                            path, key, from_file, from_settings)
+            else:
+                log.warning("%s says %s = %g; the setting %g is ignored", path, key, from_file, from_settings)
         return float(from_file)
     return None if from_settings is None else float(from_settings)

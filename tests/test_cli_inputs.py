@@ -144,6 +144,19 @@ def test_replay_pixel_size_option_reaches_a_tiff(files, tmp_path):
         assert len(f["events/deform"]) > 0
 
 
+def test_replay_pixel_size_option_over_a_recordings_own_is_used_not_called_ignored(files, tmp_path, caplog):
+    # --pixel-size overrides what a recording says; the replay source warned (twice) that the
+    # setting was ignored, then the run warned that it was used, and the file held it
+    rec, _ = files
+    out = tmp_path / "px.rtdc"
+    with caplog.at_level("WARNING"):
+        assert main(["replay", str(rec), "--pixel-size", "0.6", "--out", str(out), "--model", "none"]) == 0
+    assert "is ignored" not in caplog.text
+    assert "camera.pixel_size_um 0.6 µm/px is used; the replay camera reports 0.5" in caplog.text
+    with h5py.File(out, "r") as f:
+        assert f.attrs["imaging:pixel size"] == pytest.approx(0.6)
+
+
 def test_a_run_that_cannot_track_ends_with_an_error(tmp_path, capsys):
     cfg = tmp_path / "run.toml"
     cfg.write_text('[camera.synthetic]\nduration_s = 1.0\n'
