@@ -102,3 +102,67 @@ def test_settings_are_validated():
         BackgroundModel(channel(), kernels="cuda")
     with pytest.raises(DataFormatError, match="2-D integer"):
         BackgroundModel(np.zeros((4, 4), np.float64))
+
+
+def walls_and_channel(h=48, w=96, dtype=np.uint8, top=200):
+    """A bright channel (rows 12..36) between dark walls, with a darker constriction in the middle."""
+    bg = np.full((h, w), 0.3 * top)
+    bg[12:36] = top
+    bg[12:18, 40:56] = bg[30:36, 40:56] = 0.35 * top  # the constriction's walls inside the channel's rows
+    return (bg + (np.arange(w) % 5)).astype(dtype)
+
+
+@pytest.mark.parametrize("kernels", ["numba", "python"])
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 200), (np.uint16, 3200)])
+def test_a_frames_light_is_measured_whatever_the_cells_in_it(kernels, dtype, top):
+    from tracking._pure import pure_python
+    from tracking.background import frame_light
+
+    fn = pure_python(frame_light) if kernels == "python" else frame_light
+    rng = np.random.default_rng(3)
+    bg = walls_and_channel(dtype=dtype, top=top)
+    grey = top / 200
+    for gain in (0.9, 1.0, 1.07):
+        img = gain * bg.astype(float) + rng.normal(0, 2 * grey, bg.shape)
+        img[14:34, 50:82] *= 0.6  # dark cells over a third of the channel's sampled pixels
+        img = np.rint(img).clip(0, np.iinfo(dtype).max).astype(dtype)
+        g, off = fn(img, bg, 12, 36, 6.0 * grey)
+        assert g == pytest.approx(gain, abs=0.003)
+        # the offset is the mean of image - background over the empty channel's sampled rows
+        assert off / grey == pytest.approx((gain - 1) * (np.mean(bg[12:36:8].astype(float)) / grey), abs=0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_the_background_is_scaled_with_rounding_and_held_to_its_range(dtype):
+    from tracking.background import scale_rows
+
+    top = np.iinfo(dtype).max
+    bg = np.array([[0, 1, 100, 101, top - 10, top]] * 4, dtype)
+    out = np.full_like(bg, 7)
+    scale_rows(bg, 1.004, 1, 3, out)  # (no x.5 ties: float32 and float64 round those apart)
+    expect = np.minimum(np.floor(bg.astype(float) * 1.004 + 0.5), top)
+    np.testing.assert_array_equal(out[1:3], expect[1:3])
+    assert (out[0] == 7).all() and (out[3] == 7).all()  # rows outside y0..y1 untouched
+    scale_rows(bg, 0.5, 0, 4, out)
+    np.testing.assert_array_equal(out, np.floor(bg.astype(float) * 0.5 + 0.5))
+
+
+@pytest.mark.parametrize("kernels", ["numba", "python"])
+def test_a_local_change_is_followed_under_a_flickering_lamp(kernels):
+    # every frame 8% brighter or darker than the background: the bright channel differs from the
+    # model by more than the threshold in every frame, so it was never learned, and a slow local
+    # change (here +5 grey levels where debris settled or the focus drifted) stayed out of the
+    # model for the whole run. (A change of the whole channel is the light's: the gain takes it.)
+    bg = walls_and_channel()
+    drifted = bg.astype(float)
+    drifted[20:28, 60:90] += 5
+    rng = np.random.default_rng(4)
+    gains = 1 + 0.08 * np.sign(rng.uniform(-1, 1, 64))
+    frames = np.rint(gains[:, None, None] * drifted + rng.normal(0, 1, (64, *bg.shape))).clip(0, 255).astype(np.uint8)
+    err = {}
+    for clip in (6.0, 0.0):
+        m = BackgroundModel(bg, alpha=0.125, stride=1, threshold=6.0, kernels=kernels)
+        m.light_clip, m.light_rows = clip, (12, 36)
+        m.update(frames, np.arange(64))
+        err[clip] = np.median(np.abs(m.image[20:28, 60:90].astype(float) - drifted[20:28, 60:90]))
+    assert err[6.0] <= 1.0 and err[0.0] >= 4.0, err

@@ -78,7 +78,8 @@ def test_brightness_of_a_12_bit_camera_is_in_the_stored_images_grey_levels(tmp_p
     feats = {name: 1.0 for name in FEATURES}
     crop = np.zeros((8, 8), np.uint16)
     ev = CellEvent(0, 0, feats, crop, crop, 0.5, 5, 9, 0, Quality.OK,
-                   extra={"image_bright_avg": 1600.0, "image_bright_sd": 32.0, "image_time_ms": 1.75},
+                   extra={"image_bright_avg": 1600.0, "image_bright_sd": 32.0, "image_time_ms": 1.75,
+                          "image_bg_off": -48.0},
                    snapshot=snap)
     meta = RunMeta(pixel_size_um=0.5, fps=4000.0, roi=(40, 20), bit_depth=12)
     with EventWriter(tmp_path / "e.rtdc", meta=meta) as w:
@@ -86,8 +87,37 @@ def test_brightness_of_a_12_bit_camera_is_in_the_stored_images_grey_levels(tmp_p
     with dclab.new_dataset(tmp_path / "e.rtdc") as ds:
         assert ds["image"][0][mask].mean() == 100
         assert ds["bright_avg"][0] == pytest.approx(100.0) and ds["bright_sd"][0] == pytest.approx(2.0)
+        assert ds["bg_off"][0] == pytest.approx(-3.0)  # dclab adds it to the stored 8-bit image_bg
         assert ds["time"][0] == pytest.approx(0.00175)
         assert ds.config["user"]["camera bit depth"] == 12
+
+
+def test_a_flickering_lamps_offset_is_each_events_bg_off(tmp_path):
+    # dclab adds bg_off to image_bg (bright_bc_*, bright_perc_*): it must be the event frame's
+    # own offset, which under lamp flicker moves by grey levels from frame to frame
+    import dclab
+
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.4, "realtime": False, "seed": 6,
+                                                          "cells_per_second": 80.0, "flicker": 0.05}},
+        "model": {"path": "none"},
+        "output": {"folder": str(tmp_path), "report": False, "writer": "thread"},
+    })
+    with build_run(cfg, lossless=True) as run:
+        assert run.wait(120)
+    with dclab.new_dataset(next(tmp_path.glob("*.rtdc"))) as ds:
+        assert len(ds) >= 10
+        off = ds["bg_off"][:]
+        err = []
+        for i in range(len(ds)):
+            image, bg = ds["image"][i].astype(float), ds["image_bg"][i].astype(float)
+            empty = ds["mask"][i] == 0
+            empty[:, :] &= np.abs(image - bg - off[i]) < 12  # the channel, not the cell's halo
+            err.append(np.mean((image - bg)[empty]) - off[i])
+        assert np.std(off) > 1.0, off  # the light moved (without flicker: sd 0.05)
+        assert np.median(np.abs(err)) < 0.6, err  # (about 0.2 here)
 
 
 @pytest.mark.parametrize("snapshots, images", [(True, "roi"), (False, "crop")])

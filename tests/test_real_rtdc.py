@@ -107,3 +107,19 @@ def test_the_live_trackers_default_segmentation_measures_what_rt_dc_measured():
     assert len(res) >= 20
     assert abs(np.median(res[:, 0])) <= 0.05 and abs(np.median(res[:, 1])) <= 0.01
     assert area_ok.mean() >= 0.6
+
+
+def test_the_frames_light_matches_the_offset_dcnum_recorded():
+    # dcnum measured each event frame's brightness offset against its background (bg_off, which
+    # dclab adds to image_bg); the tracker's own measurement of it, from the same frames, agrees
+    from tracking.background import frame_light
+
+    root = data_dir()
+    if root is None or not (root / "dcnum_thresh_example.rtdc").is_file():
+        pytest.skip("../shared/data/rtdc/dcnum_thresh_example.rtdc is not here")
+    with h5py.File(root / "dcnum_thresh_example.rtdc", "r") as f:
+        ev = f["events"]
+        images, bgs, recorded = ev["image"][:], ev["image_bg"][:], ev["bg_off"][:]
+    ours = np.array([frame_light(im, bg, 0, im.shape[0], 6.0)[1] for im, bg in zip(images, bgs)])
+    assert len(ours) >= 10 and np.ptp(recorded) > 2.0  # the light moved by grey levels in this file
+    np.testing.assert_allclose(ours, recorded, atol=0.35)

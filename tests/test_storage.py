@@ -91,7 +91,8 @@ def make_records(n: int, *, seed: int = 0, snapshot: bool = True, start: int = 0
                  "v_before_mm_s": v * 0.4, "v_after_mm_s": v * 0.6, "dir_per_ms": di / tt,
                  "diameter_um": float(rng.normal(12, 1)), "deform": di * 0.4, "area_um": float(rng.normal(110, 12)),
                  "bright_avg": float(img[mask].mean()), "bright_sd": float(img[mask].std()),
-                 "entry_time_ms": exit_ms - tt, "exit_time_ms": exit_ms, "pos_y_um": cy * PX}
+                 "bg_off": float(rng.normal(0, 2)), "entry_time_ms": exit_ms - tt, "exit_time_ms": exit_ms,
+                 "pos_y_um": cy * PX}
         quality = Quality.DOUBLET if i % 11 == 5 else Quality.OK
         ev = CellEvent(i, 1000 + i, feats, first, last, PX, 10 * i, 10 * i + 6, 10**9 + i * 10**6, quality)
         if snapshot:

@@ -13,6 +13,7 @@ at 4–10 kHz, while a cell covers a pixel for a few ms and a stuck cell is flag
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,23 +25,116 @@ from mimlsort.settings import require
 _KERNELS = ("numba", "python")
 
 
+# -- lamp flicker ---------------------------------------------------------------------------------
+# A lamp on mains power or a pulsed LED makes whole frames brighter or darker than the background
+# from one frame to the next. Beyond about half the segmentation threshold, stretches of empty
+# channel pass for cells (5% flicker: 30 phantom cells for each real one). The light scales every
+# pixel by the same factor, so a dark wall changes less than the bright channel: a frame is
+# compared with the background times its own gain, the ratio of image to background over the
+# empty channel (an offset added to the background, RT-DC's ``bg_off``, left the walls of the
+# constriction darker than their background in a bright frame: phantom cells again at 10% flicker).
+# The gain comes from a sample of the channel's rows, fitted again to the pixels within 4 clips
+# of the first fit and then within one clip, so cells (darker than the threshold by definition)
+# barely move it, even over a third of the channel. The additive offset over the same pixels is what the event files keep, as ``bg_off``.
+LIGHT_ROW_STEP = 8  # sample every 8th row of the channel, whole (contiguous rows vectorise): 3,200 pixels of a 320x80 channel
+LIGHT_PASSES = 4  # the first fit is pulled by the cells' dark pixels; three clipped passes remove that
+LIGHT_WIDE = 4.0  # the second pass keeps pixels within this many clips of the first fit: with a third of the
+# channel under cells, the first fit is off by more than one clip, and the channel itself fell out
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=True)
+def frame_light(img, bg, y0, y1, clip):
+    """(gain, offset) of the frame's light against the background over a sample of rows
+    ``y0..y1``: ``img ≈ gain * bg`` (least squares through 0) and the mean of ``img - bg``, over
+    the pixels within ``clip`` grey levels of the fit (after a fit to all of them and one to those
+    within ``LIGHT_WIDE`` clips); (1.0, 0.0) without pixels there."""
+    h, w = img.shape
+    y0 = max(0, min(y0, h))
+    y1 = max(y0, min(y1, h))
+    g = 1.0
+    off = 0.0
+    lim = 3e38  # the first pass takes every pixel (finite: fastmath assumes no infinities)
+    for p in range(LIGHT_PASSES):
+        s_ib = 0.0
+        s_bb = 0.0
+        s_d = 0.0
+        n = 0.0
+        g32 = np.float32(g)
+        lim32 = np.float32(lim)
+        for y in range(y0, y1, LIGHT_ROW_STEP):
+            # float32 sums of a row (8 lanes; a row's sums stay well within their precision),
+            # branch-free, in any order (fastmath): it vectorises
+            r_ib = np.float32(0.0)
+            r_bb = np.float32(0.0)
+            r_d = np.float32(0.0)
+            r_n = np.float32(0.0)
+            for x in range(w):
+                b = np.float32(bg[y, x])
+                v = np.float32(img[y, x])
+                k = np.float32(1.0) if abs(v - g32 * b) <= lim32 else np.float32(0.0)
+                r_ib += k * v * b
+                r_bb += k * b * b
+                r_d += k * (v - b)
+                r_n += k
+            s_ib += np.float64(r_ib)
+            s_bb += np.float64(r_bb)
+            s_d += np.float64(r_d)
+            n += np.float64(r_n)
+        if n == 0.0 or s_bb <= 0.0:
+            break
+        g = s_ib / s_bb
+        off = s_d / n
+        lim = clip * LIGHT_WIDE if p == 0 else clip
+    return g, off
+
+
 @njit(nogil=True, cache=True)
-def update_kernel(images, slots, stride, alpha, threshold, relearn, acc, count, image):
+def rows_max(bg, y0, y1):
+    """The brightest grey level in rows y0..y1 (0 without rows): a gain that moves no level of
+    it by half a level leaves the scaled background as it is."""
+    m = np.int64(0)
+    for y in range(max(0, y0), min(y1, bg.shape[0])):
+        for x in range(bg.shape[1]):
+            m = max(m, np.int64(bg[y, x]))
+    return m
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def scale_rows(bg, gain, y0, y1, out):
+    """``out[y] = round(gain * bg[y])`` for rows y0..y1, held to the dtype's range (other rows
+    untouched). In float32 (24 bits hold any 16-bit grey level times a gain exactly enough),
+    which vectorises: 64-bit fixed point cost 4 µs a 320x80 channel."""
+    h, w = bg.shape
+    top = np.float32(np.iinfo(bg.dtype).max)
+    g = np.float32(min(max(gain, 0.0), 64.0))
+    for y in range(max(0, y0), min(y1, h)):
+        for x in range(w):
+            out[y, x] = min(np.float32(bg[y, x]) * g + np.float32(0.5), top)
+
+
+@njit(nogil=True, cache=True)
+def update_kernel(images, slots, stride, alpha, threshold, relearn, acc, count, image, y0=0, y1=0, light_clip=0.0):
     """Running update of ``acc`` (float32) from every ``stride``-th frame of ``images[slots]``;
     ``image`` (frame dtype) receives the rounded model. Pixels with |frame - model| > threshold
     are left out, unless they have been so in ``relearn`` used frames in a row (``count`` holds
     the runs): then the model jumps to the frame's value — a step change (debris settling, a
-    shifted chip) rather than cells, which never cover a pixel that long. Returns the frames used."""
+    shifted chip) rather than cells, which never cover a pixel that long. ``light_clip`` > 0:
+    each frame divided by its gain (:func:`frame_light` over rows y0..y1) is learned, so lamp
+    flicker stays out of the model. Returns the frames used."""
     n = slots.shape[0]
     h, w = acc.shape
     used = 0
     for f in range(0, n, stride):
         img = images[slots[f]]
+        inv = np.float32(1.0)
+        if light_clip > 0.0:
+            g, _ = frame_light(img, image, y0, y1, light_clip)
+            inv = np.float32(1.0 / g) if g > 0.0 else np.float32(1.0)
         for y in range(h):
             # branch-free (selects, unconditional stores), so the row loop vectorises
             for x in range(w):
                 a = acc[y, x]
-                v = np.float32(img[y, x])
+                v = np.float32(img[y, x]) * inv
                 d = v - a
                 inside = abs(d) <= threshold
                 c = np.int32(0) if inside or relearn <= 0 else count[y, x] + np.int32(1)
@@ -83,6 +177,10 @@ class BackgroundModel:
         self._count = np.zeros(self.image.shape, np.int32)
         self._kernel = pure_python(update_kernel) if kernels == "python" else update_kernel
         self._phase = 0  # frames since the last used one, so stride holds across batches
+        #: > 0: learn each frame divided by its gain over ``light_rows`` (lamp flicker; see
+        #: :func:`frame_light`), fitted to the pixels this close to it
+        self.light_clip = 0.0
+        self.light_rows = (0, 0)
 
     @property
     def fill(self) -> np.ndarray:
@@ -111,7 +209,8 @@ class BackgroundModel:
         if start >= n:
             return 0
         return int(self._kernel(images, slots[start:], self.stride, np.float32(self.alpha),
-                                np.float32(self.threshold), self.relearn, self._acc, self._count, self.image))
+                                np.float32(self.threshold), self.relearn, self._acc, self._count, self.image,
+                                self.light_rows[0], self.light_rows[1], self.light_clip))
 
 
 # -- the initial background -----------------------------------------------------------------------
@@ -207,13 +306,47 @@ FLICKER_SHARE = 0.5
 NOISE_SHARE = 0.6
 
 
-def illumination_notes(stack: np.ndarray, background: np.ndarray, threshold: float, grey: float = 1.0) -> list[str]:
-    """What the first frames say about the light that would break segmentation: lamp flicker
-    (the whole frame brighter or darker than the background from one frame to the next) and
-    camera noise, each against the segmentation ``threshold`` (8-bit grey levels; ``grey``:
-    levels of the frames per 8-bit level). Both broke tracking with nothing said."""
+@dataclass(frozen=True, slots=True)
+class Illumination:
+    """What the first frames of a run say about its light, in 8-bit grey levels."""
+
+    flicker: float  # whole frames brighter or darker than the background from one frame to the next (95th percentile)
+    noise: float  # camera noise sd
+
+    def flickers(self, threshold: float) -> bool:
+        """Is the flicker enough to make stretches of channel pass for cells at ``threshold``?"""
+        return self.flicker >= FLICKER_SHARE * abs(float(threshold))
+
+    def notes(self, threshold: float, corrected: bool) -> list[str]:
+        """Flicker or noise that would break segmentation at ``threshold``, said in words;
+        ``corrected``: the tracker compares each frame with the background scaled by its light."""
+        t = abs(float(threshold))
+        notes = []
+        if self.flickers(t):
+            said = (f"the illumination flickers: whole frames are {self.flicker:.0f} grey levels (8-bit, 95th "
+                    f"percentile) brighter or darker than the background from one frame to the next, against a "
+                    f"segmentation threshold of {t:g}")
+            if corrected:
+                notes.append(f"{said}. Each frame is compared with the background scaled by the frame's own light "
+                             f"(tracking.flicker_correction; each event's bg_off says by how much), but steadier light (an LED on a DC "
+                             f"supply, or a flash synchronised to the exposure) measures cells better")
+            else:
+                notes.append(f"{said}: stretches of channel will be found as cells. Steady the light (an LED on a DC "
+                             f"supply, or a flash synchronised to the exposure), set tracking.flicker_correction = "
+                             f"true or raise |tracking.threshold|")
+        if self.noise >= NOISE_SHARE * t:
+            notes.append(f"the camera's noise (sd {self.noise:.1f} grey levels, 8-bit) is close to the segmentation "
+                         f"threshold of {t:g}: noise will be found as cells. More light or a longer exposure lowers "
+                         f"it, or raise |tracking.threshold|")
+        return notes
+
+
+def measure_illumination(stack: np.ndarray, background: np.ndarray, grey: float = 1.0) -> Illumination | None:
+    """Lamp flicker (the whole frame brighter or darker than the background from one frame to the
+    next) and camera noise in a run's first frames (``grey``: levels of the frames per 8-bit
+    level); None from fewer than 4 frames. Both broke tracking with nothing said."""
     if len(stack) < 4:
-        return []
+        return None
     h, w = background.shape
     step = max(1, int(math.sqrt(h * w / 16384)))  # a sample of ~16k pixels a frame is plenty
     diff = (np.asarray(stack)[:, ::step, ::step].astype(np.float32) - background[::step, ::step]) / grey
@@ -221,18 +354,7 @@ def illumination_notes(stack: np.ndarray, background: np.ndarray, threshold: flo
     flicker = float(np.percentile(np.abs(off - np.median(off)), 95))
     d = np.diff(diff - off[:, None, None], axis=0)
     noise = 1.4826 * float(np.median(np.abs(d))) / math.sqrt(2.0)
-    t = abs(float(threshold))
-    notes = []
-    if flicker >= FLICKER_SHARE * t:
-        notes.append(f"the illumination flickers: whole frames are {flicker:.0f} grey levels (8-bit, 95th "
-                     f"percentile) brighter or darker than the background from one frame to the next, against a "
-                     f"segmentation threshold of {t:g}: stretches of channel will be found as cells. Steady the light "
-                     f"(an LED on a DC supply, or a flash synchronised to the exposure) or raise |tracking.threshold|")
-    if noise >= NOISE_SHARE * t:
-        notes.append(f"the camera's noise (sd {noise:.1f} grey levels, 8-bit) is close to the segmentation threshold "
-                     f"of {t:g}: noise will be found as cells. More light or a longer exposure lowers it, or raise "
-                     f"|tracking.threshold|")
-    return notes
+    return Illumination(flicker, noise)
 
 
 def estimate_background(stack: np.ndarray, *, kernels: str = "numba") -> np.ndarray:
@@ -250,3 +372,26 @@ def estimate_background(stack: np.ndarray, *, kernels: str = "numba") -> np.ndar
     out = np.empty(stack.shape[1:], stack.dtype)
     kernel(np.ascontiguousarray(stack), width, out)
     return out
+
+
+def estimate_steady_background(stack: np.ndarray, background: np.ndarray, clip: float, *, passes: int = 2,
+                               kernels: str = "numba") -> np.ndarray:
+    """The empty channel from a ``(n, H, W)`` stack taken under a flickering lamp, from a first
+    :func:`estimate_background` of it: each frame divided by its own light against the estimate
+    (:func:`frame_light` over the whole frame, fitted to pixels within ``clip``), and the estimate
+    taken again from those, ``passes`` times. Under strong flicker (20%) a pixel's values pile
+    up at both extremes of the lamp's cycle, and the densest window of each pixel picked either:
+    a patchwork that the per-frame gain cannot undo, found as cells in every frame."""
+    light = pure_python(frame_light) if kernels == "python" else frame_light
+    stack = np.asarray(stack)
+    top = np.iinfo(stack.dtype).max
+    steady = np.empty_like(stack)
+    bg = background
+    for _ in range(passes):
+        for i, frame in enumerate(stack):
+            gain, _ = light(frame, bg, 0, bg.shape[0], float(clip))
+            np.clip(np.rint(frame / gain), 0, top, out=steady[i], casting="unsafe") if gain > 0 else \
+                np.copyto(steady[i], frame)
+        bg = estimate_background(steady, kernels=kernels)
+    return bg
+

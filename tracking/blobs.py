@@ -21,4 +21,6 @@ B_BRIGHT_SD = 13  # sd of raw brightness inside the mask
 B_BORDER = 14  # 1.0 if the mask touches the ROI border, else 0.0
 B_CONTRAST = 15  # mean |image - background| inside the mask
 B_SPLIT = 16  # cut from touching neighbours at a waist: 0 no, + 1 one upstream (lower x), + 2 one downstream
-N_BLOB_FIELDS = 17
+B_BG_OFF = 17  # the frame's brightness offset against the background (lamp flicker), grey levels; 0 unmeasured
+B_LIGHT = 18  # the frame's light against the background's (gain, 1 = the same), which segmentation corrected for or not
+N_BLOB_FIELDS = 19

@@ -18,9 +18,9 @@ import numpy as np
 
 from mimlsort.jit import njit
 from mimlsort.realtime import monotonic_ns, sleep_ns
-from tracking.background import update_kernel
+from tracking.background import rows_max, update_kernel
 from tracking.link import link_batch
-from tracking.segment import _scratch, _segment_frame
+from tracking.segment import _scratch, _segment_level
 
 # out[] of track_ring
 O_FRAMES = 0  # frames tracked (taken from the reader's cursor on)
@@ -36,13 +36,14 @@ STOP_BEHIND = 2  # the reader fell more than capacity - guard frames behind: rea
 @njit(nogil=True, cache=True)
 def track_ring(images, ring_ids, ring_stamps, ring_host, seq, guard, cursor, max_frames, timeout_ns, poll_ns, ts,
                behind_ok, halt, t0_ns, phase, stride, alpha, bg_threshold, relearn, acc, count, bg,
-               threshold, min_area_px, y0, y1, max_blobs, split_ratio, blobs, counts,
+               threshold, min_area_px, y0, y1, max_blobs, split_ratio, light_clip, correct, blobs, counts,
                pi, pf, si, sf, motion, hist, crops, done_i, done_hist, done_crops, done_n, done_f, counters, out):
     """Track the ring's frames from sequence number ``cursor`` on as they are published
     (``seq[0]``), until cells finish (and at most ``behind_ok`` frames wait), ``max_frames`` are
     tracked, no frame comes for ``timeout_ns`` (or one is awaited while ``halt[0]`` is set: the
     source ended) or the reader falls behind; results in ``out``. ``phase`` (int64[1]) is the
-    background model's frame phase (see :meth:`BackgroundModel.update`)."""
+    background model's frame phase (see :meth:`BackgroundModel.update`); ``light_clip``, ``correct``:
+    each frame's light (lamp flicker), see :func:`tracking.segment._segment_level`."""
     cap = images.shape[0]
     h, w = bg.shape
     sy0 = max(0, min(y0, h))
@@ -50,6 +51,8 @@ def track_ring(images, ring_ids, ring_stamps, ring_host, seq, guard, cursor, max
     mb = min(max_blobs, blobs.shape[1])
     sc = _scratch(h, w, max(sy1 - sy0, 1))
     labels = np.zeros((1, 1), np.int32)
+    bgs = np.empty_like(bg)
+    bg_top = rows_max(bg, sy0, sy1)
     slot1 = np.zeros(1, np.int64)
     fid1 = np.zeros(1, np.int64)
     time1 = np.zeros(1, np.float64)
@@ -77,11 +80,13 @@ def track_ring(images, ring_ids, ring_stamps, ring_host, seq, guard, cursor, max
         time1[0] = np.float64(ring_stamps[slot] - t0_ns) * 1e-6
         host1[0] = ring_host[slot]
         if phase[0] == 0:
-            update_kernel(images, slot1, stride, alpha, bg_threshold, relearn, acc, count, bg)
+            update_kernel(images, slot1, stride, alpha, bg_threshold, relearn, acc, count, bg, sy0, sy1,
+                          light_clip if correct else 0.0)
+            bg_top = rows_max(bg, sy0, sy1)
         phase[0] = (phase[0] + 1) % stride
         img = images[slot]
-        counts[0] = _segment_frame(img, bg, img, bg, threshold, min_area_px, sy0, sy1, mb, split_ratio, blobs[0], labels,
-                                   *sc)
+        counts[0] = _segment_level(img, bg, bg_top, bgs, light_clip, correct, threshold, min_area_px, sy0, sy1, mb, split_ratio,
+                                   blobs[0], labels, sc)
         # finished tracks are appended to those of earlier frames of this call
         done, nd = link_batch(images, slot1, fid1, time1, host1, bg, blobs, counts, pi, pf, si, sf, motion, hist, crops,
                               done_i[n_done:], done_hist[n_done:], done_crops[n_done:], done_n[n_done:], done_f[n_done:],

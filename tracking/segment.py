@@ -43,15 +43,18 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 from mimlsort.jit import njit
 from tracking._pure import pure_python
+from tracking.background import frame_light, rows_max, scale_rows
 from tracking.blobs import (
     B_ANGLE,
     B_AREA,
+    B_BG_OFF,
     B_BORDER,
     B_BRIGHT_AVG,
     B_BRIGHT_SD,
     B_CONTRAST,
     B_HULL_AREA,
     B_HULL_PERIM,
+    B_LIGHT,
     B_MAJOR,
     B_MINOR,
     B_SPLIT,
@@ -658,6 +661,8 @@ def _measure_blob(img, bg, mode, yb0, yb1, lo, hi, h, w, sy0, sy1, hx_in, hy_in,
     border = xmin == 0 or xmax == w - 1 or ymin == 0 or ymax == h - 1 or ymin == sy0 or ymax == sy1 - 1
     row[B_BORDER] = 1.0 if border else 0.0
     row[B_CONTRAST] = np.float64(s_ad) / n
+    row[B_LIGHT] = 1.0  # (unmeasured: see _segment_level)
+    row[B_BG_OFF] = 0.0
     return n
 
 
@@ -849,7 +854,35 @@ def _scratch(h, w, rows):
 
 
 @njit(nogil=True, cache=True)
-def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts, split_ratio=0.0):
+def _segment_level(img, bg, bg_top, bgs, light_clip, correct, threshold, min_area_px, y0, y1, max_blobs, split_ratio,
+                   out, labels, sc):
+    """:func:`_segment_frame` (``sc``: its work arrays) against the background; with ``correct``,
+    against the background scaled by the frame's light (lamp flicker; ``bgs`` receives the scaled
+    rows y0..y1; ``bg_top``: the background's brightest level there). Every blob's ``B_LIGHT``
+    and ``B_BG_OFF`` are the frame's gain and offset (:func:`tracking.background.frame_light`,
+    measured with ``light_clip`` > 0, else 1.0 and 0.0), applied or not: an event file says how
+    its frame's light stood either way."""
+    use = bg
+    gain = 1.0
+    off = 0.0
+    if light_clip > 0.0:
+        gain, off = frame_light(img, bg, y0, y1, light_clip)
+        # a steady lamp's gain moves no level by half of one: the scaled background would be the
+        # background, and skipping it keeps such runs as they were (and ~2 µs a frame)
+        if correct and abs(gain - 1.0) * bg_top >= 0.5:
+            scale_rows(bg, gain, y0, y1, bgs)
+            use = bgs
+    nb = _segment_frame(img, use, img, use, threshold, min_area_px, y0, y1, max_blobs, split_ratio, out, labels, *sc)
+    if light_clip > 0.0:
+        for i in range(nb):
+            out[i, B_LIGHT] = gain
+            out[i, B_BG_OFF] = off
+    return nb
+
+
+@njit(nogil=True, cache=True)
+def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts, split_ratio=0.0,
+                   light_clip=0.0, correct=False):
     n = slots.shape[0]
     h, w = bg.shape
     y0 = max(0, min(y0, h))
@@ -857,17 +890,19 @@ def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs,
     mb = min(max_blobs, out.shape[1])
     sc = _scratch(h, w, max(y1 - y0, 1))
     labels = np.zeros((1, 1), np.int32)
+    bgs = np.empty_like(bg)
+    top = rows_max(bg, y0, y1)
     for f in range(n):
-        img = images[slots[f]]
-        counts[f] = _segment_frame(img, bg, img, bg, threshold, min_area_px, y0, y1, mb, split_ratio, out[f], labels,
-                                   *sc)
+        counts[f] = _segment_level(images[slots[f]], bg, top, bgs, light_clip, correct, threshold, min_area_px, y0, y1, mb,
+                                   split_ratio, out[f], labels, sc)
 
 
 segment_batch = _segment_batch
 """``segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts,
-split_ratio=0.0)``: segment ``images[slots[i]]`` into ``out[i, :counts[i]]`` (blob table, see
-:mod:`tracking.blobs`; ``split_ratio``: cut touching cells apart, see :func:`_segment_frame`).
-Work arrays are allocated once per call (per batch), never per frame."""
+split_ratio=0.0, light_clip=0.0, correct=False)``: segment ``images[slots[i]]`` into
+``out[i, :counts[i]]`` (blob table, see :mod:`tracking.blobs`; ``split_ratio``: cut touching
+cells apart, see :func:`_segment_frame`; ``light_clip`` > 0: measure each frame's light,
+``correct``: segment against it, see :func:`_segment_level`). Work arrays are allocated once per call (per batch), never per frame."""
 
 
 @njit(nogil=True, cache=True)

@@ -30,16 +30,18 @@ from mimlsort.settings import require
 from tracking import link as L
 from tracking import live as LV
 from tracking._pure import pure_python
-from tracking.background import BackgroundModel, estimate_background, illumination_notes
+from tracking.background import BackgroundModel, estimate_background, estimate_steady_background, measure_illumination
 from tracking.blobs import (
     B_ANGLE,
     B_AREA,
+    B_BG_OFF,
     B_BORDER,
     B_BRIGHT_AVG,
     B_BRIGHT_SD,
     B_CONTRAST,
     B_HULL_AREA,
     B_HULL_PERIM,
+    B_LIGHT,
     B_MAJOR,
     B_MINOR,
     B_SPLIT,
@@ -104,6 +106,7 @@ class TrackerSettings:
     batch_frames: int = 256  # frames per kernel call
     background_frames: int = 64  # frames the initial background is estimated from (per pixel, the median of its densest 2-noise-sd window of values: right even where cells often pass)
     snapshots: bool = True  # attach the full-ROI image, background and mask at the frame of max DI
+    flicker_correction: bool = True  # compare each frame with the background scaled by the frame's own light (lamp flicker; each event's bg_off says by how much)
     pace_per_cell: bool = True  # time a cell's pulse with its own pace relative to the channel's (measured upstream); false: every cell at the channel's learned pace past the exit
     geometry: GeometrySettings = field(default_factory=GeometrySettings)
 
@@ -111,6 +114,8 @@ class TrackerSettings:
         for f in fields(self):  # inf passes every "> 0" check: inf µm crops overflowed, inf µm² areas find nothing
             v = getattr(self, f.name)
             require(not isinstance(v, float) or math.isfinite(v), f.name, f"must be finite, got {v}")
+            # ("off" is true: a switch given as text would be on)
+            require(f.type not in ("bool", bool) or isinstance(v, bool), f.name, f"must be true or false, got {v!r}")
         require(self.threshold != 0 and math.isfinite(self.threshold), "threshold",
                 f"must be finite and not 0 (> 0: |image - background|, < 0: dark pixels only), got {self.threshold}")
         for name in ("min_area_um", "crop_size_um", "gate_forward_um", "gate_y_um", "stuck_ms",
@@ -236,7 +241,7 @@ class Tracker:
         self.snapshot_max_age = 0
         self._snapshots_lost = 0
         self._paces_unlearned = 0
-        self._light_notes: list[str] = []
+        self._light = None  # measure_illumination of the run's first frames, when built from them
         self._frames_inside: list[float] | None = []  # per unflagged passage, until the sampling is judged
         #: called with each note about the run's measurements that belongs in its record (the
         #: pipeline writes them into the event file's log); they are logged as warnings too
@@ -245,7 +250,18 @@ class Tracker:
         self._live: tuple | None = None  # track_live's out, phase and timespec arrays
         self.y0 = max(0, int(math.floor(g.channel_y0)))
         self.y1 = min(h, int(math.ceil(g.channel_y1)))
+        #: each frame's light against the background's is measured (every event's bg_off), fitted
+        #: to the pixels within the threshold of the fit; segmentation uses it when correcting
+        self.light_clip = abs(self.threshold)
+        self.background.light_rows = (self.y0, self.y1)
+        self.correct_flicker(s.flicker_correction)
         self._warm_up(background)
+
+    def correct_flicker(self, on: bool) -> None:
+        """Compare each frame with the background scaled by the frame's own light (or not), from
+        the next frame on."""
+        self.flicker_corrected = bool(on)
+        self.background.light_clip = self.light_clip if on else 0.0
 
     def _warm_up(self, background: np.ndarray) -> None:
         """Compile (or load from the cache) every kernel for this frame dtype before the first frame."""
@@ -255,9 +271,10 @@ class Tracker:
         one = np.ascontiguousarray(background)[None]
         slot = np.zeros(1, np.int64)
         self._segment(one, slot, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
-                      self.settings.max_blobs, self._blobs, self._counts, float(self.settings.split_ratio))
+                      self.settings.max_blobs, self._blobs, self._counts, float(self.settings.split_ratio),
+                      self.light_clip, self.flicker_corrected)
         self.background._kernel(one, slot[:0], 1, np.float32(0.0), np.float32(1.0), 0, self.background._acc.copy(),
-                                self.background._count.copy(), self.background.image.copy())
+                                self.background._count.copy(), self.background.image.copy(), self.y0, self.y1, 0.0)
         self._nearest_mask(background, background, self.threshold, float(self.min_area_px),
                            self.settings.max_blobs, 0.0, 0.0, 0, 2, 0, 2, np.zeros(background.shape, bool),
                            float(self.settings.split_ratio))
@@ -288,9 +305,13 @@ class Tracker:
         settings = settings or TrackerSettings()
         stack = np.asarray(frames)[: max(settings.background_frames, 1)]
         bg = estimate_background(stack, kernels=kernels)
+        grey = 2.0 ** ((int(bit_depth) if bit_depth else 8 * stack.dtype.itemsize) - 8)
+        light = measure_illumination(stack, bg, grey)
+        if settings.flicker_correction and light is not None and light.flickers(settings.threshold):
+            bg = estimate_steady_background(stack, bg, abs(settings.threshold) * grey, kernels=kernels)
         geometry = settings.geometry.resolve(bg, pixel_size_um)
         tracker = cls(settings, geometry, bg, t0_ns=t0_ns, kernels=kernels, bit_depth=bit_depth)
-        tracker._light_notes = illumination_notes(stack, bg, settings.threshold, 2.0 ** (tracker.bit_depth - 8))
+        tracker._light = light
         return tracker
 
     # -- processing ------------------------------------------------------------------------------
@@ -334,7 +355,8 @@ class Tracker:
             times *= 1e-6
             self.background.update(images, sl)
             self._segment(images, sl, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
-                          s.max_blobs, self._blobs, self._counts, float(s.split_ratio))
+                          s.max_blobs, self._blobs, self._counts, float(s.split_ratio), self.light_clip,
+                          self.flicker_corrected)
             frames_done = 0
             while frames_done < m:
                 if frames_done == 0:
@@ -384,7 +406,7 @@ class Tracker:
                       reader.cursor, max_frames, int(timeout_s * 1e9), int(poll_s * 1e9), ts, behind_ok, no_halt if halt is None else halt, t0, phase,
                       bgm.stride, np.float32(bgm.alpha), np.float32(bgm.threshold), bgm.relearn, bgm._acc, bgm._count,
                       bgm.image, self.threshold, self.min_area_px, self.y0, self.y1, s.max_blobs, float(s.split_ratio),
-                      self._blobs,
+                      self.light_clip, self.flicker_corrected, self._blobs,
                       self._counts, self._pi, self._pf, self._si, self._sf, self._motion, self._hist, self._crops, self._done_i,
                       self._done_hist, self._done_crops, self._done_n, self._done_f, self._counters, out)
         bgm._phase = int(phase[0])
@@ -497,6 +519,7 @@ class Tracker:
         q, i_max = self._passage(h, g.constriction_x0, g.constriction_x1, g.pixel_size_um, st.doublet_solidity,
                                  self.low_contrast, st.stuck_ms, out, st.doublet_di)
         feats = dict(zip(FEATURE_ORDER, out.tolist()))
+        feats["bg_off"] = float(h[i_max, _H + B_BG_OFF]) if i_max >= 0 else math.nan
         pace, easing = self._done_f[d].tolist()
         if pace > 0.0:
             feats["v_after_mm_s"] = g.pixel_size_um / pace  # µm per ms = mm/s
@@ -536,14 +559,14 @@ class Tracker:
     def setup_notes(self) -> list[str]:
         """What the first frames and the ROI will do to the measurements, said once when the
         tracker starts on a run's frames: lamp flicker or camera noise near the segmentation
-        threshold (:func:`illumination_notes`, when built :meth:`from_frames`); too little room
+        threshold (:func:`measure_illumination`, when built :meth:`from_frames`); too little room
         beside the constriction, where a cell touching the ROI edge within half a crop of the
         constriction is flagged BORDER (an ROI cut close upstream flagged every cell, and nothing
         said why); and a ROI that ends before a cell is ``emit_after_exit_um`` past the exit."""
         g, s = self.geometry, self.settings
         px = g.pixel_size_um
         half = self.crop_px // 2 * px
-        notes = list(self._light_notes)
+        notes = self._light.notes(s.threshold, self.flicker_corrected) if self._light is not None else []
         # downstream, a cell is flagged until it is emitted
         for side, room, reach in (("upstream", g.constriction_x0 * px, half),
                                   ("downstream", (g.width - g.constriction_x1) * px, min(half, s.emit_after_exit_um))):
@@ -612,6 +635,7 @@ class Tracker:
             extra["image_area_um"] = float(row[_H + B_HULL_AREA]) * px * px
             extra["image_bright_avg"] = float(row[_H + B_BRIGHT_AVG])
             extra["image_bright_sd"] = float(row[_H + B_BRIGHT_SD])
+            extra["image_bg_off"] = float(row[_H + B_BG_OFF])
         return extra
 
     def _snapshot(self, h: np.ndarray, i: int) -> Snapshot | None:
@@ -639,7 +663,14 @@ class Tracker:
         ya, yb = max(int(h[i, _H + B_YMIN]) - 1, 0), min(int(h[i, _H + B_YMAX]) + 2, hh)
         xa, xb = max(int(h[i, _H + B_XMIN]) - mx, 0), min(int(h[i, _H + B_XMAX]) + 1 + mx, ww)
         mask = np.zeros(image.shape, bool)
-        self._nearest_mask(image, bg, self.threshold, float(self.min_area_px), self.settings.max_blobs,
+        # the mask as the frame was segmented: against the background scaled by its light; the
+        # snapshot keeps the background itself (dclab adds bg_off to image_bg)
+        seg_bg = bg
+        if self.flicker_corrected:  # (only the window is segmented)
+            seg_bg = bg.copy()
+            win = bg[ya:yb, xa:xb].astype(np.float64)
+            seg_bg[ya:yb, xa:xb] = np.minimum(np.floor(h[i, _H + B_LIGHT] * win + 0.5), np.iinfo(bg.dtype).max)
+        self._nearest_mask(image, seg_bg, self.threshold, float(self.min_area_px), self.settings.max_blobs,
                            x, y, ya, yb, xa, xb, mask, float(self.settings.split_ratio))
         return Snapshot(image=image, background=bg, mask=mask, frame_id=frame_id, pos_x_px=x, pos_y_px=y)
 
