@@ -20,6 +20,19 @@ from pathlib import Path
 from mimlsort.errors import DataFormatError, MimlsortError
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: asks git only when given (argparse's own action wants the text up front)."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mimlsort.provenance import software_version
+
+        print(software_version())
+        parser.exit()
+
+
 def _roi(text: str) -> tuple[int, int]:
     try:
         w, h = text.lower().split("x")
@@ -152,6 +165,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mimlsort", description="Real-time MIML cell tracking, classification and sorting")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("--version", action=_VersionAction,
+                   help="the version, with the commit in a git checkout (event files say the same)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def sim_args(sp: argparse.ArgumentParser, seconds: float) -> None:

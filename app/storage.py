@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from acquisition.camera import FLOW_DIRECTIONS
-from mimlsort import __version__
+from mimlsort.provenance import software_version
 from mimlsort.errors import DataFormatError, DeviceError
 from mimlsort.inputs import check_input
 from mimlsort.settings import require
@@ -143,7 +143,7 @@ class RunMeta:
     model_spec_json: str = ""
     model_sha256: str = ""
     config_toml: str = ""
-    software_version: str = f"mimlsort {__version__}"
+    software_version: str = field(default_factory=software_version)  # with the commit in a git checkout
     started: datetime | None = None  # run start (aware or naive local time); None: when the file is opened
     run_identifier: str = ""  # unique id of the run; empty: a new UUID
     target_event_count: int = 0  # auto-stop limits, 0: none
