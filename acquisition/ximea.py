@@ -140,7 +140,7 @@ class XimeaCamera(Camera):
         cam = self._cam
         _, dtype, bits = _FORMATS[self.settings.pixel_format]
         if not bits:
-            bits = int(cam.get_sensor_bit_depth().split("_")[-1]) if isinstance(cam.get_sensor_bit_depth(), str) else 16
+            bits = self._data_bit_depth()
         name = cam.get_device_name()
         return CameraInfo(
             backend=self.backend, model=name.decode() if isinstance(name, bytes) else str(name), serial=self._serial,
@@ -148,6 +148,23 @@ class XimeaCamera(Camera):
             fps=float(cam.get_framerate()) if self.settings.fps else 0.0, pixel_size_um=self.settings.pixel_size_um,
             camera_clock=True, id_modulus=2**32,
         )
+
+    def _data_bit_depth(self) -> int:
+        """The bits a Mono16 pixel value uses: xiAPI's image data bit depth (what ``xiGetImage``
+        returns), which ``output_bit_depth`` can set below the sensor's own; the sensor's where
+        the camera does not say (the thresholds scale with it: a 10-bit image taken for 12 bits
+        compares cells with 4x the threshold). 16 when neither answers."""
+        cam = self._cam
+        for getter in ("get_image_data_bit_depth", "get_sensor_bit_depth"):
+            try:
+                value = getattr(cam, getter)()
+            except (AttributeError, self._xi.Xi_error):
+                continue
+            if isinstance(value, bytes):
+                value = value.decode()
+            if isinstance(value, str) and value.split("_")[-1].isdigit():
+                return int(value.split("_")[-1])  # "XI_BPP_12"
+        return 16
 
     def _do_open(self) -> CameraInfo:
         return open_configured(self)

@@ -56,3 +56,45 @@ def test_a_connected_camera_delivers_frames():  # pragma: no cover - needs a Xim
             assert cam.grab_into(ring, timeout_s=2.0)
         cam.stop()
     assert np.all(np.diff(ring.frame_ids[:5]) >= 1)
+
+
+class _XiError(Exception):
+    pass
+
+
+class _Mono16Camera:
+    """Stands in for xiapi.Camera, which needs Ximea's libm3api (not installable here): only the
+    getters that CameraInfo reads, a 12-bit sensor whose images carry ``data_bits``."""
+
+    def __init__(self, data_bits):
+        self.data_bits = data_bits
+
+    def get_image_data_bit_depth(self):
+        if self.data_bits is None:
+            raise _XiError("Not supported")  # an older camera or API
+        return f"XI_BPP_{self.data_bits}"
+
+    def get_sensor_bit_depth(self):
+        return "XI_BPP_12"
+
+    def get_device_name(self):
+        return b"MQ013MG-ON"
+
+    def get_width(self):
+        return 256
+
+    def get_height(self):
+        return 96
+
+
+@pytest.mark.parametrize("data_bits, expected", [(10, 10), (12, 12), (None, 12)])
+def test_a_mono16_cameras_bit_depth_is_its_image_datas(data_bits, expected):
+    # the sensor's depth was taken: a camera set to output 10 bits had its 8-bit thresholds
+    # scaled for 12 (4x too high), and its recordings said 12 bits
+    import types
+
+    cam = XimeaCamera({"pixel_format": "Mono16"})
+    cam._cam, cam._serial = _Mono16Camera(data_bits), "X1"
+    cam._xi = types.SimpleNamespace(Xi_error=_XiError)
+    info = cam._make_info()
+    assert info.dtype == "uint16" and info.bit_depth == expected
