@@ -307,3 +307,31 @@ def test_a_blob_is_not_cut_into_parts_below_the_minimum_area():
     assert len(one(img, min_area=20, split=0.75)) == 2
     (r,) = one(img, min_area=60, split=0.75)
     assert r[B_SPLIT] == 0.0
+
+
+@pytest.mark.parametrize("kernels", ["numba", "python"])
+def test_a_blob_at_the_edge_of_the_scanned_rows_is_measured_against_the_scaled_background(kernels):
+    # a flickering frame is segmented against the background scaled by its light; a blob touching
+    # the first or last scanned row is measured over a band one row beyond them, which read the
+    # scaled background's rows outside y0..y1: uninitialised memory (np.empty_like)
+    from tracking.background import scale_rows
+
+    fn = pure_python(segment_batch) if kernels == "python" else segment_batch
+    h, w, y0, y1 = 48, 96, 12, 36
+    bg = np.full((h, w), 200, np.uint8)
+    img = np.full((1, h, w), 220, np.uint8)  # 10% brighter frame
+    img[0, 8:18, 30:44] = 100  # dark cells reaching over the first and the last scanned row
+    img[0, 30:40, 60:74] = 100
+    img[0, 7, 30:44] = img[0, 36, 60:74] = 170  # their edges beyond them
+    scaled = bg.copy()
+    scale_rows(bg, 1.1, 0, h, scaled)
+    expect = np.zeros((4, N_BLOB_FIELDS))
+    n = segment_image(img[0], scaled, -6.0, 10.0, y0, y1, 4, expect, np.zeros((1, 1), np.int32))
+    assert n == 2
+    for _ in range(3):  # (whatever the freed memory the scaled rows are taken from holds)
+        out = np.zeros((1, 4, N_BLOB_FIELDS))
+        counts = np.zeros(1, np.int32)
+        fn(img, np.zeros(1, np.int64), bg, -6.0, 10.0, y0, y1, 4, out, counts, 0.0, 6.0, True)
+        assert counts[0] == 2
+        assert out[0, 0, 18] == pytest.approx(1.1, abs=1e-6)  # B_LIGHT
+        np.testing.assert_allclose(out[0, :2, :17], expect[:2, :17], rtol=1e-12, atol=1e-12)

@@ -858,7 +858,7 @@ def _segment_level(img, bg, bg_top, bgs, light_clip, correct, threshold, min_are
                    out, labels, sc):
     """:func:`_segment_frame` (``sc``: its work arrays) against the background; with ``correct``,
     against the background scaled by the frame's light (lamp flicker; ``bgs`` receives the scaled
-    rows y0..y1; ``bg_top``: the background's brightest level there). Every blob's ``B_LIGHT``
+    rows y0 - 1..y1 + 1; ``bg_top``: the background's brightest level there). Every blob's ``B_LIGHT``
     and ``B_BG_OFF`` are the frame's gain and offset (:func:`tracking.background.frame_light`,
     measured with ``light_clip`` > 0, else 1.0 and 0.0), applied or not: an event file says how
     its frame's light stood either way."""
@@ -870,7 +870,10 @@ def _segment_level(img, bg, bg_top, bgs, light_clip, correct, threshold, min_are
         # a steady lamp's gain moves no level by half of one: the scaled background would be the
         # background, and skipping it keeps such runs as they were (and ~2 µs a frame)
         if correct and abs(gain - 1.0) * bg_top >= 0.5:
-            scale_rows(bg, gain, y0, y1, bgs)
+            # a blob touching the first or last scanned row is measured over a band one row
+            # beyond it (_band_moments): those rows are scaled too, else they were whatever
+            # ``bgs`` (np.empty_like) held
+            scale_rows(bg, gain, y0 - 1, y1 + 1, bgs)
             use = bgs
     nb = _segment_frame(img, use, img, use, threshold, min_area_px, y0, y1, max_blobs, split_ratio, out, labels, *sc)
     if light_clip > 0.0:
