@@ -166,3 +166,20 @@ def test_a_local_change_is_followed_under_a_flickering_lamp(kernels):
         m.update(frames, np.arange(64))
         err[clip] = np.median(np.abs(m.image[20:28, 60:90].astype(float) - drifted[20:28, 60:90]))
     assert err[6.0] <= 1.0 and err[0.0] >= 4.0, err
+
+
+@pytest.mark.parametrize("kernels", ["numba", "python"])
+def test_a_saturated_spot_stays_in_range_when_the_lamp_dims(kernels):
+    # frames divided by a gain < 1 go beyond 255 where the camera saturates: the model jumped
+    # there after relearn frames and its uint8 image wrapped around (255 -> 12)
+    bg = walls_and_channel()
+    bg[20:28, 60:70] = 255  # a saturated spot in the channel
+    true = bg.astype(float)
+    true[20:28, 60:70] = 300  # brighter than the camera shows
+    rng = np.random.default_rng(0)
+    frames = np.rint(0.95 * true + rng.normal(0, 1, (40, *bg.shape))).clip(0, 255).astype(np.uint8)
+    m = BackgroundModel(bg, alpha=0.125, stride=1, threshold=6.0, relearn=8, kernels=kernels)
+    m.light_clip, m.light_rows = 6.0, (12, 36)
+    m.update(frames, np.arange(40))
+    assert (m.image[20:28, 60:70] == 255).all(), np.unique(m.image[20:28, 60:70])
+    assert np.abs(m.image[12:36, :50].astype(int) - bg[12:36, :50]).max() <= 1  # the rest: the light's

@@ -123,6 +123,9 @@ def update_kernel(images, slots, stride, alpha, threshold, relearn, acc, count, 
     flicker stays out of the model. Returns the frames used."""
     n = slots.shape[0]
     h, w = acc.shape
+    # a frame divided by a gain < 1 exceeds the dtype's range where it is saturated: the model
+    # jumped there (relearn) and its rounded image wrapped around (255 -> 12)
+    top = np.float32(np.iinfo(image.dtype).max)
     used = 0
     for f in range(0, n, stride):
         img = images[slots[f]]
@@ -134,7 +137,7 @@ def update_kernel(images, slots, stride, alpha, threshold, relearn, acc, count, 
             # branch-free (selects, unconditional stores), so the row loop vectorises
             for x in range(w):
                 a = acc[y, x]
-                v = np.float32(img[y, x]) * inv
+                v = min(np.float32(img[y, x]) * inv, top)
                 d = v - a
                 inside = abs(d) <= threshold
                 c = np.int32(0) if inside or relearn <= 0 else count[y, x] + np.int32(1)
