@@ -126,13 +126,18 @@ def update_kernel(images, slots, stride, alpha, threshold, relearn, acc, count, 
     # a frame divided by a gain < 1 exceeds the dtype's range where it is saturated: the model
     # jumped there (relearn) and its rounded image wrapped around (255 -> 12)
     top = np.float32(np.iinfo(image.dtype).max)
+    # (``image`` changes only after the loop.) A gain that moves no level of the model by half a
+    # level is a steady lamp's, left out as segmentation leaves it out (tracking.segment
+    # ._segment_level): dividing by it changed a steady run's model and events
+    img_top = rows_max(image, y0, y1) if light_clip > 0.0 else np.int64(0)
     used = 0
     for f in range(0, n, stride):
         img = images[slots[f]]
         inv = np.float32(1.0)
         if light_clip > 0.0:
             g, _ = frame_light(img, image, y0, y1, light_clip)
-            inv = np.float32(1.0 / g) if g > 0.0 else np.float32(1.0)
+            if g > 0.0 and abs(g - 1.0) * img_top >= 0.5:
+                inv = np.float32(1.0 / g)
         for y in range(h):
             # branch-free (selects, unconditional stores), so the row loop vectorises
             for x in range(w):
