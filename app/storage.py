@@ -91,10 +91,10 @@ _ROW_CHUNK = 1024  # rows per chunk of scalar datasets (8 KiB for float64)
 #: HDF5's chunk cache per dataset. Its 1 MiB default, times the ~70 datasets of an event file,
 #: filled up over hours as scalar chunks were touched (the writer grew ~0.5 kB an event, 80 MB
 #: after 100,000 events); a writer only appends, so one image chunk and the scalars' current
-#: dclab features in grey levels: a deeper camera's are written in the stored 8-bit images' levels
-_GREY_FEATURES = ("bright_avg", "bright_sd", "bg_off")
 #: chunks are all it needs: flat memory at the same events/s (session 12, NOTES.md)
 _CHUNK_CACHE_BYTES = 512 * 1024
+#: dclab features in grey levels: a deeper camera's are written in the stored 8-bit images' levels
+_GREY_FEATURES = ("bright_avg", "bright_sd", "bg_off")
 _DETAIL_BYTES = 96
 _ERROR_BYTES = 96
 _DEVICE_BYTES = 32

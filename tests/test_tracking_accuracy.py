@@ -347,3 +347,44 @@ def test_a_flickering_lamp_is_corrected_frame_by_frame(flicker):
     assert len(found[False][0]) > 5 * m.complete_truth  # what it corrects
     # each event says how its frame's light stood: grey levels apart from frame to frame
     assert np.nanstd([e.features["bg_off"] for e in events]) > 1.0
+
+
+@pytest.mark.parametrize("bit_depth", [8, 12])
+def test_a_steady_lamp_tracks_as_without_the_flicker_correction(bit_depth):
+    # a steady lamp's gain, measured on noise and cells, moves no background level by half an
+    # 8-bit level: no frame is corrected. In a 12-bit camera's own levels it moved them by more
+    # in 872 of 1,500 frames, and half the events changed
+    s = synthetic.SyntheticSettings(**{**UNTUNED, "cells_per_second": 150.0})
+    frames, _ = synthetic.render_frames(s, 1500)
+    if bit_depth == 12:
+        rng = np.random.default_rng(0)
+        frames = (frames.astype(np.uint16) * 16 + rng.integers(0, 16, frames.shape)).astype(np.uint16)
+    out = {}
+    for on in (True, False):
+        tracker = Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings(flicker_correction=on),
+                                      bit_depth=bit_depth)
+        events = tracker.process_frames(frames, fps=s.fps) + tracker.flush()
+        out[on] = ([(e.entry_frame, e.exit_frame, int(e.quality), e.features["deform"], e.features["area_um"])
+                    for e in events], tracker.background.image.copy())
+    assert len(out[True][0]) >= 20
+    assert out[True][0] == out[False][0]
+    np.testing.assert_array_equal(out[True][1], out[False][1])
+
+
+def test_a_background_taken_under_a_dim_lamp_is_relearned():
+    # the lamp at 10% while the background was estimated, then on: a gain of 10 is no flicker but
+    # a new light, left uncorrected, so the relearning takes it over (after 2,048 frames) as it
+    # did before the correction; corrected by it, the background stayed 137 levels off for good
+    s = synthetic.SyntheticSettings(**UNTUNED)
+    frames, _ = synthetic.render_frames(s, 3000)
+    rng = np.random.default_rng(1)
+    dim = np.clip(np.rint(frames[:64] * 0.1 + 3 + rng.normal(0, 1, frames[:64].shape)), 0, 255).astype(np.uint8)
+    steady = Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings())
+    learned = {}
+    for on in (True, False):
+        tracker = Tracker(TrackerSettings(flicker_correction=on), steady.geometry, np.median(dim, axis=0).astype(np.uint8))
+        tracker.process_frames(frames, fps=s.fps)
+        learned[on] = tracker.background.image
+    err = np.abs(learned[True].astype(int) - steady.background.image.astype(int))[tracker.y0:tracker.y1]
+    assert np.median(err) <= 3, np.median(err)  # (jumped to single frames, then averaged in slowly)
+    np.testing.assert_array_equal(learned[True], learned[False])

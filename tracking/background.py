@@ -88,6 +88,23 @@ def frame_light(img, bg, y0, y1, clip):
     return g, off
 
 
+#: gains outside this range are no flicker but a change of the light itself (a lamp switched on or
+#: dimmed after the background was taken): such frames are left uncorrected, so the background's
+#: relearning takes the new light over as before (corrected by a gain of 10, a background taken
+#: under a dim lamp was never relearned: 1,202 events for 86 cells)
+LIGHT_MIN = 0.5
+LIGHT_MAX = 2.0
+
+
+@njit(nogil=True, cache=True, inline="always")
+def corrects(gain, top, level):
+    """Is a frame compared with the background times ``gain``? When the gain is a lamp's flicker
+    (within LIGHT_MIN..LIGHT_MAX) that moves the brightest background level ``top`` by at least
+    half an 8-bit grey level (``level``: the frames' levels per 8-bit level). A steady lamp's gain,
+    measured on noise and cells, moves none: such runs track as they did without the correction."""
+    return LIGHT_MIN < gain < LIGHT_MAX and abs(gain - 1.0) * top >= 0.5 * level
+
+
 @njit(nogil=True, cache=True)
 def rows_max(bg, y0, y1):
     """The brightest grey level in rows y0..y1 (0 without rows): a gain that moves no level of
@@ -113,14 +130,16 @@ def scale_rows(bg, gain, y0, y1, out):
 
 
 @njit(nogil=True, cache=True)
-def update_kernel(images, slots, stride, alpha, threshold, relearn, acc, count, image, y0=0, y1=0, light_clip=0.0):
+def update_kernel(images, slots, stride, alpha, threshold, relearn, acc, count, image, y0=0, y1=0, light_clip=0.0,
+                  level=1.0):
     """Running update of ``acc`` (float32) from every ``stride``-th frame of ``images[slots]``;
     ``image`` (frame dtype) receives the rounded model. Pixels with |frame - model| > threshold
     are left out, unless they have been so in ``relearn`` used frames in a row (``count`` holds
     the runs): then the model jumps to the frame's value — a step change (debris settling, a
     shifted chip) rather than cells, which never cover a pixel that long. ``light_clip`` > 0:
     each frame divided by its gain (:func:`frame_light` over rows y0..y1) is learned, so lamp
-    flicker stays out of the model. Returns the frames used."""
+    flicker stays out of the model (where :func:`corrects`; ``level``: grey levels per 8-bit
+    level). Returns the frames used."""
     n = slots.shape[0]
     h, w = acc.shape
     # a frame divided by a gain < 1 exceeds the dtype's range where it is saturated: the model
@@ -136,7 +155,7 @@ def update_kernel(images, slots, stride, alpha, threshold, relearn, acc, count, 
         inv = np.float32(1.0)
         if light_clip > 0.0:
             g, _ = frame_light(img, image, y0, y1, light_clip)
-            if g > 0.0 and abs(g - 1.0) * img_top >= 0.5:
+            if corrects(g, img_top, level):
                 inv = np.float32(1.0 / g)
         for y in range(h):
             # branch-free (selects, unconditional stores), so the row loop vectorises
@@ -189,6 +208,7 @@ class BackgroundModel:
         #: :func:`frame_light`), fitted to the pixels this close to it
         self.light_clip = 0.0
         self.light_rows = (0, 0)
+        self.light_level = 1.0  # grey levels of the frames per 8-bit level
 
     @property
     def fill(self) -> np.ndarray:
@@ -218,7 +238,7 @@ class BackgroundModel:
             return 0
         return int(self._kernel(images, slots[start:], self.stride, np.float32(self.alpha),
                                 np.float32(self.threshold), self.relearn, self._acc, self._count, self.image,
-                                self.light_rows[0], self.light_rows[1], self.light_clip))
+                                self.light_rows[0], self.light_rows[1], self.light_clip, self.light_level))
 
 
 # -- the initial background -----------------------------------------------------------------------

@@ -44,9 +44,9 @@ _DEFS = [
     FeatureDef("area_um", "µm²", "RT-DC convex-hull area, upstream of the constriction", rtdc=True),
     FeatureDef("bright_avg", "a.u.", "mean brightness inside the cell mask, upstream of the constriction", rtdc=True),
     FeatureDef("bright_sd", "a.u.", "brightness standard deviation inside the cell mask, upstream", rtdc=True),
-    FeatureDef("bg_off", "a.u.", "brightness offset of the event image's frame against the background (mean over the "
-               "empty channel; lamp flicker): segmentation compares the frame with the background plus it when "
-               "tracking.flicker_correction is on; dclab adds it to image_bg", rtdc=True),
+    FeatureDef("bg_off", "a.u.", "brightness offset of the event image's frame against the background: mean of image "
+               "- background over the empty channel (lamp flicker, which segmentation corrects with the frame's "
+               "gain when tracking.flicker_correction is on); dclab adds it to image_bg", rtdc=True),
     FeatureDef("entry_time_ms", "ms", "time the centroid entered the constriction, from the first frame of the run"),
     FeatureDef("exit_time_ms", "ms", "time the centroid left the constriction, from the first frame of the run"),
     FeatureDef("pos_y_um", "µm", "centroid y (across the channel) at the constriction exit"),

@@ -43,7 +43,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 from mimlsort.jit import njit
 from tracking._pure import pure_python
-from tracking.background import frame_light, rows_max, scale_rows
+from tracking.background import corrects, frame_light, rows_max, scale_rows
 from tracking.blobs import (
     B_ANGLE,
     B_AREA,
@@ -854,11 +854,12 @@ def _scratch(h, w, rows):
 
 
 @njit(nogil=True, cache=True)
-def _segment_level(img, bg, bg_top, bgs, light_clip, correct, threshold, min_area_px, y0, y1, max_blobs, split_ratio,
-                   out, labels, sc):
+def _segment_level(img, bg, bg_top, bgs, light_clip, correct, level, threshold, min_area_px, y0, y1, max_blobs,
+                   split_ratio, out, labels, sc):
     """:func:`_segment_frame` (``sc``: its work arrays) against the background; with ``correct``,
     against the background scaled by the frame's light (lamp flicker; ``bgs`` receives the scaled
-    rows y0 - 1..y1 + 1; ``bg_top``: the background's brightest level there). Every blob's ``B_LIGHT``
+    rows y0 - 1..y1 + 1; ``bg_top``: the background's brightest level there; ``level``: grey levels
+    per 8-bit level; where :func:`tracking.background.corrects`). Every blob's ``B_LIGHT``
     and ``B_BG_OFF`` are the frame's gain and offset (:func:`tracking.background.frame_light`,
     measured with ``light_clip`` > 0, else 1.0 and 0.0), applied or not: an event file says how
     its frame's light stood either way."""
@@ -867,9 +868,8 @@ def _segment_level(img, bg, bg_top, bgs, light_clip, correct, threshold, min_are
     off = 0.0
     if light_clip > 0.0:
         gain, off = frame_light(img, bg, y0, y1, light_clip)
-        # a steady lamp's gain moves no level by half of one: the scaled background would be the
-        # background, and skipping it keeps such runs as they were (and ~2 µs a frame)
-        if correct and abs(gain - 1.0) * bg_top >= 0.5:
+        # (a steady lamp's gain is left out: such runs stay as they were, and ~2 µs a frame)
+        if correct and corrects(gain, bg_top, level):
             # a blob touching the first or last scanned row is measured over a band one row
             # beyond it (_band_moments): those rows are scaled too, else they were whatever
             # ``bgs`` (np.empty_like) held
@@ -885,7 +885,7 @@ def _segment_level(img, bg, bg_top, bgs, light_clip, correct, threshold, min_are
 
 @njit(nogil=True, cache=True)
 def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts, split_ratio=0.0,
-                   light_clip=0.0, correct=False):
+                   light_clip=0.0, correct=False, level=1.0):
     n = slots.shape[0]
     h, w = bg.shape
     y0 = max(0, min(y0, h))
@@ -896,13 +896,13 @@ def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs,
     bgs = np.empty_like(bg)
     top = rows_max(bg, y0, y1)
     for f in range(n):
-        counts[f] = _segment_level(images[slots[f]], bg, top, bgs, light_clip, correct, threshold, min_area_px, y0, y1, mb,
+        counts[f] = _segment_level(images[slots[f]], bg, top, bgs, light_clip, correct, level, threshold, min_area_px, y0, y1, mb,
                                    split_ratio, out[f], labels, sc)
 
 
 segment_batch = _segment_batch
 """``segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts,
-split_ratio=0.0, light_clip=0.0, correct=False)``: segment ``images[slots[i]]`` into
+split_ratio=0.0, light_clip=0.0, correct=False, level=1.0)``: segment ``images[slots[i]]`` into
 ``out[i, :counts[i]]`` (blob table, see :mod:`tracking.blobs`; ``split_ratio``: cut touching
 cells apart, see :func:`_segment_frame`; ``light_clip`` > 0: measure each frame's light,
 ``correct``: segment against it, see :func:`_segment_level`). Work arrays are allocated once per call (per batch), never per frame."""

@@ -30,7 +30,8 @@ from mimlsort.settings import require
 from tracking import link as L
 from tracking import live as LV
 from tracking._pure import pure_python
-from tracking.background import BackgroundModel, estimate_background, estimate_steady_background, measure_illumination
+from tracking.background import (BackgroundModel, corrects, estimate_background, estimate_steady_background,
+                                  measure_illumination)
 from tracking.blobs import (
     B_ANGLE,
     B_AREA,
@@ -254,6 +255,7 @@ class Tracker:
         #: to the pixels within the threshold of the fit; segmentation uses it when correcting
         self.light_clip = abs(self.threshold)
         self.background.light_rows = (self.y0, self.y1)
+        self.background.light_level = grey
         self.correct_flicker(s.flicker_correction)
         self._warm_up(background)
 
@@ -272,9 +274,10 @@ class Tracker:
         slot = np.zeros(1, np.int64)
         self._segment(one, slot, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
                       self.settings.max_blobs, self._blobs, self._counts, float(self.settings.split_ratio),
-                      self.light_clip, self.flicker_corrected)
+                      self.light_clip, self.flicker_corrected, self.background.light_level)
         self.background._kernel(one, slot[:0], 1, np.float32(0.0), np.float32(1.0), 0, self.background._acc.copy(),
-                                self.background._count.copy(), self.background.image.copy(), self.y0, self.y1, 0.0)
+                                self.background._count.copy(), self.background.image.copy(), self.y0, self.y1, 0.0,
+                                self.background.light_level)
         self._nearest_mask(background, background, self.threshold, float(self.min_area_px),
                            self.settings.max_blobs, 0.0, 0.0, 0, 2, 0, 2, np.zeros(background.shape, bool),
                            float(self.settings.split_ratio))
@@ -344,6 +347,7 @@ class Tracker:
             self.t0_ns = int(timestamps_ns[0])
         s = self.settings
         step = s.batch_frames
+        bgm_level = self.background.light_level
         # per-call Python work matters when the tracker keeps up (batches of one frame): no slicing
         # where the whole batch goes in, and the kernels' outputs are used in place
         for a in range(0, n, step):
@@ -356,7 +360,7 @@ class Tracker:
             self.background.update(images, sl)
             self._segment(images, sl, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
                           s.max_blobs, self._blobs, self._counts, float(s.split_ratio), self.light_clip,
-                          self.flicker_corrected)
+                          self.flicker_corrected, bgm_level)
             frames_done = 0
             while frames_done < m:
                 if frames_done == 0:
@@ -406,7 +410,7 @@ class Tracker:
                       reader.cursor, max_frames, int(timeout_s * 1e9), int(poll_s * 1e9), ts, behind_ok, no_halt if halt is None else halt, t0, phase,
                       bgm.stride, np.float32(bgm.alpha), np.float32(bgm.threshold), bgm.relearn, bgm._acc, bgm._count,
                       bgm.image, self.threshold, self.min_area_px, self.y0, self.y1, s.max_blobs, float(s.split_ratio),
-                      self.light_clip, self.flicker_corrected, self._blobs,
+                      self.light_clip, self.flicker_corrected, bgm.light_level, self._blobs,
                       self._counts, self._pi, self._pf, self._si, self._sf, self._motion, self._hist, self._crops, self._done_i,
                       self._done_hist, self._done_crops, self._done_n, self._done_f, self._counters, out)
         bgm._phase = int(phase[0])
@@ -666,10 +670,12 @@ class Tracker:
         # the mask as the frame was segmented: against the background scaled by its light; the
         # snapshot keeps the background itself (dclab adds bg_off to image_bg)
         seg_bg = bg
-        if self.flicker_corrected:  # (only the window is segmented)
-            seg_bg = bg.copy()
+        gain = float(h[i, _H + B_LIGHT])
+        if self.flicker_corrected and corrects(gain, int(bg[self.y0:self.y1].max(initial=0)),
+                                               self.background.light_level):
+            seg_bg = bg.copy()  # (only the window is segmented)
             win = bg[ya:yb, xa:xb].astype(np.float64)
-            seg_bg[ya:yb, xa:xb] = np.minimum(np.floor(h[i, _H + B_LIGHT] * win + 0.5), np.iinfo(bg.dtype).max)
+            seg_bg[ya:yb, xa:xb] = np.minimum(np.floor(gain * win + 0.5), np.iinfo(bg.dtype).max)
         self._nearest_mask(image, seg_bg, self.threshold, float(self.min_area_px), self.settings.max_blobs,
                            x, y, ya, yb, xa, xb, mask, float(self.settings.split_ratio))
         return Snapshot(image=image, background=bg, mask=mask, frame_id=frame_id, pos_x_px=x, pos_y_px=y)
