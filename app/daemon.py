@@ -37,7 +37,7 @@ EXIT_CODES = {
     FinishReason.ERRORED: 1,  # a worker failed (camera gone, disk full, …); see the log
     FinishReason.CANCELED: 0,  # stopped by a signal: a normal way to end a capture
 }
-EXIT_BAD_CONFIG = 2  # the configuration or the command line is wrong (cli)
+EXIT_BAD_CONFIG = 2  # the configuration or the command line is wrong, or a device it names is not there (cli)
 #: the run went to its end, but its trigger failed on the way: cells after that were not sorted
 EXIT_TRIGGER_FAULT = 3
 #: device errors or refused pulses above this share of the pulses handed over end a run with

@@ -671,8 +671,9 @@ class Tracker:
         # snapshot keeps the background itself (dclab adds bg_off to image_bg)
         seg_bg = bg
         gain = float(h[i, _H + B_LIGHT])
-        if self.flicker_corrected and corrects(gain, int(bg[self.y0:self.y1].max(initial=0)),
-                                               self.background.light_level):
+        # (the kernel's Python function: a numba dispatcher first called here compiled mid-run)
+        if self.flicker_corrected and corrects.py_func(gain, int(bg[self.y0:self.y1].max(initial=0)),
+                                                       self.background.light_level):
             seg_bg = bg.copy()  # (only the window is segmented)
             win = bg[ya:yb, xa:xb].astype(np.float64)
             seg_bg[ya:yb, xa:xb] = np.minimum(np.floor(gain * win + 0.5), np.iinfo(bg.dtype).max)
