@@ -15,9 +15,9 @@ pytestmark = pytest.mark.skipif(not realtime.AVAILABLE, reason="the live kernel 
 FLOW = dict(flow_speed_mm_s=20.0, constriction_speed_mm_s=60.0, exit_speed_mm_s=30.0)
 
 
-def _recorded(seconds=0.6, cps=200.0):
+def _recorded(seconds=0.6, cps=200.0, flicker=0.0):
     s = SyntheticSettings(seed=4, fps=8000.0, duration_s=seconds, cells_per_second=cps, doublet_fraction=0.1,
-                          debris_per_second=20.0, **FLOW)
+                          debris_per_second=20.0, flicker=flicker, **FLOW)
     with SyntheticCamera(s) as cam:
         ring = cam.info.make_ring(s.frame_count + 8)
         cam.start()
@@ -33,8 +33,11 @@ def _key(e):
             e.extra["emit_host_ns"], None if snap is None else (snap.image.tobytes(), snap.mask.tobytes()))
 
 
-def test_live_kernel_gives_the_events_of_single_frame_batches():
-    s, ring = _recorded()
+@pytest.mark.parametrize("flicker", [0.0, 0.1])
+def test_live_kernel_gives_the_events_of_single_frame_batches(flicker):
+    # (with a flickering lamp, both correct each frame by its light: the background's rows scaled,
+    # the update learning frames divided by it)
+    s, ring = _recorded(flicker=flicker)
 
     def tracker():
         return Tracker.from_frames(ring.images[:64], s.pixel_size_um, TrackerSettings(),
@@ -47,6 +50,7 @@ def test_live_kernel_gives_the_events_of_single_frame_batches():
         ev_batch += batch.process_batch(ring, r.read(1))
     ev_batch += batch.flush()
     assert len(ev_batch) > 50
+    assert (np.nanstd([e.features["bg_off"] for e in ev_batch]) > 2.0) == (flicker > 0)
     # behind_ok: the whole recording is waiting here; with no limit the kernel returns at every
     # finished cell, with the default it goes on and returns several cells at once
     for behind_ok in (1 << 40, 4):
