@@ -129,6 +129,12 @@ BENCHES: dict[str, str] = {
 }
 
 
+#: the command-line option of each benchmark parameter
+_BENCH_FLAGS = {"n_frames": "--frames", "backend": "--backend", "seconds": "--seconds", "model": "--model",
+                "provider": "--provider", "compression": "--compression", "rate": "--rate", "baud": "--baud",
+                "mode": "--mode"}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import inspect
 
@@ -138,6 +144,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = {"n_frames": args.frames, "backend": args.backend, "seconds": args.seconds, "model": args.model,
                "provider": args.provider, "compression": args.compression, "rate": args.rate, "baud": args.baud,
                "mode": args.mode}
+    # an option the benchmark does not take was dropped without a word: `bench tracking --seconds 5`
+    # measured its default 20,000 frames, and the figure was read as 5 seconds'
+    ignored = [_BENCH_FLAGS[k] for k, v in options.items() if v is not None and k not in params]
+    if ignored:
+        takes = [_BENCH_FLAGS[k] for k in options if k in params]
+        raise MimlsortError(f"bench {args.what} takes no {', '.join(ignored)} "
+                            f"({'it takes ' + ', '.join(takes) if takes else 'it takes no options'} and --json)")
     kwargs = {k: v for k, v in options.items() if v is not None and k in params}
     res = fn(**kwargs)
     if args.json:

@@ -232,3 +232,12 @@ def test_a_recording_named_with_a_leading_dot_gives_a_plain_sample_name():
 
     # output.sample may not begin with "." (a hidden file): the fallback from a folder ".imgs" failed
     assert _sample_name(".imgs") == "imgs" and _sample_name("../x") == "_x"
+
+
+def test_a_bench_option_the_benchmark_does_not_take_is_refused(capsys):
+    # `bench tracking --seconds 5` measured the default 20,000 frames without a word
+    from app.cli import main
+
+    assert main(["bench", "tracking", "--seconds", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "bench tracking takes no --seconds" in err and "--frames" in err
