@@ -146,6 +146,10 @@ class Status:
     swept: int = 0
     sorted_purity_estimate: float = math.nan
     sorted_recovery_estimate: float = math.nan
+    # the light lately (tracking.Tracker.light): the last frame's gain against the background's
+    # and the mean |gain - 1| over ~256 frames, lamp flicker the operator otherwise sees nowhere
+    light_gain: float = math.nan
+    light_flicker: float = math.nan
 
     @property
     def frames_missed(self) -> int:
@@ -182,12 +186,19 @@ class Status:
                 + (f"decide queue {self.decide_queue} waits {self.decide_waits} " if self.decide_waits else "")
                 + (f"images shed {self.images_shed} (backlog {self.storage_backlog_mb:.0f}MB) " if self.images_shed else "")
                 + (f"untracked {self.tracks_overflow} " if self.tracks_overflow else "")
+                + (f"lamp flicker {100 * self.light_flicker:.1f}% (light x{self.light_gain:.3f}) "
+                   if self.light_flicker >= FLICKER_SHOWN else "")
                 + (f"est. purity {self.purity_estimate:.3f} recovery {self.recovery_estimate:.3f} "
                    if self.fired and self.purity_estimate == self.purity_estimate else "")
                 + (f"swept {self.swept} (outlet est. purity {self.sorted_purity_estimate:.3f}) "
                    if self.swept and self.sorted_purity_estimate == self.sorted_purity_estimate else "")
                 + f"file {self.file_bytes / 1e6:.1f}MB"
                 + ("" if not self.cpu_cores else " cpu " + " ".join(f"{k}={v:.2f}" for k, v in self.cpu_cores.items())))
+
+
+#: the status line names lamp flicker from this mean |gain - 1| on (the simulator's 2% flicker
+#: reads 0.009, a steady lamp 0.0003)
+FLICKER_SHOWN = 0.005
 
 
 @dataclass
@@ -1110,6 +1121,7 @@ class Pipeline:
 
         sink = self.sink
         ts = self.tracker.stats if self.tracker is not None else None
+        gain, flicker = self.tracker.light if self.tracker is not None else (math.nan, math.nan)
         return Status(
             state=self.state,
             finish_reason=self.finish_reason,
@@ -1156,6 +1168,8 @@ class Pipeline:
             tracks_overflow=ts.track_overflow if ts else 0,
             snapshots_lost=ts.snapshots_lost if ts else 0,
             paces_unlearned=ts.paces_unlearned if ts else 0,
+            light_gain=gain,
+            light_flicker=flicker,
             clock_resets=self._clock.resets if self._clock is not None else 0,
             device_refused=int(getattr(self.trigger, "device_refused", 0) or 0),
             device_late=int(getattr(self.trigger, "device_late", 0) or 0),

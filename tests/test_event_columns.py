@@ -107,6 +107,9 @@ def test_a_flickering_lamps_offset_is_each_events_bg_off(tmp_path):
     })
     with build_run(cfg, lossless=True) as run:
         assert run.wait(120)
+        st = run.status()
+    # the operator sees it too: the status line and the GUI's status panel (5% reads 0.022)
+    assert 0.015 < st.light_flicker < 0.06 and "lamp flicker" in st.line(), st.line()
     with dclab.new_dataset(next(tmp_path.glob("*.rtdc"))) as ds:
         assert len(ds) >= 10
         off = ds["bg_off"][:]

@@ -298,6 +298,9 @@ def test_status_rows_flag_missed_frames():
     assert stalled.alarm and "200 MB waiting" in stalled.text and "stalled disk" in stalled.tooltip
     assert not {r.key: r for r in status_rows(replace(st, storage_backlog_mb=5.0))}["file"].alarm
     assert not rows["cells"].alarm and "untracked" not in rows["cells"].text
+    steady = {r.key: r for r in status_rows(replace(st, light_gain=1.001, light_flicker=0.002))}["light"]
+    assert not steady.alarm and steady.text == "×1.001 | 0.2 %"
+    assert {r.key: r for r in status_rows(replace(st, light_gain=0.97, light_flicker=0.03))}["light"].alarm
     lost = {r.key: r for r in status_rows(replace(st, tracks_overflow=7, tracks_lost=3))}["cells"]
     assert lost.alarm and "7 untracked" in lost.text and "(cells lost upstream, specks): 3" in lost.tooltip
     assert not rows["trigger"].alarm and rows["trigger"].text == "ok"

@@ -36,7 +36,7 @@ STOP_BEHIND = 2  # the reader fell more than capacity - guard frames behind: rea
 @njit(nogil=True, cache=True)
 def track_ring(images, ring_ids, ring_stamps, ring_host, seq, guard, cursor, max_frames, timeout_ns, poll_ns, ts,
                behind_ok, halt, t0_ns, phase, stride, alpha, bg_threshold, relearn, acc, count, bg,
-               threshold, min_area_px, y0, y1, max_blobs, split_ratio, light_clip, correct, level, blobs, counts,
+               threshold, min_area_px, y0, y1, max_blobs, split_ratio, light_clip, correct, level, light_out, blobs, counts,
                pi, pf, si, sf, motion, hist, crops, done_i, done_hist, done_crops, done_n, done_f, counters, out):
     """Track the ring's frames from sequence number ``cursor`` on as they are published
     (``seq[0]``), until cells finish (and at most ``behind_ok`` frames wait), ``max_frames`` are
@@ -85,7 +85,7 @@ def track_ring(images, ring_ids, ring_stamps, ring_host, seq, guard, cursor, max
             bg_top = rows_max(bg, sy0, sy1)
         phase[0] = (phase[0] + 1) % stride
         img = images[slot]
-        counts[0] = _segment_level(img, bg, bg_top, bgs, light_clip, correct, level, threshold, min_area_px, sy0, sy1,
+        counts[0] = _segment_level(img, bg, bg_top, bgs, light_clip, correct, level, light_out, threshold, min_area_px, sy0, sy1,
                                    mb, split_ratio, blobs[0], labels, sc)
         # finished tracks are appended to those of earlier frames of this call
         done, nd = link_batch(images, slot1, fid1, time1, host1, bg, blobs, counts, pi, pf, si, sf, motion, hist, crops,

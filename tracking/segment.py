@@ -853,16 +853,21 @@ def _scratch(h, w, rows):
             np.empty(w, np.float64), np.empty(w, np.float64), np.empty((2, _MAX_PARTS), np.int64))
 
 
+#: frames the running mean of a frame's |gain - 1| reaches back (the run's "flicker" status)
+LIGHT_MEMORY = 256.0
+
+
 @njit(nogil=True, cache=True)
-def _segment_level(img, bg, bg_top, bgs, light_clip, correct, level, threshold, min_area_px, y0, y1, max_blobs,
-                   split_ratio, out, labels, sc):
+def _segment_level(img, bg, bg_top, bgs, light_clip, correct, level, light_out, threshold, min_area_px, y0, y1,
+                   max_blobs, split_ratio, out, labels, sc):
     """:func:`_segment_frame` (``sc``: its work arrays) against the background; with ``correct``,
     against the background scaled by the frame's light (lamp flicker; ``bgs`` receives the scaled
     rows y0 - 1..y1 + 1; ``bg_top``: the background's brightest level there; ``level``: grey levels
     per 8-bit level; where :func:`tracking.background.corrects`). Every blob's ``B_LIGHT``
     and ``B_BG_OFF`` are the frame's gain and offset (:func:`tracking.background.frame_light`,
     measured with ``light_clip`` > 0, else 1.0 and 0.0), applied or not: an event file says how
-    its frame's light stood either way."""
+    its frame's light stood either way. ``light_out`` (float64[3]) receives the gain, the offset
+    and a running mean of |gain - 1| over the last ~LIGHT_MEMORY frames, for the run's status."""
     use = bg
     gain = 1.0
     off = 0.0
@@ -880,12 +885,15 @@ def _segment_level(img, bg, bg_top, bgs, light_clip, correct, level, threshold, 
         for i in range(nb):
             out[i, B_LIGHT] = gain
             out[i, B_BG_OFF] = off
+        light_out[0] = gain
+        light_out[1] = off
+        light_out[2] += (abs(gain - 1.0) - light_out[2]) / LIGHT_MEMORY
     return nb
 
 
 @njit(nogil=True, cache=True)
 def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts, split_ratio=0.0,
-                   light_clip=0.0, correct=False, level=1.0):
+                   light_clip=0.0, correct=False, level=1.0, light_out=None):
     n = slots.shape[0]
     h, w = bg.shape
     y0 = max(0, min(y0, h))
@@ -895,14 +903,18 @@ def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs,
     labels = np.zeros((1, 1), np.int32)
     bgs = np.empty_like(bg)
     top = rows_max(bg, y0, y1)
+    if light_out is None:
+        light = np.zeros(3)
+    else:
+        light = light_out
     for f in range(n):
-        counts[f] = _segment_level(images[slots[f]], bg, top, bgs, light_clip, correct, level, threshold, min_area_px, y0, y1, mb,
+        counts[f] = _segment_level(images[slots[f]], bg, top, bgs, light_clip, correct, level, light, threshold, min_area_px, y0, y1, mb,
                                    split_ratio, out[f], labels, sc)
 
 
 segment_batch = _segment_batch
 """``segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs, out, counts,
-split_ratio=0.0, light_clip=0.0, correct=False, level=1.0)``: segment ``images[slots[i]]`` into
+split_ratio=0.0, light_clip=0.0, correct=False, level=1.0, light_out=None)``: segment ``images[slots[i]]`` into
 ``out[i, :counts[i]]`` (blob table, see :mod:`tracking.blobs`; ``split_ratio``: cut touching
 cells apart, see :func:`_segment_frame`; ``light_clip`` > 0: measure each frame's light,
 ``correct``: segment against it, see :func:`_segment_level`). Work arrays are allocated once per call (per batch), never per frame."""

@@ -254,6 +254,8 @@ class Tracker:
         #: each frame's light against the background's is measured (every event's bg_off), fitted
         #: to the pixels within the threshold of the fit; segmentation uses it when correcting
         self.light_clip = abs(self.threshold)
+        #: the last frame's gain and offset, and the running mean of |gain - 1| (:attr:`light`)
+        self._light_now = np.array([1.0, 0.0, 0.0])
         self.background.light_rows = (self.y0, self.y1)
         self.background.light_level = grey
         self.correct_flicker(s.flicker_correction)
@@ -274,7 +276,7 @@ class Tracker:
         slot = np.zeros(1, np.int64)
         self._segment(one, slot, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
                       self.settings.max_blobs, self._blobs, self._counts, float(self.settings.split_ratio),
-                      self.light_clip, self.flicker_corrected, self.background.light_level)
+                      self.light_clip, self.flicker_corrected, self.background.light_level, self._light_now.copy())
         self.background._kernel(one, slot[:0], 1, np.float32(0.0), np.float32(1.0), 0, self.background._acc.copy(),
                                 self.background._count.copy(), self.background.image.copy(), self.y0, self.y1, 0.0,
                                 self.background.light_level)
@@ -360,7 +362,7 @@ class Tracker:
             self.background.update(images, sl)
             self._segment(images, sl, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
                           s.max_blobs, self._blobs, self._counts, float(s.split_ratio), self.light_clip,
-                          self.flicker_corrected, bgm_level)
+                          self.flicker_corrected, bgm_level, self._light_now)
             frames_done = 0
             while frames_done < m:
                 if frames_done == 0:
@@ -410,7 +412,7 @@ class Tracker:
                       reader.cursor, max_frames, int(timeout_s * 1e9), int(poll_s * 1e9), ts, behind_ok, no_halt if halt is None else halt, t0, phase,
                       bgm.stride, np.float32(bgm.alpha), np.float32(bgm.threshold), bgm.relearn, bgm._acc, bgm._count,
                       bgm.image, self.threshold, self.min_area_px, self.y0, self.y1, s.max_blobs, float(s.split_ratio),
-                      self.light_clip, self.flicker_corrected, bgm.light_level, self._blobs,
+                      self.light_clip, self.flicker_corrected, bgm.light_level, self._light_now, self._blobs,
                       self._counts, self._pi, self._pf, self._si, self._sf, self._motion, self._hist, self._crops, self._done_i,
                       self._done_hist, self._done_crops, self._done_n, self._done_f, self._counters, out)
         bgm._phase = int(phase[0])
@@ -491,6 +493,14 @@ class Tracker:
                 a = b = ang = 0.0
             out.append((int(si[k, L.SI_ID]), float(sf[k, L.SF_X]), float(sf[k, L.SF_Y]), a, b, ang))
         return out
+
+    @property
+    def light(self) -> tuple[float, float]:
+        """(gain, flicker) of the frames lately: the last frame's light against the background's
+        (1: the same) and the mean |gain - 1| over the last ~256 frames (the simulator's 5%
+        flicker reads 0.022, a steady lamp 0.0003). Read from another thread while the tracker runs."""
+        g, _, flicker = self._light_now.tolist()
+        return g, flicker
 
     @property
     def stats(self) -> TrackerStats:

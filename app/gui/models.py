@@ -374,10 +374,26 @@ def status_rows(st: Any) -> list[StatusRow]:
                           "it left the constriction: "
                           f"{_fmt(getattr(st, 'latency_from_exit_p50_us', math.nan) / 1000, '.2f')} | "
                           f"{_fmt(getattr(st, 'latency_from_exit_p99_us', math.nan) / 1000, '.2f', ' ms')}"),
+        _light_row(st),
         _file_row(st),
         _trigger_row(st),
         _cpu_row(getattr(st, "cpu_cores", None) or {}),
     ]
+
+
+#: mean |gain - 1| from which the light row is alarmed (the simulator's 5% flicker reads 0.022,
+#: its 2% 0.009, a steady lamp 0.0003): flicker that, uncorrected, made channel pass for cells
+FLICKER_ALARM = 0.02
+
+
+def _light_row(st: Any) -> StatusRow:
+    """The frames' light against the background's lately, and how much it flickers."""
+    gain, flicker = getattr(st, "light_gain", math.nan), getattr(st, "light_flicker", math.nan)
+    return StatusRow("light", "Light | flicker", f"×{_fmt(gain, '.3f')} | {_fmt(100 * flicker, '.1f', ' %')}",
+                     flicker >= FLICKER_ALARM,
+                     "the last frame's brightness against the background's (×1: the same), and its mean change "
+                     "from frame to frame over the last ~256 frames: lamp flicker, corrected frame by frame "
+                     "(tracking.flicker_correction); steadier light (an LED on a DC supply) measures cells better")
 
 
 def _trigger_row(st: Any) -> StatusRow:
