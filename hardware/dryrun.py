@@ -23,6 +23,7 @@ class NullTrigger(Trigger):
     """Accepts every pulse and does nothing: the run decides and records as if it sorted."""
 
     backend = "null"
+    has_device = False
     Settings = NullSettings
 
     def _do_open(self) -> str:
@@ -43,6 +44,7 @@ class LogTrigger(Trigger):
     """Writes one line per pulse: event index, fire time, time sent, delay and width."""
 
     backend = "log"
+    has_device = False
     Settings = LogSettings
     HEADER = "event_index\tscheduled_ns\tsent_ns\tdelay_us\twidth_us\n"
 

@@ -154,6 +154,8 @@ class Trigger(ABC):
     unacked_fault_after: ClassVar[int] = 5
     #: shortest and longest pulse the output can make (µs)
     width_range_us: ClassVar[tuple[float, float]] = (1.0, 1_000_000.0)
+    #: a device outputs the pulses (the dry-run backends only count or write them down)
+    has_device: ClassVar[bool] = True
 
     def __init__(self, settings: Any = None, timing: TimingSettings | None = None):
         if settings is None:

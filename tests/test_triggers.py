@@ -623,3 +623,14 @@ def test_a_young_clock_map_keeps_a_sane_rate_through_a_burst():
         cm.add_many(cam[k:k + 16], host[k:k + 16])
         cm.refit()
     assert max(errs) < 5_000_000 and max(errs[4:]) < 100_000, errs[:8]
+
+
+def test_the_wiring_check_of_a_dry_run_trigger_speaks_of_no_device(tmp_path, capsys):
+    # the log trigger has no device, yet `trigger test` said "the device counts ... from the
+    # command's arrival" (its delay is the host's, measured when the line was written)
+    from app.cli import main
+
+    assert main(["trigger", "test", "--device", "log", "--set", f"path={tmp_path / 'p.csv'}", "--count", "2",
+                 "--interval", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": sent ") == 2 and "the device counts" not in out, out
