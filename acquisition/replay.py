@@ -943,10 +943,13 @@ class ReplayCamera(Camera):
         if self._max_level and got and int(self._block[:got].max()) > self._max_level:
             block = self._block[:got]
             j = int(np.flatnonzero(block.reshape(got, -1).max(axis=1) > self._max_level)[0])
-            top = int(block[j].max())
-            raise self._src.error(i + j, f"grey level {top} is above the {self._max_level.bit_length()}-bit range "
+            if j == 0:
+                top = int(block[0].max())
+                raise self._src.error(i, f"grey level {top} is above the {self._max_level.bit_length()}-bit range "
                                          f"(0..{self._max_level}) that {self._depth_from} states: give the bit depth "
                                          f"the frames use (16 where a camera's bits are shifted up to 16)")
+            # the good frames before it still play; the next read starts at the bad frame and refuses it
+            got = j
         self._block_i0, self._block_n = i, got
         if self._src.n < self._stop:
             self._set_stop(max(self._start, self._src.n))

@@ -116,12 +116,24 @@ def test_frames_brighter_than_the_stated_bit_depth_are_refused_naming_the_frame(
     frames[70, 5, 7] = 40000
     path = tmp_path / "sixteen.tif"
     assert cv2.imwritemulti(str(path), list(frames))
+    played = []
     with ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=1000.0, bit_depth=12)) as cam:
         cam.start()
         with pytest.raises(DataFormatError, match=r"sixteen\.tif: frame 70: grey level 40000 is above the 12-bit "
                                                   r"range \(0\.\.4095\) that camera\.replay\.bit_depth \(--bit-depth\) states"):
-            while cam.read(0.1) is not None:
+            while (frame := cam.read(0.1)) is not None:
+                played.append(frame.frame_id)
+    # the frames before the bad one are played (its 64-frame read block was refused whole before)
+    assert played == list(range(70))
+    from acquisition.frame import FrameRing
+
+    with ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=1000.0, bit_depth=12)) as cam:
+        cam.start()
+        ring = FrameRing(128, 32, 48, np.uint16)
+        with pytest.raises(DataFormatError, match=r"frame 70: grey level 40000"):
+            while cam.grab_many_into(ring, 256, 0.5) or not cam.exhausted:
                 pass
+        assert ring.written == 70 and int(ring.frame_ids[69]) == 69
     # the same from a recording's own user:bit depth
     import h5py
 
