@@ -50,6 +50,7 @@ from hardware.trigger import FireRequest
 from mimlsort import realtime
 from mimlsort.errors import ConfigError, MimlsortError, StateError
 from mimlsort.settings import require
+from tracking.background import LIGHT_MAX, LIGHT_MIN
 from tracking.events import CellEvent
 from tracking.geometry import geometry_note
 from tracking.tracker import Tracker, TrackerSettings
@@ -147,7 +148,8 @@ class Status:
     sorted_purity_estimate: float = math.nan
     sorted_recovery_estimate: float = math.nan
     # the light lately (tracking.Tracker.light): the last frame's gain against the background's
-    # and the mean |gain - 1| over ~256 frames, lamp flicker the operator otherwise sees nowhere
+    # and the mean |gain - its running mean| over ~256 frames, lamp flicker the operator otherwise
+    # sees nowhere
     light_gain: float = math.nan
     light_flicker: float = math.nan
 
@@ -186,7 +188,9 @@ class Status:
                 + (f"decide queue {self.decide_queue} waits {self.decide_waits} " if self.decide_waits else "")
                 + (f"images shed {self.images_shed} (backlog {self.storage_backlog_mb:.0f}MB) " if self.images_shed else "")
                 + (f"untracked {self.tracks_overflow} " if self.tracks_overflow else "")
-                + (f"lamp flicker {100 * self.light_flicker:.1f}% (light x{self.light_gain:.3f}) "
+                + (f"light changed x{self.light_gain:.2f} (background relearning) "
+                   if not LIGHT_MIN < self.light_gain < LIGHT_MAX and self.light_gain == self.light_gain else
+                   f"lamp flicker {100 * self.light_flicker:.1f}% (light x{self.light_gain:.3f}) "
                    if self.light_flicker >= FLICKER_SHOWN else "")
                 + (f"est. purity {self.purity_estimate:.3f} recovery {self.recovery_estimate:.3f} "
                    if self.fired and self.purity_estimate == self.purity_estimate else "")
@@ -196,7 +200,7 @@ class Status:
                 + ("" if not self.cpu_cores else " cpu " + " ".join(f"{k}={v:.2f}" for k, v in self.cpu_cores.items())))
 
 
-#: the status line names lamp flicker from this mean |gain - 1| on (the simulator's 2% flicker
+#: the status line names lamp flicker from this mean |gain - its mean| on (the simulator's 2% flicker
 #: reads 0.009, a steady lamp 0.0003)
 FLICKER_SHOWN = 0.005
 

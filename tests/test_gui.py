@@ -301,6 +301,9 @@ def test_status_rows_flag_missed_frames():
     steady = {r.key: r for r in status_rows(replace(st, light_gain=1.001, light_flicker=0.002))}["light"]
     assert not steady.alarm and steady.text == "×1.001 | 0.2 %"
     assert {r.key: r for r in status_rows(replace(st, light_gain=0.97, light_flicker=0.03))}["light"].alarm
+    # a lamp turned down mid-run: no flicker, but no cell is seen until the background relearns
+    dimmed = {r.key: r for r in status_rows(replace(st, light_gain=0.4, light_flicker=0.0))}["light"]
+    assert dimmed.alarm and dimmed.text == "×0.400 | 0.0 % changed"
     lost = {r.key: r for r in status_rows(replace(st, tracks_overflow=7, tracks_lost=3))}["cells"]
     assert lost.alarm and "7 untracked" in lost.text and "(cells lost upstream, specks): 3" in lost.tooltip
     assert not rows["trigger"].alarm and rows["trigger"].text == "ok"

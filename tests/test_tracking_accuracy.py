@@ -388,3 +388,48 @@ def test_a_background_taken_under_a_dim_lamp_is_relearned():
     err = np.abs(learned[True].astype(int) - steady.background.image.astype(int))[tracker.y0:tracker.y1]
     assert np.median(err) <= 3, np.median(err)  # (jumped to single frames, then averaged in slowly)
     np.testing.assert_array_equal(learned[True], learned[False])
+
+
+def test_a_light_step_beyond_the_correction_is_said_and_a_lasting_one_is_no_flicker():
+    # the lamp turned down to 0.4 mid-run: ~100 flagged events and no whole cell for ~2,000
+    # frames while the background relearned, and nothing said why. A lasting step within the
+    # correction (x1.3) read as "lamp flicker 30%" for the rest of the run: flicker is now the
+    # gain's spread about its own running mean
+    from app.pipeline import RunState, Status
+
+    s = synthetic.SyntheticSettings(**UNTUNED)
+    frames, _ = synthetic.render_frames(s, 6000)
+    for gain, said in ((0.4, True), (1.3, False)):
+        lit = frames.astype(np.float32)
+        lit[1000:] *= gain
+        lit = np.clip(np.rint(lit), 0, 255).astype(np.uint8)
+        tracker = Tracker.from_frames(lit, s.pixel_size_um, TrackerSettings())
+        notes = []
+        tracker.on_note = notes.append
+        tracker.process_frames(lit[:1500], fps=s.fps)
+        assert [n for n in notes if "the light changed" in n] == (notes[:1] if said else []), notes
+        if said:
+            assert "is 0.40× as bright as the background" in notes[0] and "2048 frames" in notes[0], notes[0]
+            nan = float("nan")
+            line = Status(RunState.RUNNING, None, "", 1.0, 0, 0.0, 0, 0.0, {}, {}, 0, 0, 0, 0.0, {}, 0, {}, 0, 0, nan,
+                          nan, nan, nan, nan, 0, 0, 0, True, light_gain=tracker.light[0],
+                          light_flicker=tracker.light[1]).line()
+            assert "light changed x0.40" in line and "lamp flicker" not in line, line
+        tracker.process_frames(lit[1500:], fps=s.fps)
+        gain_now, flicker = tracker.light
+        # relearned after 2,048 frames of the new light; corrected throughout
+        assert gain_now == pytest.approx(1.0 if said else gain, abs=0.02) and flicker < 0.003, tracker.light
+        assert len(notes) == (1 if said else 0), notes
+
+
+def test_an_overexposed_camera_is_said():
+    # a saturated channel hides the cells' bright parts and clips bright_* and the crops
+    s = synthetic.SyntheticSettings(seed=5, cells_per_second=60.0)
+    frames, _ = synthetic.render_frames(s, 64)
+    assert Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings()).setup_notes() == []
+    bright = np.clip(frames.astype(np.int32) + 110, 0, 255).astype(np.uint8)
+    notes = Tracker.from_frames(bright, s.pixel_size_um, TrackerSettings()).setup_notes()
+    assert len(notes) == 1 and "at the camera's top grey level (overexposed)" in notes[0], notes
+    # a 12-bit camera's data shifted up to 16 bits saturates at 65520, not 65535
+    deep = Tracker.from_frames(bright.astype(np.uint16) << 8, s.pixel_size_um, TrackerSettings(), bit_depth=16)
+    assert deep.setup_notes() == notes

@@ -332,6 +332,9 @@ FLICKER_SHARE = 0.5
 #: camera noise sd beyond this share of the threshold is found as cells (sd 4 of 6: 20% phantom
 #: cells, sd 5: 80%; sd 3: none)
 NOISE_SHARE = 0.6
+#: share of the first frames' pixels at the camera's top grey level said as overexposure (a speck
+#: of glare on RT-DC's shared example files: 0.2%)
+SATURATED_SHARE = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +343,7 @@ class Illumination:
 
     flicker: float  # whole frames brighter or darker than the background from one frame to the next (95th percentile)
     noise: float  # camera noise sd
+    saturated: float = 0.0  # share of the pixels at the top 8-bit grey level of the camera's range
 
     def flickers(self, threshold: float) -> bool:
         """Is the flicker enough to make stretches of channel pass for cells at ``threshold``?"""
@@ -366,6 +370,12 @@ class Illumination:
             notes.append(f"the camera's noise (sd {self.noise:.1f} grey levels, 8-bit) is close to the segmentation "
                          f"threshold of {t:g}: noise will be found as cells. More light or a longer exposure lowers "
                          f"it, or raise |tracking.threshold|")
+        if self.saturated >= SATURATED_SHARE:
+            # a saturated channel hides the cells' bright interiors and halos: masks lose them where
+            # |tracking.threshold| is used, and bright_* and the model's crops are clipped
+            notes.append(f"{100 * self.saturated:.0f}% of the first frames' pixels are at the camera's top grey level "
+                         f"(overexposed): cells there are not seen whole and their brightness (bright_*, the crops "
+                         f"the model sees) is clipped. Shorten the exposure or dim the lamp")
         return notes
 
 
@@ -377,12 +387,15 @@ def measure_illumination(stack: np.ndarray, background: np.ndarray, grey: float 
         return None
     h, w = background.shape
     step = max(1, int(math.sqrt(h * w / 16384)))  # a sample of ~16k pixels a frame is plenty
-    diff = (np.asarray(stack)[:, ::step, ::step].astype(np.float32) - background[::step, ::step]) / grey
+    sample = np.asarray(stack)[:, ::step, ::step]
+    diff = (sample.astype(np.float32) - background[::step, ::step]) / grey
     off = np.median(diff.reshape(len(diff), -1), axis=1)
     flicker = float(np.percentile(np.abs(off - np.median(off)), 95))
     d = np.diff(diff - off[:, None, None], axis=0)
     noise = 1.4826 * float(np.median(np.abs(d))) / math.sqrt(2.0)
-    return Illumination(flicker, noise)
+    # the top 8-bit level of the range: a 12-bit camera's data shifted up to 16 bits tops out at 65520
+    top = 256.0 * grey - grey
+    return Illumination(flicker, noise, float(np.mean(sample >= top)))
 
 
 def estimate_background(stack: np.ndarray, *, kernels: str = "numba") -> np.ndarray:

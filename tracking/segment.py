@@ -866,8 +866,9 @@ def _segment_level(img, bg, bg_top, bgs, light_clip, correct, level, light_out, 
     per 8-bit level; where :func:`tracking.background.corrects`). Every blob's ``B_LIGHT``
     and ``B_BG_OFF`` are the frame's gain and offset (:func:`tracking.background.frame_light`,
     measured with ``light_clip`` > 0, else 1.0 and 0.0), applied or not: an event file says how
-    its frame's light stood either way. ``light_out`` (float64[3]) receives the gain, the offset
-    and a running mean of |gain - 1| over the last ~LIGHT_MEMORY frames, for the run's status."""
+    its frame's light stood either way. ``light_out`` (float64[4]) receives the gain, the offset,
+    and running means over the last ~LIGHT_MEMORY frames of |gain - mean gain| and of the gain, for
+    the run's status."""
     use = bg
     gain = 1.0
     off = 0.0
@@ -887,7 +888,10 @@ def _segment_level(img, bg, bg_top, bgs, light_clip, correct, level, light_out, 
             out[i, B_BG_OFF] = off
         light_out[0] = gain
         light_out[1] = off
-        light_out[2] += (abs(gain - 1.0) - light_out[2]) / LIGHT_MEMORY
+        # flicker about the light's own running mean, not about 1: a lamp turned up for good is
+        # corrected (or relearned), and read as flicker it was said as such for the rest of the run
+        light_out[3] += (gain - light_out[3]) / LIGHT_MEMORY
+        light_out[2] += (abs(gain - light_out[3]) - light_out[2]) / LIGHT_MEMORY
     return nb
 
 
@@ -904,7 +908,7 @@ def _segment_batch(images, slots, bg, threshold, min_area_px, y0, y1, max_blobs,
     bgs = np.empty_like(bg)
     top = rows_max(bg, y0, y1)
     if light_out is None:
-        light = np.zeros(3)
+        light = np.zeros(4)
     else:
         light = light_out
     for f in range(n):

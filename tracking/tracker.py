@@ -30,8 +30,8 @@ from mimlsort.settings import require
 from tracking import link as L
 from tracking import live as LV
 from tracking._pure import pure_python
-from tracking.background import (BackgroundModel, corrects, estimate_background, estimate_steady_background,
-                                  measure_illumination)
+from tracking.background import (LIGHT_MAX, LIGHT_MIN, BackgroundModel, corrects, estimate_background,
+                                  estimate_steady_background, measure_illumination)
 from tracking.blobs import (
     B_ANGLE,
     B_AREA,
@@ -244,6 +244,7 @@ class Tracker:
         self._paces_unlearned = 0
         self._light = None  # measure_illumination of the run's first frames, when built from them
         self._frames_inside: list[float] | None = []  # per unflagged passage, until the sampling is judged
+        self._light_stepped = False  # the last frame's light is beyond what the flicker correction follows
         #: called with each note about the run's measurements that belongs in its record (the
         #: pipeline writes them into the event file's log); they are logged as warnings too
         self.on_note: Callable[[str], None] | None = None
@@ -254,8 +255,9 @@ class Tracker:
         #: each frame's light against the background's is measured (every event's bg_off), fitted
         #: to the pixels within the threshold of the fit; segmentation uses it when correcting
         self.light_clip = abs(self.threshold)
-        #: the last frame's gain and offset, and the running mean of |gain - 1| (:attr:`light`)
-        self._light_now = np.array([1.0, 0.0, 0.0])
+        #: the last frame's gain and offset, and the running means of |gain - mean gain| and of
+        #: the gain (:attr:`light`)
+        self._light_now = np.array([1.0, 0.0, 0.0, 1.0])
         self.background.light_rows = (self.y0, self.y1)
         self.background.light_level = grey
         self.correct_flicker(s.flicker_correction)
@@ -363,6 +365,8 @@ class Tracker:
             self._segment(images, sl, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
                           s.max_blobs, self._blobs, self._counts, float(s.split_ratio), self.light_clip,
                           self.flicker_corrected, bgm_level, self._light_now)
+            if (not LIGHT_MIN < self._light_now[0] < LIGHT_MAX) is not self._light_stepped:
+                self._judge_light(int(frame_ids[a + m - 1]))
             frames_done = 0
             while frames_done < m:
                 if frames_done == 0:
@@ -419,6 +423,8 @@ class Tracker:
         n = int(out[LV.O_FRAMES])
         if n:
             reader.advance(n)
+            if (not LIGHT_MIN < self._light_now[0] < LIGHT_MAX) is not self._light_stepped:
+                self._judge_light(int(ring.frame_ids[(reader.cursor - 1) % ring.capacity]))
         events: list[CellEvent] = []
         if out[LV.O_DONE]:
             self._snap_images = ring.images
@@ -497,9 +503,10 @@ class Tracker:
     @property
     def light(self) -> tuple[float, float]:
         """(gain, flicker) of the frames lately: the last frame's light against the background's
-        (1: the same) and the mean |gain - 1| over the last ~256 frames (the simulator's 5%
-        flicker reads 0.022, a steady lamp 0.0003). Read from another thread while the tracker runs."""
-        g, _, flicker = self._light_now.tolist()
+        (1: the same) and the mean |gain - its running mean| over the last ~256 frames (the
+        simulator's 5% flicker reads 0.022, a steady lamp 0.0003, a lamp turned up for good 0
+        once ~256 frames have passed). Read from another thread while the tracker runs."""
+        g, _, flicker, _ = self._light_now.tolist()
         return g, flicker
 
     @property
@@ -597,6 +604,26 @@ class Tracker:
                          f"tracking.emit_after_exit_um ({s.emit_after_exit_um:g} µm): cells leave it before their "
                          f"events are complete")
         return notes
+
+    def _judge_light(self, frame_id: int) -> None:
+        """Say when the light leaves, and comes back within, what the flicker correction follows
+        (a gain of LIGHT_MIN..LIGHT_MAX against the background): beyond it (a lamp turned up or
+        down, an exposure changed) the background relearns pixel by pixel, and until it has the
+        cells are missed or found in pieces, their events flagged (simulated ×0.4: ~100 flagged
+        events and no whole cell for ~2,000 frames). Nothing told the user why."""
+        gain = float(self._light_now[0])
+        self._light_stepped = not LIGHT_MIN < gain < LIGHT_MAX
+        bgm = self.background
+        if not self._light_stepped:
+            log.info("the light is back within %g-%g× the background's by frame %d", LIGHT_MIN, LIGHT_MAX, frame_id)
+            return
+        note = (f"the light changed: frame {frame_id} is {gain:.2f}× as bright as the background, beyond the "
+                f"{LIGHT_MIN:g}-{LIGHT_MAX:g}× the flicker correction follows (a lamp or the exposure changed?). "
+                f"The background takes the new light over after {bgm.relearn * bgm.stride} frames of it; until "
+                f"then cells are missed or found in pieces, their events flagged")
+        log.warning("%s", note)
+        if self.on_note is not None:
+            self.on_note(note)
 
     def _judge_sampling(self, h: np.ndarray, transit_ms: float, v_before_mm_s: float) -> None:
         """Once ``SAMPLING_CELLS`` unflagged cells have passed, say what the frame rate does to

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mimlsort.errors import ConfigError
+from tracking.background import LIGHT_MAX, LIGHT_MIN
 from tracking.features import FEATURES
 
 # class colours (colour-blind safe, Okabe-Ito) in model class order; the last entry is for "?"
@@ -381,7 +382,7 @@ def status_rows(st: Any) -> list[StatusRow]:
     ]
 
 
-#: mean |gain - 1| from which the light row is alarmed (the simulator's 5% flicker reads 0.022,
+#: mean |gain - its mean| from which the light row is alarmed (the simulator's 5% flicker reads 0.022,
 #: its 2% 0.009, a steady lamp 0.0003): flicker that, uncorrected, made channel pass for cells
 FLICKER_ALARM = 0.02
 
@@ -389,11 +390,15 @@ FLICKER_ALARM = 0.02
 def _light_row(st: Any) -> StatusRow:
     """The frames' light against the background's lately, and how much it flickers."""
     gain, flicker = getattr(st, "light_gain", math.nan), getattr(st, "light_flicker", math.nan)
-    return StatusRow("light", "Light | flicker", f"×{_fmt(gain, '.3f')} | {_fmt(100 * flicker, '.1f', ' %')}",
-                     flicker >= FLICKER_ALARM,
+    changed = gain == gain and not LIGHT_MIN < gain < LIGHT_MAX
+    return StatusRow("light", "Light | flicker",
+                     f"×{_fmt(gain, '.3f')} | {_fmt(100 * flicker, '.1f', ' %')}" + (" changed" if changed else ""),
+                     flicker >= FLICKER_ALARM or changed,
                      "the last frame's brightness against the background's (×1: the same), and its mean change "
                      "from frame to frame over the last ~256 frames: lamp flicker, corrected frame by frame "
-                     "(tracking.flicker_correction); steadier light (an LED on a DC supply) measures cells better")
+                     "(tracking.flicker_correction); steadier light (an LED on a DC supply) measures cells better. "
+                     f"Beyond ×{LIGHT_MIN:g}–{LIGHT_MAX:g} the light changed (a lamp or the exposure): cells are "
+                     "missed until the background has taken it over (2,048 frames)")
 
 
 def _trigger_row(st: Any) -> StatusRow:
