@@ -42,7 +42,8 @@ up by the cell ahead while squeezing (their transit and v_max reflect that).
 
 Faults: dropped frames (``drop_rate``, frame-id gaps), failed buffers (``failed_rate``: the frame
 is discarded and counted in ``failed_buffers`` — its id is missing too, as on a GenICam camera),
-lamp flicker (``flicker``), a wrapping frame counter (``id_bits``); in ``realtime`` mode a consumer
+lamp flicker (``flicker``), a lamp turned up or down (``lamp``), a wrapping frame counter
+(``id_bits``); in ``realtime`` mode a consumer
 that falls more than ``max_lag_frames`` behind loses frames as on a real camera.
 
 Everything is deterministic for a seed: objects come from one random stream generated in time
@@ -180,6 +181,7 @@ class SyntheticSettings:
     noise_sd: float = 2.0  # temporal noise per pixel, grey levels
     exposure_us: float = 2.0  # exposure (flash) time: motion blur along the flow
     flicker: float = 0.0  # relative amplitude of lamp flicker (100 Hz and random frame to frame)
+    lamp: float = 1.0  # the lamp's brightness against the usual (change it mid-run: a lamp turned up or down)
     debris_per_second: float = 5.0  # small rigid particles (mostly below the tracker's size limit)
     debris_diameter_um: tuple[float, float] = (1.5, 4.5)  # debris size range
     doublet_fraction: float = 0.01  # share of arrivals that are two touching cells
@@ -213,6 +215,7 @@ class SyntheticSettings:
             require(0 <= getattr(self, name) <= 255, name, f"must be in [0, 255], got {getattr(self, name)}")
         require(self.noise_sd <= 40, "noise_sd", f"must be <= 40 grey levels, got {self.noise_sd}")
         require(self.flicker < 0.5, "flicker", f"must be < 0.5, got {self.flicker}")
+        require(0 < self.lamp <= 4, "lamp", f"must be in (0, 4], got {self.lamp}")
         require(self.illumination_gradient < 0.8, "illumination_gradient",
                 f"must be < 0.8, got {self.illumination_gradient}")
         require(self.constriction_gap_um < self.channel_width_um, "constriction_gap_um",
@@ -952,8 +955,8 @@ class SyntheticCamera(Camera):
         return total
 
     def apply(self, changes: dict) -> dict:
-        """Change the arrival rates, noise, flicker, faults or pacing of an open camera."""
-        live = {"cells_per_second", "debris_per_second", "noise_sd", "flicker", "drop_rate", "failed_rate",
+        """Change the arrival rates, noise, flicker, lamp, faults or pacing of an open camera."""
+        live = {"cells_per_second", "debris_per_second", "noise_sd", "flicker", "lamp", "drop_rate", "failed_rate",
                 "realtime", "doublet_fraction", "stuck_fraction"}
         for k in changes:
             if k not in live:
@@ -1037,6 +1040,8 @@ class SyntheticCamera(Camera):
             offsets = rng.integers(0, _NOISE_LEN, _CHUNK)
             t = (c * _CHUNK + np.arange(_CHUNK)) / s.fps
             gains = 1.0 + s.flicker * (0.6 * np.sin(2 * np.pi * 100.0 * t) + 0.4 * rng.uniform(-1, 1, _CHUNK))
+            if s.lamp != 1.0:  # (left out at 1: frames stay bit-identical to those models were trained on)
+                gains *= s.lamp
             # Python lists: indexing them per frame is cheaper than indexing arrays and converting
             self._status = st.tolist()
             self._offsets = offsets.tolist()

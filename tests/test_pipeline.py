@@ -964,3 +964,36 @@ def test_a_gap_in_a_realtime_replays_times_is_said_as_such(tmp_path, monkeypatch
             assert run.wait(60)
     assert re.search(r"no frame from the replay for \d s: its next frame is timed later than the last", caplog.text)
     assert "camera.replay.trigger" not in caplog.text and run.status().frames_in == 200
+
+
+def test_a_lamp_turned_down_mid_run_is_said_on_the_status_line_and_in_the_file(tmp_path):
+    # beyond the 0.5-2x the flicker correction follows, no whole cell is found until the
+    # background relearns (2,048 frames): the live path says so where the operator looks
+    import dclab
+
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.0, "realtime": True, "seed": 3,
+                                                         "cells_per_second": 20.0}},
+        "model": {"path": "none"}, "autostop": {"seconds": 30.0},
+        "output": {"folder": str(tmp_path), "report": False},
+    })
+    lines = []
+    with build_run(cfg) as run:
+        deadline = time.monotonic() + 90
+        while run.status().frames_processed < 2000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "light changed" not in run.status().line()
+        run.pipeline.camera.apply({"lamp": 0.4})
+        while time.monotonic() < deadline and not any("light changed" in x for x in lines):
+            lines.append(run.status().line())
+            time.sleep(0.02)
+        run.stop()
+        assert run.wait(60)
+    said = [x for x in lines if "light changed" in x]
+    assert said and "light changed x0.40 (background relearning)" in said[0], lines[-3:]
+    with dclab.new_dataset(run.events_path) as ds:
+        text = " ".join("".join(ds.logs[name]) for name in ds.logs)
+    assert "the light changed: frame" in text and "0.40× as bright as the background" in text, text

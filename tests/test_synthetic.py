@@ -230,6 +230,15 @@ def test_flicker_changes_frame_brightness():
     assert flick.mean(axis=(1, 2)).std() > 5 * steady.mean(axis=(1, 2)).std()
 
 
+def test_the_lamp_scales_the_whole_frame_and_is_refused_outside_its_range():
+    base = SyntheticSettings(seed=2, cells_per_second=0, debris_per_second=0, noise_sd=0.0)
+    steady, _ = render_frames(base, 20)
+    dim, _ = render_frames(dataclasses.replace(base, lamp=0.5), 20)
+    assert np.abs(dim.astype(float) - 0.5 * steady).max() <= 1.0  # walls and channel alike
+    with pytest.raises(ConfigError, match="lamp"):
+        SyntheticSettings(lamp=0.0)
+
+
 def test_doublets_debris_and_stuck_cells_appear_when_enabled():
     on = SyntheticSettings(seed=8, duration_s=3.0, cells_per_second=30, doublet_fraction=0.3, stuck_fraction=0.3,
                            debris_per_second=20, stuck_ms=(10.0, 30.0))
