@@ -714,8 +714,14 @@ class Tracker:
             seg_bg = bg.copy()  # (only the window is segmented)
             win = bg[ya:yb, xa:xb].astype(np.float64)
             seg_bg[ya:yb, xa:xb] = np.minimum(np.floor(gain * win + 0.5), np.iinfo(bg.dtype).max)
-        self._nearest_mask(image, seg_bg, self.threshold, float(self.min_area_px), self.settings.max_blobs,
-                           x, y, ya, yb, xa, xb, mask, float(self.settings.split_ratio))
+        if not self._nearest_mask(image, seg_bg, self.threshold, float(self.min_area_px), self.settings.max_blobs,
+                                  x, y, ya, yb, xa, xb, mask, float(self.settings.split_ratio)):
+            # a blob cut from a touching neighbour can fall apart, segmented again inside its own
+            # bounding box, into pieces under the area limit: its mask was empty, and dclab's
+            # bright_perc_* stopped with an IndexError on the file (contour features had no contour).
+            # The window is the blob's, so its dark pixels nearest the centroid are the blob's
+            self._nearest_mask(image, seg_bg, self.threshold, 0.0, self.settings.max_blobs,
+                               x, y, ya, yb, xa, xb, mask, 0.0)
         return Snapshot(image=image, background=bg, mask=mask, frame_id=frame_id, pos_x_px=x, pos_y_px=y)
 
 
