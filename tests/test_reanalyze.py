@@ -243,3 +243,22 @@ def test_the_offset_a_source_recorded_is_segmented_with_and_kept(tmp_path):
                 big = ref["area_um"][:][src_index] > 20
                 rel = np.abs(feats["area_um"][big] / ref["area_um"][:][src_index][big] - 1)
                 assert np.median(rel) < 0.027, rel  # 0.020; against image_bg alone 0.03
+
+
+def test_an_event_file_of_mimlsorts_own_is_segmented_against_its_backgrounds(tmp_path):
+    # mimlsort's event writer keeps image_bg in a dclab internal basin (basin_events/image_bg,
+    # mapped by basinmap0), and replay/track send its event files here: it was not found, and the
+    # images were segmented against their own median (area -10% on a tracked file, cells lost)
+    import dclab
+
+    from app.reanalyze import reanalyze
+
+    first, again = tmp_path / "first.rtdc", tmp_path / "again.rtdc"
+    reanalyze(DATA / "2020-10_image_bg.rtdc", first)
+    res = reanalyze(first, again)
+    with dclab.new_dataset(first) as a, dclab.new_dataset(again) as b:
+        assert len(b) == res.events_out == len(a)
+        for i in range(len(a)):
+            np.testing.assert_array_equal(b["image_bg"][i], a["image_bg"][i])
+        np.testing.assert_allclose(b["area_um"][:], a["area_um"][:], rtol=1e-6)
+        np.testing.assert_allclose(b["deform"][:], a["deform"][:], atol=1e-6)
