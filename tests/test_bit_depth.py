@@ -48,7 +48,8 @@ def test_without_its_bit_depth_a_12_bit_camera_is_read_as_16_bit_and_says_so(sce
     with caplog.at_level("WARNING", logger="tracking.tracker"):
         _, ev = _track(frames8.astype(np.uint16) << 4, s.pixel_size_um)
     assert ev == []
-    assert any("16-bit range" in r.getMessage() and "--bit-depth" in r.getMessage() for r in caplog.records)
+    assert any("under an eighth (8192) of the 16-bit range" in r.getMessage() and "--bit-depth" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_12_bit_tiff_recording_is_tracked_once_its_bit_depth_is_given(scene, tmp_path):

@@ -173,10 +173,11 @@ class Tracker:
         self._crop_shift = depth - 8
         top = int(np.max(background)) if background.size else 0
         if depth > 8 and top < 2 ** (depth - 3):
-            log.warning("the background's brightest pixel is %d, an eighth of the %d-bit range the source says it "
-                        "uses, and the tracking thresholds are 8-bit grey levels scaled to that range: if its grey "
-                        "levels use fewer bits, say so (a recording's: camera.replay.bit_depth or --bit-depth), or "
-                        "no cell will be found", top, depth)
+            # (it said "is 2704, an eighth of the 16-bit range": 2704 is a 24th of it)
+            log.warning("the background's brightest pixel is %d, under an eighth (%d) of the %d-bit range the "
+                        "source says it uses, and the tracking thresholds are 8-bit grey levels scaled to that "
+                        "range: if its grey levels use fewer bits, say so (a recording's: camera.replay.bit_depth "
+                        "or --bit-depth), or no cell will be found", top, 2 ** (depth - 3), depth)
         self.settings = s = settings
         self.geometry = g = geometry
         px = g.pixel_size_um
