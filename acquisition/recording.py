@@ -50,7 +50,7 @@ from typing import Any, Literal
 import numpy as np
 
 from acquisition.frame import RingReader
-from mimlsort import __version__
+from mimlsort.provenance import software_version
 from mimlsort.errors import ConfigError, DataFormatError, DeviceError, MimlsortError, StateError
 from mimlsort.settings import require
 
@@ -451,7 +451,9 @@ class RawRecorder:
             "imaging:roi position x": np.int64(0),
             "imaging:roi position y": np.int64(0),
             "setup:chip region": "channel",
-            "setup:software version": f"mimlsort {__version__}",
+            # with the commit, as the event files: the simulator's frames and the recorder's
+            # layout change between commits of one version too
+            "setup:software version": software_version(),
             "setup:module composition": "mimlsort",
             "setup:identifier": "mimlsort",
             "user:bit depth": np.int64(self.bit_depth),

@@ -44,6 +44,19 @@ def test_the_event_file_carries_it(tmp_path):
     assert software_version().startswith(f"mimlsort {__version__}")
 
 
+def test_a_raw_recording_carries_it(tmp_path):
+    # the recorder (simulate --out, output.record_raw) wrote the plain version
+    import h5py
+
+    from acquisition.recording import RawRecorder
+    from mimlsort.provenance import software_version
+
+    with RawRecorder(tmp_path / "r.rtdc", 40, 20, pixel_size_um=0.5, fps=4000.0):
+        pass
+    with h5py.File(tmp_path / "r.rtdc", "r") as f:
+        assert f.attrs["setup:software version"] == software_version()
+
+
 def test_the_command_line_says_it(capsys):
     from app.cli import main
     from mimlsort.provenance import software_version
