@@ -57,6 +57,16 @@ def test_flat_image_names_the_wall_keys():
         detect_geometry(np.full((60, 200), 150, np.uint8), 0.5)
 
 
+@pytest.mark.parametrize("turns", [1, 3])
+def test_a_channel_running_up_the_image_points_to_the_flow_direction(turns):
+    # a turned camera's recording replayed without its turn was told only to set the channel geometry
+    with pytest.raises(ConfigError, match=r"channel_top_um.*walls run up and down the image.*--flow-direction"):
+        detect_geometry(np.rot90(chip(), turns), 0.5)
+    with pytest.raises(ConfigError) as err:
+        detect_geometry(np.full((60, 200), 150, np.uint8), 0.5)
+    assert "flow" not in str(err.value)
+
+
 def test_straight_channel_names_the_constriction_keys():
     with pytest.raises(ConfigError, match="constriction_start_um"):
         detect_geometry(chip(half_gap=24.0), 0.5)

@@ -108,9 +108,11 @@ def _refine_face(bg: np.ndarray, rows: list[int], x_est: float, inward: int, i0:
 
 
 def detect_geometry(background: np.ndarray, pixel_size_um: float, *, smooth_px: int = 5,
-                    min_contrast: float = 4.0, constriction: bool = True) -> DetectedGeometry:
+                    min_contrast: float = 4.0, constriction: bool = True, look_turned: bool = True) -> DetectedGeometry:
     """Channel walls and constriction in ``background`` (2-D, any real dtype). ``constriction``
-    False: the walls only (the constriction is given; its x values are then 0)."""
+    False: the walls only (the constriction is given; its x values are then 0). ``look_turned``:
+    where no walls run along x, the error says whether they run along y (a flow direction that
+    was not given)."""
     bg = np.asarray(background, dtype=np.float64)
     if bg.ndim != 2 or min(bg.shape) < 4:
         shape = "x".join(map(str, bg.shape[::-1]))
@@ -157,8 +159,20 @@ def detect_geometry(background: np.ndarray, pixel_size_um: float, *, smooth_px: 
         bottom[x] = _crossing(p, b + 1, b, t)
     found = ~np.isnan(top)
     if found.sum() < max(4, w // 4):
+        hint = ""
+        if look_turned:
+            try:
+                detect_geometry(bg.T, pixel_size_um, smooth_px=smooth_px, min_contrast=min_contrast,
+                                constriction=False, look_turned=False)
+            except ConfigError:
+                pass
+            else:
+                # a turned camera's recording replayed without its turn was told to "set the channel
+                # geometry", which no geometry setting can make track
+                hint = ("; its walls run up and down the image instead: cells flow vertically in it, so say which "
+                        "way (camera.flow_direction; --flow-direction on replay and track)")
         raise ConfigError(_KEYS_WALLS, f"channel walls found in only {int(found.sum())} of {w} columns of the "
-                                       "background image: set the channel geometry")
+                                       f"background image: set the channel geometry{hint}")
     width = bottom - top
     if not constriction:
         return DetectedGeometry(constriction_x0=0.0, constriction_x1=0.0, channel_y0=max(0.0, float(np.nanmin(top))),
