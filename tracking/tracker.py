@@ -68,6 +68,10 @@ CELL_RADIUS_UM = 10.0
 SAMPLING_CELLS = 32
 #: fewer frames than this in the constriction (median) and it says that the speeds are coarse
 MIN_FRAMES_INSIDE = 3.0
+#: a track that ends this far (µm) upstream of where it started went against the flow; this many
+#: of them, and none the other way, and the tracker says the flow direction was not given
+BACKWARD_UM = 10.0
+BACKWARD_TRACKS = 4
 
 _H = L.N_H_EXTRA  # offset of blob columns in a history row
 #: µm past the constriction exit after which a cell moves at the downstream channel's pace (it
@@ -246,6 +250,7 @@ class Tracker:
         self._light = None  # measure_illumination of the run's first frames, when built from them
         self._frames_inside: list[float] | None = []  # per unflagged passage, until the sampling is judged
         self._light_stepped = False  # the last frame's light is beyond what the flicker correction follows
+        self._moves: list[int] | None = [0]  # tracks that went BACKWARD_UM against the flow, until one went with it
         #: called with each note about the run's measurements that belongs in its record (the
         #: pipeline writes them into the event file's log); they are logged as warnings too
         self.on_note: Callable[[str], None] | None = None
@@ -554,6 +559,8 @@ class Tracker:
             q |= _Q_INCOMPLETE
         if q == 0 and self._frames_inside is not None:
             self._judge_sampling(h, feats["transit_time_ms"], feats["v_before_mm_s"])
+        if self._moves is not None:
+            self._judge_direction(float(h[-1, _H + B_X] - h[0, _H + B_X]) * g.pixel_size_um)
         quality = _QUALITY.get(q)
         if quality is None:
             quality = _QUALITY[q] = Quality(q)
@@ -606,6 +613,12 @@ class Tracker:
                          f"events are complete")
         return notes
 
+    def _say(self, note: str) -> None:
+        """A note about the run's measurements: a warning, and a line of the event file's log."""
+        log.warning("%s", note)
+        if self.on_note is not None:
+            self.on_note(note)
+
     def _judge_light(self, frame_id: int) -> None:
         """Say when the light leaves, and comes back within, what the flicker correction follows
         (a gain of LIGHT_MIN..LIGHT_MAX against the background): beyond it (a lamp turned up or
@@ -622,9 +635,26 @@ class Tracker:
                 f"{LIGHT_MIN:g}-{LIGHT_MAX:g}× the flicker correction follows (a lamp or the exposure changed?). "
                 f"The background takes the new light over after {bgm.relearn * bgm.stride} frames of it; until "
                 f"then cells are missed or found in pieces, their events flagged")
-        log.warning("%s", note)
-        if self.on_note is not None:
-            self.on_note(note)
+        self._say(note)
+
+    def _judge_direction(self, dx_um: float) -> None:
+        """Say once when cells move right to left: a camera turned against the flow, replayed or
+        run without camera.flow_direction, gave a few INCOMPLETE events (10 of 29 cells) and
+        nothing said why. A track with the flow never goes that far back, so one that goes with
+        it settles the question."""
+        if dx_um >= BACKWARD_UM:
+            self._moves = None
+            return
+        if dx_um > -BACKWARD_UM:
+            return
+        self._moves[0] += 1
+        if self._moves[0] < BACKWARD_TRACKS:
+            return
+        self._moves = None
+        note = (f"cells move right to left in the image ({BACKWARD_TRACKS} tracks went more than {BACKWARD_UM:g} µm "
+                f"against the flow the tracker expects, none with it): the tracker takes them left to right, so "
+                f"say which way they flow (camera.flow_direction; --flow-direction on replay and track)")
+        self._say(note)
 
     def _judge_sampling(self, h: np.ndarray, transit_ms: float, v_before_mm_s: float) -> None:
         """Once ``SAMPLING_CELLS`` unflagged cells have passed, say what the frame rate does to
@@ -660,9 +690,7 @@ class Tracker:
                          f"there, and pulses come late; a lower frame rate (or a larger pixel size) gives "
                          f"{slowest:g} px a frame or more")
         for note in notes:
-            log.warning("%s", note)
-            if self.on_note is not None:
-                self.on_note(note)
+            self._say(note)
 
     def _extra(self, info: list, h: np.ndarray, i_max: int, easing_ms: float) -> dict:
         """When and where the event was emitted, and what the frame of maximum DI (the event
