@@ -586,7 +586,8 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
                 target_event_count=cfg.autostop.events, target_duration_s=cfg.autostop.seconds,
                 # from the configuration, not from whether the first cells kept their ROI frame: a
                 # run that fell behind at its start wrote crops for the whole run
-                event_images="roi" if cfg.tracking.snapshots else "crop", **setup,
+                event_images="roi" if cfg.tracking.snapshots else "crop",
+                segmentation_threshold=cfg.tracking.threshold, **setup,
             )
             comp = cfg.output.compression
             options = {"compression": None if comp == "none" else "zstd", "compress_images": comp == "all"}

@@ -151,6 +151,11 @@ class RunMeta:
     # how `deform` was measured: "tracked" (at the frame of maximum DI inside the constriction) or
     # "single image" (reanalysis of RT-DC event images: RT-DC's own channel deformation)
     measured: str = "tracked"
+    # how the event masks were segmented, so that a reanalysis of the file segments its images
+    # the same way: RT-DC's signed threshold in 8-bit grey levels (< 0: darker than the background)
+    # and the closing kernel in px (0: none, the tracker's)
+    segmentation_threshold: float = -6.0
+    segmentation_closing_px: int = 0
     # setup keys written with mimlsort's defaults because nobody gave the experiment's values
     # (dclab requires every one of them): named in the file so no one takes them for measured
     placeholders: tuple[str, ...] = ()
@@ -192,6 +197,10 @@ class RunMeta:
         require(self.measured in ("tracked", "single image"), "measured",
                 f"must be 'tracked' or 'single image', got {self.measured!r}")
         require(self.target_event_count >= 0, "target_event_count", f"must be >= 0, got {self.target_event_count}")
+        require(math.isfinite(self.segmentation_threshold) and self.segmentation_threshold != 0,
+                "segmentation_threshold", f"must be finite and not 0, got {self.segmentation_threshold}")
+        require(self.segmentation_closing_px >= 0, "segmentation_closing_px",
+                f"must be >= 0, got {self.segmentation_closing_px}")
         require(self.target_duration_s >= 0, "target_duration_s", f"must be >= 0, got {self.target_duration_s}")
 
     def to_json(self) -> str:
@@ -521,6 +530,8 @@ class EventWriter:
             "user:camera": m.camera,
             "user:camera roi": f"{m.roi[0]}x{m.roi[1]}",
             "user:camera bit depth": int(m.bit_depth),
+            "user:segmentation threshold": float(m.segmentation_threshold),
+            "user:segmentation closing": int(m.segmentation_closing_px),
             "user:frame times": ("the source file's" if m.measured == "single image" else
                                  "camera clock" if m.camera_clock else "host arrival (camera has no clock)"),
             "user:event image": "pending",
