@@ -42,11 +42,14 @@ _DEFS = [
     FeatureDef("diameter_um", "µm", "equivalent-circle diameter 2*sqrt(A/pi) upstream of the constriction"),
     FeatureDef("deform", "", "RT-DC deformation 1 - 2*sqrt(pi*A)/P of the convex hull, at maximum DI", rtdc=True),
     FeatureDef("area_um", "µm²", "RT-DC convex-hull area, upstream of the constriction", rtdc=True),
-    FeatureDef("bright_avg", "a.u.", "mean brightness inside the cell mask, upstream of the constriction", rtdc=True),
-    FeatureDef("bright_sd", "a.u.", "brightness standard deviation inside the cell mask, upstream", rtdc=True),
+    FeatureDef("bright_avg", "a.u.", "mean brightness inside the cell mask, upstream of the constriction (the camera's grey "
+               "levels; the event file's dclab column: its 8-bit images')", rtdc=True),
+    FeatureDef("bright_sd", "a.u.", "brightness standard deviation inside the cell mask, upstream (grey levels as "
+               "bright_avg)", rtdc=True),
     FeatureDef("bg_off", "a.u.", "brightness offset of the event image's frame against the background: mean of image "
                "- background over the empty channel (lamp flicker, which segmentation corrects with the frame's "
-               "gain when tracking.flicker_correction is on); dclab adds it to image_bg", rtdc=True),
+               "gain when tracking.flicker_correction is on); grey levels as bright_avg: dclab adds the 8-bit value "
+               "to image_bg", rtdc=True),
     FeatureDef("entry_time_ms", "ms", "time the centroid entered the constriction, from the first frame of the run"),
     FeatureDef("exit_time_ms", "ms", "time the centroid left the constriction, from the first frame of the run"),
     FeatureDef("pos_y_um", "µm", "centroid y (across the channel) at the constriction exit"),
