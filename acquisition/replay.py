@@ -608,8 +608,9 @@ def _tiff_plain_offsets(path: Path, n: int, height: int, width: int, dtype: np.d
     """The file offset of each of the ``n`` pages of a TIFF when every one is stored as plain
     bytes of the first page's kind: uncompressed, one grey sample of ``dtype`` (BlackIsZero,
     unsigned, the machine's byte order), ``width`` x ``height``, its strips back to back. None
-    otherwise (compression, tiles, colour, another byte order, pages that differ, or a walk this
-    cannot follow): OpenCV decodes those, and names what is wrong with a page."""
+    otherwise (compression, tiles, colour, another byte order, pages that differ, an Orientation or
+    FillOrder OpenCV applies, or a walk this cannot follow): OpenCV decodes those, and names what
+    is wrong with a page."""
     import struct
     import sys
 
@@ -634,7 +635,7 @@ def _tiff_plain_offsets(path: Path, n: int, height: int, width: int, dtype: np.d
         csz, wsz = struct.calcsize(cnt), struct.calcsize(word)
         want = {256: (width,), 257: (height,), 258: (8 * dtype.itemsize,), 259: (1,), 277: (1,)}
         # tags that may be left out, with the value a reader then takes
-        default = {259: (1,), 262: (1,), 277: (1,), 339: (1,)}
+        default = {259: (1,), 262: (1,), 266: (1,), 274: (1,), 277: (1,), 339: (1,)}
         offsets = np.empty(n, np.int64)
         page = 0
         while off:
@@ -649,7 +650,7 @@ def _tiff_plain_offsets(path: Path, n: int, height: int, width: int, dtype: np.d
             for j in range(m):
                 t = raw[j * ent:(j + 1) * ent]
                 tag, typ = struct.unpack(e + "HH", t[:4])
-                if tag not in (256, 257, 258, 259, 262, 273, 277, 279, 322, 339):
+                if tag not in (256, 257, 258, 259, 262, 266, 273, 274, 277, 279, 322, 339):
                     continue
                 fmt = {3: "H", 4: "I", 16: "Q"}.get(typ)
                 if fmt is None:
@@ -669,6 +670,10 @@ def _tiff_plain_offsets(path: Path, n: int, height: int, width: int, dtype: np.d
                 return None  # tiled, or not one plain grey sample of the first page's size and depth
             if tags.get(262, default[262]) != (1,) or tags.get(339, default[339]) != (1,):
                 return None  # WhiteIsZero or a palette; signed or float samples
+            if tags.get(266, default[266]) != (1,) or tags.get(274, default[274]) != (1,):
+                # OpenCV reverses the bits of FillOrder 2 and mirrors or turns pages by their
+                # Orientation (2: left-right, which reversed the flow): its frames, not the bytes
+                return None
             strips, counts = tags.get(273, ()), tags.get(279, ())
             if not strips or len(strips) != len(counts) or sum(counts) != frame:
                 return None

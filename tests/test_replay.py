@@ -164,6 +164,49 @@ def test_an_uncompressed_tiff_is_read_where_its_pages_lie(tmp_path, monkeypatch,
     assert max(starts) == 0, starts  # the first page only, for its size and dtype
 
 
+def _plain_tiff(path, pages, tags):
+    """A little-endian TIFF of uncompressed 8-bit grey ``pages``, one strip each, with ``tags``
+    ({tag: SHORT value}) added to every page's directory."""
+    import struct
+
+    out = bytearray(b"II*\0\0\0\0\0")
+    link = 4  # where the next directory's offset goes
+    for img in pages:
+        h, w = img.shape
+        data_at = len(out)
+        out += img.tobytes()
+        entries = {256: (3, w), 257: (3, h), 258: (3, 8), 259: (3, 1), 262: (3, 1), 273: (4, data_at), 277: (3, 1),
+                   278: (3, h), 279: (4, img.nbytes), **{t: (3, v) for t, v in tags.items()}}
+        out += b"\0" * (len(out) % 2)
+        out[link:link + 4] = struct.pack("<I", len(out))
+        out += struct.pack("<H", len(entries))
+        for tag in sorted(entries):
+            typ, v = entries[tag]
+            out += struct.pack("<HHI", tag, typ, 1) + struct.pack("<H2x" if typ == 3 else "<I", v)
+        link = len(out)
+        out += b"\0\0\0\0"
+    path.write_bytes(bytes(out))
+
+
+@pytest.mark.parametrize("tags", [{274: 2}, {274: 3}, {266: 2}], ids=["mirrored", "turned", "bits-reversed"])
+def test_an_uncompressed_tiff_plays_its_pages_as_opencv_decodes_them(tmp_path, tags):
+    # OpenCV mirrors or turns a page by its Orientation and reverses its bits for FillOrder 2: read
+    # at their offsets, the plain bytes of such pages replayed mirrored (the flow reversed) or as noise
+    path = tmp_path / "odd.tif"
+    imgs = stack(3, seed=22)
+    _plain_tiff(path, imgs, tags)
+    ok, decoded = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
+    assert ok and len(decoded) == 3 and not np.array_equal(decoded[0], imgs[0])
+    _, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0))
+    assert len(frames) == 3
+    for f, img in zip(frames, decoded):
+        np.testing.assert_array_equal(f.image, img)
+    _plain_tiff(path, imgs, {})  # the writer itself: plain pages play as written
+    _, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0))
+    for f, img in zip(frames, imgs):
+        np.testing.assert_array_equal(f.image, img)
+
+
 def test_tiff_pages_of_another_size_or_an_unsupported_dtype_are_named(tmp_path):
     path = tmp_path / "mixed.tif"
     imgs = list(stack(3, seed=15))
