@@ -437,3 +437,22 @@ def test_an_overexposed_camera_is_said():
     # a 12-bit camera's data shifted up to 16 bits saturates at 65520, not 65535
     deep = Tracker.from_frames(bright.astype(np.uint16) << 8, s.pixel_size_um, TrackerSettings(), bit_depth=16)
     assert deep.setup_notes() == notes
+
+
+def test_a_light_at_the_limit_of_the_correction_is_said_once():
+    # a lamp dimmed to half, its flicker crossing the 0.5x limit now and again: each crossing said
+    # "the light changed" anew, 84 times in 3,000 frames of small batches (the live path's)
+    from tracking.background import LIGHT_MIN
+
+    s = synthetic.SyntheticSettings(**UNTUNED, flicker=0.02)
+    frames, _ = synthetic.render_frames(s, 4000)
+    lit = frames.astype(np.float32)
+    lit[1000:] *= 0.5
+    lit = np.clip(np.rint(lit), 0, 255).astype(np.uint8)
+    tracker = Tracker.from_frames(lit, s.pixel_size_um, TrackerSettings())
+    notes = []
+    tracker.on_note = notes.append
+    for a in range(0, len(lit), 4):
+        tracker.process_frames(lit[a:a + 4], np.arange(a, a + 4), fps=s.fps)
+    assert LIGHT_MIN - 0.01 < tracker.light[0] < LIGHT_MIN + 0.01, tracker.light  # at the limit
+    assert len([n for n in notes if "the light changed" in n]) == 1, len(notes)

@@ -72,6 +72,10 @@ MIN_FRAMES_INSIDE = 3.0
 #: of them, and none the other way, and the tracker says the flow direction was not given
 BACKWARD_UM = 10.0
 BACKWARD_TRACKS = 4
+#: frames the light must stay within what the flicker correction follows before a change beyond
+#: it is said again: a lamp dimmed to ~0.5x, its flicker crossing the limit, said it 84 times in
+#: 3,000 frames of small (live) batches
+LIGHT_SETTLED = 256
 
 _H = L.N_H_EXTRA  # offset of blob columns in a history row
 #: µm past the constriction exit after which a cell moves at the downstream channel's pace (it
@@ -249,7 +253,8 @@ class Tracker:
         self._paces_unlearned = 0
         self._light = None  # measure_illumination of the run's first frames, when built from them
         self._frames_inside: list[float] | None = []  # per unflagged passage, until the sampling is judged
-        self._light_stepped = False  # the last frame's light is beyond what the flicker correction follows
+        self._light_stepped = False  # the light went beyond what the flicker correction follows, and is not back
+        self._light_back: int | None = None  # frames tracked since it has been back within it
         self._moves: list[int] | None = [0]  # tracks that went BACKWARD_UM against the flow, until one went with it
         #: called with each note about the run's measurements that belongs in its record (the
         #: pipeline writes them into the event file's log); they are logged as warnings too
@@ -371,8 +376,8 @@ class Tracker:
             self._segment(images, sl, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
                           s.max_blobs, self._blobs, self._counts, float(s.split_ratio), self.light_clip,
                           self.flicker_corrected, bgm_level, self._light_now)
-            if (not LIGHT_MIN < self._light_now[0] < LIGHT_MAX) is not self._light_stepped:
-                self._judge_light(int(frame_ids[a + m - 1]))
+            if self._light_stepped or not LIGHT_MIN < self._light_now[0] < LIGHT_MAX:
+                self._judge_light(int(frame_ids[a + m - 1]), m)
             frames_done = 0
             while frames_done < m:
                 if frames_done == 0:
@@ -429,8 +434,8 @@ class Tracker:
         n = int(out[LV.O_FRAMES])
         if n:
             reader.advance(n)
-            if (not LIGHT_MIN < self._light_now[0] < LIGHT_MAX) is not self._light_stepped:
-                self._judge_light(int(ring.frame_ids[(reader.cursor - 1) % ring.capacity]))
+            if self._light_stepped or not LIGHT_MIN < self._light_now[0] < LIGHT_MAX:
+                self._judge_light(int(ring.frame_ids[(reader.cursor - 1) % ring.capacity]), n)
         events: list[CellEvent] = []
         if out[LV.O_DONE]:
             self._snap_images = ring.images
@@ -619,18 +624,27 @@ class Tracker:
         if self.on_note is not None:
             self.on_note(note)
 
-    def _judge_light(self, frame_id: int) -> None:
+    def _judge_light(self, frame_id: int, frames: int) -> None:
         """Say when the light leaves, and comes back within, what the flicker correction follows
         (a gain of LIGHT_MIN..LIGHT_MAX against the background): beyond it (a lamp turned up or
         down, an exposure changed) the background relearns pixel by pixel, and until it has the
         cells are missed or found in pieces, their events flagged (simulated ×0.4: ~100 flagged
-        events and no whole cell for ~2,000 frames). Nothing told the user why."""
+        events and no whole cell for ~2,000 frames). Nothing told the user why. It is back once
+        within for LIGHT_SETTLED frames: a light at the limit crosses it with each flicker
+        (``frames``: tracked since the last call; counted, as a camera's frame ids may wrap)."""
         gain = float(self._light_now[0])
-        self._light_stepped = not LIGHT_MIN < gain < LIGHT_MAX
         bgm = self.background
-        if not self._light_stepped:
-            log.info("the light is back within %g-%g× the background's by frame %d", LIGHT_MIN, LIGHT_MAX, frame_id)
+        if LIGHT_MIN < gain < LIGHT_MAX:
+            self._light_back = 0 if self._light_back is None else self._light_back + frames
+            if self._light_back >= LIGHT_SETTLED:
+                log.info("the light is back within %g-%g× the background's by frame %d", LIGHT_MIN, LIGHT_MAX,
+                         frame_id)
+                self._light_stepped, self._light_back = False, None
             return
+        self._light_back = None
+        if self._light_stepped:
+            return  # the same change, not yet over
+        self._light_stepped = True
         note = (f"the light changed: frame {frame_id} is {gain:.2f}× as bright as the background, beyond the "
                 f"{LIGHT_MIN:g}-{LIGHT_MAX:g}× the flicker correction follows (a lamp or the exposure changed?). "
                 f"The background takes the new light over after {bgm.relearn * bgm.stride} frames of it; until "
