@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -485,11 +486,15 @@ class _TiffSource(_Source):
         # a replay slowed down as it went (4,000 256x96 pages: 600 frames/s at the start, 70 at
         # the end; 37 s where the same frames as RT-DC take 0.3 s), quadratic in the length.
         # Pages stored as plain bytes are read where their directories say, as RT-DC's are
-        self._fd = -1
+        self._fd, self._swap = -1, False
         self._offsets = None if self._broken is not None else _tiff_plain_offsets(
             path, self.n, self.height, self.width, self.dtype)
         if self._offsets is not None:
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # ImageJ saves its stacks big-endian: 16-bit pages are swapped once read
+            with open(path, "rb") as fh:
+                order = "little" if fh.read(2) == b"II" else "big"
+            self._swap = self.dtype.itemsize > 1 and order != sys.byteorder
 
     def _read_pages(self, i0: int, k: int) -> list[np.ndarray]:
         cv2 = self.cv2
@@ -532,9 +537,14 @@ class _TiffSource(_Source):
             if got < (e - j) * frame:  # (the walk checked the file's length: it shrank since)
                 done = j + got // frame
                 if done:
-                    return done
+                    return self._native(out, done)
                 raise self.error(i0 + done, "cannot be read (the file ends early)")
-        return k
+        return self._native(out, k)
+
+    def _native(self, out: np.ndarray, n: int) -> int:
+        if self._swap:
+            out[:n].byteswap(inplace=True)
+        return n
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -607,12 +617,11 @@ def _tiff_break(path: Path) -> tuple[int, str] | None:
 def _tiff_plain_offsets(path: Path, n: int, height: int, width: int, dtype: np.dtype) -> np.ndarray | None:
     """The file offset of each of the ``n`` pages of a TIFF when every one is stored as plain
     bytes of the first page's kind: uncompressed, one grey sample of ``dtype`` (BlackIsZero,
-    unsigned, the machine's byte order), ``width`` x ``height``, its strips back to back. None
-    otherwise (compression, tiles, colour, another byte order, pages that differ, an Orientation or
+    unsigned, either byte order), ``width`` x ``height``, its strips back to back. None
+    otherwise (compression, tiles, colour, pages that differ, an Orientation or
     FillOrder OpenCV applies, or a walk this cannot follow): OpenCV decodes those, and names what
     is wrong with a page."""
     import struct
-    import sys
 
     if not hasattr(os, "preadv"):
         return None
@@ -623,8 +632,6 @@ def _tiff_plain_offsets(path: Path, n: int, height: int, width: int, dtype: np.d
         if len(head) < 8 or head[:2] not in (b"II", b"MM"):
             return None
         e = "<" if head[:2] == b"II" else ">"
-        if dtype.itemsize > 1 and (e == "<") != (sys.byteorder == "little"):
-            return None
         magic = struct.unpack(e + "H", head[2:4])[0]
         if magic == 42:  # classic TIFF: 2-byte entry counts, 12-byte entries, 4-byte offsets
             off, cnt, ent, word = struct.unpack(e + "I", head[4:8])[0], "H", 12, "I"

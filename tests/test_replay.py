@@ -164,28 +164,48 @@ def test_an_uncompressed_tiff_is_read_where_its_pages_lie(tmp_path, monkeypatch,
     assert max(starts) == 0, starts  # the first page only, for its size and dtype
 
 
-def _plain_tiff(path, pages, tags):
-    """A little-endian TIFF of uncompressed 8-bit grey ``pages``, one strip each, with ``tags``
-    ({tag: SHORT value}) added to every page's directory."""
+def _plain_tiff(path, pages, tags, order="<"):
+    """A TIFF of uncompressed grey ``pages`` (8- or 16-bit), one strip each, in byte ``order``
+    ("<" little-endian, ">" big-endian, as ImageJ saves), with ``tags`` ({tag: SHORT value})
+    added to every page's directory."""
     import struct
 
-    out = bytearray(b"II*\0\0\0\0\0")
+    out = bytearray((b"II*\0" if order == "<" else b"MM\0*") + b"\0\0\0\0")
     link = 4  # where the next directory's offset goes
     for img in pages:
         h, w = img.shape
         data_at = len(out)
-        out += img.tobytes()
-        entries = {256: (3, w), 257: (3, h), 258: (3, 8), 259: (3, 1), 262: (3, 1), 273: (4, data_at), 277: (3, 1),
-                   278: (3, h), 279: (4, img.nbytes), **{t: (3, v) for t, v in tags.items()}}
+        out += img.astype(np.dtype(img.dtype).newbyteorder(order)).tobytes()
+        entries = {256: (3, w), 257: (3, h), 258: (3, 8 * img.itemsize), 259: (3, 1), 262: (3, 1), 273: (4, data_at),
+                   277: (3, 1), 278: (3, h), 279: (4, img.nbytes), **{t: (3, v) for t, v in tags.items()}}
         out += b"\0" * (len(out) % 2)
-        out[link:link + 4] = struct.pack("<I", len(out))
-        out += struct.pack("<H", len(entries))
+        out[link:link + 4] = struct.pack(order + "I", len(out))
+        out += struct.pack(order + "H", len(entries))
         for tag in sorted(entries):
             typ, v = entries[tag]
-            out += struct.pack("<HHI", tag, typ, 1) + struct.pack("<H2x" if typ == 3 else "<I", v)
+            out += struct.pack(order + "HHI", tag, typ, 1) + struct.pack(order + ("H2x" if typ == 3 else "I"), v)
         link = len(out)
         out += b"\0\0\0\0"
     path.write_bytes(bytes(out))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_big_endian_tiff_as_imagej_saves_it_is_read_where_its_pages_lie(tmp_path, monkeypatch, dtype):
+    # ImageJ saves stacks big-endian: its 16-bit pages went through OpenCV's page walk (quadratic
+    # in the length); read at their offsets, they are swapped to the machine's order
+    path = tmp_path / "imagej.tif"
+    imgs = stack(70, dtype=dtype, seed=23)
+    _plain_tiff(path, imgs, {}, order=">")
+    ok, decoded = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
+    assert ok and all(np.array_equal(d, i) for d, i in zip(decoded, imgs))  # the writer is right
+    starts = []
+    real = cv2.imreadmulti
+    monkeypatch.setattr(cv2, "imreadmulti", lambda name, start=0, count=1, **kw: (
+        starts.append(start), real(name, start=start, count=count, **kw))[1])
+    _, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0))
+    assert len(frames) == 70 and max(starts) == 0, starts
+    for f, img in zip(frames, imgs):
+        np.testing.assert_array_equal(f.image, img)
 
 
 @pytest.mark.parametrize("tags", [{274: 2}, {274: 3}, {266: 2}], ids=["mirrored", "turned", "bits-reversed"])

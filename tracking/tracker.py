@@ -515,7 +515,7 @@ class Tracker:
     def light(self) -> tuple[float, float]:
         """(gain, flicker) of the frames lately: the last frame's light against the background's
         (1: the same) and the mean |gain - its running mean| over the last ~256 frames (the
-        simulator's 5% flicker reads 0.022, a steady lamp 0.0003, a lamp turned up for good 0
+        simulator's 5% flicker reads 0.021, a steady lamp 0.0003, a lamp turned up for good 0
         once ~256 frames have passed). Read from another thread while the tracker runs."""
         g, _, flicker, _ = self._light_now.tolist()
         return g, flicker

@@ -382,7 +382,7 @@ def status_rows(st: Any) -> list[StatusRow]:
     ]
 
 
-#: mean |gain - its mean| from which the light row is alarmed (the simulator's 5% flicker reads 0.022,
+#: mean |gain - its mean| from which the light row is alarmed (the simulator's 5% flicker reads 0.021,
 #: its 2% 0.009, a steady lamp 0.0003): flicker that, uncorrected, made channel pass for cells
 FLICKER_ALARM = 0.02
 
