@@ -533,6 +533,8 @@ class _TiffSource(_Source):
             try:
                 got = os.preadv(self._fd, [flat[j:e]], int(offsets[j]))
             except OSError as err:
+                if j:  # the pages before play; the next read starts at this one and says why
+                    return self._native(out, j)
                 raise self.error(i0 + j, f"cannot be read ({err})") from err
             if got < (e - j) * frame:  # (the walk checked the file's length: it shrank since)
                 done = j + got // frame
