@@ -672,3 +672,32 @@ def test_times_that_do_not_increase_are_refused_naming_the_frame(tmp_path, chang
 def test_an_infinite_frame_rate_is_refused():
     with pytest.raises(ConfigError, match=r"camera\.replay\.fps: must be > 0 and finite, got inf"):
         make_camera("replay", {"path": "x.tif", "fps": float("inf")})
+
+
+def test_a_tiff_page_that_cannot_be_read_stops_the_replay_after_the_pages_before_it(tmp_path, monkeypatch):
+    # an I/O error on the third page (a failing disk, a network share dropped: provoked by
+    # failing os.preadv there, which a local file cannot do on demand)
+    import errno
+
+    import acquisition.replay as replay
+
+    path = tmp_path / "plain.tif"
+    imgs = stack(10, seed=24)
+    _plain_tiff(path, imgs, {})  # a directory between pages: each page is its own read
+    real, offsets = os.preadv, []
+
+    def preadv(fd, buffers, offset):
+        if offset not in offsets:
+            offsets.append(offset)
+        if offsets.index(offset) == 2:  # the third page, however often it is asked for
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(replay.os, "preadv", preadv)
+    played = []
+    with ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0)) as cam:
+        cam.start()
+        with pytest.raises(DataFormatError, match=r"plain\.tif: frame 2: cannot be read \(\[Errno 5\]"):
+            while (f := cam.read(0.1)) is not None:
+                played.append(f.image.copy())
+    assert len(played) == 2 and all(np.array_equal(a, b) for a, b in zip(played, imgs))
