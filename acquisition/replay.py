@@ -554,18 +554,30 @@ class _TiffSource(_Source):
             self._fd = -1
 
 
-def _tiff_break(path: Path) -> tuple[int, str] | None:
-    """(page, why) for the first page of a TIFF that is not whole: its directory or its pixel data
-    end past the end of the file. None when every page the chain of directories lists is whole,
-    or when this walk cannot tell (no TIFF, a compressed strip list of another type, a loop):
-    OpenCV then decides as before."""
+class _TiffCut(Exception):
+    """A page of a TIFF that is not whole: ``page`` and why."""
+
+    def __init__(self, page: int, why: str):
+        super().__init__(why)
+        self.page, self.why = page, why
+
+
+class _TiffOdd(Exception):
+    """A TIFF whose directories this walk cannot follow (no TIFF, an entry type it does not read,
+    a loop): OpenCV decides."""
+
+
+def _tiff_directories(path: Path, wanted: tuple[int, ...]):
+    """(page, {tag: values}) of each page's directory along the file's chain, ``wanted`` tags
+    only (SHORT, LONG or LONG8 values), with the file's size; :class:`_TiffCut` for a directory
+    or value list past the end of the file, :class:`_TiffOdd` where the walk cannot go on."""
     import struct
 
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(16)
         if len(head) < 8 or head[:2] not in (b"II", b"MM"):
-            return None
+            raise _TiffOdd
         e = "<" if head[:2] == b"II" else ">"
         magic = struct.unpack(e + "H", head[2:4])[0]
         if magic == 42:  # classic TIFF: 2-byte entry counts, 12-byte entries, 4-byte offsets
@@ -573,30 +585,30 @@ def _tiff_break(path: Path) -> tuple[int, str] | None:
         elif magic == 43 and len(head) == 16:  # BigTIFF: 8, 20, 8
             off, cnt, ent, word = struct.unpack(e + "Q", head[8:16])[0], "Q", 20, "Q"
         else:
-            return None
+            raise _TiffOdd
         csz, wsz = struct.calcsize(cnt), struct.calcsize(word)
         seen: set[int] = set()
         page = 0
         while off:
             if off in seen:
-                return None
+                raise _TiffOdd
             seen.add(off)
             if off + csz > size:
-                return page, "its directory lies past the end of the file"
+                raise _TiffCut(page, "its directory lies past the end of the file")
             fh.seek(off)
-            n = struct.unpack(e + cnt, fh.read(csz))[0]
-            if off + csz + n * ent + wsz > size:
-                return page, "its directory is cut off"
-            raw = fh.read(n * ent + wsz)
+            m = struct.unpack(e + cnt, fh.read(csz))[0]
+            if off + csz + m * ent + wsz > size:
+                raise _TiffCut(page, "its directory is cut off")
+            raw = fh.read(m * ent + wsz)
             tags: dict[int, tuple[int, ...]] = {}
-            for j in range(n):
+            for j in range(m):
                 t = raw[j * ent:(j + 1) * ent]
                 tag, typ = struct.unpack(e + "HH", t[:4])
-                if tag not in (273, 279, 324, 325):  # strip / tile offsets and byte counts
+                if tag not in wanted:
                     continue
                 fmt = {3: "H", 4: "I", 16: "Q"}.get(typ)
                 if fmt is None:
-                    return None
+                    raise _TiffOdd
                 count = struct.unpack(e + word, t[4:4 + wsz])[0]
                 nbytes = count * struct.calcsize(fmt)
                 if nbytes <= wsz:
@@ -604,15 +616,29 @@ def _tiff_break(path: Path) -> tuple[int, str] | None:
                 else:
                     at = struct.unpack(e + word, t[4 + wsz:4 + 2 * wsz])[0]
                     if at + nbytes > size:
-                        return page, "its list of pixel data lies past the end of the file"
+                        raise _TiffCut(page, "its list of pixel data lies past the end of the file")
                     fh.seek(at)
                     data = fh.read(nbytes)
                 tags[tag] = struct.unpack(e + fmt * count, data)
+            yield page, tags, size
+            off = struct.unpack(e + word, raw[m * ent:m * ent + wsz])[0]
+            page += 1
+
+
+def _tiff_break(path: Path) -> tuple[int, str] | None:
+    """(page, why) for the first page of a TIFF that is not whole: its directory or its pixel data
+    end past the end of the file. None when every page the chain of directories lists is whole,
+    or when this walk cannot tell (no TIFF, a compressed strip list of another type, a loop):
+    OpenCV then decides as before."""
+    try:
+        for page, tags, size in _tiff_directories(path, (273, 279, 324, 325)):  # strip / tile offsets, byte counts
             offsets, counts = tags.get(273, tags.get(324, ())), tags.get(279, tags.get(325, ()))
             if any(o + c > size for o, c in zip(offsets, counts)):
                 return page, "its pixel data end past the end of the file"
-            off = struct.unpack(e + word, raw[n * ent:n * ent + wsz])[0]
-            page += 1
+    except _TiffCut as cut:
+        return cut.page, cut.why
+    except _TiffOdd:
+        return None
     return None
 
 
@@ -623,58 +649,18 @@ def _tiff_plain_offsets(path: Path, n: int, height: int, width: int, dtype: np.d
     otherwise (compression, tiles, colour, pages that differ, an Orientation or
     FillOrder OpenCV applies, or a walk this cannot follow): OpenCV decodes those, and names what
     is wrong with a page."""
-    import struct
-
     if not hasattr(os, "preadv"):
         return None
-    size = path.stat().st_size
     frame = height * width * dtype.itemsize
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
-            return None
-        e = "<" if head[:2] == b"II" else ">"
-        magic = struct.unpack(e + "H", head[2:4])[0]
-        if magic == 42:  # classic TIFF: 2-byte entry counts, 12-byte entries, 4-byte offsets
-            off, cnt, ent, word = struct.unpack(e + "I", head[4:8])[0], "H", 12, "I"
-        elif magic == 43 and len(head) == 16:  # BigTIFF: 8, 20, 8
-            off, cnt, ent, word = struct.unpack(e + "Q", head[8:16])[0], "Q", 20, "Q"
-        else:
-            return None
-        csz, wsz = struct.calcsize(cnt), struct.calcsize(word)
-        want = {256: (width,), 257: (height,), 258: (8 * dtype.itemsize,), 259: (1,), 277: (1,)}
-        # tags that may be left out, with the value a reader then takes
-        default = {259: (1,), 262: (1,), 266: (1,), 274: (1,), 277: (1,), 339: (1,)}
-        offsets = np.empty(n, np.int64)
-        page = 0
-        while off:
-            if page >= n or off + csz > size:
+    want = {256: (width,), 257: (height,), 258: (8 * dtype.itemsize,), 259: (1,), 277: (1,)}
+    # tags that may be left out, with the value a reader then takes
+    default = {259: (1,), 262: (1,), 266: (1,), 274: (1,), 277: (1,), 339: (1,)}
+    offsets = np.empty(n, np.int64)
+    pages = 0
+    try:
+        for page, tags, size in _tiff_directories(path, (256, 257, 258, 259, 262, 266, 273, 274, 277, 279, 322, 339)):
+            if page >= n:
                 return None
-            fh.seek(off)
-            m = struct.unpack(e + cnt, fh.read(csz))[0]
-            raw = fh.read(m * ent + wsz)
-            if len(raw) < m * ent + wsz:
-                return None
-            tags: dict[int, tuple[int, ...]] = {}
-            for j in range(m):
-                t = raw[j * ent:(j + 1) * ent]
-                tag, typ = struct.unpack(e + "HH", t[:4])
-                if tag not in (256, 257, 258, 259, 262, 266, 273, 274, 277, 279, 322, 339):
-                    continue
-                fmt = {3: "H", 4: "I", 16: "Q"}.get(typ)
-                if fmt is None:
-                    return None
-                count = struct.unpack(e + word, t[4:4 + wsz])[0]
-                nbytes = count * struct.calcsize(fmt)
-                if nbytes <= wsz:
-                    data = t[4 + wsz:4 + wsz + nbytes]
-                else:
-                    at = struct.unpack(e + word, t[4 + wsz:4 + 2 * wsz])[0]
-                    if at + nbytes > size:
-                        return None
-                    fh.seek(at)
-                    data = fh.read(nbytes)
-                tags[tag] = struct.unpack(e + fmt * count, data)
             if 322 in tags or any(tags.get(tag, default.get(tag)) != v for tag, v in want.items()):
                 return None  # tiled, or not one plain grey sample of the first page's size and depth
             if tags.get(262, default[262]) != (1,) or tags.get(339, default[339]) != (1,):
@@ -691,9 +677,10 @@ def _tiff_plain_offsets(path: Path, n: int, height: int, width: int, dtype: np.d
             if strips[0] + frame > size:
                 return None
             offsets[page] = strips[0]
-            off = struct.unpack(e + word, raw[m * ent:m * ent + wsz])[0]
-            page += 1
-    return offsets if page == n else None
+            pages = page + 1
+    except (_TiffCut, _TiffOdd):
+        return None
+    return offsets if pages == n else None
 
 
 def _natural_key(name: str) -> list[Any]:
