@@ -320,24 +320,7 @@ class _RtdcSource(_Source):
         return k
 
     def _read_plain(self, i0: int, rows: np.ndarray, out: np.ndarray) -> int:
-        k = len(rows)
-        offsets = self._offsets[rows]
-        flat = out.reshape(k, -1).view(np.uint8)
-        frame = flat.shape[1]
-        starts = [0, *(np.flatnonzero(np.diff(offsets) != frame) + 1).tolist(), k]
-        for j, e in zip(starts[:-1], starts[1:]):
-            try:
-                got = os.preadv(self._fd, [flat[j:e]], int(offsets[j]))
-            except OSError as err:
-                got, why = 0, str(err)
-            else:
-                why = "the file ends early"
-            if got < (e - j) * frame:
-                done = j + got // frame  # the frames before the damage are handed out first
-                if done:
-                    return done
-                raise self.error(i0 + done, f"events/image cannot be read ({why})")
-        return k
+        return _pread_frames(self._fd, self._offsets[rows], out, self.error, i0, "events/image ")
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -524,26 +507,7 @@ class _TiffSource(_Source):
         return len(pages)
 
     def _read_plain(self, i0: int, out: np.ndarray) -> int:
-        k = out.shape[0]
-        offsets = self._offsets[i0:i0 + k]
-        flat = out.reshape(k, -1).view(np.uint8)
-        frame = flat.shape[1]
-        starts = [0, *(np.flatnonzero(np.diff(offsets) != frame) + 1).tolist(), k]
-        for j, e in zip(starts[:-1], starts[1:]):
-            try:
-                got = os.preadv(self._fd, [flat[j:e]], int(offsets[j]))
-            except OSError as err:
-                if j:  # the pages before play; the next read starts at this one and says why
-                    return self._native(out, j)
-                raise self.error(i0 + j, f"cannot be read ({err})") from err
-            if got < (e - j) * frame:  # (the walk checked the file's length: it shrank since)
-                done = j + got // frame
-                if done:
-                    return self._native(out, done)
-                raise self.error(i0 + done, "cannot be read (the file ends early)")
-        return self._native(out, k)
-
-    def _native(self, out: np.ndarray, n: int) -> int:
+        n = _pread_frames(self._fd, self._offsets[i0:i0 + out.shape[0]], out, self.error, i0, "")
         if self._swap:
             out[:n].byteswap(inplace=True)
         return n
@@ -552,6 +516,30 @@ class _TiffSource(_Source):
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _pread_frames(fd: int, offsets: np.ndarray, out: np.ndarray, error, i0: int, what: str) -> int:
+    """Frames ``out[j]`` read from ``offsets[j]`` of ``fd``, each run of adjacent frames in one
+    ``preadv`` (no GIL); returns how many. At a read error or the file's end the frames before
+    are handed out first; the next read starts at the damaged one and raises ``error(frame, why)``
+    (``what``: the message's subject)."""
+    k = len(offsets)
+    flat = out.reshape(k, -1).view(np.uint8)
+    frame = flat.shape[1]
+    starts = [0, *(np.flatnonzero(np.diff(offsets) != frame) + 1).tolist(), k]
+    for j, e in zip(starts[:-1], starts[1:]):
+        try:
+            got = os.preadv(fd, [flat[j:e]], int(offsets[j]))
+        except OSError as err:
+            got, why = 0, str(err)
+        else:
+            why = "the file ends early"  # (a TIFF's walk checked its length: it shrank since)
+        if got < (e - j) * frame:
+            done = j + got // frame
+            if done:
+                return done
+            raise error(i0 + done, f"{what}cannot be read ({why})")
+    return k
 
 
 class _TiffCut(Exception):
