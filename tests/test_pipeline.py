@@ -997,3 +997,31 @@ def test_a_lamp_turned_down_mid_run_is_said_on_the_status_line_and_in_the_file(t
     with dclab.new_dataset(run.events_path) as ds:
         text = " ".join("".join(ds.logs[name]) for name in ds.logs)
     assert "the light changed: frame" in text and "0.40× as bright as the background" in text, text
+    assert "overexposed" not in text
+
+
+def test_a_lamp_turned_up_into_saturation_mid_run_is_said_in_the_file(tmp_path):
+    import dclab
+
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.0, "realtime": True, "seed": 3,
+                                                          "cells_per_second": 20.0}},
+        "model": {"path": "none"}, "autostop": {"seconds": 30.0},
+        "output": {"folder": str(tmp_path), "report": False},
+    })
+    with build_run(cfg) as run:
+        deadline = time.monotonic() + 90
+        while run.status().frames_processed < 500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.pipeline.camera.apply({"lamp": 2.5})
+        n = run.status().frames_processed
+        while run.status().frames_processed < n + 10000 and time.monotonic() < deadline:  # 2 looks (4,096 frames)
+            time.sleep(0.05)
+        run.stop()
+        assert run.wait(60)
+    with dclab.new_dataset(run.events_path) as ds:
+        text = " ".join("".join(ds.logs[name]) for name in ds.logs)
+    assert text.count("at the camera's top grey level (overexposed: the lamp") == 1, text

@@ -426,6 +426,27 @@ def test_a_light_step_beyond_the_correction_is_said_and_a_lasting_one_is_no_flic
         assert len(notes) == (1 if said else 0), notes
 
 
+def test_a_channel_overexposed_mid_run_is_said_once():
+    # the lamp turned up x2.5: the frames saturate, the light fitted to them (x1.6) stays within
+    # what the flicker correction follows, no cell is found, and nothing said why
+    s = synthetic.SyntheticSettings(**UNTUNED)
+    frames, _ = synthetic.render_frames(s, 9000)
+    lit = frames.astype(np.float32)
+    lit[1000:] *= 2.5
+    lit = np.clip(np.rint(lit), 0, 255).astype(np.uint8)
+    tracker = Tracker.from_frames(lit, s.pixel_size_um, TrackerSettings())
+    notes = []
+    tracker.on_note = notes.append
+    tracker.process_frames(lit, fps=s.fps)
+    said = [n for n in notes if "overexposed" in n]
+    assert len(said) == 1 and "% of the channel's pixels are at the camera's top grey level" in said[0], notes
+    tracker = Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings())
+    tracker.on_note = notes.append
+    notes.clear()
+    tracker.process_frames(frames, fps=s.fps)
+    assert not [n for n in notes if "overexposed" in n], notes
+
+
 def test_an_overexposed_camera_is_said():
     # a saturated channel hides the cells' bright parts and clips bright_* and the crops
     s = synthetic.SyntheticSettings(seed=5, cells_per_second=60.0)

@@ -30,8 +30,8 @@ from mimlsort.settings import require
 from tracking import link as L
 from tracking import live as LV
 from tracking._pure import pure_python
-from tracking.background import (LIGHT_MAX, LIGHT_MIN, BackgroundModel, corrects, estimate_background,
-                                  estimate_steady_background, measure_illumination)
+from tracking.background import (LIGHT_MAX, LIGHT_MIN, SATURATED_SHARE, BackgroundModel, corrects,
+                                  estimate_background, estimate_steady_background, measure_illumination)
 from tracking.blobs import (
     B_ANGLE,
     B_AREA,
@@ -76,6 +76,8 @@ BACKWARD_TRACKS = 4
 #: it is said again: a lamp dimmed to ~0.5x, its flicker crossing the limit, said it 84 times in
 #: 3,000 frames of small (live) batches
 LIGHT_SETTLED = 256
+#: frames between two looks at the last frame for overexposure during a run (~20 µs a look)
+EXPOSURE_EVERY = 4096
 
 _H = L.N_H_EXTRA  # offset of blob columns in a history row
 #: µm past the constriction exit after which a cell moves at the downstream channel's pace (it
@@ -255,6 +257,9 @@ class Tracker:
         self._frames_inside: list[float] | None = []  # per unflagged passage, until the sampling is judged
         self._light_stepped = False  # the light went beyond what the flicker correction follows, and is not back
         self._light_back: int | None = None  # frames tracked since it has been back within it
+        self._exposure_due = EXPOSURE_EVERY  # frames until the next look for overexposure
+        self._overexposed = False  # the last look found it, and said so
+        self._top_level = 256 * grey - grey  # the top 8-bit grey level of the camera's range
         self._moves: list[int] | None = [0]  # tracks that went BACKWARD_UM against the flow, until one went with it
         #: called with each note about the run's measurements that belongs in its record (the
         #: pipeline writes them into the event file's log); they are logged as warnings too
@@ -378,6 +383,9 @@ class Tracker:
                           self.flicker_corrected, bgm_level, self._light_now)
             if self._light_stepped or not LIGHT_MIN < self._light_now[0] < LIGHT_MAX:
                 self._judge_light(int(frame_ids[a + m - 1]), m)
+            self._exposure_due -= m
+            if self._exposure_due <= 0:
+                self._judge_exposure(images[sl[m - 1]], int(frame_ids[a + m - 1]))
             frames_done = 0
             while frames_done < m:
                 if frames_done == 0:
@@ -436,6 +444,10 @@ class Tracker:
             reader.advance(n)
             if self._light_stepped or not LIGHT_MIN < self._light_now[0] < LIGHT_MAX:
                 self._judge_light(int(ring.frame_ids[(reader.cursor - 1) % ring.capacity]), n)
+            self._exposure_due -= n
+            if self._exposure_due <= 0:
+                last = (reader.cursor - 1) % ring.capacity
+                self._judge_exposure(ring.images[last], int(ring.frame_ids[last]))
         events: list[CellEvent] = []
         if out[LV.O_DONE]:
             self._snap_images = ring.images
@@ -650,6 +662,21 @@ class Tracker:
                 f"The background takes the new light over after {bgm.relearn * bgm.stride} frames of it; until "
                 f"then cells are missed or found in pieces, their events flagged")
         self._say(note)
+
+    def _judge_exposure(self, image: np.ndarray, frame_id: int) -> None:
+        """Say when the channel becomes overexposed during a run (the lamp or the exposure turned
+        up): the light fitted to saturated frames stays within what the flicker correction
+        follows, so nothing else said why cells stopped being found (simulated lamp ×2.5: none
+        after the step). Said again only once it has been over."""
+        self._exposure_due = EXPOSURE_EVERY
+        band = image[self.y0:self.y1]
+        share = float(np.count_nonzero(band >= self._top_level)) / max(band.size, 1)
+        over = share >= SATURATED_SHARE
+        if over and not self._overexposed:
+            self._say(f"frame {frame_id}: {100 * share:.0f}% of the channel's pixels are at the camera's top grey "
+                      f"level (overexposed: the lamp or the exposure turned up?): cells there are not seen whole "
+                      f"and their brightness is clipped. Shorten the exposure or dim the lamp")
+        self._overexposed = over
 
     def _judge_direction(self, dx_um: float) -> None:
         """Say once when cells move right to left: a camera turned against the flow, replayed or
