@@ -394,6 +394,13 @@ def test_a_background_taken_under_a_dim_lamp_is_relearned():
     np.testing.assert_array_equal(learned[True], learned[False])
 
 
+def _lamp_step(frames, gain, at):
+    """``frames`` under a lamp turned to ``gain`` from frame ``at`` on, clipped as a camera would."""
+    lit = frames.astype(np.float32)
+    lit[at:] *= gain
+    return np.clip(np.rint(lit), 0, 255).astype(np.uint8)
+
+
 def test_a_light_step_beyond_the_correction_is_said_and_a_lasting_one_is_no_flicker():
     # the lamp turned down to 0.4 mid-run: ~100 flagged events and no whole cell for ~2,000
     # frames while the background relearned, and nothing said why. A lasting step within the
@@ -404,9 +411,7 @@ def test_a_light_step_beyond_the_correction_is_said_and_a_lasting_one_is_no_flic
     s = synthetic.SyntheticSettings(**UNTUNED)
     frames, _ = synthetic.render_frames(s, 6000)
     for gain, said in ((0.4, True), (1.3, False)):
-        lit = frames.astype(np.float32)
-        lit[1000:] *= gain
-        lit = np.clip(np.rint(lit), 0, 255).astype(np.uint8)
+        lit = _lamp_step(frames, gain, 1000)
         tracker = Tracker.from_frames(lit, s.pixel_size_um, TrackerSettings())
         notes = []
         tracker.on_note = notes.append
@@ -431,9 +436,7 @@ def test_a_channel_overexposed_mid_run_is_said_once():
     # what the flicker correction follows, no cell is found, and nothing said why
     s = synthetic.SyntheticSettings(**UNTUNED)
     frames, _ = synthetic.render_frames(s, 9000)
-    lit = frames.astype(np.float32)
-    lit[1000:] *= 2.5
-    lit = np.clip(np.rint(lit), 0, 255).astype(np.uint8)
+    lit = _lamp_step(frames, 2.5, 1000)
     tracker = Tracker.from_frames(lit, s.pixel_size_um, TrackerSettings())
     notes = []
     tracker.on_note = notes.append
@@ -467,9 +470,7 @@ def test_a_light_at_the_limit_of_the_correction_is_said_once():
 
     s = synthetic.SyntheticSettings(**UNTUNED, flicker=0.02)
     frames, _ = synthetic.render_frames(s, 4000)
-    lit = frames.astype(np.float32)
-    lit[1000:] *= 0.5
-    lit = np.clip(np.rint(lit), 0, 255).astype(np.uint8)
+    lit = _lamp_step(frames, 0.5, 1000)
     tracker = Tracker.from_frames(lit, s.pixel_size_um, TrackerSettings())
     notes = []
     tracker.on_note = notes.append
