@@ -58,6 +58,24 @@ from tracking.tracker import Tracker, TrackerSettings
 log = logging.getLogger(__name__)
 
 
+class _ThreadMuted(logging.Filter):
+    """Context manager: ``logger`` drops what this thread logs inside it; other threads' records
+    (another run's) pass."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger, self.thread = logger, threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
+
+    def __enter__(self) -> None:
+        self.logger.addFilter(self)
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeFilter(self)
+
+
 class RunState(enum.Enum):
     IDLE = "idle"
     STARTING = "starting"
@@ -671,10 +689,14 @@ class Pipeline:
         geo = ChannelGeometry(px, w * 0.4, w * 0.6, 0.0, float(h), w, h)
         # at 8 significant bits: the real depth only scales the thresholds, and on this black
         # background it warned of a 16-bit source that looks 8-bit on every 12/16-bit replay
-        t = Tracker(self.tracker_settings, geo, np.zeros((h, w), dtype), kernels=self.kernels, bit_depth=8)
-        t.process_frames(np.zeros((4, h, w), dtype), fps=1000.0)
-        t.predicted_exits_ms()
-        t.flush()
+        # its geometry is a placeholder: what it would warn of (a narrow ROI's pace stretch) is not
+        # the run's; a vertical recording's run was told "only 0 px of the ROI lie between ..."
+        # before the error that says it flows vertically
+        with _ThreadMuted(logging.getLogger(Tracker.__module__)):
+            t = Tracker(self.tracker_settings, geo, np.zeros((h, w), dtype), kernels=self.kernels, bit_depth=8)
+            t.process_frames(np.zeros((4, h, w), dtype), fps=1000.0)
+            t.predicted_exits_ms()
+            t.flush()
         log.info("tracking kernels ready in %.1f s", time.perf_counter() - t0)
 
     def _build_tracker(self) -> bool:

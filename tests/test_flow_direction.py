@@ -174,3 +174,26 @@ def test_config_check_refuses_turning_a_turned_recording(tmp_path, channel):
         preflight(cfg)
     assert any("turned_raw.rtdc" in c for c in preflight(config_from_mapping(
         {"camera": {"backend": "replay", "replay": {"path": str(raw)}}, "model": {"path": "none"}})))
+
+
+def test_a_vertical_recording_replayed_untold_is_told_its_flow_and_nothing_else(tmp_path, channel, caplog):
+    # before the error that says the cells flow vertically, the run warned "only 0 px of the ROI lie
+    # between ... past the constriction": the kernels' warm-up tracker on its placeholder geometry
+    import logging
+
+    from app.config import config_from_mapping
+    from app.pipeline import FinishReason
+    from app.session import build_run
+
+    src = tiff(tmp_path / "ttb.tif", filmed(channel, "top-to-bottom"))
+    cfg = config_from_mapping({
+        "camera": {"backend": "replay", "replay": {"path": src, "pixel_size_um": PX, "fps": FPS}},
+        "model": {"path": "none"},
+        "output": {"folder": str(tmp_path / "out"), "report": False},
+    })
+    with caplog.at_level(logging.INFO), build_run(cfg) as run:
+        assert run.wait(120)
+    st = run.status()
+    assert st.finish_reason == FinishReason.ERRORED and "camera.flow_direction" in st.message, st.message
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said and not [m for m in said if "px of the ROI lie between" in m], said
