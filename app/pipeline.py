@@ -170,6 +170,9 @@ class Status:
     # sees nowhere
     light_gain: float = math.nan
     light_flicker: float = math.nan
+    # seconds the constriction has been blocked (an object stood still in it; Tracker.blocked_s),
+    # NaN while cells pass: a clog read "0 cells/s", as an empty sample does
+    blocked_s: float = math.nan
 
     @property
     def frames_missed(self) -> int:
@@ -206,6 +209,7 @@ class Status:
                 + (f"decide queue {self.decide_queue} waits {self.decide_waits} " if self.decide_waits else "")
                 + (f"images shed {self.images_shed} (backlog {self.storage_backlog_mb:.0f}MB) " if self.images_shed else "")
                 + (f"untracked {self.tracks_overflow} " if self.tracks_overflow else "")
+                + (f"CONSTRICTION BLOCKED {self.blocked_s:.1f}s " if self.blocked_s == self.blocked_s else "")
                 + (f"light changed x{self.light_gain:.2f} (background relearning) "
                    if not LIGHT_MIN < self.light_gain < LIGHT_MAX and self.light_gain == self.light_gain else
                    f"lamp flicker {100 * self.light_flicker:.1f}% (light x{self.light_gain:.3f}) "
@@ -1196,6 +1200,7 @@ class Pipeline:
             paces_unlearned=ts.paces_unlearned if ts else 0,
             light_gain=gain,
             light_flicker=flicker,
+            blocked_s=self.tracker.blocked_s if self.tracker is not None else math.nan,
             clock_resets=self._clock.resets if self._clock is not None else 0,
             device_refused=int(getattr(self.trigger, "device_refused", 0) or 0),
             device_late=int(getattr(self.trigger, "device_late", 0) or 0),

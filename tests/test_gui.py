@@ -306,6 +306,9 @@ def test_status_rows_flag_missed_frames():
     assert dimmed.alarm and dimmed.text == "×0.400 | 0.0 % changed"
     lost = {r.key: r for r in status_rows(replace(st, tracks_overflow=7, tracks_lost=3))}["cells"]
     assert lost.alarm and "7 untracked" in lost.text and "(cells lost upstream, specks): 3" in lost.tooltip
+    clog = {r.key: r for r in status_rows(replace(st, blocked_s=2.04))}["cells"]
+    assert clog.alarm and clog.text.endswith(", BLOCKED 2.0 s") and "a clog" in clog.tooltip
+    assert "BLOCKED" not in rows["cells"].tooltip
     assert not rows["trigger"].alarm and rows["trigger"].text == "ok"
     refused = {r.key: r for r in status_rows(replace(st, device_refused=4, unacked=2))}["trigger"]
     assert refused.alarm and refused.text == "ok, 4 refused, 2 unacked" and "not armed, counter busy): 4" in refused.tooltip

@@ -1012,3 +1012,29 @@ def test_a_lamp_turned_up_into_saturation_mid_run_is_said_in_the_file(tmp_path):
     # was found, and nothing said why. Said once over two looks (every 4,096 frames)
     _, text = _turn_the_lamp(tmp_path, 2.5, lambda _, frames: frames >= 10000)
     assert text.count("at the camera's top grey level (overexposed: the lamp") == 1, text
+
+
+def test_a_blocked_constriction_is_said_on_the_status_line_and_in_the_file(tmp_path):
+    # the live path (track_live) looks for it too: a clog read "0 cells/s" with nothing said
+    import dclab
+
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {
+            "duration_s": 1.5, "realtime": True, "seed": 4, "cells_per_second": 20.0, "debris_per_second": 0.0,
+            "doublet_fraction": 0.0, "stuck_fraction": 0.5, "stuck_ms": [600.0, 600.0]}},
+        "model": {"path": "none"},
+        "output": {"folder": str(tmp_path), "report": False},
+    })
+    lines = []
+    with build_run(cfg) as run:
+        deadline = time.monotonic() + 90
+        while not run.wait(0.02) and time.monotonic() < deadline:
+            lines.append(run.status().line())
+    blocked = [x for x in lines if "CONSTRICTION BLOCKED" in x]
+    assert blocked and any(x not in blocked for x in lines[lines.index(blocked[0]):]), lines  # ... and cleared
+    with dclab.new_dataset(run.events_path) as ds:
+        text = " ".join("".join(ds.logs[name]) for name in ds.logs)  # lines wrapped at 100 bytes
+    assert "the constriction looks blocked" in text and "pass the constriction again" in text, text

@@ -37,3 +37,32 @@ def test_a_cell_that_stops_at_the_constriction_is_stuck(kernels="numba"):
     assert len(stuck) >= 2 and len(free) >= 2
     assert all(e.quality & Quality.STUCK for e in stuck)
     assert not any(e.quality & Quality.STUCK for e in free)
+
+
+def _notes(s: synthetic.SyntheticSettings) -> tuple[list[str], float]:
+    frames, _truth = synthetic.render_frames(s, s.frame_count)
+    tracker = Tracker.from_frames(frames, s.pixel_size_um, TrackerSettings())
+    notes = []
+    tracker.on_note = notes.append
+    tracker.process_frames(frames, fps=s.fps)
+    return notes, tracker.blocked_s
+
+
+def test_a_blocked_constriction_is_said_and_so_is_its_end():
+    # a cell stuck at the constriction's mouth for 0.6 s stopped every cell behind it; the run
+    # read "0 cells/s", as for an empty sample, the stuck cell became background after 2,048
+    # frames and vanished from the tracker, and nothing said why
+    base = dict(duration_s=1.2, cells_per_second=20.0, debris_per_second=0.0, doublet_fraction=0.0, seed=4)
+    notes, blocked = _notes(synthetic.SyntheticSettings(stuck_fraction=0.5, stuck_ms=(600.0, 600.0), **base))
+    said = [n for n in notes if "looks blocked" in n]
+    again = [n for n in notes if "pass the constriction again" in n]
+    assert said and again, notes
+    assert notes.index(said[0]) < notes.index(again[0])
+    # said within the half of the background's relearn time (2,048 frames at 4 kHz: 256 ms)
+    assert all(200 <= float(n.split(" for ")[1].split(" ms")[0]) <= 260 for n in said), said
+    assert all(0.45 <= float(n.split("blocked for ")[1].split(" s")[0]) <= 0.75 for n in again), again
+    # cells that stop for less (STUCK, 70-90 ms) and a free flow block nothing
+    for stuck in (dict(stuck_fraction=0.5, stuck_ms=(70.0, 90.0)), {}):
+        notes, blocked = _notes(synthetic.SyntheticSettings(**stuck, **base))
+        assert not [n for n in notes if "blocked" in n], notes
+        assert blocked != blocked  # NaN: not blocked

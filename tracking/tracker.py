@@ -78,6 +78,13 @@ BACKWARD_TRACKS = 4
 LIGHT_SETTLED = 256
 #: frames between two looks at the last frame for overexposure during a run (~20 µs a look)
 EXPOSURE_EVERY = 4096
+#: an object that stands still (within STOP_UM) this long (ms) in the constriction or at its
+#: mouth (CELL_RADIUS_UM upstream) blocks the channel: no cell passes until it moves. Said sooner
+#: when the background would take it over sooner (half its relearn time): it then vanishes from
+#: the frames, and with it what could be seen
+CLOG_MS = 200.0
+#: frames between two looks for a blocked constriction (~10 µs a look: the tracks there)
+CLOG_EVERY = 128
 
 _H = L.N_H_EXTRA  # offset of blob columns in a history row
 #: µm past the constriction exit after which a cell moves at the downstream channel's pace (it
@@ -259,6 +266,11 @@ class Tracker:
         self._light_back: int | None = None  # frames tracked since it has been back within it
         self._exposure_due = EXPOSURE_EVERY  # frames until the next look for overexposure
         self._overexposed = False  # the last look found it, and said so
+        self._clog_due = CLOG_EVERY  # frames until the next look for a blocked constriction
+        #: tracker ms since which an object has stood in the constriction, said and not yet
+        #: cleared by a cell passing it; and the ms of the last look (the block's length so far)
+        self._blocked_ms: float | None = None
+        self._blocked_now_ms = math.nan
         self._top_level = 256 * grey - grey  # the top 8-bit grey level of the camera's range
         self._moves: list[int] | None = [0]  # tracks that went BACKWARD_UM against the flow, until one went with it
         #: called with each note about the run's measurements that belongs in its record (the
@@ -386,6 +398,9 @@ class Tracker:
             self._exposure_due -= m
             if self._exposure_due <= 0:
                 self._judge_exposure(images[sl[m - 1]], int(frame_ids[a + m - 1]))
+            self._clog_due -= m
+            if self._clog_due <= 0:
+                self._judge_flow(int(frame_ids[a + m - 1]), float(times[m - 1]))
             frames_done = 0
             while frames_done < m:
                 if frames_done == 0:
@@ -448,6 +463,10 @@ class Tracker:
             if self._exposure_due <= 0:
                 last = (reader.cursor - 1) % ring.capacity
                 self._judge_exposure(ring.images[last], int(ring.frame_ids[last]))
+            self._clog_due -= n
+            if self._clog_due <= 0:
+                last = (reader.cursor - 1) % ring.capacity
+                self._judge_flow(int(ring.frame_ids[last]), (int(ring.timestamps_ns[last]) - t0) * 1e-6)
         events: list[CellEvent] = []
         if out[LV.O_DONE]:
             self._snap_images = ring.images
@@ -578,6 +597,8 @@ class Tracker:
             self._judge_sampling(h, feats["transit_time_ms"], feats["v_before_mm_s"])
         if self._moves is not None:
             self._judge_direction(float(h[-1, _H + B_X] - h[0, _H + B_X]) * g.pixel_size_um)
+        if self._blocked_ms is not None and info[L.SI_EXIT_FRAME] >= 0:
+            self._unblocked(h, info[L.SI_EXIT_FRAME])
         quality = _QUALITY.get(q)
         if quality is None:
             quality = _QUALITY[q] = Quality(q)
@@ -677,6 +698,62 @@ class Tracker:
                       f"level (overexposed: the lamp or the exposure turned up?): cells there are not seen whole "
                       f"and their brightness is clipped. Shorten the exposure or dim the lamp")
         self._overexposed = over
+
+    def _judge_flow(self, frame_id: int, now_ms: float) -> None:
+        """Say when the constriction is blocked: a cell or debris stuck in it stopped the flow and
+        nothing said so. The status showed "0 cells/s" as for an empty sample, the stuck object
+        became background after 2,048 frames and vanished from the tracker, and the cells that
+        came once it left were measured against a background holding it (simulated, a cell stuck
+        2.5 s at 4 kHz). Said once, until a cell passes (:meth:`_unblocked`)."""
+        self._clog_due = CLOG_EVERY
+        if self._blocked_ms is not None:
+            self._blocked_now_ms = now_ms
+            return
+        g, si, sf = self.geometry, self._si, self._sf
+        px = g.pixel_size_um
+        x = sf[:, L.SF_X]
+        near = np.flatnonzero((si[:, L.SI_STATE] == L.ACTIVE) & (x >= g.constriction_x0 - CELL_RADIUS_UM / px)
+                              & (x <= g.constriction_x1) & (si[:, L.SI_NHIST] >= 2))
+        bgm = self.background
+        for k in near.tolist():
+            h = self._hist[k, : int(si[k, L.SI_NHIST])]
+            # its current place is sf's (a full history of a cell that stopped takes no more rows)
+            moved = np.flatnonzero(np.abs(h[:, _H + B_X] - sf[k, L.SF_X]) > STOP_UM / px)
+            i = int(moved[-1]) + 1 if moved.size else 0
+            if i >= len(h):
+                continue
+            still_ms = sf[k, L.SF_T] - h[i, L.H_T]
+            span_ms, frames = h[-1, L.H_T] - h[0, L.H_T], h[-1, L.H_FRAME] - h[0, L.H_FRAME]
+            limit = CLOG_MS
+            if bgm.relearn > 0 and span_ms > 0 and frames > 0:  # the background takes it over sooner
+                limit = min(limit, 0.5 * bgm.relearn * bgm.stride * span_ms / frames)
+            if still_ms < max(limit, self.settings.stuck_ms):
+                continue
+            self._blocked_ms, self._blocked_now_ms = float(h[i, L.H_T]), now_ms
+            where = "in the constriction" if sf[k, L.SF_X] >= g.constriction_x0 else "at its mouth"
+            self._say(f"frame {frame_id}: the constriction looks blocked: an object has stood still {where} "
+                      f"(x {sf[k, L.SF_X] * px:.0f} µm) for {still_ms:.0f} ms, and no cell passes while it stays "
+                      f"(a clog: flush the channel?). Said again once cells pass")
+            return
+
+    def _unblocked(self, h: np.ndarray, exit_frame: int) -> None:
+        """A cell passed the constriction after it was said to be blocked: say for how long."""
+        exits = np.flatnonzero(h[:, L.H_FRAME] == exit_frame)
+        if not exits.size or h[exits[0], L.H_T] <= self._blocked_ms:
+            return  # it left before the block began
+        gone_ms = h[exits[0], L.H_T] - self._blocked_ms
+        self._blocked_ms, self._blocked_now_ms = None, math.nan
+        note = f"cells pass the constriction again (it was blocked for {gone_ms / 1000:.1f} s)"
+        log.info("%s", note)
+        if self.on_note is not None:
+            self.on_note(note)
+
+    @property
+    def blocked_s(self) -> float:
+        """Seconds the constriction has been blocked (as last looked at); NaN while cells pass.
+        Read from another thread while the tracker runs."""
+        since, now = self._blocked_ms, self._blocked_now_ms
+        return math.nan if since is None else max(now - since, 0.0) / 1000.0
 
     def _judge_direction(self, dx_um: float) -> None:
         """Say once when cells move right to left: a camera turned against the flow, replayed or

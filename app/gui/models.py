@@ -416,14 +416,17 @@ def _trigger_row(st: Any) -> StatusRow:
 
 def _cells_row(st: Any) -> StatusRow:
     """Cells decided, and alarmed when the tracker saw cells it could not follow (no free track)."""
-    overflow = getattr(st, "tracks_overflow", 0)
-    text = f"{st.cells} | {_fmt(st.cells_per_s, '.1f', '/s')}" + (f", {overflow} untracked" if overflow else "")
+    overflow, blocked = getattr(st, "tracks_overflow", 0), getattr(st, "blocked_s", math.nan)
+    text = f"{st.cells} | {_fmt(st.cells_per_s, '.1f', '/s')}" + (f", {overflow} untracked" if overflow else "") \
+        + (f", BLOCKED {blocked:.1f} s" if blocked == blocked else "")
     tip = "\n".join(f"{label}: {getattr(st, key, 0)}" for key, label in (
         ("tracks_overflow", "blobs not followed (tracking.max_tracks in use)"),
         ("tracks_lost", "tracks ended before the constriction (cells lost upstream, specks)"),
         ("snapshots_lost", "events without their ROI image (the ring had moved on)"),
-        ("paces_unlearned", "pulses timed before the channel's pace was learned")))
-    return StatusRow("cells", "Cells | rate", text, overflow > 0, tip)
+        ("paces_unlearned", "pulses timed before the channel's pace was learned"))) \
+        + ("\nBLOCKED: an object has stood still in the constriction or at its mouth, and no cell has passed "
+           "since (a clog: flush the channel?)" if blocked == blocked else "")
+    return StatusRow("cells", "Cells | rate", text, overflow > 0 or blocked == blocked, tip)
 
 
 def _cpu_row(cores: Mapping[str, float]) -> StatusRow:
