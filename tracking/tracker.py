@@ -54,6 +54,7 @@ from tracking.blobs import (
     B_YMIN,
     N_BLOB_FIELDS,
 )
+from tracking.drift import DriftGauge, Offset, translated
 from tracking.events import CellEvent, Quality, Snapshot
 from tracking.geometry import ChannelGeometry, GeometrySettings
 from tracking.passage import _JOINED, CROSSING_STEPS, DOUBLET_DI, FEATURE_ORDER, N_FEATURES, STOP_UM, V_MEAN_SHARE, passage_kernel
@@ -85,6 +86,13 @@ EXPOSURE_EVERY = 4096
 CLOG_MS = 200.0
 #: frames between two looks for a blocked constriction (~10 µs a look: the tracks there)
 CLOG_EVERY = 128
+#: frames between two looks for a channel that moved in the view (~50 µs a look), between a look
+#: that saw a move and the one that must agree, and how far (µm) the tracker follows it. Until it
+#: does, the walls' old and new edges pass for cells: 5 µm along the flow gave ~40 flagged events
+#: in the ~600 frames two looks 512 frames apart took
+DRIFT_EVERY = 256
+DRIFT_CONFIRM = 32
+MAX_DRIFT_UM = 20.0
 
 _H = L.N_H_EXTRA  # offset of blob columns in a history row
 #: µm past the constriction exit after which a cell moves at the downstream channel's pace (it
@@ -219,21 +227,17 @@ class Tracker:
         self._counts = np.zeros(nb, np.int32)
         self._times = np.zeros(nb, np.float64)
         self._pi = np.array([s.max_gap_frames, self.crop_px, 0], np.int64)
-        emit_x = min(g.constriction_x1 + s.emit_after_exit_um / px, g.width - 1.0)
         v_init = s.initial_speed_mm_s / px  # mm/s = µm/ms -> px/ms
-        # the stretch of channel whose learned pace times the pulses: past where a cell leaving the
-        # constriction has slowed down (about its radius), short of where a cell touches the ROI's
-        # edge (its centroid is pulled in there); while it is not known the cell's own speed does
-        far0, far1 = g.constriction_x1 + RELAXED_AFTER_EXIT_UM / px, g.width - EDGE_MARGIN_UM / px
+        self._pf = np.zeros(13, np.float64)
+        self._pf[3:8] = (s.gate_back_um / px, s.gate_forward_um / px, s.gate_y_um / px, v_init, 3.0)
+        self._pf[11:13] = (1.0 if s.pace_per_cell else 0.0, s.max_gap_frames + 1.0)
+        self._set_geometry(g, h)
+        far0, far1 = self._pf[8], self._pf[9]
         if far1 - far0 < 2 * L.MOTION_BIN_PX:
             log.warning("only %.0f px of the ROI lie between %g µm past the constriction and %g µm before the "
                         "ROI's edge: pulses are timed with each cell's speed just past the exit, which at fast "
                         "flow comes out up to 1.3x its speed further on (widen the ROI downstream)",
                         max(far1 - far0, 0.0), RELAXED_AFTER_EXIT_UM, EDGE_MARGIN_UM)
-        pace_end = g.constriction_x0
-        self._pf = np.array([g.constriction_x0, g.constriction_x1, emit_x, s.gate_back_um / px,
-                             s.gate_forward_um / px, s.gate_y_um / px, v_init, 3.0, far0, far1, pace_end,
-                             1.0 if s.pace_per_cell else 0.0, s.max_gap_frames + 1.0], np.float64)
         T = s.max_tracks
         self._si = np.zeros((T, L.N_SI), np.int64)
         self._sf = np.zeros((T, L.N_SF), np.float64)
@@ -278,18 +282,36 @@ class Tracker:
         self.on_note: Callable[[str], None] | None = None
         self._deferred: list[tuple[int, int, int]] = []  # (place in the returned list, done row, history row) of snapshots not taken yet
         self._live: tuple | None = None  # track_live's out, phase and timespec arrays
-        self.y0 = max(0, int(math.floor(g.channel_y0)))
-        self.y1 = min(h, int(math.ceil(g.channel_y1)))
         #: each frame's light against the background's is measured (every event's bg_off), fitted
         #: to the pixels within the threshold of the fit; segmentation uses it when correcting
         self.light_clip = abs(self.threshold)
         #: the last frame's gain and offset, and the running means of |gain - mean gain| and of
         #: the gain (:attr:`light`)
         self._light_now = np.array([1.0, 0.0, 0.0, 1.0])
-        self.background.light_rows = (self.y0, self.y1)
         self.background.light_level = grey
+        self._geometry0 = g  # found in the run's first frames; the channel may move from there
+        self._drift = DriftGauge(background, int(round(MAX_DRIFT_UM / px)))
+        self._drift_due = DRIFT_EVERY  # frames until the next look for a channel that moved
+        self._offset = (0.0, 0.0)  # px the tracker follows the channel by
+        self._drift_seen: Offset | None = None  # the last look's move, taken once the next agrees
+        self._drift_said = False  # a move beyond what the tracker follows was said
         self.correct_flicker(s.flicker_correction)
         self._warm_up(background)
+
+    def _set_geometry(self, g: ChannelGeometry, h: int) -> None:
+        """Where the constriction and walls are, for the kernels (in place: a live run's hold them)."""
+        s, px = self.settings, g.pixel_size_um
+        self.geometry = g
+        emit_x = min(g.constriction_x1 + s.emit_after_exit_um / px, g.width - 1.0)
+        # the stretch of channel whose learned pace times the pulses: past where a cell leaving the
+        # constriction has slowed down (about its radius), short of where a cell touches the ROI's
+        # edge (its centroid is pulled in there); while it is not known the cell's own speed does
+        far0, far1 = g.constriction_x1 + RELAXED_AFTER_EXIT_UM / px, g.width - EDGE_MARGIN_UM / px
+        self._pf[0:3] = (g.constriction_x0, g.constriction_x1, emit_x)
+        self._pf[8:11] = (far0, far1, g.constriction_x0)  # (the last: where the pace's stretch upstream ends)
+        self.y0 = max(0, int(math.floor(g.channel_y0)))
+        self.y1 = min(h, int(math.ceil(g.channel_y1)))
+        self.background.light_rows = (self.y0, self.y1)
 
     def correct_flicker(self, on: bool) -> None:
         """Compare each frame with the background scaled by the frame's own light (or not), from
@@ -302,6 +324,7 @@ class Tracker:
         self._ensure_crop_dtype(background.dtype)
         if self.kernels != "numba":
             return
+        self._drift.load()
         one = np.ascontiguousarray(background)[None]
         slot = np.zeros(1, np.int64)
         self._segment(one, slot, self.background.image, self.threshold, self.min_area_px, self.y0, self.y1,
@@ -401,6 +424,9 @@ class Tracker:
             self._clog_due -= m
             if self._clog_due <= 0:
                 self._judge_flow(int(frame_ids[a + m - 1]), float(times[m - 1]))
+            self._drift_due -= m
+            if self._drift_due <= 0:
+                self._judge_position(images[sl[m - 1]], int(frame_ids[a + m - 1]))
             frames_done = 0
             while frames_done < m:
                 if frames_done == 0:
@@ -467,6 +493,10 @@ class Tracker:
             if self._clog_due <= 0:
                 last = (reader.cursor - 1) % ring.capacity
                 self._judge_flow(int(ring.frame_ids[last]), (int(ring.timestamps_ns[last]) - t0) * 1e-6)
+            self._drift_due -= n
+            if self._drift_due <= 0:
+                last = (reader.cursor - 1) % ring.capacity
+                self._judge_position(ring.images[last], int(ring.frame_ids[last]))
         events: list[CellEvent] = []
         if out[LV.O_DONE]:
             self._snap_images = ring.images
@@ -706,6 +736,8 @@ class Tracker:
         came once it left were measured against a background holding it (simulated, a cell stuck
         2.5 s at 4 kHz). Said once, until a cell passes (:meth:`_unblocked`)."""
         self._clog_due = CLOG_EVERY
+        if self._light_stepped:
+            return  # a lamp turned down made the whole channel one dark, still object
         if self._blocked_ms is not None:
             self._blocked_now_ms = now_ms
             return
@@ -735,6 +767,60 @@ class Tracker:
                       f"(x {sf[k, L.SF_X] * px:.0f} µm) for {still_ms:.0f} ms, and no cell passes while it stays "
                       f"(a clog: flush the channel?). Said again once cells pass")
             return
+
+    def _judge_position(self, image: np.ndarray, frame_id: int) -> None:
+        """Follow a channel that moved in the view (the stage or the chip shifted; see
+        :mod:`tracking.drift`): once two looks agree that it lies half a pixel or more from where
+        the tracker has it, the constriction, the walls and the background move with it."""
+        self._drift_due = DRIFT_EVERY
+        if self._light_stepped:
+            return  # the frames are not the channel's until the background has the new light
+        o = self._drift.offset(image)
+        px = self.geometry.pixel_size_um
+        seen = self._drift_seen
+        if o.beyond and not (seen is not None and seen.beyond):
+            self._drift_seen, self._drift_due = o, DRIFT_CONFIRM
+            return
+        if o.beyond:
+            self._drift_seen = None
+            if not self._drift_said:
+                self._drift_said = True
+                self._say(f"frame {frame_id}: the channel moved more than {MAX_DRIFT_UM:g} µm from where it was at "
+                          f"the start of the run (the stage or the chip shifted?): the tracker cannot follow it, "
+                          f"and cells are measured against the constriction where it was. Restart the run")
+            return
+        dx, dy = self._offset
+        if abs(o.dx - dx) < 0.5 and abs(o.dy - dy) < 0.5:
+            self._drift_seen = None
+            return
+        self._drift_seen = o
+        if seen is None or not abs(seen.dx - o.dx) <= 0.5 or not abs(seen.dy - o.dy) <= 0.5:
+            self._drift_due = DRIFT_CONFIRM  # a frame's cells could pull one look: the next must agree
+            return
+        dx, dy = 0.5 * (seen.dx + o.dx), 0.5 * (seen.dy + o.dy)
+        g0 = self._geometry0
+        x0, x1 = g0.constriction_x0 + dx, g0.constriction_x1 + dx
+        y0, y1 = max(0.0, g0.channel_y0 + dy), min(float(g0.height), g0.channel_y1 + dy)
+        if x0 < 0 or x1 > g0.width or y1 - y0 < 0.5 * (g0.channel_y1 - g0.channel_y0):
+            if not self._drift_said:
+                self._drift_said = True
+                self._say(f"frame {frame_id}: the channel moved {dx * px:+.1f} µm along the flow and {dy * px:+.1f} µm "
+                          f"across it, and the constriction or the channel left the view: move it back and restart")
+            return
+        bgm = self.background
+        held = self._drift.offset(bgm.image)  # where the background has it (it may have relearned some)
+        if not held.beyond:
+            bgm._acc[:] = translated(bgm._acc, dx - held.dx, dy - held.dy)
+            top = float(np.iinfo(bgm.image.dtype).max)
+            bgm.image[:] = np.clip(np.floor(bgm._acc + np.float32(0.5)), 0.0, top)
+            bgm._count[:] = 0
+        self._set_geometry(replace(g0, constriction_x0=x0, constriction_x1=x1, channel_y0=y0, channel_y1=y1),
+                           g0.height)
+        self._offset, self._drift_seen = (dx, dy), None
+        self._say(f"frame {frame_id}: the channel moved {dx * px:+.1f} µm along the flow and {dy * px:+.1f} µm across "
+                  f"it since the run started (the stage or the chip shifted?): the tracker follows it, the constriction "
+                  f"now at {x0 * px:.1f}-{x1 * px:.1f} µm and the walls at {y0 * px:.1f} and {y1 * px:.1f} µm. Cells in "
+                  f"view while it moved are measured across the move")
 
     def _unblocked(self, h: np.ndarray, exit_frame: int) -> None:
         """A cell passed the constriction after it was said to be blocked: say for how long."""

@@ -125,7 +125,7 @@ class RunController(QtCore.QObject):
         self._last_frame_t = 0.0
         self._status_period = 1.0 / max(status_hz, 0.5)  # counters are read by people: 10 Hz is plenty
         self._last_status_t = 0.0
-        self._geometry_sent = False
+        self._geometry_sent = None  # the tracker's geometry last drawn (it follows a channel that moves)
         self.frames: deque = deque(maxlen=32)  # recent preview frames, for geometry auto-detection
         self.last_status = None
         self.ticks = 0
@@ -227,7 +227,7 @@ class RunController(QtCore.QObject):
         self.run = run
         self._last_index = -1
         self._last_frame_id = None
-        self._geometry_sent = False
+        self._geometry_sent = None
         self.frames.clear()
         self.busyChanged.emit(False)
         self.message.emit("running")
@@ -360,9 +360,10 @@ class RunController(QtCore.QObject):
         if p is None or final:
             return
         tracker = getattr(p, "tracker", None)
-        if not self._geometry_sent and tracker is not None and getattr(tracker, "geometry", None) is not None:
-            self._geometry_sent = True
-            self.geometryReady.emit(tracker.geometry)
+        geometry = getattr(tracker, "geometry", None) if tracker is not None else None
+        if geometry is not None and geometry is not self._geometry_sent:
+            self._geometry_sent = geometry
+            self.geometryReady.emit(geometry)
         ring = getattr(p, "ring", None)
         if ring is not None and now - self._last_frame_t >= self._frame_period:
             frame = ring.newest()
