@@ -150,6 +150,17 @@ class TriggerConfig:
             raise ConfigError(e.key.removeprefix("trigger."), e.problem) from None
         except MimlsortError:  # driver missing: reported when the trigger is opened
             pass
+        # a width the backend cannot make passed `config --check`, and the run refused every
+        # pulse ("refused: width 0.5 µs outside [1, 1e+06]": fired 0, exit 0)
+        try:
+            from hardware.trigger import trigger_class
+
+            lo, hi = trigger_class(self.backend).width_range_us
+        except MimlsortError:
+            return
+        w = self.timing.pulse_width_us
+        require(lo <= w <= hi, "timing.pulse_width_us",
+                f"the {self.backend} trigger makes pulses of {lo:g} to {hi:g} µs, got {w:g}")
 
     @property
     def table(self) -> dict:

@@ -141,3 +141,14 @@ def test_preflight_refuses_what_the_model_makes_impossible(tmp_path):
         preflight(config_from_mapping({**out, "sorting": {"target_classes": ["foo"]}}))
     with pytest.raises(ConfigError, match=r"tracking\.crop_size_um.*smaller than the .* field"):
         preflight(config_from_mapping({**out, "tracking": {"crop_size_um": 10.0}}))
+
+
+@pytest.mark.parametrize("backend, width", [("log", 0.5), ("serial", 0.5), ("camera-line", 50.0)])
+def test_a_pulse_width_the_trigger_cannot_make_is_refused_at_load(backend, width):
+    # it passed `config --check`, and the run refused every pulse ("refused: width 0.5 µs outside
+    # [1, 1e+06]"): fired 0, exit 0
+    data = {"trigger": {"backend": backend, "timing": {"pulse_width_us": width}}}
+    with pytest.raises(ConfigError, match=r"^trigger\.timing\.pulse_width_us: the .* trigger makes pulses of"):
+        config_from_mapping(data)
+    data["trigger"]["timing"]["pulse_width_us"] = 200.0
+    assert config_from_mapping(data).trigger.timing.pulse_width_us == 200.0
