@@ -71,8 +71,11 @@ class SerialSettings:
 
     def __post_init__(self):
         require(self.baudrate > 0, "baudrate", f"must be > 0, got {self.baudrate}")
-        require(self.handshake_timeout_s > 0, "handshake_timeout_s", f"must be > 0, got {self.handshake_timeout_s}")
-        require(self.write_timeout_s > 0, "write_timeout_s", f"must be > 0, got {self.write_timeout_s}")
+        # bounded: inf passed, and the handshake with a board that never answers waited for ever, and
+        # a write to a device that stopped reading raised OverflowError from pyserial (1e12: hung)
+        require(0 < self.handshake_timeout_s <= 60, "handshake_timeout_s",
+                f"must be in (0, 60] s, got {self.handshake_timeout_s}")
+        require(0 < self.write_timeout_s <= 60, "write_timeout_s", f"must be in (0, 60] s, got {self.write_timeout_s}")
         require(math.isfinite(self.link_latency_us) and self.link_latency_us >= 0, "link_latency_us",
                 f"must be >= 0, got {self.link_latency_us}")
         require(self.mode in ("delay", "clock"), "mode", f"must be delay or clock, got {self.mode!r}")

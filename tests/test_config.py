@@ -152,3 +152,12 @@ def test_a_pulse_width_the_trigger_cannot_make_is_refused_at_load(backend, width
         config_from_mapping(data)
     data["trigger"]["timing"]["pulse_width_us"] = 200.0
     assert config_from_mapping(data).trigger.timing.pulse_width_us == 200.0
+
+
+@pytest.mark.parametrize("key, value", [("handshake_timeout_s", float("inf")), ("write_timeout_s", float("inf")),
+                                        ("write_timeout_s", 1e12)])
+def test_serial_timeouts_must_end(key, value):
+    # inf passed: the handshake with a board that never answers looped for ever, and a write to a
+    # device that stopped reading raised OverflowError inside pyserial instead of timing out
+    with pytest.raises(ConfigError, match=rf"^trigger\.serial\.{key}: must be in"):
+        config_from_mapping({"trigger": {"backend": "serial", "serial": {key: value}}})
