@@ -70,7 +70,9 @@ def check_settings(s: Any) -> None:
         v = getattr(s, k)  # inf passed `config --check`, then the camera refused it under its feature's name
         require(v >= 0 and math.isfinite(v), k, f"must be a finite number >= 0, got {v}")
     require(s.reconnect_attempts >= 0, "reconnect_attempts", f"must be >= 0, got {s.reconnect_attempts}")
-    require(s.reconnect_delay_s >= 0, "reconnect_delay_s", f"must be >= 0, got {s.reconnect_delay_s}")
+    # bounded: inf passed, and a lost camera's reconnect ended in OverflowError from time.sleep
+    # instead of a reconnect (1e12: the run slept for ever, never ending ERRORED)
+    require(0 <= s.reconnect_delay_s <= 600, "reconnect_delay_s", f"must be in [0, 600] s, got {s.reconnect_delay_s}")
 
 
 def select_device(devices: list[Any], serial: str, s: Any, *, serial_of: Callable[[Any], str],

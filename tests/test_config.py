@@ -161,3 +161,11 @@ def test_serial_timeouts_must_end(key, value):
     # device that stopped reading raised OverflowError inside pyserial instead of timing out
     with pytest.raises(ConfigError, match=rf"^trigger\.serial\.{key}: must be in"):
         config_from_mapping({"trigger": {"backend": "serial", "serial": {key: value}}})
+
+
+@pytest.mark.parametrize("backend", ["basler", "genicam", "ximea"])
+@pytest.mark.parametrize("delay", [float("inf"), 1e12])
+def test_a_camera_reconnect_delay_must_end(backend, delay):
+    # inf passed: a lost camera's reconnect died in time.sleep (OverflowError); 1e12 slept for ever
+    with pytest.raises(ConfigError, match=rf"^camera\.{backend}\.reconnect_delay_s: must be in"):
+        config_from_mapping({"camera": {"backend": backend, backend: {"reconnect_delay_s": delay}}})
