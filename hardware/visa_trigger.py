@@ -70,18 +70,22 @@ class VisaSettings:
     channel: int = 1
     waveform: str = "pulse"  # pulse: one rectangular pulse; sine: a burst of sine cycles (SAW actuators)
     frequency_hz: float = 1_000_000.0  # sine carrier; the cycle count is width × frequency
-    high_v: float = 5.0
-    low_v: float = 0.0
+    high_v: float = 5.0  # pulse high level, V
+    low_v: float = 0.0  # pulse low level, V
     timed_by: str = "device"  # device: trigger delay on the instrument; host: *TRG at the fire time
     reset: bool = True  # *RST;*CLS before configuring
-    timeout_ms: int = 500
-    poll_interval_s: float = 1.0
+    timeout_ms: int = 500  # VISA I/O timeout of each SCPI exchange
+    poll_interval_s: float = 1.0  # read the instrument's error queue at most this often (idle, status)
     # an instrument that ignores its triggers is then found within a second, not when the run
     # ends; a cell decided during the check waits for it: one SCPI round trip per queued error,
     # plus one (late if its fire time passes meanwhile)
     check_errors_during_run: bool = False  # read the error queue every poll_interval_s while sorting too
 
     def __post_init__(self):
+        # inf passed every check below: a sine burst's cycle count (width × inf) raised OverflowError
+        # when the instrument was configured, and ":VOLT:HIGH inf" went to the instrument
+        for name in ("frequency_hz", "high_v", "low_v", "poll_interval_s"):
+            require(math.isfinite(getattr(self, name)), name, f"must be finite, got {getattr(self, name)}")
         require(self.channel in (1, 2, 3, 4), "channel", f"must be 1..4, got {self.channel}")
         require(self.waveform in ("pulse", "sine"), "waveform", f"must be pulse or sine, got {self.waveform!r}")
         require(self.frequency_hz > 0, "frequency_hz", f"must be > 0, got {self.frequency_hz}")

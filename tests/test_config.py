@@ -169,3 +169,12 @@ def test_a_camera_reconnect_delay_must_end(backend, delay):
     # inf passed: a lost camera's reconnect died in time.sleep (OverflowError); 1e12 slept for ever
     with pytest.raises(ConfigError, match=rf"^camera\.{backend}\.reconnect_delay_s: must be in"):
         config_from_mapping({"camera": {"backend": backend, backend: {"reconnect_delay_s": delay}}})
+
+
+@pytest.mark.parametrize("key, value", [("frequency_hz", float("inf")), ("high_v", float("inf")),
+                                        ("low_v", -float("inf")), ("poll_interval_s", float("inf"))])
+def test_visa_levels_and_rates_must_be_finite(key, value):
+    # inf passed: the burst's cycle count (width × inf) raised OverflowError when the instrument was
+    # configured, and ":VOLT:HIGH inf" went to the instrument
+    with pytest.raises(ConfigError, match=rf"^trigger\.visa\.{key}: must be finite"):
+        config_from_mapping({"trigger": {"backend": "visa", "visa": {key: value}}})
