@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -46,12 +47,18 @@ class NidaqSettings:
     counter: str = "ctr0"
     output_terminal: str = ""  # e.g. "/Dev1/PFI12"; "" = the counter's default output
     arm_ahead_us: float = 2000.0  # arm the counter this long before the fire time
-    min_low_time_us: float = 1.0
+    min_low_time_us: float = 1.0  # the counter's low time before each pulse, µs (NI's low_time)
 
     def __post_init__(self):
         require(bool(self.device), "device", "must name the DAQ device, e.g. Dev1")
         require(bool(self.counter), "counter", "must name a counter, e.g. ctr0")
-        require(self.arm_ahead_us >= 100, "arm_ahead_us", f"must be >= 100, got {self.arm_ahead_us}")
+        # finite: inf passed, and the scheduler thread died on round(inf) as it started (no pulse went out)
+        require(100 <= self.arm_ahead_us < math.inf, "arm_ahead_us",
+                f"must be >= 100 and finite, got {self.arm_ahead_us}")
+        # a negative or infinite low time passed `config --check` and went to NI-DAQmx as low_time
+        # only when the run opened the counter
+        require(0 < self.min_low_time_us < math.inf, "min_low_time_us",
+                f"must be > 0 and finite, got {self.min_low_time_us}")
 
 
 class NidaqTrigger(Trigger):

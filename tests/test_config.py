@@ -178,3 +178,12 @@ def test_visa_levels_and_rates_must_be_finite(key, value):
     # configured, and ":VOLT:HIGH inf" went to the instrument
     with pytest.raises(ConfigError, match=rf"^trigger\.visa\.{key}: must be finite"):
         config_from_mapping({"trigger": {"backend": "visa", "visa": {key: value}}})
+
+
+@pytest.mark.parametrize("key, value", [("min_low_time_us", -1.0), ("min_low_time_us", float("inf")),
+                                        ("arm_ahead_us", float("inf"))])
+def test_nidaqmx_times_are_checked_at_load(key, value):
+    # passed `config --check`: the low time went to NI-DAQmx only when the run opened the counter;
+    # an infinite arm-ahead killed the scheduler thread as it started
+    with pytest.raises(ConfigError, match=rf"^trigger\.nidaqmx\.{key}: must be"):
+        config_from_mapping({"trigger": {"backend": "nidaqmx", "nidaqmx": {key: value}}})
