@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import IO
 
 from hardware.trigger import Trigger
 from mimlsort.errors import DeviceError
+from mimlsort.settings import require
 
 pulse_log = logging.getLogger("mimlsort.pulses")
 
@@ -38,6 +40,10 @@ class NullTrigger(Trigger):
 class LogSettings:
     path: str = ""  # tab-separated pulse log; "" logs to the "mimlsort.pulses" logger at INFO
     flush_s: float = 1.0  # the file is flushed at least this often while pulses come
+
+    def __post_init__(self):
+        # inf passed, and the file was flushed only when the trigger closed; -1 passed too
+        require(0 <= self.flush_s < math.inf, "flush_s", f"must be finite and >= 0 (0: every pulse), got {self.flush_s}")
 
 
 class LogTrigger(Trigger):

@@ -187,3 +187,11 @@ def test_nidaqmx_times_are_checked_at_load(key, value):
     # an infinite arm-ahead killed the scheduler thread as it started
     with pytest.raises(ConfigError, match=rf"^trigger\.nidaqmx\.{key}: must be"):
         config_from_mapping({"trigger": {"backend": "nidaqmx", "nidaqmx": {key: value}}})
+
+
+@pytest.mark.parametrize("value", [-1.0, float("inf")])
+def test_log_trigger_flush_interval_is_checked(value):
+    # inf passed, and the pulse log was flushed only when the trigger closed
+    with pytest.raises(ConfigError, match=r"^trigger\.log\.flush_s: must be finite and >= 0"):
+        config_from_mapping({"trigger": {"backend": "log", "log": {"flush_s": value}}})
+
