@@ -241,7 +241,9 @@ class DaemonConfig:
     log_file: str = "mimlsort.log"  # inside the output folder; "" for none
 
     def __post_init__(self):
-        require(self.status_interval_s > 0, "status_interval_s", f"must be > 0, got {self.status_interval_s}")
+        # finite: inf passed, and the daemon printed no periodic status line for the whole run
+        require(0 < self.status_interval_s < math.inf, "status_interval_s",
+                f"must be > 0 and finite, got {self.status_interval_s}")
         require(0 <= self.http_port <= 65535, "http_port", f"must be in [0, 65535], got {self.http_port}")
 
 

@@ -195,3 +195,8 @@ def test_log_trigger_flush_interval_is_checked(value):
     with pytest.raises(ConfigError, match=r"^trigger\.log\.flush_s: must be finite and >= 0"):
         config_from_mapping({"trigger": {"backend": "log", "log": {"flush_s": value}}})
 
+
+def test_daemon_status_interval_must_be_finite():
+    # inf passed, and `mimlsort run` printed no periodic status line for the whole run
+    with pytest.raises(ConfigError, match=r"^daemon\.status_interval_s: must be > 0 and finite"):
+        config_from_mapping({"daemon": {"status_interval_s": float("inf")}})
