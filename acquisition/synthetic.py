@@ -113,6 +113,9 @@ class ClassSpec:
     appearance_sd: float = 0.2  # relative per-cell spread of the appearance values
 
     def __post_init__(self):
+        for f in fields(self):  # inf passed: the run died in the camera ("lam value too large", no key named)
+            v = getattr(self, f.name)
+            require(not isinstance(v, float) or math.isfinite(v), f.name, f"must be finite, got {v}")
         require(bool(self.name) and "," not in self.name and "+" not in self.name, "name",
                 f"must be a non-empty name without ',' or '+', got {self.name!r}")
         require(self.fraction >= 0, "fraction", f"must be >= 0, got {self.fraction}")

@@ -200,3 +200,12 @@ def test_daemon_status_interval_must_be_finite():
     # inf passed, and `mimlsort run` printed no periodic status line for the whole run
     with pytest.raises(ConfigError, match=r"^daemon\.status_interval_s: must be > 0 and finite"):
         config_from_mapping({"daemon": {"status_interval_s": float("inf")}})
+
+
+@pytest.mark.parametrize("key", ["granules", "speed_factor", "fraction", "darkness", "relax_ms"])
+def test_simulated_cell_class_values_must_be_finite(key):
+    # inf passed, and the run died in the camera ("ValueError: lam value too large", "cannot convert
+    # float NaN to integer") naming no key; fraction = inf ran with a silently wrong class mix
+    classes = [{"name": "a", key: float("inf")}, {"name": "b"}]
+    with pytest.raises(ConfigError, match=rf"^camera\.synthetic\.classes\[0\]\.{key}: must be finite"):
+        config_from_mapping({"camera": {"synthetic": {"classes": classes}}})
