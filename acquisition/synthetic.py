@@ -91,12 +91,12 @@ class ClassSpec:
     """One cell class: size, mechanics and appearance. Appearance values vary per cell by
     ``appearance_sd`` (relative, log-normal), so classes overlap without being identical."""
 
-    name: str
+    name: str  # class name (the truth's, and what a model trained on it calls it)
     fraction: float = 1.0  # relative share of the cells
     diameter_um: float = 14.0  # mean rest diameter
-    diameter_sd_um: float = 1.5
+    diameter_sd_um: float = 1.5  # sd of the rest diameter across cells
     di: float = 0.70  # mean DI (a-b)/(a+b) of the squeezed shape in the constriction
-    di_sd: float = 0.09
+    di_sd: float = 0.09  # sd of the squeezed DI across cells
     rest_di: float = 0.02  # DI at rest, upstream
     speed_factor: float = 1.0  # constriction speed relative to constriction_speed_mm_s
     relax_ms: float = 1.0  # DI relaxation time constant after the exit

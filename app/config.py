@@ -372,8 +372,12 @@ def default_config_text() -> str:
             if c:
                 lines.append(f"# {sub}: {c}")
             for item in items:
+                # with each key's comment: the classes' keys (darkness, relax_ms …) were printed bare
                 lines.append(f"[[{sub}]]")
-                lines.extend(tomli_w.dumps(to_mapping(item)).strip().splitlines())
+                item_comments = _field_comments(type(item))
+                for k, x in to_mapping(item).items():
+                    c = item_comments.get(k, "")
+                    lines.append(f"{k} = {_toml_value(x)}" + (f"  # {c}" if c else ""))
         lines.append("")
         for v, t in subtables:
             emit(v, t)

@@ -209,3 +209,11 @@ def test_simulated_cell_class_values_must_be_finite(key):
     classes = [{"name": "a", key: float("inf")}, {"name": "b"}]
     with pytest.raises(ConfigError, match=rf"^camera\.synthetic\.classes\[0\]\.{key}: must be finite"):
         config_from_mapping({"camera": {"synthetic": {"classes": classes}}})
+
+
+def test_default_text_explains_the_simulated_cell_classes():
+    # the [[camera.synthetic.classes]] keys were printed bare: "darkness = 28.0", units unsaid
+    text = default_config_text()
+    block = text[text.index("[[camera.synthetic.classes]]"):]
+    assert "\ndarkness = 28.0  # grey levels the cell body is darker than the lumen\n" in block
+    assert "\nname = \"hct116\"  # class name" in block
