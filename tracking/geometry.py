@@ -44,10 +44,11 @@ class ChannelGeometry:
 class GeometrySettings:
     """Geometry as configured. ``None`` means: detect it from the background image."""
 
-    constriction_start_um: float | None = None
-    constriction_end_um: float | None = None
-    channel_top_um: float | None = None
-    channel_bottom_um: float | None = None
+    # positions in the (turned) frame the tracker sees: x from the ROI's left edge, y from its top
+    constriction_start_um: float | None = None  # x of the constriction's upstream end, µm; unset: detected from the background
+    constriction_end_um: float | None = None  # x of its downstream end, µm; unset: detected
+    channel_top_um: float | None = None  # y of the upper wall's inner edge in the wide channel, µm; unset: detected
+    channel_bottom_um: float | None = None  # y of the lower wall's inner edge, µm; unset: detected
 
     def __post_init__(self):
         for name in ("constriction_start_um", "constriction_end_um", "channel_top_um", "channel_bottom_um"):
