@@ -603,7 +603,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
         recorder = None
         raw_path = None
         if cfg.output.record_raw:
-            from acquisition.recording import RawRecorder
+            from acquisition.recording import RawRecorder, RecorderSettings
 
             raw_path = folder / f"{stem}_raw.rtdc"
             if raw_path not in created and not raw_path.exists():
@@ -618,6 +618,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             # the clock is said here: the recorder child never sees the ring's flag (its file said False)
             recorder = rec_cls(raw_path, info.width, info.height, info.dtype, pixel_size_um=px, fps=info.fps,
                                camera_clock=info.camera_clock, overwrite=raw_path in reserved,
+                               settings=RecorderSettings(compression=cfg.output.raw_compression),
                                metadata={"experiment:sample": cfg.output.sample, **raw_meta})
             recorder.__enter__()
             opened.append(recorder)
