@@ -129,7 +129,7 @@ class TrackerSettings:
     split_ratio: float = 0.75  # cut a blob where its height dips to this share of the peaks beside (touching cells); 0: never
     low_contrast: float = 4.0  # mean |image - background| in the cell (8-bit grey levels) below this: low contrast
     stuck_ms: float = 50.0  # a cell that stops (stays within 2 µm) for longer than this is stuck
-    batch_frames: int = 256  # frames per kernel call
+    batch_frames: int = 256  # frames per kernel call of a replay or unpaced source (a live camera's frames are tracked as they come, up to 256 or 0.25 s a call; this many are read at once after falling behind)
     background_frames: int = 64  # frames the initial background is estimated from (per pixel, the median of its densest 2-noise-sd window of values: right even where cells often pass)
     snapshots: bool = True  # attach the full-ROI image, background and mask at the frame of max DI
     flicker_correction: bool = True  # compare each frame with the background scaled by the frame's own light (lamp flicker; each event's bg_off says by how much)
