@@ -222,8 +222,8 @@ class SetupConfig:
     medium: str = ""  # e.g. "CellCarrierB", "PBS"; "": a replayed recording's, else "other" (placeholder)
     temperature_c: float = 0.0  # temperature of the chip, °C; 0: not recorded
     chip_identifier: str = ""  # the chip's label, if it has one
-    flash_device: str = ""  # illumination, e.g. "LED (460 nm)"; "": a replayed recording's, else "LED"
-    flash_duration_us: float = 0.0  # exposure time, µs; 0: the synthetic camera's or a replayed recording's, else 2 (placeholder)
+    flash_device: str = ""  # illumination, e.g. "LED (460 nm)"; "": a replayed recording's ("simulated" for the synthetic camera), else "LED"
+    flash_duration_us: float = 0.0  # exposure time, µs; 0: the synthetic camera's, a replayed recording's or, while flash_device is "" (a continuously lit sample), a vendor camera's exposure; else 2 (placeholder)
     operator: str = ""  # who ran the experiment
 
     def __post_init__(self):
