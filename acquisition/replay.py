@@ -470,9 +470,13 @@ class _TiffSource(_Source):
         # the end; 37 s where the same frames as RT-DC take 0.3 s), quadratic in the length.
         # Pages stored as plain bytes are read where their directories say, as RT-DC's are
         self._fd, self._swap = -1, False
-        self._offsets = None if self._broken is not None else _tiff_plain_offsets(
-            path, self.n, self.height, self.width, self.dtype)
-        if self._offsets is not None:
+        pages = None if self._broken is not None else _tiff_grey_pages(path, self.n, self.height, self.width,
+                                                                       self.dtype)
+        self._offsets = None if pages is None else pages.plain_offsets(self.height * self.width * self.dtype.itemsize)
+        # compressed pages (OpenCV writes LZW by default) are decoded from their strips: through
+        # OpenCV they slowed down as the quadratic page walk does (45 frames/s by page 5,000)
+        self._coded = pages if self._offsets is None else None
+        if pages is not None:
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             # ImageJ saves its stacks big-endian: 16-bit pages are swapped once read
             with open(path, "rb") as fh:
@@ -499,6 +503,8 @@ class _TiffSource(_Source):
         return self._read_pages(i0, k)
 
     def read_block(self, i0: int, out: np.ndarray) -> int:
+        if self._coded is not None:
+            return self._read_coded(i0, out)
         if self._fd >= 0:
             return self._read_plain(i0, out)
         pages = self._pages(i0, out.shape[0])
@@ -511,6 +517,31 @@ class _TiffSource(_Source):
         if self._swap:
             out[:n].byteswap(inplace=True)
         return n
+
+    def _read_coded(self, i0: int, out: np.ndarray) -> int:
+        from acquisition.tiffcodec import StripError, decode_strip, undo_predictor
+
+        t = self._coded
+        row = self.width * self.dtype.itemsize
+        flat = out.reshape(out.shape[0], -1).view(np.uint8)
+        for j in range(min(out.shape[0], self.n - i0)):
+            page = i0 + j
+            rps = t.rows_per_strip[page] * row
+            try:
+                for k, (at, count) in enumerate(zip(t.strips[page], t.counts[page])):
+                    data = os.pread(self._fd, count, at)
+                    if len(data) < count:
+                        raise StripError("the file ends early")
+                    decode_strip(t.compression[page], data, flat[j, k * rps:min((k + 1) * rps, flat.shape[1])])
+            except (OSError, StripError) as err:
+                if j:
+                    return j  # the pages before it first, as a plain read does
+                raise self.error(page, f"cannot be decoded (strip {k}: {err})") from err
+            if self._swap:
+                out[j].byteswap(inplace=True)
+            if t.predictor[page] == 2:
+                undo_predictor(out[j])
+        return min(out.shape[0], self.n - i0)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -630,45 +661,68 @@ def _tiff_break(path: Path) -> tuple[int, str] | None:
     return None
 
 
-def _tiff_plain_offsets(path: Path, n: int, height: int, width: int, dtype: np.dtype) -> np.ndarray | None:
-    """The file offset of each of the ``n`` pages of a TIFF when every one is stored as plain
-    bytes of the first page's kind: uncompressed, one grey sample of ``dtype`` (BlackIsZero,
-    unsigned, either byte order), ``width`` x ``height``, its strips back to back. None
-    otherwise (compression, tiles, colour, pages that differ, an Orientation or
-    FillOrder OpenCV applies, or a walk this cannot follow): OpenCV decodes those, and names what
-    is wrong with a page."""
-    if not hasattr(os, "preadv"):
-        return None
-    frame = height * width * dtype.itemsize
-    want = {256: (width,), 257: (height,), 258: (8 * dtype.itemsize,), 259: (1,), 277: (1,)}
+@dataclass(frozen=True, slots=True)
+class _TiffPages:
+    """Where each page of a TIFF of uniform grey pages keeps its strips, and how they are coded."""
+
+    compression: tuple[int, ...]
+    predictor: tuple[int, ...]
+    rows_per_strip: tuple[int, ...]
+    strips: tuple[tuple[int, ...], ...]
+    counts: tuple[tuple[int, ...], ...]
+
+    def plain_offsets(self, frame: int) -> np.ndarray | None:
+        """Each page's offset when every page is plain bytes, its strips back to back."""
+        if not hasattr(os, "preadv") or any(c != 1 for c in self.compression):
+            return None
+        for strips, counts in zip(self.strips, self.counts):
+            if sum(counts) != frame or any(strips[i] + counts[i] != strips[i + 1] for i in range(len(strips) - 1)):
+                return None
+        return np.array([strips[0] for strips in self.strips], np.int64)
+
+
+def _tiff_grey_pages(path: Path, n: int, height: int, width: int, dtype: np.dtype) -> _TiffPages | None:
+    """The strips of each of the ``n`` pages of a TIFF when every one holds one grey sample of
+    the first page's kind: ``dtype`` (BlackIsZero, unsigned, either byte order), ``width`` x
+    ``height``, uncompressed or coded as :mod:`acquisition.tiffcodec` decodes (with or without
+    the horizontal predictor). None otherwise (tiles, colour, pages that differ, another
+    compression, an Orientation or FillOrder OpenCV applies, or a walk this cannot follow):
+    OpenCV decodes those, and names what is wrong with a page."""
+    from acquisition.tiffcodec import DECODED
+
+    want = {256: (width,), 257: (height,), 258: (8 * dtype.itemsize,), 277: (1,)}
     # tags that may be left out, with the value a reader then takes
-    default = {259: (1,), 262: (1,), 266: (1,), 274: (1,), 277: (1,), 339: (1,)}
-    offsets = np.empty(n, np.int64)
-    pages = 0
+    default = {259: (1,), 262: (1,), 266: (1,), 274: (1,), 277: (1,), 278: (2**32 - 1,), 317: (1,), 339: (1,)}
+    cols: tuple[list, ...] = ([], [], [], [], [])
     try:
-        for page, tags, size in _tiff_directories(path, (256, 257, 258, 259, 262, 266, 273, 274, 277, 279, 322, 339)):
+        for page, tags, size in _tiff_directories(path, (256, 257, 258, 259, 262, 266, 273, 274, 277, 278, 279, 317,
+                                                         322, 339)):
             if page >= n:
                 return None
             if 322 in tags or any(tags.get(tag, default.get(tag)) != v for tag, v in want.items()):
-                return None  # tiled, or not one plain grey sample of the first page's size and depth
+                return None  # tiled, or not one grey sample of the first page's size and depth
             if tags.get(262, default[262]) != (1,) or tags.get(339, default[339]) != (1,):
                 return None  # WhiteIsZero or a palette; signed or float samples
             if tags.get(266, default[266]) != (1,) or tags.get(274, default[274]) != (1,):
                 # OpenCV reverses the bits of FillOrder 2 and mirrors or turns pages by their
                 # Orientation (2: left-right, which reversed the flow): its frames, not the bytes
                 return None
+            (comp,), (pred,), (rps,) = (tags.get(t, default[t]) for t in (259, 317, 278))
+            if comp not in DECODED or pred not in (1, 2) or (comp == 1 and pred != 1):
+                return None
             strips, counts = tags.get(273, ()), tags.get(279, ())
-            if not strips or len(strips) != len(counts) or sum(counts) != frame:
+            rps = min(max(rps, 1), height)
+            if len(strips) != -(-height // rps) or len(strips) != len(counts):
                 return None
-            if any(strips[i] + counts[i] != strips[i + 1] for i in range(len(strips) - 1)):
+            if any(o + c > size for o, c in zip(strips, counts)):
                 return None
-            if strips[0] + frame > size:
-                return None
-            offsets[page] = strips[0]
-            pages = page + 1
+            for col, v in zip(cols, (comp, pred, rps, strips, counts)):
+                col.append(v)
     except (_TiffCut, _TiffOdd):
         return None
-    return offsets if pages == n else None
+    if len(cols[0]) != n:
+        return None
+    return _TiffPages(*(tuple(c) for c in cols))
 
 
 def _natural_key(name: str) -> list[Any]:
