@@ -800,6 +800,11 @@ class EventWriter:
                 bg = self._last_bg if self._last_bg is not None else np.zeros(self._image_shape, np.uint8)
                 put("events/image", bg)
                 put("events/mask", self._placeholder_mask)
+                # dclab's volume centres every contour on pos_y and fails for the whole file on a
+                # NaN one (AssertionError): a cell that never left the constriction has no exit
+                # position, so it gets the placeholder's
+                if not math.isfinite(row["events/pos_y"]):
+                    put("events/pos_y", (self._image_shape[0] // 2) * px)
             # the running background changes at every update, by one grey level in a few pixels:
             # stored on each change it was a background per event, a fifth of the file. A new one
             # is stored once a pixel has moved by more than one grey level (bytes comparison is

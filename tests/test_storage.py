@@ -388,6 +388,30 @@ def test_a_lost_roi_frame_does_not_change_the_layout(tmp_path):
             w.write([CellRecord(with_snapshot(r.event, small), r.probabilities, r.decision, None)])
 
 
+def test_a_lost_roi_frame_of_a_cell_that_never_left_keeps_dclabs_contour_features(tmp_path):
+    # an overloaded run (helper audit: 19 of 25 cells without their ROI frame) writes cells that
+    # never left the constriction (INCOMPLETE, no exit, so no pos_y_um) with a placeholder mask:
+    # dclab's volume centres each contour on pos_y and failed for the whole file (AssertionError),
+    # and with it export.tsv/hdf5 and its filters
+    from dataclasses import replace
+
+    records = make_records(4)
+    first = records[0]
+    ev = replace(first.event, quality=Quality.INCOMPLETE, exit_frame=-1,
+                 features={**first.event.features, "pos_y_um": math.nan, "exit_time_ms": math.nan},
+                 extra={}, **({"snapshot": None} if SNAPSHOT_FIELD else {}))
+    path = tmp_path / "lost_incomplete.rtdc"
+    with EventWriter(path, meta=make_meta(event_images="roi")) as w:
+        w.write([CellRecord(ev, first.probabilities, first.decision, None), *records[1:]])
+    dclab, (violations, _a, _i) = dclab_check(path)
+    assert violations == []
+    with dclab.new_dataset(str(path)) as ds:
+        volume = np.asarray(ds["volume"])
+        assert len(volume) == 4 and np.isfinite(volume[1:]).all()
+        assert np.isfinite(ds["pos_y"]).all()
+        ds.export.tsv(tmp_path / "all.tsv", features=ds.features_scalar, filtered=False)
+
+
 def test_crops_stand_in_for_missing_roi_frames(tmp_path):
     path = tmp_path / "crops.rtdc"
     records = make_records(6, snapshot=False)
