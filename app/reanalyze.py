@@ -352,6 +352,10 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                                      max(0, _int(attrs.get("imaging:roi position y"), 0))),
                        started=_started(attrs) or datetime.now(),
                        class_names=tuple(clf.classes) if clf is not None else (),
+                       # the userdef columns dclab shows: only what one image gives (transit time,
+                       # v_max, DIR ... were NaN for every cell, and dclab's "remove invalid
+                       # events" then removed every event)
+                       feature_names=SINGLE_IMAGE_FEATURES,
                        model_spec_json=clf.spec.to_json() if clf is not None else "",
                        model_sha256=file_sha256(clf.path) if clf is not None else "",
                        model_name=str(model or ""), config_toml=config_to_toml(RunConfig()),

@@ -61,6 +61,24 @@ def test_reanalysis_measures_real_events_and_dclab_opens_the_result(tmp_path, na
     assert stat.S_IMODE(os.stat(tmp_path / "out.rtdc").st_mode) == 0o666 & ~umask  # not private (mkstemp's 0600)
 
 
+def test_reanalysed_files_show_dclab_no_userdef_column_that_one_image_cannot_give(tmp_path):
+    # the userdef columns held transit time, v_max, DIR, DI at entry/exit and the pace after the
+    # exit, all NaN for every cell: DCscope's "remove invalid events" then removed every event and
+    # an FCS export of all features wrote no row (dclab: zero-size array)
+    import dclab
+
+    from app.reanalyze import reanalyze
+
+    reanalyze(DATA / "2020-10_image_bg.rtdc", tmp_path / "out.rtdc")
+    with dclab.new_dataset(tmp_path / "out.rtdc") as ds:
+        userdef = [f for f in ds.features if f.startswith("userdef")]
+        assert userdef and all(np.isfinite(ds[f][:]).any() for f in userdef), \
+            {ds.config["user"][f].split(":")[0]: np.asarray(ds[f][:]) for f in userdef}
+        ds.config["filtering"]["remove invalid events"] = True
+        ds.apply_filter()
+        assert ds.filter.all.sum() == len(ds) == 5
+
+
 def test_a_model_that_needs_tracked_features_is_refused(tmp_path):
     if not bundled_model_path().is_file():
         pytest.skip("the bundled demo model is not built (make model)")
