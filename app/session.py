@@ -616,8 +616,10 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
                                sample=cfg.output.sample, **setup).setup_attrs()
             raw_meta.update({"imaging:roi position x": int(info.offset[0]), "imaging:roi position y": int(info.offset[1])})
             # the clock is said here: the recorder child never sees the ring's flag (its file said False)
+            # and the bit depth: without it the recording said its dtype's (16 for a 12-bit camera),
+            # and a replay of it scaled its thresholds for 16 bits and found no cell
             recorder = rec_cls(raw_path, info.width, info.height, info.dtype, pixel_size_um=px, fps=info.fps,
-                               camera_clock=info.camera_clock, overwrite=raw_path in reserved,
+                               bit_depth=info.bit_depth, camera_clock=info.camera_clock, overwrite=raw_path in reserved,
                                settings=RecorderSettings(compression=cfg.output.raw_compression),
                                metadata={"experiment:sample": cfg.output.sample, **raw_meta})
             recorder.__enter__()

@@ -106,6 +106,32 @@ def test_a_12_bit_replay_through_the_pipeline_warns_of_nothing(scene, tmp_path, 
     assert "range" not in caplog.text, caplog.text
 
 
+def test_the_raw_recording_of_a_12_bit_camera_says_12_bit_and_replays_as_it_ran(scene, tmp_path):
+    # the run gave the recorder no bit depth, so the raw recording said 16 (its dtype's): replayed,
+    # its thresholds were scaled for 16 bits and the audit's 12-bit run of 38 cells gave 0
+    import cv2
+    from dclab.rtdc_dataset.check import check_dataset
+
+    from acquisition.replay import ReplayCamera, ReplaySettings
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    s, frames8 = scene
+    path = tmp_path / "twelve.tif"
+    assert cv2.imwritemulti(str(path), list(frames8[:600].astype(np.uint16) << 4))
+    cfg = config_from_mapping({
+        "camera": {"backend": "replay", "replay": {"path": str(path), "fps": 4000.0, "bit_depth": 12,
+                                                   "pixel_size_um": s.pixel_size_um}},
+        "model": {"path": "none"},
+        "output": {"folder": str(tmp_path / "out"), "report": False, "record_raw": True, "write_events": False},
+    })
+    with build_run(cfg, lossless=True) as run:
+        assert run.wait(120)
+    assert check_dataset(run.raw_path)[0] == []
+    with ReplayCamera(ReplaySettings(path=str(run.raw_path))) as cam:
+        assert cam.info.bit_depth == 12
+
+
 def test_frames_brighter_than_the_stated_bit_depth_are_refused_naming_the_frame(tmp_path):
     # a 16-bit TIFF replayed with --bit-depth 12 was taken as 12-bit: thresholds 16x too low
     import cv2
