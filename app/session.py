@@ -490,6 +490,24 @@ def source_pacing(cfg: RunConfig) -> tuple[bool, bool]:
     return True, False
 
 
+def _recorded_measurement(recorded: dict[str, Any] | None) -> tuple[Any, int]:
+    """The date and time (naive local) and run index a replayed recording says, else (None, 0)."""
+    from datetime import datetime
+
+    attrs = recorded or {}
+    text = [v.decode() if isinstance(v, bytes) else str(v) for v in
+            (attrs.get("experiment:date", ""), attrs.get("experiment:time", ""))]
+    try:
+        started = datetime.strptime(" ".join(text), "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None, 0
+    try:
+        index = max(0, int(attrs.get("experiment:run index", 0)))
+    except (TypeError, ValueError):
+        index = 0
+    return started, index
+
+
 def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
               camera=None, trigger: bool | None = None, lossless: bool | None = None,
               kernels: str = "numba") -> Run:
@@ -567,6 +585,9 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
                            camera_exposure_us=info.exposure_us)
         if cam.turns:
             setup["flow_direction"] = cam.flow_direction
+        # a replayed RT-DC recording is the measurement it recorded: its date, time and run index
+        # (they were the replay's, so DCscope showed yesterday's measurement as today's "M1")
+        measured_at, measured_index = _recorded_measurement(recorded)
         if cfg.output.write_events or events_path is not None:
             from app.storage import EventWriter
 
@@ -578,7 +599,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             meta = RunMeta(
                 pixel_size_um=px, fps=info.fps or 1.0, roi=(info.width, info.height), sample=cfg.output.sample,
                 roi_position=info.offset, camera_clock=info.camera_clock,
-                run_index=run_index_of_day(ev_path.parent, own=ev_path),
+                run_index=measured_index or run_index_of_day(ev_path.parent, own=ev_path), started=measured_at,
                 class_names=tuple(classifier.classes) if classifier is not None else (),
                 model_spec_json=spec_json, model_sha256=file_sha256(model_path) if model_path else "",
                 model_name=model_path.name if model_path else "", config_toml=config_to_toml(cfg),

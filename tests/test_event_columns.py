@@ -154,3 +154,29 @@ def test_runs_of_a_day_in_a_folder_are_numbered(tmp_path):
                  f"beads_{today}-111111_2.rtdc"):
         (tmp_path / name).write_bytes(b"")
     assert run_index_of_day(tmp_path) == 3  # two event files of today; not the raw one, not another day's
+
+
+def test_a_replayed_recording_is_dated_and_numbered_as_the_measurement(tmp_path):
+    # a replay's event file said the replay's date, time and the output folder's run index: in
+    # DCscope yesterday's measurement read as today's, "M1", beside its own raw recording's M4
+    import dclab
+    import h5py
+
+    from acquisition.synthetic import SyntheticSettings
+    from app.session import build_run
+    from app.simdata import record_simulation
+
+    rec = tmp_path / "rec.rtdc"
+    record_simulation(SyntheticSettings(duration_s=0.3, cells_per_second=60.0, seed=3), rec)
+    with h5py.File(rec, "a") as f:
+        f.attrs.update({"experiment:date": "2024-03-05", "experiment:time": "14:15:16", "experiment:run index": 4})
+    cfg = config_from_mapping({
+        "camera": {"backend": "replay", "replay": {"path": str(rec)}},
+        "model": {"path": "none"},
+        "output": {"folder": str(tmp_path / "out"), "report": False, "writer": "thread"},
+    })
+    with build_run(cfg, lossless=True) as run:
+        assert run.wait(120)
+    with dclab.new_dataset(run.events_path) as ds:
+        exp = ds.config["experiment"]
+        assert (exp["date"], exp["time"], exp["run index"]) == ("2024-03-05", "14:15:16", 4)
