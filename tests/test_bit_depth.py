@@ -83,22 +83,28 @@ def test_a_bit_depth_beyond_the_frames_dtype_is_refused(scene):
         Tracker.from_frames(frames8[:64], s.pixel_size_um, bit_depth=12)
 
 
-def test_a_12_bit_replay_through_the_pipeline_warns_of_nothing(scene, tmp_path, caplog):
-    # the pipeline's kernel warm-up built a tracker on a black 16-bit frame, which warned that the
-    # source's grey levels look like an eighth of its range on every 12- or 16-bit run
+def _twelve_bit_replay(scene, tmp_path, output: dict):
+    """A run replaying the scene's first 600 frames as a 12-bit camera's (shifted up to 16 bits)."""
     import cv2
 
     from app.config import config_from_mapping
-    from app.session import build_run
 
     s, frames8 = scene
     path = tmp_path / "twelve.tif"
     assert cv2.imwritemulti(str(path), list(frames8[:600].astype(np.uint16) << 4))
-    cfg = config_from_mapping({
+    return config_from_mapping({
         "camera": {"backend": "replay", "replay": {"path": str(path), "fps": 4000.0, "bit_depth": 12,
                                                    "pixel_size_um": s.pixel_size_um}},
-        "model": {"path": "none"}, "output": {"folder": str(tmp_path / "out"), "report": False},
+        "model": {"path": "none"}, "output": {"folder": str(tmp_path / "out"), "report": False, **output},
     })
+
+
+def test_a_12_bit_replay_through_the_pipeline_warns_of_nothing(scene, tmp_path, caplog):
+    # the pipeline's kernel warm-up built a tracker on a black 16-bit frame, which warned that the
+    # source's grey levels look like an eighth of its range on every 12- or 16-bit run
+    from app.session import build_run
+
+    cfg = _twelve_bit_replay(scene, tmp_path, {})
     with caplog.at_level("WARNING"):
         with build_run(cfg, lossless=True) as run:
             assert run.wait(120)
@@ -109,22 +115,12 @@ def test_a_12_bit_replay_through_the_pipeline_warns_of_nothing(scene, tmp_path, 
 def test_the_raw_recording_of_a_12_bit_camera_says_12_bit_and_replays_as_it_ran(scene, tmp_path):
     # the run gave the recorder no bit depth, so the raw recording said 16 (its dtype's): replayed,
     # its thresholds were scaled for 16 bits and the audit's 12-bit run of 38 cells gave 0
-    import cv2
     from dclab.rtdc_dataset.check import check_dataset
 
     from acquisition.replay import ReplayCamera, ReplaySettings
-    from app.config import config_from_mapping
     from app.session import build_run
 
-    s, frames8 = scene
-    path = tmp_path / "twelve.tif"
-    assert cv2.imwritemulti(str(path), list(frames8[:600].astype(np.uint16) << 4))
-    cfg = config_from_mapping({
-        "camera": {"backend": "replay", "replay": {"path": str(path), "fps": 4000.0, "bit_depth": 12,
-                                                   "pixel_size_um": s.pixel_size_um}},
-        "model": {"path": "none"},
-        "output": {"folder": str(tmp_path / "out"), "report": False, "record_raw": True, "write_events": False},
-    })
+    cfg = _twelve_bit_replay(scene, tmp_path, {"record_raw": True, "write_events": False})
     with build_run(cfg, lossless=True) as run:
         assert run.wait(120)
     assert check_dataset(run.raw_path)[0] == []

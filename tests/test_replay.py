@@ -149,12 +149,7 @@ def test_an_uncompressed_tiff_is_read_where_its_pages_lie(tmp_path, monkeypatch,
     path = tmp_path / "plain.tif"
     imgs = stack(200, dtype=dtype, seed=21)
     assert cv2.imwritemulti(str(path), list(imgs), [cv2.IMWRITE_TIFF_COMPRESSION, 1])
-    starts = _spy_on_opencv_pages(monkeypatch)
-    _, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0))
-    assert len(frames) == 200
-    for f, img in zip(frames, imgs):
-        np.testing.assert_array_equal(f.image, img)
-    assert max(starts) == 0, starts  # the first page only, for its size and dtype
+    _plays_without_opencvs_page_walk(monkeypatch, path, imgs)
 
 
 def _spy_on_opencv_pages(monkeypatch) -> list[int]:
@@ -168,6 +163,17 @@ def _spy_on_opencv_pages(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(cv2, "imreadmulti", imreadmulti)
     return starts
+
+
+def _plays_without_opencvs_page_walk(monkeypatch, path, imgs) -> None:
+    """The TIFF at ``path`` replays ``imgs`` exactly, OpenCV asked for its first page only (for
+    its size and dtype)."""
+    starts = _spy_on_opencv_pages(monkeypatch)
+    _, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0))
+    assert len(frames) == len(imgs)
+    for f, img in zip(frames, imgs):
+        np.testing.assert_array_equal(f.image, img)
+    assert max(starts) == 0, starts
 
 
 def _coded_tiff(path, imgs, writer):
@@ -189,12 +195,7 @@ def test_a_compressed_tiff_is_decoded_from_its_strips(tmp_path, monkeypatch, wri
     imgs = stack(150, h=37, w=53, dtype=dtype, seed=22)
     imgs[:, :, :20] //= 64  # runs and repeats for the coders, beside noise
     _coded_tiff(path, imgs, writer)
-    starts = _spy_on_opencv_pages(monkeypatch)
-    _, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0))
-    assert len(frames) == 150
-    for f, img in zip(frames, imgs):
-        np.testing.assert_array_equal(f.image, img)
-    assert max(starts) == 0, starts  # the first page only, for its size and dtype
+    _plays_without_opencvs_page_walk(monkeypatch, path, imgs)
 
 
 def test_a_damaged_strip_plays_the_pages_before_it_and_names_its_page(tmp_path):
@@ -253,14 +254,7 @@ def test_a_big_endian_tiff_as_imagej_saves_it_is_read_where_its_pages_lie(tmp_pa
     _plain_tiff(path, imgs, {}, order=">")
     ok, decoded = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
     assert ok and all(np.array_equal(d, i) for d, i in zip(decoded, imgs))  # the writer is right
-    starts = []
-    real = cv2.imreadmulti
-    monkeypatch.setattr(cv2, "imreadmulti", lambda name, start=0, count=1, **kw: (
-        starts.append(start), real(name, start=start, count=count, **kw))[1])
-    _, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0))
-    assert len(frames) == 70 and max(starts) == 0, starts
-    for f, img in zip(frames, imgs):
-        np.testing.assert_array_equal(f.image, img)
+    _plays_without_opencvs_page_walk(monkeypatch, path, imgs)
 
 
 @pytest.mark.parametrize("tags", [{274: 2}, {274: 3}, {266: 2}], ids=["mirrored", "turned", "bits-reversed"])
