@@ -66,12 +66,13 @@ def profile_offsets(ref, cur, dmax, out):
         out[k] = s / m
 
 
-def _offset(ref: np.ndarray, cur: np.ndarray, dmax: int, near: np.ndarray, work: np.ndarray) -> float:
+def _offset(ref: np.ndarray, ref_spread: float, cur: np.ndarray, dmax: int, near: np.ndarray,
+            work: np.ndarray) -> float:
     """Sub-pixel offset of ``cur`` against ``ref`` (``cur[i + d] ~ ref[i]``); 0.0 where it fits
     best where it was (looked at first: the full search takes ~50 µs) or where there are no walls
     to read; ±inf where the best fit lies at the edge of ±dmax (moved further)."""
-    spread = ref.std()
-    if spread < MIN_SPREAD or cur.std() * ref.mean() < 0.5 * spread * cur.mean():
+    # (the spreads relative to the means; ``ref_spread`` is ref's)
+    if ref_spread == 0.0 or cur.std() < 0.5 * ref_spread * cur.mean():
         # no walls across it, or the frame lost half their contrast against its brightness (a
         # lamp turned up into saturation read as "moved more than 20 µm")
         return 0.0
@@ -111,6 +112,9 @@ class DriftGauge:
         self.max_px = int(max(1, min(max_px, bg.shape[1] // 4, bg.shape[0] // 4)))
         self._ref_x = bg.mean(axis=0)
         self._ref_y = bg.mean(axis=1)
+        # relative spreads (0: no walls across it to read)
+        self._spread_x, self._spread_y = (float(r.std() / r.mean()) if r.std() >= MIN_SPREAD and r.mean() > 0 else 0.0
+                                          for r in (self._ref_x, self._ref_y))
         self._work = np.zeros(2 * self.max_px + 1, np.float64)
         self._near = np.zeros(3, np.float64)
 
@@ -122,8 +126,8 @@ class DriftGauge:
         img = np.asarray(image)
         cur_x = img.mean(axis=0, dtype=np.float64)
         cur_y = img.mean(axis=1, dtype=np.float64)
-        return Offset(_offset(self._ref_x, cur_x, self.max_px, self._near, self._work),
-                      _offset(self._ref_y, cur_y, self.max_px, self._near, self._work))
+        return Offset(_offset(self._ref_x, self._spread_x, cur_x, self.max_px, self._near, self._work),
+                      _offset(self._ref_y, self._spread_y, cur_y, self.max_px, self._near, self._work))
 
 
 def translated(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
