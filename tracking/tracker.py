@@ -275,6 +275,9 @@ class Tracker:
         #: cleared by a cell passing it; and the ms of the last look (the block's length so far)
         self._blocked_ms: float | None = None
         self._blocked_now_ms = math.nan
+        #: the latest entry frame of a cell that has passed the constriction (one that entered after an
+        #: object began to stand there went by it: no clog)
+        self._passed_frame = -1
         self._top_level = 256 * grey - grey  # the top 8-bit grey level of the camera's range
         self._moves: list[int] | None = [0]  # tracks that went BACKWARD_UM against the flow, until one went with it
         #: called with each note about the run's measurements that belongs in its record (the
@@ -629,6 +632,8 @@ class Tracker:
             self._judge_sampling(h, feats["transit_time_ms"], feats["v_before_mm_s"])
         if self._moves is not None:
             self._judge_direction(float(h[-1, _H + B_X] - h[0, _H + B_X]) * g.pixel_size_um)
+        if info[L.SI_EXIT_FRAME] >= 0 and info[L.SI_ENTRY_FRAME] > self._passed_frame:
+            self._passed_frame = info[L.SI_ENTRY_FRAME]
         if self._blocked_ms is not None and info[L.SI_EXIT_FRAME] >= 0:
             self._unblocked(h, info[L.SI_EXIT_FRAME])
         quality = _QUALITY.get(q)
@@ -754,8 +759,8 @@ class Tracker:
             # its current place is sf's (a full history of a cell that stopped takes no more rows)
             moved = np.flatnonzero(np.abs(h[:, _H + B_X] - sf[k, L.SF_X]) > STOP_UM / px)
             i = int(moved[-1]) + 1 if moved.size else 0
-            if i >= len(h):
-                continue
+            if i >= len(h) or h[i, L.H_FRAME] <= self._passed_frame:
+                continue  # a cell passed it while it stood (debris stuck to a wall beside the way)
             still_ms = sf[k, L.SF_T] - h[i, L.H_T]
             span_ms, frames = h[-1, L.H_T] - h[0, L.H_T], h[-1, L.H_FRAME] - h[0, L.H_FRAME]
             limit = CLOG_MS
