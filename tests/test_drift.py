@@ -122,3 +122,16 @@ def test_a_live_run_follows_a_channel_that_moved_and_its_file_says_so(tmp_path, 
     assert "the channel moved +5.0 µm along the flow" in text, text
     ref = Tracker.from_frames(channel[:512], S.pixel_size_um, TrackerSettings()).geometry
     assert x0 == pytest.approx(ref.constriction_x0 + 10, abs=0.3)
+
+
+def test_a_lamp_dimmed_without_the_flicker_correction_is_no_block(channel):
+    # with tracking.flicker_correction off, a lamp at 0.7 (within the 0.5-2x the correction
+    # follows, so no light change was said) made the whole channel one dark, still object until the
+    # background relearned: "the constriction looks blocked ... (a clog: flush the channel?)"
+    frames = channel.copy()
+    frames[MOVED_AT:] = (frames[MOVED_AT:] * np.float32(0.7)).astype(np.uint8)
+    tracker = Tracker.from_frames(frames[:512], S.pixel_size_um, TrackerSettings(flicker_correction=False))
+    notes = []
+    tracker.on_note = notes.append
+    tracker.process_frames(frames, fps=S.fps)
+    assert not [n for n in notes if "blocked" in n], notes

@@ -424,9 +424,6 @@ class Tracker:
             self._exposure_due -= m
             if self._exposure_due <= 0:
                 self._judge_exposure(images[sl[m - 1]], int(frame_ids[a + m - 1]))
-            self._clog_due -= m
-            if self._clog_due <= 0:
-                self._judge_flow(int(frame_ids[a + m - 1]), float(times[m - 1]))
             self._drift_due -= m
             if self._drift_due <= 0:
                 self._judge_position(images[sl[m - 1]], int(frame_ids[a + m - 1]))
@@ -444,6 +441,9 @@ class Tracker:
                 if n_done:
                     events.extend(self._harvest(int(n_done)))
                 frames_done += int(processed)
+            self._clog_due -= m
+            if self._clog_due <= 0:  # (on the tracks as of the batch's last frame, and its light)
+                self._judge_flow(int(frame_ids[a + m - 1]), float(times[m - 1]))
         return events
 
     def track_live(self, ring: FrameRing, reader: RingReader, max_frames: int = 256, timeout_s: float = 0.05,
@@ -745,6 +745,11 @@ class Tracker:
         self._clog_due = CLOG_EVERY
         if self._light_stepped:
             return  # a lamp turned down made the whole channel one dark, still object
+        if not self.flicker_corrected and abs(self._light_now[0] - 1.0) * float(
+                self.background.image[self.y0:self.y1].mean()) > self.light_clip:
+            # so did a lamp dimmed to 0.7 with the correction off (within what it would follow):
+            # until the background relearns, the frames are not compared with the channel's light
+            return
         if self._blocked_ms is not None:
             self._blocked_now_ms = now_ms
             return
