@@ -83,7 +83,9 @@ def test_the_tracker_follows_a_channel_that_moved(channel, dx, dy):
 def test_a_channel_that_moved_out_of_reach_is_said_and_not_followed(channel):
     tracker, _events, notes = track(moved(channel, 60))
     said = [n for n in notes if "the channel moved" in n]
-    assert len(said) == 1 and "more than 20 µm" in said[0] and "Restart the run" in said[0], notes
+    # (the ROI is 48 µm high: across the flow it looks 12 µm far)
+    assert len(said) == 1 and "more than 20 µm along the flow or 12 µm across it" in said[0], notes
+    assert "Restart the run" in said[0]
     assert tracker.geometry == Tracker.from_frames(channel[:512], S.pixel_size_um, TrackerSettings()).geometry
 
 

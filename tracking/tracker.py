@@ -797,8 +797,9 @@ class Tracker:
             self._drift_seen = None
             if not self._drift_said:
                 self._drift_said = True
-                self._say(f"frame {frame_id}: the channel moved more than {MAX_DRIFT_UM:g} µm from where it was at "
-                          f"the start of the run (the stage or the chip shifted?): the tracker cannot follow it, "
+                self._say(f"frame {frame_id}: the channel moved more than {self._drift.max_x * px:g} µm along the flow "
+                          f"or {self._drift.max_y * px:g} µm across it (as far as the tracker looks) from where it was "
+                          f"at the start of the run (the stage or the chip shifted?): the tracker cannot follow it, "
                           f"and cells are measured against the constriction where it was. Restart the run")
             return
         dx, dy = self._offset
