@@ -50,6 +50,10 @@ def transits(events, first_frame: int) -> np.ndarray:
     return np.array([e.features["transit_time_ms"] for e in events if e.ok and e.entry_frame >= first_frame])
 
 
+def paces(events, first_frame: int) -> np.ndarray:
+    return np.array([e.features["v_after_mm_s"] for e in events if e.ok and e.entry_frame >= first_frame])
+
+
 def test_the_gauge_reads_a_move_to_a_fraction_of_a_pixel_and_no_move_in_dense_flickering_frames():
     s = synthetic.SyntheticSettings(duration_s=0.2, cells_per_second=300.0, flicker=0.05, seed=7)
     frames, _ = synthetic.render_frames(s, s.frame_count)
@@ -78,6 +82,9 @@ def test_the_tracker_follows_a_channel_that_moved(channel, dx, dy):
     assert len(after) >= 0.9 * len(ref_after) >= 15
     assert np.median(after) == pytest.approx(np.median(ref_after), rel=0.01)
     assert not [n for n in ref_notes if "moved" in n]
+    # the learned speeds moved with the channel: the pace past the exit that times the pulses is
+    # the unmoved channel's (left where they were: ±2% after 5 µm, until the cells relearned them)
+    assert np.median(paces(events, MOVED_AT)) == pytest.approx(np.median(paces(ref, MOVED_AT)), rel=0.005)
 
 
 def test_a_channel_that_moved_out_of_reach_is_said_and_not_followed(channel):
@@ -137,3 +144,27 @@ def test_a_lamp_dimmed_without_the_flicker_correction_is_no_block(channel):
     tracker.on_note = notes.append
     tracker.process_frames(frames, fps=S.fps)
     assert not [n for n in notes if "blocked" in n], notes
+
+
+def test_the_live_path_looks_even_when_every_call_finishes_a_cell(channel):
+    # the live kernel returns at each finished cell; the looks waited for a call that finished
+    # none, and under load (calls spanning more frames, phantom cells off the moved walls) a
+    # live run never followed the move. Here every call runs until a cell finishes.
+    from acquisition.frame import FrameRing
+
+    frames = moved(channel, 10)
+    ring = FrameRing(len(frames) + 8, *frames.shape[1:])
+    for i, f in enumerate(frames):
+        ring.push(f, i + 1, int(i * 1e9 / S.fps))
+    tracker = Tracker.from_frames(frames[:512], S.pixel_size_um, TrackerSettings(), t0_ns=0)
+    notes = []
+    tracker.on_note = notes.append
+    reader = ring.reader("live", from_start=True)
+    calls = finished = 0
+    while reader.pending:
+        _n, events, _behind = tracker.track_live(ring, reader, max_frames=1 << 30, timeout_s=0.0, behind_ok=1 << 40)
+        calls, finished = calls + 1, finished + bool(events)
+    assert finished >= calls - 1 >= 20  # (the last call ends with the frames)
+    assert [n for n in notes if "the channel moved +5.0 µm along the flow" in n], notes
+    ref = Tracker.from_frames(channel[:512], S.pixel_size_um, TrackerSettings()).geometry
+    assert tracker.geometry.constriction_x0 == pytest.approx(ref.constriction_x0 + 10, abs=0.3)

@@ -203,6 +203,25 @@ def motion_bins(width: int) -> int:
     return int(width // MOTION_BIN_PX) + 2
 
 
+def shift_profile(motion: np.ndarray, dx: float) -> None:
+    """Move the learned profile ``dx`` px along x, in place: the channel moved in the view, and
+    its speeds go with it (left where they were, the constriction's fast bins lay 2.5 bins off
+    after a 5 µm move and the pulses were timed ~2% off until the cells relearned them). Bins
+    that come into view, or lie across a known and an unknown one, are unknown again."""
+    n = motion.shape[1]
+    src = np.arange(n) - dx / MOTION_BIN_PX  # the bin each one now takes its speed from, fractional
+    lo = np.floor(src).astype(np.int64)
+    w = src - lo
+    inside = (lo >= 0) & (lo + 1 < n)
+    a, b = np.clip(lo, 0, n - 1), np.clip(lo + 1, 0, n - 1)
+    whole = np.isclose(w, 0.0)  # a move by whole bins takes one bin's value
+    slow = np.where(whole, motion[M_SLOW, a], (1.0 - w) * motion[M_SLOW, a] + w * motion[M_SLOW, b])
+    count = np.where(whole, motion[M_N, a], np.minimum(motion[M_N, a], motion[M_N, b]))
+    ok = (inside | (whole & (lo >= 0) & (lo < n))) & (count > 0.0)
+    motion[M_SLOW] = np.where(ok, slow, 0.0)
+    motion[M_N] = np.where(ok, count, 0.0)
+
+
 @njit(nogil=True, cache=True)
 def _predict_x(x, vx, ratio, dt, motion):
     """Where a cell seen at ``x`` is ``dt`` ms later: along the motion profile, scaled by the

@@ -285,6 +285,7 @@ class Tracker:
         self.on_note: Callable[[str], None] | None = None
         self._deferred: list[tuple[int, int, int]] = []  # (place in the returned list, done row, history row) of snapshots not taken yet
         self._live: tuple | None = None  # track_live's out, phase and timespec arrays
+        self._looks_owed: int | None = None  # ring slot of the last frame tracked, when looks are due there
         #: each frame's light against the background's is measured (every event's bg_off), fitted
         #: to the pixels within the threshold of the fit; segmentation uses it when correcting
         self.light_clip = abs(self.threshold)
@@ -470,6 +471,8 @@ class Tracker:
         if not self._crop_dtype_set:
             self._ensure_crop_dtype(ring.images.dtype)
         self._drop_deferred()
+        if self._looks_owed is not None:
+            self._look(ring, t0)
         if self._live is None:
             self._live = (np.zeros(LV.N_O, np.int64), np.zeros(1, np.int64), realtime.scratch(), np.zeros(1, np.int64))
         out, phase, ts, no_halt = self._live
@@ -491,23 +494,33 @@ class Tracker:
             self._exposure_due -= n
             self._clog_due -= n
             self._drift_due -= n
-            # the looks at the last frame wait for a call that finished no cell: a decision never
-            # waits for them (~15-70 µs), nor finds its model out of the caches because of them
-            if not out[LV.O_DONE] and min(self._exposure_due, self._clog_due, self._drift_due) <= 0:
-                last = (reader.cursor - 1) % ring.capacity
-                frame_id = int(ring.frame_ids[last])
-                if self._exposure_due <= 0:
-                    self._judge_exposure(ring.images[last], frame_id)
-                if self._clog_due <= 0:
-                    self._judge_flow(frame_id, (int(ring.timestamps_ns[last]) - t0) * 1e-6)
-                if self._drift_due <= 0:
-                    self._judge_position(ring.images[last], frame_id)
+            if min(self._exposure_due, self._clog_due, self._drift_due) <= 0:
+                self._looks_owed = (reader.cursor - 1) % ring.capacity
+                if not out[LV.O_DONE]:
+                    self._look(ring, t0)
         events: list[CellEvent] = []
         if out[LV.O_DONE]:
             self._snap_images = ring.images
             self._snap_ids = ring.frame_ids
             events = self._harvest(int(out[LV.O_DONE]), defer_snapshots)
         return n, events, bool(out[LV.O_STOP] == LV.STOP_BEHIND)
+
+    def _look(self, ring: FrameRing, t0: int) -> None:
+        """The looks that are due (overexposure, a blocked constriction, a channel that moved),
+        at the last frame tracked. They wait for a call that finished no cell, or for the start
+        of the next call, once that call's cells are decided: a decision never waits for them
+        (~15-70 µs), nor finds its model out of the caches because of them. (Only in calls that
+        finished none, they never came while a cell finished every ~20 frames: a channel that
+        moved under a loaded run made phantom cells off its walls, and was never followed.) A
+        slot the camera lapped meanwhile holds a newer frame of the same channel."""
+        last, self._looks_owed = self._looks_owed, None
+        frame_id = int(ring.frame_ids[last])
+        if self._exposure_due <= 0:
+            self._judge_exposure(ring.images[last], frame_id)
+        if self._clog_due <= 0:
+            self._judge_flow(frame_id, (int(ring.timestamps_ns[last]) - t0) * 1e-6)
+        if self._drift_due <= 0:
+            self._judge_position(ring.images[last], frame_id)
 
     def with_snapshots(self, events: list[CellEvent]) -> list[CellEvent]:
         """``events`` as the last :meth:`track_live` call returned them, with the snapshots it
@@ -829,6 +842,7 @@ class Tracker:
             bgm._count[:] = 0
         self._set_geometry(replace(g0, constriction_x0=x0, constriction_x1=x1, channel_y0=y0, channel_y1=y1),
                            g0.height)
+        L.shift_profile(self._motion, dx - self._offset[0])
         self._offset, self._drift_seen = (dx, dy), None
         self._say(f"frame {frame_id}: the channel moved {dx * px:+.1f} µm along the flow and {dy * px:+.1f} µm across "
                   f"it since the run started (the stage or the chip shifted?): the tracker follows it, the constriction "
