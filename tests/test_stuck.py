@@ -85,3 +85,22 @@ def test_debris_stuck_to_a_wall_at_the_mouth_while_cells_pass_it_blocks_nothing(
     events = tracker.process_frames(frames, fps=s.fps)
     assert sum(e.exit_frame > 1300 for e in events) >= 20  # cells went by it all along
     assert not [n for n in notes if "blocked" in n], notes
+
+
+def test_a_large_object_stuck_in_front_of_the_mouth_blocks_the_constriction():
+    # a rigid 26 µm bead that stopped against the mouth, its centroid 13 µm upstream: the look
+    # reached 10 µm (a cell radius) upstream, and the block was never said
+    s = synthetic.SyntheticSettings(duration_s=0.8, cells_per_second=2.0, debris_per_second=0.0, seed=3)
+    frames, _truth = synthetic.render_frames(s, s.frame_count)
+    tracker = Tracker.from_frames(frames[:512], s.pixel_size_um, TrackerSettings())
+    g = tracker.geometry
+    r = 13.0 / s.pixel_size_um
+    yy, xx = np.mgrid[: s.height, : s.width]
+    cy = 0.5 * (g.channel_y0 + g.channel_y1)
+    bead = (xx - (g.constriction_x0 - r)) ** 2 + (yy - cy) ** 2 <= r**2
+    frames[1000:, bead] = np.minimum(frames[1000:, bead], 110)  # (the lumen is ~155)
+    notes = []
+    tracker.on_note = notes.append
+    tracker.process_frames(frames, fps=s.fps)
+    assert [n for n in notes if "looks blocked" in n and "at its mouth" in n], notes
+    assert tracker.blocked_s > 0.3

@@ -80,7 +80,7 @@ LIGHT_SETTLED = 256
 #: frames between two looks at the last frame for overexposure during a run (~20 µs a look)
 EXPOSURE_EVERY = 4096
 #: an object that stands still (within STOP_UM) this long (ms) in the constriction or at its
-#: mouth (CELL_RADIUS_UM upstream) blocks the channel: no cell passes until it moves. Said sooner
+#: mouth (CELL_RADIUS_UM upstream, or its own radius + STOP_UM if larger) blocks the channel: no cell passes until it moves. Said sooner
 #: when the background would take it over sooner (half its relearn time): it then vanishes from
 #: the frames, and with it what could be seen
 CLOG_MS = 200.0
@@ -769,7 +769,10 @@ class Tracker:
         g, si, sf = self.geometry, self._si, self._sf
         px = g.pixel_size_um
         x = sf[:, L.SF_X]
-        near = np.flatnonzero((si[:, L.SI_STATE] == L.ACTIVE) & (x >= g.constriction_x0 - CELL_RADIUS_UM / px)
+        # at the mouth: within a cell radius of it, or within its own (a 26 µm bead that stopped
+        # in front of the constriction has its centroid 13 µm upstream, and was never said)
+        reach = np.maximum(CELL_RADIUS_UM / px, np.sqrt(sf[:, L.SF_AREA] / np.pi) + STOP_UM / px)
+        near = np.flatnonzero((si[:, L.SI_STATE] == L.ACTIVE) & (x >= g.constriction_x0 - reach)
                               & (x <= g.constriction_x1) & (si[:, L.SI_NHIST] >= 2))
         bgm = self.background
         for k in near.tolist():
