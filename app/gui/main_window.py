@@ -488,6 +488,8 @@ class MainWindow(QtWidgets.QMainWindow):
         names = self.controller.class_names()
         self.table.clear(names)
         self.scatter.set_classes(names)
+        # redrawn empty now: a run with no cell yet showed the last run's cells and "N cells shown"
+        self._plots_dirty = True
         self.controls.set_running(True, False)
         path = getattr(run, "events_path", None)
         text = f"running; events → {Path(path).absolute()}" if path else "running"
