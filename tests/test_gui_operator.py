@@ -69,3 +69,38 @@ def test_a_second_run_does_not_show_the_first_runs_cells(qtbot, tmp_path):
     assert win.scatter.info.text().startswith("0 cells shown") and win.histogram.counts_shown() == 0
     stopped(qtbot, win)
     win.close()
+
+
+def _action(win, text):
+    from app.gui.qt import QtGui
+
+    return next(a for a in win.findChildren(QtGui.QAction) if a.text() == text)
+
+
+def test_start_by_its_shortcut_takes_what_is_typed_but_not_entered(qtbot, tmp_path):
+    # F5 (Run ▸ Start) leaves the focus in the field being typed in: the run was named and sorted
+    # with the old sample name and threshold while the fields showed the new ones
+    import dclab
+
+    win = real_window(qtbot, tmp_path, model="demo")
+    ct = win.controls
+    qtbot.keyClicks(ct.sample, "-patient7")
+    ct.threshold.lineEdit().selectAll()
+    qtbot.keyClicks(ct.threshold.lineEdit(), "0.9")
+    assert ct.sample.text() == "gui-demo-patient7" and ct.threshold.text() == "0.9"
+    _action(win, "&Start").trigger()
+    run = run_started(qtbot, win)
+    assert run.events_path.name.startswith("gui-demo-patient7_")
+    assert win.controller.pipeline.policy.settings.threshold == 0.9
+    qtbot.waitUntil(lambda: run.status().frames_processed > 0, timeout=30000)
+    stopped(qtbot, win)
+    with dclab.new_dataset(run.events_path) as ds:
+        assert ds.config["experiment"]["sample"] == "gui-demo-patient7"
+    # a typed value the configuration refuses starts no run: it was not the run the operator meant
+    qtbot.keyClicks(ct.sample, "/x")
+    _action(win, "&Start").trigger()
+    qtbot.wait(200)
+    assert win.controller.run is None and not win.controller.busy
+    assert win.errors and "output.sample" in win.errors[-1]
+    assert ct.sample.text() == "gui-demo-patient7"  # the panel shows again what is in effect
+    win.close()

@@ -284,9 +284,17 @@ class MainWindow(QtWidgets.QMainWindow):
         self.load_model(config_get(cfg, "model.path", ""), config_get(cfg, "model.provider", "auto"))
         self.statusBar().showMessage(f"loaded {path}", MESSAGE_MS)
 
+    def _enter_typed(self) -> bool:
+        """Apply what is typed in the control panel but not entered yet (see ``ControlPanel.commit``);
+        False when a value was refused."""
+        n = len(self.errors)
+        self.controls.commit()
+        return len(self.errors) == n
+
     def save_config(self, path: str | Path | None = None) -> bool:
         from app.config import save_config
 
+        self._enter_typed()
         path = Path(path) if path is not None else self.config_path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,6 +376,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.show_error(str(e))
 
     def test_fire(self) -> None:
+        self._enter_typed()  # the trigger's port as typed
         run_trigger = getattr(self.controller.pipeline, "trigger", None)
         cfg = self.config
 
@@ -470,6 +479,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def start_run(self) -> None:
         if self.controller.run is not None or self.controller.busy:
             return
+        if not self._enter_typed():
+            return  # a typed value was refused (the dialog says why): not the run the operator meant
         if self.config_path is not None and self.save_on_close:
             self.save_config()  # the run's settings are on disk before it starts
         # the last run's cells stay on the plots until this one has started (a failed start keeps them)

@@ -340,7 +340,25 @@ class ControlPanel(QtWidgets.QWidget):
     def _edited(self, b: Binding) -> None:
         if self._loading or b.current is None:
             return
+        if b.kind == "text":
+            b.widget.setModified(False)  # entered: commit() has nothing left to enter
         self.changed.emit({b.current: self._value(b)})
+
+    def commit(self) -> None:
+        """Enter what is typed in a field but not entered yet (Return or leaving the field enters
+        it). A shortcut (F5 to start, Ctrl+S to save) leaves the focus where it is: the run started
+        with the old sample name, threshold or port while the field showed the new one."""
+        for b in self._bindings:
+            w = b.widget
+            if b.current is None or not w.isEnabled():
+                continue
+            if isinstance(w, QtWidgets.QAbstractSpinBox):
+                w.interpretText()  # valueChanged, when the text is another value
+            elif isinstance(w, QtWidgets.QLineEdit) and w.isModified():
+                if w.hasFocus():
+                    w.clearFocus()  # Qt enters it once (editingFinished), as a click elsewhere would
+                if w.isModified():  # not entered by that (no focus: typed by a script or a test)
+                    w.editingFinished.emit()
 
     def load(self, cfg: Any) -> None:
         """Show ``cfg``; controls without a key in it are disabled."""
