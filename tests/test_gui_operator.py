@@ -104,3 +104,38 @@ def test_start_by_its_shortcut_takes_what_is_typed_but_not_entered(qtbot, tmp_pa
     assert win.errors and "output.sample" in win.errors[-1]
     assert ct.sample.text() == "gui-demo-patient7"  # the panel shows again what is in effect
     win.close()
+
+
+def test_closing_the_window_while_a_run_starts_calls_the_start_off(qtbot, tmp_path):
+    # the window waited for the start, then started the run (camera, tracker) only to stop it at
+    # once: its event file and raw recording stayed in the folder, as a Stop while starting leaves none
+    import time
+
+    from app.gui.main import demo_config
+    from app.gui.main_window import MainWindow
+    from app.gui.qt import QtCore
+    from app.session import build_run, with_changes
+
+    folder = tmp_path / "runs"
+    cfg = with_changes(demo_config(folder, model="none"), output={"report": False, "record_raw": True})
+    built: list = []
+
+    def build_slowly(cfg, folder=None):  # the camera and files open while the window closes
+        run = build_run(cfg, folder=folder)
+        built.append(run)
+        t0 = time.monotonic()
+        while win.controller.starting and time.monotonic() - t0 < 10.0:
+            time.sleep(0.01)
+        return run
+
+    settings = QtCore.QSettings(str(tmp_path / "gui.ini"), QtCore.QSettings.Format.IniFormat)
+    win = MainWindow(config=cfg, config_path=tmp_path / "run.toml", factory=build_slowly, settings=settings,
+                     save_on_close=False)
+    qtbot.addWidget(win)
+    win.show()
+    win.start_run()
+    qtbot.waitUntil(lambda: bool(built), timeout=60000)
+    assert sorted(p.suffix for p in folder.glob("*.rtdc")) == [".rtdc", ".rtdc"]  # events and raw, reserved
+    win.close()
+    assert built[0].closed_all and built[0].pipeline.status().frames_in == 0  # never started
+    assert not list(folder.glob("*.rtdc")) and not win.errors

@@ -382,6 +382,8 @@ class RunController(QtCore.QObject):
         """Stop any run and wait for it (window closing); its files are closed once it has stopped."""
         self._timer.stop()
         logging.getLogger().removeHandler(self._warnings)
+        if self._starting:  # as Stop while starting: a run whose camera and files still open is not started
+            self._cancel_start = True
         run = self.run
         if run is not None:
             run.stop()
@@ -394,7 +396,9 @@ class RunController(QtCore.QObject):
         self._pool.shutdown(wait=True, cancel_futures=True)
         fut = getattr(self, "_build_future", None)
         if fut is not None and self._starting and fut.done() and fut.exception() is None:
-            late = fut.result()  # a run that finished starting while the window closed
-            late.stop()
-            if late.wait(timeout_s):
-                late.close()
+            late = fut.result()  # a run that finished starting while the window closed (None: not started)
+            if late is not None:
+                late.stop()
+                if late.wait(timeout_s):
+                    late.close()
+                    _discard_empty(late)
