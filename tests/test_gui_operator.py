@@ -139,3 +139,34 @@ def test_closing_the_window_while_a_run_starts_calls_the_start_off(qtbot, tmp_pa
     win.close()
     assert built[0].closed_all and built[0].pipeline.status().frames_in == 0  # never started
     assert not list(folder.glob("*.rtdc")) and not win.errors
+
+
+def test_lines_drawn_after_the_pixel_size_was_corrected_are_where_the_next_run_tracks(qtbot, tmp_path):
+    # the µm of the drawn lines were computed with the last run's pixel size, and the next run
+    # turned them into pixels with the one the operator had set since: its constriction lay elsewhere
+    win = real_window(qtbot, tmp_path)
+    win.start_run()
+    run_started(qtbot, win)
+    qtbot.waitUntil(lambda: win.camera_view.geometry_px() is not None, timeout=30000)
+    stopped(qtbot, win)
+    assert win.config.camera.pixel_size_um == 0.0  # the camera's own
+    own = win._pixel_size_um  # the last run's, from its tracker
+    win.controls.pixel_size.setValue(own / 2)  # the calibration says: half of what the camera claims
+    view = win.camera_view
+    g = view.geometry_px()
+    view.region.setRegion((g["constriction_x0"] - 10.0, g["constriction_x1"] + 10.0))
+    view.region.sigRegionChangeFinished.emit(view.region)
+    drawn = view.geometry_px()
+    win.start_run()
+    run_started(qtbot, win)
+    pipeline = win.controller.pipeline
+    qtbot.waitUntil(lambda: getattr(pipeline.tracker, "geometry", None) is not None or bool(win.errors),
+                    timeout=30000)
+    assert not win.errors
+    tracked = pipeline.tracker.geometry
+    assert tracked.pixel_size_um == pytest.approx(own / 2)
+    assert tracked.constriction_x0 == pytest.approx(drawn["constriction_x0"], abs=0.05)
+    assert tracked.constriction_x1 == pytest.approx(drawn["constriction_x1"], abs=0.05)
+    assert tracked.channel_y0 == pytest.approx(drawn["channel_y0"], abs=0.05)
+    stopped(qtbot, win)
+    win.close()

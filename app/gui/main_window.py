@@ -409,7 +409,10 @@ class MainWindow(QtWidgets.QMainWindow):
                                       g.pixel_size_um)
 
     def _geometry_edited(self, g: dict[str, float]) -> None:
-        px = self._pixel_size_um
+        # the next run turns these µm back into pixels with the pixel size set in the panel, when
+        # one is (0: the camera's, as the last run had it); a pixel size corrected since the last
+        # run put the drawn constriction elsewhere, or outside the ROI
+        px = float(config_get(self.config, "camera.pixel_size_um", 0.0) or 0.0) or self._pixel_size_um
         if not px:
             self.show_error("the pixel size is unknown: set camera.pixel_size_um before editing the geometry")
             return
