@@ -621,6 +621,36 @@ def test_geometry_lines_edit_the_configuration(qtbot, window):
     assert win.controls.roi_w.value() == 200
 
 
+def test_the_roi_box_is_the_sensors_roi_of_the_camera_whose_frames_are_shown(qtbot, window):
+    # a vendor camera (ROI offsets, which no camera here has) mounted with cells moving down: the
+    # frames are turned, the camera's ROI is in sensor pixels. The box's width and height went
+    # to the camera swapped, and a second edit of the box added its offset to the first edit's.
+    from app.gui.models import sensor_box
+
+    win = window
+    win.apply_changes({"camera.backend": "basler", "camera.flow_direction": "top-to-bottom",
+                       "camera.basler.offset_x": 40, "camera.basler.offset_y": 8})
+    start(qtbot, win)
+    qtbot.waitUntil(lambda: win.camera_view.image_shape is not None, timeout=5000)
+    win.stop_run()
+    qtbot.waitUntil(lambda: win.controller.run is None and not win.controller.busy, timeout=10000)
+    assert win.camera_view.image_shape == (H, W)  # turned: the sensor is H wide and W high
+    roi = win.camera_view.roi
+    for x in (10, 12):  # moved twice: each time from the frames' own offsets
+        roi.setPos((x, 0))
+        roi.setSize((200, H))  # shorter along the flow, i.e. along the sensor's rows
+        roi.sigRegionChangeFinished.emit(roi)
+        b = win.config.camera.basler
+        assert (b["width"], b["height"]) == (H, 200)
+        assert (b["offset_x"], b["offset_y"]) == (40, 8 + x)
+    # against numpy's own turn of the sensor's pixel indices, for every turn
+    rows, cols = np.indices((5, 9))
+    for k in range(4):
+        r, c = np.rot90(rows, k)[1:4, 2:4], np.rot90(cols, k)[1:4, 2:4]
+        assert sensor_box(2, 1, 2, 3, np.rot90(rows, k).shape, k) == (
+            c.min(), r.min(), c.max() - c.min() + 1, r.max() - r.min() + 1)
+
+
 def test_screenshot_shows_content(qtbot, window, tmp_path):
     from app.gui.qt import QtGui
 

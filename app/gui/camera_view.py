@@ -108,6 +108,11 @@ class CameraView(pg.GraphicsLayoutWidget):
             self.roi.blockSignals(False)
         self.roi.setVisible(True)
 
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """(rows, columns) of the frames shown (None before the first)."""
+        return None if self._shape is None else (int(self._shape[0]), int(self._shape[1]))
+
     def roi_px(self) -> dict[str, int] | None:
         if self._shape is None:
             return None

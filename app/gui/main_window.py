@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from acquisition.camera import FLOW_DIRECTIONS
 from app.gui.camera_view import CameraView
 from app.gui.controller import RunController, describe_error
 from app.gui.models import FeatureTable, ModelInfo, StatusRow, config_get, config_with, inspect_model
@@ -68,6 +69,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.table = FeatureTable()
         self._pixel_size_um: float = float(config_get(self.config, "camera.pixel_size_um", 0.0) or 0.0)
         self._x_exit_px = 0.0
+        # the quarter turns and sensor offsets (x, y) of the run whose frames the camera view shows
+        self._view_source: tuple[int, tuple[int, int]] = (0, (0, 0))
         self._plots_dirty = False
         self._dialog: QtWidgets.QMessageBox | None = None
         self.errors: list[str] = []  # everything shown to the operator, for the log and tests
@@ -429,24 +432,28 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _roi_edited(self, r: dict[str, int]) -> None:
         """The box drawn on the image becomes the camera ROI of the next run (offsets where the backend has them)."""
-        from app.gui.models import table_fields
+        from app.gui.models import sensor_box, table_fields
 
         backend = config_get(self.config, "camera.backend", "synthetic")
         section = f"camera.{backend}"
         fields = table_fields(self.config, section)
+        # the box is drawn on the frames shown: turned as their run turned them, and taken at that
+        # run's offsets (a second edit added its offset to the first edit's)
+        turns, base = self._view_source
+        x, y, w, h = sensor_box(r["x"], r["y"], r["width"], r["height"], self.camera_view.image_shape, turns)
         changes: dict[str, Any] = {}
         if "width" in fields and "height" in fields:
-            changes[f"{section}.width"] = r["width"]
-            changes[f"{section}.height"] = r["height"]
-        for axis, key in (("x", "offset_x"), ("y", "offset_y")):
-            if key in fields and r[axis]:
-                changes[f"{section}.{key}"] = int(config_get(self.config, f"{section}.{key}", 0)) + r[axis]
+            changes[f"{section}.width"] = w
+            changes[f"{section}.height"] = h
+        for v, b, key in ((x, base[0], "offset_x"), (y, base[1], "offset_y")):
+            if key in fields and (v or config_get(self.config, f"{section}.{key}", 0) != b):
+                changes[f"{section}.{key}"] = b + v
         if not changes:
             self.statusBar().showMessage(f"the {backend} camera has no ROI setting", MESSAGE_MS)
             return
         if self.apply_changes(changes):
             self.controls.load(self.config)
-            self.statusBar().showMessage(f"camera ROI {r['width']}×{r['height']} px applies from the next start",
+            self.statusBar().showMessage(f"camera ROI {w}×{h} px applies from the next start",
                                          MESSAGE_MS)
 
     def auto_detect(self) -> None:
@@ -499,6 +506,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.controller.stop()
 
     def _run_started(self, run: Any) -> None:
+        cfg = getattr(run, "config", None) or self.config
+        section = f"camera.{config_get(cfg, 'camera.backend', '')}"
+        self._view_source = (FLOW_DIRECTIONS.get(config_get(cfg, "camera.flow_direction", ""), 0),
+                             (int(config_get(cfg, f"{section}.offset_x", 0) or 0),
+                              int(config_get(cfg, f"{section}.offset_y", 0) or 0)))
         names = self.controller.class_names()
         self.table.clear(names)
         self.scatter.set_classes(names)

@@ -159,6 +159,23 @@ def first_field(cfg: Any, section: str, candidates: Sequence[str]) -> str | None
     return None
 
 
+def sensor_box(x: int, y: int, width: int, height: int, image_shape: tuple[int, int],
+               turns: int) -> tuple[int, int, int, int]:
+    """A box drawn on a frame turned ``turns`` quarter turns (``np.rot90``'s ``k``, see
+    ``camera.flow_direction``) as the same box on the camera's sensor: (x, y, width, height). The
+    camera's ROI is in sensor pixels; a box on a turned frame had its width and height swapped
+    (quarter turns) or its offsets mirrored (half turns)."""
+    h_img, w_img = image_shape
+    k = turns % 4
+    # the sensor frame's size, and where the turned frame's pixel (row i, column j) was on it
+    sh, sw = (h_img, w_img) if k % 2 == 0 else (w_img, h_img)
+    where = {0: lambda i, j: (i, j), 1: lambda i, j: (j, sw - 1 - i),
+             2: lambda i, j: (sh - 1 - i, sw - 1 - j), 3: lambda i, j: (sh - 1 - j, i)}[k]
+    corners = [where(i, j) for i in (y, y + height - 1) for j in (x, x + width - 1)]
+    rows, cols = [r for r, _ in corners], [c for _, c in corners]
+    return min(cols), min(rows), max(cols) - min(cols) + 1, max(rows) - min(rows) + 1
+
+
 # -- recent cells ---------------------------------------------------------------------------------
 class FeatureTable:
     """The last ``capacity`` cells as columns (one float array per feature) for plots.
