@@ -855,7 +855,10 @@ def test_a_stuck_event_writer_does_not_keep_the_window_busy(qtbot, tmp_path):
     assert not errors
     run = ctl.run
     qtbot.waitUntil(lambda: run.status().cells >= 3, timeout=60000)
-    qtbot.wait(1200)  # a flush with cells in it
+    # the child writes (on a loaded machine it started writing seconds after the first cells,
+    # and the file was still empty when it was stopped), then a flush with cells in it
+    qtbot.waitUntil(lambda: run.writer.events_written > 0, timeout=30000)
+    qtbot.wait(1200)
     pid = run.writer.child_pid
     os.kill(pid, signal.SIGSTOP)
     idle = False
