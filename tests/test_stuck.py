@@ -104,3 +104,23 @@ def test_a_large_object_stuck_in_front_of_the_mouth_blocks_the_constriction():
     tracker.process_frames(frames, fps=s.fps)
     assert [n for n in notes if "looks blocked" in n and "at its mouth" in n], notes
     assert tracker.blocked_s > 0.3
+
+
+def test_cells_after_a_block_are_measured_against_the_empty_channel():
+    # a cell stuck 0.9 s at the mouth became background after 2,048 frames; once it left, the
+    # cells that came were measured against a background that still held it: 8 of the 9 next
+    # cells flagged DOUBLET (merged with its imprint), 38 events for 20 cells
+    s = synthetic.SyntheticSettings(duration_s=2.0, cells_per_second=20.0, debris_per_second=0.0, doublet_fraction=0.0,
+                                    stuck_fraction=0.15, stuck_ms=(900.0, 900.0), seed=4)
+    frames, truth = synthetic.render_frames(s, s.frame_count)
+    tracker = Tracker.from_frames(frames[:512], s.pixel_size_um, TrackerSettings())
+    notes = []
+    tracker.on_note = notes.append
+    events = tracker.process_frames(frames, fps=s.fps) + tracker.flush()
+    assert [n for n in notes if "looks blocked" in n]
+    pairs = match_events(events, truth, run_ms=s.frame_count * 1000 / s.fps, frame_ms=1000 / s.fps).pairs
+    left = [t.exit_ms * s.fps / 1000 for t in truth if t.stuck_ms > 0]
+    after = [e for e, t in pairs if t.stuck_ms == 0 and any(0 < t.first_frame - f < 1600 for f in left)]
+    assert len(after) >= 8
+    assert not any(e.quality & Quality.DOUBLET for e in after), [str(Quality(e.quality)) for e in after]
+    assert len(events) <= len(truth)

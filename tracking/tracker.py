@@ -274,6 +274,7 @@ class Tracker:
         #: tracker ms since which an object has stood in the constriction, said and not yet
         #: cleared by a cell passing it; and the ms of the last look (the block's length so far)
         self._blocked_ms: float | None = None
+        self._relearn_held = 0  # the background's relearn while a block holds it at 0
         self._blocked_now_ms = math.nan
         #: the latest entry frame of a cell that has passed the constriction (one that entered after an
         #: object began to stand there went by it: no clog)
@@ -728,6 +729,7 @@ class Tracker:
         if self._light_stepped:
             return  # the same change, not yet over
         self._light_stepped = True
+        self._hold_background(False)  # the new light must be taken over, block or not
         note = (f"the light changed: frame {frame_id} is {gain:.2f}× as bright as the background, beyond the "
                 f"{LIGHT_MIN:g}-{LIGHT_MAX:g}× the flicker correction follows (a lamp or the exposure changed?). "
                 f"The background takes the new light over after {bgm.relearn * bgm.stride} frames of it; until "
@@ -790,6 +792,7 @@ class Tracker:
             if still_ms < max(limit, self.settings.stuck_ms):
                 continue
             self._blocked_ms, self._blocked_now_ms = float(h[i, L.H_T]), now_ms
+            self._hold_background(True)
             where = "in the constriction" if sf[k, L.SF_X] >= g.constriction_x0 else "at its mouth"
             self._say(f"frame {frame_id}: the constriction looks blocked: an object has stood still {where} "
                       f"(x {sf[k, L.SF_X] * px:.0f} µm) for {still_ms:.0f} ms, and no cell passes while it stays "
@@ -859,10 +862,24 @@ class Tracker:
             return  # it left before the block began
         gone_ms = h[exits[0], L.H_T] - self._blocked_ms
         self._blocked_ms, self._blocked_now_ms = None, math.nan
+        self._hold_background(False)
         note = f"cells pass the constriction again (it was blocked for {gone_ms / 1000:.1f} s)"
         log.info("%s", note)
         if self.on_note is not None:
             self.on_note(note)
+
+    def _hold_background(self, hold: bool) -> None:
+        """While the constriction is blocked the background takes nothing over (``relearn`` 0):
+        it took the stuck object over after 2,048 frames, and the cells that came once it left
+        were measured against a background that still held it, until the running update had
+        learned the empty channel back there. No cell passes a block, so nothing else is lost
+        meanwhile; a light that steps beyond what the flicker correction follows takes over as
+        ever (:meth:`_judge_light`)."""
+        bgm = self.background
+        if hold and not self._light_stepped and bgm.relearn > 0:
+            self._relearn_held, bgm.relearn = bgm.relearn, 0
+        elif not hold and self._relearn_held:
+            bgm.relearn, self._relearn_held = self._relearn_held, 0
 
     @property
     def blocked_s(self) -> float:
