@@ -947,6 +947,8 @@ class ReplayCamera(Camera):
                               f"{src.path} does not say its {' or '.join(what[m][0] for m in missing)}; "
                               f"set {' and '.join(missing)} in the replay settings "
                               f"({' and '.join(what[m][1] for m in missing)} on the command line)")
+        if src.n == 0:
+            raise DataFormatError(f"{src.path}: holds no frames (an empty recording): nothing to replay")
         stop = src.n if s.stop_frame is None else min(s.stop_frame, src.n)
         start = min(s.start_frame, stop)
         if s.start_frame > src.n:
