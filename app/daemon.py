@@ -94,6 +94,18 @@ class StatusServer:
         self._server.server_close()
 
 
+#: said where an event file's path would be: "events -> None" named a file that does not exist
+NO_EVENT_FILE = "no event file written (output.write_events = false)"
+
+
+def outputs_line(run: Run) -> str:
+    """Where the run's cells (and raw frames) go, as the log says it when the run starts."""
+    parts = [f"events -> {run.events_path}" if run.events_path is not None else NO_EVENT_FILE]
+    if run.raw_path is not None:
+        parts.append(f"raw frames -> {run.raw_path}")
+    return "; ".join(parts)
+
+
 def _file_handler(folder: Path, name: str) -> logging.Handler:
     """The run's log file ``daemon.log_file`` (relative to the output folder, which it may name
     subfolders of); one that cannot be written is a configuration error naming the key."""
@@ -189,7 +201,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             # the bar once the run goes: a configuration refused while the run is built (or a
             # model that loads for seconds) is said on its own, not under an empty "0%" bar
             show = progress(console.stream(out)) if progress is not None else None
-            log.info("run started; events -> %s", run.events_path)
+            log.info("run started; %s", outputs_line(run))
             next_line = time.monotonic() + cfg.daemon.status_interval_s
             while True:
                 if requested and run.pipeline.finish_reason is None:
@@ -223,7 +235,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             last_words.append(st.line())
         reason = st.finish_reason or FinishReason.COMPLETED
         say(f"run {reason.value}" + (f": {st.message}" if st.message else "") +
-            (f"; events in {run.events_path}" if run.events_path else ""), out)
+            (f"; events in {run.events_path}" if run.events_path else f"; {NO_EVENT_FILE}"), out)
         code = EXIT_CODES[reason]
         if (run.close_errors or run.abandoned) and code == 0:
             code = 1

@@ -565,3 +565,22 @@ def test_a_short_runs_cores_leave_out_the_writers_startup(tmp_path):
     assert p.returncode == 0, err
     cores = re.findall(r"writer process=([0-9.]+)", out + err)
     assert cores and float(cores[-1]) < 1.0, (out + err)[-1500:]
+
+
+def test_a_run_without_an_event_file_says_so_and_names_no_file(tmp_path):
+    import io
+
+    from app.config import load_config
+    from app.daemon import run_daemon
+
+    folder = tmp_path / "out"
+    cfg = load_config(write_config(tmp_path / "run.toml", folder, seconds=0.3, model="none",
+                                   output_extra="write_events = false\nreport = false"))
+    out = io.StringIO()
+    code, run = run_daemon(cfg, out=out)
+    assert code == 0 and run.events_path is None
+    log_text = (folder / "mimlsort.log").read_text()
+    # it said "events -> None": a path that does not exist
+    assert "None" not in log_text and "no event file written (output.write_events = false)" in log_text
+    assert "no event file written" in out.getvalue().splitlines()[-1]
+    assert not list(folder.glob("*.rtdc"))
