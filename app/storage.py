@@ -548,7 +548,11 @@ class EventWriter:
             attrs["user:event columns"] = (
                 "time, deform, area_um, bright_avg, bright_sd, pos_x, pos_y describe the event image (the frame of "
                 "maximum DI); mimlsort's own features, e.g. area_um and bright_* at rest upstream, are in "
-                "/mimlsort/events and the userdef columns")
+                "/mimlsort/events and the userdef columns" if m.event_images not in ("crop", "none") else
+                "no ROI frames (tracking.snapshots = false): deform is at maximum DI, area_um and bright_* at rest "
+                "upstream, time is the exit time, and frame, pos_x and pos_y (in the channel) are the exit frame's "
+                "(NaN for a cell not seen past the constriction); mimlsort's own features are in /mimlsort/events "
+                "and the userdef columns")
         if m.constriction_width_um is not None:
             attrs["user:constriction width um"] = float(m.constriction_width_um)
         if m.constriction_length_um is not None:
@@ -772,7 +776,11 @@ class EventWriter:
         # where the file has no time); the exit time stays in /mimlsort/events/exit_time_ms
         x = ev.extra if snap is not None and ev.extra else {}
         put("events/time", x.get("image_time_ms", f.get("exit_time_ms", math.nan)) / 1000.0)
-        put("events/pos_x", float(snap.pos_x_px) * px if snap is not None else math.nan)
+        # without an ROI frame the row is the exit frame's (frame, pos_y): pos_x too, in the channel.
+        # Not for a cell whose ROI frame was lost in a file that has them: its placeholder mask's
+        # contour would then give dclab a volume (NaN with pos_x NaN)
+        exit_x = (ev.extra or {}).get("exit_pos_x_um", math.nan) if self._image_mode != "snapshot" else math.nan
+        put("events/pos_x", float(snap.pos_x_px) * px if snap is not None else exit_x)
         put("events/pos_y", float(snap.pos_y_px) * px if snap is not None else f.get("pos_y_um", math.nan))
         nan = math.nan
         scale = self._bright_scale

@@ -180,3 +180,30 @@ def test_a_replayed_recording_is_dated_and_numbered_as_the_measurement(tmp_path)
     with dclab.new_dataset(run.events_path) as ds:
         exp = ds.config["experiment"]
         assert (exp["date"], exp["time"], exp["run index"]) == ("2024-03-05", "14:15:16", 4)
+
+
+def test_without_roi_frames_pos_x_is_the_cells_position_at_its_exit_frame(tmp_path):
+    # with tracking.snapshots off every pos_x was NaN, though the tracker follows every cell
+    import dclab
+
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.4, "realtime": False, "seed": 6,
+                                                          "cells_per_second": 80.0}},
+        "model": {"path": "none"},
+        "tracking": {"snapshots": False},
+        "output": {"folder": str(tmp_path), "report": False, "writer": "thread"},
+    })
+    with build_run(cfg, lossless=True) as run:
+        assert run.wait(120)
+        g = run.pipeline.tracker.geometry
+    with dclab.new_dataset(run.events_path) as ds:
+        assert "exit frame" in ds.h5file.attrs["user:event columns"]
+        pos_x, pos_y = ds["pos_x"][:], ds["pos_y"][:]
+        exited = np.isfinite(pos_y)
+        assert exited.sum() >= 10
+        # the same rows as pos_y (the exit frame's): past the constriction's end, inside the ROI
+        assert np.array_equal(np.isfinite(pos_x), exited)
+        assert np.all(pos_x[exited] >= g.constriction_x1 * g.pixel_size_um)
+        assert np.all(pos_x[exited] < g.width * g.pixel_size_um)

@@ -949,9 +949,15 @@ class Tracker:
         file's ``time``, ``area_um`` and ``bright_*`` describe the same image as its ``deform``."""
         extra = {"emit_frame": info[L.SI_EMIT_FRAME], "emit_host_ns": info[L.SI_EMIT_HOST],
                  "exit_easing_ms": easing_ms}
+        px = self.geometry.pixel_size_um
+        # the centroid x in the exit row (the passage's: the first row past the constriction, where
+        # pos_y_um is taken): an event file without ROI frames gives the cell's position there
+        # (its pos_x was NaN, though every cell's position is tracked)
+        i_out = int(np.argmax(h[:, _H + B_X] >= self.geometry.constriction_x1)) if len(h) else 0
+        if i_out > 0:
+            extra["exit_pos_x_um"] = float(h[i_out, _H + B_X]) * px
         if i_max >= 0:
             row = h[i_max]
-            px = self.geometry.pixel_size_um
             extra["image_time_ms"] = float(row[L.H_T])
             extra["image_area_um"] = float(row[_H + B_HULL_AREA]) * px * px
             extra["image_bright_avg"] = float(row[_H + B_BRIGHT_AVG])
