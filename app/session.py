@@ -13,6 +13,7 @@ import math
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -569,10 +570,15 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
         if classifier is not None:
             check_model_scale(classifier, cfg.tracking.crop_size_um, px)
         trig = None
+        # one identity for the event file and the pulse log (appended run after run)
+        run_identifier = str(uuid.uuid4())
         if trigger and classifier is not None:
+            from hardware.dryrun import RunLabel
             from hardware.trigger import make_trigger
 
-            trig = make_trigger(cfg.trigger.backend, cfg.trigger.backend_settings(), cfg.trigger.timing, camera=cam)
+            label = RunLabel(Path(events_path).stem if events_path is not None else stem, run_identifier)
+            trig = make_trigger(cfg.trigger.backend, cfg.trigger.backend_settings(), cfg.trigger.timing, camera=cam,
+                                run=label)
             trig.open()
             opened.append(trig)
         writer = None
@@ -608,7 +614,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
                 # from the configuration, not from whether the first cells kept their ROI frame: a
                 # run that fell behind at its start wrote crops for the whole run
                 event_images="roi" if cfg.tracking.snapshots else "crop",
-                segmentation_threshold=cfg.tracking.threshold, **setup,
+                segmentation_threshold=cfg.tracking.threshold, run_identifier=run_identifier, **setup,
             )
             comp = cfg.output.compression
             options = {"compression": None if comp == "none" else "zstd", "compress_images": comp == "all"}

@@ -46,18 +46,36 @@ class LogSettings:
         require(0 <= self.flush_s < math.inf, "flush_s", f"must be finite and >= 0 (0: every pulse), got {self.flush_s}")
 
 
+@dataclass(frozen=True, slots=True)
+class RunLabel:
+    """The run a pulse belongs to: its name (the event file's stem, ``<sample>_<time>``) and the
+    event file's ``experiment:run identifier``. The log file is appended run after run."""
+
+    name: str
+    identifier: str
+
+
+#: the columns before the run's were added; a file begun with them is not appended to
+_HEADER_V1 = "event_index\tscheduled_ns\tsent_ns\tdelay_us\twidth_us\n"
+
+
 class LogTrigger(Trigger):
-    """Writes one line per pulse: event index, fire time, time sent, delay and width."""
+    """Writes one line per pulse: event index, fire time, time sent, delay, width and the run (empty
+    for a test pulse outside a run)."""
 
     backend = "log"
     has_device = False
     Settings = LogSettings
-    HEADER = "event_index\tscheduled_ns\tsent_ns\tdelay_us\twidth_us\n"
+    # the run's columns come last: scripts that read the first five by position still do
+    HEADER = _HEADER_V1.rstrip("\n") + "\trun\trun_identifier\n"
 
-    def __init__(self, settings=None, timing=None):
+    def __init__(self, settings=None, timing=None, run: RunLabel | None = None):
         super().__init__(settings, timing)
         self._file: IO[str] | None = None
         self._last_flush = 0.0
+        # the log is appended run after run: without these, a run's pulses were told apart from
+        # the next run's only by matching scheduled_ns against the event file's fire_scheduled_ns
+        self._run_columns = f"\t{run.name}\t{run.identifier}" if run is not None else "\t\t"
 
     def _do_open(self) -> str:
         if not self.settings.path:
@@ -67,17 +85,27 @@ class LogTrigger(Trigger):
             path.parent.mkdir(parents=True, exist_ok=True)  # beside a run's files, whose folder may not exist yet
             # appended: each run, and each test pulse between runs, opens it again (the host's
             # monotonic scheduled_ns keeps increasing across them); "w" kept only the last one's
-            self._file = path.open("a", encoding="utf-8")
+            self._file = path.open("a+", encoding="utf-8")
+            if self._file.tell() > 0:
+                self._file.seek(0)
+                header = self._file.readline()
+                self._file.seek(0, 2)
         except OSError as err:
             raise DeviceError(f"trigger.log.path: cannot write {path}: {err}") from err
         if self._file.tell() == 0:
             self._file.write(self.HEADER)
+        elif header != self.HEADER:
+            # rows with the run's columns under the old header are a table no reader parses
+            self._file.close()
+            self._file = None
+            raise DeviceError(f"trigger.log.path: {path} holds pulses in another layout ({header.strip()!r}, "
+                              f"written by an older mimlsort): move it away or name another file")
         return f"log:{path}"
 
     def _do_fire(self, event_index: int, fire_at_ns: int, width_us: float) -> tuple[int, float]:
         now = time.monotonic_ns()
         delay_us = (fire_at_ns - now) / 1000.0
-        line = f"{event_index}\t{fire_at_ns}\t{now}\t{delay_us:.1f}\t{width_us:g}"
+        line = f"{event_index}\t{fire_at_ns}\t{now}\t{delay_us:.1f}\t{width_us:g}{self._run_columns}"
         if self._file is None:
             pulse_log.info(line)
         else:

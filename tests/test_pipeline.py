@@ -1038,3 +1038,34 @@ def test_a_blocked_constriction_is_said_on_the_status_line_and_in_the_file(tmp_p
     with dclab.new_dataset(run.events_path) as ds:
         text = " ".join("".join(ds.logs[name]) for name in ds.logs)  # lines wrapped at 100 bytes
     assert "the constriction looks blocked" in text and "pass the constriction again" in text, text
+
+
+def test_each_pulse_in_the_appended_pulse_log_names_its_run(tmp_path):
+    # pulses.csv is appended run after run and no row said which run it came from
+    import h5py
+
+    from app.config import bundled_model_path, config_from_mapping
+    from app.session import build_run
+
+    if not bundled_model_path().is_file():
+        pytest.skip("the bundled demo model is not built (make model)")
+    pulses = tmp_path / "pulses.csv"
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.6, "realtime": True, "seed": 4,
+                                                          "cells_per_second": 80.0}},
+        "trigger": {"backend": "log", "log": {"path": str(pulses)}},
+        "output": {"folder": str(tmp_path / "out"), "sample": "s", "report": False, "writer": "thread"}})
+    files = []
+    for _ in range(2):
+        with build_run(cfg) as run:
+            assert run.wait(120)
+        files.append(run.events_path)
+    rows = [line.split("\t") for line in pulses.read_text().splitlines()[1:]]
+    assert files[0] != files[1]
+    for path in files:
+        with h5py.File(path, "r") as h5:
+            ident = h5.attrs["experiment:run identifier"]
+            ok = h5["mimlsort/events/fire_ok"][:] == 1
+            scheduled = set(h5["mimlsort/events/fire_scheduled_ns"][:][ok].tolist())
+        mine = {int(r[1]) for r in rows if r[5:] == [path.stem, ident]}
+        assert scheduled and mine == scheduled, (path.name, len(mine), len(scheduled))

@@ -306,7 +306,8 @@ def test_log_trigger_writes_every_pulse(tmp_path):
         recs = [t.fire(FireRequest(i, now + AHEAD + i * MS, 100.0 + i)) for i in range(5)]
         t.fire(FireRequest(99, now, 100.0))  # late: not a pulse, not logged
     lines = path.read_text().splitlines()
-    assert lines[0].split("\t") == ["event_index", "scheduled_ns", "sent_ns", "delay_us", "width_us"]
+    assert lines[0].split("\t") == ["event_index", "scheduled_ns", "sent_ns", "delay_us", "width_us", "run",
+                                     "run_identifier"]
     rows = [line.split("\t") for line in lines[1:]]
     assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4]
     for r, rec in zip(rows, recs):
@@ -317,6 +318,28 @@ def test_log_trigger_writes_every_pulse(tmp_path):
         t.fire(FireRequest(7, time.monotonic_ns() + AHEAD, 100.0))
     lines = path.read_text().splitlines()
     assert lines.count(LogTrigger.HEADER.strip()) == 1 and len(lines) == 7 and lines[-1].startswith("7\t")
+
+
+def test_the_pulse_log_says_each_pulses_run_and_refuses_a_file_of_the_older_layout(tmp_path):
+    # the log is appended run after run, and nothing in a row said which run it was from
+    from hardware.dryrun import RunLabel
+    from mimlsort.errors import DeviceError
+
+    path = tmp_path / "pulses.csv"
+    for name in ("a_20260101-101010", "a_20260101-101010_2"):
+        with LogTrigger({"path": str(path)}, run=RunLabel(name, f"id-{name}")) as t:
+            t.fire(FireRequest(0, time.monotonic_ns() + AHEAD, 100.0))
+    with LogTrigger({"path": str(path)}) as t:  # a test pulse between runs belongs to none
+        t.fire(FireRequest(-1, time.monotonic_ns() + AHEAD, 100.0))
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
+    assert [r[5:] for r in rows] == [["a_20260101-101010", "id-a_20260101-101010"],
+                                      ["a_20260101-101010_2", "id-a_20260101-101010_2"], ["", ""]]
+    # rows of seven columns under a header of five would be a table no reader parses
+    old = tmp_path / "old.csv"
+    old.write_text("event_index\tscheduled_ns\tsent_ns\tdelay_us\twidth_us\n3\t1\t2\t0.5\t100\n")
+    with pytest.raises(DeviceError, match=r"trigger\.log\.path: .*old\.csv holds pulses in another layout"):
+        LogTrigger({"path": str(old)}).open()
+    assert old.read_text().count("\n") == 2
 
 
 def test_log_trigger_unwritable_path_is_a_device_error(tmp_path):
