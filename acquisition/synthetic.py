@@ -157,7 +157,7 @@ class SyntheticSettings:
     height: int = 96  # ROI height, px
     pixel_size_um: float = 0.5  # µm per pixel in the object plane
     realtime: bool = False  # pace frames at fps on the host clock (live demo) instead of as fast as possible
-    max_lag_frames: int = 512  # realtime: frames the camera buffers before a slow consumer loses frames
+    max_lag_frames: int = 512  # realtime: frames the camera buffers before a slow consumer loses frames (1 to 1048576)
     # a camera costs the host no scene generation, so a benchmark's simulator should not either
     pregenerate: bool = False  # generate every object when the camera opens, not while it runs (needs duration_s > 0)
     seed: int = 1  # random seed: the same seed gives the same frames and truth
@@ -206,7 +206,9 @@ class SyntheticSettings:
         require(32 <= self.width <= 4096, "width", f"must be in [32, 4096] px, got {self.width}")
         require(16 <= self.height <= 1024, "height", f"must be in [16, 1024] px, got {self.height}")
         require(self.pixel_size_um > 0, "pixel_size_um", f"must be > 0, got {self.pixel_size_um}")
-        require(self.max_lag_frames >= 1, "max_lag_frames", f"must be >= 1, got {self.max_lag_frames}")
+        # the camera's kernel takes it as a 64-bit integer: 10**30 failed to compile there mid-start
+        require(1 <= self.max_lag_frames <= 1 << 20, "max_lag_frames",
+                f"must be in [1, {1 << 20}], got {self.max_lag_frames}")
         for name in ("cells_per_second", "debris_per_second", "min_gap_um", "noise_sd", "fixed_pattern_sd",
                      "exposure_us", "flicker", "illumination_gradient", "entry_ramp_um", "speed_sd",
                      "truth_dir_after_um"):

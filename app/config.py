@@ -39,6 +39,8 @@ _VENDOR_CAMERAS = ("basler", "genicam", "ximea")
 #: the smallest side of a vendor camera's ROI: the synthetic camera's smallest height, a few
 #: cells' diameters at the usual 0.3-0.7 µm per pixel
 _MIN_ROI_PX = 16
+#: camera.ring_capacity's upper end (a 256x96 ROI: 24 GiB); the memory check at the start is the tighter one
+MAX_RING_FRAMES = 1 << 20
 
 
 def _backend_settings(kind: str, name: str, table: dict, key: str):
@@ -60,7 +62,7 @@ def _backend_settings(kind: str, name: str, table: dict, key: str):
 @dataclass(frozen=True, slots=True)
 class CameraConfig:
     backend: str = "synthetic"  # synthetic | replay | basler | genicam | ximea
-    ring_capacity: int = 4096  # frames held in the ring (headroom before a slow reader misses frames)
+    ring_capacity: int = 4096  # frames held in the ring (headroom before a slow reader misses frames); 64 to 1048576, and at most half the memory
     pixel_size_um: float = 0.0  # µm per pixel in the object plane; 0: what the camera/recording says
     # turned, never mirrored: a cell keeps its handedness, and the tracker, geometry, files and
     # preview all see the turned frames (RT-DC's convention), so nothing downstream knows of it
@@ -75,7 +77,8 @@ class CameraConfig:
         from acquisition.camera import BACKENDS
 
         require(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        require(self.ring_capacity >= 64, "ring_capacity", f"must be >= 64, got {self.ring_capacity}")
+        require(64 <= self.ring_capacity <= MAX_RING_FRAMES, "ring_capacity",
+                f"must be in [64, {MAX_RING_FRAMES}] frames, got {self.ring_capacity}")
         # finite: inf passed, and the run's decide worker stopped with "the crops' pixel size must be
         # known, got inf", naming no key
         require(0 <= self.pixel_size_um < math.inf, "pixel_size_um",

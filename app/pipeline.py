@@ -90,13 +90,19 @@ class FinishReason(enum.Enum):
     ERRORED = "errored"  # a worker failed; see the message
 
 
+#: autostop.events' upper end: a year at 30,000 cells/s
+MAX_EVENTS = 10**12
+
+
 @dataclass(frozen=True, slots=True)
 class AutoStop:
-    events: int = 0  # stop after this many cells (0: no limit)
+    events: int = 0  # stop after this many cells (0: no limit; at most 10**12)
     seconds: float = 0.0  # stop after this many seconds of acquisition (0: no limit)
 
     def __post_init__(self):
-        require(self.events >= 0, "events", f"must be >= 0, got {self.events}")
+        # the file keeps it as dclab's "online_filter:target event count": 10**30 (no 64-bit
+        # integer) stopped the event file's creation with a TypeError
+        require(0 <= self.events <= MAX_EVENTS, "events", f"must be in [0, {MAX_EVENTS}] (0: no limit), got {self.events}")
         require(self.seconds >= 0, "seconds", f"must be >= 0, got {self.seconds}")
 
 

@@ -19,6 +19,10 @@ from mimlsort.errors import ConfigError
 T = TypeVar("T")
 
 
+#: integer keys hold 64-bit integers (what TOML allows)
+INT64_LIMIT = 2**63
+
+
 def require(ok: bool, key: str, problem: str) -> None:
     """Raise ``ConfigError(key, problem)`` unless ``ok``."""
     if not ok:
@@ -107,11 +111,17 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], key: str = "") -> T:
         sub = f"{key}.{name}" if key else name
         kwargs[name] = _coerce(value, hints[name], sub)
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except ConfigError as e:
         raise e.under(key) if key else e from None
     except TypeError as e:  # a required field is missing
         raise ConfigError(key, str(e)) from None
+    # after the class's own checks, whose ranges say more: TOML's integers are 64-bit, Python's are
+    # not, and 10**30 passed where nothing bounded it, to overflow where it met numpy, numba or HDF5
+    for name, value in kwargs.items():
+        if type(value) is int and not -INT64_LIMIT <= value < INT64_LIMIT:
+            raise ConfigError(f"{key}.{name}" if key else name, f"must fit in 64 bits (|n| < 2**63), got {value}")
+    return obj
 
 
 def to_mapping(obj: Any) -> Any:

@@ -3,6 +3,7 @@ vendor tables are checked against their backend's own settings, the GUI/daemon r
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,40 @@ def test_default_text_explains_the_simulated_cell_classes():
     block = text[text.index("[[camera.synthetic.classes]]"):]
     assert "\ndarkness = 28.0  # grey levels the cell body is darker than the lumen\n" in block
     assert "\nname = \"hct116\"  # class name" in block
+
+
+@pytest.mark.parametrize("section, key, top", [
+    ("camera", "ring_capacity", 1 << 20),
+    ("camera", "synthetic.max_lag_frames", 1 << 20),
+    ("tracking", "max_blobs", 1024),
+    ("tracking", "max_tracks", 1024),
+    ("tracking", "max_history", 65536),
+    ("tracking", "max_gap_frames", 1000),
+    ("tracking", "batch_frames", 65536),
+    ("tracking", "background_frames", 65536),
+    ("autostop", "events", 10**12),
+])
+def test_integer_keys_have_an_upper_end_that_is_named(section, key, top):
+    # 10**30 passed all of them, then failed mid-start ("Maximum allowed dimension exceeded", a numba
+    # TypingError, an OverflowError) or in the event file's creation (autostop.events: a TypeError)
+    from app.session import with_changes
+
+    assert with_changes(RunConfig(), **{section: {key: top}}) is not None  # the end itself is allowed
+    for big in (top + 1, 10**30):
+        with pytest.raises(ConfigError, match=rf"^{section}\.{key}: must be in \[\d+, {top}\]"):
+            with_changes(RunConfig(), **{section: {key: big}})
+    # and `config --default` says it on the key's line
+    name = key.split(".")[-1]
+    line = next(t for t in default_config_text().splitlines() if t.startswith(f"{name} = "))
+    assert (str(top) if top < 10**9 else f"10**{len(str(top)) - 1}") in line, line
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"camera": {"synthetic": {"seed": 10**30}}}, "camera.synthetic.seed"),
+    ({"camera": {"backend": "basler", "basler": {"width": 10**30}}}, "camera.basler.width"),
+    ({"trigger": {"backend": "serial", "serial": {"port": "/dev/null", "baudrate": 2**63}}}, "trigger.serial.baudrate"),
+])
+def test_an_integer_no_64_bit_key_can_hold_is_refused_naming_the_key(data, key):
+    # keys without a range of their own: the vendor SDK or numpy met a Python int beyond 64 bits
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must fit in 64 bits"):
+        config_from_mapping(data)

@@ -104,6 +104,11 @@ EDGE_MARGIN_UM = 20.0
 _LINK_FLAGS = int(Quality.DOUBLET | Quality.BORDER | Quality.STUCK)  # quality bits the link kernel sets
 _Q_INCOMPLETE = int(Quality.INCOMPLETE)
 _Q_SMALL = int(Quality.SMALL)
+#: the integer settings' ranges: the kernels' arrays are sized by them (10**30 blobs was "Maximum
+#: allowed dimension exceeded" at the start, a gap of 10**30 frames an OverflowError), and beyond
+#: the upper ends a run needs more memory than a host has or links unrelated blobs into one cell
+INT_RANGES = {"max_blobs": (1, 1024), "max_tracks": (1, 1024), "max_history": (8, 65536),
+              "max_gap_frames": (0, 1000), "batch_frames": (1, 65536), "background_frames": (1, 65536)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +119,10 @@ class TrackerSettings:
     threshold: float = -6.0  # grey levels of an 8-bit image (scaled for deeper cameras) that count as cell: < 0 darker than the background by more than that (RT-DC); > 0 |image - background| (halo included)
     min_area_um: float = 15.0  # blobs smaller than this are debris
     min_cell_diameter_um: float = 5.0  # a cell smaller than this at rest is flagged SMALL (debris, platelets: a constriction made to squeeze cells does not squeeze it); 0: never
-    max_blobs: int = 16  # per frame
-    max_tracks: int = 32  # cells followed at once
-    max_history: int = 512  # observations kept per cell; when full, those upstream of the constriction are thinned (a cell stuck in or past it overflows it: STUCK)
-    max_gap_frames: int = 2  # frames a cell may go unseen before its track ends
+    max_blobs: int = 16  # per frame (1 to 1024)
+    max_tracks: int = 32  # cells followed at once (1 to 1024)
+    max_history: int = 512  # observations kept per cell (8 to 65536); when full, those upstream of the constriction are thinned (a cell stuck in or past it overflows it: STUCK)
+    max_gap_frames: int = 2  # frames a cell may go unseen before its track ends (0 to 1000)
     crop_size_um: float = 40.0  # side of the square first/last crops
     emit_after_exit_um: float = 15.0  # emit once the cell is this far past the constriction
     gate_back_um: float = 4.0  # how far behind where it was last seen a cell may be found (centroid jitter)
@@ -129,8 +134,8 @@ class TrackerSettings:
     split_ratio: float = 0.75  # cut a blob where its height dips to this share of the peaks beside (touching cells); 0: never
     low_contrast: float = 4.0  # mean |image - background| in the cell (8-bit grey levels) below this: low contrast
     stuck_ms: float = 50.0  # a cell that stops (stays within 2 µm) for longer than this is stuck
-    batch_frames: int = 256  # frames per kernel call of a replay or unpaced source (a live camera's frames are tracked as they come, up to 256 or 0.25 s a call; this many are read at once after falling behind)
-    background_frames: int = 64  # frames the initial background is estimated from (per pixel, the median of its densest 2-noise-sd window of values: right even where cells often pass)
+    batch_frames: int = 256  # frames per kernel call of a replay or unpaced source (1 to 65536; a live camera's frames are tracked as they come, up to 256 or 0.25 s a call; this many are read at once after falling behind)
+    background_frames: int = 64  # frames the initial background is estimated from (1 to 65536) (per pixel, the median of its densest 2-noise-sd window of values: right even where cells often pass)
     snapshots: bool = True  # attach the full-ROI image, background and mask at the frame of max DI
     flicker_correction: bool = True  # compare each frame with the background scaled by the frame's own light (lamp flicker; each event's bg_off says by how much)
     pace_per_cell: bool = True  # time a cell's pulse with its own pace relative to the channel's (measured upstream); false: every cell at the channel's learned pace past the exit
@@ -152,10 +157,9 @@ class TrackerSettings:
         require(0 < self.doublet_solidity <= 1, "doublet_solidity", f"must be in (0, 1], got {self.doublet_solidity}")
         require(0 < self.doublet_di < 1, "doublet_di", f"must be in (0, 1), got {self.doublet_di}")
         require(0 <= self.split_ratio < 1, "split_ratio", f"must be in [0, 1), got {self.split_ratio}")
-        for name in ("max_blobs", "max_tracks", "batch_frames", "background_frames"):
-            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        require(self.max_history >= 8, "max_history", f"must be >= 8, got {self.max_history}")
-        require(self.max_gap_frames >= 0, "max_gap_frames", f"must be >= 0, got {self.max_gap_frames}")
+        for name, (lo, hi) in INT_RANGES.items():
+            v = getattr(self, name)
+            require(lo <= v <= hi, name, f"must be in [{lo}, {hi}], got {v}")
 
 
 @dataclass(frozen=True, slots=True)
