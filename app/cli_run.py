@@ -159,7 +159,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "more than a tenth of the pulses it was handed.")
     sp.add_argument("--config", type=Path, metavar="RUN.toml", help="run configuration (default: built-in defaults)")
     sp.add_argument("--out-dir", type=Path, help="output folder (default: output.folder of the configuration)")
-    sp.add_argument("--seconds", type=float, help="auto-stop after this many seconds")
+    sp.add_argument("--seconds", type=float, help="auto-stop after this many seconds of measurement time (the frames' "
+                    "own clock: the camera's, a replay's recorded times)")
     sp.add_argument("--events", type=int, help="auto-stop after this many cells")
     sp.add_argument("--http-port", type=int, help="serve status JSON on 127.0.0.1:PORT/status")
     sp.set_defaults(func=cmd_run)

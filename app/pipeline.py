@@ -97,13 +97,51 @@ MAX_EVENTS = 10**12
 @dataclass(frozen=True, slots=True)
 class AutoStop:
     events: int = 0  # stop after this many cells (0: no limit; at most 10**12)
-    seconds: float = 0.0  # stop after this many seconds of acquisition (0: no limit)
+    seconds: float = 0.0  # stop after this many seconds of measurement time (0: no limit): the frames' own times (the camera's clock; a replay's recorded times, at any speed; a simulation's), not the host's
 
     def __post_init__(self):
         # the file keeps it as dclab's "online_filter:target event count": 10**30 (no 64-bit
         # integer) stopped the event file's creation with a TypeError
         require(0 <= self.events <= MAX_EVENTS, "events", f"must be in [0, {MAX_EVENTS}] (0: no limit), got {self.events}")
-        require(self.seconds >= 0, "seconds", f"must be >= 0, got {self.seconds}")
+        require(0 <= self.seconds < math.inf, "seconds", f"must be finite and >= 0 (0: no limit), got {self.seconds}")
+
+
+def clock_name(backend: str, camera_clock: bool) -> str:
+    """What a source's frame times are, as the auto-stop's messages say it."""
+    if backend == "replay":
+        return "the recording's frame times"
+    if backend == "synthetic":
+        return "the simulation's frame times"
+    return "the camera's clock" if camera_clock else "the frames' host arrival times (the camera has no clock)"
+
+
+class MeasurementClock:
+    """How long a run has measured, by its frames' own times: ``autostop.seconds`` counts this.
+
+    The host's clock made a replay read as fast as it goes stop after N seconds of processing,
+    wherever in the recording that was (and elsewhere on a faster host). The steps from frame to
+    frame are summed, so a camera clock that steps back mid-run adds nothing instead of holding
+    the stop off by the step."""
+
+    def __init__(self, ring):
+        self._ring = ring
+        self._seen = ring.written  # frames before the run's first (none, as the run starts)
+        self._last = -1  # timestamp of the last frame counted; -1: none yet
+        self.ns = 0
+
+    def advance(self) -> float:
+        """Count the frames written since the last call; returns the measurement time in s."""
+        ring = self._ring
+        end = ring.written
+        if end > self._seen:
+            stamps = ring.timestamps_ns[np.arange(self._seen, end) % ring.capacity]
+            if self._last < 0:
+                self._last = int(stamps[0])
+            steps = np.diff(stamps, prepend=self._last)
+            self.ns += int(steps[steps > 0].sum())
+            self._last = int(stamps[-1])
+            self._seen = end
+        return self.ns / 1e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +217,11 @@ class Status:
     # seconds the constriction has been blocked (an object stood still in it; Tracker.blocked_s),
     # NaN while cells pass: a clog read "0 cells/s", as an empty sample does
     blocked_s: float = math.nan
+    # autostop.seconds counts measurement time, by the frames' own clock (named here): a replay's
+    # recorded time, not the host's; NaN without an auto-stop duration
+    measured_s: float = math.nan
+    autostop_s: float = 0.0
+    autostop_clock: str = ""
 
     @property
     def frames_missed(self) -> int:
@@ -216,6 +259,7 @@ class Status:
                 + (f"images shed {self.images_shed} (backlog {self.storage_backlog_mb:.0f}MB) " if self.images_shed else "")
                 + (f"untracked {self.tracks_overflow} " if self.tracks_overflow else "")
                 + (f"CONSTRICTION BLOCKED {self.blocked_s:.1f}s " if self.blocked_s == self.blocked_s else "")
+                + (f"measured {self.measured_s:.1f}/{self.autostop_s:g}s " if self.measured_s == self.measured_s else "")
                 + (f"light changed x{self.light_gain:.2f} (background relearning) "
                    if not LIGHT_MIN < self.light_gain < LIGHT_MAX and self.light_gain == self.light_gain else
                    f"lamp flicker {100 * self.light_flicker:.1f}% (light x{self.light_gain:.3f}) "
@@ -408,6 +452,7 @@ class Pipeline:
         self._decide_q: queue.SimpleQueue = queue.SimpleQueue()  # finished cells, to the decide thread
         self._lock = threading.Lock()
         self._t_start = 0.0
+        self._measured: MeasurementClock | None = None  # the camera thread's, once it runs
         self._t_end = 0.0
         self._frames_processed = 0
         self._live_max_frames = LIVE_MAX_FRAMES
@@ -507,8 +552,13 @@ class Pipeline:
         self.state = RunState.RUNNING
         for th in self._threads:
             th.start()
-        log.info("run started: %s camera, %s", self.camera.backend,
-                 f"model classes {list(self.classifier.classes)}" if self.classifier else "no model")
+        log.info("run started: %s camera, %s%s", self.camera.backend,
+                 f"model classes {list(self.classifier.classes)}" if self.classifier else "no model",
+                 f"; auto-stop after {self.autostop.seconds:g} s of measurement time ({self._clock_name()})"
+                 if self.autostop.seconds else "")
+
+    def _clock_name(self) -> str:
+        return clock_name(self.camera.backend, bool(self.ring is not None and self.ring.camera_clock))
 
     def stop(self, reason: FinishReason = FinishReason.CANCELED, message: str = "") -> None:
         """Ask every worker to stop at its next batch boundary (idempotent; the first reason wins,
@@ -639,6 +689,7 @@ class Pipeline:
             rec = self._rec_reader
             seen, last_frame, stalled = ring.written, time.monotonic(), False
             reconnects = getattr(cam, "reconnects", 0)
+            measured = self._measured = MeasurementClock(ring)
             while not self._stop.is_set():
                 if getattr(cam, "reconnects", 0) != reconnects:  # it said so only in the process's log
                     reconnects = cam.reconnects
@@ -675,8 +726,9 @@ class Pipeline:
                     room = min(room, _GRAB_RUN)
                 if not cam.grab_many_into(ring, room, timeout_s=0.2) and cam.exhausted:
                     break
-                if self.autostop.seconds and time.monotonic() - self._t_start >= self.autostop.seconds:
-                    self.stop(FinishReason.COMPLETED, f"auto-stop after {self.autostop.seconds:g} s")
+                if self.autostop.seconds and measured.advance() >= self.autostop.seconds:
+                    self.stop(FinishReason.COMPLETED, f"auto-stop after {self.autostop.seconds:g} s of measurement "
+                                                      f"time ({self._clock_name()})")
                     break
         finally:
             skipped = getattr(cam, "skipped", 0)
@@ -1163,6 +1215,9 @@ class Pipeline:
             finish_reason=self.finish_reason,
             message=self.message,
             elapsed_s=elapsed,
+            measured_s=self._measured.ns / 1e9 if self._measured is not None and self.autostop.seconds else math.nan,
+            autostop_s=self.autostop.seconds,
+            autostop_clock=self._clock_name() if self.autostop.seconds else "",
             frames_in=frames_in,
             fps_in=rate(self._rate_in, frames_in),
             frames_processed=self._frames_processed,

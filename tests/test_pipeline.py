@@ -121,6 +121,28 @@ def test_autostop_after_events_and_seconds():
     assert time.monotonic() - t0 < 20
 
 
+def test_autostop_seconds_counts_the_recordings_time_in_a_replay_at_any_speed(tmp_path):
+    # it counted the host's seconds: a replay read as fast as it goes stopped after N s of
+    # processing, wherever in the recording that was (here: not at all, the whole 5 s recording
+    # is read in well under 1.5 s), and at another frame on another host
+    from acquisition.replay import ReplayCamera, ReplaySettings
+    from app.simdata import record_simulation
+
+    rec = tmp_path / "rec.rtdc"
+    fps = 200.0
+    record_simulation(replace(FAST, fps=fps, duration_s=5.0, cells_per_second=0.0, debris_per_second=0.0), rec)
+    p = Pipeline(ReplayCamera(ReplaySettings(path=str(rec))), sink=ListSink(), lossless=True,
+                 autostop=AutoStop(seconds=1.5))
+    run_to_end(p)
+    st = p.status()
+    assert p.finish_reason is FinishReason.COMPLETED, p.message
+    assert p.message == "auto-stop after 1.5 s of measurement time (the recording's frame times)"
+    # the frames of 1.5 s of the recording, to within the last grab (at most 64 frames)
+    assert 1.5 * fps <= st.frames_in <= 1.5 * fps + 64, st.frames_in
+    assert 1.5 <= st.measured_s <= 1.5 + 64 / fps and f"measured {st.measured_s:.1f}/1.5s" in st.line()
+    assert st.autostop_clock == "the recording's frame times"
+
+
 def test_stop_cancels_and_records_reason():
     p = Pipeline(SyntheticCamera(replace(FAST, duration_s=0.0, realtime=True)), sink=ListSink())
     p.start()

@@ -290,6 +290,8 @@ class ControlPanel(QtWidgets.QWidget):
         self.auto_events = _ispin(0, 1_000_000_000, " cells", "no limit")
         self.auto_seconds = _spin(0, 1e6, 1, 10, " s")
         self.auto_seconds.setSpecialValueText("no limit")
+        self.auto_seconds.setToolTip("seconds of measurement time, by the frames' own clock: the camera's, "
+                                     "or a replay's recorded time at any speed")
         f.addRow("Sample", self.sample)
         f.addRow("Folder", row)
         f.addRow("Stop after", self.auto_events)
