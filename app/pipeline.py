@@ -317,6 +317,8 @@ MAX_BACKLOG_MB = 1024.0
 #: a clock-mode serial device's clock sync while no cell is fired)
 TRIGGER_POLL_S = 0.25
 NO_FRAME_WARN_S = 5.0  # a live camera that sends no frame for this long is said to the operator
+#: a live camera that sends no frame for this long: its time still counts towards autostop.seconds
+NO_FRAME_COUNTS_S = 1.0
 _RECORD_OVERHEAD = 2048  # bytes a record holds besides its arrays (features, decision, objects)
 _GRAB_RUN = 64  # frames a camera may grab per call (those that can, without the GIL; each is published at once)
 _LOSSLESS_BACKLOG = 64  # record batches the decide thread of a lossless run lets storage lag behind
@@ -690,6 +692,7 @@ class Pipeline:
             seen, last_frame, stalled = ring.written, time.monotonic(), False
             reconnects = getattr(cam, "reconnects", 0)
             measured = self._measured = MeasurementClock(ring)
+            live = cam.info.backend not in ("replay", "synthetic")
             while not self._stop.is_set():
                 if getattr(cam, "reconnects", 0) != reconnects:  # it said so only in the process's log
                     reconnects = cam.reconnects
@@ -726,10 +729,16 @@ class Pipeline:
                     room = min(room, _GRAB_RUN)
                 if not cam.grab_many_into(ring, room, timeout_s=0.2) and cam.exhausted:
                     break
-                if self.autostop.seconds and measured.advance() >= self.autostop.seconds:
-                    self.stop(FinishReason.COMPLETED, f"auto-stop after {self.autostop.seconds:g} s of measurement "
-                                                      f"time ({self._clock_name()})")
-                    break
+                if self.autostop.seconds:
+                    # a live camera's time goes on when it sends nothing (a stall, a trigger that
+                    # never comes): counted, or an unattended run on it never stopped
+                    idle = time.monotonic() - last_frame if live else 0.0
+                    idle = idle if idle >= NO_FRAME_COUNTS_S else 0.0
+                    if measured.advance() + idle >= self.autostop.seconds:
+                        self.stop(FinishReason.COMPLETED, f"auto-stop after {self.autostop.seconds:g} s of measurement "
+                                                          f"time ({self._clock_name()})"
+                                  + (f", the last {idle:.1f} s of it without a frame from the camera" if idle else ""))
+                        break
         finally:
             skipped = getattr(cam, "skipped", 0)
             if skipped:
