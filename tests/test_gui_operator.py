@@ -170,3 +170,34 @@ def test_lines_drawn_after_the_pixel_size_was_corrected_are_where_the_next_run_t
     assert tracked.channel_y0 == pytest.approx(drawn["channel_y0"], abs=0.05)
     stopped(qtbot, win)
     win.close()
+
+
+def _legend(plot) -> list[str]:
+    return [label.text for _, label in plot.plotItem.legend.items]
+
+
+def test_a_model_picked_after_a_run_leaves_its_cells_under_the_classes_they_were_sorted_by(qtbot, tmp_path):
+    # the cell table took the new model's class names at once: at the next redraw the last run's
+    # cells stood under the new model's names (its class index 0 read as "c0", not "hct116")
+    from tests.test_inference import make_spec, write_model
+
+    other = write_model(tmp_path / "other.onnx", make_spec(k=3))
+    win = real_window(qtbot, tmp_path, model="demo")
+    demo = win.model_info.classes
+    win.start_run()
+    run_started(qtbot, win)
+    qtbot.waitUntil(lambda: win.table.total >= 3, timeout=30000)
+    stopped(qtbot, win)
+    shown = [win.table.class_names[k] for k in win.table.classes()]
+    assert set(shown) <= set(demo)
+    ct = win.controls
+    ct.model_path.setText(str(other))
+    ct.model_path.editingFinished.emit()
+    qtbot.waitUntil(lambda: not win.model_pending, timeout=30000)
+    assert win.model_info.classes == ("c0", "c1", "c2") and not win.errors
+    assert [ct.target.itemText(i) for i in range(ct.target.count())] == ["c0", "c1", "c2"]  # for the next run
+    win.screenshot(tmp_path / "shot.png")  # a redraw of the plots
+    assert [win.table.class_names[k] for k in win.table.classes()] == shown
+    assert _legend(win.scatter.plot) == list(demo) and _legend(win.histogram.plot) == list(demo)
+    assert "last run's cells" in win.statusBar().currentMessage()
+    win.close()

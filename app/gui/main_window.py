@@ -335,12 +335,19 @@ class MainWindow(QtWidgets.QMainWindow):
             self.model_pending = False
             self.model_info = info
             self.controls.set_model_info(info)
-            self.table.class_names = info.classes
+            notes = []
+            if not self.table.total:  # the legends name the classes a run will have
+                self.table.class_names = info.classes
+            elif tuple(info.classes) != self.table.class_names:
+                # the table's class of each cell is an index into the names of the model that
+                # classified it: the new model's names put the last run's cells under other classes
+                notes.append("the plots keep the last run's cells under its model's classes until the next start")
             targets = config_get(self.config, "sorting.target_classes", ())
             if targets and not set(targets) <= set(info.classes):
                 self.apply_changes({"sorting.target_classes": (info.classes[0],)})
-                self.statusBar().showMessage(
-                    f"target class set to {info.classes[0]}: the model has no {', '.join(targets)}", MESSAGE_MS)
+                notes.insert(0, f"target class set to {info.classes[0]}: the model has no {', '.join(targets)}")
+            if notes:
+                self.statusBar().showMessage("; ".join(notes), MESSAGE_MS)
             self.controls.load(self.config)
 
         def failed(err: BaseException) -> None:
