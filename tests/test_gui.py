@@ -52,6 +52,7 @@ class SynthCfg:
     width: int = W
     height: int = H
     fps: float = 5000.0
+    exposure_us: float = 2.0  # as the simulator's: a box without a key reads "—"
 
 
 @dataclass(frozen=True, slots=True)
@@ -958,6 +959,33 @@ def test_a_replays_unset_frame_rate_reads_as_the_sources(qtbot):
     changes.clear()
     panel.fps.setValue(panel.fps.minimum())
     assert changes == [{"camera.synthetic.fps": 0.0}] and panel.fps.text() != "the source's"
+
+
+def test_a_replays_exposure_and_roi_read_as_none_not_another_cameras(qtbot):
+    # a replay has no exposure or ROI: the disabled boxes showed the last camera's "2.0 µs" and
+    # "256 px", or at first open their minimums "1.0 µs" and "8 px", as if they were its settings
+    from app.config import RunConfig
+    from app.gui.panels import NO_VALUE, ControlPanel
+    from app.session import with_changes
+
+    replay = with_changes(RunConfig(), camera={"backend": "replay"})
+    synthetic = RunConfig().camera.synthetic
+    for before in (None, RunConfig()):  # opened on a replay, or switched to one from the simulator
+        panel = ControlPanel()
+        qtbot.addWidget(panel)
+        changes = []
+        panel.changed.connect(changes.append)
+        if before is not None:
+            panel.load(before)
+            assert (panel.roi_w.text(), panel.exposure.value()) == (f"{synthetic.width} px", synthetic.exposure_us)
+        panel.load(replay)
+        boxes = (panel.exposure, panel.roi_w, panel.roi_h)
+        assert [w.text() for w in boxes] == [NO_VALUE] * 3 and not any(w.isEnabled() for w in boxes)
+        assert changes == []  # showing it wrote nothing
+    panel.load(RunConfig())  # and back: the simulator's numbers, no dash
+    assert [w.text() for w in boxes] == [f"{synthetic.exposure_us:.1f} µs", f"{synthetic.width} px",
+                                         f"{synthetic.height} px"]
+    assert panel.auto_events.text() == "no limit" and panel.pixel_size.text() == "from camera"
 
 
 def test_a_value_the_settings_refuse_with_a_type_error_is_an_error_dialog(qtbot, tmp_path):

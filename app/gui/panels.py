@@ -22,6 +22,8 @@ TRIGGER_BACKENDS = ("null", "log", "serial", "visa", "camera-line", "nidaqmx")
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 SORT_MODES = ("purity", "yield", "single-cell")
 
+NO_VALUE = "—"  # what a box shows for a setting the selected backend does not have
+
 # field names a backend may use for the same thing (first match wins)
 DEVICE_KEYS = ("path", "serial", "device", "device_id", "cti", "index")
 TRIGGER_DEVICE_KEYS = ("port", "resource", "device", "line", "channel", "path")
@@ -121,6 +123,7 @@ class Binding:
     path: Callable[[Any], str | None]
     kind: str  # combo | text | float | optfloat (None shown as the minimum's special text) | int | bool | classes
     current: str | None = None
+    special: str = ""  # a spin box's own text for its minimum ("no limit"), given back when it is bound again
 
 
 def _spin(lo: float, hi: float, decimals: int = 2, step: float = 1.0, suffix: str = "") -> QtWidgets.QDoubleSpinBox:
@@ -310,6 +313,8 @@ class ControlPanel(QtWidgets.QWidget):
     # -- bindings ---------------------------------------------------------------------------------
     def _bind(self, widget: QtWidgets.QWidget, path: Callable[[Any], str | None], kind: str) -> None:
         b = Binding(widget, path, kind)
+        if isinstance(widget, QtWidgets.QAbstractSpinBox):
+            b.special = widget.specialValueText()
         self._bindings.append(b)
         if kind == "combo":
             widget.currentIndexChanged.connect(lambda *_, b=b: self._edited(b))
@@ -371,7 +376,13 @@ class ControlPanel(QtWidgets.QWidget):
                 w = b.widget
                 w.setEnabled(b.current is not None)
                 w.setToolTip(b.current or "not available for this configuration / backend")
+                if isinstance(w, QtWidgets.QAbstractSpinBox):
+                    w.setSpecialValueText(b.special if b.current is not None else NO_VALUE)
                 if b.current is None:
+                    if isinstance(w, QtWidgets.QAbstractSpinBox):
+                        # a key this source does not have (a replay's exposure and ROI): it showed the
+                        # last camera's values, or the box's minimum ("1.0 µs", "8 px"), as a setting
+                        w.setValue(w.minimum())
                     continue
                 v = config_value(cfg, b.current)
                 if b.kind == "combo":
