@@ -201,3 +201,33 @@ def test_a_model_picked_after_a_run_leaves_its_cells_under_the_classes_they_were
     assert _legend(win.scatter.plot) == list(demo) and _legend(win.histogram.plot) == list(demo)
     assert "last run's cells" in win.statusBar().currentMessage()
     win.close()
+
+
+def test_lines_drawn_during_a_run_leave_the_labels_at_the_exit_the_tracker_uses(qtbot, tmp_path):
+    # dragging the constriction during a run moved the finished cells' labels to the drawn line,
+    # while the running tracker still timed its cells at its own exit
+    win = real_window(qtbot, tmp_path)
+    view = win.camera_view
+    win.start_run()
+    run_started(qtbot, win)
+    qtbot.waitUntil(lambda: view.geometry_px() is not None, timeout=30000)
+    tracker = win.controller.pipeline.tracker
+    exit_px = tracker.geometry.constriction_x1
+    assert not view.run_exit.isVisible()  # the lines are the run's own
+    g = view.geometry_px()
+    view.region.setRegion((g["constriction_x0"] + 20.0, g["constriction_x1"] + 20.0))
+    view.region.sigRegionChangeFinished.emit(view.region)
+    assert win.config.tracking.geometry.constriction_end_um == pytest.approx(
+        (exit_px + 20.0) * tracker.geometry.pixel_size_um, abs=0.01)  # for the next run
+    assert "next start" in win.statusBar().currentMessage()
+    assert view.run_exit.isVisible() and view.run_exit.value() == pytest.approx(exit_px)
+    labels: list = []
+    win.controller.recordsAdded.connect(lambda recs: labels.extend(view.label_positions()))
+    qtbot.waitUntil(lambda: len(labels) >= 3, timeout=30000)
+    assert tracker.geometry.constriction_x1 == exit_px  # the run kept its own geometry
+    assert [x for x, _ in labels] == pytest.approx([exit_px + 3.0] * len(labels))  # a label starts 3 px past its mark
+    assert view.geometry_px()["constriction_x1"] == pytest.approx(exit_px + 20.0)  # still what was drawn
+    stopped(qtbot, win)
+    assert not view.run_exit.isVisible()
+    assert view.geometry_px()["constriction_x1"] == pytest.approx(exit_px + 20.0)
+    win.close()

@@ -16,6 +16,7 @@ from app.gui.qt import QtCore, QtGui, QtWidgets, Signal, pg
 WALL_PEN = (255, 80, 80)
 CONSTRICTION_BRUSH = (255, 200, 0, 45)
 TRACK_PEN = (0, 255, 255)
+RUN_EXIT_PEN = (255, 200, 0)
 LABEL_LINE_PX = 15.0  # a finished cell's label's height on screen (pixels), for stacking them
 FINISHED_SECONDS = 0.6  # how long a finished cell's label stays on the image (cells come fast)
 MAX_ELLIPSES = 32
@@ -42,6 +43,15 @@ class CameraView(pg.GraphicsLayoutWidget):
             item.setVisible(False)
             self.view.addItem(item)
         self.region.sigRegionChangeFinished.connect(self._edited)
+        # the running tracker's exit, where it differs from the lines drawn for the next run: the
+        # tracker keeps the geometry it started with, and the finished cells' labels stand at its exit
+        self.run_exit = pg.InfiniteLine(angle=90, movable=False,
+                                        pen=pg.mkPen(*RUN_EXIT_PEN, width=1, style=QtCore.Qt.PenStyle.DashLine),
+                                        label="this run's exit", labelOpts={"position": 0.08, "color": RUN_EXIT_PEN})
+        self.run_exit.setZValue(11)
+        self.run_exit.setVisible(False)
+        self.view.addItem(self.run_exit)
+        self._run_exit_x: float | None = None
         # the camera ROI for the next run: drag/resize the dashed box inside the current image
         self.roi = pg.ROI([0, 0], [1, 1], pen=pg.mkPen(120, 255, 120, width=1, style=QtCore.Qt.PenStyle.DashLine),
                           translateSnap=True, scaleSnap=True, movable=True)
@@ -141,6 +151,22 @@ class CameraView(pg.GraphicsLayoutWidget):
             for item in (self.region, self.wall_top, self.wall_bottom):
                 item.blockSignals(False)
                 item.setVisible(True)
+        self._show_run_exit()
+
+    def set_run_exit(self, x_px: float | None, pixel_size_um: float | None = None) -> None:
+        """The exit of the running tracker's constriction (None: no run); drawn as a dashed line
+        while the lines show another geometry (drawn for the next run)."""
+        if pixel_size_um:
+            self._px = pixel_size_um
+        self._run_exit_x = x_px
+        self._show_run_exit()
+
+    def _show_run_exit(self) -> None:
+        x, g = self._run_exit_x, self.geometry_px()
+        differs = x is not None and g is not None and abs(g["constriction_x1"] - x) >= 0.5
+        if differs:
+            self.run_exit.setValue(x)
+        self.run_exit.setVisible(differs)
 
     def geometry_px(self) -> dict[str, float] | None:
         if not self.region.isVisible():
@@ -151,6 +177,7 @@ class CameraView(pg.GraphicsLayoutWidget):
                 "channel_y0": float(y0), "channel_y1": float(y1)}
 
     def _edited(self, *_: Any) -> None:
+        self._show_run_exit()
         g = self.geometry_px()
         if g is not None:
             self.geometryEdited.emit(g)

@@ -68,7 +68,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.model_info: ModelInfo | None = None
         self.table = FeatureTable()
         self._pixel_size_um: float = float(config_get(self.config, "camera.pixel_size_um", 0.0) or 0.0)
-        self._x_exit_px = 0.0
+        self._x_exit_px = 0.0  # the running tracker's constriction exit, where finished cells are labelled
+        self._drawn_in_run = False  # the channel lines were drawn (for the next run) while this one runs
         # the quarter turns and sensor offsets (x, y) of the run whose frames the camera view shows
         self._view_source: tuple[int, tuple[int, int]] = (0, (0, 0))
         self._plots_dirty = False
@@ -415,8 +416,10 @@ class MainWindow(QtWidgets.QMainWindow):
     def _geometry_ready(self, g: Any) -> None:
         self._pixel_size_um = g.pixel_size_um
         self._x_exit_px = g.constriction_x1
-        self.camera_view.set_geometry(g.constriction_x0, g.constriction_x1, g.channel_y0, g.channel_y1,
-                                      g.pixel_size_um)
+        if not self._drawn_in_run:  # a channel that moved must not undo the lines drawn for the next run
+            self.camera_view.set_geometry(g.constriction_x0, g.constriction_x1, g.channel_y0, g.channel_y1,
+                                          g.pixel_size_um)
+        self.camera_view.set_run_exit(g.constriction_x1, g.pixel_size_um)
 
     def _geometry_edited(self, g: dict[str, float]) -> None:
         # the next run turns these µm back into pixels with the pixel size set in the panel, when
@@ -426,7 +429,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if not px:
             self.show_error("the pixel size is unknown: set camera.pixel_size_um before editing the geometry")
             return
-        self._x_exit_px = g["constriction_x1"]
+        # not the labels' place: the running tracker keeps its own exit (they moved to the drawn line)
+        self._drawn_in_run = self.controller.running
         ok = self.apply_changes({
             "tracking.geometry.constriction_start_um": round(g["constriction_x0"] * px, 2),
             "tracking.geometry.constriction_end_um": round(g["constriction_x1"] * px, 2),
@@ -435,7 +439,8 @@ class MainWindow(QtWidgets.QMainWindow):
         })
         if ok:
             self.statusBar().showMessage("channel geometry set" + (
-                "; it applies from the next start" if self.controller.running else ""), MESSAGE_MS)
+                "; it applies from the next start (this run tracks with its own: the dashed line is its exit)"
+                if self.controller.running else ""), MESSAGE_MS)
 
     def _roi_edited(self, r: dict[str, int]) -> None:
         """The box drawn on the image becomes the camera ROI of the next run (offsets where the backend has them)."""
@@ -518,6 +523,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._view_source = (FLOW_DIRECTIONS.get(config_get(cfg, "camera.flow_direction", ""), 0),
                              (int(config_get(cfg, f"{section}.offset_x", 0) or 0),
                               int(config_get(cfg, f"{section}.offset_y", 0) or 0)))
+        self._drawn_in_run = False
         names = self.controller.class_names()
         self.table.clear(names)
         self.scatter.set_classes(names)
@@ -536,6 +542,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if status is None and self.status_panel.text("state").startswith("starting"):
             self.status_panel.set_row(StatusRow("state", "State", "start canceled"))  # stopped while it was built
         self.camera_view.clear_cells()
+        self.camera_view.set_run_exit(None)
+        self._drawn_in_run = False
         self._plots_dirty = True
 
     def _records(self, records: list[Any]) -> None:
