@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -412,6 +413,20 @@ class ReportFiles:
     figures: dict[str, Path]
 
 
+def report_dir(events_path: str | Path) -> Path:
+    """Where a run's report goes by default: ``<events>_report/`` beside its event file."""
+    events_path = Path(events_path)
+    return events_path.with_name(events_path.stem + "_report")
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write ``path`` under a temporary name first: a report process killed half-way (a window or
+    session closed under it) leaves the earlier report or none, never half a page."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, path)
+
+
 def write_report(events_path: str | Path, out_dir: str | Path | None = None, *,
                  formats: tuple[str, ...] = ("md", "html"),
                  target_classes: tuple[str, ...] | None = None) -> ReportFiles:
@@ -421,7 +436,7 @@ def write_report(events_path: str | Path, out_dir: str | Path | None = None, *,
     if bad:
         raise DataFormatError(f"report formats must be md and/or html, got {bad}")
     events_path = Path(events_path)
-    out_dir = Path(out_dir) if out_dir is not None else events_path.with_name(events_path.stem + "_report")
+    out_dir = Path(out_dir) if out_dir is not None else report_dir(events_path)
     from mimlsort.outputs import check_folder_outputs
 
     # an earlier report of ours is replaced; a user's own report.md in --out was too
@@ -438,8 +453,8 @@ def write_report(events_path: str | Path, out_dir: str | Path | None = None, *,
     md = ht = None
     if "md" in formats:
         md = out_dir / "report.md"
-        md.write_text(to_markdown(summary, figures), encoding="utf-8")
+        _write_whole(md, to_markdown(summary, figures))
     if "html" in formats:
         ht = out_dir / "report.html"
-        ht.write_text(to_html(summary, figures), encoding="utf-8")
+        _write_whole(ht, to_html(summary, figures))
     return ReportFiles(summary, out_dir, md, ht, figures)

@@ -763,7 +763,10 @@ def test_demo_run_end_to_end(qtbot, tmp_path):
     from app.gui.main_window import MainWindow
     from app.gui.qt import QtCore
 
-    cfg = demo_config(tmp_path / "runs")
+    from app.session import with_changes
+
+    # the sample report a run writes when it ends: test_gui_operator.py (its child would outlive this test)
+    cfg = with_changes(demo_config(tmp_path / "runs"), output={"report": False})
     settings = QtCore.QSettings(str(tmp_path / "gui.ini"), QtCore.QSettings.Format.IniFormat)
     win = MainWindow(config=cfg, config_path=tmp_path / "run.toml", settings=settings)
     qtbot.addWidget(win)
@@ -831,6 +834,12 @@ def test_replay_of_a_recording_runs_to_its_end(qtbot, tmp_path):
     with h5py.File(path, "r") as f:
         n = len(next(iter(f["events"].values())))
     assert n == win.table.total > 0
+    # the end of a replay writes its sample report too (output.report, on by default), as `mimlsort run` does
+    from app.report import report_dir
+
+    qtbot.waitUntil(lambda: win.reports.pending == 0, timeout=60000)
+    assert not win.errors and win.status_panel.text("report") == str(report_dir(path) / "report.md")
+    assert f"| cells | {n} |" in (report_dir(path) / "report.md").read_text(encoding="utf-8")
     win.close()
 
 

@@ -231,3 +231,70 @@ def test_lines_drawn_during_a_run_leave_the_labels_at_the_exit_the_tracker_uses(
     assert not view.run_exit.isVisible()
     assert view.geometry_px()["constriction_x1"] == pytest.approx(exit_px + 20.0)
     win.close()
+
+
+def _report_of(events):
+    from app.report import report_dir
+
+    return report_dir(events) / "report.md"
+
+
+def _cells_in(events) -> int:
+    import dclab
+
+    with dclab.new_dataset(events) as ds:
+        return len(ds)
+
+
+def test_a_run_that_ends_writes_its_sample_report_beside_the_event_file(qtbot, tmp_path):
+    # the daemon writes the report when a run ends (output.report); the window never did
+    win = real_window(qtbot, tmp_path, model="demo", output={"report": True})
+    at_idle, started = [], []
+    c = win.controller
+    # the window goes back to idle while a child process draws the report's figures
+    c.runFinished.connect(lambda st: at_idle.append((win.reports.pending, win.status_panel.text("report"))))
+    c.runClosed.connect(lambda run, st: started.extend(win.reports.processes))
+    win.start_run()
+    run = run_started(qtbot, win)
+    qtbot.waitUntil(lambda: win.table.total >= 3, timeout=30000)
+    stopped(qtbot, win)
+    report = _report_of(run.events_path)
+    assert at_idle == [(1, f"writing {report} …")]
+    assert started[0].pid != os.getpid()
+    qtbot.waitUntil(lambda: win.reports.pending == 0, timeout=60000)
+    assert not win.errors
+    assert win.status_panel.text("report") == str(report)
+    assert win.statusBar().currentMessage() == f"sample report → {report}"
+    text = report.read_text(encoding="utf-8")
+    assert text.startswith("# Sample report: gui-demo") and f"| cells | {_cells_in(run.events_path)} |" in text
+    assert (report.parent / "report.html").is_file()
+    # closing the window while a run goes: the run is stopped and its report is written after
+    # the window has gone (the window does not wait for the figures)
+    started.clear()
+    win.start_run()
+    run = run_started(qtbot, win)
+    qtbot.waitUntil(lambda: win.table.total >= 3, timeout=30000)
+    win.close()
+    assert len(started) == 1 and win.reports.pending == 0  # left to finish on its own
+    assert started[0].wait(timeout=60) == 0
+    report = _report_of(run.events_path)
+    assert f"| cells | {_cells_in(run.events_path)} |" in report.read_text(encoding="utf-8")
+    assert (report.parent / "report.html").read_text(encoding="utf-8").rstrip().endswith("</html>")
+    assert not list(report.parent.glob("*.part"))
+
+
+def test_a_report_that_fails_says_why_and_leaves_the_event_file_as_it_was(qtbot, tmp_path):
+    win = real_window(qtbot, tmp_path, output={"report": True}, autostop={"events": 3})
+    win.start_run()
+    run = run_started(qtbot, win)
+    blocker = _report_of(run.events_path).parent
+    blocker.write_text("not a folder")  # the report's folder cannot be made
+    qtbot.waitUntil(lambda: win.controller.run is None and not win.controller.busy, timeout=60000)  # auto-stop
+    assert "completed" in win.status_panel.text("state") and not win.errors
+    qtbot.waitUntil(lambda: win.reports.pending == 0, timeout=60000)
+    assert len(win.errors) == 1 and str(run.events_path) in win.errors[0]
+    assert "cannot create the report folder" in win.errors[0]
+    assert win.status_panel.text("report").startswith("not written: ") and win.status_panel.alarms["report"]
+    assert _cells_in(run.events_path) == win.table.total >= 3
+    assert blocker.read_text() == "not a folder"
+    win.close()

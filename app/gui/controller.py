@@ -102,6 +102,7 @@ class RunController(QtCore.QObject):
     geometryReady = Signal(object)  # tracking.geometry.ChannelGeometry of the running tracker
     runStarted = Signal(object)  # the run object
     runFinished = Signal(object)  # the final Status (or None when the run never started)
+    runClosed = Signal(object, object)  # a run whose files are closed, and its final Status (before runFinished)
     busyChanged = Signal(bool)
     errorOccurred = Signal(str)
     warningLogged = Signal(str)  # a warning of the run's (or of building it), on the UI thread
@@ -285,7 +286,7 @@ class RunController(QtCore.QObject):
 
     def _finished(self, status: Any) -> None:
         self._poll_once(final=True)
-        self.run = None
+        run, self.run = self.run, None
         self._stopping = False
         self.last_status = status
         self.busyChanged.emit(False)
@@ -295,6 +296,7 @@ class RunController(QtCore.QObject):
         self.message.emit(f"run {reason}" + (f": {status.message}" if status.message else ""))
         if status.finish_reason is not None and status.finish_reason.value == "errored":
             self.errorOccurred.emit(status.message or "the run ended with an error")
+        self.runClosed.emit(run, status)
         self.runFinished.emit(status)
 
     def _finish_failed(self, err: BaseException) -> None:
@@ -310,6 +312,10 @@ class RunController(QtCore.QObject):
         self._stopping = False
         self.busyChanged.emit(False)
         self._report(err)
+        if getattr(run, "closed_all", False) and self.last_status is not None:
+            # closed, with an abandoned writer or a resource that failed to close: the event file
+            # holds what was flushed (a run that did not stop still writes its files: not this)
+            self.runClosed.emit(run, self.last_status)
         self.runFinished.emit(self.last_status)
 
     def set_policy(self, policy: Any) -> bool:
@@ -390,6 +396,10 @@ class RunController(QtCore.QObject):
             limit = timeout_s + _writer_timeout_s(run)
             if run.wait(limit):
                 run.close()
+                try:
+                    self.runClosed.emit(run, run.status())  # its report, as after a Stop
+                except Exception as e:  # noqa: BLE001 - the window closes whatever a report does
+                    log.error("after closing the run: %s", e)
             else:  # closing under a live writer would lose data; the run closes itself when it ends
                 log.error("the run did not stop within %g s; it closes its files when it ends", limit)
             self.run = None

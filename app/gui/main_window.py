@@ -21,6 +21,7 @@ from app.gui.controller import RunController, describe_error
 from app.gui.models import FeatureTable, ModelInfo, StatusRow, config_get, config_with, inspect_model
 from app.gui.panels import ControlPanel
 from app.gui.plots import HistogramPanel, ScatterPanel, StatusPanel
+from app.gui.report_job import ReportJobs
 from app.gui.qt import QtCore, QtGui, QtWidgets
 from mimlsort.errors import ConfigError, MimlsortError
 
@@ -81,6 +82,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.test_pulses = 0
 
         self.controller = RunController(factory, refresh_hz=refresh_hz, parent=self)
+        self.reports = ReportJobs()  # sample reports being written by child processes
         self.camera_view = CameraView()
         self.scatter = ScatterPanel()
         self.histogram = HistogramPanel()
@@ -118,6 +120,7 @@ class MainWindow(QtWidgets.QMainWindow):
         c.geometryReady.connect(self._geometry_ready)
         c.runStarted.connect(self._run_started)
         c.runFinished.connect(self._run_finished)
+        c.runClosed.connect(self._run_closed)
         c.busyChanged.connect(lambda busy: self.controls.set_running(c.run is not None, busy, c.starting))
         c.errorOccurred.connect(self.show_error)
         c.warningLogged.connect(self.show_warning)
@@ -139,6 +142,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self._plot_timer.setInterval(int(1000 / PLOT_HZ))
         self._plot_timer.timeout.connect(self._refresh_plots)
         self._plot_timer.start()
+        self._report_timer = QtCore.QTimer(self)
+        self._report_timer.setInterval(250)
+        self._report_timer.timeout.connect(self._poll_reports)
+        self._report_timer.start()
 
         self.controls.load(self.config)
         gates = config_get(self.config, "sorting.polygon_gates", ())
@@ -546,6 +553,41 @@ class MainWindow(QtWidgets.QMainWindow):
         self._drawn_in_run = False
         self._plots_dirty = True
 
+    # -- sample report ----------------------------------------------------------------------------
+    def _run_closed(self, run: Any, status: Any) -> None:
+        """Write the sample report beside the closed run's event file when ``output.report`` is on,
+        as ``mimlsort run`` does, by ``mimlsort report`` in a child process (see app.gui.report_job)."""
+        path = getattr(run, "events_path", None)
+        if not config_get(getattr(run, "config", None), "output.report", False) or path is None:
+            return
+        if not Path(path).is_file() or not getattr(status, "cells", 0):
+            self.status_panel.set_row(StatusRow("report", "Report", "none: no cell was measured"))
+            return
+        try:
+            where = self.reports.start(path)
+        except OSError as e:  # no process could be started (out of memory, process limit)
+            self._report_failed(Path(path), f"the report process could not be started: {e}")
+            return
+        self.status_panel.set_row(StatusRow("report", "Report", f"writing {where} …", False, str(where)))
+        done = self.statusBar().currentMessage()
+        self.statusBar().showMessage((f"{done}; " if done else "") + f"writing the sample report → {where}",
+                                     MESSAGE_MS)
+
+    def _poll_reports(self) -> None:
+        for r in self.reports.poll():
+            if r.error:
+                self._report_failed(r.events, r.error)
+                continue
+            log.info("sample report → %s", r.markdown)
+            self.status_panel.set_row(StatusRow("report", "Report", str(r.markdown), False,
+                                                f"the sample report of {r.events}"))
+            self.statusBar().showMessage(f"sample report → {r.markdown}", MESSAGE_MS)
+
+    def _report_failed(self, events: Path, why: str) -> None:
+        text = f"{events}: the sample report could not be written: {why}"
+        self.status_panel.set_row(StatusRow("report", "Report", f"not written: {why}", True, text))
+        self.show_error(text)
+
     def _records(self, records: list[Any]) -> None:
         new = self.table.extend(records)
         if new:
@@ -580,7 +622,9 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt's name)
         self._plot_timer.stop()
-        self.controller.shutdown()
+        self.controller.shutdown()  # a run still going is stopped, and its report started
+        self._report_timer.stop()
+        self.reports.leave()  # they finish on their own: the window does not wait for figures
         self._save_window()
         if self.save_on_close:
             self.save_config()
