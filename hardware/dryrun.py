@@ -13,6 +13,7 @@ from hardware.trigger import Trigger
 from mimlsort.errors import DeviceError
 from mimlsort.settings import require
 
+log = logging.getLogger(__name__)
 pulse_log = logging.getLogger("mimlsort.pulses")
 
 
@@ -92,15 +93,33 @@ class LogTrigger(Trigger):
                 self._file.seek(0, 2)
         except OSError as err:
             raise DeviceError(f"trigger.log.path: cannot write {path}: {err}") from err
-        if self._file.tell() == 0:
-            self._file.write(self.HEADER)
-        elif header != self.HEADER:
-            # rows with the run's columns under the old header are a table no reader parses
+        if self._file.tell() > 0 and header != self.HEADER:
+            # rows with the run's columns under the old header are a table no reader parses; the
+            # old pulses move aside, kept whole, and the run goes on (refusing stopped `make demo`
+            # on any machine that had run it before)
             self._file.close()
             self._file = None
-            raise DeviceError(f"trigger.log.path: {path} holds pulses in another layout ({header.strip()!r}, "
-                              f"written by an older mimlsort): move it away or name another file")
+            aside = self._aside(path)
+            try:
+                path.rename(aside)
+                self._file = path.open("a+", encoding="utf-8")
+            except OSError as err:
+                raise DeviceError(f"trigger.log.path: {path} holds pulses in another layout ({header.strip()!r}, "
+                                  f"written by an older mimlsort) and cannot be moved aside: {err}") from err
+            log.warning("trigger.log.path: %s held pulses in another layout (written by an older mimlsort): "
+                        "moved to %s, and a new log begun", path, aside)
+        if self._file.tell() == 0:
+            self._file.write(self.HEADER)
         return f"log:{path}"
+
+    @staticmethod
+    def _aside(path: Path) -> Path:
+        """A name beside ``path`` for a log of an older layout, one no file has."""
+        for i in range(1, 10_000):
+            aside = path.with_name(f"{path.stem}.older-layout{'' if i == 1 else f'-{i}'}{path.suffix}")
+            if not aside.exists():
+                return aside
+        raise DeviceError(f"trigger.log.path: {path} holds pulses in another layout, and no name beside it is free")
 
     def _do_fire(self, event_index: int, fire_at_ns: int, width_us: float) -> tuple[int, float]:
         now = time.monotonic_ns()

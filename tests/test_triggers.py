@@ -320,10 +320,11 @@ def test_log_trigger_writes_every_pulse(tmp_path):
     assert lines.count(LogTrigger.HEADER.strip()) == 1 and len(lines) == 7 and lines[-1].startswith("7\t")
 
 
-def test_the_pulse_log_says_each_pulses_run_and_refuses_a_file_of_the_older_layout(tmp_path):
+def test_the_pulse_log_says_each_pulses_run_and_moves_a_file_of_the_older_layout_aside(tmp_path, caplog):
     # the log is appended run after run, and nothing in a row said which run it was from
+    import logging
+
     from hardware.dryrun import RunLabel
-    from mimlsort.errors import DeviceError
 
     path = tmp_path / "pulses.csv"
     for name in ("a_20260101-101010", "a_20260101-101010_2"):
@@ -335,11 +336,17 @@ def test_the_pulse_log_says_each_pulses_run_and_refuses_a_file_of_the_older_layo
     assert [r[5:] for r in rows] == [["a_20260101-101010", "id-a_20260101-101010"],
                                       ["a_20260101-101010_2", "id-a_20260101-101010_2"], ["", ""]]
     # rows of seven columns under a header of five would be a table no reader parses
+    # (they move aside, kept whole, and a new log begins: refusing the file stopped `make demo`
+    # on every machine that had run it before)
     old = tmp_path / "old.csv"
-    old.write_text("event_index\tscheduled_ns\tsent_ns\tdelay_us\twidth_us\n3\t1\t2\t0.5\t100\n")
-    with pytest.raises(DeviceError, match=r"trigger\.log\.path: .*old\.csv holds pulses in another layout"):
-        LogTrigger({"path": str(old)}).open()
-    assert old.read_text().count("\n") == 2
+    rows = "event_index\tscheduled_ns\tsent_ns\tdelay_us\twidth_us\n3\t1\t2\t0.5\t100\n"
+    for n in (1, 2):
+        old.write_text(rows)
+        with caplog.at_level(logging.WARNING, logger="hardware.dryrun"), LogTrigger({"path": str(old)}):
+            pass
+        aside = tmp_path / ("old.older-layout.csv" if n == 1 else "old.older-layout-2.csv")
+        assert aside.read_text() == rows and old.read_text() == LogTrigger.HEADER
+        assert f"{old} held pulses in another layout (written by an older mimlsort): moved to {aside}" in caplog.text
 
 
 def test_log_trigger_unwritable_path_is_a_device_error(tmp_path):
