@@ -81,6 +81,10 @@ def export_csv(events_path: str | Path, out: str | Path) -> int:
              # fired, or swept along within a fired cell's window: what reached the outlet
              ("in_outlet", _in_outlet(f))]
     cols += [(k, f[k]) for k in _FIRE]
+    # last, so the columns before keep their places: exports of several runs put together could
+    # not be told apart (pulses.csv names its runs the same way)
+    ident = run.attrs.get("experiment:run identifier", "")
+    cols += [("run", [Path(events_path).stem] * n), ("run_identifier", [_fmt(ident)] * n)]
     out = Path(out)
     try:
         with out.open("w", newline="", encoding="utf-8") as fh:

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 
+import h5py
 import numpy as np
 import pytest
 
@@ -174,6 +175,11 @@ def test_csv_export_has_one_row_per_cell_with_everything(run_file, tmp_path):
         near = {r.event.index - 1, r.event.index, r.event.index + 1} & fired_at
         assert int(row["in_outlet"]) == int(bool(near))
     assert quality_names(int(Quality.DOUBLET | Quality.STUCK)) == "DOUBLET|STUCK"
+    # each row names its run, last (exports of several runs put together could not be told apart)
+    with h5py.File(path) as h5:
+        ident = h5.attrs["experiment:run identifier"]
+    assert list(rows[0])[-2:] == ["run", "run_identifier"] and ident
+    assert {(row["run"], row["run_identifier"]) for row in rows} == {(path.stem, ident)}
     from app.export import _fmt
 
     assert float(_fmt(3_600_123.4567)) == pytest.approx(3_600_123.4567, abs=1e-3)  # ms after an hour: µs kept
