@@ -232,9 +232,12 @@ def test_an_empty_recording_is_a_valid_file(tmp_path):
     with RawRecorder(path, 16, 8, "uint16", bit_depth=12, pixel_size_um=1.0, fps=10.0,
                      settings=RecorderSettings(overwrite=True)):
         pass
-    info, frames = replay_all(path)
-    assert frames == [] and info.frame_count == 0
-    assert info.bit_depth == 12 and info.dtype == "uint16"
+    from acquisition.replay import open_source
+
+    src = open_source(path)  # a recording replay reads (which refuses to play it: nothing to play)
+    assert src.n == 0 and src.bit_depth == 12 and src.dtype == "uint16"
+    with pytest.raises(DataFormatError, match="holds no frames \\(an empty recording\\)"):
+        replay_all(path)
 
 
 def test_bad_use_gives_clear_errors(tmp_path):
