@@ -112,7 +112,7 @@ class SerialTrigger(Trigger):
         self._clock_lock = threading.Lock()  # the reader thread adds samples, the sort thread maps
         self._time_sent: collections.deque[int] = collections.deque()  # send times of TIMEs in flight
         self._next_sync_ns = 0
-        self.time_replies_lost = 0  # TIME requests whose reply never came
+        self.time_replies_lost = 0  # TIME requests whose reply never came, or came too late to date
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _do_open(self) -> str:
@@ -352,27 +352,49 @@ class SerialTrigger(Trigger):
                     self._report(idx, "refused", text)
                 self._device_error(f"device error {text}")
         elif words[0] == "TIME" and len(words) == 2 and words[1].isdigit() and self._time_sent:
-            # replies carry no request id: they pair with send times in order. A reply lost on the
-            # link would pair every later one with the request before, half a sync interval off,
-            # for good; a send older than half the sync interval has lost its reply (one TIME is
-            # in flight at a time: a round trip takes a few ms, the interval >= 100 ms)
-            stale = host_ns - round(self.settings.sync_interval_s * 0.5e9)
-            while len(self._time_sent) > 1 and self._time_sent[0] < stale:
-                self._time_sent.popleft()
-                self.time_replies_lost += 1
-            t0 = self._time_sent.popleft()
-            if t0 < stale:  # the reply to a request whose send time is gone: no clock sample
-                self.time_replies_lost += 1
+            device_us = int(words[1])
+            t0 = self._time_request_of(device_us)
+            if t0 is None:
+                return
+            if t0 < host_ns - round(self.settings.sync_interval_s * 0.5e9):
+                self.time_replies_lost += 1  # read half a sync interval after its request: a poor sample
                 return
             # the device read its clock before its reply's bytes went onto the wire
             t1 = max(t0, host_ns - self._wire_ns(len(line) + 1))
             with self._clock_lock:
-                self.clock.add(t0, int(words[1]), t1)
+                self.clock.add(t0, device_us, t1)
         elif words[0] == "READY":
             # the board rebooted (brown-out, watchdog, someone opened the port): it is disarmed now
             self._set_unavailable(f"{self.settings.port}: the device restarted; reconnect to re-arm it")
         else:
             self._replies.put(line)
+
+    def _time_request_of(self, device_us: int) -> int | None:
+        """The send time of the TIME request a reply with ``device_us`` answers (taken off the
+        list, with those before it: their replies were lost), or None where it answers one already
+        written off.
+
+        Replies carry no request id. Taken in order, a reply lost on the link paired every later
+        one with the request before it; and a reader thread held up past the next request (a
+        loaded host) read two replies at once and paired the first with the second request: a
+        sample a sync interval off, with a round trip short enough for the map to rest on it (the
+        acks' host times were then off by up to a second). The device reads its clock after the
+        request reaches it, so the reply answers the latest request sent before that reading,
+        which the current map places to within its error (requests go out a sync interval apart)."""
+        sent = self._time_sent
+        k = 1  # no map yet: in order
+        with self._clock_lock:
+            if self.clock.n:
+                # a device clock up to 1 % off the host's drifts that much from the map between syncs
+                slack = self.clock.error_bound_ns + round(self.settings.sync_interval_s * 1e7)
+                read_ns = self.clock.to_host_ns(device_us) + slack
+                k = sum(t <= read_ns for t in list(sent))  # a copy: the sort thread appends meanwhile
+        if k == 0:
+            return None
+        for _ in range(k - 1):
+            sent.popleft()
+            self.time_replies_lost += 1
+        return sent.popleft()
 
     def query(self, command: str, prefix: str, timeout_s: float = 1.0) -> str:
         """Send a command that has a reply (STATUS, ID) and return the reply line."""

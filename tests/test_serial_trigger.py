@@ -774,3 +774,39 @@ def test_clock_samples_on_a_real_uart_are_dated_by_the_bytes_on_the_wire():
     t._next_sync_ns = 0
     t._do_poll()  # delay mode: no TIME while idle
     assert t._port.data.decode().count("TIME") == 1
+
+
+@pytest.mark.parametrize("mode", ["delay", "clock"])
+def test_two_time_replies_read_at_once_are_each_paired_with_their_own_request(mode):
+    """A reader thread held up past the next TIME request (a loaded host) reads both replies at
+    once. Taken in order after the stale first request was written off, the first reply was
+    paired with the second request: a clock sample ~100 ms off with a 20 ms round trip, the
+    shortest the map had, so the map rested on it and the acks' host times were that far off.
+    Under two busy loops the host_clock runs mapped pulses 0.5-4 s from the emulator's edges so
+    (6 of 18 runs failed on it); with each reply paired by its clock reading, at most 3 ms (12 runs)."""
+    from collections import deque
+
+    from hardware.serial_trigger import SerialSettings
+    from hardware.timing import TimingSettings
+
+    t = SerialTrigger(SerialSettings(port="/dev/null", mode=mode, sync_interval_s=0.1,
+                                     compensate_transmission=False), TimingSettings())
+    h0 = 5_000_000_000
+
+    def device_us(host_ns):  # the device's micros() at that host time
+        return (host_ns - h0) // 1000
+
+    base = h0 + 10_000 * MS
+    for k in range(16):  # the opening round trips of a loaded host: 30 ms each, read mid-way
+        sent = base + k * 40 * MS
+        t.clock.add(sent, device_us(sent + 15 * MS), sent + 30 * MS)
+    first = base + 1000 * MS
+    t._time_sent = deque([first, first + 100 * MS])
+    read = first + 120 * MS  # both replies waited in the port until then
+    t._handle(f"TIME {device_us(first + MS)}", read)
+    t._handle(f"TIME {device_us(first + 101 * MS)}", read)
+    assert not t._time_sent
+    later = first + 150 * MS
+    assert abs(t.clock.to_host_ns(device_us(later)) - later) <= t.clock.error_bound_ns, \
+        (t.clock.to_host_ns(device_us(later)) - later, t.clock.error_bound_ns)
+    assert t.time_replies_lost == 1  # the first: read 120 ms after it was sent, too late to date
