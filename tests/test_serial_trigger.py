@@ -734,17 +734,29 @@ def test_a_run_records_when_each_pulse_went_out_on_the_host_clock(tmp_path, mode
         cfg = _serial_run_config(tmp_path, emu.port, 2.0, serial={"mode": mode, "sync_interval_s": 0.1})
         with build_run(cfg) as run:
             assert run.wait(60)
-        edges = np.array(sorted(int(r[5]) for r in emu.records("pulse")))
+        pulses = {int(r[0]): (int(r[4]), int(r[5])) for r in emu.records("pulse")}  # id: (due, edge)
     f, stored = read_events(run.events_path)
     acks = stored.acks
-    assert len(acks) > 20 and len(acks) == len(edges)
+    ids = acks["event_index"].tolist()
+    assert len(acks) > 20 and sorted(ids) == sorted(pulses), (len(acks), len(pulses))
     assert np.all(acks["pulse_host_ns"] > 0)
-    # the mapped time of each pulse is the emulator's edge, to the clock map's error
-    nearest = np.abs(edges[None, :] - acks["pulse_host_ns"][:, None]).min(axis=1)
-    assert np.percentile(nearest, 95) < 500_000 and nearest.max() < 2_000_000, np.percentile(nearest, [50, 95, 100])
+    # the mapped time of each pulse is the emulator's edge of that pulse, to the clock map's error
+    edges = np.array([pulses[i][1] for i in ids])
+    map_err = np.abs(acks["pulse_host_ns"] - edges)
+    assert np.percentile(map_err, 95) < 500_000 and map_err.max() < 2_000_000, np.percentile(map_err, [50, 95, 100])
+    scheduled = dict(zip(f["event_index"].tolist(), f["fire_scheduled_ns"].tolist()))
+    if mode == "delay":  # the device counts from the command's arrival: a loaded host makes it later, never earlier
+        assert all(pulses[i][0] >= scheduled[i] - 1000 for i in ids)
+    # the report says when the pulses went out against their fire times as the emulator saw them.
+    # How late its edges came is this host's doing, not the sorter's: a Python process on a
+    # loaded machine woke up to 35 ms late for some of them (the percentiles of the timing itself
+    # were asserted before, and failed there); each percentile is off by at most the map's error
+    truth = (edges - np.array([scheduled[i] for i in ids])) / 1000.0
     s = summarize(run.events_path)
-    n, p5, p50, p95 = s.pulse_timing_us
-    assert n == len(acks) and abs(p50) < 1000 and p95 < 3000, s.pulse_timing_us
+    n, *report = s.pulse_timing_us
+    assert n == len(acks)
+    assert np.allclose(report, np.percentile(truth, [5, 50, 95]), rtol=0, atol=map_err.max() / 1000.0 + 1), \
+        (report, np.percentile(truth, [5, 50, 95]))
     assert "pulse out − scheduled fire time" in to_markdown(s, {})
 
 

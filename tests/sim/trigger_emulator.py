@@ -185,7 +185,9 @@ class Device:
             self.end_ns = max(self.end_ns, end) if self.high else end
             self.high = True
             self.fired += 1
-            self.send(f"ACK {ident} {self.micros()}")
+            # the edge's own clock reading, as the sketch's ACK carries: a second reading here
+            # was later by however long a loaded host kept this process from running in between
+            self.send(f"ACK {ident} {(edge - self.boot_ns) // 1000 % U32}")
             self.log("pulse", ident, delay, width, rx, due, edge, end)
             late = (edge - due) // 1000
             if late > self.late_us:
