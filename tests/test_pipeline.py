@@ -345,13 +345,19 @@ def test_a_writer_that_falls_behind_sheds_event_images_not_records(tmp_path, mon
 
         # flagged, with a placeholder mask dclab can take a contour of
         slot = next(k for k, v in ds.config["user"].items() if k.startswith("userdef") and v.startswith("quality"))
-        empty = (np.asarray(ds[slot], np.int64) & int(Quality.NO_ROI_IMAGE)) > 0
-        assert empty.sum() == st.images_shed
+        flags = np.asarray(ds[slot], np.int64)
+        empty = (flags & int(Quality.NO_ROI_IMAGE)) > 0
+        # every shed cell is flagged; so are cells the tracker had no image of: a passage not seen
+        # whole (INCOMPLETE: a loaded host made 38 flagged with 36 shed, 31 with 29 in a full run)
+        # or one whose frame the ring had overwritten
+        whole = empty & ((flags & int(Quality.INCOMPLETE)) == 0)
+        assert whole.sum() - st.snapshots_lost <= st.images_shed <= empty.sum(), \
+            (whole.sum(), st.snapshots_lost, st.images_shed, empty.sum())
         assert all(np.count_nonzero(ds["mask"][i]) == 9 for i in np.flatnonzero(empty))
-        assert not empty[-20:].any()  # the last cells have their images
-        assert np.isfinite(ds["deform"][empty]).all()  # features of the shed cells are there
+        assert whole[-20:].sum() <= st.snapshots_lost  # the last cells have their images: none is shed
+        assert np.isfinite(ds["deform"][whole]).all()  # features of the shed cells are there (none of a partial passage)
     counters, lines = _file_counters(run.events_path)
-    assert counters["images_shed"] == counters["events_without_roi_frame"] == st.images_shed
+    assert counters["images_shed"] == st.images_shed and counters["events_without_roi_frame"] == empty.sum()
     assert "withouttheirROIimage" in lines
 
 
