@@ -255,7 +255,9 @@ def test_more_cells_than_can_be_decided_hold_tracking_back_not_memory():
     p = Pipeline(cam, sink=sink, classifier=SlowClassifier(0.01), decide_thread=True, ring_capacity=1024)
     p.start()
     deadline = time.monotonic() + 60
-    while p.status().frames_missed == 0 and time.monotonic() < deadline:
+    # until tracking has waited for the decisions: a loaded host loses frames before that, and
+    # the run was stopped before the decide queue filled (decide_waits 0 at a load of 5 on 2 cores)
+    while (p.status().frames_missed == 0 or p.status().decide_waits == 0) and time.monotonic() < deadline:
         assert p.status().decide_queue <= DECIDE_BACKLOG
         time.sleep(0.02)
     rss0 = _rss_mb()
