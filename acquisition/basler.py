@@ -399,12 +399,18 @@ class BaslerCamera(GenicamFeatures, Camera):
             # stop the sensor, then count what is still queued, so the camera's own statistics
             # (read before StopGrabbing cancels the queued buffers) add up with our counters
             cam.AcquisitionStop.Execute()
-            while True:
+            # at most what pylon's buffers hold: a camera that went on sending after
+            # AcquisitionStop (one that ignores it in some trigger mode) kept this loop, and the
+            # stop, going for as long as it sent
+            for _ in range(self.settings.buffers + 1):
                 r = cam.RetrieveResult(20, pylon.TimeoutHandling_Return)
                 if not r.IsValid():
                     break
                 self.discarded_at_stop += 1 + r.GetNumberOfSkippedImages()
                 r.Release()
+            else:
+                log.warning("basler camera %s: it went on sending frames after AcquisitionStop; stopped the grab "
+                            "after %d of them", self._serial, self.settings.buffers + 1)
             self.statistics_at_stop = self.statistics()
         except genicam.GenericException as err:  # a camera that is gone cannot be drained
             log.warning("basler camera %s: could not drain at stop: %s", self._serial, err)
