@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -45,17 +46,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.http_port is not None:
         cfg = with_changes(cfg, daemon={"http_port": args.http_port})
     code, run = run_daemon(cfg, folder=args.out_dir, ignore_signals_after=True)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the files are closed: Ctrl-C ends the report
     path = run.events_path
     if cfg.output.report and path is not None and path.exists() and run.status().cells > 0:
-        from app.report import write_report
-
-        try:
-            files = write_report(path)
-            print(f"report: {files.markdown}", file=sys.stderr)
-        except Exception as err:  # the run's own outcome decides the exit code; its file is safe
-            print(f"mimlsort run: the report could not be written: {err}", file=sys.stderr)
+        _report(path)
     return code
+
+
+def _report(path: Path) -> None:
+    """The run's sample report. The run's own outcome decides the exit code, whatever happens
+    here: its file is closed. SIGINT and SIGTERM end the report alike (SIGTERM was ignored, and
+    Ctrl-C turned a completed run into exit code 130); a folder this report began is removed, so
+    no report.md-less folder looks like a report."""
+    from app.cli import _terminate
+    from app.report import report_dir, write_report
+
+    folder = report_dir(path)
+    existed = folder.exists()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        files = write_report(path)
+        print(f"report: {files.markdown}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one must not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"mimlsort run: the report was interrupted ({e.args[0] if e.args else 'SIGINT'}); the event file "
+              f"{path} is complete: `mimlsort report {path}` writes it", file=sys.stderr)
+    except Exception as err:
+        print(f"mimlsort run: the report could not be written: {err}", file=sys.stderr)
 
 
 class _Progress:

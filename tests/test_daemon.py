@@ -584,3 +584,27 @@ def test_a_run_without_an_event_file_says_so_and_names_no_file(tmp_path):
     assert "None" not in log_text and "no event file written (output.write_events = false)" in log_text
     assert "no event file written" in out.getvalue().splitlines()[-1]
     assert not list(folder.glob("*.rtdc"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_report_ends_it_and_keeps_the_runs_exit_code(tmp_path, sig):
+    """The run has ended and its file is closed; the report is being drawn. SIGTERM was ignored
+    there (a service manager's stop waited for the whole report) and Ctrl-C turned the completed
+    run into exit code 130 and left a report folder without a report in it."""
+    from app.storage import read_events
+
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=0.5, extra='log_file = ""')
+    p = mimlsort("run", "--config", str(cfg))
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "out").glob("*_report")) and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.005)  # the report folder is made after the event file is read, before the figures
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err[-2000:]
+    events = sorted((tmp_path / "out").glob("*.rtdc"))[0]
+    assert f"the report was interrupted ({sig.name})" in err, err[-2000:]
+    assert "Traceback" not in err and read_events(events)[1].complete
+    assert not list((tmp_path / "out").glob("*_report"))
