@@ -93,6 +93,8 @@ _ROW_CHUNK = 1024  # rows per chunk of scalar datasets (8 KiB for float64)
 #: after 100,000 events); a writer only appends, so one image chunk and the scalars' current
 #: chunks are all it needs: flat memory at the same events/s (session 12, NOTES.md)
 _CHUNK_CACHE_BYTES = 512 * 1024
+#: free space below which a closing writer leaves its file as the last flush left it (see close)
+FINALIZE_MIN_FREE_BYTES = 2**20
 #: dclab features in grey levels: a deeper camera's are written in the stored 8-bit images' levels
 _GREY_FEATURES = ("bright_avg", "bright_sd", "bg_off")
 _DETAIL_BYTES = 96
@@ -1060,6 +1062,14 @@ class EventWriter:
         if self._io_broken:
             repair_event_file(self.path)
             return
+        free = _free_bytes(self.path.parent)
+        if free is not None and free < FINALIZE_MIN_FREE_BYTES:
+            # marking the file complete writes its attributes, and a write that fails half-way
+            # leaves a file nobody can open (another program filled the disk after the writer
+            # stopped at "nearly full"); as it is, it opens as after a kill, with the last flush
+            log.warning("%s: not marked complete: %.1f MiB free in %s; it holds the %d events of the last flush",
+                        self.path, free / 2**20, self.path.parent, self._written)
+            return
         self._finalize(error or (str(self._failed) if self._failed is not None else ""))
 
     def _finalize(self, error: str) -> None:
@@ -1091,7 +1101,7 @@ class EventWriter:
                 h5.attrs["user:duration s"] = round(float(run_s) if isinstance(run_s, (int, float)) and run_s > 0
                                                     else time.monotonic() - self._t0, 3)
             self._bytes = _size(self.path)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:  # h5py reports a failed close as RuntimeError
             raise DeviceError(f"{self.path}: finishing the event file failed: {_io_reason(err, self.path)}") from err
 
     def __enter__(self) -> "EventWriter":

@@ -675,6 +675,54 @@ def test_low_disk_space_stops_cleanly_with_a_complete_file(tmp_path):
     assert run.complete and run.n_events == 4 and "disk nearly full" in run.error
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB file system of its own (tmpfs: needs root), which a test can fill."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True,
+                              text=True, timeout=30)
+    except OSError as err:
+        pytest.skip(f"mount: {err}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
+def _fill(folder: Path) -> None:
+    with open(folder / "filler", "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:  # ENOSPC: full
+            pass
+
+
+def test_a_disk_filled_by_another_program_after_the_space_check_leaves_a_readable_file(small_disk):
+    """The writer stopped at "disk nearly full", and another program took the rest before the run
+    closed the file: marking the file complete then failed half-way (ENOSPC), and left a file that
+    neither h5py nor dclab could open, with the events flushed before it."""
+    path = small_disk / "filled.rtdc"
+    records = make_records(10)
+    w = EventWriter(path, meta=make_meta(), flush_interval_s=1000, min_free_bytes=2**20)
+    w.write(records[:4])
+    w.flush()
+    _fill(small_disk)
+    w.write(records[4:])
+    with pytest.raises(DeviceError, match="disk nearly full"):
+        w.flush()
+    w.close()
+    assert dclab_check(path)[1][0] == []
+    f, run = read_events(path)
+    assert run.n_events == 4 and not run.complete
+    assert np.allclose(f["deform"], [r.event.features["deform"] for r in records[:4]])
+
+
 def test_a_disk_already_nearly_full_refuses_the_file_before_the_run(tmp_path):
     path = tmp_path / "full.rtdc"
     with pytest.raises(DeviceError, match=r"full\.rtdc: disk nearly full .*free some space"):
