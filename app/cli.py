@@ -9,9 +9,11 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -255,17 +257,52 @@ def _terminate(signum, _frame) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
+class _ExitWith:
+    """A signal handler for a process whose command has finished: exit at once with its code."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+    def __call__(self, signum, _frame) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(self.code)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line. Called with ``argv`` (tests, notebooks), it gives the signal handlers back
+    as it found them. Called without (the ``mimlsort`` process itself), a SIGINT/SIGTERM after the
+    command has finished ends the process with the command's exit code: the handlers given back
+    were Python's own, and a second Ctrl-C while the process wound down (half a second after a
+    replay) ended it "killed by SIGINT" instead of the run's exit code 0."""
     previous = {}
-    if threading.current_thread() is threading.main_thread():
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
         previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)  # run/replay leave it ignored
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _terminate)
+    code = 1
     try:
-        return _main(argv)
+        code = _main(argv)
+        return code
     finally:
-        for sig, handler in previous.items():
-            if handler is not None:  # None: set outside Python, nothing of ours to undo
-                signal.signal(sig, handler)
+        if in_main and argv is None:
+            for sig in previous:
+                signal.signal(sig, _ExitWith(code))
+            # the interpreter's teardown puts Python handlers back to the default action (a signal
+            # then kills the process) but leaves "ignored" as it is: the last atexit step ignores
+            atexit.register(_ignore_stop_signals)
+        else:
+            for sig, handler in previous.items():
+                if handler is not None:  # None: set outside Python, nothing of ours to undo
+                    signal.signal(sig, handler)
 
 
 def _main(argv: list[str] | None) -> int:

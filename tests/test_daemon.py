@@ -608,3 +608,26 @@ def test_a_signal_during_the_report_ends_it_and_keeps_the_runs_exit_code(tmp_pat
     assert f"the report was interrupted ({sig.name})" in err, err[-2000:]
     assert "Traceback" not in err and read_events(events)[1].complete
     assert not list((tmp_path / "out").glob("*_report"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_process_winds_down_keeps_the_commands_exit_code(tmp_path, sig):
+    """A second Ctrl-C (or a service manager's SIGTERM) after the replay has said how it ended,
+    while the process exits (~0.5 s here): the command line had given Python's handlers back, and
+    the process ended killed by the signal instead of with the replay's exit code 0."""
+    rec = tmp_path / "rec.rtdc"
+    done = subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--out", str(rec), "--seconds", "0.3",
+                           "--seed", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    p = mimlsort("replay", str(rec), "--out", str(tmp_path / "ev.rtdc"), "--model", "none")
+    try:
+        deadline = time.monotonic() + 120
+        for line in p.stderr:  # the replay's last line: the command has returned its code
+            if " frames -> " in line or time.monotonic() > deadline:
+                break
+        time.sleep(0.05)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err[-2000:]
