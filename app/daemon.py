@@ -106,13 +106,50 @@ def outputs_line(run: Run) -> str:
     return "; ".join(parts)
 
 
+class RunLogHandler(logging.FileHandler):
+    """The run's log file. One that fails while the run goes on (its disk filled, ``/dev/full``)
+    is said once on stderr and written no more: logging printed a "--- Logging error ---"
+    traceback for every record, and its close raised, so a completed run ended with exit code 1 and
+    "error: No space left on device", a file name nowhere."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8")
+        self.failed = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's naming)
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            super().handleError(record)
+            return
+        if not self.failed:
+            self.failed = err.strerror or str(err)
+            try:
+                sys.stderr.write(f"mimlsort: the log file {self.baseFilename} cannot be written ({self.failed}): "
+                                 f"nothing more goes to it; stderr and the event file's log have the run's lines\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as err:  # the last flush: said like any other failed write
+            if not self.failed:
+                self.failed = err.strerror or str(err)
+                print(f"mimlsort: the log file {self.baseFilename} cannot be written ({self.failed})", file=sys.stderr)
+
+
 def _file_handler(folder: Path, name: str) -> logging.Handler:
     """The run's log file ``daemon.log_file`` (relative to the output folder, which it may name
     subfolders of); one that cannot be written is a configuration error naming the key."""
     path = folder / name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        h = logging.FileHandler(path, encoding="utf-8")
+        h = RunLogHandler(path)
     except OSError as err:
         raise ConfigError("daemon.log_file", f"{path}: cannot be written: {err.strerror or err}") from err
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
