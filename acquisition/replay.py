@@ -41,7 +41,7 @@ from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
 from acquisition.frame import FrameRing
 from mimlsort import realtime
 from mimlsort.errors import ConfigError, DataFormatError, StateError
-from mimlsort.inputs import attr_number, check_input, permission_denied
+from mimlsort.inputs import attr_number, check_input, open_hdf5, permission_denied
 from mimlsort.settings import require
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class _RtdcSource(_Source):
         import h5py
 
         try:
-            self.h5 = h5py.File(path, "r")
+            self.h5 = open_hdf5(path)
         except OSError as err:
             raise DataFormatError(f"{path}: not a readable HDF5/.rtdc file ({err})") from err
         try:
@@ -388,7 +388,7 @@ def event_file_sign(path: str | Path) -> str:
     if not (path.is_file() and holds_hdf5(path)):
         return ""
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with open_hdf5(path) as f:
             ev = f.get("events")
             if not isinstance(ev, h5py.Group) or "image" not in ev or len(ev["image"]) == 0:
                 return ""  # left to the opening to say what it lacks

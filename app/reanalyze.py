@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mimlsort.errors import DataFormatError, ModelError
-from mimlsort.inputs import attr_number, check_input
+from mimlsort.inputs import attr_number, check_input, open_hdf5
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _read_input(path: Path):
     if not path.is_file():
         raise DataFormatError(f"{path}: no such file")
     try:
-        fh = h5py.File(path, "r")
+        fh = open_hdf5(path)
     except (OSError, FileNotFoundError) as e:
         raise DataFormatError(f"{path}: cannot be opened as an RT-DC (HDF5) file: {e}") from None
     try:

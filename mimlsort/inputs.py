@@ -56,3 +56,22 @@ def attr_number(v) -> float:
         return float(v.decode() if isinstance(v, bytes) else v)
     except (TypeError, ValueError, UnicodeDecodeError):
         return math.nan
+
+
+def open_hdf5(path: str | os.PathLike):
+    """``path`` opened read-only with h5py, also when its writer was killed in SWMR mode (kill -9,
+    a power cut: mimlsort's event files and raw recordings keep every flushed frame and event):
+    such a file keeps its consistency flags set, and a plain open refused it ("file is already
+    open for write … h5clear"), while dclab and ``mimlsort report`` opened it."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as err:
+        if "already open for write" not in str(err):
+            raise
+        try:
+            return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+        except OSError:
+            raise err from None
+

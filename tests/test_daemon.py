@@ -650,3 +650,30 @@ def test_a_log_file_that_cannot_be_written_is_said_once_and_the_run_keeps_its_ex
     assert "run completed" in err
     with dclab.new_dataset(sorted((tmp_path / "out").glob("*.rtdc"))[0]) as ds:
         assert len(ds) > 0
+
+
+def test_the_files_of_a_killed_run_open_in_reanalyze_replay_and_track(tmp_path):
+    """kill -9 of the daemon's process group leaves its event file and raw recording with every
+    flushed event and frame, which dclab and `mimlsort report` opened; reanalyze, replay, track
+    and train refused both ("file is already open for write … h5clear"), and replay and track
+    took the event file for something else than an event file."""
+    from acquisition.replay import event_file_sign
+    from app.config import load_config
+    from app.reanalyze import reanalyze
+    from app.session import with_changes
+
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", model="none", output_extra="record_raw = true")
+    p = mimlsort("run", "--config", str(cfg), start_new_session=True)
+    try:
+        events = wait_for_events(tmp_path / "out")
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate(timeout=30)
+    finally:
+        p.kill()
+    raw = next((tmp_path / "out").glob("*_raw.rtdc"))
+    assert "event writer" in event_file_sign(events)
+    res = reanalyze(events, tmp_path / "again.rtdc")
+    assert res.events_out > 0
+    replay = with_changes(load_config(cfg), camera={"backend": "replay", "replay.path": str(raw)})
+    with replay.camera.make_camera() as cam:
+        assert cam.info.frame_count > 0

@@ -671,7 +671,9 @@ def dataset_from_rtdc(
     if not path.is_file():
         raise DataFormatError(f"{path}: no such file")
     try:
-        h5 = h5py.File(path, "r")
+        from mimlsort.inputs import open_hdf5
+
+        h5 = open_hdf5(path)
     except OSError as err:
         raise DataFormatError(f"{path}: not a readable HDF5/.rtdc file ({err})") from None
     with h5:
