@@ -41,7 +41,7 @@ from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
 from acquisition.frame import FrameRing
 from mimlsort import realtime
 from mimlsort.errors import ConfigError, DataFormatError, StateError
-from mimlsort.inputs import attr_number, check_input, open_hdf5, permission_denied
+from mimlsort.inputs import attr_number, check_input, looked_for, open_hdf5, permission_denied
 from mimlsort.settings import require
 
 log = logging.getLogger(__name__)
@@ -862,7 +862,7 @@ def open_source(path: str | os.PathLike, skip_duplicates: bool = True) -> _Sourc
     if not str(path):
         raise ConfigError("camera.replay.path", "no recording given")
     if not p.exists():
-        raise ConfigError("camera.replay.path", f"{p} does not exist")
+        raise ConfigError("camera.replay.path", f"{looked_for(p)} does not exist")
     check_input(p, folder=True, what="a recording")  # a named pipe blocked for ever; an unreadable file read as corrupt
     if p.is_dir():
         return _FolderSource(p)

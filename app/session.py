@@ -40,7 +40,9 @@ def resolve_model_path(path: str) -> Path | None:
             raise ConfigError("model.path", str(err)) from None
     if not p.is_file():
         hint = " (run `make model` to rebuild the bundled model)" if path == "demo" else ""
-        raise ConfigError("model.path", f"no model file at {p}{hint}")
+        from mimlsort.inputs import looked_for
+
+        raise ConfigError("model.path", f"no model file at {looked_for(p)}{hint}")
     return p
 
 

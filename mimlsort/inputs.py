@@ -16,6 +16,14 @@ _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (
           (stat.S_ISBLK, "a block device"))
 
 
+def looked_for(path: str | os.PathLike) -> str:
+    """``path`` as a "not found" message names it: a relative one with the folder it was taken
+    from (the current folder, not the configuration's: "small.rtdc does not exist" while it lay
+    beside RUN.toml did not say where it had been looked for)."""
+    p = Path(path)
+    return str(p) if p.is_absolute() else f"{p} (relative to the current folder {Path.cwd()})"
+
+
 def check_input(path: str | os.PathLike, *, folder: bool = False, what: str = "a file",
                 error: type[MimlsortError] = DataFormatError) -> Path:
     """``path`` if it is a regular file (or, with ``folder``, a folder) this process may read;

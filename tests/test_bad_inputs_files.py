@@ -225,3 +225,17 @@ def test_a_named_pipe_as_the_output_does_not_block_the_check(tmp_path, capsys):
         code = main(["replay", str(write_rtdc(tmp_path / "real.rtdc")), "--out", str(fifo), "--model", "none"])
         assert time.monotonic() - t0 < 15.0
     assert code != 0 and "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("section, text", [("camera", '[camera]\nbackend = "replay"\n[camera.replay]\npath = "rec.rtdc"\n'),
+                                           ("model", '[model]\npath = "models/mine.onnx"\n')])
+def test_a_relative_path_not_found_says_which_folder_it_was_taken_from(tmp_path, monkeypatch, capsys, section, text):
+    """Relative paths in a configuration are taken from the current folder: "rec.rtdc does not
+    exist", while it lay beside RUN.toml, did not say where it had been looked for."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    cfg = tmp_path / "cfg" / "run.toml"
+    cfg.write_text(text)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    err = error_of(capsys, "config", "--check", cfg)
+    assert f"relative to the current folder {tmp_path / 'elsewhere'}" in err, err
