@@ -221,6 +221,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
 
     console = Console().__enter__()
     last_words: list[str] = []  # how the run ended: for the log file as well as the terminal
+    failure: list[str] = []  # why it ended with an exception: for the log file (the command line says it)
 
     def say(text: str, file) -> None:
         console.print(text, file)
@@ -304,6 +305,13 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         if run.abandoned:
             say(f"event writer abandoned: {run.abandoned}; {run.events_path} holds what it flushed "
                 f"before", out)
+    except BaseException as exc:
+        # the command line says it on stderr; the log file ended without a word of it, and an
+        # unattended run refused at its start (a model not found, a camera not there) left a log
+        # whose last line was the one before
+        why = f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        failure.append(f"{'run failed' if started else 'run not started'}: {why or type(exc).__name__}")
+        raise
     finally:
         restore_signals()
         if server is not None:
@@ -312,9 +320,10 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             show.close()  # its last words queue before the console drains
         console.__exit__(None, None, None)
         if handler is not None:
-            for text in last_words:  # after what the console queued: the file ends with them
-                handler.handle(logging.makeLogRecord({"name": __name__, "levelno": logging.INFO, "levelname": "INFO",
-                                                      "msg": text}))
+            for text, level in [(t, logging.INFO) for t in last_words] + [(t, logging.ERROR) for t in failure]:
+                # after what the console queued: the file ends with them
+                handler.handle(logging.makeLogRecord({"name": __name__, "levelno": level,
+                                                      "levelname": logging.getLevelName(level), "msg": text}))
             root.removeHandler(handler)
             handler.close()
     return code, run

@@ -677,3 +677,14 @@ def test_the_files_of_a_killed_run_open_in_reanalyze_replay_and_track(tmp_path):
     replay = with_changes(load_config(cfg), camera={"backend": "replay", "replay.path": str(raw)})
     with replay.camera.make_camera() as cam:
         assert cam.info.frame_count > 0
+
+
+def test_a_run_refused_at_its_start_says_why_in_its_log_file(tmp_path):
+    """An unattended run whose model is not there: stderr said why (exit code 2), and the log file
+    in the output folder ended with the line before, not a word of it."""
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", model=str(tmp_path / "gone.onnx"))
+    p = mimlsort("run", "--config", str(cfg))
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "model.path" in err, err[-2000:]
+    last = (tmp_path / "out" / "mimlsort.log").read_text().strip().splitlines()[-1]
+    assert "ERROR" in last and "run not started: model.path: no model file at" in last and "gone.onnx" in last, last
