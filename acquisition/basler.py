@@ -402,8 +402,14 @@ class BaslerCamera(GenicamFeatures, Camera):
             # at most what pylon's buffers hold: a camera that went on sending after
             # AcquisitionStop (one that ignores it in some trigger mode) kept this loop, and the
             # stop, going for as long as it sent
+            ready = cam.GetGrabResultWaitObject()
             for _ in range(self.settings.buffers + 1):
-                r = cam.RetrieveResult(20, pylon.TimeoutHandling_Return)
+                # waited for on pylon's wait object, then taken without a wait: RetrieveResult's
+                # own 20 ms wait right after AcquisitionStop never returned now and then (the
+                # emulator playing image files; a test suite hung in it)
+                if not ready.Wait(20):
+                    break
+                r = cam.RetrieveResult(0, pylon.TimeoutHandling_Return)
                 if not r.IsValid():
                     break
                 self.discarded_at_stop += 1 + r.GetNumberOfSkippedImages()
