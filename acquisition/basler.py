@@ -405,8 +405,8 @@ class BaslerCamera(GenicamFeatures, Camera):
             ready = cam.GetGrabResultWaitObject()
             for _ in range(self.settings.buffers + 1):
                 # waited for on pylon's wait object, then taken without a wait: RetrieveResult's
-                # own 20 ms wait right after AcquisitionStop never returned now and then (the
-                # emulator playing image files; a test suite hung in it)
+                # own 20 ms wait never returned now and then (the emulator, after other tests in
+                # the process: the suite hung here, and in _do_grab's)
                 if not ready.Wait(20):
                     break
                 r = cam.RetrieveResult(0, pylon.TimeoutHandling_Return)
@@ -474,7 +474,10 @@ class BaslerCamera(GenicamFeatures, Camera):
         deadline = 0.0
         while True:
             try:
-                r = cam.RetrieveResult(wait_ms, pylon.TimeoutHandling_Return)
+                # waited for on pylon's wait object (without the GIL), then taken without a wait:
+                # RetrieveResult's own wait now and then never returned (see _do_stop)
+                cam.GetGrabResultWaitObject().Wait(wait_ms)
+                r = cam.RetrieveResult(0, pylon.TimeoutHandling_Return)
             except genicam.GenericException as err:
                 if cam.IsCameraDeviceRemoved():
                     self._reconnect(str(err))

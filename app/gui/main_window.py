@@ -592,7 +592,11 @@ class MainWindow(QtWidgets.QMainWindow):
         new = self.table.extend(records)
         if new:
             self._plots_dirty = True
-            self.camera_view.add_finished(new, self.table.class_names, self._x_exit_px)
+            # the running tracker's own exit where it has one: records can come before its
+            # geometry's signal does (two labels stood at x 0 on a loaded host)
+            g = getattr(getattr(self.controller.pipeline, "tracker", None), "geometry", None)
+            x = g.constriction_x1 if g is not None else self._x_exit_px
+            self.camera_view.add_finished(new, self.table.class_names, x)
 
     def _refresh_plots(self) -> None:
         if not self._plots_dirty or not self.isVisible():
