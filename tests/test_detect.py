@@ -109,3 +109,38 @@ def test_frames_too_small_for_a_channel_say_so_and_where_to_set_the_roi():
 
     with pytest.raises(DataFormatError, match=r"the frames are 1x1040 px: too small .*\(camera\.<backend>\.width"):
         detect_geometry(np.full((1040, 1), 160.0), 0.5)
+
+
+def turned(img: np.ndarray, deg: float) -> np.ndarray:
+    """``img`` as a camera turned by ``deg`` (counterclockwise as shown, row 0 at the top) sees it."""
+    import cv2
+
+    h, w = img.shape[-2:]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.0)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+@pytest.mark.parametrize("deg", [-3.0, 0.0, 0.5, 2.0, 5.0])
+def test_the_channel_s_tilt_against_the_rows_is_measured(deg):
+    # positive is clockwise as shown: the centre line falls towards +x
+    g = detect_geometry(turned(chip(), deg), 0.5)
+    assert g.tilt_deg == pytest.approx(-deg, abs=0.1)
+    assert detect_geometry(turned(chip(), deg), 0.5, constriction=False).tilt_deg == pytest.approx(-deg, abs=0.1)
+
+
+def test_a_tilted_channel_is_said_when_the_tracker_starts():
+    from acquisition import synthetic
+    from tracking.tracker import Tracker, TrackerSettings
+
+    s = synthetic.SyntheticSettings(duration_s=0.06, cells_per_second=60.0, seed=7)
+    frames, _ = synthetic.render_frames(s, s.frame_count)
+
+    def notes(deg: float) -> list[str]:
+        fr = np.stack([turned(f, deg) for f in frames]) if deg else frames
+        tracker = Tracker.from_frames(fr, s.pixel_size_um, TrackerSettings())
+        return [n for n in tracker.setup_notes() if "the channel runs" in n]
+
+    assert notes(0.0) == [] and notes(0.5) == []
+    said = notes(3.0)
+    assert len(said) == 1 and "3.0° counterclockwise" in said[0] and "rises" in said[0], said
+    assert "2.0° clockwise" in notes(-2.0)[0]

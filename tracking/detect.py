@@ -33,6 +33,9 @@ class DetectedGeometry:
     channel_y1: float  # bottommost inside edge of the lower wall
     lumen_width_px: np.ndarray  # per column (nan where no lumen was found)
     threshold: float
+    # angle of the lumen's centre line against the image rows, degrees, positive where it falls
+    # (row numbers grow) towards +x: clockwise as the image is shown with row 0 at the top
+    tilt_deg: float = 0.0
 
     @property
     def constriction_width_px(self) -> float:
@@ -107,6 +110,30 @@ def _refine_face(bg: np.ndarray, rows: list[int], x_est: float, inward: int, i0:
     return float(np.median(found))
 
 
+def _tilt_deg(top: np.ndarray, bottom: np.ndarray, use: np.ndarray) -> float:
+    """Angle of the lumen's centre line over the columns ``use``: a least-squares line, refitted
+    once without the columns more than 1 px off it (a cell or dirt stuck at a wall, a face's dark
+    line). The centre, not a wall, as a constriction narrows the lumen from both sides alike."""
+    x = np.flatnonzero(use).astype(np.float64)
+    if x.size < 4:
+        return 0.0
+    c = 0.5 * (top[use] + bottom[use])
+    slope, icept = np.polyfit(x, c, 1)
+    keep = np.abs(c - (slope * x + icept)) <= 1.0
+    if 4 <= keep.sum() < x.size:
+        slope, icept = np.polyfit(x[keep], c[keep], 1)
+    return float(np.degrees(np.arctan(slope)))
+
+
+def measure_tilt(background: np.ndarray, pixel_size_um: float) -> float | None:
+    """The channel's tilt against the image rows (:attr:`DetectedGeometry.tilt_deg`), or None
+    where no walls are found along x (a geometry given by hand over a plain background)."""
+    try:
+        return detect_geometry(background, pixel_size_um, constriction=False, look_turned=False).tilt_deg
+    except (ConfigError, DataFormatError):
+        return None
+
+
 def detect_geometry(background: np.ndarray, pixel_size_um: float, *, smooth_px: int = 5,
                     min_contrast: float = 4.0, constriction: bool = True, look_turned: bool = True) -> DetectedGeometry:
     """Channel walls and constriction in ``background`` (2-D, any real dtype). ``constriction``
@@ -177,7 +204,7 @@ def detect_geometry(background: np.ndarray, pixel_size_um: float, *, smooth_px: 
     if not constriction:
         return DetectedGeometry(constriction_x0=0.0, constriction_x1=0.0, channel_y0=max(0.0, float(np.nanmin(top))),
                                 channel_y1=min(float(h), float(np.nanmax(bottom)) + 1.0), lumen_width_px=width,
-                                threshold=t)
+                                threshold=t, tilt_deg=_tilt_deg(top, bottom, found))
     wv = width[found]
     w_min = float(np.min(wv))
     w_wide = float(np.percentile(wv, 90))
@@ -217,4 +244,5 @@ def detect_geometry(background: np.ndarray, pixel_size_um: float, *, smooth_px: 
     y0 = float(np.nanmin(top))
     y1 = float(np.nanmax(bottom)) + 1.0  # exclusive bound of the rows to scan
     return DetectedGeometry(constriction_x0=x0, constriction_x1=x1, channel_y0=max(0.0, y0),
-                            channel_y1=min(float(h), y1), lumen_width_px=width, threshold=t)
+                            channel_y1=min(float(h), y1), lumen_width_px=width, threshold=t,
+                            tilt_deg=_tilt_deg(top, bottom, found))
