@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/mimlsort demo --seconds 3 --out out/demo
 
 test: $(STAMP) sim-tools
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 # Debian's avr-gcc, Arduino AVR core and simavr, for the tests that run the trigger firmware on a
 # simulated Uno (tests/sim/avr_harness.c). Installed when this runs as root with apt (CI, the dev
