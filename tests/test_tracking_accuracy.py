@@ -419,6 +419,7 @@ def test_a_light_step_beyond_the_correction_is_said_and_a_lasting_one_is_no_flic
         assert [n for n in notes if "the light changed" in n] == (notes[:1] if said else []), notes
         if said:
             assert "is 0.40× as bright as the background" in notes[0] and "2048 frames" in notes[0], notes[0]
+            assert "contrast is 0.40× what it was" in notes[0] and "tracking.threshold" in notes[0], notes[0]
             nan = float("nan")
             line = Status(RunState.RUNNING, None, "", 1.0, 0, 0.0, 0, 0.0, {}, {}, 0, 0, 0, 0.0, {}, 0, {}, 0, 0, nan,
                           nan, nan, nan, nan, 0, 0, 0, True, light_gain=tracker.light[0],

@@ -754,6 +754,11 @@ class Tracker:
                 f"{LIGHT_MIN:g}-{LIGHT_MAX:g}× the flicker correction follows (a lamp or the exposure changed?). "
                 f"The background takes the new light over after {bgm.relearn * bgm.stride} frames of it; until "
                 f"then cells are missed or found in pieces, their events flagged")
+        if gain < 1.0:
+            # the cells' contrast dims with the light: relearned at 0.4x, 2 whole cells were found
+            # where the same frames at the old light gave 28 (simulated, the default threshold)
+            note += (f". The cells' contrast is {gain:.2f}× what it was as well: a tracking.threshold set for the old "
+                     f"light finds fewer of them, even once the background has taken the new light over")
         self._say(note)
 
     def _judge_exposure(self, image: np.ndarray, frame_id: int) -> None:
