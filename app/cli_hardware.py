@@ -78,6 +78,12 @@ def cmd_trigger_list(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the longest --interval, --delay and --width a wiring check takes (the delay: trigger.timing.max_delay_us's upper end)
+_MAX_INTERVAL_S = 3600.0
+_MAX_DELAY_US = 2e9
+_MAX_WIDTH_US = 1e6
+
+
 def cmd_trigger_test(args: argparse.Namespace) -> int:
     import contextlib
     import time
@@ -88,12 +94,13 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
 
     if args.count < 1:
         raise ConfigError("--count", f"must be >= 1, got {args.count}")
-    if not (args.interval >= 0):
-        raise ConfigError("--interval", f"must be >= 0 s, got {args.interval}")
-    if args.delay is not None and not (args.delay > 0):
-        raise ConfigError("--delay", f"must be > 0 µs, got {args.delay}")
-    if not (args.width > 0):
-        raise ConfigError("--width", f"must be > 0 µs, got {args.width}")
+    # bounded: inf or 1e300 went on to time.sleep() and to the fire time as a traceback (OverflowError)
+    if not (0 <= args.interval <= _MAX_INTERVAL_S):
+        raise ConfigError("--interval", f"must be in [0, {_MAX_INTERVAL_S:g}] s, got {args.interval}")
+    if args.delay is not None and not (0 < args.delay <= _MAX_DELAY_US):
+        raise ConfigError("--delay", f"must be in (0, {_MAX_DELAY_US:g}] µs, got {args.delay}")
+    if not (0 < args.width <= _MAX_WIDTH_US):  # said as pulse_width_us, a key the user never typed
+        raise ConfigError("--width", f"must be in (0, {_MAX_WIDTH_US:g}] µs, got {args.width}")
     settings = _settings(args.set)
     lead = 300.0 if args.delay is None else min(300.0, args.delay / 2)
     timing = TimingSettings(pulse_width_us=args.width, min_lead_us=lead)

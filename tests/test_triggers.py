@@ -664,3 +664,15 @@ def test_the_wiring_check_of_a_dry_run_trigger_speaks_of_no_device(tmp_path, cap
                  "--interval", "0.01"]) == 0
     out = capsys.readouterr().out
     assert out.count(": sent ") == 2 and "the device counts" not in out, out
+
+
+@pytest.mark.parametrize("bad", [["--delay", "inf"], ["--delay", "1e300"], ["--interval", "inf"],
+                                 ["--interval", "1e300"], ["--width", "2e6"]])
+def test_the_wiring_check_names_an_option_out_of_range(bad, capsys):
+    # an endless --delay or --interval went on to the fire time and time.sleep() and ended in an
+    # OverflowError traceback; a --width past the trigger's range was told as "pulse_width_us"
+    from app.cli import main
+
+    assert main(["trigger", "test", "--device", "null", "--count", "2", *bad]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad[0]}: must be in" in err and "Traceback" not in err, err
