@@ -53,6 +53,7 @@ def list_ports() -> list[tuple[str, str]]:
     return [(p.device, p.description) for p in lp.comports()]
 
 
+_READY = "READY mimlsort-trigger"  # what the sketch says once up after a reset
 _TYPICAL_FIRE_BYTES = 22  # "FIRE 123456 20000 100\n": what the link check assumes before formatting
 
 
@@ -318,7 +319,12 @@ class SerialTrigger(Trigger):
         if not words:
             return
         self._heard()
-        if words[0] == "ACK" and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+        if _READY in line:
+            # the board rebooted (brown-out, watchdog, someone opened the port): it is disarmed now.
+            # Looked for anywhere in the line: a reset cuts the line being written, and the READY
+            # ran into its first bytes ("ACK 1READY ...") and went unnoticed
+            self._set_unavailable(f"{self.settings.port}: the device restarted; reconnect to re-arm it")
+        elif words[0] == "ACK" and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
             ident = int(words[1])
             dev_us = int(words[2])
             # the TIME round trips relate the device's clock to the host's: when the pulse really went out
@@ -351,6 +357,11 @@ class SerialTrigger(Trigger):
                 if idx is not None and code in ("3", "4"):
                     self._report(idx, "refused", text)
                 self._device_error(f"device error {text}")
+                if code == "4":
+                    # armed at open and disarmed only at close: a device that says it is not armed
+                    # has restarted without its READY reaching us, and refuses every pulse from now on
+                    self._set_unavailable(f"{self.settings.port}: the device is not armed (it restarted?); "
+                                          "reconnect to re-arm it")
         elif words[0] == "TIME" and len(words) == 2 and words[1].isdigit() and self._time_sent:
             device_us = int(words[1])
             t0 = self._time_request_of(device_us)
@@ -363,9 +374,6 @@ class SerialTrigger(Trigger):
             t1 = max(t0, host_ns - self._wire_ns(len(line) + 1))
             with self._clock_lock:
                 self.clock.add(t0, device_us, t1)
-        elif words[0] == "READY":
-            # the board rebooted (brown-out, watchdog, someone opened the port): it is disarmed now
-            self._set_unavailable(f"{self.settings.port}: the device restarted; reconnect to re-arm it")
         else:
             self._replies.put(line)
 

@@ -231,6 +231,29 @@ def test_a_device_that_stops_acknowledging_is_taken_as_hung(emu):
             os.kill(emu.process.pid, signal.SIGCONT)
 
 
+@pytest.mark.parametrize("quiet", [False, True], ids=["ready-after-a-cut-line", "ready-lost"])
+def test_a_device_that_reset_mid_run_is_unavailable_not_refusing(tmp_path, quiet):
+    # a board reset mid-run (brown-out, watchdog) cuts the ACK it was writing; the READY it sends
+    # once up ran into those bytes ("ACK 1READY mimlsort-trigger 1") and went unnoticed, or is lost
+    # in the noise of the reset. The device, disarmed now, answered every FIRE "ERR 4 not armed":
+    # each cell was recorded as fired, the trigger stayed "available" and the run sorted nothing
+    options = ("--reset-after", "3", *(["--reset-quiet"] if quiet else []))
+    with emulated_port(tmp_path / "device.tsv", *options) as emu, _open(emu.port) as trig:
+        recs = []
+        for i in range(2):
+            recs.append(trig.fire(FireRequest(i, time.monotonic_ns() + 20 * MS, 100.0)))
+            assert len(_wait_acks(trig, 1)) == 1
+        deadline = time.monotonic() + 5
+        while trig.available and time.monotonic() < deadline:  # the reset comes with the third
+            recs.append(trig.fire(FireRequest(len(recs), time.monotonic_ns() + 20 * MS, 100.0)))
+            time.sleep(0.05)
+        st = trig.status()
+        assert not st.available and trig.faulted and len(recs) <= 4, (st, len(recs))
+        assert ("restarted" if not quiet else "not armed") in st.error, st.error
+        assert trig.fire(FireRequest(99, time.monotonic_ns() + AHEAD, 100.0)).unavailable
+    assert len(emu.records("reset")) == 1
+
+
 def test_a_port_without_the_firmware_fails_the_handshake_in_time():
     master, slave = os.openpty()  # nothing answers on the other end
     try:

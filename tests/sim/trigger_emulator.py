@@ -48,8 +48,15 @@ U32 = 1 << 32
 
 
 class Device:
-    def __init__(self, fd: int, record, late_us: int = LATE_US, queue: int = QUEUE, drop_time_reply: int = 0):
+    def __init__(self, fd: int, record, late_us: int = LATE_US, queue: int = QUEUE, drop_time_reply: int = 0,
+                 reset_after: int = 0, reset_quiet: bool = False):
         self.drop_time_reply = drop_time_reply  # fault injection: the Nth TIME reply is lost on the link
+        # fault injection: the device resets (brown-out, watchdog) as the Nth FIRE/FIREAT arrives,
+        # in the middle of writing an ACK; it comes back disarmed and says READY (unless quiet:
+        # the line lost in the noise of the reset), then takes that command
+        self.reset_after = reset_after
+        self.reset_quiet = reset_quiet
+        self.fires = 0
         self.time_replies = 0
         self.fd = fd
         self.record = record
@@ -133,11 +140,28 @@ class Device:
             else:
                 self.send(f"TIME {self.micros()}")
         elif cmd in ("FIRE", "FIREAT"):
+            self.fires += 1
+            if self.fires == self.reset_after:
+                self.reset(rx_ns)
             self.fire(args, rx_ns, absolute=cmd == "FIREAT")
         elif cmd in ("ID", "ARM", "DISARM", "STATUS", "TIME"):
             self.error(rx_ns, 2, "bad arguments")
         else:
             self.error(rx_ns, 1, "unknown command")
+
+    def reset(self, rx_ns: int) -> None:
+        self.log("reset", rx_ns)
+        self.armed = False
+        self.queue.clear()
+        self.high = False
+        self.fired = self.errors = 0
+        self.boot_ns = time.monotonic_ns()
+        try:  # the first bytes of an ACK, cut off by the reset: the host reads them run into the next line
+            os.write(self.fd, b"ACK 1")
+        except OSError:
+            pass
+        if not self.reset_quiet:
+            self.send(f"READY mimlsort-trigger {PROTOCOL}")
 
     def fire(self, args: list[str], rx_ns: int, absolute: bool = False) -> None:
         if len(args) != 3 or not all(a.isdigit() for a in args):
@@ -375,12 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue", type=int, default=QUEUE, help="pulse queue capacity")
     p.add_argument("--drop-time-reply", type=int, default=0, metavar="N",
                    help="lose the Nth TIME reply, as a garbled line would be (fault injection)")
+    p.add_argument("--reset-after", type=int, default=0, metavar="N",
+                   help="reset as the Nth FIRE/FIREAT arrives, cutting an ACK short (fault injection)")
+    p.add_argument("--reset-quiet", action="store_true", help="with --reset-after: the READY after it is lost")
     args = p.parse_args(argv)
     fd = args.fd if args.fd is not None else os.open(args.port, os.O_RDWR | os.O_NOCTTY)
     os.set_blocking(fd, False)
     tty.setraw(fd)  # no echo, no line editing: the device sees bytes as the host sent them
     with open(args.record, "w", encoding="utf-8") as record:
-        dev = Device(fd, record, args.late_us, args.queue, args.drop_time_reply)
+        dev = Device(fd, record, args.late_us, args.queue, args.drop_time_reply, args.reset_after, args.reset_quiet)
 
         def stop(*_):
             dev.running = False
