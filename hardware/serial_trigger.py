@@ -53,6 +53,7 @@ def list_ports() -> list[tuple[str, str]]:
     return [(p.device, p.description) for p in lp.comports()]
 
 
+_MAX_REPLIES = 64  # replies to queries held (a device that sends them unasked does not fill memory)
 _READY = "READY mimlsort-trigger"  # what the sketch says once up after a reset
 _TYPICAL_FIRE_BYTES = 22  # "FIRE 123456 20000 100\n": what the link check assumes before formatting
 
@@ -114,6 +115,7 @@ class SerialTrigger(Trigger):
         self._time_sent: collections.deque[int] = collections.deque()  # send times of TIMEs in flight
         self._next_sync_ns = 0
         self.time_replies_lost = 0  # TIME requests whose reply never came, or came too late to date
+        self.garbled_lines = 0  # lines from the device that are none of the protocol's
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _do_open(self) -> str:
@@ -374,8 +376,17 @@ class SerialTrigger(Trigger):
             t1 = max(t0, host_ns - self._wire_ns(len(line) + 1))
             with self._clock_lock:
                 self.clock.add(t0, device_us, t1)
+        elif words[0] == "TIME" and len(words) == 2 and words[1].isdigit():
+            pass  # the reply to a request already written off as lost
+        elif words[0] in ("ID", "STATUS", "OK"):  # replies to query(), which empties the queue before asking
+            if self._replies.qsize() < _MAX_REPLIES:
+                self._replies.put(line)
         else:
-            self._replies.put(line)
+            # noise on the link, a firmware of another kind: such lines were queued as replies,
+            # which only a query takes off, and kept for the whole run without a word
+            self.garbled_lines += 1
+            self._log.log(logging.WARNING, "garbled line", "serial trigger %s: garbled line from the device: %s "
+                          "(noise on the link? a pulse it was about goes unacknowledged)", self.device, ascii(line))
 
     def _time_request_of(self, device_us: int) -> int | None:
         """The send time of the TIME request a reply with ``device_us`` answers (taken off the

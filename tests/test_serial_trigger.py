@@ -254,6 +254,26 @@ def test_a_device_that_reset_mid_run_is_unavailable_not_refusing(tmp_path, quiet
     assert len(emu.records("reset")) == 1
 
 
+def test_garbled_lines_are_told_and_not_kept(tmp_path, caplog):
+    # a line noise corrupted (here every other ACK) was put on the queue of replies to STATUS/ID,
+    # which only a query empties: kept for the whole run, and nobody was told of it
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="hardware")
+    with emulated_port(tmp_path / "device.tsv", "--garble-every", "2") as emu, _open(emu.port) as trig:
+        at = time.monotonic_ns() + 20 * MS
+        assert all(trig.fire(FireRequest(i, at + i * MS, 100.0)).ok for i in range(10))
+        acks = _wait_acks(trig, 5)
+        deadline = time.monotonic() + 5
+        while trig.garbled_lines < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(acks) == 5 and trig.garbled_lines == 5 and trig.available
+        assert trig._replies.empty()
+        assert trig.device_status()["fired"] == 10  # replies to queries still come through
+    assert len(emu.records("garbled")) == 5
+    assert "garbled line from the device" in caplog.text and "\\ufffd" in caplog.text, caplog.text
+
+
 def test_a_port_without_the_firmware_fails_the_handshake_in_time():
     master, slave = os.openpty()  # nothing answers on the other end
     try:

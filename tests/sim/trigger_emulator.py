@@ -49,7 +49,7 @@ U32 = 1 << 32
 
 class Device:
     def __init__(self, fd: int, record, late_us: int = LATE_US, queue: int = QUEUE, drop_time_reply: int = 0,
-                 reset_after: int = 0, reset_quiet: bool = False):
+                 reset_after: int = 0, reset_quiet: bool = False, garble_every: int = 0):
         self.drop_time_reply = drop_time_reply  # fault injection: the Nth TIME reply is lost on the link
         # fault injection: the device resets (brown-out, watchdog) as the Nth FIRE/FIREAT arrives,
         # in the middle of writing an ACK; it comes back disarmed and says READY (unless quiet:
@@ -57,6 +57,8 @@ class Device:
         self.reset_after = reset_after
         self.reset_quiet = reset_quiet
         self.fires = 0
+        self.garble_every = garble_every  # fault injection: every Nth ACK loses a byte to noise on the link
+        self.acks_sent = 0
         self.time_replies = 0
         self.fd = fd
         self.record = record
@@ -211,7 +213,12 @@ class Device:
             self.fired += 1
             # the edge's own clock reading, as the sketch's ACK carries: a second reading here
             # was later by however long a loaded host kept this process from running in between
-            self.send(f"ACK {ident} {(edge - self.boot_ns) // 1000 % U32}")
+            ack = f"ACK {ident} {(edge - self.boot_ns) // 1000 % U32}"
+            self.acks_sent += 1
+            if self.garble_every and self.acks_sent % self.garble_every == 0:
+                self.log("garbled", rx, ack)
+                ack = ack[:4] + "\ufffd" + ack[5:]  # its id's first digit: a byte noise corrupted
+            self.send(ack)
             self.log("pulse", ident, delay, width, rx, due, edge, end)
             late = (edge - due) // 1000
             if late > self.late_us:
@@ -402,12 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reset-after", type=int, default=0, metavar="N",
                    help="reset as the Nth FIRE/FIREAT arrives, cutting an ACK short (fault injection)")
     p.add_argument("--reset-quiet", action="store_true", help="with --reset-after: the READY after it is lost")
+    p.add_argument("--garble-every", type=int, default=0, metavar="N",
+                   help="every Nth ACK loses a byte to noise on the link (fault injection)")
     args = p.parse_args(argv)
     fd = args.fd if args.fd is not None else os.open(args.port, os.O_RDWR | os.O_NOCTTY)
     os.set_blocking(fd, False)
     tty.setraw(fd)  # no echo, no line editing: the device sees bytes as the host sent them
     with open(args.record, "w", encoding="utf-8") as record:
-        dev = Device(fd, record, args.late_us, args.queue, args.drop_time_reply, args.reset_after, args.reset_quiet)
+        dev = Device(fd, record, args.late_us, args.queue, args.drop_time_reply, args.reset_after, args.reset_quiet,
+                     args.garble_every)
 
         def stop(*_):
             dev.running = False
