@@ -156,20 +156,35 @@ class VisaTrigger(Trigger):
 
     def _configure(self, width_us: float) -> None:
         s, ch = self.settings, self.settings.channel
-        cmds = ["*RST", "*CLS"] if s.reset else ["*CLS"]
-        cmds += [f":OUTP{ch} 0"]
+        width_key = "trigger.timing.pulse_width_us"
+        # (command, the setting it carries): what the instrument rejects is told by its setting
+        cmds = [("*RST", ""), ("*CLS", "")] if s.reset else [("*CLS", "")]
+        cmds += [(f":OUTP{ch} 0", "trigger.visa.channel")]
         if s.waveform == "pulse":
-            cmds += [f":SOUR{ch}:FUNC PULS", *self._width_commands(width_us), f":SOUR{ch}:BURS:NCYC 1"]
+            cmds += [(f":SOUR{ch}:FUNC PULS", "trigger.visa.waveform"),
+                     *((c, width_key) for c in self._width_commands(width_us)), (f":SOUR{ch}:BURS:NCYC 1", "")]
         else:
-            cmds += [f":SOUR{ch}:FUNC SIN", f":SOUR{ch}:FREQ {s.frequency_hz:.3f}", *self._width_commands(width_us)]
-        cmds += [f":SOUR{ch}:VOLT:HIGH {s.high_v:.4f}", f":SOUR{ch}:VOLT:LOW {s.low_v:.4f}",
-                 f":SOUR{ch}:BURS:MODE TRIG", f":SOUR{ch}:BURS:STAT 1", f":TRIG{ch}:SOUR BUS",
-                 f":TRIG{ch}:DEL {0.0:.9f}"]
-        for c in cmds:
+            cmds += [(f":SOUR{ch}:FUNC SIN", "trigger.visa.waveform"),
+                     (f":SOUR{ch}:FREQ {s.frequency_hz:.3f}", "trigger.visa.frequency_hz"),
+                     *((c, f"{width_key} × trigger.visa.frequency_hz") for c in self._width_commands(width_us))]
+        cmds += [(f":SOUR{ch}:VOLT:HIGH {s.high_v:.4f}", "trigger.visa.high_v"),
+                 (f":SOUR{ch}:VOLT:LOW {s.low_v:.4f}", "trigger.visa.low_v"),
+                 (f":SOUR{ch}:BURS:MODE TRIG", ""), (f":SOUR{ch}:BURS:STAT 1", ""), (f":TRIG{ch}:SOUR BUS", ""),
+                 (f":TRIG{ch}:DEL {0.0:.9f}", "")]
+        for c, _ in cmds:
             self._inst.write(c)
         errors = self._read_errors()
         if errors:
-            raise DeviceError(f"{s.resource} rejected the burst configuration: {'; '.join(errors)}")
+            # the error queue does not say which command it was: each is sent again on its own (not
+            # *RST, whose settling a query could time out on), so the message names the value and
+            # its setting ("-100 Command error" alone left a wrong high_v or width to be guessed)
+            rejected = []
+            for c, key in cmds:
+                if c.startswith("*"):
+                    continue
+                self._inst.write(c)
+                rejected += [f"{c!r}{f' ({key})' if key else ''}: {e}" for e in self._read_errors()]
+            raise DeviceError(f"{s.resource} rejected the burst configuration: {'; '.join(rejected or errors)}")
         self._inst.write(f":OUTP{ch} 1")
         self._width_us = width_us
 

@@ -104,6 +104,22 @@ def test_configuration_out_of_range_fails_open_with_the_instruments_errors():
         _trigger(high_v=8.0).open()
 
 
+@pytest.mark.parametrize("settings, width_us, named", [
+    ({"high_v": 8.0}, 500.0, "':SOUR1:VOLT:HIGH 8.0000' (trigger.visa.high_v): -100"),
+    ({}, 200_000.0, "':SOUR1:FUNC:PULS:WIDT 0.200000000' (trigger.timing.pulse_width_us): -100"),
+    ({"waveform": "sine", "frequency_hz": 5e7}, 500.0, "(trigger.visa.frequency_hz): -100"),
+])
+def test_a_rejected_configuration_names_the_value_and_its_setting(settings, width_us, named):
+    # the error queue says only "-100 Command error (undefined header or data out of range)": which
+    # of the ~15 commands (a high_v, a width, a carrier frequency out of range) was left to guess
+    trig = make_trigger("visa", {"resource": RESOURCE, "library": f"{YAML}@sim", **settings},
+                        TimingSettings(pulse_width_us=width_us, min_lead_us=1000.0))
+    with pytest.raises(DeviceError) as err:
+        trig.open()
+    assert named in str(err.value) and str(err.value).count("-100") == 1, str(err.value)
+    assert not trig.is_open and trig._inst is None
+
+
 def test_sine_burst_cycles_follow_the_width():
     with _trigger(waveform="sine", frequency_hz=20_000_000.0, high_v=1.0, low_v=-1.0) as trig:
         assert _q(trig, ":SOUR1:FUNC?") == "SIN"
