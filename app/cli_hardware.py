@@ -104,12 +104,14 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
     settings = _settings(args.set)
     lead = 300.0 if args.delay is None else min(300.0, args.delay / 2)
     timing = TimingSettings(pulse_width_us=args.width, min_lead_us=lead)
+    run_cfg = None
     if args.config is not None:  # the trigger a run configuration would use, --set on top
         from dataclasses import replace
 
         from app.config import load_config
 
-        cfg = load_config(args.config).trigger
+        run_cfg = load_config(args.config)
+        cfg = run_cfg.trigger
         args.device = args.device or cfg.backend
         if args.device == cfg.backend:
             settings = {**cfg.table, **settings}
@@ -135,7 +137,13 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
         if args.device == "camera-line":
             from acquisition.camera import make_camera
 
-            resources = {"camera": stack.enter_context(make_camera(args.camera))}
+            # the run's camera as configured (serial number, transport): opened with defaults, the
+            # first camera found fired its line, whichever camera the run would sort with
+            if run_cfg is not None and args.camera in (None, run_cfg.camera.backend):
+                camera = run_cfg.camera.make_camera()
+            else:
+                camera = make_camera(args.camera or "basler")
+            resources = {"camera": stack.enter_context(camera)}
         trig = stack.enter_context(make_trigger(args.device, settings or None, timing, **resources))
         print(f"opened {trig.device}")
         records = []
@@ -189,6 +197,7 @@ def register(subparsers) -> None:
     sp.add_argument("--width", type=float, default=1000.0, help="pulse width (µs)")
     sp.add_argument("--delay", type=float, help="from now to the pulse (µs; default: 2 × the min lead, at least "
                     "1 ms, after the command can have reached the device)")
-    sp.add_argument("--camera", default="basler", help="camera backend whose output line fires (camera-line)")
+    sp.add_argument("--camera", help="camera backend whose output line fires (camera-line; default: --config's "
+                    "camera as configured, else basler)")
     sp.add_argument("--emulate", action="store_true", help="serial: talk to the device emulator on a pseudo-terminal")
     sp.set_defaults(func=cmd_trigger_test)

@@ -156,3 +156,23 @@ def test_through_the_basler_backends_own_feature_access():
 def test_make_trigger_hands_each_backend_only_what_it_takes():
     t = make_trigger("null", None, None, camera=object(), set_feature=print)
     assert t.backend == "null"
+
+
+def test_the_wiring_check_opens_the_runs_camera_as_configured(tmp_path, capsys):
+    """`trigger test --config RUN.toml` with a camera-line trigger opened the camera backend with its
+    defaults: the first camera found (another than the run's, on a setup with two) fired its line."""
+    pytest.importorskip("acquisition.basler", reason="the basler camera backend is not there yet")
+    from app.cli import main
+
+    def config(serial):
+        path = tmp_path / f"{serial or 'any'}.toml"
+        path.write_text(f'[camera]\nbackend = "basler"\n[camera.basler]\ntransport = "BaslerCamEmu"\n'
+                        f'serial = "{serial}"\nexposure_us = 100.0\n[trigger]\nbackend = "camera-line"\n'
+                        f'[trigger.camera_line]\nline = "Line2"\n', encoding="utf-8")
+        return str(path)
+
+    assert main(["trigger", "test", "--config", config(""), "--count", "1", "--interval", "0"]) == 0
+    assert "acked 1" in capsys.readouterr().out
+    assert main(["trigger", "test", "--config", config("no-such-camera"), "--count", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-camera" in err, err
