@@ -116,6 +116,7 @@ class SerialTrigger(Trigger):
         self._next_sync_ns = 0
         self.time_replies_lost = 0  # TIME requests whose reply never came, or came too late to date
         self.garbled_lines = 0  # lines from the device that are none of the protocol's
+        self.delay_from_arrival = self.settings.mode == "delay"  # FIREAT carries a due time instead
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _do_open(self) -> str:

@@ -156,6 +156,10 @@ class Trigger(ABC):
     width_range_us: ClassVar[tuple[float, float]] = (1.0, 1_000_000.0)
     #: a device outputs the pulses (the dry-run backends only count or write them down)
     has_device: ClassVar[bool] = True
+    #: the device counts a record's ``delay_us`` from when the command reached it (serial in delay
+    #: mode, an instrument's trigger delay); else the pulse is due at a time, on the host's clock
+    #: (a scheduler thread) or the device's (serial clock mode)
+    delay_from_arrival: ClassVar[bool] = False
 
     def __init__(self, settings: Any = None, timing: TimingSettings | None = None):
         if settings is None:

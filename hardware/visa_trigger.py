@@ -112,6 +112,7 @@ class VisaTrigger(Trigger):
         self._last_poll = 0.0
         self._scheduler: PulseScheduler | None = None
         self.acks = self.settings.timed_by == "host"
+        self.delay_from_arrival = self.settings.timed_by == "device"  # the instrument's trigger delay
         self.poll_during_run = self.settings.check_errors_during_run
         self.idn = ""
 

@@ -577,6 +577,11 @@ def test_cli_test_fires_against_the_emulator_and_lists_backends(capsys):
     assert out.count(": sent ") == 2 and out.count("ack: device time") == 2 and "fired 2" in out
     assert main(["trigger", "list"]) == 0
     assert "serial_trigger:SerialTrigger" in capsys.readouterr().out
+    # clock mode sends the due time on the device's clock: nothing is counted from the arrival
+    # (it was said to be, as in delay mode)
+    assert main(["trigger", "test", "--device", "serial", "--emulate", "--set", "mode=clock"]) == 0
+    out = capsys.readouterr().out
+    assert ": sent " in out and "from the command's arrival" not in out, out
     assert main(["trigger", "test", "--device", "serial", "--set", "port=/dev/mimlsort-none"]) == 2
     assert "cannot open /dev/mimlsort-none" in capsys.readouterr().err
 
