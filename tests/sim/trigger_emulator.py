@@ -119,7 +119,7 @@ class Device:
 
     def command(self, line: str, rx_ns: int) -> None:
         self.log("cmd", rx_ns, line)
-        words = line.split()
+        words = [w for w in line.split(" ") if w]  # spaces only, as the sketch: a tab is part of a word
         if not words:
             return
         cmd, args = words[0], words[1:]
