@@ -17,6 +17,7 @@ the shortest round trip, plus drift between syncs).
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import math
 import os
@@ -125,8 +126,15 @@ class SerialTrigger(Trigger):
         if not s.port:
             raise DeviceError("trigger.serial.port: no port given (e.g. /dev/ttyACM0 or COM3)")
         try:
-            port = serial.Serial(s.port, s.baudrate, timeout=0.05, write_timeout=s.write_timeout_s)
+            # exclusive: a second opener (a `trigger test` beside a run) read the replies the first
+            # one waited for (its acks were lost, its handshake failed on "ARM") and disarmed the
+            # device when it closed
+            port = serial.Serial(s.port, s.baudrate, timeout=0.05, write_timeout=s.write_timeout_s, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as err:
+            if getattr(err, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EBUSY) \
+                    and "lock" in str(err):
+                raise DeviceError(f"trigger.serial.port: {s.port} is in use by another mimlsort (a run, a "
+                                  "`mimlsort trigger test`?)") from err
             raise DeviceError(f"trigger.serial.port: cannot open {s.port}: {err}") from err
         try:
             port.reset_input_buffer()

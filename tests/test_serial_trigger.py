@@ -286,6 +286,19 @@ def test_a_port_without_the_firmware_fails_the_handshake_in_time():
         os.close(slave)
 
 
+def test_a_port_in_use_by_another_trigger_is_refused_and_the_first_keeps_its_acks(emu):
+    # a `trigger test` opened beside a run: both read the one port, the second took the acks the
+    # first waited for (none of its 10 came, now and then), or failed its handshake on "ARM"
+    with _open(emu.port) as first:
+        with pytest.raises(DeviceError, match="in use by another mimlsort"):
+            _open(emu.port, handshake_timeout_s=1.0).open()
+        at = time.monotonic_ns() + 20 * MS
+        assert all(first.fire(FireRequest(i, at + i * MS, 100.0)).ok for i in range(10))
+        assert len(_wait_acks(first, 10)) == 10
+    with _open(emu.port) as again:  # closing let go of the port
+        assert again.available
+
+
 def test_missing_port_names_it(tmp_path):
     with pytest.raises(DeviceError, match=r"trigger\.serial\.port: cannot open .*nope"):
         _open(str(tmp_path / "nope")).open()
