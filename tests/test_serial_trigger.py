@@ -489,12 +489,14 @@ def test_firmware_reports_protocol_errors(firmware, tmp_path):
 def test_the_emulator_answers_every_line_as_the_firmware_does(firmware, tmp_path):
     # the emulator stands in for the sketch in most tests: a line the two answer differently is a
     # test passing against a device that does not exist. It split words at tabs too, and fired
-    # "FIRE\t1 0 10", which the sketch answers "ERR 1 unknown command"
+    # "FIRE\t1 0 10", which the sketch answers "ERR 1 unknown command"; the sketch took a command
+    # word up to a NUL byte (a break on the line reads as one): "ID\0X" was ID, "FIRE\0" FIRE
     import serial
 
     lines = ["FIRE 1 0 10", "ARM", "ARM 1", "FIRE\t2 0 10", "ID\t", "FIRE 3 0 10 5", "FIRE 4 0x10 10", "FIRE +5 0 10",
              "FIRE 6 10000001 10", "FIRE 7 0 1000001", "FIRE 8 0 0", "FIRE 4294967296 0 10", "FIREAT 9 1", "FIREATX 1 2 3",
-             "id", "TIME 5", "X" * 63, "X" * 64, "FIRE  10   0  10 ", "FIRE 11 0 10\r", "DISARM x", "DISARM"]
+             "id", "TIME 5", "X" * 63, "X" * 64, "FIRE  10   0  10 ", "FIRE 11 0 10\r", "ID\x00X", "FIRE\x00 12 0 10",
+             "\x00ID", "DISARM x", "DISARM"]
 
     def answers(program):
         out = []
@@ -512,7 +514,8 @@ def test_the_emulator_answers_every_line_as_the_firmware_does(firmware, tmp_path
 
     device, emulator = answers(firmware.program), answers(None)
     assert device == emulator, [(line, d, e) for line, d, e in zip(lines, device, emulator) if d != e]
-    assert device[lines.index("FIRE\t2 0 10")] == ["ERR 1 unknown command"]
+    for line in ("FIRE\t2 0 10", "ID\x00X", "FIRE\x00 12 0 10", "\x00ID"):
+        assert device[lines.index(line)] == ["ERR 1 unknown command"], line
 
 
 # -- the firmware on a simulated Uno only: what a PC build cannot show -----------------------------

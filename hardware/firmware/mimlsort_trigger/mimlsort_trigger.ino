@@ -364,7 +364,9 @@ static void read_byte(int c) {
     rx.words++;
   }
   if (rx.words == 1) {
-    if (rx.cmd_len < sizeof(rx.cmd) - 1) rx.cmd[rx.cmd_len++] = (char)c;
+    // a byte no command has (a NUL from a break on the line) makes the word unknown: kept as it
+    // came, a NUL ended the string, and "ID\0X" or "FIRE\0" was taken for ID or FIRE
+    if (rx.cmd_len < sizeof(rx.cmd) - 1) rx.cmd[rx.cmd_len++] = (c > ' ' && c < 0x7f) ? (char)c : '?';
     else rx.cmd[0] = '?';  // too long for any command: unknown
   } else if (rx.words <= 4) {
     uint32_t &v = rx.num[rx.words - 2];
