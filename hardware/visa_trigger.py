@@ -140,6 +140,13 @@ class VisaTrigger(Trigger):
             raise
         except Exception as err:  # pyvisa.errors.VisaIOError and friends
             self._close_session()
+            try:  # a misspelt name read "'write_termination' is not a valid attribute for type Resource"
+                pyvisa.rname.parse_resource_name(s.resource)
+            except pyvisa.rname.InvalidResourceName as bad:
+                # not refused before opening: a VISA library may know it as an alias (NI MAX)
+                raise DeviceError(f"trigger.visa.resource: {s.resource!r} is neither a VISA resource name nor an "
+                                  f"alias the VISA library knows ({str(bad).rstrip('.')}; e.g. USB0::0x0957::0x2C07::MY12345678::INSTR, "
+                                  "TCPIP0::10.0.0.5::inst0::INSTR; `mimlsort trigger list` shows them)") from err
             raise DeviceError(f"trigger.visa.resource: {s.resource}: {err}") from err
         if s.timed_by == "host":
             self._scheduler = PulseScheduler(self._trg, self._on_edge, self._on_error, name="trigger-visa")

@@ -147,6 +147,15 @@ def test_unknown_resource_is_a_device_error():
         _trigger(resource="USB0::0x1234::0x5678::NOPE::INSTR").open()
 
 
+@pytest.mark.parametrize("resource", ["garbage", "USB0::0x0957::0x2C07::INSTR"])
+def test_a_malformed_resource_name_is_said_to_be_one(resource):
+    # it read "'write_termination' is not a valid attribute for type Resource" (pyvisa opened an
+    # unknown interface type as a bare Resource), or nothing that named the name's syntax
+    with pytest.raises(DeviceError, match=r"trigger\.visa\.resource: .* is neither a VISA resource name") as err:
+        _trigger(resource=resource).open()
+    assert "write_termination" not in str(err.value)
+
+
 def test_session_lost_mid_run_gives_failed_records_not_exceptions():
     with _trigger() as trig:
         assert trig.fire(FireRequest(0, time.monotonic_ns() + AHEAD, 500.0)).ok
