@@ -45,8 +45,10 @@ class TimingSettings:
         require(self.min_lead_us >= 0, "min_lead_us", f"must be >= 0, got {self.min_lead_us}")
         require(math.isfinite(self.default_velocity_mm_s) and self.default_velocity_mm_s > 0,
                 "default_velocity_mm_s", f"must be > 0, got {self.default_velocity_mm_s}")
+        # min_lead_us's value said: a min_lead_us set past the default max_delay_us was told as
+        # "max_delay_us: must be in (min_lead_us, 2e9] µs, got 5000000.0", a key the user never set
         require(self.min_lead_us < self.max_delay_us <= 2_000_000_000, "max_delay_us",
-                f"must be in (min_lead_us, 2e9] µs, got {self.max_delay_us}")
+                f"must be in (min_lead_us = {self.min_lead_us:g}, 2e9] µs, got {self.max_delay_us:g}")
 
 
 def travel_ns(velocity_mm_s: float, settings: TimingSettings) -> int:

@@ -43,6 +43,9 @@ def test_timing_settings_errors_carry_the_key_path():
         from_mapping(TimingSettings, {"default_velocity_mm_s": -1.0}, "timing")
     with pytest.raises(ConfigError, match=r"^timing\.bogus: unknown key"):
         from_mapping(TimingSettings, {"bogus": 1}, "timing")
+    # a min lead past the default max delay: the error names the value that is in the way
+    with pytest.raises(ConfigError, match=r"^timing\.max_delay_us: .*min_lead_us = 6e\+06"):
+        from_mapping(TimingSettings, {"min_lead_us": 6e6}, "timing")
 
 
 def _clock_samples(n, seed=0, t0=5_000_000_000_000, drift_ppm=80.0, offset_ns=-3_210_987_654):
