@@ -10,6 +10,12 @@ and reports errors exactly as the sketch does. It records every command and puls
     pulse  <id> <delay_us> <width_us> <rx_ns> <due_ns> <edge_ns> <end_ns>   (FIREAT: delay = due − arrival)
     err    <rx_ns> <code> <text>
 
+and the faults it was asked to inject (``--drop-time-reply``, ``--reset-after``, ``--garble-every``):
+
+    dropped <rx_ns> TIME reply
+    reset   <rx_ns>
+    garbled <rx_ns> <the ACK as it should have read>
+
 ``*_ns`` are the host's CLOCK_MONOTONIC (shared by all processes), so tests can compare them with
 the times the host trigger recorded.
 
