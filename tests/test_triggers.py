@@ -546,7 +546,10 @@ def test_nidaqmx_drops_a_pulse_the_busy_counter_cannot_make_and_goes_on(monkeypa
     time. That pulse is dropped and reported; the trigger stays up for the next cell (waiting
     with the driver's timeout took it down for the rest of the run)."""
     _fake_nidaqmx(monkeypatch)
-    with make_trigger("nidaqmx", None, TimingSettings(pulse_width_us=1000.0)) as t:
+    # armed 100 ms ahead: with the default 2 ms, a loaded host (2 cores, other suites) held the
+    # arming thread up past the first fire time now and then, which dropped that pulse as armed
+    # late and armed the second one instead (acks [1, 2]); the busy counter is what is tested here
+    with make_trigger("nidaqmx", {"arm_ahead_us": 100_000.0}, TimingSettings(pulse_width_us=1000.0)) as t:
         # far enough ahead that a host holding the arming thread up (CI, 2 cores) drops nothing else
         t0 = time.monotonic_ns() + 500 * MS
         for i, at in enumerate((t0, t0 + MS // 2, t0 + 300 * MS)):
