@@ -250,19 +250,24 @@ class SerialTrigger(Trigger):
                 delay = max(0, int(left_us - queued_us - len(cmd) * self._byte_us))
                 cmd = f"FIRE {ident} {delay} {width}\n"
             delay = float(delay)
-        if now >= self._next_sync_ns:  # piggyback a clock sample on this write, after the pulse's command
-            # on a real UART the request is in only once the pulse's command (and any backlog)
-            # and its own 5 bytes have left: ~0.5 ms after now at 115200
-            sent = now if not self._byte_us else (max(now, self._wire_free_ns)
-                                                  + round((len(cmd) + 5) * self._byte_us * 1000))
+        sync = now >= self._next_sync_ns
+        if sync:  # piggyback a clock sample on this write, after the pulse's command
             cmd += "TIME\n"
             self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
-            self._time_sent.append(sent)
+        wire_free = self._wire_free_ns
         if self._byte_us:
             self._wire_free_ns = max(now, self._wire_free_ns) + round(len(cmd) * self._byte_us * 1000)
         self._ids[ident] = event_index
         data = cmd.encode()
         with self._write_lock:
+            if sync:
+                # dated as the bytes go: dated at `now`, a thread switch (the GIL's 5 ms) or a wait
+                # for this lock before the write put the request early by as much, and the sample's
+                # midpoint with it (clock-mode pulses and the acks' host times were 0.4-0.9 ms off
+                # on a loaded host). On a real UART the request is in only once the pulse's command
+                # (and any backlog) and its own 5 bytes have left: ~0.5 ms later at 115200
+                t = time.monotonic_ns()
+                self._time_sent.append(t if not self._byte_us else max(t, wire_free) + self._wire_ns(len(cmd)))
             if self._fd is None:
                 self._port.write(data)
             else:

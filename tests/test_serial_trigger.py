@@ -881,6 +881,39 @@ def test_clock_samples_on_a_real_uart_are_dated_by_the_bytes_on_the_wire():
     assert t._port.data.decode().count("TIME") == 1
 
 
+def test_a_clock_sample_is_dated_when_its_request_is_written():
+    """The TIME after a FIRE was dated when fire() began: a wait for the write lock (a STATUS query
+    or clock mode's idle TIME from another thread) or a thread switch before the write put the
+    request early by as much, and the sample's midpoint early by half of it."""
+    import threading
+
+    from hardware.serial_trigger import SerialSettings
+
+    class Port:
+        data = b""
+
+        def write(self, data):
+            self.data += data
+            return len(data)
+
+    t = SerialTrigger(SerialSettings(port="/dev/null", compensate_transmission=False), TimingSettings())
+    t._port, t._fd, t._next_sync_ns = Port(), None, 0
+    released = []
+
+    def hold():
+        with t._write_lock:
+            time.sleep(0.03)
+            released.append(time.monotonic_ns())
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.005)
+    t._do_fire(1, time.monotonic_ns() + 200 * MS, 100.0)
+    holder.join()
+    assert t._port.data.decode().splitlines()[1] == "TIME"
+    assert t._time_sent[0] >= released[0]
+
+
 @pytest.mark.parametrize("mode", ["delay", "clock"])
 def test_two_time_replies_read_at_once_are_each_paired_with_their_own_request(mode):
     """A reader thread held up past the next TIME request (a loaded host) reads both replies at
