@@ -621,6 +621,31 @@ def test_device_clock_fits_a_fast_device_clock_over_a_long_baseline():
     assert abs(dc.to_device_us(t) - (t - 10 * 10**9) / 1000 * 1.004) < 5  # µs; a nominal rate would be ~26 ms off here
 
 
+@pytest.mark.parametrize("fast, stretched, within_us", [(1.0, 0.7, 100), (1.001, 0.7, 150), (1.004, 0.3, 100)])
+def test_device_clock_rests_on_its_best_round_trips_over_time_on_a_loaded_host(fast, stretched, within_us):
+    """A loaded host stretches most TIME round trips by milliseconds. The fit took the best sample
+    of each run of samples (the start-up's 16 filled 6 of 8 runs) and went through each equally:
+    a nominal board's pulses mapped ~0.2 ms off at p95 (a run's test failed 1 in 2 on this host),
+    and, the rate held nominal for 2 s from the start-up's sample, a board 0.1 % fast ~1.7 ms."""
+    from hardware.timing import DeviceClock
+
+    p95 = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        dc = DeviceClock()
+        boot, t, errs = 5 * 10**9, 5 * 10**9, []
+        for k in range(76):  # the start-up sync's 16 round trips, then one every 100 ms
+            t += 300_000 if k < 16 else 100 * MS
+            slow = k >= 16 and rng.random() < stretched
+            up, down = rng.integers(40_000, 120_000, 2) + (rng.integers(0, 4_000_000, 2) if slow else 0)
+            dc.add(int(t - up), int((t - boot) / 1000 * fast), int(t + down))
+            if k > 18:  # a pulse 50 ms after the sample
+                q = t + 50 * MS
+                errs.append(abs(dc.to_host_ns(int((q - boot) / 1000 * fast)) - q))
+        p95.append(np.percentile(errs, 95) / 1000)
+    assert np.median(p95) < within_us, p95
+
+
 @pytest.mark.parametrize("speed", [0.5, 2.0])
 def test_clock_map_follows_a_replays_rate(speed):
     """A real-time replay at ``replay.speed`` paces frames at recorded time / speed: the host clock
