@@ -87,9 +87,15 @@ def preflight(cfg: RunConfig) -> list[str]:
         from acquisition.replay import refuse_event_file
 
         refuse_event_file(cfg.camera.replay.path)  # as build_run does
-        with cfg.camera.make_camera():
-            pass
+        with cfg.camera.make_camera() as cam:
+            info = cam.info
         checked.append(f"recording {cfg.camera.replay.path}")
+        _check_geometry_fits(cfg, info.width, info.height, cfg.camera.pixel_size_um or info.pixel_size_um,
+                             f"the recording's ({cfg.camera.replay.path})")
+    elif cfg.camera.backend == "synthetic":
+        s = cfg.camera.synthetic
+        _check_geometry_fits(cfg, s.width, s.height, cfg.camera.pixel_size_um or s.pixel_size_um,
+                             "the synthetic camera's")
     backend = cfg.trigger.backend
     key = TRIGGER_ADDRESS.get(backend)
     address = getattr(cfg.trigger.backend_settings(), key) if key else None
@@ -119,6 +125,14 @@ def preflight(cfg: RunConfig) -> list[str]:
     if cfg.daemon.log_file:
         _check_writable((folder / cfg.daemon.log_file).parent, "daemon.log_file")
     return checked
+
+
+def _check_geometry_fits(cfg: RunConfig, width: int, height: int, pixel_size_um: float, camera: str) -> None:
+    """tracking.geometry within the image whose size is known before a run (a vendor camera's
+    only once it is open): a constriction placed outside it passed `config --check`, and the run
+    then failed on its first frames."""
+    if pixel_size_um:
+        cfg.tracking.geometry.check_fits(width, height, pixel_size_um, camera)
 
 
 def _check_writable(folder: Path, key: str) -> None:

@@ -173,6 +173,20 @@ def test_a_run_that_cannot_track_ends_with_an_error(tmp_path, capsys):
     assert stored.complete and "outside the ROI" in stored.error
 
 
+def test_config_check_refuses_a_geometry_outside_the_replayed_recording(files, tmp_path, capsys):
+    # `config --check` said "valid"; the run then failed on its first frames
+    rec, _ = files
+    cfg = tmp_path / "replay.toml"
+    cfg.write_text(f'[camera]\nbackend = "replay"\n[camera.replay]\npath = "{rec}"\n[model]\npath = "none"\n'
+                   f'[output]\nfolder = "{tmp_path / "out"}"\n[tracking.geometry]\nchannel_top_um = 50\n')
+    assert main(["config", "--check", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "tracking.geometry.channel_top_um: 50 µm lies outside the ROI (96 px × 0.5 µm/px = 48 µm" in err, err
+    assert f"the recording's ({rec}) image 256x96 px" in err, err
+    cfg.write_text(cfg.read_text().replace("channel_top_um = 50", "channel_top_um = 8"))
+    assert main(["config", "--check", str(cfg)]) == 0
+
+
 def test_runs_started_within_one_second_get_their_own_files(tmp_path, monkeypatch):
     # an operator who stops and starts again at once chose no name: no run is refused one
     import app.session as session

@@ -112,6 +112,15 @@ def test_unreadable_files_are_named(tmp_path):
     ({"daemon": {"log_file": "/dev/null/x.log"}}, "daemon.log_file: /dev/null: cannot be made"),
     ({"trigger": {"backend": "visa", "visa": {"resource": "USB0::1::2::3::INSTR", "library": "/nonexistent.yaml@sim"}}},
      "trigger.visa.library: /nonexistent.yaml: no such instrument definition"),
+    # a constriction or wall beyond the synthetic camera's image passed, and the run failed on its first frames
+    ({"tracking": {"geometry": {"constriction_start_um": 200.0, "constriction_end_um": 240.0}}},
+     "tracking.geometry.constriction_start_um: 200 µm lies outside the ROI (256 px × 0.5 µm/px = 128 µm; "
+     "the synthetic camera's image 256x96 px)"),
+    ({"camera": {"synthetic": {"height": 80}}, "tracking": {"geometry": {"channel_bottom_um": 45.0}}},
+     "tracking.geometry.channel_bottom_um: 45 µm lies outside the ROI (80 px × 0.5 µm/px = 40 µm; "
+     "the synthetic camera's image 256x80 px)"),
+    ({"camera": {"pixel_size_um": 0.25}, "tracking": {"geometry": {"constriction_end_um": 70.0}}},
+     "tracking.geometry.constriction_end_um: 70 µm lies outside the ROI (256 px × 0.25 µm/px = 64 µm"),
 ])
 def test_preflight_finds_what_a_run_would_refuse_at_its_start(data, message, tmp_path):
     # valid as a configuration, but a run would stop at once: `config --check` must say so

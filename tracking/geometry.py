@@ -58,17 +58,24 @@ class GeometrySettings:
             require(self.constriction_start_um < self.constriction_end_um, "constriction_end_um",
                     f"must be > constriction_start_um ({self.constriction_start_um}), got {self.constriction_end_um}")
 
+    def check_fits(self, width: int, height: int, pixel_size_um: float, camera: str = "") -> None:
+        """Refuse a position given outside a ``width`` x ``height`` px image (the frames as the
+        tracker sees them, turned), naming the key and the image. ``camera`` says whose image."""
+        for name, extent in (("constriction_start_um", width), ("constriction_end_um", width),
+                             ("channel_top_um", height), ("channel_bottom_um", height)):
+            v = getattr(self, name)
+            if v is not None and v / pixel_size_um > extent:
+                raise ConfigError(f"tracking.geometry.{name}",
+                                  f"{v:g} µm lies outside the ROI ({extent} px × {pixel_size_um:g} µm/px = "
+                                  f"{extent * pixel_size_um:g} µm; {camera + ' ' if camera else ''}image "
+                                  f"{width}x{height} px)")
+
     def resolve(self, background: np.ndarray, pixel_size_um: float) -> ChannelGeometry:
         """Geometry in pixels; missing values are detected from ``background``."""
         from tracking.detect import detect_geometry  # detection only when needed
 
         h, w = background.shape
-        for name, extent in (("constriction_start_um", w), ("constriction_end_um", w), ("channel_top_um", h),
-                             ("channel_bottom_um", h)):
-            v = getattr(self, name)
-            if v is not None and v / pixel_size_um > extent:
-                raise ConfigError(f"tracking.geometry.{name}", f"{v:g} µm lies outside the ROI ({extent} px × "
-                                                               f"{pixel_size_um:g} µm/px = {extent * pixel_size_um:g} µm)")
+        self.check_fits(w, h, pixel_size_um)
         need = None in (self.constriction_start_um, self.constriction_end_um, self.channel_top_um, self.channel_bottom_um)
         # a constriction given is not looked for (a straight channel has none to find: the walls
         # were, and the error said to set the constriction the user had set)
