@@ -14,6 +14,7 @@ import base64
 import html
 import math
 import os
+import shutil
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -419,19 +420,21 @@ def report_dir(events_path: str | Path) -> Path:
     return events_path.with_name(events_path.stem + "_report")
 
 
-def _write_whole(path: Path, text: str) -> None:
-    """Write ``path`` under a temporary name first: a report process killed half-way (a window or
-    session closed under it) leaves the earlier report or none, never half a page."""
-    part = path.with_name(path.name + ".part")
-    part.write_text(text, encoding="utf-8")
-    os.replace(part, path)
+#: the hidden folder inside the report folder where a report is drawn before it replaces the one there
+_STAGE = ".report.part"
 
 
 def write_report(events_path: str | Path, out_dir: str | Path | None = None, *,
                  formats: tuple[str, ...] = ("md", "html"),
                  target_classes: tuple[str, ...] | None = None) -> ReportFiles:
     """Summarise ``events_path``, draw the figures and write ``report.md``/``report.html`` to ``out_dir``
-    (default: ``<events>_report/`` beside the file)."""
+    (default: ``<events>_report/`` beside the file).
+
+    The report is written whole or not at all: it is drawn in a hidden folder inside ``out_dir``
+    and moved into place at the end. One that fails on the way (a full disk, the plotting, Ctrl-C)
+    leaves an earlier report as it was and removes a folder it made: a report that failed after
+    its figures and report.md left them beside a half-written report.html.part, a folder that
+    looked complete."""
     bad = [x for x in formats if x not in ("md", "html")]
     if bad:
         raise DataFormatError(f"report formats must be md and/or html, got {bad}")
@@ -445,16 +448,34 @@ def write_report(events_path: str | Path, out_dir: str | Path | None = None, *,
     data = read_events(events_path)  # first: a file that cannot be read leaves no empty folder behind
     # and so does a --target that is not among the classes
     summary = summarize(events_path, target_classes=target_classes, data=data)
+    missing = [p for p in (out_dir, *out_dir.absolute().parents) if not p.exists()]
+    made = missing[-1] if missing else None  # the outermost folder this report makes
+    stage = out_dir / _STAGE
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataFormatError(f"{out_dir}: cannot create the report folder: {err}") from err
-    figures = make_figures(*data, out_dir)
-    md = ht = None
-    if "md" in formats:
-        md = out_dir / "report.md"
-        _write_whole(md, to_markdown(summary, figures))
-    if "html" in formats:
-        ht = out_dir / "report.html"
-        _write_whole(ht, to_html(summary, figures))
-    return ReportFiles(summary, out_dir, md, ht, figures)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataFormatError(f"{out_dir}: cannot create the report folder: {err}") from err
+        shutil.rmtree(stage, ignore_errors=True)  # what a report killed on its way left
+        stage.mkdir()
+        figures = make_figures(*data, stage)
+        pages = []
+        if "md" in formats:
+            pages.append(stage / "report.md")
+            pages[-1].write_text(to_markdown(summary, figures), encoding="utf-8")
+        if "html" in formats:
+            pages.append(stage / "report.html")
+            pages[-1].write_text(to_html(summary, figures), encoding="utf-8")
+        for p in (*figures.values(), *pages):
+            os.replace(p, out_dir / p.name)
+        stage.rmdir()
+    except BaseException as err:
+        shutil.rmtree(made if made is not None else stage, ignore_errors=True)
+        if isinstance(err, OSError):
+            # the system's refusal named no file ("error: File too large")
+            raise OSError(err.errno, f"{err.strerror or err}: the report was not written (nothing of it was kept)",
+                          str(out_dir)) from err
+        raise
+    md = out_dir / "report.md" if "md" in formats else None
+    ht = out_dir / "report.html" if "html" in formats else None
+    return ReportFiles(summary, out_dir, md, ht, {k: out_dir / p.name for k, p in figures.items()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -130,6 +131,38 @@ def test_write_report_makes_figures_markdown_and_html(run_file, tmp_path):
     assert page.count("data:image/png;base64,") == 3 and "purity estimate" in page
     with pytest.raises(DataFormatError, match="formats"):
         write_report(path, tmp_path / "x", formats=("pdf",))
+
+
+@contextlib.contextmanager
+def largest_file(size: int):
+    """Files may grow to ``size`` bytes (RLIMIT_FSIZE): the kernel refuses a write past it (EFBIG),
+    as a full disk refuses one (Python ignores SIGXFSZ)."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_report_that_fails_part_way_leaves_none_or_the_earlier_one(run_file, tmp_path):
+    """report.html could not be written (the disk filled): the folder was left with the figures,
+    report.md and a half report.html.part, as if the report were complete."""
+    path, _ = run_file
+    res = write_report(path, tmp_path / "earlier")
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "earlier").iterdir()}
+    html_size = res.html.stat().st_size
+    limit = max(p.stat().st_size for p in (*res.figures.values(), res.markdown)) + 1
+    assert limit < html_size  # the figures and report.md can be written, report.html cannot
+    with largest_file(limit):
+        with pytest.raises(OSError, match=r"File too large: the report was not written .*new/fresh"):
+            write_report(path, tmp_path / "new" / "fresh")
+        with pytest.raises(OSError, match="the report was not written"):
+            write_report(path, tmp_path / "earlier")
+    assert not (tmp_path / "new").exists()  # the folders it made are gone
+    assert {p.name: p.read_bytes() for p in (tmp_path / "earlier").iterdir()} == kept  # no .part, no new figure
+    assert write_report(path, tmp_path / "earlier").html.stat().st_size == html_size
 
 
 def test_report_of_an_empty_run_and_of_a_run_without_model(tmp_path):
