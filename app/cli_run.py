@@ -45,37 +45,45 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = with_changes(cfg, autostop=changes)
     if args.http_port is not None:
         cfg = with_changes(cfg, daemon={"http_port": args.http_port})
-    code, run = run_daemon(cfg, folder=args.out_dir, ignore_signals_after=True)
-    path = run.events_path
-    if cfg.output.report and path is not None and path.exists() and run.status().cells > 0:
-        _report(path)
+    # the report is written by the daemon, while its status server answers and its log file is open
+    code, _ = run_daemon(cfg, folder=args.out_dir, ignore_signals_after=True,
+                         report=_report if cfg.output.report else None)
     return code
 
 
-def _report(path: Path) -> None:
-    """The run's sample report. The run's own outcome decides the exit code, whatever happens
-    here: its file is closed. SIGINT and SIGTERM end the report alike (SIGTERM was ignored, and
-    Ctrl-C turned a completed run into exit code 130); a folder this report began is removed, so
-    no report.md-less folder looks like a report."""
+def _report(path: Path) -> tuple[bool, str]:
+    """The run's sample report: whether it was written, and the line that says so. The run's own
+    outcome decides the exit code, whatever happens here: its file is closed. SIGINT and SIGTERM
+    end the report alike (SIGTERM was ignored, and Ctrl-C turned a completed run into exit code
+    130); a report that fails keeps nothing (:func:`app.report.write_report`)."""
+    import threading
+
     from app.cli import _terminate
     from app.report import report_dir, write_report
 
     folder = report_dir(path)
     existed = folder.exists()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in stops} if threading.current_thread() is threading.main_thread() else {}
+    if previous:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _terminate)
+    again = f"; the event file {path} is complete: `mimlsort report {path}` writes it"
     try:
         files = write_report(path)
-        print(f"report: {files.markdown}", file=sys.stderr)
+        return True, f"report: {files.markdown}"
     except KeyboardInterrupt as e:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one must not cut the cleanup short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if not existed:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)  # a second one must not cut the cleanup short
+        if not existed:  # write_report's own cleanup may have been cut short by a second signal
             shutil.rmtree(folder, ignore_errors=True)
-        print(f"mimlsort run: the report was interrupted ({e.args[0] if e.args else 'SIGINT'}); the event file "
-              f"{path} is complete: `mimlsort report {path}` writes it", file=sys.stderr)
+        return False, f"the report was interrupted ({e.args[0] if e.args else 'SIGINT'}){again}"
     except Exception as err:
-        print(f"mimlsort run: the report could not be written: {err}", file=sys.stderr)
+        return False, f"the report could not be written: {err}{again}"
+    finally:
+        for s, h in previous.items():
+            if h is not None:  # the daemon's ignored signals: a Ctrl-C now changes nothing
+                signal.signal(s, h)
 
 
 class _Progress:

@@ -159,7 +159,8 @@ def _file_handler(folder: Path, name: str) -> logging.Handler:
 
 def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
                out=None, lossless: bool | None = None, progress: Callable[[Any], "Progress"] | None = None,
-               ignore_signals_after: bool = False, trigger: bool | None = None) -> tuple[int, Run]:
+               ignore_signals_after: bool = False, trigger: bool | None = None,
+               report: Callable[[Path], tuple[bool, str]] | None = None) -> tuple[int, Run]:
     """Run ``cfg`` to its end; returns (exit code, the finished run). Status lines go to ``out``
     (default: the ``sys.stderr`` of the moment).
 
@@ -170,7 +171,12 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     Ctrl-C cannot kill the process with a signal status instead of its exit code. ``trigger``
     and ``lossless``: as :func:`app.session.build_run` (unset: from the configured source).
     ``progress``: given a stream for ``out`` (written by the console's thread), returns what shows
-    the status instead of the status lines."""
+    the status instead of the status lines. ``report``: writes the sample report of a run that
+    recorded cells, once the run has said how it ended; returns whether it was written and the
+    line that says so. Until it returns the status server answers (state "reporting") and the
+    log file takes its line: they closed before the report, and a client polling the status saw
+    the connection refused while the daemon was still at work. The server closes last, once the
+    daemon's lines are out; its final answer is "finished", with the report's outcome."""
     out = out if out is not None else sys.stderr
     folder = Path(folder or cfg.output.folder).expanduser()
     latest: dict = {"state": "starting"}
@@ -263,7 +269,11 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
             run.close()
             restore_signals()  # before the last words: a second Ctrl-C now changes nothing
         st = run.status()
-        latest = st.to_dict()  # the end as served while the last words are written (it said "stopping")
+        reporting = (report is not None and run.events_path is not None and run.events_path.exists()
+                     and st.cells > 0)
+        # the end as served while the last words are written (it said "stopping"); "finished" once
+        # nothing is left to do
+        latest = {**st.to_dict(), **({"state": "reporting"} if reporting else {})}
         if show is None:
             say(st.line(), out)
         else:
@@ -305,6 +315,11 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         if run.abandoned:
             say(f"event writer abandoned: {run.abandoned}; {run.events_path} holds what it flushed "
                 f"before", out)
+        if reporting:
+            written, line = report(run.events_path)
+            # the run's exit code stands (its file is closed complete); the status says the report's fate
+            latest = {**st.to_dict(), "report": "written" if written else "failed", "report_message": line}
+            say(line, out)
     except BaseException as exc:
         # the command line says it on stderr; the log file ended without a word of it, and an
         # unattended run refused at its start (a model not found, a camera not there) left a log
@@ -313,17 +328,19 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         failure.append(f"{'run failed' if started else 'run not started'}: {why or type(exc).__name__}")
         raise
     finally:
-        restore_signals()
-        if server is not None:
-            server.__exit__(None, None, None)
-        if show is not None:
-            show.close()  # its last words queue before the console drains
-        console.__exit__(None, None, None)
-        if handler is not None:
-            for text, level in [(t, logging.INFO) for t in last_words] + [(t, logging.ERROR) for t in failure]:
-                # after what the console queued: the file ends with them
-                handler.handle(logging.makeLogRecord({"name": __name__, "levelno": level,
-                                                      "levelname": logging.getLevelName(level), "msg": text}))
-            root.removeHandler(handler)
-            handler.close()
+        try:
+            restore_signals()
+            if show is not None:
+                show.close()  # its last words queue before the console drains
+            console.__exit__(None, None, None)
+            if handler is not None:
+                for text, level in [(t, logging.INFO) for t in last_words] + [(t, logging.ERROR) for t in failure]:
+                    # after what the console queued: the file ends with them
+                    handler.handle(logging.makeLogRecord({"name": __name__, "levelno": level,
+                                                          "levelname": logging.getLevelName(level), "msg": text}))
+                root.removeHandler(handler)
+                handler.close()
+        finally:
+            if server is not None:  # last: the daemon is done once its lines are out
+                server.close()
     return code, run

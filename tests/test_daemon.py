@@ -552,6 +552,71 @@ def test_the_daemon_writes_the_sample_report(tmp_path):
     assert report.is_file() and "report:" in err
 
 
+def test_the_status_server_answers_while_the_report_is_written_and_says_it_failed(tmp_path):
+    """The status server closed before the sample report was written: a client polling it saw the
+    connection refused while the daemon was at work. A report that failed was said on stderr
+    only: neither the log file nor the status said it."""
+    import io
+
+    from app.cli_run import _report
+    from app.config import load_config
+    from app.daemon import run_daemon
+    from app.session import with_changes
+
+    port = _free_port()
+    folder = tmp_path / "out"
+    cfg = load_config(write_config(tmp_path / "run.toml", folder, seconds=0.3, model="none"))
+    cfg = with_changes(cfg, daemon={"http_port": port}, camera={"synthetic.realtime": False})
+    events = folder / "ev.rtdc"
+    mine = folder / "ev_report" / "report.md"  # a user's own notes where the report would go
+    mine.parent.mkdir(parents=True)
+    mine.write_text("my notes\n")
+    served, seen_after = [], []
+
+    def status() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+            return json.loads(r.read())
+
+    def report(path: Path):
+        served.append(status())
+        return _report(path)
+
+    def poll():
+        while not seen_after:
+            try:
+                st = status()
+            except OSError:
+                st = {}
+            if "report" in st:
+                seen_after.append(st)
+            time.sleep(0.01)
+
+    class SlowTerminal(io.StringIO):
+        """Takes the report's line once the poller has seen the end: the daemon's console waits
+        for its terminal before the daemon is done."""
+
+        def write(self, text: str) -> int:
+            if "the report could not be written" in text:
+                th.join(10)
+            return super().write(text)
+
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    out = SlowTerminal()
+    code, run = run_daemon(cfg, events_path=events, out=out, report=report)
+    th.join(10)
+    assert code == 0 and run.status().cells > 0
+    assert served and served[0]["state"] == "reporting" and served[0]["cells"] == run.status().cells
+    assert seen_after and seen_after[0]["state"] == "finished" and seen_after[0]["report"] == "failed"
+    assert "report.md: exists" in seen_after[0]["report_message"]
+    assert mine.read_text() == "my notes\n"
+    for text in (out.getvalue().splitlines()[-1], (folder / "mimlsort.log").read_text().splitlines()[-1]):
+        assert "the report could not be written" in text and "report.md: exists" in text, text
+        assert f"`mimlsort report {events}` writes it" in text
+    with pytest.raises(OSError):  # and closed once the daemon is done
+        status()
+
+
 def test_a_short_runs_cores_leave_out_the_writers_startup(tmp_path):
     """The event writer child imports h5py and creates the file before the run starts (~0.3 s of
     CPU): counted in, a 0.3 s run's final line gave the single-threaded writer over a core."""
