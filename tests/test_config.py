@@ -61,6 +61,9 @@ def test_cli_prints_the_default_and_checks_files(tmp_path):
     ({"tracking": {"threshold": float("inf")}}, "tracking.threshold"),
     ({"sorting": {"window_ms": float("nan")}}, "sorting.window_ms"),
     ({"camera": {"synthetic": {"classes": [{"di": 0.1}]}}}, "camera.synthetic.classes[0].name"),
+    # walls the wrong way round: the run failed with "geometry.channel: y-range must satisfy …" in pixels
+    ({"tracking": {"geometry": {"channel_top_um": 40.0, "channel_bottom_um": 8.0}}},
+     "tracking.geometry.channel_bottom_um: must be > channel_top_um (40.0)"),
 ])
 def test_errors_name_the_key(data, key):
     with pytest.raises(ConfigError) as e:

@@ -57,6 +57,12 @@ class GeometrySettings:
         if self.constriction_start_um is not None and self.constriction_end_um is not None:
             require(self.constriction_start_um < self.constriction_end_um, "constriction_end_um",
                     f"must be > constriction_start_um ({self.constriction_start_um}), got {self.constriction_end_um}")
+        # walls the wrong way round passed `config --check`, and the run failed on its first frames
+        # with "geometry.channel: y-range must satisfy 0 <= top < bottom", in pixels, naming no key
+        if self.channel_top_um is not None and self.channel_bottom_um is not None:
+            require(self.channel_top_um < self.channel_bottom_um, "channel_bottom_um",
+                    f"must be > channel_top_um ({self.channel_top_um}): y grows downwards from the ROI's top, "
+                    f"got {self.channel_bottom_um}")
 
     def check_fits(self, width: int, height: int, pixel_size_um: float, camera: str = "") -> None:
         """Refuse a position given outside a ``width`` x ``height`` px image (the frames as the
