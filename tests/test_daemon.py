@@ -115,12 +115,14 @@ def test_signal_stops_gracefully_with_complete_file(tmp_path, sig):
         assert np.isfinite(ds["deform"][:]).mean() > 0.8  # NaN only for passages not seen whole
     log = (tmp_path / "out" / "mimlsort.log").read_text()
     assert log.count("run started;") == 1 and f"stopped by {sig.name}" in log
-    # the log file ends as the terminal does: the last status line and how the run ended
+    # the log file ends as the terminal does: the last status line, how the run ended, its report
     last = log.strip().splitlines()
-    assert "finished" in last[-2] and f"run canceled: stopped by {sig.name}; events in" in last[-1], last[-3:]
+    assert "finished" in last[-3] and f"run canceled: stopped by {sig.name}; events in" in last[-2], last[-3:]
+    said = f"report: {path.with_name(path.stem + '_report') / 'report.md'}"
+    assert last[-1].endswith(said) and said in err, last[-3:]
     # a finished run's rates are its averages, not the recent rates decaying after its end
-    fps_in = float(last[-2].split(" in ")[1].split("fps")[0])
-    assert 3000 < fps_in < 5000, last[-2]  # the synthetic camera's 4 kHz
+    fps_in = float(last[-3].split(" in ")[1].split("fps")[0])
+    assert 3000 < fps_in < 5000, last[-3]  # the synthetic camera's 4 kHz
 
 
 def test_sigkill_leaves_a_readable_file(tmp_path):
