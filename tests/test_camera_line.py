@@ -178,3 +178,25 @@ def test_the_wiring_check_opens_the_runs_camera_as_configured(tmp_path, capsys):
     assert main(["trigger", "test", "--config", config("no-such-camera"), "--count", "1"]) == 2
     err = capsys.readouterr().err
     assert "no-such-camera" in err, err
+
+
+def test_the_gui_s_test_pulse_at_idle_fires_the_configured_camera_s_line(qtbot, tmp_path):
+    """The operator window's Test fire with no run made the camera-line trigger without a camera:
+    every test pulse failed ("offers no set_feature ... open the camera first")."""
+    pytest.importorskip("acquisition.basler", reason="the basler camera backend is not there yet")
+    from app.gui.main import demo_config
+    from app.gui.main_window import MainWindow
+    from app.gui.qt import QtCore, Qt
+    from app.session import with_changes
+
+    settings = QtCore.QSettings(str(tmp_path / "gui.ini"), QtCore.QSettings.Format.IniFormat)
+    cfg = with_changes(demo_config(tmp_path, model="none"),
+                       camera={"backend": "basler", "basler.transport": "BaslerCamEmu", "basler.exposure_us": 100.0},
+                       trigger={"backend": "camera-line", "camera_line.line": "Line2"})
+    win = MainWindow(config=cfg, config_path=tmp_path / "run.toml", settings=settings, save_on_close=False)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.mouseClick(win.controls.test_fire_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(win.errors) or win.test_pulses > 0, timeout=15000)
+    assert win.test_pulses == 1 and not win.errors, win.errors
+    win.close()

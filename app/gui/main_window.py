@@ -401,9 +401,17 @@ class MainWindow(QtWidgets.QMainWindow):
         def fire():
             if run_trigger is not None:
                 return run_trigger.test_fire()
+            import contextlib
+
             from hardware.trigger import make_trigger
 
-            with make_trigger(cfg.trigger.backend, cfg.trigger.backend_settings(), cfg.trigger.timing) as trig:
+            with contextlib.ExitStack() as stack:
+                # a camera-line trigger fires the run's camera's line: that camera, opened for the
+                # pulse as configured (made without it, every test pulse at idle failed)
+                resources = {"camera": stack.enter_context(cfg.camera.make_camera())} \
+                    if cfg.trigger.backend == "camera-line" else {}
+                trig = stack.enter_context(make_trigger(cfg.trigger.backend, cfg.trigger.backend_settings(),
+                                                        cfg.trigger.timing, **resources))
                 rec = trig.test_fire()
                 if rec.ok:  # closing disarms the device: its pulse would be dropped
                     trig.settle(timeout_s=2.0)
