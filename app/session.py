@@ -124,6 +124,11 @@ def preflight(cfg: RunConfig) -> list[str]:
     checked.append(f"output folder {folder}")
     if cfg.daemon.log_file:
         _check_writable((folder / cfg.daemon.log_file).parent, "daemon.log_file")
+    log_path = cfg.trigger.backend_settings().path if backend == "log" else None
+    if log_path:
+        # the log trigger makes its folder when the run opens it: one that cannot be made passed
+        # `config --check`, and the run failed at its start
+        _check_writable(Path(log_path).expanduser().absolute().parent, "trigger.log.path")
     return checked
 
 

@@ -339,7 +339,8 @@ class SerialTrigger(Trigger):
             # the board rebooted (brown-out, watchdog, someone opened the port): it is disarmed now.
             # Looked for anywhere in the line: a reset cuts the line being written, and the READY
             # ran into its first bytes ("ACK 1READY ...") and went unnoticed
-            self._set_unavailable(f"{self.settings.port}: the device restarted; reconnect to re-arm it")
+            self._set_unavailable(f"{self.settings.port}: the device restarted and is disarmed; a new run (or the "
+                                  "GUI's Test fire) opens and arms it again")
         elif words[0] == "ACK" and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
             ident = int(words[1])
             dev_us = int(words[2])
@@ -377,7 +378,7 @@ class SerialTrigger(Trigger):
                     # armed at open and disarmed only at close: a device that says it is not armed
                     # has restarted without its READY reaching us, and refuses every pulse from now on
                     self._set_unavailable(f"{self.settings.port}: the device is not armed (it restarted?); "
-                                          "reconnect to re-arm it")
+                                          "a new run (or the GUI's Test fire) opens and arms it again")
         elif words[0] == "TIME" and len(words) == 2 and words[1].isdigit() and self._time_sent:
             device_us = int(words[1])
             t0 = self._time_request_of(device_us)

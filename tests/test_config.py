@@ -113,6 +113,8 @@ def test_unreadable_files_are_named(tmp_path):
     ({"trigger": {"backend": "serial", "serial": {"port": "/dev/null"}, "timing": {"max_delay_us": 30e6}}},
      "trigger.timing.max_delay_us: 3e+07 µs is more than the serial protocol carries"),
     ({"daemon": {"log_file": "/dev/null/x.log"}}, "daemon.log_file: /dev/null: cannot be made"),
+    ({"trigger": {"backend": "log", "log": {"path": "/dev/null/pulses.csv"}}},
+     "trigger.log.path: /dev/null: cannot be made"),
     ({"trigger": {"backend": "visa", "visa": {"resource": "USB0::1::2::3::INSTR", "library": "/nonexistent.yaml@sim"}}},
      "trigger.visa.library: /nonexistent.yaml: no such instrument definition"),
     # a constriction or wall beyond the synthetic camera's image passed, and the run failed on its first frames
