@@ -232,6 +232,20 @@ def test_miml_train_csv_alone_is_reported_single_class():
     assert any("only 1 class" in p for p in ds.report.problems())
 
 
+def test_authors_scaled_features_do_not_mix_with_physical_ones():
+    # the authors' 0-1 values beside tracked cells' ms and mm/s: the model had learnt which data a
+    # cell came from, under a spec that called every feature 0-1 scaled
+    from mimlsort.errors import DataFormatError
+
+    authors = dataset_from_miml_dir(MIML_SAMPLE)
+    ours = dataset_from_events(synthetic_events(4, 0, 1, size=100), "T8", source="run7.rtdc")
+    with pytest.raises(DataFormatError, match=r"different units.*train_data\.csv.*0-1.*run7\.rtdc: di \[no unit\], "
+                                              r"transit_time_ms \[ms\]"):
+        Dataset.concat([authors, ours])
+    # two parts in one kind of unit still unite
+    assert len(Dataset.concat([ours, dataset_from_events(synthetic_events(3, 1, 2, size=100), "T4", source="b")])) == 7
+
+
 def test_event_table_csv_import_matches_events(tmp_path):
     import csv
 

@@ -232,6 +232,21 @@ class Dataset:
                 raise DataFormatError(f"feature names differ: {d0.feature_names} vs {d.feature_names}")
             if d.crop_shape != d0.crop_shape:
                 raise DataFormatError(f"crop shapes differ: {d0.crop_shape} vs {d.crop_shape} (source {d.sources[:1]})")
+        # the MIML authors' values are scaled 0-1 per batch, ours are in ms and mm/s: mixed, one
+        # class's v_max of 0.5 met the other's 10, the model learnt the data's origin, and its
+        # spec called every feature 0-1 scaled (the provenance of one part is the whole's)
+        units = {}
+        for d in datasets:
+            units.setdefault(tuple(feature_unit(d, n) for n in d0.feature_names), []).append(d)
+        if len(units) > 1:
+            kinds = "; ".join(
+                f"{', '.join(dict.fromkeys(str(s) for p in parts for s in p.sources))}: "
+                + ", ".join(f"{n} [{u or 'no unit'}]" for n, u in zip(d0.feature_names, u_))
+                for u_, parts in units.items())
+            raise DataFormatError(
+                f"the data hold features in different units ({kinds}); the MIML authors' 0-1 scaled values cannot "
+                f"be mixed with physical ones: train on one kind, or export event files scaled as the authors did "
+                f"(mimlsort export EVENTS.rtdc --miml DIR) and train on those folders")
         classes = tuple(dict.fromkeys(c for d in datasets for c in d.class_names))
         labels = np.concatenate([np.array([classes.index(c) for c in d.class_names], np.int64)[d.labels] for d in datasets])
         sizes = {d.crop_pixel_size_um for d in datasets}
