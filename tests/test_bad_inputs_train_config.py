@@ -67,6 +67,37 @@ def test_a_16_bit_crop_among_8_bit_ones_is_named(tmp_path, capsys):
     assert f"{odd}: uint16 image; training crops must be 8-bit grey" in err and "convert it to 8 bits" in err
 
 
+def test_cells_without_a_class_name_are_named_by_line(tmp_path, capsys):
+    """An empty label was read as a class named '': it trained and was cross-validated ("class ''
+    has 1 cells"), and the spec then refused it as "class_names: must not be empty strings",
+    naming neither the file nor the row."""
+    import shutil
+
+    from tests.test_cli_train import MIML_SAMPLE
+
+    folder = tmp_path / "miml"
+    shutil.copytree(MIML_SAMPLE, folder)
+    rows = (folder / "val_data.csv").read_text().splitlines(keepends=True)
+    cells = rows[3].split(",")
+    rows[3] = ",".join([cells[0], " ", *cells[2:]])
+    (folder / "val_data.csv").write_text("".join(rows))
+    assert main(["train", str(folder), "--out", str(tmp_path / "m"), "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'val_data.csv'}: 1 row(s) have no 'Cell Type' (line(s) 4)" in err
+    assert not (tmp_path / "m").exists()
+
+    table = _labelled_table(tmp_path / "run", "utf-8")
+    rows = table.read_text().splitlines(keepends=True)
+    rows[2] = rows[2].rstrip("\r\n").rsplit(",", 1)[0] + ",\n"
+    table.write_text("".join(rows))
+    assert main(["train", str(table), "--out", str(tmp_path / "m"), "--epochs", "1", "--no-progress"]) == 2
+    assert f"{table}: 1 row(s) have no 'label' (line(s) 3)" in capsys.readouterr().err
+    # one class for the whole file (=CLASS) needs no label column
+    from inference.training.data import dataset_from_path
+
+    assert dataset_from_path(f"{table}=x").class_counts() == {"x": 4}
+
+
 def test_a_configuration_with_a_byte_order_mark_loads(tmp_path, capsys):
     """Windows Notepad begins UTF-8 with a byte order mark: it read "not valid TOML: Invalid
     statement (at line 1, column 1)"."""

@@ -362,6 +362,17 @@ def _class_index(names: Iterable[str], class_names: Sequence[str] | None) -> tup
     return class_names, {c: i for i, c in enumerate(class_names)}
 
 
+def _refuse_unlabelled(csv_path: Path, rows: Sequence[Mapping[str, str]], column: str) -> None:
+    """Rows without a class name are refused, not read as a class named '': that class trained
+    and cross-validated, and only the spec, after the training, refused an empty class name
+    without saying where it came from."""
+    empty = [line for line, r in enumerate(rows, start=2) if not r.get(column)]
+    if empty:
+        lines = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        raise DataFormatError(f"{csv_path}: {len(empty)} row(s) have no {column!r} (line(s) {lines}): give every "
+                              f"cell its class, or remove the rows of cells you did not label")
+
+
 def _stack(crops: list[np.ndarray], what: str, ids: Sequence[str]) -> np.ndarray:
     shapes = Counter(c.shape for c in crops)
     if len(shapes) > 1:
@@ -402,6 +413,7 @@ def dataset_from_miml_csv(
     feature_names = tuple(n for n in MIML_FEATURES if n in MIML_COLUMNS.values())
     col_of = {v: k for k, v in MIML_COLUMNS.items()}
 
+    _refuse_unlabelled(csv_path, rows, MIML_LABEL_COLUMN)
     cells: dict[str, dict] = {}
     notes: list[str] = []
     missing: list[str] = []
@@ -615,6 +627,8 @@ def dataset_from_csv(
             raise DataFormatError(f"{csv_path}: missing column {c!r} (has {cols})")
     if label is None and label_column not in cols:
         raise DataFormatError(f"{csv_path}: no {label_column!r} column and no label given")
+    if label is None:
+        _refuse_unlabelled(csv_path, rows, label_column)
     feature_names = tuple(feature_names) if feature_names else _default_features(c for c in cols if c in FEATURES)
     notes, missing = [], []
     sizes: set[float] = set()
