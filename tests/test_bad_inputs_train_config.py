@@ -98,6 +98,40 @@ def test_cells_without_a_class_name_are_named_by_line(tmp_path, capsys):
     assert dataset_from_path(f"{table}=x").class_counts() == {"x": 4}
 
 
+@pytest.mark.parametrize("value, message", [("nan", "'nan' is not a finite number"),
+                                            ("inf", "'inf' is not a finite number"),
+                                            ("n/a", "not a number: 'n/a'"), ("", "not a number: ''")])
+def test_a_feature_value_that_is_no_number_names_file_line_and_column(tmp_path, value, message):
+    """'nan' passed the CSV import, and the data set then said only "non-finite feature values in
+    samples ['e2']"; a text named no column ("could not convert string to float: ''")."""
+    import shutil
+
+    from inference.training.data import dataset_from_path
+    from mimlsort.errors import DataFormatError
+    from tests.test_cli_train import MIML_SAMPLE
+
+    table = _event_table(tmp_path / "run", _events(3, 0, 1))
+    rows = table.read_text().splitlines(keepends=True)
+    cells = rows[2].split(",")
+    cells[2] = value  # transit_time_ms
+    rows[2] = ",".join(cells)
+    table.write_text("".join(rows))
+    with pytest.raises(DataFormatError) as e:
+        dataset_from_path(f"{table}=x")
+    assert str(e.value).startswith(f"{table}:3: column 'transit_time_ms': {message}")
+
+    folder = tmp_path / "miml"
+    shutil.copytree(MIML_SAMPLE, folder)
+    rows = (folder / "val_data.csv").read_text().splitlines(keepends=True)
+    cells = rows[2].split(",")
+    cells[3] = value  # Transition Time
+    rows[2] = ",".join(cells)
+    (folder / "val_data.csv").write_text("".join(rows))
+    with pytest.raises(DataFormatError) as e:
+        dataset_from_path(folder)
+    assert str(e.value).startswith(f"{folder / 'val_data.csv'}:3: column 'Transition Time': {message}")
+
+
 def test_a_configuration_with_a_byte_order_mark_loads(tmp_path, capsys):
     """Windows Notepad begins UTF-8 with a byte order mark: it read "not valid TOML: Invalid
     statement (at line 1, column 1)"."""

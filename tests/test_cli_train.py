@@ -187,6 +187,32 @@ def test_event_file_imports_as_training_data(tmp_path):
     assert any("quality flags left out" in n for n in ds.report.notes)
 
 
+def test_event_file_with_unmeasured_kept_events_names_file_and_feature(tmp_path):
+    # --all-events keeps an INCOMPLETE cell whose transit time is NaN: the file was said to "lack
+    # the MIML features" it holds, naming no file
+    storage = pytest.importorskip("app.storage")
+    from app.records import CellRecord
+    from inference.training.data import dataset_from_path
+    from mimlsort.errors import DataFormatError
+    from tracking.events import Quality
+
+    events = _events(4, 0, 5)
+    events[1] = dataclasses.replace(events[1], quality=Quality.INCOMPLETE,
+                                    features={**events[1].features, "transit_time_ms": float("nan")})
+    path = tmp_path / "run.rtdc"
+    with storage.EventWriter(path, meta=storage.RunMeta(pixel_size_um=0.5, fps=4000.0, roi=(256, 96)),
+                             min_free_bytes=0) as w:
+        w.write([CellRecord(e, np.zeros(0, np.float32), None) for e in events])
+    assert len(dataset_from_path(f"{path}=a")) == 3
+    with pytest.raises(DataFormatError) as e:
+        dataset_from_path(f"{path}=a", only_ok=False)
+    assert str(e.value).startswith(f"{path}: transit_time_ms is not measured (NaN) in 1 of the 4 events read")
+    assert "--all-events" in str(e.value)
+    # features named explicitly: the cell and the feature are named
+    with pytest.raises(DataFormatError, match=r"run#1 in run\.rtdc: transit_time_ms = nan"):
+        dataset_from_path(f"{path}=a", only_ok=False, feature_names=("di", "transit_time_ms"))
+
+
 def test_simulated_data_is_labelled_with_the_truth():
     pytest.importorskip("acquisition.synthetic", reason="the synthetic camera (issue 2) is not there yet")
     from app.simdata import SimulatedData, simulated_dataset

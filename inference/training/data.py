@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -175,8 +176,13 @@ class Dataset:
         if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise DataFormatError(f"labels must index class_names {self.class_names}")
         if not np.all(np.isfinite(self.features)):
-            bad = np.flatnonzero(~np.all(np.isfinite(self.features), axis=1))[:5]
-            raise DataFormatError(f"non-finite feature values in samples {[str(self.ids[i]) for i in bad]}")
+            ok = np.isfinite(self.features)
+            bad = np.flatnonzero(~ok.all(axis=1))
+            which = "; ".join(f"{self.ids[i]} in {self.sources[i]}: " + ", ".join(
+                f"{n} = {self.features[i, j]}" for j, n in enumerate(self.feature_names) if not ok[i, j])
+                for i in bad[:5])
+            raise DataFormatError(f"non-finite feature values in {len(bad)} sample(s) ({which}"
+                                  f"{' …' if len(bad) > 5 else ''})")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -362,6 +368,26 @@ def _class_index(names: Iterable[str], class_names: Sequence[str] | None) -> tup
     return class_names, {c: i for i, c in enumerate(class_names)}
 
 
+def _row_numbers(csv_path: Path, line: int, row: Mapping[str, str], columns: Sequence[str]) -> list[float]:
+    """The feature values of one CSV row, each a finite number; errors name file, line and column
+    (a 'nan' passed, and the data set then named only a sample id: "non-finite feature values in
+    samples ['e2']")."""
+    out = []
+    for c in columns:
+        text = row.get(c)
+        if text is None:
+            raise DataFormatError(f"{csv_path}:{line}: no value in column {c!r}")
+        try:
+            v = float(text)
+        except ValueError:
+            raise DataFormatError(f"{csv_path}:{line}: column {c!r}: not a number: {text!r}") from None
+        if not math.isfinite(v):
+            raise DataFormatError(f"{csv_path}:{line}: column {c!r}: {text!r} is not a finite number; a cell without "
+                                  f"this measurement cannot train the model: remove its row")
+        out.append(v)
+    return out
+
+
 def _refuse_unlabelled(csv_path: Path, rows: Sequence[Mapping[str, str]], column: str) -> None:
     """Rows without a class name are refused, not read as a class named '': that class trained
     and cross-validated, and only the spec, after the training, refused an empty class name
@@ -425,10 +451,7 @@ def dataset_from_miml_csv(
             stem, crop = stem[: -len(_FIRST_SUFFIX)], "first"
         elif low.endswith(_LAST_SUFFIX):
             stem, crop = stem[: -len(_LAST_SUFFIX)], "last"
-        try:
-            feats = tuple(float(r[col_of[f]]) for f in feature_names)
-        except ValueError as err:
-            raise DataFormatError(f"{csv_path}:{line}: {err}") from None
+        feats = tuple(_row_numbers(csv_path, line, r, [col_of[f] for f in feature_names]))
         cell = cells.setdefault(stem, {"label": r[MIML_LABEL_COLUMN], "features": feats, "line": line})
         if cell["label"] != r[MIML_LABEL_COLUMN] or cell["features"] != feats:
             notes.append(f"{csv_path}:{line}: rows of cell {stem} disagree on label or features; using line {cell['line']}")
@@ -643,10 +666,7 @@ def dataset_from_csv(
             imgs.append(img)
         if imgs[0] is None or imgs[1] is None:
             continue
-        try:
-            feats.append([float(r[n]) for n in feature_names])
-        except (KeyError, ValueError) as err:
-            raise DataFormatError(f"{csv_path}:{line}: feature value: {err}") from None
+        feats.append(_row_numbers(csv_path, line, r, feature_names))
         if r.get("crop_pixel_size_um"):
             try:
                 sizes.add(float(r["crop_pixel_size_um"]))
@@ -733,8 +753,24 @@ def dataset_from_rtdc(
             raise DataFormatError(f"{path}: no usable events")
         # judged on the cells that are kept: an INCOMPLETE event's NaN transit time had made the
         # whole file "lack the MIML features"
-        names = tuple(feature_names) if feature_names else _default_features(
-            c for c in cols if np.isfinite(grp[c][:n][idx]).all())
+        if feature_names:
+            names = tuple(feature_names)
+        else:
+            unmeasured = {c: int((~np.isfinite(grp[c][:n][idx])).sum()) for c in cols}
+            try:
+                names = _default_features(c for c in cols if not unmeasured[c])
+            except DataFormatError:
+                # with the flagged events kept (--all-events) an INCOMPLETE one's NaN transit time
+                # said the file "lacks the MIML features" it holds, naming no file
+                lacking = {c: k for c in MIML_FEATURES[:3] if (k := unmeasured.get(c))}
+                if not lacking or any(c not in cols for c in MIML_FEATURES[:3]):
+                    raise DataFormatError(f"{path}: events lack the MIML features {list(MIML_FEATURES[:3])} "
+                                          f"(have {cols})") from None
+                raise DataFormatError(
+                    f"{path}: " + ", ".join(f"{c} is not measured (NaN) in {k}" for c, k in lacking.items())
+                    + f" of the {len(idx)} events read"
+                    + (" (flagged events are kept: leave out --all-events to leave them out)" if not only_ok
+                       else "") + "; a cell without them cannot train the model") from None
         missing = [n for n in names if n not in grp]
         if missing:
             raise DataFormatError(f"{path}: features {missing} are not in the file (has {cols})")
