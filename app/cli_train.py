@@ -49,6 +49,27 @@ def _add_sim_args(sp: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------
 # option checks: run before any data is read, so a typo costs no loading time
 
+#: the simulator's settings -> the options that set them (its errors named "runs", "duration_s")
+_SIM_OPTIONS = {"seconds": "--sim-seconds", "duration_s": "--sim-seconds", "runs": "--sim-runs",
+                "seed": "--sim-seed", "class_mix": "--sim-classes"}
+
+
+def _simulated_data(args: argparse.Namespace, **changes):
+    """The SimulatedData of the --sim-* options, checked as the simulator will use them; a
+    ConfigError names the option."""
+    from app.simdata import SimulatedData
+    from mimlsort.errors import ConfigError
+
+    mix = getattr(args, "sim_classes", None)
+    try:
+        sim = SimulatedData(seconds=args.sim_seconds, runs=args.sim_runs, seed=args.sim_seed,
+                            class_mix=tuple(sorted(mix.items())) if mix else None, **changes)
+        sim.settings_for_run(0)
+    except ConfigError as err:
+        key = err.key.split(".")[-1]
+        raise ConfigError(_SIM_OPTIONS.get(key, err.key), err.problem) from None
+    return sim
+
 
 def _check_training_options(args: argparse.Namespace) -> None:
     """Training options in range (ConfigError naming the option)."""
@@ -190,12 +211,9 @@ def _load_data(args: argparse.Namespace, *, role: str):
         parts.append(dataset_from_paths(args.data, only_ok=not args.all_events, feature_names=args.features,
                                         pixel_size_um=args.pixel_size))
     if args.simulated:
-        from app.simdata import SimulatedData, simulated_dataset
+        from app.simdata import simulated_dataset
 
-        sim = SimulatedData(seconds=args.sim_seconds, runs=args.sim_runs, seed=args.sim_seed,
-                            class_mix=tuple(sorted(args.sim_classes.items())) if args.sim_classes else None,
-                            only_ok=not args.all_events)
-        sd = simulated_dataset(sim, progress=not args.no_progress)
+        sd = simulated_dataset(_simulated_data(args, only_ok=not args.all_events), progress=not args.no_progress)
         if by_recording:  # a simulated run is a recording
             from dataclasses import replace
 
@@ -284,6 +302,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     except ModelError as err:
         raise ConfigError("--device", str(err)) from None
+    if args.simulated:
+        _simulated_data(args)
     if args.init_from and not Path(args.init_from).is_file():
         raise ConfigError("--init-from", f"{args.init_from}: no such model file")
     name = args.name.removesuffix(".onnx").removesuffix(".pt")
@@ -400,6 +420,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from mimlsort.errors import ConfigError
 
         raise ConfigError("model", f"{args.model}: no such model file")
+    if args.simulated:
+        _simulated_data(args)
     out, missing = _check_out(args.out)
     # `evaluate m/model.onnx DATA --out m` replaced the training's report, metrics and figures;
     # an earlier evaluation of its own is replaced
@@ -431,8 +453,27 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     """The paper's comparisons on simulated cells: baselines (fused vs image-only vs feature-only)
     and transfer learning (new class pair, ~100 examples, fine-tuned vs from scratch)."""
     from inference.training import experiments  # noqa: F401  (without torch: names the extra)
+    from inference.training.models import arch_info
+    from inference.training.train import resolve_device
+    from mimlsort.errors import ConfigError, ModelError
 
     _check_training_options(args)
+    # checked before minutes of simulating and training: a mistyped --archs entry ended the
+    # experiment after the architectures before it were trained, --draws 0 in a traceback
+    for arch in args.archs:
+        try:
+            arch_info(arch)
+        except ModelError as err:
+            raise ConfigError("--archs", str(err)) from None
+    try:
+        resolve_device(args.device)
+    except ModelError as err:
+        raise ConfigError("--device", str(err)) from None
+    if args.draws < 1:
+        raise ConfigError("--draws", f"must be at least 1, got {args.draws}")
+    if args.few < 2:
+        raise ConfigError("--few", f"must be at least 2 (a cell of each class of the new pair), got {args.few}")
+    _simulated_data(args)
     out, missing = _check_out(args.out)
     with _output_folder(out, missing):
         return _experiment(args, out)
@@ -442,11 +483,11 @@ def _experiment(args: argparse.Namespace, out: Path) -> int:
     import dataclasses
 
     from inference.training import experiments as ex
-    from app.simdata import SimulatedData, simulated_dataset, stiffened_pair
+    from app.simdata import simulated_dataset, stiffened_pair
 
     kw = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
               device=args.device)
-    base = SimulatedData(seconds=args.sim_seconds, runs=args.sim_runs, seed=args.sim_seed)
+    base = _simulated_data(args)
     parts = [f"# mimlsort experiment {args.what}", "", f"Command: `mimlsort {' '.join(sys.argv[1:])}`", ""]
     if args.what == "baselines":
         train = simulated_dataset(base, progress=not args.no_progress)

@@ -243,6 +243,10 @@ def test_simulated_data_is_labelled_with_the_truth():
     (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
     (["--folds", "-1"], "--folds: must be 0 or 1 (no cross-validation) or at least 2, got -1"),
     (["--arch", "resnet"], "--arch: unknown architecture 'resnet'"),
+    # the simulator's own words named its settings ("runs: must be >= 1"), not the options
+    (["--simulated", "--sim-runs", "0"], "--sim-runs: must be >= 1, got 0"),
+    (["--simulated", "--sim-seconds", "inf"], "--sim-seconds: must be finite, got inf"),
+    (["--simulated", "--sim-classes", "hct116=1,foo=1"], "--sim-classes: unknown classes ['foo']"),
 ])
 def test_train_options_are_checked_before_the_data(tmp_path, torch, capsys, opts, message):
     out = tmp_path / "out"
@@ -261,6 +265,22 @@ def test_experiment_and_evaluate_options_are_checked(tmp_path, torch, capsys):
                  str(tmp_path / "e"), "--folds", "-2"]) == 2
     assert "--folds: must be 0 or 1 (no cross-validation) or at least 2, got -2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("opts,message", [
+    # found after simulating and training the architectures before it, naming no option
+    (["baselines", "--archs", "miml-mini,resnet"], "--archs: unknown architecture 'resnet'"),
+    (["transfer", "--draws", "0"], "--draws: must be at least 1, got 0"),  # a traceback after the parent's training
+    (["transfer", "--few", "1"], "--few: must be at least 2"),  # "the data hold only {'wbc': 0, 'wbc-stiff': 0}"
+    (["transfer", "--device", "cuda:99"], "--device: device 'cuda:99'"),  # said after the simulation
+    (["baselines", "--sim-runs", "0"], "--sim-runs: must be >= 1, got 0"),
+])
+def test_experiment_options_are_checked_before_it_starts(tmp_path, torch, capsys, opts, message):
+    out = tmp_path / "x"
+    assert main(["experiment", *opts, "--out", str(out), "--sim-seconds", "0.3", "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_more_folds_than_cells_of_a_class_is_rejected_by_train_and_evaluate(tmp_path, torch, capsys):
