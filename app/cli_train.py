@@ -83,6 +83,26 @@ def _check_training_options(args: argparse.Namespace) -> None:
     lr = getattr(args, "lr", None)
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ConfigError("--lr", f"must be a finite number > 0, got {lr}")
+    # these reached the model spec after the data were loaded, and its words named its own keys
+    # ("crop_size_um: must be > 0 µm, got -40.0" for --pixel-size -1; "height" for --image-size)
+    size = getattr(args, "image_size", None)
+    if size is not None and not 8 <= size <= 1024:
+        raise ConfigError("--image-size", f"must be in [8, 1024] pixels, got {size}")
+    channels = getattr(args, "channels", None) or ()
+    from inference.spec import CHANNELS
+
+    odd = [c for c in channels if c not in CHANNELS]
+    if odd or len(set(channels)) < len(channels):
+        raise ConfigError("--channels", f"must name {' and/or '.join(CHANNELS)}, each once, got {','.join(channels)}")
+    _check_pixel_size(args)
+
+
+def _check_pixel_size(args: argparse.Namespace) -> None:
+    from mimlsort.errors import ConfigError
+
+    px = getattr(args, "pixel_size", None)
+    if px is not None and not (math.isfinite(px) and px > 0):
+        raise ConfigError("--pixel-size", f"must be a finite number of µm per pixel > 0, got {px}")
 
 
 def _check_fraction(option: str, value: float) -> None:
@@ -411,6 +431,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mimlsort.outputs import check_folder_outputs
 
     _check_folds_option(args.folds)
+    _check_pixel_size(args)
     _import_ort()  # before the data are loaded
     if args.model == "demo":  # the bundled model, as `replay --model demo` takes it
         from app.config import bundled_model_path

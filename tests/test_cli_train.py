@@ -247,6 +247,13 @@ def test_simulated_data_is_labelled_with_the_truth():
     (["--simulated", "--sim-runs", "0"], "--sim-runs: must be >= 1, got 0"),
     (["--simulated", "--sim-seconds", "inf"], "--sim-seconds: must be finite, got inf"),
     (["--simulated", "--sim-classes", "hct116=1,foo=1"], "--sim-classes: unknown classes ['foo']"),
+    # after the data were loaded, in the spec's words: "crop_size_um: must be > 0 µm, got -40.0", "height: …"
+    (["--pixel-size", "-1"], "--pixel-size: must be a finite number of µm per pixel > 0, got -1.0"),
+    (["--pixel-size", "inf"], "--pixel-size: must be a finite number of µm per pixel > 0, got inf"),
+    (["--image-size", "4"], "--image-size: must be in [8, 1024] pixels, got 4"),
+    (["--image-size", "0"], "--image-size: must be in [8, 1024] pixels, got 0"),  # was the default, silently
+    (["--channels", "first,lats"], "--channels: must name first and/or last, each once, got first,lats"),
+    (["--channels", "last,last"], "--channels: must name first and/or last, each once, got last,last"),
 ])
 def test_train_options_are_checked_before_the_data(tmp_path, torch, capsys, opts, message):
     out = tmp_path / "out"
@@ -264,6 +271,9 @@ def test_experiment_and_evaluate_options_are_checked(tmp_path, torch, capsys):
     assert main(["evaluate", str(tmp_path / "m.onnx"), str(tmp_path / "missing.csv") + "=a", "--out",
                  str(tmp_path / "e"), "--folds", "-2"]) == 2
     assert "--folds: must be 0 or 1 (no cross-validation) or at least 2, got -2" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "m.onnx"), str(tmp_path / "missing.csv") + "=a", "--out",
+                 str(tmp_path / "e"), "--pixel-size", "0"]) == 2
+    assert "--pixel-size: must be a finite number of µm per pixel > 0, got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "e").exists()
 
 
