@@ -207,7 +207,53 @@ def _data_description(args: argparse.Namespace) -> str:
     return ", ".join(parts)
 
 
+def _check_parent(args: argparse.Namespace) -> None:
+    """--init-from: a checkpoint, and the options that would change what it takes agree with it.
+
+    A file that was no checkpoint, or an --arch of another kind, was found after the data were
+    loaded; --channels and --image-size were ignored without a word, and --features differing
+    from the parent's ended in "features [...] are not in the data" naming no model. The data are
+    then read with the parent's features."""
+    from inference.training.train import load_checkpoint
+    from mimlsort.errors import ConfigError, ModelError
+
+    try:
+        model, spec = load_checkpoint(args.init_from)
+    except ModelError as err:
+        raise ConfigError("--init-from", str(err)) from None
+    parent = f"the model to fine-tune ({args.init_from})"
+    if args.arch and args.arch != model.arch:
+        raise ConfigError("--arch", f"{args.arch}, but {parent} is a {model.arch!r} model: leave --arch out")
+    if args.features and tuple(args.features) != spec.feature_names:
+        raise ConfigError("--features", f"{','.join(args.features)}, but {parent} takes "
+                                        f"{','.join(spec.feature_names)}: leave --features out")
+    if args.channels and tuple(args.channels) != spec.image.channels:
+        raise ConfigError("--channels", f"{','.join(args.channels)}, but {parent} takes "
+                                        f"{','.join(spec.image.channels)}: leave --channels out")
+    if args.image_size and args.image_size != spec.image.height:
+        raise ConfigError("--image-size", f"{args.image_size}, but {parent} takes {spec.image.height} px: "
+                                          f"leave --image-size out")
+    args.features = spec.feature_names
+    args.features_from = parent
+
+
 def _load_data(args: argparse.Namespace, *, role: str):
+    from inference.training.data import MissingFeatures
+    from mimlsort.errors import ConfigError
+
+    try:
+        return _read_data(args, role=role)
+    except MissingFeatures as err:
+        parent = getattr(args, "features_from", None)
+        if parent:
+            raise ConfigError("--init-from", f"{parent} takes features {list(args.features)}: {err} "
+                                             f"(data: {_data_description(args)})") from None
+        if args.features:
+            raise ConfigError("--features", f"{err} (data: {_data_description(args)})") from None
+        raise
+
+
+def _read_data(args: argparse.Namespace, *, role: str):
     from mimlsort.errors import DataFormatError
 
     parts = []
@@ -241,19 +287,16 @@ def _load_data(args: argparse.Namespace, *, role: str):
         parts.append(sd)
     if not parts:
         raise DataFormatError(f"{role}: give data (PATH or PATH=CLASS) or --simulated")
+    if args.features:
+        # before uniting: simulated cells carry every feature the tracker measures, files the ones
+        # named ("feature names differ: ('di', 'area_um') vs ('di', 'transit_time_ms', …)")
+        parts = [p.select_features(args.features) for p in parts]
     if len(parts) == 1:
         ds = parts[0]
     else:
         from inference.training.data import Dataset
 
         ds = Dataset.concat(parts)
-    if args.features:
-        from mimlsort.errors import ConfigError
-
-        try:
-            ds = ds.select_features(args.features)
-        except DataFormatError as err:
-            raise ConfigError("--features", f"{err} (data: {_data_description(args)})") from None
     if by_recording:
         _check_recordings(ds)
     return ds
@@ -326,6 +369,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _simulated_data(args)
     if args.init_from and not Path(args.init_from).is_file():
         raise ConfigError("--init-from", f"{args.init_from}: no such model file")
+    if args.init_from:
+        _check_parent(args)
     name = args.name.removesuffix(".onnx").removesuffix(".pt")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError("--name", f"must be a plain file name (letters, digits, '.', '-', '_'), got {args.name!r}")

@@ -293,6 +293,52 @@ def test_experiment_options_are_checked_before_it_starts(tmp_path, torch, capsys
     assert not out.exists()
 
 
+def test_a_model_to_fine_tune_is_checked_against_the_options_before_the_data(tmp_path, torch, capsys):
+    # a report given as --init-from, or an --arch of another kind, was found after the data were
+    # loaded (torch's dozen lines advising weights_only=False); --channels was ignored
+    from inference.training.models import build_model
+    from inference.training.train import save_checkpoint
+    from inference.spec import FeatureSpec, ImageSpec, ModelSpec
+
+    spec = ModelSpec(("a", "b"), tuple(FeatureSpec(n, mean=0.0, std=1.0) for n in ("di", "area_um")),
+                     ImageSpec(48, 48, ("first", "last"), 20.0, 0.5), "miml-mini")
+    parent = save_checkpoint(tmp_path / "parent.pt", build_model("miml-mini", in_channels=2, n_features=2,
+                                                                 n_classes=2), spec)
+    (tmp_path / "notes.md").write_text("# not a model\n")
+    table = _event_table(tmp_path / "run", _events(4, 0, 1))
+    for opts, message in (
+            (["--init-from", str(tmp_path / "notes.md")],
+             f"--init-from: {tmp_path / 'notes.md'}: not a mimlsort checkpoint (torch cannot read it"),
+            (["--arch", "image-only"], "--arch: image-only, but the model to fine-tune"),
+            (["--channels", "last"], "--channels: last, but the model to fine-tune"),
+            (["--image-size", "64"], "--image-size: 64, but the model to fine-tune"),
+            (["--features", "di,transit_time_ms"], "takes di,area_um: leave --features out")):
+        argv = ["train", str(tmp_path / "missing.csv") + "=a", "--out", str(tmp_path / "o"), "--init-from", str(parent),
+                *opts]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "missing.csv" not in err and len(err.strip().splitlines()) == 1, err
+    # the data are read with the parent's features; one they lack is said to be the parent's
+    assert main(["train", f"{table}=a", "--out", str(tmp_path / "o"), "--init-from", str(parent), "--pixel-size",
+                 "0.5", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--init-from: the model to fine-tune ({parent}) takes features ['di', 'area_um']" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_features_named_for_files_and_simulated_cells_together(tmp_path, torch, capsys):
+    # simulated cells carry every MIML feature, a file read with --features only those: the parts
+    # did not unite ("feature names differ: ('di', 'transit_time_ms') vs (…, 'dir_per_ms')")
+    table = _event_table(tmp_path / "run", _events(6, 0, 1, size=80))
+    argv = ["train", f"{table}=mine", "--simulated", "--sim-seconds", "0.3", "--features", "di,transit_time_ms",
+            "--pixel-size", "0.5", "--epochs", "1", "--folds", "0", "--no-progress", "--out", str(tmp_path / "m")]
+    assert main(argv) == 0, capsys.readouterr().err
+    from inference.spec import read_spec
+
+    spec = read_spec(tmp_path / "m" / "model.onnx")
+    assert spec.feature_names == ("di", "transit_time_ms") and "mine" in spec.class_names
+
+
 def test_more_folds_than_cells_of_a_class_is_rejected_by_train_and_evaluate(tmp_path, torch, capsys):
     a = _event_table(tmp_path / "runA", _events(3, 0, 1))
     b = _event_table(tmp_path / "runB", _events(5, 1, 2))

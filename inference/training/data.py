@@ -56,6 +56,10 @@ _FIRST_SUFFIX = "_firstcrop"
 _LAST_SUFFIX = "_lastcrop"
 
 
+class MissingFeatures(DataFormatError):
+    """Features asked for (by name, or by a model to fine-tune) that the data do not hold."""
+
+
 # ---------------------------------------------------------------------------------------------
 # import report
 
@@ -214,7 +218,7 @@ class Dataset:
         """The same samples with only the features ``names``, in that order."""
         missing = [n for n in names if n not in self.feature_names]
         if missing:
-            raise DataFormatError(f"features {missing} are not in the data (has {list(self.feature_names)})")
+            raise MissingFeatures(f"features {missing} are not in the data (has {list(self.feature_names)})")
         cols = [self.feature_names.index(n) for n in names]
         return Dataset(
             self.first, self.last, self.features[:, cols], tuple(names), self.labels, self.class_names,
@@ -653,6 +657,9 @@ def dataset_from_csv(
     if label is None:
         _refuse_unlabelled(csv_path, rows, label_column)
     feature_names = tuple(feature_names) if feature_names else _default_features(c for c in cols if c in FEATURES)
+    lacking = [n for n in feature_names if n not in cols]
+    if lacking:
+        raise MissingFeatures(f"{csv_path}: features {lacking} are not in the file (has {cols})")
     notes, missing = [], []
     sizes: set[float] = set()
     ids, firsts, lasts, feats, labs, groups = [], [], [], [], [], []
@@ -773,7 +780,7 @@ def dataset_from_rtdc(
                        else "") + "; a cell without them cannot train the model") from None
         missing = [n for n in names if n not in grp]
         if missing:
-            raise DataFormatError(f"{path}: features {missing} are not in the file (has {cols})")
+            raise MissingFeatures(f"{path}: features {missing} are not in the file (has {cols})")
         feats = np.stack([grp[name][:n][idx] for name in names], axis=1).astype(np.float64)
         first = grp["first_crop"][:n][idx]
         last = grp["last_crop"][:n][idx]

@@ -117,14 +117,20 @@ def load_checkpoint(path: str | Path) -> tuple[MimlNet, object]:
     if path.suffix.lower() == ".onnx":
         pt = path.with_suffix(".pt")
         if not pt.is_file():
-            raise ModelError(f"{path}: no torch checkpoint {pt.name} beside it (export_onnx writes one)")
+            raise ModelError(f"{path}: no torch checkpoint {pt.name} beside it (mimlsort train writes one beside "
+                             f"the model it exports; fine-tuning needs it)")
         path = pt
     if not path.is_file():
         raise ModelError(f"{path}: no such checkpoint")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a corrupt file
-        raise ModelError(f"{path}: not a mimlsort checkpoint ({err})") from None
+        # torch's own words for a pickle of other objects run to a dozen lines advising to load it
+        # with weights_only=False, i.e. to run what it holds
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if why.startswith("Weights only load failed"):
+            why = "torch cannot read it as a file of weights"
+        raise ModelError(f"{path}: not a mimlsort checkpoint ({why})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not a mimlsort checkpoint (format {ck.get('format') if isinstance(ck, dict) else '?'})")
     # the mini branch's widths are read off its weights: checkpoints of the first release's wider
