@@ -246,6 +246,26 @@ def test_authors_scaled_features_do_not_mix_with_physical_ones():
     assert len(Dataset.concat([ours, dataset_from_events(synthetic_events(3, 1, 2, size=100), "T4", source="b")])) == 7
 
 
+def test_crops_at_different_pixel_sizes_do_not_mix():
+    # one crop shape at 0.5 and 0.34 µm/px: united, the pixel size became unknown and the model
+    # took 40 and 27 µm fields of view alike, its spec without a scale
+    from dataclasses import replace
+
+    from mimlsort.errors import DataFormatError
+
+    a = dataset_from_events(synthetic_events(3, 0, 1), "A", source="setup1.rtdc")
+    b = dataset_from_events([replace(e, crop_pixel_size_um=0.34) for e in synthetic_events(3, 1, 2)], "B",
+                            source="setup2.rtdc")
+    with pytest.raises(DataFormatError, match=r"different pixel sizes \(setup1\.rtdc: 0\.5 µm/px; setup2\.rtdc: "
+                                              r"0\.34 µm/px\)"):
+        Dataset.concat([a, b])
+    # a part whose pixel size is not known is said to make the model scale-blind
+    c = replace(b, crop_pixel_size_um=None)
+    both = Dataset.concat([a, c])
+    assert both.crop_pixel_size_um is None
+    assert any("pixel size is not known for setup2.rtdc" in p for p in both.report.problems())
+
+
 def test_event_table_csv_import_matches_events(tmp_path):
     import csv
 

@@ -257,6 +257,19 @@ class Dataset:
                 f"the data hold features in different units ({kinds}); the MIML authors' 0-1 scaled values cannot "
                 f"be mixed with physical ones: train on one kind, or export event files scaled as the authors did "
                 f"(mimlsort export EVENTS.rtdc --miml DIR) and train on those folders")
+        # crops of one shape at two pixel sizes are two fields of view: united, the pixel size
+        # became unknown, the model took crops of 40 and 27 µm alike, and its spec lost the scale
+        known = {}
+        for d in datasets:
+            if d.crop_pixel_size_um is not None:
+                known.setdefault(d.crop_pixel_size_um, []).extend(dict.fromkeys(map(str, d.sources)))
+        if len(known) > 1:
+            raise DataFormatError(
+                "the crops have different pixel sizes (" + "; ".join(f"{', '.join(dict.fromkeys(srcs))}: {px:g} µm/px"
+                                                                 for px, srcs in known.items())
+                + "): a model takes crops at one scale; train on recordings of one pixel size")
+        unknown_px = [] if not known else list(dict.fromkeys(
+            str(s) for d in datasets if d.crop_pixel_size_um is None for s in d.sources))
         classes = tuple(dict.fromkeys(c for d in datasets for c in d.class_names))
         labels = np.concatenate([np.array([classes.index(c) for c in d.class_names], np.int64)[d.labels] for d in datasets])
         sizes = {d.crop_pixel_size_um for d in datasets}
@@ -268,6 +281,10 @@ class Dataset:
             tuple(dict.fromkeys(p for d in datasets for p in d.provenance)),
         )
         notes = tuple(n for d in datasets if d.report for n in d.report.notes)
+        if unknown_px:
+            notes += (f"the crops' pixel size is not known for {', '.join(unknown_px)} (for a CSV: --pixel-size or a "
+                      f"crop_pixel_size_um column): the model takes whole crops as they come, not a field of view "
+                      f"in µm, for the data at {', '.join(f'{px:g}' for px in known)} µm/px too",)
         info = tuple(n for d in datasets if d.report for n in d.report.info)
         missing = tuple(m for d in datasets if d.report for m in d.report.missing)
         rows = sum(d.report.n_rows if d.report else len(d) for d in datasets)
