@@ -407,6 +407,23 @@ def test_evaluate_feature_mismatch_names_model_and_data(tmp_path, torch, capsys)
     assert not (tmp_path / "e").exists()
 
 
+def test_evaluate_on_crops_of_unknown_pixel_size_names_model_data_and_option(tmp_path, torch, capsys):
+    # "the crops' pixel size must be known, got None": no model, no data, no way out
+    a = _event_table(tmp_path / "runA", _events(4, 0, 1))
+    b = _event_table(tmp_path / "runB", _events(4, 1, 2))
+    out = tmp_path / "m"
+    assert main(["train", f"{a}=healthy", f"{b}=stiff", "--out", str(out), "--arch", "feature-only", "--epochs", "1",
+                 "--batch-size", "4", "--folds", "0", "--val-fraction", "0", "--no-progress", "--pixel-size", "0.5"]) == 0
+    capsys.readouterr()
+    model = out / "model.onnx"
+    assert main(["evaluate", str(model), f"{a}=healthy", "--out", str(tmp_path / "e"), "--folds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{model}: the model sees a 20 µm field (trained at 0.5 µm/pixel), but the data ({a}=healthy) do not say "
+            f"their crops' pixel size: give --pixel-size") in err
+    assert not (tmp_path / "e").exists()
+    assert main(["evaluate", str(model), f"{a}=healthy", "--out", str(tmp_path / "e"), "--pixel-size", "0.5"]) == 0
+
+
 def test_evaluate_on_an_event_file_without_events_says_so(tmp_path, capsys):
     storage = pytest.importorskip("app.storage", reason="the event file writer (issue 5) is not there yet")
 

@@ -288,6 +288,12 @@ def predict_onnx(model_path: str | Path, dataset, *, batch_size: int = 256,
             if other:
                 raise ModelError(f"{model_path}: the model was trained on features in other units than the data "
                                  f"({data_name or _data_name(dataset)}) hold: {'; '.join(other)}")
+        im = clf.spec.image
+        if im.physical and dataset.crop_pixel_size_um is None:
+            # said by the preprocessor, without the model, the data or what to do about it
+            raise ModelError(f"{model_path}: the model sees a {im.crop_size_um:g} µm field (trained at "
+                             f"{im.pixel_size_um:g} µm/pixel), but the data ({data_name or _data_name(dataset)}) do "
+                             f"not say their crops' pixel size: give --pixel-size (or a crop_pixel_size_um column)")
         ds = dataset.select_features(clf.spec.feature_names)
         pre = clf.preprocess
         out = []
