@@ -508,7 +508,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             y = np.asarray(y)
             folds = [compute_metrics(y[te], probs[te], classes) for _, te in parts]
     with _output_folder(out, missing):
-        ev = evaluate(args.model, ds, out, folds=folds, data_name=data)
+        # one model scored on k parts of the data: nothing was cross-validated (the report said so)
+        ev = evaluate(args.model, ds, out, folds=folds, data_name=data,
+                      folds_heading=f"Per part of the data ({len(folds)} grouped, stratified parts; one model, "
+                                    f"no retraining)")
     m = ev.metrics
     print(f"{m.n} cells: accuracy {m.accuracy:.4f}, macro F1 {m.macro_f1:.4f}, ROC-AUC {m.macro_roc_auc:.4f}")
     print(f"report: {ev.report_path}")

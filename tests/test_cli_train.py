@@ -98,6 +98,8 @@ def test_train_and_evaluate_event_tables(tmp_path, torch, capsys):
     assert code == 0
     ev = (tmp_path / "eval" / "report.md").read_text()
     assert "| 3 |" in ev and "ROC-AUC" in ev
+    # one model scored on three parts: its report called that "Cross-validation"
+    assert "## Per part of the data (3 grouped, stratified parts; one model" in ev and "Cross-validation" not in ev
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["overall"]["n"] == 24 and len(metrics["folds"]) == 3
 

@@ -224,6 +224,7 @@ def write_report(
     what: str = "",
     fold_metrics: Sequence[Metrics] = (),
     sections: Mapping[str, str] | None = None,
+    folds_heading: str = "Cross-validation (per fold)",
 ) -> EvalResult:
     """Write ``report.md``, ``roc.png``, ``confusion.png`` and ``metrics.json`` into ``out_dir``."""
     out = Path(out_dir)
@@ -238,7 +239,7 @@ def write_report(
         parts += [what, ""]
     parts += ["## Metrics", "", metrics_markdown(m), ""]
     if fold_metrics:
-        parts += ["## Cross-validation (per fold)", "", folds_markdown(fold_metrics), ""]
+        parts += [f"## {folds_heading}", "", folds_markdown(fold_metrics), ""]
     parts += ["## Plots", "", "![ROC curve](roc.png)", "", "![confusion matrix](confusion.png)", ""]
     for head, body in (sections or {}).items():
         parts += [f"## {head}", "", body, ""]
@@ -313,6 +314,7 @@ def evaluate(
     folds: Sequence = (),
     title: str | None = None,
     data_name: str | None = None,
+    folds_heading: str = "Cross-validation (per fold)",
 ) -> EvalResult:
     """Evaluate the ONNX model ``model_path`` on ``dataset`` and write the report into ``out_dir``.
 
@@ -337,5 +339,5 @@ def evaluate(
         sections["Data"] = dataset.report.to_markdown()
     return write_report(
         out_dir, y, probs, model_classes, title=title or f"Evaluation of {Path(model_path).name}", what=what,
-        fold_metrics=fold_metrics, sections=sections,
+        fold_metrics=fold_metrics, sections=sections, folds_heading=folds_heading,
     )
