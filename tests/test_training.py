@@ -266,6 +266,25 @@ def test_crops_at_different_pixel_sizes_do_not_mix():
     assert any("pixel size is not known for setup2.rtdc" in p for p in both.report.problems())
 
 
+def test_united_data_say_each_files_findings_once(caplog):
+    # every warning came twice, once as each file was read and again for the whole
+    from dataclasses import replace
+
+    from tracking.events import Quality
+
+    events = synthetic_events(4, 0, 1)
+    events[0] = replace(events[0], quality=Quality.BORDER)
+    with caplog.at_level("WARNING", logger="inference.training.data"):
+        a = dataset_from_events(events, "A", source="runA.rtdc", only_ok=True)
+        b = dataset_from_events(synthetic_events(3, 1, 2), "B", source="runB.rtdc")
+        both = Dataset.concat([a, b, dataset_from_events([events[1]], "A", source="copy")])
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("data import: runA.rtdc: 1 events with quality flags left out") == 1, said
+    # what only the whole shows (a cell in two files) is still said, and the report keeps it all
+    assert sum("identical image: runA.rtdc#1 first crop" in m for m in said) == 1
+    assert any("quality flags left out" in p for p in both.report.problems())
+
+
 def test_event_table_csv_import_matches_events(tmp_path):
     import csv
 

@@ -96,6 +96,8 @@ class ImportReport:
     # CSVs); False for our runs, where one pure population per run is the normal way to label
     sources_are_splits: bool = False
     info: tuple[str, ...] = ()  # facts worth reporting that are not defects (e.g. what a simulation left out)
+    # whether log() has said it (Dataset.concat then says only what the parts had not)
+    logged: bool = field(default=False, compare=False)
 
     def problems(self) -> list[str]:
         out = [d.describe() for d in self.duplicates]
@@ -111,11 +113,15 @@ class ImportReport:
     def ok(self) -> bool:
         return not self.problems()
 
-    def log(self, logger: logging.Logger = log) -> None:
+    def log(self, logger: logging.Logger = log, *, said: Iterable[str] = ()) -> None:
+        said = set(said)
         for i in self.info:
-            logger.info("data import: %s", i)
+            if i not in said:
+                logger.info("data import: %s", i)
         for p in self.problems():
-            logger.warning("data import: %s", p)
+            if p not in said:
+                logger.warning("data import: %s", p)
+        object.__setattr__(self, "logged", True)
 
     def to_markdown(self) -> str:
         lines = [f"- rows read: {self.n_rows}, samples (cells): {self.n_samples}",
@@ -289,7 +295,13 @@ class Dataset:
         missing = tuple(m for d in datasets if d.report for m in d.report.missing)
         rows = sum(d.report.n_rows if d.report else len(d) for d in datasets)
         splits = any(d.report is not None and d.report.sources_are_splits for d in datasets)
-        return _with_report(ds, rows, missing, notes, splits, info)
+        # each file's findings were logged when it was read: said again here, every warning came
+        # twice ("A.rtdc: 13 events with quality flags left out", twice, read as 26)
+        said = [m for d in datasets if d.report is not None and d.report.logged
+                for m in (*d.report.problems(), *d.report.info)]
+        ds = _with_report(ds, rows, missing, notes, splits, info, log_report=False)
+        ds.report.log(said=said)
+        return ds
 
 
 def check_dataset(
