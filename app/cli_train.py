@@ -417,10 +417,20 @@ def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
     )
     lines = [f"model: {res.onnx_path}"]
     report = out / "report.md"
-    if not report.is_file():
+    stale = []
+    if res.report is None:
         # no folds and no validation cells (--val-fraction 0, or too few recordings): the training
-        # wrote no report, and the command said it had
+        # wrote no report, and the command said it had; after --replace it pointed to the replaced
+        # model's report, whose figures stayed beside the new model
         report.write_text(_bare_report(args, ds, res, test), encoding="utf-8")
+        stale += [out / n for n in REPORT_FILES if n != "report.md"]
+    if test is None:
+        stale += [out / "test" / n for n in REPORT_FILES]
+    if args.replace:  # without it, check_folder_outputs refused a folder holding an earlier training's
+        for p in stale:
+            p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (out / "test").rmdir()
     if res.folds:
         acc = np.array([m.accuracy for m in res.fold_metrics])
         lines.append(f"cross-validation ({len(res.folds)} folds): accuracy {acc.mean():.4f} ± {acc.std():.4f}")
@@ -444,6 +454,10 @@ def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
     lines.append(f"report: {out / 'report.md'}")
     print("\n".join(lines))
     return 0
+
+
+#: what inference.training.evaluate.write_report writes into a folder
+REPORT_FILES = ("report.md", "metrics.json", "roc.png", "confusion.png")
 
 
 def _bare_report(args: argparse.Namespace, ds, res, test) -> str:

@@ -426,6 +426,22 @@ def test_evaluate_on_crops_of_unknown_pixel_size_names_model_data_and_option(tmp
     assert main(["evaluate", str(model), f"{a}=healthy", "--out", str(tmp_path / "e"), "--pixel-size", "0.5"]) == 0
 
 
+def test_replace_leaves_no_report_of_the_replaced_model(tmp_path, torch, capsys):
+    # a --replace training that measured nothing kept the earlier report.md (the command named it
+    # as its own), its metrics.json and figures, and the held-out test of a model no longer there
+    a = _event_table(tmp_path / "runA", _events(6, 0, 1))
+    b = _event_table(tmp_path / "runB", _events(6, 1, 2))
+    out = tmp_path / "m"
+    common = [f"{a}=healthy", f"{b}=stiff", "--out", str(out), "--arch", "feature-only", "--epochs", "1",
+              "--batch-size", "4", "--no-progress", "--pixel-size", "0.5"]
+    assert main(["train", *common, "--folds", "2", "--test-fraction", "0.3"]) == 0
+    assert (out / "test" / "report.md").is_file() and (out / "metrics.json").is_file()
+    assert main(["train", *common, "--folds", "0", "--val-fraction", "0", "--replace"]) == 0
+    assert "measured no accuracy" in (out / "report.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.pt", "report.md"]
+    capsys.readouterr()
+
+
 def test_evaluate_on_an_event_file_without_events_says_so(tmp_path, capsys):
     storage = pytest.importorskip("app.storage", reason="the event file writer (issue 5) is not there yet")
 
