@@ -371,6 +371,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--init-from", f"{args.init_from}: no such model file")
     if args.init_from:
         _check_parent(args)
+    elif args.freeze_image_branch:
+        # the image branch of a new model is random: frozen, the model learnt from features alone
+        raise ConfigError("--freeze-image-branch", "keeps the image branch of the model given with --init-from; "
+                                                   "without one it would stay at its random start")
     name = args.name.removesuffix(".onnx").removesuffix(".pt")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError("--name", f"must be a plain file name (letters, digits, '.', '-', '_'), got {args.name!r}")

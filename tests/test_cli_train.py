@@ -256,6 +256,8 @@ def test_simulated_data_is_labelled_with_the_truth():
     (["--image-size", "0"], "--image-size: must be in [8, 1024] pixels, got 0"),  # was the default, silently
     (["--channels", "first,lats"], "--channels: must name first and/or last, each once, got first,lats"),
     (["--channels", "last,last"], "--channels: must name first and/or last, each once, got last,last"),
+    # trained a model whose image branch stayed random
+    (["--freeze-image-branch"], "--freeze-image-branch: keeps the image branch of the model given with --init-from"),
 ])
 def test_train_options_are_checked_before_the_data(tmp_path, torch, capsys, opts, message):
     out = tmp_path / "out"
