@@ -209,7 +209,17 @@ def test_event_file_with_unmeasured_kept_events_names_file_and_feature(tmp_path)
     with pytest.raises(DataFormatError) as e:
         dataset_from_path(f"{path}=a", only_ok=False)
     assert str(e.value).startswith(f"{path}: transit_time_ms is not measured (NaN) in 1 of the 4 events read")
-    assert "--all-events" in str(e.value)
+    assert "--all-events" in str(e.value) and "give --features they all have" in str(e.value)
+    # every cell flagged (a reanalysed file's are INCOMPLETE): "no usable events" said no more
+    whole = tmp_path / "reanalysed.rtdc"
+    with storage.EventWriter(whole, meta=storage.RunMeta(pixel_size_um=0.5, fps=4000.0, roi=(256, 96)),
+                             min_free_bytes=0) as w:
+        w.write([CellRecord(dataclasses.replace(e, quality=Quality.INCOMPLETE), np.zeros(0, np.float32), None)
+                 for e in events])
+    with pytest.raises(DataFormatError) as e:
+        dataset_from_path(f"{whole}=a")
+    assert str(e.value).startswith(f"{whole}: no usable events: all 4 carry quality flags that leave them out of "
+                                   f"training (INCOMPLETE 4). --all-events keeps them")
     # features named explicitly: the cell and the feature are named
     with pytest.raises(DataFormatError, match=r"run#1 in run\.rtdc: transit_time_ms = nan"):
         dataset_from_path(f"{path}=a", only_ok=False, feature_names=("di", "transit_time_ms"))

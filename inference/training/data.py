@@ -786,7 +786,17 @@ def dataset_from_rtdc(
                 notes.append(f"{path.name}: {int((~keep).sum())} events with quality flags left out")
         idx = np.flatnonzero(keep)
         if not len(idx):
-            raise DataFormatError(f"{path}: no usable events")
+            # every cell of a reanalysed RT-DC file is INCOMPLETE (one image, no passage): the
+            # message said only "no usable events", though README trains on such files
+            from tracking.events import Quality
+
+            q = grp["quality"][:n].astype(np.int64)
+            flags = ", ".join(f"{f.name} {int(((q & int(f)) != 0).sum())}" for f in Quality
+                              if f & NOT_FOR_TRAINING and ((q & int(f)) != 0).any())
+            raise DataFormatError(
+                f"{path}: no usable events: all {n} carry quality flags that leave them out of training ({flags}). "
+                f"--all-events keeps them; cells of a reanalysed file (INCOMPLETE: one image, no passage) then "
+                f"with --features one image gives, e.g. di,deform,area_um")
         # judged on the cells that are kept: an INCOMPLETE event's NaN transit time had made the
         # whole file "lack the MIML features"
         if feature_names:
@@ -804,9 +814,9 @@ def dataset_from_rtdc(
                                           f"(have {cols})") from None
                 raise DataFormatError(
                     f"{path}: " + ", ".join(f"{c} is not measured (NaN) in {k}" for c, k in lacking.items())
-                    + f" of the {len(idx)} events read"
-                    + (" (flagged events are kept: leave out --all-events to leave them out)" if not only_ok
-                       else "") + "; a cell without them cannot train the model") from None
+                    + f" of the {len(idx)} events read; a cell without them cannot train the model"
+                    + (": leave out --all-events to leave flagged cells out, or give --features they all have (one "
+                       "image gives di,deform,area_um)" if not only_ok else "")) from None
         missing = [n for n in names if n not in grp]
         if missing:
             raise MissingFeatures(f"{path}: features {missing} are not in the file (has {cols})")
