@@ -234,7 +234,7 @@ def _check_parent(args: argparse.Namespace) -> None:
         raise ConfigError("--image-size", f"{args.image_size}, but {parent} takes {spec.image.height} px: "
                                           f"leave --image-size out")
     args.features = spec.feature_names
-    args.features_from = parent
+    args.features_from = ("--init-from", parent)
 
 
 def _load_data(args: argparse.Namespace, *, role: str):
@@ -244,10 +244,11 @@ def _load_data(args: argparse.Namespace, *, role: str):
     try:
         return _read_data(args, role=role)
     except MissingFeatures as err:
-        parent = getattr(args, "features_from", None)
-        if parent:
-            raise ConfigError("--init-from", f"{parent} takes features {list(args.features)}: {err} "
-                                             f"(data: {_data_description(args)})") from None
+        given_by = getattr(args, "features_from", None)
+        if given_by:
+            option, model = given_by
+            raise ConfigError(option, f"{model} takes features {list(args.features)}: {err} "
+                                      f"(data: {_data_description(args)})") from None
         if args.features:
             raise ConfigError("--features", f"{err} (data: {_data_description(args)})") from None
         raise
@@ -487,6 +488,22 @@ def _with_report(sub, full):
     return sub
 
 
+def _features_of_model(args: argparse.Namespace) -> None:
+    """Read the data with the features the model takes: by default the MIML ones were read, and a
+    model trained on what one image gives (di,deform,area_um: reanalysed files, whose cells have no
+    transit time) could not be evaluated on the data it was trained on."""
+    from inference.spec import read_spec
+    from mimlsort.errors import ModelError
+
+    try:
+        spec = read_spec(args.model)
+    except ModelError:
+        return  # the classifier says what is wrong with the file
+    if spec.uses_features:
+        args.features = spec.feature_names
+        args.features_from = ("model", f"the model {args.model}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from inference.classifier import _import_ort
     from inference.training.data import kfold_splits
@@ -506,6 +523,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("model", f"{args.model}: no such model file")
     if args.simulated:
         _simulated_data(args)
+    if not args.features:
+        _features_of_model(args)
     out, missing = _check_out(args.out)
     # `evaluate m/model.onnx DATA --out m` replaced the training's report, metrics and figures;
     # an earlier evaluation of its own is replaced

@@ -225,6 +225,31 @@ def test_event_file_with_unmeasured_kept_events_names_file_and_feature(tmp_path)
         dataset_from_path(f"{path}=a", only_ok=False, feature_names=("di", "transit_time_ms"))
 
 
+def test_a_model_of_one_image_features_evaluates_on_the_files_it_trained_on(tmp_path, torch, capsys):
+    # evaluate read the default (MIML) features, which reanalysed cells lack: a model trained with
+    # --features di,deform,area_um on such files could not be evaluated on them
+    storage = pytest.importorskip("app.storage")
+    from app.records import CellRecord
+    from tracking.events import Quality
+
+    paths = []
+    for label, seed in ((0, 1), (1, 2)):
+        events = [dataclasses.replace(e, quality=Quality.INCOMPLETE,
+                                      features={"di": e.features["di"], "deform": e.features["di"] / 3,
+                                                "area_um": 40.0 + 10 * label + e.index % 3})
+                  for e in _events(5, label, seed)]
+        paths.append(tmp_path / f"re{label}.rtdc")
+        with storage.EventWriter(paths[-1], meta=storage.RunMeta(pixel_size_um=0.5, fps=4000.0, roi=(256, 96)),
+                                 min_free_bytes=0) as w:
+            w.write([CellRecord(e, np.zeros(0, np.float32), None) for e in events])
+    data = [f"{paths[0]}=a", f"{paths[1]}=b", "--all-events"]
+    assert main(["train", *data, "--features", "di,deform,area_um", "--arch", "feature-only", "--epochs", "1",
+                 "--batch-size", "4", "--folds", "0", "--no-progress", "--out", str(tmp_path / "m")]) == 0
+    assert main(["evaluate", str(tmp_path / "m" / "model.onnx"), *data, "--folds", "0", "--out",
+                 str(tmp_path / "e")]) == 0, capsys.readouterr().err
+    assert "10 cells: accuracy" in capsys.readouterr().out
+
+
 def test_simulated_data_is_labelled_with_the_truth():
     pytest.importorskip("acquisition.synthetic", reason="the synthetic camera (issue 2) is not there yet")
     from app.simdata import SimulatedData, simulated_dataset

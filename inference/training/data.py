@@ -814,7 +814,7 @@ def dataset_from_rtdc(
                                           f"(have {cols})") from None
                 raise DataFormatError(
                     f"{path}: " + ", ".join(f"{c} is not measured (NaN) in {k}" for c, k in lacking.items())
-                    + f" of the {len(idx)} events read; a cell without them cannot train the model"
+                    + f" of the {len(idx)} events read; a model cannot take a cell without them"
                     + (": leave out --all-events to leave flagged cells out, or give --features they all have (one "
                        "image gives di,deform,area_um)" if not only_ok else "")) from None
         missing = [n for n in names if n not in grp]
