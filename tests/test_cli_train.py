@@ -379,8 +379,10 @@ def test_features_named_for_files_and_simulated_cells_together(tmp_path, torch, 
 
 
 def test_more_folds_than_cells_of_a_class_is_rejected_by_train_and_evaluate(tmp_path, torch, capsys):
-    a = _event_table(tmp_path / "runA", _events(3, 0, 1))
-    b = _event_table(tmp_path / "runB", _events(5, 1, 2))
+    # the bundled model's features: evaluate reads the data with them, and says first when they lack one
+    feats = ("di", "transit_time_ms", "v_max_mm_s", "dir_per_ms")
+    a = _event_table(tmp_path / "runA", _events(3, 0, 1, dir_feature=True), features=feats)
+    b = _event_table(tmp_path / "runB", _events(5, 1, 2, dir_feature=True), features=feats)
     data = [f"{a}=healthy", f"{b}=stiff"]
     for cmd in (["train", *data, "--epochs", "1", "--no-progress"],
                 ["evaluate", "demo", *data]):
