@@ -481,6 +481,18 @@ def test_replace_leaves_no_report_of_the_replaced_model(tmp_path, torch, capsys)
     capsys.readouterr()
 
 
+def test_a_class_too_small_to_hold_out_is_named_in_the_test_figures(tmp_path, torch, capsys):
+    # its one cell stays in training; the held-out figures averaged the other class alone and
+    # read "accuracy 1.0000, macro F1 1.0000" without saying a class was never tested
+    a = _event_table(tmp_path / "runA", _events(6, 0, 1))
+    b = _event_table(tmp_path / "runB", _events(1, 1, 2))
+    out = tmp_path / "m"
+    assert main(["train", f"{a}=many", f"{b}=rare", "--out", str(out), "--arch", "feature-only", "--epochs", "1",
+                 "--batch-size", "4", "--test-fraction", "0.3", "--no-progress", "--pixel-size", "0.5"]) == 0
+    note = "(no cell of 'rare' was held out: too few to spare; these figures say nothing about it)"
+    assert note in capsys.readouterr().out and note in (out / "report.md").read_text()
+
+
 def test_evaluate_on_an_event_file_without_events_says_so(tmp_path, capsys):
     storage = pytest.importorskip("app.storage", reason="the event file writer (issue 5) is not there yet")
 
