@@ -266,6 +266,15 @@ def test_crops_at_different_pixel_sizes_do_not_mix():
     assert any("pixel size is not known for setup2.rtdc" in p for p in both.report.problems())
 
 
+def test_crops_of_different_sizes_name_both_sources():
+    from mimlsort.errors import DataFormatError
+
+    a = dataset_from_events(synthetic_events(2, 0, 1, size=40), "A", source="small.rtdc")
+    b = dataset_from_events(synthetic_events(2, 1, 2, size=50), "B", source="large.rtdc")
+    with pytest.raises(DataFormatError, match=r"crops differ in size \(small\.rtdc: 40×40 px; large\.rtdc: 50×50 px\)"):
+        Dataset.concat([a, b])
+
+
 def test_united_data_say_each_files_findings_once(caplog):
     # every warning came twice, once as each file was read and again for the whole
     from dataclasses import replace

@@ -247,7 +247,11 @@ class Dataset:
             if d.feature_names != d0.feature_names:
                 raise DataFormatError(f"feature names differ: {d0.feature_names} vs {d.feature_names}")
             if d.crop_shape != d0.crop_shape:
-                raise DataFormatError(f"crop shapes differ: {d0.crop_shape} vs {d.crop_shape} (source {d.sources[:1]})")
+                # named both sides ("(100, 100) vs (90, 90) (source ['val_data.csv'])" said one)
+                def where(x):
+                    return f"{', '.join(dict.fromkeys(map(str, x.sources)))}: {x.crop_shape[0]}×{x.crop_shape[1]} px"
+                raise DataFormatError(f"crops differ in size ({where(d0)}; {where(d)}): the data must hold crops of "
+                                      f"one size")
         # the MIML authors' values are scaled 0-1 per batch, ours are in ms and mm/s: mixed, one
         # class's v_max of 0.5 met the other's 10, the model learnt the data's origin, and its
         # spec called every feature 0-1 scaled (the provenance of one part is the whole's)
