@@ -266,13 +266,19 @@ def test_crops_at_different_pixel_sizes_do_not_mix():
     assert any("pixel size is not known for setup2.rtdc" in p for p in both.report.problems())
 
 
-def test_crops_of_different_sizes_name_both_sources():
+def test_sources_of_different_crop_sizes_or_features_are_named():
     from mimlsort.errors import DataFormatError
 
     a = dataset_from_events(synthetic_events(2, 0, 1, size=40), "A", source="small.rtdc")
     b = dataset_from_events(synthetic_events(2, 1, 2, size=50), "B", source="large.rtdc")
     with pytest.raises(DataFormatError, match=r"crops differ in size \(small\.rtdc: 40×40 px; large\.rtdc: 50×50 px\)"):
         Dataset.concat([a, b])
+    # features: "feature names differ: (…) vs (…)" named no source
+    c = dataset_from_events(synthetic_events(2, 1, 2, dir_feature=True), "B", source="with_dir.rtdc")
+    with pytest.raises(DataFormatError, match=r"different features \(small\.rtdc: di,transit_time_ms,v_max_mm_s; "
+                                              r"with_dir\.rtdc: di,transit_time_ms,v_max_mm_s,dir_per_ms\): name "
+                                              r"those to train on, e\.g\. --features di,transit_time_ms,v_max_mm_s"):
+        Dataset.concat([a, c])
 
 
 def test_united_data_say_each_files_findings_once(caplog):

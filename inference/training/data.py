@@ -243,14 +243,22 @@ class Dataset:
         if not datasets:
             raise DataFormatError("nothing to concatenate")
         d0 = datasets[0]
+
+        def src(x) -> str:
+            return ", ".join(dict.fromkeys(map(str, x.sources)))
+
         for d in datasets[1:]:
             if d.feature_names != d0.feature_names:
-                raise DataFormatError(f"feature names differ: {d0.feature_names} vs {d.feature_names}")
+                # named neither source: an event file read with DIR beside a table without it
+                common = [n for n in d0.feature_names if n in d.feature_names]
+                raise DataFormatError(f"the sources hold different features ({src(d0)}: {','.join(d0.feature_names)}; "
+                                      f"{src(d)}: {','.join(d.feature_names)})"
+                                      + (f": name those to train on, e.g. --features {','.join(common)}" if common
+                                         else ""))
             if d.crop_shape != d0.crop_shape:
                 # named both sides ("(100, 100) vs (90, 90) (source ['val_data.csv'])" said one)
-                def where(x):
-                    return f"{', '.join(dict.fromkeys(map(str, x.sources)))}: {x.crop_shape[0]}×{x.crop_shape[1]} px"
-                raise DataFormatError(f"crops differ in size ({where(d0)}; {where(d)}): the data must hold crops of "
+                raise DataFormatError(f"crops differ in size ({src(d0)}: {d0.crop_shape[0]}×{d0.crop_shape[1]} px; "
+                                      f"{src(d)}: {d.crop_shape[0]}×{d.crop_shape[1]} px): the data must hold crops of "
                                       f"one size")
         # the MIML authors' values are scaled 0-1 per batch, ours are in ms and mm/s: mixed, one
         # class's v_max of 0.5 met the other's 10, the model learnt the data's origin, and its
