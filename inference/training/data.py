@@ -427,8 +427,8 @@ def _row_numbers(csv_path: Path, line: int, row: Mapping[str, str], columns: Seq
         except ValueError:
             raise DataFormatError(f"{csv_path}:{line}: column {c!r}: not a number: {text!r}") from None
         if not math.isfinite(v):
-            raise DataFormatError(f"{csv_path}:{line}: column {c!r}: {text!r} is not a finite number; a cell without "
-                                  f"this measurement cannot train the model: remove its row")
+            raise DataFormatError(f"{csv_path}:{line}: column {c!r}: {text!r} is not a finite number; a model cannot "
+                                  f"take a cell without this measurement: remove its row")
         out.append(v)
     return out
 
