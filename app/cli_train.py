@@ -254,9 +254,29 @@ def _load_data(args: argparse.Namespace, *, role: str):
         raise
 
 
+def _check_each_path_once(items) -> None:
+    """A file named twice (A.rtdc=x A.rtdc=x) had its cells counted twice and, held out by
+    recording, on both sides of the split: the held-out figures tested cells the model trained on
+    (the import report listed every cell as an identical image, 560 warnings)."""
+    from mimlsort.errors import DataFormatError
+
+    seen: dict[Path, str] = {}
+    for item in items:
+        path = Path(item)
+        if not path.exists() and "=" in str(item):
+            path = Path(str(item).rsplit("=", 1)[0])
+        if not path.exists():
+            continue  # the importer names it
+        key = path.resolve()
+        if key in seen:
+            raise DataFormatError(f"{item}: the data {seen[key]} again: give each file or folder once")
+        seen[key] = str(item)
+
+
 def _read_data(args: argparse.Namespace, *, role: str):
     from mimlsort.errors import DataFormatError
 
+    _check_each_path_once(args.data or ())
     parts = []
     by_recording = getattr(args, "hold_out", "cell") == "recording"
     if args.data and by_recording:

@@ -493,6 +493,17 @@ def test_a_class_too_small_to_hold_out_is_named_in_the_test_figures(tmp_path, to
     assert note in capsys.readouterr().out and note in (out / "report.md").read_text()
 
 
+def test_a_file_given_twice_is_refused(tmp_path, torch, capsys):
+    # held out by recording, its two copies sat on both sides of the split
+    a = _event_table(tmp_path / "runA", _events(4, 0, 1))
+    b = _event_table(tmp_path / "runB", _events(4, 1, 2))
+    copy = tmp_path / "runA" / ".." / "runA" / "events.csv"
+    assert main(["train", f"{a}=x", f"{copy}=x", f"{b}=y", f"{b}=y", "--hold-out", "recording", "--out",
+                 str(tmp_path / "m"), "--no-progress"]) == 2
+    assert f"{copy}=x: the data {a}=x again: give each file or folder once" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
 def test_evaluate_on_an_event_file_without_events_says_so(tmp_path, capsys):
     storage = pytest.importorskip("app.storage", reason="the event file writer (issue 5) is not there yet")
 
