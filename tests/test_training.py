@@ -455,6 +455,18 @@ def test_checkpoint_round_trip_keeps_the_mini_branch_widths(tmp_path):
             assert torch.equal(model(x, f), back(x, f))
 
 
+def test_a_diverging_training_is_an_error_not_a_random_model():
+    # a NaN loss never beat the best so far: the random weights of epoch 0 were exported, the
+    # report said "best epoch 0", and nothing said the training had diverged
+    from inference.training.train import train_model
+    from mimlsort.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"final fit: the training diverged at epoch \d+ \(.*loss nan.*\): lower the "
+                                         r"learning rate \(--lr, 1e\+08 now\)"):
+        train_model(synthetic_dataset(6), "miml-mini", epochs=3, lr=1e8, folds=0, batch_size=4, progress=False,
+                    device="cpu", augment=False)
+
+
 @pytest.mark.parametrize("kw,key", [
     ({"epochs": 0}, "epochs"),
     ({"batch_size": 0}, "batch_size"),

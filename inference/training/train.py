@@ -272,6 +272,13 @@ def _fit(
                     rec["val_acc"] = float((vl.argmax(1) == vy).float().mean())
             rec["seconds"] = time.perf_counter() - t0
             history.append(rec)
+            bad = {k2: v for k2, v in rec.items() if k2.endswith("_loss") and not math.isfinite(v)}
+            if bad:
+                # a NaN loss never beats the best so far: the model of epoch 0 (random weights)
+                # was exported, its report said "best epoch 0", and nothing said the run diverged
+                raise ModelError(f"{desc}: the training diverged at epoch {epoch} ("
+                                 + ", ".join(f"{k2.replace('_', ' ')} {v}" for k2, v in bad.items())
+                                 + f"): lower the learning rate (--lr, {lr:g} now)")
             score = rec.get("val_loss", rec["train_loss"])
             if score < best[0] - 1e-6:
                 best = (score, epoch, copy.deepcopy(model.state_dict()))
