@@ -605,6 +605,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if args.few < 2:
         raise ConfigError("--few", f"must be at least 2 (a cell of each class of the new pair), got {args.few}")
     _simulated_data(args)
+    # a second experiment into the folder replaced the first's models and experiment.md without a
+    # word (train refuses its own earlier model the same way)
+    if not args.replace:
+        from mimlsort.outputs import check_folder_outputs
+
+        check_folder_outputs(args.out, {"experiment.md": None}, option="--out (or --replace)")
     out, missing = _check_out(args.out)
     with _output_folder(out, missing):
         return _experiment(args, out)
@@ -711,4 +717,6 @@ def register(subparsers) -> None:
     sp.add_argument("--sim-runs", type=int, default=1)
     sp.add_argument("--sim-seed", type=int, default=1)
     sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--replace", action="store_true",
+                    help="replace the models and experiment.md of an earlier experiment in --out (refused otherwise)")
     sp.set_defaults(func=cmd_experiment)

@@ -332,6 +332,19 @@ def test_experiment_options_are_checked_before_it_starts(tmp_path, torch, capsys
     assert not out.exists()
 
 
+def test_an_experiment_refuses_the_folder_of_an_earlier_one_unless_replace(tmp_path, torch, capsys):
+    # a second experiment into the folder replaced the first's models and experiment.md unasked
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "experiment.md").write_text("# mimlsort experiment baselines\n")
+    assert main(["experiment", "baselines", "--out", str(out), "--sim-runs", "0", "--no-progress"]) == 2
+    assert "--sim-runs" in capsys.readouterr().err  # the options still come first
+    assert main(["experiment", "baselines", "--out", str(out), "--sim-seconds", "0.3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "experiment.md: exists" in err and "--replace" in err, err
+    assert (out / "experiment.md").read_text() == "# mimlsort experiment baselines\n"
+
+
 def test_a_model_to_fine_tune_is_checked_against_the_options_before_the_data(tmp_path, torch, capsys):
     # a report given as --init-from, or an --arch of another kind, was found after the data were
     # loaded (torch's dozen lines advising weights_only=False); --channels was ignored
