@@ -152,9 +152,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not realtime,
                            progress=lambda stream: _Progress(total, stream), ignore_signals_after=True, trigger=fire)
     st = run.status()
-    if code != 0 and out in run.discard_if_empty():
-        # a replay refused at its start (no constriction found …) left a file without a frame in
-        # it, which then refused the rerun with the configuration fixed ("holds a measurement")
+    if out in run.discard_if_empty():
+        # a replay refused at its start (no constriction found …) or stopped by Ctrl-C before its
+        # first tracked frame left a file without a frame in it, which then refused the rerun with
+        # the configuration fixed ("holds a measurement"); the recording itself is untouched
         print(f"no frame was tracked: {out} removed (it held no event)", file=sys.stderr)
         return code
     print(f"{st.frames_processed} frames -> {st.cells} cells -> {out}"

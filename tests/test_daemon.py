@@ -295,6 +295,32 @@ def test_replay_takes_realtime_from_its_configuration_and_its_bar_counts_every_f
     assert bar and bar[-1].lstrip().startswith("100%"), bar[-3:]
 
 
+def test_a_replay_stopped_before_its_first_tracked_frame_leaves_no_file_that_blocks_its_rerun(tmp_path):
+    """Ctrl-C while a real-time replay still gathered its background (the wrong options seen at
+    the start) left an event file without an event, exit code 0, and the rerun with the same
+    --out was refused: "exists and holds a measurement"."""
+    rec = tmp_path / "rec.rtdc"
+    done = subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--out", str(rec), "--seconds", "2",
+                           "--fps", "200", "--seed", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cfg = tmp_path / "slow.toml"
+    cfg.write_text("[tracking]\nbackground_frames = 380\n")  # ~2 s of frames at 200 fps before any is tracked
+    out = tmp_path / "events.rtdc"
+    p = mimlsort("replay", str(rec), "--out", str(out), "--model", "none", "--realtime", "--config", str(cfg))
+    try:
+        deadline = time.monotonic() + 120
+        for line in p.stderr:
+            if "run started; events" in line or time.monotonic() > deadline:
+                break
+        p.send_signal(signal.SIGINT)
+        _o, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err[-2000:]
+    assert "stopped by SIGINT" in err and f"{out} removed" in err, err[-2000:]
+    assert not out.exists()
+
+
 def test_replay_finishes_while_nobody_reads_its_progress_bar(tmp_path):
     """The progress bar was drawn by the main thread: with stderr blocked (a paused terminal) the
     replay stood still at its first redraw and a SIGTERM could not stop it. Now the console's
