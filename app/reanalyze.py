@@ -3,7 +3,7 @@
 ShapeIn, CytoShot and dcnum store one image per event, not a cell's passage through a
 constriction, so the mechanical MIML features that need tracking (transit time, v_max, DIR) do not
 exist for them. Reanalysis measures what one image gives — `deform`, `area_um`, DI of the moment
-ellipse, brightness — for the blob nearest the recorded position, and classifies only with a model
+ellipse, brightness — for the blob at the recorded position, and classifies only with a model
 whose features are all among those; any other model is refused with the list of missing features.
 """
 
@@ -280,6 +280,11 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         frames = np.arange(n) if frames is None else frames
         h, w = images.shape[1:]
         crop = max(8, int(round(40.0 / px)) // 2 * 2)
+        # the recorded object's mask must reach its recorded position (its centroid lies within half
+        # a pixel of our mask on every shared file): the nearest centroid within 10 µm took a cell
+        # the source had left out (at the ROI's edge) for a speck recorded 4 µm beside it, and
+        # wrote the cell's 37-47 µm² as the speck's (0.5 µm²) measurement
+        reach_px = max(1.0 / px, 1.5)
         records = []
         not_found = 0
         taken: set[tuple[int, int, int]] = set()  # (frame, blob position): each blob is one cell
@@ -306,9 +311,8 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                 not_found += 1
                 continue
             if pos_x is not None and pos_y is not None:
-                d = [math.hypot(q.x_um - pos_x[i], q.y_um - pos_y[i]) for q in shapes]
-                k = int(np.argmin(d))
-                if d[k] > 10.0:
+                k = _blob_at(labels, len(shapes), pos_x[i] / px, pos_y[i] / px, reach_px)
+                if k < 0:
                     not_found += 1
                     continue
             else:
@@ -381,6 +385,19 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         finally:
             part.unlink(missing_ok=True)
     return ReanalysisResult(dst, n, len(records), not_found, str(model or ""))
+
+
+def _blob_at(labels: np.ndarray, n: int, x_px: float, y_px: float, reach_px: float) -> int:
+    """The index of the blob (label − 1) whose mask comes nearest (x_px, y_px), or −1 where none
+    comes within ``reach_px``."""
+    ys, xs = np.nonzero(labels)
+    if not len(ys):
+        return -1
+    d2 = (xs - x_px) ** 2 + (ys - y_px) ** 2
+    best = np.full(n + 1, np.inf)
+    np.minimum.at(best, labels[ys, xs], d2)
+    k = int(np.argmin(best[1:]))
+    return k if best[k + 1] <= reach_px ** 2 else -1
 
 
 def _positive(attrs, key: str, src: Path) -> float:

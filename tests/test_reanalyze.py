@@ -79,6 +79,28 @@ def test_reanalysed_files_show_dclab_no_userdef_column_that_one_image_cannot_giv
         assert ds.filter.all.sum() == len(ds) == 5
 
 
+
+def test_an_event_is_measured_only_in_an_object_at_its_recorded_position(tmp_path):
+    """CytoShot recorded specks of 0.5 µm² 4 µm beside cells it left out (at the ROI's edge); the
+    nearest blob within 10 µm was taken, and the cell's 37 and 47 µm² were written as the specks'
+    measurement. Every measured event's mask now overlaps the mask its source recorded."""
+    import h5py
+
+    from app.reanalyze import reanalyze
+    from app.storage import read_events
+
+    src = DATA / "cytoshot-test-data.rtdc"
+    res = reanalyze(src, tmp_path / "out.rtdc")
+    feats, _ = read_events(tmp_path / "out.rtdc")
+    index = feats["track_id"].astype(int)
+    with h5py.File(src, "r") as ref, h5py.File(tmp_path / "out.rtdc", "r") as out:
+        theirs = ref["events/mask"][:][index].astype(bool)
+        ours = out["events/mask"][:].astype(bool)
+    overlap = (theirs & ours).sum(axis=(1, 2)) / (theirs | ours).sum(axis=(1, 2))
+    assert overlap.min() > 0.5, {int(i): round(float(v), 2) for i, v in zip(index, overlap) if v <= 0.5}
+    assert not {29, 37} & set(index.tolist())  # the two specks
+    assert res.events_out >= 30 and res.events_out + res.not_found == res.events_in
+
 def test_a_model_that_needs_tracked_features_is_refused(tmp_path):
     if not bundled_model_path().is_file():
         pytest.skip("the bundled demo model is not built (make model)")
