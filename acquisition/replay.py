@@ -809,6 +809,7 @@ class _VideoSource(_Source):
         self.nominal_fps = True
         self.model = "video " + (self.cap.getBackendName() or "")
         self._next = 1  # index of the frame the next cap.read() returns
+        self._failed: tuple[int, DataFormatError] | None = None  # where the video broke, said on the next read
 
     def _seek(self, i: int) -> bool:
         """Position so that the next read returns frame ``i``; False if the video ends before."""
@@ -841,12 +842,22 @@ class _VideoSource(_Source):
         self.n = i
 
     def read_block(self, i0: int, out: np.ndarray) -> int:
+        failed, self._failed = self._failed, None
+        if failed is not None and failed[0] == i0:
+            raise failed[1]
         if not self._seek(i0):
             return 0
         for j in range(out.shape[0]):
             ok, img = self.cap.read()
             if not ok:
-                self._ended(i0 + j)
+                try:
+                    self._ended(i0 + j)
+                except DataFormatError as err:
+                    if not j:
+                        raise
+                    # the frames before the break play first, as a TIFF's do; raising here lost
+                    # them with the rest of the block (a cut AVI: 960 of its 999 whole frames)
+                    self._failed = (i0 + j, err)
                 return j
             out[j] = self.check_frame(i0 + j, img)
             self._next += 1

@@ -394,17 +394,24 @@ def test_mjpg_avi_replays_every_frame_close_to_the_original(tmp_path):
         assert np.mean(np.abs(f.image.astype(int) - img)) < 6  # lossy, but the same picture
 
 
-def test_a_truncated_video_names_the_frame_where_it_breaks(tmp_path):
+def test_a_truncated_video_plays_its_frames_then_names_the_frame_where_it_breaks(tmp_path):
+    # the frames decoded before the break in the block being read were dropped with the error:
+    # a replay of a cut AVI tracked 960 of its 999 whole frames
     path = tmp_path / "rec.avi"
-    write_avi(path, stack(60, h=32, w=48, seed=7), "FFV1")
+    imgs = stack(60, h=32, w=48, seed=7)
+    write_avi(path, imgs, "FFV1")
     data = path.read_bytes()
     cut = tmp_path / "cut.avi"
     cut.write_bytes(data[: len(data) // 2])
+    got = []
     with ReplayCamera(ReplaySettings(path=str(cut), pixel_size_um=0.34)) as cam:
         cam.start()
-        with pytest.raises(DataFormatError, match=r"cut\.avi: frame \d+: .*says it holds 60 frames"):
-            while cam.read() is not None:
-                pass
+        with pytest.raises(DataFormatError, match=r"cut\.avi: frame (\d+): .*says it holds 60 frames") as err:
+            while (f := cam.read()) is not None:
+                got.append(f.image.copy())
+    assert 0 < len(got) == int(err.value.args[0].split("frame ")[1].split(":")[0])
+    for a, b in zip(got, imgs):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("keep", [0.55, 0.99])
