@@ -770,7 +770,12 @@ class _FolderSource(_Source):
 
     def read_block(self, i0: int, out: np.ndarray) -> int:
         for j in range(out.shape[0]):
-            out[j] = self.check_frame(i0 + j, self._load(i0 + j))
+            try:
+                out[j] = self.check_frame(i0 + j, self._load(i0 + j))
+            except DataFormatError:
+                if j:  # the images before it play first; the next read starts at it and says why
+                    return j
+                raise
         return out.shape[0]
 
 

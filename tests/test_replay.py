@@ -331,6 +331,7 @@ def test_a_frame_of_another_size_names_the_file_and_frame(tmp_path):
         cv2.imwrite(str(tmp_path / f"img{i}.png"), img if i != 2 else img[:, :20])
     with ReplayCamera(ReplaySettings(path=str(tmp_path), pixel_size_um=1.0, fps=100.0)) as cam:
         cam.start()
+        assert [cam.read().frame_id for _ in range(2)] == [0, 1]
         with pytest.raises(DataFormatError, match=r"frame 2 \(img2\.png\): size 20x20 differs .* 30x20"):
             cam.read()
 
@@ -342,6 +343,8 @@ def test_a_corrupt_image_file_names_the_file_and_frame(tmp_path):
     (tmp_path / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
     with ReplayCamera(ReplaySettings(path=str(tmp_path), pixel_size_um=1.0, fps=100.0)) as cam:
         cam.start()
+        # the frames before it play first (they were lost with the rest of the block read)
+        np.testing.assert_array_equal(cam.read().image, imgs[0])
         with pytest.raises(DataFormatError, match=r"frame 1 \(img1\.png\): cannot be decoded"):
             cam.read()
 
