@@ -202,10 +202,13 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
     from tracking.background import frame_light
     from tracking.shapes import measure
 
-    from mimlsort.outputs import check_output_file
+    from mimlsort.outputs import check_output_file, empty_file
 
     src, dst = Path(src), Path(dst)
     check_output_file(dst, inputs=(src,))  # never the input, never an existing measurement
+    if dst.suffix != ".rtdc":  # before the work: the event writer's own check saw only the temporary name
+        raise DataFormatError(f"{dst}: event files must end in .rtdc (dclab and DCscope go by the suffix)")
+    replace_empty = empty_file(dst)  # made for the output (`mktemp --suffix .rtdc`): nothing to lose
     clf = None
     ignored: tuple[str, ...] = ()  # features an image-only model lists but no single image gives
     if model and model != "none":
@@ -378,7 +381,10 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                 wr.log("experiment metadata (date, sample, setup) copied from the source" + temp_note)
                 wr.write([CellRecord(e, p, None, None) for e, p in zip(records, probs)])
             try:
-                os.link(part, dst)  # fails, rather than replaces, if the name was taken meanwhile
+                if replace_empty and empty_file(dst):
+                    os.replace(part, dst)
+                else:
+                    os.link(part, dst)  # fails, rather than replaces, if the name was taken meanwhile
             except FileExistsError:
                 raise DataFormatError(f"{dst}: appeared while the reanalysis ran; refusing to overwrite it "
                                       f"(the result is discarded)") from None

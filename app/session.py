@@ -21,7 +21,7 @@ from typing import Any
 from app.config import RunConfig, bundled_model_path, config_to_toml
 from app.pipeline import FinishReason, Pipeline, Status
 from mimlsort.errors import ConfigError, MimlsortError, StateError
-from mimlsort.outputs import make_output_folder
+from mimlsort.outputs import empty_file, make_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -639,12 +639,15 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             )
             comp = cfg.output.compression
             options = {"compression": None if comp == "none" else "zstd", "compress_images": comp == "all"}
+            # an empty file given for it (`mktemp --suffix .rtdc`) holds nothing to lose: the output
+            # check let it through, and the writer then refused it as "a measurement"
+            overwrite = ev_path in reserved or (events_path is not None and empty_file(ev_path))
             if cfg.output.writer == "process":
                 from app.writer_process import EventWriterProcess
 
-                writer = EventWriterProcess(ev_path, meta=meta, overwrite=ev_path in reserved, **options)
+                writer = EventWriterProcess(ev_path, meta=meta, overwrite=overwrite, **options)
             else:
-                writer = EventWriter(ev_path, meta=meta, overwrite=ev_path in reserved, **options)
+                writer = EventWriter(ev_path, meta=meta, overwrite=overwrite, **options)
             opened.append(writer)
             if not info.camera_clock:
                 writer.log(f"{info.backend} camera has no clock of its own: frame times are host arrival times")

@@ -34,6 +34,16 @@ def holds_hdf5(path: str | Path) -> bool:
     return False
 
 
+def empty_file(path: str | Path) -> bool:
+    """Whether ``path`` is a plain file that holds nothing (one made for the output, as
+    ``mktemp --suffix .rtdc`` does): :func:`check_output_file` lets it be replaced."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
 def _same(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)

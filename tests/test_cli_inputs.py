@@ -253,3 +253,28 @@ def test_a_bench_option_the_benchmark_does_not_take_is_refused(capsys):
     assert main(["bench", "tracking", "--seconds", "5"]) == 2
     err = capsys.readouterr().err
     assert "bench tracking takes no --seconds" in err and "--frames" in err
+
+
+@pytest.mark.skipif(not (SHARED_RTDC / "mask_contour_reference.rtdc").is_file(),
+                    reason="../shared/data/rtdc not beside the repository")
+def test_an_empty_file_given_as_out_is_written_and_another_suffix_is_refused_first(files, tmp_path, capsys):
+    """An empty file made for the output (`mktemp --suffix .rtdc`), which the output check lets
+    through as holding nothing: replay refused it once the run was built ("exists; refusing to
+    overwrite a measurement"), and reanalysis did all its work and then said it "appeared while
+    the reanalysis ran". Reanalysis also wrote its event file under any name (x.txt, which dclab
+    does not open), where replay refuses a name without .rtdc."""
+    import dclab
+
+    rec, _ev = files
+    src = SHARED_RTDC / "mask_contour_reference.rtdc"
+    for command, inp in (("replay", rec), ("reanalyze", src)):
+        out = tmp_path / f"{command}.rtdc"
+        out.write_bytes(b"")
+        args = [command, str(inp), "--out", str(out)] + (["--model", "none"] if command == "replay" else [])
+        assert main(args) == 0, capsys.readouterr().err
+        with dclab.new_dataset(out) as ds:
+            assert len(ds) > 0
+    for name in ("x.txt", "noext"):
+        assert main(["reanalyze", str(src), "--out", str(tmp_path / name)]) == 2
+        assert "event files must end in .rtdc" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()
