@@ -100,6 +100,21 @@ def test_an_event_is_measured_only_in_an_object_at_its_recorded_position(tmp_pat
     assert overlap.min() > 0.5, {int(i): round(float(v), 2) for i, v in zip(index, overlap) if v <= 0.5}
     assert not {29, 37} & set(index.tolist())  # the two specks
     assert res.events_out >= 30 and res.events_out + res.not_found == res.events_in
+    # segmented as CytoShot did (cle=1: objects at the edge removed before the closing): closed
+    # with them, event 8's doublet merged with a cell cut by the ROI's left edge, 132 µm² for 98
+    with h5py.File(src, "r") as ref:
+        area = ref["events/area_um"][:][index]
+    big = area > 20
+    assert np.abs(feats["area_um"][big] / area[big] - 1).max() < 0.05
+
+
+def test_dcnums_border_clearing_is_read_with_its_segmentation():
+    from app.reanalyze import source_segmentation
+
+    assert source_segmentation({"user:dcevent ppid segmenter": "watershed::cle=1^f=1^clo=5"}).clear_border
+    assert source_segmentation({"pipeline:dcnum segmenter": "thresh:t=-6:cle=1^f=1^clo=2"}).clear_border
+    assert not source_segmentation({"pipeline:dcnum segmenter": "thresh:t=-6:cle=0^f=1^clo=2"}).clear_border
+    assert not source_segmentation({"online_contour:bin threshold": 6, "online_contour:bin kernel": 5}).clear_border
 
 def test_a_model_that_needs_tracked_features_is_refused(tmp_path):
     if not bundled_model_path().is_file():

@@ -89,7 +89,7 @@ def _shape(row: np.ndarray, px: float) -> Shape:
 
 def measure(image: np.ndarray, background: np.ndarray, pixel_size_um: float, threshold: float = 6.0, *,
             min_area_um: float = 1.0, max_blobs: int = 64, closing_px: int = 0, opening_px: int = 0,
-            kernels: str = "numba", return_labels: bool = False):
+            clear_border: bool = False, kernels: str = "numba", return_labels: bool = False):
     """Segment ``image`` against ``background`` (|image - background| > ``threshold``; a negative
     threshold takes dark pixels only, image - background < threshold, as RT-DC does) and measure
     every blob of at least ``min_area_um`` (filled mask). Returns ``list[Shape]``, sorted by area
@@ -98,7 +98,9 @@ def measure(image: np.ndarray, background: np.ndarray, pixel_size_um: float, thr
     ``closing_px``/``opening_px`` (elliptical kernel size, px; 0 = none) post-process the
     thresholded mask as RT-DC tools do before measuring: ShapeIn's "bin kernel" is a closing
     (``online_contour:bin kernel``, 5 by default), dcnum's ``clo=r`` a closing with a disk of
-    radius r (kernel 2r + 1). The moment ellipse is still measured on the image itself."""
+    radius r (kernel 2r + 1). ``clear_border`` removes the thresholded objects that touch the
+    image's edge before that closing, as dcnum's ``cle=1`` does (closed first, a cell cut by the
+    edge merged with the cell beside it). The moment ellipse is still measured on the image itself."""
     img = np.asarray(image)
     bg = np.asarray(background)
     if img.ndim != 2 or img.dtype.kind not in "ui":
@@ -119,12 +121,16 @@ def measure(image: np.ndarray, background: np.ndarray, pixel_size_um: float, thr
     labels = np.zeros((h, w) if return_labels else (1, 1), np.int32)
     min_area_px = float(min_area_um / pixel_size_um**2)
     require(closing_px >= 0 and opening_px >= 0, "closing_px", f"kernel sizes must be >= 0, got {closing_px}, {opening_px}")
-    if closing_px or opening_px:
+    if closing_px or opening_px or clear_border:
         import cv2  # only for the RT-DC-style post-processing
 
         d = img.astype(np.int32) - bg.astype(np.int32)
         t = int(np.floor(abs(threshold)))
         mask = ((-d > t) if threshold < 0 else (np.abs(d) > t)).astype(np.uint8)
+        if clear_border:
+            _, lab = cv2.connectedComponents(mask, connectivity=8)
+            edge = np.unique(np.concatenate((lab[0], lab[-1], lab[:, 0], lab[:, -1])))
+            mask[np.isin(lab, edge[edge > 0])] = 0
         for op, k in ((cv2.MORPH_CLOSE, closing_px), (cv2.MORPH_OPEN, opening_px)):
             if k:
                 mask = cv2.morphologyEx(mask, op, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(k), int(k))))
