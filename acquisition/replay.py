@@ -872,6 +872,15 @@ class _VideoSource(_Source):
         self.cap.release()
 
 
+def _starts_as_tiff(path: Path) -> bool:
+    """Whether ``path`` begins as a TIFF (classic or BigTIFF, either byte order) does."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+    except OSError:
+        return False
+
+
 def open_source(path: str | os.PathLike, skip_duplicates: bool = True) -> _Source:
     """The reader for the recording at ``path``, chosen by what it is."""
     p = Path(path)
@@ -882,10 +891,15 @@ def open_source(path: str | os.PathLike, skip_duplicates: bool = True) -> _Sourc
     check_input(p, folder=True, what="a recording")  # a named pipe blocked for ever; an unreadable file read as corrupt
     if p.is_dir():
         return _FolderSource(p)
+    from mimlsort.outputs import holds_hdf5
+
     suffix = p.suffix.lower()
-    if suffix in RTDC_SUFFIXES:
+    # by what the file holds where its name says otherwise: an RT-DC recording renamed .avi was
+    # "not a recording replay can read", while reanalyze, which reads it whatever its name, sent
+    # the user back to replay it
+    if suffix in RTDC_SUFFIXES or holds_hdf5(p):
         return _RtdcSource(p, skip_duplicates)
-    if suffix in TIFF_SUFFIXES:
+    if suffix in TIFF_SUFFIXES or _starts_as_tiff(p):
         return _TiffSource(p)
     if suffix in IMAGE_SUFFIXES:
         raise DataFormatError(f"{p}: a single image, not a recording (replay takes an RT-DC file, a TIFF stack, "

@@ -307,6 +307,23 @@ def test_png_folder_plays_in_natural_order_with_ids_from_the_names(tmp_path):
         np.testing.assert_array_equal(f.image, img)
 
 
+def test_a_recording_whose_name_says_another_format_plays_as_what_it_holds(tmp_path):
+    # an RT-DC recording renamed .avi was "not a recording replay can read" (reanalyze, which
+    # reads it whatever its name, sent the user back to replay it); a TIFF stack named .png was
+    # "a single image"
+    imgs = stack(5, seed=9)
+    rtdc = tmp_path / "rec.avi"
+    write_rtdc(rtdc, imgs, attrs={"imaging:pixel size": 0.5, "imaging:frame rate": 1000.0})
+    tif = tmp_path / "rec.png"
+    assert cv2.imwritemulti(str(tmp_path / "rec.tif"), list(imgs))
+    (tmp_path / "rec.tif").rename(tif)
+    for path in (rtdc, tif):
+        info, frames = frames_of(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=1000.0))
+        assert info.frame_count == 5, path
+        for f, img in zip(frames, imgs):
+            np.testing.assert_array_equal(f.image, img)
+
+
 def test_image_folder_without_numbered_names_counts_from_zero(tmp_path):
     imgs = stack(3, seed=2)
     for name, img in zip(["a.bmp", "b.bmp", "c.bmp"], imgs):
