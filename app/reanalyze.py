@@ -320,7 +320,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
             if not shapes:
                 not_found += 1
                 continue
-            if pos_x is not None and pos_y is not None:
+            if pos_x is not None and pos_y is not None and math.isfinite(pos_x[i]) and math.isfinite(pos_y[i]):
                 k = _blob_at(labels, len(shapes), pos_x[i] / px, pos_y[i] / px, reach_px)
                 if k < 0:
                     not_found += 1

@@ -345,3 +345,17 @@ def test_a_tracked_file_is_segmented_as_the_tracker_did(tmp_path):
         err = np.array([ab / area[f] - 1 for f, ab in zip(b["frame"][:], b["area_um"][:]) if f in area])
     assert len(err) >= 0.95 * len(area) >= 40
     assert np.mean(np.abs(err) > 0.05) <= 0.02, np.sort(err)[[0, -1]]
+
+
+def test_an_event_without_a_recorded_position_is_measured_in_its_largest_blob(tmp_path):
+    import h5py
+
+    from app.reanalyze import reanalyze
+
+    src = tmp_path / "nan.rtdc"
+    src.write_bytes((DATA / "2020-10_image_bg.rtdc").read_bytes())
+    with h5py.File(src, "a") as h:
+        x = h["events/pos_x"][:]
+        x[0] = np.nan
+        h["events/pos_x"][:] = x
+    assert reanalyze(src, tmp_path / "out.rtdc").events_out == 5
