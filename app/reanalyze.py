@@ -349,7 +349,13 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
             event = CellEvent(len(records), i, feats, c, c, px, int(frames[i]), int(frames[i]), 0,
                               Quality.INCOMPLETE, snapshot=snap)
             records.append(event)
-        probs = clf.classify(records) if clf is not None and records else np.zeros((len(records), 0), np.float32)
+        if not records:
+            # an event file without an event only stood in the way of the rerun with other settings
+            # ("exists and holds a measurement"), and exit code 0 said all was well
+            raise DataFormatError(f"{src}: none of its {n} event images holds an object at its recorded position "
+                                  f"when segmented with threshold {seg.threshold:g} and closing {seg.closing_px} px "
+                                  f"({seg.source}); nothing written: give the segmentation (--threshold, --closing)")
+        probs = clf.classify(records) if clf is not None else np.zeros((len(records), 0), np.float32)
         from app.config import config_to_toml, RunConfig
         from app.session import file_sha256
 

@@ -359,3 +359,17 @@ def test_an_event_without_a_recorded_position_is_measured_in_its_largest_blob(tm
         x[0] = np.nan
         h["events/pos_x"][:] = x
     assert reanalyze(src, tmp_path / "out.rtdc").events_out == 5
+
+
+def test_a_reanalysis_that_finds_no_cell_writes_nothing_and_says_which_segmentation(tmp_path, capsys):
+    # it wrote an event file without an event, exit code 0, and the rerun with a better threshold
+    # was refused: "exists and holds a measurement"
+    from app.cli import main
+
+    out = tmp_path / "out.rtdc"
+    src = DATA / "mask_contour_reference.rtdc"
+    assert main(["reanalyze", str(src), "--out", str(out), "--threshold", "-200"]) == 2
+    err = capsys.readouterr().err
+    assert "none of its 8 event images" in err and "threshold -200" in err, err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert main(["reanalyze", str(src), "--out", str(out)]) == 0
