@@ -79,6 +79,7 @@ def source_segmentation(attrs, path: Path | str = "") -> Segmentation:
         if math.isfinite(v) and v >= 0:
             closing = int(v)
             origin.append("user:segmentation closing")
+        clear_border = float(attrs.get("user:segmentation clear border", 0)) == 1
     except (TypeError, ValueError):
         pass  # an edited file's text: the RT-DC keys or defaults below
     v = attrs.get("online_contour:bin threshold")
@@ -380,7 +381,8 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                        model_sha256=file_sha256(clf.path) if clf is not None else "",
                        model_name=str(model or ""), config_toml=config_to_toml(RunConfig()),
                        camera=f"reanalysis of {src.name}", camera_clock=False, measured="single image",
-                       segmentation_threshold=seg.threshold, segmentation_closing_px=seg.closing_px, **setup)
+                       segmentation_threshold=seg.threshold, segmentation_closing_px=seg.closing_px,
+                       segmentation_clear_border=seg.clear_border, **setup)
         # written under a temporary name and renamed when whole: an interrupted reanalysis leaves
         # neither a partial file that looks finished nor one that blocks the command's next run
         fd, name = tempfile.mkstemp(prefix=dst.stem + ".", suffix=".partial.rtdc", dir=dst.parent)

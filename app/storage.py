@@ -158,6 +158,7 @@ class RunMeta:
     # and the closing kernel in px (0: none, the tracker's)
     segmentation_threshold: float = -6.0
     segmentation_closing_px: int = 0
+    segmentation_clear_border: bool = False  # objects at the image's edge removed before the closing (dcnum's cle=1)
     # setup keys written with mimlsort's defaults because nobody gave the experiment's values
     # (dclab requires every one of them): named in the file so no one takes them for measured
     placeholders: tuple[str, ...] = ()
@@ -534,6 +535,7 @@ class EventWriter:
             "user:camera bit depth": int(m.bit_depth),
             "user:segmentation threshold": float(m.segmentation_threshold),
             "user:segmentation closing": int(m.segmentation_closing_px),
+            **({"user:segmentation clear border": 1} if m.segmentation_clear_border else {}),
             "user:frame times": ("the source file's" if m.measured == "single image" else
                                  "camera clock" if m.camera_clock else "host arrival (camera has no clock)"),
             "user:event image": "pending",

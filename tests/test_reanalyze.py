@@ -106,6 +106,11 @@ def test_an_event_is_measured_only_in_an_object_at_its_recorded_position(tmp_pat
         area = ref["events/area_um"][:][index]
     big = area > 20
     assert np.abs(feats["area_um"][big] / area[big] - 1).max() < 0.05
+    # and so is the reanalysis of the reanalysis (it had lost cle=1: event 8 at +35% again)
+    again = reanalyze(tmp_path / "out.rtdc", tmp_path / "again.rtdc")
+    feats2, _ = read_events(tmp_path / "again.rtdc")
+    assert again.events_out == res.events_out and (feats2["track_id"] == np.arange(res.events_out)).all()
+    np.testing.assert_allclose(feats2["area_um"][big], feats["area_um"][big], rtol=0.05)
 
 
 def test_dcnums_border_clearing_is_read_with_its_segmentation():
