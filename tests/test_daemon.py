@@ -300,11 +300,11 @@ def test_a_replay_stopped_before_its_first_tracked_frame_leaves_no_file_that_blo
     the start) left an event file without an event, exit code 0, and the rerun with the same
     --out was refused: "exists and holds a measurement"."""
     rec = tmp_path / "rec.rtdc"
-    done = subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--out", str(rec), "--seconds", "2",
+    done = subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--out", str(rec), "--seconds", "4",
                            "--fps", "200", "--seed", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     cfg = tmp_path / "slow.toml"
-    cfg.write_text("[tracking]\nbackground_frames = 380\n")  # ~2 s of frames at 200 fps before any is tracked
+    cfg.write_text("[tracking]\nbackground_frames = 760\n")  # ~4 s of frames at 200 fps before any is tracked
     out = tmp_path / "events.rtdc"
     p = mimlsort("replay", str(rec), "--out", str(out), "--model", "none", "--realtime", "--config", str(cfg))
     try:
