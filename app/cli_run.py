@@ -167,7 +167,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_reanalyze(args: argparse.Namespace) -> int:
     from app.reanalyze import reanalyze
 
-    res = reanalyze(args.input, args.out, model=args.model, threshold=args.threshold, closing_px=args.closing)
+    res = reanalyze(args.input, args.out, model=args.model, threshold=args.threshold, closing_px=args.closing,
+                    bit_depth=args.bit_depth)
     print(res.summary())
     return 0
 
@@ -220,6 +221,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(negative: dark pixels only); default: the one the input was segmented with, else -6")
     sp.add_argument("--closing", type=int, metavar="PX", help="closing kernel for the mask (px); default: the "
                     "input's (ShapeIn's bin kernel, dcnum's clo), else 5")
+    sp.add_argument("--bit-depth", type=int, help="bits the grey levels of uint16 event images use, if the file does "
+                    "not say (user:bit depth; else 16); thresholds are 8-bit grey levels scaled by it")
     sp.set_defaults(func=cmd_reanalyze)
 
     sp = sub.add_parser("demo", help="the quick start: synthetic camera through the full pipeline with the bundled "

@@ -195,7 +195,7 @@ def _internal_basin_bg(fh, images, src: Path) -> _MappedBackgrounds | None:
 
 
 def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, threshold: float | None = None,
-              closing_px: int | None = None) -> ReanalysisResult:
+              closing_px: int | None = None, bit_depth: int | None = None) -> ReanalysisResult:
     """Measure every event image of ``src`` into the event file ``dst``. ``threshold`` (RT-DC's
     signed convention) and ``closing_px`` default to what ``src`` was segmented with
     (:func:`source_segmentation`); the experiment's metadata (flow, channel, medium, temperature,
@@ -239,6 +239,11 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
             raise DataFormatError(f"{src}: events/image holds {images.dtype} of shape {images.shape}; reanalysis "
                                   f"takes grey images, uint8 or uint16, of shape (events, height, width)")
         n = images.shape[0]
+        depth = _image_bit_depth(images.dtype, fh.attrs, bit_depth, src)
+        # thresholds are 8-bit grey levels (RT-DC's), scaled to the images' range as the tracker
+        # does: unscaled, 12-bit images segmented their noise (every event the whole ROI, 2274 µm²),
+        # and stored unshifted as 8-bit they came out white
+        grey = 2.0 ** (depth - 8)
         if n == 0:
             raise DataFormatError(f"{src}: holds no events to reanalyse")
         attrs = dict(fh.attrs)
@@ -316,7 +321,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                 seg_bg = np.clip(bg.astype(np.int64) + int(round(off)), info.min, info.max).astype(bg.dtype)
             else:
                 off = float(frame_light(img, bg, 0, h, abs(seg.threshold))[1])
-            shapes, labels = measure(img, seg_bg, px, threshold=seg.threshold, closing_px=seg.closing_px,
+            shapes, labels = measure(img, seg_bg, px, threshold=seg.threshold * grey, closing_px=seg.closing_px,
                                      clear_border=seg.clear_border, return_labels=True)
             if not shapes:
                 not_found += 1
@@ -345,6 +350,8 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                           "pos_y_um": s.y_um, "entry_time_ms": math.nan, "exit_time_ms": t_s * 1e3, "bg_off": off})
             cx, cy = s.x_um / px, s.y_um / px
             c = _crop(img, bg, cx, cy, crop)
+            if depth > 8:  # the model's input is 8-bit grey, as the tracker's crops are
+                c = np.clip(c >> (depth - 8), 0, 255).astype(np.uint8)
             mask = labels == k + 1
             snap = Snapshot(image=img, background=bg, mask=mask, frame_id=int(frames[i]), pos_x_px=cx, pos_y_px=cy)
             event = CellEvent(len(records), i, feats, c, c, px, int(frames[i]), int(frames[i]), 0,
@@ -355,7 +362,9 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
             # ("exists and holds a measurement"), and exit code 0 said all was well
             raise DataFormatError(f"{src}: none of its {n} event images holds an object at its recorded position "
                                   f"when segmented with threshold {seg.threshold:g} and closing {seg.closing_px} px "
-                                  f"({seg.source}); nothing written: give the segmentation (--threshold, --closing)")
+                                  f"({seg.source}); nothing written: give the segmentation (--threshold, --closing)"
+                                  + (f" or, if its grey levels use fewer than {depth} bits, the bit depth (--bit-depth)"
+                                     if depth > 8 else ""))
         probs = clf.classify(records) if clf is not None else np.zeros((len(records), 0), np.float32)
         from app.config import config_to_toml, RunConfig
         from app.session import file_sha256
@@ -382,7 +391,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                        model_name=str(model or ""), config_toml=config_to_toml(RunConfig()),
                        camera=f"reanalysis of {src.name}", camera_clock=False, measured="single image",
                        segmentation_threshold=seg.threshold, segmentation_closing_px=seg.closing_px,
-                       segmentation_clear_border=seg.clear_border, **setup)
+                       segmentation_clear_border=seg.clear_border, bit_depth=depth, **setup)
         # written under a temporary name and renamed when whole: an interrupted reanalysis leaves
         # neither a partial file that looks finished nor one that blocks the command's next run
         fd, name = tempfile.mkstemp(prefix=dst.stem + ".", suffix=".partial.rtdc", dir=dst.parent)
@@ -408,6 +417,22 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         finally:
             part.unlink(missing_ok=True)
     return ReanalysisResult(dst, n, len(records), not_found, str(model or ""))
+
+
+def _image_bit_depth(dtype: np.dtype, attrs, given: int | None, src: Path) -> int:
+    """The bits the event images' grey levels use: ``given`` (--bit-depth), else the file's
+    ``user:bit depth``, else the dtype's."""
+    bits = 8 * np.dtype(dtype).itemsize
+    if given:
+        if not 8 <= int(given) <= bits:
+            raise DataFormatError(f"{src}: --bit-depth {given} does not fit its {np.dtype(dtype)} images (8..{bits})")
+        return int(given)
+    v = attrs.get("user:bit depth")
+    try:
+        v = int(v) if v is not None else 0
+    except (TypeError, ValueError):
+        v = 0
+    return v if 8 <= v <= bits else bits
 
 
 def _blob_at(labels: np.ndarray, n: int, x_px: float, y_px: float, reach_px: float) -> int:

@@ -378,3 +378,35 @@ def test_a_reanalysis_that_finds_no_cell_writes_nothing_and_says_which_segmentat
     assert "none of its 8 event images" in err and "threshold -200" in err, err
     assert not out.exists() and not list(tmp_path.iterdir())
     assert main(["reanalyze", str(src), "--out", str(out)]) == 0
+
+
+def test_event_images_of_more_than_8_bits_are_segmented_with_thresholds_scaled_to_them(tmp_path, capsys):
+    """12-bit event images (uint16) were segmented with the 8-bit threshold: every event's noise
+    was the cell (2274 µm², the whole ROI), and the images were stored white (clipped to 8 bits)."""
+    import h5py
+
+    from app.cli import main
+    from app.reanalyze import reanalyze
+    from app.storage import read_events
+
+    name = "2020-10_image_bg.rtdc"
+    deep = tmp_path / "deep.rtdc"
+    with h5py.File(DATA / name, "r") as a, h5py.File(deep, "w") as b:
+        b.attrs.update(dict(a.attrs))
+        for k, d in a["events"].items():
+            if isinstance(d, h5py.Dataset):
+                x = d[:]
+                b[f"events/{k}"] = x.astype(np.uint16) * 16 if k in ("image", "image_bg") else x
+    reanalyze(DATA / name, tmp_path / "8bit.rtdc")
+    reanalyze(deep, tmp_path / "12bit.rtdc", bit_depth=12)
+    f8, _ = read_events(tmp_path / "8bit.rtdc")
+    f12, _ = read_events(tmp_path / "12bit.rtdc")
+    np.testing.assert_allclose(f12["area_um"], f8["area_um"])
+    with h5py.File(tmp_path / "8bit.rtdc", "r") as a, h5py.File(tmp_path / "12bit.rtdc", "r") as b:
+        np.testing.assert_array_equal(b["events/image"][:], a["events/image"][:])
+    # unsaid, uint16 is taken as 16 bits: nothing found, and the message says what to give
+    assert main(["reanalyze", str(deep), "--out", str(tmp_path / "16bit.rtdc")]) == 2
+    assert "the bit depth (--bit-depth)" in capsys.readouterr().err
+    with h5py.File(deep, "a") as h:
+        h.attrs["user:bit depth"] = 12
+    assert main(["reanalyze", str(deep), "--out", str(tmp_path / "said.rtdc")]) == 0
