@@ -320,7 +320,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                 info = np.iinfo(bg.dtype)
                 seg_bg = np.clip(bg.astype(np.int64) + int(round(off)), info.min, info.max).astype(bg.dtype)
             else:
-                off = float(frame_light(img, bg, 0, h, abs(seg.threshold))[1])
+                off = float(frame_light(img, bg, 0, h, abs(seg.threshold) * grey)[1])
             shapes, labels = measure(img, seg_bg, px, threshold=seg.threshold * grey, closing_px=seg.closing_px,
                                      clear_border=seg.clear_border, return_labels=True)
             if not shapes:

@@ -402,6 +402,7 @@ def test_event_images_of_more_than_8_bits_are_segmented_with_thresholds_scaled_t
     f8, _ = read_events(tmp_path / "8bit.rtdc")
     f12, _ = read_events(tmp_path / "12bit.rtdc")
     np.testing.assert_allclose(f12["area_um"], f8["area_um"])
+    np.testing.assert_allclose(f12["bg_off"] / 16, f8["bg_off"], atol=1e-9)  # the empty channel's, not -1 throughout
     with h5py.File(tmp_path / "8bit.rtdc", "r") as a, h5py.File(tmp_path / "12bit.rtdc", "r") as b:
         np.testing.assert_array_equal(b["events/image"][:], a["events/image"][:])
     # unsaid, uint16 is taken as 16 bits: nothing found, and the message says what to give
