@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import signal
 import sys
@@ -19,6 +20,12 @@ def replay_source(args: argparse.Namespace, *, realtime: bool) -> dict:
     """The ``camera`` changes that make a configuration replay ``args.recording``, with the
     recording's facts given on the command line winning over the configuration's."""
     camera = {"backend": "replay", "replay.path": str(args.recording), "replay.realtime": realtime}
+    for option, value in (("--pixel-size", args.pixel_size), ("--fps", args.fps)):
+        # 0 was taken for "not given", and the recording's own value (or none) used without a word
+        if value is not None and not (math.isfinite(value) and value > 0):
+            from mimlsort.errors import ConfigError
+
+            raise ConfigError(option, f"must be a finite number > 0, got {value:g}")
     if args.pixel_size:  # the replay source's own setting: opening it needs one already
         camera["pixel_size_um"] = args.pixel_size
         camera["replay.pixel_size_um"] = args.pixel_size

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimlsort.errors import DataFormatError, ModelError
+from mimlsort.errors import ConfigError, DataFormatError, ModelError
 from mimlsort.inputs import attr_number, check_input, open_hdf5
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,10 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         frames = column("frame")
         frames = np.arange(n) if frames is None else frames
         h, w = images.shape[1:]
+        if closing_px is not None and not 0 <= closing_px < min(h, w):
+            # a kernel past the image closed it into one blob: 3 of 8 events measured, nothing said
+            raise ConfigError("--closing", f"must be 0 to {min(h, w) - 1} px (the event images are {w}x{h} px), "
+                                           f"got {closing_px}")
         crop = max(8, int(round(40.0 / px)) // 2 * 2)
         # the recorded object's mask must reach its recorded position (its centroid lies within half
         # a pixel of our mask on every shared file): the nearest centroid within 10 µm took a cell

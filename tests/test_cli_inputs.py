@@ -144,6 +144,17 @@ def test_replay_pixel_size_option_reaches_a_tiff(files, tmp_path):
         assert len(f["events/deform"]) > 0
 
 
+@pytest.mark.parametrize("option", ["--pixel-size", "--fps"])
+def test_replay_and_track_refuse_a_pixel_size_or_frame_rate_of_0(files, tmp_path, capsys, option):
+    # 0 was taken for "not given": the recording's own value (or none) was used without a word
+    rec, _ = files
+    for cmd in (["replay", str(rec), "--out", str(tmp_path / "x.rtdc"), "--model", "none"],
+                ["track", str(rec), "--out", str(tmp_path / "x.csv")]):
+        assert main([*cmd, option, "0"]) == 2
+        assert f"{option}: must be a finite number > 0, got 0" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_replay_pixel_size_option_over_a_recordings_own_is_used_not_called_ignored(files, tmp_path, caplog):
     # --pixel-size overrides what a recording says; the replay source warned (twice) that the
     # setting was ignored, then the run warned that it was used, and the file held it

@@ -380,6 +380,17 @@ def test_a_reanalysis_that_finds_no_cell_writes_nothing_and_says_which_segmentat
     assert main(["reanalyze", str(src), "--out", str(out)]) == 0
 
 
+def test_a_closing_kernel_past_the_event_images_is_refused(tmp_path, capsys):
+    # --closing 1000 closed each image into one blob: 3 of 8 events measured, nothing said
+    from app.cli import main
+
+    out = tmp_path / "out.rtdc"
+    assert main(["reanalyze", str(DATA / "mask_contour_reference.rtdc"), "--out", str(out), "--closing", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "--closing: must be 0 to" in err and "got 1000" in err, err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
 def test_event_images_of_more_than_8_bits_are_segmented_with_thresholds_scaled_to_them(tmp_path, capsys):
     """12-bit event images (uint16) were segmented with the 8-bit threshold: every event's noise
     was the cell (2274 µm², the whole ROI), and the images were stored white (clipped to 8 bits)."""
