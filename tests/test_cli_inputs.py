@@ -112,6 +112,15 @@ def test_outputs_that_cannot_be_written_are_named_first(files, tmp_path, capsys)
     assert "cannot create the folder for --out" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs sysfs, a folder even root cannot write to")
+def test_a_replay_into_a_folder_it_cannot_write_names_out(files, capsys):
+    # the run's log is made there first, and the error named daemon.log_file, a key never set
+    rec, _ = files
+    assert main(["replay", str(rec), "--out", "/sys/kernel/mimlsort-test.rtdc", "--model", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "--out: /sys/kernel: cannot write there" in err and "daemon.log_file" not in err, err
+
+
 def test_a_damaged_event_file_is_named_and_leaves_no_report_folder(files, tmp_path, capsys):
     _, ev = files
     bad = tmp_path / "bad.rtdc"
