@@ -24,7 +24,14 @@ FAST_FLOW = {"synthetic.flow_speed_mm_s": 20.0, "synthetic.constriction_speed_mm
              "synthetic.exit_speed_mm_s": 30.0}
 
 
-def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: float = 120.0) -> dict:
+def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: float = 120.0,
+         stages: bool = False) -> dict:
+    if stages:
+        from app.stages import StageProbe
+
+        with StageProbe().attached() as probe:
+            res = _run(cfg, folder, lossless=lossless, timeout_s=timeout_s)
+        return {**res, **probe.summary()}
     run = build_run(cfg, folder=folder, lossless=lossless, trigger=True)  # a replay's pulses are what it measures
     t0 = time.monotonic()
     run.start()
@@ -90,8 +97,9 @@ def _run(cfg: RunConfig, folder: Path, *, lossless: bool = False, timeout_s: flo
 
 
 def bench_pipeline(seconds: float = 5.0, fps: float = 10_000.0, cells_per_second: float = 400.0,
-                   model: str | None = None, compression: str = "all") -> dict:
-    """The camera paced at ``fps`` (what a real camera does) through the full pipeline, writing events."""
+                   model: str | None = None, compression: str = "all", stages: bool = False) -> dict:
+    """The camera paced at ``fps`` (what a real camera does) through the full pipeline, writing events.
+    ``stages``: where each decision's time went (:mod:`app.stages`)."""
     with tempfile.TemporaryDirectory(prefix="mimlsort-bench-") as tmp:
         cfg = with_changes(RunConfig(),
                            camera={"backend": "synthetic", "synthetic.fps": fps, "synthetic.realtime": True,
@@ -102,7 +110,7 @@ def bench_pipeline(seconds: float = 5.0, fps: float = 10_000.0, cells_per_second
                            output={"folder": tmp, "sample": "bench", "compression": compression}, daemon={"log_file": ""})
         res = {"roi": f"{cfg.camera.synthetic.width}x{cfg.camera.synthetic.height}", "offered_fps": fps,
                "offered_cells_per_s": cells_per_second, "cpus": len(os.sched_getaffinity(0)), "compression": compression}
-        res.update(_run(cfg, Path(tmp), timeout_s=seconds * 4 + 60))
+        res.update(_run(cfg, Path(tmp), timeout_s=seconds * 4 + 60, stages=stages))
         return res
 
 
@@ -193,12 +201,13 @@ SORT_FLOW = {k: 2.0 * v for k, v in FAST_FLOW.items()}
 
 
 def bench_sorting(seconds: float = 5.0, fps: float = 8_000.0, cells_per_second: float = 1400.0,
-                  model: str | None = None, compression: str = "all") -> dict:
+                  model: str | None = None, compression: str = "all", stages: bool = False) -> dict:
     """Decision latency and sustained decisions per second, serial trigger on a pseudo-terminal.
 
     The dense simulated channel is rendered to a raw recording first and replayed in real time at
     its frame rate, so the figures are those of the sort path (tracker, model, policy, trigger,
-    event writer), not of the simulator's renderer.
+    event writer), not of the simulator's renderer. ``stages``: where each decision's time went
+    (:mod:`app.stages`).
     """
     from acquisition.synthetic import SyntheticSettings
     from app.simdata import record_simulation
@@ -217,7 +226,7 @@ def bench_sorting(seconds: float = 5.0, fps: float = 8_000.0, cells_per_second: 
                            output={"folder": tmp, "sample": "bench", "compression": compression}, daemon={"log_file": ""})
         res = {"offered_fps": fps, "simulated_cells": sum(1 for t in truth if t.kind != "debris"),
                "trigger": "serial (pseudo-terminal, emulator process)", "compression": compression}
-        res.update(_run(cfg, Path(tmp), timeout_s=seconds * 4 + 60))
+        res.update(_run(cfg, Path(tmp), timeout_s=seconds * 4 + 60, stages=stages))
     try:
         from hardware.bench import bench_serial_jitter
 

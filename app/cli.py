@@ -134,7 +134,7 @@ BENCHES: dict[str, str] = {
 #: the command-line option of each benchmark parameter
 _BENCH_FLAGS = {"n_frames": "--frames", "backend": "--backend", "seconds": "--seconds", "model": "--model",
                 "provider": "--provider", "compression": "--compression", "rate": "--rate", "baud": "--baud",
-                "mode": "--mode"}
+                "mode": "--mode", "stages": "--stages"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -145,7 +145,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     params = inspect.signature(fn).parameters
     options = {"n_frames": args.frames, "backend": args.backend, "seconds": args.seconds, "model": args.model,
                "provider": args.provider, "compression": args.compression, "rate": args.rate, "baud": args.baud,
-               "mode": args.mode}
+               "mode": args.mode, "stages": args.stages or None}
     # an option the benchmark does not take was dropped without a word: `bench tracking --seconds 5`
     # measured its default 20,000 frames, and the figure was read as 5 seconds'
     ignored = [_BENCH_FLAGS[k] for k, v in options.items() if v is not None and k not in params]
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--provider", help="ONNX Runtime provider: auto, cpu, cuda, tensorrt (bench inference)")
     sp.add_argument("--compression", choices=("all", "masks", "none"),
                     help="event file images compressed (output.compression; bench pipeline/sorting/storage)")
+    sp.add_argument("--stages", action="store_true",
+                    help="time each decision stage by stage, cell by cell (bench sorting/pipeline; app/stages.py)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_bench)
 

@@ -43,5 +43,19 @@ def test_bench_sorting_fires_its_serial_trigger():
 
     if not bundled_model_path().is_file():
         pytest.skip("the bundled demo model is not built (make model)")
-    res = bench_sorting(seconds=0.4, cells_per_second=100.0)
+    from app.pipeline import Pipeline
+    from app.stages import STAGES
+    from tracking.tracker import Tracker
+
+    track_live, handle = Tracker.track_live, Pipeline._handle
+    res = bench_sorting(seconds=0.4, cells_per_second=100.0, stages=True)
     assert res["pulses_to"] == "serial" and res["fired"] > 0
+    # the stage probe timed the cells handed to the trigger from the tracking thread (fired, or
+    # found late by it), each stage in order on one clock (the kernel's own stamp included), and
+    # gave the classes back as it found them
+    assert 0 < res["stage_cells"] <= res["fired"] + res["late"]
+    for name in STAGES:
+        p50, p90, p99 = res[f"stage_{name}_us_p50_p90_p99"]
+        assert 0 <= p50 <= p90 <= p99, name
+    assert res["stage_classify_us_p50_p90_p99"][0] > 0 and res["stage_kernel_us_p50_p90_p99"][0] > 0
+    assert (Tracker.track_live, Pipeline._handle) == (track_live, handle)
