@@ -111,6 +111,24 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "cell"
 
 
+def _run_prefix(run) -> str:
+    """What names the run in its cells' IDs: sample, start, run index and a tag of the run's
+    identifier. Sample and run index alone (``sample_M1``) named the cells of every day's first run
+    of a sample alike: their PNGs replaced each other when the exports were put in one folder, and
+    training on both tied two cells into one group (a healthy and a stiff cell held out together)."""
+    import hashlib
+
+    # digits only: a reanalysis copies its source's date and time as that file wrote them
+    date = re.sub(r"[^0-9]", "", _fmt(run.attrs.get("experiment:date", "")))
+    time = re.sub(r"[^0-9]", "", _fmt(run.attrs.get("experiment:time", "")))
+    ident = _fmt(run.attrs.get("experiment:run identifier", ""))
+    # the identifier is unique to the run (a reanalysis of a file gets its own, with the source's
+    # start and run index); 8 hex digits of its hash keep the names short
+    tag = hashlib.sha1(ident.encode()).hexdigest()[:8] if ident else ""
+    return "_".join(p for p in (_safe(run.meta.sample), f"{date}-{time}" if date else "", f"M{run.meta.run_index}",
+                                tag) if p)
+
+
 def check_miml_destination(out_dir: str | Path, name: str = "cells") -> tuple[Path, Path]:
     """The image folder and CSV an export named ``name`` writes into ``out_dir``; refuses a bad name or a
     folder that holds an earlier export (checked before anything is written, also by ``export --csv``)."""
@@ -171,7 +189,7 @@ def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "ce
             scaling[col] = {"feature": feat, "unit": FEATURES[feat].unit, "min": None, "max": None}
     classes = run.class_names
     shift = max(0, run.meta.bit_depth - 8)
-    prefix = _safe(run.meta.sample)
+    prefix = _run_prefix(run)
 
     def png(img: np.ndarray) -> np.ndarray:
         a = np.asarray(img)
@@ -193,7 +211,7 @@ def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "ce
             cls = classes[f["predicted"][i]]
         else:
             cls = run.meta.sample
-        cid = f"{prefix}_M{run.meta.run_index}_Cell{int(i) + 1}"  # the CSV's `cell` and dclab's `index`
+        cid = f"{prefix}_Cell{int(i) + 1}"  # the CSV's `cell` and dclab's `index`
         for which, key in (("Firstcrop", "first_crop"), ("Lastcrop", "last_crop")):
             fn = f"{cid}_{which}.png"
             if not cv2.imwrite(str(img_dir / fn), png(f[key][i])):

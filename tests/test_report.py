@@ -234,8 +234,10 @@ def test_miml_export_round_trips_through_the_training_importer(run_file, tmp_pat
     by_id = {str(i): k for k, i in enumerate(ds.ids)}
     scaling = json.loads((tmp_path / "miml" / "miml_export.json").read_text())["scaling"]
     row_of = {id(r): n for n, r in enumerate(records, 1)}  # CellN is the CSV's `cell`, dclab's `index`
+    run = read_events(path)[1]
+    prefix = f"hct116_vs_wbc_{run.attrs['experiment:date'].replace('-', '')}-{run.attrs['experiment:time'].replace(':', '')}_M3_"
     for r in ok:
-        k = by_id[f"hct116_vs_wbc_M3_Cell{row_of[id(r)]}"]
+        [k] = [k for name, k in by_id.items() if name.startswith(prefix) and name.endswith(f"_Cell{row_of[id(r)]}")]
         assert np.array_equal(ds.first[k], r.event.first_crop)
         assert np.array_equal(ds.last[k], r.event.last_crop)
         assert ds.class_names[ds.labels[k]] == CLASSES[int(np.argmax(r.probabilities))]
@@ -275,6 +277,23 @@ def test_miml_export_options(run_file, tmp_path):
     assert res.csv_path.read_bytes() == before and not (tmp_path / "m" / "other").exists()
     with pytest.raises(DataFormatError, match="must be a plain name"):
         export_miml(path, tmp_path / "m3", name="../x")
+
+
+def test_miml_exports_of_two_runs_of_one_sample_and_run_index_name_their_cells_apart(run_file, tmp_path):
+    # both named their cells hct116_vs_wbc_M3_CellN: put in one folder, one run's PNGs replaced the
+    # other's; trained on together, each pair of namesakes was one group (held out together)
+    data = pytest.importorskip("inference.training.data")
+    path, records = run_file
+    again = tmp_path / "again.rtdc"
+    with EventWriter(again, meta=make_meta(config_toml=CONFIG)) as w:  # the same sample and run index
+        w.write(records)
+    a = export_miml(path, tmp_path / "a", name="a")
+    b = export_miml(again, tmp_path / "b", name="b")
+    names_a, names_b = ({p.name for p in res.image_dir.iterdir()} for res in (a, b))
+    assert len(names_a) == 2 * a.cells and len(names_b) == 2 * b.cells
+    assert not names_a & names_b
+    ds = data.dataset_from_paths([tmp_path / "a", tmp_path / "b"])
+    assert len(ds) == a.cells + b.cells and len(set(ds.groups)) == len(ds) and len(set(ds.ids)) == len(ds)
 
 
 def test_cli_report_and_export(run_file, tmp_path, capsys):
