@@ -79,6 +79,10 @@ def test_train_and_evaluate_event_tables(tmp_path, torch, capsys):
         assert prov.seed == 3 and prov.training["epochs"] == 2
         assert any("runA" in d or "events.csv" in d for d in prov.data)
         assert clf.spec.image.crop_size_um == pytest.approx(20.0) and clf.spec.image.pixel_size_um == 0.5
+    from inference.training.train import load_checkpoint
+
+    # the checkpoint (fine-tuning starts from it) carries the same provenance: it lacked the test figures
+    assert load_checkpoint(out / "model.pt")[1].provenance == prov
 
     # fine-tune the exported model (its .pt is beside it) with the image branch frozen
     code = main(["train", f"{a}=healthy", f"{b}=stiff", "--init-from", str(out / "model.onnx"), "--freeze-image-branch",

@@ -138,8 +138,11 @@ def verify_onnx(model: MimlNet, path: str | Path, *, atol: float = 1e-5, seed: i
 
 def update_spec(path: str | Path, spec: ModelSpec) -> Path:
     """Replace the spec embedded in an exported model (e.g. to add held-out test figures to its
-    provenance). The graph is untouched; a spec that no longer fits it is refused."""
+    provenance), and in the checkpoint (.pt) beside it. The graph is untouched; a spec that no
+    longer fits it is refused."""
     import onnx
+
+    from .train import load_checkpoint, save_checkpoint
 
     from inference.spec import TensorInfo, check_graph
 
@@ -160,4 +163,10 @@ def update_spec(path: str | Path, spec: ModelSpec) -> Path:
     entry.key = SPEC_KEY
     entry.value = spec.to_json()
     onnx.save_model(proto, str(path))
+    checkpoint = path.with_suffix(".pt")
+    if checkpoint.is_file():
+        # the held-out figures reached the .onnx only: a model fine-tuned from the .pt, or the .pt
+        # read on its own, had lost them
+        model, _ = load_checkpoint(checkpoint)
+        save_checkpoint(checkpoint, model, spec)
     return path
