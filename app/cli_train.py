@@ -318,13 +318,13 @@ def _read_data(args: argparse.Namespace, *, role: str):
         from inference.training.data import Dataset
 
         ds = Dataset.concat(parts)
-    if by_recording:
-        _check_recordings(ds)
     return ds
 
 
 def _check_recordings(ds) -> None:
-    """--hold-out recording: every class needs recordings on both sides of a split."""
+    """--hold-out recording: every class needs recordings on both sides of a split. Only training
+    splits so whatever is asked: evaluate scores every cell, and its --folds parts are counted in
+    recordings by _folds_for_data (it refused --folds 0, which asks for no parts)."""
     import numpy as np
 
     from mimlsort.errors import ConfigError
@@ -407,6 +407,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                    "metrics.json": None}, option="--out (or --replace)")
 
     ds = _load_data(args, role="train")
+    if args.hold_out == "recording":
+        _check_recordings(ds)
     note = _recordings_confound_classes(args)
     if note:
         print(note)

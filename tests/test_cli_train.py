@@ -551,6 +551,15 @@ def test_whole_recordings_can_be_held_out(tmp_path, torch, capsys):
     assert main(["evaluate", str(out / "model.onnx"), *data, "--out", str(tmp_path / "e"), "--folds", "3",
                  "--hold-out", "recording"]) == 2
     assert "needs at least 3 recordings of every class, but class 'healthy' has 2" in capsys.readouterr().err
+    # without parts nothing is held out: one recording of a class is enough to score the model
+    # (it was refused: "class 'healthy' comes from 1 recording")
+    assert main(["evaluate", str(out / "model.onnx"), *data[1:], "--out", str(tmp_path / "e1"), "--folds", "0", "--pixel-size", "0.5",
+                 "--hold-out", "recording"]) == 0
+    assert "38 cells: accuracy" in capsys.readouterr().out  # 14 + 11 + 13
+    assert main(["evaluate", str(out / "model.onnx"), *data[1:], "--out", str(tmp_path / "e2"), "--folds", "2",
+                 "--hold-out", "recording"]) == 2
+    assert "--folds: 2-fold cross-validation needs at least 2 recordings of every class, but class 'healthy' has 1" \
+        in capsys.readouterr().err
     assert main(["train", *data[1:], "--out", str(tmp_path / "x"), "--hold-out", "recording", "--no-progress"]) == 2
     assert "--hold-out: recording: class 'healthy' comes from 1 recording" in capsys.readouterr().err
 
