@@ -238,6 +238,7 @@ def _check_parent(args: argparse.Namespace) -> None:
 
 
 def _load_data(args: argparse.Namespace, *, role: str):
+    """(data set, per cell the data it came from: the PATH given, resolved, or the simulated run)."""
     from inference.training.data import MissingFeatures
     from mimlsort.errors import ConfigError
 
@@ -254,6 +255,14 @@ def _load_data(args: argparse.Namespace, *, role: str):
         raise
 
 
+def _item_path(item) -> Path:
+    """The PATH of a ``PATH`` or ``PATH=CLASS`` given (as inference.training.data reads it)."""
+    path = Path(item)
+    if not path.exists() and "=" in str(item):
+        path = Path(str(item).rsplit("=", 1)[0])
+    return path
+
+
 def _check_each_path_once(items) -> None:
     """A file named twice (A.rtdc=x A.rtdc=x) had its cells counted twice and, held out by
     recording, on both sides of the split: the held-out figures tested cells the model trained on
@@ -262,9 +271,7 @@ def _check_each_path_once(items) -> None:
 
     seen: dict[Path, str] = {}
     for item in items:
-        path = Path(item)
-        if not path.exists() and "=" in str(item):
-            path = Path(str(item).rsplit("=", 1)[0])
+        path = _item_path(item)
         if not path.exists():
             continue  # the importer names it
         key = path.resolve()
@@ -277,26 +284,23 @@ def _read_data(args: argparse.Namespace, *, role: str):
     from mimlsort.errors import DataFormatError
 
     _check_each_path_once(args.data or ())
-    parts = []
-    by_recording = getattr(args, "hold_out", "cell") == "recording"
-    if args.data and by_recording:
-        from dataclasses import replace
+    import numpy as np
 
-        import numpy as np
+    parts, origins = [], []
+    by_recording = getattr(args, "hold_out", "cell") == "recording"
+    if args.data:
+        from dataclasses import replace
 
         from inference.training.data import Dataset, dataset_from_path
 
-        # one group per PATH given: its cells never end up on both sides of a split
         items = [dataset_from_path(item, only_ok=not args.all_events, feature_names=args.features,
                                    pixel_size_um=args.pixel_size) for item in args.data]
-        items = [replace(d, groups=np.array([f"{k}:{item}"] * len(d), dtype=object))
-                 for k, (item, d) in enumerate(zip(args.data, items))]
+        if by_recording:  # one group per PATH given: its cells never end up on both sides of a split
+            items = [replace(d, groups=np.array([f"{k}:{item}"] * len(d), dtype=object))
+                     for k, (item, d) in enumerate(zip(args.data, items))]
+        # a cell's id is its file's (run#5, e12): two files' ids can be the same
+        origins += [str(_item_path(item).resolve()) for item, d in zip(args.data, items) for _ in range(len(d))]
         parts.append(items[0] if len(items) == 1 else Dataset.concat(items))
-    elif args.data:
-        from inference.training.data import dataset_from_paths
-
-        parts.append(dataset_from_paths(args.data, only_ok=not args.all_events, feature_names=args.features,
-                                        pixel_size_um=args.pixel_size))
     if args.simulated:
         from app.simdata import simulated_dataset
 
@@ -305,6 +309,7 @@ def _read_data(args: argparse.Namespace, *, role: str):
             from dataclasses import replace
 
             sd = replace(sd, groups=sd.sources.copy())
+        origins += [str(s) for s in sd.sources]
         parts.append(sd)
     if not parts:
         raise DataFormatError(f"{role}: give data (PATH or PATH=CLASS) or --simulated")
@@ -318,7 +323,7 @@ def _read_data(args: argparse.Namespace, *, role: str):
         from inference.training.data import Dataset
 
         ds = Dataset.concat(parts)
-    return ds
+    return ds, np.array(origins, dtype=object)
 
 
 def _check_recordings(ds) -> None:
@@ -406,7 +411,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_folder_outputs(out, {f"{name}.onnx": None, f"{name}.pt": None, "report.md": None,
                                    "metrics.json": None}, option="--out (or --replace)")
 
-    ds = _load_data(args, role="train")
+    ds, origins = _load_data(args, role="train")
     if args.hold_out == "recording":
         _check_recordings(ds)
     note = _recordings_confound_classes(args)
@@ -415,14 +420,68 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = None
     if args.test_fraction > 0:
         tr, te = ds.split(args.test_fraction, seed=args.seed)
-        test, ds = ds.subset(te), _with_report(ds.subset(tr), ds)
+        test, ds, origins = ds.subset(te), _with_report(ds.subset(tr), ds), origins[te]
     folds = _folds_for_data(ds, args.folds, what=" (after --test-fraction)" if test is not None else "",
                             unit=_unit(args))
     with _output_folder(out, missing):
-        return _train(args, ds, test, out, folds)
+        return _train(args, ds, test, out, folds, origins if test is not None else None)
 
 
-def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
+#: the held-out cells of a training, beside its model: ``evaluate --cells`` takes exactly them
+TEST_CELLS = "test_cells.csv"
+TEST_CELLS_COLUMNS = ["data", "id", "class"]
+
+
+def _write_test_cells(path: Path, test, origins) -> None:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(TEST_CELLS_COLUMNS)
+        w.writerows([o, str(i), test.class_names[c]] for o, i, c in zip(origins, test.ids, test.labels))
+
+
+def _read_cell_list(path: str) -> dict[tuple[str, str], str]:
+    """``evaluate --cells``: {(data, id): class} of a list such as train's test_cells.csv."""
+    import csv
+
+    from mimlsort.errors import ConfigError
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError("--cells", f"{path}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+    if not rows or rows[0] != TEST_CELLS_COLUMNS or any(len(r) != 3 for r in rows[1:]):
+        raise ConfigError("--cells", f"{path}: not a list of cells (columns {','.join(TEST_CELLS_COLUMNS)}, as "
+                                     f"mimlsort train writes {TEST_CELLS})")
+    if len(rows) < 2:
+        raise ConfigError("--cells", f"{path}: lists no cell")
+    return {(d, i): c for d, i, c in rows[1:]}
+
+
+def _only_listed(ds, origins, listed: dict, path: str):
+    """The cells of ``ds`` that ``listed`` names; every one listed must be there, of its class."""
+    from mimlsort.errors import DataFormatError
+
+    keys = [(str(o), str(i)) for o, i in zip(origins, ds.ids)]
+    keep = [k for k, key in enumerate(keys) if key in listed]
+    there = set(keys)
+    absent = [key for key in listed if key not in there]
+    if absent:
+        data, cell = absent[0]
+        raise DataFormatError(f"{path}: {len(absent)} of the {len(listed)} cells listed are not in the data given "
+                              f"(the first: {cell} of {data}): give the data the model was trained on, read as it "
+                              f"was (its command is in the model's provenance)")
+    for k in keep:
+        named, have = listed[keys[k]], ds.class_names[ds.labels[k]]
+        if named != have:
+            raise DataFormatError(f"{path}: cell {keys[k][1]} of {keys[k][0]} is listed as class {named!r}, but the "
+                                  f"data given call it {have!r}")
+    return _with_report(ds.subset(keep), ds)
+
+
+def _train(args: argparse.Namespace, ds, test, out: Path, folds: int, test_origins=None) -> int:
     import numpy as np
 
     from inference.training.evaluate import evaluate
@@ -452,7 +511,7 @@ def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
         report.write_text(_bare_report(args, ds, res, test), encoding="utf-8")
         stale += [out / n for n in REPORT_FILES if n != "report.md"]
     if test is None:
-        stale += [out / "test" / n for n in REPORT_FILES]
+        stale += [out / "test" / n for n in REPORT_FILES] + [out / TEST_CELLS]
     if args.replace:  # without it, check_folder_outputs refused a folder holding an earlier training's
         for p in stale:
             p.unlink(missing_ok=True)
@@ -471,8 +530,12 @@ def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
                   f"say nothing about {'it' if len(untested) == 1 else 'them'})") if untested else ""
         lines.append(f"held-out test ({m.n} cells): accuracy {m.accuracy:.4f}, macro F1 {m.macro_f1:.4f}, "
                      f"ROC-AUC {m.macro_roc_auc:.4f}{absent}")
-        spec = res.spec.with_provenance(metrics={**res.spec.provenance.metrics, "test_n": m.n,
-                                                 "test_accuracy": m.accuracy, "test_macro_f1": m.macro_f1})
+        _write_test_cells(out / TEST_CELLS, test, test_origins)
+        prov = res.spec.provenance
+        spec = res.spec.with_provenance(
+            metrics={**prov.metrics, "test_n": m.n, "test_accuracy": m.accuracy, "test_macro_f1": m.macro_f1},
+            training={**prov.training, "test_fraction": args.test_fraction, "hold_out": args.hold_out,
+                      "test_cells": TEST_CELLS})
         update_spec(res.onnx_path, spec)
         text = report.read_text(encoding="utf-8")
         whole = ("whole recordings (--hold-out recording), " if _unit(args) == "recordings"
@@ -482,7 +545,9 @@ def _train(args: argparse.Namespace, ds, test, out: Path, folds: int) -> int:
                           f"(grouped, stratified, seed {args.seed}; held out as {whole}"
                           "run through ONNX Runtime): accuracy "
                           f"{m.accuracy:.4f}, macro F1 {m.macro_f1:.4f}, ROC-AUC {m.macro_roc_auc:.4f}{absent}. "
-                          "Full report: [test/report.md](test/report.md).\n", encoding="utf-8")
+                          "Full report: [test/report.md](test/report.md). The cells are listed in "
+                          f"[{TEST_CELLS}]({TEST_CELLS}): `mimlsort evaluate MODEL DATA --cells {TEST_CELLS}`, with "
+                          "the data of the training, scores exactly them.\n", encoding="utf-8")
     lines.append(f"report: {out / 'report.md'}")
     print("\n".join(lines))
     return 0
@@ -552,14 +617,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _simulated_data(args)
     if not args.features:
         _features_of_model(args)
+    listed = _read_cell_list(args.cells) if args.cells else None
     out, missing = _check_out(args.out)
     # `evaluate m/model.onnx DATA --out m` replaced the training's report, metrics and figures;
     # an earlier evaluation of its own is replaced
     earlier = out / "report.md"
     check_folder_outputs(out, {"report.md": "# Evaluation of"} if earlier.exists() else {"metrics.json": None})
-    ds = _load_data(args, role="evaluate")
-    k = _folds_for_data(ds, args.folds, unit=_unit(args))
+    ds, origins = _load_data(args, role="evaluate")
     data = _data_description(args)
+    title = None
+    if listed is not None:
+        ds = _only_listed(ds, origins, listed, args.cells)
+        title = f"Evaluation of {Path(args.model).name} on the cells listed in {args.cells}"
+    k = _folds_for_data(ds, args.folds, unit=_unit(args))
     folds = []
     if k >= 2:
         parts = kfold_splits(ds.labels, ds.groups, k, args.seed)
@@ -573,7 +643,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             folds = [compute_metrics(y[te], probs[te], classes) for _, te in parts]
     with _output_folder(out, missing):
         # one model scored on k parts of the data: nothing was cross-validated (the report said so)
-        ev = evaluate(args.model, ds, out, folds=folds, data_name=data,
+        ev = evaluate(args.model, ds, out, folds=folds, data_name=data, title=title,
                       folds_heading=f"Per part of the data ({len(folds)} grouped, stratified parts; one model, "
                                     f"no retraining)")
     m = ev.metrics
@@ -693,6 +763,9 @@ def register(subparsers) -> None:
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--folds", type=int, help="per-fold table over k grouped parts of the data (0 or 1: none; at most the cells of the smallest class; default 5, or that many when fewer)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--cells", metavar="LIST.csv",
+                    help=f"score only the cells listed (data,id,class), e.g. the {TEST_CELLS} a training with "
+                         f"--test-fraction writes beside its model: give the data it was trained on")
     sp.add_argument("--features", type=_csv_list, help=argparse.SUPPRESS)
     sp.add_argument("--all-events", action="store_true", help="keep every event; by default those flagged doublet, border, incomplete, low contrast, stuck or small are left out (TOUCHING ones stay)")
     sp.add_argument("--pixel-size", type=float, help="µm per pixel of CSV crops without a crop_pixel_size_um column")

@@ -510,6 +510,39 @@ def test_a_class_too_small_to_hold_out_is_named_in_the_test_figures(tmp_path, to
     assert note in capsys.readouterr().out and note in (out / "report.md").read_text()
 
 
+def test_the_held_out_cells_are_listed_and_evaluate_scores_exactly_them(tmp_path, torch, capsys):
+    # train said how many cells it held out, never which: its test figures could not be checked
+    a = _event_table(tmp_path / "runA", _events(8, 0, 1))
+    b = _event_table(tmp_path / "runB", _events(8, 1, 2))  # the same file name and cell ids as runA's
+    data = [f"{a}=healthy", f"{b}=stiff", "--pixel-size", "0.5"]
+    out = tmp_path / "m"
+    assert main(["train", *data, "--out", str(out), "--arch", "feature-only", "--epochs", "1", "--batch-size", "4",
+                 "--folds", "0", "--test-fraction", "0.3", "--no-progress", "--seed", "2"]) == 0
+    from inference.spec import read_spec
+
+    prov = read_spec(out / "model.onnx").provenance
+    assert prov.training["test_cells"] == "test_cells.csv" and prov.training["test_fraction"] == 0.3
+    with (out / "test_cells.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == prov.metrics["test_n"] > 0
+    assert {(r["data"], r["class"]) for r in rows} == {(str(a.resolve()), "healthy"), (str(b.resolve()), "stiff")}
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.onnx"), *data, "--cells", str(out / "test_cells.csv"), "--folds", "0",
+                 "--out", str(tmp_path / "e")]) == 0
+    assert (f"{prov.metrics['test_n']} cells: accuracy {prov.metrics['test_accuracy']:.4f}, macro F1 "
+            f"{prov.metrics['test_macro_f1']:.4f}") in capsys.readouterr().out
+    assert "test_cells.csv" in (tmp_path / "e" / "report.md").read_text()
+    # other data than the training's, or its files called other classes, are refused by name
+    assert main(["evaluate", str(out / "model.onnx"), f"{a}=healthy", "--pixel-size", "0.5", "--cells",
+                 str(out / "test_cells.csv"), "--out", str(tmp_path / "e2")]) == 2
+    assert "cells listed are not in the data given" in capsys.readouterr().err
+    assert main(["evaluate", str(out / "model.onnx"), f"{a}=stiff", f"{b}=healthy", "--pixel-size", "0.5",
+                 "--cells", str(out / "test_cells.csv"), "--out", str(tmp_path / "e2")]) == 2
+    assert "is listed as class" in capsys.readouterr().err
+    assert main(["evaluate", str(out / "model.onnx"), *data, "--cells", str(a), "--out", str(tmp_path / "e2")]) == 2
+    assert "--cells: " in capsys.readouterr().err and not (tmp_path / "e2").exists()
+
+
 def test_a_file_given_twice_is_refused(tmp_path, torch, capsys):
     # held out by recording, its two copies sat on both sides of the split
     a = _event_table(tmp_path / "runA", _events(4, 0, 1))
