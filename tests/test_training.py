@@ -259,6 +259,14 @@ def test_crops_at_different_pixel_sizes_do_not_mix():
     with pytest.raises(DataFormatError, match=r"different pixel sizes \(setup1\.rtdc: 0\.5 µm/px; setup2\.rtdc: "
                                               r"0\.34 µm/px\)"):
         Dataset.concat([a, b])
+    # the usual case, crops of one field at another pixel size, differ in shape too: that was all
+    # it said ("crops differ in size (…): the data must hold crops of one size")
+    d = dataset_from_events([replace(e, crop_pixel_size_um=0.25) for e in synthetic_events(3, 1, 2, size=80)], "B",
+                            source="setup3.rtdc")
+    with pytest.raises(DataFormatError, match=r"different pixel sizes \(setup1\.rtdc: 0\.5 µm/px; setup3\.rtdc: "
+                                              r"0\.25 µm/px\).*fine-tune that model on the others \(mimlsort train "
+                                              r"OTHERS --init-from MODEL\.onnx"):
+        Dataset.concat([a, d])
     # a part whose pixel size is not known is said to make the model scale-blind
     c = replace(b, crop_pixel_size_um=None)
     both = Dataset.concat([a, c])

@@ -247,6 +247,21 @@ class Dataset:
         def src(x) -> str:
             return ", ".join(dict.fromkeys(map(str, x.sources)))
 
+        # crops of one shape at two pixel sizes are two fields of view: united, the pixel size
+        # became unknown, the model took crops of 40 and 27 µm alike, and its spec lost the scale.
+        # Said before the crops' shapes: at another pixel size they differ too ("crops differ in
+        # size" said neither why nor what to do)
+        known = {}
+        for d in datasets:
+            if d.crop_pixel_size_um is not None:
+                known.setdefault(d.crop_pixel_size_um, []).extend(dict.fromkeys(map(str, d.sources)))
+        if len(known) > 1:
+            raise DataFormatError(
+                "the crops have different pixel sizes (" + "; ".join(f"{', '.join(dict.fromkeys(srcs))}: {px:g} µm/px"
+                                                                 for px, srcs in known.items())
+                + "): a model takes crops at one scale, so it trains on recordings of one pixel size. Train on "
+                  "those of one size, then fine-tune that model on the others (mimlsort train OTHERS --init-from "
+                  "MODEL.onnx: their crops are resampled to its field of view) or evaluate it on them")
         for d in datasets[1:]:
             if d.feature_names != d0.feature_names:
                 # named neither source: an event file read with DIR beside a table without it
@@ -275,17 +290,6 @@ class Dataset:
                 f"the data hold features in different units ({kinds}); the MIML authors' 0-1 scaled values cannot "
                 f"be mixed with physical ones: train on one kind, or export event files scaled as the authors did "
                 f"(mimlsort export EVENTS.rtdc --miml DIR) and train on those folders")
-        # crops of one shape at two pixel sizes are two fields of view: united, the pixel size
-        # became unknown, the model took crops of 40 and 27 µm alike, and its spec lost the scale
-        known = {}
-        for d in datasets:
-            if d.crop_pixel_size_um is not None:
-                known.setdefault(d.crop_pixel_size_um, []).extend(dict.fromkeys(map(str, d.sources)))
-        if len(known) > 1:
-            raise DataFormatError(
-                "the crops have different pixel sizes (" + "; ".join(f"{', '.join(dict.fromkeys(srcs))}: {px:g} µm/px"
-                                                                 for px, srcs in known.items())
-                + "): a model takes crops at one scale; train on recordings of one pixel size")
         unknown_px = [] if not known else list(dict.fromkeys(
             str(s) for d in datasets if d.crop_pixel_size_um is None for s in d.sources))
         classes = tuple(dict.fromkeys(c for d in datasets for c in d.class_names))
