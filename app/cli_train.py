@@ -298,6 +298,11 @@ def _read_data(args: argparse.Namespace, *, role: str):
         if by_recording:  # one group per PATH given: its cells never end up on both sides of a split
             items = [replace(d, groups=np.array([f"{k}:{item}"] * len(d), dtype=object))
                      for k, (item, d) in enumerate(zip(args.data, items))]
+        elif len(items) > 1:
+            # a group is a cell of its file: runA/events.csv's e0 and runB/events.csv's e0 (or two
+            # days' M001_data.rtdc#5) were one group, a healthy and a stiff cell held out together
+            items = [replace(d, groups=np.array([f"{k}:{g}" for g in d.groups], dtype=object))
+                     for k, d in enumerate(items)]
         # a cell's id is its file's (run#5, e12): two files' ids can be the same
         origins += [str(_item_path(item).resolve()) for item, d in zip(args.data, items) for _ in range(len(d))]
         parts.append(items[0] if len(items) == 1 else Dataset.concat(items))

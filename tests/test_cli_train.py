@@ -543,6 +543,18 @@ def test_the_held_out_cells_are_listed_and_evaluate_scores_exactly_them(tmp_path
     assert "--cells: " in capsys.readouterr().err and not (tmp_path / "e2").exists()
 
 
+def test_cells_of_two_files_with_the_same_ids_are_not_one_group(tmp_path):
+    from app.cli import build_parser
+    from app.cli_train import _load_data
+
+    a = _event_table(tmp_path / "runA", _events(4, 0, 1))
+    b = _event_table(tmp_path / "runB", _events(4, 1, 2))  # ids e0..e3 too
+    args = build_parser().parse_args(["evaluate", "demo", f"{a}=healthy", f"{b}=stiff", "--out", str(tmp_path / "e")])
+    ds, origins = _load_data(args, role="evaluate")
+    assert len(ds) == 8 and len(set(ds.groups)) == 8  # were 4, each a healthy and a stiff cell
+    assert sorted(set(origins)) == sorted({str(a.resolve()), str(b.resolve())})
+
+
 def test_a_file_given_twice_is_refused(tmp_path, torch, capsys):
     # held out by recording, its two copies sat on both sides of the split
     a = _event_table(tmp_path / "runA", _events(4, 0, 1))
