@@ -144,7 +144,7 @@ def _folds_for_data(ds, folds: int | None, *, what: str = "", unit: str = "cells
         k = min(DEFAULT_FOLDS, fewest)
         if k < DEFAULT_FOLDS:
             k = k if k >= 2 else 0
-            print(f"class {name!r} has {fewest} {unit}{what}: "
+            print(f"class {name!r} has {fewest} {unit if fewest != 1 else unit[:-1]}{what}: "
                   + (f"{k}-fold cross-validation" if k else "no cross-validation") + " (see --folds)", file=sys.stderr)
         return k
     if folds >= 2 and cells and folds > fewest:

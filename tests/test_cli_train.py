@@ -623,3 +623,13 @@ def test_without_onnx_runtime_training_stops_before_it_starts(command, tmp_path,
     assert p.returncode == 2, p.stderr[-2000:]
     assert "ONNX Runtime is missing: install mimlsort[cpu]" in p.stderr
     assert "epoch" not in p.stderr and not (tmp_path / "m").exists()  # nothing trained, nothing written
+
+
+def test_the_folds_note_counts_one_recording_in_the_singular(capsys):
+    from types import SimpleNamespace
+
+    from app.cli_train import _folds_for_data
+
+    ds = SimpleNamespace(labels=[0, 0, 1], groups=["a", "c", "b"], class_names=("healthy", "stiff"))
+    assert _folds_for_data(ds, None, unit="recordings") == 0
+    assert "class 'stiff' has 1 recording: no cross-validation" in capsys.readouterr().err  # was "1 recordings"
