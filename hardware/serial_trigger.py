@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 
 from hardware.timing import DeviceClock
-from hardware.trigger import Trigger
+from hardware.trigger import LATE_ACK_MEMORY, Trigger
 from mimlsort.errors import BackendUnavailable, ConfigError, DeviceError
 from mimlsort.settings import require
 
@@ -108,6 +108,9 @@ class SerialTrigger(Trigger):
         self._write_lock = threading.Lock()
         self._replies: queue.Queue[str] = queue.Queue()
         self._ids: dict[int, int] = {}  # protocol id (mod 2**32) -> event index, while unacknowledged
+        # the same for pulses counted unacked, newest last, for an ack that comes late (the reader
+        # thread takes from it: popitem is one step under the GIL, iterating is not)
+        self._overdue_ids: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._byte_us = 10e6 / self.settings.baudrate if self.settings.compensate_transmission else 0.0
         self._wire_free_ns = 0  # when the bytes written so far have left the host's UART (model)
         self.firmware = ""
@@ -309,8 +312,12 @@ class SerialTrigger(Trigger):
                 self._port.write(b"TIME\n")
 
     def _forget(self, event_indices: list[int]) -> None:
+        # kept a while: an ack that comes late named the protocol's id (cell 2**32 + 7 came back as 7)
         for idx in event_indices:
-            self._ids.pop(idx % U32, None)
+            if self._ids.pop(idx % U32, None) is not None:
+                self._overdue_ids[idx % U32] = idx
+        while len(self._overdue_ids) > LATE_ACK_MEMORY:
+            self._overdue_ids.popitem(last=False)
 
     # -- device replies --------------------------------------------------------------------------
     def _read_loop(self) -> None:
@@ -346,7 +353,10 @@ class SerialTrigger(Trigger):
             dev_us = int(words[2])
             # the TIME round trips relate the device's clock to the host's: when the pulse really went out
             pulse = self.clock.to_host_ns(dev_us) if self.clock.n else -1
-            self._ack(self._ids.pop(ident, ident), dev_us, host_ns, pulse_host_ns=pulse)
+            idx = self._ids.pop(ident, None)
+            if idx is None:
+                idx = self._overdue_ids.pop(ident, ident)
+            self._ack(idx, dev_us, host_ns, pulse_host_ns=pulse)
         elif words[0] == "ERR":
             text = line[4:]
             rest = line.split(maxsplit=2)

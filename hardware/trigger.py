@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: after the last pulse's end, how long ``settle`` still gives a device without acks to be done
 _SETTLE_MARGIN_NS = 5_000_000
+#: pulses counted unacked that a late ack can still be matched to (the newest; ~1 s at 4,000 cells/s)
+LATE_ACK_MEMORY = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,9 @@ class Trigger(ABC):
         self._unacked_in_row = 0  # overdue acks while nothing was heard from the device
         self._last_heard_ns = 0  # when the device last said anything (an ack, a reply, an error)
         self.acks_lost = 0  # pulses the device says it output without an ack (serial ERR 7)
+        # counted unacked, newest last: an ack that still comes moves its pulse to acked
+        self._written_off: dict[int, None] = {}
+        self.late_acks = 0  # acks that came after their pulse was counted unacked (then taken off it)
         self._min_lead_ns = round(self.timing.min_lead_us * 1000)
         self._max_delay_ns = round(self.timing.max_delay_us * 1000)
 
@@ -316,12 +321,25 @@ class Trigger(ABC):
         if self.acks:
             now = time.monotonic_ns()
             with self._pending_lock:
+                late = 0
                 for a in out:
-                    self._pending.pop(a.event_index, None)
+                    # an ack after its deadline (a stalled link or reader) was counted acked on top
+                    # of unacked: fired != acked + refused + unacked. The pulse came: it is acked
+                    if self._pending.pop(a.event_index, None) is None and a.event_index in self._written_off:
+                        del self._written_off[a.event_index]
+                        late += 1
                 due = [(k, deadline) for k, deadline in self._pending.items() if deadline < now]
                 for k, _ in due:
                     del self._pending[k]
-                self.unacked += len(due)
+                    self._written_off[k] = None
+                while len(self._written_off) > LATE_ACK_MEMORY:
+                    del self._written_off[next(iter(self._written_off))]
+                self.unacked += len(due) - late
+                self.late_acks += late
+            if late:
+                self._log.log(logging.WARNING, "late ack", "%s trigger: %d ack(s) came after the pulse was counted "
+                              "unacked (more than %g s after its end); counted acked", self.backend, late,
+                              self.ack_timeout_s)
             overdue = [k for k, _ in due]
             # a pulse after whose end the device said anything (other acks, ERR 7 for acks it had
             # no room to send, a TIME reply) was not lost to a hang

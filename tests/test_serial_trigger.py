@@ -231,6 +231,26 @@ def test_a_device_that_stops_acknowledging_is_taken_as_hung(emu):
             os.kill(emu.process.pid, signal.SIGCONT)
 
 
+def test_an_ack_after_its_pulse_was_counted_unacked_is_counted_once(emu):
+    # the device held up past the ack deadline (a stalled USB link, a busy host): the pulse was
+    # counted unacked, and its ack, when it came, acked as well: fired 1 = acked 1 + unacked 1
+    with _open(emu.port) as trig:
+        trig.ack_timeout_s = 0.2
+        idx = (1 << 32) + 7  # its protocol id is 7: the late ack must still name the cell
+        os.kill(emu.process.pid, signal.SIGSTOP)
+        try:
+            assert trig.fire(FireRequest(idx, time.monotonic_ns() + 20 * MS, 100.0)).ok
+            time.sleep(0.4)
+            assert trig.drain_acks() == [] and trig.unacked == 1 and trig.acked == 0
+        finally:
+            os.kill(emu.process.pid, signal.SIGCONT)
+        acks = _wait_acks(trig, 1, timeout_s=5.0)
+        st = trig.status()
+    assert [a.event_index for a in acks] == [idx]  # kept for the record: the pulse did come
+    assert (st.fired, st.acked, st.unacked) == (1, 1, 0) and trig.late_acks == 1
+    assert st.fired == st.acked + st.device_refused + st.unacked
+
+
 @pytest.mark.parametrize("quiet", [False, True], ids=["ready-after-a-cut-line", "ready-lost"])
 def test_a_device_that_reset_mid_run_is_unavailable_not_refusing(tmp_path, quiet):
     # a board reset mid-run (brown-out, watchdog) cuts the ACK it was writing; the READY it sends
