@@ -90,7 +90,7 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
 
     from hardware.timing import TimingSettings
     from hardware.trigger import make_trigger
-    from mimlsort.errors import ConfigError
+    from mimlsort.errors import ConfigError, DeviceError
 
     if args.count < 1:
         raise ConfigError("--count", f"must be >= 1, got {args.count}")
@@ -162,9 +162,11 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
             print(f"pulse {i + 1}/{args.count}: {state}  in {delay:.0f} µs{device}  width {rec.width_us:g} µs"
                   + (f"  ({rec.error})" if rec.error else ""))
         acks = []
+        sent = sum(r.ok for r in records)
         if trig.acks:
-            deadline = time.monotonic() + delay / 1e6 + args.width / 1e6 + 1.0
-            while len(acks) < sum(r.ok for r in records) and time.monotonic() < deadline:
+            wait_s = delay / 1e6 + args.width / 1e6 + 1.0
+            deadline = time.monotonic() + wait_s
+            while len(acks) < sent and time.monotonic() < deadline:
                 acks += trig.drain_acks()
                 time.sleep(0.01)
             clock = getattr(trig, "clock", None) if getattr(trig.settings, "mode", "") == "clock" else None
@@ -173,12 +175,26 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
                 if clock is not None:  # the edge on the host clock, against the requested time
                     line += f" (edge {(clock.to_host_ns(a.device_time_us) - rec.scheduled_ns) / 1000:+.0f} µs from requested)"
                 print(line)
+        answered = True
         if hasattr(trig, "device_status") and trig.available:
-            print(f"device status: {trig.device_status()}")
+            # a device gone silent answers no STATUS either: said here, and the status line still
+            # follows (the DeviceError ended the command before it, saying nothing of the acks)
+            try:
+                print(f"device status: {trig.device_status()}")
+            except DeviceError as err:
+                answered = False
+                print(f"device status: no answer ({err})")
         st = trig.status()
         print(f"status: fired {st.fired}, late {st.late}, failed {st.failed}, acked {st.acked}, "
               f"device errors {st.device_errors}, late on the device {st.device_late}"
               + (f", last error: {st.error}" if st.error else ""))
+        if trig.acks and len(acks) < sent:
+            missing = f"{sent - len(acks)} of {sent} pulses got no ack within {wait_s:.1f} s"
+            if answered and trig.available:
+                print(f"acked {len(acks)} of {sent} pulses: {missing}; the device still answers")
+            else:
+                print(f"acked {len(acks)} of {sent} pulses: the device stopped answering; {missing} "
+                      "(whether they came out is not known)")
     ok = all(r.ok for r in records) and st.device_errors == 0 and (not trig.acks or len(acks) == len(records))
     return 0 if ok else 1
 

@@ -669,6 +669,22 @@ def test_test_pulses_at_the_default_settings_come_out(tmp_path, capsys):
     assert len(emu.records("pulse")) == 3
 
 
+def test_cli_test_says_how_many_pulses_a_device_that_went_silent_acknowledged(tmp_path, capsys):
+    # a sketch that hangs after its first pulse: the acks stop, and so does the answer to STATUS.
+    # The command ended with "error: no STATUS reply" and no status line: nothing said that two
+    # of the three pulses got no ack
+    from app.cli import main
+
+    with emulated_port(tmp_path / "device.tsv", "--hang-after", "1") as emu:
+        code = main(["trigger", "test", "--device", "serial", "--set", f"port={emu.port}", "--set",
+                     "compensate_transmission=false", "--count", "3", "--interval", "0.01"])
+        out = capsys.readouterr().out
+    assert code == 1 and out.count(": sent ") == 3 and out.count("ack: device time") == 1, out
+    assert "status: fired 3, late 0, failed 0, acked 1" in out, out
+    assert "acked 1 of 3 pulses: the device stopped answering; 2 of 3 pulses got no ack" in out, out
+    assert len(emu.records("pulse")) == 1 and len(emu.records("hung")) == 1
+
+
 def test_bench_serial_jitter_reports_every_pulse():
     from hardware.bench import bench_serial_jitter
 

@@ -10,11 +10,13 @@ and reports errors exactly as the sketch does. It records every command and puls
     pulse  <id> <delay_us> <width_us> <rx_ns> <due_ns> <edge_ns> <end_ns>   (FIREAT: delay = due − arrival)
     err    <rx_ns> <code> <text>
 
-and the faults it was asked to inject (``--drop-time-reply``, ``--reset-after``, ``--garble-every``):
+and the faults it was asked to inject (``--drop-time-reply``, ``--reset-after``, ``--garble-every``,
+``--hang-after``):
 
     dropped <rx_ns> TIME reply
     reset   <rx_ns>
     garbled <rx_ns> <the ACK as it should have read>
+    hung    <ns>
 
 ``*_ns`` are the host's CLOCK_MONOTONIC (shared by all processes), so tests can compare them with
 the times the host trigger recorded.
@@ -55,7 +57,7 @@ U32 = 1 << 32
 
 class Device:
     def __init__(self, fd: int, record, late_us: int = LATE_US, queue: int = QUEUE, drop_time_reply: int = 0,
-                 reset_after: int = 0, reset_quiet: bool = False, garble_every: int = 0):
+                 reset_after: int = 0, reset_quiet: bool = False, garble_every: int = 0, hang_after: int = 0):
         self.drop_time_reply = drop_time_reply  # fault injection: the Nth TIME reply is lost on the link
         # fault injection: the device resets (brown-out, watchdog) as the Nth FIRE/FIREAT arrives,
         # in the middle of writing an ACK; it comes back disarmed and says READY (unless quiet:
@@ -64,6 +66,10 @@ class Device:
         self.reset_quiet = reset_quiet
         self.fires = 0
         self.garble_every = garble_every  # fault injection: every Nth ACK loses a byte to noise on the link
+        # fault injection: the sketch hangs once its Nth pulse is acknowledged; the USB bridge keeps
+        # the port open and takes the bytes, and nothing is output or answered any more
+        self.hang_after = hang_after
+        self.hung = False
         self.acks_sent = 0
         self.time_replies = 0
         self.fd = fd
@@ -125,6 +131,8 @@ class Device:
 
     def command(self, line: str, rx_ns: int) -> None:
         self.log("cmd", rx_ns, line)
+        if self.hung:
+            return
         words = [w for w in line.split(" ") if w]  # spaces only, as the sketch: a tab is part of a word
         if not words:
             return
@@ -203,6 +211,8 @@ class Device:
 
     # -- the pulse engine ------------------------------------------------------------------------
     def next_edge_ns(self) -> int | None:
+        if self.hung:
+            return None
         t = self.queue[0][0] if self.queue else None
         if self.high and (t is None or self.end_ns < t):
             t = self.end_ns
@@ -210,7 +220,7 @@ class Device:
 
     def service(self) -> None:
         now = time.monotonic_ns()
-        while self.queue and self.queue[0][0] <= now:
+        while not self.hung and self.queue and self.queue[0][0] <= now:
             due, _, ident, delay, width, rx = heapq.heappop(self.queue)
             edge = time.monotonic_ns()
             end = edge + width * 1000
@@ -229,6 +239,9 @@ class Device:
             late = (edge - due) // 1000
             if late > self.late_us:
                 self.error(rx, 6, f"id={ident} late {late}")
+            if self.acks_sent == self.hang_after:
+                self.hung = True
+                self.log("hung", time.monotonic_ns())
         if self.high and self.end_ns <= time.monotonic_ns():
             self.high = False
 
@@ -417,13 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reset-quiet", action="store_true", help="with --reset-after: the READY after it is lost")
     p.add_argument("--garble-every", type=int, default=0, metavar="N",
                    help="every Nth ACK loses a byte to noise on the link (fault injection)")
+    p.add_argument("--hang-after", type=int, default=0, metavar="N",
+                   help="hang once the Nth pulse is acknowledged: the port takes the bytes, nothing answers (fault injection)")
     args = p.parse_args(argv)
     fd = args.fd if args.fd is not None else os.open(args.port, os.O_RDWR | os.O_NOCTTY)
     os.set_blocking(fd, False)
     tty.setraw(fd)  # no echo, no line editing: the device sees bytes as the host sent them
     with open(args.record, "w", encoding="utf-8") as record:
         dev = Device(fd, record, args.late_us, args.queue, args.drop_time_reply, args.reset_after, args.reset_quiet,
-                     args.garble_every)
+                     args.garble_every, args.hang_after)
 
         def stop(*_):
             dev.running = False
