@@ -298,7 +298,18 @@ class SerialTrigger(Trigger):
         if not self._byte_us:
             return latency
         backlog = max(0, self._wire_free_ns - time.monotonic_ns())
-        return latency + backlog + round(_TYPICAL_FIRE_BYTES * self._byte_us * 1000)
+        return latency + backlog + self._wire_ns(_TYPICAL_FIRE_BYTES)
+
+    def _link_busy_why(self, busy_ns: int) -> str:
+        # only the backlog is the link being busy: the configured latency alone was said as
+        # "the link to the device is busy for 5000 µs" with nothing queued on it
+        latency = round(self.settings.link_latency_us * 1000)
+        line = self._wire_ns(_TYPICAL_FIRE_BYTES)
+        backlog = busy_ns - latency - line
+        parts = [f"the link is busy for {backlog / 1000.0:.0f} µs" if backlog > 0 else "",
+                 f"{line / 1000.0:.0f} µs to send it" if line else "",
+                 f"link_latency_us {self.settings.link_latency_us:g}" if latency else ""]
+        return f"{super()._link_busy_why(busy_ns)} ({' + '.join(p for p in parts if p)})"
 
     def _do_poll(self) -> None:
         """Clock mode: keep the clocks related while no cells are fired (delay mode takes its

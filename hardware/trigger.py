@@ -266,8 +266,8 @@ class Trigger(ABC):
         if lead - busy < self._min_lead_ns:
             self.late += 1
             return FireRecord(idx, at, 0, lead / 1000.0, width, True, False,
-                              f"late: the link to the device is busy for {busy / 1000.0:.0f} µs, "
-                              f"the fire time is {lead / 1000.0:.0f} µs ahead", self.device)
+                              f"late: {self._link_busy_why(busy)}, the fire time is {lead / 1000.0:.0f} µs ahead",
+                              self.device)
         lo, hi = self.width_range_us
         if not (lo <= width <= hi) or lead > self._max_delay_ns:
             self.failed += 1
@@ -405,6 +405,10 @@ class Trigger(ABC):
     def _link_busy_ns(self) -> int:
         """How long a command sent now would wait for, and take on, a slow link (0: no such link)."""
         return 0
+
+    def _link_busy_why(self, busy_ns: int) -> str:
+        """What ``busy_ns`` from :meth:`_link_busy_ns` is made of, for the late record's reason."""
+        return f"the command would reach the device in {busy_ns / 1000.0:.0f} µs"
 
     def _heard(self) -> None:
         """The device said something (any line, any reply): it is not hung."""
