@@ -2,8 +2,9 @@
 
 Runs as its own process on the device end of a pseudo-terminal, like the microcontroller does on
 the other end of a USB cable: it parses the commands without blocking, keeps a queue of pulses
-timed on its own clock, acknowledges each rising edge with its own timestamp, answers ID/STATUS
-and reports errors exactly as the sketch does. It records every command and pulse to a file
+timed on its own clock, acknowledges each rising edge with its own timestamp (held, as the
+sketch holds it, until no edge is near; 16 at most, the rest reported as ``ERR 7 acks lost``),
+answers ID/STATUS and reports errors exactly as the sketch does. It records every command and pulse to a file
 (tab-separated, flushed per line so a killed emulator leaves a complete record):
 
     cmd    <rx_ns> <line>
@@ -31,6 +32,7 @@ PC against tests/sim/arduino_shim, and :func:`emulated_port` runs either on the 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import errno
 import heapq
@@ -52,6 +54,8 @@ QUEUE = 64
 MAX_DELAY_US = 10_000_000
 MAX_WIDTH_US = 1_000_000
 LATE_US = 2000  # the firmware uses 100 µs; a Python process on a shared host needs more slack
+ACKS = 16  # edges acknowledged but not yet written out (beyond that: ERR 7 acks lost)
+GUARD_US = 120  # an ACK is written only when no edge is due sooner than this
 U32 = 1 << 32
 
 
@@ -82,6 +86,10 @@ class Device:
         self.errors = 0
         self.high = False
         self.end_ns = 0
+        # as the sketch: an edge's ACK waits here until no edge is near; once 16 wait, edges are
+        # only counted, and reported as "ERR 7 acks lost <n>" when the queue has been written out
+        self.acks: collections.deque[list] = collections.deque()  # [id, edge_us, late_us, id_sent, rx_ns]
+        self.acks_lost = 0
         self.queue: list[tuple[int, int, int, int, int, int]] = []  # (due, seq, id, delay, width, rx)
         self.seq = 0
         self.buf = bytearray()
@@ -169,6 +177,8 @@ class Device:
         self.log("reset", rx_ns)
         self.armed = False
         self.queue.clear()
+        self.acks.clear()
+        self.acks_lost = 0
         self.high = False
         self.fired = self.errors = 0
         self.boot_ns = time.monotonic_ns()
@@ -229,27 +239,52 @@ class Device:
             self.fired += 1
             # the edge's own clock reading, as the sketch's ACK carries: a second reading here
             # was later by however long a loaded host kept this process from running in between
-            ack = f"ACK {ident} {(edge - self.boot_ns) // 1000 % U32}"
-            self.acks_sent += 1
-            if self.garble_every and self.acks_sent % self.garble_every == 0:
-                self.log("garbled", rx, ack)
-                ack = ack[:4] + "\ufffd" + ack[5:]  # its id's first digit: a byte noise corrupted
-            self.send(ack)
+            if len(self.acks) < ACKS:
+                self.acks.append([ident, (edge - self.boot_ns) // 1000 % U32, (edge - due) // 1000, False, rx])
+            else:
+                self.acks_lost += 1
             self.log("pulse", ident, delay, width, rx, due, edge, end)
-            late = (edge - due) // 1000
-            if late > self.late_us:
-                self.error(rx, 6, f"id={ident} late {late}")
-            if self.acks_sent == self.hang_after:
-                self.hung = True
-                self.log("hung", time.monotonic_ns())
         if self.high and self.end_ns <= time.monotonic_ns():
             self.high = False
+
+    def clear_for(self, us: int) -> bool:
+        """No edge falls due within ``us`` from now: an ACK may be written (the sketch's clear_for)."""
+        t = self.next_edge_ns()
+        return t is None or t >= time.monotonic_ns() + us * 1000
+
+    def write_ack(self) -> None:
+        """One line, as the sketch's write_ack: the oldest ACK, then (on a later call) its late
+        report, or, with no ACK waiting, the count of those that did not fit."""
+        if self.acks:
+            a = self.acks[0]
+            ident, edge_us, late, id_sent, rx = a
+            if id_sent:
+                self.error(rx, 6, f"id={ident} late {late}")
+                a[2] = 0
+            else:
+                ack = f"ACK {ident} {edge_us}"
+                self.acks_sent += 1
+                if self.garble_every and self.acks_sent % self.garble_every == 0:
+                    self.log("garbled", rx, ack)
+                    ack = ack[:4] + "\ufffd" + ack[5:]  # its id's first digit: a byte noise corrupted
+                self.send(ack)
+                a[3] = True
+                if self.acks_sent == self.hang_after:
+                    self.hung = True
+                    self.log("hung", time.monotonic_ns())
+            if a[2] <= self.late_us:
+                self.acks.popleft()
+        elif self.acks_lost:
+            n, self.acks_lost = self.acks_lost, 0
+            self.error(time.monotonic_ns(), 7, f"acks lost {n}")
 
     def run(self) -> None:
         self.send(f"READY mimlsort-trigger {PROTOCOL}")
         while self.running:
             t = self.next_edge_ns()
             timeout = 0.2 if t is None else max(0.0, (t - time.monotonic_ns()) / 1e9)
+            if (self.acks or self.acks_lost) and not self.hung and self.clear_for(GUARD_US):
+                timeout = 0.0  # a line to write: a pass of the sketch's loop
             try:
                 readable, _, _ = select.select([self.fd], [], [], timeout)
             except InterruptedError:
@@ -266,6 +301,8 @@ class Device:
                 if data:
                     self.feed(data, rx_ns)
             self.service()
+            if (self.acks or self.acks_lost) and not self.hung and self.clear_for(GUARD_US):
+                self.write_ack()
 
 
 @dataclass
