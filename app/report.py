@@ -89,6 +89,9 @@ class Summary:
     # pulse out minus fire time scheduled, where the device's ack says when its pulse went out on
     # the host clock: (pulses, p5, p50, p95) in µs
     pulse_timing_us: tuple[int, float, float, float] = (0, math.nan, math.nan, math.nan)
+    # how far off those pulse times may be (median over them, µs): a device clock is known only
+    # through round trips on a host that may be loaded; NaN where the file does not say
+    pulse_time_doubt_us: float = math.nan
     device_refused: int = 0  # fired cells whose pulse the device then did not output
     device_late: int = 0  # pulses the device output later than its tolerance
     rejected_flags: tuple[str, ...] = ()  # what "sortable" leaves out
@@ -196,7 +199,7 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         swept=int(np.count_nonzero(outlet & ~fired)) if windows_known else -1, sorted_purity_estimate=sorted_purity,
         sorted_recovery_estimate=sorted_recovery,
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
-        error=run.error, pulse_timing_us=_pulse_timing_us(f, run),
+        error=run.error, pulse_timing_us=_pulse_timing_us(f, run), pulse_time_doubt_us=_pulse_time_doubt_us(run),
         device_refused=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["refused"])),
         device_late=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["late"])),
     )
@@ -220,6 +223,14 @@ def _pulse_timing_us(f: dict, run: StoredRun) -> tuple[int, float, float, float]
         return 0, math.nan, math.nan, math.nan
     p5, p50, p95 = np.percentile(err, [5, 50, 95])
     return int(err.size), float(p5), float(p50), float(p95)
+
+
+def _pulse_time_doubt_us(run: StoredRun) -> float:
+    acks = run.acks
+    if not len(acks) or "pulse_host_err_ns" not in (acks.dtype.names or ()):
+        return math.nan
+    err = acks["pulse_host_err_ns"][(acks["pulse_host_ns"] > 0) & (acks["pulse_host_err_ns"] >= 0)]
+    return float(np.median(err)) / 1000.0 if err.size else math.nan
 
 
 def _label(feat: str) -> str:
@@ -338,7 +349,9 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         *([["pulses the device refused (not output)", str(s.device_refused)]] if s.device_refused else []),
         *([["pulse out − scheduled fire time (p5 / p50 / p95)",
             f"{s.pulse_timing_us[1]:.0f} / {s.pulse_timing_us[2]:.0f} / {s.pulse_timing_us[3]:.0f} µs over "
-            f"{s.pulse_timing_us[0]} pulses"]] if s.pulse_timing_us[0] else []),
+            f"{s.pulse_timing_us[0]} pulses"
+            + (f" (each known to ±{s.pulse_time_doubt_us:.0f} µs, median)" if s.pulse_time_doubt_us > 0 else "")]]
+          if s.pulse_timing_us[0] else []),
         *([["pulses the device output late", str(s.device_late)]] if s.device_late else []),
         *([["policy changed during the run", line] for line in s.policy_changes]),
     ], "Purity = mean P(target) over fired cells; recovery = ΣP(target) fired / ΣP(target) all "

@@ -14,7 +14,8 @@ Layout (dclab's names wherever dclab defines the quantity, ours in our own group
     /mimlsort/events/<x>   the same rows again under our own names: every tracker feature, identity,
                            quality, first/last crops, class probabilities, the sort decision (fired,
                            reason code, detail) and the trigger's fire record
-    /mimlsort/acks         device acknowledgements (event_index, device_time_us, host_ns, pulse_host_ns)
+    /mimlsort/acks         device acknowledgements (event_index, device_time_us, host_ns, pulse_host_ns,
+                           pulse_host_err_ns)
     /mimlsort/device_reports  the device's word on single pulses after they were handed over
                            (event_index, host_ns, kind: 1 refused = not output, 2 late; message)
     /mimlsort/config_toml, /mimlsort/model_spec_json   the exact texts (logs hold them wrapped)
@@ -79,8 +80,10 @@ REASON_CODES: tuple[str, ...] = ("no decision", "fired", "sorting off", "not a t
                                  "outside gate", "quality gate", "aborted by coincidence", "not isolated", "late",
                                  "trigger unavailable", "refused by the trigger")
 
-#: /mimlsort/acks: pulse_host_ns is when the pulse went out on the host clock (-1: not known)
-ACK_DTYPE = np.dtype([("event_index", "<i8"), ("device_time_us", "<f8"), ("host_ns", "<i8"), ("pulse_host_ns", "<i8")])
+#: /mimlsort/acks: pulse_host_ns is when the pulse went out on the host clock (-1: not known),
+#: pulse_host_err_ns how far off that may be (hardware.trigger.Ack; files before session 26 lack it)
+ACK_DTYPE = np.dtype([("event_index", "<i8"), ("device_time_us", "<f8"), ("host_ns", "<i8"), ("pulse_host_ns", "<i8"),
+                      ("pulse_host_err_ns", "<i8")])
 #: /mimlsort/device_reports: kind 1 = refused (the pulse was not output), 2 = output late
 REPORT_KINDS = {"refused": 1, "late": 2}
 REPORT_MESSAGE_BYTES = 96
@@ -446,7 +449,7 @@ class EventWriter:
         self._compress_images = compress_images
         self._lock = threading.Lock()
         self._pending_log: list[bytes] = []
-        self._pending_acks: list[tuple[int, float, int, int]] = []
+        self._pending_acks: list[tuple[int, float, int, int, int]] = []
         self._pending_reports: list[tuple[int, int, int, bytes]] = []
         self._counters: dict[str, Any] = {}
         self._counters_dirty = False
@@ -905,7 +908,8 @@ class EventWriter:
     def add_acks(self, acks: Iterable) -> None:
         """Device acknowledgements of fired triggers (``event_index``, ``device_time_us``, ``host_ns``)."""
         rows = [(int(getattr(a, "event_index")), _num(getattr(a, "device_time_us", None)),
-                 int(getattr(a, "host_ns", -1) or -1), int(getattr(a, "pulse_host_ns", -1))) for a in acks]
+                 int(getattr(a, "host_ns", -1) or -1), int(getattr(a, "pulse_host_ns", -1)),
+                 int(getattr(a, "pulse_host_err_ns", -1))) for a in acks]
         with self._lock:
             self._pending_acks.extend(rows)
 

@@ -114,19 +114,20 @@ def _child_main(conn) -> None:
 class _Ack:
     """A device ack reduced to what the writer stores (the trigger's own objects may not pickle)."""
 
-    __slots__ = ("event_index", "device_time_us", "host_ns", "pulse_host_ns")
+    __slots__ = ("event_index", "device_time_us", "host_ns", "pulse_host_ns", "pulse_host_err_ns")
 
     def __init__(self, a):
         self.event_index = getattr(a, "event_index")
         self.device_time_us = getattr(a, "device_time_us", None)
         self.host_ns = getattr(a, "host_ns", -1)
         self.pulse_host_ns = getattr(a, "pulse_host_ns", -1)
+        self.pulse_host_err_ns = getattr(a, "pulse_host_err_ns", -1)
 
     def __getstate__(self):
-        return (self.event_index, self.device_time_us, self.host_ns, self.pulse_host_ns)
+        return (self.event_index, self.device_time_us, self.host_ns, self.pulse_host_ns, self.pulse_host_err_ns)
 
     def __setstate__(self, s):
-        self.event_index, self.device_time_us, self.host_ns, self.pulse_host_ns = s
+        self.event_index, self.device_time_us, self.host_ns, self.pulse_host_ns, self.pulse_host_err_ns = s
 
 
 class _Report:

@@ -90,7 +90,7 @@ class CameraLineTrigger(Trigger):
             self._set("UserOutputValue", level)
 
     def _on_edge(self, event_index: int, host_ns: int) -> None:
-        self._ack(event_index, host_ns // 1000, host_ns, pulse_host_ns=host_ns)  # the host set the line then
+        self._ack(event_index, host_ns // 1000, host_ns, pulse_host_ns=host_ns, pulse_host_err_ns=0)  # the host set the line then
 
     def _on_error(self, err: Exception) -> None:
         self._set_unavailable(f"camera output failed: {type(err).__name__}: {err}")

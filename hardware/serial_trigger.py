@@ -363,11 +363,12 @@ class SerialTrigger(Trigger):
             ident = int(words[1])
             dev_us = int(words[2])
             # the TIME round trips relate the device's clock to the host's: when the pulse really went out
-            pulse = self.clock.to_host_ns(dev_us) if self.clock.n else -1
+            with self._clock_lock:  # the sort thread adds TIME samples meanwhile
+                pulse, err = (self.clock.to_host_ns(dev_us), self.clock.doubt_ns(dev_us)) if self.clock.n else (-1, -1)
             idx = self._ids.pop(ident, None)
             if idx is None:
                 idx = self._overdue_ids.pop(ident, ident)
-            self._ack(idx, dev_us, host_ns, pulse_host_ns=pulse)
+            self._ack(idx, dev_us, host_ns, pulse_host_ns=pulse, pulse_host_err_ns=err)
         elif words[0] == "ERR":
             text = line[4:]
             rest = line.split(maxsplit=2)

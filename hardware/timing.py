@@ -405,6 +405,9 @@ class DeviceClock:
         self._wraps = 0
         self._last_raw: int | None = None
         self._fit: tuple[float, float, int, int] | None = None  # (ns per µs, offset ns, d_ref, error bound ns)
+        # how the fit's doubt grows away from where it is best known: (x there, µs from d_ref; the
+        # doubt there, ns²; the slope's doubt, ns² per µs²)
+        self._doubt: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def n(self) -> int:
@@ -442,11 +445,14 @@ class DeviceClock:
         if fit:
             rate, offset = np.polyfit(x, y, 1, w=1.0 / sd)
             bound = int(rtt[idx].max() // 2)
+            # the weighted line's standard error, a sample's half round trip taken as its sd
+            self._doubt = (xm, 1.0 / float(w.sum()), 1.0 / float(np.sum(w * (x - xm) ** 2)))
         else:  # nominal rate through the sample least in doubt: its round trip and its age
             doubt = rtt / 2 + self.rate_tolerance * (mid[-1] - mid)
             best = int(np.argmin(doubt))
             rate, offset = 1000.0, float(mid[best] - 1000.0 * (d[best] - ref))
             bound = int(doubt[best])
+            self._doubt = (float(d[best] - ref), float(rtt[best] / 2) ** 2, (1000.0 * self.rate_tolerance) ** 2)
         self._fit = (float(rate), float(offset), ref, bound)
         return self._fit
 
@@ -454,6 +460,21 @@ class DeviceClock:
     def error_bound_ns(self) -> int:
         """Half the round trip of the samples the map rests on (exact bound when rates are equal)."""
         return (self._fit or self._refit())[3]
+
+    def doubt_ns(self, device_us: int) -> int:
+        """How far off :meth:`to_host_ns` of ``device_us`` may be: the samples' half round trips
+        carried along the fitted line (its standard error, each half round trip taken as a
+        sample's sd), or, while the rate is taken as nominal, the best sample's half round trip and
+        the rate's tolerance over the time since it. Grows with a loaded host's round trips, and
+        with the time past the last sample."""
+        if not self._d:
+            raise StateError("DeviceClock has no TIME samples yet")
+        _rate, _offset, ref, _ = self._fit or self._refit()
+        at, base, slope = self._doubt
+        delta = (device_us - ref) % self.modulus
+        if delta >= self.modulus // 2:
+            delta -= self.modulus
+        return round(math.sqrt(base + slope * (delta - at) ** 2))
 
     def to_device_us(self, host_ns: int) -> int:
         """The device's counter value (wrapped) at host time ``host_ns``."""

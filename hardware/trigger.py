@@ -99,12 +99,16 @@ class Ack:
     host µs for host-timed outputs); ``host_ns`` is when the host learned of it; ``pulse_host_ns``
     when the pulse went out on the host clock, where that is known (host-timed outputs, a device
     clock related to the host's), else -1: against the fire record's ``scheduled_ns`` it says how
-    well the pulse was timed."""
+    well the pulse was timed. ``pulse_host_err_ns``: how far off ``pulse_host_ns`` may be (a
+    device clock mapped through round trips: about one standard error, see
+    :meth:`~hardware.timing.DeviceClock.doubt_ns`; 0 where the host set the edge itself; -1 not
+    known)."""
 
     event_index: int
     device_time_us: int
     host_ns: int
     pulse_host_ns: int = -1
+    pulse_host_err_ns: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,11 +418,12 @@ class Trigger(ABC):
         """The device said something (any line, any reply): it is not hung."""
         self._last_heard_ns = time.monotonic_ns()
 
-    def _ack(self, event_index: int, device_time_us: int, host_ns: int | None = None, pulse_host_ns: int = -1) -> None:
+    def _ack(self, event_index: int, device_time_us: int, host_ns: int | None = None, pulse_host_ns: int = -1,
+             pulse_host_err_ns: int = -1) -> None:
         self._heard()
         self.acked += 1
         self._acks.append(Ack(event_index, device_time_us, host_ns if host_ns is not None else time.monotonic_ns(),
-                              pulse_host_ns))
+                              pulse_host_ns, pulse_host_err_ns))
 
     def _device_error(self, message: str, level: int = logging.ERROR) -> None:
         """The device reported an error it recovered from (the trigger stays available)."""

@@ -294,7 +294,7 @@ class VisaTrigger(Trigger):
                 self._inst.write("*TRG")
 
     def _on_edge(self, event_index: int, host_ns: int) -> None:
-        self._ack(event_index, host_ns // 1000, host_ns, pulse_host_ns=host_ns)  # *TRG written then
+        self._ack(event_index, host_ns // 1000, host_ns, pulse_host_ns=host_ns, pulse_host_err_ns=0)  # *TRG written then
 
     def _on_error(self, err: Exception) -> None:
         self._set_unavailable(f"{type(err).__name__}: {err}")

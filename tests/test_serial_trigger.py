@@ -890,7 +890,14 @@ def test_a_run_records_when_each_pulse_went_out_on_the_host_clock(tmp_path, mode
     # the mapped time of each pulse is the emulator's edge of that pulse, to the clock map's error
     edges = np.array([pulses[i][1] for i in ids])
     map_err = np.abs(acks["pulse_host_ns"] - edges)
-    assert np.percentile(map_err, 95) < 500_000 and map_err.max() < 2_000_000, np.percentile(map_err, [50, 95, 100])
+    # how far off the map is depends on this host's load (the round trips it rests on: p95 0.5-1.2
+    # ms when other work shares the 2 cores, 0.1 ms alone), so each ack says how far off it may
+    # be, and that is what is held to: honest (the error within it; measured at most 0.83 of it in
+    # 6 runs beside other tests) and not vacuous
+    doubt = acks["pulse_host_err_ns"]
+    assert np.all(doubt > 0) and np.median(doubt) < 5_000_000, np.percentile(doubt, [0, 50, 100])
+    assert np.percentile(map_err - doubt, 95) <= 100_000 and np.all(map_err <= 2 * doubt + 200_000), \
+        (np.percentile(map_err, [50, 95, 100]), np.percentile(map_err / doubt, [50, 95, 100]))
     scheduled = dict(zip(f["event_index"].tolist(), f["fire_scheduled_ns"].tolist()))
     if mode == "delay":  # the device counts from the command's arrival: a loaded host makes it later, never earlier
         assert all(pulses[i][0] >= scheduled[i] - 1000 for i in ids)
@@ -904,7 +911,8 @@ def test_a_run_records_when_each_pulse_went_out_on_the_host_clock(tmp_path, mode
     assert n == len(acks)
     assert np.allclose(report, np.percentile(truth, [5, 50, 95]), rtol=0, atol=map_err.max() / 1000.0 + 1), \
         (report, np.percentile(truth, [5, 50, 95]))
-    assert "pulse out − scheduled fire time" in to_markdown(s, {})
+    assert s.pulse_time_doubt_us == pytest.approx(np.median(doubt) / 1000.0)
+    assert f"(each known to ±{s.pulse_time_doubt_us:.0f} µs, median)" in to_markdown(s, {})
 
 
 def test_clock_samples_on_a_real_uart_are_dated_by_the_bytes_on_the_wire():
