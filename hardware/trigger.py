@@ -247,6 +247,10 @@ class Trigger(ABC):
             self._set_unavailable(f"reconnect failed: {err}")
             return False
         with self._pending_lock:
+            # pulses handed to the device before it was closed: whether they came out is not known
+            # (cleared uncounted, they were neither acked nor unacked: fired != acked + refused + unacked)
+            self.unacked += len(self._pending)
+            self._written_off.update(dict.fromkeys(self._pending))
             self._pending.clear()
         self._unacked_in_row = 0
         self._last_heard_ns = time.monotonic_ns()
