@@ -203,6 +203,7 @@ class Status:
     device_refused: int = 0  # pulses it did not output (queue full, not armed, counter busy)
     device_late: int = 0  # pulses it output later than its own tolerance
     unacked: int = 0  # pulses whose ack never came
+    late_acks: int = 0  # acks that came after their pulse was counted unacked (counted acked then)
     device_errors: int = 0  # errors the device reported (a VISA instrument's queue is read after the last pulse)
     # the sorted set (the outlet): fired cells and cells swept along within a fired cell's
     # coincidence window (yield mode fires into coincidences); estimates from the probabilities
@@ -1275,6 +1276,7 @@ class Pipeline:
             device_refused=int(getattr(self.trigger, "device_refused", 0) or 0),
             device_late=int(getattr(self.trigger, "device_late", 0) or 0),
             unacked=int(getattr(self.trigger, "unacked", 0) or 0),
+            late_acks=int(getattr(self.trigger, "late_acks", 0) or 0),
             device_errors=int(getattr(self.trigger, "device_errors", 0) or 0),
             **self._cpu(now, elapsed if whole else 0.0),
         )

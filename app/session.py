@@ -427,6 +427,7 @@ def _counters(st: Status) -> dict[str, int]:
            "tracks_overflow": st.tracks_overflow, "snapshots_lost": st.snapshots_lost,
            "paces_unlearned": st.paces_unlearned, "clock_resets": st.clock_resets,
            "device_refused": st.device_refused, "device_late": st.device_late, "unacked": st.unacked,
+           "late_acks": st.late_acks,
            "device_errors": st.device_errors, "swept": st.swept, "run_s": round(st.elapsed_s, 3)}
     for k, v in st.missed.items():
         out[f"missed_{k}"] = v

@@ -138,6 +138,7 @@ class TriggerStatus:
     device_errors: int  # errors the device reported asynchronously
     device_late: int  # pulses the device output later than its own tolerance (still fired)
     device_refused: int = 0  # pulses handed over that the device then did not output (see DeviceReport)
+    late_acks: int = 0  # acks that came after their pulse was counted unacked (then counted acked)
 
 
 class Trigger(ABC):
@@ -407,7 +408,7 @@ class Trigger(ABC):
         self.poll()
         return TriggerStatus(self.device, self.is_open, self.available, self.error, self.fired, self.late,
                              self.failed, self.acked, self.unacked, self.device_errors, self.device_late,
-                             self.device_refused)
+                             self.device_refused, self.late_acks)
 
     # -- for backends ----------------------------------------------------------------------------
     def _link_busy_ns(self) -> int:
