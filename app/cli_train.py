@@ -80,6 +80,9 @@ def _check_training_options(args: argparse.Namespace) -> None:
     if args.batch_size < 2:
         # every architecture has BatchNorm layers, which cannot train on a batch of one sample
         raise ConfigError("--batch-size", f"must be at least 2 (BatchNorm needs two samples per batch), got {args.batch_size}")
+    patience = getattr(args, "patience", None)
+    if patience is not None and patience < 0:  # trained as "off" and recorded as -1 in the provenance
+        raise ConfigError("--patience", f"must be 0 (off) or a number of epochs, got {patience}")
     lr = getattr(args, "lr", None)
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ConfigError("--lr", f"must be a finite number > 0, got {lr}")

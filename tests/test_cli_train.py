@@ -282,6 +282,7 @@ def test_simulated_data_is_labelled_with_the_truth():
     (["--test-fraction", "-0.1"], "--test-fraction: must be in [0, 1), got -0.1"),
     (["--val-fraction", "0.5", "--test-fraction", "0.5"], "--val-fraction: plus --test-fraction must be below 1"),
     (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["--patience", "-1"], "--patience: must be 0 (off) or a number of epochs, got -1"),
     (["--folds", "-1"], "--folds: must be 0 or 1 (no cross-validation) or at least 2, got -1"),
     (["--arch", "resnet"], "--arch: unknown architecture 'resnet'"),
     # the simulator's own words named its settings ("runs: must be >= 1"), not the options
