@@ -1000,7 +1000,8 @@ class Pipeline:
             if decision is not None:
                 if decision.fire and live:
                     decision, fires[i] = self._fire(ev, decision, exits[i] if exits is not None else None)
-                elif decision.fire:  # cells flushed at the end of a run are past the junction
+                elif decision.fire and self.trigger is not None:  # flushed at the end of a run: past the junction
+                    # (without a trigger, a run records the cells the policy wants as fired, these too)
                     decision = Decision(decision.event_index, False, Reason.LATE, decision.predicted,
                                         decision.probability, decision.is_target, "decided after the run ended",
                                         decision.window_ms)

@@ -734,6 +734,16 @@ def test_a_run_follows_its_source_lossless_and_unfired_when_unpaced(tmp_path, ca
     assert run.pipeline.lossless and run.pipeline.trigger is None and st.frames_missed == 0
     assert st.frames_processed == st.frames_in and st.cells > 0 and st.late == 0
     assert not (tmp_path / "pulses.csv").exists()
+    # a cell still in view when the source ended is decided after it (the tracker's flush): with
+    # nothing to fire, it is recorded as fired like the others, not "late: decided after the run
+    # ended" (this seed leaves one such target cell)
+    every = config_from_mapping({"camera": {"backend": "synthetic", "synthetic": {
+        "duration_s": 0.3, "realtime": False, "seed": 10, "cells_per_second": 150.0}},
+        "sorting": {"mode": "yield", "threshold": 0.0}, "output": {"folder": str(tmp_path / "out2"), "report": False}})
+    with build_run(every) as run:
+        assert run.wait(120)
+    st = run.status()
+    assert run.pipeline.trigger is None and st.cells > 0 and st.late == 0 and "late" not in st.not_fired, st.not_fired
 
     raw = tmp_path / "rec.rtdc"
     record_simulation(SyntheticSettings(duration_s=0.3, seed=5), raw)
