@@ -179,7 +179,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         # a replay refused at its start (no constriction found …) or stopped by Ctrl-C before its
         # first tracked frame left a file without a frame in it, which then refused the rerun with
         # the configuration fixed ("holds a measurement"); the recording itself is untouched
-        print(f"no frame was tracked: {out} removed (it held no event)", file=sys.stderr)
+        print(f"no frame was tracked: {out} " + ("emptied again, as it was" if out.exists() else "removed")
+              + " (it held no event)", file=sys.stderr)
         return code
     print(f"{st.frames_processed} frames -> {st.cells} cells -> {out}"
           + ("" if code == 0 else f" (exit code {code}: see the messages above before trusting the file)"),

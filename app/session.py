@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -298,6 +299,7 @@ class Run:
     close_errors: list[str] = field(default_factory=list)
     abandoned: str = ""  # why the event writer was given up (``output.stop_timeout_s``), once it was
     created: tuple[Path, ...] = ()  # the files this run made (not a user's empty file it may replace)
+    emptied: tuple[Path, ...] = ()  # a user's empty files it writes into: emptied again, not removed
     _watchdog: StopWatchdog | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -381,14 +383,15 @@ class Run:
     def discard_if_empty(self) -> list[Path]:
         """Remove, once closed, the files of a run that tracked no frame and found no cell (a start
         stopped or refused before the camera ran): they hold nothing measured, and they would be
-        the folder's clutter and take a run index of the day. Returns the paths removed."""
+        the folder's clutter and take a run index of the day. A user's empty file given for the
+        output is emptied again, as it was. Returns the paths removed or emptied."""
         if not self.closed_all:
             raise StateError("discard_if_empty: close the run first")
         if self.pipeline.ring is not None:
             st = self.pipeline.status()
             if st.frames_processed or st.cells or st.frames_recorded:
                 return []
-        return remove_files(self.created)
+        return remove_files(self.created) + empty_files(self.emptied)
 
     def __enter__(self) -> "Run":
         self.start()
@@ -416,6 +419,22 @@ def remove_files(paths) -> list[Path]:
             continue
         gone.append(p)
     return gone
+
+
+def empty_files(paths) -> list[Path]:
+    """Empty ``paths`` again (a user's empty file a run wrote its header into: it was left holding
+    one, and the rerun was refused as "a measurement"); returns those emptied."""
+    done = []
+    for p in paths:
+        try:
+            os.truncate(p, 0)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.warning("could not empty %s again: %s", p, e)
+            continue
+        done.append(p)
+    return done
 
 
 def _counters(st: Status) -> dict[str, int]:
@@ -564,6 +583,7 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
     classifier = open_classifier(cfg)
     policy = SortPolicy(cfg.sorting, classifier.classes) if classifier is not None else None
     created: list[Path] = []
+    emptied: list[Path] = []
     # the name is taken by creating its file: two runs started in the same second on one folder
     # both found the same name free (the second then failed, or both could have written one file)
     stem, reserved = reserve_run_stem(cfg, folder, (".rtdc",) * (events_path is None and cfg.output.write_events)
@@ -643,6 +663,8 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             # an empty file given for it (`mktemp --suffix .rtdc`) holds nothing to lose: the output
             # check let it through, and the writer then refused it as "a measurement"
             overwrite = ev_path in reserved or (events_path is not None and empty_file(ev_path))
+            if overwrite and ev_path not in reserved:
+                emptied.append(ev_path)
             if cfg.output.writer == "process":
                 from app.writer_process import EventWriterProcess
 
@@ -684,12 +706,14 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
                 pass
         cam.close()
         remove_files(created)  # no frame reached them
+        empty_files(emptied)
         raise
     pipeline = Pipeline(cam, cfg.tracking, classifier=classifier, policy=policy, trigger=trig,
                         timing=cfg.trigger.timing, sink=writer, recorder=recorder, autostop=cfg.autostop,
                         ring_capacity=cfg.camera.ring_capacity, pixel_size_um=px, kernels=kernels, lossless=lossless,
                         max_backlog_mb=cfg.output.max_backlog_mb)
-    run = Run(cfg, pipeline, folder, ev_path, raw_path, classifier, writer, recorder, trig, created=tuple(created))
+    run = Run(cfg, pipeline, folder, ev_path, raw_path, classifier, writer, recorder, trig, created=tuple(created),
+              emptied=tuple(emptied))
     pipeline.on_finish = lambda _p: run.close()
     return run
 

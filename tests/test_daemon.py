@@ -295,10 +295,13 @@ def test_replay_takes_realtime_from_its_configuration_and_its_bar_counts_every_f
     assert bar and bar[-1].lstrip().startswith("100%"), bar[-3:]
 
 
-def test_a_replay_stopped_before_its_first_tracked_frame_leaves_no_file_that_blocks_its_rerun(tmp_path):
+@pytest.mark.parametrize("given_empty", [False, True])
+def test_a_replay_stopped_before_its_first_tracked_frame_leaves_no_file_that_blocks_its_rerun(tmp_path, given_empty):
     """Ctrl-C while a real-time replay still gathered its background (the wrong options seen at
     the start) left an event file without an event, exit code 0, and the rerun with the same
-    --out was refused: "exists and holds a measurement"."""
+    --out was refused: "exists and holds a measurement". An empty file given as --out
+    (`mktemp --suffix .rtdc`) was left holding the run's header (108 kB) and refused the rerun
+    alike: it is emptied again."""
     rec = tmp_path / "rec.rtdc"
     done = subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--out", str(rec), "--seconds", "4",
                            "--fps", "200", "--seed", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -306,6 +309,8 @@ def test_a_replay_stopped_before_its_first_tracked_frame_leaves_no_file_that_blo
     cfg = tmp_path / "slow.toml"
     cfg.write_text("[tracking]\nbackground_frames = 760\n")  # ~4 s of frames at 200 fps before any is tracked
     out = tmp_path / "events.rtdc"
+    if given_empty:
+        out.write_bytes(b"")
     p = mimlsort("replay", str(rec), "--out", str(out), "--model", "none", "--realtime", "--config", str(cfg))
     try:
         deadline = time.monotonic() + 120
@@ -317,8 +322,11 @@ def test_a_replay_stopped_before_its_first_tracked_frame_leaves_no_file_that_blo
     finally:
         p.kill()
     assert p.returncode == 0, err[-2000:]
-    assert "stopped by SIGINT" in err and f"{out} removed" in err, err[-2000:]
-    assert not out.exists()
+    assert "stopped by SIGINT" in err, err[-2000:]
+    if given_empty:
+        assert f"{out} emptied again" in err and out.stat().st_size == 0, err[-2000:]
+    else:
+        assert f"{out} removed" in err and not out.exists(), err[-2000:]
 
 
 def test_replay_finishes_while_nobody_reads_its_progress_bar(tmp_path):
