@@ -148,7 +148,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg = _load(args)
     # --realtime / --max-speed decide; with neither, the configuration's replay.realtime does
     realtime = bool(args.realtime) or (not args.max_speed and cfg.camera.replay.realtime)
-    cfg = with_changes(cfg, camera=replay_source(args, realtime=realtime), output={"record_raw": False})
+    if cfg.camera.replay.loop:
+        # the loop makes a recording a live camera (the GUI, `mimlsort run`): here it ran until
+        # Ctrl-C, writing every cell again at each pass
+        print(f"camera.replay.loop = true in {args.config} is ignored: `mimlsort replay` plays the recording once "
+              f"(`mimlsort run` loops it)", file=sys.stderr)
+    cfg = with_changes(cfg, camera={**replay_source(args, realtime=realtime), "replay.loop": False},
+                       output={"record_raw": False})
     from acquisition.replay import refuse_event_file
 
     refuse_event_file(args.recording)  # before it is opened, the output checked and the run built

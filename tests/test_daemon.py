@@ -295,6 +295,24 @@ def test_replay_takes_realtime_from_its_configuration_and_its_bar_counts_every_f
     assert bar and bar[-1].lstrip().startswith("100%"), bar[-3:]
 
 
+def test_a_replay_of_a_looping_configuration_plays_the_recording_once_and_says_so(tmp_path):
+    """camera.replay.loop = true (the GUI's simulated live camera) made `mimlsort replay` run until
+    Ctrl-C, its bar without an end."""
+    rec = _simulate(tmp_path)
+    cfg = tmp_path / "loop.toml"
+    cfg.write_text("[camera.replay]\nloop = true\n")
+    out = tmp_path / "events.rtdc"
+    p = mimlsort("replay", str(rec), "--out", str(out), "--model", "none", "--config", str(cfg))
+    try:
+        _o, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err[-2000:]
+    assert "camera.replay.loop = true" in err and "plays the recording once" in err, err[-2000:]
+    bar = [line for line in err.replace("\r", "\n").splitlines() if "frame" in line and "%|" in line]
+    assert bar and bar[-1].lstrip().startswith("100%"), bar[-3:]
+
+
 @pytest.mark.parametrize("given_empty", [False, True])
 def test_a_replay_stopped_before_its_first_tracked_frame_leaves_no_file_that_blocks_its_rerun(tmp_path, given_empty):
     """Ctrl-C while a real-time replay still gathered its background (the wrong options seen at
