@@ -177,9 +177,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     out = check_output_file(Path(args.out), inputs=(args.recording,))
     _probe_folder(out.parent, "--out")
-    # the bar is drawn by the console's thread: a stderr nobody reads must not hold up the stop
+    # the bar is drawn by the console's thread: a stderr nobody reads must not hold up the stop.
+    # The sample report as `mimlsort run` and the GUI's replay write it (output.report): it was
+    # never written here
     code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not realtime,
-                           progress=lambda stream: _Progress(total, stream), ignore_signals_after=True, trigger=fire)
+                           progress=lambda stream: _Progress(total, stream), ignore_signals_after=True, trigger=fire,
+                           report=_report if cfg.output.report else None)
     st = run.status()
     if out in run.discard_if_empty():
         # a replay refused at its start (no constriction found …) or stopped by Ctrl-C before its
@@ -242,6 +245,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--flow-direction", help=FLOW_HELP)
     sp.add_argument("--trigger", action="store_true", help="fire the configured trigger (default: decide only)")
     sp.set_defaults(func=cmd_replay)
+    sp.epilog = ("The sample report is written beside the event file (<out>_report/) when cells were found, "
+                 "as `mimlsort run` writes it; output.report = false in --config leaves it out.")
 
     sp = sub.add_parser("reanalyze", help="segment and classify the event images of an existing RT-DC file")
     sp.add_argument("input", type=Path, help="RT-DC file with event images (ShapeIn, CytoShot, dcnum)")

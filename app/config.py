@@ -181,7 +181,7 @@ class OutputConfig:
     # NOTES offered Zstd for archives, and nothing but the recording bench could select it
     raw_compression: str = "none"  # raw frames: "none" (fastest; camera noise leaves Zstd ~1.4x smaller) or "zstd" (level 1, ~2x the recorder's CPU; archives)
     write_events: bool = True  # write the event file (.rtdc)
-    report: bool = True  # `mimlsort run` and the GUI: write the sample report beside the event file when a run with cells ends (<events>_report/)
+    report: bool = True  # `mimlsort run`, `replay` and the GUI: write the sample report beside the event file when a run with cells ends (<events>_report/)
     recorder: str = "process"  # raw frames: "process" (a child process reads the ring through shared memory, off the GIL) or "thread"
     writer: str = "process"  # "process": a child process writes the event file, so HDF5 (it holds the GIL) never stalls sorting; "thread": in-process
     max_backlog_mb: float = 1024.0  # memory (MiB) records waiting for the event file may hold: past half, cells are recorded without their ROI image (counted, logged in the file); at the limit the run stops with an error instead of growing; 0 = unbounded

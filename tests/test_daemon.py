@@ -272,6 +272,9 @@ def test_replay_config_error_comes_without_a_progress_bar_and_the_bar_ends_befor
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
     done = next(i for i, line in enumerate(lines) if line.startswith("run completed"))
     assert any("100%" in line for line in lines[:done]) and not any("frame/s" in line for line in lines[done:]), lines
+    # the sample report, as `mimlsort run` writes it (output.report is on by default): replay never wrote it
+    assert f"report: {tmp_path / 'events_report' / 'report.md'}" in err, err[-2000:]
+    assert (tmp_path / "events_report" / "report.html").is_file()
 
 
 def test_replay_takes_realtime_from_its_configuration_and_its_bar_counts_every_frame_read(tmp_path):
@@ -300,7 +303,7 @@ def test_a_replay_of_a_looping_configuration_plays_the_recording_once_and_says_s
     Ctrl-C, its bar without an end."""
     rec = _simulate(tmp_path)
     cfg = tmp_path / "loop.toml"
-    cfg.write_text("[camera.replay]\nloop = true\n")
+    cfg.write_text("[camera.replay]\nloop = true\n[output]\nreport = false\n")
     out = tmp_path / "events.rtdc"
     p = mimlsort("replay", str(rec), "--out", str(out), "--model", "none", "--config", str(cfg))
     try:
@@ -311,6 +314,7 @@ def test_a_replay_of_a_looping_configuration_plays_the_recording_once_and_says_s
     assert "camera.replay.loop = true" in err and "plays the recording once" in err, err[-2000:]
     bar = [line for line in err.replace("\r", "\n").splitlines() if "frame" in line and "%|" in line]
     assert bar and bar[-1].lstrip().startswith("100%"), bar[-3:]
+    assert out.is_file() and not (tmp_path / "events_report").exists()  # output.report = false
 
 
 @pytest.mark.parametrize("given_empty", [False, True])
