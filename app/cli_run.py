@@ -198,10 +198,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_reanalyze(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from app.console import Console
     from app.reanalyze import reanalyze
 
-    res = reanalyze(args.input, args.out, model=args.model, threshold=args.threshold, closing_px=args.closing,
-                    bit_depth=args.bit_depth)
+    bar = None
+
+    def show(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # once the events are read: a file or model refused is said without an empty bar
+            bar = tqdm(total=total, unit="event", unit_scale=True, file=console.stream(sys.stderr),
+                       dynamic_ncols=True, mininterval=0.5)
+        bar.update(done - bar.n)
+
+    # ~1 ms an event: a file of 100,000 took minutes without a word. The bar is drawn by the
+    # console's thread, as replay's: a stderr nobody reads must not hold up the work or its Ctrl-C
+    with Console() as console:
+        try:
+            res = reanalyze(args.input, args.out, model=args.model, threshold=args.threshold,
+                            closing_px=args.closing, bit_depth=args.bit_depth, progress=show)
+        finally:
+            if bar is not None:
+                bar.close()
     print(res.summary())
     return 0
 

@@ -226,6 +226,17 @@ def test_an_interrupted_reanalysis_leaves_no_output_and_runs_again(tmp_path):
     out = tmp_path / "out.rtdc"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "app.cli", "reanalyze", str(src), "--out", str(out)]
+    # Ctrl-C while the progress bar runs (the events are measured, nothing written yet)
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    while b"event/s" not in seen and b"%|" not in seen and p.poll() is None:
+        seen += os.read(p.stderr.fileno(), 4096)
+    p.send_signal(signal.SIGINT)
+    _o, err = p.communicate(timeout=60)
+    err = (seen + err).decode()
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    assert not out.exists() and not list(tmp_path.glob("*.partial.rtdc"))
+    # and SIGTERM while the output is written
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("*.partial.rtdc")) and p.poll() is None and time.monotonic() < deadline:
@@ -245,6 +256,17 @@ def test_an_interrupted_reanalysis_leaves_no_output_and_runs_again(tmp_path):
                                  timeout=300)
         assert refused.returncode == 2, refused.stderr
         assert "refusing to overwrite" in refused.stderr or "this command's input" in refused.stderr
+
+
+def test_reanalyze_shows_its_progress(tmp_path, capsys):
+    """~1 ms an event, and nothing said until the end: a file of 100,000 events took minutes in
+    silence. A bar counts the event images, as replay's counts the frames."""
+    from app.cli import main
+
+    assert main(["reanalyze", str(DATA / "cytoshot-test-data.rtdc"), "--out", str(tmp_path / "out.rtdc")]) == 0
+    out, err = capsys.readouterr()
+    assert "100%|" in err and "40.0/40.0" in err and "event/s" in err, err
+    assert "40 event images ->" in out
 
 
 def test_an_image_only_model_classifies_reanalysed_events_and_its_hash_is_kept(tmp_path):
