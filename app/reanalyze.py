@@ -297,6 +297,16 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         offsets = column("bg_off")
         frames = column("frame")
         frames = np.arange(n) if frames is None else frames
+        # which source event each cell was measured in, in the column dclab has for it: the
+        # online software's numbering, kept as a dclab export of a subset keeps it, else the
+        # source's own index (1-based). Only /mimlsort/events/track_id said it, which dclab
+        # does not read
+        online = column("index_online")
+        if online is not None and np.all(np.isfinite(online)) and np.all((online >= 0) & (online < 2**32)) \
+                and np.all(online == np.round(online)):
+            online, online_note = online.astype(np.int64), "the source's index_online"
+        else:
+            online, online_note = np.arange(1, n + 1), "the source event's index (1-based; it has no index_online)"
         h, w = images.shape[1:]
         if closing_px is not None and not 0 <= closing_px < min(h, w):
             # a kernel past the image closed it into one blob: 3 of 8 events measured, nothing said
@@ -364,7 +374,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
             mask = labels == k + 1
             snap = Snapshot(image=img, background=bg, mask=mask, frame_id=int(frames[i]), pos_x_px=cx, pos_y_px=cy)
             event = CellEvent(len(records), i, feats, c, c, px, int(frames[i]), int(frames[i]), 0,
-                              Quality.INCOMPLETE, snapshot=snap)
+                              Quality.INCOMPLETE, extra={"index_online": int(online[i])}, snapshot=snap)
             records.append(event)
         if progress is not None:
             progress(n, n)
@@ -416,6 +426,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                        + (", objects at the image's edge removed before it" if seg.clear_border else "")
                        + f" ({seg.source})")
                 wr.log("experiment metadata (date, sample, setup) copied from the source" + temp_note)
+                wr.log(f"index_online: {online_note}")
                 wr.write([CellRecord(e, p, None, None) for e, p in zip(records, probs)])
             try:
                 if replace_empty and empty_file(dst):

@@ -775,7 +775,8 @@ class EventWriter:
         fire = rec.fire
 
         put("events/index", n + 1)
-        put("events/index_online", ev.index + 1)
+        # a reanalysis names its source event (CellEvent.extra), as a dclab export keeps it
+        put("events/index_online", (ev.extra or {}).get("index_online", ev.index + 1))
         # the frame of the stored image; without one, the best frame known (an exit not seen is -1)
         frame = int(snap.frame_id) if snap is not None else _known_frame(ev)
         put("events/frame", frame)

@@ -38,7 +38,13 @@ def test_reanalysis_measures_real_events_and_dclab_opens_the_result(tmp_path, na
         ref = dclab.new_dataset(src)
     with ref, dclab.new_dataset(tmp_path / "out.rtdc") as ds:
         assert len(ds) == res.events_out
-        src_index = feats["track_id"].astype(int)  # the input event each cell was measured in
+        # the input event each cell was measured in, as dclab reads it: the source's index_online
+        # where it has one (a dclab export of a subset keeps it so), else its 1-based index
+        if "index_online" in ref:
+            src_index = np.array([np.flatnonzero(ref["index_online"][:] == v)[0] for v in ds["index_online"][:]])
+        else:
+            src_index = np.asarray(ds["index_online"][:], int) - 1
+        np.testing.assert_array_equal(src_index, feats["track_id"])
         ref_area = ref["area_um"][:][src_index]
         ref_deform = ref["deform"][:][src_index]
         big = ref_area > 20  # cells, not the debris events these recordings also hold
