@@ -202,7 +202,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
     signed convention) and ``closing_px`` default to what ``src`` was segmented with
     (:func:`source_segmentation`); the experiment's metadata (flow, channel, medium, temperature,
     sample, date) are carried over, so dclab derives the same quantities from both files.
-    ``progress(done, total)`` is called after each event image (~1 ms each)."""
+    ``progress(done, total)`` is called as the event images are measured (~1 ms each)."""
     from datetime import datetime
 
     import h5py
