@@ -98,7 +98,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     from mimlsort.outputs import check_output_file
 
     # a configuration's tracking section (geometry, thresholds) and replay facts, as `replay` reads them
-    cfg = with_changes(_load(args), camera={**replay_source(args, realtime=False), "replay.loop": False})
+    cfg = _load(args)
+    cfg = with_changes(cfg, camera=replay_source(args, realtime=False, looped=cfg.camera.replay.loop))
     settings = cfg.tracking if args.threshold is None else replace(cfg.tracking, threshold=args.threshold)
     # before the tracking, not after it
     check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))

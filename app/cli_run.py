@@ -16,10 +16,17 @@ def _load(args: argparse.Namespace):
     return load_config(args.config) if getattr(args, "config", None) else RunConfig()
 
 
-def replay_source(args: argparse.Namespace, *, realtime: bool) -> dict:
-    """The ``camera`` changes that make a configuration replay ``args.recording``, with the
-    recording's facts given on the command line winning over the configuration's."""
-    camera = {"backend": "replay", "replay.path": str(args.recording), "replay.realtime": realtime}
+def replay_source(args: argparse.Namespace, *, realtime: bool, looped: bool = False) -> dict:
+    """The ``camera`` changes that make a configuration replay ``args.recording`` once, with the
+    recording's facts given on the command line winning over the configuration's. ``looped``: the
+    configuration's ``camera.replay.loop``, said to be ignored."""
+    if looped:
+        # the loop makes a recording a live camera (the GUI, `mimlsort run`): `replay` ran until
+        # Ctrl-C with it, writing every cell again at each pass
+        print(f"camera.replay.loop = true in {args.config} is ignored: `mimlsort {args.command}` plays the "
+              f"recording once (`mimlsort run` loops it)", file=sys.stderr)
+    camera = {"backend": "replay", "replay.path": str(args.recording), "replay.realtime": realtime,
+              "replay.loop": False}
     for option, value in (("--pixel-size", args.pixel_size), ("--fps", args.fps)):
         # 0 was taken for "not given", and the recording's own value (or none) used without a word
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -148,12 +155,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg = _load(args)
     # --realtime / --max-speed decide; with neither, the configuration's replay.realtime does
     realtime = bool(args.realtime) or (not args.max_speed and cfg.camera.replay.realtime)
-    if cfg.camera.replay.loop:
-        # the loop makes a recording a live camera (the GUI, `mimlsort run`): here it ran until
-        # Ctrl-C, writing every cell again at each pass
-        print(f"camera.replay.loop = true in {args.config} is ignored: `mimlsort replay` plays the recording once "
-              f"(`mimlsort run` loops it)", file=sys.stderr)
-    cfg = with_changes(cfg, camera={**replay_source(args, realtime=realtime), "replay.loop": False},
+    cfg = with_changes(cfg, camera=replay_source(args, realtime=realtime, looped=cfg.camera.replay.loop),
                        output={"record_raw": False})
     from acquisition.replay import refuse_event_file
 

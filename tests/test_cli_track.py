@@ -50,3 +50,15 @@ def test_a_bad_configuration_is_named(rec, tmp_path, capsys):
     cfg.write_text("[tracking]\nthreshhold = -6.0\n")
     assert main(["track", str(rec), "--out", str(tmp_path / "x.csv"), "--config", str(cfg)]) != 0
     assert "threshhold" in capsys.readouterr().err
+
+
+def test_a_looping_configuration_is_tracked_once_and_said_so(rec, tmp_path, capsys):
+    # track played the recording once with camera.replay.loop = true and said nothing of the key
+    # (replay ran until Ctrl-C with it); both now say it is ignored
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("[camera.replay]\nloop = true\n")
+    out = tmp_path / "once.csv"
+    assert main(["track", str(rec), "--out", str(out), "--config", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert "camera.replay.loop = true" in err and "`mimlsort track` plays the recording once" in err, err
+    assert len(_column(out, "transit_time_ms")) >= 10

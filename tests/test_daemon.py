@@ -311,7 +311,7 @@ def test_a_replay_of_a_looping_configuration_plays_the_recording_once_and_says_s
     finally:
         p.kill()
     assert p.returncode == 0, err[-2000:]
-    assert "camera.replay.loop = true" in err and "plays the recording once" in err, err[-2000:]
+    assert "camera.replay.loop = true" in err and "`mimlsort replay` plays the recording once" in err, err[-2000:]
     bar = [line for line in err.replace("\r", "\n").splitlines() if "frame" in line and "%|" in line]
     assert bar and bar[-1].lstrip().startswith("100%"), bar[-3:]
     assert out.is_file() and not (tmp_path / "events_report").exists()  # output.report = false
