@@ -363,8 +363,8 @@ class SerialTrigger(Trigger):
             ident = int(words[1])
             dev_us = int(words[2])
             # the TIME round trips relate the device's clock to the host's: when the pulse really went out
-            with self._clock_lock:  # the sort thread adds TIME samples meanwhile
-                pulse, err = (self.clock.to_host_ns(dev_us), self.clock.doubt_ns(dev_us)) if self.clock.n else (-1, -1)
+            # this thread adds the TIME samples: no lock, which would hold up a clock-mode fire for a refit
+            pulse, err = (self.clock.to_host_ns(dev_us), self.clock.doubt_ns(dev_us)) if self.clock.n else (-1, -1)
             idx = self._ids.pop(ident, None)
             if idx is None:
                 idx = self._overdue_ids.pop(ident, ident)
