@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from app.config import RunConfig, bundled_model_path, config_to_toml
 from app.pipeline import FinishReason, Pipeline, Status
@@ -406,35 +406,30 @@ class Run:
         self.close()
 
 
-def remove_files(paths) -> list[Path]:
-    """Remove ``paths`` that exist (a failed removal is logged, not raised); returns those removed."""
-    gone = []
+def _each_file(paths, act: Callable[[Path], object], what: str) -> list[Path]:
+    """``act`` on each of ``paths`` that exists (a failure is logged, not raised); returns those done."""
+    done = []
     for p in paths:
         try:
-            p.unlink()
+            act(Path(p))
         except FileNotFoundError:
             continue
         except OSError as e:
-            log.warning("could not remove %s: %s", p, e)
+            log.warning("could not %s %s: %s", what, p, e)
             continue
-        gone.append(p)
-    return gone
+        done.append(p)
+    return done
+
+
+def remove_files(paths) -> list[Path]:
+    """Remove ``paths`` that exist (a failed removal is logged, not raised); returns those removed."""
+    return _each_file(paths, Path.unlink, "remove")
 
 
 def empty_files(paths) -> list[Path]:
     """Empty ``paths`` again (a user's empty file a run wrote its header into: it was left holding
     one, and the rerun was refused as "a measurement"); returns those emptied."""
-    done = []
-    for p in paths:
-        try:
-            os.truncate(p, 0)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            log.warning("could not empty %s again: %s", p, e)
-            continue
-        done.append(p)
-    return done
+    return _each_file(paths, lambda p: os.truncate(p, 0), "empty")
 
 
 def _counters(st: Status) -> dict[str, int]:
