@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.sorting import sorted_set
+from app.report import outlet_cells
 from app.storage import read_events
 from mimlsort.errors import DataFormatError
 from tracking.events import NOT_FOR_TRAINING, Quality
@@ -53,22 +53,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _in_outlet(f: dict) -> list:
-    """Per cell: 1 fired or swept along within a fired cell's window, 0 not; empty where the file
-    does not record the windows (written before they were)."""
-    fired = f["fired"] == 1
-    window = f["sort_window_ms"]
-    if fired.any() and not np.isfinite(window[fired]).any():
-        return [""] * len(fired)
-    return list(sorted_set(f["exit_time_ms"], fired, window).astype(np.uint8))
-
-
 def export_csv(events_path: str | Path, out: str | Path) -> int:
     """Write one CSV row per cell of ``events_path`` to ``out``; returns the number of rows."""
     f, run = read_events(events_path)
     n = run.n_events
     classes = run.class_names
     probs = f["probabilities"]
+    outlet = outlet_cells(f, run)
     cols: list[tuple[str, object]] = [("cell", np.arange(1, n + 1))]
     cols += [(k, f[k]) for k in _IDENTITY]
     cols += [("quality", f["quality"]), ("quality_flags", [quality_names(q) for q in f["quality"]])]
@@ -78,8 +69,9 @@ def export_csv(events_path: str | Path, out: str | Path) -> int:
              ("probability", f["probability"]), ("is_target", f["is_target"]), ("fired", f["fired"]),
              ("reason", [run.reasons[i] if 0 <= i < len(run.reasons) else str(i) for i in f["reason"]]),
              ("decision_detail", f["decision_detail"]), ("sort_window_ms", f["sort_window_ms"]),
-             # fired, or swept along within a fired cell's window: what reached the outlet
-             ("in_outlet", _in_outlet(f))]
+             # fired with a pulse the device output, or swept along within one's window: what
+             # reached the outlet; empty where the file does not record the windows
+             ("in_outlet", [""] * n if outlet is None else outlet.astype(np.uint8))]
     cols += [(k, f[k]) for k in _FIRE]
     # last, so the columns before keep their places: exports of several runs put together could
     # not be told apart (pulses.csv names its runs the same way)

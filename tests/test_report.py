@@ -401,3 +401,34 @@ def test_outlet_of_a_file_without_sort_windows_is_not_known(tmp_path):
     export_csv(path, tmp_path / "old.csv")
     with (tmp_path / "old.csv").open(newline="", encoding="utf-8") as fh:
         assert {row["in_outlet"] for row in csv.DictReader(fh)} == {""}
+
+
+def test_pulses_the_device_refused_are_not_in_the_outlet(tmp_path):
+    """A fired cell whose pulse the device refused (its queue full) was not sorted: it counted in
+    the outlet's purity/recovery estimates and the CSV's in_outlet (a run whose device refused 68
+    of 86 pulses read an outlet recovery estimate of 94 %)."""
+    from hardware.trigger import DeviceReport
+
+    records = make_records(60, seed=4)
+    fired = [r.event.index for r in records if r.decision.fire]
+    refused = fired[::2]
+    path = tmp_path / "refused.rtdc"
+    with EventWriter(path, meta=make_meta(config_toml=CONFIG)) as w:
+        w.write(records)
+        w.add_device_reports([DeviceReport(i, 1, "refused", "3 queue full") for i in refused])
+    s = summarize(path)
+    assert len(refused) >= 3 and s.device_refused == len(refused)
+    export_csv(path, tmp_path / "refused.csv")
+    with (tmp_path / "refused.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    p_t = np.array([float(r["p_hct116"]) for r in rows])
+    out = np.array([r["in_outlet"] == "1" for r in rows])
+    index = np.array([int(r["event_index"]) for r in rows])
+    # by hand: the pulses that went out, and every cell within one's window
+    pulses = [(r.event.features["exit_time_ms"], r.decision.window_ms) for r in records
+              if r.decision.fire and r.event.index not in refused]
+    expected = [r.event.index not in refused and r.decision.fire
+                or any(abs(r.event.features["exit_time_ms"] - e) <= w for e, w in pulses) for r in records]
+    assert out.tolist() == expected and not all(out[np.isin(index, refused)])
+    assert s.sorted_recovery_estimate == pytest.approx(p_t[out].sum() / p_t.sum())
+    assert "Cells whose pulse the device refused are not in the outlet" in to_markdown(s, {})
