@@ -266,6 +266,13 @@ def _colours(n: int):
     return [cmap(i % 10) for i in range(n)]
 
 
+def _no_values(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes,
+            fontsize=8, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def make_figures(f: dict, run: StoredRun, out_dir: Path) -> dict[str, Path]:
     """Scatter plots (DI vs transit time, DI vs v_max) and histograms, coloured by class; PNG paths."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
@@ -282,18 +289,23 @@ def make_figures(f: dict, run: StoredRun, out_dir: Path) -> dict[str, Path]:
     for name, x in (("scatter_di_transit", "transit_time_ms"), ("scatter_di_vmax", "v_max_mm_s")):
         fig = Figure(figsize=(6, 4.5), dpi=100)
         ax = fig.add_subplot()
+        # the legend counts the cells drawn: a reanalysis (no transit time, no v_max) drew an empty
+        # plot whose legend said "unclassified (32)"
+        drawn = np.isfinite(f[x]) & np.isfinite(f["di"]) if n else np.zeros(0, bool)
         for (c, m), col in zip(groups, colours):
-            if m.any():
-                ax.scatter(f[x][m], f["di"][m], s=9, color=col, alpha=0.7, label=f"{c} ({int(m.sum())})",
-                           edgecolors="none")
-        if fired.any():
-            ax.scatter(f[x][fired], f["di"][fired], s=30, facecolors="none", edgecolors="k", linewidths=0.6,
-                       label=f"fired ({int(fired.sum())})")
+            if (m & drawn).any():
+                ax.scatter(f[x][m & drawn], f["di"][m & drawn], s=9, color=col, alpha=0.7,
+                           label=f"{c} ({int((m & drawn).sum())})", edgecolors="none")
+        if (fired & drawn).any():
+            ax.scatter(f[x][fired & drawn], f["di"][fired & drawn], s=30, facecolors="none", edgecolors="k",
+                       linewidths=0.6, label=f"fired ({int((fired & drawn).sum())})")
         ax.set_xlabel(_label(x))
         ax.set_ylabel(_label("di"))
         ax.set_title(f"{run.meta.sample}: DI vs {x}")
-        if n:
+        if drawn.any():
             ax.legend(fontsize=8, markerscale=1.5)
+        else:
+            _no_values(ax, f"no cell of this file has\nboth {x} and di" if n else "no cells")
         fig.tight_layout()
         out[name] = out_dir / f"{name}.png"
         fig.savefig(out[name])
@@ -307,6 +319,8 @@ def make_figures(f: dict, run: StoredRun, out_dir: Path) -> dict[str, Path]:
             v = v[np.isfinite(v)]
             if v.size:
                 ax.hist(v, bins=bins, histtype="step", color=col, label=c, linewidth=1.2)
+        if not v_all.size:
+            _no_values(ax, f"no cell of this file\nhas {feat}" if n else "no cells")
         ax.set_xlabel(_label(feat), fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel("cells")

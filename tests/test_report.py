@@ -432,3 +432,38 @@ def test_pulses_the_device_refused_are_not_in_the_outlet(tmp_path):
     assert out.tolist() == expected and not all(out[np.isin(index, refused)])
     assert s.sorted_recovery_estimate == pytest.approx(p_t[out].sum() / p_t.sum())
     assert "Cells whose pulse the device refused are not in the outlet" in to_markdown(s, {})
+
+
+def test_figures_count_the_cells_they_draw_and_say_when_they_draw_none(tmp_path, monkeypatch):
+    """A reanalysis has no transit time or v_max: its DI scatter plots were empty, with a legend
+    that said "unclassified (32)", and its histograms of them empty axes without a word."""
+    import re
+    from dataclasses import replace
+
+    from matplotlib.figure import Figure
+
+    from app.report import make_figures
+
+    # no cell has v_max; the first half have no transit time either
+    records = [replace(r, event=replace(r.event, features={**r.event.features, "v_max_mm_s": math.nan,
+                                                           **({"transit_time_ms": math.nan} if i < 6 else {})}))
+               for i, r in enumerate(make_records(12, seed=2))]
+    path = tmp_path / "single_images.rtdc"
+    with EventWriter(path, meta=make_meta()) as w:
+        w.write(records)
+    saved = {}
+    monkeypatch.setattr(Figure, "savefig", lambda fig, p, *a, **k: saved.__setitem__(p.stem, fig))
+    make_figures(*read_events(path), tmp_path)
+
+    def words(ax):
+        return " ".join(t.get_text() for t in ax.texts).replace("\n", " ")
+
+    ax = saved["scatter_di_transit"].axes[0]
+    counts = [int(re.search(r"\((\d+)\)", t.get_text())[1]) for t in ax.get_legend().get_texts()
+              if not t.get_text().startswith("fired")]
+    assert sum(counts) == 6 and words(ax) == ""
+    ax = saved["scatter_di_vmax"].axes[0]
+    assert ax.get_legend() is None and "no cell of this file has both v_max_mm_s and di" in words(ax)
+    hist = {ax.get_xlabel().split(" [")[0]: ax for ax in saved["histograms"].axes}
+    assert "no cell of this file has v_max_mm_s" in words(hist["v_max_mm_s"])
+    assert words(hist["transit_time_ms"]) == ""
