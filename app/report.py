@@ -100,6 +100,7 @@ class Summary:
     swept: int = 0  # -1: not known (a file from before the windows were recorded)
     sorted_purity_estimate: float = math.nan
     sorted_recovery_estimate: float = math.nan
+    measured: str = "tracked"  # "single image": a reanalysis of event images
 
 
 #: where the report's target classes came from, as the report says it
@@ -147,6 +148,10 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
     classes = run.class_names
     q = f["quality"].astype(np.int64) if n else np.zeros(0, np.int64)
     rejected = _rejected_flags(run)
+    if run.meta.measured == "single image":
+        # a reanalysis flags every cell INCOMPLETE (one image, no passage seen): left out, no
+        # cell was left for the class shares and feature medians, and every median read "–"
+        rejected = tuple(x for x in rejected if x != "INCOMPLETE")
     # the summary's classes and medians are over cells measured whole, as the sort policy sees
     # them: a cell cut from a neighbour (TOUCHING) is measured on its uncut frames and counts;
     # rejecting it would leave out a share of cells that grows with density
@@ -198,7 +203,7 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
         policy_changes=tuple(line.strip() for line in run.run_log if "sort policy changed" in line),
         swept=int(np.count_nonzero(outlet & ~pulsed)) if windows_known else -1, sorted_purity_estimate=sorted_purity,
-        sorted_recovery_estimate=sorted_recovery,
+        sorted_recovery_estimate=sorted_recovery, measured=run.meta.measured,
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
         error=run.error, pulse_timing_us=_pulse_timing_us(f, run), pulse_time_doubt_us=_pulse_time_doubt_us(run),
         device_refused=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["refused"])),
@@ -355,7 +360,10 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
     t = []
     t.append(("Run", ["", ""], [
         ["file", str(s.path)], ["sample", s.sample], ["run index", str(s.run_index)], ["started", s.started],
-        ["model", s.model or "none"], ["cells", str(s.cells)], ["unflagged cells", str(s.unflagged)],
+        ["model", s.model or "none"],
+        *([["measured", "one image per cell (a reanalysis): every cell is flagged INCOMPLETE, and counted as "
+                        "sortable below"]] if s.measured == "single image" else []),
+        ["cells", str(s.cells)], ["unflagged cells", str(s.unflagged)],
         [f"sortable cells (none of {', '.join(s.rejected_flags) or 'no flag'})", str(s.sortable)],
         ["duration (first to last cell)", "–" if math.isnan(s.duration_s) else f"{s.duration_s:.2f} s"],
         ["cells per second", "–" if math.isnan(s.duration_s) or s.duration_s <= 0 else f"{s.cells / s.duration_s:.1f}"],

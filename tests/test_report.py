@@ -467,3 +467,22 @@ def test_figures_count_the_cells_they_draw_and_say_when_they_draw_none(tmp_path,
     hist = {ax.get_xlabel().split(" [")[0]: ax for ax in saved["histograms"].axes}
     assert "no cell of this file has v_max_mm_s" in words(hist["v_max_mm_s"])
     assert words(hist["transit_time_ms"]) == ""
+
+
+def test_the_report_of_a_reanalysis_gives_the_medians_of_its_cells(tmp_path):
+    """A reanalysis flags every cell INCOMPLETE (one image per cell, no passage seen): the report
+    left them all out, and every class share and feature median of a reanalysed ShapeIn file
+    read "–"."""
+    from dataclasses import replace
+
+    records = [replace(r, event=replace(r.event, quality=Quality.INCOMPLETE | (Quality.DOUBLET if i == 0 else 0)))
+               for i, r in enumerate(make_records(20, seed=6))]
+    path = tmp_path / "reanalysed.rtdc"
+    with EventWriter(path, meta=make_meta(measured="single image")) as w:
+        w.write(records)
+    s = summarize(path)
+    whole = records[1:]  # the doublet is still left out
+    assert s.sortable == len(whole)
+    di = [r.event.features["di"] for r in whole if int(np.argmax(r.probabilities)) == 0]
+    assert s.medians[CLASSES[0]]["di"] == pytest.approx(tuple(np.percentile(di, [25, 50, 75])))
+    assert "| measured | one image per cell (a reanalysis)" in to_markdown(s, {})
