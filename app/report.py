@@ -430,9 +430,15 @@ def to_markdown(s: Summary, figures: dict[str, Path]) -> str:
         lines.append("")
     if figures:
         lines += ["## Figures", ""]
+        lines += [FIGURES_NOTE, ""]
         lines += [f"![{k}]({p.name})" for k, p in figures.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+#: what the figures show, said under them: the tables' medians are over sortable cells only
+FIGURES_NOTE = ("The figures show every cell, flagged ones included (the medians above are over sortable cells); "
+                "fired cells are ringed.")
 
 
 def to_html(s: Summary, figures: dict[str, Path]) -> str:
@@ -455,7 +461,7 @@ def to_html(s: Summary, figures: dict[str, Path]) -> str:
         if note:
             parts.append(f"<p class='note'>{e(note)}</p>")
     if figures:
-        parts.append("<h2>Figures</h2>")
+        parts.append(f"<h2>Figures</h2><p class='note'>{e(FIGURES_NOTE)}</p>")
         for k, p in figures.items():
             b64 = base64.b64encode(p.read_bytes()).decode("ascii")
             parts.append(f"<p><img alt='{e(k)}' src='data:image/png;base64,{b64}'></p>")

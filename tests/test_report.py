@@ -129,6 +129,9 @@ def test_write_report_makes_figures_markdown_and_html(run_file, tmp_path):
     assert f"| cells | {len(records)} |" in md
     page = res.html.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 3 and "purity estimate" in page
+    # the figures draw flagged cells too, the medians do not: both pages say which is which
+    from app.report import FIGURES_NOTE
+    assert FIGURES_NOTE in md and FIGURES_NOTE in page
     with pytest.raises(DataFormatError, match="formats"):
         write_report(path, tmp_path / "x", formats=("pdf",))
 
