@@ -379,7 +379,10 @@ class SerialTrigger(Trigger):
                 if ident_txt.isdigit():
                     ident = int(ident_txt)
                     # a refused pulse will never come (and never be acked): its id is done with
-                    idx = self._ids.pop(ident, ident) if code in ("3", "4") else self._ids.get(ident, ident)
+                    idx = self._ids.pop(ident, None) if code in ("3", "4") else self._ids.get(ident)
+                    if idx is None:  # a pulse already counted unacked: its cell, not the 32-bit id
+                        idx = self._overdue_ids.pop(ident, ident) if code in ("3", "4") \
+                            else self._overdue_ids.get(ident, ident)
             if code == "7":  # pulses output while 16 ACKs already waited for the link: fired, not a fault
                 n = rest[2].split()[-1] if len(rest) == 3 else ""
                 self.acks_lost += int(n) if n.isdigit() else 1

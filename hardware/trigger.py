@@ -443,7 +443,11 @@ class Trigger(ABC):
             self.device_refused += 1
             self.failed += 1
             with self._pending_lock:
-                self._pending.pop(event_index, None)
+                # a refusal after the ack deadline (a stalled link) was counted refused on top of
+                # unacked: fired != acked + refused + unacked. It will not come: it is refused
+                if self._pending.pop(event_index, None) is None and event_index in self._written_off:
+                    del self._written_off[event_index]
+                    self.unacked -= 1
         else:
             self.device_late += 1
         self._reports.append(DeviceReport(event_index, time.monotonic_ns(), kind, message))

@@ -252,6 +252,34 @@ def test_an_ack_after_its_pulse_was_counted_unacked_is_counted_once(emu):
     assert st.fired == st.acked + st.device_refused + st.unacked
 
 
+def test_a_refusal_after_its_pulse_was_counted_unacked_is_counted_once(tmp_path):
+    # as a late ack: the device held up past the ack deadline, then said "queue full" for the
+    # second pulse. It was counted refused on top of unacked (fired 2 = acked 1 + refused 1 +
+    # unacked 1), and its report named the protocol's 32-bit id instead of the cell
+    with emulated_port(tmp_path / "device.tsv", "--queue", "1") as emu, _open(emu.port) as trig:
+        trig.ack_timeout_s = 0.2
+        idx = (1 << 32) + 7
+        os.kill(emu.process.pid, signal.SIGSTOP)
+        try:
+            now = time.monotonic_ns()
+            assert trig.fire(FireRequest(1, now + 20 * MS, 100.0)).ok
+            assert trig.fire(FireRequest(idx, now + 30 * MS, 100.0)).ok
+            time.sleep(0.4)
+            assert trig.drain_acks() == [] and trig.unacked == 2
+        finally:
+            os.kill(emu.process.pid, signal.SIGCONT)
+        assert [a.event_index for a in _wait_acks(trig, 1, timeout_s=5.0)] == [1]
+        deadline = time.monotonic() + 5.0
+        reports = []
+        while not reports and time.monotonic() < deadline:
+            reports = trig.drain_reports()
+            time.sleep(0.005)
+        st = trig.status()
+    assert [(r.event_index, r.kind) for r in reports] == [(idx, "refused")]
+    assert (st.fired, st.acked, st.device_refused, st.unacked) == (2, 1, 1, 0), st
+    assert st.fired == st.acked + st.device_refused + st.unacked
+
+
 @pytest.mark.parametrize("quiet", [False, True], ids=["ready-after-a-cut-line", "ready-lost"])
 def test_a_device_that_reset_mid_run_is_unavailable_not_refusing(tmp_path, quiet):
     # a board reset mid-run (brown-out, watchdog) cuts the ACK it was writing; the READY it sends
