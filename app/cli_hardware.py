@@ -195,7 +195,9 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
             else:
                 print(f"acked {len(acks)} of {sent} pulses: the device stopped answering; {missing} "
                       "(whether they came out is not known)")
-    ok = all(r.ok for r in records) and st.device_errors == 0 and (not trig.acks or len(acks) == len(records))
+    # a device that stopped answering fails the test, even with every pulse acked before
+    ok = (all(r.ok for r in records) and st.device_errors == 0 and answered
+          and (not trig.acks or len(acks) == len(records)))
     return 0 if ok else 1
 
 

@@ -731,6 +731,19 @@ def test_cli_test_says_how_many_pulses_a_device_that_went_silent_acknowledged(tm
     assert len(emu.records("pulse")) == 1 and len(emu.records("hung")) == 1
 
 
+def test_cli_test_fails_for_a_device_that_acked_every_pulse_then_went_silent(tmp_path, capsys):
+    # every pulse acked, then no answer to STATUS: it ended with exit 0, as for a healthy device
+    # (before the silent-device handling, the DeviceError made it exit 2)
+    from app.cli import main
+
+    with emulated_port(tmp_path / "device.tsv", "--hang-after", "2") as emu:
+        code = main(["trigger", "test", "--device", "serial", "--set", f"port={emu.port}", "--set",
+                     "compensate_transmission=false", "--count", "2", "--interval", "0.01"])
+        out = capsys.readouterr().out
+    assert out.count("ack: device time") == 2 and "device status: no answer" in out, out
+    assert code == 1
+
+
 def test_bench_serial_jitter_reports_every_pulse():
     from hardware.bench import bench_serial_jitter
 
