@@ -511,7 +511,9 @@ def test_the_emulator_loses_acks_as_the_firmware_does(tmp_path):
     # the emulator sent an ACK at every edge and never ERR 7: the host's handling of it (the device
     # is alive, no device error) was tested only where the firmware could be built
     dev = _acks_lost_are_no_hang(tmp_path)
-    assert [e[1:] for e in dev.records("err")] == [["7", "acks lost 8"]]
+    # besides it, a loaded host makes the emulator's edges late (ERR 6 past its 2 ms; 3 runs in 8
+    # beside two busy processes): reported after their ACKs, as the sketch does
+    assert [e[1:] for e in dev.records("err") if e[1] != "6"] == [["7", "acks lost 8"]]
 
 
 def test_firmware_reports_protocol_errors(firmware, tmp_path):
