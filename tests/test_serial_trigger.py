@@ -270,12 +270,12 @@ def test_a_refusal_after_its_pulse_was_counted_unacked_is_counted_once(tmp_path)
             os.kill(emu.process.pid, signal.SIGCONT)
         assert [a.event_index for a in _wait_acks(trig, 1, timeout_s=5.0)] == [1]
         deadline = time.monotonic() + 5.0
-        reports = []
-        while not reports and time.monotonic() < deadline:
-            reports = trig.drain_reports()
+        refused = []  # a loaded host makes the first pulse late too (a "late" report)
+        while not refused and time.monotonic() < deadline:
+            refused += [r.event_index for r in trig.drain_reports() if r.kind == "refused"]
             time.sleep(0.005)
         st = trig.status()
-    assert [(r.event_index, r.kind) for r in reports] == [(idx, "refused")]
+    assert refused == [idx]
     assert (st.fired, st.acked, st.device_refused, st.unacked) == (2, 1, 1, 0), st
     assert st.fired == st.acked + st.device_refused + st.unacked
 
