@@ -37,7 +37,9 @@ class StageProbe:
 
     def __init__(self) -> None:
         self._rows: list[tuple[int, ...]] = []
-        self._last: dict[str, int] = {}
+        # each thread's own stamps: the decide thread classifies and fires too, and with one dict
+        # for both it overwrote the tracking thread's stamps or emptied them mid-cell
+        self._local = threading.local()
         self._tracking_thread = 0
 
     @contextmanager
@@ -52,7 +54,7 @@ class StageProbe:
         def timed_track_live(tracker, *a, **k):
             call = time.monotonic_ns()
             res = track_live(tracker, *a, **k)
-            probe._last = {"call": call, "ret": time.monotonic_ns(), "kend": int(tracker._live[0][live.O_T_END])}
+            probe._local.last = {"call": call, "ret": time.monotonic_ns(), "kend": int(tracker._live[0][live.O_T_END])}
             probe._tracking_thread = threading.get_ident()
             return res
 
@@ -78,14 +80,19 @@ class StageProbe:
             def timed(*a, _inner=inner, _name=name, **k):
                 t = time.monotonic_ns()
                 res = _inner(*a, **k)
-                self._last[_name] = (t, time.monotonic_ns())
+                self._stamps()[_name] = (t, time.monotonic_ns())
                 return res
 
             setattr(owner, name, timed)
             owner._stage_probe = self
 
+    def _stamps(self) -> dict:
+        if not hasattr(self._local, "last"):
+            self._local.last = {}
+        return self._local.last
+
     def _record(self, events) -> None:
-        last, self._last = self._last, {}
+        last, self._local.last = self._stamps(), {}
         if threading.get_ident() != self._tracking_thread or "fire" not in last or "classify" not in last:
             return  # handed to the decide thread, or nothing fired
         for ev in events:

@@ -59,3 +59,41 @@ def test_bench_sorting_fires_its_serial_trigger():
         assert 0 <= p50 <= p90 <= p99, name
     assert res["stage_classify_us_p50_p90_p99"][0] > 0 and res["stage_kernel_us_p50_p90_p99"][0] > 0
     assert (Tracker.track_live, Pipeline._handle) == (track_live, handle)
+
+
+def test_stage_probe_keeps_each_threads_stamps_apart(monkeypatch):
+    # the decide thread classifies and fires too: its stamps went into the tracking thread's
+    # (one dict for both), and its end of handling emptied it, so a tracking-thread cell decided
+    # meanwhile was dropped or timed with the other thread's model call
+    import threading
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from app.stages import StageProbe
+    from tracking import live
+    from tracking.tracker import Tracker
+
+    monkeypatch.setattr(Tracker, "track_live", lambda tracker: None)
+    kernel_end = np.zeros((1, live.O_T_END + 1), np.int64)
+    kernel_end[0, live.O_T_END] = 3
+    pipeline = SimpleNamespace(classifier=SimpleNamespace(classify=lambda *a: None),
+                               trigger=SimpleNamespace(fire=lambda *a: None))
+    with StageProbe().attached() as probe:
+        probe._wrap(pipeline)
+        Tracker.track_live(SimpleNamespace(_live=kernel_end))  # this thread tracks
+        pipeline.classifier.classify()
+
+        def decide():  # a cell handed to the decide thread, handled in the middle of this one's
+            pipeline.classifier.classify()
+            pipeline.trigger.fire()
+            probe._record([])
+
+        t = threading.Thread(target=decide)
+        t.start()
+        t.join()
+        pipeline.trigger.fire()
+        probe._record([SimpleNamespace(extra={"emit_host_ns": 1})])
+    assert probe.summary()["stage_cells"] == 1
+    (_arrived, call, kend, ret, cls0, cls1, fired), = probe._rows
+    assert call <= ret <= cls0 <= cls1 <= fired and kend == 3
