@@ -201,6 +201,7 @@ class Trigger(ABC):
         # counted unacked, newest last: an ack that still comes moves its pulse to acked
         self._written_off: dict[int, None] = {}
         self.late_acks = 0  # acks that came after their pulse was counted unacked (then taken off it)
+        self._test_pulses = 0  # test pulses fired (they take the indices -1, -2, ...)
         self._min_lead_ns = round(self.timing.min_lead_us * 1000)
         self._max_delay_ns = round(self.timing.max_delay_us * 1000)
 
@@ -382,7 +383,12 @@ class Trigger(ABC):
         if not self.is_open:
             raise StateError(f"{self.backend} trigger is not open")
         delay = delay_us if delay_us is not None else self.default_test_delay_us()
-        req = FireRequest(-1, time.monotonic_ns() + round(delay * 1000), width_us or self.timing.pulse_width_us)
+        # -1, -2, ...: pulses awaiting their acks are kept by index, and test pulses that shared -1
+        # were one: a silent device's missing test acks went uncounted, and a late one could take
+        # a written-off -1 off unacked
+        self._test_pulses += 1
+        req = FireRequest(-self._test_pulses, time.monotonic_ns() + round(delay * 1000),
+                          width_us or self.timing.pulse_width_us)
         return self.fire(req)
 
     def default_test_delay_us(self) -> float:

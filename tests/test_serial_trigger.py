@@ -1064,3 +1064,18 @@ def test_pulses_pending_at_a_reconnect_are_counted_unacked(emu):
         trig.drain_acks()
         st = trig.status()
         assert (st.fired, st.acked + st.unacked) == (1, 1), st
+
+
+def test_test_pulses_a_silent_device_did_not_ack_are_each_counted(tmp_path):
+    # test pulses shared the index -1, so the books held one of them: of 3 sent to a device that
+    # went silent after the first, 1 was counted unacked, not 2
+    with emulated_port(tmp_path / "device.tsv", "--hang-after", "1") as emu, _open(emu.port) as trig:
+        trig.ack_timeout_s = 0.2
+        for _ in range(3):
+            assert trig.test_fire().ok
+            time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while trig.acked + trig.unacked < 3 and time.monotonic() < deadline:
+            trig.drain_acks()
+            time.sleep(0.05)
+        assert (trig.fired, trig.acked, trig.unacked) == (3, 1, 2)
