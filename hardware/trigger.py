@@ -252,7 +252,7 @@ class Trigger(ABC):
             # pulses handed to the device before it was closed: whether they came out is not known
             # (cleared uncounted, they were neither acked nor unacked: fired != acked + refused + unacked)
             self.unacked += len(self._pending)
-            self._written_off.update(dict.fromkeys(self._pending))
+            self._write_off(list(self._pending))
             self._pending.clear()
         self._unacked_in_row = 0
         self._last_heard_ns = time.monotonic_ns()
@@ -341,9 +341,7 @@ class Trigger(ABC):
                 due = [(k, deadline) for k, deadline in self._pending.items() if deadline < now]
                 for k, _ in due:
                     del self._pending[k]
-                    self._written_off[k] = None
-                while len(self._written_off) > LATE_ACK_MEMORY:
-                    del self._written_off[next(iter(self._written_off))]
+                self._write_off([k for k, _ in due])
                 self.unacked += len(due) - late
                 self.late_acks += late
             if late:
@@ -420,6 +418,13 @@ class Trigger(ABC):
     def _link_busy_ns(self) -> int:
         """How long a command sent now would wait for, and take on, a slow link (0: no such link)."""
         return 0
+
+    def _write_off(self, indices: list[int]) -> None:
+        """Remember pulses counted unacked (the newest ``LATE_ACK_MEMORY``), for an ack that still
+        comes; the caller holds ``_pending_lock``."""
+        self._written_off.update(dict.fromkeys(indices))
+        while len(self._written_off) > LATE_ACK_MEMORY:
+            del self._written_off[next(iter(self._written_off))]
 
     def _link_busy_why(self, busy_ns: int) -> str:
         """What ``busy_ns`` from :meth:`_link_busy_ns` is made of, for the late record's reason."""
