@@ -1079,3 +1079,53 @@ def test_test_pulses_a_silent_device_did_not_ack_are_each_counted(tmp_path):
             trig.drain_acks()
             time.sleep(0.05)
         assert (trig.fired, trig.acked, trig.unacked) == (3, 1, 2)
+
+
+def _fire_late(emu, trig, idx: int, stall_s: float = 0.02) -> None:
+    """Fire ``idx`` and hold the emulator up past its edge once the command is in, so that it
+    goes out late by more than ``stall_s`` (the device answers ACK, then ERR 6 for it)."""
+    n_cmds = sum(c[1].startswith("FIRE") for c in emu.records("cmd"))
+    due = time.monotonic_ns() + 200 * MS  # the command must reach the device before it is stopped
+    assert trig.fire(FireRequest(idx, due, 100.0)).ok
+    deadline = time.monotonic() + 5.0
+    while sum(c[1].startswith("FIRE") for c in emu.records("cmd")) == n_cmds and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.kill(emu.process.pid, signal.SIGSTOP)
+    try:
+        assert time.monotonic_ns() < due, "the device took the command only after its fire time"
+        time.sleep(max(0.0, (due - time.monotonic_ns()) / 1e9) + stall_s)
+    finally:
+        os.kill(emu.process.pid, signal.SIGCONT)
+
+
+def _wait_reports(trig, kind: str, n: int = 1, timeout_s: float = 5.0) -> list:
+    out = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        out += [r for r in trig.drain_reports() if r.kind == kind]
+        time.sleep(0.005)
+    return out
+
+
+def test_a_reopened_trigger_does_not_name_a_pulse_after_one_of_the_last_session(emu):
+    # cell 2**32 + 7 (protocol id 7) was counted unacked and the trigger closed; its id -> cell
+    # entry outlived the session, and the next session's cell 7, output late, was reported
+    # (ACK, then ERR 6, which looks past the acked id) as cell 2**32 + 7
+    trig = _open(emu.port)
+    trig.ack_timeout_s = 0.2
+    with trig:
+        os.kill(emu.process.pid, signal.SIGSTOP)
+        try:
+            assert trig.fire(FireRequest((1 << 32) + 7, time.monotonic_ns() + 20 * MS, 100.0)).ok
+            time.sleep(0.4)
+            assert trig.drain_acks() == [] and trig.unacked == 1
+            trig.close()  # DISARM waits on the link with the FIRE: the device drops the pulse unsent
+        finally:
+            os.kill(emu.process.pid, signal.SIGCONT)
+    trig.ack_timeout_s = 5.0  # cell 7's own ack, however late, is not written off
+    with trig:
+        _fire_late(emu, trig, 7)
+        assert [a.event_index for a in _wait_acks(trig, 1)] == [7]
+        late = _wait_reports(trig, "late")
+    assert [r.event_index for r in late] == [7]
+
