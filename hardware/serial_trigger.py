@@ -57,6 +57,7 @@ def list_ports() -> list[tuple[str, str]]:
 _MAX_REPLIES = 64  # replies to queries held (a device that sends them unasked does not fill memory)
 _READY = "READY mimlsort-trigger"  # what the sketch says once up after a reset
 _TYPICAL_FIRE_BYTES = 22  # "FIRE 123456 20000 100\n": what the link check assumes before formatting
+_RECENT_ACKS = 16  # acked ids kept for their late report: as many ACKs as the device holds for the link
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,9 @@ class SerialTrigger(Trigger):
         # the same for pulses counted unacked, newest last, for an ack that comes late (the reader
         # thread takes from it: popitem is one step under the GIL, iterating is not)
         self._overdue_ids: collections.OrderedDict[int, int] = collections.OrderedDict()
+        # the same for the pulses acked last (reader thread only): the device's late report
+        # (ERR 6) follows its pulse's ACK, which took the id off the lists above
+        self._acked_ids: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._byte_us = 10e6 / self.settings.baudrate if self.settings.compensate_transmission else 0.0
         self._wire_free_ns = 0  # when the bytes written so far have left the host's UART (model)
         self.firmware = ""
@@ -157,6 +161,7 @@ class SerialTrigger(Trigger):
         # the next session's cell 7 in its late report
         self._ids.clear()
         self._overdue_ids.clear()
+        self._acked_ids.clear()
         self._port = port
         self._fd = port.fd if isinstance(getattr(port, "fd", None), int) else None
         self._stopping.clear()
@@ -372,6 +377,9 @@ class SerialTrigger(Trigger):
             idx = self._ids.pop(ident, None)
             if idx is None:
                 idx = self._overdue_ids.pop(ident, ident)
+            self._acked_ids[ident] = idx
+            if len(self._acked_ids) > _RECENT_ACKS:
+                self._acked_ids.popitem(last=False)
             self._ack(idx, dev_us, host_ns, pulse_host_ns=pulse, pulse_host_err_ns=err)
         elif words[0] == "ERR":
             text = line[4:]
@@ -381,12 +389,7 @@ class SerialTrigger(Trigger):
             if len(rest) == 3 and rest[2].startswith("id="):
                 ident_txt = rest[2][3:].split(maxsplit=1)[0]
                 if ident_txt.isdigit():
-                    ident = int(ident_txt)
-                    # a refused pulse will never come (and never be acked): its id is done with
-                    idx = self._ids.pop(ident, None) if code in ("3", "4") else self._ids.get(ident)
-                    if idx is None:  # a pulse already counted unacked: its cell, not the 32-bit id
-                        idx = self._overdue_ids.pop(ident, ident) if code in ("3", "4") \
-                            else self._overdue_ids.get(ident, ident)
+                    idx = self._cell_of(int(ident_txt), code)
             if code == "7":  # pulses output while 16 ACKs already waited for the link: fired, not a fault
                 n = rest[2].split()[-1] if len(rest) == 3 else ""
                 self.acks_lost += int(n) if n.isdigit() else 1
@@ -398,7 +401,8 @@ class SerialTrigger(Trigger):
                     self._report(idx, "late", text)
                 else:
                     self.device_late += 1
-                self._log.log(logging.WARNING, "device late", "serial trigger %s: %s", self.device, text)
+                cell = f" (cell {idx})" if idx is not None and idx != int(ident_txt) else ""
+                self._log.log(logging.WARNING, "device late", "serial trigger %s: %s%s", self.device, text, cell)
             else:
                 if idx is not None and code in ("3", "4"):
                     self._report(idx, "refused", text)
@@ -431,6 +435,17 @@ class SerialTrigger(Trigger):
             self.garbled_lines += 1
             self._log.log(logging.WARNING, "garbled line", "serial trigger %s: garbled line from the device: %s "
                           "(noise on the link? a pulse it was about goes unacknowledged)", self.device, ascii(line))
+
+    def _cell_of(self, ident: int, code: str) -> int:
+        """The cell that an ``ERR <code> id=<ident>`` is about (the id itself where none is known)."""
+        if code in ("3", "4"):  # a refused pulse will never come (and never be acked): its id is done with
+            idx = self._ids.pop(ident, None)
+            return self._overdue_ids.pop(ident, ident) if idx is None else idx
+        if code == "6" and ident in self._acked_ids:  # after its ACK, which took the id off the lists
+            return self._acked_ids.pop(ident)
+        idx = self._ids.get(ident)
+        # a pulse already counted unacked: its cell, not the 32-bit id
+        return self._overdue_ids.get(ident, ident) if idx is None else idx
 
     def _time_request_of(self, device_us: int) -> int | None:
         """The send time of the TIME request a reply with ``device_us`` answers (taken off the

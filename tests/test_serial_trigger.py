@@ -1129,3 +1129,17 @@ def test_a_reopened_trigger_does_not_name_a_pulse_after_one_of_the_last_session(
         late = _wait_reports(trig, "late")
     assert [r.event_index for r in late] == [7]
 
+
+def test_a_late_report_names_a_cell_past_32_bits(emu, caplog):
+    # the device answers ACK, then ERR 6 for a pulse it output late: the ACK had taken the id
+    # -> cell entry off, and the report named the protocol's 32-bit id (7), not the cell
+    idx = (1 << 32) + 7
+    with caplog.at_level("WARNING", logger="hardware.trigger"), _open(emu.port) as trig:
+        _fire_late(emu, trig, idx)
+        assert [a.event_index for a in _wait_acks(trig, 1)] == [idx]
+        late = _wait_reports(trig, "late")
+        st = trig.status()
+    assert [r.event_index for r in late] == [idx]
+    assert "id=7 late" in late[0].message  # the device's own words
+    assert (st.fired, st.acked, st.device_late) == (1, 1, 1)
+    assert f"id=7 late {late[0].message.split()[-1]} (cell {idx})" in caplog.text
