@@ -449,8 +449,9 @@ def _write_test_cells(path: Path, test, origins) -> None:
         w.writerows([o, str(i), test.class_names[c]] for o, i, c in zip(origins, test.ids, test.labels))
 
 
-def _read_cell_list(path: str) -> dict[tuple[str, str], str]:
-    """``evaluate --cells``: {(data, id): class} of a list such as train's test_cells.csv."""
+def _read_cell_list(path: str) -> dict[tuple[str, str], list[str]]:
+    """``evaluate --cells``: {(data, id): the class of each row naming it} of a list such as train's
+    test_cells.csv (one file can hold cells of one id, held out together and listed once each)."""
     import csv
 
     from mimlsort.errors import ConfigError
@@ -465,28 +466,48 @@ def _read_cell_list(path: str) -> dict[tuple[str, str], str]:
                                      f"mimlsort train writes {TEST_CELLS})")
     if len(rows) < 2:
         raise ConfigError("--cells", f"{path}: lists no cell")
-    return {(d, i): c for d, i, c in rows[1:]}
+    listed: dict[tuple[str, str], list[str]] = {}
+    for d, i, c in rows[1:]:
+        listed.setdefault((d, i), []).append(c)
+    return listed
 
 
 def _only_listed(ds, origins, listed: dict, path: str):
-    """The cells of ``ds`` that ``listed`` names; every one listed must be there, of its class."""
+    """The cells of ``ds`` that ``listed`` names; every one listed must be there, of its class.
+
+    A file can hold several cells under one id (exports of several runs from before their ids
+    named the run, put in one folder or table). They are taken where the list names the id as
+    often, with the same classes: the training held them out together (one group). Named less
+    often, the list cannot say which of them was held out, and it is refused: every cell of a
+    listed id was scored, and the figures were not the held-out test's."""
     from mimlsort.errors import DataFormatError
 
-    keys = [(str(o), str(i)) for o, i in zip(origins, ds.ids)]
-    keep = [k for k, key in enumerate(keys) if key in listed]
-    there = set(keys)
-    absent = [key for key in listed if key not in there]
+    cells: dict[tuple[str, str], list[int]] = {}
+    for k, key in enumerate(zip(map(str, origins), map(str, ds.ids))):
+        if key in listed:
+            cells.setdefault(key, []).append(k)
+    absent = [key for key in listed if key not in cells]
     if absent:
         data, cell = absent[0]
-        raise DataFormatError(f"{path}: {len(absent)} of the {len(listed)} cells listed are not in the data given "
-                              f"(the first: {cell} of {data}): give the data the model was trained on, read as it "
-                              f"was (its command is in the model's provenance)")
-    for k in keep:
-        named, have = listed[keys[k]], ds.class_names[ds.labels[k]]
+        raise DataFormatError(f"{path}: {len(absent)} of the {sum(map(len, listed.values()))} cells listed are not "
+                              f"in the data given (the first: {cell} of {data}): give the data the model was trained "
+                              f"on, read as it was (its command is in the model's provenance)")
+    for (data, cell), ks in cells.items():
+        named, have = sorted(listed[data, cell]), sorted(ds.class_names[ds.labels[k]] for k in ks)
+        if len(ks) > len(named):
+            files = sorted({str(ds.sources[k]) for k in ks})
+            raise DataFormatError(f"{path}: {data} holds {len(ks)} cells with id {cell}"
+                                  f"{' (in ' + ', '.join(files) + ')' if len(files) > 1 else ''}, and the list names "
+                                  f"{len(named)}: it cannot say which was held out. Give each cell an id of its own "
+                                  f"(one naming its run) and train again")
+        if len(ks) < len(named):
+            raise DataFormatError(f"{path}: cell {cell} of {data} is listed {len(named)} times, but the data given "
+                                  f"hold {len(ks)}: give the data the model was trained on, read as it was")
         if named != have:
-            raise DataFormatError(f"{path}: cell {keys[k][1]} of {keys[k][0]} is listed as class {named!r}, but the "
-                                  f"data given call it {have!r}")
-    return _with_report(ds.subset(keep), ds)
+            said = named[0] if len(named) == 1 else named
+            raise DataFormatError(f"{path}: cell {cell} of {data} is listed as class {said!r}, but the data given "
+                                  f"call it {have[0] if len(have) == 1 else have!r}")
+    return _with_report(ds.subset(sorted(k for ks in cells.values() for k in ks)), ds)
 
 
 def _train(args: argparse.Namespace, ds, test, out: Path, folds: int, test_origins=None) -> int:

@@ -634,3 +634,102 @@ def test_the_folds_note_counts_one_recording_in_the_singular(capsys):
     ds = SimpleNamespace(labels=[0, 0, 1], groups=["a", "c", "b"], class_names=("healthy", "stiff"))
     assert _folds_for_data(ds, None, unit="recordings") == 0
     assert "class 'stiff' has 1 recording: no cross-validation" in capsys.readouterr().err  # was "1 recordings"
+
+
+def _table_of_two_exports(folder: Path, groups: bool) -> Path:
+    """One event table holding two runs' cells under the same ids (e0 … e5 each), of one class;
+    with ``groups`` each run's cells are grouped by run (so a cell's namesake can be split from it)."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "events.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "group", "di", "transit_time_ms", "v_max_mm_s", "first_crop", "last_crop"])
+        for run, seed in (("r1", 1), ("r2", 2)):
+            for e in _events(6, 0, seed):
+                for which, img in (("first", e.first_crop), ("last", e.last_crop)):
+                    cv2.imwrite(str(folder / f"{run}_{e.index}_{which}.png"), img)
+                w.writerow([f"e{e.index}", f"{run}:e{e.index}" if groups else "",
+                            *(e.features[f] for f in ("di", "transit_time_ms", "v_max_mm_s")),
+                            f"{run}_{e.index}_first.png", f"{run}_{e.index}_last.png"])
+    return path
+
+
+def _held_out(out: Path) -> list[tuple[str, str]]:
+    with (out / "test_cells.csv").open(newline="") as fh:
+        return [(r["data"], r["id"]) for r in csv.DictReader(fh)]
+
+
+def test_a_listed_id_that_a_file_holds_twice_is_refused_where_the_list_cannot_say_which(tmp_path, torch, capsys):
+    # two runs' cells under the same ids in one table, grouped by run: e1 of one run was held out,
+    # its namesake trained on; evaluate --cells scored both (and every such pair), not the test
+    a = _table_of_two_exports(tmp_path / "runs", groups=True)
+    b = _event_table(tmp_path / "other", _events(12, 1, 3))
+    data = [f"{a}=healthy", f"{b}=stiff", "--pixel-size", "0.5"]
+    out = tmp_path / "m"
+    assert main(["train", *data, "--out", str(out), "--arch", "feature-only", "--epochs", "1", "--batch-size", "4",
+                 "--folds", "0", "--test-fraction", "0.3", "--no-progress", "--seed", "2"]) == 0
+    listed = [i for d, i in _held_out(out) if d == str(a.resolve())]
+    split = [i for i in listed if listed.count(i) == 1]
+    assert split, listed  # the seed splits a pair
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.onnx"), *data, "--cells", str(out / "test_cells.csv"), "--folds", "0",
+                 "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert f"{a.resolve()} holds 2 cells with id {split[0]}" in err, err
+    assert not (tmp_path / "e").exists()
+
+
+def test_cells_a_file_holds_under_one_id_held_out_together_are_scored_as_in_training(tmp_path, torch, capsys):
+    # the same, grouped by id (no group column): a pair is held out whole, listed twice, and
+    # evaluate --cells reproduces the held-out figures
+    a = _table_of_two_exports(tmp_path / "runs", groups=False)
+    b = _event_table(tmp_path / "other", _events(12, 1, 3))
+    data = [f"{a}=healthy", f"{b}=stiff", "--pixel-size", "0.5"]
+    out = tmp_path / "m"
+    assert main(["train", *data, "--out", str(out), "--arch", "feature-only", "--epochs", "1", "--batch-size", "4",
+                 "--folds", "0", "--test-fraction", "0.3", "--no-progress", "--seed", "2"]) == 0
+    listed = [i for d, i in _held_out(out) if d == str(a.resolve())]
+    assert listed and all(listed.count(i) == 2 for i in listed), listed
+    from inference.spec import read_spec
+
+    m = read_spec(out / "model.onnx").provenance.metrics
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.onnx"), *data, "--cells", str(out / "test_cells.csv"), "--folds", "0",
+                 "--out", str(tmp_path / "e")]) == 0
+    assert (f"{m['test_n']} cells: accuracy {m['test_accuracy']:.4f}, macro F1 "
+            f"{m['test_macro_f1']:.4f}") in capsys.readouterr().out
+
+
+def test_two_old_miml_exports_in_one_folder_are_scored_as_in_training(tmp_path, torch, capsys):
+    # exports from before cell IDs named the run, put in one folder: a healthy and a stiff cell
+    # share each ID (and so a group, held out together); the list named both, and evaluate took
+    # one class for both and refused: "listed as class 'stiff', but the data given call it 'healthy'"
+    import cv2
+
+    folder = tmp_path / "exports"
+    for name, label, seed in (("day1", 0, 1), ("day2", 1, 2)):
+        (folder / name).mkdir(parents=True)
+        with (folder / f"{name}_data.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["cell ID", "Cell Type", "Max Velocity", "Transition Time", "Deformability"])
+            for e in _events(8, label, seed):
+                for which, img in (("Firstcrop", e.first_crop), ("Lastcrop", e.last_crop)):
+                    fn = f"sample_M1_Cell{e.index + 1}_{which}.png"
+                    cv2.imwrite(str(folder / name / fn), img)
+                    w.writerow([fn, ("healthy", "stiff")[label], e.features["v_max_mm_s"] / 60,
+                                e.features["transit_time_ms"] / 5, e.features["di"]])
+    out = tmp_path / "m"
+    assert main(["train", str(folder), "--out", str(out), "--arch", "feature-only", "--epochs", "1",
+                 "--batch-size", "4", "--folds", "0", "--test-fraction", "0.3", "--no-progress"]) == 0
+    listed = [i for _, i in _held_out(out)]
+    assert listed and all(listed.count(i) == 2 for i in listed), listed
+    from inference.spec import read_spec
+
+    m = read_spec(out / "model.onnx").provenance.metrics
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.onnx"), str(folder), "--cells", str(out / "test_cells.csv"),
+                 "--folds", "0", "--out", str(tmp_path / "e")]) == 0, capsys.readouterr().err
+    assert (f"{m['test_n']} cells: accuracy {m['test_accuracy']:.4f}, macro F1 "
+            f"{m['test_macro_f1']:.4f}") in capsys.readouterr().out
