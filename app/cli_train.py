@@ -334,20 +334,27 @@ def _read_data(args: argparse.Namespace, *, role: str):
     return ds, np.array(origins, dtype=object)
 
 
-def _check_recordings(ds) -> None:
-    """--hold-out recording: every class needs recordings on both sides of a split. Only training
-    splits so whatever is asked: evaluate scores every cell, and its --folds parts are counted in
-    recordings by _folds_for_data (it refused --folds 0, which asks for no parts)."""
+def _check_recordings(ds, args: argparse.Namespace) -> None:
+    """--hold-out recording: every class needs recordings on both sides of a split, where train
+    makes one: a test set (--test-fraction) or an early-stopping set (--val-fraction). It refused
+    a class of one recording with neither asked for, when nothing is held out. Cross-validation
+    parts are counted in recordings by _folds_for_data (an explicit --folds above them is refused
+    there, the default lowered); evaluate scores every cell and does not come here."""
     import numpy as np
 
     from mimlsort.errors import ConfigError
 
+    asked = [f"{option} {value:g}" for option, value in (("--test-fraction", args.test_fraction),
+                                                         ("--val-fraction", args.val_fraction)) if value > 0]
+    if not asked:
+        return
     labels, groups = np.asarray(ds.labels), np.asarray(ds.groups, dtype=object)
     for c, name in enumerate(ds.class_names):
         n = len(set(groups[labels == c].tolist()))
         if 0 < n < 2:
             raise ConfigError("--hold-out", f"recording: class {name!r} comes from {n} recording; holding out whole "
-                                            f"recordings needs at least 2 of every class")
+                                            f"recordings ({', '.join(asked)}) needs at least 2 of every class (or "
+                                            f"--test-fraction 0 --val-fraction 0: none held out)")
 
 
 def _unit(args: argparse.Namespace) -> str:
@@ -421,7 +428,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     ds, origins = _load_data(args, role="train")
     if args.hold_out == "recording":
-        _check_recordings(ds)
+        _check_recordings(ds, args)
     note = _recordings_confound_classes(args)
     if note:
         print(note)

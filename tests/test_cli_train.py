@@ -733,3 +733,22 @@ def test_two_old_miml_exports_in_one_folder_are_scored_as_in_training(tmp_path, 
                  "--folds", "0", "--out", str(tmp_path / "e")]) == 0, capsys.readouterr().err
     assert (f"{m['test_n']} cells: accuracy {m['test_accuracy']:.4f}, macro F1 "
             f"{m['test_macro_f1']:.4f}") in capsys.readouterr().out
+
+
+def test_a_class_of_one_recording_is_refused_only_where_recordings_are_held_out(tmp_path, torch, capsys):
+    # --hold-out recording refused a class of one recording whatever was asked; with no test,
+    # validation or cross-validation split nothing is held out, and one recording is enough
+    runs = [_event_table(tmp_path / f"run{k}", _events(6, label, 20 + k)) for k, label in enumerate((0, 1, 1))]
+    data = [f"{runs[0]}=healthy", f"{runs[1]}=stiff", f"{runs[2]}=stiff", "--pixel-size", "0.5"]
+    common = ["--arch", "feature-only", "--epochs", "1", "--batch-size", "4", "--no-progress", "--hold-out", "recording"]
+    assert main(["train", *data, "--out", str(tmp_path / "m"), *common, "--val-fraction", "0", "--folds", "0"]) == 0, \
+        capsys.readouterr().err
+    assert (tmp_path / "m" / "model.onnx").is_file()
+    capsys.readouterr()
+    assert main(["train", *data, "--out", str(tmp_path / "x"), *common, "--folds", "0"]) == 2
+    assert ("--hold-out: recording: class 'healthy' comes from 1 recording; holding out whole recordings "
+            "(--val-fraction 0.15) needs at least 2 of every class") in capsys.readouterr().err
+    assert main(["train", *data, "--out", str(tmp_path / "x"), *common, "--val-fraction", "0",
+                 "--test-fraction", "0.3"]) == 2
+    assert "(--test-fraction 0.3) needs at least 2 of every class" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
