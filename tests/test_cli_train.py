@@ -679,6 +679,12 @@ def test_a_listed_id_that_a_file_holds_twice_is_refused_where_the_list_cannot_sa
     err = capsys.readouterr().err
     assert f"{a.resolve()} holds 2 cells with id {split[0]}" in err, err
     assert not (tmp_path / "e").exists()
+    # and a list naming a cell more often than the data hold it
+    twice = tmp_path / "twice.csv"
+    twice.write_text(f"data,id,class\n{b.resolve()},e0,stiff\n{b.resolve()},e0,stiff\n")
+    assert main(["evaluate", str(out / "model.onnx"), *data, "--cells", str(twice), "--folds", "0",
+                 "--out", str(tmp_path / "e")]) == 2
+    assert f"cell e0 of {b.resolve()} is listed 2 times, but the data given hold 1" in capsys.readouterr().err
 
 
 def test_cells_a_file_holds_under_one_id_held_out_together_are_scored_as_in_training(tmp_path, torch, capsys):
