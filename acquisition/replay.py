@@ -920,6 +920,11 @@ class ReplayCamera(Camera):
 
 
     @property
+    def stated_pixel_size_um(self) -> float | None:
+        """The pixel size the open recording states itself (None where it does not say)."""
+        return self._src.pixel_size_um if self._src is not None else None
+
+    @property
     def recorded_metadata(self) -> dict[str, Any]:
         """The open recording's own metadata (RT-DC ``"setup:flow rate"`` …; empty for video,
         TIFF and image folders), so a replay's event file describes the experiment recorded."""
@@ -969,7 +974,9 @@ class ReplayCamera(Camera):
                 log.warning("%s: the video's container says %g fps, used as the frame rate (times, speeds, transit); "
                             "a high-speed camera's video often carries a playback rate: give the camera's frame rate "
                             "(--fps, camera.replay.fps) if it recorded faster", src.path, fps)
-        px = _pick(src.pixel_size_um, s.pixel_size_um, "pixel_size_um", src.path)
+        # the setting is for recordings that do not say: where both do, the run says which it
+        # uses, in one line (`app.offline.pixel_size_in_use`), since camera.pixel_size_um overrides both
+        px = src.pixel_size_um if src.pixel_size_um is not None else s.pixel_size_um
         missing = [key for key, v in (("pixel_size_um", px), ("fps", fps)) if v is None]
         if missing:
             what = {"pixel_size_um": ("pixel size", "--pixel-size"), "fps": ("frame rate", "--fps")}
@@ -1170,13 +1177,6 @@ def _roi_position(meta: dict[str, Any]) -> tuple[int, int]:
 def _pick(from_file: float | None, from_settings: float | None, key: str, path: Path) -> float | None:
     if from_file is not None:
         if from_settings is not None and not math.isclose(from_file, from_settings, rel_tol=1e-6):
-            if key == "pixel_size_um":
-                # `--pixel-size` sets this and camera.pixel_size_um, which the run then uses over the
-                # file's (with its own warning): "ignored" here read as the opposite of what happened
-                log.warning("%s says %s = %g; camera.replay.pixel_size_um %g is only for recordings that do not "
-                            "say (camera.pixel_size_um, which --pixel-size sets, overrides the recording's)",
-                            path, key, from_file, from_settings)
-            else:
-                log.warning("%s says %s = %g; the setting %g is ignored", path, key, from_file, from_settings)
+            log.warning("%s says %s = %g; the setting %g is ignored", path, key, from_file, from_settings)
         return float(from_file)
     return None if from_settings is None else float(from_settings)

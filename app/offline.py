@@ -31,15 +31,34 @@ class OfflineResult:
 #: the first columns of the tracking table (``mimlsort track --out``)
 TABLE_START = ("index", "track_id", "entry_frame", "exit_frame", "quality")
 
+def pixel_size_in_use(camera: Camera, override_um: float | None) -> float:
+    """The µm per pixel a run on the open ``camera`` tracks with (0 where nobody says):
+    ``override_um`` (camera.pixel_size_um, which --pixel-size sets) over what the camera or the
+    recording says. Where two values disagree, one line says which is used and why (the replay
+    source and the run each said theirs: three lines, two reading as if --pixel-size were ignored)."""
+    info = camera.info
+    stated = getattr(camera, "stated_pixel_size_um", info.pixel_size_um)
+    replay = info.backend == "replay"
+    source = f"{camera.settings.path} states" if replay else f"the {info.backend} camera reports"
+    if override_um:
+        if stated and not math.isclose(override_um, stated, rel_tol=1e-6):
+            log.warning("%g µm/px (camera.pixel_size_um%s) is used, not the %g µm/px %s", override_um,
+                        ", which --pixel-size sets" if replay else "", stated, source)
+        return float(override_um)
+    fallback = getattr(camera.settings, "pixel_size_um", None) if replay else None
+    if stated and fallback and not math.isclose(fallback, stated, rel_tol=1e-6):
+        log.warning("%s %g µm/px, which is used: camera.replay.pixel_size_um %g is only for recordings that do not "
+                    "state one (camera.pixel_size_um, or --pixel-size, overrides a recording's)", source, stated, fallback)
+    return float(info.pixel_size_um or 0.0)
+
+
 def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pixel_size_um: float | None = None,
                  max_frames: int | None = None, ring_capacity: int = 1024,
                  progress: Callable[[int], None] | None = None, kernels: str = "numba") -> OfflineResult:
     """Track every frame ``camera`` (open, not yet started) delivers until it is exhausted."""
     settings = settings or TrackerSettings()
     info = camera.info
-    px = pixel_size_um or info.pixel_size_um
-    if pixel_size_um and info.pixel_size_um and not math.isclose(px, info.pixel_size_um, rel_tol=1e-6):
-        log.warning("%g µm/px is used; the %s source says %g", px, info.backend, info.pixel_size_um)
+    px = pixel_size_in_use(camera, pixel_size_um)
     if not px:
         from mimlsort.errors import ConfigError
 

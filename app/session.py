@@ -598,10 +598,9 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
         if cam.state.value == "closed":
             cam.open()
         info = cam.info
-        px = cfg.camera.pixel_size_um or info.pixel_size_um
-        if cfg.camera.pixel_size_um and info.pixel_size_um and not math.isclose(px, info.pixel_size_um, rel_tol=1e-6):
-            log.warning("camera.pixel_size_um %g µm/px is used; the %s camera reports %g", px, info.backend,
-                        info.pixel_size_um)
+        from app.offline import pixel_size_in_use
+
+        px = pixel_size_in_use(cam, cfg.camera.pixel_size_um)
         if not px:
             raise ConfigError("camera.pixel_size_um", f"the {info.backend} camera does not say its pixel size: set it")
         if classifier is not None:

@@ -164,17 +164,34 @@ def test_replay_and_track_refuse_a_pixel_size_or_frame_rate_of_0(files, tmp_path
     assert not list(tmp_path.iterdir())
 
 
-def test_replay_pixel_size_option_over_a_recordings_own_is_used_not_called_ignored(files, tmp_path, caplog):
-    # --pixel-size overrides what a recording says; the replay source warned (twice) that the
-    # setting was ignored, then the run warned that it was used, and the file held it
+def test_replay_pixel_size_option_over_a_recordings_own_is_said_once(files, tmp_path, caplog):
+    # --pixel-size overrides what a recording says; the replay source warned (twice, at each open)
+    # that the setting was "only for recordings that do not say", then the run warned that it was
+    # used: three lines, the first two reading as if the option had been ignored
     rec, _ = files
     out = tmp_path / "px.rtdc"
     with caplog.at_level("WARNING"):
         assert main(["replay", str(rec), "--pixel-size", "0.6", "--out", str(out), "--model", "none"]) == 0
-    assert "is ignored" not in caplog.text
-    assert "camera.pixel_size_um 0.6 µm/px is used; the replay camera reports 0.5" in caplog.text
+    lines = [r.getMessage() for r in caplog.records if "pixel" in r.getMessage()]
+    assert lines == [f"0.6 µm/px (camera.pixel_size_um, which --pixel-size sets) is used, not the 0.5 µm/px {rec} states"]
     with h5py.File(out, "r") as f:
         assert f.attrs["imaging:pixel size"] == pytest.approx(0.6)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["track", str(rec), "--pixel-size", "0.6", "--out", str(tmp_path / "t.csv")]) == 0
+    assert [r.getMessage() for r in caplog.records if "pixel" in r.getMessage()] == lines
+
+
+def test_a_replay_pixel_size_setting_a_recording_overrules_is_said_once(files, tmp_path, caplog):
+    # camera.replay.pixel_size_um is for recordings that do not state theirs: one that does wins
+    rec, _ = files
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[camera.replay]\npixel_size_um = 0.6\n")
+    with caplog.at_level("WARNING"):
+        assert main(["track", str(rec), "--config", str(cfg), "--out", str(tmp_path / "t.csv")]) == 0
+    lines = [r.getMessage() for r in caplog.records if "pixel" in r.getMessage()]
+    assert lines == [f"{rec} states 0.5 µm/px, which is used: camera.replay.pixel_size_um 0.6 is only for recordings "
+                     "that do not state one (camera.pixel_size_um, or --pixel-size, overrides a recording's)"]
 
 
 def test_a_run_that_cannot_track_ends_with_an_error(tmp_path, capsys):

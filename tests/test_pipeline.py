@@ -912,10 +912,10 @@ def test_a_pixel_size_given_over_the_cameras_own_is_said(tmp_path, caplog):
                    "synthetic": {"duration_s": 0.1, "realtime": False, "seed": 3, "pixel_size_um": 0.5}},
         "model": {"path": "none"}, "output": {"folder": str(tmp_path), "report": False},
     })
-    with caplog.at_level(logging.WARNING, logger="app.session"):
+    with caplog.at_level(logging.WARNING, logger="app"):
         run = build_run(cfg)
     run.close()
-    assert "camera.pixel_size_um 0.4 µm/px is used; the synthetic camera reports 0.5" in caplog.text
+    assert "0.4 µm/px (camera.pixel_size_um) is used, not the 0.5 µm/px the synthetic camera reports" in caplog.text
 
 
 def test_empty_files_of_runs_that_died_while_starting_are_removed_by_the_next_run(tmp_path):
