@@ -203,15 +203,22 @@ def cmd_reanalyze(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from app.console import Console
-    from app.reanalyze import reanalyze
+    from app.reanalyze import MEASURING, WRITING, reanalyze
 
-    bar = None
+    bars: dict[str, object] = {}
+    units = {MEASURING: "event", WRITING: "cell"}
+    labels = {MEASURING: "measure", WRITING: "classify+write" if args.model not in (None, "none") else "write"}
 
-    def show(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:  # once the events are read: a file or model refused is said without an empty bar
-            bar = tqdm(total=total, unit="event", unit_scale=True, file=console.stream(sys.stderr),
-                       dynamic_ncols=True, mininterval=0.5)
+    def show(stage: str, done: int, total: int) -> None:
+        # one bar a stage: the measuring bar reached 100% and then stood there while the cells
+        # were classified and written. Made once the events are read: a file or model refused is
+        # said without an empty bar
+        bar = bars.get(stage)
+        if bar is None:
+            for earlier in bars.values():
+                earlier.close()
+            bar = bars[stage] = tqdm(total=total, desc=labels[stage], unit=units[stage], unit_scale=True,
+                                     file=console.stream(sys.stderr), dynamic_ncols=True, mininterval=0.5)
         bar.update(done - bar.n)
 
     # ~1 ms an event: a file of 100,000 took minutes without a word. The bar is drawn by the
@@ -221,7 +228,7 @@ def cmd_reanalyze(args: argparse.Namespace) -> int:
             res = reanalyze(args.input, args.out, model=args.model, threshold=args.threshold,
                             closing_px=args.closing, bit_depth=args.bit_depth, progress=show)
         finally:
-            if bar is not None:
+            for bar in bars.values():
                 bar.close()
     print(res.summary())
     return 0

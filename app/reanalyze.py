@@ -24,6 +24,11 @@ from mimlsort.inputs import attr_number, check_input, open_hdf5
 
 log = logging.getLogger(__name__)
 
+#: the stages ``reanalyze`` reports its progress in
+MEASURING, WRITING = "measuring", "writing"
+#: cells classified and written between two progress reports
+WRITE_CHUNK = 256
+
 #: features a single event image provides
 SINGLE_IMAGE_FEATURES = ("di", "deform", "area_um", "bright_avg", "bright_sd", "diameter_um", "bg_off")
 
@@ -197,12 +202,15 @@ def _internal_basin_bg(fh, images, src: Path) -> _MappedBackgrounds | None:
 
 def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, threshold: float | None = None,
               closing_px: int | None = None, bit_depth: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> ReanalysisResult:
+              progress: Callable[[str, int, int], None] | None = None) -> ReanalysisResult:
     """Measure every event image of ``src`` into the event file ``dst``. ``threshold`` (RT-DC's
     signed convention) and ``closing_px`` default to what ``src`` was segmented with
     (:func:`source_segmentation`); the experiment's metadata (flow, channel, medium, temperature,
     sample, date) are carried over, so dclab derives the same quantities from both files.
-    ``progress(done, total)`` is called as the event images are measured (~1 ms each)."""
+    ``progress(stage, done, total)`` is called as the event images are measured (stage
+    :data:`MEASURING`, ``total`` the event images) and then as the cells are classified and
+    written (:data:`WRITING`, ``total`` the cells); the second stage reaches its total only once
+    the file is whole under its name."""
     from datetime import datetime
 
     import h5py
@@ -323,7 +331,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
         taken: set[tuple[int, int, int]] = set()  # (frame, blob position): each blob is one cell
         for i in range(n):
             if progress is not None:
-                progress(i, n)  # here: the events left out below by `continue` count as done too
+                progress(MEASURING, i, n)  # here: the events left out below by `continue` count as done too
             try:
                 img = np.asarray(images[i])
                 bg = np.asarray(bgs[i]) if bgs is not None else bg_all
@@ -377,7 +385,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                               Quality.INCOMPLETE, extra={"index_online": int(online[i])}, snapshot=snap)
             records.append(event)
         if progress is not None:
-            progress(n, n)
+            progress(MEASURING, n, n)
         if not records:
             # an event file without an event only stood in the way of the rerun with other settings
             # ("exists and holds a measurement"), and exit code 0 said all was well
@@ -386,7 +394,6 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                                   f"({seg.source}); nothing written: give the segmentation (--threshold, --closing)"
                                   + (f" or, if its grey levels use fewer than {depth} bits, the bit depth (--bit-depth)"
                                      if depth > 8 else ""))
-        probs = clf.classify(records) if clf is not None else np.zeros((len(records), 0), np.float32)
         from app.config import config_to_toml, RunConfig
         from app.session import file_sha256
 
@@ -427,7 +434,14 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                        + f" ({seg.source})")
                 wr.log("experiment metadata (date, sample, setup) copied from the source" + temp_note)
                 wr.log(f"index_online: {online_note}")
-                wr.write([CellRecord(e, p, None, None) for e, p in zip(records, probs)])
+                # in chunks, each counted: the bar stood at 100% while a large file's cells were
+                # classified and written
+                for i0 in range(0, len(records), WRITE_CHUNK):
+                    chunk = records[i0:i0 + WRITE_CHUNK]
+                    probs = clf.classify(chunk) if clf is not None else np.zeros((len(chunk), 0), np.float32)
+                    wr.write([CellRecord(e, p, None, None) for e, p in zip(chunk, probs)])
+                    if progress is not None and i0 + len(chunk) < len(records):
+                        progress(WRITING, i0 + len(chunk), len(records))
             try:
                 if replace_empty and empty_file(dst):
                     os.replace(part, dst)
@@ -438,6 +452,8 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                                       f"(the result is discarded)") from None
         finally:
             part.unlink(missing_ok=True)
+    if progress is not None:
+        progress(WRITING, len(records), len(records))  # the file is whole and named
     return ReanalysisResult(dst, n, len(records), not_found, str(model or ""))
 
 

@@ -271,8 +271,28 @@ def test_reanalyze_shows_its_progress(tmp_path, capsys):
 
     assert main(["reanalyze", str(DATA / "cytoshot-test-data.rtdc"), "--out", str(tmp_path / "out.rtdc")]) == 0
     out, err = capsys.readouterr()
-    assert "100%|" in err and "40.0/40.0" in err and "event/s" in err, err
+    assert "measure: 100%|" in err and "40.0/40.0" in err and "event/s" in err, err
+    cells = int(out.split(" cells measured")[0].split()[-1])
+    assert "write: 100%|" in err and f"{cells}.0/{cells}.0" in err and "cell/s" in err, err
     assert "40 event images ->" in out
+
+
+def test_reanalyze_progress_is_complete_only_once_the_file_is(tmp_path):
+    """The bar reached 100% when the last image was measured, and then stood there while the
+    cells were classified and written: a second stage counts those, and ends with the file."""
+    from app.reanalyze import MEASURING, WRITING, reanalyze
+
+    out = tmp_path / "out.rtdc"
+    seen = []
+    res = reanalyze(DATA / "cytoshot-test-data.rtdc", out,
+                    progress=lambda *report: seen.append((*report, out.exists())))
+    stages = [r[0] for r in seen]
+    assert stages[0] == MEASURING and stages[-1] == WRITING
+    assert stages == sorted(stages, key=[MEASURING, WRITING].index)  # the writing follows the measuring
+    assert (MEASURING, 40, 40, False) in seen
+    done = [r for r in seen if r[1] == r[2] and r[0] == WRITING]
+    assert done == [(WRITING, res.events_out, res.events_out, True)]  # 100% once, when the file is there
+    assert seen[-1] == done[0]
 
 
 def test_an_image_only_model_classifies_reanalysed_events_and_its_hash_is_kept(tmp_path):
