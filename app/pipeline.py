@@ -218,8 +218,9 @@ class Status:
     # seconds the constriction has been blocked (an object stood still in it; Tracker.blocked_s),
     # NaN while cells pass: a clog read "0 cells/s", as an empty sample does
     blocked_s: float = math.nan
-    # autostop.seconds counts measurement time, by the frames' own clock (named here): a replay's
-    # recorded time, not the host's; NaN without an auto-stop duration
+    # measurement time, by the frames' own clock (named here): a replay's recorded time, not the
+    # host's, which autostop.seconds counts and the event file states as the run's duration; NaN
+    # for a live camera without an auto-stop duration
     measured_s: float = math.nan
     autostop_s: float = 0.0
     autostop_clock: str = ""
@@ -260,7 +261,7 @@ class Status:
                 + (f"images shed {self.images_shed} (backlog {self.storage_backlog_mb:.0f}MB) " if self.images_shed else "")
                 + (f"untracked {self.tracks_overflow} " if self.tracks_overflow else "")
                 + (f"CONSTRICTION BLOCKED {self.blocked_s:.1f}s " if self.blocked_s == self.blocked_s else "")
-                + (f"measured {self.measured_s:.1f}/{self.autostop_s:g}s " if self.measured_s == self.measured_s else "")
+                + (f"measured {self.measured_s:.1f}/{self.autostop_s:g}s " if self.autostop_s else "")
                 + (f"light changed x{self.light_gain:.2f} (background relearning) "
                    if not LIGHT_MIN < self.light_gain < LIGHT_MAX and self.light_gain == self.light_gain else
                    f"lamp flicker {100 * self.light_flicker:.1f}% (light x{self.light_gain:.3f}) "
@@ -730,7 +731,12 @@ class Pipeline:
                     room = min(room, _GRAB_RUN)
                 if not cam.grab_many_into(ring, room, timeout_s=0.2) and cam.exhausted:
                     break
-                if self.autostop.seconds:
+                if not live and not self.autostop.seconds:
+                    # a recording's or simulation's own duration, which the event file states: a
+                    # replay as fast as it goes took less time than it holds (a live camera's time
+                    # is the host's; counting there would cost the camera thread for nothing)
+                    measured.advance()
+                elif self.autostop.seconds:
                     # a live camera's time goes on when it sends nothing (a stall, a trigger that
                     # never comes): counted, or an unattended run on it never stopped
                     idle = time.monotonic() - last_frame if live else 0.0
@@ -1203,6 +1209,13 @@ class Pipeline:
                 int(getattr(sink, "bytes_written", 0) or 0) if sink is not None else 0)
 
     # -- status ----------------------------------------------------------------------------------
+    def _measured_s(self) -> float:
+        """Seconds measured by the frames' own times: counted for an auto-stop duration and for
+        finite sources (replay, synthetic); NaN for a live camera without one."""
+        m = self._measured
+        counted = m is not None and (self.autostop.seconds or self.camera.info.backend in ("replay", "synthetic"))
+        return m.ns / 1e9 if counted else math.nan
+
     def status(self) -> Status:
         now = time.monotonic()
         ring = self.ring
@@ -1226,7 +1239,7 @@ class Pipeline:
             finish_reason=self.finish_reason,
             message=self.message,
             elapsed_s=elapsed,
-            measured_s=self._measured.ns / 1e9 if self._measured is not None and self.autostop.seconds else math.nan,
+            measured_s=self._measured_s(),
             autostop_s=self.autostop.seconds,
             autostop_clock=self._clock_name() if self.autostop.seconds else "",
             frames_in=frames_in,

@@ -443,6 +443,8 @@ def _counters(st: Status) -> dict[str, int]:
            "device_refused": st.device_refused, "device_late": st.device_late, "unacked": st.unacked,
            "late_acks": st.late_acks,
            "device_errors": st.device_errors, "swept": st.swept, "run_s": round(st.elapsed_s, 3)}
+    if math.isfinite(st.measured_s):  # the frames' own time: a replay's recorded duration at any speed
+        out["measured_s"] = round(st.measured_s, 6)
     for k, v in st.missed.items():
         out[f"missed_{k}"] = v
     for k, v in st.overrun.items():

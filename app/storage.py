@@ -1103,10 +1103,8 @@ class EventWriter:
                 g.attrs["error"] = error
                 g.attrs["complete"] = True
                 h5.attrs["user:complete"] = 1
-                # the run's own length when it says it (the file is opened before the kernels load)
-                run_s = counters.get("run_s")
-                h5.attrs["user:duration s"] = round(float(run_s) if isinstance(run_s, (int, float)) and run_s > 0
-                                                    else time.monotonic() - self._t0, 3)
+                h5.attrs["user:duration s"], processing = _durations(counters, time.monotonic() - self._t0)
+                h5.attrs["user:processing time s"] = processing
             self._bytes = _size(self.path)
         except (OSError, RuntimeError) as err:  # h5py reports a failed close as RuntimeError
             raise DeviceError(f"{self.path}: finishing the event file failed: {_io_reason(err, self.path)}") from err
@@ -1120,6 +1118,22 @@ class EventWriter:
     def __call__(self, records: Sequence) -> None:
         """So the writer can be a pipeline ``sink`` directly."""
         self.write(records)
+
+
+def _durations(counters: dict, open_s: float) -> tuple[float, float]:
+    """The run's duration and the host time it took (s), for the event file. The duration is the
+    frames' own time where the run counted it (``measured_s``: a replay's recorded time, which a
+    replay as fast as it goes takes less than); else the host's, which a live camera runs on. The
+    host's is the run's own length when it says it (``run_s``; the file is opened before the
+    kernels load), else the time the file was open."""
+
+    def positive(key: str) -> float | None:
+        v = counters.get(key)
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None
+
+    processing = positive("run_s") or open_s
+    measured = positive("measured_s")
+    return (round(measured, 6) if measured is not None else round(processing, 3)), round(processing, 3)
 
 
 def _io_reason(err: BaseException, path: Path) -> str:
