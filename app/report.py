@@ -70,7 +70,7 @@ class Summary:
     cells: int
     unflagged: int  # cells with no quality flag at all
     sortable: int  # cells with no flag the run's sort policy rejects (TOUCHING cells count)
-    duration_s: float
+    duration_s: float  # first to last cell's exit
     classes: tuple[Share, ...]  # predicted class among all classified cells
     classes_sortable: tuple[Share, ...]  # the same among sortable cells
     quality: tuple[Share, ...]  # each flag among all cells
@@ -101,6 +101,18 @@ class Summary:
     sorted_purity_estimate: float = math.nan
     sorted_recovery_estimate: float = math.nan
     measured: str = "tracked"  # "single image": a reanalysis of event images
+    run_s: float = math.nan  # the run's own duration where the file says it (:func:`run_seconds`)
+
+    @property
+    def cells_per_s(self) -> float:
+        """Cells over the run's duration where the file says it; else the cells after the first
+        over the first-to-last span (n over it counted one cell too many: 2 cells 1 s apart are
+        1 cell/s); NaN with fewer than 2 cells and no run duration."""
+        if self.run_s > 0:
+            return self.cells / self.run_s
+        if self.cells > 1 and self.duration_s > 0:
+            return (self.cells - 1) / self.duration_s
+        return math.nan
 
 
 #: where the report's target classes came from, as the report says it
@@ -139,6 +151,26 @@ def _rejected_flags(run: StoredRun) -> tuple[str, ...]:
         except tomllib.TOMLDecodeError:
             pass
     return SortSettings().reject_flags
+
+
+def run_seconds(run: StoredRun) -> float:
+    """The run's own duration from the file's counters, NaN where it does not say it: the frames'
+    own time (``measured_s``: a replay's or simulation's, and any run with an auto-stop duration),
+    else a live camera's host time (``run_s``), which is its measurement time. A replay's or
+    simulation's ``run_s`` is the time it took to process (a replay as fast as it goes takes less
+    than it recorded), and a reanalysis has none."""
+    c = run.counters
+
+    def positive(key: str) -> float:
+        v = c.get(key)
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else math.nan
+
+    if positive("measured_s") > 0:
+        return positive("measured_s")
+    backend = run.meta.camera.split(" ", 1)[0] if run.meta.camera else ""
+    if run.meta.measured == "single image" or backend in ("", "replay", "synthetic", "reanalysis"):
+        return math.nan
+    return positive("run_s")
 
 
 def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None = None,
@@ -203,7 +235,7 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
         policy_changes=tuple(line.strip() for line in run.run_log if "sort policy changed" in line),
         swept=int(np.count_nonzero(outlet & ~pulsed)) if windows_known else -1, sorted_purity_estimate=sorted_purity,
-        sorted_recovery_estimate=sorted_recovery, measured=run.meta.measured,
+        sorted_recovery_estimate=sorted_recovery, measured=run.meta.measured, run_s=run_seconds(run),
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
         error=run.error, pulse_timing_us=_pulse_timing_us(f, run), pulse_time_doubt_us=_pulse_time_doubt_us(run),
         device_refused=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["refused"])),
@@ -366,7 +398,9 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         ["cells", str(s.cells)], ["unflagged cells", str(s.unflagged)],
         [f"sortable cells (none of {', '.join(s.rejected_flags) or 'no flag'})", str(s.sortable)],
         ["duration (first to last cell)", "–" if math.isnan(s.duration_s) else f"{s.duration_s:.2f} s"],
-        ["cells per second", "–" if math.isnan(s.duration_s) or s.duration_s <= 0 else f"{s.cells / s.duration_s:.1f}"],
+        *([["run duration", f"{s.run_s:.2f} s"]] if s.run_s > 0 else []),
+        [f"cells per second ({'over the run' if s.run_s > 0 else 'first to last cell'})",
+         "–" if math.isnan(s.cells_per_s) else f"{s.cells_per_s:.1f}"],
         ["file complete", "yes" if s.complete else "NO (the writer did not close it; events up to its last flush)"],
         *([["run error", s.error]] if s.error else []),
     ], ""))

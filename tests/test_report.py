@@ -489,3 +489,27 @@ def test_the_report_of_a_reanalysis_gives_the_medians_of_its_cells(tmp_path):
     di = [r.event.features["di"] for r in whole if int(np.argmax(r.probabilities)) == 0]
     assert s.medians[CLASSES[0]]["di"] == pytest.approx(tuple(np.percentile(di, [25, 50, 75])))
     assert "| measured | one image per cell (a reanalysis)" in to_markdown(s, {})
+
+
+@pytest.mark.parametrize("camera, counters, rate, over", [
+    # no run duration: 11 cells exit 2 ms apart (20 ms from first to last) make 10 gaps: 500/s, not 550
+    ("synthetic", {}, 500.0, "first to last cell"),
+    # a replay's run_s is the time it took to process, not what it recorded
+    ("replay mimlsort rec.rtdc", {"run_s": 0.005}, 500.0, "first to last cell"),
+    # the frames' own time, where the run counted it
+    ("replay mimlsort rec.rtdc", {"run_s": 0.005, "measured_s": 0.044}, 250.0, "over the run"),
+    # a live camera runs on the host's time
+    ("basler acA720 123", {"run_s": 0.055}, 200.0, "over the run"),
+])
+def test_cells_per_second_counts_the_gaps_or_the_runs_duration(tmp_path, camera, counters, rate, over):
+    path = tmp_path / "rate.rtdc"
+    records = make_records(11, seed=2)
+    assert [r.event.features["exit_time_ms"] for r in records] == [2.0 * i + 1.0 for i in range(11)]
+    with EventWriter(path, meta=make_meta(camera=camera)) as w:
+        w.write(records)
+        w.note_counters(counters)
+    s = summarize(path)
+    assert s.duration_s == pytest.approx(0.020)
+    assert s.cells_per_s == pytest.approx(rate)
+    assert f"| cells per second ({over}) | {rate:.1f} |" in to_markdown(s, {})
+
