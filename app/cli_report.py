@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -41,12 +42,33 @@ def cmd_export(args: argparse.Namespace) -> int:
         check_output_file(args.csv, inputs=(args.events,), option="--csv", header=CSV_HEADER_START)
         n = export_csv(args.events, args.csv)
         print(f"{n} cells -> {args.csv}")
+        if n == 0:
+            _say_empty(f"{args.events} holds no cells", args.csv)
     if args.miml:
         res = export_miml(args.events, args.miml, name=args.name, label=args.label, scale=not args.no_scale,
                           include_flagged=args.include_flagged, size=args.size)
         print(f"{res.cells} cells -> {res.csv_path} + {2 * res.cells} PNGs in {res.image_dir}"
               + (f" ({res.skipped} flagged/incomplete cells left out)" if res.skipped else ""))
+        if res.cells == 0:
+            _say_empty(_why_no_miml_cell(args.events, res.skipped, args.include_flagged), res.csv_path)
     return 0
+
+
+def _say_empty(why: str, table: Path) -> None:
+    """An export of no cell still writes its table's header (a script that reads it keeps
+    working) and exits 0, as a replay or track that finds no cell does; it said only "0 cells"."""
+    print(f"mimlsort export: warning: {why}: {table} holds only the header", file=sys.stderr)
+
+
+def _why_no_miml_cell(events: Path, skipped: int, include_flagged: bool) -> str:
+    from tracking.events import NOT_FOR_TRAINING, Quality
+
+    if not skipped:
+        return f"{events} holds no cells"
+    flags = [q.name for q in Quality if q.value and q.value & int(NOT_FOR_TRAINING)]
+    flagged = "" if include_flagged else (f"is flagged ({', '.join(flags[:-1])} or {flags[-1]}; --include-flagged "
+                                          f"takes them in) or ")
+    return f"none of the {skipped} cells of {events} is exported: each {flagged}lacks a MIML feature"
 
 
 def register(sub) -> None:

@@ -154,7 +154,7 @@ def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "ce
     import cv2
 
     f, run = read_events(events_path, crops=True)
-    if "first_crop" not in f:
+    if "first_crop" not in f and run.n_events:  # a run without cells has no crop columns either
         raise DataFormatError(f"{events_path}: the file holds no crops to export")
     out_dir = Path(out_dir)
     img_dir, csv_path = check_miml_destination(out_dir, name)
@@ -217,7 +217,8 @@ def export_miml(events_path: str | Path, out_dir: str | Path, *, name: str = "ce
         (out_dir / "miml_export.json").write_text(json.dumps({
             "source": str(events_path), "sample": run.meta.sample, "run_index": run.meta.run_index,
             "cells": len(idx), "skipped": int(n - len(idx)), "scaled_to_0_1": scale, "scaling": scaling,
-            "crop_pixel_size_um": crop_px, "crop_size_px": int(f["first_crop"].shape[-1]) if size is None else size,
+            "crop_pixel_size_um": crop_px,
+            "crop_size_px": size if size is not None else int(f["first_crop"].shape[-1]) if "first_crop" in f else None,
             "label": label or ("predicted class" if classes else "sample name"),
         }, indent=2), encoding="utf-8")
     except OSError as err:

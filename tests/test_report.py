@@ -513,3 +513,37 @@ def test_cells_per_second_counts_the_gaps_or_the_runs_duration(tmp_path, camera,
     assert s.cells_per_s == pytest.approx(rate)
     assert f"| cells per second ({over}) | {rate:.1f} |" in to_markdown(s, {})
 
+
+def test_an_export_of_no_cells_writes_the_header_and_says_so(tmp_path, capsys):
+    """0 cells: the CSV was written with its header only and "0 cells ->" on stdout, and an MIML
+    export of an empty run failed with "holds no crops". Now both write the header (a script
+    reading the table still works), exit 0 as a replay or track that finds no cell does, and say
+    on stderr why nothing is in it."""
+    from dataclasses import replace
+
+    from app.cli import main
+
+    empty = tmp_path / "empty.rtdc"
+    with EventWriter(empty, meta=make_meta()):
+        pass
+    flagged = tmp_path / "flagged.rtdc"
+    with EventWriter(flagged, meta=make_meta()) as w:
+        w.write([replace(r, event=replace(r.event, quality=Quality.DOUBLET)) for r in make_records(6)])
+    capsys.readouterr()
+    assert main(["export", str(empty), "--csv", str(tmp_path / "e.csv"), "--miml", str(tmp_path / "em")]) == 0
+    out, err = capsys.readouterr()
+    assert "0 cells -> " in out
+    for table in (tmp_path / "e.csv", tmp_path / "em" / "cells_data.csv"):
+        assert len(table.read_text().splitlines()) == 1  # the header
+        assert f"mimlsort export: warning: {empty} holds no cells: {table} holds only the header" in err, err
+    assert json.loads((tmp_path / "em" / "miml_export.json").read_text())["cells"] == 0
+    # a filter that leaves nothing: the flags
+    assert main(["export", str(flagged), "--miml", str(tmp_path / "fm")]) == 0
+    err = capsys.readouterr().err
+    table = tmp_path / "fm" / "cells_data.csv"
+    assert len(table.read_text().splitlines()) == 1
+    assert (f"mimlsort export: warning: none of the 6 cells of {flagged} is exported: each is flagged (DOUBLET, "
+            f"BORDER, INCOMPLETE, LOW_CONTRAST, STUCK or SMALL; --include-flagged takes them in) or lacks a MIML "
+            f"feature: {table} holds only the header") in err, err
+    assert main(["export", str(flagged), "--miml", str(tmp_path / "fm2"), "--include-flagged"]) == 0
+    assert "warning" not in capsys.readouterr().err
