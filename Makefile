@@ -21,8 +21,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mimlsort demo --seconds 3 --out out/demo
 
+# one pytest worker per core, at most 4 (pytest-xdist): the suite took 11-13 min in one process on
+# the 2-core CI machine, 6-7 in two. TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= auto
 test: $(STAMP) sim-tools
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 \
+		-n $(TEST_WORKERS) --maxprocesses 4
 
 # Debian's avr-gcc, Arduino AVR core and simavr, for the tests that run the trigger firmware on a
 # simulated Uno (tests/sim/avr_harness.c). Installed when this runs as root with apt (CI, the dev
