@@ -307,7 +307,7 @@ def _read_data(args: argparse.Namespace, *, role: str):
             items = [replace(d, groups=np.array([f"{k}:{g}" for g in d.groups], dtype=object))
                      for k, d in enumerate(items)]
         # a cell's id is its file's (run#5, e12): two files' ids can be the same
-        origins += [str(_item_path(item).resolve()) for item, d in zip(args.data, items) for _ in range(len(d))]
+        origins += [o for item, d in zip(args.data, items) for o in _origins(item, d)]
         parts.append(items[0] if len(items) == 1 else Dataset.concat(items))
     if args.simulated:
         from app.simdata import simulated_dataset
@@ -332,6 +332,17 @@ def _read_data(args: argparse.Namespace, *, role: str):
 
         ds = Dataset.concat(parts)
     return ds, np.array(origins, dtype=object)
+
+
+def _origins(item, d) -> list[str]:
+    """Per cell of ``d``, read from ``item``, the file it came from, as test_cells.csv names it: the
+    PATH given, resolved; for a MIML folder the CSV inside it (``sources`` holds the CSV's name).
+    Two old exports in one folder hold the same IDs, each a cell of its CSV (one group), so the
+    folder could not say which namesake was held out."""
+    path = _item_path(item).resolve()
+    if path.is_dir():
+        return [str(path / str(s)) for s in d.sources]
+    return [str(path)] * len(d)
 
 
 def _check_recordings(ds, args: argparse.Namespace) -> None:
@@ -479,6 +490,14 @@ def _read_cell_list(path: str) -> dict[tuple[str, str], list[str]]:
     return listed
 
 
+def _folder_key(key: tuple[str, str], listed: dict) -> tuple[str, str]:
+    """A cell of a MIML folder's CSV as a list written before lists named the CSV names it: by the
+    folder (given as PATH) and its id; ``key`` where the list does not name the folder."""
+    origin, cell = key
+    folder = str(Path(origin).parent)
+    return (folder, cell) if Path(origin).suffix.lower() == ".csv" and (folder, cell) in listed else key
+
+
 def _only_listed(ds, origins, listed: dict, path: str):
     """The cells of ``ds`` that ``listed`` names; every one listed must be there, of its class.
 
@@ -491,6 +510,8 @@ def _only_listed(ds, origins, listed: dict, path: str):
 
     cells: dict[tuple[str, str], list[int]] = {}
     for k, key in enumerate(zip(map(str, origins), map(str, ds.ids))):
+        if key not in listed:
+            key = _folder_key(key, listed)
         if key in listed:
             cells.setdefault(key, []).append(k)
     absent = [key for key in listed if key not in cells]

@@ -710,27 +710,19 @@ def test_cells_a_file_holds_under_one_id_held_out_together_are_scored_as_in_trai
 
 def test_two_old_miml_exports_in_one_folder_are_scored_as_in_training(tmp_path, torch, capsys):
     # exports from before cell IDs named the run, put in one folder: a healthy and a stiff cell
-    # share each ID (and so a group, held out together); the list named both, and evaluate took
-    # one class for both and refused: "listed as class 'stiff', but the data given call it 'healthy'"
-    import cv2
+    # share each ID. They were one group, held out together; now each is a cell of its CSV, so one
+    # namesake can be held out and the other trained on: the list names the CSV, not the folder
+    from tests.test_training import old_miml_export
 
     folder = tmp_path / "exports"
-    for name, label, seed in (("day1", 0, 1), ("day2", 1, 2)):
-        (folder / name).mkdir(parents=True)
-        with (folder / f"{name}_data.csv").open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["cell ID", "Cell Type", "Max Velocity", "Transition Time", "Deformability"])
-            for e in _events(8, label, seed):
-                for which, img in (("Firstcrop", e.first_crop), ("Lastcrop", e.last_crop)):
-                    fn = f"sample_M1_Cell{e.index + 1}_{which}.png"
-                    cv2.imwrite(str(folder / name / fn), img)
-                    w.writerow([fn, ("healthy", "stiff")[label], e.features["v_max_mm_s"] / 60,
-                                e.features["transit_time_ms"] / 5, e.features["di"]])
+    csvs = [old_miml_export(folder, name, label, seed) for name, label, seed in (("day1", 0, 1), ("day2", 1, 2))]
     out = tmp_path / "m"
     assert main(["train", str(folder), "--out", str(out), "--arch", "feature-only", "--epochs", "1",
-                 "--batch-size", "4", "--folds", "0", "--test-fraction", "0.3", "--no-progress"]) == 0
-    listed = [i for _, i in _held_out(out)]
-    assert listed and all(listed.count(i) == 2 for i in listed), listed
+                 "--batch-size", "4", "--folds", "0", "--test-fraction", "0.3", "--no-progress", "--seed", "1"]) == 0
+    held = _held_out(out)
+    assert {d for d, _ in held} == {str(c.resolve()) for c in csvs}
+    ids = [i for _, i in held]
+    assert any(ids.count(i) == 1 for i in ids), held  # the seed holds out a namesake without the other
     from inference.spec import read_spec
 
     m = read_spec(out / "model.onnx").provenance.metrics
@@ -739,6 +731,32 @@ def test_two_old_miml_exports_in_one_folder_are_scored_as_in_training(tmp_path, 
                  "--folds", "0", "--out", str(tmp_path / "e")]) == 0, capsys.readouterr().err
     assert (f"{m['test_n']} cells: accuracy {m['test_accuracy']:.4f}, macro F1 "
             f"{m['test_macro_f1']:.4f}") in capsys.readouterr().out
+
+
+def test_an_older_list_naming_the_miml_folder_is_read(tmp_path, torch, capsys):
+    # lists written before they named the CSV inside a folder name the folder: read where they can
+    # say which cells were held out, refused where a namesake of another CSV makes it ambiguous
+    from tests.test_training import old_miml_export
+
+    folder = tmp_path / "exports"
+    for name, label, seed in (("day1", 0, 1), ("day2", 1, 2)):
+        old_miml_export(folder, name, label, seed, n=4)
+    out = tmp_path / "m"
+    assert main(["train", str(folder), "--out", str(out), "--arch", "feature-only", "--epochs", "1",
+                 "--batch-size", "4", "--folds", "0", "--no-progress"]) == 0
+    old = tmp_path / "old.csv"
+    # as the training before groups per CSV held out Cell1 and Cell2: both namesakes of each
+    old.write_text("data,id,class\n" + "".join(f"{folder.resolve()},sample_M1_Cell{k},{c}\n"
+                                                for k in (1, 2) for c in ("healthy", "stiff")))
+    capsys.readouterr()
+    evaluate = ["evaluate", str(out / "model.onnx"), str(folder), "--folds", "0", "--out", str(tmp_path / "e")]
+    assert main([*evaluate, "--cells", str(old)]) == 0, capsys.readouterr().err
+    assert "4 cells: accuracy" in capsys.readouterr().out
+    one = tmp_path / "one.csv"
+    one.write_text(f"data,id,class\n{folder.resolve()},sample_M1_Cell3,stiff\n")
+    assert main([*evaluate, "--cells", str(one)]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder.resolve()} holds 2 cells with id sample_M1_Cell3 (in day1_data.csv, day2_data.csv)" in err, err
 
 
 def test_a_class_of_one_recording_is_refused_only_where_recordings_are_held_out(tmp_path, torch, capsys):

@@ -223,6 +223,41 @@ def test_miml_sample_import_reports_defects():
     assert ds[i].features == {"di": pytest.approx(0.0588235294117647), "transit_time_ms": 0.0, "v_max_mm_s": 1.0}
 
 
+def old_miml_export(folder: Path, name: str, label: int, seed: int, n: int = 8) -> Path:
+    """``name_data.csv`` with its crops in ``name/``, as ``mimlsort export --miml`` wrote them before
+    a cell's ID named its run: every export's cells are ``sample_M1_Cell1`` … (``label`` 0 healthy, 1 stiff)."""
+    import csv
+
+    import cv2
+
+    (folder / name).mkdir(parents=True)
+    path = folder / f"{name}_data.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["cell ID", "Cell Type", "Max Velocity", "Transition Time", "Deformability"])
+        for e in synthetic_events(n, label, seed):
+            for which, img in (("Firstcrop", e.first_crop), ("Lastcrop", e.last_crop)):
+                fn = f"sample_M1_Cell{e.index + 1}_{which}.png"
+                cv2.imwrite(str(folder / name / fn), img)
+                w.writerow([fn, ("healthy", "stiff")[label], e.features["v_max_mm_s"] / 60,
+                            e.features["transit_time_ms"] / 5, e.features["di"]])
+    return path
+
+
+def test_cells_of_two_csvs_in_one_miml_folder_with_the_same_ids_are_not_one_group(tmp_path):
+    # two old exports in one folder: day1's healthy sample_M1_Cell3 and day2's stiff one were one
+    # group, held out and dealt to folds together, the group's class set by a tie-break
+    old_miml_export(tmp_path, "day1", 0, 1, n=4)
+    old_miml_export(tmp_path, "day2", 1, 2, n=4)
+    ds = dataset_from_miml_dir(tmp_path)
+    assert len(ds) == 8 and sorted(set(ds.ids)) == [f"sample_M1_Cell{k}" for k in range(1, 5)]
+    assert len(set(ds.groups)) == 8  # were 4, each a healthy and a stiff cell
+    assert list(ds.sources) == ["day1_data.csv"] * 4 + ["day2_data.csv"] * 4
+    # held out per class: half the healthy and half the stiff cells, whatever their namesakes
+    _, te = grouped_split(ds.labels, ds.groups, 0.5, seed=0)
+    assert np.bincount(ds.labels[te], minlength=2).tolist() == [2, 2]
+
+
 def test_miml_train_csv_alone_is_reported_single_class():
     from inference.training.data import dataset_from_miml_csv
 

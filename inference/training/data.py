@@ -544,8 +544,9 @@ def dataset_from_miml_csv(
 def dataset_from_miml_dir(root: str | Path) -> Dataset:
     """Import every ``<name>_data.csv`` in ``root`` with its image folder (``Train/``, ``Val/`` …).
 
-    The authors' train/val division is kept in ``sources`` only; splits for training are made
-    afresh, grouped by cell. Importing all CSVs together lets the report find duplicates across them.
+    The authors' train/val division is kept in ``sources`` only (each cell's CSV name); splits for
+    training are made afresh, grouped by cell of its CSV. Importing all CSVs together lets the report
+    find duplicates across them.
     """
     root = Path(root)
     parts = []
@@ -554,6 +555,12 @@ def dataset_from_miml_dir(root: str | Path) -> Dataset:
         folder = next((d for d in root.iterdir() if d.is_dir() and d.name.lower() == stem.lower()), root)
         # the united data set's report (logged by concat) covers every part's defects once
         parts.append(dataset_from_miml_csv(csv_path, folder, log_report=False))
+    if len(parts) > 1:
+        # a group is a cell of its CSV: two exports from before a cell's ID named its run, put in one
+        # folder, both hold sample_M1_Cell1 …, and a healthy and a stiff cell were one group, held
+        # out together with a class set by a tie-break (as _read_data does for PATHs given)
+        parts = [dataclasses.replace(p, groups=np.array([f"{s}:{g}" for s, g in zip(p.sources, p.groups)],
+                                                        dtype=object)) for p in parts]
     if not parts:
         raise DataFormatError(f"{root}: no CSV files")
     ours = _our_export(root)
