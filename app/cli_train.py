@@ -368,6 +368,47 @@ def _check_recordings(ds, args: argparse.Namespace) -> None:
                                             f"--test-fraction 0 --val-fraction 0: none held out)")
 
 
+def _check_recordings_left(train, test, args: argparse.Namespace) -> None:
+    """--hold-out recording with --test-fraction and --val-fraction: the early-stopping set is taken
+    from the recordings the test left, and a class left one has none there (two recordings: one
+    tested, one trained on). Its early stopping then watched the other classes only, or nothing,
+    unsaid. Refused as a class of one recording is (_check_recordings), before minutes of training."""
+    from mimlsort.errors import ConfigError
+
+    if test is None or args.val_fraction <= 0:
+        return
+    for c, name in enumerate(train.class_names):
+        left, held = _recordings_of(train, c), _recordings_of(test, c)
+        if len(left) >= 2 or not held:
+            continue
+        every = ", ".join(_recording_name(g) for g in sorted(left + held, key=_given_order))
+        raise ConfigError("--hold-out", f"recording: class {name!r} comes from {len(left) + len(held)} recordings "
+                                        f"({every}); --test-fraction {args.test_fraction:g} holds out "
+                                        f"{', '.join(map(_recording_name, held))}, and none is left for early "
+                                        f"stopping (--val-fraction {args.val_fraction:g}): give another recording of "
+                                        f"the class, or --val-fraction 0 (train all --epochs, no early stopping), or "
+                                        f"--test-fraction 0 (no held-out test: score the model on new recordings "
+                                        f"with mimlsort evaluate)")
+
+
+def _recordings_of(ds, c: int) -> list[str]:
+    """The groups of class ``c`` in ``ds``: under --hold-out recording ``k:PATH`` (the k-th PATH
+    given) or a simulated run."""
+    import numpy as np
+
+    return list(dict.fromkeys(np.asarray(ds.groups, dtype=object)[np.asarray(ds.labels) == c].tolist()))
+
+
+def _given_order(group: str) -> tuple[int, str]:
+    k, colon, _ = str(group).partition(":")
+    return (int(k), "") if colon and k.isdigit() else (1 << 30, str(group))
+
+
+def _recording_name(group: str) -> str:
+    """A recording as the user named it: the PATH given (``k:`` dropped), or the simulated run."""
+    return re.sub(r"^\d+:", "", str(group))
+
+
 def _unit(args: argparse.Namespace) -> str:
     return "recordings" if getattr(args, "hold_out", "cell") == "recording" else "cells"
 
@@ -447,6 +488,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.test_fraction > 0:
         tr, te = ds.split(args.test_fraction, seed=args.seed)
         test, ds, origins = ds.subset(te), _with_report(ds.subset(tr), ds), origins[te]
+        if args.hold_out == "recording":
+            _check_recordings_left(ds, test, args)
     folds = _folds_for_data(ds, args.folds, what=" (after --test-fraction)" if test is not None else "",
                             unit=_unit(args))
     with _output_folder(out, missing):
@@ -562,7 +605,7 @@ def _train(args: argparse.Namespace, ds, test, out: Path, folds: int, test_origi
     report = out / "report.md"
     stale = []
     if res.report is None:
-        # no folds and no validation cells (--val-fraction 0, or too few recordings): the training
+        # no folds and no validation cells (--val-fraction 0, or classes of one cell each): the training
         # wrote no report, and the command said it had; after --replace it pointed to the replaced
         # model's report, whose figures stayed beside the new model
         report.write_text(_bare_report(args, ds, res, test), encoding="utf-8")

@@ -586,7 +586,7 @@ def test_whole_recordings_can_be_held_out(tmp_path, torch, capsys):
     out = tmp_path / "m"
     assert main(["train", *data, "--out", str(out), "--arch", "feature-only", "--epochs", "1", "--batch-size", "4",
                  "--folds", "0", "--test-fraction", "0.5", "--hold-out", "recording", "--no-progress",
-                 "--pixel-size", "0.5"]) == 0
+                 "--pixel-size", "0.5", "--val-fraction", "0"]) == 0  # two of a class: none left for early stopping
     text = capsys.readouterr().out
     # one whole recording of each class is held out: 10 or 14 healthy plus 11 or 13 stiff cells
     n_test = int(text.split("held-out test (")[1].split(" cells")[0])
@@ -608,6 +608,26 @@ def test_whole_recordings_can_be_held_out(tmp_path, torch, capsys):
         in capsys.readouterr().err
     assert main(["train", *data[1:], "--out", str(tmp_path / "x"), "--hold-out", "recording", "--no-progress"]) == 2
     assert "--hold-out: recording: class 'healthy' comes from 1 recording" in capsys.readouterr().err
+
+
+def test_a_class_whose_recordings_the_test_takes_all_but_one_of_is_refused_with_early_stopping(tmp_path, torch,
+                                                                                                capsys):
+    # two stiff recordings, --test-fraction and --val-fraction: one was held out for the test, one
+    # trained on, none was left for early stopping, and the user was not told
+    runs = [_event_table(tmp_path / f"run{k}", _events(6, label, 30 + k)) for k, label in enumerate((0, 0, 0, 1, 1))]
+    data = [f"{r}={('healthy', 'stiff')[k > 2]}" for k, r in enumerate(runs)] + ["--pixel-size", "0.5"]
+    common = ["--arch", "feature-only", "--epochs", "1", "--batch-size", "4", "--no-progress", "--folds", "0",
+              "--hold-out", "recording", "--test-fraction", "0.3"]
+    assert main(["train", *data, "--out", str(tmp_path / "x"), *common, "--val-fraction", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert (f"--hold-out: recording: class 'stiff' comes from 2 recordings ({data[3]}, {data[4]}); --test-fraction "
+            f"0.3 holds out ") in err, err
+    assert ("and none is left for early stopping (--val-fraction 0.2): give another recording of the class, or "
+            "--val-fraction 0 (train all --epochs, no early stopping), or --test-fraction 0") in err, err
+    assert "'healthy'" not in err and not (tmp_path / "x").exists()
+    # without early stopping the same data train
+    assert main(["train", *data, "--out", str(tmp_path / "m"), *common, "--val-fraction", "0"]) == 0
+    assert (tmp_path / "m" / "test_cells.csv").is_file()
 
 
 @pytest.mark.parametrize("command", [
