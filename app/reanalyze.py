@@ -216,7 +216,7 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
     import h5py
 
     from app.records import CellRecord
-    from app.storage import EventWriter, RunMeta, setup_from_attrs
+    from app.storage import EventWriter, RunMeta, setup_from_attrs, source_duration_s
     from tracking.events import CellEvent, Quality, Snapshot
     from tracking.background import frame_light
     from tracking.shapes import measure
@@ -434,6 +434,12 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                        + f" ({seg.source})")
                 wr.log("experiment metadata (date, sample, setup) copied from the source" + temp_note)
                 wr.log(f"index_online: {online_note}")
+                # the measurement's duration is the source's where it states it; the reanalysis's
+                # own (the time its file was open) was written as the duration
+                duration = source_duration_s(fh)
+                if duration > 0:
+                    wr.note_counters({"measured_s": duration})
+                    wr.log(f"duration: the source's, {duration:g} s")
                 # in chunks, each counted: the bar stood at 100% while a large file's cells were
                 # classified and written
                 for i0 in range(0, len(records), WRITE_CHUNK):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from app.sorting import sorted_set
-from app.storage import REPORT_KINDS, StoredRun, read_events
+from app.storage import REPORT_KINDS, StoredRun, read_events, stated_duration_s
 from mimlsort.errors import DataFormatError
 from tracking.events import Quality
 from tracking.features import FEATURES
@@ -154,23 +154,9 @@ def _rejected_flags(run: StoredRun) -> tuple[str, ...]:
 
 
 def run_seconds(run: StoredRun) -> float:
-    """The run's own duration from the file's counters, NaN where it does not say it: the frames'
-    own time (``measured_s``: a replay's or simulation's, and any run with an auto-stop duration),
-    else a live camera's host time (``run_s``), which is its measurement time. A replay's or
-    simulation's ``run_s`` is the time it took to process (a replay as fast as it goes takes less
-    than it recorded), and a reanalysis has none."""
-    c = run.counters
-
-    def positive(key: str) -> float:
-        v = c.get(key)
-        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else math.nan
-
-    if positive("measured_s") > 0:
-        return positive("measured_s")
-    backend = run.meta.camera.split(" ", 1)[0] if run.meta.camera else ""
-    if run.meta.measured == "single image" or backend in ("", "replay", "synthetic", "reanalysis"):
-        return math.nan
-    return positive("run_s")
+    """The run's own duration from the file's counters, NaN where it does not say it
+    (:func:`app.storage.stated_duration_s`, which the file's ``user:duration s`` states too)."""
+    return stated_duration_s(run.counters, run.meta.camera, run.meta.measured)
 
 
 def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None = None,

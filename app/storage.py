@@ -1103,7 +1103,9 @@ class EventWriter:
                 g.attrs["error"] = error
                 g.attrs["complete"] = True
                 h5.attrs["user:complete"] = 1
-                h5.attrs["user:duration s"], processing = _durations(counters, time.monotonic() - self._t0)
+                duration, processing = _durations(counters, time.monotonic() - self._t0, self.meta)
+                if duration is not None:  # left out where the run does not know it (a reanalysis)
+                    h5.attrs["user:duration s"] = duration
                 h5.attrs["user:processing time s"] = processing
             self._bytes = _size(self.path)
         except (OSError, RuntimeError) as err:  # h5py reports a failed close as RuntimeError
@@ -1120,20 +1122,55 @@ class EventWriter:
         self.write(records)
 
 
-def _durations(counters: dict, open_s: float) -> tuple[float, float]:
-    """The run's duration and the host time it took (s), for the event file. The duration is the
-    frames' own time where the run counted it (``measured_s``: a replay's recorded time, which a
-    replay as fast as it goes takes less than); else the host's, which a live camera runs on. The
-    host's is the run's own length when it says it (``run_s``; the file is opened before the
-    kernels load), else the time the file was open."""
+def _durations(counters: dict, open_s: float, meta: RunMeta) -> tuple[float | None, float]:
+    """The run's duration (None where it does not know it) and the host time it took (s), for the
+    event file. The duration is :func:`stated_duration_s`: never the time the file was open, which
+    a reanalysis wrote as its duration (0.048 s for a measurement of seconds). The host's time is
+    the run's own length when it says it (``run_s``; the file is opened before the kernels load),
+    else the time the file was open."""
+    run_s = counters.get("run_s")
+    processing = run_s if isinstance(run_s, (int, float)) and math.isfinite(run_s) and run_s > 0 else open_s
+    duration = stated_duration_s(counters, meta.camera, meta.measured)
+    if not duration > 0:
+        return None, round(processing, 3)
+    frames_own = duration == counters.get("measured_s")  # to the µs; a host's time to the ms
+    return round(duration, 6 if frames_own else 3), round(processing, 3)
 
-    def positive(key: str) -> float | None:
+
+def stated_duration_s(counters: Mapping[str, Any], camera: str, measured: str) -> float:
+    """A run's own duration from its counters, NaN where they do not say it: the frames' own time
+    (``measured_s``: a replay's or simulation's, any run with an auto-stop duration, and a
+    reanalysis's source's), else a live camera's host time (``run_s``), which is its measurement
+    time. A replay's or simulation's ``run_s`` is the time it took to process (a replay as fast as
+    it goes takes less than it recorded), and a reanalysis has none of its own."""
+
+    def positive(key: str) -> float:
         v = counters.get(key)
-        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else math.nan
 
-    processing = positive("run_s") or open_s
-    measured = positive("measured_s")
-    return (round(measured, 6) if measured is not None else round(processing, 3)), round(processing, 3)
+    if positive("measured_s") > 0:
+        return positive("measured_s")
+    backend = camera.split(" ", 1)[0] if camera else ""
+    if measured == "single image" or backend in ("", "replay", "synthetic", "reanalysis"):
+        return math.nan
+    return positive("run_s")
+
+
+def source_duration_s(h5) -> float:
+    """The duration an open RT-DC file states for its measurement (:func:`stated_duration_s`):
+    only mimlsort's event files state one (dclab defines no such key; ``online_filter:target
+    duration`` is an auto-stop's target), NaN for the others and where it does not know it."""
+    g = h5.get("mimlsort")
+    if g is None or _s(g.attrs.get("format", "")) != FORMAT:
+        return math.nan
+    try:
+        counters = json.loads(_s(g.attrs.get("counters", "{}")))
+        meta = json.loads(_s(g.attrs.get("run_meta", "{}")))
+    except ValueError:
+        return math.nan  # a damaged file's duration is unknown; the reanalysis reads its images
+    if not isinstance(counters, dict) or not isinstance(meta, dict):
+        return math.nan
+    return stated_duration_s(counters, str(meta.get("camera") or ""), str(meta.get("measured") or ""))
 
 
 def _io_reason(err: BaseException, path: Path) -> str:

@@ -67,6 +67,23 @@ def test_reanalysis_measures_real_events_and_dclab_opens_the_result(tmp_path, na
     assert stat.S_IMODE(os.stat(tmp_path / "out.rtdc").st_mode) == 0o666 & ~umask  # not private (mkstemp's 0600)
 
 
+def test_a_reanalysis_states_no_duration_where_its_source_states_none(tmp_path):
+    # `user:duration s` of a reanalysis was the time its file was open (0.048 s for a recording
+    # whose events span 2.8 s), the same as its processing time; CytoShot's file states no duration
+    import h5py
+    from dclab.rtdc_dataset.check import check_dataset
+
+    from app.reanalyze import reanalyze
+    from app.report import summarize
+
+    out = tmp_path / "out.rtdc"
+    reanalyze(DATA / "cytoshot-test-data.rtdc", out)
+    with h5py.File(out, "r") as f:
+        assert "user:duration s" not in f.attrs and f.attrs["user:processing time s"] > 0
+    assert check_dataset(out)[0] == []
+    assert not summarize(out).run_s > 0  # the report counts cells per second first to last cell
+
+
 def test_reanalysed_files_show_dclab_no_userdef_column_that_one_image_cannot_give(tmp_path):
     # the userdef columns held transit time, v_max, DIR, DI at entry/exit and the pace after the
     # exit, all NaN for every cell: DCscope's "remove invalid events" then removed every event and
@@ -391,6 +408,9 @@ def test_a_tracked_file_is_segmented_as_the_tracker_did(tmp_path):
         assert run.wait(120)
     reanalyze(run.events_path, tmp_path / "again.rtdc")
     with dclab.new_dataset(run.events_path) as a, dclab.new_dataset(tmp_path / "again.rtdc") as b:
+        # the duration a reanalysis states is its source's (the synthetic run's 1.5 s measured), not
+        # the time its own file was open
+        assert b.config["user"]["duration s"] == pytest.approx(a.config["user"]["duration s"]) == pytest.approx(1.5, abs=0.01)
         assert a.config["user"]["segmentation threshold"] == -6.0 and a.config["user"]["segmentation closing"] == 0
         # and a reanalysis says what it used
         assert (b.config["user"]["segmentation threshold"], b.config["user"]["segmentation closing"]) == (-6.0, 0)
