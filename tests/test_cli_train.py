@@ -681,15 +681,22 @@ def _held_out(out: Path) -> list[tuple[str, str]]:
         return [(r["data"], r["id"]) for r in csv.DictReader(fh)]
 
 
-def test_a_listed_id_that_a_file_holds_twice_is_refused_where_the_list_cannot_say_which(tmp_path, torch, capsys):
-    # two runs' cells under the same ids in one table, grouped by run: e1 of one run was held out,
-    # its namesake trained on; evaluate --cells scored both (and every such pair), not the test
-    a = _table_of_two_exports(tmp_path / "runs", groups=True)
+def _train_on_two_exports(tmp_path: Path, groups: bool) -> tuple[Path, Path, list[str], Path]:
+    """A model trained on a table of two runs' cells under the same ids (class healthy) and one of
+    another class, 30% held out: (the table, the other, the data arguments, the model's folder)."""
+    a = _table_of_two_exports(tmp_path / "runs", groups=groups)
     b = _event_table(tmp_path / "other", _events(12, 1, 3))
     data = [f"{a}=healthy", f"{b}=stiff", "--pixel-size", "0.5"]
     out = tmp_path / "m"
     assert main(["train", *data, "--out", str(out), "--arch", "feature-only", "--epochs", "1", "--batch-size", "4",
                  "--folds", "0", "--test-fraction", "0.3", "--no-progress", "--seed", "2"]) == 0
+    return a, b, data, out
+
+
+def test_a_listed_id_that_a_file_holds_twice_is_refused_where_the_list_cannot_say_which(tmp_path, torch, capsys):
+    # two runs' cells under the same ids in one table, grouped by run: e1 of one run was held out,
+    # its namesake trained on; evaluate --cells scored both (and every such pair), not the test
+    a, b, data, out = _train_on_two_exports(tmp_path, groups=True)
     listed = [i for d, i in _held_out(out) if d == str(a.resolve())]
     split = [i for i in listed if listed.count(i) == 1]
     assert split, listed  # the seed splits a pair
@@ -710,12 +717,7 @@ def test_a_listed_id_that_a_file_holds_twice_is_refused_where_the_list_cannot_sa
 def test_cells_a_file_holds_under_one_id_held_out_together_are_scored_as_in_training(tmp_path, torch, capsys):
     # the same, grouped by id (no group column): a pair is held out whole, listed twice, and
     # evaluate --cells reproduces the held-out figures
-    a = _table_of_two_exports(tmp_path / "runs", groups=False)
-    b = _event_table(tmp_path / "other", _events(12, 1, 3))
-    data = [f"{a}=healthy", f"{b}=stiff", "--pixel-size", "0.5"]
-    out = tmp_path / "m"
-    assert main(["train", *data, "--out", str(out), "--arch", "feature-only", "--epochs", "1", "--batch-size", "4",
-                 "--folds", "0", "--test-fraction", "0.3", "--no-progress", "--seed", "2"]) == 0
+    a, _, data, out = _train_on_two_exports(tmp_path, groups=False)
     listed = [i for d, i in _held_out(out) if d == str(a.resolve())]
     assert listed and all(listed.count(i) == 2 for i in listed), listed
     from inference.spec import read_spec
