@@ -391,6 +391,61 @@ def _check_recordings_left(train, test, args: argparse.Namespace) -> None:
                                         f"with mimlsort evaluate)")
 
 
+def _check_fold_recordings(ds, folds: int, args: argparse.Namespace) -> None:
+    """--hold-out recording with cross-validation and --val-fraction: each fold takes its early-stopping
+    recordings from its own training part, and a class trained there on one recording had none (two
+    recordings of a class in 2 folds: the default). That fold then kept the epoch of the lowest
+    training loss, or stopped on the other classes only, while the final fit stopped on every class:
+    the cross-validation figures were not of the exported model's training, and nothing said so.
+    Refused as the split before the folds is (_check_recordings_left), naming the fold; the folds
+    are the ones train_model will make (same data, k and seed)."""
+    from mimlsort.errors import ConfigError
+
+    if folds < 2 or args.val_fraction <= 0:
+        return
+    short = _fold_short_of_recordings(ds, folds, args.seed)
+    if short is None:
+        return
+    fold, c, trained, held = short
+    name = ds.class_names[c]
+    outs = ["give more recordings of the class"]
+    better = [k for k in range(2, _fewest_recordings(ds) + 1)
+              if k != folds and _fold_short_of_recordings(ds, k, args.seed) is None]
+    if better:
+        outs.append(f"--folds {better[0]} (each fold holds fewer out)")
+    outs += ["--val-fraction 0 (the folds and the final fit train all --epochs, no early stopping)",
+             "--folds 0 (no cross-validation)"]
+    raise ConfigError("--hold-out", f"recording: fold {fold + 1} of the {folds}-fold cross-validation holds out "
+                                    f"{', '.join(map(_recording_name, held))} of class {name!r} and trains on "
+                                    f"{', '.join(map(_recording_name, trained))} only: none is left for its early "
+                                    f"stopping (--val-fraction {args.val_fraction:g}); {', or '.join(outs)}")
+
+
+def _fold_short_of_recordings(ds, folds: int, seed: int):
+    """(fold, class, its recordings trained on, those held out) of the first fold whose training part
+    holds fewer than 2 recordings of a class (early stopping takes whole recordings out of it); None
+    when every fold keeps 2."""
+    import numpy as np
+
+    from inference.training.data import kfold_splits
+
+    labels, groups = np.asarray(ds.labels), np.asarray(ds.groups, dtype=object)
+
+    def of(idx, c: int) -> list[str]:  # on the labels, not ds.subset: that copies every crop
+        return sorted(set(groups[idx][labels[idx] == c].tolist()), key=_given_order)
+
+    for f, (tr, te) in enumerate(kfold_splits(labels, groups, folds, seed)):
+        for c in range(len(ds.class_names)):
+            trained = of(tr, c)
+            if 0 < len(trained) < 2:
+                return f, c, trained, of(te, c)
+    return None
+
+
+def _fewest_recordings(ds) -> int:
+    return min((n for n in (len(_recordings_of(ds, c)) for c in range(len(ds.class_names))) if n), default=0)
+
+
 def _recordings_of(ds, c: int) -> list[str]:
     """The groups of class ``c`` in ``ds``: under --hold-out recording ``k:PATH`` (the k-th PATH
     given) or a simulated run."""
@@ -492,6 +547,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             _check_recordings_left(ds, test, args)
     folds = _folds_for_data(ds, args.folds, what=" (after --test-fraction)" if test is not None else "",
                             unit=_unit(args))
+    if args.hold_out == "recording":
+        _check_fold_recordings(ds, folds, args)
     with _output_folder(out, missing):
         return _train(args, ds, test, out, folds, origins if test is not None else None)
 

@@ -630,6 +630,41 @@ def test_a_class_whose_recordings_the_test_takes_all_but_one_of_is_refused_with_
     assert (tmp_path / "m" / "test_cells.csv").is_file()
 
 
+def test_a_fold_left_one_recording_of_a_class_is_refused_with_early_stopping(tmp_path, torch, capsys):
+    # two recordings of each class, defaults: 2 folds, each trained on one recording of a class, so
+    # no fold had an early-stopping set (each kept the epoch of its lowest training loss) while the
+    # final fit stopped early, and nothing said the cross-validation was not of the model's training
+    runs = [_event_table(tmp_path / f"run{k}", _events(6, label, 40 + k)) for k, label in enumerate((0, 0, 1, 1))]
+    data = [f"{r}={('healthy', 'stiff')[k > 1]}" for k, r in enumerate(runs)] + ["--pixel-size", "0.5"]
+    common = ["--arch", "feature-only", "--epochs", "1", "--batch-size", "4", "--no-progress", "--hold-out", "recording"]
+    assert main(["train", *data, "--out", str(tmp_path / "x"), *common]) == 2
+    err = capsys.readouterr().err
+    assert "2-fold cross-validation (see --folds)" in err  # the default, lowered
+    trained, held = (data[1], data[0]) if f"holds out {data[0]} of class" in err else (data[0], data[1])
+    assert (f"--hold-out: recording: fold 1 of the 2-fold cross-validation holds out {held} of class 'healthy' and "
+            f"trains on {trained} only: none is left for its early stopping (--val-fraction 0.15); give more "
+            f"recordings of the class, or --val-fraction 0 (the folds and the final fit train all --epochs, no early "
+            f"stopping), or --folds 0 (no cross-validation)") in err, err
+    assert not (tmp_path / "x").exists()
+    # either way out trains: every fold and the final fit alike, or no folds
+    assert main(["train", *data, "--out", str(tmp_path / "m"), *common, "--val-fraction", "0"]) == 0
+    assert "cross-validation (2 folds)" in capsys.readouterr().out
+    assert main(["train", *data, "--out", str(tmp_path / "m0"), *common, "--folds", "0"]) == 0
+
+
+def test_more_folds_are_offered_where_they_leave_every_fold_recordings_for_early_stopping(tmp_path, torch, capsys):
+    # three recordings of a class in 2 folds: one fold trains on one of them; in 3 folds each trains on two
+    runs = [_event_table(tmp_path / f"run{k}", _events(5, k // 3, 50 + k)) for k in range(6)]
+    data = [f"{r}={('healthy', 'stiff')[k // 3]}" for k, r in enumerate(runs)] + ["--pixel-size", "0.5"]
+    common = ["--arch", "feature-only", "--epochs", "1", "--batch-size", "4", "--no-progress", "--hold-out", "recording"]
+    assert main(["train", *data, "--out", str(tmp_path / "x"), *common, "--folds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "of the 2-fold cross-validation holds out" in err and "none is left for its early stopping" in err, err
+    assert "--folds 3 (each fold holds fewer out)" in err
+    assert main(["train", *data, "--out", str(tmp_path / "m"), *common, "--folds", "3"]) == 0
+    assert "cross-validation (3 folds)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command", [
     ["train", "--simulated", "--sim-seconds", "1", "--epochs", "1"],
     ["evaluate", "demo", "--simulated", "--sim-seconds", "1"],
