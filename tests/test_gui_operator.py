@@ -299,3 +299,27 @@ def test_a_report_that_fails_says_why_and_leaves_the_event_file_as_it_was(qtbot,
     assert _cells_in(run.events_path) == win.table.total >= 3
     assert blocker.read_text() == "not a folder"
     win.close()
+
+
+def test_closing_the_window_while_a_stop_closes_the_files_waits_for_them(qtbot, tmp_path):
+    # Stop, then the window closed while the stop's worker closed the files: the window's own
+    # close returned at once (the run's close had begun on that worker), and runClosed, whose
+    # report reads the event file, came while the event file and raw recording were still open
+    import time
+
+    win = real_window(qtbot, tmp_path, output={"record_raw": True})
+    closed: list = []
+    win.controller.runClosed.connect(lambda run, st: closed.append((run.closed_all, st.cells)))
+    win.start_run()
+    run = run_started(qtbot, win)
+    qtbot.waitUntil(lambda: run.status().cells >= 3, timeout=30000)
+    win.stop_run()
+    t0 = time.monotonic()
+    while not run.closed and time.monotonic() - t0 < 30.0:  # the stop's worker has begun to close
+        time.sleep(0.001)
+    assert run.closed and not run.closed_all, "the files closed before the window could be closed: no race shown"
+    win.close()
+    assert run.closed_all
+    assert len(closed) == 1 and closed[0][0], "runClosed came before the run's files were closed"
+    assert closed[0][1] == run.status().cells
+

@@ -391,19 +391,24 @@ class RunController(QtCore.QObject):
         if self._starting:  # as Stop while starting: a run whose camera and files still open is not started
             self._cancel_start = True
         run = self.run
+        stopped = False
         if run is not None:
             run.stop()
             limit = timeout_s + _writer_timeout_s(run)
-            if run.wait(limit):
+            stopped = run.wait(limit)
+            if stopped:
                 run.close()
-                try:
-                    self.runClosed.emit(run, run.status())  # its report, as after a Stop
-                except Exception as e:  # noqa: BLE001 - the window closes whatever a report does
-                    log.error("after closing the run: %s", e)
             else:  # closing under a live writer would lose data; the run closes itself when it ends
                 log.error("the run did not stop within %g s; it closes its files when it ends", limit)
             self.run = None
+        # a Stop's worker may be closing the run's files: the close above then returns at once (the
+        # run's close is under way), and the report of runClosed would read a file still open
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if stopped and getattr(run, "closed_all", True):  # (a run without it is closed when close returns)
+            try:
+                self.runClosed.emit(run, run.status())  # its report, as after a Stop
+            except Exception as e:  # noqa: BLE001 - the window closes whatever a report does
+                log.error("after closing the run: %s", e)
         fut = getattr(self, "_build_future", None)
         if fut is not None and self._starting and fut.done() and fut.exception() is None:
             late = fut.result()  # a run that finished starting while the window closed (None: not started)
