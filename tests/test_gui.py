@@ -314,6 +314,11 @@ def test_status_rows_flag_missed_frames():
     refused = {r.key: r for r in status_rows(replace(st, device_refused=4, unacked=2))}["trigger"]
     assert refused.alarm and refused.text == "ok, 4 refused, 2 unacked" and "not armed, counter busy): 4" in refused.tooltip
     assert {r.key: r for r in status_rows(replace(st, trigger_ok=False))}["trigger"].text == "FAULT"
+    # a trigger that was unavailable for a while and came back: the target cells it could not
+    # fire are counted nowhere else, and the row read "ok", not red
+    back = {r.key: r for r in status_rows(replace(st, trigger_failed=25, errors=("trigger: unavailable: EIO",)))}
+    assert back["trigger"].alarm and back["trigger"].text == "ok, 25 not fired"
+    assert "unavailable: 25" in back["trigger"].tooltip and back["trigger"].tooltip.endswith("trigger: unavailable: EIO")
     est = replace(st, purity_estimate=0.97, recovery_estimate=0.5)
     assert {r.key: r for r in status_rows(est)}["purity"].text == "97.0 % | 50.0 %"
     swept = {r.key: r for r in status_rows(replace(est, swept=6, sorted_purity_estimate=0.9,

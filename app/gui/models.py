@@ -421,14 +421,21 @@ def _light_row(st: Any) -> StatusRow:
 def _trigger_row(st: Any) -> StatusRow:
     """The trigger's state, and the pulses it was handed but did not output or confirm."""
     refused, unacked = getattr(st, "device_refused", 0), getattr(st, "unacked", 0)
-    text = ("ok" if st.trigger_ok else "FAULT") + (f", {refused} refused" if refused else "") \
-        + (f", {unacked} unacked" if unacked else "")
+    # target cells the trigger could not fire while it was unavailable: shown nowhere else (not in
+    # Fired | aborted), and a trigger that came back read "ok" as if none had been lost
+    failed = getattr(st, "trigger_failed", 0)
+    text = ("ok" if st.trigger_ok else "FAULT") + (f", {failed} not fired" if failed else "") \
+        + (f", {refused} refused" if refused else "") + (f", {unacked} unacked" if unacked else "")
     tip = "\n".join(f"{label}: {getattr(st, key, 0)}" for key, label in (
+        ("trigger_failed", "target cells not fired: the trigger was unavailable"),
         ("device_refused", "pulses the device refused (queue full, not armed, counter busy)"),
         ("device_late", "pulses the device output late"),
         ("unacked", "pulses whose ack never came"),
         ("device_errors", "errors the device reported")))
-    return StatusRow("trigger", "Trigger", text, not st.trigger_ok or refused > 0, tip)
+    errors = [e for e in getattr(st, "errors", ()) if e.startswith("trigger:")]
+    if errors:
+        tip += f"\nlast error: {errors[-1]}"
+    return StatusRow("trigger", "Trigger", text, not st.trigger_ok or refused > 0 or failed > 0, tip)
 
 
 def _cells_row(st: Any) -> StatusRow:
