@@ -458,6 +458,10 @@ class Pipeline:
         self._halt = np.zeros(1, np.int64)  # set with _stop and when the camera is done: the live kernel stops waiting
         self._camera_done = threading.Event()
         self._storage_done = threading.Event()
+        # set once the first wait() to see the run end has closed the camera and called on_finish:
+        # a second caller returned True before that (the run's files still open)
+        self._finish_done = threading.Event()
+        self._finishing_thread = 0
         self._threads: list[threading.Thread] = []
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # records, to storage
         self._decide_q: queue.SimpleQueue = queue.SimpleQueue()  # finished cells, to the decide thread
@@ -534,6 +538,7 @@ class Pipeline:
             self.camera.start()
         except BaseException:
             self.state = RunState.FINISHED
+            self._finish_done.set()  # nothing more to finish: a wait() returns at once
             self.finish_reason = FinishReason.ERRORED
             if self.freeze_gc:
                 gc.unfreeze()  # else every failed start keeps what it built out of the collections
@@ -598,9 +603,22 @@ class Pipeline:
             if th.is_alive():
                 return False
         with self._lock:
-            if self.state is RunState.FINISHED:
+            finishing = self.state is RunState.FINISHED
+            if not finishing:
+                self.state = RunState.FINISHED
+                self._finishing_thread = threading.get_ident()
+        if finishing:
+            if self._finishing_thread == threading.get_ident():  # called from on_finish
                 return True
-            self.state = RunState.FINISHED
+            return self._finish_done.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        try:
+            self._finish()
+        finally:
+            self._finish_done.set()
+        return True
+
+    def _finish(self) -> None:
+        """What the end of a run takes, once: the camera closed, the times, ``on_finish``."""
         self._t_end = time.monotonic()
         if self._old_switch is not None:
             sys.setswitchinterval(self._old_switch)
@@ -616,7 +634,6 @@ class Pipeline:
             self.finish_reason = FinishReason.COMPLETED
         if self.on_finish is not None:
             self.on_finish(self)
-        return True
 
     @property
     def finished(self) -> bool:

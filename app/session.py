@@ -301,6 +301,10 @@ class Run:
     created: tuple[Path, ...] = ()  # the files this run made (not a user's empty file it may replace)
     emptied: tuple[Path, ...] = ()  # a user's empty files it writes into: emptied again, not removed
     _watchdog: StopWatchdog | None = field(default=None, repr=False)
+    # set once close() has returned: a second caller waits for it (it returned at once, and a
+    # window closed during a Stop's close reported on files still open)
+    _close_done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _closing_thread: int = field(default=0, repr=False)
 
     def start(self) -> None:
         try:
@@ -331,10 +335,21 @@ class Run:
         return True
 
     def close(self) -> None:
-        """Close files and devices (idempotent); called when the pipeline finishes."""
+        """Close files and devices (idempotent); called when the pipeline finishes. A call while
+        another thread closes the run returns once that close has (a call from within the close,
+        at once)."""
         if self.closed:
+            if self._closing_thread != threading.get_ident():
+                self._close_done.wait()
             return
         self.closed = True
+        self._closing_thread = threading.get_ident()
+        try:
+            self._close()
+        finally:
+            self._close_done.set()
+
+    def _close(self) -> None:
         trig, writer = self.trigger, self.writer
         if trig is not None and hasattr(trig, "settle"):
             # the pulses of the last cells decided go out, and their acks reach the file, before

@@ -1135,3 +1135,61 @@ def test_each_pulse_in_the_appended_pulse_log_names_its_run(tmp_path):
             scheduled = set(h5["mimlsort/events/fire_scheduled_ns"][:][ok].tolist())
         mine = {int(r[1]) for r in rows if r[5:] == [path.stem, ident]}
         assert scheduled and mine == scheduled, (path.name, len(mine), len(scheduled))
+
+
+def test_a_second_wait_returns_once_the_first_has_finished_the_run():
+    # the first wait() to see the threads end closes the camera and calls on_finish (a Run's
+    # close: its files); a second one, from another thread, returned True at once, with the files
+    # still open (the GUI's window closed during a Stop reported on them)
+    import threading
+
+    finished = threading.Event()
+
+    def slow_finish(_p):
+        time.sleep(0.4)
+        finished.set()
+
+    p = Pipeline(SyntheticCamera(replace(FAST, duration_s=0.1)), sink=ListSink(), on_finish=slow_finish)
+    p.start()
+    first = threading.Thread(target=p.wait)
+    first.start()
+    deadline = time.monotonic() + 60
+    while not p.finished and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert p.finished and not finished.is_set()
+    assert not p.wait(0.05)  # still finishing: not finished for this caller within its timeout
+    assert p.wait(10) and finished.is_set()
+    first.join(10)
+
+
+def test_a_second_close_of_a_run_returns_once_its_files_are_closed(tmp_path, monkeypatch):
+    # Run.close from a second thread returned at once while the first was still closing the files
+    import threading
+
+    from app.config import config_from_mapping
+    from app.session import build_run
+    from app.storage import EventWriter
+
+    closing, real_close = threading.Event(), EventWriter.close
+
+    def slow_close(self):
+        closing.set()
+        time.sleep(0.4)
+        return real_close(self)
+
+    monkeypatch.setattr(EventWriter, "close", slow_close)  # the real writer, slow to close (a slow disk)
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.1, "realtime": False, "seed": 11}},
+        "model": {"path": "none"},
+        "output": {"folder": str(tmp_path), "writer": "thread", "report": False},
+    })
+    run = build_run(cfg)
+    run.pipeline.on_finish = None  # closed below, from two threads, once the run has ended
+    run.start()
+    assert run.wait(60)
+    first = threading.Thread(target=run.close)
+    first.start()
+    assert closing.wait(30)
+    run.close()
+    assert run.closed_all
+    first.join(10)
