@@ -132,21 +132,6 @@ def _sample_name(v) -> str:
     return text.encode()[:200].decode("utf-8", "ignore")
 
 
-def _probe_folder(folder: Path, option: str) -> None:
-    """Write and remove a file in ``folder``: the run's log goes there first, and a folder root may
-    not write to (sysfs, a read-only mount) failed naming daemon.log_file, a key the user never set."""
-    import tempfile
-
-    from mimlsort.errors import ConfigError
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise ConfigError(option, f"{folder}: cannot write there: {err.strerror or err}") from err
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
     from app.config import OutputConfig
     from app.daemon import run_daemon
@@ -175,10 +160,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not args.trigger:
         cfg = with_changes(cfg, trigger={"backend": "null"})
     fire = bool(args.trigger or realtime)
-    from mimlsort.outputs import check_output_file
+    from mimlsort.outputs import check_output_file, probe_writable_folder
 
     out = check_output_file(Path(args.out), inputs=(args.recording,))
-    _probe_folder(out.parent, "--out")
+    probe_writable_folder(out.parent, option="--out")
     # the bar is drawn by the console's thread: a stderr nobody reads must not hold up the stop.
     # The sample report as `mimlsort run` and the GUI's replay write it (output.report): it was
     # never written here

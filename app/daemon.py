@@ -27,7 +27,7 @@ from app.pipeline import FinishReason, Status
 from app.session import Run, build_run
 from app.sorting import Reason
 from mimlsort.errors import ConfigError
-from mimlsort.outputs import make_output_folder
+from mimlsort.outputs import make_output_folder, probe_writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
                               f"{err.strerror or err}") from err
     try:
         make_output_folder(folder, option="output.folder / --out-dir")
+        probe_writable_folder(folder, option="output.folder / --out-dir")
         handler = _file_handler(folder, cfg.daemon.log_file) if cfg.daemon.log_file else None
     except BaseException:
         if server is not None:

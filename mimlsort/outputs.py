@@ -101,6 +101,23 @@ def make_output_folder(path: str | Path, *, option: str) -> Path:
     return p
 
 
+def probe_writable_folder(folder: str | Path, *, option: str) -> None:
+    """Make ``folder`` if need be, then write and remove a file in it: a folder that exists but
+    takes no files (a read-only mount, sysfs) passes :func:`make_output_folder`, and the first
+    file made in it named its own key (``daemon.log_file``), not the folder the user chose."""
+    import tempfile
+
+    from mimlsort.errors import ConfigError
+
+    p = Path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as err:
+        raise ConfigError(option, f"{p}: cannot write there: {err.strerror or err}") from err
+
+
 def check_folder_outputs(folder: str | Path, files: dict[str, str | None], *, option: str = "--out") -> None:
     """Refuse ``folder`` if it holds one of ``files`` (names in it) that this command may not
     replace: each maps to the text its own earlier output begins with, or None for a file never

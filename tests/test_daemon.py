@@ -490,6 +490,30 @@ def test_the_log_file_may_be_in_a_subfolder_and_a_bad_one_names_the_key(tmp_path
     assert p.returncode == 2 and "daemon.log_file:" in err and "plain" in err, err
 
 
+def _unwritable_folder() -> Path:
+    """An existing folder nobody may create files in, root included (sysfs)."""
+    import tempfile
+
+    folder = Path("/sys/kernel")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        return folder
+    pytest.skip(f"{folder} takes files here")
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_as_the_output_folder(tmp_path):
+    # an existing folder that takes no files (a read-only mount, sysfs): the run's log file is made
+    # there first, and the error named daemon.log_file, a key the configuration did not set
+    folder = _unwritable_folder()
+    cfg = write_config(tmp_path / "run.toml", folder, seconds=0.3)
+    p = mimlsort("run", "--config", str(cfg))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 2, err
+    assert "output.folder" in err and str(folder) in err and "daemon.log_file" not in err, err
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
