@@ -145,9 +145,20 @@ def _check_writable(folder: Path, key: str) -> None:
     """``folder`` exists as a writable folder or can be made (its nearest existing ancestor is one)."""
     import os
 
+    import tempfile
+
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(key, f"{folder}: cannot be made or written ({existing} is not a writable folder)")
+    # access() lets root write anywhere, but sysfs, procfs and the like take no file even from root:
+    # `config --check` said "valid" and the run was refused at its start. A file made and removed
+    # at once leaves the folder as it was
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(key, f"{folder}: cannot be made or written ({existing} takes no files: "
+                               f"{err.strerror or err})") from err
 
 
 def file_sha256(path: Path) -> str:

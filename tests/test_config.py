@@ -269,3 +269,22 @@ def test_an_integer_no_64_bit_key_can_hold_is_refused_naming_the_key(data, key):
     # keys without a range of their own: the vendor SDK or numpy met a Python int beyond 64 bits
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must fit in 64 bits"):
         config_from_mapping(data)
+
+
+def test_preflight_refuses_an_output_folder_that_takes_no_files_even_for_root(tmp_path):
+    # access() grants root every folder, but sysfs takes no file from anyone: `config --check`
+    # said "valid" and the run was refused at its start
+    import tempfile
+
+    from app.session import preflight
+
+    folder = Path("/sys/kernel")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        pytest.skip(f"{folder} takes files here")
+    except OSError:
+        pass
+    with pytest.raises(ConfigError) as e:
+        preflight(config_from_mapping({"output": {"folder": str(folder)}}))
+    assert str(e.value).startswith("output.folder: /sys/kernel: cannot be made or written"), e.value
