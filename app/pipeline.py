@@ -247,6 +247,9 @@ class Status:
             elif isinstance(v, tuple):
                 v = list(v)
             out[k] = v
+        # the figure the status line, the GUI and the event file's counters call "missed" (skipped
+        # plus overrun): the per-reader tables alone made a client count fewer than the line said
+        out["frames_missed"] = self.frames_missed
         return out
 
     def line(self) -> str:

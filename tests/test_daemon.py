@@ -699,6 +699,39 @@ def test_the_status_server_answers_while_the_report_is_written_and_says_it_faile
         status()
 
 
+def test_the_served_status_counts_the_frames_missed_as_the_line_and_the_file_do(tmp_path):
+    """The status line, the GUI and the benches say "missed" for the frames a reader skipped plus
+    those it lost to overruns; the JSON had only the two per-reader tables, so a client reading
+    "missed" counted fewer frames than the line beside it said."""
+    import h5py
+
+    from app.config import load_config
+    from app.daemon import run_daemon
+    from app.session import with_changes
+
+    port = _free_port()
+    cfg = load_config(write_config(tmp_path / "run.toml", tmp_path / "out", model="none"))
+    # a ring the tracker cannot keep up with: frames are missed and overrun
+    cfg = with_changes(cfg, daemon={"http_port": port}, autostop={"seconds": 0.3}, output={"report": False},
+                       camera={"ring_capacity": 64, "synthetic.fps": 30000.0})
+    served: list[dict] = []
+
+    def report(path: Path):  # asked while the daemon still serves its final status
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+            served.append(json.loads(r.read()))
+        return True, "status read"
+
+    with open(os.devnull, "w") as devnull:
+        code, run = run_daemon(cfg, out=devnull, report=report)
+    st = run.status()
+    assert code == 0 and served and st.frames_missed > 0
+    assert served[0]["frames_missed"] == st.frames_missed == sum(st.missed.values()) + sum(st.overrun.values())
+    assert f"missed {served[0]['frames_missed']} " in st.line()
+    with h5py.File(run.events_path, "r") as h5:
+        counters = json.loads(h5["mimlsort"].attrs["counters"])
+    assert counters["missed_sort"] + counters["overrun_sort"] == served[0]["frames_missed"]
+
+
 def test_a_short_runs_cores_leave_out_the_writers_startup(tmp_path):
     """The event writer child imports h5py and creates the file before the run starts (~0.3 s of
     CPU): counted in, a 0.3 s run's final line gave the single-threaded writer over a core."""
