@@ -547,3 +547,25 @@ def test_fine_tuning_refits_a_parents_features_in_other_units(caplog):
     # a parent in the data's units keeps its normalisation, as fine-tuning does by default
     kept = spec_for_training(ds, np.arange(4), arch="miml-mini", parent=spec, refit_features=False)
     assert kept.features == spec.features
+
+
+def test_a_fit_whose_early_stopping_set_lacks_a_class_says_so(caplog):
+    # a class of 2 cells (or groups) under the default 2 folds: each fold trains on one of them
+    # and its early-stopping set has none, so that fold's epoch was chosen on the other class alone,
+    # unsaid (the command line refuses the same for whole recordings)
+    from inference.training.data import Dataset
+    from inference.training.train import train_model
+
+    few = dataset_from_events(synthetic_events(2, 1, 100), "B", source="runB")
+    ds = Dataset.concat([dataset_from_events(synthetic_events(20, 0, 0), "A", source="runA"), few])
+    with caplog.at_level("WARNING", logger="inference.training.train"):
+        train_model(ds, "feature-only", epochs=1, batch_size=8, folds=2, val_fraction=0.3, seed=0,
+                    progress=False, device="cpu", final_fit=False)
+    said = [r.getMessage() for r in caplog.records if "early-stopping set holds no cell of B" in r.getMessage()]
+    assert said and all(m.startswith("fold ") or m.startswith("best fold") for m in said), said
+    # with enough cells of both, nothing is said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="inference.training.train"):
+        train_model(synthetic_dataset(20), "feature-only", epochs=1, batch_size=8, folds=2, val_fraction=0.3,
+                    seed=0, progress=False, device="cpu", final_fit=False)
+    assert not [r for r in caplog.records if "early-stopping" in r.getMessage()]

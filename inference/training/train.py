@@ -317,6 +317,17 @@ def _inner_split(ds: Dataset, idx: np.ndarray, val_fraction: float, seed: int) -
     return idx[tr], idx[va]
 
 
+def _say_classes_not_validated(ds: Dataset, fit_idx: np.ndarray, val_idx: np.ndarray, desc: str) -> None:
+    """Warn where early stopping cannot see a class the fit trains on: a class of a few cells (or
+    groups) all taken for the fit. That fit's epoch is then chosen on the other classes alone,
+    unlike the others' (the command line refuses it for whole recordings; here it is said)."""
+    missing = sorted(set(ds.labels[fit_idx].tolist()) - set(ds.labels[val_idx].tolist()))
+    if missing:
+        names = ", ".join(ds.class_names[k] for k in missing)
+        log.warning("%s: the early-stopping set holds no cell of %s (too few cells or groups of it): its epoch "
+                    "is chosen without that class", desc, names)
+
+
 def train_model(
     dataset: Dataset,
     arch: str | None = "miml-mini",
@@ -416,6 +427,8 @@ def train_model(
 
     def run(train_idx: np.ndarray, eval_idx: np.ndarray | None, fseed: int, desc: str):
         fit_idx, val_idx = _inner_split(dataset, train_idx, val_fraction, fseed)
+        if val_fraction > 0:
+            _say_classes_not_validated(dataset, fit_idx, val_idx, desc)
         spec = spec_for(fit_idx)
         model = make_model(spec)
         images, feats = preprocess_dataset(spec, dataset)
