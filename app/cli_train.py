@@ -127,8 +127,9 @@ def _check_folds_option(folds: int | None) -> None:
 
 
 HOLD_OUT_HELP = ("what test splits, folds and the early-stopping set hold out: single cells (default) or whole "
-                 "recordings (each PATH given; a simulated run): then no recording has cells on both sides, and "
-                 "the figures say how the model does on a recording it never saw")
+                 "recordings (each PATH given; a simulated run; a MIML authors' folder is one, as its CSVs split one "
+                 "batch of cells): then no recording has cells on both sides, and the figures say how the model "
+                 "does on a recording it never saw")
 
 
 def _folds_for_data(ds, folds: int | None, *, what: str = "", unit: str = "cells") -> int:
