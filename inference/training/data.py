@@ -437,11 +437,22 @@ def _row_numbers(csv_path: Path, line: int, row: Mapping[str, str], columns: Seq
     return out
 
 
-def _refuse_unlabelled(csv_path: Path, rows: Sequence[Mapping[str, str]], column: str) -> None:
+def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header of the CSV ``csv_path`` and its rows, each with the line of the file it ends on;
+    names and values stripped of spaces. The lines are the file's own: counted as rows from line 2,
+    a blank line or a quoted value over two lines put every later row's errors on the wrong line."""
+    with _open_csv(csv_path) as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in r.items() if k}) for r in reader]
+    return cols, rows
+
+
+def _refuse_unlabelled(csv_path: Path, rows: Sequence[tuple[int, Mapping[str, str]]], column: str) -> None:
     """Rows without a class name are refused, not read as a class named '': that class trained
     and cross-validated, and only the spec, after the training, refused an empty class name
     without saying where it came from."""
-    empty = [line for line, r in enumerate(rows, start=2) if not r.get(column)]
+    empty = [line for line, r in rows if not r.get(column)]
     if empty:
         lines = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
         raise DataFormatError(f"{csv_path}: {len(empty)} row(s) have no {column!r} (line(s) {lines}): give every "
@@ -477,14 +488,10 @@ def dataset_from_miml_csv(
     source = source or csv_path.name
     if not csv_path.is_file():
         raise DataFormatError(f"{csv_path}: no such file")
-    with _open_csv(csv_path) as fh:
-        reader = csv.DictReader(fh)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        need = [MIML_ID_COLUMN, MIML_LABEL_COLUMN, *MIML_COLUMNS]
-        lacking = [c for c in need if c not in cols]
-        if lacking:
-            raise DataFormatError(f"{csv_path}: missing columns {lacking} (has {cols})")
-        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    cols, rows = _read_rows(csv_path)
+    lacking = [c for c in (MIML_ID_COLUMN, MIML_LABEL_COLUMN, *MIML_COLUMNS) if c not in cols]
+    if lacking:
+        raise DataFormatError(f"{csv_path}: missing columns {lacking} (has {cols})")
     feature_names = tuple(n for n in MIML_FEATURES if n in MIML_COLUMNS.values())
     col_of = {v: k for k, v in MIML_COLUMNS.items()}
 
@@ -492,7 +499,7 @@ def dataset_from_miml_csv(
     cells: dict[str, dict] = {}
     notes: list[str] = []
     missing: list[str] = []
-    for line, r in enumerate(rows, start=2):
+    for line, r in rows:
         name = r[MIML_ID_COLUMN]
         stem, low = Path(name).stem, Path(name).stem.lower()
         crop = "both"
@@ -697,10 +704,7 @@ def dataset_from_csv(
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataFormatError(f"{csv_path}: no such file")
-    with _open_csv(csv_path) as fh:
-        reader = csv.DictReader(fh)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    cols, rows = _read_rows(csv_path)
     for c in ("first_crop", "last_crop"):
         if c not in cols:
             raise DataFormatError(f"{csv_path}: missing column {c!r} (has {cols})")
@@ -715,7 +719,7 @@ def dataset_from_csv(
     notes, missing = [], []
     sizes: set[float] = set()
     ids, firsts, lasts, feats, labs, groups = [], [], [], [], [], []
-    for line, r in enumerate(rows, start=2):
+    for k, (line, r) in enumerate(rows):
         imgs = []
         for c in ("first_crop", "last_crop"):
             p = csv_path.parent / r[c]
@@ -731,7 +735,7 @@ def dataset_from_csv(
                 sizes.add(float(r["crop_pixel_size_um"]))
             except ValueError:
                 raise DataFormatError(f"{csv_path}:{line}: crop_pixel_size_um: not a number: {r['crop_pixel_size_um']!r}") from None
-        sid = r.get("id") or f"{csv_path.stem}#{line - 2}"
+        sid = r.get("id") or f"{csv_path.stem}#{k}"  # the row's index: ids in test_cells.csv name it
         ids.append(sid)
         firsts.append(imgs[0])
         lasts.append(imgs[1])

@@ -1,0 +1,58 @@
+"""The MIML authors' training format read by `train`/`evaluate`: their public sample, and the
+defects a lab's own folder in that format can have, each reported naming the file and the line or
+cell. Needs no torch: the importer is the training extra's data module, which numpy and cv2 run."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from inference.training.data import dataset_from_miml_dir, dataset_from_path
+from mimlsort.errors import DataFormatError
+
+ROOT = Path(__file__).resolve().parents[1]
+MIML_SAMPLE = ROOT.parent / "shared" / "data" / "miml_t4t8"
+if not MIML_SAMPLE.is_dir():
+    MIML_SAMPLE = Path("/work/shared/data/miml_t4t8")
+pytestmark = pytest.mark.skipif(not MIML_SAMPLE.is_dir(), reason="the MIML authors' sample is not at hand")
+
+CELL185 = "T4_Notch_Day1_B1_Cell185_Processed"
+
+
+@pytest.fixture
+def sample(tmp_path) -> Path:
+    """A copy of the authors' sample to damage."""
+    return Path(shutil.copytree(MIML_SAMPLE, tmp_path / "miml_t4t8"))
+
+
+def edit(path: Path, old: str, new: str, count: int = 1) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) >= count, old
+    path.write_text(text.replace(old, new, count), encoding="utf-8")
+
+
+def line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if text in line)
+
+
+def test_an_error_names_the_files_own_line_after_blank_lines(sample):
+    # the lines were counted as rows from line 2: after the blank lines a spreadsheet leaves, the
+    # error pointed at a line two rows above the bad value
+    csv_path = sample / "train_data.csv"
+    edit(csv_path, f"{CELL185}_Firstcrop.png,T4,1.0", f"\n\n{CELL185}_Firstcrop.png,T4,fast")
+    line = line_of(csv_path, ",T4,fast")
+    with pytest.raises(DataFormatError, match=re.escape(f"{csv_path}:{line}: column 'Max Velocity': not a number: 'fast'")):
+        dataset_from_miml_dir(sample)
+    # the same for an unlabelled row and for our own event table
+    edit(csv_path, ",T4,fast", ",,1.0")
+    with pytest.raises(DataFormatError, match=rf"1 row\(s\) have no 'Cell Type' \(line\(s\) {line}\)"):
+        dataset_from_path(csv_path)
+    table = sample / "events.csv"
+    crops = f"Train/{CELL185}_Firstcrop.png,Train/{CELL185}_Lastcrop.png"
+    table.write_text(f"first_crop,last_crop,label,di,transit_time_ms,v_max_mm_s\n{crops},T4,0.1,2,10\n\n"
+                     f"{crops},T4,0.1,,10\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=re.escape(f"{table}:4: column 'transit_time_ms': not a number: ''")):
+        dataset_from_path(table)
