@@ -56,3 +56,19 @@ def test_an_error_names_the_files_own_line_after_blank_lines(sample):
                      f"{crops},T4,0.1,,10\n", encoding="utf-8")
     with pytest.raises(DataFormatError, match=re.escape(f"{table}:4: column 'transit_time_ms': not a number: ''")):
         dataset_from_path(table)
+
+
+def test_a_row_with_more_values_than_the_header_is_refused(sample):
+    # an unquoted decimal comma (1,0) made six values of five: the rest moved one column on, a
+    # transit time was read as the deformability and the last value dropped, unsaid
+    csv_path = sample / "train_data.csv"
+    edit(csv_path, f"{CELL185}_Lastcrop.png,T4,1.0,0.0,", f"{CELL185}_Lastcrop.png,T4,1,0,0.0,")
+    line = line_of(csv_path, ",T4,1,0,0.0,")
+    with pytest.raises(DataFormatError, match=re.escape(
+            f"{csv_path}:{line}: 6 values where the header has 5 columns (row '{CELL185}_Lastcrop.png'; left over: "
+            f"0.0588235294117647)")):
+        dataset_from_miml_dir(sample)
+    # empty values past the header's end (a spreadsheet's padding) hold nothing to misplace
+    edit(csv_path, ",T4,1,0,0.0,", ",T4,1.0,0.0,")
+    edit(csv_path, "0.0588235294117647\n", "0.0588235294117647,,\n")
+    assert len(dataset_from_miml_dir(sample)) == 15

@@ -444,7 +444,20 @@ def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str
     with _open_csv(csv_path) as fh:
         reader = csv.DictReader(fh)
         cols = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in r.items() if k}) for r in reader]
+        rows = []
+        for r in reader:
+            # values beyond the header's columns were dropped unsaid: a decimal comma (1,0) split a
+            # value in two and moved the rest one column on (a transit time read as the deformability)
+            rest = r.pop(None, None) or []
+            extra = [x.strip() for x in rest if x.strip()]
+            if extra:
+                first = r.get(reader.fieldnames[0]) if reader.fieldnames else ""
+                raise DataFormatError(
+                    f"{csv_path}:{reader.line_num}: {len(cols) + len(rest)} values where the "
+                    f"header has {len(cols)} columns (row {(first or '').strip()!r}; left over: {', '.join(extra)}): a "
+                    f"value holding a comma (a decimal comma, 1,5) moves the values after it into the wrong columns: "
+                    f"quote it or write a decimal point")
+            rows.append((reader.line_num, {k.strip(): (v or "").strip() for k, v in r.items() if k}))
     return cols, rows
 
 
