@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class ImportReport:
     # CSVs); False for our runs, where one pure population per run is the normal way to label
     sources_are_splits: bool = False
     info: tuple[str, ...] = ()  # facts worth reporting that are not defects (e.g. what a simulation left out)
+    spellings: tuple[str, ...] = ()  # class names that differ only in case, spaces or punctuation
     # whether log() has said it (Dataset.concat then says only what the parts had not)
     logged: bool = field(default=False, compare=False)
 
@@ -106,6 +108,7 @@ class ImportReport:
         if len(self.class_counts) < 2 and self.sources_are_splits:
             out.append(f"the data hold only {len(self.class_counts)} class(es): {dict(self.class_counts)}")
         out += [f"missing: {m}" for m in self.missing]
+        out += list(self.spellings)
         out += list(self.notes)
         return out
 
@@ -341,8 +344,27 @@ def check_dataset(
         single = tuple((s, next(iter(c))) for s, c in by_source.items() if len(c) == 1)
     return ImportReport(
         n_rows if n_rows is not None else len(ds), len(ds), ds.class_counts(), dups, single, tuple(missing),
-        tuple(notes), sources_are_splits, tuple(info),
+        tuple(notes), sources_are_splits, tuple(info), _spelled_alike(ds),
     )
+
+
+def _spelled_alike(ds: Dataset) -> tuple[str, ...]:
+    """Each set of class names that are one name but for case, spaces or punctuation (``T8`` and
+    ``t8``, ``HCT-116`` and ``hct116``), with cells of each: such a set trained as that many classes,
+    one of them a class of a cell or two, unsaid."""
+    alike: dict[str, list[str]] = defaultdict(list)
+    for c in ds.class_names:
+        alike[re.sub(r"[\W_]+", "", c.casefold())].append(c)
+    out = []
+    for names in (v for v in alike.values() if len(v) > 1):
+        parts = []
+        for c in names:
+            idx = np.flatnonzero(ds.labels == ds.class_names.index(c))
+            cells = "; ".join(f"{ds.ids[i]} in {ds.sources[i]}" for i in idx[:3]) + (" …" if len(idx) > 3 else "")
+            parts.append(f"{c!r} ({len(idx)} cell{'s' if len(idx) != 1 else ''}: {cells})")
+        out.append("class names " + " and ".join(parts) + " differ only in case, spaces or punctuation: one class "
+                   "spelled two ways? They are taken as different classes; give every cell of a class one spelling")
+    return tuple(out)
 
 
 def _with_report(
@@ -523,7 +545,13 @@ def dataset_from_miml_csv(
         feats = tuple(_row_numbers(csv_path, line, r, [col_of[f] for f in feature_names]))
         cell = cells.setdefault(stem, {"label": r[MIML_LABEL_COLUMN], "features": feats, "line": line})
         if cell["label"] != r[MIML_LABEL_COLUMN] or cell["features"] != feats:
-            notes.append(f"{csv_path}:{line}: rows of cell {stem} disagree on label or features; using line {cell['line']}")
+            # said what differs: "disagree on label or features" left the user to diff the rows
+            what = [f"{MIML_LABEL_COLUMN} {r[MIML_LABEL_COLUMN]!r} here, {cell['label']!r} on line {cell['line']}"] \
+                if cell["label"] != r[MIML_LABEL_COLUMN] else []
+            what += [f"{col_of[n]} {a!r} here, {b!r} on line {cell['line']}"
+                     for n, a, b in zip(feature_names, feats, cell["features"]) if a != b]
+            notes.append(f"{csv_path}:{line}: the rows of cell {stem} disagree ({'; '.join(what)}); using line "
+                         f"{cell['line']}")
         img = _read_grey(image_dir / name, notes)
         if img is None:
             missing.append(str(image_dir / name))
