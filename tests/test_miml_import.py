@@ -95,3 +95,17 @@ def test_a_class_spelled_two_ways_is_reported_naming_its_cells(sample):
     problems = dataset_from_miml_dir(sample).report.problems()
     assert any("'T4' (2 cells: T4_Notch_Day1_B3_Cell167_Processed in val_data.csv; " in p and
                "'t-4' (10 cells: T4_Notch_Day1_B1_Cell157_Processed in train_data.csv; " in p for p in problems), problems
+
+
+def test_values_outside_0_1_in_the_authors_format_are_reported(sample):
+    # the format's values are scaled 0-1 per batch and the model's spec says so: a lab's table in
+    # mm/s was taken as scaled, unsaid
+    csv_path = sample / "train_data.csv"
+    assert not [p for p in dataset_from_miml_dir(sample).report.problems() if "outside 0-1" in p]
+    edit(csv_path, ",T4,1.0,", ",T4,12.5,", count=2)
+    [p] = [p for p in dataset_from_miml_dir(sample).report.problems() if "outside 0-1" in p]
+    assert p.startswith(f"{csv_path}: Max Velocity is outside 0-1 in 1 cell(s) (e.g. 12.5, cell {CELL185} on line "
+                        f"{line_of(csv_path, CELL185 + '_Firstcrop')}): ")
+    # an export of ours in physical units says so beside it (export --miml --no-scale)
+    (sample / "miml_export.json").write_text('{"scaled_to_0_1": false, "crop_pixel_size_um": null}', encoding="utf-8")
+    assert not [p for p in dataset_from_miml_dir(sample).report.problems() if "outside 0-1" in p]

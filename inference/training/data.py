@@ -578,6 +578,20 @@ def dataset_from_miml_csv(
         labs.append(c["label"])
     if not ids:
         raise DataFormatError(f"{csv_path}: no usable rows (images looked up in {image_dir})")
+    if _our_export(csv_path.parent) is None:  # an export --no-scale holds physical units, and says so
+        # the format's values are min-max scaled per batch, and the model's spec says its features
+        # are: values in ms or mm/s (a lab's own table in this format) were taken as such, unsaid
+        kept = set(ids)
+        for j, name in enumerate(feature_names):
+            out = [(c["line"], s, c["features"][j]) for s, c in cells.items() if s in kept
+                   and not -1e-9 <= c["features"][j] <= 1 + 1e-9]
+            if out:
+                line, stem, v = out[0]
+                notes.append(f"{csv_path}: {col_of[name]} is outside 0-1 in {len(out)} cell(s) (e.g. {v!r}, cell "
+                             f"{stem} on line {line}): the MIML authors' values are scaled to 0-1 per recording "
+                             f"batch and are taken as so scaled; values in physical units need that scaling (as "
+                             f"mimlsort export --miml does) or our event table (CSV with di, transit_time_ms, "
+                             f"v_max_mm_s columns)")
     class_names, index = _class_index(labs, class_names)
     n = len(ids)
     ds = Dataset(
