@@ -13,7 +13,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     formats = ("md", "html") if args.format == "both" else (args.format,)
     res = write_report(args.events, args.out, formats=formats, target_classes=tuple(args.target) or None)
     s = res.summary
-    print(f"{s.sample} (run {s.run_index}): {s.cells} cells, {s.sortable} sortable, {s.unflagged} unflagged, fired {s.fired.count}"
+    fired = "not sorted (a reanalysis)" if s.measured == "single image" else f"fired {s.fired.count}"
+    print(f"{s.sample} (run {s.run_index}): {s.cells} cells, {s.sortable} sortable, {s.unflagged} unflagged, {fired}"
           + ("" if s.complete else "  [file incomplete: writer did not close it]")
           + (f"  [run error: {s.error}]" if s.error else ""))
     for c in s.classes:

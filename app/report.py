@@ -398,7 +398,31 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
                   f"{', '.join(s.rejected_flags) or 'none'}). Intervals: Wilson score, 95 %."))
     t.append(("Quality flags", ["flag", "cells", "share", "95 % CI"],
               [[q.name, str(q.count), _pct(q.fraction), _ci(q)] for q in s.quality], ""))
-    t.append(("Sorting", ["", ""], [
+    if s.measured == "single image":
+        # a reanalysis measures images another program recorded, and fires nothing: "fired 0 of 32
+        # (95 % CI 0.0–10.7 %)", swept cells and acknowledgements read as a sorter that ran and
+        # fired at none of them
+        t.append(("Sorting", ["", ""], [["sorted", "no: a reanalysis of recorded event images decides and fires "
+                                                   "nothing; the classes above are the model's predictions"
+                                         if s.classes else "no: a reanalysis of recorded event images decides "
+                                                           "and fires nothing"]], ""))
+    else:
+        t.append(_sorting_table(s))
+    if s.reasons:
+        t.append(("Decisions", ["reason", "cells", "share"],
+                  [[r.name, str(r.count), _pct(r.fraction)] for r in s.reasons], ""))
+    feats = list(REPORT_FEATURES)
+    t.append(("Feature medians (sortable cells, [25 %, 75 %])", ["class", *(_label(x) for x in feats)],
+              [[c, *(f"{_g(m[x][1])} [{_g(m[x][0])}, {_g(m[x][2])}]" for x in feats)]
+               for c, m in s.medians.items()], ""))
+    if s.counters:
+        t.append(("Run counters", ["counter", "value"], [[k, str(v)] for k, v in s.counters.items()], ""))
+    return t
+
+
+def _sorting_table(s: Summary) -> tuple[str, list[str], list[list[str]], str]:
+    """The Sorting table of a run that sorted (or could have): what fired, the estimates, the device."""
+    return ("Sorting", ["", ""], [
         ["target classes", (", ".join(s.target_classes) + _TARGETS_FROM.get(s.targets_from, "")) or "none"],
         ["fired", f"{s.fired.count} of {s.fired.total} ({_pct(s.fired.fraction)}, 95 % CI {_ci(s.fired)})"],
         ["purity estimate", _pct(s.purity_estimate)], ["recovery estimate", _pct(s.recovery_estimate)],
@@ -424,17 +448,7 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
        + (" Cells whose pulse the device refused are not in the outlet (unless another pulse swept them "
           "along)." if s.device_refused else "")
        + (" The sort policy changed during the run: the estimates take the target classes above for every "
-          "cell, whatever the policy was when it was decided." if s.policy_changes else "")))
-    if s.reasons:
-        t.append(("Decisions", ["reason", "cells", "share"],
-                  [[r.name, str(r.count), _pct(r.fraction)] for r in s.reasons], ""))
-    feats = list(REPORT_FEATURES)
-    t.append(("Feature medians (sortable cells, [25 %, 75 %])", ["class", *(_label(x) for x in feats)],
-              [[c, *(f"{_g(m[x][1])} [{_g(m[x][0])}, {_g(m[x][2])}]" for x in feats)]
-               for c, m in s.medians.items()], ""))
-    if s.counters:
-        t.append(("Run counters", ["counter", "value"], [[k, str(v)] for k, v in s.counters.items()], ""))
-    return t
+          "cell, whatever the policy was when it was decided." if s.policy_changes else ""))
 
 
 def to_markdown(s: Summary, figures: dict[str, Path]) -> str:

@@ -491,6 +491,30 @@ def test_the_report_of_a_reanalysis_gives_the_medians_of_its_cells(tmp_path):
     assert "| measured | one image per cell (a reanalysis)" in to_markdown(s, {})
 
 
+def test_the_report_of_a_reanalysis_says_it_sorted_nothing(tmp_path, capsys):
+    """A reanalysis fires nothing: its report said "fired 0 of 20 (0.0 %, 95 % CI 0.0–16.1 %)",
+    swept cells and device acknowledgements, a sorter that ran and fired at none of its cells."""
+    from dataclasses import replace
+
+    from app.cli import main
+
+    records = [replace(r, event=replace(r.event, quality=Quality.INCOMPLETE)) for r in make_records(20, seed=6)]
+    path = tmp_path / "reanalysed.rtdc"
+    with EventWriter(path, meta=make_meta(measured="single image")) as w:
+        w.write(records)
+    assert main(["report", str(path)]) == 0
+    assert "20 cells, 20 sortable, 0 unflagged, not sorted (a reanalysis)" in capsys.readouterr().out
+    md = (tmp_path / "reanalysed_report" / "report.md").read_text(encoding="utf-8")
+    sorting = md.split("## Sorting", 1)[1].split("## ", 1)[0]
+    assert "| sorted | no: a reanalysis of recorded event images decides and fires nothing" in sorting
+    assert "fired" not in sorting.replace("fires nothing", "") and "CI" not in sorting and "acknowledgements" not in sorting
+    # a run that sorted keeps its table
+    run = tmp_path / "run.rtdc"
+    with EventWriter(run, meta=make_meta(config_toml=CONFIG)) as w:
+        w.write(records)
+    assert "| fired | " in to_markdown(summarize(run), {})
+
+
 @pytest.mark.parametrize("camera, counters, rate, over", [
     # no run duration: 11 cells exit 2 ms apart (20 ms from first to last) make 10 gaps: 500/s, not 550
     ("synthetic", {}, 500.0, "first to last cell"),
