@@ -1,6 +1,7 @@
-"""The MIML authors' training format read by `train`/`evaluate`: their public sample, and the
+"""Training data as `train`/`evaluate` read it: the MIML authors' format (their public sample, and the
 defects a lab's own folder in that format can have, each reported naming the file and the line or
-cell. Needs no torch: the importer is the training extra's data module, which numpy and cv2 run."""
+cell) and event files put together. Needs no torch: the importer is the training extra's data
+module, which numpy and cv2 run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.training.data import dataset_from_miml_dir, dataset_from_path
+from inference.training.data import dataset_from_miml_dir, dataset_from_path, dataset_from_paths
 from mimlsort.errors import DataFormatError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,3 +110,29 @@ def test_values_outside_0_1_in_the_authors_format_are_reported(sample):
     # an export of ours in physical units says so beside it (export --miml --no-scale)
     (sample / "miml_export.json").write_text('{"scaled_to_0_1": false, "crop_pixel_size_um": null}', encoding="utf-8")
     assert not [p for p in dataset_from_miml_dir(sample).report.problems() if "outside 0-1" in p]
+
+
+def test_one_pixel_size_stored_as_float32_and_as_float64_is_one(tmp_path):
+    # ShapeIn stores the pixel size as float32 (mask_contour_reference.rtdc: 0.3400000035762787), and a
+    # reanalysis keeps it; beside a file that says 0.34, training refused them as "different pixel
+    # sizes (a.rtdc: 0.34 µm/px; b.rtdc: 0.34 µm/px)"
+    import numpy as np
+
+    from app.storage import EventWriter
+    from tests.test_storage import make_meta, make_records
+
+    PX = 0.34
+
+    paths = []
+    for name, px, seed in (("a", PX, 1), ("b", float(np.float32(PX)), 2)):
+        paths.append(tmp_path / f"{name}.rtdc")
+        with EventWriter(paths[-1], meta=make_meta(pixel_size_um=px)) as w:
+            w.write(make_records(6, seed=seed))
+    assert float(np.float32(PX)) != PX
+    ds = dataset_from_paths([f"{paths[0]}=x", f"{paths[1]}=y"], only_ok=False)
+    assert ds.class_counts() == {"x": 6, "y": 6} and ds.crop_pixel_size_um == PX
+    # pixel sizes that differ are still refused
+    with EventWriter(tmp_path / "c.rtdc", meta=make_meta(pixel_size_um=PX * 1.001)) as w:
+        w.write(make_records(6, seed=3))
+    with pytest.raises(DataFormatError, match="the crops have different pixel sizes"):
+        dataset_from_paths([f"{paths[0]}=x", f"{tmp_path / 'c.rtdc'}=y"], only_ok=False)

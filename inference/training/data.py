@@ -57,6 +57,13 @@ _FIRST_SUFFIX = "_firstcrop"
 _LAST_SUFFIX = "_lastcrop"
 
 
+def same_pixel_size(a: float, b: float) -> bool:
+    """Whether two pixel sizes are one: ShapeIn stores it as float32 (0.3400000035762787), others
+    as float64 (0.34), and training refused such files together as "different pixel sizes (…: 0.34
+    µm/px; …: 0.34 µm/px)". Within float32's precision; no two microscopes' pixels differ so little."""
+    return math.isclose(a, b, rel_tol=1e-6)
+
+
 class MissingFeatures(DataFormatError):
     """Features asked for (by name, or by a model to fine-tune) that the data do not hold."""
 
@@ -257,7 +264,8 @@ class Dataset:
         known = {}
         for d in datasets:
             if d.crop_pixel_size_um is not None:
-                known.setdefault(d.crop_pixel_size_um, []).extend(dict.fromkeys(map(str, d.sources)))
+                px = next((k for k in known if same_pixel_size(k, d.crop_pixel_size_um)), d.crop_pixel_size_um)
+                known.setdefault(px, []).extend(dict.fromkeys(map(str, d.sources)))
         if len(known) > 1:
             raise DataFormatError(
                 "the crops have different pixel sizes (" + "; ".join(f"{', '.join(dict.fromkeys(srcs))}: {px:g} µm/px"
@@ -297,12 +305,12 @@ class Dataset:
             str(s) for d in datasets if d.crop_pixel_size_um is None for s in d.sources))
         classes = tuple(dict.fromkeys(c for d in datasets for c in d.class_names))
         labels = np.concatenate([np.array([classes.index(c) for c in d.class_names], np.int64)[d.labels] for d in datasets])
-        sizes = {d.crop_pixel_size_um for d in datasets}
         ds = Dataset(
             np.concatenate([d.first for d in datasets]), np.concatenate([d.last for d in datasets]),
             np.concatenate([d.features for d in datasets]), d0.feature_names, labels, classes,
             np.concatenate([d.groups for d in datasets]), np.concatenate([d.sources for d in datasets]),
-            np.concatenate([d.ids for d in datasets]), sizes.pop() if len(sizes) == 1 else None,
+            np.concatenate([d.ids for d in datasets]),
+            next(iter(known)) if len(known) == 1 and not any(d.crop_pixel_size_um is None for d in datasets) else None,
             tuple(dict.fromkeys(p for d in datasets for p in d.provenance)),
         )
         notes = tuple(n for d in datasets if d.report for n in d.report.notes)
@@ -802,7 +810,7 @@ def dataset_from_csv(
         raise DataFormatError(f"{csv_path}: rows have different crop_pixel_size_um {sorted(sizes)}")
     if sizes:
         px = sizes.pop()
-        if crop_pixel_size_um is not None and crop_pixel_size_um != px:
+        if crop_pixel_size_um is not None and not same_pixel_size(crop_pixel_size_um, px):
             raise DataFormatError(f"{csv_path}: crop_pixel_size_um column says {px}, but {crop_pixel_size_um} was given")
         crop_pixel_size_um = px
     class_names, index = _class_index(labs, class_names)
