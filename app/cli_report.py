@@ -17,7 +17,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"{s.sample} (run {s.run_index}): {s.cells} cells, {s.sortable} sortable, {s.unflagged} unflagged, {fired}"
           + ("" if s.complete else "  [file incomplete: writer did not close it]")
           + (f"  [run error: {s.error}]" if s.error else ""))
-    for c in s.classes:
+    if not s.cells:
+        print("  no cells in the file")  # not a line of 0 for each class of the model
+    for c in s.classes if s.cells else ():
         lo, hi = c.ci95
         print(f"  {c.name:>12}: {c.count:6d}  {100 * c.fraction:5.1f} %  (95 % CI {100 * lo:.1f}–{100 * hi:.1f} %)"
               if c.total else f"  {c.name:>12}: 0")

@@ -390,6 +390,13 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
         ["file complete", "yes" if s.complete else "NO (the writer did not close it; events up to its last flush)"],
         *([["run error", s.error]] if s.error else []),
     ], ""))
+    counters = ("Run counters", ["counter", "value"], [[k, str(v)] for k, v in s.counters.items()], "")
+    if not s.cells:
+        # an empty run's tables were rows of zeros and dashes ("hct116 | 0 | – | –" for each class,
+        # flag and feature, "fired 0 of 0"), read as figures of a sample that had none
+        t.append(("Cells", ["", ""], [["summary", "none: the file holds no cell, so it has no class shares, "
+                                                  "quality flags, sorting or feature medians to give"]], ""))
+        return t + ([counters] if s.counters else [])
     if s.classes:
         rows = [[a.name, str(a.count), _pct(a.fraction), _ci(a), str(b.count), _pct(b.fraction), _ci(b)]
                 for a, b in zip(s.classes, s.classes_sortable)]
@@ -416,7 +423,7 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
               [[c, *(f"{_g(m[x][1])} [{_g(m[x][0])}, {_g(m[x][2])}]" for x in feats)]
                for c, m in s.medians.items()], ""))
     if s.counters:
-        t.append(("Run counters", ["counter", "value"], [[k, str(v)] for k, v in s.counters.items()], ""))
+        t.append(counters)
     return t
 
 

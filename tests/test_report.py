@@ -186,6 +186,25 @@ def test_report_of_an_empty_run_and_of_a_run_without_model(tmp_path):
     assert "| cells | 10 |" in to_markdown(s, {})
 
 
+def test_the_report_of_a_run_without_cells_says_so_instead_of_tables_of_zeros(tmp_path, capsys):
+    """An empty run's report gave a row of "0 | – | –" for each class of the model, each quality
+    flag and each feature, and "fired 0 of 0", and `report` printed "hct116: 0" per class: figures
+    of a sample that had none."""
+    from app.cli import main
+
+    empty = tmp_path / "empty.rtdc"
+    with EventWriter(empty, meta=make_meta(config_toml=CONFIG)) as w:
+        w.note_counters({"frames_in": 2000})
+    assert main(["report", str(empty)]) == 0
+    out = capsys.readouterr().out
+    assert "0 cells" in out and "  no cells in the file\n" in out and "hct116: 0" not in out
+    md = (tmp_path / "empty_report" / "report.md").read_text(encoding="utf-8")
+    assert "| summary | none: the file holds no cell, so it has no class shares, quality flags, sorting" in md
+    for gone in ("## Cells per class", "## Quality flags", "## Sorting", "## Feature medians", "hct116 |", "95 % CI"):
+        assert gone not in md, gone
+    assert "| cells | 0 |" in md and "| frames_in | 2000 |" in md  # what the run did, to find out why
+
+
 def test_csv_export_has_one_row_per_cell_with_everything(run_file, tmp_path):
     path, records = run_file
     out = tmp_path / "cells.csv"
