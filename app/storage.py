@@ -1345,6 +1345,25 @@ def open_h5(path: str | Path):
             raise DataFormatError(f"{path}: not a readable HDF5 event file: {err}") from err
 
 
+def _foreign_rtdc_advice(h5, path: Path) -> str:
+    """What to do with another program's RT-DC file (ShapeIn, CytoShot, dcnum), by what it holds:
+    "open other RT-DC files with dclab" did not say that mimlsort measures their event images,
+    nor, for an empty one, that there was nothing to measure."""
+    ev = h5.get("events")
+    images = ev.get("image") if ev is not None and hasattr(ev, "get") else None
+    n = len(images) if images is not None and getattr(images, "shape", ()) else 0
+    if images is not None and n:
+        from acquisition.replay import event_file_sign
+
+        if not event_file_sign(path):  # a recording of every frame, which reanalyze takes for events
+            return (f"it is a recording of {n} frames: mimlsort replay {path} --out EVENTS.rtdc tracks its cells "
+                    f"(then report or export EVENTS.rtdc)")
+        return (f"its {n} event images can be measured by mimlsort reanalyze {path} --out OUT.rtdc (then report or "
+                f"export OUT.rtdc), or the file opened with dclab")
+    what = "holds no events" if images is not None or ev is None or not len(ev) else "holds no event images"
+    return f"it {what} for mimlsort to measure (mimlsort reanalyze needs them); open it with dclab"
+
+
 def read_events(path: str | Path, *, crops: bool = False) -> tuple[dict[str, np.ndarray], StoredRun]:
     """Per-event arrays of a mimlsort event file and what the file says about its run.
 
@@ -1361,7 +1380,7 @@ def read_events(path: str | Path, *, crops: bool = False) -> tuple[dict[str, np.
             g = h5.get("mimlsort")
             if g is None or g.attrs.get("format") != FORMAT:
                 raise DataFormatError(f"{path}: not a mimlsort event file (no /mimlsort group); "
-                                      f"open other RT-DC files with dclab")
+                                      + _foreign_rtdc_advice(h5, path))
             version = int(g.attrs.get("format_version", 0))
             if version > FORMAT_VERSION:
                 raise DataFormatError(f"{path}: event file format {version} is newer than this mimlsort "

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import math
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -203,6 +204,38 @@ def test_the_report_of_a_run_without_cells_says_so_instead_of_tables_of_zeros(tm
     for gone in ("## Cells per class", "## Quality flags", "## Sorting", "## Feature medians", "hct116 |", "95 % CI"):
         assert gone not in md, gone
     assert "| cells | 0 |" in md and "| frames_in | 2000 |" in md  # what the run did, to find out why
+
+
+SHARED_RTDC = Path("/work/shared/data/rtdc")
+
+
+@pytest.mark.parametrize("name, advice", [
+    ("mask_contour_reference.rtdc", "its 8 event images can be measured by mimlsort reanalyze {path} --out OUT.rtdc"),
+    ("file_with_variable_length_logs.rtdc", "its 20 event images can be measured by mimlsort reanalyze {path}"),
+    ("M001_data.rtdc", "it holds no events for mimlsort to measure (mimlsort reanalyze needs them); open it with dclab"),
+    ("recording", "it is a recording of 6 frames: mimlsort replay {path} --out EVENTS.rtdc tracks its cells"),
+])
+def test_report_and_export_of_another_programs_file_say_what_to_do_with_it(tmp_path, capsys, name, advice):
+    """ShapeIn's, CytoShot's and dcnum's files, and a raw recording of ours, were refused with "open
+    other RT-DC files with dclab": not that reanalyze measures their event images (and report then
+    reports them), that a recording goes through replay, nor, for an empty file, that it holds none."""
+    from app.cli import main
+
+    if name == "recording":
+        from acquisition.recording import RawRecorder
+
+        path = tmp_path / "rec.rtdc"
+        with RawRecorder(path, 40, 20, pixel_size_um=0.5, fps=4000.0) as rec:
+            rec.write(np.full((6, 20, 40), 100, np.uint8), np.arange(6), np.arange(6) * 250_000)
+    else:
+        path = SHARED_RTDC / name
+        if not path.is_file():
+            pytest.skip("shared RT-DC data not present")
+    for argv in (["report", str(path), "--out", str(tmp_path / "rep")], ["export", str(path), "--csv", str(tmp_path / "e.csv")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: not a mimlsort event file (no /mimlsort group); {advice.format(path=path)}" in err, err
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "e.csv").exists()
 
 
 def test_csv_export_has_one_row_per_cell_with_everything(run_file, tmp_path):
