@@ -136,3 +136,22 @@ def test_one_pixel_size_stored_as_float32_and_as_float64_is_one(tmp_path):
         w.write(make_records(6, seed=3))
     with pytest.raises(DataFormatError, match="the crops have different pixel sizes"):
         dataset_from_paths([f"{paths[0]}=x", f"{tmp_path / 'c.rtdc'}=y"], only_ok=False)
+
+
+def test_a_crop_of_another_size_is_named_with_its_image_and_line(sample):
+    # the refusal named the cell, not which of its two PNGs was odd nor its line; a CSV whose last
+    # crops were all of another size than its first crops was refused naming neither file nor cell
+    import cv2
+
+    png = sample / "Train" / f"{CELL185}_Lastcrop.png"
+    cv2.imwrite(str(png), cv2.resize(cv2.imread(str(png)), (90, 90)))
+    csv_path = sample / "train_data.csv"
+    with pytest.raises(DataFormatError, match=re.escape(
+            f"{csv_path}: crops differ in size (19 of 100×100 px, 1 of 90×90 px): {png} (line "
+            f"{line_of(csv_path, CELL185 + '_Lastcrop')}, cell {CELL185}) is 90×90, not 100×100")):
+        dataset_from_miml_dir(sample)
+    for p in (sample / "Train").glob("*_Lastcrop.png"):
+        cv2.imwrite(str(p), cv2.resize(cv2.imread(str(p)), (90, 90)))
+    with pytest.raises(DataFormatError, match=re.escape(f"{csv_path}: crops differ in size (10 of 100×100 px, 10 of "
+                                                        f"90×90 px): ")):
+        dataset_from_miml_dir(sample)

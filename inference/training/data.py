@@ -502,6 +502,24 @@ def _refuse_unlabelled(csv_path: Path, rows: Sequence[tuple[int, Mapping[str, st
                               f"cell its class, or remove the rows of cells you did not label")
 
 
+def _refuse_odd_sizes(csv_path: Path, read: Sequence[tuple[tuple[int, ...], Path, int, str]]) -> None:
+    """Crops of a CSV's images ((shape, image, line, cell) each) in more than one size are refused
+    naming the odd images with their lines and cells: the refusal named a cell only, not which of
+    its two PNGs was odd nor the line, and crops of one size each among the first and among the last
+    crops, but not between them, went unnamed."""
+    shapes = Counter(r[0] for r in read)
+    if len(shapes) < 2:
+        return
+    common = shapes.most_common(1)[0][0]
+    odd = [r for r in read if r[0] != common]
+    size = lambda sh: "×".join(map(str, sh))  # noqa: E731
+    raise DataFormatError(
+        f"{csv_path}: crops differ in size ({', '.join(f'{k} of {size(sh)} px' for sh, k in shapes.items())}): "
+        + "; ".join(f"{img} (line {line}, cell {cell}) is {size(sh)}" for sh, img, line, cell in odd[:5])
+        + (f" and {len(odd) - 5} more" if len(odd) > 5 else "") + f", not {size(common)}: the data must hold crops "
+        f"of one size")
+
+
 def _stack(crops: list[np.ndarray], what: str, ids: Sequence[str]) -> np.ndarray:
     shapes = Counter(c.shape for c in crops)
     if len(shapes) > 1:
@@ -542,6 +560,7 @@ def dataset_from_miml_csv(
     cells: dict[str, dict] = {}
     notes: list[str] = []
     missing: list[str] = []
+    read: list[tuple[tuple[int, ...], Path, int, str]] = []
     for line, r in rows:
         name = r[MIML_ID_COLUMN]
         stem, low = Path(name).stem, Path(name).stem.lower()
@@ -564,6 +583,7 @@ def dataset_from_miml_csv(
         if img is None:
             missing.append(str(image_dir / name))
             continue
+        read.append((img.shape, image_dir / name, line, stem))
         if crop == "both":
             cell.setdefault("first", img)
             cell.setdefault("last", img)
@@ -586,6 +606,7 @@ def dataset_from_miml_csv(
         labs.append(c["label"])
     if not ids:
         raise DataFormatError(f"{csv_path}: no usable rows (images looked up in {image_dir})")
+    _refuse_odd_sizes(csv_path, read)
     if _our_export(csv_path.parent) is None:  # an export --no-scale holds physical units, and says so
         # the format's values are min-max scaled per batch, and the model's spec says its features
         # are: values in ms or mm/s (a lab's own table in this format) were taken as such, unsaid
@@ -780,6 +801,7 @@ def dataset_from_csv(
     if lacking:
         raise MissingFeatures(f"{csv_path}: features {lacking} are not in the file (has {cols})")
     notes, missing = [], []
+    read: list[tuple[tuple[int, ...], Path, int, str]] = []
     sizes: set[float] = set()
     ids, firsts, lasts, feats, labs, groups = [], [], [], [], [], []
     for k, (line, r) in enumerate(rows):
@@ -792,6 +814,8 @@ def dataset_from_csv(
             imgs.append(img)
         if imgs[0] is None or imgs[1] is None:
             continue
+        read += [(img.shape, csv_path.parent / r[c], line, r.get("id") or f"{csv_path.stem}#{k}")
+                 for img, c in zip(imgs, ("first_crop", "last_crop"))]
         feats.append(_row_numbers(csv_path, line, r, feature_names))
         if r.get("crop_pixel_size_um"):
             try:
@@ -806,6 +830,7 @@ def dataset_from_csv(
         groups.append(r.get("group") or sid)
     if not ids:
         raise DataFormatError(f"{csv_path}: no usable rows")
+    _refuse_odd_sizes(csv_path, read)
     if len(sizes) > 1:
         raise DataFormatError(f"{csv_path}: rows have different crop_pixel_size_um {sorted(sizes)}")
     if sizes:
