@@ -155,3 +155,16 @@ def test_a_crop_of_another_size_is_named_with_its_image_and_line(sample):
     with pytest.raises(DataFormatError, match=re.escape(f"{csv_path}: crops differ in size (10 of 100×100 px, 10 of "
                                                         f"90×90 px): ")):
         dataset_from_miml_dir(sample)
+
+
+def test_an_image_named_as_neither_crop_is_noted_as_both(sample):
+    # a cell's one image stood for both crops, noted when the other crop was missing but not when
+    # the name said neither (the importer's docstring promised a note)
+    csv_path = sample / "train_data.csv"
+    edit(csv_path, f"{CELL185}_Lastcrop.png,T4,1.0,0.0,0.0588235294117647\n", "")
+    edit(csv_path, f"{CELL185}_Firstcrop.png,", f"{CELL185}.png,")
+    (sample / "Train" / f"{CELL185}_Firstcrop.png").rename(sample / "Train" / f"{CELL185}.png")
+    ds = dataset_from_miml_dir(sample)
+    assert len(ds) == 15
+    assert (f"{csv_path}: 1 image(s) named without _Firstcrop/_Lastcrop (e.g. {CELL185}.png on line "
+            f"{line_of(csv_path, CELL185)}): each is its cell's first and last crop") in ds.report.problems()

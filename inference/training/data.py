@@ -561,6 +561,7 @@ def dataset_from_miml_csv(
     notes: list[str] = []
     missing: list[str] = []
     read: list[tuple[tuple[int, ...], Path, int, str]] = []
+    one_image: list[tuple[str, int]] = []  # images named as neither crop, taken for both
     for line, r in rows:
         name = r[MIML_ID_COLUMN]
         stem, low = Path(name).stem, Path(name).stem.lower()
@@ -587,6 +588,7 @@ def dataset_from_miml_csv(
         if crop == "both":
             cell.setdefault("first", img)
             cell.setdefault("last", img)
+            one_image.append((name, line))
         else:
             if crop in cell:
                 notes.append(f"{csv_path}:{line}: cell {stem} has two {crop} crops; keeping the first")
@@ -607,6 +609,11 @@ def dataset_from_miml_csv(
     if not ids:
         raise DataFormatError(f"{csv_path}: no usable rows (images looked up in {image_dir})")
     _refuse_odd_sizes(csv_path, read)
+    if one_image:
+        # the docstring promised it noted, as a cell with one of its two crops is: the model then
+        # learnt from such cells that both crops look alike, unsaid
+        notes.append(f"{csv_path}: {len(one_image)} image(s) named without _Firstcrop/_Lastcrop (e.g. "
+                     f"{one_image[0][0]} on line {one_image[0][1]}): each is its cell's first and last crop")
     if _our_export(csv_path.parent) is None:  # an export --no-scale holds physical units, and says so
         # the format's values are min-max scaled per batch, and the model's spec says its features
         # are: values in ms or mm/s (a lab's own table in this format) were taken as such, unsaid
