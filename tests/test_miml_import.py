@@ -168,3 +168,13 @@ def test_an_image_named_as_neither_crop_is_noted_as_both(sample):
     assert len(ds) == 15
     assert (f"{csv_path}: 1 image(s) named without _Firstcrop/_Lastcrop (e.g. {CELL185}.png on line "
             f"{line_of(csv_path, CELL185)}): each is its cell's first and last crop") in ds.report.problems()
+
+
+@pytest.mark.parametrize("sep, said", [(";", "';'"), ("\t", "a tab")])
+def test_a_table_separated_by_semicolons_or_tabs_says_so(sample, sep, said):
+    # Excel set to a decimal comma saves its "CSV" with semicolons: refused as missing every column
+    csv_path = sample / "train_data.csv"
+    csv_path.write_text(csv_path.read_text(encoding="utf-8").replace(",", sep), encoding="utf-8")
+    with pytest.raises(DataFormatError, match=re.escape(f"{csv_path}:1: the columns are separated by {said}, not "
+                                                        f"commas: save the table comma-separated")):
+        dataset_from_miml_dir(sample)

@@ -474,6 +474,13 @@ def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str
     with _open_csv(csv_path) as fh:
         reader = csv.DictReader(fh)
         cols = [c.strip() for c in (reader.fieldnames or [])]
+        sep = next((d for d in (";", "\t") if len(cols) == 1 and d in cols[0]), None)
+        if sep:
+            # a spreadsheet set to a decimal comma saves "CSV" with semicolons: "missing columns
+            # ['cell ID', …] (has ['cell ID;Cell Type;…'])" did not say why
+            raise DataFormatError(f"{csv_path}:1: the columns are separated by {'a tab' if sep == chr(9) else repr(sep)}, "
+                                  f"not commas: save the table comma-separated, with decimal points (Excel: \"CSV "
+                                  f"UTF-8 (Comma delimited)\" with '.' as the decimal separator)")
         rows = []
         for r in reader:
             # values beyond the header's columns were dropped unsaid: a decimal comma (1,0) split a
