@@ -178,3 +178,15 @@ def test_a_table_separated_by_semicolons_or_tabs_says_so(sample, sep, said):
     with pytest.raises(DataFormatError, match=re.escape(f"{csv_path}:1: the columns are separated by {said}, not "
                                                         f"commas: save the table comma-separated")):
         dataset_from_miml_dir(sample)
+
+
+def test_the_authors_columns_are_read_whatever_their_case(sample):
+    # "Cell ID" for "cell ID": the folder was refused as lacking the column it held, and the CSV
+    # named alone was taken for our event table ("missing column 'first_crop'")
+    csv_path = sample / "train_data.csv"
+    edit(csv_path, "cell ID,Cell Type,Max Velocity,Transition Time,Deformability",
+         "Cell ID,cell type,Max velocity,Transition Time,DEFORMABILITY")
+    assert len(dataset_from_miml_dir(sample)) == 15
+    ds = dataset_from_path(csv_path)
+    assert len(ds) == 10 and ds.class_names == ("T4",) and ds.feature_names == ("di", "transit_time_ms", "v_max_mm_s")
+    assert ds.features[list(ds.ids).index(CELL185)].tolist() == pytest.approx([0.0588235294117647, 0.0, 1.0])

@@ -557,6 +557,13 @@ def dataset_from_miml_csv(
     if not csv_path.is_file():
         raise DataFormatError(f"{csv_path}: no such file")
     cols, rows = _read_rows(csv_path)
+    # a lab's own table in this format writes "Cell ID" or "cell type": refused as lacking the
+    # column it holds, and named alone it was taken for our event table ("missing column 'first_crop'")
+    canon = {c.casefold(): c for c in (MIML_ID_COLUMN, MIML_LABEL_COLUMN, *MIML_COLUMNS)}
+    rename = {c: canon[c.casefold()] for c in cols if c.casefold() in canon}
+    if any(k != v for k, v in rename.items()):
+        cols = [rename.get(c, c) for c in cols]
+        rows = [(line, {rename.get(k, k): v for k, v in r.items()}) for line, r in rows]
     lacking = [c for c in (MIML_ID_COLUMN, MIML_LABEL_COLUMN, *MIML_COLUMNS) if c not in cols]
     if lacking:
         raise DataFormatError(f"{csv_path}: missing columns {lacking} (has {cols})")
@@ -981,8 +988,8 @@ def _rtdc_rows(h5, grp) -> int | None:
 
 def _is_miml_csv(path: Path) -> bool:
     with _open_csv(path) as fh:
-        header = [c.strip() for c in next(csv.reader(fh), [])]
-    return MIML_ID_COLUMN in header and MIML_LABEL_COLUMN in header
+        header = [c.strip().casefold() for c in next(csv.reader(fh), [])]
+    return MIML_ID_COLUMN.casefold() in header and MIML_LABEL_COLUMN.casefold() in header
 
 
 def dataset_from_path(item: str | Path, *, only_ok: bool = True, feature_names: Sequence[str] | None = None,
