@@ -190,3 +190,11 @@ def test_the_authors_columns_are_read_whatever_their_case(sample):
     ds = dataset_from_path(csv_path)
     assert len(ds) == 10 and ds.class_names == ("T4",) and ds.feature_names == ("di", "transit_time_ms", "v_max_mm_s")
     assert ds.features[list(ds.ids).index(CELL185)].tolist() == pytest.approx([0.0588235294117647, 0.0, 1.0])
+
+
+def test_a_row_of_empty_values_is_skipped_as_a_blank_line_is(sample):
+    # a spreadsheet's emptied rows save as ",,,,": refused as a row without a class
+    csv_path = sample / "train_data.csv"
+    csv_path.write_text(csv_path.read_text(encoding="utf-8") + "\n,,,,\n , , ,,\n", encoding="utf-8")
+    ds = dataset_from_miml_dir(sample)
+    assert len(ds) == 15 and ds.report.n_rows == 30

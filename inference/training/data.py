@@ -494,7 +494,9 @@ def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str
                     f"header has {len(cols)} columns (row {(first or '').strip()!r}; left over: {', '.join(extra)}): a "
                     f"value holding a comma (a decimal comma, 1,5) moves the values after it into the wrong columns: "
                     f"quote it or write a decimal point")
-            rows.append((reader.line_num, {k.strip(): (v or "").strip() for k, v in r.items() if k}))
+            row = {k.strip(): (v or "").strip() for k, v in r.items() if k}
+            if any(row.values()):  # ",,,," (a spreadsheet's emptied row) holds no cell, as a blank line
+                rows.append((reader.line_num, row))
     return cols, rows
 
 
