@@ -198,3 +198,19 @@ def test_a_row_of_empty_values_is_skipped_as_a_blank_line_is(sample):
     csv_path.write_text(csv_path.read_text(encoding="utf-8") + "\n,,,,\n , , ,,\n", encoding="utf-8")
     ds = dataset_from_miml_dir(sample)
     assert len(ds) == 15 and ds.report.n_rows == 30
+
+
+def test_a_missing_or_unreadable_png_is_named_with_its_line(sample, capfd):
+    # "missing: …/X_Lastcrop.png" named no line, a damaged PNG was "missing" too, and OpenCV wrote its
+    # own "can't open/read file" warning to stderr
+    csv_path = sample / "train_data.csv"
+    gone = sample / "Train" / f"{CELL185}_Lastcrop.png"
+    gone.unlink()
+    bad = sample / "Train" / "T4_Notch_Day1_B1_Cell187_Processed_Lastcrop.png"
+    bad.write_bytes(b"\x89PNG damaged")
+    problems = dataset_from_miml_dir(sample).report.problems()
+    assert f"missing: {csv_path}:{line_of(csv_path, gone.name)}: {gone}" in problems
+    assert (f"missing: {csv_path}:{line_of(csv_path, bad.name)}: {bad} (there, but not a readable image)"
+            in problems)
+    assert f"train_data.csv: cell {CELL185} has only its first crop; used for both channels" in problems
+    assert "can't open/read file" not in capfd.readouterr().err

@@ -410,6 +410,8 @@ def _open_csv(path: Path) -> io.StringIO:
 def _read_grey(path: Path, notes: list[str]) -> np.ndarray | None:
     import cv2
 
+    if not path.is_file():
+        return None  # said by the caller; OpenCV's own "can't open/read file" warning went to stderr besides
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         return None
@@ -433,6 +435,12 @@ def _read_grey(path: Path, notes: list[str]) -> np.ndarray | None:
         raise DataFormatError(f"{path}: {img.dtype} image; training crops must be 8-bit grey, as the tracker "
                               f"gives them to the model: {how}")
     return np.ascontiguousarray(img)
+
+
+def _unreadable(path: Path) -> str:
+    """Why an image named by the data was not read, when it is there: a damaged PNG was listed as
+    "missing" beside the file."""
+    return " (there, but not a readable image)" if path.exists() else ""
 
 
 def _class_index(names: Iterable[str], class_names: Sequence[str] | None) -> tuple[tuple[str, ...], dict[str, int]]:
@@ -598,7 +606,7 @@ def dataset_from_miml_csv(
                          f"{cell['line']}")
         img = _read_grey(image_dir / name, notes)
         if img is None:
-            missing.append(str(image_dir / name))
+            missing.append(f"{csv_path}:{line}: {image_dir / name}{_unreadable(image_dir / name)}")  # the row naming it
             continue
         read.append((img.shape, image_dir / name, line, stem))
         if crop == "both":
@@ -833,7 +841,7 @@ def dataset_from_csv(
             p = csv_path.parent / r[c]
             img = _read_grey(p, notes)
             if img is None:
-                missing.append(f"{csv_path}:{line}: {p}")
+                missing.append(f"{csv_path}:{line}: {p}{_unreadable(p)}")
             imgs.append(img)
         if imgs[0] is None or imgs[1] is None:
             continue
