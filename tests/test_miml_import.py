@@ -214,3 +214,14 @@ def test_a_missing_or_unreadable_png_is_named_with_its_line(sample, capfd):
             in problems)
     assert f"train_data.csv: cell {CELL185} has only its first crop; used for both channels" in problems
     assert "can't open/read file" not in capfd.readouterr().err
+
+
+def test_an_event_tables_ids_count_an_emptied_row(sample):
+    # an event table's cells without an id are named by their row's index (test_cells.csv lists
+    # them so): skipping an emptied row must not rename the cells after it
+    table = sample / "events.csv"
+    crops = f"Train/{CELL185}_Firstcrop.png,Train/{CELL185}_Lastcrop.png"
+    table.write_text(f"first_crop,last_crop,di,transit_time_ms,v_max_mm_s\n{crops},0.1,2,10\n,,,,\n"
+                     f"{crops},0.2,3,11\n", encoding="utf-8")
+    ds = dataset_from_path(f"{table}=T4")
+    assert list(ds.ids) == ["events#0", "events#2"] and ds.report.missing == ()

@@ -475,8 +475,9 @@ def _row_numbers(csv_path: Path, line: int, row: Mapping[str, str], columns: Seq
     return out
 
 
-def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """The header of the CSV ``csv_path`` and its rows, each with the line of the file it ends on;
+def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, int, dict[str, str]]]]:
+    """The header of the CSV ``csv_path`` and its rows, each with the line of the file it ends on
+    and its index among the rows (an empty one counted: an event table's ids name rows by it);
     names and values stripped of spaces. The lines are the file's own: counted as rows from line 2,
     a blank line or a quoted value over two lines put every later row's errors on the wrong line."""
     with _open_csv(csv_path) as fh:
@@ -490,7 +491,7 @@ def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str
                                   f"not commas: save the table comma-separated, with decimal points (Excel: \"CSV "
                                   f"UTF-8 (Comma delimited)\" with '.' as the decimal separator)")
         rows = []
-        for r in reader:
+        for index, r in enumerate(reader):
             # values beyond the header's columns were dropped unsaid: a decimal comma (1,0) split a
             # value in two and moved the rest one column on (a transit time read as the deformability)
             rest = r.pop(None, None) or []
@@ -504,15 +505,15 @@ def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str
                     f"quote it or write a decimal point")
             row = {k.strip(): (v or "").strip() for k, v in r.items() if k}
             if any(row.values()):  # ",,,," (a spreadsheet's emptied row) holds no cell, as a blank line
-                rows.append((reader.line_num, row))
+                rows.append((reader.line_num, index, row))
     return cols, rows
 
 
-def _refuse_unlabelled(csv_path: Path, rows: Sequence[tuple[int, Mapping[str, str]]], column: str) -> None:
+def _refuse_unlabelled(csv_path: Path, rows: Sequence[tuple[int, int, Mapping[str, str]]], column: str) -> None:
     """Rows without a class name are refused, not read as a class named '': that class trained
     and cross-validated, and only the spec, after the training, refused an empty class name
     without saying where it came from."""
-    empty = [line for line, r in rows if not r.get(column)]
+    empty = [line for line, _, r in rows if not r.get(column)]
     if empty:
         lines = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
         raise DataFormatError(f"{csv_path}: {len(empty)} row(s) have no {column!r} (line(s) {lines}): give every "
@@ -573,7 +574,7 @@ def dataset_from_miml_csv(
     rename = {c: canon[c.casefold()] for c in cols if c.casefold() in canon}
     if any(k != v for k, v in rename.items()):
         cols = [rename.get(c, c) for c in cols]
-        rows = [(line, {rename.get(k, k): v for k, v in r.items()}) for line, r in rows]
+        rows = [(line, i, {rename.get(k, k): v for k, v in r.items()}) for line, i, r in rows]
     lacking = [c for c in (MIML_ID_COLUMN, MIML_LABEL_COLUMN, *MIML_COLUMNS) if c not in cols]
     if lacking:
         raise DataFormatError(f"{csv_path}: missing columns {lacking} (has {cols})")
@@ -586,7 +587,7 @@ def dataset_from_miml_csv(
     missing: list[str] = []
     read: list[tuple[tuple[int, ...], Path, int, str]] = []
     one_image: list[tuple[str, int]] = []  # images named as neither crop, taken for both
-    for line, r in rows:
+    for line, _, r in rows:
         name = r[MIML_ID_COLUMN]
         stem, low = Path(name).stem, Path(name).stem.lower()
         crop = "both"
@@ -835,7 +836,7 @@ def dataset_from_csv(
     read: list[tuple[tuple[int, ...], Path, int, str]] = []
     sizes: set[float] = set()
     ids, firsts, lasts, feats, labs, groups = [], [], [], [], [], []
-    for k, (line, r) in enumerate(rows):
+    for line, k, r in rows:
         imgs = []
         for c in ("first_crop", "last_crop"):
             p = csv_path.parent / r[c]
