@@ -394,7 +394,6 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                                   f"({seg.source}); nothing written: give the segmentation (--threshold, --closing)"
                                   + (f" or, if its grey levels use fewer than {depth} bits, the bit depth (--bit-depth)"
                                      if depth > 8 else ""))
-        from app.config import config_to_toml, RunConfig
         from app.session import file_sha256
 
         setup = setup_from_attrs(attrs)
@@ -416,7 +415,11 @@ def reanalyze(src: str | Path, dst: str | Path, *, model: str | None = None, thr
                        feature_names=SINGLE_IMAGE_FEATURES,
                        model_spec_json=clf.spec.to_json() if clf is not None else "",
                        model_sha256=file_sha256(clf.path) if clf is not None else "",
-                       model_name=str(model or ""), config_toml=config_to_toml(RunConfig()),
+                       model_name=str(model or ""),
+                       # no configuration: the default one it stored told of a synthetic camera at 4,000
+                       # fps and target classes ["hct116"], none of which the reanalysis had; what it used
+                       # is in the segmentation fields below
+                       config_toml="",
                        camera=f"reanalysis of {src.name}", camera_clock=False, measured="single image",
                        segmentation_threshold=seg.threshold, segmentation_closing_px=seg.closing_px,
                        segmentation_clear_border=seg.clear_border, bit_depth=depth, **setup)

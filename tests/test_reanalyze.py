@@ -490,3 +490,19 @@ def test_event_images_of_more_than_8_bits_are_segmented_with_thresholds_scaled_t
     with h5py.File(deep, "a") as h:
         h.attrs["user:bit depth"] = 12
     assert main(["reanalyze", str(deep), "--out", str(tmp_path / "said.rtdc")]) == 0
+
+
+def test_a_reanalysis_stores_no_run_configuration_it_did_not_have(tmp_path):
+    # it stored the default configuration: a synthetic camera at 4,000 fps and target classes
+    # ["hct116"], read back as the run's by report (its target classes) and by anyone opening the file
+    import h5py
+
+    from app.reanalyze import reanalyze
+    from app.storage import read_events
+
+    reanalyze(DATA / "2020-10_image_bg.rtdc", tmp_path / "out.rtdc")
+    meta = read_events(tmp_path / "out.rtdc")[1].meta
+    assert meta.config_toml == "" and meta.camera == "reanalysis of 2020-10_image_bg.rtdc"
+    with h5py.File(tmp_path / "out.rtdc", "r") as f:
+        log = [x.decode() if isinstance(x, bytes) else str(x) for x in f["logs/mimlsort-config"][:]]
+    assert log == ["# no configuration given"] and "synthetic" not in "".join(log)
