@@ -225,3 +225,12 @@ def test_an_event_tables_ids_count_an_emptied_row(sample):
                      f"{crops},0.2,3,11\n", encoding="utf-8")
     ds = dataset_from_path(f"{table}=T4")
     assert list(ds.ids) == ["events#0", "events#2"] and ds.report.missing == ()
+
+
+def test_a_quoted_decimal_comma_is_named_as_such(sample):
+    csv_path = sample / "train_data.csv"
+    edit(csv_path, f"{CELL185}_Firstcrop.png,T4,1.0,", f'{CELL185}_Firstcrop.png,T4,"1,0",')
+    with pytest.raises(DataFormatError, match=re.escape(
+            f"{csv_path}:{line_of(csv_path, CELL185 + '_Firstcrop')}: column 'Max Velocity': not a number: '1,0': a "
+            f"decimal comma? write a decimal point")):
+        dataset_from_miml_dir(sample)

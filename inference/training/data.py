@@ -467,7 +467,12 @@ def _row_numbers(csv_path: Path, line: int, row: Mapping[str, str], columns: Seq
         try:
             v = float(text)
         except ValueError:
-            raise DataFormatError(f"{csv_path}:{line}: column {c!r}: not a number: {text!r}") from None
+            try:
+                float(text.replace(",", ".", 1))
+                hint = ": a decimal comma? write a decimal point"  # a spreadsheet in a comma locale
+            except ValueError:
+                hint = ""
+            raise DataFormatError(f"{csv_path}:{line}: column {c!r}: not a number: {text!r}{hint}") from None
         if not math.isfinite(v):
             raise DataFormatError(f"{csv_path}:{line}: column {c!r}: {text!r} is not a finite number; a model cannot "
                                   f"take a cell without this measurement: remove its row")
