@@ -8,8 +8,9 @@ Sources (chosen by what the path is):
   so consecutive events with the same frame id are played once (``skip_duplicate_frames``).
 - ``.tif`` / ``.tiff``: multi-page TIFF, one page per frame.
 - a folder: one image per file (png, tif, bmp, jpg), in natural name order (``img2`` before
-  ``img10``). When every name ends in a number, those numbers are the frame ids (so gaps show as
-  drops); otherwise frames are numbered from 0.
+  ``img10``); hidden files (``._img1.png``, macOS's twins on foreign disks) are left out. When
+  every name ends in a number, those numbers are the frame ids (so gaps show as drops); otherwise
+  frames are numbered from 0.
 - anything else OpenCV's video reader opens (AVI, MKV, MP4 …); colour video becomes grey.
 
 Frames are uint8 or uint16. Pixel size and frame rate come from the file when it says (RT-DC
@@ -738,6 +739,13 @@ class _FolderSource(_Source):
 
         self.cv2 = cv2
         files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        # hidden files are no frames: macOS leaves a "._" twin of every image it copies to a USB
+        # stick or network share, which sorts first and stopped the replay at frame 0 as corrupt
+        hidden = [p for p in files if p.name.startswith(".")]
+        if hidden:
+            files = [p for p in files if not p.name.startswith(".")]
+            log.info("%s: %d hidden files left out (names beginning with '.', such as %s)", path, len(hidden),
+                     min(hidden).name)
         if not files:
             raise DataFormatError(f"{path}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         files.sort(key=lambda p: _natural_key(p.name))

@@ -780,3 +780,16 @@ def test_a_tiff_page_that_cannot_be_read_stops_the_replay_after_the_pages_before
             while (f := cam.read(0.1)) is not None:
                 played.append(f.image.copy())
     assert len(played) == 2 and all(np.array_equal(a, b) for a, b in zip(played, imgs))
+
+
+def test_hidden_files_in_an_image_folder_are_no_frames(tmp_path):
+    # a folder copied by a Mac to a USB stick holds a "._" twin (AppleDouble, no image) of every
+    # file; the first sorted first and stopped the replay at frame 0 as "corrupt or truncated"
+    imgs = stack(3, seed=4)
+    for i, img in enumerate(imgs):
+        assert cv2.imwrite(str(tmp_path / f"img{i}.png"), img)
+        (tmp_path / f"._img{i}.png").write_bytes(b"\x00\x05\x16\x07" + bytes(200))
+    _, frames = frames_of(ReplaySettings(path=str(tmp_path), pixel_size_um=1.0, fps=100.0))
+    assert [f.frame_id for f in frames] == [0, 1, 2]
+    for f, img in zip(frames, imgs):
+        np.testing.assert_array_equal(f.image, img)
