@@ -168,6 +168,11 @@ class _RtdcSource(_Source):
         import hdf5plugin  # noqa: F401  (registers the Zstd/LZ4 filters before h5py reads)
         import h5py
 
+        if _held_by_a_writer(path):
+            # its last flush is all a reader sees: a recording in progress replayed as a complete,
+            # shorter one ("completed: the source ended"), its later frames never tracked
+            raise DataFormatError(f"{path}: still open for writing by another program (a recording in progress?): "
+                                  f"its frames are not all in the file yet; replay it once its recorder has closed it")
         try:
             self.h5 = open_hdf5(path)
         except OSError as err:
@@ -328,6 +333,30 @@ class _RtdcSource(_Source):
             os.close(self._fd)
             self._fd = -1
         self.h5.close()
+
+
+def _held_by_a_writer(path: Path) -> bool:
+    """Whether a process on this machine has the HDF5 file open for writing: HDF5 holds an
+    exclusive ``flock`` on a file it writes (mimlsort's raw recorder, h5py's default), also while
+    ``open_hdf5``, which takes no lock, reads it. False where that cannot be told (no ``fcntl``, a
+    file system without locks, a writer that turned locking off or writes in SWMR mode)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False  # the open that follows says what is wrong
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # (releases the shared lock too)
+    return False
 
 
 def _attr_float(attrs: Any, key: str, path: Path) -> float | None:

@@ -239,3 +239,44 @@ def test_a_relative_path_not_found_says_which_folder_it_was_taken_from(tmp_path,
     monkeypatch.chdir(tmp_path / "elsewhere")
     err = error_of(capsys, "config", "--check", cfg)
     assert f"relative to the current folder {tmp_path / 'elsewhere'}" in err, err
+
+
+WRITER = """
+import sys
+import numpy as np
+from acquisition.recording import RawRecorder
+with RawRecorder(sys.argv[1], 80, 40, np.uint8, pixel_size_um=0.5, fps=2000.0) as rec:
+    rec.write(np.full((100, 40, 80), 100, np.uint8), np.arange(100), np.arange(100) * 500_000)
+    rec.flush()
+    rec.write(np.full((50, 40, 80), 100, np.uint8), np.arange(100, 150), np.arange(100, 150) * 500_000)
+    print("recording", flush=True)
+    sys.stdin.read()  # recording on until the test closes our stdin
+"""
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_a_recording_still_being_written_is_refused_naming_the_file(tmp_path, capsys):
+    # a replay of a recording its recorder still writes saw the last flush only and replayed it
+    # as a complete, shorter recording ("completed: the source ended", exit 0)
+    import subprocess
+    import sys
+
+    path = tmp_path / "live.rtdc"
+    repo = Path(__file__).resolve().parents[1]
+    with subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=repo, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as writer:
+        try:
+            assert writer.stdout.readline() == "recording\n"
+            for argv in (["track", path, "--out", tmp_path / "cells.csv"],
+                         ["replay", path, "--out", tmp_path / "ev.rtdc", "--model", "none"]):
+                err = error_of(capsys, *argv)
+                assert f"{path}: still open for writing by another program" in err, err
+            assert not (tmp_path / "cells.csv").exists() and not (tmp_path / "ev.rtdc").exists()
+        finally:
+            writer.stdin.close()
+            assert writer.wait(60) == 0
+    # closed, it plays whole
+    from acquisition.replay import ReplayCamera, ReplaySettings
+
+    with ReplayCamera(ReplaySettings(path=str(path))) as cam:
+        assert cam.info.frame_count == 150
