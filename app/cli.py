@@ -105,11 +105,16 @@ def cmd_track(args: argparse.Namespace) -> int:
     check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))
     refuse_event_file(args.recording)
     with cfg.camera.make_camera() as cam:
-        res = track_camera(cam, settings, pixel_size_um=cfg.camera.pixel_size_um)
+        # a recording damaged part way keeps the cells of its frames before the damage (as
+        # `replay` keeps its events): they were all lost with the error
+        res = track_camera(cam, settings, pixel_size_um=cfg.camera.pixel_size_um, keep_partial=True)
     write_events_csv(res.events, args.out)
     complete = sum(1 for e in res.events if e.ok)
-    print(f"{res.frames} frames -> {len(res.events)} cells ({complete} complete, unflagged) -> {args.out}")
-    return 0
+    if res.error is not None:
+        print(f"mimlsort track: error: {res.error}", file=sys.stderr)
+    print(f"{res.frames} frames -> {len(res.events)} cells ({complete} complete, unflagged) -> {args.out}"
+          + ("" if res.error is None else " (exit code 1: the frames after the error were not tracked)"))
+    return 0 if res.error is None else 1
 
 
 #: ``mimlsort bench WHAT`` -> "module:function"; the function takes keyword options (only those it

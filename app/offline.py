@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from acquisition.camera import Camera
+from mimlsort.errors import DataFormatError
 from tracking.events import CellEvent
 from tracking.geometry import geometry_note
 from tracking.tracker import Tracker, TrackerSettings
@@ -26,6 +27,8 @@ class OfflineResult:
     events: list[CellEvent]
     frames: int
     tracker: Tracker
+    #: what ended the source before its end (``keep_partial``): the events are those of the frames before it
+    error: Exception | None = None
 
 
 #: the first columns of the tracking table (``mimlsort track --out``)
@@ -54,8 +57,12 @@ def pixel_size_in_use(camera: Camera, override_um: float | None) -> float:
 
 def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pixel_size_um: float | None = None,
                  max_frames: int | None = None, ring_capacity: int = 1024,
-                 progress: Callable[[int], None] | None = None, kernels: str = "numba") -> OfflineResult:
-    """Track every frame ``camera`` (open, not yet started) delivers until it is exhausted."""
+                 progress: Callable[[int], None] | None = None, kernels: str = "numba",
+                 keep_partial: bool = False) -> OfflineResult:
+    """Track every frame ``camera`` (open, not yet started) delivers until it is exhausted.
+    ``keep_partial``: a frame the source cannot deliver (a recording cut short, a corrupt image)
+    ends the tracking there, with the cells of the frames before it and the error in
+    :attr:`OfflineResult.error`, as a replay keeps its events; by default it is raised."""
     settings = settings or TrackerSettings()
     info = camera.info
     px = pixel_size_in_use(camera, pixel_size_um)
@@ -71,10 +78,18 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
     tracker: Tracker | None = None
     events: list[CellEvent] = []
     n = 0
+    error: Exception | None = None
     camera.start()
     try:
         while max_frames is None or n < max_frames:
-            if not camera.grab_into(ring, timeout_s=1.0):
+            try:
+                got = camera.grab_into(ring, timeout_s=1.0)
+            except DataFormatError as err:
+                if not keep_partial or n == 0:
+                    raise
+                error = err
+                break
+            if not got:
                 if camera.exhausted:
                     break
                 continue
@@ -97,8 +112,6 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
         if tracker is None:  # shorter than the background window: use what there is
             b = reader.read(reader.pending)
             if len(b) == 0:
-                from mimlsort.errors import DataFormatError
-
                 raise DataFormatError(f"{info.serial or info.model}: holds no frames to track")
             tracker = Tracker.from_frames(ring.images[b.slots], px, settings, t0_ns=int(b.timestamps_ns[0]), kernels=kernels,
                                           bit_depth=info.bit_depth)
@@ -114,7 +127,7 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
         camera.stop()
     if reader.missed or reader.overrun:
         log.warning("tracker missed %d and overran %d frames", reader.missed, reader.overrun)
-    return OfflineResult(events, n, tracker)
+    return OfflineResult(events, n, tracker, error)
 
 
 def events_table(events: list[CellEvent]) -> tuple[list[str], np.ndarray]:

@@ -62,3 +62,27 @@ def test_a_looping_configuration_is_tracked_once_and_said_so(rec, tmp_path, caps
     err = capsys.readouterr().err
     assert "camera.replay.loop = true" in err and "`mimlsort track` plays the recording once" in err, err
     assert len(_column(out, "transit_time_ms")) >= 10
+
+
+def test_a_recording_cut_short_keeps_the_cells_of_its_frames_before_the_cut(rec, tmp_path, capsys):
+    # a TIFF copy cut part way: track named the page and exited 2 without writing a CSV, so the
+    # cells of every page before it were lost (replay keeps its events: exit 1, the file written)
+    import cv2
+    import h5py
+
+    with h5py.File(rec) as f:
+        frames = f["events/image"][:1200]
+        px, fps = str(f.attrs["imaging:pixel size"]), str(f.attrs["imaging:frame rate"])
+    whole, cut = tmp_path / "first.tif", tmp_path / "cut.tif"
+    assert cv2.imwritemulti(str(tmp_path / "all.tif"), list(frames), [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    data = (tmp_path / "all.tif").read_bytes()
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    opts = ["--pixel-size", px, "--fps", fps]
+    assert main(["track", str(cut), "--out", str(tmp_path / "cut.csv"), *opts]) == 1
+    err = capsys.readouterr().err
+    page = int(err.split(f"{cut}: frame ")[1].split(":")[0])
+    assert 600 < page < 800, err
+    assert cv2.imwritemulti(str(whole), list(frames[:page]), [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    assert main(["track", str(whole), "--out", str(tmp_path / "first.csv"), *opts]) == 0
+    kept = (tmp_path / "cut.csv").read_text()
+    assert kept == (tmp_path / "first.csv").read_text() and len(kept.splitlines()) > 5
