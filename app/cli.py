@@ -104,10 +104,17 @@ def cmd_track(args: argparse.Namespace) -> int:
     # before the tracking, not after it
     check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))
     refuse_event_file(args.recording)
+    from tqdm.auto import tqdm
+
     with cfg.camera.make_camera() as cam:
-        # a recording damaged part way keeps the cells of its frames before the damage (as
-        # `replay` keeps its events): they were all lost with the error
-        res = track_camera(cam, settings, pixel_size_um=cfg.camera.pixel_size_um, keep_partial=True)
+        # rate and ETA as `replay` shows them: a long recording was tracked with nothing said for minutes
+        total = cam.info.frame_count
+        with tqdm(total=total if total > 0 else None, unit="frame", unit_scale=True, file=sys.stderr,
+                  dynamic_ncols=True, mininterval=0.5) as bar:
+            # a recording damaged part way keeps the cells of its frames before the damage (as
+            # `replay` keeps its events): they were all lost with the error
+            res = track_camera(cam, settings, pixel_size_um=cfg.camera.pixel_size_um, keep_partial=True,
+                               progress=lambda n: bar.update(n - bar.n))
     write_events_csv(res.events, args.out)
     complete = sum(1 for e in res.events if e.ok)
     if res.error is not None:

@@ -107,7 +107,7 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
                 b = reader.read(settings.batch_frames)
                 events.extend(tracker.process_batch(ring, b))
                 reader.release(b)
-            if progress is not None and n % 1000 == 0:
+            if progress is not None and n % 64 == 0:  # (a slow source, OpenCV's TIFF walk, reads ~50 frames/s)
                 progress(n)
         if tracker is None:  # shorter than the background window: use what there is
             b = reader.read(reader.pending)
@@ -125,6 +125,8 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
             log.warning("%s", note)
     finally:
         camera.stop()
+    if progress is not None:
+        progress(n)
     if reader.missed or reader.overrun:
         log.warning("tracker missed %d and overran %d frames", reader.missed, reader.overrun)
     return OfflineResult(events, n, tracker, error)

@@ -86,3 +86,16 @@ def test_a_recording_cut_short_keeps_the_cells_of_its_frames_before_the_cut(rec,
     assert main(["track", str(whole), "--out", str(tmp_path / "first.csv"), *opts]) == 0
     kept = (tmp_path / "cut.csv").read_text()
     assert kept == (tmp_path / "first.csv").read_text() and len(kept.splitlines()) > 5
+
+
+def test_track_shows_its_progress_with_rate_and_eta(rec, tmp_path, capsys):
+    # replay draws a bar; track said nothing until it had tracked the whole recording
+    import h5py
+
+    with h5py.File(rec) as f:
+        n = len(f["events/image"])
+    assert main(["track", str(rec), "--out", str(tmp_path / "cells.csv")]) == 0
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "100%" in last and "frame/s" in last and "<00:00" in last, err
+    assert f"{n / 1000:.2f}k/{n / 1000:.2f}k" in last, last
