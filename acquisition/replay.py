@@ -176,7 +176,7 @@ class _RtdcSource(_Source):
         try:
             self.h5 = open_hdf5(path)
         except OSError as err:
-            raise DataFormatError(f"{path}: not a readable HDF5/.rtdc file ({err})") from err
+            raise DataFormatError(f"{path}: {_hdf5_refusal(err)}") from err
         try:
             self._setup(skip_duplicates)
         except BaseException:
@@ -333,6 +333,18 @@ class _RtdcSource(_Source):
             os.close(self._fd)
             self._fd = -1
         self.h5.close()
+
+
+def _hdf5_refusal(err: OSError) -> str:
+    """Why HDF5 would not open a file, in words: a copy cut short read "not a readable HDF5/.rtdc
+    file (Unable to synchronously open file (truncated file: eof = 59120160, sblock->base_addr =
+    0, stored_eof = 98533600))"."""
+    m = re.search(r"truncated file: eof = (\d+), sblock->base_addr = \d+, stored_eof = (\d+)", str(err))
+    if m:
+        have, want = int(m.group(1)), int(m.group(2))
+        return (f"the file is cut short: it holds {have:,} of the {want:,} bytes its HDF5 header gives (a copy or "
+                f"download that did not finish?); HDF5 cannot open it: copy it again from the original")
+    return f"not a readable HDF5/.rtdc file ({err})"
 
 
 def _held_by_a_writer(path: Path) -> bool:
@@ -928,6 +940,11 @@ def open_source(path: str | os.PathLike, skip_duplicates: bool = True) -> _Sourc
     check_input(p, folder=True, what="a recording")  # a named pipe blocked for ever; an unreadable file read as corrupt
     if p.is_dir():
         return _FolderSource(p)
+    if p.stat().st_size == 0:
+        # each reader had its own words for it ("file signature not found", "no pages", "no video
+        # OpenCV opens"), none of which said that the file holds nothing
+        raise DataFormatError(f"{p}: the file is empty (0 bytes): no frames to replay (a copy or a recording that "
+                              f"never got its data?)")
     from mimlsort.outputs import holds_hdf5
 
     suffix = p.suffix.lower()

@@ -552,8 +552,20 @@ def test_a_truncated_rtdc_file_is_refused_with_its_name(tmp_path):
     write_rtdc(path, stack(50, seed=12), frame=np.arange(50), attrs=RTDC_ATTRS)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
-    with pytest.raises(DataFormatError, match=r"r\.rtdc: not a readable"):
+    # a copy cut short was "not a readable HDF5/.rtdc file (Unable to synchronously open file
+    # (truncated file: eof = …, sblock->base_addr = 0, stored_eof = …))"
+    with pytest.raises(DataFormatError, match=rf"r\.rtdc: the file is cut short: it holds {len(data) * 2 // 3:,} of "
+                                              rf"the {len(data):,} bytes .*copy it again"):
         ReplayCamera(ReplaySettings(path=str(path))).open()
+
+
+@pytest.mark.parametrize("name", ["rec.rtdc", "rec.tif", "rec.avi", "rec"])
+def test_an_empty_file_is_said_to_be_empty(tmp_path, name):
+    # each reader had its own words: "file signature not found", "no pages", "no video OpenCV opens"
+    path = tmp_path / name
+    path.touch()
+    with pytest.raises(DataFormatError, match=rf"{name}: the file is empty \(0 bytes\)"):
+        ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=1000.0)).open()
 
 
 def test_a_corrupt_compressed_chunk_names_the_first_frame_it_breaks(tmp_path):
