@@ -106,22 +106,46 @@ def cmd_track(args: argparse.Namespace) -> int:
     refuse_event_file(args.recording)
     from tqdm.auto import tqdm
 
-    with cfg.camera.make_camera() as cam:
-        # rate and ETA as `replay` shows them: a long recording was tracked with nothing said for minutes
-        total = cam.info.frame_count
-        with tqdm(total=total if total > 0 else None, unit="frame", unit_scale=True, file=sys.stderr,
-                  dynamic_ncols=True, mininterval=0.5) as bar:
-            # a recording damaged part way keeps the cells of its frames before the damage (as
-            # `replay` keeps its events): they were all lost with the error
-            res = track_camera(cam, settings, pixel_size_um=cfg.camera.pixel_size_um, keep_partial=True,
-                               progress=lambda n: bar.update(n - bar.n))
-    write_events_csv(res.events, args.out)
+    # Ctrl-C or SIGTERM ends the tracking at the next frame and keeps the cells tracked so far, as
+    # `replay` keeps its events (they were lost with the KeyboardInterrupt); a second signal ends
+    # the command at once, for a stall no frame check reaches (the kernels compiling)
+    stopped: list[str] = []
+    previous: dict[int, object] = {}
+
+    def on_signal(signum, _frame) -> None:
+        stopped.append(signal.Signals(signum).name)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        with cfg.camera.make_camera() as cam:
+            # rate and ETA as `replay` shows them: a long recording was tracked with nothing said for minutes
+            total = cam.info.frame_count
+            with tqdm(total=total if total > 0 else None, unit="frame", unit_scale=True, file=sys.stderr,
+                      dynamic_ncols=True, mininterval=0.5) as bar:
+                # a recording damaged part way keeps the cells of its frames before the damage (as
+                # `replay` keeps its events): they were all lost with the error
+                res = track_camera(cam, settings, pixel_size_um=cfg.camera.pixel_size_um, keep_partial=True,
+                                   progress=lambda n: bar.update(n - bar.n),
+                                   stop=lambda: stopped[0] if stopped else "")
+        write_events_csv(res.events, args.out)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     complete = sum(1 for e in res.events if e.ok)
     if res.error is not None:
         print(f"mimlsort track: error: {res.error}", file=sys.stderr)
+    elif res.stopped:
+        print(f"mimlsort track: interrupted ({res.stopped})", file=sys.stderr)
     print(f"{res.frames} frames -> {len(res.events)} cells ({complete} complete, unflagged) -> {args.out}"
-          + ("" if res.error is None else " (exit code 1: the frames after the error were not tracked)"))
-    return 0 if res.error is None else 1
+          + (" (exit code 1: the frames after the error were not tracked)" if res.error is not None else
+             " (the frames after the interruption were not tracked)" if res.stopped else ""))
+    if res.error is not None:
+        return 1
+    return {"SIGINT": 130, "SIGTERM": 143}.get(res.stopped, 0)
 
 
 #: ``mimlsort bench WHAT`` -> "module:function"; the function takes keyword options (only those it

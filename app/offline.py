@@ -29,6 +29,8 @@ class OfflineResult:
     tracker: Tracker
     #: what ended the source before its end (``keep_partial``): the events are those of the frames before it
     error: Exception | None = None
+    #: what ``stop`` answered when it ended the tracking ("" when it did not): the events are those of the frames before
+    stopped: str = ""
 
 
 #: the first columns of the tracking table (``mimlsort track --out``)
@@ -58,11 +60,14 @@ def pixel_size_in_use(camera: Camera, override_um: float | None) -> float:
 def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pixel_size_um: float | None = None,
                  max_frames: int | None = None, ring_capacity: int = 1024,
                  progress: Callable[[int], None] | None = None, kernels: str = "numba",
-                 keep_partial: bool = False) -> OfflineResult:
+                 keep_partial: bool = False, stop: Callable[[], str] | None = None) -> OfflineResult:
     """Track every frame ``camera`` (open, not yet started) delivers until it is exhausted.
     ``keep_partial``: a frame the source cannot deliver (a recording cut short, a corrupt image)
     ends the tracking there, with the cells of the frames before it and the error in
-    :attr:`OfflineResult.error`, as a replay keeps its events; by default it is raised."""
+    :attr:`OfflineResult.error`, as a replay keeps its events; by default it is raised. ``stop``,
+    asked before each frame, ends the tracking there when it answers a reason (a signal's name),
+    with the cells of the frames before; before a frame was tracked it raises KeyboardInterrupt
+    (``("SIGTERM",)`` for that signal, as :func:`app.cli.main` reads it)."""
     settings = settings or TrackerSettings()
     info = camera.info
     px = pixel_size_in_use(camera, pixel_size_um)
@@ -79,9 +84,14 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
     events: list[CellEvent] = []
     n = 0
     error: Exception | None = None
+    stopped = ""
     camera.start()
     try:
         while max_frames is None or n < max_frames:
+            if stop is not None and (stopped := stop()):
+                if tracker is None:
+                    raise KeyboardInterrupt(*(("SIGTERM",) if stopped == "SIGTERM" else ()))
+                break
             try:
                 got = camera.grab_into(ring, timeout_s=1.0)
             except DataFormatError as err:
@@ -129,7 +139,7 @@ def track_camera(camera: Camera, settings: TrackerSettings | None = None, *, pix
         progress(n)
     if reader.missed or reader.overrun:
         log.warning("tracker missed %d and overran %d frames", reader.missed, reader.overrun)
-    return OfflineResult(events, n, tracker, error)
+    return OfflineResult(events, n, tracker, error, stopped)
 
 
 def events_table(events: list[CellEvent]) -> tuple[list[str], np.ndarray]:

@@ -99,3 +99,35 @@ def test_track_shows_its_progress_with_rate_and_eta(rec, tmp_path, capsys):
     last = err.replace("\r", "\n").strip().splitlines()[-1]
     assert "100%" in last and "frame/s" in last and "<00:00" in last, err
     assert f"{n / 1000:.2f}k/{n / 1000:.2f}k" in last, last
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_keeps_the_cells_tracked_so_far(rec, tmp_path, capsys, monkeypatch, sig, code):
+    # Ctrl-C (or SIGTERM) during a track lost every cell tracked so far with the KeyboardInterrupt
+    import os
+    import signal
+
+    from tqdm.auto import tqdm
+
+    update = tqdm.update
+
+    def signal_at_frame_1024(self, k=1):
+        update(self, k)
+        if self.n >= 1024 and not getattr(self, "signalled", False):
+            self.signalled = True
+            os.kill(os.getpid(), getattr(signal, sig))  # the real signal, at a known frame
+
+    monkeypatch.setattr(tqdm, "update", signal_at_frame_1024)
+    out = tmp_path / "cells.csv"
+    assert main(["track", str(rec), "--out", str(out)]) == code
+    captured = capsys.readouterr()
+    assert f"interrupted ({sig})" in captured.err
+    assert captured.out.startswith("1024 frames -> ") and "not tracked" in captured.out, captured.out
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("index,track_id") and len(rows) > 3
+    # the same cells as the first 1024 frames give on their own
+    cfg = tmp_path / "first.toml"
+    cfg.write_text("[camera.replay]\nstop_frame = 1024\n")
+    monkeypatch.setattr(tqdm, "update", update)
+    assert main(["track", str(rec), "--out", str(tmp_path / "first.csv"), "--config", str(cfg)]) == 0
+    assert out.read_text() == (tmp_path / "first.csv").read_text()
