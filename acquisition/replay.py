@@ -551,7 +551,12 @@ class _TiffSource(_Source):
             return self._read_plain(i0, out)
         pages = self._pages(i0, out.shape[0])
         for j, page in enumerate(pages):
-            out[j] = self.check_frame(i0 + j, page)
+            try:
+                out[j] = self.check_frame(i0 + j, page)
+            except DataFormatError:
+                if j:  # the pages before it play first (the block's were lost with it); the next read names it
+                    return j
+                raise
         return len(pages)
 
     def _read_plain(self, i0: int, out: np.ndarray) -> int:

@@ -286,6 +286,7 @@ def test_tiff_pages_of_another_size_or_an_unsupported_dtype_are_named(tmp_path):
     assert cv2.imwritemulti(str(path), imgs)
     with ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=0.5, fps=200.0)) as cam:
         cam.start()
+        assert [cam.read().frame_id for _ in range(2)] == [0, 1]  # the pages before it play first
         with pytest.raises(DataFormatError, match=r"mixed\.tif: frame 2: size 30x10 differs"):
             cam.read()
     path = tmp_path / "float.tif"
@@ -350,6 +351,22 @@ def test_a_frame_of_another_size_names_the_file_and_frame(tmp_path):
         cam.start()
         assert [cam.read().frame_id for _ in range(2)] == [0, 1]
         with pytest.raises(DataFormatError, match=r"frame 2 \(img2\.png\): size 20x20 differs .* 30x20"):
+            cam.read()
+
+
+@pytest.mark.parametrize("odd", ["size", "dtype"])
+def test_a_tiff_page_of_another_kind_plays_the_pages_before_it(tmp_path, odd):
+    # the pages of the block before it were lost with it: 200 whole pages, then one of another
+    # size, replayed as 192 frames (three blocks of 64)
+    imgs = stack(80, seed=27)
+    bad = imgs[70][:, :20] if odd == "size" else imgs[70].astype(np.uint16)
+    path = tmp_path / "odd.tif"
+    assert cv2.imwritemulti(str(path), [*imgs[:70], bad, *imgs[71:]], [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    with ReplayCamera(ReplaySettings(path=str(path), pixel_size_um=1.0, fps=100.0)) as cam:
+        cam.start()
+        got = [cam.read() for _ in range(70)]
+        np.testing.assert_array_equal(np.stack([f.image for f in got]), imgs[:70])
+        with pytest.raises(DataFormatError, match=rf"odd\.tif: frame 70: {odd}"):
             cam.read()
 
 
