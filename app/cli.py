@@ -101,8 +101,6 @@ def cmd_track(args: argparse.Namespace) -> int:
     cfg = _load(args)
     cfg = with_changes(cfg, camera=replay_source(args, realtime=False, looped=cfg.camera.replay.loop))
     settings = cfg.tracking if args.threshold is None else replace(cfg.tracking, threshold=args.threshold)
-    # before the tracking, not after it
-    check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))
     refuse_event_file(args.recording)
     from tqdm.auto import tqdm
 
@@ -122,6 +120,9 @@ def cmd_track(args: argparse.Namespace) -> int:
             previous[sig] = signal.signal(sig, on_signal)
     try:
         with cfg.camera.make_camera() as cam:
+            # before the tracking, not after it; after the recording opened, as `replay` does: a
+            # recording not found or refused left the folder this had made for --out behind
+            check_output_file(args.out, inputs=(args.recording,), header=",".join(TABLE_START))
             # rate and ETA as `replay` shows them: a long recording was tracked with nothing said for minutes
             total = cam.info.frame_count
             with tqdm(total=total if total > 0 else None, unit="frame", unit_scale=True, file=sys.stderr,

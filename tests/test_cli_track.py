@@ -131,3 +131,11 @@ def test_ctrl_c_keeps_the_cells_tracked_so_far(rec, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(tqdm, "update", update)
     assert main(["track", str(rec), "--out", str(tmp_path / "first.csv"), "--config", str(cfg)]) == 0
     assert out.read_text() == (tmp_path / "first.csv").read_text()
+
+
+def test_a_recording_refused_leaves_no_folder_for_the_output(tmp_path, capsys):
+    # the folder --out names was made before the recording was opened, and stayed behind empty
+    out = tmp_path / "results" / "cells.csv"
+    assert main(["track", str(tmp_path / "missing.rtdc"), "--out", str(out)]) == 2
+    assert "missing.rtdc does not exist" in capsys.readouterr().err
+    assert not out.parent.exists()
