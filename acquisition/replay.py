@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 RTDC_SUFFIXES = (".rtdc", ".h5", ".hdf5")
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+#: names of video files (anything else that is no RT-DC, TIFF or image is tried as a video too)
+VIDEO_SUFFIXES = (".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".wmv", ".mpg", ".mpeg", ".ogv")
 
 #: frames read from the file per block (one HDF5 read / one TIFF call), then handed out one by one
 BLOCK_FRAMES = 64
@@ -845,6 +847,14 @@ class _VideoSource(_Source):
         self.cap = cv2.VideoCapture(str(path))
         if not self.cap.isOpened():
             self.cap.release()
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                # an MP4 whose recording or copy did not finish lacks the index written at its end
+                # ("moov atom not found"): "not a recording replay can read" sent users looking
+                # for another format
+                raise DataFormatError(f"{path}: OpenCV cannot open this video: it is damaged, or cut short (an "
+                                      f"MP4 or MOV whose recording or copy did not finish lacks the index written "
+                                      f"at its end: copy it again, or repair it with a video tool), or in a coding "
+                                      f"this OpenCV does not decode")
             raise DataFormatError(f"{path}: not a recording replay can read (no RT-DC, TIFF, image folder, "
                                   "or video OpenCV opens)")
         try:

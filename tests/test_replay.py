@@ -393,6 +393,18 @@ def write_avi(path, imgs, fourcc, fps=250.0):
     writer.release()
 
 
+def test_an_mp4_cut_short_is_said_to_be_a_damaged_video(tmp_path):
+    # it lacks the index written at its end ("moov atom not found"), and was "not a recording
+    # replay can read (no RT-DC, TIFF, image folder, or video OpenCV opens)"
+    whole, cut = tmp_path / "whole.mp4", tmp_path / "cut.mp4"
+    write_avi(whole, stack(60, h=32, w=48, seed=28), "mp4v")
+    data = whole.read_bytes()
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(DataFormatError, match=r"cut\.mp4: OpenCV cannot open this video: it is damaged, or cut "
+                                              r"short .*copy it again"):
+        ReplayCamera(ReplaySettings(path=str(cut), pixel_size_um=0.5, fps=1000.0)).open()
+
+
 def test_ffv1_avi_is_lossless_and_says_its_frame_rate(tmp_path):
     path = tmp_path / "rec.avi"
     imgs = stack(12, h=32, w=48, seed=6)
