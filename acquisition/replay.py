@@ -891,17 +891,31 @@ class _VideoSource(_Source):
             self.cap = cv2.VideoCapture(str(self.path))
             self._next = 0
         while self._next < i:
+            if self.cap.grab():
+                self._next += 1
+                continue
+            # OpenCV moves past a frame it cannot decode: the frame was the video's end, or a
+            # corrupt one, which a start_frame past it passes over (it stopped every replay there,
+            # and the frames after it could not be replayed at all)
+            bad = self._next
+            self._next += 1
+            if self._next == i:
+                break  # the read of frame i says whether the video goes on
             if not self.cap.grab():
-                self._ended(self._next)
+                self._next = bad
+                self._ended(bad)
                 return False
             self._next += 1
+            log.warning("%s: frame %d cannot be decoded (corrupt); passed over on the way to frame %d", self.path,
+                        bad, i)
         return True
 
     def _ended(self, i: int) -> None:
         """Reading frame ``i`` failed: a corrupt frame, a truncated file, or the true end of a
         video whose header only estimated its length (MKV, MP4 count from duration x fps)."""
         if self.cap.grab():  # a later frame decodes: frame i itself is bad
-            raise self.error(i, "cannot be decoded (corrupt frame)")
+            raise self.error(i, f"cannot be decoded (corrupt frame); the frames after it play with "
+                                f"camera.replay.start_frame = {i + 1} (--config)")
         short = self.n - i
         if short > max(3, self.n // 100):
             raise self.error(i, f"cannot be decoded: the video ends here but says it holds {self.n} frames "

@@ -405,6 +405,31 @@ def test_an_mp4_cut_short_is_said_to_be_a_damaged_video(tmp_path):
         ReplayCamera(ReplaySettings(path=str(cut), pixel_size_um=0.5, fps=1000.0)).open()
 
 
+def test_the_frames_after_a_corrupt_video_frame_play_from_a_start_frame_past_it(tmp_path):
+    # a replay stops at a corrupt frame, naming it; start_frame past it ran into the same frame
+    # on the way there, so the frames after it could not be replayed at all
+    imgs = stack(40, h=48, w=64, seed=29)
+    whole, bad = tmp_path / "whole.avi", tmp_path / "bad.avi"
+    write_avi(whole, imgs, "MJPG")
+    data = bytearray(whole.read_bytes())
+    jpegs = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]
+    assert len(jpegs) == 40
+    data[jpegs[25]:jpegs[25] + 400] = b"\x55" * 400  # frame 25 is no JPEG any more
+    bad.write_bytes(bytes(data))
+    with ReplayCamera(ReplaySettings(path=str(bad), pixel_size_um=0.5)) as cam:
+        cam.start()
+        assert [cam.read().frame_id for _ in range(25)] == list(range(25))
+        with pytest.raises(DataFormatError, match=r"bad\.avi: frame 25: cannot be decoded \(corrupt frame\); the "
+                                                  r"frames after it play with camera\.replay\.start_frame = 26"):
+            cam.read()
+    _, reference = frames_of(ReplaySettings(path=str(whole), pixel_size_um=0.5))
+    for start in (26, 30):
+        info, frames = frames_of(ReplaySettings(path=str(bad), pixel_size_um=0.5, start_frame=start))
+        assert [f.frame_id for f in frames] == list(range(start, 40))
+        for f, ref in zip(frames, reference[start:]):
+            np.testing.assert_array_equal(f.image, ref.image)
+
+
 def test_ffv1_avi_is_lossless_and_says_its_frame_rate(tmp_path):
     path = tmp_path / "rec.avi"
     imgs = stack(12, h=32, w=48, seed=6)
