@@ -73,6 +73,7 @@ class LogTrigger(Trigger):
     def __init__(self, settings=None, timing=None, run: RunLabel | None = None):
         super().__init__(settings, timing)
         self._file: IO[str] | None = None
+        self._path: Path | None = None
         self._last_flush = 0.0
         # the log is appended run after run: without these, a run's pulses were told apart from
         # the next run's only by matching scheduled_ns against the event file's fire_scheduled_ns
@@ -110,6 +111,7 @@ class LogTrigger(Trigger):
                         "moved to %s, and a new log begun", path, aside)
         if self._file.tell() == 0:
             self._file.write(self.HEADER)
+        self._path = path
         return f"log:{path}"
 
     @staticmethod
@@ -128,14 +130,29 @@ class LogTrigger(Trigger):
         if self._file is None:
             pulse_log.info(line)
         else:
-            self._file.write(line + "\n")
-            t = time.monotonic()
-            if t - self._last_flush >= self.settings.flush_s:
-                self._file.flush()
-                self._last_flush = t
+            try:
+                self._file.write(line + "\n")
+                t = time.monotonic()
+                if t - self._last_flush >= self.settings.flush_s:
+                    self._file.flush()
+                    self._last_flush = t
+            except OSError as err:  # a full disk: said as "No space left on device", no file named
+                raise self._unwritable(err) from err
         return now, delay_us
 
+    def _unwritable(self, err: OSError) -> DeviceError:
+        return DeviceError(f"trigger.log.path: cannot write {self._path}: {err.strerror or err}")
+
     def _do_close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        if self._file is None:
+            return
+        try:
+            self._file.close()  # the descriptor is closed even when the last flush fails
+        except OSError as err:
+            # the write that failed first already made the trigger unavailable, and the run said
+            # so: the same error again at close turned its exit code from 3 (trigger failed) to 1
+            if not self.faulted:
+                raise self._unwritable(err) from err
+            log.debug("log trigger: %s: closing after the failed write: %s", self._path, err)
+        finally:
             self._file = None

@@ -438,6 +438,31 @@ def test_a_trigger_lost_mid_run_ends_the_daemon_with_its_own_exit_code(tmp_path)
     assert "the trigger failed during the run" in err and "were not sorted" in err
 
 
+def test_a_pulse_log_on_a_full_disk_ends_the_run_as_a_trigger_failure_naming_the_file(tmp_path):
+    """The log trigger's file on a full disk (/dev/full): the run said "No space left on device"
+    without naming the file, and closing the trigger raised the same error again, so the run ended
+    "closing failed" with exit code 1 instead of the trigger's 3."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=1.0)
+    cfg.write_text(cfg.read_text().replace('[trigger]\nbackend = "null"', """[trigger]
+backend = "log"
+[trigger.log]
+path = "/dev/full"
+flush_s = 0.0
+[sorting]
+mode = "yield"
+threshold = 0.0"""))
+    p = mimlsort("run", "--config", str(cfg))
+    try:
+        out, err = p.communicate(timeout=180)
+    finally:
+        p.kill()
+    assert p.returncode == 3, err[-3000:]
+    assert "trigger.log.path: cannot write /dev/full: No space left on device" in err, err[-3000:]
+    assert "the trigger failed during the run" in err and "closing failed" not in err, err[-3000:]
+
+
 def test_pulses_the_device_refused_end_the_daemon_with_the_trigger_exit_code(tmp_path):
     """A device whose pulse queue holds one pulse, with a long way to the junction: most commands
     are refused (ERR 3). Those cells were recorded as fired and not sorted; the run ended

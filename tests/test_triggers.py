@@ -7,6 +7,7 @@ import math
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -362,6 +363,30 @@ def test_log_trigger_unwritable_path_is_a_device_error(tmp_path):
     with LogTrigger({"path": str(tmp_path / "runs" / "pulses.csv")}):
         pass
     assert (tmp_path / "runs" / "pulses.csv").read_text().startswith(LogTrigger.HEADER)
+
+
+def test_a_pulse_log_that_cannot_be_written_names_its_file_and_closes_without_a_second_error(tmp_path):
+    """A full disk (``/dev/full`` takes the open and refuses every write): the record said only
+    "OSError: [Errno 28] No space left on device", naming no file, and closing the trigger raised
+    the same error again, so a run whose trigger failed ended as "closing failed" (exit code 1)."""
+    from mimlsort.errors import DeviceError
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    t = LogTrigger({"path": "/dev/full", "flush_s": 0.0})
+    with t:
+        rec = t.fire(FireRequest(0, time.monotonic_ns() + AHEAD, 100.0))
+        assert rec.unavailable and "trigger.log.path: cannot write /dev/full: No space left on device" in rec.error
+        assert not t.available and t.status().failed == 1
+    assert not t.is_open  # closed without raising: the failure was already said
+    # the disk filled after the last flush of a trigger still in service: its close loses the
+    # lines not yet written, and says where
+    t = LogTrigger({"path": "/dev/full", "flush_s": 1e12})
+    t.open()
+    assert t.fire(FireRequest(0, time.monotonic_ns() + AHEAD, 100.0)).ok  # buffered
+    with pytest.raises(DeviceError, match="^trigger.log.path: cannot write /dev/full: No space left on device"):
+        t.close()
+    assert not t.is_open
 
 
 class _Flaky(Trigger):
