@@ -321,6 +321,18 @@ class Trigger(ABC):
             if (not waiting and now >= self._last_pulse_end_ns + _SETTLE_MARGIN_NS) or now >= deadline:
                 break
             time.sleep(0.002)
+        if self.is_open and self.faulted:
+            # a device that failed acknowledges nothing more: the pulses it was handed and has
+            # not acknowledged are unacked now, not when their deadlines pass. The run reads its
+            # counters next, and they were left out (camera-line: fired 3, acked 0, unacked 0)
+            out += self.drain_acks()
+            with self._pending_lock:
+                lost = list(self._pending)
+                self._pending.clear()
+                self.unacked += len(lost)
+                self._write_off(lost)
+            if lost:
+                self._forget(lost)
         return out
 
     def drain_acks(self) -> list[Ack]:

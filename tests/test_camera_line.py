@@ -128,6 +128,25 @@ def test_camera_lost_mid_run_makes_the_trigger_unavailable(camera):
         assert not after.ok and after.error.startswith("unavailable")
 
 
+def test_pulses_a_lost_camera_never_output_are_counted_when_the_run_settles(camera):
+    """The camera lost with pulses still scheduled: the run settles at once (the device is
+    unavailable) and reads the trigger's counters. Those pulses were counted nowhere until their
+    ack deadlines passed, after the run had closed: fired 3 = acked 0 + refused 0 + unacked 0."""
+    feats = Features(camera)
+    with _trigger(feats) as trig:
+        t0 = time.monotonic_ns() + AHEAD
+        assert all(trig.fire(FireRequest(i, t0 + i * 50 * MS, 2000.0)).ok for i in range(3))
+        camera.Close()
+        deadline = time.monotonic() + 5
+        while trig.available and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not trig.available
+        assert trig.settle(timeout_s=5.0) == []
+        st = trig.status()
+        assert st.fired == 3 and st.acked + st.device_refused + st.unacked == st.fired, st
+        assert st.unacked == 3
+
+
 def test_without_set_feature_it_says_what_it_needs():
     with pytest.raises(DeviceError, match="set_feature"):
         make_trigger("camera-line").open()
