@@ -70,18 +70,39 @@ class CameraLineTrigger(Trigger):
             try:
                 self._set(name, value)
             except Exception as err:
-                raise DeviceError(f"trigger.camera-line: the camera refused {name} = {value!r}: {err}") from err
+                raise DeviceError(f"{self._key(name)}: the camera refused {name} = {value!r}{self._hint(name)}: "
+                                  f"{err}") from err
         if self._get is not None:
-            self._set("LineSelector", s.line)
-            for name, value in line:
-                got = self._get(name)
-                if got != value:
-                    raise DeviceError(f"trigger.camera-line: {name} reads back {got!r} after setting {value!r}")
-            self._set("UserOutputSelector", s.user_output)
+            try:
+                self._set("LineSelector", s.line)
+                for name, value in line:
+                    got = self._get(name)
+                    if got != value:
+                        raise DeviceError(f"{self._key(name)}: {name} of {s.line} reads back {got!r} after setting "
+                                          f"{value!r}{self._hint(name)}")
+                self._set("UserOutputSelector", s.user_output)
+            except DeviceError:
+                raise
+            except Exception as err:
+                raise DeviceError(f"trigger.camera_line.line: reading back {s.line}'s configuration failed: "
+                                  f"{err}") from err
         self._scheduler = PulseScheduler(self._output, self._on_edge, self._on_error, spin_us=s.spin_us,
                                          name="trigger-camera-line")
         self._scheduler.start()
         return f"camera-line:{s.line}/{s.user_output}"
+
+    #: the setting each feature written at open carries: an error names the key to change (it said
+    #: "trigger.camera-line", a key no configuration has, and the camera's own feature name)
+    _KEYS = {"LineSelector": "line", "LineMode": "line", "LineSource": "user_output", "LineInverter": "invert",
+             "UserOutputSelector": "user_output", "UserOutputValue": "user_output"}
+
+    def _key(self, feature: str) -> str:
+        return f"trigger.camera_line.{self._KEYS.get(feature, 'line')}"
+
+    def _hint(self, feature: str) -> str:
+        if feature == "LineMode":  # an input-only line (the opto-isolated in of a Basler ace: Line1)
+            return f" ({self.settings.line} is not an output line here: name one that is, e.g. Line2)"
+        return ""
 
     def _output(self, level: bool) -> None:
         with self._lock:

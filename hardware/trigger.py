@@ -172,7 +172,8 @@ class Trigger(ABC):
         if settings is None:
             settings = self.Settings()
         elif not isinstance(settings, self.Settings):
-            settings = from_mapping(self.Settings, settings, f"trigger.{self.backend}")
+            # the configuration's table: [trigger.camera_line] (it said trigger.camera-line.spin_us)
+            settings = from_mapping(self.Settings, settings, f"trigger.{self.backend.replace('-', '_')}")
         self.settings = settings
         self.timing = timing or TimingSettings()
         self.is_open = False

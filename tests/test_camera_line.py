@@ -112,6 +112,36 @@ def test_a_line_the_camera_lacks_is_refused_with_its_name(camera):
         _trigger(feats, line="Line9").open()
 
 
+class InputOnlyLine1(Features):
+    """A Basler ace's Line1 is its opto-isolated input: LineMode cannot be Output there (the
+    emulator lets every line be one)."""
+
+    def set(self, name, value):
+        if name == "LineMode" and value == "Output" and self.get("LineSelector") == "Line1":
+            raise DeviceError("LineMode is not writable for Line1")
+        super().set(name, value)
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"line": "Line9"}, "trigger.camera_line.line: the camera refused LineSelector = 'Line9'"),
+    ({"line": "Line1"}, "trigger.camera_line.line: the camera refused LineMode = 'Output' (Line1 is not an output line"),
+    ({"user_output": "UserOutput0"}, "trigger.camera_line.user_output: the camera refused LineSource = 'UserOutput0'"),
+])
+def test_a_setting_the_camera_refuses_is_named_by_its_key(camera, settings, named):
+    # the error said "trigger.camera-line: …", a key no configuration has ([trigger.camera_line]),
+    # and left the operator to work out which of line and user_output the feature came from
+    with pytest.raises(DeviceError) as err:
+        _trigger(InputOnlyLine1(camera), **settings).open()
+    assert str(err.value).startswith(named), str(err.value)
+
+
+def test_a_bad_setting_is_named_by_its_key_in_the_configuration():
+    from mimlsort.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^trigger\.camera_line\.spin_us: must be in"):
+        make_trigger("camera-line", {"spin_us": 5000.0})
+
+
 def test_camera_lost_mid_run_makes_the_trigger_unavailable(camera):
     feats = Features(camera)
     trig = _trigger(feats)
