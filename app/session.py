@@ -696,6 +696,11 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             opened.append(writer)
             if not info.camera_clock:
                 writer.log(f"{info.backend} camera has no clock of its own: frame times are host arrival times")
+            if trig is not None:
+                # each cell's fire_device keeps 32 bytes of it: a VISA resource and the instrument's
+                # *IDN? (its serial number) were cut to "visa:USB0::0x0957::0x2C07::MY000" and said
+                # nowhere else in the file
+                writer.log(f"trigger {cfg.trigger.backend}: {trig.device}")
         recorder = None
         raw_path = None
         if cfg.output.record_raw:

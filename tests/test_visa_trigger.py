@@ -169,6 +169,27 @@ def test_session_lost_mid_run_gives_failed_records_not_exceptions():
         assert trig.reconnect() and trig.fire(FireRequest(3, time.monotonic_ns() + AHEAD, 500.0)).ok
 
 
+def test_a_run_s_event_file_names_the_instrument_that_fired_in_full(tmp_path):
+    """Each cell's fire_device holds 32 bytes: the resource and the instrument's *IDN? (model,
+    serial number) were cut to "visa:USB0::0x0957::0x2C07::MY000" and said nowhere else."""
+    import dclab
+
+    from app.config import config_from_mapping
+    from app.session import build_run
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "synthetic", "synthetic": {"duration_s": 0.3, "cells_per_second": 20.0, "realtime": True}},
+        "model": {"path": "demo"}, "output": {"folder": str(tmp_path), "report": False},
+        "trigger": {"backend": "visa", "visa": {"resource": RESOURCE, "library": f"{YAML}@sim", "high_v": 3.3}},
+    })
+    with build_run(cfg) as run:
+        assert run.trigger is not None  # a camera paced in real time: the trigger fires
+        assert run.wait(120)
+    with dclab.new_dataset(run.events_path) as ds:
+        text = "".join(ds.logs["mimlsort-run"])
+    assert f"trigger visa: visa:{RESOURCE} (Keysight Technologies,33522B,MY00000000,sim-1.0)" in text, text
+
+
 def test_resources_are_listed_through_the_backend():
     from hardware.visa_trigger import list_resources
     from mimlsort.errors import BackendUnavailable
