@@ -85,6 +85,7 @@ class NidaqTrigger(Trigger):
             raise BackendUnavailable(f"NI-DAQmx driver not found ({err}); install NI-DAQmx from ni.com") from err
         if s.device not in names:
             raise DeviceError(f"trigger.nidaqmx.device: {s.device!r} not found (present: {', '.join(names) or 'none'})")
+        task = None
         try:
             task = nidaqmx.Task("mimlsort-sort-pulse")
             chan = task.co_channels.add_co_pulse_chan_time(
@@ -95,6 +96,14 @@ class NidaqTrigger(Trigger):
                 chan.co_pulse_term = s.output_terminal
             task.timing.cfg_implicit_timing(sample_mode=nidaqmx.constants.AcquisitionType.FINITE, samps_per_chan=1)
         except Exception as err:
+            if task is not None:
+                # left open, the driver keeps the task's name (and its counter) taken: every later
+                # open in this process (the GUI's next Test fire, a run after the setting was
+                # corrected) failed with "task name already in use"
+                try:
+                    task.close()
+                except Exception as close_err:
+                    log.debug("nidaqmx trigger: closing the task that failed to set up: %s", close_err)
             raise DeviceError(f"trigger.nidaqmx: cannot set up {s.device}/{s.counter}: {err}") from err
         self._task, self._chan = task, chan
         self._stop = False
@@ -164,6 +173,8 @@ class NidaqTrigger(Trigger):
         if self._task is not None:
             try:
                 self._task.stop()
-                self._task.close()
             finally:
-                self._task = self._chan = None
+                try:
+                    self._task.close()  # also when stop fails: the task must not keep its name and counter
+                finally:
+                    self._task = self._chan = None

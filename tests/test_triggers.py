@@ -16,7 +16,7 @@ from hardware.dryrun import LogTrigger, NullTrigger
 from hardware.scheduler import PulseScheduler
 from hardware.timing import ClockMap, TimingSettings, fire_time_ns, travel_ns
 from hardware.trigger import TRIGGERS, FireRecord, FireRequest, Trigger, make_trigger, trigger_class
-from mimlsort.errors import BackendUnavailable, ConfigError, StateError
+from mimlsort.errors import BackendUnavailable, ConfigError, DeviceError, StateError
 from mimlsort.settings import from_mapping
 
 MS = 1_000_000  # ns
@@ -369,8 +369,6 @@ def test_a_pulse_log_that_cannot_be_written_names_its_file_and_closes_without_a_
     """A full disk (``/dev/full`` takes the open and refuses every write): the record said only
     "OSError: [Errno 28] No space left on device", naming no file, and closing the trigger raised
     the same error again, so a run whose trigger failed ended as "closing failed" (exit code 1)."""
-    from mimlsort.errors import DeviceError
-
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full here")
     t = LogTrigger({"path": "/dev/full", "flush_s": 0.0})
@@ -512,12 +510,23 @@ def _fake_nidaqmx(monkeypatch, driver: bool = True):
         co_pulse_high_time = 0.001
 
     class Channels:
-        def add_co_pulse_chan_time(self, *a, **k):
+        def add_co_pulse_chan_time(self, counter, *a, **k):
+            if counter.rsplit("/", 1)[-1] not in ("ctr0", "ctr1", "ctr2", "ctr3"):
+                raise DaqError(f"Physical channel specified does not exist on this device. Physical Channel Name: "
+                               f"{counter} Status Code: -200170")
             self.chan = Chan()
             return self.chan
 
     class Task:
+        #: names of the tasks open in the process: the driver refuses a second task of the same name
+        names: set = set()
+
         def __init__(self, name=""):
+            if name in Task.names:
+                raise DaqError(f"Task name specified conflicts with an existing task name. Task Name: {name} "
+                               "Status Code: -200089")
+            Task.names.add(name)
+            self.name = name
             self.co_channels = Channels()
             self.timing = types.SimpleNamespace(cfg_implicit_timing=lambda **k: None)
             self.done_at = 0.0
@@ -542,7 +551,7 @@ def _fake_nidaqmx(monkeypatch, driver: bool = True):
             pass
 
         def close(self):
-            pass
+            Task.names.discard(self.name)
 
     def local():
         if not driver:
@@ -564,6 +573,21 @@ def test_nidaqmx_with_the_package_but_no_driver_says_what_to_install(monkeypatch
     _fake_nidaqmx(monkeypatch, driver=False)
     with pytest.raises(BackendUnavailable, match="NI-DAQmx driver not found.*ni.com"):
         make_trigger("nidaqmx").open()
+
+
+def test_nidaqmx_a_counter_that_cannot_be_set_up_leaves_no_task_behind(monkeypatch):
+    """A counter the device lacks: the task made before the channel was left open, and the driver
+    then refused every later open in the process (the corrected setting, the GUI's next Test fire)
+    with "task name already in use"."""
+    _fake_nidaqmx(monkeypatch)
+    import nidaqmx
+
+    with pytest.raises(DeviceError, match=r"^trigger\.nidaqmx: cannot set up Dev1/ctr9: Physical channel"):
+        make_trigger("nidaqmx", {"counter": "ctr9"}).open()
+    assert nidaqmx.Task.names == set()
+    with make_trigger("nidaqmx", {"counter": "ctr1"}) as t:
+        assert t.available and t.device == "nidaqmx:Dev1/ctr1"
+    assert nidaqmx.Task.names == set()
 
 
 def test_nidaqmx_drops_a_pulse_the_busy_counter_cannot_make_and_goes_on(monkeypatch):
