@@ -196,7 +196,8 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
                 print(f"acked {len(acks)} of {sent} pulses: the device stopped answering; {missing} "
                       "(whether they came out is not known)")
     # a device that stopped answering fails the test, even with every pulse acked before
-    ok = (all(r.ok for r in records) and st.device_errors == 0 and answered
+    # a device that failed during the test (an error queue that no longer answers) fails it too
+    ok = (all(r.ok for r in records) and st.device_errors == 0 and answered and st.available
           and (not trig.acks or len(acks) == len(records)))
     return 0 if ok else 1
 

@@ -264,7 +264,13 @@ class VisaTrigger(Trigger):
     def test_fire(self, width_us: float | None = None, delay_us: float | None = None) -> FireRecord:
         rec = super().test_fire(width_us, delay_us)
         if rec.ok:
-            self.check_errors()
+            try:
+                self.check_errors()
+            except Exception as err:
+                # an instrument that took the trigger and then did not answer SYST:ERR? (gone, hung):
+                # the VisaIOError ended `trigger test` with a traceback, and a Test fire during a
+                # run left the run's trigger "available"
+                self._set_unavailable(f"{type(err).__name__}: reading the error queue after the test pulse: {err}")
         return rec
 
     # -- the sort path ---------------------------------------------------------------------------

@@ -190,6 +190,42 @@ def test_a_run_s_event_file_names_the_instrument_that_fired_in_full(tmp_path):
     assert f"trigger visa: visa:{RESOURCE} (Keysight Technologies,33522B,MY00000000,sim-1.0)" in text, text
 
 
+def _error_queue_gone_after_open(monkeypatch):
+    """The instrument answers SYST:ERR? while the trigger opens, then no more (a VISA timeout): the
+    pyvisa-sim session raises what a real one raises."""
+    import pyvisa
+    from hardware.visa_trigger import VisaTrigger
+
+    real = VisaTrigger._read_errors
+
+    def read_errors(self, limit=1000):
+        if self.is_open:
+            raise pyvisa.errors.VisaIOError(pyvisa.constants.StatusCode.error_timeout)
+        return real(self, limit)
+
+    monkeypatch.setattr(VisaTrigger, "_read_errors", read_errors)
+
+
+def test_a_test_pulse_whose_error_queue_does_not_answer_makes_the_trigger_unavailable(monkeypatch, capsys):
+    # the VisaIOError went out of test_fire: `trigger test` ended with a traceback, and the GUI's
+    # Test fire during a run left the run's trigger "available" with its instrument gone
+    from app.cli import main
+
+    _error_queue_gone_after_open(monkeypatch)
+    with _trigger() as trig:
+        rec = trig.test_fire(delay_us=AHEAD / 1000)
+        assert rec.ok  # the trigger was handed over
+        st = trig.status()
+        assert not st.available and "reading the error queue after the test pulse" in st.error
+        assert "VI_ERROR_TMO" in st.error
+        assert trig.fire(FireRequest(1, time.monotonic_ns() + AHEAD, 500.0)).unavailable
+    code = main(["trigger", "test", "--device", "visa", "--set", f"resource={RESOURCE}",
+                 "--set", f"library={YAML}@sim", "--interval", "0"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "pulse 1/1: sent" in out and "last error: VisaIOError: reading the error queue" in out, out
+
+
 def test_resources_are_listed_through_the_backend():
     from hardware.visa_trigger import list_resources
     from mimlsort.errors import BackendUnavailable
