@@ -56,12 +56,26 @@ class CameraLineTrigger(Trigger):
         self._get = get_feature or getattr(camera, "get_feature", None)
         self._lock = threading.Lock()
         self._scheduler: PulseScheduler | None = None
+        self._camera = camera
+        self._reconnects_seen = 0
 
     def _do_open(self) -> str:
         s = self.settings
         if self._set is None:
             raise DeviceError("trigger.camera-line: the camera backend offers no set_feature for its output "
                               "lines (basler and genicam do; open the camera first)")
+        self._configure_line()
+        self._reconnects_seen = self._camera_reconnects()
+        self._scheduler = PulseScheduler(self._output, self._on_edge, self._on_error, spin_us=s.spin_us,
+                                         name="trigger-camera-line")
+        self._scheduler.start()
+        return f"camera-line:{s.line}/{s.user_output}"
+
+    def _camera_reconnects(self) -> int:
+        return int(getattr(self._camera, "reconnects", 0) or 0)
+
+    def _configure_line(self) -> None:
+        s = self.settings
         line = [("LineMode", "Output"), ("LineSource", s.user_output)]
         if s.invert:  # not every camera has LineInverter; only touch it when asked to
             line.append(("LineInverter", True))
@@ -86,10 +100,22 @@ class CameraLineTrigger(Trigger):
             except Exception as err:
                 raise DeviceError(f"trigger.camera_line.line: reading back {s.line}'s configuration failed: "
                                   f"{err}") from err
-        self._scheduler = PulseScheduler(self._output, self._on_edge, self._on_error, spin_us=s.spin_us,
-                                         name="trigger-camera-line")
-        self._scheduler.start()
-        return f"camera-line:{s.line}/{s.user_output}"
+
+    def _configure_again_if_reopened(self) -> None:
+        """A camera the backend lost and reopened mid-run (``camera.reconnects``) comes back with its
+        lines as it powers up (Line2: Input, LineSource Off): the pulses went on, each acknowledged
+        with its host edge, and none reached the actuator. The caller holds ``_lock``."""
+        n = self._camera_reconnects()
+        if n != self._reconnects_seen:
+            self._configure_line()
+            self._reconnects_seen = n
+            log.warning("camera-line trigger %s: the camera was reopened (reconnect %d); its output line was "
+                        "configured again", self.device, n)
+
+    def _do_poll(self) -> None:
+        # off the sort path (a run polls a few times a second): the next edge need not wait for it
+        with self._lock:
+            self._configure_again_if_reopened()
 
     #: the setting each feature written at open carries: an error names the key to change (it said
     #: "trigger.camera-line", a key no configuration has, and the camera's own feature name)
@@ -106,6 +132,8 @@ class CameraLineTrigger(Trigger):
 
     def _output(self, level: bool) -> None:
         with self._lock:
+            if level:  # a pulse due before the next poll after a reconnect
+                self._configure_again_if_reopened()
             if self.settings.reselect:
                 self._set("UserOutputSelector", self.settings.user_output)
             self._set("UserOutputValue", level)

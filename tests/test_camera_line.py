@@ -202,6 +202,33 @@ def test_through_the_basler_backends_own_feature_access():
         assert cam.get_feature("UserOutputValue") is False  # left low
 
 
+@pytest.mark.parametrize("first", ["poll", "pulse"])
+def test_a_camera_reopened_mid_run_gets_its_output_line_configured_again(first, caplog):
+    """The basler backend reconnects a camera lost mid-run; the reopened camera's Line2 was an
+    input with LineSource Off, and the trigger went on setting UserOutputValue, acknowledging each
+    pulse with its host edge: cells recorded as sorted whose pulse never left the camera."""
+    basler = pytest.importorskip("acquisition.basler", reason="the basler camera backend is not there yet")
+    cam = basler.BaslerCamera({"transport": basler.EMULATOR, "width": 256, "height": 96, "exposure_us": 100.0,
+                               "trigger": "Software", "reconnect_attempts": 2, "reconnect_delay_s": 0.0})
+    with cam, make_trigger("camera-line", {"line": "Line2", "user_output": "UserOutput1"},
+                           TimingSettings(min_lead_us=1000.0), camera=cam) as trig:
+        cam.start()
+        cam.set_feature("FirePnPCallback")  # the emulator's device-removal notification
+        assert cam.read(timeout_s=0.2) is None and cam.reconnects == 1  # reopened
+        if first == "poll":
+            trig.poll()  # what a run's storage thread does a few times a second
+        else:
+            assert trig.fire(FireRequest(0, time.monotonic_ns() + AHEAD, 2000.0)).ok
+            deadline = time.monotonic() + 5
+            while not trig.acked and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert trig.acked == 1
+        cam.set_feature("LineSelector", "Line2")
+        assert cam.get_feature("LineMode") == "Output" and cam.get_feature("LineSource") == "UserOutput1"
+        assert trig.available and "the camera was reopened (reconnect 1)" in caplog.text
+        cam.stop()
+
+
 def test_make_trigger_hands_each_backend_only_what_it_takes():
     t = make_trigger("null", None, None, camera=object(), set_feature=print)
     assert t.backend == "null"
