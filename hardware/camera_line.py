@@ -62,8 +62,11 @@ class CameraLineTrigger(Trigger):
     def _do_open(self) -> str:
         s = self.settings
         if self._set is None:
-            raise DeviceError("trigger.camera-line: the camera backend offers no set_feature for its output "
-                              "lines (basler and genicam do; open the camera first)")
+            # "open the camera first" was said to a replay, whose camera was open and has no lines
+            which = (f"the {self._camera.backend} camera has none" if hasattr(self._camera, "backend")
+                     else "it was given no camera (open the camera first)")
+            raise DeviceError(f"trigger.backend: camera-line fires the camera's own output line, and {which}: "
+                              "no set_feature for its lines (basler and genicam have them)")
         self._configure_line()
         self._reconnects_seen = self._camera_reconnects()
         self._scheduler = PulseScheduler(self._output, self._on_edge, self._on_error, spin_us=s.spin_us,

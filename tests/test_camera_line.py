@@ -182,6 +182,18 @@ def test_without_set_feature_it_says_what_it_needs():
         make_trigger("camera-line").open()
 
 
+def test_a_camera_without_output_lines_is_named():
+    # `replay --trigger` with a camera-line trigger was told to "open the camera first": the replay
+    # camera was open, and has no lines
+    from acquisition.camera import make_camera
+
+    with make_camera("synthetic") as cam, pytest.raises(DeviceError) as err:
+        make_trigger("camera-line", camera=cam).open()
+    assert str(err.value).startswith("trigger.backend: camera-line fires the camera's own output line, and the "
+                                     "synthetic camera has none"), str(err.value)
+    assert "open the camera first" not in str(err.value)
+
+
 def test_through_the_basler_backends_own_feature_access():
     """What a run does: the trigger gets the open camera and uses its set_feature/get_feature."""
     basler = pytest.importorskip("acquisition.basler", reason="the basler camera backend is not there yet")
