@@ -105,10 +105,6 @@ def preflight(cfg: RunConfig) -> list[str]:
     if backend == "serial" and os.name == "posix" and address.startswith("/") and not os.path.exists(address):
         raise ConfigError("trigger.serial.port", f"{address}: no such device (is it plugged in? `mimlsort trigger list` "
                           "shows the serial ports)")
-    if backend == "visa":
-        from hardware.visa_trigger import check_library
-
-        check_library(cfg.trigger.backend_settings().library)
     if backend == "camera-line":
         from acquisition.camera import camera_class
 
@@ -118,7 +114,10 @@ def preflight(cfg: RunConfig) -> list[str]:
     if backend not in ("null", "log", "camera-line"):
         from hardware.trigger import make_trigger
 
-        make_trigger(backend, cfg.trigger.backend_settings(), cfg.trigger.timing)  # its own checks; nothing opens
+        trig = make_trigger(backend, cfg.trigger.backend_settings(), cfg.trigger.timing)  # its own checks; nothing opens
+        # its SDK and driver (a VISA library file, NI-DAQmx and the device it names): missing, they
+        # passed the check, and the run exited 2 at its start
+        trig.check_installed(trig.settings)
     checked.append(f"trigger {backend}" + (f" at {address}" if address else "") + " (not opened)")
     folder = Path(cfg.output.folder).expanduser().absolute()
     _check_writable(folder, "output.folder")

@@ -41,6 +41,16 @@ def _nidaqmx():
     return nidaqmx
 
 
+def _present(nidaqmx, device: str) -> None:
+    """``device`` is one the driver knows; BackendUnavailable where NI's driver is not installed."""
+    try:
+        names = nidaqmx.system.System.local().devices.device_names
+    except Exception as err:  # the package is there but NI's driver library is not
+        raise BackendUnavailable(f"NI-DAQmx driver not found ({err}); install NI-DAQmx from ni.com") from err
+    if device not in names:
+        raise DeviceError(f"trigger.nidaqmx.device: {device!r} not found (present: {', '.join(names) or 'none'})")
+
+
 @dataclass(frozen=True, slots=True)
 class NidaqSettings:
     device: str = "Dev1"
@@ -76,15 +86,16 @@ class NidaqTrigger(Trigger):
         self._stop = False
         self._thread: threading.Thread | None = None
 
+    @classmethod
+    def check_installed(cls, settings: NidaqSettings) -> None:
+        # the driver lists its devices without reserving one: a missing driver or a device name
+        # it does not know passed `config --check`, and the run was refused at its start
+        _present(_nidaqmx(), settings.device)
+
     def _do_open(self) -> str:
         s = self.settings
         nidaqmx = _nidaqmx()
-        try:
-            names = nidaqmx.system.System.local().devices.device_names
-        except Exception as err:  # the package is there but NI's driver library is not
-            raise BackendUnavailable(f"NI-DAQmx driver not found ({err}); install NI-DAQmx from ni.com") from err
-        if s.device not in names:
-            raise DeviceError(f"trigger.nidaqmx.device: {s.device!r} not found (present: {', '.join(names) or 'none'})")
+        _present(nidaqmx, s.device)
         task = None
         try:
             task = nidaqmx.Task("mimlsort-sort-pulse")

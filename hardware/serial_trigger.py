@@ -127,6 +127,10 @@ class SerialTrigger(Trigger):
         self.delay_from_arrival = self.settings.mode == "delay"  # FIREAT carries a due time instead
 
     # -- lifecycle -------------------------------------------------------------------------------
+    @classmethod
+    def check_installed(cls, settings) -> None:
+        _serial()
+
     def _do_open(self) -> str:
         s = self.settings
         serial = _serial()

@@ -486,6 +486,11 @@ class Trigger(ABC):
                       message)
 
     # -- backend hooks ---------------------------------------------------------------------------
+    @classmethod
+    def check_installed(cls, settings: Any) -> None:
+        """Raise what opening would raise for a missing SDK or driver (BackendUnavailable), or a
+        device the driver does not know, without opening or reserving anything (``config --check``)."""
+
     @abstractmethod
     def _do_open(self) -> str: ...
 

@@ -116,6 +116,11 @@ class VisaTrigger(Trigger):
         self.poll_during_run = self.settings.check_errors_during_run
         self.idn = ""
 
+    @classmethod
+    def check_installed(cls, settings: VisaSettings) -> None:
+        _pyvisa()
+        check_library(settings.library)
+
     # -- lifecycle -------------------------------------------------------------------------------
     def _do_open(self) -> str:
         s = self.settings

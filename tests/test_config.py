@@ -158,6 +158,31 @@ def test_preflight_refuses_what_the_model_makes_impossible(tmp_path):
         preflight(config_from_mapping({**out, "tracking": {"crop_size_um": 10.0}}))
 
 
+def test_preflight_refuses_a_trigger_whose_driver_or_device_is_missing(tmp_path, monkeypatch):
+    """NI-DAQmx not installed, or a DAQ device the driver does not know: `config --check` said
+    "valid" and the run exited 2 at its start. Nothing is opened (the driver lists its devices)."""
+    from app.session import preflight
+    from mimlsort.errors import BackendUnavailable, DeviceError
+
+    data = {"output": {"folder": str(tmp_path / "runs")}, "model": {"path": "none"},
+            "trigger": {"backend": "nidaqmx", "nidaqmx": {"device": "Dev2"}}}
+    try:
+        import nidaqmx  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendUnavailable, match="the nidaqmx trigger needs NI-DAQmx"):
+            preflight(config_from_mapping(data))
+    from tests.test_triggers import _fake_nidaqmx
+
+    _fake_nidaqmx(monkeypatch)  # NI's package and driver, with one device: Dev1
+    with pytest.raises(DeviceError, match=r"^trigger\.nidaqmx\.device: 'Dev2' not found \(present: Dev1\)"):
+        preflight(config_from_mapping(data))
+    data["trigger"]["nidaqmx"]["device"] = "Dev1"
+    assert any(c.startswith("trigger nidaqmx") for c in preflight(config_from_mapping(data)))
+    _fake_nidaqmx(monkeypatch, driver=False)
+    with pytest.raises(BackendUnavailable, match="NI-DAQmx driver not found"):
+        preflight(config_from_mapping(data))
+
+
 @pytest.mark.parametrize("backend, width", [("log", 0.5), ("serial", 0.5), ("camera-line", 50.0)])
 def test_a_pulse_width_the_trigger_cannot_make_is_refused_at_load(backend, width):
     # it passed `config --check`, and the run refused every pulse ("refused: width 0.5 µs outside
