@@ -148,11 +148,7 @@ class LogTrigger(Trigger):
             return
         try:
             self._file.close()  # the descriptor is closed even when the last flush fails
-        except OSError as err:
-            # the write that failed first already made the trigger unavailable, and the run said
-            # so: the same error again at close turned its exit code from 3 (trigger failed) to 1
-            if not self.faulted:
-                raise self._unwritable(err) from err
-            log.debug("log trigger: %s: closing after the failed write: %s", self._path, err)
+        except OSError as err:  # the lines since the last flush are lost (after a failed write: Trigger.close)
+            raise self._unwritable(err) from err
         finally:
             self._file = None

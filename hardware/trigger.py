@@ -223,6 +223,13 @@ class Trigger(ABC):
             return
         try:
             self._do_close()
+        except Exception as err:
+            if not self.faulted:
+                raise
+            # the device failed during the run, and that was said: failing again as it closes (a
+            # removed DAQ's task, a full disk's last flush) is the same failure, and raised, it made
+            # the run's end "closing failed" (exit code 1) where its trigger had failed (3)
+            log.warning("%s trigger %s: closing after its failure: %s", self.backend, self.device, err)
         finally:
             self.is_open = False
             self.available = False

@@ -532,7 +532,15 @@ def _fake_nidaqmx(monkeypatch, driver: bool = True):
             self.done_at = 0.0
             self.starts = []
 
+        removed = False  # the device unplugged: every call on the task fails, as NI's do
+
+        def _check(self):
+            if Task.removed:
+                raise DaqError("The specified device is not present or is not active in the system. "
+                               "Status Code: -200324")
+
         def is_task_done(self):
+            self._check()
             return time.monotonic() >= self.done_at
 
         def wait_until_done(self, timeout=10.0):
@@ -548,7 +556,7 @@ def _fake_nidaqmx(monkeypatch, driver: bool = True):
             self.done_at = time.monotonic() + c.co_pulse_time_initial_delay + c.co_pulse_high_time
 
         def stop(self):
-            pass
+            self._check()
 
         def close(self):
             Task.names.discard(self.name)
@@ -588,6 +596,28 @@ def test_nidaqmx_a_counter_that_cannot_be_set_up_leaves_no_task_behind(monkeypat
     with make_trigger("nidaqmx", {"counter": "ctr1"}) as t:
         assert t.available and t.device == "nidaqmx:Dev1/ctr1"
     assert nidaqmx.Task.names == set()
+
+
+def test_nidaqmx_a_device_removed_mid_run_closes_without_raising_again(monkeypatch, caplog):
+    """The DAQ unplugged mid-run: the pulse thread's driver error made the trigger unavailable, and
+    closing raised the driver's error again (the task's stop), which ended the run "closing failed"
+    with exit code 1 instead of the trigger's 3."""
+    _fake_nidaqmx(monkeypatch)
+    import nidaqmx
+
+    t = make_trigger("nidaqmx", None, TimingSettings(pulse_width_us=100.0))
+    t.open()
+    nidaqmx.Task.removed = True
+    assert t.fire(FireRequest(0, time.monotonic_ns() + 50 * MS, 100.0)).ok
+    deadline = time.monotonic() + 5
+    while t.available and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not t.available and "-200324" in t.error
+    t.settle(timeout_s=1.0)
+    assert t.status().unacked == 1  # handed over, never armed
+    t.close()
+    assert not t.is_open and nidaqmx.Task.names == set()  # the task closed all the same
+    assert "closing after its failure" in caplog.text
 
 
 def test_nidaqmx_drops_a_pulse_the_busy_counter_cannot_make_and_goes_on(monkeypatch):
