@@ -63,6 +63,17 @@ def list_resources(library: str = "") -> tuple[str, ...]:
         rm.close()
 
 
+def _resource_manager(pyvisa, library: str):
+    """pyvisa's resource manager of ``library`` ("": its default); BackendUnavailable naming the key
+    where there is no such VISA implementation."""
+    check_library(library)
+    try:
+        return pyvisa.ResourceManager(library) if library else pyvisa.ResourceManager()
+    except (ValueError, OSError) as err:
+        raise BackendUnavailable(f"trigger.visa.library: no VISA implementation ({err}); install NI-VISA, "
+                                 "or pyvisa-py and set library = \"@py\"") from err
+
+
 @dataclass(frozen=True, slots=True)
 class VisaSettings:
     resource: str = ""  # e.g. USB0::0x0957::0x2C07::MY12345678::INSTR or TCPIP0::10.0.0.5::inst0::INSTR
@@ -118,8 +129,9 @@ class VisaTrigger(Trigger):
 
     @classmethod
     def check_installed(cls, settings: VisaSettings) -> None:
-        _pyvisa()
-        check_library(settings.library)
+        # the VISA library loads without opening an instrument: none installed (the default
+        # library on a machine without NI-VISA) passed the check, and the run exited 2 at its start
+        _resource_manager(_pyvisa(), settings.library).close()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _do_open(self) -> str:
@@ -127,12 +139,7 @@ class VisaTrigger(Trigger):
         pyvisa = _pyvisa()
         if not s.resource:
             raise DeviceError("trigger.visa.resource: no resource given (e.g. USB0::...::INSTR)")
-        check_library(s.library)
-        try:
-            self._rm = pyvisa.ResourceManager(s.library) if s.library else pyvisa.ResourceManager()
-        except (ValueError, OSError) as err:
-            raise BackendUnavailable(f"trigger.visa.library: no VISA implementation ({err}); install NI-VISA, "
-                                     "or pyvisa-py and set library = \"@py\"") from err
+        self._rm = _resource_manager(pyvisa, s.library)
         try:
             self._inst = self._rm.open_resource(s.resource, timeout=s.timeout_ms, write_termination="\n",
                                                 read_termination="\n")

@@ -183,6 +183,23 @@ def test_preflight_refuses_a_trigger_whose_driver_or_device_is_missing(tmp_path,
         preflight(config_from_mapping(data))
 
 
+def test_preflight_refuses_a_visa_library_that_does_not_load(tmp_path):
+    # only a missing pyvisa-sim file was refused: a VISA library that is not there (the default
+    # one on a machine without NI-VISA) passed, and the run exited 2 at its start
+    pytest.importorskip("pyvisa", reason="pyvisa not installed (mimlsort[visa])")
+    from app.session import preflight
+    from mimlsort.errors import BackendUnavailable
+
+    visa = {"resource": "USB0::0x0957::0x2C07::MY00000000::INSTR", "library": str(tmp_path / "libvisa.so")}
+    data = {"output": {"folder": str(tmp_path / "runs")}, "model": {"path": "none"},
+            "trigger": {"backend": "visa", "visa": visa}}
+    with pytest.raises(BackendUnavailable, match=r"^trigger\.visa\.library: no VISA implementation"):
+        preflight(config_from_mapping(data))
+    pytest.importorskip("pyvisa_sim", reason="pyvisa-sim not installed (mimlsort[visa])")
+    visa["library"] = f"{Path(__file__).parent / 'sim' / 'function_generator.yaml'}@sim"
+    assert any(c.startswith("trigger visa at USB0") for c in preflight(config_from_mapping(data)))
+
+
 @pytest.mark.parametrize("backend, width", [("log", 0.5), ("serial", 0.5), ("camera-line", 50.0)])
 def test_a_pulse_width_the_trigger_cannot_make_is_refused_at_load(backend, width):
     # it passed `config --check`, and the run refused every pulse ("refused: width 0.5 µs outside
