@@ -92,7 +92,15 @@ class LogTrigger(Trigger):
                 self._file.seek(0)
                 header = self._file.readline()
                 self._file.seek(0, 2)
-        except OSError as err:
+        except (OSError, UnicodeDecodeError) as err:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            if isinstance(err, UnicodeDecodeError):
+                # an event file named by mistake (its HDF5 signature): the decode error went out as
+                # a traceback, and the run's pulses would have gone into the end of that file
+                raise DeviceError(f"trigger.log.path: {path} is not a pulse log (not UTF-8 text: byte "
+                                  f"{err.start} of its first line); name a new file or a log mimlsort wrote") from err
             raise DeviceError(f"trigger.log.path: cannot write {path}: {err}") from err
         if self._file.tell() > 0 and header != self.HEADER:
             # rows with the run's columns under the old header are a table no reader parses; the

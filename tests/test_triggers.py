@@ -365,6 +365,20 @@ def test_log_trigger_unwritable_path_is_a_device_error(tmp_path):
     assert (tmp_path / "runs" / "pulses.csv").read_text().startswith(LogTrigger.HEADER)
 
 
+def test_a_pulse_log_path_naming_a_binary_file_is_refused_and_the_file_left_alone(tmp_path):
+    # an event file named as the pulse log by mistake: a UnicodeDecodeError traceback, with the
+    # file held open
+    from app.cli import main
+
+    path = tmp_path / "run.rtdc"
+    data = b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4
+    path.write_bytes(data)
+    with pytest.raises(DeviceError, match=rf"^trigger\.log\.path: {path} is not a pulse log \(not UTF-8 text"):
+        LogTrigger({"path": str(path)}).open()
+    assert main(["trigger", "test", "--device", "log", "--set", f"path={path}"]) == 2
+    assert path.read_bytes() == data and sorted(tmp_path.iterdir()) == [path]
+
+
 def test_a_pulse_log_that_cannot_be_written_names_its_file_and_closes_without_a_second_error(tmp_path):
     """A full disk (``/dev/full`` takes the open and refuses every write): the record said only
     "OSError: [Errno 28] No space left on device", naming no file, and closing the trigger raised
