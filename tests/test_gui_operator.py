@@ -346,6 +346,8 @@ def test_a_trigger_that_fails_mid_run_says_how_many_cells_went_unsorted(qtbot, t
     assert win.status_panel.text("trigger") == f"FAULT, {st.trigger_failed} not fired"
     assert win.status_panel.alarms["trigger"] and "No space left on device" in row.toolTip()
     assert any("No space left on device" in w for w in win.warnings)
-    # the trigger's file could not be flushed at its close either: the operator is told
-    assert win.errors and "No space left on device" in win.errors[-1]
+    # its close fails the same way: that is the failure already said, not one of closing the run's
+    # files ("closing the run failed: trigger: … No space left on device" read as if they had not
+    # closed; the daemon's exit code said 1 instead of the trigger's 3)
+    assert not any("closing the run failed" in e for e in win.errors), win.errors
     win.close()
