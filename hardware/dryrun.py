@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,9 @@ class LogTrigger(Trigger):
         self._file: IO[str] | None = None
         self._path: Path | None = None
         self._last_flush = 0.0
+        # the GUI's Test fire during a run writes from its own thread beside the sort thread: a
+        # text file's buffer is not thread-safe (lines were lost and run into each other)
+        self._write_lock = threading.Lock()
         # the log is appended run after run: without these, a run's pulses were told apart from
         # the next run's only by matching scheduled_ns against the event file's fire_scheduled_ns
         self._run_columns = f"\t{run.name}\t{run.identifier}" if run is not None else "\t\t"
@@ -139,11 +143,12 @@ class LogTrigger(Trigger):
             pulse_log.info(line)
         else:
             try:
-                self._file.write(line + "\n")
-                t = time.monotonic()
-                if t - self._last_flush >= self.settings.flush_s:
-                    self._file.flush()
-                    self._last_flush = t
+                with self._write_lock:
+                    self._file.write(line + "\n")
+                    t = time.monotonic()
+                    if t - self._last_flush >= self.settings.flush_s:
+                        self._file.flush()
+                        self._last_flush = t
             except OSError as err:  # a full disk: said as "No space left on device", no file named
                 raise self._unwritable(err) from err
         return now, delay_us
