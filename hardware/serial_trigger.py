@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import queue
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -44,6 +45,36 @@ def _serial():
     except ImportError as err:
         raise BackendUnavailable("the serial trigger needs pyserial: install mimlsort[serial]") from err
     return serial
+
+
+def write_all(port, data: bytes, timeout_s: float, fd: int | None = None) -> None:
+    """Write every byte of ``data`` to ``port``; time out only while the device takes none.
+
+    pyserial's ``write`` raises "Write timeout" once its timeout has passed, even after a write
+    that took every byte: a thread kept from running for the default 50 ms on a loaded host turned
+    a delivered ID, TIME or FIRE into a failed handshake or a trigger gone unavailable mid-run."""
+    if fd is None:
+        fd = port.fd if isinstance(getattr(port, "fd", None), int) else None
+    if fd is None:  # not POSIX: pyserial's own write
+        port.write(data)
+        return
+    try:
+        n = os.write(fd, data)  # the sort path's case: the device keeps up, one syscall
+    except BlockingIOError:
+        n = 0
+    if n == len(data):
+        return
+    deadline = time.monotonic() + timeout_s
+    view = memoryview(data)[n:]
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([], [fd], [], left)[1]:
+            raise _serial().SerialTimeoutException(f"Write timeout: the device took {len(data) - len(view)} of "
+                                                   f"{len(data)} bytes in {timeout_s:g} s")
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            pass
 
 
 def list_ports() -> list[tuple[str, str]]:
@@ -150,7 +181,7 @@ class SerialTrigger(Trigger):
         try:
             port.reset_input_buffer()
             self.firmware = self._handshake(port)
-            port.write(b"ARM\n")
+            write_all(port, b"ARM\n", s.write_timeout_s)
             if not self._expect(port, "OK ARM", 1.0):
                 raise DeviceError(f"{s.port}: the device did not confirm ARM within 1 s")
             self._initial_sync(port, required=s.mode == "clock")
@@ -176,7 +207,7 @@ class SerialTrigger(Trigger):
     def _handshake(self, port) -> str:
         deadline = time.monotonic() + self.settings.handshake_timeout_s
         while time.monotonic() < deadline:
-            port.write(b"ID\n")
+            write_all(port, b"ID\n", self.settings.write_timeout_s)
             line = self._expect(port, "ID ", min(0.25, max(0.0, deadline - time.monotonic())))
             if line:
                 words = line.split()
@@ -194,7 +225,7 @@ class SerialTrigger(Trigger):
         self._time_sent.clear()
         for _ in range(rounds):
             t0 = time.monotonic_ns()
-            port.write(b"TIME\n")
+            write_all(port, b"TIME\n", self.settings.write_timeout_s)
             line = self._expect(port, "TIME ", 1.0)
             t1 = time.monotonic_ns()
             words = line.split()
@@ -235,7 +266,7 @@ class SerialTrigger(Trigger):
         try:
             if self.available:
                 with self._write_lock:
-                    port.write(b"DISARM\n")
+                    write_all(port, b"DISARM\n", self.settings.write_timeout_s)
         except Exception as err:  # closing a broken port is best effort
             log.debug("serial trigger: DISARM on close failed: %s", err)
         try:
@@ -284,17 +315,9 @@ class SerialTrigger(Trigger):
                 # (and any backlog) and its own 5 bytes have left: ~0.5 ms later at 115200
                 t = time.monotonic_ns()
                 self._time_sent.append(t if not self._byte_us else max(t, wire_free) + self._wire_ns(len(cmd)))
-            if self._fd is None:
-                self._port.write(data)
-            else:
-                # POSIX: one non-blocking write(2); pyserial's write adds a select(2) per call,
-                # a second syscall and GIL round trip on the sort path
-                try:
-                    n = os.write(self._fd, data)
-                except BlockingIOError:
-                    n = 0
-                if n < len(data):  # the device is not reading: wait at most write_timeout_s
-                    self._port.write(data[n:])
+            # POSIX: one non-blocking write(2) where the device keeps up; pyserial's write adds a
+            # select(2) per call, a second syscall and GIL round trip on the sort path
+            write_all(self._port, data, self.settings.write_timeout_s, self._fd)
         return time.monotonic_ns(), delay
 
     def _wire_ns(self, n_bytes: int) -> int:
@@ -333,7 +356,7 @@ class SerialTrigger(Trigger):
             self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
             with self._write_lock:
                 self._time_sent.append(time.monotonic_ns() + self._wire_ns(5))
-                self._port.write(b"TIME\n")
+                write_all(self._port, b"TIME\n", self.settings.write_timeout_s, self._fd)
 
     def _forget(self, event_indices: list[int]) -> None:
         # kept a while: an ack that comes late named the protocol's id (cell 2**32 + 7 came back as 7)
@@ -483,7 +506,7 @@ class SerialTrigger(Trigger):
         while not self._replies.empty():
             self._replies.get_nowait()
         with self._write_lock:
-            self._port.write(command.encode() + b"\n")
+            write_all(self._port, command.encode() + b"\n", self.settings.write_timeout_s, self._fd)
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             try:

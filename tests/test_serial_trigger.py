@@ -206,6 +206,20 @@ def test_a_device_that_stops_reading_fails_the_write_instead_of_hanging(emu):
             os.kill(emu.process.pid, signal.SIGCONT)
 
 
+def test_a_write_the_device_took_whole_is_no_timeout_however_late_the_thread_looks(emu):
+    # pyserial's write raised "Write timeout" once its timeout had passed, even after a write that
+    # took every byte: a thread held up for the default 50 ms on a loaded host failed the handshake
+    # ("failed during the handshake: Write timeout") or, mid-run, a TIME or a FIRE the device had,
+    # and the trigger went unavailable. A 1 µs timeout has always passed by the check.
+    with _open(emu.port, write_timeout_s=1e-6, mode="clock") as trig:
+        at = time.monotonic_ns() + 30 * MS
+        recs = [trig.fire(FireRequest(i, at + i * MS, 100.0)) for i in range(5)]
+        assert all(r.ok for r in recs), [r.error for r in recs]
+        assert [a.event_index for a in _wait_acks(trig, 5)] == list(range(5))
+        assert trig.query("STATUS", "STATUS").startswith("STATUS")
+        assert trig.available
+
+
 def test_a_device_that_stops_acknowledging_is_taken_as_hung(emu):
     # a crashed sketch behind a USB bridge: the port stays open and takes the bytes, but no pulse
     # is acknowledged. The run went on "firing" into it, reported the trigger ok and exited 0
