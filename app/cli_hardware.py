@@ -103,7 +103,10 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
         raise ConfigError("--width", f"must be in (0, {_MAX_WIDTH_US:g}] µs, got {args.width}")
     settings = _settings(args.set)
     lead = 300.0 if args.delay is None else min(300.0, args.delay / 2)
-    timing = TimingSettings(pulse_width_us=args.width, min_lead_us=lead)
+    # a --delay past max_delay_us is the user's own ask: the run's guard against a clock error
+    # refused it as "max_delay_us 5e+06", a key they never typed
+    longest = {} if args.delay is None else {"max_delay_us": max(TimingSettings().max_delay_us, args.delay)}
+    timing = TimingSettings(pulse_width_us=args.width, min_lead_us=lead, **longest)
     run_cfg = None
     if args.config is not None:  # the trigger a run configuration would use, --set on top
         from dataclasses import replace
@@ -118,7 +121,9 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
         # the run's own min lead, lowered only as far as a --delay given needs
         timing = replace(cfg.timing, pulse_width_us=args.width,
                          min_lead_us=cfg.timing.min_lead_us if args.delay is None
-                         else min(cfg.timing.min_lead_us, args.delay / 2))
+                         else min(cfg.timing.min_lead_us, args.delay / 2),
+                         max_delay_us=cfg.timing.max_delay_us if args.delay is None
+                         else max(cfg.timing.max_delay_us, args.delay))
     if not args.device:
         raise ConfigError("--device", "name a trigger backend (or give --config RUN.toml)")
     resources = {}

@@ -830,3 +830,17 @@ def test_the_wiring_check_names_an_option_out_of_range(bad, capsys):
     assert main(["trigger", "test", "--device", "null", "--count", "2", *bad]) == 2
     err = capsys.readouterr().err
     assert f"{bad[0]}: must be in" in err and "Traceback" not in err, err
+
+
+def test_the_wiring_check_fires_a_delay_past_the_runs_longest(tmp_path, capsys):
+    # --delay past trigger.timing.max_delay_us (the run's guard against a clock error, 5 s by
+    # default) was refused as "fire time … ahead > max_delay_us", a key the user never typed
+    from app.cli import main
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'[trigger]\nbackend = "log"\n[trigger.log]\npath = "{tmp_path / "p.csv"}"\n'
+                   '[trigger.timing]\nmin_lead_us = 300.0\nmax_delay_us = 100000.0\n')
+    assert main(["trigger", "test", "--config", str(cfg), "--delay", "300000", "--count", "1"]) == 0, \
+        capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "in 300000 µs" in out and "max_delay_us" not in out, out
