@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from mimlsort.errors import DataFormatError, MimlsortError
+from mimlsort.errors import ConfigError, DataFormatError, MimlsortError
 
 
 class _VersionAction(argparse.Action):
@@ -206,9 +206,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     from app.config import default_config_text, load_config
 
     if args.check:
+        from app.config import located
         from app.session import preflight
 
-        checked = preflight(load_config(args.check))
+        cfg = load_config(args.check)
+        try:
+            checked = preflight(cfg)
+        except ConfigError as err:  # said as the run says it: the key and the file
+            raise located(err, args.check) from err
         print(f"{args.check}: valid; " + "; ".join(checked) + " (camera and trigger are opened only by a run)")
     else:
         print(default_config_text())

@@ -51,17 +51,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     changes = {}
+    # the keys the command line sets: an error in one names the option, not the configuration file
+    options = {}
     if args.seconds is not None:
         changes["seconds"] = args.seconds
+        options["autostop.seconds"] = "--seconds"
     if args.events is not None:
         changes["events"] = args.events
+        options["autostop.events"] = "--events"
+    if args.out_dir is not None:
+        options["output.folder"] = "--out-dir"
     if changes:
         cfg = with_changes(cfg, autostop=changes)
     if args.http_port is not None:
         cfg = with_changes(cfg, daemon={"http_port": args.http_port})
+        options["daemon.http_port"] = "--http-port"
     # the report is written by the daemon, while its status server answers and its log file is open
     code, _ = run_daemon(cfg, folder=args.out_dir, ignore_signals_after=True,
-                         report=_report if cfg.output.report else None)
+                         report=_report if cfg.output.report else None, config_file=args.config, options=options)
     return code
 
 
@@ -169,7 +176,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # never written here
     code, run = run_daemon(cfg, folder=out.parent, events_path=out, lossless=not realtime,
                            progress=lambda stream: _Progress(total, stream), ignore_signals_after=True, trigger=fire,
-                           report=_report if cfg.output.report else None)
+                           report=_report if cfg.output.report else None, config_file=args.config,
+                           options={"output.folder": "--out", "camera": None,
+                                    **({"model.path": "--model"} if args.model else {})})
     st = run.status()
     if out in run.discard_if_empty():
         # a replay refused at its start (no constriction found …) or stopped by Ctrl-C before its

@@ -18,6 +18,7 @@ import math
 import re
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,10 @@ class RunConfig:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
+#: the configuration's tables: a key in one of them can be named with the file it was read from
+_TABLES = frozenset(f.name for f in dataclasses.fields(RunConfig))
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a TOML run configuration; errors name the file and the key."""
     path = check_input(path, what="a configuration file")  # a named pipe blocked the read for ever
@@ -292,6 +297,21 @@ def config_from_mapping(data: dict, source: str = "") -> RunConfig:
         return from_mapping(RunConfig, data)
     except ConfigError as e:
         raise ConfigError(e.key, f"{e.problem} (in {source})" if source else e.problem) from None
+
+
+def located(err: ConfigError, source: str | Path | None, options: Mapping[str, str | None] | None = None) -> ConfigError:
+    """``err``, found once the configuration was loaded (a run's start, ``config --check``), naming
+    where its key was set as validation names it: the command-line option that set the key in its
+    place (``--http-port: …``), else the configuration file ``source`` after the problem
+    (``daemon.http_port: … (in RUN.toml)``). ``options`` maps a key, or a table of keys, to the
+    option that set it; None: set on the command line by no single option, left as it is. An
+    error of no configuration key, or one that names the file already, is returned unchanged."""
+    for key, option in (options or {}).items():
+        if err.key == key or err.key.startswith(key + "."):
+            return err if option is None else type(err)(option, err.problem)
+    if not source or err.key.split(".", 1)[0] not in _TABLES or err.problem.endswith(f"(in {source})"):
+        return err
+    return type(err)(err.key, f"{err.problem} (in {source})")
 
 
 def config_to_toml(cfg: RunConfig) -> str:

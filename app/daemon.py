@@ -19,15 +19,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable, Protocol
 
-from app.config import RunConfig
+from app.config import RunConfig, located
 from app.console import Console
 from app.pipeline import FinishReason, Status
 from app.session import Run, build_run
 from app.sorting import Reason
 from mimlsort.errors import ConfigError
-from mimlsort.outputs import make_output_folder, probe_writable_folder
+from mimlsort.outputs import probe_writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +158,24 @@ def _file_handler(folder: Path, name: str) -> logging.Handler:
     return h
 
 
+def _missing_folders(folder: Path, *files: Path) -> list[Path]:
+    """The folders that do not exist yet and that making ``folder`` and the folders of ``files``
+    would make, deepest first."""
+    out: set[Path] = set()
+    for p in (folder, *(f.parent for f in files)):
+        p = p.absolute()
+        for q in (p, *p.parents):
+            if q.exists() or q.is_symlink():
+                break
+            out.add(q)
+    return sorted(out, key=lambda q: len(q.parts), reverse=True)
+
+
 def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path: str | Path | None = None,
                out=None, lossless: bool | None = None, progress: Callable[[Any], "Progress"] | None = None,
                ignore_signals_after: bool = False, trigger: bool | None = None,
-               report: Callable[[Path], tuple[bool, str]] | None = None) -> tuple[int, Run]:
+               report: Callable[[Path], tuple[bool, str]] | None = None, config_file: str | Path | None = None,
+               options: Mapping[str, str | None] | None = None) -> tuple[int, Run]:
     """Run ``cfg`` to its end; returns (exit code, the finished run). Status lines go to ``out``
     (default: the ``sys.stderr`` of the moment).
 
@@ -176,28 +191,49 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     line that says so. Until it returns the status server answers (state "reporting") and the
     log file takes its line: they closed before the report, and a client polling the status saw
     the connection refused while the daemon was still at work. The server closes last, once the
-    daemon's lines are out; its final answer is "finished", with the report's outcome."""
+    daemon's lines are out; its final answer is "finished", with the report's outcome.
+
+    ``config_file``: the file ``cfg`` was read from, and ``options``: the keys the command line set
+    (key → its option, as :func:`app.config.located` takes them). A configuration error found here
+    (a port in use, an output folder or log file that takes no file, a model not there) names
+    where its key was set, as the validation's errors do; until then they named the key alone."""
     out = out if out is not None else sys.stderr
     folder = Path(folder or cfg.output.folder).expanduser()
     latest: dict = {"state": "starting"}
     server = None
-    if cfg.daemon.http_port:
-        # before the camera, model and files are opened (the output folder and log too): a port
-        # in use is a configuration error (exit 2), not a run that starts and then fails; and
-        # "starting" is served
-        try:
-            server = StatusServer(cfg.daemon.http_port, lambda: latest)
-        except OSError as err:
-            raise ConfigError("daemon.http_port", f"cannot serve the status on 127.0.0.1:{cfg.daemon.http_port}: "
-                              f"{err.strerror or err}") from err
+
+    def where(err: ConfigError) -> ConfigError:
+        return located(err, config_file, options)
+
     try:
-        make_output_folder(folder, option="output.folder / --out-dir")
-        probe_writable_folder(folder, option="output.folder / --out-dir")
-        handler = _file_handler(folder, cfg.daemon.log_file) if cfg.daemon.log_file else None
-    except BaseException:
-        if server is not None:
-            server.close()
-        raise
+        if cfg.daemon.http_port:
+            # before the camera, model and files are opened (the output folder and log too): a port
+            # in use is a configuration error (exit 2), not a run that starts and then fails; and
+            # "starting" is served
+            try:
+                server = StatusServer(cfg.daemon.http_port, lambda: latest)
+            except OSError as err:
+                raise ConfigError("daemon.http_port", f"cannot serve the status on 127.0.0.1:{cfg.daemon.http_port}: "
+                                  f"{err.strerror or err}") from err
+        # a start refused here leaves no folder behind: the output folder (or a log file's) made
+        # before the log file was refused was an empty folder the configuration's next run went to
+        made = _missing_folders(folder, *([folder / cfg.daemon.log_file] if cfg.daemon.log_file else []))
+        try:
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError("output.folder", f"{folder}: exists and is not a folder")
+            probe_writable_folder(folder, option="output.folder")  # made if need be
+            handler = _file_handler(folder, cfg.daemon.log_file) if cfg.daemon.log_file else None
+        except BaseException:
+            for p in made:
+                try:
+                    p.rmdir()
+                except OSError:
+                    pass
+            if server is not None:
+                server.close()
+            raise
+    except ConfigError as err:
+        raise where(err) from err
     root = logging.getLogger()
     if handler is not None:
         root.addHandler(handler)
@@ -325,8 +361,11 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         # the command line says it on stderr; the log file ended without a word of it, and an
         # unattended run refused at its start (a model not found, a camera not there) left a log
         # whose last line was the one before
-        why = f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        named = where(exc) if isinstance(exc, ConfigError) else exc
+        why = f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})" if isinstance(exc, KeyboardInterrupt) else str(named)
         failure.append(f"{'run failed' if started else 'run not started'}: {why or type(exc).__name__}")
+        if named is not exc:
+            raise named from exc
         raise
     finally:
         try:

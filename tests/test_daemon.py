@@ -494,10 +494,17 @@ def test_a_status_port_in_use_is_refused_before_the_run_opens_anything(tmp_path)
         cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=1.0, extra=f"http_port = {port}")
         p = mimlsort("run", "--config", str(cfg))
         out, err = p.communicate(timeout=120)
+        # the port given on the command line is named as the option, without the file
+        q = mimlsort("run", "--config", str(cfg), "--http-port", str(port))
+        _, err_option = q.communicate(timeout=120)
     assert p.returncode == 2, err
-    assert f"daemon.http_port: cannot serve the status on 127.0.0.1:{port}" in err
+    # the file as the validation names it: a key alone left the operator to guess which file
+    assert f"daemon.http_port: cannot serve the status on 127.0.0.1:{port}: Address already in use (in {cfg})" in err
     assert "opened synthetic camera" not in err and not list((tmp_path / "out").glob("*.rtdc"))
     assert not (tmp_path / "out").exists()  # nor the output folder and an empty mimlsort.log
+    assert q.returncode == 2, err_option
+    assert f"error: --http-port: cannot serve the status on 127.0.0.1:{port}: Address already in use\n" in err_option
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_log_file_may_be_in_a_subfolder_and_a_bad_one_names_the_key(tmp_path):
@@ -512,7 +519,29 @@ def test_the_log_file_may_be_in_a_subfolder_and_a_bad_one_names_the_key(tmp_path
                        extra=f'log_file = "{tmp_path / "plain" / "run.log"}"')
     p = mimlsort("run", "--config", str(cfg))
     out, err = p.communicate(timeout=180)
-    assert p.returncode == 2 and "daemon.log_file:" in err and "plain" in err, err
+    assert p.returncode == 2, err
+    assert f"daemon.log_file: {tmp_path / 'plain' / 'run.log'}: cannot be written: " in err, err
+    assert err.rstrip().endswith(f"(in {cfg})"), err
+
+
+def test_a_log_file_refused_at_the_start_names_the_file_and_leaves_no_output_folder(tmp_path):
+    # the output folder was made, then the log file refused: the run exited 2 naming the key
+    # alone, and left the empty folder
+    (tmp_path / "plain").write_text("")
+    out = tmp_path / "out" / "day1"
+    cfg = write_config(tmp_path / "run.toml", out, seconds=0.3,
+                       extra=f'log_file = "{tmp_path / "plain" / "run.log"}"')
+    p = mimlsort("run", "--config", str(cfg))
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 2, err
+    assert f"error: daemon.log_file: {tmp_path / 'plain' / 'run.log'}: cannot be written: " in err, err
+    assert err.rstrip().endswith(f"(in {cfg})"), err
+    assert not (tmp_path / "out").exists()
+    # `config --check` says the same thing of the same key and file
+    p = mimlsort("config", "--check", str(cfg))
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 2 and f"error: daemon.log_file: {tmp_path / 'plain'}: cannot be made or written" in err, err
+    assert err.rstrip().endswith(f"(in {cfg})"), err
 
 
 def _unwritable_folder() -> Path:
@@ -536,7 +565,16 @@ def test_an_output_folder_that_cannot_be_written_is_named_as_the_output_folder(t
     p = mimlsort("run", "--config", str(cfg))
     out, err = p.communicate(timeout=60)
     assert p.returncode == 2, err
-    assert "output.folder" in err and str(folder) in err and "daemon.log_file" not in err, err
+    assert f"error: output.folder: {folder}: cannot write there" in err and err.rstrip().endswith(f"(in {cfg})"), err
+    assert "daemon.log_file" not in err, err
+    # the folder given on the command line is named as the option, and no file
+    p = mimlsort("run", "--config", str(cfg), "--out-dir", str(folder))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and f"error: --out-dir: {folder}: cannot write there" in err and str(cfg) not in err, err
+    p = mimlsort("config", "--check", str(cfg))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and f"error: output.folder: {folder}: cannot be made or written" in err, err
+    assert err.rstrip().endswith(f"(in {cfg})"), err
 
 
 def _children(pid: int) -> list[int]:
@@ -893,3 +931,4 @@ def test_a_run_refused_at_its_start_says_why_in_its_log_file(tmp_path):
     assert p.returncode == 2 and "model.path" in err, err[-2000:]
     last = (tmp_path / "out" / "mimlsort.log").read_text().strip().splitlines()[-1]
     assert "ERROR" in last and "run not started: model.path: no model file at" in last and "gone.onnx" in last, last
+    assert last.endswith(f"(in {cfg})") and f"error: model.path: no model file at {tmp_path / 'gone.onnx'}" in err, err
