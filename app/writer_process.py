@@ -166,6 +166,7 @@ class EventWriterProcess:
         self._bytes = 0
         self._events = 0
         self._failed: BaseException | None = None
+        self._raised = False  # the failure has been raised to the caller once
         self._closed = False
         try:
             self._conn.send((str(self.path), meta, dict(options)))
@@ -213,7 +214,9 @@ class EventWriterProcess:
                 self._bytes, self._events = msg[1], msg[2]
             elif op == "error" and self._failed is None:
                 self._failed = msg[1]
-                log.error("%s: %s", self.path, msg[1])
+                # the child's errors mostly name the file already: "P: P: disk nearly full"
+                text = str(msg[1])
+                log.error("%s", text if str(self.path) in text else f"{self.path}: {text}")
             elif op in ("flushed", "closed"):
                 self._bytes, self._events = msg[-2], msg[-1]
             if op in until:
@@ -230,15 +233,19 @@ class EventWriterProcess:
             if self._failed is None:
                 self._failed = DeviceError(f"{self.path}: the event writer process ended (exit code "
                                            f"{self._proc.poll()}); the file holds what was flushed before")
+            self._raised = True
             raise self._failed from err
 
     def _check(self) -> None:
         self._receive(0.0)
-        if self._failed is not None:
-            raise self._failed
-        if not self._proc.poll() is None:
+        if self._failed is None and self._proc.poll() is not None:
             self._failed = DeviceError(f"{self.path}: the event writer process ended (exit code "
                                        f"{self._proc.returncode}); the file holds what was flushed before")
+        self._raise_failed()
+
+    def _raise_failed(self) -> None:
+        if self._failed is not None:
+            self._raised = True
             raise self._failed
 
     # -- the EventWriter interface ---------------------------------------------------------------
@@ -257,8 +264,7 @@ class EventWriterProcess:
         self._send("flush")
         if self._receive(CLOSE_TIMEOUT_S, until=("flushed", "error")) is None:
             raise DeviceError(f"{self.path}: the event writer process did not answer a flush")
-        if self._failed is not None:
-            raise self._failed
+        self._raise_failed()
 
     def log(self, line: str) -> None:
         if not self._closed:
@@ -329,8 +335,11 @@ class EventWriterProcess:
                               f"{self._proc.returncode}); the file holds what was flushed before")
         if msg[1] is not None:
             raise msg[1]
-        if self._failed is not None:
-            raise self._failed
+        if not self._raised:
+            # a failure raised before ended the run already, and its file closed complete: raised
+            # again here, the daemon said it a second time as "closing failed" (the in-process
+            # writer's close raises nothing of it either). One the caller never heard of is raised
+            self._raise_failed()
 
     def _reap(self) -> None:
         reap(self._proc, self._conn)

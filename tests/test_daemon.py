@@ -932,3 +932,51 @@ def test_a_run_refused_at_its_start_says_why_in_its_log_file(tmp_path):
     last = (tmp_path / "out" / "mimlsort.log").read_text().strip().splitlines()[-1]
     assert "ERROR" in last and "run not started: model.path: no model file at" in last and "gone.onnx" in last, last
     assert last.endswith(f"(in {cfg})") and f"error: model.path: no model file at {tmp_path / 'gone.onnx'}" in err, err
+
+
+@pytest.fixture
+def disk_260m(tmp_path):
+    """A file system of its own (tmpfs: needs root) with just over the event writer's 256 MiB of
+    headroom: a few MiB written beside the run's file make its next flush "disk nearly full"."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=260m", "tmpfs", str(folder)], capture_output=True,
+                              text=True, timeout=30)
+    except OSError as err:
+        pytest.skip(f"mount: {err}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
+def test_the_event_writers_error_names_its_file_once_wherever_it_is_read(tmp_path, disk_260m):
+    """The writer child's error went through the parent's log as "P: P: disk nearly full", and the
+    run's end said it again as "closing failed: event file: P: …" although the file closed complete."""
+    from app.storage import read_events
+
+    out = disk_260m / "out"
+    cfg = write_config(tmp_path / "run.toml", out, seconds=120.0, model="none", output_extra="report = false")
+    p = mimlsort("run", "--config", str(cfg))
+    try:
+        events = wait_for_events(out)
+        (disk_260m / "filler").write_bytes(b"\0" * (8 << 20))  # 252 MiB free: under the writer's 256
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 1, err[-3000:]
+    where = str(events)
+    said = [line for line in err.splitlines() + (out / "mimlsort.log").read_text().splitlines()
+            if "disk nearly full" in line]
+    # "run errored: …; events in P" ends by saying where the file is, as every run's end does
+    assert said and all(line.split("; events in ")[0].count(where) == 1 for line in said), "\n".join(said)
+    assert "closing failed" not in err and "closing the event file failed" not in err, err[-3000:]
+    assert f"run errored: storage: {where}: disk nearly full (" in err, err[-3000:]
+    _, run = read_events(events)
+    assert run.complete and run.error.count(where) == 1 and "disk nearly full" in run.error, run.error
+    # the file's own log takes no line once its writer stopped for the disk: its error attribute says it
+    assert all(line.count(where) <= 1 for line in run.run_log), run.run_log

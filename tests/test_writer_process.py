@@ -55,7 +55,7 @@ def test_open_errors_are_raised_by_the_constructor(tmp_path):
         EventWriterProcess(tmp_path / "exists.rtdc", meta=make_meta())
 
 
-def test_a_bad_event_in_the_child_is_raised_in_the_parent_and_the_file_stays_readable(tmp_path):
+def test_a_bad_event_in_the_child_is_raised_in_the_parent_and_the_file_stays_readable(tmp_path, caplog):
     path = tmp_path / "bad.rtdc"
     good = make_records(5, seed=1)
     bad = make_records(1, seed=2, start=5)[0]
@@ -64,14 +64,28 @@ def test_a_bad_event_in_the_child_is_raised_in_the_parent_and_the_file_stays_rea
     p.write(good)
     p.flush()
     p.write([bad])
-    with pytest.raises(DataFormatError, match="bad.rtdc.*7 probabilities"):
+    with pytest.raises(DataFormatError, match="bad.rtdc.*7 probabilities") as raised:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the error arrives with the child's answer
             p.write([])
             time.sleep(0.05)
-    with pytest.raises(DataFormatError):
+    # the parent's log line said the path twice ("P: P: event 5: …")
+    logged = [r.getMessage() for r in caplog.records if r.name == "app.writer_process"]
+    assert logged == [str(raised.value)] and str(raised.value).startswith(f"{path}: event 5: 7 probabilities"), logged
+    # raised once: the close that follows closes the file complete, as the in-process writer's
+    # does, and does not raise it again (the daemon said it a second time, as "closing failed")
+    p.close()
+    assert read_events(path)[1].n_events == 5 and read_events(path)[1].complete
+
+
+def test_a_child_error_the_caller_never_heard_of_is_raised_by_close(tmp_path):
+    path = tmp_path / "bad.rtdc"
+    bad = make_records(1, seed=2)[0]
+    object.__setattr__(bad, "probabilities", np.ones(7, np.float32))
+    p = EventWriterProcess(path, meta=make_meta())
+    p.write([bad])
+    with pytest.raises(DataFormatError, match="bad.rtdc: event 0: 7 probabilities"):
         p.close()
-    assert read_events(path)[1].n_events == 5
 
 
 def test_a_dead_writer_process_is_a_device_error_naming_the_file(tmp_path):
