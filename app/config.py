@@ -246,13 +246,18 @@ class SetupConfig:
 class DaemonConfig:
     status_interval_s: float = 1.0  # one status line per interval
     http_port: int = 0  # > 0: serve status JSON at http://127.0.0.1:PORT/status (loopback only)
-    log_file: str = "mimlsort.log"  # inside the output folder; "" for none
+    log_file: str = "mimlsort.log"  # the run's log: a relative path is taken from the output folder (--out-dir where given), not the current folder; an absolute path (or ~/...) as it is, e.g. /var/log/mimlsort/run.log; "" for none
 
     def __post_init__(self):
         # finite: inf passed, and the daemon printed no periodic status line for the whole run
         require(0 < self.status_interval_s < math.inf, "status_interval_s",
                 f"must be > 0 and finite, got {self.status_interval_s}")
         require(0 <= self.http_port <= 65535, "http_port", f"must be in [0, 65535], got {self.http_port}")
+
+    def log_path(self, folder: str | Path) -> Path | None:
+        """The run's log file in a run whose output folder is ``folder``; None for none. "~/run.log"
+        was a folder named "~" in the output folder."""
+        return Path(folder) / Path(self.log_file).expanduser() if self.log_file else None
 
 
 @dataclass(frozen=True, slots=True)

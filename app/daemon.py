@@ -144,10 +144,10 @@ class RunLogHandler(logging.FileHandler):
                 print(f"mimlsort: the log file {self.baseFilename} cannot be written ({self.failed})", file=sys.stderr)
 
 
-def _file_handler(folder: Path, name: str) -> logging.Handler:
-    """The run's log file ``daemon.log_file`` (relative to the output folder, which it may name
-    subfolders of); one that cannot be written is a configuration error naming the key."""
-    path = folder / name
+def _file_handler(path: Path) -> logging.Handler:
+    """The run's log file ``daemon.log_file`` (:meth:`app.config.DaemonConfig.log_path`: relative
+    to the output folder, which it may name subfolders of, or absolute); one that cannot be written
+    is a configuration error naming the key."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         h = RunLogHandler(path)
@@ -217,12 +217,13 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
                                   f"{err.strerror or err}") from err
         # a start refused here leaves no folder behind: the output folder (or a log file's) made
         # before the log file was refused was an empty folder the configuration's next run went to
-        made = _missing_folders(folder, *([folder / cfg.daemon.log_file] if cfg.daemon.log_file else []))
+        log_path = cfg.daemon.log_path(folder)
+        made = _missing_folders(folder, *([log_path] if log_path is not None else []))
         try:
             if folder.exists() and not folder.is_dir():
                 raise ConfigError("output.folder", f"{folder}: exists and is not a folder")
             probe_writable_folder(folder, option="output.folder")  # made if need be
-            handler = _file_handler(folder, cfg.daemon.log_file) if cfg.daemon.log_file else None
+            handler = _file_handler(log_path) if log_path is not None else None
         except BaseException:
             for p in made:
                 try:

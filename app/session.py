@@ -123,7 +123,7 @@ def preflight(cfg: RunConfig) -> list[str]:
     _check_writable(folder, "output.folder")
     checked.append(f"output folder {folder}")
     if cfg.daemon.log_file:
-        _check_writable((folder / cfg.daemon.log_file).parent, "daemon.log_file")
+        _check_writable(cfg.daemon.log_path(folder).parent, "daemon.log_file")
     log_path = cfg.trigger.backend_settings().path if backend == "log" else None
     if log_path:
         # the log trigger makes its folder when the run opens it: one that cannot be made passed

@@ -524,6 +524,17 @@ def test_the_log_file_may_be_in_a_subfolder_and_a_bad_one_names_the_key(tmp_path
     assert err.rstrip().endswith(f"(in {cfg})"), err
 
 
+def test_a_log_file_under_the_home_folder_is_taken_from_there(tmp_path):
+    # "~/logs/run.log" made a folder named "~" in the output folder; `config --check` checked the same
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "out", seconds=0.3, extra='log_file = "~/logs/run.log"')
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HOME=str(tmp_path / "home"))
+    done = subprocess.run([sys.executable, "-m", "app.cli", "run", "--config", str(cfg)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "run completed" in (tmp_path / "home" / "logs" / "run.log").read_text()
+    assert not (tmp_path / "out" / "~").exists()
+
+
 def test_a_log_file_refused_at_the_start_names_the_file_and_leaves_no_output_folder(tmp_path):
     # the output folder was made, then the log file refused: the run exited 2 naming the key
     # alone, and left the empty folder
