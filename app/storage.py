@@ -1132,7 +1132,13 @@ def _durations(counters: dict, open_s: float, meta: RunMeta) -> tuple[float | No
     processing = run_s if isinstance(run_s, (int, float)) and math.isfinite(run_s) and run_s > 0 else open_s
     duration = stated_duration_s(counters, meta.camera, meta.measured)
     if not duration > 0:
-        return None, round(processing, 3)
+        # a run that measured nothing (no frame came, one frame, or it ended before it reported its
+        # counters) measured for 0 s, which it knows: stated, so that every run's file has the key
+        # (a script reading it failed on these alone; before, they stated their processing time).
+        # Left out only where the duration is not known: a reanalysis of a source that states none
+        nothing = (meta.measured != "single image"
+                   and (counters.get("frames_in", 0) == 0 or counters.get("measured_s") == 0))
+        return (0.0 if nothing else None), round(processing, 3)
     frames_own = duration == counters.get("measured_s")  # to the µs; a host's time to the ms
     return round(duration, 6 if frames_own else 3), round(processing, 3)
 

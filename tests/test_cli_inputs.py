@@ -330,3 +330,21 @@ def test_a_replay_as_fast_as_it_goes_states_the_recordings_duration(files):
         processing = f.attrs["user:processing time s"]
         assert processing == pytest.approx(f.attrs["user:counter run_s"]) and processing > 0
     assert check_dataset(ev)[0] == []
+
+
+def test_a_replay_of_one_frame_states_it_measured_for_0_s(files, tmp_path):
+    # the frames' own time of one frame is 0 s: the file stated no duration at all (before that,
+    # the seconds it took to process), the one kind of run file without the key
+    import dclab
+    from dclab.rtdc_dataset.check import check_dataset
+
+    rec, _ = files
+    cfg = tmp_path / "one.toml"
+    cfg.write_text("[camera.replay]\nstart_frame = 10\nstop_frame = 11\n[output]\nreport = false\n")
+    ev = tmp_path / "one.rtdc"
+    assert main(["replay", str(rec), "--out", str(ev), "--model", "none", "--config", str(cfg)]) == 0
+    assert check_dataset(ev)[0] == []
+    with dclab.new_dataset(ev) as ds:
+        assert ds.config["user"]["counter frames_processed"] == 1
+        assert ds.config["user"]["duration s"] == 0.0 and ds.config["user"]["processing time s"] > 0
+

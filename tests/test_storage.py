@@ -904,3 +904,21 @@ def test_damaged_event_files_are_named_not_tracebacks(tmp_path):
         h["mimlsort/events/probabilities"] = p
     with pytest.raises(DataFormatError, match=r"bad\.rtdc: /mimlsort/events/probabilities is \(12, 1\)"):
         read_events(bad)
+
+
+@pytest.mark.parametrize("counters", [{}, {"frames_in": 0, "run_s": 0.4}, {"frames_in": 1, "run_s": 0.4, "measured_s": 0.0}],
+                         ids=["never-reported", "no-frame", "one-frame"])
+def test_a_run_that_measured_nothing_states_a_duration_of_0_s(tmp_path, counters):
+    # a replay of no frame, one frame, or a session that ended before the pipeline reported its
+    # counters stated no `user:duration s` (before that, its processing time); every other run's
+    # file has the key, and a script reading it failed on these alone
+    path = tmp_path / "empty.rtdc"
+    w = EventWriter(path, meta=make_meta(camera="replay rec.rtdc"))
+    if counters:
+        w.note_counters(counters)
+    w.close()
+    dclab, (violations, _alerts, _info) = dclab_check(path)
+    assert violations == []
+    with dclab.new_dataset(str(path)) as ds:
+        assert len(ds) == 0 and ds.config["user"]["duration s"] == 0.0
+        assert ds.config["user"]["processing time s"] > 0  # the host's time is its own key
