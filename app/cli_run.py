@@ -46,8 +46,10 @@ def replay_source(args: argparse.Namespace, *, realtime: bool, looped: bool = Fa
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from app.config import located
     from app.daemon import run_daemon
     from app.session import with_changes
+    from mimlsort.errors import ConfigError
 
     cfg = _load(args)
     changes = {}
@@ -61,11 +63,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         options["autostop.events"] = "--events"
     if args.out_dir is not None:
         options["output.folder"] = "--out-dir"
-    if changes:
-        cfg = with_changes(cfg, autostop=changes)
     if args.http_port is not None:
-        cfg = with_changes(cfg, daemon={"http_port": args.http_port})
         options["daemon.http_port"] = "--http-port"
+    try:
+        if changes:
+            cfg = with_changes(cfg, autostop=changes)
+        if args.http_port is not None:
+            cfg = with_changes(cfg, daemon={"http_port": args.http_port})
+    except ConfigError as err:  # "autostop.seconds: … got -1" for a --seconds -1 typed a moment before
+        raise located(err, None, options) from err
     # the report is written by the daemon, while its status server answers and its log file is open
     code, _ = run_daemon(cfg, folder=args.out_dir, ignore_signals_after=True,
                          report=_report if cfg.output.report else None, config_file=args.config, options=options)

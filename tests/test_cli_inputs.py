@@ -348,3 +348,18 @@ def test_a_replay_of_one_frame_states_it_measured_for_0_s(files, tmp_path):
         assert ds.config["user"]["counter frames_processed"] == 1
         assert ds.config["user"]["duration s"] == 0.0 and ds.config["user"]["processing time s"] > 0
 
+
+@pytest.mark.parametrize("argv, said", [
+    (["--seconds", "-1"], "--seconds: must be finite and >= 0 (0: no limit), got -1.0"),
+    (["--events", "-3"], "--events: must be in [0, 1000000000000] (0: no limit), got -3"),
+    (["--http-port", "70000"], "--http-port: must be in [0, 65535], got 70000"),
+])
+def test_a_bad_run_option_is_named_as_the_option(tmp_path, capsys, argv, said):
+    # it was named by the configuration key it sets ("autostop.seconds: … got -1.0") although the
+    # user had typed --seconds -1, and the configuration file named with --config holds no such key
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'[output]\nfolder = "{tmp_path / "out"}"\n')
+    assert main(["run", "--config", str(cfg), *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"mimlsort run: error: {said}\n" == err, err
+    assert not (tmp_path / "out").exists()
