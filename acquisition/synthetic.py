@@ -202,6 +202,9 @@ class SyntheticSettings:
         require(self.duration_s >= 0, "duration_s", f"must be >= 0 (0 = endless), got {self.duration_s}")
         require(not self.pregenerate or self.duration_s > 0, "pregenerate", "needs a finite run (duration_s > 0)")
         require(0 < self.fps <= 1e6, "fps", f"must be in (0, 1e6], got {self.fps}")
+        # under half a frame rounds to 0 frames, the count of an endless run: 0.0001 s ran for ever
+        require(self.duration_s == 0 or self.duration_s * self.fps >= 0.5, "duration_s",
+                f"must be 0 (endless) or at least one frame ({1 / self.fps:g} s at {self.fps:g} fps), got {self.duration_s:g}")
         # the walls are rendered 4x4 supersampled in float64: 4096 x 1024 px takes 0.5 GiB for a moment
         require(32 <= self.width <= 4096, "width", f"must be in [32, 4096] px, got {self.width}")
         require(16 <= self.height <= 1024, "height", f"must be in [16, 1024] px, got {self.height}")

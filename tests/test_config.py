@@ -45,6 +45,9 @@ def test_cli_prints_the_default_and_checks_files(tmp_path):
     ({"sorting": {"threshold": 1.5}}, "sorting.threshold"),
     ({"camera": {"backend": "nikon"}}, "camera.backend"),
     ({"camera": {"synthetic": {"fps": -1}}}, "camera.synthetic.fps"),
+    # under half a frame is 0 frames, an endless run's count: the daemon ran until a signal
+    ({"camera": {"synthetic": {"duration_s": 0.0001}}},
+     "camera.synthetic.duration_s: must be 0 (endless) or at least one frame (0.00025 s at 4000 fps), got 0.0001"),
     ({"trigger": {"backend": "serial", "serial": {"baudrate": "fast"}}}, "trigger.serial.baudrate"),
     ({"trigger": {"timing": {"pulse_width_us": 0}}}, "trigger.timing.pulse_width_us"),
     ({"model": {"provider": "gpu"}}, "model.provider"),
