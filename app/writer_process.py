@@ -167,6 +167,7 @@ class EventWriterProcess:
         self._events = 0
         self._failed: BaseException | None = None
         self._raised = False  # the failure has been raised to the caller once
+        self._abandoned: BaseException | None = None  # the failure abort() made
         self._closed = False
         try:
             self._conn.send((str(self.path), meta, dict(options)))
@@ -222,7 +223,10 @@ class EventWriterProcess:
             if op in until:
                 return msg
 
-    def _send(self, *msg) -> None:
+    def _send(self, *msg, note: bool = False) -> None:
+        """``note``: a record for the file (a log line, counters, acks) that is dropped, not raised,
+        once the child is gone and the caller has heard why (or gave it up): the run's close sends
+        them, and the daemon said the writer's failure again as "closing failed"."""
         if self._closed:
             raise DeviceError(f"{self.path}: the event file is closed")
         try:
@@ -233,6 +237,8 @@ class EventWriterProcess:
             if self._failed is None:
                 self._failed = DeviceError(f"{self.path}: the event writer process ended (exit code "
                                            f"{self._proc.poll()}); the file holds what was flushed before")
+            if note and (self._raised or self._failed is self._abandoned):
+                return
             self._raised = True
             raise self._failed from err
 
@@ -268,25 +274,25 @@ class EventWriterProcess:
 
     def log(self, line: str) -> None:
         if not self._closed:
-            self._send("log", str(line))
+            self._send("log", str(line), note=True)
 
     def add_acks(self, acks: Iterable) -> None:
         rows = [_Ack(a) for a in acks]
         if rows and not self._closed:
-            self._send("acks", rows)
+            self._send("acks", rows, note=True)
 
     def add_device_reports(self, reports: Iterable) -> None:
         rows = [_Report(r) for r in reports]
         if rows and not self._closed:
-            self._send("reports", rows)
+            self._send("reports", rows, note=True)
 
     def note_counters(self, counters: Mapping[str, Any]) -> None:
         if not self._closed:
-            self._send("counters", dict(counters))
+            self._send("counters", dict(counters), note=True)
 
     def note_error(self, message: str) -> None:
         if not self._closed:
-            self._send("run_error", str(message))
+            self._send("run_error", str(message), note=True)
 
     @property
     def bytes_written(self) -> int:
@@ -311,8 +317,8 @@ class EventWriterProcess:
         say): kill it. The file keeps what the child flushed, as after a crash; a thread blocked
         sending to it gets an error at once, and so do later calls."""
         if self._failed is None:
-            self._failed = DeviceError(f"{self.path}: the event writer was abandoned ({why}); the file holds what "
-                                       "was flushed before")
+            self._failed = self._abandoned = DeviceError(f"{self.path}: the event writer was abandoned ({why}); the file "
+                                                         "holds what was flushed before")
         if self._proc.poll() is None:
             self._proc.kill()
 
@@ -329,8 +335,12 @@ class EventWriterProcess:
         self._closed = True
         self._reap()
         if msg is None:
+            if self._failed is not None and self._failed is self._abandoned:
+                # the caller gave up on the child itself (abort): raised here, the daemon said
+                # "closing failed" beside its own "event writer abandoned" line
+                return
             if self._failed is not None:  # abandoned, or failed before: that says why
-                raise self._failed
+                self._raise_failed()
             raise DeviceError(f"{self.path}: the event writer process did not close the file (exit code "
                               f"{self._proc.returncode}); the file holds what was flushed before")
         if msg[1] is not None:
