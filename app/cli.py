@@ -50,14 +50,19 @@ def _synthetic_settings(args: argparse.Namespace):
 
     s = SyntheticSettings()
     changes = {}
+    options = {"width": "--roi", "height": "--roi"}
     for arg, key in (("seconds", "duration_s"), ("fps", "fps"), ("pixel_size", "pixel_size_um"),
                      ("cells_per_second", "cells_per_second"), ("seed", "seed")):
         v = getattr(args, arg, None)
+        options[key] = "--" + arg.replace("_", "-")
         if v is not None:
             changes[key] = v
     if getattr(args, "roi", None):
         changes["width"], changes["height"] = args.roi
-    return replace(s, **changes)
+    try:
+        return replace(s, **changes)
+    except ConfigError as err:  # "duration_s: … got 0.0001" for a --seconds 0.0001 typed a moment before
+        raise ConfigError(options.get(err.key, err.key), err.problem) from err
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -235,9 +235,15 @@ def cmd_reanalyze(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from app.config import located
     from app.demo import run_demo
+    from mimlsort.errors import ConfigError
 
-    return run_demo(seconds=args.seconds, out=Path(args.out), seed=args.seed, realtime=not args.max_speed)
+    try:
+        return run_demo(seconds=args.seconds, out=Path(args.out), seed=args.seed, realtime=not args.max_speed)
+    except ConfigError as err:  # the demo's configuration is its options
+        raise located(err, None, {"camera.synthetic.duration_s": "--seconds", "camera.synthetic.seed": "--seed",
+                                  "output.folder": "--out", "trigger.log.path": "--out"}) from err
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -22,13 +22,13 @@ def run_demo(seconds: float = 3.0, out: Path = Path("out/demo"), seed: int | Non
     from app.session import with_changes
     from app.validate import match_events
 
-    out.mkdir(parents=True, exist_ok=True)
     synth = {"synthetic.duration_s": seconds, "synthetic.realtime": realtime}
     if seed is not None:
         synth["synthetic.seed"] = seed
     cfg = with_changes(RunConfig(), camera={"backend": "synthetic", **synth},
                        trigger={"backend": "log", "log.path": str(out / "pulses.csv")},
                        output={"folder": str(out), "sample": "demo"}, daemon={"log_file": "demo.log"})
+    out.mkdir(parents=True, exist_ok=True)  # once the options are valid: a refused demo made an empty folder
     code, run = run_daemon(cfg, folder=out, out=sys.stderr)
     st = run.status()
     records = run.pipeline.recent()

@@ -363,3 +363,17 @@ def test_a_bad_run_option_is_named_as_the_option(tmp_path, capsys, argv, said):
     err = capsys.readouterr().err
     assert f"mimlsort run: error: {said}\n" == err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["simulate", "--out", "{t}/s.rtdc", "--seconds", "0.0001"], "--seconds: must be 0 (endless) or at least one frame"),
+    (["simulate", "--out", "{t}/s.rtdc", "--roi", "8x8"], "--roi: must be in [32, 4096] px, got 8"),
+    (["demo", "--out", "{t}/demo", "--seconds", "0.0001"], "--seconds: must be 0 (endless) or at least one frame"),
+])
+def test_a_bad_simulation_option_is_named_as_the_option(tmp_path, capsys, argv, said):
+    # named by the settings' key ("duration_s: …", "camera.synthetic.duration_s: …"), which neither
+    # command has; and the refused demo left its empty --out folder
+    assert main([a.format(t=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {said}" in err, err
+    assert list(tmp_path.iterdir()) == []
