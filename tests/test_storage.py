@@ -675,13 +675,12 @@ def test_low_disk_space_stops_cleanly_with_a_complete_file(tmp_path):
     assert run.complete and run.n_events == 4 and "disk nearly full" in run.error
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB file system of its own (tmpfs: needs root), which a test can fill."""
-    folder = tmp_path / "small"
+def mounted_tmpfs(folder: Path, size: str):
+    """``folder`` (made here) as a file system of its own of ``size`` (tmpfs: needs root; the test
+    is skipped elsewhere), unmounted after the test: a generator for a fixture to yield from."""
     folder.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True,
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
                               text=True, timeout=30)
     except OSError as err:
         pytest.skip(f"mount: {err}")
@@ -691,6 +690,12 @@ def small_disk(tmp_path):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB file system of its own, which a test can fill."""
+    yield from mounted_tmpfs(tmp_path / "small", "4m")
 
 
 def _fill(folder: Path) -> None:
