@@ -74,6 +74,11 @@ def _default_producers() -> list[str]:
     return [viky] if viky else []
 
 
+def _producers_key(cti: str) -> str:
+    """What named the producers: the setting, else the environment variable it fell back to."""
+    return "camera.genicam.cti" if cti or os.environ.get("GENICAM_GENTL64_PATH") is None else "GENICAM_GENTL64_PATH"
+
+
 def viky_cti() -> str | None:
     """Path of the ``viky.cti`` GenTL producer shipped in the ``genicam`` wheel, if installed."""
     import importlib.util
@@ -86,7 +91,29 @@ def viky_cti() -> str | None:
     return str(path) if path.is_file() else None
 
 
-def _harvester(producers: list[str]):
+def check_producer(cti: str, key: str = "camera.genicam.cti") -> None:
+    """ConfigError at ``key`` unless ``cti`` is a library that exports the GenTL entry points.
+
+    harvesters only logs a producer it cannot load, so a wrong file (a 32-bit producer, a
+    document) ended in "no GenICam device ... is it connected, powered?"; and a library that
+    loads but is no producer crashed the process (segmentation fault) inside the genicam wheel.
+    Loading it here runs nothing harvesters would not run anyway."""
+    import ctypes
+
+    if not os.path.isfile(cti):
+        raise ConfigError(key, f"no such GenTL producer file: {cti}")
+    try:
+        lib = ctypes.CDLL(cti)
+    except OSError as err:
+        raise ConfigError(key, f"{cti} is not a GenTL producer this machine can load ({err}): give the camera "
+                          "vendor's .cti built for this system") from None
+    missing = [name for name in ("GCInitLib", "TLOpen", "DSStartAcquisition") if not hasattr(lib, name)]
+    if missing:
+        raise ConfigError(key, f"{cti} is not a GenTL producer: it exports no {', '.join(missing)} "
+                          "(the camera vendor's .cti file)")
+
+
+def _harvester(producers: list[str], key: str = "camera.genicam.cti"):
     try:
         Harvester = quiet_import("harvesters.core").Harvester
     except ImportError as err:
@@ -95,11 +122,25 @@ def _harvester(producers: list[str]):
         where = os.environ.get("GENICAM_GENTL64_PATH")
         raise BackendUnavailable("no GenTL producer" + (f" in GENICAM_GENTL64_PATH={where}" if where is not None else "")
                                  + ": set camera.genicam.cti or GENICAM_GENTL64_PATH to the camera vendor's .cti")
+    if key == "GENICAM_GENTL64_PATH":
+        # a folder of the variable may hold a producer for another system beside the good one,
+        # which harvesters skipped: skipped here too, said, and refused only when none is left
+        good = []
+        for cti in producers:
+            try:
+                check_producer(cti, key)
+            except ConfigError as err:
+                log.warning("%s: skipped", err)
+            else:
+                good.append(cti)
+        if not good:
+            raise ConfigError(key, f"none of {', '.join(producers)} is a GenTL producer this machine can load")
+        producers = good
+    else:
+        for cti in producers:
+            check_producer(cti, key)
     h = Harvester()
     for cti in producers:
-        if not os.path.isfile(cti):
-            h.reset()
-            raise ConfigError("camera.genicam.cti", f"no such GenTL producer file: {cti}")
         h.add_file(cti)
     h.update()
     return h
@@ -115,8 +156,7 @@ def _dev_attr(info: Any, name: str) -> str:
 
 def list_devices(cti: str = "") -> list[DeviceEntry]:
     """Devices every GenTL producer (``cti``, else the default ones) reports; no device is opened."""
-    producers = [cti] if cti else _default_producers()
-    h = _harvester(producers)
+    h = _harvester([cti] if cti else _default_producers(), _producers_key(cti))
     try:
         return [
             DeviceEntry("genicam", _dev_attr(d, "serial_number"), f"{_dev_attr(d, 'vendor')} {_dev_attr(d, 'model')}".strip(),
@@ -223,7 +263,7 @@ class GenicamCamera(GenicamFeatures, Camera):
 
     def _connect(self, serial: str) -> None:
         s = self.settings
-        self._h = _harvester([s.cti] if s.cti else _default_producers())
+        self._h = _harvester([s.cti] if s.cti else _default_producers(), _producers_key(s.cti))
         try:
             dev = self._select(serial)
             self._serial = _dev_attr(dev, "serial_number")

@@ -29,7 +29,7 @@ def _list(backend: str, args: argparse.Namespace):
 
 
 def cmd_cameras(args: argparse.Namespace) -> int:
-    from mimlsort.errors import BackendUnavailable, DeviceError
+    from mimlsort.errors import BackendUnavailable, ConfigError, DeviceError
 
     backends = [args.backend] if args.backend else list(VENDOR_BACKENDS)
     found = 0
@@ -41,6 +41,11 @@ def cmd_cameras(args: argparse.Namespace) -> int:
             continue
         except DeviceError as e:
             print(f"{backend:8s} error: {e}")
+            continue
+        except ConfigError as e:
+            if e.key != "GENICAM_GENTL64_PATH":  # --cti: the user's own option, refused as such
+                raise
+            print(f"{backend:8s} error: {e}")  # the environment's: the other backends still list
             continue
         if not devices:
             print(f"{backend:8s} no devices" + ("" if args.network or backend != "basler" else " (GigE not searched: --network)"))

@@ -135,3 +135,39 @@ def test_a_camera_open_already_is_not_said_to_be_missing_without_a_hint():
         with pytest.raises(DeviceError, match=r"serial='0' \(found serials: none: is it connected, powered, and not "
                                               r"open already"):
             viky(serial="0").open()
+
+
+def test_a_cti_that_is_no_producer_is_named_by_its_setting(tmp_path):
+    # harvesters only logs a producer it cannot load: a document given as the .cti ended in "no
+    # GenICam device matches any (... is it connected, powered ...?)"
+    doc = tmp_path / "vendor.cti"
+    doc.write_text("not a library\n")
+    with pytest.raises(ConfigError, match=r"camera\.genicam\.cti: .*vendor\.cti is not a GenTL producer"):
+        viky(cti=str(doc)).open()
+
+
+def test_a_library_that_is_no_producer_is_refused_not_a_crash(tmp_path):
+    # a shared library without the GenTL entry points crashed the process inside the genicam
+    # wheel (segmentation fault): a subprocess, so that the crash cannot take pytest with it
+    import _ctypes
+    import subprocess
+    import sys
+
+    lib = _ctypes.__file__  # a real shared library, and no GenTL producer
+    r = subprocess.run([sys.executable, "-m", "app.cli", "cameras", "--backend", "genicam", "--cti", lib],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "camera.genicam.cti" in r.stderr and "is not a GenTL producer: it exports no GCInitLib" in r.stderr
+
+
+def test_a_bad_producer_beside_a_good_one_in_the_environment_is_skipped(monkeypatch, tmp_path, caplog):
+    import shutil
+
+    shutil.copy(CTI, tmp_path / "viky.cti")
+    (tmp_path / "old.cti").write_text("a producer for another system\n")
+    monkeypatch.setenv("GENICAM_GENTL64_PATH", str(tmp_path))
+    assert len(list_devices()) == 3  # as harvesters did: the good producer's devices
+    assert "GENICAM_GENTL64_PATH" in caplog.text and "old.cti is not a GenTL producer" in caplog.text
+    (tmp_path / "viky.cti").unlink()
+    with pytest.raises(ConfigError, match=r"GENICAM_GENTL64_PATH: none of .*old\.cti"):
+        list_devices()
