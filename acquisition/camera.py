@@ -119,6 +119,9 @@ class Camera(ABC):
         self.timeouts = 0  # grabs that timed out
         self.delivered = 0
         self.reconnects = 0  # times a backend reopened a camera that disappeared mid-run
+        # what opening it said that a run's file must keep (a setting the camera took otherwise):
+        # the camera opens before the file exists, and the process log alone said it
+        self.open_notes: list[str] = []
         self._reconnects_seen = 0
         self._info: CameraInfo | None = None
         self._sensor_info: CameraInfo | None = None
@@ -140,6 +143,7 @@ class Camera(ABC):
     def open(self) -> CameraInfo:
         if self.state is not CameraState.CLOSED:
             raise StateError(f"{self.backend} camera is already open")
+        self.open_notes = []
         self._set_info(self._do_open())
         self.state = CameraState.OPEN
         log.info("opened %s camera %s (%dx%d %s)", self.backend, self._info.model, self._info.width, self._info.height, self._info.dtype)

@@ -239,10 +239,14 @@ class GenicamFeatures:
         except (TypeError, ValueError):
             differs = False
         if differs:
-            logging.getLogger(type(self).__module__).warning(
-                "camera.%s.%s: the %s camera %s took %s for the %s asked (its limits or step)", self.backend, key,
-                self.backend, self._serial, _plain(got), _plain(asked))
+            self._note(f"camera.{self.backend}.{key}: the {self.backend} camera {self._serial} took {_plain(got)} "
+                       f"for the {_plain(asked)} asked (its limits or step)")
         return got
+
+    def _note(self, line: str) -> None:
+        """Warn, and keep the line for the run's file (the file's configuration says what was asked)."""
+        logging.getLogger(type(self).__module__).warning("%s", line)
+        self.open_notes.append(line)
 
     @contextlib.contextmanager
     def _setting(self, key: str):
@@ -306,8 +310,8 @@ class GenicamFeatures:
             if not v:
                 continue
             if optional_offsets and not self.has_feature(name):
-                logging.getLogger(type(self).__module__).warning(
-                    "%s camera %s has no %s: offset %d ignored", self.backend, self._serial, name, v)
+                self._note(f"camera.{self.backend}.{key}: the {self.backend} camera {self._serial} has no {name}: "
+                           f"offset {v} ignored")
             else:
                 with self._setting(key):
                     self._apply(key, v, self.set_feature(name, v))

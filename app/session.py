@@ -693,6 +693,8 @@ def build_run(cfg: RunConfig, *, folder: str | Path | None = None, events_path: 
             else:
                 writer = EventWriter(ev_path, meta=meta, overwrite=overwrite, **options)
             opened.append(writer)
+            for line in getattr(cam, "open_notes", ()):
+                writer.log(line)
             if not info.camera_clock:
                 writer.log(f"{info.backend} camera has no clock of its own: frame times are host arrival times")
             if trig is not None:

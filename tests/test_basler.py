@@ -140,6 +140,31 @@ def test_a_run_records_the_cameras_offset_exposure_and_clock(tmp_path):
         assert rec.info.offset == (16, 8)
 
 
+def test_a_run_file_says_which_settings_the_camera_took_otherwise(tmp_path):
+    # the file's configuration said offset_x = 5000 and exposure_us = 10, its attributes ROI
+    # position 3840 and flash 100 µs, and only the process's log said why
+    from app.config import config_from_mapping
+    from app.session import build_run
+    from app.storage import read_events
+
+    cfg = config_from_mapping({
+        "camera": {"backend": "basler", "pixel_size_um": 0.5,
+                   "basler": {"transport": EMULATOR, "width": 256, "height": 96, "offset_x": 5000,
+                              "exposure_us": 10.0, "fps": 500.0}},
+        "tracking": {"geometry": {"constriction_start_um": 40.0, "constriction_end_um": 80.0,
+                                  "channel_top_um": 5.0, "channel_bottom_um": 40.0}},
+        "model": {"path": "none"}, "autostop": {"seconds": 0.3},
+        "output": {"folder": str(tmp_path), "report": False},
+    })
+    with build_run(cfg) as run:
+        assert run.wait(60)
+    _, stored = read_events(run.events_path)
+    text = "".join(stored.run_log)
+    for key, got, asked in (("offset_x", 3840, 5000), ("exposure_us", 100, 10)):
+        assert f"camera.basler.{key}: the basler camera {SERIAL} took {got} for the {asked} asked" in text, text
+    assert "camera.basler.fps" not in text  # what it could take is not said
+
+
 def test_emulator_runs_on_host_time_and_says_so():
     with emu() as cam:
         assert cam.info.camera_clock is False
