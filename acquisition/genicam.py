@@ -259,7 +259,7 @@ class GenicamCamera(GenicamFeatures, Camera):
         return select_device(
             list(self._h.device_info_list), serial, self.settings,
             serial_of=lambda d: _dev_attr(d, "serial_number"), name_of=lambda d: _dev_attr(d, "user_defined_name"),
-            backend=self.backend, what="GenICam device", found="found serials")
+            backend=self.backend, what="GenICam device", found="found serials", note=self._note)
 
     def _connect(self, serial: str) -> None:
         s = self.settings

@@ -77,11 +77,13 @@ def check_settings(s: Any) -> None:
 
 def select_device(devices: list[Any], serial: str, s: Any, *, serial_of: Callable[[Any], str],
                   name_of: Callable[[Any], str], backend: str, what: str, where: str = "",
-                  found: str = "found") -> Any:
+                  found: str = "found", note: Callable[[str], None] | None = None) -> Any:
     """The device of ``devices`` that ``serial`` and the settings' ``user_name`` and ``index`` pick.
 
     A reconnect passes the serial of the device it lost, which then alone decides. Errors name what
-    was asked and what is there: "no {what} matches ...{where} ({found}: serials)".
+    was asked and what is there: "no {what} matches ...{where} ({found}: serials)". Where nothing
+    chose among several, the first is taken and ``note`` (else a warning) says which and what
+    else was there.
     """
     matches = [d for d in devices
                if (not serial or serial_of(d) == serial) and (not s.user_name or name_of(d) == s.user_name)]
@@ -94,6 +96,17 @@ def select_device(devices: list[Any], serial: str, s: Any, *, serial_of: Callabl
     if i >= len(matches):
         noun = what.split()[-1]
         raise DeviceError(f"camera.{backend}.index: {s.index} but only {len(matches)} {noun}(s) match {want}")
+    if len(matches) > 1 and not serial and s.index < 0:
+        # the enumeration order is the transport's and may change from one start to the next: a
+        # run on the other camera of two said nothing but "opened" (and then found no channel)
+        line = (f"camera.{backend}.serial: not given, and {len(matches)} {what}s "
+                f"{'are attached' if want == 'any' else 'match ' + want}{where} "
+                f"({', '.join(serial_of(d) for d in matches)}): opened the first, {serial_of(matches[0])}; "
+                f"set camera.{backend}.serial to choose")
+        if note is None:
+            logging.getLogger(__name__).warning("%s", line)
+        else:
+            note(line)
     return matches[i]
 
 

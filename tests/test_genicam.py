@@ -171,3 +171,17 @@ def test_a_bad_producer_beside_a_good_one_in_the_environment_is_skipped(monkeypa
     (tmp_path / "viky.cti").unlink()
     with pytest.raises(ConfigError, match=r"GENICAM_GENTL64_PATH: none of .*old\.cti"):
         list_devices()
+
+
+def test_several_devices_and_none_chosen_is_said_with_the_key(caplog):
+    # the first of three opened with nothing said but "opened": a lab with two cameras ran on
+    # whichever the transport listed first
+    with GenicamCamera({"cti": CTI}) as cam:
+        assert cam.info.serial == "0"
+        notes = list(cam.open_notes)
+    assert notes == ["camera.genicam.serial: not given, and 3 GenICam devices are attached (0, 1, 2): opened the "
+                     "first, 0; set camera.genicam.serial to choose"]
+    assert notes[0] in caplog.text
+    for chosen in ({"serial": "2"}, {"index": 0}):  # a choice, even of the first, is not warned about
+        with GenicamCamera({"cti": CTI, **chosen}) as cam:
+            assert not cam.open_notes
