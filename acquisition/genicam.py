@@ -113,35 +113,43 @@ def check_producer(cti: str, key: str = "camera.genicam.cti") -> None:
                           "(the camera vendor's .cti file)")
 
 
-def _harvester(producers: list[str], key: str = "camera.genicam.cti"):
+def producers(cti: str = "") -> list[str]:
+    """The GenTL producer files a camera with setting ``cti`` loads, each checked
+    (:func:`check_producer`); nothing is opened."""
+    key = _producers_key(cti)
+    files = [cti] if cti else _default_producers()
+    if not files:
+        where = os.environ.get("GENICAM_GENTL64_PATH")
+        raise BackendUnavailable("no GenTL producer" + (f" in GENICAM_GENTL64_PATH={where}" if where is not None else "")
+                                 + ": set camera.genicam.cti or GENICAM_GENTL64_PATH to the camera vendor's .cti")
+    if key != "GENICAM_GENTL64_PATH":
+        for f in files:
+            check_producer(f, key)
+        return files
+    # a folder of the variable may hold a producer for another system beside the good one, which
+    # harvesters skipped: skipped here too, said, and refused only when none is left
+    good = []
+    for f in files:
+        try:
+            check_producer(f, key)
+        except ConfigError as err:
+            log.warning("%s: skipped", err)
+        else:
+            good.append(f)
+    if not good:
+        raise ConfigError(key, f"none of {', '.join(files)} is a GenTL producer this machine can load")
+    return good
+
+
+def _harvester(cti: str):
     try:
         Harvester = quiet_import("harvesters.core").Harvester
     except ImportError as err:
         raise BackendUnavailable("the genicam backend needs harvesters: install mimlsort[genicam]") from err
-    if not producers:
-        where = os.environ.get("GENICAM_GENTL64_PATH")
-        raise BackendUnavailable("no GenTL producer" + (f" in GENICAM_GENTL64_PATH={where}" if where is not None else "")
-                                 + ": set camera.genicam.cti or GENICAM_GENTL64_PATH to the camera vendor's .cti")
-    if key == "GENICAM_GENTL64_PATH":
-        # a folder of the variable may hold a producer for another system beside the good one,
-        # which harvesters skipped: skipped here too, said, and refused only when none is left
-        good = []
-        for cti in producers:
-            try:
-                check_producer(cti, key)
-            except ConfigError as err:
-                log.warning("%s: skipped", err)
-            else:
-                good.append(cti)
-        if not good:
-            raise ConfigError(key, f"none of {', '.join(producers)} is a GenTL producer this machine can load")
-        producers = good
-    else:
-        for cti in producers:
-            check_producer(cti, key)
+    files = producers(cti)
     h = Harvester()
-    for cti in producers:
-        h.add_file(cti)
+    for f in files:
+        h.add_file(f)
     h.update()
     return h
 
@@ -156,7 +164,7 @@ def _dev_attr(info: Any, name: str) -> str:
 
 def list_devices(cti: str = "") -> list[DeviceEntry]:
     """Devices every GenTL producer (``cti``, else the default ones) reports; no device is opened."""
-    h = _harvester([cti] if cti else _default_producers(), _producers_key(cti))
+    h = _harvester(cti)
     try:
         return [
             DeviceEntry("genicam", _dev_attr(d, "serial_number"), f"{_dev_attr(d, 'vendor')} {_dev_attr(d, 'model')}".strip(),
@@ -263,7 +271,7 @@ class GenicamCamera(GenicamFeatures, Camera):
 
     def _connect(self, serial: str) -> None:
         s = self.settings
-        self._h = _harvester([s.cti] if s.cti else _default_producers(), _producers_key(s.cti))
+        self._h = _harvester(s.cti)
         try:
             dev = self._select(serial)
             self._serial = _dev_attr(dev, "serial_number")

@@ -97,6 +97,8 @@ def preflight(cfg: RunConfig) -> list[str]:
         s = cfg.camera.synthetic
         _check_geometry_fits(cfg, s.width, s.height, cfg.camera.pixel_size_um or s.pixel_size_um,
                              "the synthetic camera's")
+    else:
+        checked.append(_check_vendor_camera(cfg))
     backend = cfg.trigger.backend
     key = TRIGGER_ADDRESS.get(backend)
     address = getattr(cfg.trigger.backend_settings(), key) if key else None
@@ -130,6 +132,32 @@ def preflight(cfg: RunConfig) -> list[str]:
         # `config --check`, and the run failed at its start
         _check_writable(Path(log_path).expanduser().absolute().parent, "trigger.log.path")
     return checked
+
+
+def _check_vendor_camera(cfg: RunConfig) -> str:
+    """The vendor SDK the camera backend needs and, for genicam, its producer files, without
+    opening a device: `config --check` said "valid" for a genicam camera whose .cti did not exist
+    and for a ximea camera on a machine without xiAPI, and the run refused both at its start."""
+    backend = cfg.camera.backend
+    settings = cfg.camera.backend_settings()
+    if backend == "basler":
+        from acquisition.basler import EMULATOR, _pylon
+
+        _pylon(settings.transport == EMULATOR)
+        return "camera basler: pypylon (not opened)"
+    if backend == "genicam":
+        from acquisition.genicam import _genapi, producers, viky_cti
+
+        _genapi()
+        files = producers(settings.cti)
+        test = " (the genicam wheel's simulated test camera)" if files == [viky_cti()] else ""
+        return f"camera genicam: producer {', '.join(files)}{test} (not opened)"
+    if backend == "ximea":
+        from acquisition.ximea import _xiapi
+
+        _xiapi()
+        return "camera ximea: xiAPI (not opened)"
+    return f"camera {backend} (not opened)"
 
 
 def _check_geometry_fits(cfg: RunConfig, width: int, height: int, pixel_size_um: float, camera: str) -> None:

@@ -333,3 +333,28 @@ def test_preflight_refuses_an_output_folder_that_takes_no_files_even_for_root(tm
     with pytest.raises(ConfigError) as e:
         preflight(config_from_mapping({"output": {"folder": str(folder)}}))
     assert str(e.value).startswith("output.folder: /sys/kernel: cannot be made or written"), e.value
+
+
+def test_preflight_checks_the_vendor_cameras_sdk_and_producer_without_opening_it(tmp_path, monkeypatch):
+    # `config --check` said "valid" for a genicam .cti that did not exist and for a ximea camera on a
+    # machine without xiAPI; the run then refused both at its start
+    import importlib.util
+
+    from app.session import preflight
+    from mimlsort.errors import BackendUnavailable
+
+    out = {"output": {"folder": str(tmp_path / "runs")}, "model": {"path": "none"}}
+    if importlib.util.find_spec("harvesters") is not None:
+        monkeypatch.delenv("GENICAM_GENTL64_PATH", raising=False)
+        with pytest.raises(ConfigError, match=r"^camera\.genicam\.cti: no such GenTL producer file: .*nope\.cti"):
+            preflight(config_from_mapping({**out, "camera": {"backend": "genicam",
+                                                             "genicam": {"cti": str(tmp_path / "nope.cti")}}}))
+        doc = tmp_path / "vendor.cti"
+        doc.write_text("not a library\n")
+        with pytest.raises(ConfigError, match=r"^camera\.genicam\.cti: .*vendor\.cti is not a GenTL producer"):
+            preflight(config_from_mapping({**out, "camera": {"backend": "genicam", "genicam": {"cti": str(doc)}}}))
+        checked = preflight(config_from_mapping({**out, "camera": {"backend": "genicam"}}))
+        assert any("viky.cti (the genicam wheel's simulated test camera)" in c for c in checked), checked
+    if importlib.util.find_spec("ximea") is None:
+        with pytest.raises(BackendUnavailable, match="xiAPI"):
+            preflight(config_from_mapping({**out, "camera": {"backend": "ximea"}}))
