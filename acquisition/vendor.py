@@ -91,7 +91,11 @@ def select_device(devices: list[Any], serial: str, s: Any, *, serial_of: Callabl
     if not matches:
         serials = ", ".join(serial_of(d) for d in devices) or ("none: is it connected, powered, and not open "
                                                              "already, in this program or another?")
-        raise DeviceError(f"no {what} matches {want}{where} ({found}: {serials})")
+        # the setting that asked, so the operator knows what to change (a reconnect asks by the
+        # serial it lost: no setting)
+        key = next((f"camera.{backend}.{k}: " for k, v in (("serial", s.serial), ("user_name", s.user_name))
+                    if v and (k != "serial" or serial == v)), "")
+        raise DeviceError(f"{key}no {what} matches {want}{where} ({found}: {serials})")
     i = max(s.index, 0) if serial == s.serial else 0
     if i >= len(matches):
         noun = what.split()[-1]

@@ -54,8 +54,11 @@ def test_cti_from_the_environment(monkeypatch, tmp_path):
 def test_selection_by_serial_and_errors():
     with viky(serial="2") as cam:
         assert cam.info.serial == "2"
-    with pytest.raises(DeviceError, match="found serials"):
+    with pytest.raises(DeviceError, match=r"^camera\.genicam\.serial: no GenICam device matches serial='9' "
+                                          r"\(found serials: 0, 1, 2\)"):
         viky(serial="9").open()
+    with pytest.raises(DeviceError, match=r"^camera\.genicam\.user_name: no GenICam device matches user_name='x'"):
+        viky(serial="", user_name="x").open()
     with pytest.raises(ConfigError, match="no such GenTL producer"):
         viky(cti="/nonexistent/x.cti").open()
 
