@@ -34,6 +34,20 @@ def emu(**kw) -> BaslerCamera:
     return BaslerCamera(s)
 
 
+def emu_run_config(tmp_path, basler: dict, seconds: float, **output):
+    """A run of the emulator's test image with the channel placed by hand (it shows none)."""
+    from app.config import config_from_mapping
+
+    return config_from_mapping({
+        "camera": {"backend": "basler", "pixel_size_um": 0.5,
+                   "basler": {"transport": EMULATOR, "width": 256, "height": 96, "fps": 500.0, **basler}},
+        "tracking": {"geometry": {"constriction_start_um": 40.0, "constriction_end_um": 80.0,
+                                  "channel_top_um": 5.0, "channel_bottom_um": 40.0}},
+        "model": {"path": "none"}, "autostop": {"seconds": seconds},
+        "output": {"folder": str(tmp_path), "report": False, **output},
+    })
+
+
 def test_settings_are_validated_with_their_key():
     with pytest.raises(ConfigError, match=r"camera\.basler\.buffers"):
         BaslerCamera({"buffers": 2})
@@ -112,18 +126,9 @@ def test_a_run_records_the_cameras_offset_exposure_and_clock(tmp_path):
     # the 2 µs placeholder as the flash duration while the camera exposed for 100 µs
     import h5py
 
-    from app.config import config_from_mapping
     from app.session import build_run
 
-    cfg = config_from_mapping({
-        "camera": {"backend": "basler", "pixel_size_um": 0.5,
-                   "basler": {"transport": EMULATOR, "width": 256, "height": 96, "offset_x": 16, "offset_y": 8,
-                              "exposure_us": 100.0, "fps": 500.0}},
-        "tracking": {"geometry": {"constriction_start_um": 40.0, "constriction_end_um": 80.0,
-                                  "channel_top_um": 5.0, "channel_bottom_um": 40.0}},
-        "model": {"path": "none"}, "autostop": {"seconds": 0.5},
-        "output": {"folder": str(tmp_path), "report": False, "record_raw": True},
-    })
+    cfg = emu_run_config(tmp_path, {"offset_x": 16, "offset_y": 8, "exposure_us": 100.0}, 0.5, record_raw=True)
     with build_run(cfg) as run:
         assert run.wait(60)
     for path in (run.events_path, run.raw_path):
@@ -143,19 +148,10 @@ def test_a_run_records_the_cameras_offset_exposure_and_clock(tmp_path):
 def test_a_run_file_says_which_settings_the_camera_took_otherwise(tmp_path):
     # the file's configuration said offset_x = 5000 and exposure_us = 10, its attributes ROI
     # position 3840 and flash 100 µs, and only the process's log said why
-    from app.config import config_from_mapping
     from app.session import build_run
     from app.storage import read_events
 
-    cfg = config_from_mapping({
-        "camera": {"backend": "basler", "pixel_size_um": 0.5,
-                   "basler": {"transport": EMULATOR, "width": 256, "height": 96, "offset_x": 5000,
-                              "exposure_us": 10.0, "fps": 500.0}},
-        "tracking": {"geometry": {"constriction_start_um": 40.0, "constriction_end_um": 80.0,
-                                  "channel_top_um": 5.0, "channel_bottom_um": 40.0}},
-        "model": {"path": "none"}, "autostop": {"seconds": 0.3},
-        "output": {"folder": str(tmp_path), "report": False},
-    })
+    cfg = emu_run_config(tmp_path, {"offset_x": 5000, "exposure_us": 10.0}, 0.3)
     with build_run(cfg) as run:
         assert run.wait(60)
     _, stored = read_events(run.events_path)
@@ -466,19 +462,10 @@ def test_a_camera_that_sends_no_frame_is_said(tmp_path, monkeypatch, caplog):
 def test_a_camera_lost_and_reopened_mid_run_is_in_the_status_and_the_file(tmp_path):
     # the backend reconnected, and only the process's log said so: the file showed a hole in the
     # events with no drop, no counter and no log line
-    from app.config import config_from_mapping
     from app.session import build_run
     from app.storage import read_events
 
-    cfg = config_from_mapping({
-        "camera": {"backend": "basler", "pixel_size_um": 0.5,
-                   "basler": {"transport": EMULATOR, "width": 256, "height": 96, "fps": 500.0,
-                              "reconnect_attempts": 2, "reconnect_delay_s": 0.0}},
-        "tracking": {"geometry": {"constriction_start_um": 40.0, "constriction_end_um": 80.0,
-                                  "channel_top_um": 5.0, "channel_bottom_um": 40.0}},
-        "model": {"path": "none"}, "autostop": {"seconds": 4.0},
-        "output": {"folder": str(tmp_path), "report": False},
-    })
+    cfg = emu_run_config(tmp_path, {"reconnect_attempts": 2, "reconnect_delay_s": 0.0}, 4.0)
     with build_run(cfg) as run:
         deadline = time.monotonic() + 30
         while run.status().frames_in < 20 and time.monotonic() < deadline:
