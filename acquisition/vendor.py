@@ -291,8 +291,26 @@ class GenicamFeatures:
                 got = self._set_fps(s.fps)
             if s.fps:
                 self._apply("fps", s.fps, got)
+                self._check_resulting_fps(float(got))
         for name, v in s.features.items():
             self.set_feature(name, v)
+
+    def _check_resulting_fps(self, limit: float) -> None:
+        """Say where the camera runs slower than the frame-rate limit it took: the limit is only a
+        ceiling, and an exposure longer than 1 / fps (or a ROI or link too slow) sets the rate;
+        a run asked for 500 fps at the emulator's 10 ms exposure ran at 100 without a word."""
+        for name in ("ResultingFrameRate", "ResultingFrameRateAbs"):
+            if self.has_feature(name):
+                try:
+                    runs = float(self.get_feature(name))
+                except Exception:  # noqa: BLE001 - a camera that cannot tell now: nothing to compare
+                    return
+                if 0 < runs < limit * (1 - 1e-3):
+                    b = self.backend
+                    self._note(f"camera.{b}.fps: the {b} camera {self._serial} runs at {runs:g} fps, under the "
+                               f"{limit:g} set: its exposure ({self.exposure_in_effect_us():g} µs, camera.{b}."
+                               f"exposure_us), ROI or link limits it")
+                return
 
     #: the exposure nodes in the order the backend's ``_set_exposure`` writes them
     _exposure_nodes: tuple[str, ...] = ("ExposureTimeAbs", "ExposureTime")

@@ -188,3 +188,31 @@ def test_several_devices_and_none_chosen_is_said_with_the_key(caplog):
     for chosen in ({"serial": "2"}, {"index": 0}):  # a choice, even of the first, is not warned about
         with GenicamCamera({"cti": CTI, **chosen}) as cam:
             assert not cam.open_notes
+
+
+def test_a_camera_slower_than_its_frame_rate_limit_is_said():
+    # the limit is a ceiling: a camera exposing for 10 ms ran at 100 fps with fps = 500 set and
+    # nothing said. Neither the producer here nor the pylon emulator models it (their resulting
+    # rate is the limit), so the camera's answers are given by hand, through the shared code
+    from acquisition.vendor import GenicamFeatures
+
+    class Camera(GenicamFeatures):
+        backend, _serial = "genicam", "7"
+
+        def __init__(self, features):
+            self.features, self.open_notes = features, []
+
+        def has_feature(self, name):
+            return name in self.features
+
+        def get_feature(self, name):
+            return self.features[name]
+
+    cam = Camera({"ResultingFrameRate": 100.0, "ExposureTime": 10000.0})
+    cam._check_resulting_fps(500.0)
+    assert cam.open_notes == ["camera.genicam.fps: the genicam camera 7 runs at 100 fps, under the 500 set: its "
+                              "exposure (10000 µs, camera.genicam.exposure_us), ROI or link limits it"]
+    for features in ({"ResultingFrameRate": 500.0}, {"ResultingFrameRateAbs": 499.9}, {}):
+        cam = Camera(features)
+        cam._check_resulting_fps(500.0)
+        assert cam.open_notes == []
