@@ -355,12 +355,33 @@ def main(argv: list[str] | None = None) -> int:
                     signal.signal(sig, handler)
 
 
+def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM an error was raised while handling, if any. The handlers raise
+    KeyboardInterrupt wherever Python is, and code that calls back into Python from C turns it
+    into its own error: a SIGTERM in h5py's attribute write (its logging of a type conversion)
+    came out as "TypeError: Operation not defined for data type class", a traceback and exit 1
+    instead of "interrupted" and 143."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        except Exception as e:
+            interrupt = _interrupt_behind(e)
+            if interrupt is None:
+                raise
+            raise interrupt from None
     except MimlsortError as e:
         print(f"mimlsort {args.command}: error: {e}", file=sys.stderr)
         return 2
