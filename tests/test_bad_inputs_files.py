@@ -112,7 +112,7 @@ def test_config_check_and_a_model_refuse_a_named_pipe(tmp_path, capsys):
     rec = write_rtdc(tmp_path / "real.rtdc")
     with Unblock(model):
         err = error_of(capsys, "replay", rec, "--out", tmp_path / "ev.rtdc", "--model", model)
-        assert f"model.path: {model}: is a named pipe (FIFO), not a model file" in err
+        assert f"--model: {model}: is a named pipe (FIFO), not a model file" in err  # the option given
         from inference.classifier import Classifier
 
         with pytest.raises(ModelError, match=f"{model}: is a named pipe"):
@@ -124,7 +124,7 @@ def test_a_folder_where_a_file_is_wanted_is_named(tmp_path, capsys):
     assert f"{tmp_path}: is a folder, not an RT-DC file" in err
     err = error_of(capsys, "replay", write_rtdc(tmp_path / "rec.rtdc"), "--out", tmp_path / "ev.rtdc",
                    "--model", tmp_path)
-    assert f"model.path: {tmp_path}: is a folder, not a model file" in err
+    assert f"--model: {tmp_path}: is a folder, not a model file" in err
     # a folder is a recording replay takes (one image per file); an empty one says so
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -211,7 +211,7 @@ def test_a_model_this_user_may_not_read_says_permission_denied(tmp_path, capsys,
         Classifier(model, provider="cpu")
     err = error_of(capsys, "replay", write_rtdc(tmp_path / "rec.rtdc"), "--out", tmp_path / "ev.rtdc",
                    "--model", model)
-    assert f"model.path: permission denied: {model}" in err
+    assert f"--model: permission denied: {model}" in err
 
 
 @needs_fifo
