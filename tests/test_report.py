@@ -623,3 +623,25 @@ def test_an_export_of_no_cells_writes_the_header_and_says_so(tmp_path, capsys):
             f"feature: {table} holds only the header") in err, err
     assert main(["export", str(flagged), "--miml", str(tmp_path / "fm2"), "--include-flagged"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_target_class_named_twice_is_one_target(run_file, tmp_path, capsys):
+    """The live policy takes the target classes as a set; the report summed a class named twice
+    twice: `--target hct116 --target hct116` read a purity estimate of 197.9 %, and so did a run
+    whose configuration named it twice."""
+    from app.cli import main
+
+    path, records = run_file
+    once = summarize(path)
+    assert main(["report", str(path), "--out", str(tmp_path / "r"), "--target", "hct116", "--target", "hct116"]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| target classes | hct116 (given to the report) |" in md
+    assert f"| purity estimate | {100 * once.purity_estimate:.1f} % |" in md
+    twice = tmp_path / "twice.rtdc"
+    with EventWriter(twice, meta=make_meta(config_toml=CONFIG.replace('["hct116"]', '["hct116", "hct116"]'))) as w:
+        w.write(records)
+    s = summarize(twice)
+    assert s.target_classes == ("hct116",) and 0 < s.purity_estimate <= 1 and 0 < s.sorted_purity_estimate <= 1
+    assert (s.purity_estimate, s.recovery_estimate, s.sorted_purity_estimate, s.sorted_recovery_estimate) == \
+        pytest.approx((once.purity_estimate, once.recovery_estimate, once.sorted_purity_estimate,
+                       once.sorted_recovery_estimate))
