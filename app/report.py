@@ -464,7 +464,9 @@ def to_markdown(s: Summary, figures: dict[str, Path]) -> str:
     lines = [f"# Sample report: {s.sample} (run {s.run_index})", ""]
     for title, header, rows, note in _tables(s):
         lines += [f"## {title}", ""]
-        esc = lambda x: x.replace("|", "\\|")  # noqa: E731
+        # a line break ends a Markdown table row: a multi-line run error (ONNX Runtime's are) left
+        # the table at its first line and its other lines as paragraphs below it
+        esc = lambda x: x.replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")  # noqa: E731
         lines.append("| " + " | ".join(esc(h) for h in header) + " |")
         lines.append("|" + "---|" * len(header))
         lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
@@ -484,6 +486,11 @@ FIGURES_NOTE = ("The figures show every cell, flagged ones included (the medians
                 "fired cells are ringed.")
 
 
+def _html_lines(text: str) -> str:
+    """A table cell's text with its line breaks kept, as the Markdown gives them (``<br>``)."""
+    return "<br>".join(html.escape(x) for x in text.replace("\r\n", "\n").split("\n"))
+
+
 def to_html(s: Summary, figures: dict[str, Path]) -> str:
     """A single self-contained HTML page (figures embedded), easy to mail or archive."""
     e = html.escape
@@ -499,7 +506,7 @@ def to_html(s: Summary, figures: dict[str, Path]) -> str:
         parts.append(f"<h2>{e(title)}</h2><table>")
         if any(header):
             parts.append("<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts += ["<tr>" + "".join(f"<td>{_html_lines(c)}</td>" for c in r) + "</tr>" for r in rows]
         parts.append("</table>")
         if note:
             parts.append(f"<p class='note'>{e(note)}</p>")

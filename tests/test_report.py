@@ -645,3 +645,23 @@ def test_a_target_class_named_twice_is_one_target(run_file, tmp_path, capsys):
     assert (s.purity_estimate, s.recovery_estimate, s.sorted_purity_estimate, s.sorted_recovery_estimate) == \
         pytest.approx((once.purity_estimate, once.recovery_estimate, once.sorted_purity_estimate,
                        once.sorted_recovery_estimate))
+
+
+def test_a_multi_line_run_error_stays_in_its_table_row(tmp_path):
+    """A run error of several lines (ONNX Runtime's are) ended the Markdown table at its first line:
+    the rest came out as paragraphs after it, and the HTML ran its lines together."""
+    import html as html_module
+
+    path = tmp_path / "failed.rtdc"
+    error = ("decide: [ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x\n"
+             " index: 1 Got: 3 Expected: 4\n Please fix either the inputs or the model.")
+    with EventWriter(path, meta=make_meta()) as w:
+        w.write(make_records(5))
+        w.note_error(error)
+    res = write_report(path, tmp_path / "r")
+    md = res.markdown.read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| run error |"))
+    assert row == "| run error | " + error.replace("\n", "<br>") + " |"
+    assert "Please fix" not in md.replace(row, "")  # no line of it outside the row
+    page = res.html.read_text()
+    assert "<td>run error</td><td>" + "<br>".join(html_module.escape(x) for x in error.split("\n")) + "</td>" in page
