@@ -14,6 +14,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     res = write_report(args.events, args.out, formats=formats, target_classes=tuple(args.target) or None)
     s = res.summary
     fired = "not sorted (a reanalysis)" if s.measured == "single image" else f"fired {s.fired.count}"
+    if s.fired.count and s.measured != "single image" and all(b in ("null", "log") for b in s.fired_to):
+        fired += " (no pulse output: a dry run)" if s.fired_to else " (no trigger: decisions only)"
     print(f"{s.sample} (run {s.run_index}): {s.cells} cells, {s.sortable} sortable, {s.unflagged} unflagged, {fired}"
           + ("" if s.complete else "  [file incomplete: writer did not close it]")
           + (f"  [run error: {s.error}]" if s.error else ""))

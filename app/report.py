@@ -102,6 +102,9 @@ class Summary:
     sorted_recovery_estimate: float = math.nan
     measured: str = "tracked"  # "single image": a reanalysis of event images
     run_s: float = math.nan  # the run's own duration where the file says it (:func:`run_seconds`)
+    # what the fired cells' pulses went to: the trigger backends named by their fire records
+    # ("null", "log", "serial", …); () where none was handed to a trigger (a replay at full speed)
+    fired_to: tuple[str, ...] = ()
 
     @property
     def cells_per_s(self) -> float:
@@ -200,6 +203,8 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
     windows_known = outlet is not None
     outlet = outlet if windows_known else np.zeros(n, bool)
     pulsed = fired & ~refused_cells(f, run)
+    handed = fired & (f["fire_ok"] == 1) if n else np.zeros(0, bool)
+    fired_to = tuple(sorted({str(d).split(":", 1)[0] for d in f["fire_device"][handed] if str(d)})) if n else ()
     sorted_purity = float(p_t[outlet].mean()) if outlet.any() and idx and windows_known else math.nan
     sorted_recovery = (float(p_t[outlet].sum() / p_t.sum()) if idx and p_t.sum() > 0 and windows_known
                        else math.nan)
@@ -223,7 +228,7 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         purity_estimate=purity, recovery_estimate=recovery, predicted_purity=pred_purity, medians=medians,
         policy_changes=tuple(line.strip() for line in run.run_log if "sort policy changed" in line),
         swept=int(np.count_nonzero(outlet & ~pulsed)) if windows_known else -1, sorted_purity_estimate=sorted_purity,
-        sorted_recovery_estimate=sorted_recovery, measured=run.meta.measured, run_s=run_seconds(run),
+        sorted_recovery_estimate=sorted_recovery, measured=run.meta.measured, run_s=run_seconds(run), fired_to=fired_to,
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
         error=run.error, pulse_timing_us=_pulse_timing_us(f, run), pulse_time_doubt_us=_pulse_time_doubt_us(run),
         device_refused=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["refused"])),
@@ -429,10 +434,27 @@ def _tables(s: Summary) -> list[tuple[str, list[str], list[list[str]], str]]:
     return t
 
 
+#: what a run's pulses went to where none reached a sorter; "fired" then counts the cells it would have
+#: fired: a replay's report read "fired 152 of 340" and an outlet purity, as if it had sorted them
+_DRY = {"": "none: the run decided without a trigger (a replay or simulation read at full speed), no pulse was sent",
+        "null": "null: no pulse was output (a dry run)",
+        "log": "log: pulses written to the pulse log, none output (a dry run)"}
+
+
+def _pulses_row(s: Summary) -> list[list[str]]:
+    if not s.fired.count:
+        return []
+    dry = [_DRY[b] for b in (s.fired_to or ("",)) if b in _DRY]
+    if len(dry) < len(s.fired_to or ("",)):
+        return [["trigger", ", ".join(s.fired_to)]]
+    return [["trigger", "; ".join(dry) + ": the fired cells and the outlet are what the run would have sorted"]]
+
+
 def _sorting_table(s: Summary) -> tuple[str, list[str], list[list[str]], str]:
     """The Sorting table of a run that sorted (or could have): what fired, the estimates, the device."""
     return ("Sorting", ["", ""], [
         ["target classes", (", ".join(s.target_classes) + _TARGETS_FROM.get(s.targets_from, "")) or "none"],
+        *_pulses_row(s),
         ["fired", f"{s.fired.count} of {s.fired.total} ({_pct(s.fired.fraction)}, 95 % CI {_ci(s.fired)})"],
         ["purity estimate", _pct(s.purity_estimate)], ["recovery estimate", _pct(s.recovery_estimate)],
         ["fired cells predicted as target", _pct(s.predicted_purity)],

@@ -665,3 +665,30 @@ def test_a_multi_line_run_error_stays_in_its_table_row(tmp_path):
     assert "Please fix" not in md.replace(row, "")  # no line of it outside the row
     page = res.html.read_text()
     assert "<td>run error</td><td>" + "<br>".join(html_module.escape(x) for x in error.split("\n")) + "</td>" in page
+
+
+def test_the_sorting_table_says_when_no_pulse_went_out(tmp_path):
+    """A replay at full speed decides without a trigger, a null or log trigger outputs no pulse: the
+    report read "fired 152 of 340" and an outlet purity as if the cells had been sorted."""
+    from dataclasses import replace
+
+    records = make_records(40, seed=3)
+    assert any(r.fire is not None for r in records)
+    runs = {"replay": [replace(r, fire=None) for r in records], "log": records,
+            "null": [replace(r, fire=replace(r.fire, device="null")) if r.fire else r for r in records],
+            "serial": [replace(r, fire=replace(r.fire, device="serial:/dev/ttyACM0 (mimlsort-trigger 1 1.1.0)"))
+                       if r.fire else r for r in records]}
+    rows = {}
+    for name, recs in runs.items():
+        path = tmp_path / f"{name}.rtdc"
+        with EventWriter(path, meta=make_meta(config_toml=CONFIG)) as w:
+            w.write(recs)
+        s = summarize(path)
+        assert s.fired.count == sum(r.decision.fire for r in records) > 0  # the decisions, in every case
+        md = to_markdown(s, {})
+        rows[name] = next(line for line in md.splitlines() if line.startswith("| trigger |"))
+    assert "none: the run decided without a trigger" in rows["replay"] and "no pulse was sent" in rows["replay"]
+    assert "null: no pulse was output" in rows["null"] and "log: pulses written to the pulse log" in rows["log"]
+    for name in ("replay", "null", "log"):
+        assert "the fired cells and the outlet are what the run would have sorted" in rows[name]
+    assert rows["serial"] == "| trigger | serial |"
