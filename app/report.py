@@ -450,6 +450,11 @@ def _pulses_row(s: Summary) -> list[list[str]]:
     return [["trigger", "; ".join(dry) + ": the fired cells and the outlet are what the run would have sorted"]]
 
 
+def _unacked(s: Summary) -> int:
+    v = s.counters.get("unacked", 0)
+    return v if isinstance(v, int) and v > 0 else 0
+
+
 def _sorting_table(s: Summary) -> tuple[str, list[str], list[list[str]], str]:
     """The Sorting table of a run that sorted (or could have): what fired, the estimates, the device."""
     return ("Sorting", ["", ""], [
@@ -465,6 +470,8 @@ def _sorting_table(s: Summary) -> tuple[str, list[str], list[list[str]], str]:
                                               "its decisions (written before they were recorded)"]]),
         ["device acknowledgements", str(s.acks)],
         *([["pulses the device refused (not output)", str(s.device_refused)]] if s.device_refused else []),
+        # said only in the counters table below, so 156 fired read as 51 acknowledged and 97 refused
+        *([["pulses the device did not confirm (no ack: taken as output)", str(_unacked(s))]] if _unacked(s) else []),
         *([["pulse out − scheduled fire time (p5 / p50 / p95)",
             f"{s.pulse_timing_us[1]:.0f} / {s.pulse_timing_us[2]:.0f} / {s.pulse_timing_us[3]:.0f} µs over "
             f"{s.pulse_timing_us[0]} pulses"
