@@ -1103,7 +1103,7 @@ class EventWriter:
                 g.attrs["error"] = error
                 g.attrs["complete"] = True
                 h5.attrs["user:complete"] = 1
-                duration, processing = _durations(counters, time.monotonic() - self._t0, self.meta)
+                duration, processing = _durations(counters, time.monotonic() - self._t0, self.meta, self._written)
                 if duration is not None:  # left out where the run does not know it (a reanalysis)
                     h5.attrs["user:duration s"] = duration
                 h5.attrs["user:processing time s"] = processing
@@ -1122,7 +1122,7 @@ class EventWriter:
         self.write(records)
 
 
-def _durations(counters: dict, open_s: float, meta: RunMeta) -> tuple[float | None, float]:
+def _durations(counters: dict, open_s: float, meta: RunMeta, events: int = 0) -> tuple[float | None, float]:
     """The run's duration (None where it does not know it) and the host time it took (s), for the
     event file. The duration is :func:`stated_duration_s`: never the time the file was open, which
     a reanalysis wrote as its duration (0.048 s for a measurement of seconds). The host's time is
@@ -1135,8 +1135,10 @@ def _durations(counters: dict, open_s: float, meta: RunMeta) -> tuple[float | No
         # a run that measured nothing (no frame came, one frame, or it ended before it reported its
         # counters) measured for 0 s, which it knows: stated, so that every run's file has the key
         # (a script reading it failed on these alone; before, they stated their processing time).
-        # Left out only where the duration is not known: a reanalysis of a source that states none
-        nothing = (meta.measured != "single image"
+        # Left out only where the duration is not known: a reanalysis of a source that states none,
+        # and a run that wrote cells but no counters (killed: its writer closes the file), which
+        # stated 0 s for 324 cells over 4.2 s
+        nothing = (meta.measured != "single image" and not events
                    and (counters.get("frames_in", 0) == 0 or counters.get("measured_s") == 0))
         return (0.0 if nothing else None), round(processing, 3)
     frames_own = duration == counters.get("measured_s")  # to the µs; a host's time to the ms

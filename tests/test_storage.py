@@ -927,3 +927,18 @@ def test_a_run_that_measured_nothing_states_a_duration_of_0_s(tmp_path, counters
     with dclab.new_dataset(str(path)) as ds:
         assert len(ds) == 0 and ds.config["user"]["duration s"] == 0.0
         assert ds.config["user"]["processing time s"] > 0  # the host's time is its own key
+
+
+def test_a_run_killed_before_its_counters_states_no_duration(tmp_path):
+    # a run killed mid-way: its writer process closes the file with the cells it got and no
+    # counters, and `user:duration s` said 0 for 324 cells over 4.2 s; its duration is not known
+    path = tmp_path / "killed.rtdc"
+    w = EventWriter(path, meta=make_meta())
+    w.write(make_records(6))
+    w.note_error("the run's process ended without closing the event file (killed?); it holds every event the run sent")
+    w.close()
+    dclab, (violations, _alerts, _info) = dclab_check(path)
+    assert violations == []
+    with dclab.new_dataset(str(path)) as ds:
+        assert len(ds) == 6 and "duration s" not in ds.config["user"]
+        assert ds.config["user"]["processing time s"] > 0
