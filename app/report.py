@@ -105,6 +105,7 @@ class Summary:
     # what the fired cells' pulses went to: the trigger backends named by their fire records
     # ("null", "log", "serial", …); () where none was handed to a trigger (a replay at full speed)
     fired_to: tuple[str, ...] = ()
+    sorting_off: bool = False  # the run's configuration has sorting.enabled = false
 
     @property
     def cells_per_s(self) -> float:
@@ -156,6 +157,15 @@ def _rejected_flags(run: StoredRun) -> tuple[str, ...]:
         except tomllib.TOMLDecodeError:
             pass
     return SortSettings().reject_flags
+
+
+def _sorting_off(run: StoredRun) -> bool:
+    if run.meta.config_toml:
+        try:
+            return tomllib.loads(run.meta.config_toml).get("sorting", {}).get("enabled", True) is False
+        except tomllib.TOMLDecodeError:
+            pass
+    return False
 
 
 def run_seconds(run: StoredRun) -> float:
@@ -229,6 +239,7 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         policy_changes=tuple(line.strip() for line in run.run_log if "sort policy changed" in line),
         swept=int(np.count_nonzero(outlet & ~pulsed)) if windows_known else -1, sorted_purity_estimate=sorted_purity,
         sorted_recovery_estimate=sorted_recovery, measured=run.meta.measured, run_s=run_seconds(run), fired_to=fired_to,
+        sorting_off=_sorting_off(run),
         counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
         error=run.error, pulse_timing_us=_pulse_timing_us(f, run), pulse_time_doubt_us=_pulse_time_doubt_us(run),
         device_refused=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["refused"])),
@@ -459,6 +470,9 @@ def _sorting_table(s: Summary) -> tuple[str, list[str], list[list[str]], str]:
     """The Sorting table of a run that sorted (or could have): what fired, the estimates, the device."""
     return ("Sorting", ["", ""], [
         ["target classes", (", ".join(s.target_classes) + _TARGETS_FROM.get(s.targets_from, "")) or "none"],
+        # a run with sorting off read as a sort of its target classes that fired none (recovery 0.0 %)
+        *([["sorting", "off (sorting.enabled = false when the run started): the targets it would have fired are "
+                       "\"sorting off\" under Decisions"]] if s.sorting_off else []),
         *_pulses_row(s),
         ["fired", f"{s.fired.count} of {s.fired.total} ({_pct(s.fired.fraction)}, 95 % CI {_ci(s.fired)})"],
         ["purity estimate", _pct(s.purity_estimate)], ["recovery estimate", _pct(s.recovery_estimate)],

@@ -709,3 +709,20 @@ def test_pulses_the_device_did_not_confirm_are_in_the_sorting_table(tmp_path):
         w.write(make_records(30, seed=4))
         w.note_counters({"unacked": 0})
     assert "did not confirm" not in to_markdown(summarize(plain), {})
+
+
+def test_a_run_with_sorting_off_says_so_beside_its_estimates(tmp_path):
+    # its Sorting table read as a sort of hct116 that fired none: "fired 0 of 340", "recovery 0.0 %"
+    path = tmp_path / "off.rtdc"
+    with EventWriter(path, meta=make_meta(config_toml=CONFIG + "enabled = false\n")) as w:
+        w.write([r for r in make_records(30, seed=4) if not r.decision.fire])
+    md = to_markdown(summarize(path), {})
+    assert '| sorting | off (sorting.enabled = false when the run started)' in md
+    assert "| sorting |" not in to_markdown(summarize(_plain(tmp_path)), {})
+
+
+def _plain(tmp_path):
+    path = tmp_path / "on.rtdc"
+    with EventWriter(path, meta=make_meta(config_toml=CONFIG)) as w:
+        w.write(make_records(30, seed=4))
+    return path
