@@ -282,31 +282,35 @@ class SerialTrigger(Trigger):
     def _do_fire(self, event_index: int, fire_at_ns: int, width_us: float) -> tuple[int, float]:
         ident = event_index % U32
         width = max(1, round(width_us))
-        now = time.monotonic_ns()
-        if self.settings.mode == "clock":
-            with self._clock_lock:
-                due = self.clock.to_device_us(fire_at_ns)
-            cmd = f"FIREAT {ident} {due} {width}\n"
-            delay = (fire_at_ns - now) / 1000.0  # what the device will count, for the record
-        else:
-            left_us = (fire_at_ns - now) / 1000.0 - self.settings.link_latency_us
-            delay = max(0, min(MAX_DELAY_US, int(left_us)))
-            cmd = f"FIRE {ident} {delay} {width}\n"
-            if self._byte_us:  # the device starts counting when the last byte is in
-                queued_us = max(0, self._wire_free_ns - now) / 1000.0  # earlier commands still on the wire
-                delay = max(0, int(left_us - queued_us - len(cmd) * self._byte_us))
-                cmd = f"FIRE {ident} {delay} {width}\n"
-            delay = float(delay)
-        sync = now >= self._next_sync_ns
-        if sync:  # piggyback a clock sample on this write, after the pulse's command
-            cmd += "TIME\n"
-            self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
-        wire_free = self._wire_free_ns
-        if self._byte_us:
-            self._wire_free_ns = max(now, self._wire_free_ns) + round(len(cmd) * self._byte_us * 1000)
-        self._ids[ident] = event_index
-        data = cmd.encode()
+        # the delay is worked out under the write lock, just before the write: worked out before
+        # it, a wait for the lock (a TIME from the storage thread) or a thread switch on a loaded
+        # host came between, and a delay-mode pulse went out that much late (up to 14 ms beside
+        # three busy processes) with its record on time
         with self._write_lock:
+            now = time.monotonic_ns()
+            if self.settings.mode == "clock":
+                with self._clock_lock:
+                    due = self.clock.to_device_us(fire_at_ns)
+                cmd = f"FIREAT {ident} {due} {width}\n"
+                delay = (fire_at_ns - now) / 1000.0  # what the device will count, for the record
+            else:
+                left_us = (fire_at_ns - now) / 1000.0 - self.settings.link_latency_us
+                delay = max(0, min(MAX_DELAY_US, int(left_us)))
+                cmd = f"FIRE {ident} {delay} {width}\n"
+                if self._byte_us:  # the device starts counting when the last byte is in
+                    queued_us = max(0, self._wire_free_ns - now) / 1000.0  # earlier commands still on the wire
+                    delay = max(0, int(left_us - queued_us - len(cmd) * self._byte_us))
+                    cmd = f"FIRE {ident} {delay} {width}\n"
+                delay = float(delay)
+            sync = now >= self._next_sync_ns
+            if sync:  # piggyback a clock sample on this write, after the pulse's command
+                cmd += "TIME\n"
+                self._next_sync_ns = now + round(self.settings.sync_interval_s * 1e9)
+            wire_free = self._wire_free_ns
+            if self._byte_us:
+                self._wire_free_ns = max(now, self._wire_free_ns) + round(len(cmd) * self._byte_us * 1000)
+            self._ids[ident] = event_index
+            data = cmd.encode()
             if sync:
                 # dated as the bytes go: dated at `now`, a thread switch (the GIL's 5 ms) or a wait
                 # for this lock before the write put the request early by as much, and the sample's

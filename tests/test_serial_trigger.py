@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -218,6 +219,27 @@ def test_a_write_the_device_took_whole_is_no_timeout_however_late_the_thread_loo
         assert [a.event_index for a in _wait_acks(trig, 5)] == list(range(5))
         assert trig.query("STATUS", "STATUS").startswith("STATUS")
         assert trig.available
+
+
+def test_a_delay_is_counted_from_when_its_command_goes_out_not_from_before_a_wait(emu):
+    # delay mode: the device counts the delay from the command's arrival. It was worked out before
+    # the write lock, so a wait for it (the storage thread's TIME write, or a thread switch on a
+    # loaded host, held the lock) sent the delay of an earlier moment: the pulse came that much
+    # late (up to 14 ms beside three busy processes) and its record said on time
+    with _open(emu.port) as trig:
+        at = time.monotonic_ns() + 150 * MS
+        recs = []
+        trig._write_lock.acquire()  # another writer holds the link for 60 ms
+        fire = threading.Thread(target=lambda: recs.append(trig.fire(FireRequest(7, at, 100.0))))
+        fire.start()
+        time.sleep(0.06)
+        released = time.monotonic_ns()
+        trig._write_lock.release()
+        fire.join(10)
+        [rec] = recs
+        assert rec.ok and not rec.late
+        assert rec.delay_us * 1000 <= at - released, (rec.delay_us, (at - released) / 1000)
+        assert [a.event_index for a in _wait_acks(trig, 1)] == [7]
 
 
 def test_a_device_that_stops_acknowledging_is_taken_as_hung(emu):
