@@ -12,6 +12,10 @@ the run goes on deciding (the pipeline records those cells as "trigger unavailab
 :meth:`Trigger.reconnect` tries to bring the device back.
 
 Times are host ``time.monotonic_ns()``; delays and widths are µs.
+
+The counters are written from several threads (the sort thread, a test-fire thread, a reader or
+scheduler thread, the one draining acks) under ``_pending_lock``: ``x += 1`` on an attribute is a
+load and a store, and a free-threaded interpreter (or an eval-breaker between them) loses increments.
 """
 
 from __future__ import annotations
@@ -271,24 +275,24 @@ class Trigger(ABC):
         """Hand one pulse to the device. Never raises; see the module docstring."""
         idx, at, width = request.event_index, request.fire_at_ns, request.width_us
         if not self.available:
-            self.failed += 1
+            self._count("failed")
             why = self.error or ("trigger is not open" if not self.is_open else "trigger unavailable")
             return FireRecord(idx, at, 0, 0.0, width, False, False, f"unavailable: {why}", self.device)
         lead = at - time.monotonic_ns()
         if lead < self._min_lead_ns:
-            self.late += 1
+            self._count("late")
             return FireRecord(idx, at, 0, lead / 1000.0, width, True, False,
                               f"late: fire time {lead / 1000.0:.0f} µs ahead < min_lead_us "
                               f"{self.timing.min_lead_us:g}", self.device)
         busy = self._link_busy_ns()
         if lead - busy < self._min_lead_ns:
-            self.late += 1
+            self._count("late")
             return FireRecord(idx, at, 0, lead / 1000.0, width, True, False,
                               f"late: {self._link_busy_why(busy)}, the fire time is {lead / 1000.0:.0f} µs ahead",
                               self.device)
         lo, hi = self.width_range_us
         if not (lo <= width <= hi) or lead > self._max_delay_ns:
-            self.failed += 1
+            self._count("failed")
             why = (f"width {width} µs outside [{lo:g}, {hi:g}]" if not (lo <= width <= hi)
                    else f"fire time {lead / 1e9:.3f} s ahead > max_delay_us {self.timing.max_delay_us:g}")
             return FireRecord(idx, at, 0, lead / 1000.0, width, False, False, f"refused: {why}", self.device)
@@ -302,16 +306,17 @@ class Trigger(ABC):
         try:
             sent_ns, delay_us = self._do_fire(idx, at, width)
         except Exception as err:  # whatever the device or its driver raised: the run must go on
-            if self.acks:
-                with self._pending_lock:
-                    self._pending.pop(idx, None)
-            self.failed += 1
+            with self._pending_lock:
+                self._pending.pop(idx, None)
+                self.failed += 1
             self._set_unavailable(f"{type(err).__name__}: {err}")
             return FireRecord(idx, at, 0, lead / 1000.0, width, False, False, f"unavailable: {self.error}",
                               self.device)
-        self.fired += 1
-        if end > self._last_pulse_end_ns:
-            self._last_pulse_end_ns = end
+        # the one lock a pulse takes for its books (an ack backend took it once more above)
+        with self._pending_lock:
+            self.fired += 1
+            if end > self._last_pulse_end_ns:
+                self._last_pulse_end_ns = end
         return FireRecord(idx, at, sent_ns, delay_us, width, False, True, "", self.device)
 
     def settle(self, timeout_s: float = 5.0) -> list[Ack]:
@@ -404,10 +409,11 @@ class Trigger(ABC):
         # -1, -2, ...: pulses awaiting their acks are kept by index, and test pulses that shared -1
         # were one: a silent device's missing test acks went uncounted, and a late one could take
         # a written-off -1 off unacked
-        self._test_pulses += 1
-        req = FireRequest(-self._test_pulses, time.monotonic_ns() + round(delay * 1000),
-                          width_us or self.timing.pulse_width_us)
-        return self.fire(req)
+        with self._pending_lock:  # two test fires at once (the GUI's worker threads) took one index
+            self._test_pulses += 1
+            idx = -self._test_pulses
+        return self.fire(FireRequest(idx, time.monotonic_ns() + round(delay * 1000),
+                                     width_us or self.timing.pulse_width_us))
 
     def default_test_delay_us(self) -> float:
         """The delay :meth:`test_fire` uses unless given one (µs)."""
@@ -439,6 +445,11 @@ class Trigger(ABC):
         """How long a command sent now would wait for, and take on, a slow link (0: no such link)."""
         return 0
 
+    def _count(self, counter: str) -> None:
+        """One more in ``counter``; off the fired path."""
+        with self._pending_lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
     def _write_off(self, indices: list[int]) -> None:
         """Remember pulses counted unacked (the newest ``LATE_ACK_MEMORY``), for an ack that still
         comes; the caller holds ``_pending_lock``."""
@@ -457,30 +468,32 @@ class Trigger(ABC):
     def _ack(self, event_index: int, device_time_us: int, host_ns: int | None = None, pulse_host_ns: int = -1,
              pulse_host_err_ns: int = -1) -> None:
         self._heard()
-        self.acked += 1
+        with self._pending_lock:
+            self.acked += 1
         self._acks.append(Ack(event_index, device_time_us, host_ns if host_ns is not None else time.monotonic_ns(),
                               pulse_host_ns, pulse_host_err_ns))
 
     def _device_error(self, message: str, level: int = logging.ERROR) -> None:
         """The device reported an error it recovered from (the trigger stays available)."""
-        self.device_errors += 1
+        with self._pending_lock:
+            self.device_errors += 1
         self.error = message
         self._log.log(level, "device error", "%s trigger %s reports: %s", self.backend, self.device, message)
 
     def _report(self, event_index: int, kind: str, message: str) -> None:
         """The device reported on one pulse already handed over: "refused" (it will not come: no
         ack is waited for, and it counts as failed) or "late" (it came, later than it should)."""
-        if kind == "refused":
-            self.device_refused += 1
-            self.failed += 1
-            with self._pending_lock:
+        with self._pending_lock:
+            if kind == "refused":
+                self.device_refused += 1
+                self.failed += 1
                 # a refusal after the ack deadline (a stalled link) was counted refused on top of
                 # unacked: fired != acked + refused + unacked. It will not come: it is refused
                 if self._pending.pop(event_index, None) is None and event_index in self._written_off:
                     del self._written_off[event_index]
                     self.unacked -= 1
-        else:
-            self.device_late += 1
+            else:
+                self.device_late += 1
         self._reports.append(DeviceReport(event_index, time.monotonic_ns(), kind, message))
 
     def _set_unavailable(self, message: str) -> None:

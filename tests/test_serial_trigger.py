@@ -1185,3 +1185,36 @@ def test_a_late_report_names_a_cell_past_32_bits(emu, caplog):
     assert "id=7 late" in late[0].message  # the device's own words
     assert (st.fired, st.acked, st.device_late) == (1, 1, 1)
     assert f"id=7 late {late[0].message.split()[-1]} (cell {idx})" in caplog.text
+
+
+def test_two_threads_firing_at_the_device_lose_no_count(tmp_path):
+    # the sort thread and a Test fire hand pulses over while the reader thread counts the device's
+    # acks and refusals: unlocked ``+= 1`` from those threads lost counts (see tests/sim/preempt.py)
+    from tests.sim.preempt import switch_before_stores
+
+    n = 60
+    records: list[list] = [[], []]
+
+    def cells() -> None:
+        for i in range(n):
+            records[0].append(trig.fire(FireRequest(i, time.monotonic_ns() + 50 * MS, 10.0)))
+
+    def tests() -> None:
+        for _ in range(n):
+            records[1].append(trig.test_fire(delay_us=50_000.0))
+
+    with emulated_port(tmp_path / "device.tsv") as emu, switch_before_stores("hardware/trigger.py"):
+        trig = _open(emu.port)
+        with trig:
+            threads = [threading.Thread(target=cells), threading.Thread(target=tests)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            trig.settle(timeout_s=10.0)
+            st = trig.status()
+    recs = records[0] + records[1]
+    assert st.fired == sum(r.ok for r in recs) and st.late == sum(r.late for r in recs), st
+    assert st.failed == sum(not r.ok and not r.late for r in recs) + st.device_refused, st
+    assert st.fired == st.acked + st.device_refused + st.unacked and st.fired > 0, st
+    assert len({r.event_index for r in records[1]}) == n

@@ -844,3 +844,37 @@ def test_the_wiring_check_fires_a_delay_past_the_runs_longest(tmp_path, capsys):
         capsys.readouterr()
     out = capsys.readouterr().out
     assert "in 300000 µs" in out and "max_delay_us" not in out, out
+
+
+@pytest.mark.parametrize("backend", ["null", "log"])
+def test_counters_lose_no_pulse_to_two_threads_firing_at_once(backend, tmp_path):
+    # the sort thread and a GUI Test fire (or two test fires) fire at once: ``self.fired += 1``
+    # unlocked lost increments, and two test pulses took one index. The GIL hides it on this
+    # interpreter; switch_before_stores makes every thread switch where it would matter
+    from tests.sim.preempt import switch_before_stores
+
+    n = 300
+    settings = {"path": str(tmp_path / "pulses.tsv")} if backend == "log" else None
+    trig = make_trigger(backend, settings, TimingSettings(min_lead_us=0.0, max_delay_us=60e6))
+    records: list[list[FireRecord]] = [[], []]
+
+    def cells(k: int) -> None:
+        for i in range(n):
+            records[k].append(trig.fire(FireRequest(k * n + i, time.monotonic_ns() + 30_000 * MS, 10.0)))
+
+    def tests(k: int) -> None:
+        for _ in range(n):
+            records[k].append(trig.test_fire(delay_us=30e6))
+
+    with trig, switch_before_stores("hardware/trigger.py"):
+        for work in (cells, tests):
+            threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    recs = records[0] + records[1]
+    assert all(r.ok for r in recs)
+    st = trig.status()
+    assert (st.fired, st.late, st.failed) == (4 * n, 0, 0), st
+    assert len({r.event_index for r in recs}) == 4 * n  # each test pulse its own index
