@@ -190,7 +190,9 @@ def cmd_trigger_test(args: argparse.Namespace) -> int:
                 answered = False
                 print(f"device status: no answer ({err})")
         st = trig.status()
-        print(f"status: fired {st.fired}, late {st.late}, failed {st.failed}, acked {st.acked}, "
+        # this trigger fires nothing but test pulses, which it counts apart from a run's cells'
+        print(f"status: fired {st.fired + st.test_fired}, late {st.late + st.test_late}, "
+              f"failed {st.failed + st.test_failed}, acked {st.acked + st.test_acked}, "
               f"device errors {st.device_errors}, late on the device {st.device_late}"
               + (f", last error: {st.error}" if st.error else ""))
         if trig.acks and len(acks) < sent:

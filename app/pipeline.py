@@ -212,6 +212,12 @@ class Status:
     unacked: int = 0  # pulses whose ack never came
     late_acks: int = 0  # acks that came after their pulse was counted unacked (counted acked then)
     device_errors: int = 0  # errors the device reported (a VISA instrument's queue is read after the last pulse)
+    # the operator's test pulses during the run (GUI Test fire), kept out of the cells' figures above:
+    # handed over, and of those acked, unacked and refused by the device
+    test_pulses: int = 0
+    test_acked: int = 0
+    test_unacked: int = 0
+    test_refused: int = 0
     # the sorted set (the outlet): fired cells and cells swept along within a fired cell's
     # coincidence window (yield mode fires into coincidences); estimates from the probabilities
     swept: int = 0
@@ -267,6 +273,7 @@ class Status:
                 + (f"device refused {self.device_refused} " if self.device_refused else "")
                 + (f"device late {self.device_late} " if self.device_late else "")
                 + (f"unacked {self.unacked} " if self.unacked else "")
+                + (f"test pulses {self.test_pulses} " if self.test_pulses else "")
                 + (f"decide queue {self.decide_queue} waits {self.decide_waits} " if self.decide_waits else "")
                 + (f"images shed {self.images_shed} (backlog {self.storage_backlog_mb:.0f}MB) " if self.images_shed else "")
                 + (f"untracked {self.tracks_overflow} " if self.tracks_overflow else "")
@@ -282,6 +289,17 @@ class Status:
                    if self.swept and self.sorted_purity_estimate == self.sorted_purity_estimate else "")
                 + f"file {self.file_bytes / 1e6:.1f}MB"
                 + ("" if not self.cpu_cores else " cpu " + " ".join(f"{k}={v:.2f}" for k, v in self.cpu_cores.items())))
+
+
+def operator_pulse_line(rec: Any, t_start_s: float = 0.0) -> str:
+    """The run log's lines on a test pulse fired during the run (a :class:`FireRecord`): it sorted
+    whatever was at the junction when it went out, which the file must say, and when. The first
+    line fits the file's log lines (100 bytes): a reader finds it by its start."""
+    if not rec.ok:
+        return f"operator's test pulse {rec.event_index} not sent:\n{rec.error}"
+    t = f" at t={rec.sent_ns / 1e9 - t_start_s:.3f} s" if t_start_s else ""
+    return (f"operator's test pulse {rec.event_index}{t}: due at host {rec.scheduled_ns} ns, {rec.width_us:g} µs\n"
+            "(on the clock of fire_scheduled_ns; it sorted whatever was at the junction then)")
 
 
 #: the status line names lamp flicker from this mean |gain - its mean| on (the simulator's 2% flicker
@@ -1217,6 +1235,18 @@ class Pipeline:
             reports = trig.drain_reports()
             if reports and sink is not None and hasattr(sink, "add_device_reports"):
                 sink.add_device_reports(reports)
+        self.log_test_pulses(sink)
+
+    def log_test_pulses(self, sink) -> None:
+        """Write the test pulses fired through the run's trigger since the last call into the
+        file's log (``sink``; None: only this process's log). The storage thread calls it, and the
+        run's close once more after the last pulses settled."""
+        drain = getattr(self.trigger, "drain_test_pulses", None)
+        for rec in drain() if drain is not None else ():
+            line = operator_pulse_line(rec, self._t_start)
+            log.info("%s", line.replace("\n", " "))
+            if sink is not None and hasattr(sink, "log"):
+                sink.log(line)
 
     def _recorder_loop(self) -> None:
         rec, reader = self.recorder, self._rec_reader
@@ -1321,6 +1351,10 @@ class Pipeline:
             unacked=int(getattr(self.trigger, "unacked", 0) or 0),
             late_acks=int(getattr(self.trigger, "late_acks", 0) or 0),
             device_errors=int(getattr(self.trigger, "device_errors", 0) or 0),
+            test_pulses=int(getattr(self.trigger, "test_fired", 0) or 0),
+            test_acked=int(getattr(self.trigger, "test_acked", 0) or 0),
+            test_unacked=int(getattr(self.trigger, "test_unacked", 0) or 0),
+            test_refused=int(getattr(self.trigger, "test_refused", 0) or 0),
             **self._cpu(now, elapsed if whole else 0.0),
         )
 

@@ -96,6 +96,7 @@ class Summary:
     device_late: int = 0  # pulses the device output later than its tolerance
     rejected_flags: tuple[str, ...] = ()  # what "sortable" leaves out
     policy_changes: tuple[str, ...] = ()  # the run log's lines on sort policies changed during the run
+    test_pulses: tuple[str, ...] = ()  # the run log's lines on the operator's test pulses during the run
     # the outlet: fired cells and cells swept along within a fired cell's coincidence window
     swept: int = 0  # -1: not known (a file from before the windows were recorded)
     sorted_purity_estimate: float = math.nan
@@ -228,6 +229,7 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
             medians[c][feat] = tuple(float(x) for x in np.percentile(v, [25, 50, 75])) if v.size else (math.nan,) * 3
     t = f["exit_time_ms"][np.isfinite(f["exit_time_ms"])] if n else np.zeros(0)
     duration = float(t.max() - t.min()) / 1000.0 if t.size > 1 else math.nan
+    cells_reports = run.device_reports[run.device_reports["event_index"] >= 0]
     started = run.meta.started.isoformat(timespec="seconds") if run.meta.started else \
         f"{run.attrs.get('experiment:date', '')} {run.attrs.get('experiment:time', '')}".strip()
     return Summary(
@@ -240,10 +242,13 @@ def summarize(events_path: str | Path, *, target_classes: tuple[str, ...] | None
         swept=int(np.count_nonzero(outlet & ~pulsed)) if windows_known else -1, sorted_purity_estimate=sorted_purity,
         sorted_recovery_estimate=sorted_recovery, measured=run.meta.measured, run_s=run_seconds(run), fired_to=fired_to,
         sorting_off=_sorting_off(run),
-        counters=dict(run.counters), model=run.meta.model_name, acks=int(len(run.acks)), rejected_flags=rejected,
+        # the operator's test pulses (negative event_index) are in the tables too, and kept apart here
+        counters=dict(run.counters), model=run.meta.model_name, acks=int(np.count_nonzero(run.acks["event_index"] >= 0)),
+        rejected_flags=rejected,
         error=run.error, pulse_timing_us=_pulse_timing_us(f, run), pulse_time_doubt_us=_pulse_time_doubt_us(run),
-        device_refused=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["refused"])),
-        device_late=int(np.count_nonzero(run.device_reports["kind"] == REPORT_KINDS["late"])),
+        device_refused=int(np.count_nonzero(cells_reports["kind"] == REPORT_KINDS["refused"])),
+        device_late=int(np.count_nonzero(cells_reports["kind"] == REPORT_KINDS["late"])),
+        test_pulses=tuple(line.strip() for line in run.run_log if line.startswith("operator's test pulse")),
     )
 
 
@@ -493,6 +498,8 @@ def _sorting_table(s: Summary) -> tuple[str, list[str], list[list[str]], str]:
           if s.pulse_timing_us[0] else []),
         *([["pulses the device output late", str(s.device_late)]] if s.device_late else []),
         *([["policy changed during the run", line] for line in s.policy_changes]),
+        # not in the figures above, and each sorted whatever was at the junction when it went out
+        *([["test pulse during the run", line] for line in s.test_pulses]),
     ], "Purity = mean P(target) over fired cells; recovery = ΣP(target) fired / ΣP(target) all "
        "(estimates from the classifier's probabilities, not measured). The outlet holds the fired cells and "
        "every cell that left the constriction within a fired cell's coincidence window (its pulse sorts "

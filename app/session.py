@@ -399,6 +399,8 @@ class Run:
                 reports = trig.drain_reports() if hasattr(trig, "drain_reports") else []
                 if reports and writer is not None and hasattr(writer, "add_device_reports"):
                     writer.add_device_reports(reports)
+                # a test pulse fired since the storage thread's last look is in the file's log too
+                self.pipeline.log_test_pulses(writer)
                 errors, available = getattr(trig, "device_errors", 0), not getattr(trig, "faulted", False)
                 if writer is not None and hasattr(writer, "log") and (errors or not available):
                     writer.log(f"trigger {'available' if available else 'UNAVAILABLE'} at the end of the run; during it "
@@ -494,7 +496,8 @@ def _counters(st: Status) -> dict[str, int]:
            "tracks_overflow": st.tracks_overflow, "snapshots_lost": st.snapshots_lost,
            "paces_unlearned": st.paces_unlearned, "clock_resets": st.clock_resets,
            "device_refused": st.device_refused, "device_late": st.device_late, "unacked": st.unacked,
-           "late_acks": st.late_acks,
+           "late_acks": st.late_acks, "test_pulses": st.test_pulses, "test_acked": st.test_acked,
+           "test_unacked": st.test_unacked, "test_refused": st.test_refused,
            "device_errors": st.device_errors, "swept": st.swept, "run_s": round(st.elapsed_s, 3)}
     if math.isfinite(st.measured_s):  # the frames' own time: a replay's recorded duration at any speed
         out["measured_s"] = round(st.measured_s, 6)

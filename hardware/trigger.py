@@ -13,9 +13,12 @@ the run goes on deciding (the pipeline records those cells as "trigger unavailab
 
 Times are host ``time.monotonic_ns()``; delays and widths are µs.
 
-The counters are written from several threads (the sort thread, a test-fire thread, a reader or
-scheduler thread, the one draining acks) under ``_pending_lock``: ``x += 1`` on an attribute is a
-load and a store, and a free-threaded interpreter (or an eval-breaker between them) loses increments.
+Test pulses (:meth:`Trigger.test_fire`, negative indices) are counted apart from the cells'
+(``test_fired``, ``test_acked`` …): a GUI Test fire during a run counted among the cells' pulses
+broke the run's books (fired = acked + device_refused + unacked). The counters are written from
+several threads (the sort thread, a test-fire thread, a reader or scheduler thread, the one
+draining acks) under ``_pending_lock``: ``x += 1`` on an attribute is a load and a store, and a
+free-threaded interpreter (or an eval-breaker between them) loses increments.
 """
 
 from __future__ import annotations
@@ -143,6 +146,13 @@ class TriggerStatus:
     device_late: int  # pulses the device output later than its own tolerance (still fired)
     device_refused: int = 0  # pulses handed over that the device then did not output (see DeviceReport)
     late_acks: int = 0  # acks that came after their pulse was counted unacked (then counted acked)
+    # test pulses (test_fire), counted as the cells' are above and kept out of those counters
+    test_fired: int = 0
+    test_late: int = 0
+    test_failed: int = 0
+    test_acked: int = 0
+    test_unacked: int = 0
+    test_refused: int = 0
 
 
 class Trigger(ABC):
@@ -206,7 +216,12 @@ class Trigger(ABC):
         # counted unacked, newest last: an ack that still comes moves its pulse to acked
         self._written_off: dict[int, None] = {}
         self.late_acks = 0  # acks that came after their pulse was counted unacked (then taken off it)
-        self._test_pulses = 0  # test pulses fired (they take the indices -1, -2, ...)
+        self._test_pulses = 0  # test pulses asked for (they take the indices -1, -2, ...)
+        self.test_fired = self.test_late = self.test_failed = 0
+        self.test_acked = self.test_unacked = self.test_refused = 0
+        # the test pulses' records, for the run's audit trail (drain_test_pulses): an operator's
+        # pulse mid-run sorts whatever is at the junction then
+        self._tests: collections.deque[FireRecord] = collections.deque()
         self._min_lead_ns = round(self.timing.min_lead_us * 1000)
         self._max_delay_ns = round(self.timing.max_delay_us * 1000)
 
@@ -238,8 +253,8 @@ class Trigger(ABC):
             self.is_open = False
             self.available = False
             self._log.flush()
-            log.info("closed %s trigger %s (fired %d, late %d, failed %d)", self.backend, self.device,
-                     self.fired, self.late, self.failed)
+            log.info("closed %s trigger %s (fired %d, late %d, failed %d; test pulses %d)", self.backend,
+                     self.device, self.fired, self.late, self.failed, self.test_fired)
 
     def __enter__(self) -> "Trigger":
         return self.open()
@@ -263,7 +278,7 @@ class Trigger(ABC):
         with self._pending_lock:
             # pulses handed to the device before it was closed: whether they came out is not known
             # (cleared uncounted, they were neither acked nor unacked: fired != acked + refused + unacked)
-            self.unacked += len(self._pending)
+            self._count_unacked(list(self._pending))
             self._write_off(list(self._pending))
             self._pending.clear()
         self._unacked_in_row = 0
@@ -275,24 +290,24 @@ class Trigger(ABC):
         """Hand one pulse to the device. Never raises; see the module docstring."""
         idx, at, width = request.event_index, request.fire_at_ns, request.width_us
         if not self.available:
-            self._count("failed")
+            self._count("failed", idx)
             why = self.error or ("trigger is not open" if not self.is_open else "trigger unavailable")
             return FireRecord(idx, at, 0, 0.0, width, False, False, f"unavailable: {why}", self.device)
         lead = at - time.monotonic_ns()
         if lead < self._min_lead_ns:
-            self._count("late")
+            self._count("late", idx)
             return FireRecord(idx, at, 0, lead / 1000.0, width, True, False,
                               f"late: fire time {lead / 1000.0:.0f} µs ahead < min_lead_us "
                               f"{self.timing.min_lead_us:g}", self.device)
         busy = self._link_busy_ns()
         if lead - busy < self._min_lead_ns:
-            self._count("late")
+            self._count("late", idx)
             return FireRecord(idx, at, 0, lead / 1000.0, width, True, False,
                               f"late: {self._link_busy_why(busy)}, the fire time is {lead / 1000.0:.0f} µs ahead",
                               self.device)
         lo, hi = self.width_range_us
         if not (lo <= width <= hi) or lead > self._max_delay_ns:
-            self._count("failed")
+            self._count("failed", idx)
             why = (f"width {width} µs outside [{lo:g}, {hi:g}]" if not (lo <= width <= hi)
                    else f"fire time {lead / 1e9:.3f} s ahead > max_delay_us {self.timing.max_delay_us:g}")
             return FireRecord(idx, at, 0, lead / 1000.0, width, False, False, f"refused: {why}", self.device)
@@ -308,13 +323,19 @@ class Trigger(ABC):
         except Exception as err:  # whatever the device or its driver raised: the run must go on
             with self._pending_lock:
                 self._pending.pop(idx, None)
-                self.failed += 1
+                if idx < 0:
+                    self.test_failed += 1
+                else:
+                    self.failed += 1
             self._set_unavailable(f"{type(err).__name__}: {err}")
             return FireRecord(idx, at, 0, lead / 1000.0, width, False, False, f"unavailable: {self.error}",
                               self.device)
         # the one lock a pulse takes for its books (an ack backend took it once more above)
         with self._pending_lock:
-            self.fired += 1
+            if idx < 0:
+                self.test_fired += 1
+            else:
+                self.fired += 1
             if end > self._last_pulse_end_ns:
                 self._last_pulse_end_ns = end
         return FireRecord(idx, at, sent_ns, delay_us, width, False, True, "", self.device)
@@ -342,7 +363,7 @@ class Trigger(ABC):
             with self._pending_lock:
                 lost = list(self._pending)
                 self._pending.clear()
-                self.unacked += len(lost)
+                self._count_unacked(lost)
                 self._write_off(lost)
             if lost:
                 self._forget(lost)
@@ -356,19 +377,25 @@ class Trigger(ABC):
         if self.acks:
             now = time.monotonic_ns()
             with self._pending_lock:
-                late = 0
+                late = late_tests = 0
                 for a in out:
                     # an ack after its deadline (a stalled link or reader) was counted acked on top
                     # of unacked: fired != acked + refused + unacked. The pulse came: it is acked
                     if self._pending.pop(a.event_index, None) is None and a.event_index in self._written_off:
                         del self._written_off[a.event_index]
-                        late += 1
+                        if a.event_index < 0:
+                            late_tests += 1
+                        else:
+                            late += 1
                 due = [(k, deadline) for k, deadline in self._pending.items() if deadline < now]
                 for k, _ in due:
                     del self._pending[k]
                 self._write_off([k for k, _ in due])
-                self.unacked += len(due) - late
+                self._count_unacked([k for k, _ in due])
+                self.unacked -= late
+                self.test_unacked -= late_tests
                 self.late_acks += late
+            late += late_tests
             if late:
                 self._log.log(logging.WARNING, "late ack", "%s trigger: %d ack(s) came after the pulse was counted "
                               "unacked (more than %g s after its end); counted acked", self.backend, late,
@@ -412,8 +439,18 @@ class Trigger(ABC):
         with self._pending_lock:  # two test fires at once (the GUI's worker threads) took one index
             self._test_pulses += 1
             idx = -self._test_pulses
-        return self.fire(FireRequest(idx, time.monotonic_ns() + round(delay * 1000),
-                                     width_us or self.timing.pulse_width_us))
+        rec = self.fire(FireRequest(idx, time.monotonic_ns() + round(delay * 1000),
+                                    width_us or self.timing.pulse_width_us))
+        self._tests.append(rec)
+        return rec
+
+    def drain_test_pulses(self) -> list[FireRecord]:
+        """The records of the test pulses asked for since the last call (sent or not), oldest
+        first: a run writes them into its file's log."""
+        out = []
+        while self._tests:
+            out.append(self._tests.popleft())
+        return out
 
     def default_test_delay_us(self) -> float:
         """The delay :meth:`test_fire` uses unless given one (µs)."""
@@ -438,17 +475,25 @@ class Trigger(ABC):
         self.poll()
         return TriggerStatus(self.device, self.is_open, self.available, self.error, self.fired, self.late,
                              self.failed, self.acked, self.unacked, self.device_errors, self.device_late,
-                             self.device_refused, self.late_acks)
+                             self.device_refused, self.late_acks, self.test_fired, self.test_late,
+                             self.test_failed, self.test_acked, self.test_unacked, self.test_refused)
 
     # -- for backends ----------------------------------------------------------------------------
     def _link_busy_ns(self) -> int:
         """How long a command sent now would wait for, and take on, a slow link (0: no such link)."""
         return 0
 
-    def _count(self, counter: str) -> None:
-        """One more in ``counter``; off the fired path."""
+    def _count(self, counter: str, event_index: int) -> None:
+        """One more in ``counter`` (its ``test_`` twin for a test pulse); off the fired path."""
+        name = "test_" + counter if event_index < 0 else counter
         with self._pending_lock:
-            setattr(self, counter, getattr(self, counter) + 1)
+            setattr(self, name, getattr(self, name) + 1)
+
+    def _count_unacked(self, indices: list[int]) -> None:
+        """Count these pulses unacked, test pulses apart; the caller holds ``_pending_lock``."""
+        tests = sum(1 for k in indices if k < 0)
+        self.unacked += len(indices) - tests
+        self.test_unacked += tests
 
     def _write_off(self, indices: list[int]) -> None:
         """Remember pulses counted unacked (the newest ``LATE_ACK_MEMORY``), for an ack that still
@@ -469,7 +514,10 @@ class Trigger(ABC):
              pulse_host_err_ns: int = -1) -> None:
         self._heard()
         with self._pending_lock:
-            self.acked += 1
+            if event_index < 0:
+                self.test_acked += 1
+            else:
+                self.acked += 1
         self._acks.append(Ack(event_index, device_time_us, host_ns if host_ns is not None else time.monotonic_ns(),
                               pulse_host_ns, pulse_host_err_ns))
 
@@ -483,16 +531,24 @@ class Trigger(ABC):
     def _report(self, event_index: int, kind: str, message: str) -> None:
         """The device reported on one pulse already handed over: "refused" (it will not come: no
         ack is waited for, and it counts as failed) or "late" (it came, later than it should)."""
+        test = event_index < 0
         with self._pending_lock:
             if kind == "refused":
-                self.device_refused += 1
-                self.failed += 1
+                if test:
+                    self.test_refused += 1
+                    self.test_failed += 1
+                else:
+                    self.device_refused += 1
+                    self.failed += 1
                 # a refusal after the ack deadline (a stalled link) was counted refused on top of
                 # unacked: fired != acked + refused + unacked. It will not come: it is refused
                 if self._pending.pop(event_index, None) is None and event_index in self._written_off:
                     del self._written_off[event_index]
-                    self.unacked -= 1
-            else:
+                    if test:
+                        self.test_unacked -= 1
+                    else:
+                        self.unacked -= 1
+            elif not test:  # a test pulse's lateness is in its report (the file's device_reports)
                 self.device_late += 1
         self._reports.append(DeviceReport(event_index, time.monotonic_ns(), kind, message))
 

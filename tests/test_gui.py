@@ -1122,3 +1122,53 @@ def test_test_fire_at_idle_says_when_no_pulse_went_and_lets_a_serial_one_out(qtb
         assert win.test_pulses == 1 and not win.errors
         win.close()
     assert len(emu.records("pulse")) == 1  # it came out before the device was disarmed
+
+
+def test_a_test_pulse_during_a_run_is_kept_apart_and_in_the_files_log(qtbot, tmp_path):
+    """A Test fire during a run went into the trigger's books beside the cells' pulses: its ack
+    (or its missing ack, as unacked) made the file's counters stop adding up (fired = acked +
+    refused + unacked over the cells), and the file did not say that a pulse the operator fired
+    sorted whatever was at the junction then."""
+    _need_pipeline()
+    pytest.importorskip("serial", reason="pyserial not installed (mimlsort[serial])")
+    from app.gui.main import demo_config
+    from app.gui.main_window import MainWindow
+    from app.gui.qt import QtCore, Qt
+    from app.report import summarize
+    from app.session import with_changes
+    from app.storage import read_events
+    from tests.sim.trigger_emulator import emulated_port
+
+    settings = QtCore.QSettings(str(tmp_path / "gui.ini"), QtCore.QSettings.Format.IniFormat)
+    with emulated_port(tmp_path / "device.tsv") as emu:
+        cfg = with_changes(demo_config(tmp_path / "runs"), output={"report": False},
+                           trigger={"backend": "serial", "serial.port": emu.port})
+        win = MainWindow(config=cfg, config_path=tmp_path / "run.toml", settings=settings, save_on_close=False)
+        qtbot.addWidget(win)
+        win.show()
+        qtbot.waitUntil(lambda: not win.model_pending, timeout=30000)
+        qtbot.mouseClick(win.controls.start_btn, Qt.MouseButton.LeftButton)
+        # the first start after a source change compiles the kernels (minutes on a loaded host)
+        qtbot.waitUntil(lambda: win.controller.run is not None or bool(win.errors), timeout=300000)
+        qtbot.waitUntil(lambda: win.table.total >= 3 or bool(win.errors), timeout=60000)
+        qtbot.mouseClick(win.controls.test_fire_btn, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: win.test_pulses == 1 or bool(win.errors), timeout=15000)
+        assert not win.errors, win.errors
+        path = win.controller.run.events_path
+        win.stop_run()
+        qtbot.waitUntil(lambda: win.controller.run is None and not win.controller.busy, timeout=30000)
+        assert not win.errors, win.errors
+        win.close()
+    f, run = read_events(path)
+    c = run.counters
+    assert c["test_pulses"] == 1 and c["test_acked"] + c["test_unacked"] + c["test_refused"] == 1, c
+    cells_acked = int((run.acks["event_index"] >= 0).sum())
+    assert c["fired"] == int((f["fired"] == 1).sum()) == cells_acked + c["device_refused"] + c["unacked"], c
+    # the test pulse's own ack is kept, under its negative index
+    assert int((run.acks["event_index"] < 0).sum()) == c["test_acked"]
+    lines = [line for line in run.run_log if line.startswith("operator's test pulse")]
+    assert len(lines) == 1 and lines[0].startswith("operator's test pulse -1 at t=") and "due at host" in lines[0]
+    pulse = emu.records("pulse")
+    assert any(p[0] == pulse[0][0] for p in pulse)  # the device saw it
+    s = summarize(path)
+    assert s.test_pulses == tuple(lines) and s.acks == cells_acked

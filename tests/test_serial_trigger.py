@@ -1117,10 +1117,12 @@ def test_test_pulses_a_silent_device_did_not_ack_are_each_counted(tmp_path):
             assert trig.test_fire().ok
             time.sleep(0.05)
         deadline = time.monotonic() + 5
-        while trig.acked + trig.unacked < 3 and time.monotonic() < deadline:
+        while trig.test_acked + trig.test_unacked < 3 and time.monotonic() < deadline:
             trig.drain_acks()
             time.sleep(0.05)
-        assert (trig.fired, trig.acked, trig.unacked) == (3, 1, 2)
+        # counted as test pulses, apart from the cells' (which a run's file checks add up)
+        assert (trig.test_fired, trig.test_acked, trig.test_unacked) == (3, 1, 2)
+        assert (trig.fired, trig.acked, trig.unacked) == (0, 0, 0)
 
 
 def _fire_late(emu, trig, idx: int, stall_s: float = 0.02) -> None:
@@ -1187,6 +1189,24 @@ def test_a_late_report_names_a_cell_past_32_bits(emu, caplog):
     assert f"id=7 late {late[0].message.split()[-1]} (cell {idx})" in caplog.text
 
 
+def test_a_test_pulse_the_device_did_not_ack_stays_out_of_the_cells_books(tmp_path):
+    # a GUI Test fire during a run whose ack did not come was counted unacked among the cells'
+    # pulses, which it was not counted fired among: fired 2 != acked 2 + refused 0 + unacked 1
+    with emulated_port(tmp_path / "device.tsv", "--hang-after", "2") as emu, _open(emu.port) as trig:
+        trig.ack_timeout_s = 0.2
+        for i in range(2):
+            assert trig.fire(FireRequest(i, time.monotonic_ns() + 20 * MS, 50.0)).ok
+        assert len(_wait_acks(trig, 2)) == 2
+        assert trig.test_fire().ok
+        deadline = time.monotonic() + 10
+        while trig.test_unacked < 1 and time.monotonic() < deadline:
+            trig.drain_acks()
+            time.sleep(0.05)
+        st = trig.status()
+    assert (st.fired, st.acked, st.device_refused, st.unacked) == (2, 2, 0, 0), st
+    assert (st.test_fired, st.test_acked, st.test_refused, st.test_unacked) == (1, 0, 0, 1), st
+
+
 def test_two_threads_firing_at_the_device_lose_no_count(tmp_path):
     # the sort thread and a Test fire hand pulses over while the reader thread counts the device's
     # acks and refusals: unlocked ``+= 1`` from those threads lost counts (see tests/sim/preempt.py)
@@ -1213,8 +1233,11 @@ def test_two_threads_firing_at_the_device_lose_no_count(tmp_path):
                 t.join()
             trig.settle(timeout_s=10.0)
             st = trig.status()
-    recs = records[0] + records[1]
-    assert st.fired == sum(r.ok for r in recs) and st.late == sum(r.late for r in recs), st
-    assert st.failed == sum(not r.ok and not r.late for r in recs) + st.device_refused, st
+    for recs, fired, late, failed, refused in ((records[0], st.fired, st.late, st.failed, st.device_refused),
+                                               (records[1], st.test_fired, st.test_late, st.test_failed,
+                                                st.test_refused)):
+        assert fired == sum(r.ok for r in recs) and late == sum(r.late for r in recs), st
+        assert failed == sum(not r.ok and not r.late for r in recs) + refused, st
     assert st.fired == st.acked + st.device_refused + st.unacked and st.fired > 0, st
+    assert st.test_fired == st.test_acked + st.test_refused + st.test_unacked and st.test_fired > 0, st
     assert len({r.event_index for r in records[1]}) == n

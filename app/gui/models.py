@@ -431,7 +431,8 @@ def _trigger_row(st: Any) -> StatusRow:
         ("device_refused", "pulses the device refused (queue full, not armed, counter busy)"),
         ("device_late", "pulses the device output late"),
         ("unacked", "pulses whose ack never came"),
-        ("device_errors", "errors the device reported")))
+        ("device_errors", "errors the device reported"),
+        ("test_pulses", "test pulses fired during the run (not in the figures above)")))
     errors = [e for e in getattr(st, "errors", ()) if e.startswith("trigger:")]
     if errors:
         tip += f"\nlast error: {errors[-1]}"
