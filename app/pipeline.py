@@ -597,11 +597,12 @@ class Pipeline:
     def _clock_name(self) -> str:
         return clock_name(self.camera.backend, bool(self.ring is not None and self.ring.camera_clock))
 
-    def stop(self, reason: FinishReason = FinishReason.CANCELED, message: str = "") -> None:
+    def stop(self, reason: FinishReason = FinishReason.CANCELED, message: str = "") -> bool:
         """Ask every worker to stop at its next batch boundary (idempotent; the first reason wins,
         but a worker that fails while the run stops makes it ERRORED: an auto-stop during the
         background estimate, then a geometry outside the ROI, ended "completed", exit code 0, with
-        no frame tracked)."""
+        no frame tracked). Returns whether ``message`` was taken as how the run ends (and logged)."""
+        taken = False
         with self._lock:
             first = self.finish_reason
             if first is None or (reason is FinishReason.ERRORED and first is not FinishReason.ERRORED
@@ -611,10 +612,12 @@ class Pipeline:
                     f"{message} (while stopping: {first.value}{': ' + self.message if self.message else ''})"
                 if message:
                     (log.error if reason is FinishReason.ERRORED else log.info)("run stopping: %s", message)
+                    taken = True
             if self.state is RunState.RUNNING:
                 self.state = RunState.STOPPING
         self._stop.set()
         self._halt[0] = 1
+        return taken
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the run has finished; True if it has."""
@@ -680,13 +683,16 @@ class Pipeline:
         try:
             fn()
         except Exception as e:  # a worker failure ends the run; files are closed readable by their owners
-            if isinstance(e, MimlsortError):  # says what is wrong: a traceback would bury it
-                log.error("%s worker failed: %s", name, e)
-            else:
+            ours = isinstance(e, MimlsortError)  # says what is wrong: a traceback would bury it
+            if not ours:
                 log.exception("%s worker failed", name)
-            msg = f"{name}: {e}" if isinstance(e, MimlsortError) else f"{name}: {type(e).__name__}: {e}"
+            msg = f"{name}: {e}" if ours else f"{name}: {type(e).__name__}: {e}"
             self._errors.append(msg)
-            self.stop(FinishReason.ERRORED, msg)
+            # "run stopping: <name>: …" is the one line of our own errors: a "worker failed" line
+            # before it said the same again (a full disk was said five times on stderr); only an
+            # error that does not become how the run ends (another worker's came first) needs its own
+            if not self.stop(FinishReason.ERRORED, msg) and ours:
+                log.error("%s worker failed: %s", name, e)
         finally:
             self._cpu_final[name] = time.thread_time()
             if name == "camera":  # only now: a failed camera must be ERRORED before the sort loop ends

@@ -973,7 +973,8 @@ class EventWriter:
             self._io_broken = True
             self._failed = DeviceError(f"{self.path}: writing events failed ({_io_reason(err, self.path)}); the file holds the "
                                        f"{self._written} events of the last flush")
-            log.error("%s", self._failed)
+            # not logged here: whoever catches it says it (the run's "run stopping", the command's
+            # "error:"), and a line here as well said it twice, three times from the writer's child
             raise self._failed from err
 
     def _check_space(self) -> None:
@@ -985,8 +986,7 @@ class EventWriter:
             self._failed = DeviceError(
                 f"{self.path}: disk nearly full ({free / 2**20:.0f} MiB free, need {self.min_free_bytes / 2**20:.0f} "
                 f"MiB); stopped writing, the file holds the {self._written} events of the last flush")
-            log.error("%s", self._failed)
-            raise self._failed
+            raise self._failed  # not logged here, as in flush()
 
     def _flush(self) -> None:
         import h5py

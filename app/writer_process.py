@@ -214,14 +214,27 @@ class EventWriterProcess:
             if op == "state":
                 self._bytes, self._events = msg[1], msg[2]
             elif op == "error" and self._failed is None:
-                self._failed = msg[1]
-                # the child's errors mostly name the file already: "P: P: disk nearly full"
-                text = str(msg[1])
-                log.error("%s", text if str(self.path) in text else f"{self.path}: {text}")
+                # not logged here: it is raised to the caller (the run's storage thread, whose
+                # "run stopping" says it; or close()), and a line here said it once more
+                self._failed = self._naming_the_file(msg[1])
             elif op in ("flushed", "closed"):
                 self._bytes, self._events = msg[-2], msg[-1]
             if op in until:
                 return msg
+
+    def _naming_the_file(self, err: BaseException) -> BaseException:
+        """``err`` as the child sent it where it names the file (most do: "P: disk nearly full"),
+        else the same type with the file put in front (a DeviceError where the type will not take
+        a message)."""
+        text = str(err)
+        if str(self.path) in text:
+            return err
+        try:
+            named = type(err)(f"{self.path}: {text}")
+        except Exception:  # noqa: BLE001 - an exception type with other constructor arguments
+            named = DeviceError(f"{self.path}: {type(err).__name__}: {text}")
+        named.__cause__ = err
+        return named
 
     def _send(self, *msg, note: bool = False) -> None:
         """``note``: a record for the file (a log line, counters, acks) that is dropped, not raised,

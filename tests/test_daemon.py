@@ -951,7 +951,9 @@ def disk_260m(tmp_path):
 
 def test_the_event_writers_error_names_its_file_once_wherever_it_is_read(tmp_path, disk_260m):
     """The writer child's error went through the parent's log as "P: P: disk nearly full", and the
-    run's end said it again as "closing failed: event file: P: …" although the file closed complete."""
+    run's end said it again as "closing failed: event file: P: …" although the file closed complete.
+    Then stderr still said it five times: the child's line, the parent's, "storage worker failed",
+    "run stopping" and "run errored"; now once as the cause and once in the run's end."""
     from app.storage import read_events
 
     out = disk_260m / "out"
@@ -972,6 +974,10 @@ def test_the_event_writers_error_names_its_file_once_wherever_it_is_read(tmp_pat
     assert said and all(line.split("; events in ")[0].count(where) == 1 for line in said), "\n".join(said)
     assert "closing failed" not in err and "closing the event file failed" not in err, err[-3000:]
     assert f"run errored: storage: {where}: disk nearly full (" in err, err[-3000:]
+    for text in (err, (out / "mimlsort.log").read_text()):
+        lines = [line for line in text.splitlines() if "disk nearly full" in line]
+        assert len(lines) == 2 and "ERROR app.pipeline: run stopping: storage: " in lines[0], "\n".join(lines)
+        assert "run errored: storage: " in lines[1], "\n".join(lines)
     _, run = read_events(events)
     assert run.complete and run.error.count(where) == 1 and "disk nearly full" in run.error, run.error
     # the file's own log takes no line once its writer stopped for the disk: its error attribute says it

@@ -69,13 +69,28 @@ def test_a_bad_event_in_the_child_is_raised_in_the_parent_and_the_file_stays_rea
         while time.monotonic() < deadline:  # the error arrives with the child's answer
             p.write([])
             time.sleep(0.05)
-    # the parent's log line said the path twice ("P: P: event 5: …")
-    logged = [r.getMessage() for r in caplog.records if r.name == "app.writer_process"]
-    assert logged == [str(raised.value)] and str(raised.value).startswith(f"{path}: event 5: 7 probabilities"), logged
+    # the parent's log line said the path twice ("P: P: event 5: …"); then it said the error
+    # beside the raise, whose catcher (the run's "run stopping") says it again: the raise alone now
+    logged = [r.getMessage() for r in caplog.records if r.name in ("app.writer_process", "app.storage")]
+    assert logged == [] and str(raised.value).startswith(f"{path}: event 5: 7 probabilities"), logged
     # raised once: the close that follows closes the file complete, as the in-process writer's
     # does, and does not raise it again (the daemon said it a second time, as "closing failed")
     p.close()
     assert read_events(path)[1].n_events == 5 and read_events(path)[1].complete
+
+
+def test_a_child_error_that_names_no_file_is_raised_naming_it(tmp_path):
+    # the parent's log line put the path in front; with the line gone, the raise must name it
+    path = tmp_path / "odd.rtdc"
+    p = EventWriterProcess(path, meta=make_meta())
+    p.write([object()])  # no event record: the child's AttributeError names no file
+    with pytest.raises(AttributeError) as raised:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            p.write([])
+            time.sleep(0.05)
+    assert str(raised.value).startswith(f"{path}: ") and str(raised.value).count(str(path)) == 1, raised.value
+    p.close()
 
 
 def test_a_child_error_the_caller_never_heard_of_is_raised_by_close(tmp_path):
