@@ -111,11 +111,17 @@ class RunLogHandler(logging.FileHandler):
     """The run's log file. One that fails while the run goes on (its disk filled, ``/dev/full``)
     is said once on stderr and written no more: logging printed a "--- Logging error ---"
     traceback for every record, and its close raised, so a completed run ended with exit code 1 and
-    "error: No space left on device", a file name nowhere."""
+    "error: No space left on device", a file name nowhere. The line names the key that chose the
+    file as well as its path: a path alone left the operator to find which setting wrote there."""
+
+    KEY = "daemon.log_file"
 
     def __init__(self, path: Path):
         super().__init__(path, encoding="utf-8")
         self.failed = ""
+
+    def _said(self) -> str:
+        return f"mimlsort: the log file {self.baseFilename} ({self.KEY}) cannot be written ({self.failed})"
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.failed:
@@ -129,8 +135,8 @@ class RunLogHandler(logging.FileHandler):
         if not self.failed:
             self.failed = err.strerror or str(err)
             try:
-                sys.stderr.write(f"mimlsort: the log file {self.baseFilename} cannot be written ({self.failed}): "
-                                 f"nothing more goes to it; stderr and the event file's log have the run's lines\n")
+                sys.stderr.write(f"{self._said()}: nothing more goes to it; stderr and the event file's log have "
+                                 "the run's lines\n")
                 sys.stderr.flush()
             except (OSError, ValueError):
                 pass
@@ -141,7 +147,7 @@ class RunLogHandler(logging.FileHandler):
         except OSError as err:  # the last flush: said like any other failed write
             if not self.failed:
                 self.failed = err.strerror or str(err)
-                print(f"mimlsort: the log file {self.baseFilename} cannot be written ({self.failed})", file=sys.stderr)
+                print(self._said(), file=sys.stderr)
 
 
 def _file_handler(path: Path) -> logging.Handler:
@@ -152,7 +158,7 @@ def _file_handler(path: Path) -> logging.Handler:
         path.parent.mkdir(parents=True, exist_ok=True)
         h = RunLogHandler(path)
     except OSError as err:
-        raise ConfigError("daemon.log_file", f"{path}: cannot be written: {err.strerror or err}") from err
+        raise ConfigError(RunLogHandler.KEY, f"{path}: cannot be written: {err.strerror or err}") from err
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     h.setLevel(logging.INFO)
     return h

@@ -885,7 +885,8 @@ def test_a_signal_while_the_process_winds_down_keeps_the_commands_exit_code(tmp_
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device whose writes fail: disk full)")
 def test_a_log_file_that_cannot_be_written_is_said_once_and_the_run_keeps_its_exit_code(tmp_path):
     """The log file's disk is full: every record printed a "--- Logging error ---" traceback, and
-    the completed run ended with exit code 1 and "error: No space left on device", naming no file."""
+    the completed run ended with exit code 1 and "error: No space left on device", naming no file;
+    then the line named the file but not the key that chose it."""
     import dclab
 
     cfg = tmp_path / "full.toml"
@@ -895,7 +896,8 @@ def test_a_log_file_that_cannot_be_written_is_said_once_and_the_run_keeps_its_ex
     out, err = p.communicate(timeout=180)
     assert p.returncode == 0, err[-2000:]
     assert "Logging error" not in err and "Traceback" not in err, err[-2000:]
-    assert err.count("the log file /dev/full cannot be written (No space left on device)") == 1, err[-2000:]
+    assert err.count("the log file /dev/full (daemon.log_file) cannot be written (No space left on device)") == 1, \
+        err[-2000:]
     assert "run completed" in err
     with dclab.new_dataset(sorted((tmp_path / "out").glob("*.rtdc"))[0]) as ds:
         assert len(ds) > 0
