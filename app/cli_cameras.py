@@ -44,7 +44,10 @@ def cmd_cameras(args: argparse.Namespace) -> int:
             continue
         except ConfigError as e:
             if e.key != "GENICAM_GENTL64_PATH":  # --cti: the user's own option, refused as such
-                raise
+                from app.config import located
+
+                # named by the option typed, not the configuration key no file here set
+                raise located(e, None, {"camera.genicam.cti": "--cti"}) from e
             print(f"{backend:8s} error: {e}")  # the environment's: the other backends still list
             continue
         if not devices:

@@ -160,7 +160,18 @@ def test_a_library_that_is_no_producer_is_refused_not_a_crash(tmp_path):
     r = subprocess.run([sys.executable, "-m", "app.cli", "cameras", "--backend", "genicam", "--cti", lib],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    assert "camera.genicam.cti" in r.stderr and "is not a GenTL producer: it exports no GCInitLib" in r.stderr
+    # the option typed, not the configuration key (which no file of this command set)
+    assert f"error: --cti: {lib} is not a GenTL producer: it exports no GCInitLib" in r.stderr, r.stderr[-2000:]
+    assert "camera.genicam.cti" not in r.stderr
+
+
+def test_cameras_names_a_missing_cti_by_its_option(tmp_path, capsys):
+    from app.cli import main
+
+    gone = tmp_path / "gone.cti"
+    assert main(["cameras", "--backend", "genicam", "--cti", str(gone)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --cti: no such GenTL producer file: {gone}" in err and "camera.genicam" not in err, err
 
 
 def test_a_bad_producer_beside_a_good_one_in_the_environment_is_skipped(monkeypatch, tmp_path, caplog):
