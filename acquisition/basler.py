@@ -231,7 +231,8 @@ class BaslerCamera(GenicamFeatures, Camera):
         return factory, select_device(
             devices, serial, self.settings, serial_of=lambda d: d.GetSerialNumber(),
             name_of=lambda d: d.GetUserDefinedName(), backend=self.backend, what="Basler camera",
-            where=f" on {self.settings.transport or 'any transport'}", note=self._note)
+            where=f" on {self.settings.transport} (camera.{self.backend}.transport)" if self.settings.transport
+            else " on any transport", note=self._note)
 
     def _connect(self, serial: str) -> None:
         pylon, genicam = _pylon(self.settings.transport == EMULATOR)

@@ -267,7 +267,9 @@ class GenicamCamera(GenicamFeatures, Camera):
         return select_device(
             list(self._h.device_info_list), serial, self.settings,
             serial_of=lambda d: _dev_attr(d, "serial_number"), name_of=lambda d: _dev_attr(d, "user_defined_name"),
-            backend=self.backend, what="GenICam device", found="found serials", note=self._note)
+            backend=self.backend, what="GenICam device", found="found serials", note=self._note,
+            # the producers asked, and what chose them: no device may be the wrong .cti
+            where=f" through {', '.join(self._h.files)} ({_producers_key(self.settings.cti)})")
 
     def _connect(self, serial: str) -> None:
         s = self.settings

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from acquisition.camera import CameraInfo, CameraState
-from mimlsort.errors import ConfigError, DeviceError, StateError
+from mimlsort.errors import ConfigError, DeviceError, DeviceSettingError, StateError
 from mimlsort.settings import require
 
 #: GenICam pixel formats a backend delivers without conversion: name -> (numpy dtype, bit depth)
@@ -89,13 +89,17 @@ def select_device(devices: list[Any], serial: str, s: Any, *, serial_of: Callabl
                if (not serial or serial_of(d) == serial) and (not s.user_name or name_of(d) == s.user_name)]
     want = ", ".join(f"{k}={v!r}" for k, v in (("serial", serial), ("user_name", s.user_name)) if v) or "any"
     if not matches:
-        serials = ", ".join(serial_of(d) for d in devices) or ("none: is it connected, powered, and not open "
-                                                             "already, in this program or another?")
-        # the setting that asked, so the operator knows what to change (a reconnect asks by the
-        # serial it lost: no setting)
-        key = next((f"camera.{backend}.{k}: " for k, v in (("serial", s.serial), ("user_name", s.user_name))
-                    if v and (k != "serial" or serial == v)), "")
-        raise DeviceError(f"{key}no {what} matches {want}{where} ({found}: {serials})")
+        hint = "is it connected, powered, and not open already, in this program or another?"
+        serials = ", ".join(serial_of(d) for d in devices) or f"none: {hint}"
+        if serial and serial != s.serial:  # a reconnect asks by the serial it lost: no setting did
+            raise DeviceError(f"no {what} matches {want}{where} ({found}: {serials})")
+        # the setting that asked, so the operator knows what to change; where none asked for a
+        # particular camera, the backend chose them: "no … matches any" named no key at all
+        key = next((f"camera.{backend}.{k}" for k, v in (("serial", s.serial), ("user_name", s.user_name)) if v),
+                   None)
+        if key is not None:
+            raise DeviceSettingError(key, f"no {what} matches {want}{where} ({found}: {serials})")
+        raise DeviceSettingError("camera.backend", f"{backend!r}, but no {what} is attached{where} ({hint})")
     i = max(s.index, 0) if serial == s.serial else 0
     if i >= len(matches):
         noun = what.split()[-1]

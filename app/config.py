@@ -30,7 +30,7 @@ from acquisition.synthetic import SyntheticSettings
 from app.pipeline import AutoStop
 from app.sorting import SortSettings
 from hardware.timing import TimingSettings
-from mimlsort.errors import ConfigError, MimlsortError
+from mimlsort.errors import ConfigError, DeviceSettingError, MimlsortError
 from mimlsort.inputs import check_input
 from mimlsort.settings import from_mapping, require, to_mapping
 from tracking.tracker import TrackerSettings
@@ -304,7 +304,8 @@ def config_from_mapping(data: dict, source: str = "") -> RunConfig:
         raise ConfigError(e.key, f"{e.problem} (in {source})" if source else e.problem) from None
 
 
-def located(err: ConfigError, source: str | Path | None, options: Mapping[str, str | None] | None = None) -> ConfigError:
+def located(err: ConfigError | DeviceSettingError, source: str | Path | None,
+            options: Mapping[str, str | None] | None = None) -> ConfigError | DeviceSettingError:
     """``err``, found once the configuration was loaded (a run's start, ``config --check``), naming
     where its key was set as validation names it: the command-line option that set the key in its
     place (``--http-port: …``), else the configuration file ``source`` after the problem

@@ -27,7 +27,7 @@ from app.console import Console
 from app.pipeline import FinishReason, Status
 from app.session import Run, build_run
 from app.sorting import Reason
-from mimlsort.errors import ConfigError
+from mimlsort.errors import ConfigError, DeviceSettingError
 from mimlsort.outputs import probe_writable_folder
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
     latest: dict = {"state": "starting"}
     server = None
 
-    def where(err: ConfigError) -> ConfigError:
+    def where(err: ConfigError | DeviceSettingError) -> ConfigError | DeviceSettingError:
         return located(err, config_file, options)
 
     try:
@@ -368,7 +368,9 @@ def run_daemon(cfg: RunConfig, *, folder: str | Path | None = None, events_path:
         # the command line says it on stderr; the log file ended without a word of it, and an
         # unattended run refused at its start (a model not found, a camera not there) left a log
         # whose last line was the one before
-        named = where(exc) if isinstance(exc, ConfigError) else exc
+        # a camera refused by one setting (no camera of the backend attached, a serial none has)
+        # names its key as a configuration error does, and so where it was set
+        named = where(exc) if isinstance(exc, (ConfigError, DeviceSettingError)) else exc
         why = f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})" if isinstance(exc, KeyboardInterrupt) else str(named)
         failure.append(f"{'run failed' if started else 'run not started'}: {why or type(exc).__name__}")
         if named is not exc:

@@ -32,6 +32,18 @@ class DeviceError(MimlsortError):
     """A camera or trigger device failed, disappeared or refused a setting."""
 
 
+class DeviceSettingError(DeviceError):
+    """A device failure that one setting decided (a serial no attached camera has, a backend chosen
+    where none of its cameras is attached): ``key`` names it, as a :class:`ConfigError`'s does, so
+    the run can add where the key was set (``(in RUN.toml)``, or the option). Still a device
+    error: the configuration may be right and the camera unplugged."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+
 class BackendUnavailable(DeviceError):
     """The vendor SDK or driver a backend needs is not installed on this machine."""
 

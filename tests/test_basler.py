@@ -500,3 +500,39 @@ def test_frames_skipped_before_the_first_one_are_not_counted_as_gaps():
     assert cam.skipped_before_first > 0 and first_id >= cam.skipped_before_first
     assert ring.camera_dropped == cam.skipped_images + cam.failed_buffers
     assert ring.written + ring.camera_dropped + first_id + cam.discarded_at_stop == total
+
+
+def test_a_serial_no_camera_has_names_its_key_and_the_configuration_file(tmp_path):
+    """A camera refused at the run's start said its key ("camera.basler.serial: no Basler camera
+    matches …") but not the file that set it, as the run's configuration errors do."""
+    from app.daemon import run_daemon
+    from mimlsort.errors import DeviceSettingError
+
+    run_toml = tmp_path / "RUN.toml"
+    cfg = emu_run_config(tmp_path / "out", {"serial": "nope"}, 0.2)
+    with pytest.raises(DeviceSettingError) as raised:
+        run_daemon(cfg, config_file=run_toml)
+    assert str(raised.value).startswith("camera.basler.serial: no Basler camera matches serial='nope' on "
+                                        f"{EMULATOR} (camera.basler.transport) (found: {SERIAL})"), raised.value
+    assert str(raised.value).endswith(f"(in {run_toml})"), raised.value
+
+
+def test_no_camera_of_the_backend_attached_names_the_setting_that_chose_it():
+    """Nothing asked for a particular camera and none attached: "no Basler camera matches any on
+    any transport" named no key. A real bus without cameras cannot be had here without GigE
+    discovery broadcasting from the test (and the emulator's transport is missing without
+    PYLON_CAMEMU), so the empty listing is handed to the selection itself."""
+    from acquisition.basler import BaslerSettings
+    from acquisition.vendor import select_device
+    from mimlsort.errors import DeviceSettingError
+
+    with pytest.raises(DeviceSettingError) as raised:
+        select_device([], "", BaslerSettings(), serial_of=str, name_of=str, backend="basler", what="Basler camera",
+                      where=" on any transport")
+    assert raised.value.key == "camera.backend"
+    assert str(raised.value) == ("camera.backend: 'basler', but no Basler camera is attached on any transport (is it "
+                                 "connected, powered, and not open already, in this program or another?)")
+    # a reconnect asks by the serial it lost, which no setting named
+    with pytest.raises(DeviceError) as raised:
+        select_device([], "0815", BaslerSettings(), serial_of=str, name_of=str, backend="basler", what="Basler camera")
+    assert not isinstance(raised.value, DeviceSettingError) and str(raised.value).startswith("no Basler camera matches")
