@@ -198,7 +198,30 @@ def fit_value(kind: str, key: str, value: Any, *, lo: float | None = None, hi: f
     return v
 
 
-class GenicamFeatures:
+class SettingNotes:
+    """Mixin (before :class:`~acquisition.camera.Camera`) for a vendor camera that says a setting
+    it took otherwise than asked (``backend`` and ``_serial`` name the camera)."""
+
+    def _apply(self, key: str, asked: float, got: Any) -> Any:
+        """``got``, the value the camera took for setting ``key`` = ``asked`` (its limits clamp and
+        snap); said when it differs: a 5000 px width opened as 4096, an exposure of 10 µs ran at
+        100, and only a later geometry error or nothing told the operator."""
+        try:
+            differs = not math.isclose(float(got), float(asked), rel_tol=1e-3, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            differs = False
+        if differs:
+            self._note(f"camera.{self.backend}.{key}: the {self.backend} camera {self._serial} took {_plain(got)} "
+                       f"for the {_plain(asked)} asked (its limits or step)")
+        return got
+
+    def _note(self, line: str) -> None:
+        """Warn, and keep the line for the run's file (the file's configuration says what was asked)."""
+        logging.getLogger(type(self).__module__).warning("%s", line)
+        self.open_notes.append(line)
+
+
+class GenicamFeatures(SettingNotes):
     """Mixin (before :class:`~acquisition.camera.Camera`) for a camera with a GenApi node map.
 
     The backend supplies the node access — ``_node(name)`` (StateError when closed, ConfigError
@@ -251,24 +274,6 @@ class GenicamFeatures:
         return 0.0
 
     # -- configuration ---------------------------------------------------------------------------
-    def _apply(self, key: str, asked: float, got: Any) -> Any:
-        """``got``, the value the camera took for setting ``key`` = ``asked`` (its limits clamp and
-        snap); said when it differs: a 5000 px width opened as 4096, an exposure of 10 µs ran at
-        100, and only a later geometry error or nothing told the operator."""
-        try:
-            differs = not math.isclose(float(got), float(asked), rel_tol=1e-3, abs_tol=1e-9)
-        except (TypeError, ValueError):
-            differs = False
-        if differs:
-            self._note(f"camera.{self.backend}.{key}: the {self.backend} camera {self._serial} took {_plain(got)} "
-                       f"for the {_plain(asked)} asked (its limits or step)")
-        return got
-
-    def _note(self, line: str) -> None:
-        """Warn, and keep the line for the run's file (the file's configuration says what was asked)."""
-        logging.getLogger(type(self).__module__).warning("%s", line)
-        self.open_notes.append(line)
-
     @contextlib.contextmanager
     def _setting(self, key: str):
         """Errors of the features behind setting ``key`` named by the setting (the operator wrote

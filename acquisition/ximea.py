@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from acquisition.camera import Camera, CameraInfo, CameraState, GrabResult
-from acquisition.vendor import DeviceEntry, check_settings, open_configured, reopen_with_retries
+from acquisition.vendor import DeviceEntry, SettingNotes, check_settings, fit_value, open_configured, reopen_with_retries
 from mimlsort.errors import BackendUnavailable, ConfigError, DataFormatError, DeviceError, StateError
 from mimlsort.settings import require
 
@@ -81,7 +81,7 @@ class XimeaSettings:
                 f"must be off, software, rising or falling, got {self.trigger!r}")
 
 
-class XimeaCamera(Camera):
+class XimeaCamera(SettingNotes, Camera):
     """A Ximea camera through xiAPI."""
 
     backend = "ximea"
@@ -110,22 +110,44 @@ class XimeaCamera(Camera):
         self._xi = xiapi  # the grab loop must not re-import per frame
         self._serial = cam.get_device_sn().decode() if isinstance(cam.get_device_sn(), bytes) else str(cam.get_device_sn())
 
+    #: settings key -> (xiAPI parameter, kind); each has get_/set_ and get_<p>_minimum/_maximum/_increment
+    _PARAMS = {"width": ("width", "int"), "height": ("height", "int"), "offset_x": ("offsetX", "int"),
+               "offset_y": ("offsetY", "int"), "exposure_us": ("exposure", "int"), "fps": ("framerate", "float")}
+
+    def _set(self, key: str, asked: float) -> Any:
+        """Write setting ``key`` clamped into the camera's limits and snapped onto its step, as the
+        GenICam backends do; returns the value in effect, said (``_apply``) where it differs. xiAPI
+        refuses a value out of range with an ``Xi_error`` that named no setting."""
+        param, kind = self._PARAMS[key]
+        cam, full = self._cam, f"camera.{self.backend}.{key}"
+        limits = {}
+        for bound, suffix in (("lo", "minimum"), ("hi", "maximum"), ("inc", "increment")):
+            if kind == "float" and bound == "inc":
+                continue
+            try:
+                limits[bound] = float(getattr(cam, f"get_{param}_{suffix}")())
+            except (AttributeError, self._xi.Xi_error):  # not every camera or API version says every limit
+                pass
+        value = fit_value(kind, full, asked, **limits)
+        try:
+            getattr(cam, f"set_{param}")(value)
+            got = getattr(cam, f"get_{param}")()
+        except self._xi.Xi_error as err:  # refused inside the limits it gave (another setting holds it)
+            raise DeviceError(f"{full}: the ximea camera {self._serial} refused {param} = {value!r}: {err}") from err
+        return self._apply(key, asked, float(got) if kind == "float" else int(got))
+
     def _configure(self) -> None:
         s, cam = self.settings, self._cam
         cam.set_imgdataformat(_FORMATS[s.pixel_format][0])
-        if s.width:
-            cam.set_width(s.width)
-        if s.height:
-            cam.set_height(s.height)
-        if s.offset_x:
-            cam.set_offsetX(s.offset_x)
-        if s.offset_y:
-            cam.set_offsetY(s.offset_y)
-        if s.exposure_us:
-            cam.set_exposure(int(round(s.exposure_us)))
+        for key in ("offset_x", "offset_y"):  # offsets to 0 first so any width/height fits
+            if s.width or s.height or getattr(s, key):
+                self._set(key, 0)
+        for key in ("width", "height", "offset_x", "offset_y", "exposure_us"):
+            if getattr(s, key):
+                self._set(key, getattr(s, key))
         if s.fps:
             cam.set_acq_timing_mode("XI_ACQ_TIMING_MODE_FRAME_RATE_LIMIT")
-            cam.set_framerate(s.fps)
+            self._set("fps", s.fps)
         self._set_trigger(s.trigger)
         if s.buffers_mb:
             cam.set_acq_buffer_size(s.buffers_mb * 1024 * 1024)
@@ -147,6 +169,8 @@ class XimeaCamera(Camera):
             width=int(cam.get_width()), height=int(cam.get_height()), dtype=dtype, bit_depth=bits,
             fps=float(cam.get_framerate()) if self.settings.fps else 0.0, pixel_size_um=self.settings.pixel_size_um,
             camera_clock=True, id_modulus=2**32,
+            # in effect, for the files' ROI position and flash duration (0, 0 and 0 were written)
+            offset=(int(cam.get_offsetX()), int(cam.get_offsetY())), exposure_us=float(cam.get_exposure()),
         )
 
     def _data_bit_depth(self) -> int:
@@ -220,20 +244,16 @@ class XimeaCamera(Camera):
         cam, out = self._cam, {}
         for key, value in changes.items():
             if key == "exposure_us":
-                cam.set_exposure(int(round(value)))
-                out[key] = float(cam.get_exposure())
+                out[key] = float(self._set(key, value))
             elif key == "fps":
                 cam.set_acq_timing_mode("XI_ACQ_TIMING_MODE_FRAME_RATE_LIMIT")
-                cam.set_framerate(float(value))
-                out[key] = float(cam.get_framerate())
+                out[key] = float(self._set(key, value))
             elif key == "trigger":
                 out[key] = self._set_trigger(str(value))
             elif key in ("width", "height", "offset_x", "offset_y"):
                 if self.state is CameraState.ACQUIRING:
                     raise StateError(f"camera.ximea.{key}: stop acquisition before changing the frame geometry")
-                name = {"width": "width", "height": "height", "offset_x": "offsetX", "offset_y": "offsetY"}[key]
-                getattr(cam, f"set_{name}")(int(value))
-                out[key] = int(getattr(cam, f"get_{name}")())
+                out[key] = int(self._set(key, value))
                 self._set_info(self._make_info())
             else:
                 raise ConfigError(f"camera.ximea.{key}", "unknown setting (known: exposure_us, fps, trigger, width, "

@@ -86,6 +86,15 @@ class _Mono16Camera:
     def get_height(self):
         return 96
 
+    def get_offsetX(self):  # noqa: N802 (xiAPI's naming)
+        return 0
+
+    def get_offsetY(self):  # noqa: N802
+        return 0
+
+    def get_exposure(self):
+        return 100
+
 
 @pytest.mark.parametrize("data_bits, expected", [(10, 10), (12, 12), (None, 12)])
 def test_a_mono16_cameras_bit_depth_is_its_image_datas(data_bits, expected):
@@ -98,3 +107,131 @@ def test_a_mono16_cameras_bit_depth_is_its_image_datas(data_bits, expected):
     cam._xi = types.SimpleNamespace(Xi_error=_XiError)
     info = cam._make_info()
     assert info.dtype == "uint16" and info.bit_depth == expected
+
+
+class _FakeXiError(Exception):
+    """xiapi.Xi_error: a status code, said as xiAPI says it."""
+
+    def __init__(self, status: int):
+        self.status = status
+        super().__init__(f"ERROR {status}: Wrong parameter value")
+
+
+class _FakeXiCamera:
+    """xiapi.Camera with the documented parameter calls the backend makes (get_/set_<param> and
+    get_<param>_minimum/_maximum/_increment), a 1280x1024 sensor: a value out of its range is
+    refused with Xi_error as xiAPI refuses it, naming no setting."""
+
+    LIMITS = {"width": (16, 1280, 16), "height": (2, 1024, 2), "offsetX": (0, 1280, 16), "offsetY": (0, 1024, 2),
+              "exposure": (28, 1_000_000, 1), "framerate": (1.0, 5000.0, None)}
+
+    def _limits(self, param):
+        lo, hi, inc = self.LIMITS[param]
+        if param.startswith("offset"):  # the ROI must stay on the sensor
+            hi -= self.values["width" if param == "offsetX" else "height"]
+        return lo, hi, inc
+
+    def __init__(self, dev_id=0):
+        self.values = {"width": 1280, "height": 1024, "offsetX": 0, "offsetY": 0, "exposure": 1000,
+                       "framerate": 100.0}
+        self.calls = []
+
+    def open_device(self):
+        pass
+
+    def close_device(self):
+        pass
+
+    def get_device_sn(self):
+        return b"XI42"
+
+    def get_device_name(self):
+        return b"MQ013MG-ON"
+
+    def set_imgdataformat(self, fmt):
+        pass
+
+    def set_acq_timing_mode(self, mode):
+        pass
+
+    def set_trigger_source(self, src):
+        pass
+
+    def __getattr__(self, name):
+        if name.startswith("get_") and name.endswith(("_minimum", "_maximum", "_increment")):
+            param, bound = name[4:].rsplit("_", 1)
+            lo, hi, inc = self._limits(param)
+            value = {"minimum": lo, "maximum": hi, "increment": inc}[bound]
+            if value is None:
+                raise _FakeXiError(12)  # Not supported
+            return lambda: value
+        if name.startswith("get_") and name[4:] in self.values:
+            return lambda: self.values[name[4:]]
+        if name.startswith("set_") and name[4:] in self.values:
+            param = name[4:]
+
+            def set_(value):
+                lo, hi, inc = self._limits(param)
+                if not lo <= value <= hi or (inc and (value - lo) % inc):
+                    raise _FakeXiError(11)
+                self.calls.append((param, value))
+                self.values[param] = value
+            return set_
+        raise AttributeError(name)
+
+
+@pytest.fixture
+def fake_xiapi(monkeypatch):
+    """Ximea's xiapi module stood in for: the real one cannot be installed here (it loads the
+    vendor's libm3api), so only the backend's own handling of the camera's limits is tested."""
+    import sys
+    import types
+
+    if HAVE_XIAPI:
+        pytest.skip("the real xiAPI is installed: the camera tests run against it")
+    xiapi = types.ModuleType("ximea.xiapi")
+    xiapi.Camera, xiapi.Image, xiapi.Xi_error = _FakeXiCamera, object, _FakeXiError
+    package = types.ModuleType("ximea")
+    package.xiapi = xiapi
+    monkeypatch.setitem(sys.modules, "ximea", package)
+    monkeypatch.setitem(sys.modules, "ximea.xiapi", xiapi)
+    return xiapi
+
+
+def test_values_out_of_the_cameras_range_are_clamped_said_with_their_key_and_recorded(fake_xiapi, caplog):
+    """_configure called set_width & co. with the configured values: one out of range ended the
+    open with a bare "ERROR 11: Wrong parameter value" naming no key, and nothing the camera took
+    was recorded (the basler and genicam backends clamp, warn naming the key, and keep the line
+    for the event file)."""
+    cam = XimeaCamera({"width": 5000, "height": 100, "offset_x": 5000, "offset_y": 10, "exposure_us": 10.0,
+                       "fps": 9000.0})
+    info = cam.open()
+    try:
+        assert (info.width, info.height) == (1280, 100) and info.offset == (0, 10)
+        assert info.exposure_us == 28.0 and info.fps == 5000.0
+        notes = "\n".join(cam.open_notes)
+        for line in ("camera.ximea.width: the ximea camera XI42 took 1280 for the 5000 asked",
+                     "camera.ximea.offset_x: the ximea camera XI42 took 0 for the 5000 asked",
+                     "camera.ximea.exposure_us: the ximea camera XI42 took 28 for the 10 asked",
+                     "camera.ximea.fps: the ximea camera XI42 took 5000 for the 9000 asked"):
+            assert line in notes and line in caplog.text, notes
+        assert "height" not in notes and "offset_y" not in notes
+        # live changes go the same way: the value in effect comes back, and is said
+        assert cam.apply({"exposure_us": 5.0e6}) == {"exposure_us": 1_000_000.0}
+        assert "camera.ximea.exposure_us: the ximea camera XI42 took 1000000 for the 5e+06 asked" in caplog.text
+    finally:
+        cam.close()
+
+
+def test_a_value_the_camera_refuses_inside_its_range_names_the_key(fake_xiapi):
+    from mimlsort.errors import DeviceError
+
+    class Refusing(_FakeXiCamera):
+        def set_offsetY(self, value):
+            if value:
+                raise _FakeXiError(11)  # another setting holds it
+
+    fake_xiapi.Camera = Refusing
+    with pytest.raises(DeviceError, match=r"^camera\.ximea\.offset_y: the ximea camera XI42 refused offsetY = 10: "
+                                          r"ERROR 11"):
+        XimeaCamera({"height": 100, "offset_y": 10}).open()
