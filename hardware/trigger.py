@@ -410,8 +410,10 @@ class Trigger(ABC):
             self._unacked_in_row += silent
             if overdue:
                 self._forget(overdue)
-                self._log.log(logging.WARNING, "no ack", "%s trigger: no ack for %d pulse(s), e.g. cell %d", self.backend,
-                              len(overdue), overdue[0])
+                # a test pulse has no cell: "cell -2" read as a cell's index
+                example = f"cell {overdue[0]}" if overdue[0] >= 0 else f"test pulse {overdue[0]}"
+                self._log.log(logging.WARNING, "no ack", "%s trigger: no ack for %d pulse(s), e.g. %s", self.backend,
+                              len(overdue), example)
                 if self._unacked_in_row >= self.unacked_fault_after and self.available:
                     self._set_unavailable(
                         f"the device acknowledged none of the last {self._unacked_in_row} pulses within "

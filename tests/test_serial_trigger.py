@@ -7,6 +7,7 @@ not what the host believes it sent.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -1189,9 +1190,10 @@ def test_a_late_report_names_a_cell_past_32_bits(emu, caplog):
     assert f"id=7 late {late[0].message.split()[-1]} (cell {idx})" in caplog.text
 
 
-def test_a_test_pulse_the_device_did_not_ack_stays_out_of_the_cells_books(tmp_path):
+def test_a_test_pulse_the_device_did_not_ack_stays_out_of_the_cells_books(tmp_path, caplog):
     # a GUI Test fire during a run whose ack did not come was counted unacked among the cells'
     # pulses, which it was not counted fired among: fired 2 != acked 2 + refused 0 + unacked 1
+    caplog.set_level(logging.WARNING, logger="hardware.trigger")
     with emulated_port(tmp_path / "device.tsv", "--hang-after", "2") as emu, _open(emu.port) as trig:
         trig.ack_timeout_s = 0.2
         for i in range(2):
@@ -1205,6 +1207,9 @@ def test_a_test_pulse_the_device_did_not_ack_stays_out_of_the_cells_books(tmp_pa
         st = trig.status()
     assert (st.fired, st.acked, st.device_refused, st.unacked) == (2, 2, 0, 0), st
     assert (st.test_fired, st.test_acked, st.test_refused, st.test_unacked) == (1, 0, 0, 1), st
+    # and the warning does not call it a cell ("e.g. cell -1")
+    said = [r.getMessage() for r in caplog.records if "no ack for" in r.getMessage()]
+    assert said and all("e.g. test pulse -1" in m for m in said), said
 
 
 def test_two_threads_firing_at_the_device_lose_no_count(tmp_path):
