@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mimlsort.child import close_and_report, portable, reap, serve, spawn
+from mimlsort.child import close_and_report, naming_the_file, portable, reap, serve, spawn
 from mimlsort.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class RawRecorderProcess:
         self.frames_written = 0
         self.dropped = 0
         self._failed: BaseException | None = None
+        self._raised = False  # the failure has been raised to the caller once
         self._closed = False
         self._ring = None
         self._lock = threading.Lock()
@@ -131,8 +132,9 @@ class RawRecorderProcess:
         elif op == "closed":
             self.frames_written, self.dropped = msg[2], msg[3]
         elif op == "error" and self._failed is None:
-            self._failed = msg[1]
-            log.error("%s: %s", self.path, msg[1])
+            # not logged here: it is raised to the caller (the run's recorder thread, whose "run
+            # stopping" says it), and a line here said it once more, as "P: P: disk nearly full"
+            self._failed = naming_the_file(self.path, msg[1])
 
     def _wait(self, until: tuple[str, ...], timeout: float = REPLY_TIMEOUT_S) -> tuple | None:
         deadline = time.monotonic() + timeout
@@ -161,6 +163,7 @@ class RawRecorderProcess:
         try:
             self._conn.send(msg)
         except (OSError, EOFError) as err:
+            self._raised = True
             raise self._gone() from err
 
     def _gone(self) -> BaseException:
@@ -169,12 +172,17 @@ class RawRecorderProcess:
                                        f"the file holds what was flushed before")
         return self._failed
 
+    def _raise_failed(self) -> None:
+        self._raised = True
+        raise self._failed
+
     def _check(self) -> None:
         self._drain()
         if self._failed is not None:
-            raise self._failed
+            self._raise_failed()
         if self._proc.poll() is not None:
-            raise self._gone()
+            self._gone()
+            self._raise_failed()
 
     # -- the recorder interface ------------------------------------------------------------------
     def open(self) -> "RawRecorderProcess":
@@ -195,7 +203,8 @@ class RawRecorderProcess:
                 raise DeviceError(f"{self.path}: the recorder process needs a shared frame ring (shared=True)")
             self._send("attach", ring.shared_path, ring.images.shape, ring.images.dtype.str)
             if self._wait(("attached",)) is None:
-                raise self._gone()
+                self._gone()
+                self._raise_failed()
             self._ring = ring
             ring.unlink_shared()  # both processes have it mapped: nothing is left behind after a crash
         missed0 = reader.missed
@@ -206,7 +215,8 @@ class RawRecorderProcess:
         if n:
             self._send("copy", int(batch.slots[0]), n, batch.frame_ids.copy(), batch.timestamps_ns.copy())
             if self._wait(("copied",)) is None:
-                raise self._gone()
+                self._gone()
+                self._raise_failed()
             # frames the camera overwrote while the child copied are torn: the child drops them
             damaged = reader.release(batch)
         if n or lost:
@@ -239,9 +249,12 @@ class RawRecorderProcess:
             raise DeviceError(f"{self.path}: the recorder process did not close the file; it holds what was "
                               f"flushed before")
         if msg[1] is not None:
-            raise msg[1]
-        if self._failed is not None:
-            raise self._failed
+            raise naming_the_file(self.path, msg[1])
+        if self._failed is not None and not self._raised:
+            # a failure raised before ended the run already, and the child closed its file
+            # complete: raised again here, the run's end said it twice more ("closing the raw
+            # recording failed", "closing failed: raw recording"), as the event writer's did
+            self._raise_failed()
 
     def _reap(self) -> None:
         reap(self._proc, self._conn)

@@ -339,9 +339,8 @@ class RawRecorder:
             self._failed = DeviceError(
                 f"{self.path}: disk nearly full ({free / 2**20:.0f} MiB free, need {limit / 2**20:.0f} MiB: "
                 f"min_free_mb); stopped recording, the file holds the {self.frames_written} frames written so far")
-            self._log(str(self._failed))
-            log.error("%s", self._failed)
-            raise self._failed
+            self._log(str(self._failed))  # the file's own log keeps it
+            raise self._failed  # not logged here: whoever catches it says it (the run's "run stopping")
 
     def note_camera_drops(self, n: int) -> None:
         """Count frames the camera lost that the ring did not see (e.g. SDK skip counters)."""

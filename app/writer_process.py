@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mimlsort.child import close_and_report, portable, reap, serve, spawn
+from mimlsort.child import close_and_report, naming_the_file, portable, reap, serve, spawn
 from mimlsort.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -216,25 +216,11 @@ class EventWriterProcess:
             elif op == "error" and self._failed is None:
                 # not logged here: it is raised to the caller (the run's storage thread, whose
                 # "run stopping" says it; or close()), and a line here said it once more
-                self._failed = self._naming_the_file(msg[1])
+                self._failed = naming_the_file(self.path, msg[1])
             elif op in ("flushed", "closed"):
                 self._bytes, self._events = msg[-2], msg[-1]
             if op in until:
                 return msg
-
-    def _naming_the_file(self, err: BaseException) -> BaseException:
-        """``err`` as the child sent it where it names the file (most do: "P: disk nearly full"),
-        else the same type with the file put in front (a DeviceError where the type will not take
-        a message)."""
-        text = str(err)
-        if str(self.path) in text:
-            return err
-        try:
-            named = type(err)(f"{self.path}: {text}")
-        except Exception:  # noqa: BLE001 - an exception type with other constructor arguments
-            named = DeviceError(f"{self.path}: {type(err).__name__}: {text}")
-        named.__cause__ = err
-        return named
 
     def _send(self, *msg, note: bool = False) -> None:
         """``note``: a record for the file (a log line, counters, acks) that is dropped, not raised,

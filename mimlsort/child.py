@@ -35,6 +35,21 @@ def portable(err: BaseException) -> BaseException:
         return DeviceError(f"{type(err).__name__}: {err}")
 
 
+def naming_the_file(path, err: BaseException) -> BaseException:
+    """``err`` as a child sent it where it names ``path`` (most do: "P: disk nearly full"), else
+    the same type with the file put in front (a DeviceError where the type will not take a
+    message): a parent that put the path in front of every error said "P: P: …"."""
+    text = str(err)
+    if str(path) in text:
+        return err
+    try:
+        named = type(err)(f"{path}: {text}")
+    except Exception:  # noqa: BLE001 - an exception type with other constructor arguments
+        named = DeviceError(f"{path}: {type(err).__name__}: {text}")
+    named.__cause__ = err
+    return named
+
+
 def close_and_report(conn: Connection, resource, counters: Callable[[], tuple]) -> None:
     """Close the child's file and tell the parent how that went: ("closed", error or None, *counters)."""
     err = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -984,3 +985,57 @@ def test_the_event_writers_error_names_its_file_once_wherever_it_is_read(tmp_pat
     assert run.complete and run.error.count(where) == 1 and "disk nearly full" in run.error, run.error
     # the file's own log takes no line once its writer stopped for the disk: its error attribute says it
     assert all(line.count(where) <= 1 for line in run.run_log), run.run_log
+
+
+@pytest.fixture
+def disk_600m(tmp_path):
+    """A file system of its own with room over the raw recorder's 512 MiB of headroom, and the
+    event writer's 256: filling it to 400 MiB free stops the recording, not the event file."""
+    from tests.test_storage import mounted_tmpfs
+
+    yield from mounted_tmpfs(tmp_path / "disk", "600m")
+
+
+def test_the_raw_recorders_full_disk_is_said_once_as_the_cause_and_once_in_the_end(tmp_path, disk_600m):
+    """The recorder said its "disk nearly full" in a log line and then raised it, and the parent of
+    its child logged it again as "P: P: disk nearly full": four lines on stderr for one cause. Now
+    once as "run stopping: recorder: P: …" and once in the run's end, naming the file once; the
+    event file, whose writer did not fail, closes complete and readable by dclab."""
+    import dclab
+
+    from app.storage import read_events
+
+    out = disk_600m / "out"
+    cfg = write_config(tmp_path / "run.toml", out, seconds=120.0, model="none",
+                       output_extra="report = false\nrecord_raw = true")
+    p = mimlsort("run", "--config", str(cfg))
+    try:
+        events = wait_for_events(out)
+        raw = next(out.glob("*_raw.rtdc"))
+        free = shutil.disk_usage(disk_600m).free
+        (disk_600m / "filler").write_bytes(b"\0" * (free - (400 << 20)))  # under 512 MiB, over 256
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    where = str(raw)
+    logged = (out / "mimlsort.log").read_text()
+    for text in (err, logged):
+        lines = [line for line in text.splitlines() if "disk nearly full" in line]
+        assert len(lines) == 2, "\n".join(lines)
+        assert f"ERROR app.pipeline: run stopping: recorder: {where}: disk nearly full (" in lines[0], lines
+        assert f"run errored: recorder: {where}: disk nearly full (" in lines[1], lines
+        assert all(line.split("; events in ")[0].count(where) == 1 for line in lines), lines
+    assert "closing failed" not in err, err[-3000:]
+    assert p.returncode == 1, err[-3000:]
+    _, run = read_events(events)
+    assert run.complete, run
+    assert not dclab_violations(events)
+    with dclab.new_dataset(events) as ds:
+        assert len(ds) > 0
+    # exit code 1 and status "errored"; the event file's error attribute says the recorder's cause
+    assert run.error.startswith(f"recorder: {where}: disk nearly full (") and run.error.count(where) == 1, run.error
+    with dclab.new_dataset(raw) as ds:  # the recording too holds its frames, closed readable
+        assert len(ds) > 0
+        text = "".join("".join(ds.logs[name]) for name in ds.logs)  # long lines are cut at 100 characters
+        assert text.count("disk nearly full") == 1, text  # its own log keeps the line
