@@ -121,7 +121,7 @@ class RawRecorderProcess:
         if msg is None or msg[0] != "opened":
             self._reap()
             if msg is not None:
-                raise msg[1]
+                raise naming_the_file(self.path, msg[1])  # as the event writer's child's
             raise DeviceError(f"{self.path}: the recorder process did not start")
 
     # -- messages --------------------------------------------------------------------------------

@@ -181,7 +181,9 @@ class EventWriterProcess:
         if msg is None or msg[0] != "opened":
             self._reap()
             if msg is not None and msg[0] == "error":
-                raise msg[1]
+                # the file's own opening errors name it; one that does not (an option the writer
+                # does not take) was raised as it came, naming no file
+                raise naming_the_file(self.path, msg[1])
             raise DeviceError(f"{self.path}: the event writer process did not start")
         self.run_identifier = msg[1]
 

@@ -93,6 +93,29 @@ def test_a_child_error_that_names_no_file_is_raised_naming_it(tmp_path):
     p.close()
 
 
+def test_a_child_that_fails_opening_the_file_is_raised_naming_it(tmp_path):
+    """The child's error at the open was raised as it came: most name the file (a path that is a
+    folder: "exists"; a missing or read-only folder), one that did not was raised naming none."""
+    path = tmp_path / "opt.rtdc"
+    with pytest.raises(TypeError) as raised:
+        EventWriterProcess(path, meta=make_meta(), no_such_option=1)
+    assert str(raised.value).startswith(f"{path}: ") and "no_such_option" in str(raised.value), raised.value
+    folder = tmp_path / "folder.rtdc"
+    folder.mkdir()
+    with pytest.raises(Exception) as raised:
+        EventWriterProcess(folder, meta=make_meta())
+    assert str(raised.value).count(str(folder)) == 1, raised.value
+
+
+def test_a_recorder_child_that_fails_opening_the_file_is_raised_naming_it(tmp_path):
+    from acquisition.recorder_process import RawRecorderProcess
+
+    path = tmp_path / "opt_raw.rtdc"
+    with pytest.raises(TypeError) as raised:
+        RawRecorderProcess(path, 64, 32, no_such_option=1)
+    assert str(raised.value).startswith(f"{path}: ") and "no_such_option" in str(raised.value), raised.value
+
+
 def test_a_child_error_the_caller_never_heard_of_is_raised_by_close(tmp_path):
     path = tmp_path / "bad.rtdc"
     bad = make_records(1, seed=2)[0]
